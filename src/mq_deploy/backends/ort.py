@@ -1,0 +1,78 @@
+"""onnxruntime runner for both ONNX flavours (plugin nodes run on the package's CPU kernels)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import onnx
+
+from ..errors import UserError
+
+
+def _session_options(threads: Optional[int], has_plugins: bool):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    if has_plugins:
+        from ..ops.ort_kernels import get_library_path
+
+        so.register_custom_ops_library(get_library_path())
+    return so
+
+
+class OrtRunner:
+    """Run an mq-deploy ONNX graph in onnxruntime: `runner(input_ids) -> logits`."""
+
+    def __init__(self, model: str | Path | onnx.ModelProto, providers: Sequence[str] = ("CPUExecutionProvider",),
+                 threads: Optional[int] = None, extra_outputs: Sequence[str] = ()):
+        import onnxruntime as ort
+
+        from ..ops.ort_kernels import prepare_plugin_model
+
+        if isinstance(model, (str, Path)):
+            path = Path(model)
+            if not path.is_file():
+                raise UserError(f"ONNX file not found: {path}")
+            try:
+                proto = onnx.load(str(path))
+            except Exception as e:
+                raise UserError(f"could not read ONNX file {path}: {e}") from None
+        else:
+            proto = model
+        if extra_outputs:
+            proto = _with_outputs(proto, extra_outputs)
+        proto, has_plugins = prepare_plugin_model(proto)
+        so = _session_options(threads, has_plugins)
+        try:
+            self.session = ort.InferenceSession(proto.SerializeToString(), so, providers=list(providers))
+        except Exception as e:
+            raise UserError(f"onnxruntime could not load the model: {e}") from None
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict) -> dict[str, np.ndarray]:
+        outs = self.session.run(None, feeds)
+        return dict(zip(self.output_names, outs))
+
+    def __call__(self, input_ids: np.ndarray) -> np.ndarray:
+        return self.run({"input_ids": np.asarray(input_ids, dtype=np.int64)})["logits"]
+
+
+def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """Copy of `model` with intermediate tensors `names` added as graph outputs (for calibration)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in have:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+    return m
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))

@@ -1,0 +1,144 @@
+"""`mq-deploy` command line: each command only composes library calls.
+
+    mq-deploy compile [MODEL] [--recipe fp32] -o OUTDIR
+    mq-deploy eval [MODEL_OR_ONNX] --task wikitext2 [--seq-len N] [--limit N] [--data PATH] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from . import __version__
+from .errors import UserError
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- compile --------------------------------------------------------------------------------------
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .compile import compile_model
+
+    m = compile_model(args.model, args.recipe, args.output, tokenizer=args.tokenizer, force=args.force,
+                      log=(lambda s: None) if args.quiet else _log)
+    if args.json:
+        print(json.dumps(m))
+    return 0
+
+
+# -- eval -----------------------------------------------------------------------------------------
+def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads: Optional[int]):
+    """MODEL_OR_ONNX → (logits_fn, tokenizer path, description)."""
+    from .backends.ort import OrtRunner
+    from .loaders import load_model, resolve_model_dir
+
+    if target is not None and Path(target).is_file():
+        p = Path(target)
+        if p.suffix != ".onnx":
+            raise UserError(f"{p} is neither an .onnx file nor a model directory")
+        runner, tok_default, desc = OrtRunner(p, threads=threads), p.with_name("tokenizer.json"), f"onnxruntime:{p}"
+    elif target is not None and Path(target).is_dir() and (Path(target) / "manifest.json").is_file():
+        p = Path(target) / "model.portable.onnx"
+        runner, tok_default, desc = OrtRunner(p, threads=threads), Path(target) / "tokenizer.json", f"onnxruntime:{p}"
+    else:
+        from .backends.torch_hf import TorchRunner
+
+        model_dir = resolve_model_dir(target)
+        runner = TorchRunner(load_model(target), threads=threads)
+        tok_default, desc = model_dir / "tokenizer.json", f"torch:{model_dir}"
+    tok = Path(tokenizer) if tokenizer else tok_default
+    if not tok.is_file():
+        raise UserError(f"no tokenizer: {tok} does not exist; pass --tokenizer PATH/tokenizer.json "
+                        "(the reference models use the GPT-NeoX tokenizer, data/tokenizer/gpt-neox-20b.json)")
+    return runner, tok, desc
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval import run_task
+    from .eval.tokenizer import TextTokenizer
+
+    if args.seq_len is not None and args.seq_len < 2:
+        raise UserError("--seq-len must be at least 2")
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    runner, tok_path, desc = resolve_eval_target(args.model, args.tokenizer, args.threads)
+    tok = TextTokenizer(tok_path)
+    kw = {} if args.seq_len is None else {"seq_len": args.seq_len}
+    results = []
+    for task in args.task:
+        r = run_task(task, runner, tok, data_path=args.data, limit=args.limit, batch_size=args.batch_size,
+                     progress=not args.quiet, **kw)
+        r["model"] = desc
+        results.append(r)
+        if args.json:
+            print(json.dumps(r), flush=True)
+        else:
+            nums = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
+                             if k not in ("task", "model"))
+            print(f"{r['task']}: {nums}", flush=True)
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mq-deploy", description="Export and deployment compiler for Mamba models.")
+    ap.add_argument("--version", action="version", version=f"mq-deploy {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("compile", help="compile a Mamba checkpoint to ONNX (TensorRT-plugin and portable flavours)",
+                       description="Compile a Mamba checkpoint into OUTDIR: model.onnx (SelectiveScan TensorRT plugin "
+                                   "nodes), model.portable.onnx (standard ONNX ops) and manifest.json.")
+    c.add_argument("model", nargs="?", default=None,
+                   help="Hugging Face or state-spaces Mamba directory (default: the bundled model)")
+    c.add_argument("--recipe", default="fp32", help="recipe name from export_configs/ or a .yaml path (default: fp32)")
+    c.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
+    c.add_argument("--tokenizer", help="tokenizer.json to copy into OUTDIR (default: the model directory's)")
+    c.add_argument("--force", action="store_true", help="replace a non-empty OUTDIR not written by mq-deploy")
+    c.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    c.set_defaults(func=cmd_compile)
+
+    from .eval import TASK_NAMES
+
+    e = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a checkpoint or an ONNX graph",
+                       description="Evaluate a model: a checkpoint directory (torch, Hugging Face MambaForCausalLM), "
+                                   "an .onnx file or a compile OUTDIR (onnxruntime, model.portable.onnx).")
+    e.add_argument("model", nargs="?", default=None, metavar="MODEL_OR_ONNX",
+                   help="model directory, .onnx file or compile output directory (default: the bundled model)")
+    e.add_argument("--task", required=True, action="append", choices=TASK_NAMES,
+                   help="task to run (repeatable): " + ", ".join(TASK_NAMES))
+    e.add_argument("--data", help="data file for the task (default: $MQ_DEPLOY_DATA_DIR/<standard path>)")
+    e.add_argument("--tokenizer", help="tokenizer.json (default: the one beside the model)")
+    e.add_argument("--seq-len", type=int, default=None, help="window length for perplexity / max length (default 2048)")
+    e.add_argument("--limit", type=int, default=None, help="only the first N windows / items")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    e.add_argument("--json", action="store_true", help="print one JSON object per task on stdout")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_eval)
+    return ap
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "func", None):
+        ap.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"mq-deploy: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mq-deploy: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

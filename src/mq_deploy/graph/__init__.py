@@ -1,0 +1,1 @@
+"""ONNX graph construction for Mamba models and the lowering of plugin nodes to standard ops."""

@@ -1,0 +1,61 @@
+"""Checkpoint loaders: a model directory (or nothing, for the bundled model) → `MambaModel`.
+
+    load_model(None)                      # the bundled model that ships in the package
+    load_model("path/to/hf-mamba")        # config.json (model_type "mamba") + *.safetensors / *.bin
+    load_model("path/to/state-spaces")    # config.json (d_model, n_layer, ...) + pytorch_model.bin
+
+The format is recognised from config.json; naming differences are adapter tables in
+`formats.py`, so adding a family means adding a table, not branches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ..errors import UserError
+from ..model import MambaModel
+from .formats import FORMATS, read_config, detect_format
+from .tensors import read_tensors
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "assets" / "mamba-tiny"
+
+
+def bundled_model_dir() -> Path:
+    if not (BUNDLED_DIR / "config.json").is_file():
+        raise UserError(f"the bundled model is missing from the installation ({BUNDLED_DIR}); reinstall mq-deploy")
+    return BUNDLED_DIR
+
+
+def resolve_model_dir(path: Optional[str | Path]) -> Path:
+    if path is None:
+        return bundled_model_dir()
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"model directory not found: {p}")
+    if p.is_file():
+        raise UserError(f"{p} is a file; pass the model directory that holds config.json and the weights")
+    if not (p / "config.json").is_file():
+        raise UserError(f"{p} has no config.json; expected a Hugging Face or state-spaces Mamba directory")
+    return p
+
+
+def load_model(path: Optional[str | Path] = None) -> MambaModel:
+    """Load a Mamba-1 checkpoint directory (None: the bundled model) into fp32 numpy weights."""
+    model_dir = resolve_model_dir(path)
+    raw = read_config(model_dir / "config.json")
+    fmt = FORMATS[detect_format(raw, model_dir / "config.json")]
+    config = fmt.parse_config(raw)
+    tensors = read_tensors(model_dir, fmt.weight_files)
+    model = fmt.build(config, tensors)
+    model.source = {
+        "path": str(model_dir.resolve()),
+        "format": fmt.name,
+        "bundled": path is None,
+        "tokenizer": str(model_dir / "tokenizer.json") if (model_dir / "tokenizer.json").is_file() else None,
+    }
+    model.validate()
+    return model
+
+
+__all__ = ["load_model", "resolve_model_dir", "bundled_model_dir", "BUNDLED_DIR"]

@@ -1,0 +1,69 @@
+"""Reading checkpoint tensors (safetensors, sharded or not, and torch .bin) into fp32 numpy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+
+def _to_numpy(t) -> np.ndarray:
+    return t.detach().to(dtype=__import__("torch").float32).cpu().numpy()
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    try:
+        out = {}
+        with safe_open(str(path), framework="pt") as f:
+            for k in f.keys():
+                out[k] = _to_numpy(f.get_tensor(k))
+        return out
+    except Exception as e:  # safetensors raises several types for truncated or garbage files
+        raise UserError(f"could not read weights file {path}: {e}") from None
+
+
+def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
+    import torch
+
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"could not read weights file {path}: {e}") from None
+    if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
+        sd = sd["model"]
+    if not isinstance(sd, dict) or not all(hasattr(v, "shape") for v in sd.values()):
+        raise UserError(f"weights file {path} does not hold a state dict of tensors")
+    return {k: _to_numpy(v) for k, v in sd.items()}
+
+
+def read_tensors(model_dir: Path, candidates: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Read the first weight file (or sharded index) of `candidates` that exists in `model_dir`."""
+    for name in candidates:
+        p = model_dir / name
+        if not p.is_file():
+            continue
+        if name.endswith(".index.json"):
+            try:
+                index = json.loads(p.read_text())
+                shards = sorted(set(index["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise UserError(f"sharded index {p} is not valid ({e}); expected a 'weight_map' object") from None
+            out: dict[str, np.ndarray] = {}
+            for shard in shards:
+                sp = model_dir / shard
+                if not sp.is_file():
+                    raise UserError(f"shard {sp} named in {p.name} is missing")
+                out.update(_read_safetensors(sp) if shard.endswith(".safetensors") else _read_torch_bin(sp))
+            missing = set(index["weight_map"]) - set(out)
+            if missing:
+                raise UserError(f"shards of {model_dir} lack tensors named in {p.name}: {sorted(missing)[:3]}")
+            return out
+        if name.endswith(".safetensors"):
+            return _read_safetensors(p)
+        return _read_torch_bin(p)
+    raise UserError(f"no weight file in {model_dir}: looked for {', '.join(candidates)}")

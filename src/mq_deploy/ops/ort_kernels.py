@@ -1,0 +1,52 @@
+"""onnxruntime CPU kernels for the TensorRT plugin nodes (through onnxruntime-extensions).
+
+Importing this module registers the Python kernels; `prepare_plugin_model` rewrites the plugin
+nodes' domain to the one onnxruntime-extensions serves, in memory, so the file on disk keeps the
+TensorRT form. Semantics are those of `selective_scan.py`, the same as the CUDA plugin.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnxruntime_extensions import PyCustomOpDef, default_opset_domain, get_library_path, onnx_op
+
+from . import selective_scan as ss
+
+PLUGIN_DOMAIN = "trt.plugins"  # domain of plugin nodes in model.onnx (TensorRT matches op_type + attributes)
+_F = PyCustomOpDef.dt_float
+_STR = PyCustomOpDef.dt_string
+
+
+@onnx_op(op_type=ss.PLUGIN_NAME, inputs=[_F] * len(ss.INPUTS), outputs=[_F] * len(ss.OUTPUTS),
+         attrs={"delta_softplus": PyCustomOpDef.dt_int64, "plugin_version": _STR, "plugin_namespace": _STR})
+def _selective_scan_kernel(u, delta, A, Bm, Cm, Dskip, delta_bias, **attrs):
+    y, h = ss.selective_scan(u, delta, A, Bm, Cm, Dskip, delta_bias, bool(attrs.get("delta_softplus", 1)))
+    return y, h
+
+
+KERNELS = {ss.PLUGIN_NAME}
+
+
+def prepare_plugin_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    """Return a copy of `model` whose plugin nodes onnxruntime-extensions can run, and whether any were found."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    found = False
+    for node in m.graph.node:
+        if node.domain == PLUGIN_DOMAIN:
+            if node.op_type not in KERNELS:
+                from ..errors import UserError
+
+                raise UserError(f"node {node.name}: no CPU kernel for plugin '{node.op_type}'")
+            node.domain = default_opset_domain()
+            found = True
+    if found:
+        ops = [o for o in m.opset_import if o.domain != PLUGIN_DOMAIN]
+        del m.opset_import[:]
+        m.opset_import.extend(ops)
+        if not any(o.domain == default_opset_domain() for o in ops):
+            m.opset_import.append(onnx.helper.make_opsetid(default_opset_domain(), 1))
+    return m, found
+
+
+__all__ = ["PLUGIN_DOMAIN", "prepare_plugin_model", "get_library_path"]

@@ -1,0 +1,74 @@
+"""SelectiveScan: the one definition shared by the CUDA plugin, the CPU reference and the lowering.
+
+Inputs (token-major layout, B = batch, L = sequence, D = d_inner, N = d_state):
+
+| input | shape | meaning |
+|---|---|---|
+| u | (B, L, D) | x' = SiLU(conv(x)) |
+| delta | (B, L, D) | δ·W_dt, before bias and softplus |
+| A | (D, N) | -exp(A_log) |
+| Bm | (B, L, N) | input projection of the state |
+| Cm | (B, L, N) | output projection of the state |
+| Dskip | (D,) | skip connection |
+| delta_bias | (D,) | dt_proj bias |
+
+Attribute `delta_softplus` (1: Δ = softplus(delta + delta_bias), 0: Δ = delta + delta_bias).
+
+    h_t = exp(Δ_t ⊙ A) ⊙ h_{t-1} + (Δ_t ⊙ u_t) ⊗ Bm_t      h ∈ R^{B×D×N}, h_{-1} = 0 (or h0)
+    y_t = h_t · Cm_t + Dskip ⊙ u_t
+
+Outputs: y (B, L, D) and the final state h_{L-1} (B, D, N), both fp32.
+softplus follows torch: x for x > 20, else log1p(exp(x)).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+PLUGIN_NAME = "SelectiveScan"
+PLUGIN_VERSION = "1"
+PLUGIN_NAMESPACE = "mq_deploy"
+INPUTS = ("u", "delta", "A", "Bm", "Cm", "Dskip", "delta_bias")
+OUTPUTS = ("y", "last_state")
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    return np.where(x > 20.0, x, np.log1p(np.exp(np.minimum(x, 20.0)))).astype(x.dtype, copy=False)
+
+
+def selective_scan(
+    u: np.ndarray,
+    delta: np.ndarray,
+    A: np.ndarray,
+    Bm: np.ndarray,
+    Cm: np.ndarray,
+    Dskip: np.ndarray,
+    delta_bias: Optional[np.ndarray] = None,
+    delta_softplus: bool = True,
+    initial_state: Optional[np.ndarray] = None,
+    chunk: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reference selective scan in fp32 numpy; returns (y, last_state)."""
+    u = np.asarray(u, np.float32)
+    Bsz, L, D = u.shape
+    N = A.shape[1]
+    dt = np.asarray(delta, np.float32)
+    if delta_bias is not None:
+        dt = dt + delta_bias.astype(np.float32)
+    if delta_softplus:
+        dt = softplus(dt)
+    h = np.zeros((Bsz, D, N), np.float32) if initial_state is None else np.array(initial_state, np.float32)
+    y = np.empty((Bsz, L, D), np.float32)
+    A = A.astype(np.float32)
+    for s in range(0, L, chunk):
+        e = min(L, s + chunk)
+        dA = np.exp(dt[:, s:e, :, None] * A)  # (B, c, D, N)
+        dBu = (dt[:, s:e] * u[:, s:e])[..., None] * Bm[:, s:e, None, :].astype(np.float32)
+        Cc = Cm[:, s:e].astype(np.float32)
+        for t in range(e - s):
+            h = dA[:, t] * h + dBu[:, t]
+            y[:, s + t] = np.einsum("bdn,bn->bd", h, Cc[:, t])
+    y += Dskip.astype(np.float32) * u
+    return y, h

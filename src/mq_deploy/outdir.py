@@ -1,0 +1,50 @@
+"""Atomic output directories: everything is written to a temporary sibling and renamed at the end,
+so a failed or interrupted compile never leaves a partial OUTDIR (and never half-replaces an old one)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import UserError
+
+MARKER = "manifest.json"  # a directory holding this was written by mq-deploy and may be replaced
+
+
+def check_target(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output path {out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file() and not force:
+        raise UserError(f"output directory {out_dir} is not empty and was not written by mq-deploy; "
+                        "choose another -o or pass --force to replace it")
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: str | Path, force: bool = False):
+    """Yield a temporary directory; on success it replaces `out_dir`, on failure it is removed."""
+    out_dir = Path(out_dir).expanduser()
+    check_target(out_dir, force)
+    parent = out_dir.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should look like a mkdir
+    except OSError as e:
+        raise UserError(f"cannot write output directory {out_dir}: {e.strerror or e}") from None
+    try:
+        yield tmp
+        old = None
+        if out_dir.exists():
+            old = parent / f".{out_dir.name}.old-{os.getpid()}"
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

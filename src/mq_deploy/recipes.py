@@ -1,0 +1,88 @@
+"""Recipes are data: `export_configs/<name>.yaml` → a validated, frozen `Recipe`.
+
+A recipe names the numeric precision and the list of graph passes (each `{name: ..., <params>}`)
+that the compiler applies in order. `--recipe` takes a bundled recipe name or a path to a YAML file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+RECIPE_DIR = Path(__file__).resolve().parent / "export_configs"
+PRECISIONS = ("fp32",)
+KNOWN_PASSES: dict[str, set] = {}  # pass name -> allowed parameter names (filled as passes land)
+_KEYS = {"name", "description", "precision", "passes"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    precision: str
+    description: str = ""
+    passes: tuple = field(default_factory=tuple)  # tuple of (pass name, frozen params dict items)
+    source: str = ""
+    sha256: str = ""
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "precision": self.precision, "description": self.description,
+                "passes": [{"name": n, **dict(p)} for n, p in self.passes], "source": self.source,
+                "sha256": self.sha256}
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def _parse(raw, origin: str) -> Recipe:
+    if not isinstance(raw, dict):
+        raise UserError(f"recipe {origin}: expected a YAML mapping with keys {sorted(_KEYS)}")
+    unknown = set(raw) - _KEYS
+    if unknown:
+        raise UserError(f"recipe {origin}: unknown keys {sorted(unknown)}; allowed: {sorted(_KEYS)}")
+    name, precision = raw.get("name"), raw.get("precision")
+    if not isinstance(name, str) or not name:
+        raise UserError(f"recipe {origin}: 'name' must be a non-empty string")
+    if precision not in PRECISIONS:
+        raise UserError(f"recipe {origin}: precision '{precision}' is not supported here; supported: {', '.join(PRECISIONS)}")
+    passes = raw.get("passes") or []
+    if not isinstance(passes, list):
+        raise UserError(f"recipe {origin}: 'passes' must be a list")
+    parsed = []
+    for i, p in enumerate(passes):
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+            raise UserError(f"recipe {origin}: pass #{i + 1} must be a mapping with a 'name'")
+        pname = p["name"]
+        if pname not in KNOWN_PASSES:
+            raise UserError(f"recipe {origin}: unknown pass '{pname}'; known passes: {sorted(KNOWN_PASSES) or 'none yet'}")
+        params = {k: v for k, v in p.items() if k != "name"}
+        bad = set(params) - KNOWN_PASSES[pname]
+        if bad:
+            raise UserError(f"recipe {origin}: pass '{pname}' has unknown parameters {sorted(bad)}")
+        parsed.append((pname, tuple(sorted(params.items()))))
+    return Recipe(name=name, precision=precision, description=str(raw.get("description", "")), passes=tuple(parsed))
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Load a bundled recipe by name (e.g. 'fp32') or a recipe YAML file by path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        if not p.is_file():
+            raise UserError(f"recipe file not found: {p}")
+        path = p
+    else:
+        path = RECIPE_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise UserError(f"unknown recipe '{name_or_path}'; available: {', '.join(available_recipes())} (or a path to a .yaml file)")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UserError(f"recipe {path} is not valid YAML: {e}") from None
+    r = _parse(raw, str(path))
+    return Recipe(**{**r.__dict__, "source": str(path), "sha256": hashlib.sha256(text.encode()).hexdigest()})

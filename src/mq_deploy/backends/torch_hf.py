@@ -67,6 +67,13 @@ class TorchRunner:
     def __call__(self, input_ids: np.ndarray) -> np.ndarray:
         import torch
 
-        with torch.no_grad():
-            ids = torch.from_numpy(np.asarray(input_ids, dtype=np.int64))
-            return self.model(input_ids=ids, use_cache=False).logits.float().numpy()
+        # exp(Δ·A) underflows into denormals, which are 5-10x slower on x86; flushing them to zero
+        # changes nothing measurable (exp(-88) is already below fp32's normal range)
+        flushed = torch.set_flush_denormal(True)
+        try:
+            with torch.no_grad():
+                ids = torch.from_numpy(np.asarray(input_ids, dtype=np.int64))
+                return self.model(input_ids=ids, use_cache=False).logits.float().numpy()
+        finally:
+            if flushed:
+                torch.set_flush_denormal(False)

@@ -1,0 +1,40 @@
+"""Shared test utilities: relative max error and writing checkpoints in both families' formats."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mq_deploy.backends.torch_hf import build_hf_model, state_dict
+from mq_deploy.model import MambaModel
+
+
+def rel_err(ref: np.ndarray, x: np.ndarray) -> float:
+    """max |ref - x| / max |ref| (the issue's 1e-4 × max|logit| criterion)."""
+    return float(np.abs(ref - x).max() / np.abs(ref).max())
+
+
+def write_hf_checkpoint(model: MambaModel, path: Path, dtype=None) -> Path:
+    import torch
+
+    hf = build_hf_model(model)
+    if dtype is not None:
+        hf = hf.to(dtype)
+    hf.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def write_state_spaces_checkpoint(model: MambaModel, path: Path) -> Path:
+    import torch
+
+    c = model.config
+    path.mkdir(parents=True, exist_ok=True)
+    sd = state_dict(model)
+    sd["backbone.embedding.weight"] = sd.pop("backbone.embeddings.weight")
+    torch.save(sd, path / "pytorch_model.bin")
+    cfg = {"d_model": c.d_model, "n_layer": c.n_layer, "vocab_size": c.vocab_size,
+           "ssm_cfg": {"d_state": c.d_state, "d_conv": c.d_conv, "expand": c.expand},
+           "rms_norm": True, "residual_in_fp32": True, "fused_add_norm": True, "pad_vocab_size_multiple": 8,
+           "tie_embeddings": c.tie_embeddings}
+    (path / "config.json").write_text(json.dumps(cfg))
+    return path

@@ -1,0 +1,134 @@
+"""`mq-deploy compile` as a user runs it: outputs, manifest, state-spaces ≡ HF, and clean failures."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mq_deploy.backends.ort import OrtRunner
+from mq_deploy.model import MambaConfig, random_model
+
+from .helpers import write_hf_checkpoint, write_state_spaces_checkpoint
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "mq_deploy", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random-init model (d_model 80, vocab 264) in both checkpoint families."""
+    root = tmp_path_factory.mktemp("ckpt")
+    m = random_model(MambaConfig(d_model=80, n_layer=2, vocab_size=264), seed=3)
+    return m, write_hf_checkpoint(m, root / "hf"), write_state_spaces_checkpoint(m, root / "ss")
+
+
+def test_compile_writes_both_graphs_and_manifest(tiny, tmp_path):
+    _, hf_dir, _ = tiny
+    out = tmp_path / "out"
+    r = run_cli("compile", hf_dir, "--recipe", "fp32", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "model.portable.onnx"]
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["recipe"]["name"] == "fp32"
+    assert man["model"]["format"] == "hf" and man["model"]["config"]["d_model"] == 80
+    assert man["plugins"][0]["name"] == "SelectiveScan" and man["plugins"][0]["count"] == 2
+    assert man["io"]["inputs"][0]["shape"] == ["batch", "sequence"]
+    import hashlib
+
+    for name in ("model.onnx", "model.portable.onnx"):
+        assert man["files"][name]["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+    assert man["self_check"]["max_rel_error_plugin_vs_portable"] < 1e-5
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+    # recompiling into an mq-deploy OUTDIR replaces it
+    assert run_cli("compile", hf_dir, "-o", out).returncode == 0
+
+
+def test_state_spaces_and_hf_compile_to_same_logits(tiny, tmp_path):
+    _, hf_dir, ss_dir = tiny
+    assert run_cli("compile", hf_dir, "-o", tmp_path / "a").returncode == 0
+    r = run_cli("compile", ss_dir, "-o", tmp_path / "b")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["model"]["format"] == "state-spaces"
+    ids = np.random.default_rng(0).integers(0, 264, size=(2, 33))
+    for name in ("model.onnx", "model.portable.onnx"):
+        a = OrtRunner(tmp_path / "a" / name)(ids)
+        b = OrtRunner(tmp_path / "b" / name)(ids)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sharded_fp16_checkpoint(tmp_path):
+    """Sharded safetensors in fp16 (like the reference models) load as the fp32 values of the fp16 weights."""
+    import torch
+
+    from mq_deploy.backends.torch_hf import build_hf_model
+    from mq_deploy.loaders import load_model
+
+    m = random_model(MambaConfig(d_model=64, n_layer=2, vocab_size=200), seed=5)
+    build_hf_model(m).half().save_pretrained(tmp_path, safe_serialization=True, max_shard_size="100KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    loaded = load_model(tmp_path)
+    np.testing.assert_array_equal(loaded.layers[1].in_proj, m.layers[1].in_proj.astype(np.float16).astype(np.float32))
+
+
+def _bad_inputs(tmp_path: Path, hf_dir: Path):
+    missing_weights = tmp_path / "no_weights"
+    missing_weights.mkdir()
+    (missing_weights / "config.json").write_text((hf_dir / "config.json").read_text())
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text((hf_dir / "config.json").read_text())
+    (corrupt / "model.safetensors").write_bytes(b"\x00\x01garbage" * 100)
+    not_mamba = tmp_path / "llama"
+    not_mamba.mkdir()
+    (not_mamba / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+    bad_json = tmp_path / "bad_json"
+    bad_json.mkdir()
+    (bad_json / "config.json").write_text("{not json")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    return [
+        ("missing directory", [tmp_path / "nope"], "model directory not found"),
+        ("missing weights", [missing_weights], "no weight file"),
+        ("corrupt weights", [corrupt], "could not read weights file"),
+        ("not mamba", [not_mamba], "not a Mamba-1 model"),
+        ("bad json", [bad_json], "could not read"),
+        ("unknown recipe", [hf_dir, "--recipe", "int3-magic"], "unknown recipe 'int3-magic'"),
+        ("unwritable output", [hf_dir], "cannot write output directory", blocker / "sub" / "out"),
+    ]
+
+
+def test_bad_input_one_clear_line_and_no_partial_outdir(tiny, tmp_path):
+    _, hf_dir, _ = tiny
+    for case in _bad_inputs(tmp_path, hf_dir):
+        label, args, expect = case[:3]
+        out = case[3] if len(case) > 3 else tmp_path / f"out_{label.replace(' ', '_')}"
+        before = set(os.listdir(tmp_path))
+        r = run_cli("compile", *args, "-o", out)
+        assert r.returncode == 2, (label, r.stderr)
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("mq-deploy: error: ")]
+        assert len(errors) == 1 and "Traceback" not in r.stderr, (label, r.stderr)
+        assert expect in errors[0], (label, errors[0])
+        assert not out.exists(), label
+        assert set(os.listdir(tmp_path)) == before, label  # no temp dirs left
+
+
+def test_refuses_to_replace_foreign_directory(tiny, tmp_path):
+    _, hf_dir, _ = tiny
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    r = run_cli("compile", hf_dir, "-o", out)
+    assert r.returncode == 2 and "--force" in r.stderr
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_help_on_every_command():
+    for args in (["--help"], ["compile", "--help"], ["eval", "--help"]):
+        r = run_cli(*args)
+        assert r.returncode == 0 and "usage: mq-deploy" in r.stdout

@@ -1,0 +1,88 @@
+"""Both ONNX flavours reproduce Hugging Face MambaForCausalLM (fp32) logits to 1e-4 × max|logit|."""
+
+import numpy as np
+import onnx
+import pytest
+
+from mq_deploy.backends.ort import OrtRunner
+from mq_deploy.backends.torch_hf import TorchRunner
+from mq_deploy.graph.lower import lower_selective_scan
+from mq_deploy.graph.mamba_lm import build_lm_graph
+from mq_deploy.model import MambaConfig, random_model
+from mq_deploy.ops.ort_kernels import PLUGIN_DOMAIN
+
+from .conftest import REF_MODEL, need
+from .helpers import rel_err
+
+SHAPES = [(1, 1), (3, 7), (1, 64), (3, 300)]
+TOL = 1e-4
+
+
+def check_model(model, shapes=SHAPES, seed=0):
+    graph = build_lm_graph(model)
+    portable = lower_selective_scan(graph)
+    onnx.checker.check_model(graph)
+    onnx.checker.check_model(portable, full_check=True)
+    ref_runner, plugin, port = TorchRunner(model), OrtRunner(graph), OrtRunner(portable)
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for B, L in shapes:
+        ids = rng.integers(0, model.config.vocab_size, size=(B, L))
+        ref = ref_runner(ids)
+        for name, run in (("plugin", plugin), ("portable", port)):
+            out = run(ids)
+            assert out.shape == (B, L, model.config.vocab_size), name
+            err = rel_err(ref, out)
+            assert err <= TOL, f"{name} B={B} L={L}: rel err {err:.3g}"
+            worst = max(worst, err)
+    return worst
+
+
+@pytest.mark.parametrize("d_model,n_layer,vocab,kw", [
+    (96, 2, 503, {}),
+    (320, 2, 1000, {"proj_bias": True, "tie_embeddings": False}),
+    (768, 1, 777, {"d_state": 12}),
+    (40, 3, 300, {"expand": 3, "d_conv": 3, "dt_rank": 5, "conv_bias": False}),
+])
+def test_random_models(d_model, n_layer, vocab, kw):
+    check_model(random_model(MambaConfig(d_model=d_model, n_layer=n_layer, vocab_size=vocab, **kw), seed=d_model))
+
+
+def test_reference_model():
+    from mq_deploy.loaders import load_model
+
+    check_model(load_model(need(REF_MODEL)))
+
+
+def test_bundled_model():
+    from mq_deploy.loaders import BUNDLED_DIR, load_model
+
+    need(BUNDLED_DIR / "model.safetensors")
+    check_model(load_model(None))
+
+
+def test_graph_structure_and_dynamic_shapes():
+    m = random_model(MambaConfig(d_model=48, n_layer=3, vocab_size=100))
+    g = build_lm_graph(m)
+    p = lower_selective_scan(g)
+    plugin_nodes = [n for n in g.graph.node if n.domain == PLUGIN_DOMAIN]
+    assert [n.op_type for n in plugin_nodes] == ["SelectiveScan"] * 3
+    for n in plugin_nodes:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b"mq_deploy"
+        assert n.name.startswith("layers.")
+    assert not [n for n in p.graph.node if n.domain not in ("", "ai.onnx")]
+    assert sum(n.op_type == "Scan" for n in p.graph.node) == 3  # one Scan per layer, not unrolled
+    assert {o.domain for o in p.opset_import} <= {"", "ai.onnx"}
+    for gr in (g, p):
+        (inp,) = gr.graph.input
+        (out,) = gr.graph.output
+        assert inp.name == "input_ids" and inp.type.tensor_type.elem_type == onnx.TensorProto.INT64
+        assert [d.dim_param for d in inp.type.tensor_type.shape.dim] == ["batch", "sequence"]
+        assert out.name == "logits" and out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        dims = out.type.tensor_type.shape.dim
+        assert [dims[0].dim_param, dims[1].dim_param, dims[2].dim_value] == ["batch", "sequence", 100]
+    # the node count does not depend on the sequence length: one graph serves every length
+    r = OrtRunner(p)
+    assert r(np.zeros((2, 5), np.int64)).shape == (2, 5, 100)
+    assert r(np.zeros((1, 1000), np.int64)).shape == (1, 1000, 100)

@@ -1,0 +1,1 @@
+"""Quantization math: pure array functions that know nothing of graphs or modules."""

@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tokenizer", help="tokenizer.json (default: the one beside the model)")
     e.add_argument("--seq-len", type=int, default=None, help="window length for perplexity / max length (default 2048)")
     e.add_argument("--limit", type=int, default=None, help="only the first N windows / items")
-    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--batch-size", type=int, default=2, help="sequences per forward pass (default 2; logits are batch x seq x vocab floats)")
     e.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     e.add_argument("--json", action="store_true", help="print one JSON object per task on stdout")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

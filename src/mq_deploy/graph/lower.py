@@ -1,4 +1,5 @@
-"""Lower SelectiveScan plugin nodes to standard ONNX ops (the `Scan` op; nothing is unrolled).
+"""Lower plugin nodes to standard ONNX ops: SelectiveScan → the `Scan` op (nothing is unrolled),
+Hadamard → MatMul with the constant H_n (one initializer per size).
 
 For each plugin node with inputs (u, delta, A, Bm, Cm, Dskip, delta_bias):
 
@@ -16,11 +17,14 @@ the graph is untouched.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import InternalError
+from ..ops import hadamard_op
 from ..ops import selective_scan as ss
+from ..quant.hadamard import hadamard_matrix
 from ..ops.ort_kernels import PLUGIN_DOMAIN
 from .builder import GraphBuilder
 
@@ -53,7 +57,16 @@ def lower_selective_scan(model: onnx.ModelProto) -> onnx.ModelProto:
     g = out.graph
     new_nodes: list[onnx.NodeProto] = []
     extra_inits: list[onnx.TensorProto] = []
+    hadamards: dict[int, str] = {}
     for node in g.node:
+        if node.domain == PLUGIN_DOMAIN and node.op_type == hadamard_op.PLUGIN_NAME:
+            n = int(next(helper.get_attribute_value(a) for a in node.attribute if a.name == "n"))
+            if n not in hadamards:  # one constant per size, shared by every layer
+                hadamards[n] = f"hadamard_{n}"
+                extra_inits.append(numpy_helper.from_array(hadamard_matrix(n).astype(np.float32), hadamards[n]))
+            new_nodes.append(helper.make_node("MatMul", [node.input[0], hadamards[n]], list(node.output),
+                                              name=node.name))
+            continue
         if not (node.domain == PLUGIN_DOMAIN and node.op_type == ss.PLUGIN_NAME):
             new_nodes.append(node)
             continue

@@ -11,22 +11,74 @@ Per layer (weights stored as [in, out] MatMul operands, named after the checkpoi
     y, hL = SelectiveScan(u, δ·W_dt, A, B, C, D, b_dt)   plugin node (softplus inside)
     r     = r + (y ⊙ SiLU(z)) · W_out
 
-The plugin node is a TensorRT plugin node: op_type = plugin name, attributes plugin_version and
-plugin_namespace, domain `trt.plugins`. `lower.py` turns it into standard ops for model.portable.onnx.
+A `GraphPlan` adds what passes decided: S-SiLU gate smoothing (z·σ(s⊙z)), an online Hadamard before
+out_proj (a `Hadamard` plugin node, lowered to a MatMul in the portable graph), explicit smoothing
+multiplies, and quantization: QuantizeLinear→DequantizeLinear on activation points (per-tensor,
+symmetric, zero-point 0) and integer weights with per-output-channel scales (DequantizeLinear axis=1).
+
+The plugin nodes are TensorRT plugin nodes: op_type = plugin name, attributes plugin_version and
+plugin_namespace, domain `trt.plugins`. `lower.py` turns them into standard ops for model.portable.onnx.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
-from ..model import MambaModel
+from ..model import MambaLayer, MambaModel
+from ..ops import hadamard_op
 from ..ops import selective_scan as ss
 from ..ops.ort_kernels import PLUGIN_DOMAIN
 from .builder import GraphBuilder
+from .plan import GraphPlan, LayerPlan, QuantSpec, point
 
 BATCH, SEQ = "batch", "sequence"
+QUANT_OPSET_INT4 = 21
+
+
+class LMBuilder(GraphBuilder):
+    """GraphBuilder that knows the quantization plan and records each quantization point's tensor."""
+
+    def __init__(self, name: str, quant: Optional[QuantSpec]):
+        super().__init__(name)
+        self.quant = quant
+        self.points: dict[str, str] = {}  # point name -> fp32 tensor name (before any Q/DQ)
+        self._qdq_cache: dict[str, str] = {}
+
+    def act(self, x: str, pt: str) -> str:
+        """Mark `x` as quantization point `pt`; with a scale for it, return its Q→DQ'd tensor."""
+        self.points.setdefault(pt, x)
+        q = self.quant
+        if q is None or pt not in q.act_scales:
+            return x
+        key = f"{x}|{q.act_scales[pt]}"
+        if key in self._qdq_cache:  # one tensor, one scale: share the Q/DQ pair between consumers
+            return self._qdq_cache[key]
+        scale = self.scalar(f"{pt}.scale", q.act_scales[pt])
+        zp = self.scalar(f"{pt}.zero_point", 0, dtype=np.int8)
+        qx = self.op("QuantizeLinear", [x, scale, zp], name=f"{pt}/Q")
+        dq = self.op("DequantizeLinear", [qx, scale, zp], name=f"{pt}/DQ")
+        self._qdq_cache[key] = dq
+        return dq
+
+    def weight(self, name: str, w_in_out: np.ndarray) -> str:
+        """A MatMul weight [in, out]: fp32 initializer, or integer + per-channel scale → DequantizeLinear."""
+        q = self.quant
+        if q is None or name not in q.weights:
+            return self.const(f"{name}.weight", w_in_out)
+        qw, scale = q.weights[name]
+        if q.weight_bits == 4:
+            t = helper.make_tensor(f"{name}.weight_q", TensorProto.INT4, qw.shape, qw.astype(np.int8).ravel().tolist())
+            self._used.add(t.name)
+            self.initializers.append(t)
+            wq = t.name
+        else:
+            wq = self.const(f"{name}.weight_q", qw.astype(np.int8))
+        s = self.const(f"{name}.weight_scale", np.asarray(scale, np.float32))
+        return self.op("DequantizeLinear", [wq, s], name=f"{name}/weight_DQ", axis=1)
 
 
 def rms_norm(b: GraphBuilder, x: str, gamma: str, eps: float) -> str:
@@ -36,51 +88,78 @@ def rms_norm(b: GraphBuilder, x: str, gamma: str, eps: float) -> str:
     return b.op("Mul", [b.op("Div", [x, rs], name="normalize"), gamma], name="scale")
 
 
-def silu(b: GraphBuilder, x: str, name: str) -> str:
-    return b.op("Mul", [x, b.op("Sigmoid", [x], name=f"{name}_sigmoid")], name=name)
+def silu(b: GraphBuilder, x: str, name: str, s: Optional[str] = None) -> str:
+    """x·σ(x), or the smoothed S-SiLU x·σ(s⊙x) when `s` is given."""
+    arg = x if s is None else b.op("Mul", [x, s], name=f"{name}_smooth")
+    return b.op("Mul", [x, b.op("Sigmoid", [arg], name=f"{name}_sigmoid")], name=name)
 
 
-def linear(b: GraphBuilder, x: str, w_name: str, w: np.ndarray, bias: np.ndarray | None, name: str) -> str:
-    """x · wᵀ (+ bias) with w in torch (out, in) layout, stored as the [in, out] MatMul operand."""
-    y = b.op("MatMul", [x, b.const(f"{w_name}.weight", w.T)], name=name)
+def linear(b: LMBuilder, x: str, w_name: str, w: np.ndarray, bias: Optional[np.ndarray], name: str, i: int) -> str:
+    """x · wᵀ (+ bias) with w in torch (out, in) layout; x is quantized at point `<w_name>.input`."""
+    xq = b.act(x, f"{w_name}.input")
+    y = b.op("MatMul", [xq, b.weight(w_name, w.T)], name=name)
     if bias is not None:
         y = b.op("Add", [y, b.const(f"{w_name}.bias", bias)], name=f"{name}_bias")
     return y
 
 
-def build_lm_graph(model: MambaModel) -> onnx.ModelProto:
+def mixer(b: LMBuilder, i: int, L: MambaLayer, model: MambaModel, h: str, lp: LayerPlan,
+          consts: dict) -> tuple[str, str]:
+    """One Mamba mixer on normalized input h; returns (mixer output, final SSM state tensor)."""
     c = model.config
-    di, R, N, K = c.d_inner, c.dt_rank, c.d_state, c.d_conv
-    b = GraphBuilder("mamba_lm")
+    di, K = c.d_inner, c.d_conv
+    p = f"layers.{i}"
+    xz = linear(b, h, f"{p}.in_proj", L.in_proj, L.in_proj_bias, "in_proj", i)
+    x, z = b.op("Split", [xz, consts["split_xz"]], name="split_xz", n_out=2, axis=-1)
+    xt = b.op("Transpose", [x], name="to_channels", perm=[0, 2, 1])
+    conv_in = [xt, b.const(f"{p}.conv1d.weight", L.conv_weight)]
+    if L.conv_bias is not None:
+        conv_in.append(b.const(f"{p}.conv1d.bias", L.conv_bias))
+    xc = b.op("Conv", conv_in, name="conv1d", group=di, kernel_shape=[K], pads=[K - 1, 0])
+    u = b.op("Transpose", [silu(b, xc, "conv_act")], name="to_tokens", perm=[0, 2, 1])
+    xin = u
+    if lp.xproj_smooth is not None:
+        xin = b.op("Mul", [u, b.const(f"{p}.x_proj.smooth_inv", (1.0 / lp.xproj_smooth).astype(np.float32))],
+                   name="x_proj_smooth")
+    dbc = linear(b, xin, f"{p}.x_proj", L.x_proj, None, "x_proj", i)
+    dlow, Bm, Cm = b.op("Split", [dbc, consts["split_dbc"]], name="split_dbc", n_out=3, axis=-1)
+    dlow = b.act(dlow, point(i, "dt_proj.input"))
+    delta = b.op("MatMul", [dlow, b.weight(f"{p}.dt_proj", L.dt_proj.T)], name="dt_proj")
+    A = b.const(f"{p}.A", -np.exp(L.A_log.astype(np.float64)).astype(np.float32))
+    y, state = b.op(
+        ss.PLUGIN_NAME,
+        [b.act(u, point(i, "scan.u")), b.act(delta, point(i, "scan.delta")), A, b.act(Bm, point(i, "scan.B")),
+         b.act(Cm, point(i, "scan.C")), b.const(f"{p}.D", L.D), b.const(f"{p}.dt_proj.bias", L.dt_proj_bias)],
+        name="selective_scan", n_out=2, domain=PLUGIN_DOMAIN,
+        delta_softplus=1, plugin_version=ss.PLUGIN_VERSION, plugin_namespace=ss.PLUGIN_NAMESPACE,
+    )
+    s = None if lp.gate_scale is None else b.const(f"{p}.gate.smooth", lp.gate_scale.astype(np.float32))
+    g = b.op("Mul", [y, silu(b, z, "gate_act", s)], name="gate")
+    if lp.out_smooth is not None:
+        g = b.op("Mul", [g, b.const(f"{p}.out_proj.smooth_inv", (1.0 / lp.out_smooth).astype(np.float32))],
+                 name="out_proj_smooth")
+    if lp.out_hadamard:
+        g = hadamard_op.emit(b, g, di, name="out_hadamard")
+    o = linear(b, g, f"{p}.out_proj", L.out_proj, L.out_proj_bias, "out_proj", i)
+    return o, state
+
+
+def build_lm_graph(model: MambaModel, plan: Optional[GraphPlan] = None, *, with_points: bool = False):
+    """The TensorRT-flavour graph of `model` under `plan` (None: plain fp32).
+
+    With `with_points`, also return {quantization point: tensor name} (for calibration)."""
+    c = model.config
+    plan = plan or GraphPlan.plain(c.n_layer)
+    b = LMBuilder("mamba_lm", plan.quant)
     ids = b.input("input_ids", TensorProto.INT64, [BATCH, SEQ])
     emb = b.const("embedding.weight", model.embedding)
     r = b.op("Gather", [emb, ids], name="embed", axis=0)
-    split_x_z = b.ints("split_xz", [di, di])
-    split_dbc = b.ints("split_dbc", [R, N, N])
+    consts = {"split_xz": b.ints("split_xz", [c.d_inner, c.d_inner]),
+              "split_dbc": b.ints("split_dbc", [c.dt_rank, c.d_state, c.d_state])}
     for i, L in enumerate(model.layers):
-        p = f"layers.{i}"
-        with b.scope(p):
-            h = rms_norm(b, r, b.const(f"{p}.norm.weight", L.norm), c.norm_eps)
-            xz = linear(b, h, f"{p}.in_proj", L.in_proj, L.in_proj_bias, "in_proj")
-            x, z = b.op("Split", [xz, split_x_z], name="split_xz", n_out=2, axis=-1)
-            xt = b.op("Transpose", [x], name="to_channels", perm=[0, 2, 1])
-            conv_in = [xt, b.const(f"{p}.conv1d.weight", L.conv_weight)]
-            if L.conv_bias is not None:
-                conv_in.append(b.const(f"{p}.conv1d.bias", L.conv_bias))
-            xc = b.op("Conv", conv_in, name="conv1d", group=di, kernel_shape=[K], pads=[K - 1, 0])
-            u = b.op("Transpose", [silu(b, xc, "conv_act")], name="to_tokens", perm=[0, 2, 1])
-            dbc = linear(b, u, f"{p}.x_proj", L.x_proj, None, "x_proj")
-            dlow, Bm, Cm = b.op("Split", [dbc, split_dbc], name="split_dbc", n_out=3, axis=-1)
-            delta = b.op("MatMul", [dlow, b.const(f"{p}.dt_proj.weight", L.dt_proj.T)], name="dt_proj")
-            A = b.const(f"{p}.A", -np.exp(L.A_log.astype(np.float64)).astype(np.float32))
-            y, _state = b.op(
-                ss.PLUGIN_NAME,
-                [u, delta, A, Bm, Cm, b.const(f"{p}.D", L.D), b.const(f"{p}.dt_proj.bias", L.dt_proj_bias)],
-                name="selective_scan", n_out=2, domain=PLUGIN_DOMAIN,
-                delta_softplus=1, plugin_version=ss.PLUGIN_VERSION, plugin_namespace=ss.PLUGIN_NAMESPACE,
-            )
-            g = b.op("Mul", [y, silu(b, z, "gate_act")], name="gate")
-            o = linear(b, g, f"{p}.out_proj", L.out_proj, L.out_proj_bias, "out_proj")
+        with b.scope(f"layers.{i}"):
+            h = rms_norm(b, r, b.const(f"layers.{i}.norm.weight", L.norm), c.norm_eps)
+            o, _ = mixer(b, i, L, model, h, plan.layer(i), consts)
             r = b.op("Add", [r, o], name="residual")
     with b.scope("head"):
         h = rms_norm(b, r, b.const("norm_f.weight", model.norm_f), c.norm_eps)
@@ -90,4 +169,8 @@ def build_lm_graph(model: MambaModel) -> onnx.ModelProto:
             head = b.const("lm_head.weight", model.lm_head.T)
         b.op("MatMul", [h, head], name="lm_head", out_names=["logits"])
     b.output("logits", TensorProto.FLOAT, [BATCH, SEQ, c.vocab_size])
-    return b.model(extra_opsets=[(PLUGIN_DOMAIN, 1)])
+    m = b.model(extra_opsets=[(PLUGIN_DOMAIN, 1)])
+    if plan.quant is not None and plan.quant.weight_bits == 4:
+        m.opset_import[0].version = QUANT_OPSET_INT4  # INT4 DequantizeLinear needs opset 21
+        m.ir_version = 10
+    return (m, b.points) if with_points else m

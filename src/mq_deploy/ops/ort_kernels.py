@@ -10,6 +10,7 @@ from __future__ import annotations
 import onnx
 from onnxruntime_extensions import PyCustomOpDef, default_opset_domain, get_library_path, onnx_op
 
+from . import hadamard_op
 from . import selective_scan as ss
 
 PLUGIN_DOMAIN = "trt.plugins"  # domain of plugin nodes in model.onnx (TensorRT matches op_type + attributes)
@@ -24,7 +25,13 @@ def _selective_scan_kernel(u, delta, A, Bm, Cm, Dskip, delta_bias, **attrs):
     return y, h
 
 
-KERNELS = {ss.PLUGIN_NAME}
+@onnx_op(op_type=hadamard_op.PLUGIN_NAME, inputs=[_F], outputs=[_F],
+         attrs={"n": PyCustomOpDef.dt_int64, "plugin_version": _STR, "plugin_namespace": _STR})
+def _hadamard_kernel(x, **attrs):
+    return hadamard_op.reference(x)
+
+
+KERNELS = {ss.PLUGIN_NAME, hadamard_op.PLUGIN_NAME}
 
 
 def prepare_plugin_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:

@@ -1,0 +1,26 @@
+"""The Hadamard node: y = x·H_n along the last axis (H_n from `quant/hadamard.py`).
+
+In model.onnx it is a TensorRT plugin node (`Hadamard`, attribute `n`); onnxruntime runs it with the
+CPU kernel in `ort_kernels.py`; the lowering turns it into a MatMul with the n×n constant.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..quant.hadamard import hadamard_transform
+
+PLUGIN_NAME = "Hadamard"
+PLUGIN_VERSION = "1"
+PLUGIN_NAMESPACE = "mq_deploy"
+
+
+def reference(x: np.ndarray) -> np.ndarray:
+    return hadamard_transform(np.asarray(x, np.float32)).astype(np.float32)
+
+
+def emit(b, x: str, n: int, name: str) -> str:
+    from .ort_kernels import PLUGIN_DOMAIN
+
+    return b.op(PLUGIN_NAME, [x], name=name, domain=PLUGIN_DOMAIN, n=n,
+                plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE)

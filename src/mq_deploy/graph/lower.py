@@ -100,3 +100,55 @@ def lower_selective_scan(model: onnx.ModelProto) -> onnx.ModelProto:
     del out.opset_import[:]
     out.opset_import.extend(ops)
     return out
+
+
+def lower_state_update(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy of `model` with every SelectiveStateUpdate plugin node replaced by standard ops.
+
+    For inputs (state, x, dt, A, Bm, Cm, Dskip, dt_bias), x/dt (B, 1, D), Bm/Cm (B, 1, N):
+
+        Δ     = Softplus(dt + dt_bias)                         (B, 1, D)
+        Δc    = Transpose(Δ) , xc = Transpose(Δ ⊙ x)           (B, D, 1)
+        h     = exp(Δc ⊙ A) ⊙ state + xc ⊙ Bm                  (B, D, N)   (Bm broadcasts as (B, 1, N))
+        y     = Transpose(ReduceSum(h ⊙ Cm, axis 2)) + Dskip ⊙ x   (B, 1, D)
+    """
+    from ..ops import state_update as su
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    new_nodes: list[onnx.NodeProto] = []
+    extra_inits: list[onnx.TensorProto] = []
+    for node in g.node:
+        if not (node.domain == PLUGIN_DOMAIN and node.op_type == su.PLUGIN_NAME):
+            new_nodes.append(node)
+            continue
+        if len(node.input) != len(su.INPUTS):
+            raise InternalError(f"{node.name}: SelectiveStateUpdate has {len(node.input)} inputs, "
+                                f"expected {len(su.INPUTS)}")
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        state, x, dt, A, Bm, Cm, Dskip, dbias = node.input
+        y_out, state_out = node.output
+        b = GraphBuilder("lowering")
+        with b.scope(node.name):
+            d = b.op("Add", [dt, dbias], name="dt_bias")
+            if int(attrs.get("dt_softplus", 1)):
+                d = b.op("Softplus", [d], name="dt_softplus")
+            dcol = b.op("Transpose", [d], name="dt_col", perm=[0, 2, 1])
+            dA = b.op("Exp", [b.op("Mul", [dcol, A], name="dtA")], name="dA")
+            dxc = b.op("Transpose", [b.op("Mul", [d, x], name="dt_x")], name="dtx_col", perm=[0, 2, 1])
+            h = b.op("Add", [b.op("Mul", [dA, state], name="decay"), b.op("Mul", [dxc, Bm], name="dBx")],
+                     name="h_out", out_names=[state_out])
+            yc = b.op("ReduceSum", [b.op("Mul", [h, Cm], name="hC"), b.ints("axis2", [2])], name="y_col", keepdims=1)
+            ys = b.op("Transpose", [yc], name="y_tokens", perm=[0, 2, 1])
+            b.op("Add", [ys, b.op("Mul", [x, Dskip], name="skip")], name="y", out_names=[y_out])
+        new_nodes.extend(b.nodes)
+        extra_inits.extend(b.initializers)
+    del g.node[:]
+    g.node.extend(new_nodes)
+    g.initializer.extend(extra_inits)
+    if not any(n.domain == PLUGIN_DOMAIN for n in g.node):
+        ops = [o for o in out.opset_import if o.domain != PLUGIN_DOMAIN]
+        del out.opset_import[:]
+        out.opset_import.extend(ops)
+    return out

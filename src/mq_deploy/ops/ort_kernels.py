@@ -12,6 +12,7 @@ from onnxruntime_extensions import PyCustomOpDef, default_opset_domain, get_libr
 
 from . import hadamard_op
 from . import selective_scan as ss
+from . import state_update as su
 
 PLUGIN_DOMAIN = "trt.plugins"  # domain of plugin nodes in model.onnx (TensorRT matches op_type + attributes)
 _F = PyCustomOpDef.dt_float
@@ -31,7 +32,13 @@ def _hadamard_kernel(x, **attrs):
     return hadamard_op.reference(x)
 
 
-KERNELS = {ss.PLUGIN_NAME, hadamard_op.PLUGIN_NAME}
+@onnx_op(op_type=su.PLUGIN_NAME, inputs=[_F] * len(su.INPUTS), outputs=[_F] * len(su.OUTPUTS),
+         attrs={"dt_softplus": PyCustomOpDef.dt_int64, "plugin_version": _STR, "plugin_namespace": _STR})
+def _selective_state_update_kernel(state, x, dt, A, Bm, Cm, Dskip, dt_bias, **attrs):
+    return su.selective_state_update(state, x, dt, A, Bm, Cm, Dskip, dt_bias, bool(attrs.get("dt_softplus", 1)))
+
+
+KERNELS = {ss.PLUGIN_NAME, su.PLUGIN_NAME, hadamard_op.PLUGIN_NAME}
 
 
 def prepare_plugin_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:

@@ -2,6 +2,7 @@
 
     mq-deploy compile [MODEL] [--recipe fp32] -o OUTDIR
     mq-deploy eval [MODEL_OR_ONNX] --task wikitext2 [--seq-len N] [--limit N] [--data PATH] [--json]
+    mq-deploy generate OUTDIR --prompt TEXT [--prompt TEXT ...] [--max-new-tokens N] [--greedy | --temperature T --top-p P]
 """
 
 from __future__ import annotations
@@ -84,6 +85,53 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- generate -------------------------------------------------------------------------------------
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .eval.tokenizer import TextTokenizer
+    from .generate import Sampling, StatefulSession, TextStream, check_request, generate
+
+    if args.greedy and (args.temperature is not None or args.top_p is not None):
+        raise UserError("--greedy cannot be combined with --temperature / --top-p")
+    if args.max_prompt_tokens < 1:
+        raise UserError("--max-prompt-tokens must be at least 1")
+    sampling = Sampling(greedy=args.temperature is None and args.top_p is None,
+                        temperature=1.0 if args.temperature is None else args.temperature,
+                        top_p=1.0 if args.top_p is None else args.top_p, seed=args.seed)
+    for k, text in enumerate(args.prompt):
+        if not text.strip():
+            raise UserError(f"prompt {k + 1} is empty; give some text to continue")
+    out = Path(args.outdir)
+    session = StatefulSession.from_outdir(out, flavour=args.flavour, threads=args.threads)  # checks OUTDIR first
+    tok = TextTokenizer(Path(args.tokenizer) if args.tokenizer else out / "tokenizer.json")
+    prompts = tok.encode_batch(args.prompt)
+    check_request(prompts, args.max_new_tokens, args.max_prompt_tokens)  # before anything is printed
+    eos = tok.eot_id
+    streams = [TextStream(tok.decode, skip=[eos]) for _ in prompts]
+    single = len(prompts) == 1
+    if single:
+        print(args.prompt[0], end="", flush=True)
+
+    def on_token(row: int, t: int) -> None:
+        piece = streams[row].push(t)
+        if single and piece:
+            print(piece, end="", flush=True)
+
+    def on_finish(row: int, ids: list) -> None:
+        if single:
+            print(flush=True)
+        else:
+            print(f"[{row + 1}] {args.prompt[row]}{tok.decode([t for t in ids if t != eos])}", flush=True)
+
+    res = generate(session, prompts, max_new_tokens=args.max_new_tokens, sampling=sampling, eos_id=eos,
+                   pad_id=tok.pad_id, max_prompt_tokens=args.max_prompt_tokens, on_token=on_token,
+                   on_finish=on_finish)
+    n_prompt = sum(res.prompt_tokens)
+    _log(f"prefill: {len(prompts)} prompt(s), {n_prompt} tokens in {res.prefill_seconds * 1e3:.1f} ms; "
+         f"decode: {res.decode_steps} steps x {len(prompts)} = {res.decode_steps * len(prompts)} tokens in "
+         f"{res.decode_seconds:.2f} s ({res.decode_tokens_per_second:.1f} tokens/s) [{args.flavour}]")
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mq-deploy", description="Export and deployment compiler for Mamba models.")
@@ -121,6 +169,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object per task on stdout")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)
+
+    from .generate import DEFAULT_MAX_PROMPT_TOKENS
+
+    g = sub.add_parser("generate", help="generate text with the prefill and decode-step graphs in onnxruntime",
+                       description="Generate text from a compile OUTDIR: prefill the prompt(s), then one decode step "
+                                   "per token, streaming to stdout; timings go to stderr. Several --prompt values "
+                                   "run as one left-padded batch.")
+    g.add_argument("outdir", metavar="OUTDIR", help="output directory of `mq-deploy compile`")
+    g.add_argument("--prompt", required=True, action="append", help="prompt text (repeatable: one batch)")
+    g.add_argument("--max-new-tokens", type=int, default=64, help="stop after N new tokens (default 64)")
+    g.add_argument("--greedy", action="store_true", help="argmax decoding (the default without --temperature)")
+    g.add_argument("--temperature", type=float, default=None, help="sample with this temperature")
+    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (default 1.0)")
+    g.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    g.add_argument("--flavour", choices=["portable", "plugin"], default="portable",
+                   help="graph flavour: portable (standard ONNX ops) or plugin (plugin nodes on CPU kernels)")
+    g.add_argument("--max-prompt-tokens", type=int, default=DEFAULT_MAX_PROMPT_TOKENS,
+                   help=f"reject longer prompts (default {DEFAULT_MAX_PROMPT_TOKENS})")
+    g.add_argument("--tokenizer", help="tokenizer.json (default: OUTDIR/tokenizer.json)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    g.set_defaults(func=cmd_generate)
     return ap
 
 

@@ -5,6 +5,7 @@
 Writes into OUTDIR (atomically):
   model.onnx            TensorRT flavour: SelectiveScan plugin nodes
   model.portable.onnx   standard ONNX ops only (the scan lowered to the ONNX Scan op)
+  model.prefill.onnx, model.decode.onnx (+ .portable.onnx)   stateful generation graphs (graph/stateful.py)
   manifest.json         model, recipe, versions, shapes, hashes, self-check
   tokenizer.json        when the model directory (or --tokenizer) has one
 """
@@ -28,9 +29,13 @@ from . import __version__
 from .errors import InternalError, UserError
 from .graph.lower import lower_selective_scan
 from .graph.mamba_lm import build_lm_graph
+from .graph.stateful import build_stateful_graphs
+from .graph.stateful import io_spec as stateful_io_spec
+from .graph.stateful import self_check as stateful_self_check
 from .loaders import load_model
 from .model import MambaModel
 from .ops import selective_scan as ss
+from .ops import state_update as su
 from .outdir import atomic_dir
 from .recipes import Recipe, load_recipe
 
@@ -119,6 +124,18 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             log(f"writing {name}")
             for p in save_onnx(g, tmp / name):
                 files[p.name] = {"flavour": flavour}
+        # -- stateful graphs for `mq-deploy generate` (issue 5): prefill + decode step, derived from the
+        #    final `graph` above, so they share its weights, recipe and scales (graph/stateful.py) --------
+        log("building the prefill and decode-step graphs")
+        stateful_graphs = build_stateful_graphs(graph, c)
+        stateful = {**stateful_io_spec(c), "self_check": stateful_self_check(graph, stateful_graphs, c),
+                    "plugins": [{"name": su.PLUGIN_NAME, "version": su.PLUGIN_VERSION,
+                                 "namespace": su.PLUGIN_NAMESPACE, "count": c.n_layer}]}
+        for name, g in stateful_graphs.items():
+            log(f"writing {name}")
+            for p in save_onnx(g, tmp / name):
+                files[p.name] = {"flavour": "portable" if name.endswith(".portable.onnx") else "tensorrt"}
+        # -------------------------------------------------------------------------------------------------
         tok_src = tokenizer or model.source.get("tokenizer")
         if tok_src:
             shutil.copyfile(tok_src, tmp / "tokenizer.json")
@@ -139,6 +156,7 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             "plugins": [{"name": ss.PLUGIN_NAME, "version": ss.PLUGIN_VERSION, "namespace": ss.PLUGIN_NAMESPACE,
                          "count": sum(1 for n in graph.graph.node if n.op_type == ss.PLUGIN_NAME)}],
             "self_check": check,
+            "stateful": stateful,
             "files": files,
             "seconds": round(time.time() - t0, 2),
         }

@@ -15,9 +15,14 @@ import yaml
 from .errors import UserError
 
 RECIPE_DIR = Path(__file__).resolve().parent / "export_configs"
-PRECISIONS = ("fp32",)
-KNOWN_PASSES: dict[str, set] = {}  # pass name -> allowed parameter names (filled as passes land)
-_KEYS = {"name", "description", "precision", "passes"}
+PRECISIONS = ("fp32", "fp16", "w8a8", "w4a8")
+_KEYS = {"name", "description", "precision", "passes", "weights", "activations", "calibration"}
+_SECTIONS = {
+    "weights": {"bits": (int, 8), "method": (str, "rtn"), "clip_search": (bool, False)},
+    "activations": {"bits": (int, 8), "method": (str, "percentile"), "percentile": (float, 99.99),
+                    "scan_inputs": (bool, True)},
+    "calibration": {"samples": (int, 128), "seq_len": (int, 512), "seed": (int, 0)},
+}
 
 
 @dataclass(frozen=True)
@@ -26,12 +31,20 @@ class Recipe:
     precision: str
     description: str = ""
     passes: tuple = field(default_factory=tuple)  # tuple of (pass name, frozen params dict items)
+    weights: dict = field(default_factory=dict)
+    activations: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
     source: str = ""
     sha256: str = ""
 
+    @property
+    def quantized(self) -> bool:
+        return self.precision in ("w8a8", "w4a8")
+
     def to_dict(self) -> dict:
         return {"name": self.name, "precision": self.precision, "description": self.description,
-                "passes": [{"name": n, **dict(p)} for n, p in self.passes], "source": self.source,
+                "passes": [{"name": n, **dict(p)} for n, p in self.passes], "weights": self.weights,
+                "activations": self.activations, "calibration": self.calibration, "source": self.source,
                 "sha256": self.sha256}
 
 
@@ -53,6 +66,36 @@ def _parse(raw, origin: str) -> Recipe:
     passes = raw.get("passes") or []
     if not isinstance(passes, list):
         raise UserError(f"recipe {origin}: 'passes' must be a list")
+    from .passes import REGISTRY
+
+    KNOWN_PASSES = {k: v.params for k, v in REGISTRY.items()}
+    sections = {}
+    for sec, fields in _SECTIONS.items():
+        given = raw.get(sec) or {}
+        if not isinstance(given, dict):
+            raise UserError(f"recipe {origin}: '{sec}' must be a mapping")
+        bad = set(given) - set(fields)
+        if bad:
+            raise UserError(f"recipe {origin}: unknown keys in '{sec}': {sorted(bad)}; allowed: {sorted(fields)}")
+        vals = {}
+        for k, (typ, default) in fields.items():
+            v = given.get(k, default)
+            if typ is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+                raise UserError(f"recipe {origin}: {sec}.{k} must be {typ.__name__}, got {v!r}")
+            vals[k] = v
+        sections[sec] = vals
+    if sections["weights"]["method"] not in ("rtn", "gptq"):
+        raise UserError(f"recipe {origin}: weights.method must be rtn or gptq")
+    if sections["weights"]["bits"] not in (4, 8) or sections["activations"]["bits"] != 8:
+        raise UserError(f"recipe {origin}: weights.bits must be 4 or 8 and activations.bits 8")
+    from .quant.qparams import ACT_METHODS
+
+    if sections["activations"]["method"] not in ACT_METHODS:
+        raise UserError(f"recipe {origin}: activations.method must be one of {', '.join(ACT_METHODS)}")
+    if precision in ("w8a8", "w4a8") and sections["weights"]["bits"] != int(precision[1]):
+        raise UserError(f"recipe {origin}: precision {precision} but weights.bits is {sections['weights']['bits']}")
     parsed = []
     for i, p in enumerate(passes):
         if not isinstance(p, dict) or not isinstance(p.get("name"), str):
@@ -65,7 +108,8 @@ def _parse(raw, origin: str) -> Recipe:
         if bad:
             raise UserError(f"recipe {origin}: pass '{pname}' has unknown parameters {sorted(bad)}")
         parsed.append((pname, tuple(sorted(params.items()))))
-    return Recipe(name=name, precision=precision, description=str(raw.get("description", "")), passes=tuple(parsed))
+    return Recipe(name=name, precision=precision, description=str(raw.get("description", "")), passes=tuple(parsed),
+                  **sections)
 
 
 def load_recipe(name_or_path: str) -> Recipe:

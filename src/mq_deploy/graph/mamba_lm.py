@@ -32,7 +32,7 @@ from ..model import MambaLayer, MambaModel
 from ..ops import hadamard_op
 from ..ops import selective_scan as ss
 from ..ops.ort_kernels import PLUGIN_DOMAIN
-from .builder import GraphBuilder
+from .builder import OPSET, GraphBuilder
 from .plan import GraphPlan, LayerPlan, QuantSpec, point
 
 BATCH, SEQ = "batch", "sequence"
@@ -45,6 +45,7 @@ class LMBuilder(GraphBuilder):
     def __init__(self, name: str, quant: Optional[QuantSpec]):
         super().__init__(name)
         self.quant = quant
+        self.opset = QUANT_OPSET_INT4 if quant is not None and quant.weight_bits == 4 else OPSET
         self.points: dict[str, str] = {}  # point name -> fp32 tensor name (before any Q/DQ)
         self._qdq_cache: dict[str, str] = {}
 
@@ -83,7 +84,10 @@ class LMBuilder(GraphBuilder):
 
 def rms_norm(b: GraphBuilder, x: str, gamma: str, eps: float) -> str:
     sq = b.op("Mul", [x, x], name="sq")
-    ms = b.op("ReduceMean", [sq], name="mean_sq", axes=[-1], keepdims=1)
+    if getattr(b, "opset", OPSET) >= 18:  # axes became an input in opset 18
+        ms = b.op("ReduceMean", [sq, b.ints("axes", [-1])], name="mean_sq", keepdims=1)
+    else:
+        ms = b.op("ReduceMean", [sq], name="mean_sq", axes=[-1], keepdims=1)
     rs = b.op("Sqrt", [b.op("Add", [ms, b.scalar("eps", eps)], name="add_eps")], name="rms")
     return b.op("Mul", [b.op("Div", [x, rs], name="normalize"), gamma], name="scale")
 

@@ -309,3 +309,41 @@ def build_stateful_graphs(full: onnx.ModelProto, config: MambaConfig) -> dict[st
             "model.decode.onnx": decode,
             # the step's own plugin first; lower_selective_scan then lowers any others (Hadamard) and the domain
             "model.decode.portable.onnx": lower_selective_scan(lower_state_update(decode))}
+
+
+def self_check(full: onnx.ModelProto, graphs: dict[str, onnx.ModelProto], config: MambaConfig,
+               prompt: int = 5, steps: int = 2) -> dict:
+    """Prefill (one row left-padded by 2) + `steps` decode steps in both flavours vs the full graph's logits."""
+    import numpy as np
+
+    from ..backends.ort import OrtRunner
+
+    rng = np.random.default_rng(0)
+    L = prompt + steps
+    ids = rng.integers(0, config.vocab_size, size=(2, L))
+    ref = OrtRunner(full)(ids)  # [2, L, V]
+    short = ids[1, 2:prompt]  # row 1: a prompt 2 shorter, left-padded
+    ref_short = OrtRunner(full)(ids[1:, 2:])
+    pids = np.stack([ids[0, :prompt], np.concatenate([[0, 0], short])])
+    mask = np.ones_like(pids)
+    mask[1, :2] = 0
+    scale = float(np.abs(ref).max())
+    worst = {}
+    for flavour, suffix in (("tensorrt", ".onnx"), ("portable", ".portable.onnx")):
+        pre, dec = OrtRunner(graphs[f"model.prefill{suffix}"]), OrtRunner(graphs[f"model.decode{suffix}"])
+        out = pre.run({"input_ids": pids, "attention_mask": mask})
+        got = [out.pop("logits")]
+        want = [np.stack([ref[0, prompt - 1], ref_short[0, prompt - 3]])]
+        for t in range(steps):
+            tok = np.stack([ids[0, prompt + t], ids[1, prompt + t]])[:, None]
+            out = dec.run({"input_ids": tok, **out})
+            got.append(out.pop("logits"))
+            want.append(np.stack([ref[0, prompt + t], ref_short[0, prompt - 2 + t]]))
+            out = {k.replace("_out.", "."): v for k, v in out.items()}
+        err = max(float(np.abs(g - w).max()) for g, w in zip(got, want)) / max(scale, 1e-30)
+        if not np.isfinite(err) or err > 1e-4:
+            raise InternalError(f"self-check: {flavour} prefill/decode logits differ from the full graph's "
+                                f"(max rel error {err:.3g})")
+        worst[flavour] = err
+    return {"batch": 2, "prompt": prompt, "left_padding": 2, "decode_steps": steps,
+            "max_rel_error_vs_full_graph": worst}

@@ -1,0 +1,126 @@
+"""Calibration: run the current graph in onnxruntime with the quantization points' tensors marked as
+outputs, and reduce them into a named statistics artifact (`calib.npz` + `calib.json`).
+
+Per point: absmax, per-channel absmax (last axis), a random sample of |x| (for percentile / MSE
+scales), and for the points listed in `cov_points` the second-moment matrix XᵀX/n (KLT, GPTQ).
+Deterministic for a fixed seed: the windows and the samples come from `numpy.random.default_rng(seed)`.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import lzma
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+from .errors import UserError
+
+SAMPLE_PER_BATCH = 8192
+
+
+def read_calib_text(path: str | Path, max_chars: int) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"calibration file not found: {p}")
+    opener = {".xz": lzma.open, ".bz2": bz2.open, ".gz": gzip.open}.get(p.suffix, open)
+    try:
+        with opener(p, "rt", encoding="utf-8") as f:
+            text = f.read(max_chars)
+    except (OSError, UnicodeDecodeError, EOFError, lzma.LZMAError) as e:
+        raise UserError(f"could not read calibration file {p}: {e}") from None
+    if p.suffix == ".jsonl" or p.name.endswith(".jsonl.xz"):
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line)["text"])
+                except (ValueError, KeyError, TypeError):
+                    if n < len(text.splitlines()):  # the last line may be cut by max_chars
+                        raise UserError(f"{p}:{n}: expected a JSON object with a 'text' field") from None
+        text = "\n\n".join(rows)
+    if not text.strip():
+        raise UserError(f"calibration file {p} is empty")
+    return text
+
+
+def calibration_windows(token_ids: np.ndarray, samples: int, seq_len: int, seed: int) -> np.ndarray:
+    """`samples` windows of `seq_len` tokens at random non-overlapping offsets (fewer if the text is short)."""
+    n_win = len(token_ids) // seq_len
+    if n_win < 1:
+        raise UserError(f"calibration text has {len(token_ids)} tokens, fewer than one window of {seq_len}")
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(n_win, size=min(samples, n_win), replace=False))
+    return np.stack([token_ids[i * seq_len:(i + 1) * seq_len] for i in pick]).astype(np.int64)
+
+
+@dataclass
+class Stats:
+    """Calibration statistics by quantization point."""
+    absmax: dict = field(default_factory=dict)
+    chan: dict = field(default_factory=dict)
+    sample: dict = field(default_factory=dict)
+    second: dict = field(default_factory=dict)  # XᵀX / n
+    count: dict = field(default_factory=dict)
+    gamma: list = field(default_factory=list)  # RMSNorm weights of the calibrated model (to undo γ in covariances)
+    meta: dict = field(default_factory=dict)
+
+    def cov(self, pt: str) -> np.ndarray:
+        if pt not in self.second:
+            raise UserError(f"no covariance statistics for {pt}")
+        return self.second[pt]
+
+    def chan_absmax(self, pt: str) -> np.ndarray:
+        if pt not in self.chan:
+            raise UserError(f"no per-channel statistics for {pt}")
+        return self.chan[pt]
+
+    def save(self, out_dir: Path) -> list[Path]:
+        arrays = {}
+        for kind, d in (("absmax", self.absmax), ("chan", self.chan), ("sample", self.sample), ("second", self.second)):
+            for pt, v in d.items():
+                arrays[f"{pt}/{kind}"] = np.asarray(v)
+        np.savez_compressed(out_dir / "calib.npz", **arrays)
+        (out_dir / "calib.json").write_text(json.dumps({**self.meta, "points": sorted(self.absmax),
+                                                        "count": self.count}, indent=1) + "\n")
+        return [out_dir / "calib.npz", out_dir / "calib.json"]
+
+
+def collect(runner_factory, points: dict[str, str], windows: np.ndarray, cov_points: Iterable[str] = (),
+            batch_size: int = 8, seed: int = 0, progress: bool = True, gamma=None, meta=None) -> Stats:
+    """Run windows through the graph and reduce every point's tensor into `Stats`.
+
+    `runner_factory(extra_outputs)` returns a runner whose `run(feeds)` gives the named outputs."""
+    from tqdm import tqdm
+
+    tensors = sorted(set(points.values()))
+    runner = runner_factory(tensors)
+    cov_points = set(cov_points)
+    rng = np.random.default_rng(seed + 1)
+    st = Stats(gamma=list(gamma or []), meta=dict(meta or {}))
+    samples: dict[str, list] = {pt: [] for pt in points}
+    for s in tqdm(range(0, len(windows), batch_size), desc="calibrating", unit="batch", disable=not progress,
+                  leave=False):
+        out = runner.run({"input_ids": windows[s:s + batch_size]})
+        for pt, name in points.items():
+            x = out[name].reshape(-1, out[name].shape[-1]).astype(np.float32)
+            ax = np.abs(x)
+            cm = ax.max(axis=0)
+            st.chan[pt] = cm if pt not in st.chan else np.maximum(st.chan[pt], cm)
+            st.absmax[pt] = max(st.absmax.get(pt, 0.0), float(cm.max()))
+            flat = ax.ravel()
+            k = min(SAMPLE_PER_BATCH, flat.size)
+            samples[pt].append(flat[rng.choice(flat.size, size=k, replace=False)])
+            if pt in cov_points:
+                xd = x.astype(np.float64)
+                st.second[pt] = st.second.get(pt, 0) + xd.T @ xd
+            st.count[pt] = st.count.get(pt, 0) + x.shape[0]
+    for pt in points:
+        st.sample[pt] = np.concatenate(samples[pt]).astype(np.float32)
+        if pt in st.second:
+            st.second[pt] = st.second[pt] / st.count[pt]
+    return st

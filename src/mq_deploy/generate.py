@@ -1,0 +1,248 @@
+"""Token generation with the stateful graphs in onnxruntime: prefill once, then one decode step per token.
+
+    sess = StatefulSession.from_outdir("out/", flavour="portable")
+    res = generate(sess, [[12, 7, 99]], max_new_tokens=20, sampling=Sampling())   # greedy
+    res.tokens[0]                                                                  # new ids (EOS included)
+
+Prompts of different lengths are LEFT-padded into one batch (the prefill graph masks the padding, so
+each row ends in the states of its prompt run alone). The first new token comes from the prefill
+logits, each further one from a decode step. A row stops at EOS (kept in its output, as Hugging Face
+`generate` keeps it); finished rows keep stepping on EOS until every row is done, and their logits
+are ignored.
+
+The states are opaque to this module: whatever `conv_state.{i}` / `ssm_state.{i}` the prefill graph
+returns is fed to the step graph, so a recipe's scaled state domain (DESIGN.md §2) passes through
+unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import onnx
+
+from .errors import UserError
+
+FLAVOURS = {"portable": ".portable.onnx", "plugin": ".onnx"}
+DEFAULT_MAX_PROMPT_TOKENS = 2048
+
+
+def graph_files(flavour: str) -> tuple[str, str]:
+    if flavour not in FLAVOURS:
+        raise UserError(f"unknown flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
+    return f"model.prefill{FLAVOURS[flavour]}", f"model.decode{FLAVOURS[flavour]}"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Greedy (argmax) by default; otherwise temperature + nucleus (top-p) sampling with a seeded generator."""
+    greedy: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.temperature) and self.temperature > 0):
+            raise UserError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top-p must be in (0, 1], got {self.top_p}")
+
+
+def sample(logits: np.ndarray, cfg: Sampling, rng: np.random.Generator) -> np.ndarray:
+    """Next token per row of `logits` [batch, vocab]."""
+    if cfg.greedy:
+        return np.argmax(logits, axis=-1).astype(np.int64)
+    z = logits.astype(np.float64) / cfg.temperature
+    p = np.exp(z - z.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    out = np.empty(len(p), np.int64)
+    for r, pr in enumerate(p):
+        order = np.argsort(-pr, kind="stable")
+        cum = np.cumsum(pr[order])
+        keep = order[: int(np.searchsorted(cum, cfg.top_p)) + 1]  # smallest set whose mass reaches top_p
+        q = pr[keep] / pr[keep].sum()
+        out[r] = keep[rng.choice(len(keep), p=q)]
+    return out
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) int64 [batch, longest] with each prompt right-aligned."""
+    L = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), L), pad_id, np.int64)
+    mask = np.zeros((len(prompts), L), np.int64)
+    for r, p in enumerate(prompts):
+        if len(p):
+            ids[r, L - len(p):] = p
+            mask[r, L - len(p):] = 1
+    return ids, mask
+
+
+class StatefulSession:
+    """The prefill and decode-step graphs of one flavour in onnxruntime, with input checks."""
+
+    def __init__(self, prefill: str | Path | onnx.ModelProto, decode: str | Path | onnx.ModelProto,
+                 threads: Optional[int] = None):
+        from .backends.ort import OrtRunner
+
+        self.prefill_runner = OrtRunner(prefill, threads=threads)
+        self.decode_runner = OrtRunner(decode, threads=threads)
+        ins = self.decode_runner.session.get_inputs()
+        # static dims of every state input (the batch dim is symbolic); name → (d1, d2)
+        self.state_shapes: dict[str, tuple] = {i.name: tuple(i.shape[1:]) for i in ins if i.name != "input_ids"}
+        self.vocab_size = int(self.decode_runner.session.get_outputs()[0].shape[-1])
+
+    @classmethod
+    def from_outdir(cls, outdir: str | Path, flavour: str = "portable", threads: Optional[int] = None):
+        out = Path(outdir)
+        if not out.is_dir():
+            raise UserError(f"{out} is not a directory; pass the OUTDIR of `mq-deploy compile`")
+        if not (out / "manifest.json").is_file():
+            raise UserError(f"{out} has no manifest.json; it is not an `mq-deploy compile` output directory")
+        for name in graph_files(flavour):
+            if not (out / name).is_file():
+                raise UserError(f"{out} has no {name} (the stateful graphs generation needs); it was compiled by an "
+                                f"older mq-deploy: recompile it with `mq-deploy compile ... -o {out}`")
+        pre, dec = graph_files(flavour)
+        return cls(out / pre, out / dec, threads=threads)
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Logits [batch, vocab] of the last position and the per-layer states."""
+        ids = np.asarray(input_ids, np.int64)
+        mask = np.asarray(attention_mask, np.int64)
+        if ids.ndim != 2 or ids.shape[1] == 0 or mask.shape != ids.shape:
+            raise UserError(f"prefill: input_ids {ids.shape} and attention_mask {mask.shape} must both be "
+                            "[batch, sequence] with sequence >= 1")
+        self._check_ids(ids)
+        out = self.prefill_runner.run({"input_ids": ids, "attention_mask": mask})
+        logits = out.pop("logits")
+        return logits, out
+
+    def step(self, tokens: np.ndarray, states: dict) -> tuple[np.ndarray, dict]:
+        """One decode step: tokens [batch] or [batch, 1] + states → logits [batch, vocab], new states."""
+        ids = np.asarray(tokens, np.int64).reshape(-1, 1)
+        self._check_ids(ids)
+        batch = ids.shape[0]
+        feeds = {"input_ids": ids}
+        missing = sorted(set(self.state_shapes) - set(states))
+        if missing:
+            raise UserError(f"decode step: missing state input(s) {', '.join(missing[:4])}"
+                            f"{' ...' if len(missing) > 4 else ''} (expected {len(self.state_shapes)} states)")
+        for name, dims in self.state_shapes.items():
+            a = np.asarray(states[name])
+            want = (batch, *dims)
+            if a.shape != want:
+                raise UserError(f"decode step: state '{name}' has shape {tuple(a.shape)}, expected {want} "
+                                f"([batch, {', '.join(map(str, dims))}] with batch = {batch} from input_ids)")
+            if not np.issubdtype(a.dtype, np.floating):
+                raise UserError(f"decode step: state '{name}' has dtype {a.dtype}, expected float32")
+            feeds[name] = a.astype(np.float32, copy=False)
+        out = self.decode_runner.run(feeds)
+        logits = out.pop("logits")
+        return logits, {k.replace("_out.", "."): v for k, v in out.items()}
+
+    def _check_ids(self, ids: np.ndarray) -> None:
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise UserError(f"token id {int(ids.max() if ids.max() >= self.vocab_size else ids.min())} is outside "
+                            f"the model's vocabulary [0, {self.vocab_size}); is the tokenizer the model's?")
+
+
+@dataclass
+class Generation:
+    tokens: list[list[int]]                  # new tokens per prompt (EOS included when reached)
+    prompt_tokens: list[int]                 # prompt lengths
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    decode_steps: int = 0
+    finished: list[bool] = field(default_factory=list)
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        """Tokens produced by decode steps per second, all rows together."""
+        n = self.decode_steps * len(self.tokens)
+        return n / self.decode_seconds if self.decode_seconds > 0 else float("nan")
+
+
+def check_request(prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                  max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS) -> None:
+    """UserError for an empty or too long prompt or a non-positive token budget."""
+    if not prompts:
+        raise UserError("no prompt given")
+    for r, p in enumerate(prompts):
+        if len(p) == 0:
+            raise UserError(f"prompt {r + 1} is empty (0 tokens); give some text to continue")
+        if len(p) > max_prompt_tokens:
+            raise UserError(f"prompt {r + 1} has {len(p)} tokens, more than the maximum of {max_prompt_tokens} "
+                            "(raise --max-prompt-tokens or shorten the prompt)")
+    if max_new_tokens < 1:
+        raise UserError(f"max-new-tokens must be at least 1, got {max_new_tokens}")
+
+
+def generate(session: StatefulSession, prompts: Sequence[Sequence[int]], max_new_tokens: int = 20,
+             sampling: Sampling = Sampling(), eos_id: Optional[int] = 0, pad_id: int = 0,
+             max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+             on_token: Optional[Callable[[int, int], None]] = None,
+             on_finish: Optional[Callable[[int, list[int]], None]] = None) -> Generation:
+    """Generate up to `max_new_tokens` per prompt; `on_token(row, id)` streams, `on_finish(row, ids)` reports a row."""
+    check_request(prompts, max_new_tokens, max_prompt_tokens)
+    rng = np.random.default_rng(sampling.seed)
+    B = len(prompts)
+    res = Generation([[] for _ in range(B)], [len(p) for p in prompts], finished=[False] * B)
+    ids, mask = left_pad(prompts, pad_id)
+    t0 = time.perf_counter()
+    logits, states = session.prefill(ids, mask)
+    res.prefill_seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    for n in range(max_new_tokens):
+        if n > 0:
+            logits, states = session.step(nxt, states)
+            res.decode_steps += 1
+        nxt = sample(logits, sampling, rng)
+        for r in range(B):
+            if res.finished[r]:
+                nxt[r] = eos_id if eos_id is not None else pad_id
+                continue
+            tok = int(nxt[r])
+            res.tokens[r].append(tok)
+            if on_token:
+                on_token(r, tok)
+            if tok == eos_id or len(res.tokens[r]) == max_new_tokens:
+                res.finished[r] = True
+                if on_finish:
+                    on_finish(r, res.tokens[r])
+        if all(res.finished):
+            break
+    res.decode_seconds = time.perf_counter() - t1
+    res.finished = [bool(t and t[-1] == eos_id) for t in res.tokens]  # stopped at EOS (not at the limit)
+    return res
+
+
+class TextStream:
+    """Incremental detokenization: `push(id)` returns the new text (holding back incomplete UTF-8)."""
+
+    def __init__(self, decode: Callable[[list[int]], str], skip: Sequence[int] = ()):
+        self._decode, self._skip = decode, set(skip)
+        self._ids: list[int] = []
+        self._printed = 0
+
+    def push(self, tok: int) -> str:
+        if tok in self._skip:
+            return ""
+        self._ids.append(tok)
+        text = self._decode(self._ids)
+        if text.endswith("\ufffd"):  # a multi-byte character split across tokens: wait for the rest
+            return ""
+        new, self._printed = text[self._printed:], len(text)
+        return new
+
+
+def manifest_info(outdir: str | Path) -> dict:
+    p = Path(outdir) / "manifest.json"
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}

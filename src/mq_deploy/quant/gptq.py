@@ -1,0 +1,42 @@
+"""GPTQ (Frantar et al. 2022) for one linear: quantize input columns in order, spreading each
+column's rounding error over the remaining columns through the inverse Hessian H = XᵀX/n.
+
+Per-output-channel symmetric scales (fixed up front from the weight, as TensorRT requires).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .qparams import qrange, weight_scales
+
+
+def gptq_quantize(w_in_out: np.ndarray, H: np.ndarray, bits: int, damp: float = 0.01,
+                  clip_search: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Returns ([in, out] integers, [out] scales) for the weight of y = x·w (w is [in, out])."""
+    W = np.array(w_in_out, dtype=np.float64).T.copy()  # [out, in]: columns are input channels
+    scale = weight_scales(w_in_out, bits, clip_search).astype(np.float64)
+    lo, hi = qrange(bits)
+    H = np.array(H, dtype=np.float64)
+    dead = np.diag(H) <= 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += damp * np.mean(np.diag(H)) * np.eye(H.shape[0])
+    Hinv = np.linalg.cholesky(np.linalg.inv(H)).T  # upper Cholesky factor of H⁻¹
+    Q = np.zeros_like(W)
+    n_in = W.shape[1]
+    block = 128
+    for s in range(0, n_in, block):
+        e = min(n_in, s + block)
+        W1 = W[:, s:e].copy()
+        Err = np.zeros_like(W1)
+        Hb = Hinv[s:e, s:e]
+        for j in range(e - s):
+            col = W1[:, j]
+            qc = np.clip(np.rint(col / scale), lo, hi)
+            Q[:, s + j] = qc
+            err = (col - qc * scale) / Hb[j, j]
+            W1[:, j:] -= np.outer(err, Hb[j, j:])
+            Err[:, j] = err
+        W[:, e:] -= Err @ Hinv[s:e, e:]
+    return Q.T.astype(np.int8), scale.astype(np.float32)

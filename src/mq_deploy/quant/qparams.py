@@ -1,0 +1,80 @@
+"""Symmetric integer quantization math (TensorRT's rules): zero-point 0, scale = clip / qmax.
+
+Rounding is half-to-even, as ONNX QuantizeLinear specifies; values saturate to [-2^(b-1), 2^(b-1)-1].
+Pure array functions: no graphs, no models.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UserError
+
+ACT_METHODS = ("max", "percentile", "mse")
+
+
+def qrange(bits: int) -> tuple[int, int]:
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def quantize(x: np.ndarray, scale, bits: int) -> np.ndarray:
+    lo, hi = qrange(bits)
+    return np.clip(np.rint(np.asarray(x, np.float32) / np.asarray(scale, np.float32)), lo, hi)
+
+
+def fake_quant(x: np.ndarray, scale, bits: int) -> np.ndarray:
+    """Quantize then dequantize (what a Q→DQ pair computes), in fp32."""
+    return (quantize(x, scale, bits) * np.asarray(scale, np.float32)).astype(np.float32)
+
+
+def weight_scales(w_in_out: np.ndarray, bits: int, clip_search: bool = False) -> np.ndarray:
+    """Per-output-channel scales for a [in, out] weight (absmax; optionally MSE-searched clipping)."""
+    qmax = qrange(bits)[1]
+    amax = np.abs(w_in_out).max(axis=0).astype(np.float64)
+    amax = np.where(amax > 0, amax, 1.0)
+    if not clip_search:
+        return (amax / qmax).astype(np.float32)
+    best, best_err = amax.copy(), np.full(amax.shape, np.inf)
+    for r in np.linspace(1.0, 0.5, 11):
+        s = amax * r / qmax
+        err = ((fake_quant(w_in_out, s.astype(np.float32), bits) - w_in_out) ** 2).sum(axis=0)
+        better = err < best_err
+        best[better], best_err[better] = (amax * r)[better], err[better]
+    return (best / qmax).astype(np.float32)
+
+
+def quantize_weight(w_in_out: np.ndarray, bits: int, clip_search: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """RTN: ([in, out] integer values, [out] scales)."""
+    s = weight_scales(w_in_out, bits, clip_search)
+    return quantize(w_in_out, s[None, :], bits).astype(np.int8), s
+
+
+def act_scale(sample_abs: np.ndarray, absmax: float, bits: int, method: str, percentile: float = 99.99) -> float:
+    """Per-tensor activation scale from calibration: `sample_abs` is a sample of |x|, `absmax` the true max."""
+    qmax = qrange(bits)[1]
+    if absmax <= 0 or not np.isfinite(absmax):
+        return 1.0
+    if method == "max":
+        clip = absmax
+    elif method == "percentile":
+        clip = float(np.percentile(sample_abs, percentile)) if sample_abs.size else absmax
+        clip = min(max(clip, 1e-12), absmax)
+    elif method == "mse":
+        x = sample_abs.astype(np.float64)
+        clip, best = absmax, np.inf
+        for r in np.geomspace(1.0, 0.05, 48):
+            c = absmax * r
+            s = c / qmax
+            err = float(np.mean((np.minimum(np.rint(x / s), qmax) * s - x) ** 2))
+            if err < best:
+                clip, best = c, err
+    else:
+        raise UserError(f"unknown activation scale method '{method}'; choose one of {', '.join(ACT_METHODS)}")
+    return float(clip / qmax)
+
+
+def sqnr_db(ref: np.ndarray, x: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB."""
+    noise = float(np.sum((np.asarray(ref, np.float64) - x) ** 2))
+    sig = float(np.sum(np.asarray(ref, np.float64) ** 2))
+    return float("inf") if noise == 0 else 10.0 * np.log10(max(sig, 1e-300) / noise)

@@ -1,0 +1,109 @@
+"""The quantization half of compile: calibrate → passes → calibrate again → integer weights + scales.
+
+    model', plan, stats = prepare(model, recipe, windows)
+
+1. If a pass needs data (KLT, smoothing), calibrate the fp32 graph (per-channel maxima, covariances).
+2. Apply the recipe's passes (function-preserving; `mq_deploy.passes`).
+3. For W8A8 / W4A8: round the tensors deployed in fp16 (conv, embedding, lm_head, norms), calibrate
+   the transformed graph, quantize each linear's weight (RTN or GPTQ with H = XᵀX/n from this
+   calibration) and pick each activation point's static scale (max / percentile / MSE).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+
+from .calibrate import Stats, collect
+from .graph.lower import lower_selective_scan
+from .graph.mamba_lm import build_lm_graph
+from .graph.plan import ACT_POINTS, LINEARS, GraphPlan, QuantSpec, point
+from .model import MambaModel
+from .passes import REGISTRY, run_passes
+from .quant.gptq import gptq_quantize
+from .quant.qparams import act_scale, quantize_weight
+from .recipes import Recipe
+
+
+def calibrate(model: MambaModel, plan: GraphPlan, windows: np.ndarray, cov_points=(), batch_size: int = 8,
+              seed: int = 0, progress: bool = True, meta: Optional[dict] = None) -> Stats:
+    """Statistics of every quantization point of the fp32 graph of (model, plan)."""
+    from .backends.ort import OrtRunner
+
+    fp = GraphPlan(layers=plan.layers, quant=None)
+    graph, points = build_lm_graph(model, fp, with_points=True)
+    portable = lower_selective_scan(graph)
+    return collect(lambda outs: OrtRunner(portable, extra_outputs=outs), points, windows, cov_points,
+                   batch_size=batch_size, seed=seed, progress=progress, gamma=[L.norm.copy() for L in model.layers],
+                   meta=meta)
+
+
+def round_fp16(model: MambaModel, everything: bool) -> MambaModel:
+    """Round weights to fp16 precision: all of them (fp16 recipe) or those deployed in fp16 beside int8 linears."""
+    f = lambda a: None if a is None else a.astype(np.float16).astype(np.float32)  # noqa: E731
+    model.embedding = f(model.embedding)
+    model.lm_head = f(model.lm_head)
+    model.norm_f = f(model.norm_f)
+    for L in model.layers:
+        L.norm, L.conv_weight, L.conv_bias = f(L.norm), f(L.conv_weight), f(L.conv_bias)
+        if everything:
+            for name in ("in_proj", "x_proj", "dt_proj", "out_proj", "dt_proj_bias", "D", "in_proj_bias",
+                         "out_proj_bias"):
+                setattr(L, name, f(getattr(L, name)))
+    return model
+
+
+def prepare(model: MambaModel, recipe: Recipe, windows: Optional[np.ndarray], *, progress: bool = True,
+            log: Callable[[str], None] = lambda s: None, batch_size: int = 8) -> tuple[MambaModel, GraphPlan, list]:
+    """Apply `recipe` to `model`; returns (model', plan, [Stats of each calibration run])."""
+    n = model.config.n_layer
+    plan = GraphPlan.plain(n)
+    seed = recipe.calibration.get("seed", 0)
+    stats_runs = []
+    needs_stats = any(REGISTRY[p].needs_stats or dict(kw).get("klt") for p, kw in recipe.passes)
+    stats0 = None
+    if needs_stats:
+        log("calibrating the fp32 graph (statistics for the passes)")
+        cov = [point(i, "in_proj.input") for i in range(n)] + [point(i, "dt_proj.input") for i in range(n)]
+        stats0 = calibrate(model, plan, windows, cov, batch_size, seed, progress, meta={"stage": "fp32"})
+        stats_runs.append(stats0)
+    if recipe.passes:
+        log("applying passes")
+        model, plan = run_passes(model, plan, recipe.passes, stats0, log=log)
+    else:
+        import copy
+
+        model = copy.deepcopy(model)
+    if recipe.precision == "fp16":
+        return round_fp16(model, everything=True), plan, stats_runs
+    if not recipe.quantized:
+        return model, plan, stats_runs
+
+    wcfg, acfg = recipe.weights, recipe.activations
+    model = round_fp16(model, everything=False)
+    log("calibrating the transformed graph (activation scales" + (", GPTQ Hessians)" if wcfg["method"] == "gptq" else ")"))
+    cov = [f"layers.{i}.{lin}.input" for i in range(n) for lin in LINEARS] if wcfg["method"] == "gptq" else []
+    stats1 = calibrate(model, plan, windows, cov, batch_size, seed, progress, meta={"stage": "transformed"})
+    stats_runs.append(stats1)
+    q = QuantSpec(weight_bits=wcfg["bits"], act_bits=acfg["bits"])
+    log(f"quantizing weights ({wcfg['method']}, int{wcfg['bits']} per output channel)")
+    for i, L in enumerate(model.layers):
+        for lin in LINEARS:
+            name = f"layers.{i}.{lin}"
+            w = getattr(L, lin).T
+            if wcfg["method"] == "gptq":
+                q.weights[name] = gptq_quantize(w, stats1.cov(f"{name}.input"), wcfg["bits"],
+                                                clip_search=wcfg["clip_search"])
+            else:
+                q.weights[name] = quantize_weight(w, wcfg["bits"], wcfg["clip_search"])
+    for i in range(n):
+        for ap in ACT_POINTS:
+            pt = point(i, ap)
+            if ap.startswith("scan.") and not acfg["scan_inputs"]:
+                continue
+            if pt in stats1.absmax:
+                q.act_scales[pt] = act_scale(stats1.sample[pt], stats1.absmax[pt], acfg["bits"], acfg["method"],
+                                             acfg["percentile"])
+    plan.quant = q
+    return model, plan, stats_runs

@@ -33,7 +33,9 @@ def test_compile_writes_both_graphs_and_manifest(tiny, tmp_path):
     out = tmp_path / "out"
     r = run_cli("compile", hf_dir, "--recipe", "fp32", "-o", out)
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "model.portable.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.decode.onnx", "model.decode.portable.onnx",
+                                                     "model.onnx", "model.portable.onnx", "model.prefill.onnx",
+                                                     "model.prefill.portable.onnx"]
     man = json.loads((out / "manifest.json").read_text())
     assert man["recipe"]["name"] == "fp32"
     assert man["model"]["format"] == "hf" and man["model"]["config"]["d_model"] == 80

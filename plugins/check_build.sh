@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Compile-check the plugins without a GPU:
+#   (a) every kernels/*.cu with nvcc -c for each arch in CUDA_ARCHS (default "87 86 89 90");
+#   (b) if TRT_INCLUDE names a TensorRT include dir, the plugin *.cpp files against it (-fsyntax-only).
+# Env: NVCC (default: nvcc on PATH), CUDA_ARCHS, TRT_INCLUDE, CXX (default g++), JOBS (default nproc).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+NVCC="${NVCC:-nvcc}"
+CUDA_ARCHS="${CUDA_ARCHS:-87 86 89 90}"
+JOBS="${JOBS:-$(nproc)}"
+command -v "$NVCC" >/dev/null || { echo "check_build: nvcc not found (set NVCC)" >&2; exit 2; }
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+gencode=()
+for a in $CUDA_ARCHS; do gencode+=("-gencode=arch=compute_${a},code=sm_${a}"); done
+
+pids=()
+for cu in "$here"/kernels/*.cu; do
+  name="$(basename "$cu" .cu)"
+  echo "nvcc [$CUDA_ARCHS] kernels/$name.cu"
+  "$NVCC" -std=c++17 -O3 --threads 0 -Werror all-warnings "${gencode[@]}" -I"$here/kernels" -c "$cu" -o "$out/$name.o" \
+    >"$out/$name.log" 2>&1 &
+  pids+=("$!:$name")
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 0.2; done
+done
+fail=0
+for entry in "${pids[@]}"; do
+  pid="${entry%%:*}"; name="${entry#*:}"
+  if ! wait "$pid"; then echo "FAILED: kernels/$name.cu" >&2; cat "$out/$name.log" >&2; fail=1; fi
+done
+[ "$fail" = 0 ] || exit 1
+
+if [ -n "${TRT_INCLUDE:-}" ]; then
+  cuda_inc="$(dirname "$(dirname "$(command -v "$NVCC")")")/include"
+  [ -d "$cuda_inc/cuda_runtime_api.h" ] || cuda_inc="$(dirname "$(readlink -f "$(command -v "$NVCC")")")/../include"
+  for cpp in "$here"/*.cpp; do
+    echo "${CXX:-g++} -fsyntax-only $(basename "$cpp") against $TRT_INCLUDE"
+    "${CXX:-g++}" -std=c++17 -fsyntax-only -Wall -Wextra -Werror -Wno-deprecated-declarations \
+      -I"$TRT_INCLUDE" -I"$cuda_inc" -I"$here" -I"$here/kernels" "$cpp"
+  done
+fi
+echo "check_build: OK"

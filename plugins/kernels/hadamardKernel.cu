@@ -1,0 +1,329 @@
+// Hadamard kernels and the host port of the base-matrix constructions; see hadamardKernel.h.
+#include "hadamardKernel.h"
+
+#include <cmath>
+
+namespace mq
+{
+namespace
+{
+
+constexpr int kThreads = 128;
+
+template <typename T>
+__device__ __forceinline__ void storeOut(T* y, int64_t i, float v, float /*scale*/)
+{
+    y[i] = fromFloat<T>(v);
+}
+__device__ __forceinline__ void storeOut(int8_t* y, int64_t i, float v, float scale)
+{
+    y[i] = quantizeInt8(v, scale);
+}
+
+__device__ __forceinline__ void load8(float const* src, float (&v)[8])
+{
+    float4 const a = reinterpret_cast<float4 const*>(src)[0];
+    float4 const b = reinterpret_cast<float4 const*>(src)[1];
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+__device__ __forceinline__ void load8(__half const* src, float (&v)[8])
+{
+    uint4 const a = reinterpret_cast<uint4 const*>(src)[0];
+    __half2 const* h = reinterpret_cast<__half2 const*>(&a);
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+    {
+        float2 const f = __half22float2(h[i]);
+        v[2 * i] = f.x, v[2 * i + 1] = f.y;
+    }
+}
+
+// kM > 0: unrolled base product for that m; kM == 0: any m (generic loop). kVec: 16-byte loads,
+// stages h = 1, 2, 4 in registers (needs 2^k ≥ 8, n % 8 == 0, 16-byte aligned rows).
+template <typename Tin, typename Tout, int kM, bool kVec>
+__global__ void __launch_bounds__(kThreads) hadamardKernel(HadamardParams const p, int32_t logP)
+{
+    extern __shared__ float smem[];
+    int const n = p.n;
+    int const m = kM > 0 ? kM : p.m;
+    int const P = 1 << logP;
+    int const m4 = (m + 3) & ~3;
+    float* s = smem;
+    float* bt = smem + n; // bt[c * m4 + a] = B[a, c]
+    int64_t const rowOff = static_cast<int64_t>(blockIdx.x) * n;
+    auto const* x = static_cast<Tin const*>(p.x) + rowOff;
+
+    if (m > 1)
+        for (int i = threadIdx.x; i < m * m4; i += kThreads)
+        {
+            int const c = i / m4;
+            int const a = i - c * m4;
+            bt[i] = a < m ? p.baseMatrix[a * m + c] : 0.f;
+        }
+
+    int h0 = 1;
+    if (kVec)
+    {
+        for (int g = threadIdx.x; g < n / 8; g += kThreads)
+        {
+            float v[8];
+            load8(x + 8 * g, v);
+#pragma unroll
+            for (int h = 1; h < 8; h *= 2)
+#pragma unroll
+                for (int i = 0; i < 8; ++i)
+                    if ((i & h) == 0)
+                    {
+                        float const a = v[i], b = v[i + h];
+                        v[i] = a + b, v[i + h] = a - b;
+                    }
+            reinterpret_cast<float4*>(s + 8 * g)[0] = make_float4(v[0], v[1], v[2], v[3]);
+            reinterpret_cast<float4*>(s + 8 * g)[1] = make_float4(v[4], v[5], v[6], v[7]);
+        }
+        h0 = 8;
+    }
+    else
+    {
+        for (int i = threadIdx.x; i < n; i += kThreads)
+            s[i] = toFloat(x[i], 1.f);
+    }
+    __syncthreads();
+
+    // Remaining butterfly stages on the m sub-rows of length P.
+    int const half = n >> 1;
+    for (int h = h0; h < P; h <<= 1)
+    {
+        for (int i = threadIdx.x; i < half; i += kThreads)
+        {
+            int const j = i & (h - 1);
+            int const i0 = ((i - j) << 1) + j; // pairs (i0, i0 + h) never cross a sub-row: P is a multiple of 2h
+            float const a = s[i0], b = s[i0 + h];
+            s[i0] = a + b, s[i0 + h] = a - b;
+        }
+        __syncthreads();
+    }
+
+    float const norm = rsqrtf(static_cast<float>(n));
+    auto* y = static_cast<Tout*>(p.y) + rowOff;
+    if (kM == 1 || m == 1)
+    {
+        for (int i = threadIdx.x; i < n; i += kThreads)
+            storeOut(y, i, s[i] * norm, p.outScale);
+    }
+    else
+    for (int b = threadIdx.x; b < P; b += kThreads)
+    {
+        if constexpr (kM > 1)
+        {
+            float xa[kM > 0 ? kM : 1];
+#pragma unroll
+            for (int a = 0; a < kM; ++a)
+                xa[a] = s[a * P + b];
+#pragma unroll 2
+            for (int c = 0; c < kM; ++c)
+            {
+                float acc = 0.f;
+                float4 const* col = reinterpret_cast<float4 const*>(bt + c * m4);
+#pragma unroll
+                for (int a4 = 0; a4 < (kM + 3) / 4; ++a4)
+                {
+                    float4 const w = col[a4];
+                    acc = fmaf(w.x, xa[4 * a4], acc);
+                    if (4 * a4 + 1 < kM) acc = fmaf(w.y, xa[4 * a4 + 1], acc);
+                    if (4 * a4 + 2 < kM) acc = fmaf(w.z, xa[4 * a4 + 2], acc);
+                    if (4 * a4 + 3 < kM) acc = fmaf(w.w, xa[4 * a4 + 3], acc);
+                }
+                storeOut(y, static_cast<int64_t>(c) * P + b, acc * norm, p.outScale);
+            }
+        }
+        else
+        {
+            for (int c = 0; c < m; ++c)
+            {
+                float acc = 0.f;
+                for (int a = 0; a < m; ++a)
+                    acc = fmaf(bt[c * m4 + a], s[a * P + b], acc);
+                storeOut(y, static_cast<int64_t>(c) * P + b, acc * norm, p.outScale);
+            }
+        }
+    }
+}
+
+template <typename Tin, typename Tout, int kM>
+cudaError_t launchM(HadamardParams const& p, int32_t logP, bool vec, cudaStream_t stream)
+{
+    size_t const smem = hadamardSharedBytes(p.n, p.m);
+    auto kernel = vec ? hadamardKernel<Tin, Tout, kM, true> : hadamardKernel<Tin, Tout, kM, false>;
+    if (smem > 48 * 1024)
+    {
+        cudaError_t const e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+        if (e != cudaSuccess)
+            return e;
+    }
+    kernel<<<static_cast<unsigned>(p.rows), kThreads, smem, stream>>>(p, logP);
+    return cudaGetLastError();
+}
+
+template <typename Tin, typename Tout>
+cudaError_t dispatchM(HadamardParams const& p, int32_t logP, bool vec, cudaStream_t stream)
+{
+    switch (p.m)
+    {
+    case 1: return launchM<Tin, Tout, 1>(p, logP, vec, stream);
+    case 12: return launchM<Tin, Tout, 12>(p, logP, vec, stream);
+    case 20: return launchM<Tin, Tout, 20>(p, logP, vec, stream);
+    case 28: return launchM<Tin, Tout, 28>(p, logP, vec, stream);
+    case 36: return launchM<Tin, Tout, 36>(p, logP, vec, stream);
+    case 44: return launchM<Tin, Tout, 44>(p, logP, vec, stream);
+    case 60: return launchM<Tin, Tout, 60>(p, logP, vec, stream);
+    default: return launchM<Tin, Tout, 0>(p, logP, vec, stream);
+    }
+}
+
+template <typename Tin>
+cudaError_t dispatchOut(HadamardParams const& p, int32_t logP, bool vec, cudaStream_t stream)
+{
+    switch (p.outType)
+    {
+    case DType::kFLOAT: return dispatchM<Tin, float>(p, logP, vec, stream);
+    case DType::kHALF: return dispatchM<Tin, __half>(p, logP, vec, stream);
+    case DType::kINT8: return dispatchM<Tin, int8_t>(p, logP, vec, stream);
+    }
+    return cudaErrorInvalidValue;
+}
+
+// ---- host port of quant/hadamard.py ----
+bool isPrime(int32_t q)
+{
+    if (q < 2)
+        return false;
+    for (int32_t i = 2; i * i <= q; ++i)
+        if (q % i == 0)
+            return false;
+    return true;
+}
+
+std::vector<int32_t> jacobsthal(int32_t q) // Q[i, j] = χ(j - i)
+{
+    std::vector<int32_t> chi(q, -1);
+    chi[0] = 0;
+    for (int32_t x = 1; x < q; ++x)
+        chi[(x * x) % q] = 1;
+    std::vector<int32_t> Q(static_cast<size_t>(q) * q);
+    for (int32_t i = 0; i < q; ++i)
+        for (int32_t j = 0; j < q; ++j)
+            Q[i * q + j] = chi[((j - i) % q + q) % q];
+    return Q;
+}
+
+} // namespace
+
+std::vector<float> hadamardBaseMatrix(int32_t m)
+{
+    if (m == 1)
+        return {1.f};
+    if (m == 2)
+        return {1.f, 1.f, 1.f, -1.f};
+    if (m % 4 != 0)
+        return {};
+    int32_t q = m - 1;
+    if (isPrime(q) && q % 4 == 3) // Paley I: S + I with S = [[0, 1ᵀ], [-1, Q]]
+    {
+        auto const Q = jacobsthal(q);
+        std::vector<float> H(static_cast<size_t>(m) * m, 0.f);
+        for (int32_t i = 0; i < m; ++i)
+            for (int32_t j = 0; j < m; ++j)
+            {
+                int32_t v = 0;
+                if (i == 0 && j > 0)
+                    v = 1;
+                else if (i > 0 && j == 0)
+                    v = -1;
+                else if (i > 0 && j > 0)
+                    v = Q[(i - 1) * q + (j - 1)];
+                H[i * m + j] = static_cast<float>(v + (i == j ? 1 : 0));
+            }
+        return H;
+    }
+    q = m / 2 - 1;
+    if (q > 1 && isPrime(q) && q % 4 == 1) // Paley II: C = [[0, 1ᵀ], [1, Q]], 2×2 blocks
+    {
+        auto const Q = jacobsthal(q);
+        int32_t const c = q + 1;
+        std::vector<float> H(static_cast<size_t>(m) * m, 0.f);
+        for (int32_t i = 0; i < c; ++i)
+            for (int32_t j = 0; j < c; ++j)
+            {
+                int32_t cij = 0;
+                if (i == 0 && j > 0)
+                    cij = 1;
+                else if (i > 0 && j == 0)
+                    cij = 1;
+                else if (i > 0 && j > 0)
+                    cij = Q[(i - 1) * q + (j - 1)];
+                int32_t const blk[4] = {cij == 0 ? 1 : cij, cij == 0 ? -1 : cij, cij == 0 ? -1 : cij, cij == 0 ? -1 : -cij};
+                H[(2 * i) * m + 2 * j] = static_cast<float>(blk[0]);
+                H[(2 * i) * m + 2 * j + 1] = static_cast<float>(blk[1]);
+                H[(2 * i + 1) * m + 2 * j] = static_cast<float>(blk[2]);
+                H[(2 * i + 1) * m + 2 * j + 1] = static_cast<float>(blk[3]);
+            }
+        return H;
+    }
+    return {};
+}
+
+bool hadamardSplit(int32_t n, int32_t& m, int32_t& k)
+{
+    if (n < 1)
+        return false;
+    int32_t k0 = 0;
+    while (n % (1 << (k0 + 1)) == 0)
+        ++k0;
+    int32_t const odd = n >> k0;
+    for (int32_t extra = 0; extra <= k0; ++extra)
+    {
+        int32_t const mm = odd << extra;
+        if (mm == 1 || (mm == 2 && odd == 1))
+        {
+            m = 1, k = k0;
+            return true;
+        }
+        if (!hadamardBaseMatrix(mm).empty())
+        {
+            m = mm, k = k0 - extra;
+            return true;
+        }
+    }
+    return false;
+}
+
+size_t hadamardSharedBytes(int32_t n, int32_t m)
+{
+    return (static_cast<size_t>(n) + static_cast<size_t>(m) * ((m + 3) & ~3)) * sizeof(float);
+}
+
+cudaError_t launchHadamard(HadamardParams const& p, cudaStream_t stream)
+{
+    if (p.n < 1 || p.m < 1 || p.n % p.m != 0 || p.x == nullptr || p.y == nullptr || (p.m > 1 && p.baseMatrix == nullptr))
+        return cudaErrorInvalidValue;
+    int32_t const P = p.n / p.m;
+    if ((P & (P - 1)) != 0)
+        return cudaErrorInvalidValue;
+    if (hadamardSharedBytes(p.n, p.m) > 200 * 1024)
+        return cudaErrorInvalidValue;
+    if (p.rows == 0)
+        return cudaSuccess;
+    if (p.rows > 0x7fffffff)
+        return cudaErrorInvalidValue;
+    int32_t logP = 0;
+    while ((1 << logP) < P)
+        ++logP;
+    bool const vec = P >= 8 && p.n % 8 == 0 && (reinterpret_cast<uintptr_t>(p.x) % 16) == 0;
+    if (p.inType == DType::kFLOAT)
+        return dispatchOut<float>(p, logP, vec, stream);
+    if (p.inType == DType::kHALF)
+        return dispatchOut<__half>(p, logP, vec, stream);
+    return cudaErrorInvalidValue;
+}
+
+} // namespace mq

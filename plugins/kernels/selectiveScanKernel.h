@@ -1,0 +1,62 @@
+// SelectiveScan (prefill) kernel: the math of src/mq_deploy/ops/selective_scan.py.
+//
+//   Δ_t = softplus(δ_t + b_dt)                      (or δ_t + b_dt without softplus)
+//   h_t = exp(Δ_t ⊙ A) ⊙ h_{t-1} + (Δ_t ⊙ u_t) ⊗ Bm_t      h ∈ R^{B×D×N}, fp32, h_{-1} = h0 or 0
+//   y_t = (h_t · Cm_t + Dskip ⊙ u_t) [⊙ SiLU(z_t)]
+//
+// Token-major layout: u, delta, z, y are (B, L, D); Bm, Cm are (B, L, N); A is (D, N);
+// Dskip, delta_bias are (D,); h0 and last_state are (B, D, N) fp32.
+// Element types: `in` (u, delta, Bm, Cm) is fp32, fp16 or int8 (per-tensor scales, x = q·scale);
+// `out` (z, y) is fp32 or fp16. A, Dskip, delta_bias, states are fp32.
+//
+// Schedule: one thread per (batch, channel) holds the N-state in registers and walks its tokens;
+// Bm/Cm tiles are staged in shared memory. When B·D is too small to fill the GPU, L is split into
+// chunks: pass 1 computes each chunk's state from zero and its Σ Δ, pass 2 chains the chunk states
+// (h_start[c+1] = exp(A·ΣΔ_c)·h_start[c] + h_local[c]), pass 3 reruns each chunk from its start state.
+#pragma once
+#include "common.h"
+#include <cstddef>
+
+namespace mq
+{
+
+struct SelectiveScanParams
+{
+    int32_t batch{0};
+    int32_t seqLen{0};
+    int32_t dim{0};   //!< D (d_inner)
+    int32_t dState{0}; //!< N, 1..16
+    bool deltaSoftplus{true};
+
+    DType inType{DType::kFLOAT};  //!< u, delta, Bm, Cm
+    DType outType{DType::kFLOAT}; //!< z, y
+    float uScale{1.f}, deltaScale{1.f}, bScale{1.f}, cScale{1.f}; //!< int8 only
+
+    void const* u{nullptr};
+    void const* delta{nullptr};
+    float const* A{nullptr};
+    void const* Bm{nullptr};
+    void const* Cm{nullptr};
+    float const* Dskip{nullptr};     //!< may be null (treated as 0)
+    float const* deltaBias{nullptr}; //!< may be null (treated as 0)
+    void const* z{nullptr};          //!< optional gate, `out` type
+    float const* h0{nullptr};        //!< optional initial state
+    void* y{nullptr};
+    float* lastState{nullptr};       //!< optional final state
+
+    int32_t chunks{0};   //!< number of sequence chunks; 0 = choose from the GPU size
+    int32_t polyExp{-1}; //!< 0: all exps on the MUFU unit; >0: the first 4 on the FMA pipe; -1: default by type
+    int32_t numSMs{0};   //!< 0 = query the current device
+};
+
+//! Chunks that `launchSelectiveScan` will use for these params (after resolving `chunks == 0`).
+int32_t selectiveScanChunks(SelectiveScanParams const& p);
+
+//! Bytes of workspace `launchSelectiveScan` needs (0 when one chunk is used).
+size_t selectiveScanWorkspaceSize(SelectiveScanParams const& p);
+
+//! Runs the scan on `stream`. Supported (in, out) types: (fp32, fp32), (fp16, fp16), (int8, fp16), (int8, fp32).
+//! Returns cudaErrorInvalidValue for unsupported params.
+cudaError_t launchSelectiveScan(SelectiveScanParams const& p, void* workspace, size_t workspaceSize, cudaStream_t stream);
+
+} // namespace mq

@@ -88,7 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # -- generate -------------------------------------------------------------------------------------
 def cmd_generate(args: argparse.Namespace) -> int:
     from .eval.tokenizer import TextTokenizer
-    from .generate import Sampling, StatefulSession, TextStream, check_request, generate
+    from .generate import Sampling, StatefulSession, TextStream, check_request, generate, outdir_graphs
 
     if args.greedy and (args.temperature is not None or args.top_p is not None):
         raise UserError("--greedy cannot be combined with --temperature / --top-p")
@@ -101,10 +101,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if not text.strip():
             raise UserError(f"prompt {k + 1} is empty; give some text to continue")
     out = Path(args.outdir)
-    session = StatefulSession.from_outdir(out, flavour=args.flavour, threads=args.threads)  # checks OUTDIR first
+    graphs = outdir_graphs(out, args.flavour)  # cheap checks first, then load
     tok = TextTokenizer(Path(args.tokenizer) if args.tokenizer else out / "tokenizer.json")
     prompts = tok.encode_batch(args.prompt)
     check_request(prompts, args.max_new_tokens, args.max_prompt_tokens)  # before anything is printed
+    session = StatefulSession(*graphs, threads=args.threads)
     eos = tok.eot_id
     streams = [TextStream(tok.decode, skip=[eos]) for _ in prompts]
     single = len(prompts) == 1

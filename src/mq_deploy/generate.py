@@ -82,6 +82,21 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray,
     return ids, mask
 
 
+def outdir_graphs(outdir: str | Path, flavour: str = "portable") -> tuple[Path, Path]:
+    """Paths of the prefill and decode graphs of a compile OUTDIR; UserError if it lacks them."""
+    out = Path(outdir)
+    if not out.is_dir():
+        raise UserError(f"{out} is not a directory; pass the OUTDIR of `mq-deploy compile`")
+    if not (out / "manifest.json").is_file():
+        raise UserError(f"{out} has no manifest.json; it is not an `mq-deploy compile` output directory")
+    paths = tuple(out / name for name in graph_files(flavour))
+    for p in paths:
+        if not p.is_file():
+            raise UserError(f"{out} has no {p.name} (the stateful graphs generation needs); it was compiled by an "
+                            f"older mq-deploy: recompile it with `mq-deploy compile ... -o {out}`")
+    return paths
+
+
 class StatefulSession:
     """The prefill and decode-step graphs of one flavour in onnxruntime, with input checks."""
 
@@ -98,17 +113,7 @@ class StatefulSession:
 
     @classmethod
     def from_outdir(cls, outdir: str | Path, flavour: str = "portable", threads: Optional[int] = None):
-        out = Path(outdir)
-        if not out.is_dir():
-            raise UserError(f"{out} is not a directory; pass the OUTDIR of `mq-deploy compile`")
-        if not (out / "manifest.json").is_file():
-            raise UserError(f"{out} has no manifest.json; it is not an `mq-deploy compile` output directory")
-        for name in graph_files(flavour):
-            if not (out / name).is_file():
-                raise UserError(f"{out} has no {name} (the stateful graphs generation needs); it was compiled by an "
-                                f"older mq-deploy: recompile it with `mq-deploy compile ... -o {out}`")
-        pre, dec = graph_files(flavour)
-        return cls(out / pre, out / dec, threads=threads)
+        return cls(*outdir_graphs(outdir, flavour), threads=threads)
 
     def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, dict]:
         """Logits [batch, vocab] of the last position and the per-layer states."""

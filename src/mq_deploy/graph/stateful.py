@@ -318,6 +318,9 @@ def self_check(full: onnx.ModelProto, graphs: dict[str, onnx.ModelProto], config
 
     from ..backends.ort import OrtRunner
 
+    # fp32: the step and the scan differ only in rounding. With Q/DQ nodes a rounding difference can move
+    # an activation by one quantization step (the graphs are otherwise identical), so allow that much
+    tol = 1e-2 if any(n.op_type == "QuantizeLinear" for n in full.graph.node) else 1e-4
     rng = np.random.default_rng(0)
     L = prompt + steps
     ids = rng.integers(0, config.vocab_size, size=(2, L))
@@ -341,9 +344,9 @@ def self_check(full: onnx.ModelProto, graphs: dict[str, onnx.ModelProto], config
             want.append(np.stack([ref[0, prompt + t], ref_short[0, prompt - 2 + t]]))
             out = {k.replace("_out.", "."): v for k, v in out.items()}
         err = max(float(np.abs(g - w).max()) for g, w in zip(got, want)) / max(scale, 1e-30)
-        if not np.isfinite(err) or err > 1e-4:
+        if not np.isfinite(err) or err > tol:
             raise InternalError(f"self-check: {flavour} prefill/decode logits differ from the full graph's "
                                 f"(max rel error {err:.3g})")
         worst[flavour] = err
-    return {"batch": 2, "prompt": prompt, "left_padding": 2, "decode_steps": steps,
+    return {"batch": 2, "prompt": prompt, "left_padding": 2, "decode_steps": steps, "tolerance": tol,
             "max_rel_error_vs_full_graph": worst}

@@ -26,7 +26,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from .compile import compile_model
 
     m = compile_model(args.model, args.recipe, args.output, tokenizer=args.tokenizer, force=args.force,
-                      log=(lambda s: None) if args.quiet else _log)
+                      calib=args.calib, calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len,
+                      progress=not args.quiet, log=(lambda s: None) if args.quiet else _log)
     if args.json:
         print(json.dumps(m))
     return 0
@@ -133,6 +134,63 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- compare / lint -------------------------------------------------------------------------------
+def cmd_compare(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .compare import compare, markdown_table, save
+    from .compile import calibration_data
+    from .eval.tokenizer import TextTokenizer
+    from .loaders import load_model
+    from .recipes import load_recipe
+
+    tasks = [t for t in args.tasks.split(",") if t]
+    recipes = [r for r in args.recipes.split(",") if r]
+    if not recipes or not tasks:
+        raise UserError("--recipes and --tasks need at least one name each")
+    data = {}
+    for d in args.data:
+        if "=" not in d:
+            raise UserError(f"--data expects TASK=PATH, got '{d}'")
+        t, p = d.split("=", 1)
+        data[t] = p
+    log = (lambda s: None) if args.quiet else _log
+    model = load_model(args.model)
+    tok_path = args.tokenizer or model.source.get("tokenizer")
+    if not tok_path:
+        raise UserError("pass --tokenizer PATH/tokenizer.json (the model directory has none)")
+    tok = TextTokenizer(tok_path)
+    windows, calib_info = calibration_data(model, load_recipe(recipes[0]), args.calib, tok_path,
+                                           args.calib_samples, args.calib_seq_len)
+    rows = compare(model, recipes, tasks, tok, windows, data=data, seq_len=args.seq_len, limit=args.limit,
+                   progress=not args.quiet, log=log)
+    meta = {"model": model.source, "calibration": calib_info, "tasks": tasks, "seq_len": args.seq_len,
+            "limit": args.limit, "data": data, "command": " ".join(sys.argv)}
+    md, js = save(rows, tasks, Path(args.output), meta)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print(markdown_table(rows, tasks), end="")
+    log(f"wrote {md} and {js}")
+    return 0
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    from .lint import lint_file
+
+    p = Path(args.onnx)
+    if p.is_dir():
+        p = p / "model.onnx"
+    problems = lint_file(p)
+    if args.json:
+        print(json.dumps({"file": str(p), "violations": problems}))
+    else:
+        for v in problems:
+            print(f"{v['node']}: {v['rule']}: {v['message']}")
+        print(f"{p}: {len(problems)} violation(s)", file=sys.stderr)
+    return 1 if problems else 0
+
+
 # -- parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mq-deploy", description="Export and deployment compiler for Mamba models.")
@@ -149,8 +207,37 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tokenizer", help="tokenizer.json to copy into OUTDIR (default: the model directory's)")
     c.add_argument("--force", action="store_true", help="replace a non-empty OUTDIR not written by mq-deploy")
     c.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
+    c.add_argument("--calib", help="calibration text for quantized recipes (plain text, .jsonl of {\"text\"}, "
+                                   ".xz/.bz2/.gz; default $MQ_DEPLOY_DATA_DIR/text/wikitext2_val_sample.jsonl)")
+    c.add_argument("--calib-samples", type=int, help="calibration windows (default: the recipe's, 128)")
+    c.add_argument("--calib-seq-len", type=int, help="tokens per calibration window (default: the recipe's, 512)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     c.set_defaults(func=cmd_compile)
+
+    k = sub.add_parser("compare", help="several recipes side by side on one model (paper-style table)",
+                       description="Compile MODEL with each recipe (in memory, one calibration), run the portable "
+                                   "graphs in onnxruntime and print a table: rows = recipes, columns = tasks. "
+                                   "Perplexity tasks also report KL(fp32 || recipe) and top-1 agreement with fp32.")
+    k.add_argument("model", nargs="?", default=None, help="model directory (default: the bundled model)")
+    k.add_argument("--recipes", required=True, help="comma-separated recipe names or .yaml paths")
+    k.add_argument("--tasks", default="wikitext2", help="comma-separated tasks (default wikitext2)")
+    k.add_argument("--data", action="append", default=[], metavar="TASK=PATH", help="data file for a task (repeatable)")
+    k.add_argument("--tokenizer", help="tokenizer.json (default: the model directory's)")
+    k.add_argument("--calib", help="calibration text (default $MQ_DEPLOY_DATA_DIR/text/wikitext2_val_sample.jsonl)")
+    k.add_argument("--calib-samples", type=int, default=128)
+    k.add_argument("--calib-seq-len", type=int, default=512)
+    k.add_argument("--seq-len", type=int, default=512, help="perplexity window / zero-shot max length (default 512)")
+    k.add_argument("--limit", type=int, help="first N windows / items per task")
+    k.add_argument("-o", "--output", default="compare-out", help="folder for compare.md / compare.json")
+    k.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
+    k.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    k.set_defaults(func=cmd_compare)
+
+    ln = sub.add_parser("lint", help="check a QDQ ONNX graph against TensorRT's explicit-quantization rules",
+                        description="Report QDQ placement violations by node name; exit 1 if there are any.")
+    ln.add_argument("onnx", help="model.onnx or model.portable.onnx (or a compile OUTDIR)")
+    ln.add_argument("--json", action="store_true")
+    ln.set_defaults(func=cmd_lint)
 
     from .eval import TASK_NAMES
 

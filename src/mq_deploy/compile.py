@@ -37,6 +37,7 @@ from .model import MambaModel
 from .ops import selective_scan as ss
 from .ops import state_update as su
 from .outdir import atomic_dir
+from .passes import REGISTRY
 from .recipes import Recipe, load_recipe
 
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit: larger graphs keep weights beside the .onnx
@@ -79,7 +80,19 @@ def _io(model: MambaModel) -> dict:
             "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", "sequence", model.config.vocab_size]}]}
 
 
-def self_check(plugin_graph: onnx.ModelProto, portable_graph: onnx.ModelProto, vocab: int, seq: int = 9) -> dict:
+def simulation_check(model, plan, portable_graph: onnx.ModelProto, vocab: int, seq: int = 9) -> dict:
+    """Compare the portable graph with the package's numpy (fake-quant) simulation of the same plan."""
+    from .backends.ort import OrtRunner
+    from .quant.simulate import forward
+
+    ids = np.random.default_rng(1).integers(0, vocab, size=(2, seq))
+    a = OrtRunner(portable_graph)(ids)
+    b = forward(model, plan, ids)
+    return {"max_rel_error_portable_vs_simulation": float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))}
+
+
+def self_check(plugin_graph: onnx.ModelProto, portable_graph: onnx.ModelProto, vocab: int, seq: int = 9,
+               tol: float = 1e-4) -> dict:
     """Run both graphs in onnxruntime on a short random batch and compare them (same semantics)."""
     from .backends.ort import OrtRunner
 
@@ -89,19 +102,57 @@ def self_check(plugin_graph: onnx.ModelProto, portable_graph: onnx.ModelProto, v
     if a.shape != (2, seq, vocab) or b.shape != a.shape:
         raise InternalError(f"self-check: logits shapes {a.shape} / {b.shape}, expected {(2, seq, vocab)}")
     err = float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30))
-    if not np.isfinite(err) or err > 1e-4:
+    if not np.isfinite(err) or err > tol:
         raise InternalError(f"self-check: the plugin and portable graphs disagree (max rel error {err:.3g})")
     return {"batch": 2, "sequence": seq, "max_rel_error_plugin_vs_portable": err}
 
 
+def default_calib_path() -> Path:
+    import os
+
+    d = os.environ.get("MQ_DEPLOY_DATA_DIR")
+    p = Path(d) / "text" / "wikitext2_val_sample.jsonl" if d else None
+    if p is None or not p.is_file():
+        raise UserError("this recipe needs calibration text: pass --calib FILE (plain text, .jsonl of {\"text\"}, "
+                        ".xz/.bz2/.gz) or set MQ_DEPLOY_DATA_DIR to a folder with text/wikitext2_val_sample.jsonl")
+    return p
+
+
+def calibration_data(model, recipe: Recipe, calib: Optional[str], tokenizer: Optional[str], samples: Optional[int],
+                     seq_len: Optional[int]) -> tuple[np.ndarray, dict]:
+    """Token windows for calibration and a description of them for the manifest."""
+    from .calibrate import calibration_windows, read_calib_text
+    from .eval.tokenizer import TextTokenizer
+
+    samples = samples or recipe.calibration["samples"]
+    seq_len = seq_len or recipe.calibration["seq_len"]
+    if samples < 1 or seq_len < 2:
+        raise UserError("--calib-samples must be >= 1 and --calib-seq-len >= 2")
+    path = Path(calib) if calib else default_calib_path()
+    tok_path = tokenizer or model.source.get("tokenizer")
+    if not tok_path:
+        raise UserError("calibration needs the model's tokenizer: pass --tokenizer PATH/tokenizer.json")
+    tok = TextTokenizer(tok_path)
+    text = read_calib_text(path, max_chars=samples * seq_len * 12)
+    ids = np.asarray(tok.encode(text), dtype=np.int64)
+    if ids.max(initial=0) >= model.config.vocab_size:
+        raise UserError(f"tokenizer {tok_path} produces ids beyond the model's vocabulary ({model.config.vocab_size})")
+    windows = calibration_windows(ids, samples, seq_len, recipe.calibration["seed"])
+    return windows, {"file": str(path.resolve()), "sha256": sha256_file(path), "samples": int(len(windows)),
+                     "seq_len": int(seq_len), "seed": recipe.calibration["seed"], "tokenizer": str(tok_path)}
+
+
 def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Path, *,
-                  tokenizer: Optional[str] = None, force: bool = False,
+                  tokenizer: Optional[str] = None, force: bool = False, calib: Optional[str] = None,
+                  calib_samples: Optional[int] = None, calib_seq_len: Optional[int] = None, progress: bool = True,
                   log: Callable[[str], None] = lambda s: None) -> dict:
     """Compile a checkpoint with a recipe into OUTDIR; returns the manifest."""
     t0 = time.time()
     recipe: Recipe = load_recipe(recipe_name)  # validate cheap inputs before any heavy work
     if tokenizer is not None and not Path(tokenizer).is_file():
         raise UserError(f"tokenizer file not found: {tokenizer}")
+    if calib is not None and not Path(calib).is_file():
+        raise UserError(f"calibration file not found: {calib}")
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, force=force) as tmp:
         log(f"loading {'the bundled model' if model_path is None else model_path}")
@@ -109,16 +160,29 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         c = model.config
         log(f"  Mamba d_model={c.d_model} layers={c.n_layer} d_inner={c.d_inner} d_state={c.d_state} "
             f"dt_rank={c.dt_rank} vocab={c.vocab_size} ({model.source['format']})")
+        plan, calib_info, stats_runs = None, None, []
+        if recipe.passes or recipe.quantized or recipe.precision == "fp16":
+            from .quantize import prepare
+
+            windows = None
+            if recipe.quantized or any(dict(p).get("klt") or REGISTRY[n].needs_stats for n, p in recipe.passes):
+                windows, calib_info = calibration_data(model, recipe, calib, tokenizer, calib_samples, calib_seq_len)
+                log(f"calibration: {calib_info['samples']} x {calib_info['seq_len']} tokens from {calib_info['file']}")
+            model, plan, stats_runs = prepare(model, recipe, windows, progress=progress, log=log)
         log("building graph")
-        graph = build_lm_graph(model)
-        if recipe.passes:
-            raise InternalError(f"recipe {recipe.name}: passes are not implemented yet")
+        graph = build_lm_graph(model, plan)
         log("lowering SelectiveScan to ONNX Scan for the portable graph")
         portable = lower_selective_scan(graph)
         for g in (graph, portable):
             onnx.checker.check_model(g)
         log("self-check: running both graphs in onnxruntime")
-        check = self_check(graph, portable, c.vocab_size)
+        check = self_check(graph, portable, c.vocab_size, tol=1e-4 if plan is None or plan.quant is None else 2e-2)
+        if plan is not None:
+            check.update(simulation_check(model, plan, portable, c.vocab_size))
+            if plan.quant is not None and check["max_rel_error_portable_vs_simulation"] > 2e-2:
+                raise InternalError("the quantized graph disagrees with the fake-quant simulation "
+                                    f"({check['max_rel_error_portable_vs_simulation']:.3g})")
+        calib_files = stats_runs[-1].save(tmp) if stats_runs else []  # statistics of the emitted graph
         files: dict[str, dict] = {}
         for name, g, flavour in (("model.onnx", graph, "tensorrt"), ("model.portable.onnx", portable, "portable")):
             log(f"writing {name}")
@@ -136,6 +200,8 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             for p in save_onnx(g, tmp / name):
                 files[p.name] = {"flavour": "portable" if name.endswith(".portable.onnx") else "tensorrt"}
         # -------------------------------------------------------------------------------------------------
+        for p in calib_files:
+            files[p.name] = {"what": "calibration statistics"}
         tok_src = tokenizer or model.source.get("tokenizer")
         if tok_src:
             shutil.copyfile(tok_src, tmp / "tokenizer.json")
@@ -151,6 +217,11 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             "command": " ".join(sys.argv) if sys.argv else "",
             "model": {**model.source, "config": c.to_dict(), "parameters": n_params},
             "recipe": recipe.to_dict(),
+            "calibration": calib_info,
+            "quantization": None if plan is None or plan.quant is None else {
+                "weight_bits": plan.quant.weight_bits, "act_bits": plan.quant.act_bits,
+                "act_scales": {k: float(v) for k, v in plan.quant.act_scales.items()},
+                "weights": sorted(plan.quant.weights)},
             "versions": _versions(),
             "io": _io(model),
             "plugins": [{"name": ss.PLUGIN_NAME, "version": ss.PLUGIN_VERSION, "namespace": ss.PLUGIN_NAMESPACE,

@@ -54,19 +54,29 @@ def round_fp16(model: MambaModel, everything: bool) -> MambaModel:
     return model
 
 
+def fp32_stats(model: MambaModel, windows: np.ndarray, seed: int = 0, batch_size: int = 8,
+               progress: bool = True) -> Stats:
+    """Statistics of the untransformed fp32 graph that the data-driven passes read (KLT, smoothing)."""
+    n = model.config.n_layer
+    cov = [point(i, "in_proj.input") for i in range(n)] + [point(i, "dt_proj.input") for i in range(n)]
+    return calibrate(model, GraphPlan.plain(n), windows, cov, batch_size, seed, progress, meta={"stage": "fp32"})
+
+
 def prepare(model: MambaModel, recipe: Recipe, windows: Optional[np.ndarray], *, progress: bool = True,
-            log: Callable[[str], None] = lambda s: None, batch_size: int = 8) -> tuple[MambaModel, GraphPlan, list]:
-    """Apply `recipe` to `model`; returns (model', plan, [Stats of each calibration run])."""
+            log: Callable[[str], None] = lambda s: None, batch_size: int = 8,
+            stats0: Optional[Stats] = None) -> tuple[MambaModel, GraphPlan, list]:
+    """Apply `recipe` to `model`; returns (model', plan, [Stats of each calibration run]).
+
+    `stats0` may pass in `fp32_stats(model, windows)` computed once for several recipes."""
     n = model.config.n_layer
     plan = GraphPlan.plain(n)
     seed = recipe.calibration.get("seed", 0)
     stats_runs = []
     needs_stats = any(REGISTRY[p].needs_stats or dict(kw).get("klt") for p, kw in recipe.passes)
-    stats0 = None
     if needs_stats:
-        log("calibrating the fp32 graph (statistics for the passes)")
-        cov = [point(i, "in_proj.input") for i in range(n)] + [point(i, "dt_proj.input") for i in range(n)]
-        stats0 = calibrate(model, plan, windows, cov, batch_size, seed, progress, meta={"stage": "fp32"})
+        if stats0 is None:
+            log("calibrating the fp32 graph (statistics for the passes)")
+            stats0 = fp32_stats(model, windows, seed, batch_size, progress)
         stats_runs.append(stats0)
     if recipe.passes:
         log("applying passes")

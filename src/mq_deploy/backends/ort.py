@@ -17,6 +17,9 @@ def _session_options(threads: Optional[int], has_plugins: bool):
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    # INT4 DequantizeLinear→MatMul fuses into MatMulNBits; its default accuracy level quantizes the
+    # activations to int8 on the fly, which is not the graph's semantics. Level 0 computes in fp32.
+    so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     if threads:
         so.intra_op_num_threads = threads
     if has_plugins:

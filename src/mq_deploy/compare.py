@@ -1,0 +1,130 @@
+"""`mq-deploy compare`: several recipes on one model, evaluated side by side in one run.
+
+For every recipe the model is compiled in memory (same calibration windows, one shared fp32
+calibration), the portable ONNX graph runs in onnxruntime, and each task is scored. Perplexity tasks
+also report how far the next-token distributions moved from fp32: mean KL(fp32 ‖ recipe) and top-1
+agreement over the same windows.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .backends.ort import OrtRunner
+from .errors import UserError
+from .eval import run_task
+from .eval.data import TASKS, load_task_data, resolve_data_path
+from .eval.perplexity import token_windows
+from .graph.lower import lower_selective_scan
+from .graph.mamba_lm import build_lm_graph
+from .graph.plan import GraphPlan
+from .quantize import fp32_stats, prepare
+from .recipes import load_recipe
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def perplexity_and_drift(ref_fn, fn, windows: np.ndarray, batch_size: int = 2) -> dict:
+    """Perplexity of `fn` on the windows, and KL(ref ‖ fn) / top-1 agreement against `ref_fn`."""
+    nll = kl = agree = 0.0
+    count = 0
+    for s in range(0, len(windows), batch_size):
+        w = windows[s:s + batch_size]
+        lp = _log_softmax(fn(w)[:, :-1])
+        lr = _log_softmax(ref_fn(w)[:, :-1])
+        tgt = w[:, 1:]
+        nll -= float(np.take_along_axis(lp, tgt[..., None], axis=-1).sum())
+        kl += float((np.exp(lr) * (lr - lp)).sum())
+        agree += float((lp.argmax(-1) == lr.argmax(-1)).sum())
+        count += tgt.size
+    return {"perplexity": float(np.exp(nll / count)), "kl": kl / count, "top1_agree": agree / count, "tokens": count}
+
+
+def compare(model, recipes: Sequence[str], tasks: Sequence[str], tokenizer, calib_windows: np.ndarray, *,
+            data: Optional[dict] = None, seq_len: int = 512, limit: Optional[int] = None, batch_size: int = 2,
+            progress: bool = True, log: Callable[[str], None] = lambda s: None) -> list[dict]:
+    """Rows of {"recipe", <task>: {metrics}} for each recipe (the fp32 model first, as 'fp32')."""
+    data = data or {}
+    recs = [load_recipe(r) for r in recipes]  # validate all names before any work
+    ppl_windows = {}
+    for t in tasks:
+        if t not in TASKS:
+            raise UserError(f"unknown task '{t}'; valid: {', '.join(TASKS)}")
+        if TASKS[t].kind == "perplexity":
+            text = load_task_data(t, resolve_data_path(t, data.get(t)))
+            ppl_windows[t] = np.asarray(token_windows(tokenizer.encode(text), seq_len, limit), dtype=np.int64)
+    ref = OrtRunner(lower_selective_scan(build_lm_graph(model)))
+    stats0 = None
+    if any(r.passes for r in recs):
+        log("calibrating the fp32 graph once for every recipe")
+        stats0 = fp32_stats(model, calib_windows, progress=progress)
+    rows = []
+    for r in ["fp32"] + [x.name for x in recs if x.name != "fp32"]:
+        t0 = time.time()
+        recipe = load_recipe(r)
+        log(f"recipe {r}")
+        m2, plan, _ = prepare(model, recipe, calib_windows, progress=progress, stats0=stats0, log=log)
+        runner = OrtRunner(lower_selective_scan(build_lm_graph(m2, plan)))
+        row = {"recipe": r}
+        for t in tasks:
+            if t in ppl_windows:
+                row[t] = perplexity_and_drift(ref, runner, ppl_windows[t], batch_size)
+            else:
+                res = run_task(t, runner, tokenizer, data_path=data.get(t), seq_len=max(seq_len, 2),
+                               limit=limit, batch_size=batch_size, progress=progress)
+                row[t] = {k: v for k, v in res.items() if k in ("acc", "acc_norm", "perplexity", "n")}
+        row["seconds"] = round(time.time() - t0, 1)
+        rows.append(row)
+        log(f"  {json.dumps({k: v for k, v in row.items() if k != 'recipe'})}")
+    return rows
+
+
+def headline(metrics: dict) -> float:
+    for k in ("perplexity", "acc_norm", "acc"):
+        if k in metrics:
+            return metrics[k]
+    return float("nan")
+
+
+def markdown_table(rows: list[dict], tasks: Sequence[str]) -> str:
+    cols = []
+    for t in tasks:
+        m = rows[0][t]
+        if "kl" in m:
+            cols += [(t, "perplexity", "{:.2f}"), (t, "kl", "{:.4f}"), (t, "top1_agree", "{:.3f}")]
+        else:
+            cols += [(t, k, "{:.4f}") for k in ("acc", "acc_norm") if k in m]
+    acc_cols = [c for c in cols if c[1] in ("acc", "acc_norm")]
+    head = "| recipe | " + " | ".join(f"{t} {k}" for t, k, _ in cols) + (" | avg acc |" if acc_cols else " |")
+    sep = "|---" * (len(cols) + 1 + (1 if acc_cols else 0)) + "|"
+    lines = [head, sep]
+    base = rows[0]
+    for row in rows:
+        cells = []
+        for t, k, fmt in cols:
+            v = row[t][k]
+            cell = fmt.format(v)
+            if k == "perplexity" and row is not base:
+                cell += f" ({100 * (v / base[t][k] - 1):+.2f}%)"
+            cells.append(cell)
+        if acc_cols:
+            cells.append("{:.4f}".format(np.mean([row[t][k] for t, k, _ in acc_cols])))
+        lines.append(f"| {row['recipe']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save(rows: list[dict], tasks: Sequence[str], out_dir: Path, meta: dict) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, js = out_dir / "compare.md", out_dir / "compare.json"
+    md.write_text(markdown_table(rows, tasks))
+    js.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    return md, js

@@ -1,0 +1,105 @@
+"""QDQ lint: TensorRT explicit-quantization placement rules, reported by node name.
+
+Rules (a graph with no QuantizeLinear is fp and has nothing to check):
+  weight-dq      a quantized linear's weight is DequantizeLinear(INT8/INT4 initializer, scale[out], axis=1),
+                 zero-point absent or 0, scales finite and > 0
+  act-qdq        every activation QuantizeLinear has a scalar scale > 0 and an int8 zero-point 0, and
+                 feeds only DequantizeLinear nodes with the same scale and zero-point
+  matmul-both    a MatMul with one dequantized input has both inputs dequantized
+  linear-quant   each in_proj / x_proj / dt_proj / out_proj MatMul is quantized when the graph is
+  scan-inputs    SelectiveScan's u, delta, Bm, Cm come from DequantizeLinear when the graph is quantized
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import UserError
+from .graph.plan import LINEARS
+from .ops import selective_scan as ss
+
+
+def _violation(node: str, rule: str, msg: str) -> dict:
+    return {"node": node, "rule": rule, "message": msg}
+
+
+def lint_model(model: onnx.ModelProto) -> list[dict]:
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    out: list[dict] = []
+    if not any(n.op_type == "QuantizeLinear" for n in g.node):
+        return out
+
+    def arr(name):
+        return numpy_helper.to_array(inits[name]) if name in inits else None
+
+    def attr(n, key, default=None):
+        for a in n.attribute:
+            if a.name == key:
+                return onnx.helper.get_attribute_value(a)
+        return default
+
+    for n in g.node:
+        if n.op_type == "QuantizeLinear":
+            s = arr(n.input[1]) if len(n.input) > 1 else None
+            zp = arr(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+            if s is None or s.size != 1 or not np.isfinite(s).all() or float(s.ravel()[0]) <= 0:
+                out.append(_violation(n.name, "act-qdq", "activation scale must be one positive constant (per tensor)"))
+            if zp is None or zp.dtype != np.int8 or np.any(zp != 0):
+                out.append(_violation(n.name, "act-qdq", "zero-point must be an int8 constant 0 (symmetric)"))
+            for c in consumers.get(n.output[0], []):
+                if c.op_type != "DequantizeLinear":
+                    if not (c.op_type == ss.PLUGIN_NAME):
+                        out.append(_violation(n.name, "act-qdq", f"feeds {c.op_type} '{c.name}', expected DequantizeLinear"))
+                    continue
+                if list(c.input[1:]) != list(n.input[1:]):
+                    sa, sb = arr(c.input[1]), s
+                    if sa is None or sb is None or not np.array_equal(sa, sb):
+                        out.append(_violation(c.name, "act-qdq", "DequantizeLinear scale differs from its QuantizeLinear"))
+        elif n.op_type == "DequantizeLinear" and n.input[0] in inits:
+            t = inits[n.input[0]]
+            if t.data_type not in (onnx.TensorProto.INT8, onnx.TensorProto.INT4):
+                out.append(_violation(n.name, "weight-dq", "quantized weight must be INT8 or INT4"))
+            s = arr(n.input[1])
+            if s is None or s.ndim != 1 or s.shape[0] != t.dims[-1]:
+                out.append(_violation(n.name, "weight-dq", f"weight scale must have one value per output channel ({t.dims[-1]})"))
+            elif not (np.isfinite(s).all() and (s > 0).all()):
+                out.append(_violation(n.name, "weight-dq", "weight scales must be finite and > 0"))
+            if attr(n, "axis", 1) != 1:
+                out.append(_violation(n.name, "weight-dq", "per-channel axis must be 1 for a [K, N] MatMul weight"))
+            if len(n.input) > 2 and n.input[2]:
+                zp = arr(n.input[2])
+                if zp is None or np.any(zp != 0):
+                    out.append(_violation(n.name, "weight-dq", "weight zero-point must be 0"))
+        elif n.op_type == "MatMul":
+            dq = [producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input]
+            if any(dq) and not all(dq):
+                out.append(_violation(n.name, "matmul-both", "only one MatMul input is dequantized"))
+            if any(n.name.endswith(f"/{lin}") for lin in LINEARS) and not all(dq):
+                out.append(_violation(n.name, "linear-quant", "linear layer is not quantized in a quantized graph"))
+        elif n.op_type == ss.PLUGIN_NAME:
+            for idx, label in ((0, "u"), (1, "delta"), (3, "Bm"), (4, "Cm")):
+                p = producer.get(n.input[idx])
+                if p is None or p.op_type not in ("DequantizeLinear", "QuantizeLinear"):
+                    out.append(_violation(n.name, "scan-inputs", f"scan input {label} is not quantized"))
+    return out
+
+
+def lint_file(path: str | Path) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"ONNX file not found: {p}")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as e:
+        raise UserError(f"could not read ONNX file {p}: {e}") from None
+    return lint_model(model)

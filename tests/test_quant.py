@@ -1,0 +1,160 @@
+"""Quantization math, Hadamard matrices, recipes, QDQ emission vs the fake-quant simulation, lint."""
+
+import numpy as np
+import onnx
+import pytest
+
+from mq_deploy.backends.ort import OrtRunner
+from mq_deploy.errors import UserError
+from mq_deploy.graph.lower import lower_selective_scan
+from mq_deploy.graph.mamba_lm import build_lm_graph
+from mq_deploy.lint import lint_model
+from mq_deploy.model import MambaConfig, random_model
+from mq_deploy.quant import simulate
+from mq_deploy.quant.gptq import gptq_quantize
+from mq_deploy.quant.hadamard import base_matrix, hadamard_matrix, hadamard_transform, is_supported
+from mq_deploy.quant.qparams import act_scale, fake_quant, quantize, quantize_weight, sqnr_db
+from mq_deploy.quantize import prepare
+from mq_deploy.recipes import available_recipes, load_recipe
+
+from .helpers import rel_err
+
+
+@pytest.mark.parametrize("n", [1, 2, 12, 20, 24, 28, 36, 40, 44, 48, 60, 96, 192, 384, 768, 1536, 2560, 5120, 112])
+def test_hadamard_orthonormal_and_fast_transform(n):
+    H = hadamard_matrix(n)
+    assert np.abs(H @ H.T - np.eye(n)).max() < 1e-12
+    assert np.allclose(np.abs(H) * np.sqrt(n), 1.0)
+    x = np.random.default_rng(n).standard_normal((3, n))
+    assert np.abs(hadamard_transform(x) - x @ H).max() < 1e-10
+
+
+def test_hadamard_bases_and_unsupported_sizes():
+    for m in (12, 20, 28, 36, 44, 60):
+        B = base_matrix(m).astype(np.int64)
+        assert (B @ B.T == m * np.eye(m)).all()
+    assert not is_supported(6) and not is_supported(10) and is_supported(3 * 64)
+    with pytest.raises(UserError):
+        hadamard_matrix(6)
+
+
+def test_quantize_rounds_half_to_even_and_saturates():
+    x = np.array([0.5, 1.5, 2.5, -0.5, 200.0, -200.0], np.float32)
+    assert quantize(x, 1.0, 8).tolist() == [0.0, 2.0, 2.0, -0.0, 127.0, -128.0]
+    assert quantize(np.array([9.0]), 1.0, 4).tolist() == [7.0]
+
+
+def test_weight_quantization_per_output_channel():
+    w = np.random.default_rng(0).standard_normal((50, 7)).astype(np.float32) * np.arange(1, 8)
+    q, s = quantize_weight(w, 8)
+    assert q.shape == w.shape and s.shape == (7,)
+    assert np.abs(q).max() == 127
+    assert sqnr_db(w, q * s) > 40
+    q4, s4 = quantize_weight(w, 4)
+    assert np.abs(q4).max() <= 8 and sqnr_db(w, q4 * s4) > 15
+
+
+def test_act_scale_methods():
+    rng = np.random.default_rng(0)
+    x = np.abs(rng.standard_normal(100_000)).astype(np.float32)
+    x[:3] = 1000.0  # rare outliers
+    amax = float(x.max())
+    s_max = act_scale(x, amax, 8, "max")
+    s_pct = act_scale(x, amax, 8, "percentile", 99.9)
+    s_mse = act_scale(x, amax, 8, "mse")
+    assert s_max == pytest.approx(1000.0 / 127)
+    assert s_pct < s_max / 100
+    assert s_mse == pytest.approx(s_max)  # 3 outliers of 1000 dominate the squared error: no clipping pays
+    t = np.abs(rng.laplace(size=100_000)).astype(np.float32)
+    t[:2] = 40.0  # far outliers in a Laplace bulk: clipping them pays at 8 bits
+    s_t = act_scale(t, float(t.max()), 8, "mse")
+    err = lambda s: np.mean((fake_quant(t, s, 8) - t) ** 2)  # noqa: E731
+    grid = min(err(c / 127) for c in np.linspace(0.5, 40, 400))
+    assert err(s_t) <= 1.05 * grid  # the search finds (nearly) the best clip
+    assert err(s_t) < err(40.0 / 127)
+    with pytest.raises(UserError):
+        act_scale(x, amax, 8, "magic")
+
+
+def test_gptq_beats_rtn_on_correlated_inputs():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((4000, 64)) @ rng.standard_normal((64, 64))  # correlated input channels
+    w = rng.standard_normal((64, 48)).astype(np.float32)
+    H = X.T @ X / len(X)
+    q_g, s_g = gptq_quantize(w, H, 4, clip_search=False)
+    q_r, s_r = quantize_weight(w, 4)
+    out = lambda q, s: X @ (q * s)  # noqa: E731
+    assert np.mean((out(q_g, s_g) - X @ w) ** 2) < 0.7 * np.mean((out(q_r, s_r) - X @ w) ** 2)
+
+
+def test_every_recipe_loads():
+    names = available_recipes()
+    for n in ["fp32", "fp16", "rtn-w8a8", "smoothquant-w8a8", "gptq-w8a8", "quarot-w8a8", "mambaquant-w8a8",
+              "rtn-w4a8", "smoothquant-w4a8", "gptq-w4a8", "quarot-w4a8", "mambaquant-w4a8"]:
+        assert n in names
+        r = load_recipe(n)
+        assert r.name == n
+
+
+def test_bad_recipes(tmp_path):
+    cases = {
+        "precision: int3\nname: x\n": "precision",
+        "name: x\nprecision: w8a8\nweights: {bits: 8, method: magic}\n": "weights.method",
+        "name: x\nprecision: w8a8\npasses: [{name: nope}]\n": "unknown pass",
+        "name: x\nprecision: w8a8\npasses: [{name: smooth_gate, beta: 1}]\n": "unknown parameters",
+        "name: x\nprecision: w8a8\nweights: {bits: 4}\n": "weights.bits",
+        "name: x\nprecision: fp32\nextra: 1\n": "unknown keys",
+    }
+    for text, msg in cases.items():
+        p = tmp_path / "r.yaml"
+        p.write_text(text)
+        with pytest.raises(UserError, match=msg):
+            load_recipe(str(p))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    m = random_model(MambaConfig(d_model=96, n_layer=2, vocab_size=211), seed=4)
+    rng = np.random.default_rng(2)
+    return m, rng.integers(0, 211, size=(6, 40)), rng.integers(0, 211, size=(3, 29))
+
+
+@pytest.mark.parametrize("recipe", ["rtn-w8a8", "smoothquant-w8a8", "gptq-w4a8", "quarot-w8a8", "mambaquant-w8a8",
+                                    "mambaquant-w4a8"])
+def test_qdq_graphs_match_fake_quant_simulation(tiny, recipe):
+    m, windows, ids = tiny
+    m2, plan, _ = prepare(m, load_recipe(recipe), windows, progress=False)
+    graph = build_lm_graph(m2, plan)
+    sim = simulate.forward(m2, plan, ids)
+    fp = simulate.forward(m, plan.__class__.plain(2), ids)
+    assert rel_err(fp, sim) > 1e-4  # quantization really happened
+    for g in (graph, lower_selective_scan(graph)):
+        onnx.checker.check_model(g)
+        out = OrtRunner(g)(ids)
+        # identical arithmetic except float summation order: a value within ~1 ulp of a rounding boundary
+        # can round the other way (one quantization step), so a few positions may differ slightly
+        per_pos = np.abs(sim - out).max(axis=-1) / np.abs(sim).max()
+        assert np.mean(per_pos < 1e-5) >= 0.9, (recipe, np.sort(per_pos)[-5:])
+        assert per_pos.max() < 2e-2, recipe
+    assert lint_model(graph) == [] and lint_model(lower_selective_scan(graph)) == []
+    n_q = sum(n.op_type == "QuantizeLinear" for n in graph.graph.node)
+    n_w = sum(n.op_type == "DequantizeLinear" and n.input[0].endswith("weight_q") for n in graph.graph.node)
+    assert n_w == 4 * 2 and n_q >= 6 * 2
+
+
+def test_lint_reports_violations_by_node(tiny):
+    m, windows, ids = tiny
+    m2, plan, _ = prepare(m, load_recipe("rtn-w8a8"), windows, progress=False)
+    g = build_lm_graph(m2, plan)
+    # break it: bypass the weight DequantizeLinear of layer 0's out_proj and zero a scale
+    for n in g.graph.node:
+        if n.name == "layers.0/out_proj":
+            n.input[1] = "embedding.weight"
+    for t in g.graph.initializer:
+        if t.name.endswith("layers.1.in_proj.input.scale"):
+            t.CopyFrom(onnx.numpy_helper.from_array(np.array(-1.0, np.float32), t.name))
+    v = lint_model(g)
+    rules = {(x["node"], x["rule"]) for x in v}
+    assert ("layers.0/out_proj", "matmul-both") in rules
+    assert ("layers.0/out_proj", "linear-quant") in rules
+    assert any(r == "act-qdq" and "layers.1.in_proj.input" in node for node, r in rules)

@@ -65,6 +65,8 @@ class Stats:
     chan: dict = field(default_factory=dict)
     sample: dict = field(default_factory=dict)
     second: dict = field(default_factory=dict)  # XᵀX / n
+    chan_sum: dict = field(default_factory=dict)  # per-channel Σx and Σx² (channel variance, for the report)
+    chan_sumsq: dict = field(default_factory=dict)
     count: dict = field(default_factory=dict)
     gamma: list = field(default_factory=list)  # RMSNorm weights of the calibrated model (to undo γ in covariances)
     meta: dict = field(default_factory=dict)
@@ -73,6 +75,11 @@ class Stats:
         if pt not in self.second:
             raise UserError(f"no covariance statistics for {pt}")
         return self.second[pt]
+
+    def chan_var(self, pt: str) -> np.ndarray:
+        n = self.count[pt]
+        mean = self.chan_sum[pt] / n
+        return np.maximum(self.chan_sumsq[pt] / n - mean ** 2, 0.0)
 
     def chan_absmax(self, pt: str) -> np.ndarray:
         if pt not in self.chan:
@@ -112,6 +119,8 @@ def collect(runner_factory, points: dict[str, str], windows: np.ndarray, cov_poi
             cm = ax.max(axis=0)
             st.chan[pt] = cm if pt not in st.chan else np.maximum(st.chan[pt], cm)
             st.absmax[pt] = max(st.absmax.get(pt, 0.0), float(cm.max()))
+            st.chan_sum[pt] = st.chan_sum.get(pt, 0) + x.sum(axis=0, dtype=np.float64)
+            st.chan_sumsq[pt] = st.chan_sumsq.get(pt, 0) + np.square(x, dtype=np.float64).sum(axis=0)
             flat = ax.ravel()
             k = min(SAMPLE_PER_BATCH, flat.size)
             samples[pt].append(flat[rng.choice(flat.size, size=k, replace=False)])

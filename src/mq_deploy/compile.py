@@ -183,6 +183,12 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
                 raise InternalError("the quantized graph disagrees with the fake-quant simulation "
                                     f"({check['max_rel_error_portable_vs_simulation']:.3g})")
         calib_files = stats_runs[-1].save(tmp) if stats_runs else []  # statistics of the emitted graph
+        if plan is not None and plan.quant is not None and stats_runs:
+            from .report import build_report
+
+            before = stats_runs[0] if len(stats_runs) > 1 else None
+            (tmp / "report.html").write_text(build_report(model, plan, before, stats_runs[-1], recipe.name))
+            calib_files.append(tmp / "report.html")
         files: dict[str, dict] = {}
         for name, g, flavour in (("model.onnx", graph, "tensorrt"), ("model.portable.onnx", portable, "portable")):
             log(f"writing {name}")

@@ -32,11 +32,11 @@ done
 
 if [ -n "${TRT_INCLUDE:-}" ]; then
   cuda_inc="$(dirname "$(dirname "$(command -v "$NVCC")")")/include"
-  [ -d "$cuda_inc/cuda_runtime_api.h" ] || cuda_inc="$(dirname "$(readlink -f "$(command -v "$NVCC")")")/../include"
+  [ -f "$cuda_inc/cuda_runtime_api.h" ] || cuda_inc="$(dirname "$(readlink -f "$(command -v "$NVCC")")")/../include"
   for cpp in "$here"/*.cpp; do
     echo "${CXX:-g++} -fsyntax-only $(basename "$cpp") against $TRT_INCLUDE"
     "${CXX:-g++}" -std=c++17 -fsyntax-only -Wall -Wextra -Werror -Wno-deprecated-declarations \
-      -I"$TRT_INCLUDE" -I"$cuda_inc" -I"$here" -I"$here/kernels" "$cpp"
+      -isystem "$TRT_INCLUDE" -isystem "$cuda_inc" -I"$here" -I"$here/kernels" "$cpp"
   done
 fi
 echo "check_build: OK"

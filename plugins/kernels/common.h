@@ -16,6 +16,7 @@ enum class DType : int32_t
     kINT8 = 2,
 };
 
+#ifdef __CUDACC__ // device helpers; the DType enum above is also used by host-only (plugin) code
 //! Load one element as fp32; int8 is dequantized with a per-tensor scale (x = q * scale).
 __device__ __forceinline__ float toFloat(float v, float /*scale*/) { return v; }
 __device__ __forceinline__ float toFloat(__half v, float /*scale*/) { return __half2float(v); }
@@ -40,5 +41,6 @@ __device__ __forceinline__ int8_t quantizeInt8(float x, float scale)
 __device__ __forceinline__ float softplusTorch(float x) { return x > 20.f ? x : log1pf(expf(x)); }
 
 __device__ __forceinline__ float siluf(float z) { return z / (1.f + expf(-z)); }
+#endif // __CUDACC__
 
 } // namespace mq

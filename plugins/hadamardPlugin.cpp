@@ -1,0 +1,172 @@
+// Hadamard IPluginV3; see hadamardPlugin.h.
+#include "hadamardPlugin.h"
+
+using namespace nvinfer1;
+
+namespace mq
+{
+namespace plugin
+{
+namespace
+{
+constexpr char const* kNAME = "Hadamard";
+} // namespace
+
+Attrs hadamardAttrs()
+{
+    return Attrs({{"n", PluginFieldType::kINT32, 0}, {"out_scale", PluginFieldType::kFLOAT32, 0.0}});
+}
+
+HadamardPlugin::HadamardPlugin(Attrs attrs)
+    : mAttrs(std::move(attrs))
+{
+    int32_t const n = mAttrs.getInt("n");
+    int32_t k = 0;
+    require(n > 0 && hadamardSplit(n, mM, k), "Hadamard: n = " + std::to_string(n) + " is not m*2^k with a known base matrix");
+    require(hadamardSharedBytes(n, mM) <= 200 * 1024, "Hadamard: n = " + std::to_string(n) + " is too large for one block");
+    require(mAttrs.getFloat("out_scale") >= 0.f, "Hadamard: out_scale must be >= 0");
+    mBase = hadamardBaseMatrix(mM);
+}
+
+HadamardPlugin::~HadamardPlugin()
+{
+    if (mBaseDev != nullptr)
+        cudaFree(mBaseDev);
+}
+
+int32_t HadamardPlugin::nbInputs() const { return 1; }
+
+int32_t HadamardPlugin::getOutputDataTypes(
+    DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
+{
+    return guard<int32_t>("Hadamard::getOutputDataTypes", -1, [&] {
+        require(nbOutputs == 1 && nbInputs == 1, "wrong number of inputs/outputs");
+        outputTypes[0] = mAttrs.getFloat("out_scale") > 0.f ? DataType::kINT8 : inputTypes[0];
+        return 0;
+    });
+}
+
+int32_t HadamardPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
+    DimsExprs* outputs, int32_t nbOutputs, IExprBuilder&) noexcept
+{
+    return guard<int32_t>("Hadamard::getOutputShapes", -1, [&] {
+        require(nbInputs == 1 && nbOutputs == 1 && inputs[0].nbDims >= 1, "wrong inputs/outputs");
+        outputs[0] = inputs[0];
+        return 0;
+    });
+}
+
+bool HadamardPlugin::supportsFormatCombination(
+    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
+{
+    return guard<bool>("Hadamard::supportsFormatCombination", false, [&] {
+        require(nbInputs == 1 && nbOutputs == 1, "wrong number of inputs/outputs");
+        auto const& d = inOut[pos].desc;
+        if (d.format != TensorFormat::kLINEAR)
+            return false;
+        if (pos == 0)
+            return d.type == DataType::kFLOAT || d.type == DataType::kHALF;
+        return d.type == (mAttrs.getFloat("out_scale") > 0.f ? DataType::kINT8 : inOut[0].desc.type);
+    });
+}
+
+int32_t HadamardPlugin::configurePlugin(
+    DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept
+{
+    return guard<int32_t>("Hadamard::configurePlugin", -1, [&] {
+        require(nbInputs == 1 && nbOutputs == 1, "wrong number of inputs/outputs");
+        auto const& d = in[0].desc.dims;
+        require(d.d[d.nbDims - 1] == -1 || d.d[d.nbDims - 1] == mAttrs.getInt("n"), "Hadamard: last axis must be n");
+        return 0;
+    });
+}
+
+size_t HadamardPlugin::getWorkspaceSize(DynamicPluginTensorDesc const*, int32_t, DynamicPluginTensorDesc const*, int32_t) const noexcept
+{
+    return 0;
+}
+
+int32_t HadamardPlugin::onShapeChange(PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const*, int32_t nbOutputs) noexcept
+{
+    return guard<int32_t>("Hadamard::onShapeChange", -1, [&] {
+        require(nbInputs == 1 && nbOutputs == 1, "wrong number of inputs/outputs");
+        require(in[0].dims.d[in[0].dims.nbDims - 1] == mAttrs.getInt("n"), "Hadamard: last axis must be n");
+        return 0;
+    });
+}
+
+int32_t HadamardPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* outputDesc,
+    void const* const* inputs, void* const* outputs, void*, cudaStream_t stream) noexcept
+{
+    return guard<int32_t>("Hadamard::enqueue", -1, [&] {
+        if (mM > 1 && mBaseDev == nullptr) // once per instance (the runtime gets its own via attachToContext)
+        {
+            size_t const bytes = mBase.size() * sizeof(float);
+            if (cudaMalloc(&mBaseDev, bytes) != cudaSuccess)
+                throw std::runtime_error("cudaMalloc of the base matrix failed");
+            if (cudaMemcpy(mBaseDev, mBase.data(), bytes, cudaMemcpyHostToDevice) != cudaSuccess)
+                throw std::runtime_error("copying the base matrix failed");
+        }
+        HadamardParams p;
+        p.n = mAttrs.getInt("n");
+        p.m = mM;
+        p.rows = volume(inputDesc[0].dims) / p.n;
+        p.inType = inputDesc[0].type == DataType::kHALF ? DType::kHALF : DType::kFLOAT;
+        p.outType = outputDesc[0].type == DataType::kINT8 ? DType::kINT8
+            : (outputDesc[0].type == DataType::kHALF ? DType::kHALF : DType::kFLOAT);
+        p.outScale = mAttrs.getFloat("out_scale");
+        p.x = inputs[0];
+        p.y = outputs[0];
+        p.baseMatrix = mBaseDev;
+        cudaError_t const e = launchHadamard(p, stream);
+        if (e != cudaSuccess)
+            throw std::runtime_error(cudaGetErrorString(e));
+        return 0;
+    });
+}
+
+IPluginCapability* HadamardPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
+{
+    switch (type)
+    {
+    case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
+    case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
+    case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
+    }
+    return nullptr;
+}
+
+IPluginV3* HadamardPlugin::clone() noexcept
+{
+    return guard<IPluginV3*>("Hadamard::clone", nullptr, [&] { return new HadamardPlugin(mAttrs); });
+}
+
+char const* HadamardPlugin::getPluginName() const noexcept { return kNAME; }
+char const* HadamardPlugin::getPluginVersion() const noexcept { return kVERSION; }
+char const* HadamardPlugin::getPluginNamespace() const noexcept { return kNAMESPACE; }
+int32_t HadamardPlugin::getNbOutputs() const noexcept { return 1; }
+
+IPluginV3* HadamardPlugin::attachToContext(IPluginResourceContext*) noexcept { return clone(); }
+
+PluginFieldCollection const* HadamardPlugin::getFieldsToSerialize() noexcept { return mAttrs.serialize(); }
+
+HadamardPluginCreator::HadamardPluginCreator()
+    : mAttrs(hadamardAttrs())
+{
+}
+char const* HadamardPluginCreator::getPluginName() const noexcept { return kNAME; }
+char const* HadamardPluginCreator::getPluginVersion() const noexcept { return kVERSION; }
+char const* HadamardPluginCreator::getPluginNamespace() const noexcept { return kNAMESPACE; }
+PluginFieldCollection const* HadamardPluginCreator::getFieldNames() noexcept { return mAttrs.declared(); }
+
+IPluginV3* HadamardPluginCreator::createPlugin(char const*, PluginFieldCollection const* fc, TensorRTPhase) noexcept
+{
+    return guard<IPluginV3*>("Hadamard::createPlugin", nullptr, [&] {
+        Attrs a = hadamardAttrs();
+        a.parse(fc);
+        return new HadamardPlugin(std::move(a));
+    });
+}
+
+} // namespace plugin
+} // namespace mq

@@ -1,0 +1,215 @@
+// SelectiveScan IPluginV3; see selectiveScanPlugin.h.
+#include "selectiveScanPlugin.h"
+
+using namespace nvinfer1;
+
+namespace mq
+{
+namespace plugin
+{
+namespace
+{
+constexpr char const* kNAME = "SelectiveScan";
+enum : int32_t { kU = 0, kDELTA, kA, kB, kC, kDSKIP, kBIAS };
+
+DType toDType(DataType t)
+{
+    switch (t)
+    {
+    case DataType::kFLOAT: return DType::kFLOAT;
+    case DataType::kHALF: return DType::kHALF;
+    case DataType::kINT8: return DType::kINT8;
+    default: throw std::invalid_argument("SelectiveScan: unsupported data type");
+    }
+}
+} // namespace
+
+Attrs selectiveScanAttrs()
+{
+    return Attrs({{"delta_softplus", PluginFieldType::kINT32, 1}, {"has_z", PluginFieldType::kINT32, 0},
+        {"has_initial_state", PluginFieldType::kINT32, 0}, {"u_scale", PluginFieldType::kFLOAT32, 1.0},
+        {"delta_scale", PluginFieldType::kFLOAT32, 1.0}, {"B_scale", PluginFieldType::kFLOAT32, 1.0},
+        {"C_scale", PluginFieldType::kFLOAT32, 1.0}});
+}
+
+SelectiveScanPlugin::SelectiveScanPlugin(Attrs attrs)
+    : mAttrs(std::move(attrs))
+{
+    require(mAttrs.getInt("delta_softplus") == 0 || mAttrs.getInt("delta_softplus") == 1, "delta_softplus must be 0 or 1");
+    for (char const* s : {"u_scale", "delta_scale", "B_scale", "C_scale"})
+        require(mAttrs.getFloat(s) > 0.f, std::string(s) + " must be > 0");
+}
+
+int32_t SelectiveScanPlugin::nbInputs() const
+{
+    return 7 + (mAttrs.getInt("has_z") ? 1 : 0) + (mAttrs.getInt("has_initial_state") ? 1 : 0);
+}
+
+IPluginCapability* SelectiveScanPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
+{
+    switch (type)
+    {
+    case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
+    case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
+    case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
+    }
+    return nullptr;
+}
+
+IPluginV3* SelectiveScanPlugin::clone() noexcept
+{
+    return guard<IPluginV3*>("SelectiveScan::clone", nullptr, [&] { return new SelectiveScanPlugin(mAttrs); });
+}
+
+char const* SelectiveScanPlugin::getPluginName() const noexcept { return kNAME; }
+char const* SelectiveScanPlugin::getPluginVersion() const noexcept { return kVERSION; }
+char const* SelectiveScanPlugin::getPluginNamespace() const noexcept { return kNAMESPACE; }
+int32_t SelectiveScanPlugin::getNbOutputs() const noexcept { return 2; }
+
+int32_t SelectiveScanPlugin::getOutputDataTypes(
+    DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
+{
+    return guard<int32_t>("SelectiveScan::getOutputDataTypes", -1, [&] {
+        require(nbOutputs == 2 && nbInputs == this->nbInputs(), "wrong number of inputs/outputs");
+        outputTypes[0] = inputTypes[kU] == DataType::kFLOAT ? DataType::kFLOAT : DataType::kHALF;
+        outputTypes[1] = DataType::kFLOAT;
+        return 0;
+    });
+}
+
+int32_t SelectiveScanPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
+    DimsExprs* outputs, int32_t nbOutputs, IExprBuilder&) noexcept
+{
+    return guard<int32_t>("SelectiveScan::getOutputShapes", -1, [&] {
+        require(nbInputs == this->nbInputs() && nbOutputs == 2, "wrong number of inputs/outputs");
+        require(inputs[kU].nbDims == 3 && inputs[kA].nbDims == 2, "u must be (B, L, D) and A (D, N)");
+        outputs[0] = inputs[kU];
+        outputs[1].nbDims = 3;
+        outputs[1].d[0] = inputs[kU].d[0];
+        outputs[1].d[1] = inputs[kU].d[2];
+        outputs[1].d[2] = inputs[kA].d[1];
+        return 0;
+    });
+}
+
+bool SelectiveScanPlugin::supportsFormatCombination(
+    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
+{
+    return guard<bool>("SelectiveScan::supportsFormatCombination", false, [&] {
+        require(nbInputs == this->nbInputs() && nbOutputs == 2, "wrong number of inputs/outputs");
+        auto const& d = inOut[pos].desc;
+        if (d.format != TensorFormat::kLINEAR)
+            return false;
+        DataType const in = inOut[kU].desc.type;
+        DataType const yType = in == DataType::kFLOAT ? DataType::kFLOAT : DataType::kHALF;
+        bool const hasZ = mAttrs.getInt("has_z") != 0;
+        int32_t const zPos = hasZ ? 7 : -1;
+        int32_t const h0Pos = mAttrs.getInt("has_initial_state") ? (hasZ ? 8 : 7) : -1;
+        if (pos == kU)
+            return in == DataType::kFLOAT || in == DataType::kHALF || in == DataType::kINT8;
+        if (pos == kDELTA || pos == kB || pos == kC)
+            return d.type == in;
+        if (pos == kA || pos == kDSKIP || pos == kBIAS || pos == h0Pos)
+            return d.type == DataType::kFLOAT;
+        if (pos == zPos || pos == nbInputs)
+            return d.type == yType;
+        return d.type == DataType::kFLOAT; // last_state
+    });
+}
+
+int32_t SelectiveScanPlugin::configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
+    DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept
+{
+    return guard<int32_t>("SelectiveScan::configurePlugin", -1, [&] {
+        require(nbInputs == this->nbInputs() && nbOutputs == 2, "wrong number of inputs/outputs");
+        require(in[kA].desc.dims.d[1] <= 16, "d_state N must be <= 16");
+        return 0;
+    });
+}
+
+size_t SelectiveScanPlugin::getWorkspaceSize(
+    DynamicPluginTensorDesc const* inputs, int32_t, DynamicPluginTensorDesc const*, int32_t) const noexcept
+{
+    return guard<size_t>("SelectiveScan::getWorkspaceSize", 0, [&] {
+        SelectiveScanParams p;
+        p.batch = static_cast<int32_t>(inputs[kU].max.d[0]);
+        p.seqLen = static_cast<int32_t>(inputs[kU].max.d[1]);
+        p.dim = static_cast<int32_t>(inputs[kU].max.d[2]);
+        p.dState = static_cast<int32_t>(inputs[kA].max.d[1]);
+        p.chunks = std::max(1, p.seqLen / 128); // the most chunks the automatic choice can make
+        return selectiveScanWorkspaceSize(p);
+    });
+}
+
+int32_t SelectiveScanPlugin::onShapeChange(PluginTensorDesc const*, int32_t nbInputs, PluginTensorDesc const*, int32_t nbOutputs) noexcept
+{
+    return guard<int32_t>("SelectiveScan::onShapeChange", -1, [&] {
+        require(nbInputs == this->nbInputs() && nbOutputs == 2, "wrong number of inputs/outputs");
+        return 0;
+    });
+}
+
+int32_t SelectiveScanPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* outputDesc,
+    void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept
+{
+    return guard<int32_t>("SelectiveScan::enqueue", -1, [&] {
+        SelectiveScanParams p;
+        auto const& ud = inputDesc[kU].dims;
+        p.batch = static_cast<int32_t>(ud.d[0]);
+        p.seqLen = static_cast<int32_t>(ud.d[1]);
+        p.dim = static_cast<int32_t>(ud.d[2]);
+        p.dState = static_cast<int32_t>(inputDesc[kA].dims.d[1]);
+        p.deltaSoftplus = mAttrs.getInt("delta_softplus") != 0;
+        p.inType = toDType(inputDesc[kU].type);
+        p.outType = toDType(outputDesc[0].type);
+        p.uScale = mAttrs.getFloat("u_scale");
+        p.deltaScale = mAttrs.getFloat("delta_scale");
+        p.bScale = mAttrs.getFloat("B_scale");
+        p.cScale = mAttrs.getFloat("C_scale");
+        p.u = inputs[kU];
+        p.delta = inputs[kDELTA];
+        p.A = static_cast<float const*>(inputs[kA]);
+        p.Bm = inputs[kB];
+        p.Cm = inputs[kC];
+        p.Dskip = static_cast<float const*>(inputs[kDSKIP]);
+        p.deltaBias = static_cast<float const*>(inputs[kBIAS]);
+        int32_t next = 7;
+        if (mAttrs.getInt("has_z"))
+            p.z = inputs[next++];
+        if (mAttrs.getInt("has_initial_state"))
+            p.h0 = static_cast<float const*>(inputs[next++]);
+        p.y = outputs[0];
+        p.lastState = static_cast<float*>(outputs[1]);
+        p.chunks = std::min(selectiveScanChunks(p), std::max(1, p.seqLen / 128)); // fits getWorkspaceSize
+        size_t const ws = selectiveScanWorkspaceSize(p);
+        cudaError_t const e = launchSelectiveScan(p, workspace, ws, stream);
+        if (e != cudaSuccess)
+            throw std::runtime_error(cudaGetErrorString(e));
+        return 0;
+    });
+}
+
+IPluginV3* SelectiveScanPlugin::attachToContext(IPluginResourceContext*) noexcept { return clone(); }
+
+PluginFieldCollection const* SelectiveScanPlugin::getFieldsToSerialize() noexcept { return mAttrs.serialize(); }
+
+SelectiveScanPluginCreator::SelectiveScanPluginCreator()
+    : mAttrs(selectiveScanAttrs())
+{
+}
+char const* SelectiveScanPluginCreator::getPluginName() const noexcept { return kNAME; }
+char const* SelectiveScanPluginCreator::getPluginVersion() const noexcept { return kVERSION; }
+char const* SelectiveScanPluginCreator::getPluginNamespace() const noexcept { return kNAMESPACE; }
+PluginFieldCollection const* SelectiveScanPluginCreator::getFieldNames() noexcept { return mAttrs.declared(); }
+
+IPluginV3* SelectiveScanPluginCreator::createPlugin(char const*, PluginFieldCollection const* fc, TensorRTPhase) noexcept
+{
+    return guard<IPluginV3*>("SelectiveScan::createPlugin", nullptr, [&] {
+        Attrs a = selectiveScanAttrs();
+        a.parse(fc);
+        return new SelectiveScanPlugin(std::move(a));
+    });
+}
+
+} // namespace plugin
+} // namespace mq

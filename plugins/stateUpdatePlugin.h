@@ -1,0 +1,75 @@
+// TensorRT IPluginV3 "SelectiveStateUpdate" (version 1, namespace mq_deploy) over kernels/stateUpdateKernel.
+//
+// Inputs: state (B, D, N) fp32, x (B, 1, D), dt (B, 1, D), A (D, N), Bm (B, 1, N), Cm (B, 1, N), Dskip (D,),
+// dt_bias (D,) [, z (B, 1, D) if has_z]. Outputs: y (B, 1, D) (x's type), new_state (B, D, N) fp32.
+// x/dt/Bm/Cm/z: all fp32 or all fp16. Attribute dt_softplus (as ops/state_update.py).
+#pragma once
+#include "pluginCommon.h"
+#include "kernels/stateUpdateKernel.h"
+
+namespace mq
+{
+namespace plugin
+{
+
+class StateUpdatePlugin : public nvinfer1::IPluginV3,
+                            public nvinfer1::IPluginV3OneCore,
+                            public nvinfer1::IPluginV3OneBuild,
+                            public nvinfer1::IPluginV3OneRuntime
+{
+public:
+    explicit StateUpdatePlugin(Attrs attrs);
+
+    // IPluginV3
+    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
+    nvinfer1::IPluginV3* clone() noexcept override;
+    // IPluginV3OneCore
+    char const* getPluginName() const noexcept override;
+    char const* getPluginVersion() const noexcept override;
+    char const* getPluginNamespace() const noexcept override;
+    // IPluginV3OneBuild
+    int32_t getNbOutputs() const noexcept override;
+    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,
+        int32_t nbInputs) const noexcept override;
+    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
+        int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
+        nvinfer1::IExprBuilder& exprBuilder) noexcept override;
+    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
+        int32_t nbOutputs) noexcept override;
+    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
+        nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
+    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
+    // IPluginV3OneRuntime
+    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
+        int32_t nbOutputs) noexcept override;
+    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
+        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
+    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
+    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
+
+private:
+    int32_t nbInputs() const;
+    Attrs mAttrs;
+};
+
+class StateUpdatePluginCreator : public nvinfer1::IPluginCreatorV3One
+{
+public:
+    StateUpdatePluginCreator();
+    char const* getPluginName() const noexcept override;
+    char const* getPluginVersion() const noexcept override;
+    char const* getPluginNamespace() const noexcept override;
+    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
+    nvinfer1::IPluginV3* createPlugin(
+        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
+
+private:
+    Attrs mAttrs; //!< declaration (names, types, defaults)
+};
+
+//! The one attribute list of StateUpdate (creator fields, parsing, serialization).
+Attrs stateUpdateAttrs();
+
+} // namespace plugin
+} // namespace mq

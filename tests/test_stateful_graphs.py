@@ -174,3 +174,5 @@ def test_step_rejects_states_of_the_wrong_shape():
         s.step(np.array([4, 5]), {k: v for k, v in st.items() if k != "conv_state.1"})
     with pytest.raises(UserError, match=r"token id 90 is outside the model's vocabulary \[0, 90\)"):
         s.step(np.array([90, 5]), st)
+    with pytest.raises(UserError, match="LEFT padding"):
+        s.prefill(np.array([[1, 2, 3]]), np.array([[1, 1, 0]]))  # right padding would decay the state

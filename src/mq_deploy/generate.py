@@ -122,6 +122,9 @@ class StatefulSession:
         if ids.ndim != 2 or ids.shape[1] == 0 or mask.shape != ids.shape:
             raise UserError(f"prefill: input_ids {ids.shape} and attention_mask {mask.shape} must both be "
                             "[batch, sequence] with sequence >= 1")
+        if not np.isin(mask, (0, 1)).all() or not mask[:, -1].all() or (np.diff(mask, axis=1) < 0).any():
+            raise UserError("prefill: attention_mask must be 0/1 LEFT padding (zeros, then ones, last column all "
+                            "ones); pad prompts on the left, e.g. with generate.left_pad")
         self._check_ids(ids)
         out = self.prefill_runner.run({"input_ids": ids, "attention_mask": mask})
         logits = out.pop("logits")

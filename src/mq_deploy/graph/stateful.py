@@ -24,16 +24,17 @@ Decode step (`model.decode.onnx`):
     input_ids int64 [batch, 1], conv_state.{i}, ssm_state.{i}
     → logits float [batch, vocab], conv_state_out.{i}, ssm_state_out.{i}
 
-  per layer:  w = Concat(conv_state, x_t) [batch, d_inner, d_conv]; the Conv node keeps its taps
-  and bias and runs with pads 0 on w (one output position = the depthwise dot); the new conv state
-  is w[:, :, 1:]. The SelectiveScan node becomes a SelectiveStateUpdate plugin node
+  per layer:  w = Concat(conv_state, x_t) [batch, d_inner, d_conv]; the Conv node becomes the
+  depthwise dot ReduceSum(w ⊙ taps, axis 2) + bias on the same taps/bias tensors (Mul/ReduceSum, not
+  a grouped Conv, which onnxruntime runs channel by channel); the new conv state is w[:, :, 1:].
+  The SelectiveScan node becomes a SelectiveStateUpdate plugin node
   (state, x, dt, A, Bm, Cm, Dskip, dt_bias) → (y, new_state) on the same input tensors.
 
 State domain (DESIGN.md §2): the states are whatever the graph's scan carries. With state
 smoothing (Bm rows ÷ s, Cm rows × s in W_x) the scan's h is h_true / s, prefill emits it in that
 scaled domain and the step consumes it with the same scaled Bm/Cm, so nothing needs converting
 between the two graphs. A state that comes from outside (an unscaled h0) would need ×(1/s) before
-it is fed in: that is the hook `STATE_DOMAIN_NOTE` names, and the manifest records the domain.
+it is fed in: that is the hook `STATE_DOMAIN_NOTE` describes (recorded in the manifest).
 """
 
 from __future__ import annotations
@@ -53,7 +54,12 @@ from .builder import GraphBuilder
 
 BATCH, SEQ = "batch", "sequence"
 INT64_MAX = 2**63 - 1
-STATE_DOMAIN_NOTE = "plain fp32 (no state smoothing); a smoothed recipe stores h/s — see graph/stateful.py"
+# Hook for state smoothing (DESIGN.md §2): the carried ssm_state is in the scan's own domain. Prefill and
+# decode read the same W_x, so a state passes between them unchanged; only a state brought in from
+# outside (another runtime, an unsmoothed h0) must be converted, h_stored = h / s.
+STATE_DOMAIN_NOTE = ("ssm_state is in the scan's domain: h/s under state smoothing (Bm rows of W_x divided by s, "
+                     "Cm rows multiplied by s), plain h otherwise; prefill and decode share W_x, so states pass "
+                     "between them unchanged; convert an external h0 as h0/s")
 _LAYER = re.compile(r"^layers\.(\d+)/")
 
 
@@ -280,8 +286,16 @@ def build_decode_graph(full: onnx.ModelProto, config: MambaConfig) -> onnx.Model
         g.input.extend([_state_vi(conv_state_name(i), s.conv), _state_vi(ssm_state_name(i), s.ssm)])
         with b.scope(f"layers.{i}"):
             window = b.op("Concat", [conv_state_name(i), conv.input[0]], name="conv_window", axis=2)  # [B, di, K]
-            conv.input[0] = window
-            _set_attr(conv, "pads", [0, 0])
+            # the depthwise dot Σ_k taps[:, k] ⊙ window[:, :, k] (+ bias) on the Conv's own taps/bias tensors
+            # (a grouped Conv in onnxruntime runs one tiny GEMM per channel: ~3x slower per step at batch 8)
+            taps = b.op("Squeeze", [conv.input[1], b.ints("tap_axis", [1])], name="conv_taps")  # [di, K]
+            dot_out = [conv.output[0]] if len(conv.input) < 3 or not conv.input[2] else None
+            dot = b.op("ReduceSum", [b.op("Mul", [window, taps], name="conv_mul"), b.ints("tap_sum_axis", [2])],
+                       name="conv_dot", keepdims=1, out_names=dot_out)  # [B, di, 1]
+            if dot_out is None:
+                bias = b.op("Unsqueeze", [conv.input[2], b.ints("bias_axis", [1])], name="conv_bias_col")
+                b.op("Add", [dot, bias], name="conv_bias", out_names=[conv.output[0]])
+            g.node.remove(conv)
             b.op("Slice", [window, *drop_first], name="conv_state_update", out_names=[conv_state_name(i, True)])
         if len(scan.input) != len(ss.INPUTS):
             raise InternalError(f"{scan.name}: SelectiveScan has {len(scan.input)} inputs, expected {len(ss.INPUTS)}")

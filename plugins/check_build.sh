@@ -31,8 +31,12 @@ done
 [ "$fail" = 0 ] || exit 1
 
 if [ -n "${TRT_INCLUDE:-}" ]; then
-  cuda_inc="$(dirname "$(dirname "$(command -v "$NVCC")")")/include"
-  [ -f "$cuda_inc/cuda_runtime_api.h" ] || cuda_inc="$(dirname "$(readlink -f "$(command -v "$NVCC")")")/../include"
+  cuda_inc=""
+  for c in "${CUDA_HOME:-}/include" "$(dirname "$(readlink -f "$(command -v "$NVCC")")")/../include" \
+           "$(dirname "$(dirname "$(command -v "$NVCC")")")/include" /usr/local/cuda/include; do
+    if [ -f "$c/cuda_runtime_api.h" ]; then cuda_inc="$c"; break; fi
+  done
+  [ -n "$cuda_inc" ] || { echo "check_build: cuda_runtime_api.h not found (set CUDA_HOME)" >&2; exit 2; }
   for cpp in "$here"/*.cpp; do
     echo "${CXX:-g++} -fsyntax-only $(basename "$cpp") against $TRT_INCLUDE"
     "${CXX:-g++}" -std=c++17 -fsyntax-only -Wall -Wextra -Werror -Wno-deprecated-declarations \

@@ -173,6 +173,11 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         graph = build_lm_graph(model, plan)
         log("lowering SelectiveScan to ONNX Scan for the portable graph")
         portable = lower_selective_scan(graph)
+        unfused = graph  # the stateful graphs are derived from the Q→DQ form
+        if plan is not None and plan.quant is not None:
+            from .graph.fuse_scan_quant import fuse_scan_quant
+
+            graph = fuse_scan_quant(graph)  # TensorRT flavour: int8 straight into the scan plugin
         for g in (graph, portable):
             onnx.checker.check_model(g)
         log("self-check: running both graphs in onnxruntime")
@@ -197,8 +202,8 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         # -- stateful graphs for `mq-deploy generate` (issue 5): prefill + decode step, derived from the
         #    final `graph` above, so they share its weights, recipe and scales (graph/stateful.py) --------
         log("building the prefill and decode-step graphs")
-        stateful_graphs = build_stateful_graphs(graph, c)
-        stateful = {**stateful_io_spec(c), "self_check": stateful_self_check(graph, stateful_graphs, c),
+        stateful_graphs = build_stateful_graphs(unfused, c)
+        stateful = {**stateful_io_spec(c), "self_check": stateful_self_check(unfused, stateful_graphs, c),
                     "plugins": [{"name": su.PLUGIN_NAME, "version": su.PLUGIN_VERSION,
                                  "namespace": su.PLUGIN_NAMESPACE, "count": c.n_layer}]}
         for name, g in stateful_graphs.items():

@@ -87,10 +87,17 @@ def lint_model(model: onnx.ModelProto) -> list[dict]:
             if any(n.name.endswith(f"/{lin}") for lin in LINEARS) and not all(dq):
                 out.append(_violation(n.name, "linear-quant", "linear layer is not quantized in a quantized graph"))
         elif n.op_type == ss.PLUGIN_NAME:
-            for idx, label in ((0, "u"), (1, "delta"), (3, "Bm"), (4, "Cm")):
+            scales = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            for idx, label, attr_name in ((0, "u", "u_scale"), (1, "delta", "delta_scale"), (3, "Bm", "B_scale"),
+                                          (4, "Cm", "C_scale")):
                 p = producer.get(n.input[idx])
                 if p is None or p.op_type not in ("DequantizeLinear", "QuantizeLinear"):
                     out.append(_violation(n.name, "scan-inputs", f"scan input {label} is not quantized"))
+                elif p.op_type == "QuantizeLinear":  # fused int8 input: the plugin needs the same scale
+                    qs = arr(p.input[1])
+                    if attr_name not in scales or qs is None or not np.isclose(scales[attr_name], float(qs.ravel()[0])):
+                        out.append(_violation(n.name, "scan-inputs",
+                                              f"int8 input {label} needs attribute {attr_name} equal to its Q scale"))
     return out
 
 

@@ -34,7 +34,7 @@ def calibrate(model: MambaModel, plan: GraphPlan, windows: np.ndarray, cov_point
     fp = GraphPlan(layers=plan.layers, quant=None)
     graph, points = build_lm_graph(model, fp, with_points=True)
     portable = lower_selective_scan(graph)
-    return collect(lambda outs: OrtRunner(portable, extra_outputs=outs), points, windows, cov_points,
+    return collect(lambda outs: OrtRunner(portable, extra_outputs=outs, only_extra=True), points, windows, cov_points,
                    batch_size=batch_size, seed=seed, progress=progress, gamma=[L.norm.copy() for L in model.layers],
                    meta=meta)
 

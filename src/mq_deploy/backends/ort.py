@@ -33,7 +33,7 @@ class OrtRunner:
     """Run an mq-deploy ONNX graph in onnxruntime: `runner(input_ids) -> logits`."""
 
     def __init__(self, model: str | Path | onnx.ModelProto, providers: Sequence[str] = ("CPUExecutionProvider",),
-                 threads: Optional[int] = None, extra_outputs: Sequence[str] = ()):
+                 threads: Optional[int] = None, extra_outputs: Sequence[str] = (), only_extra: bool = False):
         import onnxruntime as ort
 
         from ..ops.ort_kernels import prepare_plugin_model
@@ -49,7 +49,7 @@ class OrtRunner:
         else:
             proto = model
         if extra_outputs:
-            proto = _with_outputs(proto, extra_outputs)
+            proto = _with_outputs(proto, extra_outputs, only_extra)
         proto, has_plugins = prepare_plugin_model(proto)
         so = _session_options(threads, has_plugins)
         try:
@@ -66,10 +66,15 @@ class OrtRunner:
         return self.run({"input_ids": np.asarray(input_ids, dtype=np.int64)})["logits"]
 
 
-def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """Copy of `model` with intermediate tensors `names` added as graph outputs (for calibration)."""
+def _with_outputs(model: onnx.ModelProto, names: Sequence[str], only: bool = False) -> onnx.ModelProto:
+    """Copy of `model` with intermediate tensors `names` added as graph outputs (for calibration).
+
+    With `only`, they replace the graph's outputs, so onnxruntime prunes what they do not need
+    (for a language model: the final norm and the vocabulary projection)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    if only:
+        del m.graph.output[:]
     have = {o.name for o in m.graph.output}
     for n in names:
         if n not in have:

@@ -55,6 +55,9 @@ def prepare_plugin_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]
             node.domain = default_opset_domain()
             found = True
     if found:
+        from ..graph.fuse_scan_quant import unfuse_for_cpu
+
+        unfuse_for_cpu(m)
         ops = [o for o in m.opset_import if o.domain != PLUGIN_DOMAIN]
         del m.opset_import[:]
         m.opset_import.extend(ops)

@@ -163,9 +163,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     windows, calib_info = calibration_data(model, load_recipe(recipes[0]), args.calib, tok_path,
                                            args.calib_samples, args.calib_seq_len)
     rows = compare(model, recipes, tasks, tok, windows, data=data, seq_len=args.seq_len, limit=args.limit,
-                   progress=not args.quiet, log=log)
+                   windows=args.windows, progress=not args.quiet, log=log)
     meta = {"model": model.source, "calibration": calib_info, "tasks": tasks, "seq_len": args.seq_len,
-            "limit": args.limit, "data": data, "command": " ".join(sys.argv)}
+            "limit": args.limit, "windows": args.windows, "data": data, "command": " ".join(sys.argv)}
     md, js = save(rows, tasks, Path(args.output), meta)
     if args.json:
         print(json.dumps(rows))
@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--calib-samples", type=int, default=128)
     k.add_argument("--calib-seq-len", type=int, default=512)
     k.add_argument("--seq-len", type=int, default=512, help="perplexity window / zero-shot max length (default 512)")
-    k.add_argument("--limit", type=int, help="first N windows / items per task")
+    k.add_argument("--limit", type=int, help="first N items per zero-shot task (and windows, unless --windows)")
+    k.add_argument("--windows", type=int, help="first N windows per perplexity task")
     k.add_argument("-o", "--output", default="compare-out", help="folder for compare.md / compare.json")
     k.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
     k.add_argument("-q", "--quiet", action="store_true", help="no progress messages")

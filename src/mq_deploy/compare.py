@@ -50,7 +50,8 @@ def perplexity_and_drift(ref_fn, fn, windows: np.ndarray, batch_size: int = 2) -
 
 
 def compare(model, recipes: Sequence[str], tasks: Sequence[str], tokenizer, calib_windows: np.ndarray, *,
-            data: Optional[dict] = None, seq_len: int = 512, limit: Optional[int] = None, batch_size: int = 2,
+            data: Optional[dict] = None, seq_len: int = 512, limit: Optional[int] = None,
+            windows: Optional[int] = None, batch_size: int = 2,
             progress: bool = True, log: Callable[[str], None] = lambda s: None) -> list[dict]:
     """Rows of {"recipe", <task>: {metrics}} for each recipe (the fp32 model first, as 'fp32')."""
     data = data or {}
@@ -61,7 +62,7 @@ def compare(model, recipes: Sequence[str], tasks: Sequence[str], tokenizer, cali
             raise UserError(f"unknown task '{t}'; valid: {', '.join(TASKS)}")
         if TASKS[t].kind == "perplexity":
             text = load_task_data(t, resolve_data_path(t, data.get(t)))
-            ppl_windows[t] = np.asarray(token_windows(tokenizer.encode(text), seq_len, limit), dtype=np.int64)
+            ppl_windows[t] = np.asarray(token_windows(tokenizer.encode(text), seq_len, windows or limit), dtype=np.int64)
     ref = OrtRunner(lower_selective_scan(build_lm_graph(model)))
     stats0 = None
     if any(r.passes for r in recs):

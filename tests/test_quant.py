@@ -72,6 +72,8 @@ def test_act_scale_methods():
     grid = min(err(c / 127) for c in np.linspace(0.5, 40, 400))
     assert err(s_t) <= 1.05 * grid  # the search finds (nearly) the best clip
     assert err(s_t) < err(40.0 / 127)
+    s_ent = act_scale(t, float(t.max()), 8, "entropy")  # KL calibration clips the far outliers too
+    assert np.percentile(t, 99.9) < s_ent * 127 < 40.0 / 2
     with pytest.raises(UserError):
         act_scale(x, amax, 8, "magic")
 

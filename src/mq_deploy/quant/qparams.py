@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import UserError
 
-ACT_METHODS = ("max", "percentile", "mse")
+ACT_METHODS = ("max", "percentile", "mse", "entropy")
 
 
 def qrange(bits: int) -> tuple[int, int]:
@@ -68,6 +68,8 @@ def act_scale(sample_abs: np.ndarray, absmax: float, bits: int, method: str, per
             err = float(np.mean((np.minimum(np.rint(x / s), qmax) * s - x) ** 2))
             if err < best:
                 clip, best = c, err
+    elif method == "entropy":
+        clip = entropy_clip(sample_abs, absmax, bits)
     else:
         raise UserError(f"unknown activation scale method '{method}'; choose one of {', '.join(ACT_METHODS)}")
     return float(clip / qmax)
@@ -78,3 +80,30 @@ def sqnr_db(ref: np.ndarray, x: np.ndarray) -> float:
     noise = float(np.sum((np.asarray(ref, np.float64) - x) ** 2))
     sig = float(np.sum(np.asarray(ref, np.float64) ** 2))
     return float("inf") if noise == 0 else 10.0 * np.log10(max(sig, 1e-300) / noise)
+
+
+def entropy_clip(sample_abs: np.ndarray, absmax: float, bits: int = 8, bins: int = 2048) -> float:
+    """TensorRT's entropy calibration: the clip whose quantized histogram has the least KL divergence
+    from the (clipped) reference histogram of |x|."""
+    levels = qrange(bits)[1] + 1  # 128 magnitude levels for int8
+    hist, edges = np.histogram(np.asarray(sample_abs, np.float64), bins=bins, range=(0.0, absmax))
+    hist = hist.astype(np.float64)
+    best, best_kl = bins, np.inf
+    for i in range(levels, bins + 1, 16):
+        p = hist[:i].copy()
+        p[i - 1] += hist[i:].sum()  # outliers collapse into the last kept bin
+        # quantize the first i bins into `levels` groups, spread each group's mass over its non-empty bins
+        idx = (np.arange(i) * levels) // i
+        nz = hist[:i] > 0
+        group_mass = np.bincount(idx, weights=hist[:i], minlength=levels)
+        group_cnt = np.bincount(idx, weights=nz.astype(np.float64), minlength=levels)
+        q = np.where(nz, group_mass[idx] / np.maximum(group_cnt[idx], 1), 0.0)
+        ps, qs = p.sum(), q.sum()
+        if ps <= 0 or qs <= 0:
+            continue
+        pn, qn = p / ps, q / qs
+        m = pn > 0
+        kl = float(np.sum(pn[m] * np.log(pn[m] / np.maximum(qn[m], 1e-12))))
+        if kl < best_kl:
+            best, best_kl = i, kl
+    return float(edges[best])

@@ -69,9 +69,9 @@ def compare(model, recipes: Sequence[str], tasks: Sequence[str], tokenizer, cali
         log("calibrating the fp32 graph once for every recipe")
         stats0 = fp32_stats(model, calib_windows, progress=progress)
     rows = []
-    for r in ["fp32"] + [x.name for x in recs if x.name != "fp32"]:
+    for recipe in [load_recipe("fp32")] + [x for x in recs if x.name != "fp32"]:
         t0 = time.time()
-        recipe = load_recipe(r)
+        r = recipe.name
         log(f"recipe {r}")
         m2, plan, _ = prepare(model, recipe, calib_windows, progress=progress, stats0=stats0, log=log)
         runner = OrtRunner(lower_selective_scan(build_lm_graph(m2, plan)))

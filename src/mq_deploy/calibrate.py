@@ -20,7 +20,8 @@ import numpy as np
 
 from .errors import UserError
 
-SAMPLE_PER_BATCH = 8192
+SAMPLE_PER_POINT = 1 << 17  # |x| values kept per point for percentile / MSE / entropy scales
+OUTPUT_BUDGET = 512 << 20  # bytes of marked intermediate outputs per onnxruntime call
 
 
 def read_calib_text(path: str | Path, max_chars: int) -> str:
@@ -109,6 +110,8 @@ def collect(runner_factory, points: dict[str, str], windows: np.ndarray, cov_poi
     cov_points = set(cov_points)
     rng = np.random.default_rng(seed + 1)
     st = Stats(gamma=list(gamma or []), meta=dict(meta or {}))
+    n_batches = -(-len(windows) // batch_size)
+    per_batch = max(256, SAMPLE_PER_POINT // n_batches)
     samples: dict[str, list] = {pt: [] for pt in points}
     for s in tqdm(range(0, len(windows), batch_size), desc="calibrating", unit="batch", disable=not progress,
                   leave=False):
@@ -122,7 +125,7 @@ def collect(runner_factory, points: dict[str, str], windows: np.ndarray, cov_poi
             st.chan_sum[pt] = st.chan_sum.get(pt, 0) + x.sum(axis=0, dtype=np.float64)
             st.chan_sumsq[pt] = st.chan_sumsq.get(pt, 0) + np.square(x, dtype=np.float64).sum(axis=0)
             flat = ax.ravel()
-            k = min(SAMPLE_PER_BATCH, flat.size)
+            k = min(per_batch, flat.size)
             samples[pt].append(flat[rng.choice(flat.size, size=k, replace=False)])
             if pt in cov_points:
                 xd = x.astype(np.float64)

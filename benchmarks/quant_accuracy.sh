@@ -16,10 +16,10 @@ else
 fi
 mkdir -p "$out"
 # calibration: 128 x 512 tokens (the default) of the training corpus (in-domain, disjoint from the held-out text)
-# evaluation: 40 x 512-token windows of the held-out text (primary), 16 of WikiText-2 test, first 100 items per zero-shot task
+# evaluation: 24 x 512-token windows of the held-out text (primary) and of WikiText-2 test, first 40 items per zero-shot task
 { echo "# $(date -u +%FT%TZ) on $(nproc) CPU cores ($(uname -m)), onnxruntime portable graphs"
   set -x
   python -m mq_deploy compare $model --tokenizer "$tok" --recipes "$RECIPES" --tasks "$TASKS" \
     --data text=$S/data/text/ref_corpus_heldout.txt --calib $S/data/train/corpus.txt.xz \
-    --calib-samples 128 --calib-seq-len 512 --seq-len 512 --windows 40 --limit 100 -o "$out"
+    --calib-samples 128 --calib-seq-len 512 --seq-len 512 --windows 24 --limit 40 -o "$out"
 } 2>&1 | tee "$out/log.txt"

@@ -206,6 +206,10 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         stateful = {**stateful_io_spec(c), "self_check": stateful_self_check(unfused, stateful_graphs, c),
                     "plugins": [{"name": su.PLUGIN_NAME, "version": su.PLUGIN_VERSION,
                                  "namespace": su.PLUGIN_NAMESPACE, "count": c.n_layer}]}
+        if plan is not None and plan.quant is not None:  # int8 straight into the prefill's scan plugins too
+            from .graph.fuse_scan_quant import fuse_scan_quant
+
+            stateful_graphs["model.prefill.onnx"] = fuse_scan_quant(stateful_graphs["model.prefill.onnx"])
         for name, g in stateful_graphs.items():
             log(f"writing {name}")
             for p in save_onnx(g, tmp / name):

@@ -46,5 +46,8 @@ def test_command_lines():
     assert "--dynamicPlugins=build/plugins/libmq_trt_plugins.so" in c["trtexec"]
     assert "--minShapes=input_ids:1x1 --optShapes=input_ids:1x128 --maxShapes=input_ids:4x2048" in c["trtexec"]
     assert "--int8" in c["trtexec"] and "--fp16" in c["trtexec"]
-    assert c["polygraphy"].startswith("polygraphy run out/model.onnx --trt --onnxrt --plugins build/plugins/libmq_trt_plugins.so")
+    # polygraphy's onnxrt runner cannot run the plugin nodes: reference run on the portable graph, then TensorRT
+    assert c["polygraphy_reference"].startswith("polygraphy run out/model.portable.onnx --onnxrt")
+    assert c["polygraphy"].startswith("polygraphy run out/model.onnx --trt --plugins build/plugins/libmq_trt_plugins.so")
+    assert "--load-outputs out/polygraphy_ort_outputs.json" in c["polygraphy"]
     assert "--trt-max-shapes input_ids:4x2048" in c["polygraphy"]

@@ -3,6 +3,8 @@
     mq-deploy compile [MODEL] [--recipe fp32] -o OUTDIR
     mq-deploy eval [MODEL_OR_ONNX] --task wikitext2 [--seq-len N] [--limit N] [--data PATH] [--json]
     mq-deploy generate OUTDIR --prompt TEXT [--prompt TEXT ...] [--max-new-tokens N] [--greedy | --temperature T --top-p P]
+    mq-deploy build OUTDIR [--plugins LIB] [--int8] [--fp16] [--min/opt/max-shapes B,L] [-o ENGINE]
+    mq-deploy validate OUTDIR [--plugins LIB] [--engine ENGINE] [--batch B --seq L] [--simulate] [--torch] [--json]
 """
 
 from __future__ import annotations
@@ -191,6 +193,36 @@ def cmd_lint(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+# -- build / validate (TensorRT) ------------------------------------------------------------------
+def cmd_build(args: argparse.Namespace) -> int:
+    from .trt import Shapes, build_outdir, parse_shape, plan_build
+
+    shapes = Shapes(min=parse_shape(args.min_shapes, "--min-shapes"), opt=parse_shape(args.opt_shapes, "--opt-shapes"),
+                    max=parse_shape(args.max_shapes, "--max-shapes"))
+    plan = plan_build(args.outdir, engine=args.output, plugin_lib=args.plugins, int8=args.int8, fp16=args.fp16,
+                      shapes=shapes, timing_cache=args.timing_cache)
+    cmds = plan.command_lines()
+    if args.dry_run:
+        print(cmds["trtexec"])
+        return 0
+    log = (lambda s: None) if args.quiet else _log
+    engine = build_outdir(plan, log=log)
+    log(f"equivalent: {cmds['trtexec']}")
+    print(engine)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .validate import format_report, validate
+
+    rep = validate(args.outdir, batch=args.batch, seq=args.seq, seed=args.seed, simulate=args.simulate,
+                   torch_ref=args.torch, model_dir=args.model, calib=args.calib, engine=args.engine,
+                   plugin_lib=args.plugins, tol=args.tol, engine_tol=args.engine_tol, threads=args.threads,
+                   log=(lambda s: None) if args.quiet else _log)
+    print(json.dumps(rep.to_dict()) if args.json else format_report(rep))
+    return 0 if rep.ok else 1
+
+
 # -- parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mq-deploy", description="Export and deployment compiler for Mamba models.")
@@ -279,6 +311,52 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tokenizer", help="tokenizer.json (default: OUTDIR/tokenizer.json)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     g.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("build", help="build a TensorRT engine from a compile OUTDIR (needs TensorRT)",
+                       description="Parse OUTDIR/model.onnx with TensorRT, load the plugin library, build with an "
+                                   "optimization profile for input_ids and write the engine atomically. A quantized "
+                                   "OUTDIR builds with INT8 on (explicit quantization: the Q/DQ nodes carry the scales). "
+                                   "Engines are specific to the GPU and TensorRT version: build on the target.")
+    b.add_argument("outdir", metavar="OUTDIR", help="output directory of `mq-deploy compile`")
+    b.add_argument("--plugins", metavar="LIB", help="plugin library, build/plugins/libmq_trt_plugins.so "
+                                                    "(default: $MQ_DEPLOY_PLUGINS)")
+    b.add_argument("--int8", action="store_true", help="allow INT8 (on by default for a quantized OUTDIR)")
+    b.add_argument("--fp16", action="store_true", help="allow FP16 kernels for the float layers")
+    b.add_argument("--min-shapes", default="1,1", metavar="B,L", help="smallest batch,sequence (default 1,1)")
+    b.add_argument("--opt-shapes", default="1,512", metavar="B,L", help="batch,sequence to tune for (default 1,512)")
+    b.add_argument("--max-shapes", default="8,4096", metavar="B,L", help="largest batch,sequence (default 8,4096)")
+    b.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to read and update")
+    b.add_argument("-o", "--output", metavar="ENGINE", help="engine file (default: OUTDIR/model.engine)")
+    b.add_argument("--dry-run", action="store_true", help="print the equivalent trtexec command and exit "
+                                                          "(no TensorRT needed)")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    b.set_defaults(func=cmd_build)
+
+    v = sub.add_parser("validate", help="compare a compile OUTDIR's graphs (and TensorRT engine) on the same input",
+                       description="Run the same random input_ids through onnxruntime on model.portable.onnx and on "
+                                   "model.onnx (plugin nodes on mq-deploy's CPU kernels), optionally the fake-quant "
+                                   "simulation (--simulate) and the torch fp32 checkpoint (--torch), and the TensorRT "
+                                   "engine where TensorRT exists; print max abs / max rel / mean abs error and top-1 "
+                                   "agreement for every pair. Exit 1 if a gated pair exceeds its limit.")
+    v.add_argument("outdir", metavar="OUTDIR", help="output directory of `mq-deploy compile`")
+    v.add_argument("--plugins", metavar="LIB", help="plugin library for the engine (default: $MQ_DEPLOY_PLUGINS)")
+    v.add_argument("--engine", metavar="ENGINE", help="TensorRT engine (default: OUTDIR/model.engine if present)")
+    v.add_argument("--batch", type=int, default=2, help="batch of random input_ids (default 2)")
+    v.add_argument("--seq", type=int, default=32, help="sequence length of random input_ids (default 32)")
+    v.add_argument("--seed", type=int, default=0, help="seed of the random input_ids (default 0)")
+    v.add_argument("--simulate", action="store_true",
+                   help="add the fake-quant simulation, re-derived from the manifest's checkpoint, recipe and "
+                        "calibration file (repeats the compile's calibration)")
+    v.add_argument("--torch", action="store_true", help="add the torch fp32 reference of the original checkpoint")
+    v.add_argument("--model", metavar="DIR", help="the checkpoint (default: the manifest's); implies --torch")
+    v.add_argument("--calib", metavar="FILE", help="calibration file for --simulate (default: the manifest's)")
+    v.add_argument("--tol", type=float, help="max rel limit between portable / plugin / simulation "
+                                             "(default 1e-4, 5e-2 for quantized recipes)")
+    v.add_argument("--engine-tol", type=float, default=5e-2, help="max rel limit for pairs with the engine (default 5e-2)")
+    v.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    v.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    v.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    v.set_defaults(func=cmd_validate)
     return ap
 
 

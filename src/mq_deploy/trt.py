@@ -6,13 +6,19 @@ so INT8 is a builder flag, not a calibrator.
 """
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import tempfile
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import Callable, Optional
 
 from .errors import UserError
 
+PLUGINS_ENV = "MQ_DEPLOY_PLUGINS"  # default plugin library when --plugins is not given
+PLUGIN_BUILD_HINT = ("build it with `cmake -S plugins -B build/plugins -DTENSORRT_ROOT=<tensorrt> && "
+                     "cmake --build build/plugins` (it is build/plugins/libmq_trt_plugins.so)")
 INSTALL_HINT = ("TensorRT's Python package is not installed. Install it with "
                 "`pip install tensorrt` (x86-64, CUDA 12/13; NVIDIA's index), use the NGC container "
                 "nvcr.io/nvidia/tensorrt, or on Jetson the JetPack 6 package `python3-libnvinfer` "
@@ -41,14 +47,58 @@ def import_tensorrt():
     return tensorrt
 
 
+def parse_shape(text: str, what: str = "shape") -> tuple[int, int]:
+    """'B,L' or 'BxL' → (B, L)."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        b, l = (int(p) for p in parts)
+    except ValueError:
+        raise UserError(f"{what} must be BATCH,SEQUENCE (e.g. 1,512), got {text!r}") from None
+    return b, l
+
+
 def check_plugin_lib(plugin_lib: Optional[str]) -> Optional[str]:
     if plugin_lib is None:
         return None
     if not os.path.isfile(plugin_lib):
-        raise UserError(f"plugin library {plugin_lib!r} not found: build it with `cmake -S plugins -B build/plugins "
-                        "-DTENSORRT_ROOT=<tensorrt> && cmake --build build/plugins` (it is "
-                        "build/plugins/libmq_trt_plugins.so)")
+        raise UserError(f"plugin library {plugin_lib!r} not found: {PLUGIN_BUILD_HINT}")
     return os.path.abspath(plugin_lib)
+
+
+def resolve_plugin_lib(plugin_lib: Optional[str]) -> Optional[str]:
+    """--plugins LIB, else $MQ_DEPLOY_PLUGINS, else None; a named library must exist."""
+    if plugin_lib is None and os.environ.get(PLUGINS_ENV):
+        plugin_lib = os.environ[PLUGINS_ENV]
+    return check_plugin_lib(plugin_lib)
+
+
+def load_plugins(trt, logger, lib: Optional[str]) -> None:
+    trt.init_libnvinfer_plugins(logger, "")
+    if lib is not None and trt.get_plugin_registry().load_library(lib) is None:
+        raise UserError(f"TensorRT could not load the plugin library {lib!r} (built for another TensorRT/CUDA?)")
+
+
+def atomic_write_bytes(path: str | Path, data) -> None:
+    """Write to a temporary sibling and rename: readers never see a partial engine."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private; the result should look like open(..., "wb")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(memoryview(data))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _flag(trt, name: str):
+    """BuilderFlag.INT8 / FP16, or None on TensorRT versions without precision flags (11: strong typing only)."""
+    return getattr(trt.BuilderFlag, name, None)
 
 
 def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None, int8: bool = False,
@@ -60,10 +110,10 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
     lib = check_plugin_lib(plugin_lib)
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
-    if lib is not None:
-        trt.init_libnvinfer_plugins(logger, "")
-        if trt.get_plugin_registry().load_library(lib) is None:
-            raise UserError(f"TensorRT could not load the plugin library {lib!r} (built for another TensorRT/CUDA?)")
+    load_plugins(trt, logger, lib)
+    if fp16 and _flag(trt, "FP16") is None:
+        raise UserError(f"TensorRT {trt.__version__} has no FP16 builder flag (strongly typed networks only): "
+                        "build without --fp16, or convert the model's float tensors to fp16 before building")
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger)
@@ -72,10 +122,10 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
         raise UserError(f"TensorRT could not parse {onnx_path}: {errs}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if int8:
-        config.set_flag(trt.BuilderFlag.INT8)
+    if int8 and _flag(trt, "INT8") is not None:  # without the flag the Q/DQ nodes alone decide (TensorRT 11)
+        config.set_flag(_flag(trt, "INT8"))
     if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(_flag(trt, "FP16"))
     profile = builder.create_optimization_profile()
     profile.set_shape(input_name, shapes.min, shapes.opt, shapes.max)
     config.add_optimization_profile(profile)
@@ -87,12 +137,79 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
     engine = builder.build_serialized_network(network, config)
     if engine is None:
         raise UserError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
-    with open(out_path, "wb") as fh:
-        fh.write(engine)
+    atomic_write_bytes(out_path, engine)
     if cache is not None:
-        with open(timing_cache, "wb") as fh:
-            fh.write(cache.serialize())
+        atomic_write_bytes(timing_cache, cache.serialize())
     return out_path
+
+
+# -- OUTDIR level ---------------------------------------------------------------------------------
+def read_outdir(outdir: str | Path) -> tuple[Path, dict]:
+    """OUTDIR of `mq-deploy compile` → (path of model.onnx, manifest ({} if absent))."""
+    out = Path(outdir)
+    if not out.is_dir():
+        raise UserError(f"{out} is not a directory; pass the output directory of `mq-deploy compile`")
+    onnx_path = out / "model.onnx"
+    if not onnx_path.is_file():
+        raise UserError(f"{out} has no model.onnx; pass the output directory of `mq-deploy compile -o OUTDIR`")
+    manifest = {}
+    if (out / "manifest.json").is_file():
+        try:
+            manifest = json.loads((out / "manifest.json").read_text())
+        except ValueError as e:
+            raise UserError(f"{out / 'manifest.json'} is not valid JSON: {e}") from None
+    return onnx_path, manifest
+
+
+def manifest_plugin_nodes(manifest: dict) -> int:
+    return sum(int(p.get("count", 0)) for p in manifest.get("plugins", []))
+
+
+def manifest_quantized(manifest: dict) -> bool:
+    return manifest.get("quantization") is not None
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What `mq-deploy build OUTDIR` will do, decided before TensorRT is imported."""
+    onnx: str
+    engine: str
+    plugin_lib: Optional[str]
+    int8: bool
+    fp16: bool
+    shapes: Shapes
+    timing_cache: Optional[str]
+    vocab: Optional[int]
+
+    def command_lines(self) -> dict[str, str]:
+        return command_lines(self.onnx, self.engine, self.plugin_lib or "<libmq_trt_plugins.so>", int8=self.int8,
+                             fp16=self.fp16, shapes=self.shapes, timing_cache=self.timing_cache, vocab=self.vocab)
+
+
+def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Optional[str] = None,
+               int8: bool = False, fp16: bool = False, shapes: Shapes = Shapes(),
+               timing_cache: Optional[str] = None) -> BuildPlan:
+    """Check OUTDIR and the plugin library; INT8 is on for a quantized OUTDIR (its Q/DQ nodes carry the scales)."""
+    onnx_path, manifest = read_outdir(outdir)
+    lib = resolve_plugin_lib(plugin_lib)
+    vocab = manifest.get("model", {}).get("config", {}).get("vocab_size")
+    return BuildPlan(onnx=str(onnx_path), engine=str(engine or Path(outdir) / "model.engine"), plugin_lib=lib,
+                     int8=int8 or manifest_quantized(manifest), fp16=fp16, shapes=shapes, timing_cache=timing_cache,
+                     vocab=vocab)
+
+
+def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None) -> str:
+    """Build plan.engine from OUTDIR/model.onnx (the plugin library is required when the graph has plugin nodes)."""
+    trt = import_tensorrt()
+    _, manifest = read_outdir(Path(plan.onnx).parent)
+    n = manifest_plugin_nodes(manifest)
+    if plan.plugin_lib is None and n:
+        raise UserError(f"{plan.onnx} has {n} TensorRT plugin node(s): pass --plugins LIB or set {PLUGINS_ENV} "
+                        f"(the plugin library: {PLUGIN_BUILD_HINT})")
+    log(f"building {plan.engine} from {plan.onnx} with TensorRT {trt.__version__}"
+        f"{' (INT8: explicit quantization from the Q/DQ nodes)' if plan.int8 else ''}{' (FP16)' if plan.fp16 else ''}")
+    return build_engine(plan.onnx, plan.engine, plan.plugin_lib, int8=plan.int8, fp16=plan.fp16, shapes=plan.shapes,
+                        timing_cache=plan.timing_cache)
 
 
 def _shape_arg(name: str, s: tuple[int, int]) -> str:
@@ -101,8 +218,13 @@ def _shape_arg(name: str, s: tuple[int, int]) -> str:
 
 def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool = False, fp16: bool = False,
                   shapes: Shapes = Shapes(), input_name: str = "input_ids",
-                  timing_cache: Optional[str] = None) -> dict[str, str]:
-    """The trtexec build and polygraphy comparison command lines equivalent to build_engine / validate."""
+                  timing_cache: Optional[str] = None, vocab: Optional[int] = None) -> dict[str, str]:
+    """The trtexec build and polygraphy comparison command lines equivalent to build_engine / validate.
+
+    polygraphy's onnxrt runner cannot run the plugin nodes of model.onnx (mq-deploy's CPU kernels are
+    registered through onnxruntime-extensions, which polygraphy's CLI does not load), so the comparison
+    is two runs: `polygraphy_reference` saves inputs and outputs of model.portable.onnx in onnxruntime,
+    `polygraphy` builds model.onnx with the plugins in TensorRT and compares against them."""
     q = shlex.quote
     trtexec = [f"trtexec --onnx={q(onnx_path)} --saveEngine={q(engine_path)} --dynamicPlugins={q(plugin_lib)}",
                f"--minShapes={_shape_arg(input_name, shapes.min)} --optShapes={_shape_arg(input_name, shapes.opt)} "
@@ -113,13 +235,19 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
         trtexec.append("--fp16")
     if timing_cache:
         trtexec.append(f"--timingCacheFile={q(timing_cache)}")
-    poly = [f"polygraphy run {q(onnx_path)} --trt --onnxrt --plugins {q(plugin_lib)}",
+    portable = str(Path(onnx_path).with_name("model.portable.onnx"))
+    inputs, outputs = str(Path(onnx_path).with_name("polygraphy_inputs.json")), str(
+        Path(onnx_path).with_name("polygraphy_ort_outputs.json"))
+    ref = [f"polygraphy run {q(portable)} --onnxrt --input-shapes {_shape_arg(input_name, shapes.opt)}"]
+    if vocab:
+        ref.append(f"--val-range {q(f'{input_name}:[0,{vocab - 1}]')}")
+    ref.append(f"--save-inputs {q(inputs)} --save-outputs {q(outputs)}")
+    poly = [f"polygraphy run {q(onnx_path)} --trt --plugins {q(plugin_lib)}",
             f"--trt-min-shapes {_shape_arg(input_name, shapes.min)} --trt-opt-shapes {_shape_arg(input_name, shapes.opt)} "
-            f"--trt-max-shapes {_shape_arg(input_name, shapes.max)}",
-            f"--input-shapes {_shape_arg(input_name, shapes.opt)}"]
+            f"--trt-max-shapes {_shape_arg(input_name, shapes.max)}"]
     if int8:
         poly.append("--int8")
     if fp16:
         poly.append("--fp16")
-    poly.append("--atol 1e-2 --rtol 1e-2")
-    return {"trtexec": " ".join(trtexec), "polygraphy": " ".join(poly)}
+    poly.append(f"--load-inputs {q(inputs)} --load-outputs {q(outputs)} --atol 1e-2 --rtol 1e-2")
+    return {"trtexec": " ".join(trtexec), "polygraphy_reference": " ".join(ref), "polygraphy": " ".join(poly)}

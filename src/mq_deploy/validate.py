@@ -1,0 +1,331 @@
+"""`mq-deploy validate OUTDIR`: the same random input_ids through every implementation at hand, and the
+error statistics of every pair of them.
+
+Implementations ("references"), each `input_ids -> {output name: array}`:
+
+  portable    onnxruntime on model.portable.onnx (standard ONNX ops)                          always
+  plugin      onnxruntime on model.onnx, plugin nodes on mq-deploy's CPU kernels               always
+  simulation  numpy fake-quant simulation (quant/simulate.py) of the transformed model and      --simulate
+              plan; those are not stored in OUTDIR, so they are re-derived from the manifest
+              (checkpoint + recipe + calibration file, each checked by hash) and the
+              re-derived activation scales are checked against the manifest's
+  torch-fp32  Hugging Face MambaForCausalLM in fp32 on the original checkpoint: no recipe, so   --torch / --model
+              for a quantized OUTDIR its distance is the quantization error, not a bug
+  tensorrt    the serialized engine (default OUTDIR/model.engine) with the plugin library       TensorRT + engine
+
+The onnxruntime and TensorRT runners go through polygraphy's `Comparator.run` when polygraphy is
+installed (plain onnxruntime / TensorRT calls otherwise); the statistics are always computed here,
+for pair (a, b) with a as the reference:
+
+  max_abs = max|b - a|    max_rel = max_abs / max|a|    mean_abs = mean|b - a|
+  top1    = share of (batch, position) whose argmax over the last axis agrees (logits)
+
+Pairs among portable / plugin / simulation are gated by `tol` (same semantics, different code; see
+QUANT_TOL for why quantized graphs get more room), pairs with tensorrt by `engine_tol`; pairs with
+torch-fp32 are reported, not gated.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import trt as mtrt
+from .errors import UserError
+
+# Limits on max_rel. Quantized: two fp32 implementations of the same Q/DQ graph sum in different orders, so
+# now and then an activation sits on a rounding boundary and lands one int8 step apart; the scan state
+# carries that step to every later position. On the bundled model that is 1-3e-2 of max|logit| at
+# sequence 32-128 (and 0 or 5e-7 where no step flips), against ~9e-2 for the quantization error itself.
+FP32_TOL, QUANT_TOL, ENGINE_TOL = 1e-4, 5e-2, 5e-2
+
+
+@dataclass
+class Reference:
+    name: str
+    what: str
+    run: Optional[Callable[[np.ndarray], dict]] = None  # numpy/torch references
+    ort_session: object = None  # onnxruntime references (a polygraphy OnnxrtRunner when polygraphy exists)
+    engine: Optional[str] = None  # the TensorRT reference
+    plugin_lib: Optional[str] = None
+
+
+@dataclass
+class Report:
+    outdir: str
+    recipe: str
+    batch: int
+    seq: int
+    seed: int
+    references: list = field(default_factory=list)  # [{name, what}]
+    skipped: list = field(default_factory=list)  # [{name, reason}]
+    pairs: list = field(default_factory=list)  # [{reference, test, output, max_abs, max_rel, mean_abs, top1, limit, ok}]
+    runner: str = "numpy"  # "polygraphy" when polygraphy's Comparator ran the onnxruntime/TensorRT references
+
+    @property
+    def ok(self) -> bool:
+        return all(p["ok"] is not False for p in self.pairs)
+
+    def to_dict(self) -> dict:
+        return {"outdir": self.outdir, "recipe": self.recipe, "input_ids": [self.batch, self.seq], "seed": self.seed,
+                "runner": self.runner, "references": self.references, "skipped": self.skipped, "pairs": self.pairs,
+                "ok": self.ok}
+
+
+# -- statistics (pure) ----------------------------------------------------------------------------
+def error_stats(ref: np.ndarray, x: np.ndarray) -> dict:
+    ref, x = np.asarray(ref, np.float64), np.asarray(x, np.float64)
+    if ref.shape != x.shape:
+        raise UserError(f"output shapes differ: {ref.shape} vs {x.shape}")
+    d = np.abs(x - ref)
+    s = {"max_abs": float(d.max()), "max_rel": float(d.max() / max(np.abs(ref).max(), 1e-30)),
+         "mean_abs": float(d.mean())}
+    if ref.ndim >= 2 and ref.shape[-1] > 1:
+        s["top1"] = float((ref.argmax(-1) == x.argmax(-1)).mean())
+    return s
+
+
+# -- references -----------------------------------------------------------------------------------
+def have_polygraphy() -> bool:
+    try:
+        import polygraphy  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
+def _rederive(manifest: dict, outdir: Path, model_dir: Optional[str], calib: Optional[str]):
+    """(transformed model, plan) of OUTDIR from its manifest: the compile's own steps, inputs checked by hash."""
+    from .compile import calibration_data, sha256_file
+    from .graph.plan import GraphPlan
+    from .loaders import load_model
+    from .quantize import prepare
+    from .recipes import load_recipe
+
+    if not manifest:
+        raise UserError(f"{outdir} has no manifest.json: --simulate needs it to re-derive the plan")
+    src = manifest["model"]
+    model = load_model(model_dir if model_dir else (None if src.get("bundled") else src["path"]))
+    if model.config.to_dict() != src["config"]:
+        raise UserError(f"the checkpoint {model.source['path']} is not the one {outdir} was compiled from "
+                        "(config differs); pass --model DIR")
+    r = manifest["recipe"]
+    recipe = load_recipe(r["source"] if r.get("source") and Path(r["source"]).is_file() else r["name"])
+    if r.get("sha256") and recipe.sha256 != r["sha256"]:
+        raise UserError(f"recipe {recipe.source} changed since {outdir} was compiled (sha256 differs)")
+    cal, windows = manifest.get("calibration"), None
+    if cal:
+        path = Path(calib or cal["file"])
+        if not path.is_file():
+            raise UserError(f"--simulate needs the calibration file {path} (pass --calib FILE)")
+        if sha256_file(path) != cal["sha256"]:
+            raise UserError(f"calibration file {path} is not the one {outdir} was compiled with (sha256 differs)")
+        tok = cal.get("tokenizer")
+        tok = tok if tok and Path(tok).is_file() else str(outdir / "tokenizer.json")
+        windows, _ = calibration_data(model, recipe, str(path), tok, cal["samples"], cal["seq_len"])
+    model, plan, _ = prepare(model, recipe, windows, progress=False)
+    if plan is None:
+        plan = GraphPlan.plain(model.config.n_layer)
+    q = manifest.get("quantization")
+    if q:
+        want, got = q["act_scales"], {k: float(v) for k, v in plan.quant.act_scales.items()}
+        bad = [k for k in want if k not in got or abs(got[k] - want[k]) > 1e-6 * abs(want[k])]
+        if bad or set(got) != set(want):
+            raise UserError(f"re-derived activation scales differ from {outdir}/manifest.json at {bad[:3] or 'the set'}: "
+                            "this mq-deploy's calibration does not reproduce the compile's (the OUTDIR was made by "
+                            "other mq-deploy code?); recompile it, or validate without --simulate")
+    return model, plan
+
+
+def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, torch_ref: bool = False,
+                       model_dir: Optional[str] = None, calib: Optional[str] = None, engine: Optional[str] = None,
+                       plugin_lib: Optional[str] = None, threads: Optional[int] = None,
+                       log: Callable[[str], None] = lambda s: None) -> tuple[list[Reference], list[dict]]:
+    from .backends.ort import OrtRunner
+
+    refs, skipped = [], []
+    if torch_ref or model_dir:
+        try:
+            from .backends.torch_hf import TorchRunner
+            from .loaders import load_model
+        except ImportError as e:
+            raise UserError(f"--torch needs torch and transformers ({e}); pip install torch transformers") from None
+        src = manifest.get("model", {})
+        path = model_dir or (None if src.get("bundled", True) else src.get("path"))
+        runner = TorchRunner(load_model(path), threads=threads)
+        refs.append(Reference("torch-fp32", f"torch fp32 MambaForCausalLM on the original checkpoint "
+                                            f"({'bundled model' if path is None else path}; no recipe applied)",
+                              run=lambda ids: {"logits": runner(ids)}))
+    if simulate:
+        from .quant.simulate import forward
+
+        log("re-deriving the transformed model and plan from the manifest (checkpoint, recipe, calibration)")
+        model, plan = _rederive(manifest, outdir, model_dir, calib)
+        refs.append(Reference("simulation", "numpy fake-quant simulation (mq_deploy.quant.simulate) of the plan "
+                                            "re-derived from the manifest (activation scales match it)",
+                              run=lambda ids: {"logits": forward(model, plan, ids)}))
+    for name, file, what in (("portable", "model.portable.onnx", "standard ONNX ops"),
+                             ("plugin", "model.onnx", "plugin nodes on mq-deploy's CPU kernels")):
+        if not (outdir / file).is_file():
+            raise UserError(f"{outdir} has no {file}; pass the output directory of `mq-deploy compile`")
+        refs.append(Reference(name, f"onnxruntime on {file} ({what})",
+                              ort_session=OrtRunner(outdir / file, threads=threads).session))
+    lib = mtrt.resolve_plugin_lib(plugin_lib)
+    engine_path = Path(engine) if engine else outdir / "model.engine"
+    try:
+        trt = mtrt.import_tensorrt()
+    except UserError as e:
+        skipped.append({"name": "tensorrt", "reason": f"engine comparison skipped: {e}"})
+        return refs, skipped
+    if not engine_path.is_file():
+        if engine:
+            raise UserError(f"engine {engine_path} not found")
+        skipped.append({"name": "tensorrt", "reason": f"engine comparison skipped: no engine at {engine_path}; build it "
+                                                      f"with `mq-deploy build {outdir} --plugins LIB`"})
+        return refs, skipped
+    if lib is None and mtrt.manifest_plugin_nodes(manifest):
+        raise UserError(f"the engine {engine_path} holds mq-deploy plugins: pass --plugins LIB or set "
+                        f"{mtrt.PLUGINS_ENV} ({mtrt.PLUGIN_BUILD_HINT})")
+    refs.append(Reference("tensorrt", f"TensorRT {trt.__version__} engine {engine_path}", engine=str(engine_path),
+                          plugin_lib=lib))
+    return refs, skipped
+
+
+# -- running --------------------------------------------------------------------------------------
+def _trt_direct(engine_path: str, plugin_lib: Optional[str], ids: np.ndarray) -> dict:
+    """Run a serialized engine with TensorRT's own API (torch CUDA tensors as buffers): the no-polygraphy path."""
+    trt = mtrt.import_tensorrt()
+    try:
+        import torch
+    except ImportError:
+        raise UserError("running the engine without polygraphy needs torch with CUDA; pip install polygraphy") from None
+    logger = trt.Logger(trt.Logger.WARNING)
+    mtrt.load_plugins(trt, logger, plugin_lib)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
+    if engine is None:
+        raise UserError(f"TensorRT could not deserialize {engine_path} (built with another TensorRT version or GPU?)")
+    ctx = engine.create_execution_context()
+    bufs, outs = {}, []
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    for n in names:
+        if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT:
+            dt = trt.nptype(engine.get_tensor_dtype(n))
+            bufs[n] = torch.from_numpy(np.ascontiguousarray(ids, dtype=dt)).cuda()
+            if not ctx.set_input_shape(n, tuple(ids.shape)):
+                raise UserError(f"input_ids {tuple(ids.shape)} is outside the engine's optimization profile; "
+                                "rebuild with larger --max-shapes or pass smaller --batch/--seq")
+    for n in names:
+        if engine.get_tensor_mode(n) != trt.TensorIOMode.INPUT:
+            dt = torch.from_numpy(np.empty(0, trt.nptype(engine.get_tensor_dtype(n)))).dtype
+            bufs[n] = torch.empty(tuple(ctx.get_tensor_shape(n)), dtype=dt, device="cuda")
+            outs.append(n)
+    for n, t in bufs.items():
+        ctx.set_tensor_address(n, t.data_ptr())
+    stream = torch.cuda.current_stream()
+    if not ctx.execute_async_v3(stream.cuda_stream):
+        raise UserError(f"TensorRT failed to run {engine_path} (see the log above)")
+    stream.synchronize()
+    return {n: bufs[n].float().cpu().numpy() for n in outs}
+
+
+def run_references(refs: list[Reference], ids: np.ndarray, use_polygraphy: bool) -> dict[str, dict]:
+    feed = {"input_ids": np.asarray(ids, dtype=np.int64)}
+    results: dict[str, dict] = {}
+    backend = [r for r in refs if r.run is None]
+    if use_polygraphy and backend:
+        from polygraphy.backend.onnxrt import OnnxrtRunner
+        from polygraphy.comparator import Comparator
+        from polygraphy.logger import G_LOGGER
+
+        runners = []
+        for r in backend:
+            if r.engine is not None:
+                from polygraphy.backend.common import BytesFromPath
+                from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+                # not polygraphy's LoadPlugins: it only dlopens the library, and ours registers its
+                # IPluginV3 creators through getCreators, which only IPluginRegistry.load_library calls
+                trt = mtrt.import_tensorrt()
+                mtrt.load_plugins(trt, trt.Logger(trt.Logger.WARNING), r.plugin_lib)
+                runners.append(TrtRunner(EngineFromBytes(BytesFromPath(r.engine)), name=r.name))
+            else:
+                runners.append(OnnxrtRunner(r.ort_session, name=r.name))
+        G_LOGGER.module_severity = G_LOGGER.ERROR
+        try:
+            run = Comparator.run(runners, data_loader=[feed])
+        except Exception as e:  # polygraphy reports failures (e.g. shapes outside the profile) as its own errors
+            raise UserError(f"polygraphy could not run the references: {e}") from None
+        for r in backend:
+            results[r.name] = {k: np.asarray(v) for k, v in run[r.name][0].items()}
+    else:
+        for r in backend:
+            if r.engine is not None:
+                results[r.name] = _trt_direct(r.engine, r.plugin_lib, feed["input_ids"])
+            else:
+                names = [o.name for o in r.ort_session.get_outputs()]
+                results[r.name] = dict(zip(names, r.ort_session.run(None, feed)))
+    for r in refs:
+        if r.run is not None:
+            results[r.name] = r.run(feed["input_ids"])
+    return {r.name: results[r.name] for r in refs}
+
+
+def _limit(a: str, b: str, quantized: bool, tol: Optional[float], engine_tol: float) -> Optional[float]:
+    if "torch-fp32" in (a, b):
+        return None
+    if "tensorrt" in (a, b):
+        return engine_tol
+    return tol if tol is not None else (QUANT_TOL if quantized else FP32_TOL)
+
+
+def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0, simulate: bool = False,
+             torch_ref: bool = False, model_dir: Optional[str] = None, calib: Optional[str] = None,
+             engine: Optional[str] = None, plugin_lib: Optional[str] = None, tol: Optional[float] = None,
+             engine_tol: float = ENGINE_TOL, threads: Optional[int] = None, use_polygraphy: Optional[bool] = None,
+             log: Callable[[str], None] = lambda s: None) -> Report:
+    if batch < 1 or seq < 1:
+        raise UserError("--batch and --seq must be at least 1")
+    out = Path(outdir)
+    _, manifest = mtrt.read_outdir(out)
+    vocab = manifest.get("model", {}).get("config", {}).get("vocab_size")
+    if not vocab:
+        raise UserError(f"{out}/manifest.json has no model.config.vocab_size; recompile with `mq-deploy compile`")
+    quantized = mtrt.manifest_quantized(manifest)
+    refs, skipped = collect_references(out, manifest, simulate=simulate, torch_ref=torch_ref, model_dir=model_dir,
+                                       calib=calib, engine=engine, plugin_lib=plugin_lib, threads=threads, log=log)
+    use_polygraphy = have_polygraphy() if use_polygraphy is None else use_polygraphy
+    ids = np.random.default_rng(seed).integers(0, vocab, size=(batch, seq), dtype=np.int64)
+    log(f"running input_ids {batch}x{seq} through {', '.join(r.name for r in refs)}")
+    outs = run_references(refs, ids, use_polygraphy)
+    rep = Report(str(out), manifest.get("recipe", {}).get("name", "?"), batch, seq, seed,
+                 references=[{"name": r.name, "what": r.what} for r in refs], skipped=skipped,
+                 runner="polygraphy" if use_polygraphy else "numpy")
+    for a, b in itertools.combinations([r.name for r in refs], 2):
+        lim = _limit(a, b, quantized, tol, engine_tol)
+        for o in [k for k in outs[a] if k in outs[b]]:
+            s = error_stats(outs[a][o], outs[b][o])
+            rep.pairs.append({"reference": a, "test": b, "output": o, **s, "limit": lim,
+                              "ok": None if lim is None else bool(np.isfinite(s["max_rel"]) and s["max_rel"] <= lim)})
+    return rep
+
+
+def format_report(rep: Report) -> str:
+    lines = [f"validate {rep.outdir} (recipe {rep.recipe}): random input_ids {rep.batch}x{rep.seq}, seed {rep.seed}, "
+             f"runners via {rep.runner}"]
+    w = max(len(r["name"]) for r in rep.references)
+    lines += [f"  {r['name']:<{w}}  {r['what']}" for r in rep.references]
+    head = f"{'reference vs test':<26}{'output':<9}{'max_abs':>11}{'max_rel':>11}{'mean_abs':>11}{'top1':>8}{'limit':>9}"
+    lines += [head]
+    for p in rep.pairs:
+        top1 = f"{p['top1']:.4f}" if "top1" in p else "-"
+        lim = "-" if p["limit"] is None else f"{p['limit']:.0e}"
+        verdict = "" if p["ok"] is None else ("  ok" if p["ok"] else "  FAIL")
+        lines.append(f"{p['reference'] + ' vs ' + p['test']:<26}{p['output']:<9}{p['max_abs']:>11.3e}"
+                     f"{p['max_rel']:>11.3e}{p['mean_abs']:>11.3e}{top1:>8}{lim:>9}{verdict}")
+    lines += [s["reason"] for s in rep.skipped]
+    lines.append("validate: OK" if rep.ok else "validate: FAILED (max_rel above the limit)")
+    return "\n".join(lines)

@@ -1,0 +1,284 @@
+"""`mq-deploy build` and `mq-deploy validate` on freshly compiled bundled OUTDIRs (CPU; no TensorRT here).
+
+The TensorRT builder itself is replaced by a fake module in one test, which checks what build_engine
+asks of TensorRT (plugin library, flags, optimization profile, atomic write); the real builder only
+runs on a TensorRT machine (docker/, docs/deploy.md).
+"""
+
+import builtins
+import json
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from mq_deploy import validate as mval
+from mq_deploy.cli import main
+
+from .conftest import DATA_DIR, need
+
+
+def _has_tensorrt() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _compile(out, *args):
+    r = subprocess.run([sys.executable, "-m", "mq_deploy", "compile", "-q", "-o", str(out), *map(str, args)],
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def fp32_out(tmp_path_factory):
+    return _compile(tmp_path_factory.mktemp("bv") / "fp32")
+
+
+@pytest.fixture(scope="module")
+def w8_out(tmp_path_factory):
+    calib = need(DATA_DIR / "text" / "wikitext2_val_sample.jsonl")
+    return _compile(tmp_path_factory.mktemp("bv") / "w8", "--recipe", "rtn-w8a8", "--calib", calib,
+                    "--calib-samples", "4")
+
+
+@pytest.fixture
+def no_tensorrt(monkeypatch):
+    real_import = builtins.__import__
+
+    def fake_import(name, *a, **k):
+        if name == "tensorrt" or name.startswith("tensorrt."):
+            raise ImportError("No module named 'tensorrt'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.delenv("MQ_DEPLOY_PLUGINS", raising=False)
+
+
+def _errors(err: str) -> list[str]:
+    return [ln for ln in err.splitlines() if ln.strip()]
+
+
+# -- build ----------------------------------------------------------------------------------------
+def test_build_without_tensorrt_is_one_error_line_and_writes_nothing(fp32_out, no_tensorrt, capsys):
+    before = sorted(os.listdir(fp32_out))
+    assert main(["build", str(fp32_out)]) == 2
+    cap = capsys.readouterr()
+    lines = _errors(cap.err)
+    assert len(lines) == 1 and lines[0].startswith("mq-deploy: error: ")
+    for what in ("pip install tensorrt", "nvcr.io/nvidia/tensorrt", "python3-libnvinfer"):
+        assert what in lines[0]
+    assert cap.out == ""
+    assert sorted(os.listdir(fp32_out)) == before  # no engine, no temporary file
+
+
+def test_build_missing_outdir_and_missing_model(tmp_path, capsys):
+    assert main(["build", str(tmp_path / "nowhere")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert main(["build", str(tmp_path)]) == 2
+    assert "has no model.onnx" in capsys.readouterr().err
+
+
+def test_build_missing_plugin_library(fp32_out, tmp_path, capsys):
+    assert main(["build", str(fp32_out), "--plugins", str(tmp_path / "libmq_trt_plugins.so")]) == 2
+    lines = _errors(capsys.readouterr().err)
+    assert len(lines) == 1 and "not found" in lines[0] and "cmake -S plugins" in lines[0]
+    assert not (fp32_out / "model.engine").exists()
+
+
+def test_build_bad_shapes(fp32_out, capsys):
+    assert main(["build", str(fp32_out), "--opt-shapes", "1"]) == 2
+    assert "BATCH,SEQUENCE" in capsys.readouterr().err
+    assert main(["build", str(fp32_out), "--max-shapes", "1,8"]) == 2
+    assert "min <= opt <= max" in capsys.readouterr().err
+
+
+def test_build_dry_run_prints_trtexec(fp32_out, w8_out, no_tensorrt, capsys):
+    assert main(["build", str(fp32_out), "--dry-run", "--plugins", sys.executable, "--opt-shapes", "2x128",
+                 "--fp16"]) == 0
+    cmd = capsys.readouterr().out.strip()
+    assert cmd.startswith(f"trtexec --onnx={fp32_out}/model.onnx --saveEngine={fp32_out}/model.engine")
+    assert f"--dynamicPlugins={sys.executable}" in cmd and "--optShapes=input_ids:2x128" in cmd
+    assert "--fp16" in cmd and "--int8" not in cmd
+    assert main(["build", str(w8_out), "--dry-run"]) == 0  # quantized OUTDIR: INT8 on (explicit Q/DQ)
+    assert "--int8" in capsys.readouterr().out
+
+
+class _FakeTRT(types.ModuleType):
+    """Just enough of the TensorRT Python API for build_engine; records what it was asked."""
+
+    def __init__(self, log):
+        super().__init__("tensorrt")
+        self.__version__ = "10.3.0-fake"
+        self.log = log
+        ns = types.SimpleNamespace
+        self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, sev=None: None})
+        self.BuilderFlag = ns(INT8="INT8", FP16="FP16")
+        self.MemoryPoolType = ns(WORKSPACE="WORKSPACE")
+        fake = self
+
+        class Registry:
+            def load_library(self, path):
+                fake.log["plugins"] = path
+                return object()
+
+        class Profile:
+            def set_shape(self, name, lo, opt, hi):
+                fake.log["profile"] = (name, tuple(lo), tuple(opt), tuple(hi))
+
+        class Cache:
+            def serialize(self):
+                return b"cache"
+
+        class Config:
+            def set_memory_pool_limit(self, *a):
+                pass
+
+            def set_flag(self, f):
+                fake.log.setdefault("flags", []).append(f)
+
+            def add_optimization_profile(self, p):
+                pass
+
+            def create_timing_cache(self, data):
+                return Cache()
+
+            def set_timing_cache(self, c, ignore_mismatch):
+                pass
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                return object()
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                return b"ENGINE"
+
+        class Parser:
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                fake.log["onnx"] = path
+                return True
+
+        self._registry = Registry()
+        self.Builder, self.OnnxParser = Builder, Parser
+
+    def init_libnvinfer_plugins(self, logger, ns):
+        pass
+
+    def get_plugin_registry(self):
+        return self._registry
+
+
+def test_build_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, capsys):
+    log = {}
+    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT(log))
+    monkeypatch.delenv("MQ_DEPLOY_PLUGINS", raising=False)
+    assert main(["build", str(w8_out)]) == 2  # plugin nodes in the graph and no library named
+    assert "--plugins LIB" in capsys.readouterr().err
+    lib = tmp_path / "libmq_trt_plugins.so"
+    lib.write_bytes(b"")
+    engine, cache = tmp_path / "e" / "m.engine", tmp_path / "timing.cache"
+    rc = main(["build", str(w8_out), "--plugins", str(lib), "--fp16", "--min-shapes", "1,4", "--opt-shapes", "2,64",
+               "--max-shapes", "4,256", "--timing-cache", str(cache), "-o", str(engine)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert cap.out.strip() == str(engine) and engine.read_bytes() == b"ENGINE" and cache.read_bytes() == b"cache"
+    assert "equivalent: trtexec" in cap.err and "--int8 --fp16" in cap.err
+    assert log["plugins"] == str(lib.resolve()) and log["onnx"] == str(w8_out / "model.onnx")
+    assert log["profile"] == ("input_ids", (1, 4), (2, 64), (4, 256))
+    assert log["flags"] == ["INT8", "FP16"]
+    assert sorted(os.listdir(engine.parent)) == ["m.engine"]  # written atomically: no temporary left
+
+
+# -- validate -------------------------------------------------------------------------------------
+def _pairs(rep: dict) -> dict:
+    return {(p["reference"], p["test"]): p for p in rep["pairs"]}
+
+
+def test_error_stats():
+    ref = np.zeros((1, 2, 4), np.float32)
+    ref[0, :, 1] = 2.0
+    x = ref.copy()
+    x[0, 1, 3] = 3.0  # argmax flips at one of two positions
+    s = mval.error_stats(ref, x)
+    assert s["max_abs"] == 3.0 and s["max_rel"] == 1.5 and s["mean_abs"] == 3.0 / 8 and s["top1"] == 0.5
+
+
+def test_validate_fp32(fp32_out, no_tensorrt, capsys):
+    assert main(["validate", str(fp32_out), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "portable vs plugin" in out and "validate: OK" in out
+    skipped = [ln for ln in out.splitlines() if ln.startswith("engine comparison skipped")]
+    assert len(skipped) == 1 and "pip install tensorrt" in skipped[0]
+    assert main(["validate", str(fp32_out), "-q", "--json", "--batch", "2", "--seq", "24"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["ok"] and rep["input_ids"] == [2, 24]
+    assert [r["name"] for r in rep["references"]] == ["portable", "plugin"]
+    p = _pairs(rep)[("portable", "plugin")]
+    assert p["output"] == "logits" and p["max_rel"] < 1e-4 and p["top1"] == 1.0 and p["limit"] == 1e-4
+    assert rep["skipped"][0]["name"] == "tensorrt"
+
+
+def test_validate_fp32_torch_reference(fp32_out, capsys):
+    assert main(["validate", str(fp32_out), "-q", "--json", "--torch"]) == 0
+    p = _pairs(json.loads(capsys.readouterr().out))
+    assert p[("torch-fp32", "portable")]["max_rel"] < 1e-4 and p[("torch-fp32", "plugin")]["max_rel"] < 1e-4
+    assert p[("torch-fp32", "portable")]["limit"] is None  # reported, not gated
+
+
+def test_validate_quantized_with_simulation(w8_out, no_tensorrt, capsys):
+    assert main(["validate", str(w8_out), "-q", "--json", "--simulate"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    p = _pairs(rep)
+    assert rep["ok"] and p[("portable", "plugin")]["max_rel"] < 2e-2
+    for pair in (("simulation", "portable"), ("simulation", "plugin")):
+        assert p[pair]["max_rel"] <= mval.QUANT_TOL and p[pair]["top1"] >= 0.95
+    assert "engine comparison skipped" in rep["skipped"][0]["reason"]
+
+
+def test_validate_without_polygraphy_gives_the_same_numbers(w8_out, monkeypatch):
+    a = mval.validate(w8_out, use_polygraphy=False)
+    assert a.runner == "numpy"
+    if not mval.have_polygraphy():
+        pytest.skip("polygraphy is not installed: only the numpy path runs here")
+    b = mval.validate(w8_out, use_polygraphy=True)
+    assert b.runner == "polygraphy"
+    assert [(p["reference"], p["test"], p["max_abs"]) for p in a.pairs] == \
+           [(p["reference"], p["test"], p["max_abs"]) for p in b.pairs]
+
+
+def test_validate_errors(fp32_out, tmp_path, capsys):
+    assert main(["validate", str(tmp_path)]) == 2
+    assert "has no model.onnx" in capsys.readouterr().err
+    assert main(["validate", str(fp32_out), "--seq", "0"]) == 2
+    assert "--batch and --seq" in capsys.readouterr().err
+
+
+def test_validate_tolerance_failure_exits_1(fp32_out, capsys):
+    assert main(["validate", str(fp32_out), "-q", "--tol", "1e-12"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed: the engine comparison runs instead")
+def test_validate_engine_skipped_line_names_what_to_install(fp32_out, capsys):
+    rep = mval.validate(fp32_out)
+    (s,) = rep.skipped
+    assert s["reason"].startswith("engine comparison skipped:") and "python3-libnvinfer" in s["reason"]

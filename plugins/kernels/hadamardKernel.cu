@@ -1,6 +1,7 @@
 // Hadamard kernels and the host port of the base-matrix constructions; see hadamardKernel.h.
 #include "hadamardKernel.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace mq
@@ -149,9 +150,182 @@ __global__ void __launch_bounds__(kThreads) hadamardKernel(HadamardParams const 
     }
 }
 
-template <typename Tin, typename Tout, int kM>
-cudaError_t launchM(HadamardParams const& p, int32_t logP, bool vec, cudaStream_t stream)
+// ---- fast path: n % 256 == 0, n ≤ 8192, 2^k ≥ 8, 16-byte aligned x and y ----
+// One thread per 8 consecutive elements (16-byte loads/stores), n/8 threads per row (a whole number of
+// warps), several rows per block. Butterfly stages h = 1, 2, 4 run in registers, h = 8 … 128 by warp
+// shuffles (lane bit s ↔ element bit 3 + s); only h ≥ 256 (2^k > 256) and the m×m base product go
+// through shared memory, with one barrier per stage. A row with m = 1 and 2^k ≤ 256 never touches
+// shared memory.
+constexpr int kFastMaxN = 8192;
+constexpr int kFastThreadsTarget = 512;
+
+
+__device__ __forceinline__ void store8(float* dst, float const (&v)[8], float /*scale*/)
 {
+    reinterpret_cast<float4*>(dst)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ __forceinline__ void store8(__half* dst, float const (&v)[8], float /*scale*/)
+{
+    uint4 o;
+    __half2* h = reinterpret_cast<__half2*>(&o);
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+        h[i] = __floats2half2_rn(v[2 * i], v[2 * i + 1]);
+    *reinterpret_cast<uint4*>(dst) = o;
+}
+__device__ __forceinline__ void store8(int8_t* dst, float const (&v)[8], float scale)
+{
+    uint32_t w[2] = {0u, 0u};
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+        w[i >> 2] |= (static_cast<uint32_t>(static_cast<uint8_t>(quantizeInt8(v[i], scale)))) << (8 * (i & 3));
+    *reinterpret_cast<uint2*>(dst) = make_uint2(w[0], w[1]);
+}
+
+template <typename Tin, typename Tout, int kM>
+__global__ void __launch_bounds__(1024) hadamardFastKernel(HadamardParams const p, int32_t logP, int32_t rowsPerBlock)
+{
+    extern __shared__ __align__(16) float smem[];
+    int const n = p.n;
+    int const m = kM > 0 ? kM : p.m;
+    int const P = 1 << logP;
+    int const tr = n >> 3; // threads per row, a multiple of 32
+    int const rib = threadIdx.x / tr;
+    int const g = threadIdx.x - rib * tr;
+    int const lane = threadIdx.x & 31;
+    int const m4 = (m + 3) & ~3;
+    int64_t const row = static_cast<int64_t>(blockIdx.x) * rowsPerBlock + rib;
+    bool const live = row < p.rows;
+    bool const viaSmem = m > 1 || P > 256;
+    float* s = smem + rib * n;
+    float* bt = smem + rowsPerBlock * n; // bt[c * m4 + a] = B[a, c]
+
+    float v[8];
+    if (live)
+        load8(static_cast<Tin const*>(p.x) + row * n + 8 * g, v);
+    else
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            v[i] = 0.f;
+    if (m > 1)
+        for (int i = threadIdx.x; i < m * m4; i += blockDim.x)
+        {
+            int const c = i / m4;
+            int const a = i - c * m4;
+            bt[i] = a < m ? p.baseMatrix[a * m + c] : 0.f;
+        }
+
+#pragma unroll
+    for (int h = 1; h < 8; h *= 2)
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            if ((i & h) == 0)
+            {
+                float const a = v[i], b = v[i + h];
+                v[i] = a + b, v[i + h] = a - b;
+            }
+#pragma unroll
+    for (int sh = 0; sh < 5; ++sh)
+    {
+        if ((8 << sh) >= P)
+            break;
+        bool const upper = (lane >> sh) & 1;
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+        {
+            float const o = __shfl_xor_sync(0xffffffffu, v[i], 1 << sh);
+            v[i] = upper ? o - v[i] : v[i] + o;
+        }
+    }
+
+    float const norm = rsqrtf(static_cast<float>(n));
+    auto* y = static_cast<Tout*>(p.y) + row * n + 8 * g;
+    if (!viaSmem)
+    {
+        if (live)
+        {
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+                v[i] *= norm;
+            store8(y, v, p.outScale);
+        }
+        return;
+    }
+    reinterpret_cast<float4*>(s + 8 * g)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(s + 8 * g)[1] = make_float4(v[4], v[5], v[6], v[7]);
+    int const half = n >> 1;
+    for (int h = 256; h < P; h <<= 1)
+    {
+        __syncthreads();
+        for (int i = g; i < half; i += tr)
+        {
+            int const j = i & (h - 1);
+            int const i0 = ((i - j) << 1) + j;
+            float const a = s[i0], b = s[i0 + h];
+            s[i0] = a + b, s[i0 + h] = a - b;
+        }
+    }
+    __syncthreads();
+    if (!live)
+        return;
+    float out[8];
+    int const o0 = 8 * g;
+    if (m == 1)
+    {
+        float4 const a = reinterpret_cast<float4 const*>(s + o0)[0];
+        float4 const b = reinterpret_cast<float4 const*>(s + o0)[1];
+        out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+    }
+    else
+    {
+        int const c = o0 >> logP;
+        int const bcol = o0 & (P - 1);
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            out[i] = 0.f;
+        float const* col = bt + c * m4;
+#pragma unroll(kM > 0 ? kM : 4)
+        for (int a = 0; a < m; ++a)
+        {
+            float const w = col[a];
+            float4 const x0 = reinterpret_cast<float4 const*>(s + a * P + bcol)[0];
+            float4 const x1 = reinterpret_cast<float4 const*>(s + a * P + bcol)[1];
+            out[0] = fmaf(w, x0.x, out[0]), out[1] = fmaf(w, x0.y, out[1]);
+            out[2] = fmaf(w, x0.z, out[2]), out[3] = fmaf(w, x0.w, out[3]);
+            out[4] = fmaf(w, x1.x, out[4]), out[5] = fmaf(w, x1.y, out[5]);
+            out[6] = fmaf(w, x1.z, out[6]), out[7] = fmaf(w, x1.w, out[7]);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+        out[i] *= norm;
+    store8(y, out, p.outScale);
+}
+
+template <typename Tin, typename Tout, int kM>
+cudaError_t launchFastM(HadamardParams const& p, int32_t logP, cudaStream_t stream)
+{
+    int32_t const tr = p.n / 8;
+    int32_t const rpb = std::max(1, kFastThreadsTarget / tr);
+    size_t const smem = (static_cast<size_t>(rpb) * p.n + static_cast<size_t>(p.m) * ((p.m + 3) & ~3)) * sizeof(float);
+    auto kernel = hadamardFastKernel<Tin, Tout, kM>;
+    if (smem > 48 * 1024)
+    {
+        cudaError_t const e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+        if (e != cudaSuccess)
+            return e;
+    }
+    int64_t const blocks = (p.rows + rpb - 1) / rpb;
+    kernel<<<static_cast<unsigned>(blocks), tr * rpb, smem, stream>>>(p, logP, rpb);
+    return cudaGetLastError();
+}
+
+template <typename Tin, typename Tout, int kM>
+cudaError_t launchM(HadamardParams const& p, int32_t logP, bool vec, bool fast, cudaStream_t stream)
+{
+    if (fast)
+        return launchFastM<Tin, Tout, kM>(p, logP, stream);
     size_t const smem = hadamardSharedBytes(p.n, p.m);
     auto kernel = vec ? hadamardKernel<Tin, Tout, kM, true> : hadamardKernel<Tin, Tout, kM, false>;
     if (smem > 48 * 1024)
@@ -165,29 +339,29 @@ cudaError_t launchM(HadamardParams const& p, int32_t logP, bool vec, cudaStream_
 }
 
 template <typename Tin, typename Tout>
-cudaError_t dispatchM(HadamardParams const& p, int32_t logP, bool vec, cudaStream_t stream)
+cudaError_t dispatchM(HadamardParams const& p, int32_t logP, bool vec, bool fast, cudaStream_t stream)
 {
     switch (p.m)
     {
-    case 1: return launchM<Tin, Tout, 1>(p, logP, vec, stream);
-    case 12: return launchM<Tin, Tout, 12>(p, logP, vec, stream);
-    case 20: return launchM<Tin, Tout, 20>(p, logP, vec, stream);
-    case 28: return launchM<Tin, Tout, 28>(p, logP, vec, stream);
-    case 36: return launchM<Tin, Tout, 36>(p, logP, vec, stream);
-    case 44: return launchM<Tin, Tout, 44>(p, logP, vec, stream);
-    case 60: return launchM<Tin, Tout, 60>(p, logP, vec, stream);
-    default: return launchM<Tin, Tout, 0>(p, logP, vec, stream);
+    case 1: return launchM<Tin, Tout, 1>(p, logP, vec, fast, stream);
+    case 12: return launchM<Tin, Tout, 12>(p, logP, vec, fast, stream);
+    case 20: return launchM<Tin, Tout, 20>(p, logP, vec, fast, stream);
+    case 28: return launchM<Tin, Tout, 28>(p, logP, vec, fast, stream);
+    case 36: return launchM<Tin, Tout, 36>(p, logP, vec, fast, stream);
+    case 44: return launchM<Tin, Tout, 44>(p, logP, vec, fast, stream);
+    case 60: return launchM<Tin, Tout, 60>(p, logP, vec, fast, stream);
+    default: return launchM<Tin, Tout, 0>(p, logP, vec, fast, stream);
     }
 }
 
 template <typename Tin>
-cudaError_t dispatchOut(HadamardParams const& p, int32_t logP, bool vec, cudaStream_t stream)
+cudaError_t dispatchOut(HadamardParams const& p, int32_t logP, bool vec, bool fast, cudaStream_t stream)
 {
     switch (p.outType)
     {
-    case DType::kFLOAT: return dispatchM<Tin, float>(p, logP, vec, stream);
-    case DType::kHALF: return dispatchM<Tin, __half>(p, logP, vec, stream);
-    case DType::kINT8: return dispatchM<Tin, int8_t>(p, logP, vec, stream);
+    case DType::kFLOAT: return dispatchM<Tin, float>(p, logP, vec, fast, stream);
+    case DType::kHALF: return dispatchM<Tin, __half>(p, logP, vec, fast, stream);
+    case DType::kINT8: return dispatchM<Tin, int8_t>(p, logP, vec, fast, stream);
     }
     return cudaErrorInvalidValue;
 }
@@ -319,10 +493,20 @@ cudaError_t launchHadamard(HadamardParams const& p, cudaStream_t stream)
     while ((1 << logP) < P)
         ++logP;
     bool const vec = P >= 8 && p.n % 8 == 0 && (reinterpret_cast<uintptr_t>(p.x) % 16) == 0;
+    // The register/shuffle path is used for m = 1 only: on the H200 run it was faster there (n 4096: 2.8× memcpy
+    // vs 3.4× for the shared-memory path) but slower with a base product (m 12: 3.7× vs 3.0×; m 20: 5.6-5.8× vs
+    // 3.3-3.5×): its m×m product reads shared memory at a 32-byte thread stride (2-way conflicts, m·2 LDS.128
+    // per 8 outputs). MQ_HADAMARD_FAST_BASE=1 at build time keeps it for every m (for measuring).
+#ifdef MQ_HADAMARD_FAST_BASE
+    bool const fastM = true;
+#else
+    bool const fastM = p.m == 1;
+#endif
+    bool const fast = fastM && vec && p.n % 256 == 0 && p.n <= kFastMaxN && (reinterpret_cast<uintptr_t>(p.y) % 16) == 0;
     if (p.inType == DType::kFLOAT)
-        return dispatchOut<float>(p, logP, vec, stream);
+        return dispatchOut<float>(p, logP, vec, fast, stream);
     if (p.inType == DType::kHALF)
-        return dispatchOut<__half>(p, logP, vec, stream);
+        return dispatchOut<__half>(p, logP, vec, fast, stream);
     return cudaErrorInvalidValue;
 }
 

@@ -7,8 +7,10 @@
 // B_m (m×m, entries ±1, row-major, B_m[a, c] at a·m + c) is a device buffer from the caller
 // (`mq::hadamardBaseMatrix` builds it on the host, a port of quant/hadamard.py:base_matrix).
 // Optional fused int8 output: q = saturate(round_half_even(y / outScale)) (ONNX QuantizeLinear, zp 0).
-// Schedule: one block per row; the row lives in shared memory, the first three butterfly stages in
-// registers; m ∈ {12, 20, 28, 36, 44, 60} have unrolled base products, any other m a generic loop.
+// Schedule: for n % 256 == 0 (n ≤ 8192) and 16-byte aligned x/y, one thread per 8 consecutive elements,
+// several rows per block, butterflies h = 1..4 in registers and h = 8..128 by warp shuffles; shared
+// memory only for h ≥ 256 and the m×m base product. Other sizes: one block per row in shared memory.
+// m ∈ {12, 20, 28, 36, 44, 60} have unrolled base products, any other m a generic loop.
 #pragma once
 #include "common.h"
 #include <vector>

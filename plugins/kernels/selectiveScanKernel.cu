@@ -1,4 +1,14 @@
 // SelectiveScan kernels; see selectiveScanKernel.h for the math, layout and schedule.
+//
+// Cost model (what the inner loop is built around): per (token, channel) the scan needs 16 exponentials
+// (one per state) plus, per state, dt·a, du·B, the h FMA and the y FMA. On Hopper the MUFU unit does
+// 16 exponentials per SM per clock, so the exponentials alone cost ~8 issue-cycles per state per warp;
+// a degree-5 polynomial on the FMA pipe costs ~11 issue slots. Everything else is kept off the hot path:
+// N is a compile-time 16 (smaller N is zero-padded: a = 0, B = C = 0), the tail tile is handled with a
+// "valid" select instead of branches, Bm/Cm tiles are double-buffered in shared memory (one barrier per
+// 16-token tile), the next tile's u/Δ/z/B/C are loaded into registers before the current tile is
+// computed, softplus/SiLU use MUFU ex2/rcp plus a short series (no log1pf/expf library calls), and all
+// per-token addressing is 32-bit offsets from per-thread base pointers.
 #include "selectiveScanKernel.h"
 
 #include <algorithm>
@@ -8,28 +18,61 @@ namespace mq
 namespace
 {
 
-constexpr int kThreads = 128; // channels per block
-constexpr int kTile = 16;     // tokens staged per step
-constexpr int kMaxState = 16;  // N ≤ 16 (Mamba-1 uses 16); the state lives in registers
-constexpr int kDefaultPoly = 4; // of the 16 exponentials, these run on the FMA pipe (fp16/int8 inputs)
+constexpr int kThreads = 64;   // channels per block (small blocks spread B·D·chunks evenly over the SMs)
+constexpr int kN = 16;         // states per thread (N ≤ 16 is zero-padded to 16)
+constexpr int kMaxTile = 16;   // tokens per shared-memory stage: 16, or 8 where 4-byte z/y would spill registers
+template <typename Tout>
+__host__ __device__ constexpr int tileFor() { return sizeof(Tout) == 4 ? 8 : 16; }
+constexpr int kDefaultPoly = 0; // exponentials on the FMA pipe by default: the SASS has ~174 issue slots vs 144 MUFU cycles per warp-token with 2, so all-MUFU balances better
 constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ float ex2Approx(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float rcpApprox(float x)
+{
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
 
 //! 2^x on the FMA pipe (degree-5 fit on [-0.5, 0.5], rel. error ~1e-7); offloads the MUFU unit.
 __device__ __forceinline__ float exp2Poly(float x)
 {
-    x = fminf(fmaxf(x, -126.f), 126.f);
-    float const t = x + 12582912.f; // 1.5·2^23: rounds x to the nearest integer in the mantissa
+    x = fminf(fmaxf(x, -127.f), 127.f);
+    float const t = x + 12582912.f; // 1.5·2^23: rounds x to the nearest integer j in the mantissa
     float const j = t - 12582912.f;
     float const f = x - j;
-    int const ji = __float_as_int(t) - 0x4B400000;
     float p = 1.340043216e-03f;
     p = fmaf(p, f, 9.676037098e-03f);
     p = fmaf(p, f, 5.550327214e-02f);
     p = fmaf(p, f, 2.402210736e-01f);
     p = fmaf(p, f, 6.931472067e-01f);
     p = fmaf(p, f, 1.000000075e+00f);
-    return __int_as_float(__float_as_int(p) + (ji << 23));
+    // bits(t) = 0x4B400000 + j and 0x4B400000 << 23 wraps to 0, so bits(t) << 23 == j << 23
+    return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
 }
+
+//! softplus(x) = max(x, 0) + log1p(e^-|x|), log1p(t) = 2·atanh(t / (2 + t)) by its series (s ≤ 1/3,
+//! truncation < 2e-8 relative); matches torch's x for x > 20 to ~2e-9.
+__device__ __forceinline__ float softplusFast(float x)
+{
+    float const t = ex2Approx(-fabsf(x) * kLog2e);
+    float const s = t * rcpApprox(2.f + t);
+    float const s2 = s * s;
+    float q = fmaf(s2, 1.f / 13.f, 1.f / 11.f);
+    q = fmaf(s2, q, 1.f / 9.f);
+    q = fmaf(s2, q, 1.f / 7.f);
+    q = fmaf(s2, q, 1.f / 5.f);
+    q = fmaf(s2, q, 1.f / 3.f);
+    q = fmaf(s2, q, 1.f);
+    return fmaf(2.f * s, q, fmaxf(x, 0.f));
+}
+
+__device__ __forceinline__ float siluFast(float z) { return z * rcpApprox(1.f + ex2Approx(-z * kLog2e)); }
 
 struct Work
 {
@@ -38,11 +81,15 @@ struct Work
 };
 
 // kPass 1: chunk-local state from zero (+ Σ Δ). kPass 3: outputs from the chunk's start state.
-template <typename Tin, typename Tout, int kMaxN, int kPoly, int kPass>
+template <typename Tin, typename Tout, int kPoly, int kPass, bool kSoftplus, bool kGate>
 __global__ void __launch_bounds__(kThreads) scanKernel(SelectiveScanParams const p, Work const w, int32_t chunks, int32_t chunkLen)
 {
-    __shared__ float sB[kTile][kMaxN];
-    __shared__ float sC[kPass == 3 ? kTile : 1][kMaxN];
+    constexpr bool kOut = kPass == 3;
+    constexpr int kTile = tileFor<Tout>();
+    constexpr int kBcPer = kTile * kN / kThreads; // Bm (and Cm) elements each thread stages per tile
+    static_assert(kTile * kN % kThreads == 0, "tile must split evenly over the block");
+    __shared__ __align__(16) float sB[2][kTile][kN];
+    __shared__ __align__(16) float sC[2][kOut ? kTile : 1][kN];
 
     int const N = p.dState;
     int const D = p.dim;
@@ -53,24 +100,46 @@ __global__ void __launch_bounds__(kThreads) scanKernel(SelectiveScanParams const
     bool const active = d < D;
     int const tBegin = c * chunkLen;
     int const tEnd = min(L, tBegin + chunkLen);
+    int const dc = active ? d : D - 1; // inactive lanes read a valid channel and store nothing
 
-    auto const* u = static_cast<Tin const*>(p.u);
-    auto const* delta = static_cast<Tin const*>(p.delta);
-    auto const* Bm = static_cast<Tin const*>(p.Bm);
-    auto const* Cm = static_cast<Tin const*>(p.Cm);
-    auto const* z = static_cast<Tout const*>(p.z);
-    auto* y = static_cast<Tout*>(p.y);
+    // per-thread base pointers (64-bit once); per-token offsets are 32-bit
+    size_t const row0 = (static_cast<size_t>(b) * L + tBegin) * D + dc;
+    Tin const* uP = static_cast<Tin const*>(p.u) + row0;
+    Tin const* dP = static_cast<Tin const*>(p.delta) + row0;
+    Tout const* zP = kGate ? static_cast<Tout const*>(p.z) + row0 : nullptr;
+    Tout* yP = static_cast<Tout*>(p.y) + row0;
+    size_t const bc0 = (static_cast<size_t>(b) * L + tBegin) * N;
+    Tin const* bP = static_cast<Tin const*>(p.Bm) + bc0;
+    Tin const* cP = static_cast<Tin const*>(p.Cm) + bc0;
 
-    float a2[kMaxN];
-    float h[kMaxN];
-    int64_t const stateOff = (static_cast<int64_t>(b) * D + d) * N;
-    int64_t const chunkOff = ((static_cast<int64_t>(b) * chunks + c) * D + d) * N;
+    // staging map: element e = threadIdx.x + j·kThreads of a tile's (token, state) block of N-wide rows
+    int sOff[kBcPer];
 #pragma unroll
-    for (int n = 0; n < kMaxN; ++n)
+    for (int j = 0; j < kBcPer; ++j)
     {
-        a2[n] = (active && n < N) ? p.A[static_cast<int64_t>(d) * N + n] * kLog2e : 0.f;
+        int const e = threadIdx.x + j * kThreads;
+        int const tt = e / N;
+        sOff[j] = tt < kTile ? tt * kN + (e - tt * N) : -1;
+    }
+    {
+        float* sb = &sB[0][0][0];
+        for (int i = threadIdx.x; i < 2 * kTile * kN; i += kThreads)
+            sb[i] = 0.f;
+        float* sc = &sC[0][0][0];
+        for (int i = threadIdx.x; i < 2 * (kOut ? kTile : 1) * kN; i += kThreads)
+            sc[i] = 0.f;
+    }
+
+    float a2[kN];
+    float h[kN];
+    size_t const stateOff = (static_cast<size_t>(b) * D + dc) * N;
+    size_t const chunkOff = ((static_cast<size_t>(b) * chunks + c) * D + dc) * N;
+#pragma unroll
+    for (int n = 0; n < kN; ++n)
+    {
+        a2[n] = n < N ? p.A[static_cast<size_t>(dc) * N + n] * kLog2e : 0.f;
         float h0 = 0.f;
-        if (kPass == 3 && active && n < N)
+        if (kOut && n < N)
         {
             if (chunks > 1)
                 h0 = w.hChunk[chunkOff + n];
@@ -79,90 +148,149 @@ __global__ void __launch_bounds__(kThreads) scanKernel(SelectiveScanParams const
         }
         h[n] = h0;
     }
-    float const bias = (active && p.deltaBias != nullptr) ? p.deltaBias[d] : 0.f;
-    float const dSkip = (active && p.Dskip != nullptr) ? p.Dskip[d] : 0.f;
+    float const bias = p.deltaBias != nullptr ? p.deltaBias[dc] : 0.f;
+    float const dSkip = p.Dskip != nullptr ? p.Dskip[dc] : 0.f;
+    float const uScale = p.uScale, dScale = p.deltaScale, bScale = p.bScale, cScale = p.cScale;
     float sumDelta = 0.f;
 
-    for (int t0 = tBegin; t0 < tEnd; t0 += kTile)
-    {
-        int const nt = min(kTile, tEnd - t0);
-        __syncthreads();
-        int64_t const bcBase = (static_cast<int64_t>(b) * L + t0) * N;
-        for (int i = threadIdx.x; i < nt * N; i += kThreads)
-        {
-            int const tt = i / N;
-            int const n = i - tt * N;
-            sB[tt][n] = toFloat(Bm[bcBase + i], p.bScale);
-            if (kPass == 3)
-                sC[tt][n] = toFloat(Cm[bcBase + i], p.cScale);
-        }
-        Tin ur[kTile];
-        Tin dr[kTile];
-        Tout zr[kTile];
-        int64_t const rowBase = (static_cast<int64_t>(b) * L + t0) * D + d;
+    Tin uN[kTile], dN[kTile];
+    Tout zN[kGate ? kTile : 1];
+    float bN[kBcPer], cN[kBcPer];
+    // Loads the tile starting at token t0 (relative to tBegin) into the "next" registers. Tokens past the
+    // chunk's end re-read its last token (always in bounds, no branches); the compute masks them out.
+    auto prefetch = [&](int t0) {
+        int const last = min(kTile, tEnd - tBegin - t0) - 1;
+        size_t const off = static_cast<size_t>(t0) * D; // 64-bit once per tile, 32-bit offsets inside it
+        Tin const* uT = uP + off;
+        Tin const* dT = dP + off;
+        Tout const* zT = kGate ? zP + off : nullptr;
 #pragma unroll
         for (int i = 0; i < kTile; ++i)
         {
-            if (active && i < nt)
+            int const o = min(i, last) * D;
+            uN[i] = uT[o];
+            dN[i] = dT[o];
+            if constexpr (kGate)
+                zN[i] = zT[o];
+        }
+        int const lim = (last + 1) * N - 1;
+        Tin const* bT = bP + static_cast<size_t>(t0) * N;
+        Tin const* cT = cP + static_cast<size_t>(t0) * N;
+#pragma unroll
+        for (int j = 0; j < kBcPer; ++j)
+        {
+            int const e = min(static_cast<int>(threadIdx.x) + j * kThreads, lim);
+            bN[j] = toFloat(bT[e], bScale);
+            if constexpr (kOut)
+                cN[j] = toFloat(cT[e], cScale);
+        }
+    };
+    auto stage = [&](int buf) {
+#pragma unroll
+        for (int j = 0; j < kBcPer; ++j)
+            if (sOff[j] >= 0)
             {
-                ur[i] = u[rowBase + static_cast<int64_t>(i) * D];
-                dr[i] = delta[rowBase + static_cast<int64_t>(i) * D];
-                if (kPass == 3 && z != nullptr)
-                    zr[i] = z[rowBase + static_cast<int64_t>(i) * D];
+                (&sB[buf][0][0])[sOff[j]] = bN[j];
+                if constexpr (kOut)
+                    (&sC[buf][0][0])[sOff[j]] = cN[j];
             }
-        }
-        __syncthreads();
-        if (!active)
-            continue;
+    };
+
+    int const len = tEnd - tBegin;
+    __syncthreads(); // zero fill done
+    if (len > 0)
+        prefetch(0);
+    stage(0);
+    __syncthreads();
+
+    int buf = 0;
+    for (int t0 = 0; t0 < len; t0 += kTile, buf ^= 1)
+    {
+        Tin uC[kTile], dC[kTile];
+        Tout zC[kGate ? kTile : 1];
 #pragma unroll
         for (int i = 0; i < kTile; ++i)
         {
-            if (i < nt)
-            {
-                float const uv = toFloat(ur[i], p.uScale);
-                float dt = toFloat(dr[i], p.deltaScale) + bias;
-                if (p.deltaSoftplus)
-                    dt = softplusTorch(dt);
-                float const du = dt * uv;
-                float yv = 0.f;
+            uC[i] = uN[i];
+            dC[i] = dN[i];
+            if constexpr (kGate)
+                zC[i] = zN[i];
+        }
+        bool const more = t0 + kTile < len;
+        if (more)
+            prefetch(t0 + kTile);
+
+        int const nt = min(kTile, len - t0);
+        Tout* yT = yP + static_cast<size_t>(t0) * D;
+        float4 const* sb = reinterpret_cast<float4 const*>(&sB[buf][0][0]);
+        float4 const* sc = reinterpret_cast<float4 const*>(&sC[buf][0][0]);
 #pragma unroll
-                for (int n = 0; n < kMaxN; ++n)
+        for (int i = 0; i < kTile; ++i)
+        {
+            bool const valid = i < nt;
+            float const uv = toFloat(uC[i], uScale);
+            float dt = toFloat(dC[i], dScale) + bias;
+            if constexpr (kSoftplus)
+                dt = softplusFast(dt);
+            dt = valid ? dt : 0.f; // tail tokens: dA = 1, du = 0 → state unchanged
+            float const du = dt * uv;
+            float y0 = 0.f, y1 = 0.f;
+#pragma unroll
+            for (int q = 0; q < kN / 4; ++q)
+            {
+                float4 const bq = sb[i * (kN / 4) + q];
+                float const bv[4] = {bq.x, bq.y, bq.z, bq.w};
+                float cv[4] = {0.f, 0.f, 0.f, 0.f};
+                if constexpr (kOut)
                 {
-                    if (n < N)
+                    float4 const cq = sc[i * (kN / 4) + q];
+                    cv[0] = cq.x, cv[1] = cq.y, cv[2] = cq.z, cv[3] = cq.w;
+                }
+#pragma unroll
+                for (int r = 0; r < 4; ++r)
+                {
+                    int const n = 4 * q + r;
+                    float const e = dt * a2[n];
+                    float const dA = n < kPoly ? exp2Poly(e) : ex2Approx(e);
+                    h[n] = fmaf(dA, h[n], du * bv[r]);
+                    if constexpr (kOut)
                     {
-                        float const e = dt * a2[n];
-                        float const dA = n < kPoly ? exp2Poly(e) : exp2f(e);
-                        h[n] = fmaf(dA, h[n], du * sB[i][n]);
-                        if (kPass == 3)
-                            yv = fmaf(h[n], sC[i][n], yv);
+                        if (r & 1)
+                            y1 = fmaf(h[n], cv[r], y1);
+                        else
+                            y0 = fmaf(h[n], cv[r], y0);
                     }
                 }
-                if (kPass == 1)
-                    sumDelta += dt;
-                if (kPass == 3)
-                {
-                    yv = fmaf(dSkip, uv, yv);
-                    if (z != nullptr)
-                        yv *= siluf(toFloat(zr[i], 1.f));
-                    y[rowBase + static_cast<int64_t>(i) * D] = fromFloat<Tout>(yv);
-                }
+            }
+            if constexpr (kPass == 1)
+                sumDelta += dt;
+            if constexpr (kOut)
+            {
+                float yv = fmaf(dSkip, uv, y0 + y1);
+                if constexpr (kGate)
+                    yv *= siluFast(toFloat(zC[i], 1.f));
+                if (valid && active)
+                    yT[i * D] = fromFloat<Tout>(yv);
             }
         }
+        if (more)
+            stage(buf ^ 1);
+        __syncthreads();
     }
     if (!active)
         return;
-    if (kPass == 1)
+    if constexpr (kPass == 1)
     {
 #pragma unroll
-        for (int n = 0; n < kMaxN; ++n)
+        for (int n = 0; n < kN; ++n)
             if (n < N)
                 w.hChunk[chunkOff + n] = h[n];
-        w.sumDelta[(static_cast<int64_t>(b) * chunks + c) * D + d] = sumDelta;
+        w.sumDelta[(static_cast<size_t>(b) * chunks + c) * D + d] = sumDelta;
     }
     else if (p.lastState != nullptr && c == chunks - 1)
     {
 #pragma unroll
-        for (int n = 0; n < kMaxN; ++n)
+        for (int n = 0; n < kN; ++n)
             if (n < N)
                 p.lastState[stateOff + n] = h[n];
     }
@@ -194,10 +322,10 @@ __global__ void chainKernel(SelectiveScanParams const p, Work const w, int32_t c
 int32_t chunkLength(SelectiveScanParams const& p, int32_t chunks)
 {
     int32_t len = (p.seqLen + chunks - 1) / chunks;
-    return ((len + kTile - 1) / kTile) * kTile;
+    return ((len + kMaxTile - 1) / kMaxTile) * kMaxTile; // a multiple of every kernel's tile
 }
 
-template <typename Tin, typename Tout, int kMaxN, int kPoly>
+template <typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate>
 cudaError_t run(SelectiveScanParams const& p, Work const& w, int32_t chunks, cudaStream_t stream)
 {
     int32_t const len = chunkLength(p, chunks);
@@ -205,23 +333,34 @@ cudaError_t run(SelectiveScanParams const& p, Work const& w, int32_t chunks, cud
     dim3 const grid((p.dim + kThreads - 1) / kThreads, chunks, p.batch);
     if (chunks > 1)
     {
-        scanKernel<Tin, Tout, kMaxN, kPoly, 1><<<grid, kThreads, 0, stream>>>(p, w, chunks, len);
+        scanKernel<Tin, Tout, kPoly, 1, kSoftplus, false><<<grid, kThreads, 0, stream>>>(p, w, chunks, len);
         int64_t const total = static_cast<int64_t>(p.batch) * p.dim * p.dState;
         chainKernel<<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(p, w, chunks);
     }
-    scanKernel<Tin, Tout, kMaxN, kPoly, 3><<<grid, kThreads, 0, stream>>>(p, w, chunks, len);
+    scanKernel<Tin, Tout, kPoly, 3, kSoftplus, kGate><<<grid, kThreads, 0, stream>>>(p, w, chunks, len);
     return cudaGetLastError();
 }
 
-template <typename Tin, typename Tout>
-cudaError_t dispatchN(SelectiveScanParams const& p, Work const& w, int32_t chunks, cudaStream_t stream)
+template <typename Tin, typename Tout, int kPoly>
+cudaError_t dispatchFlags(SelectiveScanParams const& p, Work const& w, int32_t chunks, cudaStream_t stream)
 {
-    int poly = p.polyExp;
-    if (poly < 0)
-        poly = sizeof(Tin) == 4 ? 0 : kDefaultPoly;
+    bool const gate = p.z != nullptr;
+    if (p.deltaSoftplus)
+        return gate ? run<Tin, Tout, kPoly, true, true>(p, w, chunks, stream)
+                    : run<Tin, Tout, kPoly, true, false>(p, w, chunks, stream);
+    return gate ? run<Tin, Tout, kPoly, false, true>(p, w, chunks, stream)
+                : run<Tin, Tout, kPoly, false, false>(p, w, chunks, stream);
+}
+
+template <typename Tin, typename Tout>
+cudaError_t dispatchPoly(SelectiveScanParams const& p, Work const& w, int32_t chunks, cudaStream_t stream)
+{
+    int const poly = p.polyExp < 0 ? kDefaultPoly : p.polyExp;
     if (poly == 0)
-        return run<Tin, Tout, kMaxState, 0>(p, w, chunks, stream);
-    return run<Tin, Tout, kMaxState, kDefaultPoly>(p, w, chunks, stream);
+        return dispatchFlags<Tin, Tout, 0>(p, w, chunks, stream);
+    if (poly <= 2)
+        return dispatchFlags<Tin, Tout, 2>(p, w, chunks, stream);
+    return dispatchFlags<Tin, Tout, 4>(p, w, chunks, stream);
 }
 
 } // namespace
@@ -239,10 +378,20 @@ int32_t selectiveScanChunks(SelectiveScanParams const& p)
             if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
                 sms = 80;
         }
+        // Chunking re-does every exponential (pass 1 + pass 3). Fitted to the H200 chunk sweep in
+        // benchmarks/gpu/results (4 resident 64-thread blocks per SM at 176 registers): with B·D ≥ 128 per SM
+        // one pass wins (B8 D2560: 1.15 ms vs 1.60 with 2 chunks); below that aim at ~2.5 waves of blocks
+        // (B1 D5120: 16 chunks 0.36 ms vs 7 chunks 0.46; B8 D1536: 8 chunks 0.41 vs 3 chunks 0.55), with
+        // chunks of at least 192 tokens (B1 D1536: 22 chunks 0.116 ms vs 32 chunks 0.132).
         int64_t const rows = static_cast<int64_t>(p.batch) * p.dim;
-        int64_t const target = static_cast<int64_t>(sms) * 1024; // resident threads wanted
-        chunks = rows >= target ? 1 : static_cast<int32_t>((target + rows - 1) / rows);
-        chunks = std::min<int32_t>(chunks, std::max(1, p.seqLen / 128));
+        if (rows >= static_cast<int64_t>(sms) * 128)
+            chunks = 1;
+        else
+        {
+            int64_t const target = static_cast<int64_t>(sms) * 640;
+            chunks = static_cast<int32_t>(std::min<int64_t>((target + rows - 1) / rows, 1 << 20));
+            chunks = std::min<int32_t>(chunks, std::max(1, p.seqLen / 192));
+        }
     }
     chunks = std::max(1, std::min(chunks, std::max(1, p.seqLen)));
     int32_t const len = chunkLength(p, chunks);
@@ -259,7 +408,7 @@ size_t selectiveScanWorkspaceSize(SelectiveScanParams const& p)
 
 cudaError_t launchSelectiveScan(SelectiveScanParams const& p, void* workspace, size_t workspaceSize, cudaStream_t stream)
 {
-    if (p.batch < 0 || p.seqLen < 0 || p.dim < 0 || p.dState < 1 || p.dState > kMaxState || p.u == nullptr
+    if (p.batch < 0 || p.seqLen < 0 || p.dim < 0 || p.dState < 1 || p.dState > kN || p.u == nullptr
         || p.delta == nullptr || p.A == nullptr || p.Bm == nullptr || p.Cm == nullptr || p.y == nullptr)
         return cudaErrorInvalidValue;
     if (p.batch == 0 || p.dim == 0)
@@ -272,6 +421,8 @@ cudaError_t launchSelectiveScan(SelectiveScanParams const& p, void* workspace, s
         return p.h0 != nullptr ? cudaMemcpyAsync(p.lastState, p.h0, bytes, cudaMemcpyDeviceToDevice, stream)
                                : cudaMemsetAsync(p.lastState, 0, bytes, stream);
     }
+    if (static_cast<int64_t>(kMaxTile) * p.dim > INT32_MAX / 2)
+        return cudaErrorInvalidValue; // in-tile offsets i·D are 32-bit
     int32_t const chunks = selectiveScanChunks(p);
     Work w{nullptr, nullptr};
     if (chunks > 1)
@@ -283,13 +434,13 @@ cudaError_t launchSelectiveScan(SelectiveScanParams const& p, void* workspace, s
         w.sumDelta = w.hChunk + static_cast<size_t>(p.batch) * chunks * p.dim * p.dState;
     }
     if (p.inType == DType::kFLOAT && p.outType == DType::kFLOAT)
-        return dispatchN<float, float>(p, w, chunks, stream);
+        return dispatchPoly<float, float>(p, w, chunks, stream);
     if (p.inType == DType::kHALF && p.outType == DType::kHALF)
-        return dispatchN<__half, __half>(p, w, chunks, stream);
+        return dispatchPoly<__half, __half>(p, w, chunks, stream);
     if (p.inType == DType::kINT8 && p.outType == DType::kHALF)
-        return dispatchN<int8_t, __half>(p, w, chunks, stream);
+        return dispatchPoly<int8_t, __half>(p, w, chunks, stream);
     if (p.inType == DType::kINT8 && p.outType == DType::kFLOAT)
-        return dispatchN<int8_t, float>(p, w, chunks, stream);
+        return dispatchPoly<int8_t, float>(p, w, chunks, stream);
     return cudaErrorInvalidValue;
 }
 

@@ -9,8 +9,9 @@
 // Element types: `in` (u, delta, Bm, Cm) is fp32, fp16 or int8 (per-tensor scales, x = q·scale);
 // `out` (z, y) is fp32 or fp16. A, Dskip, delta_bias, states are fp32.
 //
-// Schedule: one thread per (batch, channel) holds the N-state in registers and walks its tokens;
-// Bm/Cm tiles are staged in shared memory. When B·D is too small to fill the GPU, L is split into
+// Schedule: one thread per (batch, channel) holds the N-state (zero-padded to 16) in registers and walks
+// its tokens; Bm/Cm tiles are double-buffered in shared memory and the next tile's u/Δ/z/Bm/Cm are loaded
+// into registers while the current one is computed (one barrier per tile). When B·D is too small to fill the GPU, L is split into
 // chunks: pass 1 computes each chunk's state from zero and its Σ Δ, pass 2 chains the chunk states
 // (h_start[c+1] = exp(A·ΣΔ_c)·h_start[c] + h_local[c]), pass 3 reruns each chunk from its start state.
 #pragma once
@@ -45,7 +46,7 @@ struct SelectiveScanParams
     float* lastState{nullptr};       //!< optional final state
 
     int32_t chunks{0};   //!< number of sequence chunks; 0 = choose from the GPU size
-    int32_t polyExp{-1}; //!< 0: all exps on the MUFU unit; >0: the first 4 on the FMA pipe; -1: default by type
+    int32_t polyExp{-1}; //!< 0: all exps on the MUFU unit; 1-2: the first 2 on the FMA pipe; ≥3: the first 4; -1: default (0)
     int32_t numSMs{0};   //!< 0 = query the current device
 };
 

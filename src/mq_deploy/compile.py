@@ -160,7 +160,7 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         c = model.config
         log(f"  Mamba d_model={c.d_model} layers={c.n_layer} d_inner={c.d_inner} d_state={c.d_state} "
             f"dt_rank={c.dt_rank} vocab={c.vocab_size} ({model.source['format']})")
-        plan, calib_info, stats_runs = None, None, []
+        plan, calib_info, stats_runs, trace = None, None, [], []
         if recipe.passes or recipe.quantized or recipe.precision == "fp16":
             from .quantize import prepare
 
@@ -168,7 +168,8 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             if recipe.quantized or any(dict(p).get("klt") or REGISTRY[n].needs_stats for n, p in recipe.passes):
                 windows, calib_info = calibration_data(model, recipe, calib, tokenizer, calib_samples, calib_seq_len)
                 log(f"calibration: {calib_info['samples']} x {calib_info['seq_len']} tokens from {calib_info['file']}")
-            model, plan, stats_runs = prepare(model, recipe, windows, progress=progress, log=log)
+            trace: list = []
+            model, plan, stats_runs = prepare(model, recipe, windows, progress=progress, log=log, trace=trace)
         log("building graph")
         graph = build_lm_graph(model, plan)
         log("lowering SelectiveScan to ONNX Scan for the portable graph")
@@ -192,7 +193,7 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             from .report import build_report
 
             before = stats_runs[0] if len(stats_runs) > 1 else None
-            (tmp / "report.html").write_text(build_report(model, plan, before, stats_runs[-1], recipe.name))
+            (tmp / "report.html").write_text(build_report(model, plan, before, stats_runs[-1], recipe.name, trace))
             calib_files.append(tmp / "report.html")
         files: dict[str, dict] = {}
         for name, g, flavour in (("model.onnx", graph, "tensorrt"), ("model.portable.onnx", portable, "portable")):

@@ -58,6 +58,9 @@ def round_fp16(model: MambaModel, everything: bool) -> MambaModel:
     return model
 
 
+TRACE_WINDOWS = 4  # calibration windows for the report's per-pass statistics
+
+
 def fp32_stats(model: MambaModel, windows: np.ndarray, seed: int = 0, batch_size: int = 8,
                progress: bool = True) -> Stats:
     """Statistics of the untransformed fp32 graph that the data-driven passes read (KLT, smoothing)."""
@@ -68,10 +71,11 @@ def fp32_stats(model: MambaModel, windows: np.ndarray, seed: int = 0, batch_size
 
 def prepare(model: MambaModel, recipe: Recipe, windows: Optional[np.ndarray], *, progress: bool = True,
             log: Callable[[str], None] = lambda s: None, batch_size: int = 8,
-            stats0: Optional[Stats] = None) -> tuple[MambaModel, GraphPlan, list]:
+            stats0: Optional[Stats] = None, trace: Optional[list] = None) -> tuple[MambaModel, GraphPlan, list]:
     """Apply `recipe` to `model`; returns (model', plan, [Stats of each calibration run]).
 
-    `stats0` may pass in `fp32_stats(model, windows)` computed once for several recipes."""
+    `stats0` may pass in `fp32_stats(model, windows)` computed once for several recipes. With a list as
+    `trace`, (pass name, Stats on the first TRACE_WINDOWS windows) is appended after every pass."""
     n = model.config.n_layer
     plan = GraphPlan.plain(n)
     seed = recipe.calibration.get("seed", 0)
@@ -84,7 +88,11 @@ def prepare(model: MambaModel, recipe: Recipe, windows: Optional[np.ndarray], *,
         stats_runs.append(stats0)
     if recipe.passes:
         log("applying passes")
-        model, plan = run_passes(model, plan, recipe.passes, stats0, log=log)
+        hook = None
+        if trace is not None and windows is not None:
+            def hook(name, m, p):
+                trace.append((name, calibrate(m, p, windows[:TRACE_WINDOWS], (), batch_size, seed, False)))
+        model, plan = run_passes(model, plan, recipe.passes, stats0, log=log, after_each=hook)
     else:
         import copy
 

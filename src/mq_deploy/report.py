@@ -36,14 +36,28 @@ def _plot(title: str, before: Optional[np.ndarray], after: np.ndarray) -> str:
             f'<figcaption>{html.escape(title)} (max {ymax:.3g})</figcaption></figure>')
 
 
-def build_report(model: MambaModel, plan: GraphPlan, before: Optional[Stats], after: Stats, recipe_name: str) -> str:
+PALETTE = ("#e67e22", "#27ae60", "#8e44ad", "#16a085", "#7f8c8d", "#d35400", "#2c3e50")
+
+
+def _stage_plot(title: str, curves: list) -> str:
+    ymax = float(max(np.max(c) for _, c in curves))
+    lines = "".join(_polyline(c, ymax, PALETTE[k % len(PALETTE)]) for k, (_, c) in enumerate(curves))
+    legend = ", ".join(f"<span style='color:{PALETTE[k % len(PALETTE)]}'>{html.escape(n)}</span>"
+                       for k, (n, _) in enumerate(curves))
+    return (f'<figure><svg width="{W}" height="{H}" viewBox="0 0 {W} {H}" style="border:1px solid #ccc">{lines}</svg>'
+            f'<figcaption>{html.escape(title)} (max {ymax:.3g})<br>{legend}</figcaption></figure>')
+
+
+def build_report(model: MambaModel, plan: GraphPlan, before: Optional[Stats], after: Stats, recipe_name: str,
+                 trace: Optional[list] = None) -> str:
     q = plan.quant
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>mq-deploy report: {html.escape(recipe_name)}</title>",
              "<style>body{font-family:sans-serif;margin:2em} figure{display:inline-block;margin:4px} "
              "table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style>",
              f"</head><body><h1>Recipe {html.escape(recipe_name)}</h1>",
              "<p>Per-channel statistics of every quantized activation, <span style='color:#c0392b'>before the passes "
-             "(fp32 model)</span> and <span style='color:#2471a3'>after them (the graph that is quantized)</span>. "
+             "(fp32 model)</span> and <span style='color:#2471a3'>after them (the graph that is quantized)</span>, "
+             "then the same statistics after each pass in turn (first calibration windows). "
              "Channels on the x axis; flat curves quantize well with one per-tensor scale.</p>"]
     rows = []
     for i in range(model.config.n_layer):
@@ -56,6 +70,14 @@ def build_report(model: MambaModel, plan: GraphPlan, before: Optional[Stats], af
             b_var = before.chan_var(pt) if before is not None and pt in before.chan_sum else None
             parts.append(_plot(f"{pt}: channel max", b_max, after.chan[pt]))
             parts.append(_plot(f"{pt}: channel variance", b_var, after.chan_var(pt)))
+            if trace:
+                stages = [("fp32", before)] if before is not None else []
+                stages += [(name, st) for name, st in trace]
+                curves = [(n, st.chan[pt]) for n, st in stages if pt in st.chan]
+                if len(curves) > 1:
+                    parts.append(_stage_plot(f"{pt}: channel max after each pass", curves))
+                    parts.append(_stage_plot(f"{pt}: channel variance after each pass",
+                                             [(n, st.chan_var(pt)) for n, st in stages if pt in st.chan]))
             if q is not None and pt in q.act_scales:
                 smp = after.sample[pt]
                 rows.append((pt, "activation", q.act_scales[pt], after.absmax[pt], sqnr_db(smp, fake_quant(smp, q.act_scales[pt], q.act_bits))))

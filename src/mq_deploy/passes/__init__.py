@@ -40,8 +40,10 @@ def clone(model: MambaModel, plan: GraphPlan) -> tuple[MambaModel, GraphPlan]:
     return copy.deepcopy(model), copy.deepcopy(plan)
 
 
-def run_passes(model: MambaModel, plan: GraphPlan, passes, stats=None, log=lambda s: None):
-    """Apply [(name, params)] in order; a failure names the pass and those before it."""
+def run_passes(model: MambaModel, plan: GraphPlan, passes, stats=None, log=lambda s: None, after_each=None):
+    """Apply [(name, params)] in order; a failure names the pass and those before it.
+
+    `after_each(name, model, plan)` is called after every pass (the report's per-pass statistics)."""
     done = []
     for name, params in passes:
         spec = REGISTRY.get(name)
@@ -55,6 +57,8 @@ def run_passes(model: MambaModel, plan: GraphPlan, passes, stats=None, log=lambd
         except UserError as e:
             raise UserError(f"pass '{name}' (after {', '.join(done) or 'none'}): {e}") from None
         done.append(name)
+        if after_each is not None:
+            after_each(name, model, plan)
     return model, plan
 
 

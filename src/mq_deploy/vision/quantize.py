@@ -1,0 +1,99 @@
+"""Vim quantization: calibrate on training images → passes → calibrate again → integer weights + scales.
+
+Mirrors `mq_deploy.quantize.prepare` for the language model (same Recipe, Stats, weight and
+activation quantizers); the quantization points are those of `vision/graph.py` (six linears per
+block: shared in_proj/out_proj, and x_proj/dt_proj per direction).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..calibrate import Stats, collect
+from ..graph.lower import lower_selective_scan
+from ..graph.plan import GraphPlan, QuantSpec, point
+from ..passes import REGISTRY
+from ..quant.gptq import gptq_quantize
+from ..quant.qparams import act_scale, quantize_weight
+from ..recipes import Recipe
+from .graph import ACT_POINTS, LINEARS, VimRunner, build_vim_graph, plain_plan
+from .model import VimModel
+from .passes import run_vim_passes
+
+
+def calibrate(model: VimModel, plan: GraphPlan, images: np.ndarray, cov_points=(), batch_size: int = 32,
+              seed: int = 0, progress: bool = False, meta: Optional[dict] = None) -> Stats:
+    fp = GraphPlan(layers=plan.layers, quant=None)
+    graph, points = build_vim_graph(model, fp, with_points=True)
+    portable = lower_selective_scan(graph)
+    return collect(lambda outs: VimRunner(portable, extra_outputs=outs, only_extra=True), points, images, cov_points,
+                   batch_size=batch_size, seed=seed, progress=progress, gamma=[L.norm.copy() for L in model.layers],
+                   meta=meta)
+
+
+def fp32_stats(model: VimModel, images: np.ndarray, seed: int = 0) -> Stats:
+    n = model.config.depth
+    cov = [point(i, p) for i in range(n) for p in ("in_proj.input", "dt_proj.input", "dt_proj_b.input")]
+    return calibrate(model, plain_plan(n), images, cov, seed=seed, meta={"stage": "fp32"})
+
+
+def round_fp16(model: VimModel, everything: bool) -> VimModel:
+    f = lambda a: None if a is None else a.astype(np.float16).astype(np.float32)  # noqa: E731
+    for name in ("patch_weight", "patch_bias", "cls_token", "pos_embed", "norm_f", "head", "head_bias"):
+        setattr(model, name, f(getattr(model, name)))
+    for L in model.layers:
+        for name in ("norm", "conv_weight", "conv_bias", "conv_weight_b", "conv_bias_b"):
+            setattr(L, name, f(getattr(L, name)))
+        if everything:
+            for name in ("in_proj", "out_proj", "x_proj", "dt_proj", "dt_proj_bias", "D", "x_proj_b", "dt_proj_b",
+                         "dt_proj_bias_b", "D_b", "in_proj_bias", "out_proj_bias"):
+                setattr(L, name, f(getattr(L, name)))
+    return model
+
+
+def prepare_vim(model: VimModel, recipe: Recipe, images: Optional[np.ndarray], *,
+                log: Callable[[str], None] = lambda s: None, stats0: Optional[Stats] = None):
+    """Apply `recipe` to `model`; returns (model', plan, [Stats of each calibration run])."""
+    n = model.config.depth
+    plan = plain_plan(n)
+    seed = recipe.calibration.get("seed", 0)
+    runs = []
+    needs = any(REGISTRY[p].needs_stats or dict(kw).get("klt") for p, kw in recipe.passes)
+    if needs:
+        if stats0 is None:
+            log("calibrating the fp32 graph (statistics for the passes)")
+            stats0 = fp32_stats(model, images, seed)
+        runs.append(stats0)
+    model, plan = run_vim_passes(model, plan, recipe.passes, stats0, log=log) if recipe.passes else (
+        copy.deepcopy(model), plan)
+    if recipe.precision == "fp16":
+        return round_fp16(model, everything=True), plan, runs
+    if not recipe.quantized:
+        return model, plan, runs
+    wcfg, acfg = recipe.weights, recipe.activations
+    model = round_fp16(model, everything=False)
+    cov = [f"layers.{i}.{lin}.input" for i in range(n) for lin in LINEARS] if wcfg["method"] == "gptq" else []
+    log("calibrating the transformed graph")
+    st = calibrate(model, plan, images, cov, seed=seed, meta={"stage": "transformed"})
+    runs.append(st)
+    q = QuantSpec(weight_bits=wcfg["bits"], act_bits=acfg["bits"])
+    for i, L in enumerate(model.layers):
+        for lin in LINEARS:
+            name = f"layers.{i}.{lin}"
+            w = getattr(L, lin).T
+            if wcfg["method"] == "gptq":
+                q.weights[name] = gptq_quantize(w, st.cov(f"{name}.input"), wcfg["bits"], clip_search=wcfg["clip_search"])
+            else:
+                q.weights[name] = quantize_weight(w, wcfg["bits"], wcfg["clip_search"])
+        for ap in ACT_POINTS:
+            pt = point(i, ap)
+            if ap.startswith("scan") and not acfg["scan_inputs"]:  # scan.* and scan_b.*
+                continue
+            if pt in st.absmax:
+                q.act_scales[pt] = act_scale(st.sample[pt], st.absmax[pt], acfg["bits"], acfg["method"],
+                                             acfg["percentile"])
+    plan.quant = q
+    return model, plan, runs

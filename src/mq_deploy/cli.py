@@ -70,6 +70,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("--seq-len must be at least 2")
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
+    if "fashion_mnist" in args.task:  # image classification (Vim): no tokenizer
+        from .vision.evaluate import run_fashion_mnist
+
+        if len(set(args.task)) > 1:
+            raise UserError("--task fashion_mnist cannot be combined with language-model tasks")
+        r = run_fashion_mnist(args.model, args.data, args.limit, max(args.batch_size, 64), args.threads,
+                              progress=not args.quiet)
+        print(json.dumps(r) if args.json else f"fashion_mnist: top1={r['top1']:.4f}, n={r['n']}", flush=True)
+        return 0
     runner, tok_path, desc = resolve_eval_target(args.model, args.tokenizer, args.threads)
     tok = TextTokenizer(tok_path)
     kw = {} if args.seq_len is None else {"seq_len": args.seq_len}
@@ -279,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "an .onnx file or a compile OUTDIR (onnxruntime, model.portable.onnx).")
     e.add_argument("model", nargs="?", default=None, metavar="MODEL_OR_ONNX",
                    help="model directory, .onnx file or compile output directory (default: the bundled model)")
-    e.add_argument("--task", required=True, action="append", choices=TASK_NAMES,
-                   help="task to run (repeatable): " + ", ".join(TASK_NAMES))
+    e.add_argument("--task", required=True, action="append", choices=TASK_NAMES + ("fashion_mnist",),
+                   help="task to run (repeatable): " + ", ".join(TASK_NAMES + ("fashion_mnist",)))
     e.add_argument("--data", help="data file for the task (default: $MQ_DEPLOY_DATA_DIR/<standard path>)")
     e.add_argument("--tokenizer", help="tokenizer.json (default: the one beside the model)")
     e.add_argument("--seq-len", type=int, default=None, help="window length for perplexity / max length (default 2048)")

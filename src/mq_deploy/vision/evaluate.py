@@ -1,0 +1,48 @@
+"""`mq-deploy eval MODEL --task fashion_mnist`: top-1 of a Vim checkpoint directory (fp32 portable
+graph in onnxruntime), a Vim .onnx file, or a compile OUTDIR (its model.portable.onnx)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ..errors import UserError
+from .data import evaluate_top1
+
+TASK = "fashion_mnist"
+
+
+def resolve_vision_target(target: Optional[str], threads: Optional[int] = None):
+    """MODEL → (logits_fn, channels, description)."""
+    import onnx
+
+    from ..graph.lower import lower_selective_scan
+    from .graph import INPUT, VimRunner, build_vim_graph
+    from .model import is_vim_dir, load_vim
+
+    if target is None:
+        raise UserError(f"task {TASK} needs a Vim model: a checkpoint directory, an .onnx file or a compile OUTDIR")
+    p = Path(target)
+    if p.is_dir() and is_vim_dir(p):
+        m = load_vim(p)
+        return VimRunner(lower_selective_scan(build_vim_graph(m)), threads=threads), m.config.channels, f"onnxruntime(fp32):{p}"
+    if p.is_dir() and (p / "model.portable.onnx").is_file():
+        p = p / "model.portable.onnx"
+    if p.is_file() and p.suffix == ".onnx":
+        g = onnx.load(str(p))
+        ins = {i.name: i for i in g.graph.input}
+        if INPUT not in ins:
+            raise UserError(f"{p} has no '{INPUT}' input: it is not a Vim graph")
+        channels = ins[INPUT].type.tensor_type.shape.dim[1].dim_value
+        return VimRunner(g, threads=threads), channels, f"onnxruntime:{p}"
+    raise UserError(f"{p} is not a Vim checkpoint directory (config.json with model_type \"vim\"), "
+                    "a Vim .onnx file or a compile OUTDIR")
+
+
+def run_fashion_mnist(target: Optional[str], data: Optional[str] = None, limit: Optional[int] = None,
+                      batch_size: int = 64, threads: Optional[int] = None, progress: bool = True) -> dict:
+    fn, channels, desc = resolve_vision_target(target, threads)
+    r = evaluate_top1(fn, channels, limit, batch_size=batch_size, path=data, progress=progress)
+    r.pop("predictions")
+    r["model"] = desc
+    return r

@@ -183,6 +183,21 @@ __device__ __forceinline__ void store8(int8_t* dst, float const (&v)[8], float s
     *reinterpret_cast<uint2*>(dst) = make_uint2(w[0], w[1]);
 }
 
+__device__ __forceinline__ void store2(float* dst, float a, float b, float /*scale*/)
+{
+    *reinterpret_cast<float2*>(dst) = make_float2(a, b);
+}
+__device__ __forceinline__ void store2(__half* dst, float a, float b, float /*scale*/)
+{
+    *reinterpret_cast<__half2*>(dst) = __floats2half2_rn(a, b);
+}
+__device__ __forceinline__ void store2(int8_t* dst, float a, float b, float scale)
+{
+    uint32_t const lo = static_cast<uint8_t>(quantizeInt8(a, scale));
+    uint32_t const hi = static_cast<uint8_t>(quantizeInt8(b, scale));
+    *reinterpret_cast<uint16_t*>(dst) = static_cast<uint16_t>(lo | (hi << 8));
+}
+
 template <typename Tin, typename Tout, int kM>
 __global__ void __launch_bounds__(1024) hadamardFastKernel(HadamardParams const p, int32_t logP, int32_t rowsPerBlock)
 {
@@ -199,7 +214,7 @@ __global__ void __launch_bounds__(1024) hadamardFastKernel(HadamardParams const 
     bool const live = row < p.rows;
     bool const viaSmem = m > 1 || P > 256;
     float* s = smem + rib * n;
-    float* bt = smem + rowsPerBlock * n; // bt[c * m4 + a] = B[a, c]
+    float* bs = smem + rowsPerBlock * n; // bs[a * m4 + c] = B[a, c] (row-major, rows padded to m4)
 
     float v[8];
     if (live)
@@ -211,9 +226,9 @@ __global__ void __launch_bounds__(1024) hadamardFastKernel(HadamardParams const 
     if (m > 1)
         for (int i = threadIdx.x; i < m * m4; i += blockDim.x)
         {
-            int const c = i / m4;
-            int const a = i - c * m4;
-            bt[i] = a < m ? p.baseMatrix[a * m + c] : 0.f;
+            int const a = i / m4;
+            int const c = i - a * m4;
+            bs[i] = c < m ? p.baseMatrix[a * m + c] : 0.f;
         }
 
 #pragma unroll
@@ -269,33 +284,41 @@ __global__ void __launch_bounds__(1024) hadamardFastKernel(HadamardParams const 
     __syncthreads();
     if (!live)
         return;
+    if (m > 1)
+    {
+        // Base product, m % 4 == 0: thread g of the row owns columns b, b + 1 of the (m, P) view and
+        // outputs c0 … c0 + 3 (T = n / 8 = (P / 2)·(m / 4) threads). Per sub-row a: one 8-byte read of
+        // x[a, b:b+2] (consecutive lanes, conflict-free), one broadcast 16-byte read of B[a, c0:c0+4],
+        // 8 FMAs; every x element is read from shared memory m / 4 times instead of m times.
+        int const cp = g & ((P >> 1) - 1);
+        int const c0 = (g >> (logP - 1)) << 2;
+        int const b = cp << 1;
+        float acc[4][2];
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+            acc[c][0] = 0.f, acc[c][1] = 0.f;
+#pragma unroll(kM > 0 ? kM : 4)
+        for (int a = 0; a < m; ++a)
+        {
+            float2 const xv = *reinterpret_cast<float2 const*>(s + a * P + b);
+            float4 const w = *reinterpret_cast<float4 const*>(bs + a * m4 + c0);
+            acc[0][0] = fmaf(w.x, xv.x, acc[0][0]), acc[0][1] = fmaf(w.x, xv.y, acc[0][1]);
+            acc[1][0] = fmaf(w.y, xv.x, acc[1][0]), acc[1][1] = fmaf(w.y, xv.y, acc[1][1]);
+            acc[2][0] = fmaf(w.z, xv.x, acc[2][0]), acc[2][1] = fmaf(w.z, xv.y, acc[2][1]);
+            acc[3][0] = fmaf(w.w, xv.x, acc[3][0]), acc[3][1] = fmaf(w.w, xv.y, acc[3][1]);
+        }
+        auto* yr = static_cast<Tout*>(p.y) + row * n + b;
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+            store2(yr + static_cast<int64_t>(c0 + c) * P, acc[c][0] * norm, acc[c][1] * norm, p.outScale);
+        return;
+    }
     float out[8];
     int const o0 = 8 * g;
-    if (m == 1)
     {
         float4 const a = reinterpret_cast<float4 const*>(s + o0)[0];
         float4 const b = reinterpret_cast<float4 const*>(s + o0)[1];
         out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
-    }
-    else
-    {
-        int const c = o0 >> logP;
-        int const bcol = o0 & (P - 1);
-#pragma unroll
-        for (int i = 0; i < 8; ++i)
-            out[i] = 0.f;
-        float const* col = bt + c * m4;
-#pragma unroll(kM > 0 ? kM : 4)
-        for (int a = 0; a < m; ++a)
-        {
-            float const w = col[a];
-            float4 const x0 = reinterpret_cast<float4 const*>(s + a * P + bcol)[0];
-            float4 const x1 = reinterpret_cast<float4 const*>(s + a * P + bcol)[1];
-            out[0] = fmaf(w, x0.x, out[0]), out[1] = fmaf(w, x0.y, out[1]);
-            out[2] = fmaf(w, x0.z, out[2]), out[3] = fmaf(w, x0.w, out[3]);
-            out[4] = fmaf(w, x1.x, out[4]), out[5] = fmaf(w, x1.y, out[5]);
-            out[6] = fmaf(w, x1.z, out[6]), out[7] = fmaf(w, x1.w, out[7]);
-        }
     }
 #pragma unroll
     for (int i = 0; i < 8; ++i)
@@ -493,15 +516,10 @@ cudaError_t launchHadamard(HadamardParams const& p, cudaStream_t stream)
     while ((1 << logP) < P)
         ++logP;
     bool const vec = P >= 8 && p.n % 8 == 0 && (reinterpret_cast<uintptr_t>(p.x) % 16) == 0;
-    // The register/shuffle path is used for m = 1 only: on the H200 run it was faster there (n 4096: 2.8× memcpy
-    // vs 3.4× for the shared-memory path) but slower with a base product (m 12: 3.7× vs 3.0×; m 20: 5.6-5.8× vs
-    // 3.3-3.5×): its m×m product reads shared memory at a 32-byte thread stride (2-way conflicts, m·2 LDS.128
-    // per 8 outputs). MQ_HADAMARD_FAST_BASE=1 at build time keeps it for every m (for measuring).
-#ifdef MQ_HADAMARD_FAST_BASE
-    bool const fastM = true;
-#else
-    bool const fastM = p.m == 1;
-#endif
+    // Register/shuffle path: m = 1, or m % 4 == 0 (base product with 2 columns × 4 outputs a thread, see
+    // hadamardFastKernel); the previous H200 run measured its old m > 1 product (every thread re-reading all m
+    // sub-rows at a 32-byte stride) at 3.7-6.1× memcpy, slower than the shared-memory kernel's 3.0-3.6×.
+    bool const fastM = p.m == 1 || (p.m % 4 == 0 && static_cast<size_t>(p.n + p.m * p.m) * sizeof(float) <= 96 * 1024);
     bool const fast = fastM && vec && p.n % 256 == 0 && p.n <= kFastMaxN && (reinterpret_cast<uintptr_t>(p.y) % 16) == 0;
     if (p.inType == DType::kFLOAT)
         return dispatchOut<float>(p, logP, vec, fast, stream);

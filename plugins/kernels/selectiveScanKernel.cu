@@ -6,8 +6,9 @@
 // a degree-5 polynomial on the FMA pipe costs ~11 issue slots. Everything else is kept off the hot path:
 // N is a compile-time 16 (smaller N is zero-padded: a = 0, B = C = 0), the tail tile is handled with a
 // "valid" select instead of branches, Bm/Cm tiles are double-buffered in shared memory (one barrier per
-// 16-token tile), the next tile's u/Δ/z/B/C are loaded into registers before the current tile is
-// computed, softplus/SiLU use MUFU ex2/rcp plus a short series (no log1pf/expf library calls), and all
+// 16-token tile), the next tile's u/Δ/z are copied straight into double-buffered shared memory by
+// 16-byte cp.async (B/C through 8 registers) while the current tile is computed, __launch_bounds__(64, 8)
+// caps registers at 128 (8 resident blocks per SM), softplus/SiLU use MUFU ex2/rcp plus a short series (no log1pf/expf library calls), and all
 // per-token addressing is 32-bit offsets from per-thread base pointers.
 #include "selectiveScanKernel.h"
 
@@ -19,6 +20,7 @@ namespace
 {
 
 constexpr int kThreads = 64;   // channels per block (small blocks spread B·D·chunks evenly over the SMs)
+constexpr int kMinBlocks = 8;  // __launch_bounds__ minimum resident blocks per SM: caps registers at 128 a thread
 constexpr int kN = 16;         // states per thread (N ≤ 16 is zero-padded to 16)
 constexpr int kMaxTile = 16;   // tokens per shared-memory stage: 16, or 8 where 4-byte z/y would spill registers
 template <typename Tout>
@@ -81,8 +83,48 @@ struct Work
 };
 
 // kPass 1: chunk-local state from zero (+ Σ Δ). kPass 3: outputs from the chunk's start state.
-template <typename Tin, typename Tout, int kPoly, int kPass, bool kSoftplus, bool kGate>
-__global__ void __launch_bounds__(kThreads) scanKernel(SelectiveScanParams const p, Work const w, int32_t chunks, int32_t chunkLen)
+//! 16-byte cp.async global → shared; src_bytes 0 zero-fills the 16 bytes (src is then not read).
+__device__ __forceinline__ void cpAsync16(void* smemDst, void const* src, bool valid)
+{
+    uint32_t const dst = static_cast<uint32_t>(__cvta_generic_to_shared(smemDst));
+    int const n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cpAsyncWaitAll() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+//! Copies tile rows [t0, t0 + kTile) (relative to the chunk start, clipped at `len`) of a (B, L, D)
+//! tensor's channels [d0, d0 + kThreads) into s[kTile][kThreads]. kAsync: 16-byte cp.async chunks
+//! (needs D % (16 / sizeof(T)) == 0 and a 16-byte aligned base); rows past `len` and channels past D
+//! are zero-filled. Otherwise each thread loads its own channel (clamped to a valid one) synchronously.
+template <bool kAsync, int kTile, typename T>
+__device__ __forceinline__ void fillTile(T (*s)[kThreads], T const* base, size_t rowBase, int t0, int len, int d0, int dc, int D)
+{
+    if constexpr (kAsync)
+    {
+        constexpr int kPerChunk = 16 / sizeof(T);
+        constexpr int kChunksPerRow = kThreads / kPerChunk;
+        for (int k = threadIdx.x; k < kTile * kChunksPerRow; k += kThreads)
+        {
+            int const r = k / kChunksPerRow;
+            int const q = k - r * kChunksPerRow;
+            int const ch = d0 + q * kPerChunk;
+            bool const valid = t0 + r < len && ch < D;
+            T const* src = valid ? base + (rowBase + static_cast<size_t>(t0 + r)) * D + ch : base;
+            cpAsync16(&s[r][q * kPerChunk], src, valid);
+        }
+    }
+    else
+    {
+        int const last = min(kTile, len - t0) - 1;
+        T const* src = base + (rowBase + static_cast<size_t>(t0)) * D + dc;
+#pragma unroll
+        for (int i = 0; i < kTile; ++i)
+            s[i][threadIdx.x] = src[static_cast<size_t>(min(i, last)) * D];
+    }
+}
+
+template <typename Tin, typename Tout, int kPoly, int kPass, bool kSoftplus, bool kGate, bool kAsync>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) scanKernel(SelectiveScanParams const p, Work const w, int32_t chunks, int32_t chunkLen)
 {
     constexpr bool kOut = kPass == 3;
     constexpr int kTile = tileFor<Tout>();
@@ -90,6 +132,9 @@ __global__ void __launch_bounds__(kThreads) scanKernel(SelectiveScanParams const
     static_assert(kTile * kN % kThreads == 0, "tile must split evenly over the block");
     __shared__ __align__(16) float sB[2][kTile][kN];
     __shared__ __align__(16) float sC[2][kOut ? kTile : 1][kN];
+    __shared__ __align__(16) Tin sU[2][kTile][kThreads];
+    __shared__ __align__(16) Tin sD[2][kTile][kThreads];
+    __shared__ __align__(16) Tout sZ[2][kGate ? kTile : 1][kThreads];
 
     int const N = p.dState;
     int const D = p.dim;
@@ -100,13 +145,16 @@ __global__ void __launch_bounds__(kThreads) scanKernel(SelectiveScanParams const
     bool const active = d < D;
     int const tBegin = c * chunkLen;
     int const tEnd = min(L, tBegin + chunkLen);
+    int const len = tEnd - tBegin;
     int const dc = active ? d : D - 1; // inactive lanes read a valid channel and store nothing
+    int const d0 = blockIdx.x * kThreads;
+    size_t const tokRow0 = static_cast<size_t>(b) * L + tBegin; // (b, tBegin) as a row of the (B·L, D) tensors
 
     // per-thread base pointers (64-bit once); per-token offsets are 32-bit
     size_t const row0 = (static_cast<size_t>(b) * L + tBegin) * D + dc;
-    Tin const* uP = static_cast<Tin const*>(p.u) + row0;
-    Tin const* dP = static_cast<Tin const*>(p.delta) + row0;
-    Tout const* zP = kGate ? static_cast<Tout const*>(p.z) + row0 : nullptr;
+    Tin const* uBase = static_cast<Tin const*>(p.u);
+    Tin const* dBase = static_cast<Tin const*>(p.delta);
+    Tout const* zBase = kGate ? static_cast<Tout const*>(p.z) : nullptr;
     Tout* yP = static_cast<Tout*>(p.y) + row0;
     size_t const bc0 = (static_cast<size_t>(b) * L + tBegin) * N;
     Tin const* bP = static_cast<Tin const*>(p.Bm) + bc0;
@@ -153,26 +201,16 @@ __global__ void __launch_bounds__(kThreads) scanKernel(SelectiveScanParams const
     float const uScale = p.uScale, dScale = p.deltaScale, bScale = p.bScale, cScale = p.cScale;
     float sumDelta = 0.f;
 
-    Tin uN[kTile], dN[kTile];
-    Tout zN[kGate ? kTile : 1];
     float bN[kBcPer], cN[kBcPer];
-    // Loads the tile starting at token t0 (relative to tBegin) into the "next" registers. Tokens past the
-    // chunk's end re-read its last token (always in bounds, no branches); the compute masks them out.
-    auto prefetch = [&](int t0) {
+    // Starts the copy of the tile at token t0 (relative to tBegin): u/Δ/z straight into shared buffer `buf`
+    // (cp.async, waited for before the tile's barrier), Bm/Cm into registers (staged by `stage`).
+    // Bm/Cm rows past the chunk's end re-read its last token (always in bounds); the compute masks them out.
+    auto prefetch = [&](int t0, int buf) {
         int const last = min(kTile, tEnd - tBegin - t0) - 1;
-        size_t const off = static_cast<size_t>(t0) * D; // 64-bit once per tile, 32-bit offsets inside it
-        Tin const* uT = uP + off;
-        Tin const* dT = dP + off;
-        Tout const* zT = kGate ? zP + off : nullptr;
-#pragma unroll
-        for (int i = 0; i < kTile; ++i)
-        {
-            int const o = min(i, last) * D;
-            uN[i] = uT[o];
-            dN[i] = dT[o];
-            if constexpr (kGate)
-                zN[i] = zT[o];
-        }
+        fillTile<kAsync, kTile>(sU[buf], uBase, tokRow0, t0, len, d0, dc, D);
+        fillTile<kAsync, kTile>(sD[buf], dBase, tokRow0, t0, len, d0, dc, D);
+        if constexpr (kGate)
+            fillTile<kAsync, kTile>(sZ[buf], zBase, tokRow0, t0, len, d0, dc, D);
         int const lim = (last + 1) * N - 1;
         Tin const* bT = bP + static_cast<size_t>(t0) * N;
         Tin const* cT = cP + static_cast<size_t>(t0) * N;
@@ -196,29 +234,20 @@ __global__ void __launch_bounds__(kThreads) scanKernel(SelectiveScanParams const
             }
     };
 
-    int const len = tEnd - tBegin;
     __syncthreads(); // zero fill done
     if (len > 0)
-        prefetch(0);
+        prefetch(0, 0);
     stage(0);
+    if constexpr (kAsync)
+        cpAsyncWaitAll();
     __syncthreads();
 
     int buf = 0;
     for (int t0 = 0; t0 < len; t0 += kTile, buf ^= 1)
     {
-        Tin uC[kTile], dC[kTile];
-        Tout zC[kGate ? kTile : 1];
-#pragma unroll
-        for (int i = 0; i < kTile; ++i)
-        {
-            uC[i] = uN[i];
-            dC[i] = dN[i];
-            if constexpr (kGate)
-                zC[i] = zN[i];
-        }
         bool const more = t0 + kTile < len;
         if (more)
-            prefetch(t0 + kTile);
+            prefetch(t0 + kTile, buf ^ 1);
 
         int const nt = min(kTile, len - t0);
         Tout* yT = yP + static_cast<size_t>(t0) * D;
@@ -228,8 +257,8 @@ __global__ void __launch_bounds__(kThreads) scanKernel(SelectiveScanParams const
         for (int i = 0; i < kTile; ++i)
         {
             bool const valid = i < nt;
-            float const uv = toFloat(uC[i], uScale);
-            float dt = toFloat(dC[i], dScale) + bias;
+            float const uv = toFloat(sU[buf][i][threadIdx.x], uScale);
+            float dt = toFloat(sD[buf][i][threadIdx.x], dScale) + bias;
             if constexpr (kSoftplus)
                 dt = softplusFast(dt);
             dt = valid ? dt : 0.f; // tail tokens: dA = 1, du = 0 → state unchanged
@@ -268,13 +297,15 @@ __global__ void __launch_bounds__(kThreads) scanKernel(SelectiveScanParams const
             {
                 float yv = fmaf(dSkip, uv, y0 + y1);
                 if constexpr (kGate)
-                    yv *= siluFast(toFloat(zC[i], 1.f));
+                    yv *= siluFast(toFloat(sZ[buf][i][threadIdx.x], 1.f));
                 if (valid && active)
                     yT[i * D] = fromFloat<Tout>(yv);
             }
         }
         if (more)
             stage(buf ^ 1);
+        if constexpr (kAsync)
+            cpAsyncWaitAll();
         __syncthreads();
     }
     if (!active)
@@ -325,20 +356,32 @@ int32_t chunkLength(SelectiveScanParams const& p, int32_t chunks)
     return ((len + kMaxTile - 1) / kMaxTile) * kMaxTile; // a multiple of every kernel's tile
 }
 
+template <typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate, bool kAsync>
+cudaError_t runAs(SelectiveScanParams const& p, Work const& w, int32_t chunks, int32_t len, cudaStream_t stream)
+{
+    dim3 const grid((p.dim + kThreads - 1) / kThreads, chunks, p.batch);
+    if (chunks > 1)
+    {
+        scanKernel<Tin, Tout, kPoly, 1, kSoftplus, false, kAsync><<<grid, kThreads, 0, stream>>>(p, w, chunks, len);
+        int64_t const total = static_cast<int64_t>(p.batch) * p.dim * p.dState;
+        chainKernel<<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(p, w, chunks);
+    }
+    scanKernel<Tin, Tout, kPoly, 3, kSoftplus, kGate, kAsync><<<grid, kThreads, 0, stream>>>(p, w, chunks, len);
+    return cudaGetLastError();
+}
+
+bool aligned16(void const* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
+
 template <typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate>
 cudaError_t run(SelectiveScanParams const& p, Work const& w, int32_t chunks, cudaStream_t stream)
 {
     int32_t const len = chunkLength(p, chunks);
     chunks = (p.seqLen + len - 1) / len; // chunk count after rounding the length to whole tiles
-    dim3 const grid((p.dim + kThreads - 1) / kThreads, chunks, p.batch);
-    if (chunks > 1)
-    {
-        scanKernel<Tin, Tout, kPoly, 1, kSoftplus, false><<<grid, kThreads, 0, stream>>>(p, w, chunks, len);
-        int64_t const total = static_cast<int64_t>(p.batch) * p.dim * p.dState;
-        chainKernel<<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(p, w, chunks);
-    }
-    scanKernel<Tin, Tout, kPoly, 3, kSoftplus, kGate><<<grid, kThreads, 0, stream>>>(p, w, chunks, len);
-    return cudaGetLastError();
+    // u/Δ/z tiles go to shared memory by 16-byte cp.async when every row starts 16-byte aligned
+    bool const async = p.dim % (16 / sizeof(Tin)) == 0 && aligned16(p.u) && aligned16(p.delta)
+        && (!kGate || (p.dim % (16 / sizeof(Tout)) == 0 && aligned16(p.z)));
+    return async ? runAs<Tin, Tout, kPoly, kSoftplus, kGate, true>(p, w, chunks, len, stream)
+                 : runAs<Tin, Tout, kPoly, kSoftplus, kGate, false>(p, w, chunks, len, stream);
 }
 
 template <typename Tin, typename Tout, int kPoly>
@@ -378,17 +421,18 @@ int32_t selectiveScanChunks(SelectiveScanParams const& p)
             if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
                 sms = 80;
         }
-        // Chunking re-does every exponential (pass 1 + pass 3). Fitted to the H200 chunk sweep in
-        // benchmarks/gpu/results (4 resident 64-thread blocks per SM at 176 registers): with B·D ≥ 128 per SM
-        // one pass wins (B8 D2560: 1.15 ms vs 1.60 with 2 chunks); below that aim at ~2.5 waves of blocks
-        // (B1 D5120: 16 chunks 0.36 ms vs 7 chunks 0.46; B8 D1536: 8 chunks 0.41 vs 3 chunks 0.55), with
-        // chunks of at least 192 tokens (B1 D1536: 22 chunks 0.116 ms vs 32 chunks 0.132).
+        // Chunking re-does every exponential (pass 1 + pass 3). First fitted to the H200 chunk sweep at
+        // 176 registers (4 resident 64-thread blocks per SM): one pass for B·D ≥ 128 per SM, else ~2.5 waves
+        // of resident blocks, chunks of ≥ 192 tokens. The kernel is now capped at 128 registers
+        // (kMinBlocks = 8 resident blocks, twice the warps), so both bounds scale with the residency: a
+        // single pass only when B·D fills 3/8 of the resident threads, else ~2.5 waves (not yet re-fitted).
         int64_t const rows = static_cast<int64_t>(p.batch) * p.dim;
-        if (rows >= static_cast<int64_t>(sms) * 128)
+        int64_t const resident = static_cast<int64_t>(sms) * kThreads * kMinBlocks;
+        if (rows * 8 >= resident * 3)
             chunks = 1;
         else
         {
-            int64_t const target = static_cast<int64_t>(sms) * 640;
+            int64_t const target = resident * 5 / 2;
             chunks = static_cast<int32_t>(std::min<int64_t>((target + rows - 1) / rows, 1 << 20));
             chunks = std::min<int32_t>(chunks, std::max(1, p.seqLen / 192));
         }

@@ -10,8 +10,8 @@
 // `out` (z, y) is fp32 or fp16. A, Dskip, delta_bias, states are fp32.
 //
 // Schedule: one thread per (batch, channel) holds the N-state (zero-padded to 16) in registers and walks
-// its tokens; Bm/Cm tiles are double-buffered in shared memory and the next tile's u/Δ/z/Bm/Cm are loaded
-// into registers while the current one is computed (one barrier per tile). When B·D is too small to fill the GPU, L is split into
+// its tokens; u/Δ/z/Bm/Cm tiles are double-buffered in shared memory (u/Δ/z by cp.async when rows are
+// 16-byte aligned) and the next tile is copied while the current one is computed (one barrier per tile). When B·D is too small to fill the GPU, L is split into
 // chunks: pass 1 computes each chunk's state from zero and its Σ Δ, pass 2 chains the chunk states
 // (h_start[c+1] = exp(A·ΣΔ_c)·h_start[c] + h_local[c]), pass 3 reruns each chunk from its start state.
 #pragma once

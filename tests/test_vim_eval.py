@@ -1,6 +1,7 @@
 """`mq-deploy eval DIR --task fashion_mnist --json` on a tiny random Vim checkpoint; quantized recipe smoke test."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,3 +51,31 @@ def test_quantized_recipe_runs(recipe):
     assert np.abs(a - b).max() <= 1e-3 * np.abs(a).max()
     ref = VimRunner(build_vim_graph(m))(imgs[:2])
     assert np.abs(a - ref).max() <= 0.2 * np.abs(ref).max()
+
+
+def test_compile_vim_checkpoint_fp32_and_w8a8(tmp_path):
+    """`mq-deploy compile` on a Vim directory: both flavours, manifest, quantized lint-clean graph."""
+    import json
+    import subprocess
+    import sys
+
+    from mq_deploy.lint import lint_file
+    from mq_deploy.vision.data import data_dir
+
+    ckpt = Path(__file__).resolve().parents[1] / "src/mq_deploy/assets/vim-fmnist"
+    if not (ckpt / "config.json").is_file():
+        pytest.skip("no bundled Vim checkpoint")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "mq_deploy", *map(str, a)], capture_output=True, text=True)  # noqa: E731
+    r = run("compile", ckpt, "-o", tmp_path / "fp32", "-q")
+    assert r.returncode == 0, r.stderr
+    man = json.loads((tmp_path / "fp32" / "manifest.json").read_text())
+    assert man["io"]["inputs"][0]["name"] == "pixel_values" and man["plugins"][0]["count"] == 2 * 6
+    assert man["self_check"]["max_rel_error_plugin_vs_portable"] < 1e-4
+    try:
+        data_dir()
+    except Exception:
+        pytest.skip("Fashion-MNIST (Debian dataset-fashion-mnist) is not installed")
+    r = run("compile", ckpt, "--recipe", "vim-mambaquant-w8a8", "--calib-samples", "16", "-o", tmp_path / "q", "-q")
+    assert r.returncode == 0, r.stderr
+    assert lint_file(tmp_path / "q" / "model.onnx") == []
+    assert json.loads((tmp_path / "q" / "manifest.json").read_text())["quantization"]["weight_bits"] == 8

@@ -147,6 +147,14 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
                   calib_samples: Optional[int] = None, calib_seq_len: Optional[int] = None, progress: bool = True,
                   log: Callable[[str], None] = lambda s: None) -> dict:
     """Compile a checkpoint with a recipe into OUTDIR; returns the manifest."""
+    if model_path is not None:
+        from .vision.model import is_vim_dir
+
+        if is_vim_dir(model_path):  # Vision Mamba: pixel_values -> logits
+            from .vision.compile import compile_vim
+
+            return compile_vim(model_path, recipe_name, out_dir, force=force, calib=calib,
+                               calib_samples=calib_samples, log=log)
     t0 = time.time()
     recipe: Recipe = load_recipe(recipe_name)  # validate cheap inputs before any heavy work
     if tokenizer is not None and not Path(tokenizer).is_file():

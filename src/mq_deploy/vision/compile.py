@@ -1,0 +1,106 @@
+"""`mq-deploy compile` for Vision Mamba checkpoints: the same recipe/calibration/pass/QDQ pipeline as
+the language model, with `pixel_values [batch, C, H, W] → logits [batch, classes]` and two
+SelectiveScan plugin nodes per block. Calibration uses Fashion-MNIST training images
+(`--calib` = the dataset folder; default the Debian package's /usr/share/datasets/fashion-mnist).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import onnx
+
+from ..errors import InternalError, UserError
+from ..graph.fuse_scan_quant import fuse_scan_quant
+from ..graph.lower import lower_selective_scan
+from ..outdir import atomic_dir
+from ..recipes import load_recipe
+from .data import calibration_images
+from .graph import INPUT, OUTPUT, VimRunner, build_vim_graph
+from .model import load_vim
+from .quantize import prepare_vim
+
+
+def _check(graph, portable, model, tol: float) -> dict:
+    c = model.config
+    x = np.random.default_rng(0).standard_normal((2, c.channels, c.img_size, c.img_size)).astype(np.float32)
+    a, b = VimRunner(graph)(x), VimRunner(portable)(x)
+    if a.shape != (2, c.num_classes):
+        raise InternalError(f"self-check: logits shape {a.shape}, expected {(2, c.num_classes)}")
+    err = float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30))
+    if not np.isfinite(err) or err > tol:
+        raise InternalError(f"self-check: the plugin and portable Vim graphs disagree ({err:.3g})")
+    return {"batch": 2, "max_rel_error_plugin_vs_portable": err}
+
+
+def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force: bool = False,
+                calib: Optional[str] = None, calib_samples: Optional[int] = None,
+                log: Callable[[str], None] = lambda s: None) -> dict:
+    from ..compile import _versions, save_onnx, sha256_file
+
+    t0 = time.time()
+    recipe = load_recipe(recipe_name)
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir, force=force) as tmp:
+        log(f"loading Vim checkpoint {model_path}")
+        model = load_vim(model_path)
+        c = model.config
+        plan, stats_runs, calib_info = None, [], None
+        if recipe.passes or recipe.quantized or recipe.precision == "fp16":
+            images = None
+            if recipe.quantized or recipe.passes:
+                n = calib_samples or recipe.calibration["samples"]
+                if n < 1:
+                    raise UserError("--calib-samples must be >= 1")
+                images = calibration_images(n, c.channels, recipe.calibration["seed"], calib)
+                calib_info = {"dataset": "fashion_mnist train", "path": calib, "samples": int(len(images)),
+                              "seed": recipe.calibration["seed"]}
+                log(f"calibration: {len(images)} training images")
+            model, plan, stats_runs = prepare_vim(model, recipe, images, log=log)
+        graph = build_vim_graph(model, plan)
+        portable = lower_selective_scan(graph)
+        quantized = plan is not None and plan.quant is not None
+        for g in (graph, portable):
+            onnx.checker.check_model(g)
+        check = _check(graph, portable, model, 5e-2 if quantized else 1e-4)
+        if quantized:
+            graph = fuse_scan_quant(graph)
+        files = {}
+        for name, g, flavour in (("model.onnx", graph, "tensorrt"), ("model.portable.onnx", portable, "portable")):
+            log(f"writing {name}")
+            for p in save_onnx(g, tmp / name):
+                files[p.name] = {"flavour": flavour}
+        if stats_runs:
+            for p in stats_runs[-1].save(tmp):
+                files[p.name] = {"what": "calibration statistics"}
+        for name, info in files.items():
+            p = tmp / name
+            info.update(bytes=p.stat().st_size, sha256=sha256_file(p))
+        manifest = {
+            "format": "mq-deploy/1",
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv),
+            "model": {**model.source, "family": "vim", "config": c.__dict__ if hasattr(c, "__dict__") else str(c)},
+            "recipe": recipe.to_dict(),
+            "calibration": calib_info,
+            "quantization": None if not quantized else {
+                "weight_bits": plan.quant.weight_bits, "act_bits": plan.quant.act_bits,
+                "act_scales": {k: float(v) for k, v in plan.quant.act_scales.items()}},
+            "versions": _versions(),
+            "io": {"inputs": [{"name": INPUT, "dtype": "float32", "shape": ["batch", c.channels, c.img_size, c.img_size]}],
+                   "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": ["batch", c.num_classes]}]},
+            "plugins": [{"name": "SelectiveScan", "version": "1", "namespace": "mq_deploy",
+                         "count": sum(1 for n in graph.graph.node if n.op_type == "SelectiveScan")}],
+            "self_check": check,
+            "files": files,
+            "seconds": round(time.time() - t0, 2),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    log(f"wrote {out_dir} in {time.time() - t0:.1f}s")
+    return manifest

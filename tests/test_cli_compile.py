@@ -35,7 +35,7 @@ def test_compile_writes_both_graphs_and_manifest(tiny, tmp_path):
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.decode.onnx", "model.decode.portable.onnx",
                                                      "model.onnx", "model.portable.onnx", "model.prefill.onnx",
-                                                     "model.prefill.portable.onnx"]
+                                                     "model.prefill.portable.onnx", "weights.bin"]
     man = json.loads((out / "manifest.json").read_text())
     assert man["recipe"]["name"] == "fp32"
     assert man["model"]["format"] == "hf" and man["model"]["config"]["d_model"] == 80
@@ -43,8 +43,13 @@ def test_compile_writes_both_graphs_and_manifest(tiny, tmp_path):
     assert man["io"]["inputs"][0]["shape"] == ["batch", "sequence"]
     import hashlib
 
-    for name in ("model.onnx", "model.portable.onnx"):
+    for name in ("model.onnx", "model.portable.onnx", "weights.bin"):
         assert man["files"][name]["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+    # six graphs, one copy of the weights: weights.bin holds each tensor once (+ the portable Hadamard-free
+    # graph adds nothing here), the graphs themselves are small
+    params = man["model"]["parameters"]
+    assert 4 * params * 0.9 < man["files"]["weights.bin"]["bytes"] < 4 * params * 1.1
+    assert all(man["files"][f]["bytes"] < 0.1 * 4 * params for f in man["files"] if f.endswith(".onnx"))
     assert man["self_check"]["max_rel_error_plugin_vs_portable"] < 1e-5
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
     # recompiling into an mq-deploy OUTDIR replaces it

@@ -32,6 +32,7 @@ from .graph.mamba_lm import build_lm_graph
 from .graph.stateful import build_stateful_graphs
 from .graph.stateful import io_spec as stateful_io_spec
 from .graph.stateful import self_check as stateful_self_check
+from .graph.weights import WeightStore
 from .loaders import load_model
 from .model import MambaModel
 from .ops import selective_scan as ss
@@ -124,6 +125,67 @@ def self_check(plugin_graph: onnx.ModelProto, portable_graph: onnx.ModelProto, v
     if not np.isfinite(err) or err > tol:
         raise InternalError(f"self-check: the plugin and portable graphs disagree (max rel error {err:.3g})")
     return {"batch": 2, "sequence": seq, "max_rel_error_plugin_vs_portable": err}
+
+
+def _stateful(model: MambaModel, plan, unfused: onnx.ModelProto, store: WeightStore, tmp: Path,
+              files: dict) -> dict:
+    """Build, check and write the prefill / decode-step graphs; returns the manifest's self-check entry.
+
+    1. The derivation, tightly (1e-4): on the first (up to) 4 layers of the same transformed model with its
+       quantized weights but activations left in fp32, so no rounding boundary can amplify (see
+       graph/stateful.self_check).
+    2. The emitted graphs, one flavour at a time (memory): same quantization scales as the full graph,
+       one state-update plugin per layer, and a sanity run against the full graph."""
+    import dataclasses
+
+    from .graph.lower import lower_state_update
+    from .graph.plan import GraphPlan
+    from .graph.stateful import build_decode_graph, build_prefill_graph
+
+    c = model.config
+    k = min(c.n_layer, 4)
+    mini = dataclasses.replace(model, config=dataclasses.replace(c, n_layer=k), layers=model.layers[:k])
+    mplan = None
+    if plan is not None:
+        q = plan.quant
+        mplan = GraphPlan(layers=plan.layers[:k], quant=None if q is None else dataclasses.replace(q, act_scales={}))
+    mfull = build_lm_graph(mini, mplan)
+    derivation = stateful_self_check(mfull, build_stateful_graphs(mfull, mini.config), mini.config, tol=1e-4)
+    del mfull
+    quantized = plan is not None and plan.quant is not None
+    scales = _act_scales(unfused)
+    prefill, decode = build_prefill_graph(unfused, c), build_decode_graph(unfused, c)
+    out = {"derivation": {**derivation, "layers": k, "activations": "fp32"}}
+    for flavour, pair in (("tensorrt", {"model.prefill.onnx": prefill, "model.decode.onnx": decode}),
+                          ("portable", None)):
+        if pair is None:  # the step's own plugin first; lower_selective_scan then lowers the rest and the domain
+            pair = {"model.prefill.portable.onnx": lower_selective_scan(prefill),
+                    "model.decode.portable.onnx": lower_selective_scan(lower_state_update(decode))}
+            del prefill, decode
+        for name, g in pair.items():
+            if _act_scales(g) != scales:
+                raise InternalError(f"self-check: {name} does not carry the full graph's activation scales")
+            want = {ss.PLUGIN_NAME: c.n_layer} if flavour == "tensorrt" and "prefill" in name else \
+                {su.PLUGIN_NAME: c.n_layer} if flavour == "tensorrt" else {}
+            for op, count in want.items():
+                if sum(n.op_type == op for n in g.graph.node) != count:
+                    raise InternalError(f"self-check: {name} has not one {op} node per layer")
+        out[flavour] = stateful_self_check(unfused, pair, c)
+        for name, g in pair.items():
+            if quantized and name == "model.prefill.onnx":  # int8 straight into the prefill's scan plugins too
+                from .graph.fuse_scan_quant import fuse_scan_quant
+
+                g = fuse_scan_quant(g)
+            store.save(g, tmp / name)
+            files[name] = {"flavour": flavour}
+        del pair
+    return out
+
+
+def _act_scales(g: onnx.ModelProto) -> dict:
+    """{activation scale initializer: value} (the `<point>.scale` tensors of the Q/DQ pairs)."""
+    return {t.name: float(onnx.numpy_helper.to_array(t)) for t in g.graph.initializer
+            if t.name.endswith(".scale") and not t.dims}
 
 
 def default_calib_path() -> Path:
@@ -231,26 +293,21 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             (tmp / "report.html").write_text(build_report(model, plan, before, stats_runs[-1], recipe.name, trace))
             calib_files.append(tmp / "report.html")
         files: dict[str, dict] = {}
-        for name, g, flavour in (("model.onnx", graph, "tensorrt"), ("model.portable.onnx", portable, "portable")):
-            log(f"writing {name}")
-            for p in save_onnx(g, tmp / name):
-                files[p.name] = {"flavour": flavour}
-        # -- stateful graphs for `mq-deploy generate` (issue 5): prefill + decode step, derived from the
-        #    final `graph` above, so they share its weights, recipe and scales (graph/stateful.py) --------
-        log("building the prefill and decode-step graphs")
-        stateful_graphs = build_stateful_graphs(unfused, c)
-        stateful = {**stateful_io_spec(c), "self_check": stateful_self_check(unfused, stateful_graphs, c),
-                    "plugins": [{"name": su.PLUGIN_NAME, "version": su.PLUGIN_VERSION,
-                                 "namespace": su.PLUGIN_NAMESPACE, "count": c.n_layer}]}
-        if plan is not None and plan.quant is not None:  # int8 straight into the prefill's scan plugins too
-            from .graph.fuse_scan_quant import fuse_scan_quant
-
-            stateful_graphs["model.prefill.onnx"] = fuse_scan_quant(stateful_graphs["model.prefill.onnx"])
-        for name, g in stateful_graphs.items():
-            log(f"writing {name}")
-            for p in save_onnx(g, tmp / name):
-                files[p.name] = {"flavour": "portable" if name.endswith(".portable.onnx") else "tensorrt"}
-        # -------------------------------------------------------------------------------------------------
+        n_scan_plugins = sum(1 for n in graph.graph.node if n.op_type == ss.PLUGIN_NAME)
+        with WeightStore(tmp) as store:  # every graph's weights in one shared weights.bin
+            for name, g, flavour in (("model.onnx", graph, "tensorrt"), ("model.portable.onnx", portable, "portable")):
+                log(f"writing {name}")
+                store.save(g, tmp / name)
+                files[name] = {"flavour": flavour}
+            del graph, portable  # (unfused stays: the stateful graphs derive from it)
+            # stateful graphs for `mq-deploy generate` (issue 5), derived from the final graph above, so they
+            # share its weights, recipe and scales (graph/stateful.py)
+            log("building and checking the prefill and decode-step graphs")
+            stateful = {**stateful_io_spec(c), "self_check": _stateful(model, plan, unfused, store, tmp, files),
+                        "plugins": [{"name": su.PLUGIN_NAME, "version": su.PLUGIN_VERSION,
+                                     "namespace": su.PLUGIN_NAMESPACE, "count": c.n_layer}]}
+        del unfused
+        files[store.name] = {"what": "weights of every graph above (ONNX external data)"}
         for p in calib_files:
             files[p.name] = {"what": "calibration statistics"}
         tok_src = tokenizer or model.source.get("tokenizer")
@@ -276,7 +333,7 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             "versions": _versions(),
             "io": _io(model),
             "plugins": [{"name": ss.PLUGIN_NAME, "version": ss.PLUGIN_VERSION, "namespace": ss.PLUGIN_NAMESPACE,
-                         "count": sum(1 for n in graph.graph.node if n.op_type == ss.PLUGIN_NAME)}],
+                         "count": n_scan_plugins}],
             "self_check": check,
             "stateful": stateful,
             "files": files,

@@ -106,10 +106,10 @@ class StatefulSession:
 
         self.prefill_runner = OrtRunner(prefill, threads=threads)
         self.decode_runner = OrtRunner(decode, threads=threads)
-        ins = self.decode_runner.session.get_inputs()
+        ins = self.decode_runner.inputs
         # static dims of every state input (the batch dim is symbolic); name → (d1, d2)
-        self.state_shapes: dict[str, tuple] = {i.name: tuple(i.shape[1:]) for i in ins if i.name != "input_ids"}
-        self.vocab_size = int(self.decode_runner.session.get_outputs()[0].shape[-1])
+        self.state_shapes: dict[str, tuple] = {n: tuple(d[1:]) for n, d in ins.items() if n != "input_ids"}
+        self.vocab_size = int(next(iter(self.decode_runner.outputs.values()))[-1])
 
     @classmethod
     def from_outdir(cls, outdir: str | Path, flavour: str = "portable", threads: Optional[int] = None):

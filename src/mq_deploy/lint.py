@@ -27,7 +27,8 @@ def _violation(node: str, rule: str, msg: str) -> dict:
     return {"node": node, "rule": rule, "message": msg}
 
 
-def lint_model(model: onnx.ModelProto) -> list[dict]:
+def lint_model(model: onnx.ModelProto, base_dir: str = "") -> list[dict]:
+    """Placement violations; `base_dir`: where the model's external data (weights.bin) lives."""
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
@@ -40,7 +41,7 @@ def lint_model(model: onnx.ModelProto) -> list[dict]:
         return out
 
     def arr(name):
-        return numpy_helper.to_array(inits[name]) if name in inits else None
+        return numpy_helper.to_array(inits[name], base_dir=base_dir) if name in inits else None
 
     def attr(n, key, default=None):
         for a in n.attribute:
@@ -106,7 +107,10 @@ def lint_file(path: str | Path) -> list[dict]:
     if not p.is_file():
         raise UserError(f"ONNX file not found: {p}")
     try:
-        model = onnx.load(str(p), load_external_data=False)
+        model = onnx.load(str(p), load_external_data=False)  # scales are read one by one
     except Exception as e:
         raise UserError(f"could not read ONNX file {p}: {e}") from None
-    return lint_model(model)
+    try:
+        return lint_model(model, base_dir=str(p.parent))
+    except onnx.checker.ValidationError as e:  # external data missing or unreadable
+        raise UserError(f"{p}: {e}") from None

@@ -16,7 +16,6 @@ from typing import Callable, Optional
 import numpy as np
 
 from .calibrate import OUTPUT_BUDGET, Stats, collect
-from .graph.lower import lower_selective_scan
 from .graph.mamba_lm import build_lm_graph
 from .graph.plan import ACT_POINTS, LINEARS, GraphPlan, QuantSpec, point
 from .model import MambaModel
@@ -32,13 +31,12 @@ def calibrate(model: MambaModel, plan: GraphPlan, windows: np.ndarray, cov_point
     from .backends.ort import OrtRunner
 
     fp = GraphPlan(layers=plan.layers, quant=None)
-    graph, points = build_lm_graph(model, fp, with_points=True)
-    portable = lower_selective_scan(graph)
+    graph, points = build_lm_graph(model, fp, with_points=True)  # plugin nodes run by ops/ort_kernels.py
     # bound the memory of the marked outputs: a 130m-shape model emits ~0.5 MB of them per token
     c = model.config
     per_token = 4 * c.n_layer * (c.d_model + 3 * c.d_inner + c.dt_rank + 2 * c.d_state)
     batch_size = max(1, min(batch_size, OUTPUT_BUDGET // max(1, per_token * windows.shape[1])))
-    return collect(lambda outs: OrtRunner(portable, extra_outputs=outs, only_extra=True), points, windows, cov_points,
+    return collect(lambda outs: OrtRunner(graph, extra_outputs=outs, only_extra=True), points, windows, cov_points,
                    batch_size=batch_size, seed=seed, progress=progress, gamma=[L.norm.copy() for L in model.layers],
                    meta=meta)
 

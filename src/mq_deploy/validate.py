@@ -173,7 +173,8 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
         if not (outdir / file).is_file():
             raise UserError(f"{outdir} has no {file}; pass the output directory of `mq-deploy compile`")
         refs.append(Reference(name, f"onnxruntime on {file} ({what})",
-                              ort_session=OrtRunner(outdir / file, threads=threads).session))
+                              ort_session=OrtRunner(outdir / file, threads=threads,
+                                                                 plugins="extensions").session))
     lib = mtrt.resolve_plugin_lib(plugin_lib)
     engine_path = Path(engine) if engine else outdir / "model.engine"
     try:

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from ..errors import UserError
+from ..ops.ort_kernels import PLUGIN_DOMAIN
 
 
 def _session_options(threads: Optional[int], has_plugins: bool):
@@ -30,10 +31,16 @@ def _session_options(threads: Optional[int], has_plugins: bool):
 
 
 class OrtRunner:
-    """Run an mq-deploy ONNX graph in onnxruntime: `runner(input_ids) -> logits`."""
+    """Run an mq-deploy ONNX graph in onnxruntime: `runner(input_ids) -> logits`.
+
+    Plugin nodes (model.onnx) run on the package's CPU kernels: by default called directly between
+    onnxruntime segments of the graph (`plugins="native"`, backends/hybrid.py); `plugins="extensions"`
+    keeps one onnxruntime session with the kernels registered through onnxruntime-extensions (slower:
+    it copies tensors through Python lists), for tools that need a single session (polygraphy)."""
 
     def __init__(self, model: str | Path | onnx.ModelProto, providers: Sequence[str] = ("CPUExecutionProvider",),
-                 threads: Optional[int] = None, extra_outputs: Sequence[str] = (), only_extra: bool = False):
+                 threads: Optional[int] = None, extra_outputs: Sequence[str] = (), only_extra: bool = False,
+                 plugins: str = "native"):
         import onnxruntime as ort
 
         from ..ops.ort_kernels import prepare_plugin_model
@@ -48,6 +55,28 @@ class OrtRunner:
                 raise UserError(f"could not read ONNX file {path}: {e}") from None
         else:
             proto = model
+        self.inputs = {i.name: _dims(i) for i in proto.graph.input}  # name -> [int | str | None]
+        outs = [] if only_extra else [o.name for o in proto.graph.output]
+        outs += [n for n in extra_outputs if n not in outs]
+        self.output_names = outs
+        self.outputs = {o.name: _dims(o) for o in proto.graph.output if o.name in outs}
+        self.outputs.update({n: None for n in outs if n not in self.outputs})
+        self.session, self._hybrid = None, None
+        from .hybrid import has_subgraphs
+
+        if plugins == "native" and any(n.domain == PLUGIN_DOMAIN for n in proto.graph.node) and not has_subgraphs(proto):
+            from .hybrid import HybridSession
+
+            so = _session_options(threads, False)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # kernels run between segments
+            try:  # the requested outputs are picked from the segments: no copy of the graph with them marked
+                self._hybrid = HybridSession(
+                    proto, lambda m: ort.InferenceSession(m.SerializeToString(), so, providers=list(providers)), outs)
+            except UserError:
+                raise
+            except Exception as e:
+                raise UserError(f"onnxruntime could not load the model: {e}") from None
+            return
         if extra_outputs:
             proto = _with_outputs(proto, extra_outputs, only_extra)
         proto, has_plugins = prepare_plugin_model(proto)
@@ -59,6 +88,8 @@ class OrtRunner:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict) -> dict[str, np.ndarray]:
+        if self._hybrid is not None:
+            return self._hybrid.run(feeds)
         outs = self.session.run(None, feeds)
         return dict(zip(self.output_names, outs))
 
@@ -80,6 +111,10 @@ def _with_outputs(model: onnx.ModelProto, names: Sequence[str], only: bool = Fal
         if n not in have:
             m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
     return m
+
+
+def _dims(vi) -> list:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in vi.type.tensor_type.shape.dim]
 
 
 def default_threads() -> int:

@@ -22,7 +22,7 @@ _STR = PyCustomOpDef.dt_string
 @onnx_op(op_type=ss.PLUGIN_NAME, inputs=[_F] * len(ss.INPUTS), outputs=[_F] * len(ss.OUTPUTS),
          attrs={"delta_softplus": PyCustomOpDef.dt_int64, "plugin_version": _STR, "plugin_namespace": _STR})
 def _selective_scan_kernel(u, delta, A, Bm, Cm, Dskip, delta_bias, **attrs):
-    y, h = ss.selective_scan(u, delta, A, Bm, Cm, Dskip, delta_bias, bool(attrs.get("delta_softplus", 1)))
+    y, h = ss.selective_scan_cpu(u, delta, A, Bm, Cm, Dskip, delta_bias, bool(attrs.get("delta_softplus", 1)))
     return y, h
 
 
@@ -42,7 +42,10 @@ KERNELS = {ss.PLUGIN_NAME, su.PLUGIN_NAME, hadamard_op.PLUGIN_NAME}
 
 
 def prepare_plugin_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
-    """Return a copy of `model` whose plugin nodes onnxruntime-extensions can run, and whether any were found."""
+    """Return a copy of `model` whose plugin nodes onnxruntime-extensions can run, and whether any were found
+    (`model` itself when it has none)."""
+    if not any(n.domain == PLUGIN_DOMAIN for n in model.graph.node):
+        return model, False
     m = onnx.ModelProto()
     m.CopyFrom(model)
     found = False

@@ -1,0 +1,158 @@
+"""Run a plugin-node graph with onnxruntime for the standard ops and the package's CPU kernels for the
+plugin nodes, called directly between onnxruntime segments.
+
+onnxruntime-extensions' Python-op bridge copies every output through a Python list (~0.1 s per
+6M-element tensor), which made a calibration of a 130m-shape model spend more time marshalling than
+scanning. Here the graph is cut at its plugin nodes: each run of standard nodes becomes one
+onnxruntime session (with just the initializers it reads), and the plugin nodes run on numpy arrays
+(`ops/native.py` for SelectiveScan). Tensors are dropped after their last use.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import UserError
+from ..ops import hadamard_op
+from ..ops import selective_scan as ss
+from ..ops import state_update as su
+from ..ops.ort_kernels import PLUGIN_DOMAIN
+
+
+def _attrs(node) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _scan(node, ins):
+    from ..ops.native import selective_scan_fast
+
+    return selective_scan_fast(*ins, delta_softplus=bool(_attrs(node).get("delta_softplus", 1)))
+
+
+def _state_update(node, ins):
+    return su.selective_state_update(*ins, bool(_attrs(node).get("dt_softplus", 1)))
+
+
+def _hadamard(node, ins):
+    return (hadamard_op.reference(ins[0]),)
+
+
+KERNELS: dict[str, Callable] = {ss.PLUGIN_NAME: _scan, su.PLUGIN_NAME: _state_update,
+                                hadamard_op.PLUGIN_NAME: _hadamard}
+
+
+def has_subgraphs(model: onnx.ModelProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for n in model.graph.node for a in n.attribute)
+
+
+class HybridSession:
+    """`HybridSession(model, outputs).run(feeds) -> {name: array}` for a graph with plugin nodes."""
+
+    def __init__(self, model: onnx.ModelProto, make_session: Callable[[onnx.ModelProto], object],
+                 outputs: Optional[Sequence[str]] = None):
+        from ..graph.fuse_scan_quant import unfuse_for_cpu
+
+        # a copy of everything but the initializers (the weights are read from `model`, not copied)
+        m = onnx.ModelProto(ir_version=model.ir_version)
+        m.opset_import.extend(model.opset_import)
+        g = m.graph
+        g.name = model.graph.name
+        g.node.extend(model.graph.node)
+        g.input.extend(model.graph.input)
+        g.output.extend(model.graph.output)
+        unfuse_for_cpu(m)  # int8 plugin inputs get their DequantizeLinear back (+ small scale initializers)
+        self.outputs = list(outputs) if outputs is not None else [o.name for o in g.output]
+        self.input_names = [i.name for i in g.input]
+        inits = {t.name: t for t in model.graph.initializer}
+        inits.update({t.name: t for t in g.initializer})
+        plugin_consts: dict[str, np.ndarray] = {}
+        dtypes = {i.name: i.type.tensor_type.elem_type for i in g.input}
+        # cut into steps: ("ort", nodes) runs of standard nodes, ("plugin", node)
+        steps: list = []
+        for node in g.node:
+            if node.domain == PLUGIN_DOMAIN:
+                if node.op_type not in KERNELS:
+                    raise UserError(f"node {node.name}: no CPU kernel for plugin '{node.op_type}'")
+                steps.append(("plugin", node))
+            elif steps and steps[-1][0] == "ort":
+                steps[-1][1].append(node)
+            else:
+                steps.append(("ort", [node]))
+        produced_by = {}
+        for k, (kind, x) in enumerate(steps):
+            for n in (x if kind == "ort" else [x]):
+                for o in n.output:
+                    produced_by[o] = k
+        # last step that reads each tensor (graph outputs live to the end)
+        last_use: dict[str, int] = {}
+        for k, (kind, x) in enumerate(steps):
+            for n in (x if kind == "ort" else [x]):
+                for i in n.input:
+                    if i:
+                        last_use[i] = k
+        for o in self.outputs:
+            last_use[o] = len(steps)
+        self.steps = []
+        for k, (kind, x) in enumerate(steps):
+            if kind == "plugin":
+                for i in x.input:
+                    if i in inits and i not in plugin_consts:
+                        plugin_consts[i] = numpy_helper.to_array(inits[i])
+                for o in x.output:
+                    dtypes[o] = onnx.TensorProto.FLOAT
+                self.steps.append(("plugin", x, list(x.input), list(x.output)))
+                continue
+            internal = {o for n in x for o in n.output}
+            reads = []
+            for n in x:
+                for i in n.input:
+                    if i and i not in internal and i not in inits and i not in reads:
+                        reads.append(i)
+            outs = [o for o in dict.fromkeys(o for n in x for o in n.output)
+                    if o and last_use.get(o, -1) > k]
+            if not outs:  # nothing downstream reads it (e.g. the head when only extra outputs are asked for)
+                continue
+            used_inits = [inits[i] for i in dict.fromkeys(i for n in x for i in n.input) if i in inits]
+            sub = helper.make_graph(
+                x, f"{g.name}_part{k}",
+                [helper.make_tensor_value_info(i, dtypes.get(i, onnx.TensorProto.FLOAT), None) for i in reads],
+                [helper.make_value_info(o, onnx.TypeProto()) for o in outs],
+                initializer=used_inits)
+            sm = helper.make_model(sub, opset_imports=[o for o in m.opset_import if o.domain != PLUGIN_DOMAIN],
+                                   ir_version=m.ir_version)
+            sess = make_session(sm)
+            for meta in sess.get_outputs():
+                dtypes[meta.name] = _ORT_TYPES.get(meta.type, onnx.TensorProto.FLOAT)
+            self.steps.append(("ort", sess, reads, outs))
+        self.plugin_consts = plugin_consts
+        self.free_after = {}
+        for name, k in last_use.items():
+            if k < len(steps):
+                self.free_after.setdefault(k, []).append(name)
+
+    def run(self, feeds: dict) -> dict[str, np.ndarray]:
+        env = dict(feeds)
+        for k, (kind, x, reads, outs) in enumerate(self.steps):
+            if kind == "ort":
+                vals = x.run(outs, {i: env[i] for i in reads})
+            else:
+                vals = KERNELS[x.op_type](x, [env[i] if i in env else self.plugin_consts.get(i) for i in reads])
+            env.update(zip(outs, vals))
+            for name in self.free_after.get(k, ()):
+                if name not in self.outputs:
+                    env.pop(name, None)
+        missing = [o for o in self.outputs if o not in env]
+        if missing:
+            raise UserError(f"outputs not produced by the graph: {missing[:5]}")
+        return {o: env[o] for o in self.outputs}
+
+
+_ORT_TYPES = {"tensor(float)": onnx.TensorProto.FLOAT, "tensor(int64)": onnx.TensorProto.INT64,
+              "tensor(int8)": onnx.TensorProto.INT8, "tensor(int32)": onnx.TensorProto.INT32,
+              "tensor(float16)": onnx.TensorProto.FLOAT16, "tensor(bool)": onnx.TensorProto.BOOL,
+              "tensor(uint8)": onnx.TensorProto.UINT8}

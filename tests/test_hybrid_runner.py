@@ -1,0 +1,69 @@
+"""OrtRunner's default plugin path (onnxruntime segments + direct CPU kernels, backends/hybrid.py)
+against the single-session onnxruntime-extensions path, on graphs with every plugin kind."""
+
+import numpy as np
+import pytest
+
+from mq_deploy.backends.ort import OrtRunner
+from mq_deploy.graph.fuse_scan_quant import fuse_scan_quant
+from mq_deploy.graph.mamba_lm import build_lm_graph
+from mq_deploy.graph.plan import GraphPlan
+from mq_deploy.graph.stateful import build_stateful_graphs
+from mq_deploy.model import MambaConfig, random_model
+from mq_deploy.quantize import prepare
+from mq_deploy.recipes import load_recipe
+
+from .helpers import rel_err
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    m = random_model(MambaConfig(d_model=112, n_layer=3, vocab_size=301), seed=7)
+    windows = np.random.default_rng(0).integers(0, 301, size=(4, 48))
+    m2, plan, _ = prepare(m, load_recipe("mambaquant-w8a8"), windows, progress=False)
+    return m2, plan
+
+
+def test_fp32_graph_with_hadamard_plugins(prepared):
+    m2, plan = prepared
+    g, points = build_lm_graph(m2, GraphPlan(layers=plan.layers, quant=None), with_points=True)
+    assert {n.op_type for n in g.graph.node} >= {"SelectiveScan", "Hadamard"}
+    ids = np.random.default_rng(1).integers(0, 301, size=(3, 37))
+    a, b = OrtRunner(g), OrtRunner(g, plugins="extensions")
+    assert a.session is None and b.session is not None
+    assert rel_err(b(ids), a(ids)) < 1e-5
+    # extra outputs only: the head is pruned, the marked tensors come back by name
+    names = sorted(set(points.values()))
+    ra = OrtRunner(g, extra_outputs=names, only_extra=True).run({"input_ids": ids})
+    rb = OrtRunner(g, extra_outputs=names, only_extra=True, plugins="extensions").run({"input_ids": ids})
+    assert sorted(ra) == sorted(rb) == names
+    for n in names:
+        assert rel_err(rb[n], ra[n]) < 1e-5, n
+
+
+def test_fused_int8_graph_and_stateful_graphs(prepared):
+    m2, plan = prepared
+    g = build_lm_graph(m2, plan)
+    fused = fuse_scan_quant(g)
+    assert any(a.name == "u_scale" for n in fused.graph.node if n.op_type == "SelectiveScan" for a in n.attribute)
+    ids = np.random.default_rng(2).integers(0, 301, size=(2, 21))
+    ref = OrtRunner(fused, plugins="extensions")(ids)
+    out = OrtRunner(fused)(ids)
+    # quantized: the two scan kernels differ by ~1e-7, so a boundary value may round one step apart
+    per_pos = np.abs(out - ref).max(-1) / np.abs(ref).max()
+    assert np.median(per_pos) < 1e-5 and per_pos.max() < 2e-2
+    graphs = build_stateful_graphs(g, m2.config)
+    dec = graphs["model.decode.onnx"]
+    assert any(n.op_type == "SelectiveStateUpdate" for n in dec.graph.node)
+    a, b = OrtRunner(dec), OrtRunner(dec, plugins="extensions")
+    assert a.inputs == {i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim]
+                        for i in dec.graph.input}
+    rng = np.random.default_rng(3)
+    feeds = {"input_ids": rng.integers(0, 301, size=(2, 1))}
+    for name, dims in a.inputs.items():
+        if name != "input_ids":
+            feeds[name] = rng.standard_normal([2, *dims[1:]]).astype(np.float32) * 0.1
+    ra, rb = a.run(feeds), b.run(feeds)
+    assert sorted(ra) == sorted(rb)
+    for k in ra:
+        assert np.abs(ra[k] - rb[k]).max() <= 1e-3 * max(np.abs(rb[k]).max(), 1e-6), k

@@ -15,7 +15,8 @@ from mq_deploy.lint import lint_model
 from mq_deploy.model import MambaConfig, random_model
 from mq_deploy.quant import simulate
 from mq_deploy.quant.gptq import gptq_quantize
-from mq_deploy.quant.hadamard import base_matrix, hadamard_matrix, hadamard_transform, is_supported
+from mq_deploy.quant.hadamard import (base_matrix, hadamard_matrix, hadamard_transform, hadamard_transform_fp32,
+                                      is_supported)
 from mq_deploy.quant.qparams import act_scale, fake_quant, quantize, quantize_weight, sqnr_db
 from mq_deploy.quantize import prepare
 from mq_deploy.recipes import available_recipes, load_recipe
@@ -30,6 +31,16 @@ def test_hadamard_orthonormal_and_fast_transform(n):
     assert np.allclose(np.abs(H) * np.sqrt(n), 1.0)
     x = np.random.default_rng(n).standard_normal((3, n))
     assert np.abs(hadamard_transform(x) - x @ H).max() < 1e-10
+    # the fp32 CPU kernels of the Hadamard plugin (numpy butterflies; native C), rows of any count
+    from mq_deploy.ops.native import hadamard_fast, library
+
+    assert library() is not None
+    x32 = np.random.default_rng(n + 1).standard_normal((2, 5, n)).astype(np.float32)
+    ref = x32.astype(np.float64) @ H
+    for fn in (hadamard_transform_fp32, hadamard_fast):
+        y = fn(x32)
+        assert y.dtype == np.float32 and y.shape == x32.shape
+        assert np.abs(y - ref).max() <= 2e-6 * np.abs(ref).max(), fn.__name__
 
 
 def test_hadamard_bases_and_unsupported_sizes():

@@ -117,13 +117,14 @@ def collect(runner_factory, points: dict[str, str], windows: np.ndarray, cov_poi
                   leave=False):
         out = runner.run({"input_ids": windows[s:s + batch_size]})
         for pt, name in points.items():
-            x = out[name].reshape(-1, out[name].shape[-1]).astype(np.float32)
+            x = np.asarray(out[name], np.float32).reshape(-1, out[name].shape[-1])
             ax = np.abs(x)
             cm = ax.max(axis=0)
             st.chan[pt] = cm if pt not in st.chan else np.maximum(st.chan[pt], cm)
             st.absmax[pt] = max(st.absmax.get(pt, 0.0), float(cm.max()))
-            st.chan_sum[pt] = st.chan_sum.get(pt, 0) + x.sum(axis=0, dtype=np.float64)
-            st.chan_sumsq[pt] = st.chan_sumsq.get(pt, 0) + np.square(x, dtype=np.float64).sum(axis=0)
+            # per batch in fp32 (a few thousand rows), across batches in fp64
+            st.chan_sum[pt] = st.chan_sum.get(pt, 0) + x.sum(axis=0).astype(np.float64)
+            st.chan_sumsq[pt] = st.chan_sumsq.get(pt, 0) + np.einsum("ij,ij->j", x, x).astype(np.float64)
             flat = ax.ravel()
             k = min(per_batch, flat.size)
             samples[pt].append(flat[rng.integers(0, flat.size, size=k)])  # with replacement: O(k), not O(n)

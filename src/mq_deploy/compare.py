@@ -20,10 +20,9 @@ from .errors import UserError
 from .eval import run_task
 from .eval.data import TASKS, load_task_data, resolve_data_path
 from .eval.perplexity import token_windows
-from .graph.lower import lower_selective_scan
 from .graph.mamba_lm import build_lm_graph
 from .graph.plan import GraphPlan
-from .quantize import fp32_stats, prepare
+from .quantize import fp32_stats, prepare, stats_windows
 from .recipes import load_recipe
 
 
@@ -63,18 +62,22 @@ def compare(model, recipes: Sequence[str], tasks: Sequence[str], tokenizer, cali
         if TASKS[t].kind == "perplexity":
             text = load_task_data(t, resolve_data_path(t, data.get(t)))
             ppl_windows[t] = np.asarray(token_windows(tokenizer.encode(text), seq_len, windows or limit), dtype=np.int64)
-    ref = OrtRunner(lower_selective_scan(build_lm_graph(model)))
-    stats0 = None
-    if any(r.passes for r in recs):
-        log("calibrating the fp32 graph once for every recipe")
-        stats0 = fp32_stats(model, calib_windows, progress=progress)
+    ref = OrtRunner(build_lm_graph(model))  # plugin graph: onnxruntime segments + the native scan kernel
+    stats0: dict[int, object] = {}  # the fp32 statistics, computed once per `calibration.stats_samples`
     rows = []
     for recipe in [load_recipe("fp32")] + [x for x in recs if x.name != "fp32"]:
         t0 = time.time()
         r = recipe.name
         log(f"recipe {r}")
-        m2, plan, _ = prepare(model, recipe, calib_windows, progress=progress, stats0=stats0, log=log)
-        runner = OrtRunner(lower_selective_scan(build_lm_graph(m2, plan)))
+        st = None
+        if recipe.passes:
+            k = recipe.calibration.get("stats_samples", len(calib_windows))
+            if k not in stats0:
+                log(f"calibrating the fp32 graph (statistics for the passes of every recipe with stats_samples={k})")
+                stats0[k] = fp32_stats(model, stats_windows(calib_windows, k), progress=progress)
+            st = stats0[k]
+        m2, plan, _ = prepare(model, recipe, calib_windows, progress=progress, stats0=st, log=log)
+        runner = OrtRunner(build_lm_graph(m2, plan))
         row = {"recipe": r}
         for t in tasks:
             if t in ppl_windows:

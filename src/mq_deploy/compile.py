@@ -33,6 +33,7 @@ from .graph.stateful import build_stateful_graphs
 from .graph.stateful import io_spec as stateful_io_spec
 from .graph.stateful import self_check as stateful_self_check
 from .graph.weights import WeightStore
+from .memory import release
 from .loaders import load_model
 from .model import MambaModel
 from .ops import selective_scan as ss
@@ -81,13 +82,15 @@ def _io(model: MambaModel) -> dict:
             "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", "sequence", model.config.vocab_size]}]}
 
 
-def simulation_check(model, plan, portable_graph: onnx.ModelProto, vocab: int, points: dict, seq: int = 9) -> dict:
+def simulation_check(model, plan, portable_graph: onnx.ModelProto, vocab: int, points: dict, seq: int = 9,
+                     keep: Optional[dict] = None) -> dict:
     """Compare the portable graph with the package's numpy (fake-quant) simulation of the same plan.
 
     `points` ({quantization point: tensor name}, from `build_lm_graph(..., with_points=True)`) lets the
     simulation take the graph's side on roundings where both values agree to 1/1000 of a step (see
     `quant.simulate.layer`); without that, one boundary case in an early layer of a deep model (a random
-    d768 x 24 one) grows into a difference as large as quantization's own effect on the logits."""
+    d768 x 24 one) grows into a difference as large as quantization's own effect on the logits.
+    `keep` (a dict) receives the input ids and the portable graph's logits, for `plugin_check`."""
     from .backends.ort import OrtRunner
     from .quant.simulate import forward
 
@@ -100,6 +103,8 @@ def simulation_check(model, plan, portable_graph: onnx.ModelProto, vocab: int, p
         follow = {pt: outs[points[pt]] for pt in plan.quant.act_scales if pt in points}
     else:
         a = OrtRunner(portable_graph)(ids)
+    if keep is not None:
+        keep.update(ids=ids, logits=a)
     b = forward(model, plan, ids, follow)
     err = np.abs(a - b).max(axis=-1) / max(np.abs(b).max(), 1e-30)  # per position
     out = {"max_rel_error_portable_vs_simulation": float(err.max()),
@@ -111,20 +116,18 @@ def simulation_check(model, plan, portable_graph: onnx.ModelProto, vocab: int, p
     return out
 
 
-def self_check(plugin_graph: onnx.ModelProto, portable_graph: onnx.ModelProto, vocab: int, seq: int = 9,
-               tol: float = 1e-4) -> dict:
-    """Run both graphs in onnxruntime on a short random batch and compare them (same semantics)."""
+def plugin_check(plugin_graph: onnx.ModelProto, ids: np.ndarray, portable_logits: np.ndarray, tol: float) -> dict:
+    """Run the plugin graph in onnxruntime (CPU kernels for the plugin nodes) on the ids the portable graph
+    ran on and compare the logits (same semantics)."""
     from .backends.ort import OrtRunner
 
-    ids = np.random.default_rng(0).integers(0, vocab, size=(2, seq))
     a = OrtRunner(plugin_graph)(ids)
-    b = OrtRunner(portable_graph)(ids)
-    if a.shape != (2, seq, vocab) or b.shape != a.shape:
-        raise InternalError(f"self-check: logits shapes {a.shape} / {b.shape}, expected {(2, seq, vocab)}")
-    err = float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30))
+    if a.shape != portable_logits.shape:
+        raise InternalError(f"self-check: logits shapes {a.shape} / {portable_logits.shape}")
+    err = float(np.abs(a - portable_logits).max() / max(np.abs(portable_logits).max(), 1e-30))
     if not np.isfinite(err) or err > tol:
         raise InternalError(f"self-check: the plugin and portable graphs disagree (max rel error {err:.3g})")
-    return {"batch": 2, "sequence": seq, "max_rel_error_plugin_vs_portable": err}
+    return {"batch": int(ids.shape[0]), "sequence": int(ids.shape[1]), "max_rel_error_plugin_vs_portable": err}
 
 
 def _stateful(model: MambaModel, plan, unfused: onnx.ModelProto, store: WeightStore, tmp: Path,
@@ -152,6 +155,7 @@ def _stateful(model: MambaModel, plan, unfused: onnx.ModelProto, store: WeightSt
     mfull = build_lm_graph(mini, mplan)
     derivation = stateful_self_check(mfull, build_stateful_graphs(mfull, mini.config), mini.config, tol=1e-4)
     del mfull
+    release()
     quantized = plan is not None and plan.quant is not None
     scales = _act_scales(unfused)
     prefill, decode = build_prefill_graph(unfused, c), build_decode_graph(unfused, c)
@@ -179,6 +183,7 @@ def _stateful(model: MambaModel, plan, unfused: onnx.ModelProto, store: WeightSt
             store.save(g, tmp / name)
             files[name] = {"flavour": flavour}
         del pair
+        release()
     return out
 
 
@@ -264,48 +269,65 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             trace = [] if (report_passes if report_passes is not None else n_params <= 50_000_000) else None
             model, plan, stats_runs = prepare(model, recipe, windows, progress=progress, log=log, trace=trace)
             trace = trace or []
+        # one graph at a time (memory: each holds all weights): build, check, write into the shared
+        # weights.bin, drop; the Q→DQ form `unfused` stays for the stateful graphs
         log("building graph")
-        graph, points = build_lm_graph(model, plan, with_points=True)
-        log("lowering SelectiveScan to ONNX Scan for the portable graph")
-        portable = lower_selective_scan(graph)
-        unfused = graph  # the stateful graphs are derived from the Q→DQ form
-        if plan is not None and plan.quant is not None:
-            from .graph.fuse_scan_quant import fuse_scan_quant
-
-            graph = fuse_scan_quant(graph)  # TensorRT flavour: int8 straight into the scan plugin
-        for g in (graph, portable):
-            onnx.checker.check_model(g)
-        log("self-check: running both graphs in onnxruntime")
-        # quantized: the two scan implementations round boundary cases differently (see simulation_check)
-        check = self_check(graph, portable, c.vocab_size, tol=1e-4 if plan is None or plan.quant is None else 0.2)
-        if plan is not None:
-            check.update(simulation_check(model, plan, portable, c.vocab_size, points))
-            if not check["max_rel_error_portable_vs_simulation"] <= 1e-4:
-                raise InternalError(f"the {'quantized ' if plan.quant is not None else ''}graph disagrees with the "
-                                    "simulation of the same recipe (max rel error "
-                                    f"{check['max_rel_error_portable_vs_simulation']:.3g}, median "
-                                    f"{check['median_rel_error_portable_vs_simulation']:.3g})")
-        calib_files = stats_runs[-1].save(tmp) if stats_runs else []  # statistics of the emitted graph
-        if plan is not None and plan.quant is not None and stats_runs:
-            from .report import build_report
-
-            before = stats_runs[0] if len(stats_runs) > 1 else None
-            (tmp / "report.html").write_text(build_report(model, plan, before, stats_runs[-1], recipe.name, trace))
-            calib_files.append(tmp / "report.html")
+        unfused, points = build_lm_graph(model, plan, with_points=True)
+        release()
+        quantized = plan is not None and plan.quant is not None
         files: dict[str, dict] = {}
-        n_scan_plugins = sum(1 for n in graph.graph.node if n.op_type == ss.PLUGIN_NAME)
         with WeightStore(tmp) as store:  # every graph's weights in one shared weights.bin
-            for name, g, flavour in (("model.onnx", graph, "tensorrt"), ("model.portable.onnx", portable, "portable")):
-                log(f"writing {name}")
-                store.save(g, tmp / name)
-                files[name] = {"flavour": flavour}
-            del graph, portable  # (unfused stays: the stateful graphs derive from it)
+            log("lowering SelectiveScan to ONNX Scan for the portable graph")
+            portable = lower_selective_scan(unfused)
+            onnx.checker.check_model(portable)
+            log("self-check: portable graph vs the numpy simulation of the recipe")
+            keep: dict = {}
+            if plan is not None:
+                check = simulation_check(model, plan, portable, c.vocab_size, points, keep=keep)
+                if not check["max_rel_error_portable_vs_simulation"] <= 1e-4:
+                    raise InternalError(f"the {'quantized ' if quantized else ''}graph disagrees with the "
+                                        "simulation of the same recipe (max rel error "
+                                        f"{check['max_rel_error_portable_vs_simulation']:.3g}, median "
+                                        f"{check['median_rel_error_portable_vs_simulation']:.3g})")
+            else:
+                from .backends.ort import OrtRunner
+
+                check = {}
+                keep["ids"] = np.random.default_rng(1).integers(0, c.vocab_size, size=(2, 9))
+                keep["logits"] = OrtRunner(portable)(keep["ids"])
+            log("writing model.portable.onnx")
+            store.save(portable, tmp / "model.portable.onnx")
+            files["model.portable.onnx"] = {"flavour": "portable"}
+            del portable
+            release()
+            graph = unfused
+            if quantized:
+                from .graph.fuse_scan_quant import fuse_scan_quant
+
+                graph = fuse_scan_quant(unfused)  # TensorRT flavour: int8 straight into the scan plugin
+            onnx.checker.check_model(graph)
+            log("self-check: plugin graph vs portable graph")
+            # quantized: the two scan implementations round boundary cases differently (see simulation_check)
+            check.update(plugin_check(graph, keep["ids"], keep["logits"], tol=0.2 if quantized else 1e-4))
+            n_scan_plugins = sum(1 for n in graph.graph.node if n.op_type == ss.PLUGIN_NAME)
+            log("writing model.onnx")
+            store.save(graph, tmp / "model.onnx")
+            files["model.onnx"] = {"flavour": "tensorrt"}
+            del graph
+            release()
             # stateful graphs for `mq-deploy generate` (issue 5), derived from the final graph above, so they
             # share its weights, recipe and scales (graph/stateful.py)
             log("building and checking the prefill and decode-step graphs")
             stateful = {**stateful_io_spec(c), "self_check": _stateful(model, plan, unfused, store, tmp, files),
                         "plugins": [{"name": su.PLUGIN_NAME, "version": su.PLUGIN_VERSION,
                                      "namespace": su.PLUGIN_NAMESPACE, "count": c.n_layer}]}
+        calib_files = stats_runs[-1].save(tmp) if stats_runs else []  # statistics of the emitted graph
+        if quantized and stats_runs:
+            from .report import build_report
+
+            before = stats_runs[0] if len(stats_runs) > 1 else None
+            (tmp / "report.html").write_text(build_report(model, plan, before, stats_runs[-1], recipe.name, trace))
+            calib_files.append(tmp / "report.html")
         del unfused
         files[store.name] = {"what": "weights of every graph above (ONNX external data)"}
         for p in calib_files:

@@ -18,6 +18,7 @@ import numpy as np
 from .calibrate import OUTPUT_BUDGET, Stats, collect
 from .graph.mamba_lm import build_lm_graph
 from .graph.plan import ACT_POINTS, LINEARS, GraphPlan, QuantSpec, point
+from .memory import release
 from .model import MambaModel
 from .passes import REGISTRY, run_passes
 from .quant.gptq import gptq_quantize
@@ -36,9 +37,11 @@ def calibrate(model: MambaModel, plan: GraphPlan, windows: np.ndarray, cov_point
     c = model.config
     per_token = 4 * c.n_layer * (c.d_model + 3 * c.d_inner + c.dt_rank + 2 * c.d_state)
     batch_size = max(1, min(batch_size, OUTPUT_BUDGET // max(1, per_token * windows.shape[1])))
-    return collect(lambda outs: OrtRunner(graph, extra_outputs=outs, only_extra=True), points, windows, cov_points,
-                   batch_size=batch_size, seed=seed, progress=progress, gamma=[L.norm.copy() for L in model.layers],
-                   meta=meta)
+    runner = OrtRunner(graph, extra_outputs=sorted(set(points.values())), only_extra=True)
+    del graph  # the sessions hold the weights now
+    release()
+    return collect(lambda outs: runner, points, windows, cov_points, batch_size=batch_size, seed=seed,
+                   progress=progress, gamma=[L.norm.copy() for L in model.layers], meta=meta)
 
 
 def round_fp16(model: MambaModel, everything: bool) -> MambaModel:
@@ -57,6 +60,13 @@ def round_fp16(model: MambaModel, everything: bool) -> MambaModel:
 
 
 TRACE_WINDOWS = 4  # calibration windows for the report's per-pass statistics
+
+
+def stats_windows(windows: np.ndarray, n: int) -> np.ndarray:
+    """An evenly spaced subset of `n` calibration windows (all of them if there are no more)."""
+    if n >= len(windows):
+        return windows
+    return windows[np.unique(np.linspace(0, len(windows) - 1, max(1, n)).round().astype(int))]
 
 
 def fp32_stats(model: MambaModel, windows: np.ndarray, seed: int = 0, batch_size: int = 8,
@@ -81,8 +91,9 @@ def prepare(model: MambaModel, recipe: Recipe, windows: Optional[np.ndarray], *,
     needs_stats = any(REGISTRY[p].needs_stats or dict(kw).get("klt") for p, kw in recipe.passes)
     if needs_stats:
         if stats0 is None:
-            log("calibrating the fp32 graph (statistics for the passes)")
-            stats0 = fp32_stats(model, windows, seed, batch_size, progress)
+            sub = stats_windows(windows, recipe.calibration.get("stats_samples", len(windows)))
+            log(f"calibrating the fp32 graph on {len(sub)} windows (statistics for the passes)")
+            stats0 = fp32_stats(model, sub, seed, batch_size, progress)
         stats_runs.append(stats0)
     if recipe.passes:
         log("applying passes")

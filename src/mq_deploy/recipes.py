@@ -21,7 +21,9 @@ _SECTIONS = {
     "weights": {"bits": (int, 8), "method": (str, "rtn"), "clip_search": (bool, False)},
     "activations": {"bits": (int, 8), "method": (str, "percentile"), "percentile": (float, 99.99),
                     "scan_inputs": (bool, True)},
-    "calibration": {"samples": (int, 128), "seq_len": (int, 512), "seed": (int, 0)},
+    # stats_samples: windows (an evenly spaced subset) of the fp32 statistics run the data-driven passes read
+    # (KLT covariances, smoothing maxima); the activation scales always use all `samples`
+    "calibration": {"samples": (int, 128), "seq_len": (int, 512), "seed": (int, 0), "stats_samples": (int, 32)},
 }
 
 

@@ -69,6 +69,7 @@ class OrtRunner:
 
             so = _session_options(threads, False)
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # kernels run between segments
+            so.enable_cpu_mem_arena = False  # one arena per segment would each keep its peak
             try:  # the requested outputs are picked from the segments: no copy of the graph with them marked
                 self._hybrid = HybridSession(
                     proto, lambda m: ort.InferenceSession(m.SerializeToString(), so, providers=list(providers)), outs)

@@ -1,4 +1,4 @@
-"""Native CPU kernel for SelectiveScan, compiled on first use; numpy (`selective_scan_cpu`) otherwise.
+"""Native CPU kernels for SelectiveScan and Hadamard, compiled on first use; numpy otherwise.
 
 The C source (`native/scan.c`) is built with the system C compiler (`$CC`, else cc/gcc) into
 `$MQ_DEPLOY_CACHE` (default `~/.cache/mq_deploy`), keyed by the source, flags and machine, and loaded
@@ -33,7 +33,8 @@ _WHY = ""
 
 
 def _flags() -> list[str]:
-    flags = ["-O3", "-ffast-math", "-fno-finite-math-only", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
+    # -ffast-math (with finite-math) is what lets glibc vectorize expf (libmvec); the inputs are finite
+    flags = ["-O3", "-ffast-math", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
     if platform.machine() in ("x86_64", "AMD64"):
         try:
             cpu = Path("/proc/cpuinfo").read_text()
@@ -77,6 +78,8 @@ def _build() -> Optional[ctypes.CDLL]:
     P, I = ctypes.c_void_p, ctypes.c_int64
     dll.mq_selective_scan_f32.argtypes = [P] * 7 + [I] * 4
     dll.mq_selective_scan_f32.restype = ctypes.c_int
+    dll.mq_hadamard_f32.argtypes = [P, P, I, I, I, P, ctypes.c_float]
+    dll.mq_hadamard_f32.restype = ctypes.c_int
     return dll
 
 
@@ -122,3 +125,22 @@ def selective_scan_fast(u, delta, A, Bm, Cm, Dskip, delta_bias=None, delta_softp
             return selective_scan_cpu(u, delta, A, Bm, Cm, Dskip, delta_bias, delta_softplus, initial_state)
     y += np.asarray(Dskip, np.float32) * u
     return y, h
+
+
+def hadamard_fast(x: np.ndarray) -> np.ndarray:
+    """x·H_n along the last axis in fp32 (`quant.hadamard.hadamard_transform` semantics) on the native kernel:
+    n log n butterflies + the m×m base; numpy fallback `hadamard_transform_fp32`."""
+    from ..quant.hadamard import _split, base_matrix, hadamard_transform_fp32
+
+    lib = library()
+    x = np.ascontiguousarray(x, np.float32)
+    if lib is None or x.size == 0:
+        return hadamard_transform_fp32(x)
+    n = x.shape[-1]
+    m, k = _split(n)
+    base = np.ascontiguousarray(base_matrix(m), np.float32)
+    y = np.empty_like(x)
+    if lib.mq_hadamard_f32(x.ctypes.data, y.ctypes.data, x.size // n, m, 1 << k, base.ctypes.data,
+                           float(1.0 / np.sqrt(n))) != 0:
+        return hadamard_transform_fp32(x)
+    return y

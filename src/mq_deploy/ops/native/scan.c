@@ -41,3 +41,57 @@ int mq_selective_scan_f32(const float* u, const float* dt, const float* A, const
   }
   return 0;
 }
+
+/* hadamard: y = x · H_n along rows of length n = m · P (P a power of two), H_n = (base_m ⊗ H_P) / sqrt(n):
+ * a fast Walsh-Hadamard transform of each of the m blocks of P, then out[c] = sum_a base[a][c] · block[a].
+ * x, y: [rows, n] (may alias); base: [m, m] row-major; tmp: per-thread scratch of n floats. */
+#include <stdlib.h>
+
+int mq_hadamard_f32(const float* x, float* y, int64_t rows, int64_t m, int64_t P, const float* base, float scale) {
+  const int64_t n = m * P;
+  int err = 0;
+#pragma omp parallel
+  {
+    float* t = (float*)malloc((size_t)n * sizeof(float));
+    if (!t) {
+#pragma omp atomic write
+      err = 1;
+    }
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      if (!t) continue;
+      memcpy(t, x + r * n, (size_t)n * sizeof(float));
+      for (int64_t a = 0; a < m; ++a) {
+        float* v = t + a * P;
+        for (int64_t h = 1; h < P; h *= 2)
+          for (int64_t i = 0; i < P; i += 2 * h)
+#pragma omp simd
+            for (int64_t j = i; j < i + h; ++j) {
+              const float p = v[j], q = v[j + h];
+              v[j] = p + q;
+              v[j + h] = p - q;
+            }
+      }
+      float* out = y + r * n;
+      if (m == 1) {
+#pragma omp simd
+        for (int64_t p = 0; p < P; ++p) out[p] = t[p] * scale;
+      } else {
+        for (int64_t c = 0; c < m; ++c) {
+          float* o = out + c * P;
+          const float w0 = base[c] * scale;
+#pragma omp simd
+          for (int64_t p = 0; p < P; ++p) o[p] = w0 * t[p];
+          for (int64_t a = 1; a < m; ++a) {
+            const float w = base[a * m + c] * scale;
+            const float* s = t + a * P;
+#pragma omp simd
+            for (int64_t p = 0; p < P; ++p) o[p] += w * s[p];
+          }
+        }
+      }
+    }
+    free(t);
+  }
+  return err;
+}

@@ -152,20 +152,64 @@ __global__ void __launch_bounds__(kThreads) hadamardKernel(HadamardParams const 
 
 // ---- fast path: n % 256 == 0, n ≤ 8192, 2^k ≥ 8, 16-byte aligned x and y ----
 // One thread per 8 consecutive elements (16-byte loads/stores), n/8 threads per row (a whole number of
-// warps), several rows per block. Butterfly stages h = 1, 2, 4 run in registers, h = 8 … 128 by warp
-// shuffles (lane bit s ↔ element bit 3 + s); only h ≥ 256 (2^k > 256) and the m×m base product go
-// through shared memory, with one barrier per stage. A row with m = 1 and 2^k ≤ 256 never touches
-// shared memory.
+// warps), several rows per block; the grid is sized to the resident blocks and each block walks row groups
+// grid-stride, with the next two groups' 16-byte loads issued before the current group is computed (so
+// every thread keeps 32 bytes in flight while it computes). Butterfly stages h = 1, 2, 4 run in
+// registers, h = 8 … 128 by warp shuffles (lane bit s ↔ element bit 3 + s); stages h ≥ 256 (2^k > 256) go
+// through shared memory as register rounds: each thread gathers 8 elements that differ in 3 index bits
+// (conflict-free: consecutive lanes read consecutive words), does up to 3 stages, scatters them back. The
+// m×m base product reads shared memory. int8 output: one reciprocal of the scale, round-to-nearest-even
+// conversion, saturation, 8 bytes a store. A row with m = 1 and 2^k ≤ 256 never touches shared memory.
 constexpr int kFastMaxN = 8192;
 constexpr int kFastThreadsTarget = 512;
 
+//! 16 loaded bytes (8 fp16) or 32 (8 fp32), kept raw until used so that loads stay in flight.
+template <typename T>
+struct Raw8
+{
+    uint4 a;
+};
+template <>
+struct Raw8<float>
+{
+    uint4 a, b;
+};
+__device__ __forceinline__ void loadRaw(Raw8<__half>& r, __half const* src) { r.a = __ldcs(reinterpret_cast<uint4 const*>(src)); }
+__device__ __forceinline__ void loadRaw(Raw8<float>& r, float const* src)
+{
+    r.a = __ldcs(reinterpret_cast<uint4 const*>(src));
+    r.b = __ldcs(reinterpret_cast<uint4 const*>(src) + 1);
+}
+__device__ __forceinline__ void unpack(Raw8<__half> const& r, float (&v)[8])
+{
+    __half2 const* h = reinterpret_cast<__half2 const*>(&r.a);
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+    {
+        float2 const f = __half22float2(h[i]);
+        v[2 * i] = f.x, v[2 * i + 1] = f.y;
+    }
+}
+__device__ __forceinline__ void unpack(Raw8<float> const& r, float (&v)[8])
+{
+    v[0] = __uint_as_float(r.a.x), v[1] = __uint_as_float(r.a.y), v[2] = __uint_as_float(r.a.z), v[3] = __uint_as_float(r.a.w);
+    v[4] = __uint_as_float(r.b.x), v[5] = __uint_as_float(r.b.y), v[6] = __uint_as_float(r.b.z), v[7] = __uint_as_float(r.b.w);
+}
 
-__device__ __forceinline__ void store8(float* dst, float const (&v)[8], float /*scale*/)
+//! QuantizeLinear with a precomputed reciprocal: saturate(round_half_even(x · (1 / scale))); differs from
+//! x / scale only where x / scale lies within an ulp of a .5 tie.
+__device__ __forceinline__ uint32_t q8(float x, float inv)
+{
+    int const q = min(max(__float2int_rn(x * inv), -128), 127);
+    return static_cast<uint32_t>(q) & 0xffu;
+}
+
+__device__ __forceinline__ void store8(float* dst, float const (&v)[8], float /*inv*/)
 {
     reinterpret_cast<float4*>(dst)[0] = make_float4(v[0], v[1], v[2], v[3]);
     reinterpret_cast<float4*>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
 }
-__device__ __forceinline__ void store8(__half* dst, float const (&v)[8], float /*scale*/)
+__device__ __forceinline__ void store8(__half* dst, float const (&v)[8], float /*inv*/)
 {
     uint4 o;
     __half2* h = reinterpret_cast<__half2*>(&o);
@@ -174,28 +218,26 @@ __device__ __forceinline__ void store8(__half* dst, float const (&v)[8], float /
         h[i] = __floats2half2_rn(v[2 * i], v[2 * i + 1]);
     *reinterpret_cast<uint4*>(dst) = o;
 }
-__device__ __forceinline__ void store8(int8_t* dst, float const (&v)[8], float scale)
+__device__ __forceinline__ void store8(int8_t* dst, float const (&v)[8], float inv)
 {
     uint32_t w[2] = {0u, 0u};
 #pragma unroll
     for (int i = 0; i < 8; ++i)
-        w[i >> 2] |= (static_cast<uint32_t>(static_cast<uint8_t>(quantizeInt8(v[i], scale)))) << (8 * (i & 3));
+        w[i >> 2] |= q8(v[i], inv) << (8 * (i & 3));
     *reinterpret_cast<uint2*>(dst) = make_uint2(w[0], w[1]);
 }
 
-__device__ __forceinline__ void store2(float* dst, float a, float b, float /*scale*/)
+__device__ __forceinline__ void store2(float* dst, float a, float b, float /*inv*/)
 {
     *reinterpret_cast<float2*>(dst) = make_float2(a, b);
 }
-__device__ __forceinline__ void store2(__half* dst, float a, float b, float /*scale*/)
+__device__ __forceinline__ void store2(__half* dst, float a, float b, float /*inv*/)
 {
     *reinterpret_cast<__half2*>(dst) = __floats2half2_rn(a, b);
 }
-__device__ __forceinline__ void store2(int8_t* dst, float a, float b, float scale)
+__device__ __forceinline__ void store2(int8_t* dst, float a, float b, float inv)
 {
-    uint32_t const lo = static_cast<uint8_t>(quantizeInt8(a, scale));
-    uint32_t const hi = static_cast<uint8_t>(quantizeInt8(b, scale));
-    *reinterpret_cast<uint16_t*>(dst) = static_cast<uint16_t>(lo | (hi << 8));
+    *reinterpret_cast<uint16_t*>(dst) = static_cast<uint16_t>(q8(a, inv) | (q8(b, inv) << 8));
 }
 
 template <typename Tin, typename Tout, int kM>
@@ -210,19 +252,13 @@ __global__ void __launch_bounds__(1024) hadamardFastKernel(HadamardParams const 
     int const g = threadIdx.x - rib * tr;
     int const lane = threadIdx.x & 31;
     int const m4 = (m + 3) & ~3;
-    int64_t const row = static_cast<int64_t>(blockIdx.x) * rowsPerBlock + rib;
-    bool const live = row < p.rows;
     bool const viaSmem = m > 1 || P > 256;
     float* s = smem + rib * n;
     float* bs = smem + rowsPerBlock * n; // bs[a * m4 + c] = B[a, c] (row-major, rows padded to m4)
+    float const norm = rsqrtf(static_cast<float>(n));
+    float const outArg = sizeof(Tout) == 1 ? 1.f / p.outScale : 0.f;
+    auto const* xBase = static_cast<Tin const*>(p.x);
 
-    float v[8];
-    if (live)
-        load8(static_cast<Tin const*>(p.x) + row * n + 8 * g, v);
-    else
-#pragma unroll
-        for (int i = 0; i < 8; ++i)
-            v[i] = 0.f;
     if (m > 1)
         for (int i = threadIdx.x; i < m * m4; i += blockDim.x)
         {
@@ -231,99 +267,135 @@ __global__ void __launch_bounds__(1024) hadamardFastKernel(HadamardParams const 
             bs[i] = c < m ? p.baseMatrix[a * m + c] : 0.f;
         }
 
-#pragma unroll
-    for (int h = 1; h < 8; h *= 2)
-#pragma unroll
-        for (int i = 0; i < 8; ++i)
-            if ((i & h) == 0)
-            {
-                float const a = v[i], b = v[i + h];
-                v[i] = a + b, v[i + h] = a - b;
-            }
-#pragma unroll
-    for (int sh = 0; sh < 5; ++sh)
+    int64_t const groups = (p.rows + rowsPerBlock - 1) / rowsPerBlock;
+    auto rowOf = [&](int64_t grp) { return grp * rowsPerBlock + rib; };
+    Raw8<Tin> r0{}, r1{}, r2{};
+    auto fetch = [&](Raw8<Tin>& r, int64_t grp) {
+        int64_t const row = rowOf(grp);
+        if (grp < groups && row < p.rows)
+            loadRaw(r, xBase + row * n + 8 * g);
+    };
+    int64_t grp = blockIdx.x;
+    fetch(r0, grp);
+    fetch(r1, grp + gridDim.x);
+    for (; grp < groups; grp += gridDim.x)
     {
-        if ((8 << sh) >= P)
-            break;
-        bool const upper = (lane >> sh) & 1;
-#pragma unroll
-        for (int i = 0; i < 8; ++i)
-        {
-            float const o = __shfl_xor_sync(0xffffffffu, v[i], 1 << sh);
-            v[i] = upper ? o - v[i] : v[i] + o;
-        }
-    }
+        fetch(r2, grp + 2 * static_cast<int64_t>(gridDim.x)); // two groups ahead, in flight during this one
+        int64_t const row = rowOf(grp);
+        bool const live = row < p.rows;
+        float v[8];
+        unpack(r0, v);
+        r0 = r1, r1 = r2;
 
-    float const norm = rsqrtf(static_cast<float>(n));
-    auto* y = static_cast<Tout*>(p.y) + row * n + 8 * g;
-    if (!viaSmem)
-    {
-        if (live)
-        {
+#pragma unroll
+        for (int h = 1; h < 8; h *= 2)
 #pragma unroll
             for (int i = 0; i < 8; ++i)
-                v[i] *= norm;
-            store8(y, v, p.outScale);
+                if ((i & h) == 0)
+                {
+                    float const a = v[i], b = v[i + h];
+                    v[i] = a + b, v[i + h] = a - b;
+                }
+#pragma unroll
+        for (int sh = 0; sh < 5; ++sh)
+        {
+            if ((8 << sh) >= P)
+                break;
+            bool const upper = (lane >> sh) & 1;
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+            {
+                float const o = __shfl_xor_sync(0xffffffffu, v[i], 1 << sh);
+                v[i] = upper ? o - v[i] : v[i] + o;
+            }
         }
-        return;
-    }
-    reinterpret_cast<float4*>(s + 8 * g)[0] = make_float4(v[0], v[1], v[2], v[3]);
-    reinterpret_cast<float4*>(s + 8 * g)[1] = make_float4(v[4], v[5], v[6], v[7]);
-    int const half = n >> 1;
-    for (int h = 256; h < P; h <<= 1)
-    {
+
+        auto* y = static_cast<Tout*>(p.y) + row * n + 8 * g;
+        if (!viaSmem)
+        {
+            if (live)
+            {
+#pragma unroll
+                for (int i = 0; i < 8; ++i)
+                    v[i] *= norm;
+                store8(y, v, outArg);
+            }
+            continue;
+        }
+        __syncthreads(); // the previous group's readers of s are done
+        reinterpret_cast<float4*>(s + 8 * g)[0] = make_float4(v[0], v[1], v[2], v[3]);
+        reinterpret_cast<float4*>(s + 8 * g)[1] = make_float4(v[4], v[5], v[6], v[7]);
+        // stages h = 256 … P/2 in rounds of (up to) 3: gather 8 elements differing in index bits lo … lo+2
+        for (int done = 8; done < logP; done += 3)
+        {
+            int const lo = min(done, logP - 3); // bits below `done` are already transformed: skip them
+            __syncthreads();
+            int const low = g & ((1 << lo) - 1);
+            int const e0 = low | ((g >> lo) << (lo + 3));
+            float u[8];
+#pragma unroll
+            for (int k = 0; k < 8; ++k)
+                u[k] = s[e0 + (k << lo)];
+#pragma unroll
+            for (int hb = 0; hb < 3; ++hb)
+            {
+                if (lo + hb < done)
+                    continue;
+#pragma unroll
+                for (int k = 0; k < 8; ++k)
+                    if ((k & (1 << hb)) == 0)
+                    {
+                        float const a = u[k], b = u[k + (1 << hb)];
+                        u[k] = a + b, u[k + (1 << hb)] = a - b;
+                    }
+            }
+#pragma unroll
+            for (int k = 0; k < 8; ++k)
+                s[e0 + (k << lo)] = u[k];
+        }
         __syncthreads();
-        for (int i = g; i < half; i += tr)
+        if (!live)
+            continue;
+        if (m > 1)
         {
-            int const j = i & (h - 1);
-            int const i0 = ((i - j) << 1) + j;
-            float const a = s[i0], b = s[i0 + h];
-            s[i0] = a + b, s[i0 + h] = a - b;
-        }
-    }
-    __syncthreads();
-    if (!live)
-        return;
-    if (m > 1)
-    {
-        // Base product, m % 4 == 0: thread g of the row owns columns b, b + 1 of the (m, P) view and
-        // outputs c0 … c0 + 3 (T = n / 8 = (P / 2)·(m / 4) threads). Per sub-row a: one 8-byte read of
-        // x[a, b:b+2] (consecutive lanes, conflict-free), one broadcast 16-byte read of B[a, c0:c0+4],
-        // 8 FMAs; every x element is read from shared memory m / 4 times instead of m times.
-        int const cp = g & ((P >> 1) - 1);
-        int const c0 = (g >> (logP - 1)) << 2;
-        int const b = cp << 1;
-        float acc[4][2];
+            // Base product, m % 4 == 0: thread g of the row owns columns b, b + 1 of the (m, P) view and
+            // outputs c0 … c0 + 3 (T = n / 8 = (P / 2)·(m / 4) threads). Per sub-row a: one 8-byte read of
+            // x[a, b:b+2] (consecutive lanes, conflict-free), one broadcast 16-byte read of B[a, c0:c0+4],
+            // 8 FMAs; every x element is read from shared memory m / 4 times instead of m times.
+            int const cp = g & ((P >> 1) - 1);
+            int const c0 = (g >> (logP - 1)) << 2;
+            int const b = cp << 1;
+            float acc[4][2];
 #pragma unroll
-        for (int c = 0; c < 4; ++c)
-            acc[c][0] = 0.f, acc[c][1] = 0.f;
+            for (int c = 0; c < 4; ++c)
+                acc[c][0] = 0.f, acc[c][1] = 0.f;
 #pragma unroll(kM > 0 ? kM : 4)
-        for (int a = 0; a < m; ++a)
-        {
-            float2 const xv = *reinterpret_cast<float2 const*>(s + a * P + b);
-            float4 const w = *reinterpret_cast<float4 const*>(bs + a * m4 + c0);
-            acc[0][0] = fmaf(w.x, xv.x, acc[0][0]), acc[0][1] = fmaf(w.x, xv.y, acc[0][1]);
-            acc[1][0] = fmaf(w.y, xv.x, acc[1][0]), acc[1][1] = fmaf(w.y, xv.y, acc[1][1]);
-            acc[2][0] = fmaf(w.z, xv.x, acc[2][0]), acc[2][1] = fmaf(w.z, xv.y, acc[2][1]);
-            acc[3][0] = fmaf(w.w, xv.x, acc[3][0]), acc[3][1] = fmaf(w.w, xv.y, acc[3][1]);
+            for (int a = 0; a < m; ++a)
+            {
+                float2 const xv = *reinterpret_cast<float2 const*>(s + a * P + b);
+                float4 const w = *reinterpret_cast<float4 const*>(bs + a * m4 + c0);
+                acc[0][0] = fmaf(w.x, xv.x, acc[0][0]), acc[0][1] = fmaf(w.x, xv.y, acc[0][1]);
+                acc[1][0] = fmaf(w.y, xv.x, acc[1][0]), acc[1][1] = fmaf(w.y, xv.y, acc[1][1]);
+                acc[2][0] = fmaf(w.z, xv.x, acc[2][0]), acc[2][1] = fmaf(w.z, xv.y, acc[2][1]);
+                acc[3][0] = fmaf(w.w, xv.x, acc[3][0]), acc[3][1] = fmaf(w.w, xv.y, acc[3][1]);
+            }
+            auto* yr = static_cast<Tout*>(p.y) + row * n + b;
+#pragma unroll
+            for (int c = 0; c < 4; ++c)
+                store2(yr + static_cast<int64_t>(c0 + c) * P, acc[c][0] * norm, acc[c][1] * norm, outArg);
+            continue;
         }
-        auto* yr = static_cast<Tout*>(p.y) + row * n + b;
+        float out[8];
+        {
+            float4 const a = reinterpret_cast<float4 const*>(s + 8 * g)[0];
+            float4 const b = reinterpret_cast<float4 const*>(s + 8 * g)[1];
+            out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+        }
 #pragma unroll
-        for (int c = 0; c < 4; ++c)
-            store2(yr + static_cast<int64_t>(c0 + c) * P, acc[c][0] * norm, acc[c][1] * norm, p.outScale);
-        return;
+        for (int i = 0; i < 8; ++i)
+            out[i] *= norm;
+        store8(y, out, outArg);
     }
-    float out[8];
-    int const o0 = 8 * g;
-    {
-        float4 const a = reinterpret_cast<float4 const*>(s + o0)[0];
-        float4 const b = reinterpret_cast<float4 const*>(s + o0)[1];
-        out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
-    }
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-        out[i] *= norm;
-    store8(y, out, p.outScale);
 }
 
 template <typename Tin, typename Tout, int kM>
@@ -339,7 +411,17 @@ cudaError_t launchFastM(HadamardParams const& p, int32_t logP, cudaStream_t stre
         if (e != cudaSuccess)
             return e;
     }
-    int64_t const blocks = (p.rows + rpb - 1) / rpb;
+    int64_t const groups = (p.rows + rpb - 1) / rpb;
+    // grid: the blocks that fit on the GPU at once (each walks row groups grid-stride)
+    int dev = 0, sms = 0, perSm = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    if (e == cudaSuccess)
+        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel, tr * rpb, smem);
+    if (e != cudaSuccess)
+        return e;
+    int64_t const blocks = std::min<int64_t>(groups, static_cast<int64_t>(std::max(1, sms)) * std::max(1, perSm));
     kernel<<<static_cast<unsigned>(blocks), tr * rpb, smem, stream>>>(p, logP, rpb);
     return cudaGetLastError();
 }

@@ -8,8 +8,9 @@
 // (`mq::hadamardBaseMatrix` builds it on the host, a port of quant/hadamard.py:base_matrix).
 // Optional fused int8 output: q = saturate(round_half_even(y / outScale)) (ONNX QuantizeLinear, zp 0).
 // Schedule: for n % 256 == 0 (n ≤ 8192) and 16-byte aligned x/y, one thread per 8 consecutive elements,
-// several rows per block, butterflies h = 1..4 in registers and h = 8..128 by warp shuffles; shared
-// memory only for h ≥ 256 and the m×m base product. Other sizes: one block per row in shared memory.
+// several rows per block, a grid of the resident blocks walking row groups with loads two groups ahead,
+// butterflies h = 1..4 in registers and h = 8..128 by warp shuffles; shared memory only for h ≥ 256
+// (register rounds of 3 stages) and the m×m base product. Other sizes: one block per row in shared memory.
 // m ∈ {12, 20, 28, 36, 44, 60} have unrolled base products, any other m a generic loop.
 #pragma once
 #include "common.h"

@@ -1,15 +1,25 @@
 // SelectiveScan kernels; see selectiveScanKernel.h for the math, layout and schedule.
 //
 // Cost model (what the inner loop is built around): per (token, channel) the scan needs 16 exponentials
-// (one per state) plus, per state, dt·a, du·B, the h FMA and the y FMA. On Hopper the MUFU unit does
-// 16 exponentials per SM per clock, so the exponentials alone cost ~8 issue-cycles per state per warp;
-// a degree-5 polynomial on the FMA pipe costs ~11 issue slots. Everything else is kept off the hot path:
-// N is a compile-time 16 (smaller N is zero-padded: a = 0, B = C = 0), the tail tile is handled with a
-// "valid" select instead of branches, Bm/Cm tiles are double-buffered in shared memory (one barrier per
-// 16-token tile), the next tile's u/Δ/z are copied straight into double-buffered shared memory by
-// 16-byte cp.async (B/C through 8 registers) while the current tile is computed, __launch_bounds__(64, 8)
-// caps registers at 128 (8 resident blocks per SM), softplus/SiLU use MUFU ex2/rcp plus a short series (no log1pf/expf library calls), and all
-// per-token addressing is 32-bit offsets from per-thread base pointers.
+// (one per state) plus, per state, dt·a, du·B, the h FMA and the y FMA; softplus(Δ) and SiLU(z) add one
+// ex2 and one rcp each. On Hopper the MUFU unit does 16 of those per SM per clock (4 per sub-partition:
+// 8 issue-cycles per warp instruction), so they, not the ~5 FMA-pipe instructions per state, bound the
+// loop (20 MUFU operations per (token, channel) ≈ 0.80 ms at B8 L4096 D5120 on 132 SMs at 1.98 GHz).
+//
+// Schedule: two threads per channel (adjacent lanes), each owning 8 of the 16 states (N ≤ 16 is
+// zero-padded: a = 0, B = C = 0), so a block of 128 threads covers 64 channels and B·D gives twice the
+// threads of the one-thread-per-channel kernel. Per pair of tokens (2j, 2j+1) lane parity p computes Δ of
+// token 2j+p (softplus once per channel, not per thread) and the pair swaps it with one shuffle; both
+// threads update their 8 states for both tokens, then one more shuffle swaps the partial y of the token
+// each does not own, and the owner adds D·u, applies SiLU(z) and stores. Tiles of u/Δ/z are copied into
+// double-buffered shared memory by 16-byte cp.async (Bm/Cm through registers), one barrier per tile;
+// __launch_bounds__(128, 5) caps registers at 96 (5 resident blocks, 20 warps per SM), softplus/SiLU use
+// MUFU ex2/rcp plus a short series, and all per-token addressing is 32-bit offsets from base pointers.
+//
+// Chunked schedule (when B·D is too small to fill the GPU): pass 1 runs chunks 0 … C-2; chunk 0 already
+// starts from the true initial state, so its blocks run the full output body (y for chunk 0 and its true
+// end state), chunks 1 … C-2 compute a local state from zero and Σ Δ; the last chunk is never needed in
+// pass 1. Pass 2 chains the states; pass 3 writes y of chunks 1 … C-1. Work: 2C - 2 chunk passes, not 2C.
 #include "selectiveScanKernel.h"
 
 #include <algorithm>
@@ -19,13 +29,22 @@ namespace mq
 namespace
 {
 
-constexpr int kThreads = 64;   // channels per block (small blocks spread B·D·chunks evenly over the SMs)
-constexpr int kMinBlocks = 8;  // __launch_bounds__ minimum resident blocks per SM: caps registers at 128 a thread
-constexpr int kN = 16;         // states per thread (N ≤ 16 is zero-padded to 16)
-constexpr int kMaxTile = 16;   // tokens per shared-memory stage: 16, or 8 where 4-byte z/y would spill registers
+constexpr int kCh = 64;               // channels per block
+constexpr int kSplit = 2;             // threads per channel
+constexpr int kThreads = kCh * kSplit; // 128 threads per block
+#ifndef MQ_SCAN_MIN_BLOCKS
+#define MQ_SCAN_MIN_BLOCKS 5
+#endif
+// __launch_bounds__ minimum resident blocks per SM: 5 caps registers at 96 a thread. H200 fp16 sweeps: 64
+// registers (8 blocks) spilled and ran 6-15 % slower than 80 (6 blocks), 80 with the tile-wide Δ first
+// 1-6 % slower than 96; B8 D5120 (640 blocks) still fits in one wave at 5 blocks per SM.
+constexpr int kMinBlocks = MQ_SCAN_MIN_BLOCKS;
+constexpr int kN = 16;                // states per channel (N ≤ 16 is zero-padded to 16)
+constexpr int kNT = kN / kSplit;      // states per thread
+constexpr int kMaxTile = 16;          // tokens per shared-memory stage: 16, or 8 where 4-byte z/y would spill registers
 template <typename Tout>
 __host__ __device__ constexpr int tileFor() { return sizeof(Tout) == 4 ? 8 : 16; }
-constexpr int kDefaultPoly = 0; // exponentials on the FMA pipe by default: the SASS has ~174 issue slots vs 144 MUFU cycles per warp-token with 2, so all-MUFU balances better
+constexpr int kDefaultPoly = 0; // exps per thread on the FMA pipe by default (all on MUFU; 1-2 measured no better)
 constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ float ex2Approx(float x)
@@ -78,11 +97,10 @@ __device__ __forceinline__ float siluFast(float z) { return z * rcpApprox(1.f + 
 
 struct Work
 {
-    float* hChunk;   //!< (B, chunks, D, N): pass 1 writes local states, pass 2 turns them into start states
+    float* hChunk;   //!< (B, chunks, D, N): pass 1 writes chunk end states (local from zero for c ≥ 1), pass 2 start states
     float* sumDelta; //!< (B, chunks, D)
 };
 
-// kPass 1: chunk-local state from zero (+ Σ Δ). kPass 3: outputs from the chunk's start state.
 //! 16-byte cp.async global → shared; src_bytes 0 zero-fills the 16 bytes (src is then not read).
 __device__ __forceinline__ void cpAsync16(void* smemDst, void const* src, bool valid)
 {
@@ -93,16 +111,17 @@ __device__ __forceinline__ void cpAsync16(void* smemDst, void const* src, bool v
 __device__ __forceinline__ void cpAsyncWaitAll() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 //! Copies tile rows [t0, t0 + kTile) (relative to the chunk start, clipped at `len`) of a (B, L, D)
-//! tensor's channels [d0, d0 + kThreads) into s[kTile][kThreads]. kAsync: 16-byte cp.async chunks
+//! tensor's channels [d0, d0 + kCh) into s[kTile][kCh]. kAsync: 16-byte cp.async chunks
 //! (needs D % (16 / sizeof(T)) == 0 and a 16-byte aligned base); rows past `len` and channels past D
-//! are zero-filled. Otherwise each thread loads its own channel (clamped to a valid one) synchronously.
+//! are zero-filled. Otherwise the two threads of a channel load its even / odd rows synchronously
+//! (clamped to a valid channel and to the last valid row).
 template <bool kAsync, int kTile, typename T>
-__device__ __forceinline__ void fillTile(T (*s)[kThreads], T const* base, size_t rowBase, int t0, int len, int d0, int dc, int D)
+__device__ __forceinline__ void fillTile(T (*s)[kCh], T const* base, size_t rowBase, int t0, int len, int d0, int dc, int D)
 {
     if constexpr (kAsync)
     {
         constexpr int kPerChunk = 16 / sizeof(T);
-        constexpr int kChunksPerRow = kThreads / kPerChunk;
+        constexpr int kChunksPerRow = kCh / kPerChunk;
         for (int k = threadIdx.x; k < kTile * kChunksPerRow; k += kThreads)
         {
             int const r = k / kChunksPerRow;
@@ -116,47 +135,52 @@ __device__ __forceinline__ void fillTile(T (*s)[kThreads], T const* base, size_t
     else
     {
         int const last = min(kTile, len - t0) - 1;
+        int const half = threadIdx.x & 1;
         T const* src = base + (rowBase + static_cast<size_t>(t0)) * D + dc;
 #pragma unroll
-        for (int i = 0; i < kTile; ++i)
-            s[i][threadIdx.x] = src[static_cast<size_t>(min(i, last)) * D];
+        for (int i = half; i < kTile; i += 2)
+            s[i][threadIdx.x >> 1] = src[static_cast<size_t>(min(i, last)) * D];
     }
 }
 
-template <typename Tin, typename Tout, int kPoly, int kPass, bool kSoftplus, bool kGate, bool kAsync>
-__global__ void __launch_bounds__(kThreads, kMinBlocks) scanKernel(SelectiveScanParams const p, Work const w, int32_t chunks, int32_t chunkLen)
+//! One (batch, chunk, 64-channel) block's scan. kOut: writes y (and starts from the true start state:
+//! h0 / zero for chunk 0, the chained hChunk[c] otherwise); else computes the chunk-local state from zero
+//! and Σ Δ. The end state goes to lastState for the last chunk, else to hChunk[c].
+template <typename Tin, typename Tout, int kPoly, bool kOut, bool kSoftplus, bool kGate, bool kAsync>
+__device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work const& w, int32_t chunks, int32_t chunkLen, int c)
 {
-    constexpr bool kOut = kPass == 3;
     constexpr int kTile = tileFor<Tout>();
     constexpr int kBcPer = kTile * kN / kThreads; // Bm (and Cm) elements each thread stages per tile
     static_assert(kTile * kN % kThreads == 0, "tile must split evenly over the block");
+    static_assert(kTile % 2 == 0, "tokens are processed in pairs");
     __shared__ __align__(16) float sB[2][kTile][kN];
     __shared__ __align__(16) float sC[2][kOut ? kTile : 1][kN];
-    __shared__ __align__(16) Tin sU[2][kTile][kThreads];
-    __shared__ __align__(16) Tin sD[2][kTile][kThreads];
-    __shared__ __align__(16) Tout sZ[2][kGate ? kTile : 1][kThreads];
+    __shared__ __align__(16) Tin sU[2][kTile][kCh];
+    __shared__ __align__(16) Tin sD[2][kTile][kCh];
+    __shared__ __align__(16) Tout sZ[2][kGate && kOut ? kTile : 1][kCh];
 
     int const N = p.dState;
     int const D = p.dim;
     int const L = p.seqLen;
-    int const d = blockIdx.x * kThreads + threadIdx.x;
-    int const c = blockIdx.y;
+    int const half = threadIdx.x & 1; // which 8 states; owner of the odd (1) or even (0) token of each pair
+    int const ch = threadIdx.x >> 1;
+    int const d = blockIdx.x * kCh + ch;
     int const b = blockIdx.z;
     bool const active = d < D;
     int const tBegin = c * chunkLen;
     int const tEnd = min(L, tBegin + chunkLen);
     int const len = tEnd - tBegin;
     int const dc = active ? d : D - 1; // inactive lanes read a valid channel and store nothing
-    int const d0 = blockIdx.x * kThreads;
+    int const d0 = blockIdx.x * kCh;
+    int const n0 = half * kNT;
     size_t const tokRow0 = static_cast<size_t>(b) * L + tBegin; // (b, tBegin) as a row of the (B·L, D) tensors
 
-    // per-thread base pointers (64-bit once); per-token offsets are 32-bit
-    size_t const row0 = (static_cast<size_t>(b) * L + tBegin) * D + dc;
+    size_t const row0 = tokRow0 * D + dc;
     Tin const* uBase = static_cast<Tin const*>(p.u);
     Tin const* dBase = static_cast<Tin const*>(p.delta);
     Tout const* zBase = kGate ? static_cast<Tout const*>(p.z) : nullptr;
     Tout* yP = static_cast<Tout*>(p.y) + row0;
-    size_t const bc0 = (static_cast<size_t>(b) * L + tBegin) * N;
+    size_t const bc0 = tokRow0 * N;
     Tin const* bP = static_cast<Tin const*>(p.Bm) + bc0;
     Tin const* cP = static_cast<Tin const*>(p.Cm) + bc0;
 
@@ -178,23 +202,24 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) scanKernel(SelectiveScan
             sc[i] = 0.f;
     }
 
-    float a2[kN];
-    float h[kN];
+    float a2[kNT];
+    float h[kNT];
     size_t const stateOff = (static_cast<size_t>(b) * D + dc) * N;
     size_t const chunkOff = ((static_cast<size_t>(b) * chunks + c) * D + dc) * N;
 #pragma unroll
-    for (int n = 0; n < kN; ++n)
+    for (int k = 0; k < kNT; ++k)
     {
-        a2[n] = n < N ? p.A[static_cast<size_t>(dc) * N + n] * kLog2e : 0.f;
+        int const n = n0 + k;
+        a2[k] = n < N ? p.A[static_cast<size_t>(dc) * N + n] * kLog2e : 0.f;
         float h0 = 0.f;
         if (kOut && n < N)
         {
-            if (chunks > 1)
+            if (c > 0)
                 h0 = w.hChunk[chunkOff + n];
             else if (p.h0 != nullptr)
                 h0 = p.h0[stateOff + n];
         }
-        h[n] = h0;
+        h[k] = h0;
     }
     float const bias = p.deltaBias != nullptr ? p.deltaBias[dc] : 0.f;
     float const dSkip = p.Dskip != nullptr ? p.Dskip[dc] : 0.f;
@@ -206,10 +231,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) scanKernel(SelectiveScan
     // (cp.async, waited for before the tile's barrier), Bm/Cm into registers (staged by `stage`).
     // Bm/Cm rows past the chunk's end re-read its last token (always in bounds); the compute masks them out.
     auto prefetch = [&](int t0, int buf) {
-        int const last = min(kTile, tEnd - tBegin - t0) - 1;
+        int const last = min(kTile, len - t0) - 1;
         fillTile<kAsync, kTile>(sU[buf], uBase, tokRow0, t0, len, d0, dc, D);
         fillTile<kAsync, kTile>(sD[buf], dBase, tokRow0, t0, len, d0, dc, D);
-        if constexpr (kGate)
+        if constexpr (kGate && kOut)
             fillTile<kAsync, kTile>(sZ[buf], zBase, tokRow0, t0, len, d0, dc, D);
         int const lim = (last + 1) * N - 1;
         Tin const* bT = bP + static_cast<size_t>(t0) * N;
@@ -251,55 +276,78 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) scanKernel(SelectiveScan
 
         int const nt = min(kTile, len - t0);
         Tout* yT = yP + static_cast<size_t>(t0) * D;
-        float4 const* sb = reinterpret_cast<float4 const*>(&sB[buf][0][0]);
-        float4 const* sc = reinterpret_cast<float4 const*>(&sC[buf][0][0]);
+        float4 const* sb = reinterpret_cast<float4 const*>(&sB[buf][0][0]) + 2 * half;
+        float4 const* sc = reinterpret_cast<float4 const*>(&sC[buf][0][0]) + 2 * half;
+        // Δ of every token of the tile first (independent chains, so the MUFU work of the token loop below
+        // never waits on a softplus): each thread computes the tokens it owns (2j + half), one shuffle swaps them
+        float dtT[kTile];
 #pragma unroll
-        for (int i = 0; i < kTile; ++i)
+        for (int j = 0; j < kTile / 2; ++j)
         {
-            bool const valid = i < nt;
-            float const uv = toFloat(sU[buf][i][threadIdx.x], uScale);
-            float dt = toFloat(sD[buf][i][threadIdx.x], dScale) + bias;
+            int const iOwn = 2 * j + half;
+            float v = toFloat(sD[buf][iOwn][ch], dScale) + bias;
             if constexpr (kSoftplus)
-                dt = softplusFast(dt);
-            dt = valid ? dt : 0.f; // tail tokens: dA = 1, du = 0 → state unchanged
-            float const du = dt * uv;
-            float y0 = 0.f, y1 = 0.f;
+                v = softplusFast(v);
+            v = iOwn < nt ? v : 0.f; // tail tokens: dA = 1, du = 0 → state unchanged
+            float const o = __shfl_xor_sync(0xffffffffu, v, 1);
+            dtT[2 * j] = half ? o : v;
+            dtT[2 * j + 1] = half ? v : o;
+        }
 #pragma unroll
-            for (int q = 0; q < kN / 4; ++q)
+        for (int j = 0; j < kTile / 2; ++j)
+        {
+            int const iOwn = 2 * j + half;
+            float yPart[2], uv[2];
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
             {
-                float4 const bq = sb[i * (kN / 4) + q];
-                float const bv[4] = {bq.x, bq.y, bq.z, bq.w};
-                float cv[4] = {0.f, 0.f, 0.f, 0.f};
-                if constexpr (kOut)
-                {
-                    float4 const cq = sc[i * (kN / 4) + q];
-                    cv[0] = cq.x, cv[1] = cq.y, cv[2] = cq.z, cv[3] = cq.w;
-                }
+                int const i = 2 * j + e;
+                float const dt = dtT[i];
+                uv[e] = toFloat(sU[buf][i][ch], uScale);
+                float const du = dt * uv[e];
+                float y0 = 0.f, y1 = 0.f;
 #pragma unroll
-                for (int r = 0; r < 4; ++r)
+                for (int q = 0; q < kNT / 4; ++q)
                 {
-                    int const n = 4 * q + r;
-                    float const e = dt * a2[n];
-                    float const dA = n < kPoly ? exp2Poly(e) : ex2Approx(e);
-                    h[n] = fmaf(dA, h[n], du * bv[r]);
+                    float4 const bq = sb[i * (kN / 4) + q];
+                    float const bv[4] = {bq.x, bq.y, bq.z, bq.w};
+                    float cv[4] = {0.f, 0.f, 0.f, 0.f};
                     if constexpr (kOut)
                     {
-                        if (r & 1)
-                            y1 = fmaf(h[n], cv[r], y1);
-                        else
-                            y0 = fmaf(h[n], cv[r], y0);
+                        float4 const cq = sc[i * (kN / 4) + q];
+                        cv[0] = cq.x, cv[1] = cq.y, cv[2] = cq.z, cv[3] = cq.w;
+                    }
+#pragma unroll
+                    for (int r = 0; r < 4; ++r)
+                    {
+                        int const k = 4 * q + r;
+                        float const ex = dt * a2[k];
+                        float const dA = k < kPoly ? exp2Poly(ex) : ex2Approx(ex);
+                        h[k] = fmaf(dA, h[k], du * bv[r]);
+                        if constexpr (kOut)
+                        {
+                            if (r & 1)
+                                y1 = fmaf(h[k], cv[r], y1);
+                            else
+                                y0 = fmaf(h[k], cv[r], y0);
+                        }
                     }
                 }
+                yPart[e] = y0 + y1;
+                if constexpr (!kOut)
+                    sumDelta += dt;
             }
-            if constexpr (kPass == 1)
-                sumDelta += dt;
             if constexpr (kOut)
             {
-                float yv = fmaf(dSkip, uv, y0 + y1);
+                // swap the partial y of the token the other thread owns; add D·u, gate, store
+                float const send = half ? yPart[0] : yPart[1];
+                float const recv = __shfl_xor_sync(0xffffffffu, send, 1);
+                float yv = (half ? yPart[1] : yPart[0]) + recv;
+                yv = fmaf(dSkip, half ? uv[1] : uv[0], yv);
                 if constexpr (kGate)
-                    yv *= siluFast(toFloat(sZ[buf][i][threadIdx.x], 1.f));
-                if (valid && active)
-                    yT[i * D] = fromFloat<Tout>(yv);
+                    yv *= siluFast(toFloat(sZ[buf][iOwn][ch], 1.f));
+                if (iOwn < nt && active)
+                    yT[iOwn * D] = fromFloat<Tout>(yv);
             }
         }
         if (more)
@@ -310,24 +358,44 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) scanKernel(SelectiveScan
     }
     if (!active)
         return;
-    if constexpr (kPass == 1)
+    // end state: the op's last state after the last chunk; chunk 0's true end state / a local state for
+    // the chain after pass 1 (pass 3 of chunks 1 … C-2 has nothing to hand on)
+    float* dst = nullptr;
+    if (c == chunks - 1)
+        dst = p.lastState != nullptr ? p.lastState + stateOff : nullptr;
+    else if (!kOut || c == 0)
+        dst = w.hChunk + chunkOff;
+    if (dst != nullptr)
     {
 #pragma unroll
-        for (int n = 0; n < kN; ++n)
-            if (n < N)
-                w.hChunk[chunkOff + n] = h[n];
+        for (int k = 0; k < kNT; ++k)
+            if (n0 + k < N)
+                dst[n0 + k] = h[k];
+    }
+    if (!kOut && half == 0)
         w.sumDelta[(static_cast<size_t>(b) * chunks + c) * D + d] = sumDelta;
-    }
-    else if (p.lastState != nullptr && c == chunks - 1)
-    {
-#pragma unroll
-        for (int n = 0; n < kN; ++n)
-            if (n < N)
-                p.lastState[stateOff + n] = h[n];
-    }
 }
 
-//! Pass 2: one thread per (b, d, n) chains the chunk states; hChunk[c] becomes chunk c's start state.
+//! Pass 1 (chunks > 1), grid.y = chunks - 1: chunk 0 runs the output body from the true initial state,
+//! chunks 1 … C-2 the local body.
+template <typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate, bool kAsync>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) scanPass1(SelectiveScanParams const p, Work const w, int32_t chunks, int32_t chunkLen)
+{
+    if (blockIdx.y == 0)
+        scanBody<Tin, Tout, kPoly, true, kSoftplus, kGate, kAsync>(p, w, chunks, chunkLen, 0);
+    else
+        scanBody<Tin, Tout, kPoly, false, kSoftplus, false, kAsync>(p, w, chunks, chunkLen, static_cast<int>(blockIdx.y));
+}
+
+//! Pass 3 (or the single pass): outputs of chunks cOffset … cOffset + grid.y - 1.
+template <typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate, bool kAsync>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) scanPass3(SelectiveScanParams const p, Work const w, int32_t chunks, int32_t chunkLen, int32_t cOffset)
+{
+    scanBody<Tin, Tout, kPoly, true, kSoftplus, kGate, kAsync>(p, w, chunks, chunkLen, static_cast<int>(blockIdx.y) + cOffset);
+}
+
+//! Pass 2: one thread per (b, d, n) chains the chunk states. hChunk[0] already holds chunk 0's true end
+//! state; hChunk[c] (c ≥ 1) becomes chunk c's start state (c = C-1's local state was never computed).
 __global__ void chainKernel(SelectiveScanParams const p, Work const w, int32_t chunks)
 {
     int64_t const idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -340,13 +408,14 @@ __global__ void chainKernel(SelectiveScanParams const p, Work const w, int32_t c
     int const d = static_cast<int>((idx / N) % D);
     int const b = static_cast<int>(idx / (static_cast<int64_t>(N) * D));
     float const a = p.A[static_cast<int64_t>(d) * N + n];
-    float h = p.h0 != nullptr ? p.h0[idx] : 0.f;
-    for (int c = 0; c < chunks; ++c)
+    float h = w.hChunk[(static_cast<int64_t>(b) * chunks * D + d) * N + n];
+    for (int c = 1; c < chunks; ++c)
     {
         int64_t const cd = (static_cast<int64_t>(b) * chunks + c) * D + d;
-        float const local = w.hChunk[cd * N + n];
+        float const local = c < chunks - 1 ? w.hChunk[cd * N + n] : 0.f;
         w.hChunk[cd * N + n] = h;
-        h = fmaf(expf(a * w.sumDelta[cd]), h, local);
+        if (c < chunks - 1)
+            h = fmaf(expf(a * w.sumDelta[cd]), h, local);
     }
 }
 
@@ -359,14 +428,16 @@ int32_t chunkLength(SelectiveScanParams const& p, int32_t chunks)
 template <typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate, bool kAsync>
 cudaError_t runAs(SelectiveScanParams const& p, Work const& w, int32_t chunks, int32_t len, cudaStream_t stream)
 {
-    dim3 const grid((p.dim + kThreads - 1) / kThreads, chunks, p.batch);
+    unsigned const gx = static_cast<unsigned>((p.dim + kCh - 1) / kCh);
     if (chunks > 1)
     {
-        scanKernel<Tin, Tout, kPoly, 1, kSoftplus, false, kAsync><<<grid, kThreads, 0, stream>>>(p, w, chunks, len);
+        scanPass1<Tin, Tout, kPoly, kSoftplus, kGate, kAsync><<<dim3(gx, chunks - 1, p.batch), kThreads, 0, stream>>>(p, w, chunks, len);
         int64_t const total = static_cast<int64_t>(p.batch) * p.dim * p.dState;
         chainKernel<<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(p, w, chunks);
+        scanPass3<Tin, Tout, kPoly, kSoftplus, kGate, kAsync><<<dim3(gx, chunks - 1, p.batch), kThreads, 0, stream>>>(p, w, chunks, len, 1);
     }
-    scanKernel<Tin, Tout, kPoly, 3, kSoftplus, kGate, kAsync><<<grid, kThreads, 0, stream>>>(p, w, chunks, len);
+    else
+        scanPass3<Tin, Tout, kPoly, kSoftplus, kGate, kAsync><<<dim3(gx, 1, p.batch), kThreads, 0, stream>>>(p, w, chunks, len, 0);
     return cudaGetLastError();
 }
 
@@ -401,9 +472,9 @@ cudaError_t dispatchPoly(SelectiveScanParams const& p, Work const& w, int32_t ch
     int const poly = p.polyExp < 0 ? kDefaultPoly : p.polyExp;
     if (poly == 0)
         return dispatchFlags<Tin, Tout, 0>(p, w, chunks, stream);
-    if (poly <= 2)
-        return dispatchFlags<Tin, Tout, 2>(p, w, chunks, stream);
-    return dispatchFlags<Tin, Tout, 4>(p, w, chunks, stream);
+    if (poly <= 2) // polyExp counts exps of the 16 per (token, channel); each of the 2 threads does half
+        return dispatchFlags<Tin, Tout, 1>(p, w, chunks, stream);
+    return dispatchFlags<Tin, Tout, 2>(p, w, chunks, stream);
 }
 
 } // namespace
@@ -421,20 +492,20 @@ int32_t selectiveScanChunks(SelectiveScanParams const& p)
             if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
                 sms = 80;
         }
-        // Chunking re-does every exponential (pass 1 + pass 3). First fitted to the H200 chunk sweep at
-        // 176 registers (4 resident 64-thread blocks per SM): one pass for B·D ≥ 128 per SM, else ~2.5 waves
-        // of resident blocks, chunks of ≥ 192 tokens. The kernel is now capped at 128 registers
-        // (kMinBlocks = 8 resident blocks, twice the warps), so both bounds scale with the residency: a
-        // single pass only when B·D fills 3/8 of the resident threads, else ~2.5 waves (not yet re-fitted).
-        int64_t const rows = static_cast<int64_t>(p.batch) * p.dim;
+        // Chunking costs 2(C - 1) chunk passes for C - 1 times the parallelism of one pass (see the top of
+        // this file). Fitted to the H200 fp16 sweep of the 2-threads-per-channel kernel (96 registers, 5
+        // resident 128-thread blocks per SM, r = B·D·2 threads / resident threads): one pass for r ≥ 1/3
+        // (B8 D2560, r 0.48: 1 chunk 0.889 ms, 2: 0.903, 3: 0.916), else C = ⌈0.85 / r⌉ (B8 D1536, r 0.29:
+        // 3 chunks 0.321 ms, 4: 0.351; B1 D5120, r 0.12: 8 chunks 0.326, 6: 0.346, 16: 0.331; B1 D1536,
+        // r 0.036: 24 chunks 0.119, 16: 0.129), chunks of ≥ 128 tokens.
+        int64_t const threads = static_cast<int64_t>(p.batch) * p.dim * kSplit;
         int64_t const resident = static_cast<int64_t>(sms) * kThreads * kMinBlocks;
-        if (rows * 8 >= resident * 3)
+        if (threads * 3 >= resident)
             chunks = 1;
         else
         {
-            int64_t const target = resident * 5 / 2;
-            chunks = static_cast<int32_t>(std::min<int64_t>((target + rows - 1) / rows, 1 << 20));
-            chunks = std::min<int32_t>(chunks, std::max(1, p.seqLen / 192));
+            chunks = static_cast<int32_t>(std::min<int64_t>((17 * resident + 20 * threads - 1) / (20 * threads), 1 << 20));
+            chunks = std::min<int32_t>(chunks, std::max(1, p.seqLen / 128));
         }
     }
     chunks = std::max(1, std::min(chunks, std::max(1, p.seqLen)));

@@ -9,11 +9,14 @@
 // Element types: `in` (u, delta, Bm, Cm) is fp32, fp16 or int8 (per-tensor scales, x = q·scale);
 // `out` (z, y) is fp32 or fp16. A, Dskip, delta_bias, states are fp32.
 //
-// Schedule: one thread per (batch, channel) holds the N-state (zero-padded to 16) in registers and walks
-// its tokens; u/Δ/z/Bm/Cm tiles are double-buffered in shared memory (u/Δ/z by cp.async when rows are
-// 16-byte aligned) and the next tile is copied while the current one is computed (one barrier per tile). When B·D is too small to fill the GPU, L is split into
-// chunks: pass 1 computes each chunk's state from zero and its Σ Δ, pass 2 chains the chunk states
-// (h_start[c+1] = exp(A·ΣΔ_c)·h_start[c] + h_local[c]), pass 3 reruns each chunk from its start state.
+// Schedule: two threads per (batch, channel) (adjacent lanes) each hold 8 of the N states (zero-padded to
+// 16) in registers and walk the tokens; Δ (softplus) of each token is computed by one of the two and
+// swapped by a shuffle, the partial outputs are swapped back so that each token's y is finished (D·u, SiLU)
+// and stored by one thread. u/Δ/z/Bm/Cm tiles are double-buffered in shared memory (u/Δ/z by cp.async when
+// rows are 16-byte aligned), the next tile copied while the current one is computed (one barrier per tile).
+// When B·D is too small to fill the GPU, L is split into C chunks: pass 1 runs chunk 0 with outputs from the
+// true initial state and chunks 1 … C-2 from zero (local state and Σ Δ), pass 2 chains the chunk states
+// (h_start[c+1] = exp(A·ΣΔ_c)·h_start[c] + h_local[c]), pass 3 reruns chunks 1 … C-1 from their start states.
 #pragma once
 #include "common.h"
 #include <cstddef>

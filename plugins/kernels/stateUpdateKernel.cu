@@ -7,9 +7,20 @@ namespace
 {
 
 constexpr int kLanes = 4;     // threads per (batch, channel)
-constexpr int kThreads = 256;
+constexpr int kThreads = 64;  // small blocks: a decode step has only B·D·4 threads, spread them over the SMs
 
 template <typename T>
+__device__ __forceinline__ void load4(T const* src, float (&v)[4], int n0, int N)
+{
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+        v[k] = n0 + k < N ? toFloat(src[n0 + k], 1.f) : 0.f;
+}
+
+// kVec (N == 16, 16-byte aligned state / A rows): lane l owns states 4l … 4l+3 and reads them, A, B and C
+// with one vector load each; every load of the thread is issued before any arithmetic, so a step costs
+// about one memory latency. Otherwise lane l owns states l, l + 4, … (any N).
+template <typename T, bool kVec>
 __global__ void __launch_bounds__(kThreads) stateUpdateKernel(StateUpdateParams const p)
 {
     int64_t const gid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
@@ -18,25 +29,51 @@ __global__ void __launch_bounds__(kThreads) stateUpdateKernel(StateUpdateParams 
     int64_t const rows = static_cast<int64_t>(p.batch) * p.dim;
     bool const active = row < rows;
     int const N = p.dState;
-    int const d = active ? static_cast<int>(row % p.dim) : 0;
-    int64_t const b = active ? row / p.dim : 0;
+    int64_t const r = active ? row : rows - 1; // inactive lanes read a valid row and store nothing
+    int const d = static_cast<int>(r % p.dim);
+    int64_t const b = r / p.dim;
 
+    float const xv = toFloat(static_cast<T const*>(p.x)[r], 1.f);
+    float dt = toFloat(static_cast<T const*>(p.dt)[r], 1.f) + (p.dtBias != nullptr ? p.dtBias[d] : 0.f);
+    float const dSkip = p.Dskip != nullptr ? p.Dskip[d] : 0.f;
+    float const zv = p.z != nullptr ? toFloat(static_cast<T const*>(p.z)[r], 1.f) : 0.f;
+    auto const* Bm = static_cast<T const*>(p.Bm) + b * N;
+    auto const* Cm = static_cast<T const*>(p.Cm) + b * N;
+    float const* A = p.A + static_cast<int64_t>(d) * N;
     float yv = 0.f;
-    float xv = 0.f;
-    if (active)
+    if constexpr (kVec)
     {
-        xv = toFloat(static_cast<T const*>(p.x)[row], 1.f);
-        float dt = toFloat(static_cast<T const*>(p.dt)[row], 1.f) + (p.dtBias != nullptr ? p.dtBias[d] : 0.f);
+        int const n0 = 4 * lane;
+        float4 const h4 = *reinterpret_cast<float4 const*>(p.stateIn + r * N + n0);
+        float4 const a4 = *reinterpret_cast<float4 const*>(A + n0);
+        float bv[4], cv[4];
+        load4(Bm, bv, n0, N);
+        load4(Cm, cv, n0, N);
         if (p.dtSoftplus)
             dt = softplusTorch(dt);
         float const dx = dt * xv;
-        auto const* Bm = static_cast<T const*>(p.Bm) + b * N;
-        auto const* Cm = static_cast<T const*>(p.Cm) + b * N;
-        float const* A = p.A + static_cast<int64_t>(d) * N;
+        float const hv[4] = {h4.x, h4.y, h4.z, h4.w};
+        float const av[4] = {a4.x, a4.y, a4.z, a4.w};
+        float ho[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+        {
+            ho[k] = fmaf(expf(dt * av[k]), hv[k], dx * bv[k]);
+            yv = fmaf(ho[k], cv[k], yv);
+        }
+        if (active)
+            *reinterpret_cast<float4*>(p.stateOut + r * N + n0) = make_float4(ho[0], ho[1], ho[2], ho[3]);
+    }
+    else
+    {
+        if (p.dtSoftplus)
+            dt = softplusTorch(dt);
+        float const dx = dt * xv;
         for (int n = lane; n < N; n += kLanes)
         {
-            float const h = fmaf(expf(dt * A[n]), p.stateIn[row * N + n], dx * toFloat(Bm[n], 1.f));
-            p.stateOut[row * N + n] = h;
+            float const h = fmaf(expf(dt * A[n]), p.stateIn[r * N + n], dx * toFloat(Bm[n], 1.f));
+            if (active)
+                p.stateOut[r * N + n] = h;
             yv = fmaf(h, toFloat(Cm[n], 1.f), yv);
         }
     }
@@ -45,11 +82,22 @@ __global__ void __launch_bounds__(kThreads) stateUpdateKernel(StateUpdateParams 
         yv += __shfl_xor_sync(0xffffffffu, yv, o, kLanes);
     if (active && lane == 0)
     {
-        yv = fmaf(p.Dskip != nullptr ? p.Dskip[d] : 0.f, xv, yv);
+        yv = fmaf(dSkip, xv, yv);
         if (p.z != nullptr)
-            yv *= siluf(toFloat(static_cast<T const*>(p.z)[row], 1.f));
+            yv *= siluf(zv);
         static_cast<T*>(p.y)[row] = fromFloat<T>(yv);
     }
+}
+
+template <typename T>
+void launchTyped(StateUpdateParams const& p, unsigned blocks, cudaStream_t stream)
+{
+    bool const vec = p.dState == 16 && (reinterpret_cast<uintptr_t>(p.stateIn) & 15u) == 0
+        && (reinterpret_cast<uintptr_t>(p.stateOut) & 15u) == 0 && (reinterpret_cast<uintptr_t>(p.A) & 15u) == 0;
+    if (vec)
+        stateUpdateKernel<T, true><<<blocks, kThreads, 0, stream>>>(p);
+    else
+        stateUpdateKernel<T, false><<<blocks, kThreads, 0, stream>>>(p);
 }
 
 } // namespace
@@ -64,9 +112,9 @@ cudaError_t launchStateUpdate(StateUpdateParams const& p, cudaStream_t stream)
         return cudaSuccess;
     unsigned const blocks = static_cast<unsigned>((threads + kThreads - 1) / kThreads);
     if (p.type == DType::kFLOAT)
-        stateUpdateKernel<float><<<blocks, kThreads, 0, stream>>>(p);
+        launchTyped<float>(p, blocks, stream);
     else if (p.type == DType::kHALF)
-        stateUpdateKernel<__half><<<blocks, kThreads, 0, stream>>>(p);
+        launchTyped<__half>(p, blocks, stream);
     else
         return cudaErrorInvalidValue;
     return cudaGetLastError();

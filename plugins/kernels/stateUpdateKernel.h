@@ -6,7 +6,8 @@
 //
 // x, dt, z, y are (B, D) (= (B, 1, D) token-major); Bm, Cm are (B, N); A is (D, N).
 // `type` (x, dt, z, y, Bm, Cm) is fp32 or fp16; A, Dskip, dt_bias and the state are fp32.
-// Schedule: 4 threads per (batch, channel), each owning every 4th state entry, reduced by shuffles.
+// Schedule: 4 threads per (batch, channel) in 64-thread blocks, reduced by shuffles; for N = 16 each owns 4
+// consecutive states (vector loads, all loads issued before the math), otherwise every 4th state.
 #pragma once
 #include "common.h"
 

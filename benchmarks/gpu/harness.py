@@ -189,6 +189,10 @@ def tests():
         (1, 4096, 768, 16, True, False, 0, True), (1, 4096, 1000, 16, True, True, 5, True), (8, 300, 5120, 16, True, False, 0, True),
         (2, 1024, 2560, 16, True, True, 1, True), (4, 333, 1000, 16, True, True, 7, False), (1, 33, 100, 8, True, True, 3, True),
         (8, 64, 2048, 16, True, False, 0, True),
+        # 2-threads-per-channel kernel: C = 2 (pass 1 = chunk 0 with outputs, pass 3 = chunk 1), C = 3/4 with h0,
+        # odd D (synchronous-load fallback for every dtype), N = 12 (second thread's states half padded)
+        (2, 200, 1536, 16, True, True, 2, True), (3, 517, 99, 12, True, True, 4, True), (1, 290, 2560, 12, False, True, 3, True),
+        (5, 129, 1000, 16, True, False, 2, True),
     ]
     for (Bsz, L, D, N, gate, init, chunks, sp) in scan_cases:
         x = make_scan_inputs(Bsz, L, D, N, seed=L + D, gate=gate, init=init)
@@ -228,8 +232,8 @@ def tests():
         y, out, *_ = run_state_update(st0.clone(), xx, dt, A, Bm, Cm, Dk, bias, None, F32)
         record("state_update", "vs ops/state_update.py numpy", "rel", rel_err(y, torch.from_numpy(yn[:, 0]).to(DEV)), 1e-5)
 
-    for n in (768, 1536, 2560, 5120, 384, 192, 1024, 64, 1792, 1152, 704, 3840, 832, 4):
-        for rws in (1, 37):
+    for n in (768, 1536, 2560, 5120, 384, 192, 1024, 64, 1792, 1152, 704, 3840, 832, 4, 4096, 8192, 6144, 3072, 2048):
+        for rws in ((1, 37, 3001) if n in (768, 4096, 5120, 6144) else (1, 37)):  # 3001 rows: several grid-stride groups a block
             g = torch.Generator(device=DEV).manual_seed(n + rws)
             x = torch.randn(rws, n, generator=g, device=DEV)
             ref = hadamard_ref(x.double(), n)
@@ -260,10 +264,14 @@ def sanitize():
     run_state_update(st, torch.randn(3, 130, device=DEV), torch.randn(3, 130, device=DEV), -torch.rand(130, 16, device=DEV),
                      torch.randn(3, 16, device=DEV), torch.randn(3, 16, device=DEV), torch.randn(130, device=DEV),
                      torch.randn(130, device=DEV), torch.randn(3, 130, device=DEV), F16, inplace=True)
-    for n in (768, 2560, 832, 64):
+    x = make_scan_inputs(2, 61, 99, 12, seed=4, gate=True, init=True)
+    for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16)):
+        for chunks in (2, 4):
+            run_scan(x, in_t, out_t, chunks=chunks)
+    for n, rws in ((768, 5), (2560, 5), (832, 5), (64, 5), (4096, 5), (6144, 3), (8192, 3), (768, 2003)):
         for dt in (torch.float32, torch.float16):
-            run_hadamard(torch.randn(5, n, device=DEV, dtype=dt), I8, 0.05)
-            run_hadamard(torch.randn(5, n, device=DEV, dtype=dt), F16)
+            run_hadamard(torch.randn(rws, n, device=DEV, dtype=dt), I8, 0.05)
+            run_hadamard(torch.randn(rws, n, device=DEV, dtype=dt), F16)
     torch.cuda.synchronize()
     print("sanitize cases ran")
 
@@ -305,48 +313,152 @@ def load_mamba():
         out["ssu"] = selective_state_update
     except Exception as e:  # noqa: BLE001
         out["ssu_error"] = repr(e)[:300]
+    try:
+        import fast_hadamard_transform_cuda  # noqa: F401 built by run_all.sh from .carry/fht
+        out["fht"] = fast_hadamard_transform_cuda
+    except Exception as e:  # noqa: BLE001
+        out["fht_error"] = repr(e)[:300]
     return out
 
 
-def bench():
-    res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "scan": [], "hadamard": [], "state_update": []}
-    bw = copy_bandwidth()
-    res["copy_bandwidth_GBps"] = bw / 1e9
-    print(f"GPU {res['gpu']}, device copy {bw / 1e9:.0f} GB/s (read+write)", flush=True)
-    mamba = load_mamba()
-    res["mamba_ssm"] = {k: v for k, v in mamba.items() if k.endswith("error")}
-    for (Bsz, L, D) in ((1, 4096, 1536), (1, 4096, 5120), (8, 2048, 1536), (8, 4096, 2560), (8, 4096, 5120)):
+SCAN_SHAPES = ((1, 4096, 1536), (1, 4096, 5120), (8, 2048, 1536), (8, 4096, 2560), (8, 4096, 5120))
+CHUNK_SWEEP = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+def gpu_clock_mhz():
+    try:
+        import subprocess
+        q = subprocess.run(["nvidia-smi", "--query-gpu=clocks.max.sm", "--format=csv,noheader,nounits"], capture_output=True, text=True)
+        return float(q.stdout.split()[0])
+    except Exception:  # noqa: BLE001
+        return float("nan")
+
+
+def scan_sweep(bw=None, variants_all=False):
+    """fp16 chunk sweep (and, with variants_all, fp32 / int8 and the polynomial-exp variants) of the scan."""
+    rows = []
+    props = torch.cuda.get_device_properties(0)
+    mufu_rate = props.multi_processor_count * 16 * gpu_clock_mhz() * 1e6  # MUFU ops / s (16 per SM per clock)
+    for (Bsz, L, D) in SCAN_SHAPES:
         N = 16
         x = make_scan_inputs(Bsz, L, D, N, seed=0, gate=True)
         for in_t, out_t, nm in ((F32, F32, "fp32"), (F16, F16, "fp16"), (I8, F16, "int8->fp16")):
+            if not variants_all and in_t != F16:
+                continue
             isz, osz = {F32: 4, F16: 2, I8: 1}[in_t], {F32: 4, F16: 2}[out_t]
             nbytes = Bsz * L * D * (2 * isz + 2 * osz) + Bsz * L * N * 2 * isz + Bsz * D * N * 4 + D * (N + 2) * 4
-            roof = nbytes / bw
+            roof = nbytes / bw if bw else float("nan")
+            mufu = Bsz * L * D * (16 + 2 + 2) / mufu_rate  # 16 exps + softplus (ex2, rcp) + SiLU (ex2, rcp), one pass
             auto = LIB.mq_selective_scan_chunks(Bsz, L, D, N, 0)
-            variants = [(0, -1), (0, 2), (0, 4)]  # auto chunks, default (all-MUFU) / 2 / 4 exps on the FMA pipe
-            if in_t == F16:  # chunk sweep, to tune the automatic choice
-                variants += [(c, -1) for c in (1, 2, 4, 8, 16, 32) if c != auto and c <= max(1, L // 128)]
+            variants = [(0, -1)]
+            if variants_all:
+                variants += [(0, 2), (0, 4)]
+            if in_t == F16:
+                variants += [(c, -1) for c in CHUNK_SWEEP if c != auto and c <= max(1, L // 128)]
             elif auto != 1:
                 variants.append((1, -1))
             for chunks, poly in variants:
                 _, _, _, fn = run_scan(x, in_t, out_t, chunks=chunks, poly=poly)
                 t = timeit(fn, iters=5)
                 row = dict(B=Bsz, L=L, D=D, N=N, dtype=nm, chunks_arg=chunks, chunks=LIB.mq_selective_scan_chunks(Bsz, L, D, N, chunks),
-                           poly=poly, ms=t * 1e3, roofline_ms=roof * 1e3, frac_roofline=roof / t, GBps=nbytes / t / 1e9)
-                res["scan"].append(row)
-                print(f"scan B{Bsz} L{L} D{D} {nm:10s} chunks={row['chunks']:3d} poly={poly:2d}: {t * 1e3:.3f} ms, "
-                      f"{roof / t * 100:.0f}% of roofline", flush=True)
-            if in_t == F16 and "scan" in mamba:
-                u = x["u"].half().transpose(1, 2).contiguous()
-                dl = x["delta"].half().transpose(1, 2).contiguous()
-                zz = x["z"].half().transpose(1, 2).contiguous()
-                Bv = x["Bm"].half().transpose(1, 2).contiguous()[:, None]  # (B, 1, N, L)
-                Cv = x["Cm"].half().transpose(1, 2).contiguous()[:, None]
-                fwd = lambda: mamba["scan"].fwd(u, dl, x["A"], Bv, Cv, x["Dskip"], zz, x["bias"], True)
-                t = timeit(fwd, iters=5)
-                res["scan"].append(dict(B=Bsz, L=L, D=D, N=N, dtype="fp16", impl="mamba-ssm selective_scan_cuda.fwd (B,D,L)", ms=t * 1e3,
-                                        roofline_ms=roof * 1e3, frac_roofline=roof / t))
-                print(f"scan B{Bsz} L{L} D{D} fp16 mamba-ssm: {t * 1e3:.3f} ms, {roof / t * 100:.0f}% of roofline", flush=True)
+                           poly=poly, ms=t * 1e3, roofline_ms=roof * 1e3, frac_roofline=roof / t, mufu_ms=mufu * 1e3,
+                           frac_mufu=mufu / t, GBps=nbytes / t / 1e9)
+                rows.append(row)
+                print(f"scan B{Bsz} L{L} D{D} {nm:10s} chunks={row['chunks']:3d}{' (auto)' if chunks == 0 else '       '} poly={poly:2d}: "
+                      f"{t * 1e3:.3f} ms, {roof / t * 100:.0f}% of byte roofline, {mufu / t * 100:.0f}% of MUFU floor", flush=True)
+    return rows
+
+
+def decode_bench(mamba, bw):
+    """One decode step = the state update of every layer (fp16 x/dt/z/B/C/y, fp32 state, N 16, z gate), timed as
+    CUDA-graph replays (host launch overhead excluded); mamba-ssm's Triton selective_state_update the same way."""
+    rows = []
+    stream = torch.cuda.Stream()
+    reps, iters = 4, 50
+    for name, dm, layers in (("130m", 768, 24), ("370m", 1024, 48), ("790m", 1536, 48), ("1.4b", 2048, 48), ("2.8b", 2560, 64)):
+        D, N = 2 * dm, 16
+        for Bsz in (1, 8):
+            g = torch.Generator(device=DEV).manual_seed(dm + Bsz)
+            r = lambda *s: torch.randn(*s, generator=g, device=DEV)
+            st = r(layers, Bsz, D, N)
+            A = -torch.exp(torch.rand(layers, D, N, generator=g, device=DEV) * math.log(16.0))
+            Dk, bias = r(layers, D), r(layers, D) * 0.1
+            xs, dts, zs = r(layers, Bsz, D).half(), (r(layers, Bsz, D) * 0.5 - 1).half(), r(layers, Bsz, D).half()
+            Bs, Cs = r(layers, Bsz, N).half(), r(layers, Bsz, N).half()
+            y = torch.empty(layers, Bsz, D, dtype=torch.float16, device=DEV)
+            sp = ctypes.c_void_p(stream.cuda_stream)
+            args = [(Bsz, D, N, 1, F16, ptr(st[l]), ptr(st[l]), ptr(xs[l]), ptr(dts[l]), ptr(A[l]), ptr(Bs[l]), ptr(Cs[l]),
+                     ptr(Dk[l]), ptr(bias[l]), ptr(zs[l]), ptr(y[l]), sp) for l in range(layers)]
+
+            def step_mq():
+                for a in args:
+                    LIB.mq_state_update(*a)
+
+            def step_mamba():
+                for l in range(layers):
+                    mamba["ssu"](st[l], xs[l], dts[l], A[l], Bs[l], Cs[l], D=Dk[l], z=zs[l], dt_bias=bias[l], dt_softplus=True)
+
+            def graph_time(step):
+                with torch.cuda.stream(stream):
+                    for _ in range(3):
+                        step()
+                torch.cuda.synchronize()
+                gr = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(gr, stream=stream):
+                    for _ in range(reps):
+                        step()
+                t = timeit(gr.replay, iters=iters)
+                return t / reps
+
+            nbytes = layers * (2 * Bsz * D * N * 4 + D * N * 4 + 2 * D * 4 + 4 * Bsz * D * 2 + 2 * Bsz * N * 2)
+            row = dict(model=name, d_model=dm, layers=layers, D=D, B=Bsz, bytes=nbytes, roofline_us=nbytes / bw * 1e6,
+                       state_MB=layers * Bsz * D * N * 4 / 1e6)
+            try:
+                row["mq_us"] = graph_time(step_mq) * 1e6
+            except Exception as e:  # noqa: BLE001
+                row["mq_error"] = repr(e)[:200]
+            if "ssu" in mamba:
+                try:
+                    row["mamba_triton_us"] = graph_time(step_mamba) * 1e6
+                except Exception as e:  # noqa: BLE001
+                    row["mamba_error"] = repr(e)[:200]
+            rows.append(row)
+            print(f"decode {name} B{Bsz} ({layers} layers, D {D}): mq {row.get('mq_us', float('nan')):.1f} us/token, "
+                  f"mamba-ssm triton {row.get('mamba_triton_us', float('nan')):.1f} us, bytes/bw {row['roofline_us']:.1f} us", flush=True)
+    return rows
+
+
+def bench():
+    res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "scan": [], "hadamard": [], "decode": []}
+    bw = copy_bandwidth()
+    res["copy_bandwidth_GBps"] = bw / 1e9
+    res["sm_clock_max_mhz"] = gpu_clock_mhz()
+    res["sms"] = torch.cuda.get_device_properties(0).multi_processor_count
+    print(f"GPU {res['gpu']}, device copy {bw / 1e9:.0f} GB/s (read+write), {res['sms']} SMs, max SM clock {res['sm_clock_max_mhz']:.0f} MHz", flush=True)
+    mamba = load_mamba()
+    res["mamba_ssm"] = {k: v for k, v in mamba.items() if k.endswith("error")}
+    res["scan"] = scan_sweep(bw, variants_all=True)
+    if "scan" in mamba:
+        for (Bsz, L, D) in SCAN_SHAPES:
+            N = 16
+            x = make_scan_inputs(Bsz, L, D, N, seed=0, gate=True)
+            nbytes = Bsz * L * D * 8 + Bsz * L * N * 4 + Bsz * D * N * 4 + D * (N + 2) * 4
+            u = x["u"].half().transpose(1, 2).contiguous()
+            dl = x["delta"].half().transpose(1, 2).contiguous()
+            zz = x["z"].half().transpose(1, 2).contiguous()
+            Bv = x["Bm"].half().transpose(1, 2).contiguous()[:, None]  # (B, 1, N, L)
+            Cv = x["Cm"].half().transpose(1, 2).contiguous()[:, None]
+            fwd = lambda: mamba["scan"].fwd(u, dl, x["A"], Bv, Cv, x["Dskip"], zz, x["bias"], True)
+            t = timeit(fwd, iters=5)
+            ref = next(r for r in res["scan"] if (r["B"], r["L"], r["D"], r["dtype"]) == (Bsz, L, D, "fp16"))
+            res["scan"].append(dict(B=Bsz, L=L, D=D, N=N, dtype="fp16", impl="mamba-ssm selective_scan_cuda.fwd (B,D,L)", ms=t * 1e3,
+                                    roofline_ms=nbytes / bw * 1e3, frac_roofline=nbytes / bw / t, mufu_ms=ref["mufu_ms"],
+                                    frac_mufu=ref["mufu_ms"] / 1e3 / t))
+            print(f"scan B{Bsz} L{L} D{D} fp16 mamba-ssm: {t * 1e3:.3f} ms", flush=True)
+    alt = os.path.join(os.environ.get("OUT_DIR", "."), "sweep_alt.json")
+    if os.path.exists(alt):  # the same fp16 sweep of the ALT_MIN_BLOCKS build (run_all.sh), folded in here
+        res["scan_alt"] = json.load(open(alt))
+        os.remove(alt)
     for n in (768, 1536, 2560, 5120, 4096):
         rows = (64 << 20) // (2 * n)  # 64 MiB of fp16 input
         x = torch.randn(rows, n, device=DEV, dtype=torch.float16)
@@ -355,27 +467,22 @@ def bench():
         for out_t, nm in ((F16, "fp16->fp16"), (I8, "fp16->int8")):
             _, m, fn = run_hadamard(x, out_t, 0.05)
             t = timeit(fn)
-            res["hadamard"].append(dict(n=n, m=m, rows=rows, dtype=nm, ms=t * 1e3, memcpy_ms=tcopy * 1e3, ratio_vs_memcpy=t / tcopy))
+            res["hadamard"].append(dict(n=n, m=m, rows=rows, dtype=nm, impl="mq", ms=t * 1e3, memcpy_ms=tcopy * 1e3, ratio_vs_memcpy=t / tcopy))
             print(f"hadamard n{n} (m={m}) rows{rows} {nm}: {t * 1e3:.3f} ms, memcpy {tcopy * 1e3:.3f} ms, ratio {t / tcopy:.2f}", flush=True)
-    for D in (1536, 2048, 3072, 4096, 5120):
-        for Bsz in (1, 8):
-            N = 16
-            r = lambda *s: torch.randn(*s, device=DEV)
-            A = -torch.rand(D, N, device=DEV) * 8
-            st, xx, dt, Bm, Cm, Dk, bias, z = r(Bsz, D, N), r(Bsz, D), r(Bsz, D), r(Bsz, N), r(Bsz, N), r(D), r(D), r(Bsz, D)
-            for typ, nm in ((F32, "fp32"), (F16, "fp16")):
-                _, _, (xs, dts, Bs, Cs, zs), fn = run_state_update(st, xx, dt, A, Bm, Cm, Dk, bias, z, typ, inplace=True)
-                t = timeit(fn, iters=200)
-                row = dict(B=Bsz, D=D, N=N, dtype=nm, us=t * 1e6)
-                if "ssu" in mamba:
-                    f2 = lambda: mamba["ssu"](st, xs, dts, A, Bs, Cs, D=Dk, z=zs, dt_bias=bias, dt_softplus=True)
-                    try:
-                        row["mamba_ssm_triton_us"] = timeit(f2, iters=200) * 1e6
-                    except Exception as e:  # noqa: BLE001
-                        res["mamba_ssm"]["ssu_run_error"] = repr(e)[:300]
-                res["state_update"].append(row)
-                print(f"state_update B{Bsz} D{D} {nm}: {t * 1e6:.2f} us/token" +
-                      (f", mamba-ssm triton {row['mamba_ssm_triton_us']:.2f} us" if "mamba_ssm_triton_us" in row else ""), flush=True)
+        if "fht" in mamba:
+            fname = {1: "fast_hadamard_transform", 12: "fast_hadamard_transform_12N", 20: "fast_hadamard_transform_20N",
+                     28: "fast_hadamard_transform_28N"}.get(m)
+            if fname is not None:
+                f = getattr(mamba["fht"], fname)
+                scale = 1.0 / math.sqrt(n)
+                try:
+                    t = timeit(lambda: f(x, scale))
+                    res["hadamard"].append(dict(n=n, m=m, rows=rows, dtype="fp16->fp16", impl=f"Dao-AILab fast-hadamard-transform {fname}",
+                                                ms=t * 1e3, memcpy_ms=tcopy * 1e3, ratio_vs_memcpy=t / tcopy))
+                    print(f"hadamard n{n} fht {fname}: {t * 1e3:.3f} ms, ratio {t / tcopy:.2f}", flush=True)
+                except Exception as e:  # noqa: BLE001
+                    res["mamba_ssm"][f"fht_{n}_error"] = repr(e)[:200]
+    res["decode"] = decode_bench(mamba, bw)
     return res
 
 
@@ -402,6 +509,9 @@ if __name__ == "__main__":
         sys.exit(1 if failures else 0)
     elif cmd == "sanitize":
         sanitize()
+    elif cmd == "sweep":  # fp16 chunk sweep only, e.g. of another build (MQ_KERNELS_LIB)
+        with open(os.path.join(out, "sweep_alt.json"), "w") as fh:
+            json.dump(dict(lib=os.environ.get("MQ_KERNELS_LIB", ""), rows=scan_sweep(copy_bandwidth())), fh, indent=1)
     elif cmd == "bench":
         res = bench()
         with open(os.path.join(out, "bench.json"), "w") as fh:

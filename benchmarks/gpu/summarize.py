@@ -25,22 +25,43 @@ if os.path.exists(tp):
 bp = os.path.join(out, "bench.json")
 if os.path.exists(bp):
     b = json.load(open(bp))
-    lines += ["", f"## Speed ({b['gpu']}, device copy {b['copy_bandwidth_GBps']:.0f} GB/s counting read+write)", "",
-              "Roofline time = bytes the op must move (inputs once, outputs once) / measured copy bandwidth.", "",
+    lines += ["", f"## Speed ({b['gpu']}, device copy {b['copy_bandwidth_GBps']:.0f} GB/s counting read+write, "
+              f"{b.get('sms', '?')} SMs, max SM clock {b.get('sm_clock_max_mhz', float('nan')):.0f} MHz)", "",
+              "Byte roofline = bytes the op must move (inputs once, outputs once) / measured copy bandwidth. "
+              "MUFU floor = 20 MUFU operations per (token, channel) (16 state exponentials, softplus ex2 + rcp, "
+              "SiLU ex2 + rcp) / (SMs × 16 per clock × max SM clock), for one pass.", "",
               "### SelectiveScan (N=16, z gate, last_state)", "",
-              "| B | L | D | dtype | impl | chunks | poly | ms | roofline ms | % roofline |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| B | L | D | dtype | impl | chunks | poly | ms | byte roofline ms | % | MUFU floor ms | % |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in b["scan"]:
-        lines.append(f"| {r['B']} | {r['L']} | {r['D']} | {r['dtype']} | {r.get('impl', 'mq')} | {r.get('chunks', '')} | "
-                     f"{r.get('poly', '')} | {r['ms']:.3f} | {r['roofline_ms']:.3f} | {100 * r['frac_roofline']:.0f}% |")
-    lines += ["", "### Hadamard (64 MiB fp16 input)", "", "| n | m | dtype | ms | memcpy ms | ratio |", "|---|---|---|---|---|---|"]
+        auto = " (auto)" if r.get("chunks_arg") == 0 else ""
+        lines.append(f"| {r['B']} | {r['L']} | {r['D']} | {r['dtype']} | {r.get('impl', 'mq')} | {r.get('chunks', '')}{auto} | "
+                     f"{r.get('poly', '')} | {r['ms']:.3f} | {r['roofline_ms']:.3f} | {100 * r['frac_roofline']:.0f}% | "
+                     f"{r.get('mufu_ms', float('nan')):.3f} | {100 * r.get('frac_mufu', float('nan')):.0f}% |")
+    if b.get("scan_alt"):
+        lines += ["", f"fp16 chunk sweep of the alternative build (ALT_MIN_BLOCKS) ({b['scan_alt']['lib']}):", "",
+                  "| B | L | D | chunks | ms |", "|---|---|---|---|---|"]
+        for r in b["scan_alt"]["rows"]:
+            auto = " (auto)" if r.get("chunks_arg") == 0 else ""
+            lines.append(f"| {r['B']} | {r['L']} | {r['D']} | {r['chunks']}{auto} | {r['ms']:.3f} |")
+    lines += ["", "### Hadamard (64 MiB fp16 input)", "", "| n | m | dtype | impl | ms | memcpy ms | ratio |", "|---|---|---|---|---|---|---|"]
     for r in b["hadamard"]:
-        lines.append(f"| {r['n']} | {r['m']} | {r['dtype']} | {r['ms']:.3f} | {r['memcpy_ms']:.3f} | {r['ratio_vs_memcpy']:.2f} |")
-    lines += ["", "### SelectiveStateUpdate (per token, back-to-back launches)", "",
-              "| B | D | dtype | mq µs | mamba-ssm Triton µs |", "|---|---|---|---|---|"]
-    for r in b["state_update"]:
-        m = r.get("mamba_ssm_triton_us")
-        lines.append(f"| {r['B']} | {r['D']} | {r['dtype']} | {r['us']:.2f} | {'' if m is None else f'{m:.2f}'} |")
+        lines.append(f"| {r['n']} | {r['m']} | {r['dtype']} | {r.get('impl', 'mq')} | {r['ms']:.3f} | {r['memcpy_ms']:.3f} | {r['ratio_vs_memcpy']:.2f} |")
+    if b.get("decode"):
+        lines += ["", "### Decode: one token through every layer's SelectiveStateUpdate (CUDA-graph replay)", "",
+                  "fp16 x/dt/z/B/C/y, fp32 state updated in place, N 16, z gate, d_inner = 2·d_model. "
+                  "bytes/bw = (state read + write in fp32, A, D, dt_bias, x/dt/z/B/C in, y out) / copy bandwidth.", "",
+                  "| model | layers | D | B | state MB | mq µs/token | mamba-ssm Triton µs/token | mq speed-up | bytes/bw µs | mq µs/layer |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in b["decode"]:
+            mq, mt = r.get("mq_us"), r.get("mamba_triton_us")
+            sp = f"{mt / mq:.2f}×" if mq and mt else ""
+            mqs = f"{mq:.1f}" if mq else ""
+            mts = f"{mt:.1f}" if mt else ""
+            per = f"{mq / r['layers']:.2f}" if mq else ""
+            lines.append(f"| {r['model']} | {r['layers']} | {r['D']} | {r['B']} | {r['state_MB']:.1f} | {mqs} | {mts} | {sp} | "
+                         f"{r['roofline_us']:.1f} | {per} |")
     if b.get("mamba_ssm"):
-        lines += ["", f"mamba-ssm notes: {b['mamba_ssm']}"]
+        lines += ["", f"reference-build notes: {b['mamba_ssm']}"]
 open(os.path.join(out, "results.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))

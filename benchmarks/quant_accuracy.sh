@@ -17,7 +17,7 @@ fi
 mkdir -p "$out"
 # calibration: 128 x 512 tokens (the default) of the training corpus (in-domain, disjoint from the held-out text)
 # evaluation: 24 x 512-token windows of the held-out text (primary) and of WikiText-2 test, first 40 items per zero-shot task
-{ echo "# $(date -u +%FT%TZ) on $(nproc) CPU cores ($(uname -m)), onnxruntime portable graphs"
+{ echo "# $(date -u +%FT%TZ) on $(nproc) CPU cores ($(uname -m)), plugin graphs (onnxruntime + native CPU kernels)"
   set -x
   python -m mq_deploy compare $model --tokenizer "$tok" --recipes "$RECIPES" --tasks "$TASKS" \
     --data text=$S/data/text/ref_corpus_heldout.txt --calib $S/data/train/corpus.txt.xz \

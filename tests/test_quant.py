@@ -17,7 +17,7 @@ from mq_deploy.quant import simulate
 from mq_deploy.quant.gptq import gptq_quantize
 from mq_deploy.quant.hadamard import (base_matrix, hadamard_matrix, hadamard_transform, hadamard_transform_fp32,
                                       is_supported)
-from mq_deploy.quant.qparams import act_scale, fake_quant, quantize, quantize_weight, sqnr_db
+from mq_deploy.quant.qparams import act_scale, expand_scales, fake_quant, quantize, quantize_weight, sqnr_db
 from mq_deploy.quantize import prepare
 from mq_deploy.recipes import available_recipes, load_recipe
 
@@ -92,6 +92,25 @@ def test_act_scale_methods():
         act_scale(x, amax, 8, "magic")
 
 
+def test_block_weight_quantization():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((256, 40)) * np.repeat(np.geomspace(0.01, 3.0, 4), 64)[:, None]  # row groups of scale
+    q1, s1 = quantize_weight(w, 4)
+    qb, sb = quantize_weight(w, 4, block=64)
+    assert s1.shape == (40,) and sb.shape == (4, 40) and qb.dtype == np.int8 and np.abs(qb).max() <= 8
+    deq = lambda q, s: q * expand_scales(s, 256)  # noqa: E731
+    err1, errb = np.abs(deq(q1, s1) - w)[:64].mean(), np.abs(deq(qb, sb) - w)[:64].mean()
+    assert errb < 0.25 * err1  # the small-magnitude rows get their own scale
+    with pytest.raises(ValueError, match="does not divide"):
+        quantize_weight(w, 4, block=48)
+    X = rng.standard_normal((512, 256)) @ (np.eye(256) + 0.2 * rng.standard_normal((256, 256)))
+    H = X.T @ X / len(X)
+    qg, sg = gptq_quantize(w, H, 4, block=64)
+    assert sg.shape == (4, 40) and np.abs(qg).max() <= 8
+    out_err = lambda q, s: np.mean((X @ (q * expand_scales(s, 256)) - X @ w) ** 2)  # noqa: E731
+    assert out_err(qg, sg) < out_err(qb, sb)  # GPTQ with static groups beats RTN with the same groups
+
+
 def test_gptq_beats_rtn_on_correlated_inputs():
     rng = np.random.default_rng(1)
     X = rng.standard_normal((4000, 64)) @ rng.standard_normal((64, 64))  # correlated input channels
@@ -119,6 +138,8 @@ def test_bad_recipes(tmp_path):
         "name: x\nprecision: w8a8\npasses: [{name: nope}]\n": "unknown pass",
         "name: x\nprecision: w8a8\npasses: [{name: smooth_gate, beta: 1}]\n": "unknown parameters",
         "name: x\nprecision: w8a8\nweights: {bits: 4}\n": "weights.bits",
+        "name: x\nprecision: w8a8\nweights: {bits: 8, block_size: 64}\n": "block_size",
+        "name: x\nprecision: w4a8\nweights: {bits: 4, block_size: 33}\n": "block_size",
         "name: x\nprecision: fp32\nextra: 1\n": "unknown keys",
     }
     for text, msg in cases.items():
@@ -136,7 +157,7 @@ def tiny():
 
 
 @pytest.mark.parametrize("recipe", ["rtn-w8a8", "smoothquant-w8a8", "gptq-w4a8", "quarot-w8a8", "mambaquant-w8a8",
-                                    "mambaquant-w4a8"])
+                                    "mambaquant-w4a8", "rtn-w4a8-b64", "mambaquant-w4a8-b64"])
 def test_qdq_graphs_match_fake_quant_simulation(tiny, recipe):
     m, windows, ids = tiny
     m2, plan, _ = prepare(m, load_recipe(recipe), windows, progress=False)
@@ -150,6 +171,12 @@ def test_qdq_graphs_match_fake_quant_simulation(tiny, recipe):
         sim = simulate.forward(m2, plan, ids, follow={pt: outs[name] for pt, name in points.items()})
         assert rel_err(outs["logits"], sim) < 1e-5, recipe
     assert lint_model(graph) == [] and lint_model(lower_selective_scan(graph)) == []
+    if load_recipe(recipe).weights["block_size"]:  # d 96: x_proj / out_proj (K 192) blocked, the rest per channel
+        blocked = {n.name.split("/")[1] for n in graph.graph.node if n.op_type == "DequantizeLinear"
+                   and any(a.name == "block_size" and a.i == 64 for a in n.attribute)}
+        assert blocked == {f"layers.{i}.{lin}" for i in range(2) for lin in ("x_proj", "out_proj")}
+        qw, sc = plan.quant.weights["layers.0.x_proj"]
+        assert qw.shape[0] == 192 and sc.shape == (3, qw.shape[1])
     n_q = sum(n.op_type == "QuantizeLinear" for n in graph.graph.node)
     n_w = sum(n.op_type == "DequantizeLinear" and n.input[0].endswith("weight_q") for n in graph.graph.node)
     assert n_w == 4 * 2 and n_q >= 6 * 2
@@ -194,3 +221,16 @@ def test_lint_reports_violations_by_node(tiny):
     assert ("layers.0/out_proj", "matmul-both") in rules
     assert ("layers.0/out_proj", "linear-quant") in rules
     assert any(r == "act-qdq" and "layers.1.in_proj.input" in node for node, r in rules)
+
+
+def test_lint_blocked_int4_weights(tiny):
+    m, windows, ids = tiny
+    m2, plan, _ = prepare(m, load_recipe("rtn-w4a8-b64"), windows, progress=False)
+    g = build_lm_graph(m2, plan)
+    assert lint_model(g) == []
+    for n in g.graph.node:
+        if n.name == "layers.1/layers.1.out_proj/weight_DQ":
+            for a in n.attribute:
+                if a.name == "block_size":
+                    a.i = 48  # 192 rows / 48 ≠ the 3 scale rows
+    assert [(v["node"], v["rule"]) for v in lint_model(g)] == [("layers.1/layers.1.out_proj/weight_DQ", "weight-dq")]

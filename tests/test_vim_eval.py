@@ -79,3 +79,28 @@ def test_compile_vim_checkpoint_fp32_and_w8a8(tmp_path):
     assert r.returncode == 0, r.stderr
     assert lint_file(tmp_path / "q" / "model.onnx") == []
     assert json.loads((tmp_path / "q" / "manifest.json").read_text())["quantization"]["weight_bits"] == 8
+
+
+@needs_data
+def test_compare_cli_vision_mode(tmp_path, capsys):
+    """`compare` on a Vim directory: fp32 + recipes, top-1 and agreement per row; language tasks and
+    language-model recipes are refused with one clear error."""
+    from mq_deploy.cli import main
+
+    _save(tmp_path)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path), "--recipes", "vim-rtn-w8a8,vim-quarot-w4a8", "--tasks", "fashion_mnist",
+                 "--limit", "32", "-o", str(out), "--json", "-q"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["recipe"] for r in rows] == ["fp32", "vim-rtn-w8a8", "vim-quarot-w4a8"]
+    assert rows[0]["fashion_mnist"]["agreement"] == 1.0
+    for r in rows:
+        m = r["fashion_mnist"]
+        assert m["n"] == 32 and 0.0 <= m["acc"] <= 1.0 and 0.0 <= m["agreement"] <= 1.0
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["rows"] == rows and saved["meta"]["model"]["format"] == "vim"
+    assert "| vim-rtn-w8a8 |" in (out / "compare.md").read_text()
+    for bad, msg in ((["--tasks", "wikitext2", "--recipes", "vim-rtn-w8a8"], "fashion_mnist only"),
+                     (["--tasks", "fashion_mnist", "--recipes", "rtn-w8a8"], "language-model recipe")):
+        assert main(["compare", str(tmp_path), *bad, "--limit", "8", "-o", str(out), "-q"]) == 2
+        assert msg in capsys.readouterr().err

@@ -21,7 +21,7 @@ import numpy as np
 from .errors import UserError
 
 SAMPLE_PER_POINT = 1 << 17  # |x| values kept per point for percentile / MSE / entropy scales
-OUTPUT_BUDGET = 512 << 20  # bytes of marked intermediate outputs per onnxruntime call
+OUTPUT_BUDGET = 256 << 20  # bytes of marked intermediate outputs per onnxruntime call
 
 
 def read_calib_text(path: str | Path, max_chars: int) -> str:

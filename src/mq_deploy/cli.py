@@ -167,6 +167,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
         t, p = d.split("=", 1)
         data[t] = p
     log = (lambda s: None) if args.quiet else _log
+    from .vision.model import is_vim_dir
+
+    if args.model and is_vim_dir(args.model):  # Vision Mamba: top-1 on Fashion-MNIST per recipe
+        from .vision.compare import compare_vim
+
+        rows, model_info = compare_vim(args.model, recipes, tasks, limit=args.limit, data=data.get("fashion_mnist"),
+                                       progress=not args.quiet, log=log)
+        meta = {"model": model_info, "tasks": tasks, "limit": args.limit, "command": " ".join(sys.argv)}
+        md, js = save(rows, tasks, Path(args.output), meta)
+        print(json.dumps(rows) if args.json else markdown_table(rows, tasks), end="\n" if args.json else "")
+        log(f"wrote {md} and {js}")
+        return 0
     model = load_model(args.model)
     tok_path = args.tokenizer or model.source.get("tokenizer")
     if not tok_path:
@@ -259,9 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compile)
 
     k = sub.add_parser("compare", help="several recipes side by side on one model (paper-style table)",
-                       description="Compile MODEL with each recipe (in memory, one calibration), run the portable "
-                                   "graphs in onnxruntime and print a table: rows = recipes, columns = tasks. "
-                                   "Perplexity tasks also report KL(fp32 || recipe) and top-1 agreement with fp32.")
+                       description="Compile MODEL with each recipe (in memory, one calibration), run the graphs in "
+                                   "onnxruntime and print a table: rows = recipes, columns = tasks. Perplexity tasks "
+                                   "also report KL(fp32 || recipe) and top-1 agreement with fp32. A Vision Mamba "
+                                   "directory is compared with the vim-* recipes on --tasks fashion_mnist (top-1 and "
+                                   "agreement with fp32 on the 10k test images, or the first --limit).")
     k.add_argument("model", nargs="?", default=None, help="model directory (default: the bundled model)")
     k.add_argument("--recipes", required=True, help="comma-separated recipe names or .yaml paths")
     k.add_argument("--tasks", default="wikitext2", help="comma-separated tasks (default wikitext2)")

@@ -106,7 +106,7 @@ def markdown_table(rows: list[dict], tasks: Sequence[str]) -> str:
         if "kl" in m:
             cols += [(t, "perplexity", "{:.2f}"), (t, "kl", "{:.4f}"), (t, "top1_agree", "{:.3f}")]
         else:
-            cols += [(t, k, "{:.4f}") for k in ("acc", "acc_norm") if k in m]
+            cols += [(t, k, "{:.4f}") for k in ("acc", "acc_norm", "agreement") if k in m]
     acc_cols = [c for c in cols if c[1] in ("acc", "acc_norm")]
     head = "| recipe | " + " | ".join(f"{t} {k}" for t, k, _ in cols) + (" | avg acc |" if acc_cols else " |")
     sep = "|---" * (len(cols) + 1 + (1 if acc_cols else 0)) + "|"

@@ -130,42 +130,48 @@ def plugin_check(plugin_graph: onnx.ModelProto, ids: np.ndarray, portable_logits
     return {"batch": int(ids.shape[0]), "sequence": int(ids.shape[1]), "max_rel_error_plugin_vs_portable": err}
 
 
-def _stateful(model: MambaModel, plan, unfused: onnx.ModelProto, store: WeightStore, tmp: Path,
-              files: dict) -> dict:
-    """Build, check and write the prefill / decode-step graphs; returns the manifest's self-check entry.
-
-    1. The derivation, tightly (1e-4): on the first (up to) 4 layers of the same transformed model with its
-       quantized weights but activations left in fp32, so no rounding boundary can amplify (see
-       graph/stateful.self_check).
-    2. The emitted graphs, one flavour at a time (memory): same quantization scales as the full graph,
-       one state-update plugin per layer, and a sanity run against the full graph."""
+def _stateful_derivation_check(model: MambaModel, plan) -> dict:
+    """The prefill / decode-step derivation, tightly (1e-4): on the first (up to) 4 layers (and 1024 vocabulary
+    rows) of the transformed model with its quantized weights but activations left in fp32, so that no rounding boundary can
+    amplify a last-bit difference between the step and the scan (see graph/stateful.self_check)."""
     import dataclasses
 
-    from .graph.lower import lower_state_update
     from .graph.plan import GraphPlan
-    from .graph.stateful import build_decode_graph, build_prefill_graph
 
     c = model.config
     k = min(c.n_layer, 4)
-    mini = dataclasses.replace(model, config=dataclasses.replace(c, n_layer=k), layers=model.layers[:k])
+    V = min(c.vocab_size, 1024)  # the derivation does not depend on the vocabulary: keep the first rows
+    mini = dataclasses.replace(model, config=dataclasses.replace(c, n_layer=k, vocab_size=V), layers=model.layers[:k],
+                               embedding=model.embedding[:V],
+                               lm_head=None if model.lm_head is None else model.lm_head[:V])
     mplan = None
     if plan is not None:
         q = plan.quant
         mplan = GraphPlan(layers=plan.layers[:k], quant=None if q is None else dataclasses.replace(q, act_scales={}))
     mfull = build_lm_graph(mini, mplan)
-    derivation = stateful_self_check(mfull, build_stateful_graphs(mfull, mini.config), mini.config, tol=1e-4)
-    del mfull
-    release()
-    quantized = plan is not None and plan.quant is not None
+    out = stateful_self_check(mfull, build_stateful_graphs(mfull, mini.config), mini.config, tol=1e-4)
+    return {**out, "layers": k, "vocabulary_rows": V, "activations": "fp32"}
+
+
+def _stateful(config, quantized: bool, unfused: onnx.ModelProto, store: WeightStore, tmp: Path, files: dict) -> dict:
+    """Build, check and write the prefill / decode-step graphs of the full model, one flavour at a time
+    (memory: each graph holds all weights): same activation scales as the full graph, one scan / state-update
+    plugin per layer, and a sanity run against the full graph."""
+    from .graph.lower import lower_state_update
+    from .graph.stateful import build_decode_graph, build_prefill_graph
+
+    c = config
     scales = _act_scales(unfused)
-    prefill, decode = build_prefill_graph(unfused, c), build_decode_graph(unfused, c)
-    out = {"derivation": {**derivation, "layers": k, "activations": "fp32"}}
-    for flavour, pair in (("tensorrt", {"model.prefill.onnx": prefill, "model.decode.onnx": decode}),
-                          ("portable", None)):
-        if pair is None:  # the step's own plugin first; lower_selective_scan then lowers the rest and the domain
-            pair = {"model.prefill.portable.onnx": lower_selective_scan(prefill),
-                    "model.decode.portable.onnx": lower_selective_scan(lower_state_update(decode))}
-            del prefill, decode
+    out = {}
+    for flavour in ("tensorrt", "portable"):
+        if flavour == "tensorrt":
+            pair = {"model.prefill.onnx": build_prefill_graph(unfused, c),
+                    "model.decode.onnx": build_decode_graph(unfused, c)}
+        else:  # the step's own plugin first; lower_selective_scan then lowers the rest and the domain
+            pair = {"model.prefill.portable.onnx": lower_selective_scan(build_prefill_graph(unfused, c))}
+            release()
+            pair["model.decode.portable.onnx"] = lower_selective_scan(lower_state_update(build_decode_graph(unfused, c)))
+        release()
         for name, g in pair.items():
             if _act_scales(g) != scales:
                 raise InternalError(f"self-check: {name} does not carry the full graph's activation scales")
@@ -175,15 +181,17 @@ def _stateful(model: MambaModel, plan, unfused: onnx.ModelProto, store: WeightSt
                 if sum(n.op_type == op for n in g.graph.node) != count:
                     raise InternalError(f"self-check: {name} has not one {op} node per layer")
         out[flavour] = stateful_self_check(unfused, pair, c)
-        for name, g in pair.items():
+        release()
+        for name in list(pair):
+            g = pair.pop(name)
             if quantized and name == "model.prefill.onnx":  # int8 straight into the prefill's scan plugins too
                 from .graph.fuse_scan_quant import fuse_scan_quant
 
                 g = fuse_scan_quant(g)
             store.save(g, tmp / name)
             files[name] = {"flavour": flavour}
-        del pair
-        release()
+            del g
+            release()
     return out
 
 
@@ -267,14 +275,29 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             # models up to 50M parameters, forced with report_passes=True
             n_params = model.embedding.size + sum(L.in_proj.size + L.out_proj.size for L in model.layers)
             trace = [] if (report_passes if report_passes is not None else n_params <= 50_000_000) else None
-            model, plan, stats_runs = prepare(model, recipe, windows, progress=progress, log=log, trace=trace)
+            held = [model]  # handed over: the passes' output replaces the loaded weights (memory)
+            del model
+            model, plan, stats_runs = prepare(held.pop(), recipe, windows, progress=progress, log=log, trace=trace)
             trace = trace or []
+        quantized = plan is not None and plan.quant is not None
+        calib_files = stats_runs[-1].save(tmp) if stats_runs else []  # statistics of the emitted graph
+        if quantized and stats_runs:
+            from .report import build_report
+
+            before = stats_runs[0] if len(stats_runs) > 1 else None
+            (tmp / "report.html").write_text(build_report(model, plan, before, stats_runs[-1], recipe.name, trace))
+            calib_files.append(tmp / "report.html")
+        del stats_runs, trace
+        log("checking the prefill/decode derivation on the first layers")
+        derivation = _stateful_derivation_check(model, plan)
+        n_params = int(model.embedding.size + (0 if model.lm_head is None else model.lm_head.size) + model.norm_f.size
+                       + sum(a.size for L in model.layers for a in vars(L).values() if a is not None))
+        source, io = model.source, _io(model)
         # one graph at a time (memory: each holds all weights): build, check, write into the shared
         # weights.bin, drop; the Q→DQ form `unfused` stays for the stateful graphs
         log("building graph")
         unfused, points = build_lm_graph(model, plan, with_points=True)
         release()
-        quantized = plan is not None and plan.quant is not None
         files: dict[str, dict] = {}
         with WeightStore(tmp) as store:  # every graph's weights in one shared weights.bin
             log("lowering SelectiveScan to ONNX Scan for the portable graph")
@@ -298,7 +321,7 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             log("writing model.portable.onnx")
             store.save(portable, tmp / "model.portable.onnx")
             files["model.portable.onnx"] = {"flavour": "portable"}
-            del portable
+            del portable, model  # the graphs carry everything from here on
             release()
             graph = unfused
             if quantized:
@@ -318,34 +341,26 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             # stateful graphs for `mq-deploy generate` (issue 5), derived from the final graph above, so they
             # share its weights, recipe and scales (graph/stateful.py)
             log("building and checking the prefill and decode-step graphs")
-            stateful = {**stateful_io_spec(c), "self_check": _stateful(model, plan, unfused, store, tmp, files),
+            stateful = {**stateful_io_spec(c), "self_check": {"derivation": derivation,
+                                                               **_stateful(c, quantized, unfused, store, tmp, files)},
                         "plugins": [{"name": su.PLUGIN_NAME, "version": su.PLUGIN_VERSION,
                                      "namespace": su.PLUGIN_NAMESPACE, "count": c.n_layer}]}
-        calib_files = stats_runs[-1].save(tmp) if stats_runs else []  # statistics of the emitted graph
-        if quantized and stats_runs:
-            from .report import build_report
-
-            before = stats_runs[0] if len(stats_runs) > 1 else None
-            (tmp / "report.html").write_text(build_report(model, plan, before, stats_runs[-1], recipe.name, trace))
-            calib_files.append(tmp / "report.html")
         del unfused
         files[store.name] = {"what": "weights of every graph above (ONNX external data)"}
         for p in calib_files:
             files[p.name] = {"what": "calibration statistics"}
-        tok_src = tokenizer or model.source.get("tokenizer")
+        tok_src = tokenizer or source.get("tokenizer")
         if tok_src:
             shutil.copyfile(tok_src, tmp / "tokenizer.json")
             files["tokenizer.json"] = {"source": str(Path(tok_src).resolve())}
         for name, info in files.items():
             p = tmp / name
             info.update(bytes=p.stat().st_size, sha256=sha256_file(p))
-        n_params = int(model.embedding.size + (0 if model.lm_head is None else model.lm_head.size) + model.norm_f.size
-                       + sum(a.size for L in model.layers for a in vars(L).values() if a is not None))
         manifest = {
             "format": "mq-deploy/1",
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv) if sys.argv else "",
-            "model": {**model.source, "config": c.to_dict(), "parameters": n_params},
+            "model": {**source, "config": c.to_dict(), "parameters": n_params},
             "recipe": recipe.to_dict(),
             "calibration": calib_info,
             "quantization": None if plan is None or plan.quant is None else {
@@ -353,7 +368,7 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
                 "act_scales": {k: float(v) for k, v in plan.quant.act_scales.items()},
                 "weights": sorted(plan.quant.weights)},
             "versions": _versions(),
-            "io": _io(model),
+            "io": io,
             "plugins": [{"name": ss.PLUGIN_NAME, "version": ss.PLUGIN_VERSION, "namespace": ss.PLUGIN_NAMESPACE,
                          "count": n_scan_plugins}],
             "self_check": check,

@@ -1,7 +1,8 @@
 """QDQ lint: TensorRT explicit-quantization placement rules, reported by node name.
 
 Rules (a graph with no QuantizeLinear is fp and has nothing to check):
-  weight-dq      a quantized linear's weight is DequantizeLinear(INT8/INT4 initializer, scale[out], axis=1),
+  weight-dq      a quantized linear's weight is DequantizeLinear(INT8/INT4 initializer, scale[out], axis=1)
+                 or, INT4 only, blocked: scale[K / block_size, out], axis=0, block_size dividing K,
                  zero-point absent or 0, scales finite and > 0
   act-qdq        every activation QuantizeLinear has a scalar scale > 0 and an int8 zero-point 0, and
                  feeds only DequantizeLinear nodes with the same scale and zero-point
@@ -71,11 +72,21 @@ def lint_model(model: onnx.ModelProto, base_dir: str = "") -> list[dict]:
             if t.data_type not in (onnx.TensorProto.INT8, onnx.TensorProto.INT4):
                 out.append(_violation(n.name, "weight-dq", "quantized weight must be INT8 or INT4"))
             s = arr(n.input[1])
-            if s is None or s.ndim != 1 or s.shape[0] != t.dims[-1]:
+            bs = attr(n, "block_size", 0)
+            if bs:  # blocked (INT4, opset 21): [K / block, N] scales along axis 0
+                K = t.dims[0]
+                if t.data_type != onnx.TensorProto.INT4 or K % bs or attr(n, "axis", 1) != 0:
+                    out.append(_violation(n.name, "weight-dq", "blocked weight scales: INT4 weight, axis 0, block_size "
+                                                               f"dividing K ({K})"))
+                elif s is None or s.shape != (K // bs, t.dims[-1]):
+                    out.append(_violation(n.name, "weight-dq", f"blocked weight scale must be [{K // bs}, {t.dims[-1]}]"))
+                elif not (np.isfinite(s).all() and (s > 0).all()):
+                    out.append(_violation(n.name, "weight-dq", "weight scales must be finite and > 0"))
+            elif s is None or s.ndim != 1 or s.shape[0] != t.dims[-1]:
                 out.append(_violation(n.name, "weight-dq", f"weight scale must have one value per output channel ({t.dims[-1]})"))
             elif not (np.isfinite(s).all() and (s > 0).all()):
                 out.append(_violation(n.name, "weight-dq", "weight scales must be finite and > 0"))
-            if attr(n, "axis", 1) != 1:
+            if not bs and attr(n, "axis", 1) != 1:
                 out.append(_violation(n.name, "weight-dq", "per-channel axis must be 1 for a [K, N] MatMul weight"))
             if len(n.input) > 2 and n.input[2]:
                 zp = arr(n.input[2])

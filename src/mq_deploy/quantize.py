@@ -102,6 +102,7 @@ def prepare(model: MambaModel, recipe: Recipe, windows: Optional[np.ndarray], *,
             def hook(name, m, p):
                 trace.append((name, calibrate(m, p, windows[:TRACE_WINDOWS], (), batch_size, seed, False)))
         model, plan = run_passes(model, plan, recipe.passes, stats0, log=log, after_each=hook)
+        release()
     else:
         import copy
 
@@ -118,16 +119,19 @@ def prepare(model: MambaModel, recipe: Recipe, windows: Optional[np.ndarray], *,
     stats1 = calibrate(model, plan, windows, cov, batch_size, seed, progress, meta={"stage": "transformed"})
     stats_runs.append(stats1)
     q = QuantSpec(weight_bits=wcfg["bits"], act_bits=acfg["bits"])
-    log(f"quantizing weights ({wcfg['method']}, int{wcfg['bits']} per output channel)")
+    bs = wcfg.get("block_size", 0)
+    log(f"quantizing weights ({wcfg['method']}, int{wcfg['bits']} per "
+        + (f"block of {bs} input rows per output channel" if bs else "output channel") + ")")
     for i, L in enumerate(model.layers):
         for lin in LINEARS:
             name = f"layers.{i}.{lin}"
             w = getattr(L, lin).T
+            block = bs if bs and w.shape[0] % bs == 0 else 0  # e.g. dt_proj (K = dt_rank) stays per channel
             if wcfg["method"] == "gptq":
                 q.weights[name] = gptq_quantize(w, stats1.cov(f"{name}.input"), wcfg["bits"],
-                                                clip_search=wcfg["clip_search"])
+                                                clip_search=wcfg["clip_search"], block=block)
             else:
-                q.weights[name] = quantize_weight(w, wcfg["bits"], wcfg["clip_search"])
+                q.weights[name] = quantize_weight(w, wcfg["bits"], wcfg["clip_search"], block=block)
     for i in range(n):
         for ap in ACT_POINTS:
             pt = point(i, ap)

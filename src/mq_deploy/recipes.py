@@ -18,7 +18,9 @@ RECIPE_DIR = Path(__file__).resolve().parent / "export_configs"
 PRECISIONS = ("fp32", "fp16", "w8a8", "w4a8")
 _KEYS = {"name", "description", "precision", "passes", "weights", "activations", "calibration"}
 _SECTIONS = {
-    "weights": {"bits": (int, 8), "method": (str, "rtn"), "clip_search": (bool, False)},
+    # block_size: 0 = one scale per output channel; n > 0 (INT4 only) = one per n input rows of each output
+    # channel (opset-21 blocked DequantizeLinear); linears whose input size n does not divide keep per-channel
+    "weights": {"bits": (int, 8), "method": (str, "rtn"), "clip_search": (bool, False), "block_size": (int, 0)},
     "activations": {"bits": (int, 8), "method": (str, "percentile"), "percentile": (float, 99.99),
                     "scan_inputs": (bool, True)},
     # stats_samples: windows (an evenly spaced subset) of the fp32 statistics run the data-driven passes read
@@ -96,6 +98,9 @@ def _parse(raw, origin: str) -> Recipe:
 
     if sections["activations"]["method"] not in ACT_METHODS:
         raise UserError(f"recipe {origin}: activations.method must be one of {', '.join(ACT_METHODS)}")
+    bs = sections["weights"]["block_size"]
+    if bs < 0 or (bs and (sections["weights"]["bits"] != 4 or bs % 2)):
+        raise UserError(f"recipe {origin}: weights.block_size must be 0 (per channel) or an even size with bits 4")
     if precision in ("w8a8", "w4a8") and sections["weights"]["bits"] != int(precision[1]):
         raise UserError(f"recipe {origin}: precision {precision} but weights.bits is {sections['weights']['bits']}")
     parsed = []

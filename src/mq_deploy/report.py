@@ -16,7 +16,7 @@ import numpy as np
 from .calibrate import Stats
 from .graph.plan import ACT_POINTS, LINEARS, GraphPlan, point
 from .model import MambaModel
-from .quant.qparams import fake_quant, sqnr_db
+from .quant.qparams import expand_scales, fake_quant, sqnr_db
 
 W, H = 360, 120
 
@@ -87,8 +87,9 @@ def build_report(model: MambaModel, plan: GraphPlan, before: Optional[Stats], af
                 if name in q.weights:
                     qw, s = q.weights[name]
                     w = getattr(model.layers[i], lin).T
-                    rows.append((name + ".weight", f"int{q.weight_bits} per channel", float(s.max()), float(np.abs(w).max()),
-                                 sqnr_db(w, qw.astype(np.float32) * s)))
+                    kind = f"int{q.weight_bits} per " + (f"block of {qw.shape[0] // s.shape[0]}" if s.ndim == 2 else "channel")
+                    rows.append((name + ".weight", kind, float(s.max()), float(np.abs(w).max()),
+                                 sqnr_db(w, qw.astype(np.float32) * expand_scales(s, qw.shape[0]))))
     if rows:
         parts.append("<h2>Quantization error per point</h2><table><tr><th>tensor</th><th>kind</th><th>scale (max)</th>"
                      "<th>absmax</th><th>SQNR dB</th></tr>")

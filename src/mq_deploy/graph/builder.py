@@ -91,6 +91,16 @@ class GraphBuilder:
 
     def model(self, extra_opsets: Sequence[tuple[str, int]] = (), producer: str = "mq-deploy") -> onnx.ModelProto:
         opsets = [helper.make_opsetid("", OPSET)] + [helper.make_opsetid(d, v) for d, v in extra_opsets]
-        m = helper.make_model(self.graph(), opset_imports=opsets, producer_name=producer)
-        m.ir_version = 8
+        m = onnx.ModelProto(ir_version=8, producer_name=producer)
+        m.opset_import.extend(opsets)
+        g = m.graph
+        g.name = self.name
+        g.node.extend(self.nodes)
+        g.input.extend(self.inputs)
+        g.output.extend(self.outputs)
+        # move the weights in one at a time (each builder copy is dropped once appended): one copy of the
+        # weights at the peak instead of three (make_graph and make_model each copy everything)
+        inits, self.initializers = self.initializers[::-1], []
+        while inits:
+            g.initializer.append(inits.pop())
         return m

@@ -14,7 +14,8 @@ Per layer (weights stored as [in, out] MatMul operands, named after the checkpoi
 A `GraphPlan` adds what passes decided: S-SiLU gate smoothing (z·σ(s⊙z)), an online Hadamard before
 out_proj (a `Hadamard` plugin node, lowered to a MatMul in the portable graph), explicit smoothing
 multiplies, and quantization: QuantizeLinear→DequantizeLinear on activation points (per-tensor,
-symmetric, zero-point 0) and integer weights with per-output-channel scales (DequantizeLinear axis=1).
+symmetric, zero-point 0) and integer weights with per-output-channel scales (DequantizeLinear axis=1) or,
+for INT4 recipes with `weights.block_size`, per block of input rows (opset-21 blocked DequantizeLinear, axis=0).
 
 The plugin nodes are TensorRT plugin nodes: op_type = plugin name, attributes plugin_version and
 plugin_namespace, domain `trt.plugins`. `lower.py` turns them into standard ops for model.portable.onnx.
@@ -79,6 +80,9 @@ class LMBuilder(GraphBuilder):
         else:
             wq = self.const(f"{name}.weight_q", qw.astype(np.int8))
         s = self.const(f"{name}.weight_scale", np.asarray(scale, np.float32))
+        if np.ndim(scale) == 2:  # per block of input rows: opset-21 blocked DequantizeLinear along axis 0
+            return self.op("DequantizeLinear", [wq, s], name=f"{name}/weight_DQ", axis=0,
+                           block_size=qw.shape[0] // scale.shape[0])
         return self.op("DequantizeLinear", [wq, s], name=f"{name}/weight_DQ", axis=1)
 
 

@@ -349,6 +349,7 @@ def self_check(full: onnx.ModelProto, graphs: dict[str, onnx.ModelProto], config
     ref = full_runner(ids)  # [2, L, V]
     short = ids[1, 2:prompt]  # row 1: a prompt 2 shorter, left-padded
     ref_short = full_runner(ids[1:, 2:])
+    del full_runner  # one graph's sessions alive at a time (a 130m-shape model: ~0.5 GB each)
     pids = np.stack([ids[0, :prompt], np.concatenate([[0, 0], short])])
     mask = np.ones_like(pids)
     mask[1, :2] = 0
@@ -357,8 +358,8 @@ def self_check(full: onnx.ModelProto, graphs: dict[str, onnx.ModelProto], config
     for flavour, suffix in (("tensorrt", ".onnx"), ("portable", ".portable.onnx")):
         if f"model.prefill{suffix}" not in graphs:
             continue
-        pre, dec = OrtRunner(graphs[f"model.prefill{suffix}"]), OrtRunner(graphs[f"model.decode{suffix}"])
-        out = pre.run({"input_ids": pids, "attention_mask": mask})
+        out = OrtRunner(graphs[f"model.prefill{suffix}"]).run({"input_ids": pids, "attention_mask": mask})
+        dec = OrtRunner(graphs[f"model.decode{suffix}"])
         got = [out.pop("logits")]
         want = [np.stack([ref[0, prompt - 1], ref_short[0, prompt - 3]])]
         for t in range(steps):

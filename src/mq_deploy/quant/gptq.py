@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .qparams import qrange, weight_scales
+from .qparams import block_scales, qrange, weight_scales
 
 
 def gptq_quantize(w_in_out: np.ndarray, H: np.ndarray, bits: int, damp: float = 0.01,
-                  clip_search: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Returns ([in, out] integers, [out] scales) for the weight of y = x·w (w is [in, out])."""
+                  clip_search: bool = True, block: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Returns ([in, out] integers, scales) for the weight of y = x·w (w is [in, out]): [out] scales, or with
+    `block` [in / block, out] scales fixed from the original weights before the updates ("static groups")."""
     W = np.array(w_in_out, dtype=np.float64).T.copy()  # [out, in]: columns are input channels
+    if block:
+        groups = block_scales(w_in_out, bits, block, clip_search).astype(np.float64)  # [in / block, out]
     scale = weight_scales(w_in_out, bits, clip_search).astype(np.float64)
     lo, hi = qrange(bits)
     H = np.array(H, dtype=np.float64)
@@ -25,18 +28,19 @@ def gptq_quantize(w_in_out: np.ndarray, H: np.ndarray, bits: int, damp: float = 
     Hinv = np.linalg.cholesky(np.linalg.inv(H)).T  # upper Cholesky factor of H⁻¹
     Q = np.zeros_like(W)
     n_in = W.shape[1]
-    block = 128
-    for s in range(0, n_in, block):
-        e = min(n_in, s + block)
+    lazy = 128  # columns updated together (GPTQ's lazy batch)
+    for s in range(0, n_in, lazy):
+        e = min(n_in, s + lazy)
         W1 = W[:, s:e].copy()
         Err = np.zeros_like(W1)
         Hb = Hinv[s:e, s:e]
         for j in range(e - s):
             col = W1[:, j]
-            qc = np.clip(np.rint(col / scale), lo, hi)
+            sc = groups[(s + j) // block] if block else scale
+            qc = np.clip(np.rint(col / sc), lo, hi)
             Q[:, s + j] = qc
-            err = (col - qc * scale) / Hb[j, j]
+            err = (col - qc * sc) / Hb[j, j]
             W1[:, j:] -= np.outer(err, Hb[j, j:])
             Err[:, j] = err
         W[:, e:] -= Err @ Hinv[s:e, e:]
-    return Q.T.astype(np.int8), scale.astype(np.float32)
+    return Q.T.astype(np.int8), (groups if block else scale).astype(np.float32)

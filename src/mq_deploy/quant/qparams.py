@@ -43,10 +43,28 @@ def weight_scales(w_in_out: np.ndarray, bits: int, clip_search: bool = False) ->
     return (best / qmax).astype(np.float32)
 
 
-def quantize_weight(w_in_out: np.ndarray, bits: int, clip_search: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """RTN: ([in, out] integer values, [out] scales)."""
-    s = weight_scales(w_in_out, bits, clip_search)
-    return quantize(w_in_out, s[None, :], bits).astype(np.int8), s
+def block_scales(w_in_out: np.ndarray, bits: int, block: int, clip_search: bool = False) -> np.ndarray:
+    """Per-block scales [in / block, out]: one scale per `block` consecutive input rows of each output column
+    (the layout of an opset-21 blocked DequantizeLinear with axis 0)."""
+    K = w_in_out.shape[0]
+    if block < 1 or K % block:
+        raise ValueError(f"block size {block} does not divide the input dimension {K}")
+    return np.stack([weight_scales(w_in_out[g:g + block], bits, clip_search) for g in range(0, K, block)])
+
+
+def expand_scales(scale: np.ndarray, K: int) -> np.ndarray:
+    """[out] or [in / block, out] scales as an [in, out] (or broadcastable [1, out]) array."""
+    scale = np.asarray(scale, np.float32)
+    if scale.ndim == 1:
+        return scale[None, :]
+    return np.repeat(scale, K // scale.shape[0], axis=0)
+
+
+def quantize_weight(w_in_out: np.ndarray, bits: int, clip_search: bool = False,
+                    block: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """RTN: ([in, out] integer values, scales): [out] per output channel, or [in / block, out] with `block`."""
+    s = weight_scales(w_in_out, bits, clip_search) if not block else block_scales(w_in_out, bits, block, clip_search)
+    return quantize(w_in_out, expand_scales(s, w_in_out.shape[0]), bits).astype(np.int8), s
 
 
 def act_scale(sample_abs: np.ndarray, absmax: float, bits: int, method: str, percentile: float = 99.99) -> float:

@@ -15,7 +15,7 @@ from ..graph.plan import GraphPlan, point
 from ..model import MambaModel
 from ..ops.selective_scan import selective_scan
 from .hadamard import hadamard_matrix
-from .qparams import fake_quant
+from .qparams import expand_scales, fake_quant
 
 
 def _rms(x, g, eps):
@@ -62,7 +62,7 @@ def layer(model: MambaModel, plan: GraphPlan, i: int, r: np.ndarray, follow: Opt
         if q is None or name not in q.weights:
             return W.T.astype(np.float32)
         qw, s = q.weights[name]
-        return (qw.astype(np.float32) * s[None, :]).astype(np.float32)
+        return (qw.astype(np.float32) * expand_scales(s, qw.shape[0])).astype(np.float32)
 
     def lin(x, name, W, bias):
         y = fq(x, f"{name}.input") @ w(name, W)

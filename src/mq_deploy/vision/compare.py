@@ -1,0 +1,59 @@
+"""`mq-deploy compare VIM_DIR --recipes ... --tasks fashion_mnist`: every vision recipe side by side.
+
+Per recipe: calibrate on the recipe's `calibration.samples` training images (its seed), apply the
+passes, quantize, build the plugin graph and score top-1 on the Fashion-MNIST test images (all 10k
+unless `limit`), with the agreement of its predictions with fp32's. The fp32 statistics the passes read
+are computed once per (samples, seed) and shared by every recipe.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional, Sequence
+
+from ..errors import UserError
+from ..recipes import load_recipe
+from .data import calibration_images, evaluate_top1
+from .graph import VimRunner, build_vim_graph
+from .model import load_vim
+from .quantize import fp32_stats, prepare_vim
+
+TASK = "fashion_mnist"
+
+
+def compare_vim(model_dir: str, recipes: Sequence[str], tasks: Sequence[str], limit: Optional[int] = None,
+                data: Optional[str] = None, progress: bool = True,
+                log: Callable[[str], None] = lambda s: None) -> tuple[list[dict], dict]:
+    """Rows [{recipe, fashion_mnist: {acc, agreement, n}, seconds}] (fp32 first) and the model's description."""
+    if list(tasks) != [TASK]:
+        raise UserError(f"a Vision Mamba model is compared on --tasks {TASK} only (got {','.join(tasks)})")
+    recs = [load_recipe(r) for r in recipes]  # unknown names fail before any work
+    for r in recs:
+        if not r.name.startswith("vim-") and r.name not in ("fp32", "fp16"):
+            raise UserError(f"recipe {r.name} is a language-model recipe; use the vim-* recipes for a Vim model")
+    model = load_vim(model_dir)
+    c = model.config
+    t0 = time.time()
+    log("fp32")
+    fp = evaluate_top1(VimRunner(build_vim_graph(model)), c.channels, limit, path=data, progress=progress)
+    ref = fp.pop("predictions")
+    rows = [{"recipe": "fp32", TASK: {"acc": fp["top1"], "agreement": 1.0, "n": fp["n"]},
+             "seconds": round(time.time() - t0, 1)}]
+    stats0: dict = {}
+    for recipe in recs:
+        if recipe.name == "fp32":
+            continue
+        t0 = time.time()
+        log(f"recipe {recipe.name}")
+        seed = recipe.calibration["seed"]
+        imgs = calibration_images(recipe.calibration["samples"], c.channels, seed, path=data)
+        key = (recipe.calibration["samples"], seed)
+        if recipe.passes and key not in stats0:
+            stats0[key] = fp32_stats(model, imgs, seed)
+        m2, plan, _ = prepare_vim(model, recipe, imgs, stats0=stats0.get(key), log=log)
+        r = evaluate_top1(VimRunner(build_vim_graph(m2, plan)), c.channels, limit, path=data, progress=progress,
+                          reference=ref)
+        rows.append({"recipe": recipe.name, TASK: {"acc": r["top1"], "agreement": r["agreement"], "n": r["n"]},
+                     "seconds": round(time.time() - t0, 1)})
+        log(f"  top1 {r['top1']:.4f}, agreement with fp32 {r['agreement']:.4f} ({rows[-1]['seconds']} s)")
+    return rows, {"path": str(model_dir), "format": "vim", "config": c.to_dict()}

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=../shared
-RECIPES=fp16,rtn-w8a8,smoothquant-w8a8,gptq-w8a8,quarot-w8a8,mambaquant-w8a8,rtn-w4a8,smoothquant-w4a8,gptq-w4a8,quarot-w4a8,mambaquant-w4a8
+RECIPES=fp16,rtn-w8a8,smoothquant-w8a8,gptq-w8a8,quarot-w8a8,mambaquant-w8a8,rtn-w4a8,smoothquant-w4a8,gptq-w4a8,quarot-w4a8,mambaquant-w4a8,rtn-w4a8-b64,mambaquant-w4a8-b64
 TASKS=text,wikitext2,lambada_openai,arc_easy,arc_challenge,piqa,winogrande,hellaswag
 export MQ_DEPLOY_DATA_DIR=$S/data
 which=${1:-ref}

@@ -92,6 +92,18 @@ def test_act_scale_methods():
         act_scale(x, amax, 8, "magic")
 
 
+def test_int4_raw_packing_roundtrip():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mq_deploy.graph.mamba_lm import pack_int4
+
+    for shape in ((7, 5), (4, 6), (1, 1)):
+        q = np.random.default_rng(sum(shape)).integers(-8, 8, size=shape).astype(np.int8)
+        t = helper.make_tensor("w", TensorProto.INT4, q.shape, pack_int4(q), raw=True)
+        assert len(t.raw_data) == (q.size + 1) // 2
+        assert np.array_equal(numpy_helper.to_array(t).astype(np.int8), q)
+
+
 def test_block_weight_quantization():
     rng = np.random.default_rng(5)
     w = rng.standard_normal((256, 40)) * np.repeat(np.geomspace(0.01, 3.0, 4), 64)[:, None]  # row groups of scale

@@ -73,7 +73,7 @@ class LMBuilder(GraphBuilder):
             return self.const(f"{name}.weight", w_in_out)
         qw, scale = q.weights[name]
         if q.weight_bits == 4:
-            t = helper.make_tensor(f"{name}.weight_q", TensorProto.INT4, qw.shape, qw.astype(np.int8).ravel().tolist())
+            t = helper.make_tensor(f"{name}.weight_q", TensorProto.INT4, qw.shape, pack_int4(qw), raw=True)
             self._used.add(t.name)
             self.initializers.append(t)
             wq = t.name
@@ -84,6 +84,15 @@ class LMBuilder(GraphBuilder):
             return self.op("DequantizeLinear", [wq, s], name=f"{name}/weight_DQ", axis=0,
                            block_size=qw.shape[0] // scale.shape[0])
         return self.op("DequantizeLinear", [wq, s], name=f"{name}/weight_DQ", axis=1)
+
+
+def pack_int4(q: np.ndarray) -> bytes:
+    """ONNX INT4 raw data: two values per byte, the first in the low nibble (odd counts padded with 0)."""
+    v = np.asarray(q, np.int8).ravel()
+    if v.size % 2:
+        v = np.concatenate([v, np.zeros(1, np.int8)])
+    u = v.view(np.uint8) & 0x0F
+    return (u[0::2] | (u[1::2] << 4)).astype(np.uint8).tobytes()
 
 
 def rms_norm(b: GraphBuilder, x: str, gamma: str, eps: float) -> str:

@@ -18,16 +18,21 @@ def naive(u, delta, A, Bm, Cm, D, bias, h0=None):
     return y, h
 
 
-@pytest.mark.parametrize("B,L,D,N,chunk", [(1, 1, 5, 3, 64), (3, 67, 24, 16, 8), (2, 130, 40, 7, 64)])
-@pytest.mark.parametrize("with_state", [False, True])
-def test_chunked_matches_naive(B, L, D, N, chunk, with_state):
-    rng = np.random.default_rng(L + D)
+def _inputs(B, L, D, N, with_state, seed):
+    rng = np.random.default_rng(seed)
     u = rng.standard_normal((B, L, D)).astype(np.float32)
     delta = rng.standard_normal((B, L, D)).astype(np.float32)
     A = -np.exp(rng.standard_normal((D, N))).astype(np.float32)
     Bm, Cm = (rng.standard_normal((B, L, N)).astype(np.float32) for _ in range(2))
     Dk, bias = rng.standard_normal(D).astype(np.float32), rng.standard_normal(D).astype(np.float32)
     h0 = rng.standard_normal((B, D, N)).astype(np.float32) if with_state else None
+    return u, delta, A, Bm, Cm, Dk, bias, h0
+
+
+@pytest.mark.parametrize("B,L,D,N,chunk", [(1, 1, 5, 3, 64), (3, 67, 24, 16, 8), (2, 130, 40, 7, 64)])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_chunked_matches_naive(B, L, D, N, chunk, with_state):
+    u, delta, A, Bm, Cm, Dk, bias, h0 = _inputs(B, L, D, N, with_state, L + D)
     y, h = selective_scan(u, delta, A, Bm, Cm, Dk, bias, True, initial_state=h0, chunk=chunk)
     y_ref, h_ref = naive(u, delta, A, Bm, Cm, Dk, bias, h0)
     assert y.shape == (B, L, D) and h.shape == (B, D, N)
@@ -51,13 +56,7 @@ def test_fast_cpu_kernels_match_naive(B, L, D, N, with_state, kernel):
 
     if kernel == "native":
         assert native.library() is not None, native.status()  # CI has a C compiler: the fast path must build
-    rng = np.random.default_rng(B * L + D)
-    u = rng.standard_normal((B, L, D)).astype(np.float32)
-    delta = rng.standard_normal((B, L, D)).astype(np.float32)
-    A = -np.exp(rng.standard_normal((D, N))).astype(np.float32)
-    Bm, Cm = (rng.standard_normal((B, L, N)).astype(np.float32) for _ in range(2))
-    Dk, bias = rng.standard_normal(D).astype(np.float32), rng.standard_normal(D).astype(np.float32)
-    h0 = rng.standard_normal((B, D, N)).astype(np.float32) if with_state else None
+    u, delta, A, Bm, Cm, Dk, bias, h0 = _inputs(B, L, D, N, with_state, B * L + D)
     fn = native.selective_scan_fast if kernel == "native" else selective_scan_cpu
     y, h = fn(u, delta, A, Bm, Cm, Dk, bias, True, h0)
     y_ref, h_ref = naive(u, delta, A, Bm, Cm, Dk, bias, h0)

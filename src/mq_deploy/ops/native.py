@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from .selective_scan import selective_scan_cpu, softplus
+from .selective_scan import selective_scan_cpu, step_sizes
 
 _SRC = Path(__file__).with_name("native") / "scan.c"
 _LOCK = threading.Lock()
@@ -110,10 +110,7 @@ def selective_scan_fast(u, delta, A, Bm, Cm, Dskip, delta_bias=None, delta_softp
     u = np.ascontiguousarray(u, np.float32)
     Bsz, L, D = u.shape
     N = A.shape[1]
-    dt = np.asarray(delta, np.float32)
-    if delta_bias is not None:
-        dt = dt + np.asarray(delta_bias, np.float32)
-    dt = np.ascontiguousarray(softplus(dt) if delta_softplus else dt, np.float32)
+    dt = np.ascontiguousarray(step_sizes(delta, delta_bias, delta_softplus), np.float32)
     Bm, Cm = np.ascontiguousarray(Bm, np.float32), np.ascontiguousarray(Cm, np.float32)
     h = (np.zeros((Bsz, D, N), np.float32) if initial_state is None
          else np.array(initial_state, np.float32, order="C", copy=True))

@@ -74,6 +74,14 @@ def selective_scan(
     return y, h
 
 
+def step_sizes(delta, delta_bias=None, delta_softplus: bool = True) -> np.ndarray:
+    """Δ = softplus(delta + delta_bias) (or without softplus) in fp32."""
+    dt = np.asarray(delta, np.float32)
+    if delta_bias is not None:
+        dt = dt + np.asarray(delta_bias, np.float32)
+    return softplus(dt) if delta_softplus else dt
+
+
 def _scan_block(dt, u, A, Bm, Cm, h, y, chunk):
     """In-place time-major scan of one channel block: dt, u (B, L, d); A (d, N); h (B, d, N); y (B, L, d)."""
     Bsz, L, d = u.shape
@@ -113,11 +121,7 @@ def selective_scan_cpu(u, delta, A, Bm, Cm, Dskip, delta_bias=None, delta_softpl
     u = np.asarray(u, np.float32)
     Bsz, L, D = u.shape
     N = A.shape[1]
-    dt = np.asarray(delta, np.float32)
-    if delta_bias is not None:
-        dt = dt + np.asarray(delta_bias, np.float32)
-    if delta_softplus:
-        dt = softplus(dt)
+    dt = step_sizes(delta, delta_bias, delta_softplus)
     A = np.asarray(A, np.float32)
     Bm, Cm = np.asarray(Bm, np.float32), np.asarray(Cm, np.float32)
     h = np.zeros((Bsz, D, N), np.float32) if initial_state is None else np.array(initial_state, np.float32)

@@ -13,7 +13,6 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..calibrate import Stats, collect
-from ..graph.lower import lower_selective_scan
 from ..graph.plan import GraphPlan, QuantSpec, point
 from ..passes import REGISTRY
 from ..quant.gptq import gptq_quantize
@@ -27,9 +26,8 @@ from .passes import run_vim_passes
 def calibrate(model: VimModel, plan: GraphPlan, images: np.ndarray, cov_points=(), batch_size: int = 32,
               seed: int = 0, progress: bool = False, meta: Optional[dict] = None) -> Stats:
     fp = GraphPlan(layers=plan.layers, quant=None)
-    graph, points = build_vim_graph(model, fp, with_points=True)
-    portable = lower_selective_scan(graph)
-    return collect(lambda outs: VimRunner(portable, extra_outputs=outs, only_extra=True), points, images, cov_points,
+    graph, points = build_vim_graph(model, fp, with_points=True)  # plugin graph: onnxruntime + CPU kernels
+    return collect(lambda outs: VimRunner(graph, extra_outputs=outs, only_extra=True), points, images, cov_points,
                    batch_size=batch_size, seed=seed, progress=progress, gamma=[L.norm.copy() for L in model.layers],
                    meta=meta)
 

@@ -54,6 +54,8 @@ def _build() -> Optional[ctypes.CDLL]:
     flags = _flags()
     key = hashlib.sha256(_SRC.read_bytes() + " ".join([cc] + flags + [platform.machine(), sys.platform]).encode())
     cache = Path(os.environ.get("MQ_DEPLOY_CACHE", Path.home() / ".cache" / "mq_deploy"))
+    if "MQ_DEPLOY_CACHE" not in os.environ and not os.access(cache if cache.exists() else Path.home(), os.W_OK):
+        cache = Path(tempfile.gettempdir()) / f"mq_deploy-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
     lib = cache / f"mq_native_{key.hexdigest()[:16]}.so"
     if not lib.is_file():
         try:

@@ -74,9 +74,37 @@ class HybridSession:
         inits.update({t.name: t for t in g.initializer})
         plugin_consts: dict[str, np.ndarray] = {}
         dtypes = {i.name: i.type.tensor_type.elem_type for i in g.input}
+        # nodes computed from initializers alone (a tied head's Transpose, conv taps): copied into every
+        # segment that reads them, where onnxruntime folds them once, instead of being computed in an early
+        # segment and handed along as tensors on every run (a 50k-vocabulary head: 77 MB per decode step)
+        const_producer: dict[str, onnx.NodeProto] = {}
+        for node in g.node:
+            if node.domain != PLUGIN_DOMAIN and all(not i or i in inits or i in const_producer for i in node.input):
+                for o in node.output:
+                    const_producer[o] = node
+        plugin_reads = {i for n in g.node if n.domain == PLUGIN_DOMAIN for i in n.input}
+        for o in list(const_producer):  # a plugin reading one keeps the old placement (none of ours do)
+            if o in plugin_reads:
+                del const_producer[o]
+        const_nodes = {id(n) for n in const_producer.values()}
+
+        def with_consts(nodes: list) -> list:
+            need, order = set(), {id(n): k for k, n in enumerate(g.node)}
+            todo = [i for n in nodes for i in n.input if i in const_producer]
+            while todo:
+                c = const_producer[todo.pop()]
+                if id(c) not in need:
+                    need.add(id(c))
+                    todo += [i for i in c.input if i in const_producer]
+            extra = sorted((n for n in {id(c): c for c in const_producer.values()}.values() if id(n) in need),
+                           key=lambda n: order[id(n)])
+            return extra + nodes
+
         # cut into steps: ("ort", nodes) runs of standard nodes, ("plugin", node)
         steps: list = []
         for node in g.node:
+            if id(node) in const_nodes and not any(o in self.outputs for o in node.output):
+                continue
             if node.domain == PLUGIN_DOMAIN:
                 if node.op_type not in KERNELS:
                     raise UserError(f"node {node.name}: no CPU kernel for plugin '{node.op_type}'")
@@ -85,6 +113,7 @@ class HybridSession:
                 steps[-1][1].append(node)
             else:
                 steps.append(("ort", [node]))
+        steps = [(kind, with_consts(x) if kind == "ort" else x) for kind, x in steps]
         produced_by = {}
         for k, (kind, x) in enumerate(steps):
             for n in (x if kind == "ort" else [x]):

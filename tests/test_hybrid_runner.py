@@ -67,3 +67,19 @@ def test_fused_int8_graph_and_stateful_graphs(prepared):
     assert sorted(ra) == sorted(rb)
     for k in ra:
         assert np.abs(ra[k] - rb[k]).max() <= 1e-3 * max(np.abs(rb[k]).max(), 1e-6), k
+
+
+def test_only_early_outputs_and_freeing(prepared):
+    """Asking for one early tensor only: later parts whose results nobody reads are skipped, the rest runs,
+    and intermediate tensors are dropped after their last reader without disturbing the indices."""
+    m2, plan = prepared
+    g, points = build_lm_graph(m2, GraphPlan(layers=plan.layers, quant=None), with_points=True)
+    want = [points["layers.1.out_proj.input"]]
+    ids = np.random.default_rng(4).integers(0, 301, size=(2, 11))
+    a = OrtRunner(g, extra_outputs=want, only_extra=True)
+    b = OrtRunner(g, extra_outputs=want, only_extra=True, plugins="extensions")
+    ra, rb = a.run({"input_ids": ids}), b.run({"input_ids": ids})
+    assert list(ra) == want and rel_err(rb[want[0]], ra[want[0]]) < 1e-5
+    # layers 0 and 1 (segment, scan, segment, Hadamard: out_proj's input is the Hadamard's output); nothing of
+    # layer 2 or the head is built
+    assert [kind for _, kind, *_ in a._hybrid.steps] == ["ort", "plugin", "ort", "plugin"] * 2

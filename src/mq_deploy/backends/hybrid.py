@@ -114,11 +114,14 @@ class HybridSession:
             else:
                 steps.append(("ort", [node]))
         steps = [(kind, with_consts(x) if kind == "ort" else x) for kind, x in steps]
-        produced_by = {}
-        for k, (kind, x) in enumerate(steps):
-            for n in (x if kind == "ort" else [x]):
-                for o in n.output:
-                    produced_by[o] = k
+        # backwards: keep only the steps whose results something downstream (or the caller) reads
+        needed, kept = set(self.outputs), []
+        for kind, x in reversed(steps):
+            nodes = x if kind == "ort" else [x]
+            if any(o in needed for n in nodes for o in n.output):
+                kept.append((kind, x))
+                needed.update(i for n in nodes for i in n.input if i)
+        steps = kept[::-1]
         # last step that reads each tensor (graph outputs live to the end)
         last_use: dict[str, int] = {}
         for k, (kind, x) in enumerate(steps):
@@ -136,7 +139,7 @@ class HybridSession:
                         plugin_consts[i] = numpy_helper.to_array(inits[i])
                 for o in x.output:
                     dtypes[o] = onnx.TensorProto.FLOAT
-                self.steps.append(("plugin", x, list(x.input), list(x.output)))
+                self.steps.append((k, "plugin", x, list(x.input), list(x.output)))
                 continue
             internal = {o for n in x for o in n.output}
             reads = []
@@ -159,7 +162,7 @@ class HybridSession:
             sess = make_session(sm)
             for meta in sess.get_outputs():
                 dtypes[meta.name] = _ORT_TYPES.get(meta.type, onnx.TensorProto.FLOAT)
-            self.steps.append(("ort", sess, reads, outs))
+            self.steps.append((k, "ort", sess, reads, outs))  # k: index for free_after (skipped parts leave gaps)
         self.plugin_consts = plugin_consts
         self.free_after = {}
         for name, k in last_use.items():
@@ -168,7 +171,7 @@ class HybridSession:
 
     def run(self, feeds: dict) -> dict[str, np.ndarray]:
         env = dict(feeds)
-        for k, (kind, x, reads, outs) in enumerate(self.steps):
+        for k, kind, x, reads, outs in self.steps:
             if kind == "ort":
                 vals = x.run(outs, {i: env[i] for i in reads})
             else:

@@ -21,7 +21,6 @@ from .eval import run_task
 from .eval.data import TASKS, load_task_data, resolve_data_path
 from .eval.perplexity import token_windows
 from .graph.mamba_lm import build_lm_graph
-from .graph.plan import GraphPlan
 from .quantize import fp32_stats, prepare, stats_windows
 from .recipes import load_recipe
 

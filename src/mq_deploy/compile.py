@@ -63,6 +63,16 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> list[Path]:
     return [path]
 
 
+def manifest_head(out_dir: Path, files: dict) -> dict:
+    """The manifest's common head; fills each `files` entry with the written file's size and sha256."""
+    for name, info in files.items():
+        p = out_dir / name
+        info.update(bytes=p.stat().st_size, sha256=sha256_file(p))
+    return {"format": "mq-deploy/1",
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv) if sys.argv else ""}
+
+
 def _versions() -> dict:
     import onnxruntime
 
@@ -353,13 +363,8 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         if tok_src:
             shutil.copyfile(tok_src, tmp / "tokenizer.json")
             files["tokenizer.json"] = {"source": str(Path(tok_src).resolve())}
-        for name, info in files.items():
-            p = tmp / name
-            info.update(bytes=p.stat().st_size, sha256=sha256_file(p))
         manifest = {
-            "format": "mq-deploy/1",
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(sys.argv) if sys.argv else "",
+            **manifest_head(tmp, files),
             "model": {**source, "config": c.to_dict(), "parameters": n_params},
             "recipe": recipe.to_dict(),
             "calibration": calib_info,

@@ -6,9 +6,7 @@ SelectiveScan plugin nodes per block. Calibration uses Fashion-MNIST training im
 
 from __future__ import annotations
 
-import datetime
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -42,7 +40,7 @@ def _check(graph, portable, model, tol: float) -> dict:
 def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force: bool = False,
                 calib: Optional[str] = None, calib_samples: Optional[int] = None,
                 log: Callable[[str], None] = lambda s: None) -> dict:
-    from ..compile import _versions, save_onnx, sha256_file
+    from ..compile import _versions, manifest_head, save_onnx
 
     t0 = time.time()
     recipe = load_recipe(recipe_name)
@@ -79,13 +77,8 @@ def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force
         if stats_runs:
             for p in stats_runs[-1].save(tmp):
                 files[p.name] = {"what": "calibration statistics"}
-        for name, info in files.items():
-            p = tmp / name
-            info.update(bytes=p.stat().st_size, sha256=sha256_file(p))
         manifest = {
-            "format": "mq-deploy/1",
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(sys.argv),
+            **manifest_head(tmp, files),
             "model": {**model.source, "family": "vim", "config": c.__dict__ if hasattr(c, "__dict__") else str(c)},
             "recipe": recipe.to_dict(),
             "calibration": calib_info,

@@ -112,7 +112,7 @@ _POOL = None
 
 def selective_scan_cpu(u, delta, A, Bm, Cm, Dskip, delta_bias=None, delta_softplus=True, initial_state=None,
                        chunk: int = 32, threads: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
-    """The same function as `selective_scan`, 3-4x faster: time-major chunks with in-place updates, and
+    """The same function as `selective_scan`, ~2x faster (benchmarks/cpu_kernels.py): time-major chunks with in-place updates, and
     the channels split over threads (numpy releases the GIL). The onnxruntime CPU kernel runs this."""
     global _POOL
     import os

@@ -32,7 +32,7 @@ def calibrate(model: MambaModel, plan: GraphPlan, windows: np.ndarray, cov_point
     from .backends.ort import OrtRunner
 
     fp = GraphPlan(layers=plan.layers, quant=None)
-    graph, points = build_lm_graph(model, fp, with_points=True)  # plugin nodes run by ops/ort_kernels.py
+    graph, points = build_lm_graph(model, fp, with_points=True)  # plugin nodes: backends/hybrid.py
     # bound the memory of the marked outputs: a 130m-shape model emits ~0.5 MB of them per token
     c = model.config
     per_token = 4 * c.n_layer * (c.d_model + 3 * c.d_inner + c.dt_rank + 2 * c.d_state)

@@ -1,8 +1,11 @@
 """Calibration: run the current graph in onnxruntime with the quantization points' tensors marked as
 outputs, and reduce them into a named statistics artifact (`calib.npz` + `calib.json`).
 
-Per point: absmax, per-channel absmax (last axis), a random sample of |x| (for percentile / MSE
-scales), and for the points listed in `cov_points` the second-moment matrix XᵀX/n (KLT, GPTQ).
+Per point: absmax, per-channel absmax, minimum and maximum (last axis), a random sample of |x| (for
+percentile / MSE scales), and for the points listed in `cov_points` the second-moment matrix XᵀX/n (KLT,
+GPTQ). Points listed in `token_split` ({point: token index}, tensors [batch, tokens, channels]) also get
+absmax / per-channel absmax / sample of that one token and of all the others, under `<point>@token` and
+`<point>@rest` (Vim's class token, quantized with its own scale).
 Deterministic for a fixed seed: the windows and the samples come from `numpy.random.default_rng(seed)`.
 """
 
@@ -68,6 +71,8 @@ class Stats:
     second: dict = field(default_factory=dict)  # XᵀX / n
     chan_sum: dict = field(default_factory=dict)  # per-channel Σx and Σx² (channel variance, for the report)
     chan_sumsq: dict = field(default_factory=dict)
+    chan_lo: dict = field(default_factory=dict)  # per-channel minimum / maximum (signed)
+    chan_hi: dict = field(default_factory=dict)
     count: dict = field(default_factory=dict)
     gamma: list = field(default_factory=list)  # RMSNorm weights of the calibrated model (to undo γ in covariances)
     meta: dict = field(default_factory=dict)
@@ -99,7 +104,8 @@ class Stats:
 
 
 def collect(runner_factory, points: dict[str, str], windows: np.ndarray, cov_points: Iterable[str] = (),
-            batch_size: int = 8, seed: int = 0, progress: bool = True, gamma=None, meta=None) -> Stats:
+            batch_size: int = 8, seed: int = 0, progress: bool = True, gamma=None, meta=None,
+            token_split: Optional[dict] = None) -> Stats:
     """Run windows through the graph and reduce every point's tensor into `Stats`.
 
     `runner_factory(extra_outputs)` returns a runner whose `run(feeds)` gives the named outputs."""
@@ -112,27 +118,43 @@ def collect(runner_factory, points: dict[str, str], windows: np.ndarray, cov_poi
     st = Stats(gamma=list(gamma or []), meta=dict(meta or {}))
     n_batches = -(-len(windows) // batch_size)
     per_batch = max(256, SAMPLE_PER_POINT // n_batches)
-    samples: dict[str, list] = {pt: [] for pt in points}
+    token_split = dict(token_split or {})
+    samples: dict[str, list] = {}
+
+    def record(pt: str, ax: np.ndarray) -> np.ndarray:  # ax: |x| as (rows, channels)
+        cm = ax.max(axis=0)
+        st.chan[pt] = cm if pt not in st.chan else np.maximum(st.chan[pt], cm)
+        st.absmax[pt] = max(st.absmax.get(pt, 0.0), float(cm.max()))
+        flat = ax.ravel()
+        k = min(per_batch, flat.size)
+        samples.setdefault(pt, []).append(flat[rng.integers(0, flat.size, size=k)])  # with replacement: O(k)
+        return cm
+
     for s in tqdm(range(0, len(windows), batch_size), desc="calibrating", unit="batch", disable=not progress,
                   leave=False):
         out = runner.run({"input_ids": windows[s:s + batch_size]})
         for pt, name in points.items():
             x = np.asarray(out[name], np.float32).reshape(-1, out[name].shape[-1])
-            ax = np.abs(x)
-            cm = ax.max(axis=0)
-            st.chan[pt] = cm if pt not in st.chan else np.maximum(st.chan[pt], cm)
-            st.absmax[pt] = max(st.absmax.get(pt, 0.0), float(cm.max()))
+            record(pt, np.abs(x))
+            lo, hi = x.min(axis=0), x.max(axis=0)
+            st.chan_lo[pt] = lo if pt not in st.chan_lo else np.minimum(st.chan_lo[pt], lo)
+            st.chan_hi[pt] = hi if pt not in st.chan_hi else np.maximum(st.chan_hi[pt], hi)
+            if pt in token_split:
+                x3 = np.abs(np.asarray(out[name], np.float32))
+                if x3.ndim != 3:
+                    raise UserError(f"token statistics for {pt} need a [batch, tokens, channels] tensor, got {x3.shape}")
+                t = token_split[pt]
+                record(f"{pt}@token", x3[:, t])
+                record(f"{pt}@rest", np.delete(x3, t, axis=1).reshape(-1, x3.shape[-1]))
             # per batch in fp32 (a few thousand rows), across batches in fp64
             st.chan_sum[pt] = st.chan_sum.get(pt, 0) + x.sum(axis=0).astype(np.float64)
             st.chan_sumsq[pt] = st.chan_sumsq.get(pt, 0) + np.einsum("ij,ij->j", x, x).astype(np.float64)
-            flat = ax.ravel()
-            k = min(per_batch, flat.size)
-            samples[pt].append(flat[rng.integers(0, flat.size, size=k)])  # with replacement: O(k), not O(n)
             if pt in cov_points:  # fp32 GEMM per batch (fast BLAS), accumulated in fp64 across batches
                 st.second[pt] = st.second.get(pt, 0) + (x.T @ x).astype(np.float64)
             st.count[pt] = st.count.get(pt, 0) + x.shape[0]
-    for pt in points:
+    for pt in samples:
         st.sample[pt] = np.concatenate(samples[pt]).astype(np.float32)
+    for pt in points:
         if pt in st.second:
             st.second[pt] = st.second[pt] / st.count[pt]
     return st

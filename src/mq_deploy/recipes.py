@@ -21,8 +21,10 @@ _SECTIONS = {
     # block_size: 0 = one scale per output channel; n > 0 (INT4 only) = one per n input rows of each output
     # channel (opset-21 blocked DequantizeLinear); linears whose input size n does not divide keep per-channel
     "weights": {"bits": (int, 8), "method": (str, "rtn"), "clip_search": (bool, False), "block_size": (int, 0)},
+    # cls_token (Vim): "separate" gives the class token its own scale at the linear inputs where its range
+    # differs from the patch tokens' (larger, or less than half); "shared": one scale per tensor
     "activations": {"bits": (int, 8), "method": (str, "percentile"), "percentile": (float, 99.99),
-                    "scan_inputs": (bool, True)},
+                    "scan_inputs": (bool, True), "cls_token": (str, "shared")},
     # stats_samples: windows (an evenly spaced subset) of the fp32 statistics run the data-driven passes read
     # (KLT covariances, smoothing maxima); the activation scales always use all `samples`
     "calibration": {"samples": (int, 128), "seq_len": (int, 512), "seed": (int, 0), "stats_samples": (int, 32)},
@@ -71,8 +73,9 @@ def _parse(raw, origin: str) -> Recipe:
     if not isinstance(passes, list):
         raise UserError(f"recipe {origin}: 'passes' must be a list")
     from .passes import REGISTRY
+    from .vision.passes import VIM_ONLY_PASSES
 
-    KNOWN_PASSES = {k: v.params for k, v in REGISTRY.items()}
+    KNOWN_PASSES = {**{k: v.params for k, v in REGISTRY.items()}, **VIM_ONLY_PASSES}
     sections = {}
     for sec, fields in _SECTIONS.items():
         given = raw.get(sec) or {}
@@ -98,6 +101,8 @@ def _parse(raw, origin: str) -> Recipe:
 
     if sections["activations"]["method"] not in ACT_METHODS:
         raise UserError(f"recipe {origin}: activations.method must be one of {', '.join(ACT_METHODS)}")
+    if sections["activations"]["cls_token"] not in ("shared", "separate"):
+        raise UserError(f"recipe {origin}: activations.cls_token must be 'shared' or 'separate'")
     bs = sections["weights"]["block_size"]
     if bs < 0 or (bs and (sections["weights"]["bits"] != 4 or bs % 2)):
         raise UserError(f"recipe {origin}: weights.block_size must be 0 (per channel) or an even size with bits 4")

@@ -47,6 +47,9 @@ class QuantSpec:
     act_bits: int = 8
     act_scales: dict = field(default_factory=dict)  # point -> float scale
     weights: dict = field(default_factory=dict)  # "layers.i.<linear>" -> (q int array [in, out], scale [out])
+    # point -> (token index, scale): that one token quantized with its own scale (Vim's class token), the
+    # others with act_scales[point]; only at linear inputs (the graph rescales the token's row around the MatMul)
+    token_scales: dict = field(default_factory=dict)
     fp16_other: bool = True  # conv, embedding, lm_head, norms rounded to fp16 (deployed in fp16)
 
 

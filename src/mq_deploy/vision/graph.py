@@ -17,6 +17,17 @@ Quantization points are those of the language model (`graph/plan.py`) for the sh
 names with a `_b` suffix on the linear / scan for the backward one (`layers.{i}.x_proj_b.input`,
 `layers.{i}.dt_proj_b.input`, `layers.{i}.scan_b.u`, ...). The patch embedding, the head, conv1d and
 the norms stay in floating point (fp16 when deployed), as in the language-model recipes.
+
+Two Vim-only additions, both read from the plan:
+
+* Class token with its own scale (`QuantSpec.token_scales[point] = (t, s_t)`, linear inputs only). TensorRT
+  takes one scale per activation tensor, so the token's row is rescaled around the integer MatMul:
+      y = (DQ(Q(x ⊙ m, s)) · W) ⊙ (1/m) + b,   m = 1 except m_t = s / s_t
+  row t then computes round(x_t / s_t)·s_t·W, every other row round(x / s)·s·W: per-token scales with
+  per-tensor Q/DQ, two pointwise Muls that TensorRT fuses into the producer and the GEMM epilogue.
+* Δ shift (`VimLayerPlan.delta_shift`, per channel c): Δ' = δ·W_dt − c feeds the scan.delta quantizer and
+  the scan's bias becomes b_dt + c, so softplus(Δ' + b_dt + c) = softplus(δ·W_dt + b_dt): the quantizer
+  sees each channel centred (`passes.shift_delta`).
 """
 
 from __future__ import annotations
@@ -47,8 +58,11 @@ ACT_POINTS = ("in_proj.input", "out_proj.input") + tuple(
 
 @dataclass
 class VimLayerPlan(LayerPlan):
-    """LayerPlan of a v2 block; `xproj_smooth` is the forward direction's, `xproj_smooth_b` the backward's."""
+    """LayerPlan of a v2 block; `xproj_smooth` / `delta_shift` are the forward direction's, the `_b` ones
+    the backward's."""
     xproj_smooth_b: Optional[np.ndarray] = None
+    delta_shift: Optional[np.ndarray] = None  # per channel, subtracted from δ·W_dt and added to the dt bias
+    delta_shift_b: Optional[np.ndarray] = None
 
 
 def plain_plan(depth: int) -> GraphPlan:
@@ -60,8 +74,30 @@ def _reverse(b: LMBuilder, x: str, name: str) -> str:
                           b.ints("rev_step", [-1])], name=name)
 
 
-def _direction(b: LMBuilder, i: int, L: MambaLayer, model: VimModel, x: str, sfx: str, smooth) -> str:
+def vlinear(b: LMBuilder, x: str, w_name: str, w: np.ndarray, bias: Optional[np.ndarray], name: str, i: int,
+            n_tokens: int) -> str:
+    """`linear`, with the point's token rescaled around the MatMul when the plan gives it its own scale."""
+    pt = f"{w_name}.input"
+    q = b.quant
+    if q is None or pt not in q.token_scales or pt not in q.act_scales:
+        return linear(b, x, w_name, w, bias, name, i)
+    t, s_t = q.token_scales[pt]
+    m = np.ones((1, n_tokens, 1), np.float32)
+    m[0, t, 0] = q.act_scales[pt] / s_t
+    b.points.setdefault(pt, x)
+    xm = b.op("Mul", [x, b.const(f"{pt}.token_scale", m)], name=f"{name}_token_scale")
+    y = b.op("MatMul", [b.act(xm, pt), b.weight(w_name, w.T)], name=name)
+    y = b.op("Mul", [y, b.const(f"{pt}.token_unscale", (1.0 / m.astype(np.float64)).astype(np.float32))],
+             name=f"{name}_token_unscale")
+    if bias is not None:
+        y = b.op("Add", [y, b.const(f"{w_name}.bias", bias)], name=f"{name}_bias")
+    return y
+
+
+def _direction(b: LMBuilder, i: int, L: MambaLayer, model: VimModel, x: str, sfx: str, lp: LayerPlan) -> str:
     """One scan direction on x (B, T, di) already in scan order; returns y (B, T, di) in that order."""
+    smooth = getattr(lp, "xproj_smooth" + sfx, None)
+    shift = getattr(lp, "delta_shift" + sfx, None)
     c = model.config
     di, K, R, N = c.d_inner, c.d_conv, c.dt_rank, c.d_state
     p = f"layers.{i}"
@@ -75,16 +111,21 @@ def _direction(b: LMBuilder, i: int, L: MambaLayer, model: VimModel, x: str, sfx
     if smooth is not None:
         xin = b.op("Mul", [u, b.const(f"{p}.x_proj{sfx}.smooth_inv", (1.0 / smooth).astype(np.float32))],
                    name=f"x_proj{sfx}_smooth")
-    dbc = linear(b, xin, f"{p}.x_proj{sfx}", L.x_proj, None, f"x_proj{sfx}", i)
+    T = c.seq_len
+    dbc = vlinear(b, xin, f"{p}.x_proj{sfx}", L.x_proj, None, f"x_proj{sfx}", i, T)
     dlow, Bm, Cm = b.op("Split", [dbc, b.ints("split_dbc", [R, N, N])], name=f"split_dbc{sfx}", n_out=3, axis=-1)
-    dlow = b.act(dlow, point(i, f"dt_proj{sfx}.input"))
-    delta = b.op("MatMul", [dlow, b.weight(f"{p}.dt_proj{sfx}", L.dt_proj.T)], name=f"dt_proj{sfx}")
+    delta = vlinear(b, dlow, f"{p}.dt_proj{sfx}", L.dt_proj, None, f"dt_proj{sfx}", i, T)
+    dt_bias = L.dt_proj_bias
+    if shift is not None:
+        delta = b.op("Add", [delta, b.const(f"{p}.dt_proj{sfx}.shift", (-shift).astype(np.float32))],
+                     name=f"dt_proj{sfx}_shift")
+        dt_bias = (dt_bias.astype(np.float64) + shift).astype(np.float32)
     A = b.const(f"{p}.A{sfx}", -np.exp(L.A_log.astype(np.float64)).astype(np.float32))
     y, _ = b.op(
         ss.PLUGIN_NAME,
         [b.act(u, point(i, f"scan{sfx}.u")), b.act(delta, point(i, f"scan{sfx}.delta")), A,
          b.act(Bm, point(i, f"scan{sfx}.B")), b.act(Cm, point(i, f"scan{sfx}.C")), b.const(f"{p}.D{sfx}", L.D),
-         b.const(f"{p}.dt_proj{sfx}.bias", L.dt_proj_bias)],
+         b.const(f"{p}.dt_proj{sfx}.bias", dt_bias)],
         name=f"selective_scan{sfx}", n_out=2, domain=PLUGIN_DOMAIN,
         delta_softplus=1, plugin_version=ss.PLUGIN_VERSION, plugin_namespace=ss.PLUGIN_NAMESPACE,
     )
@@ -95,12 +136,11 @@ def bi_mixer(b: LMBuilder, i: int, L, model: VimModel, h: str, lp: LayerPlan) ->
     c = model.config
     di = c.d_inner
     p = f"layers.{i}"
-    xz = linear(b, h, f"{p}.in_proj", L.in_proj, L.in_proj_bias, "in_proj", i)
+    xz = vlinear(b, h, f"{p}.in_proj", L.in_proj, L.in_proj_bias, "in_proj", i, c.seq_len)
     x, z = b.op("Split", [xz, b.ints("split_xz", [di, di])], name="split_xz", n_out=2, axis=-1)
-    y_f = _direction(b, i, L.direction(False), model, x, "", lp.xproj_smooth)
+    y_f = _direction(b, i, L.direction(False), model, x, "", lp)
     x_rev = _reverse(b, x, "reverse_in")
-    y_b = _reverse(b, _direction(b, i, L.direction(True), model, x_rev, "_b", getattr(lp, "xproj_smooth_b", None)),
-                   "reverse_out")
+    y_b = _reverse(b, _direction(b, i, L.direction(True), model, x_rev, "_b", lp), "reverse_out")
     y = b.op("Add", [y_f, y_b], name="sum_directions")
     if c.if_devide_out:
         y = b.op("Mul", [y, b.scalar("half", 0.5)], name="average_directions")
@@ -111,7 +151,7 @@ def bi_mixer(b: LMBuilder, i: int, L, model: VimModel, h: str, lp: LayerPlan) ->
                  name="out_proj_smooth")
     if lp.out_hadamard:
         g = hadamard_op.emit(b, g, di, name="out_hadamard")
-    return linear(b, g, f"{p}.out_proj", L.out_proj, L.out_proj_bias, "out_proj", i)
+    return vlinear(b, g, f"{p}.out_proj", L.out_proj, L.out_proj_bias, "out_proj", i, c.seq_len)
 
 
 def embed(b: LMBuilder, model: VimModel, pixels: str) -> str:

@@ -9,6 +9,13 @@ Same names, parameters and algebra as `mq_deploy.passes` (see those docstrings);
   statistics (`layers.{i}.dt_proj.input` / `layers.{i}.dt_proj_b.input`, `scan.B` / `scan_b.B`, ...).
 * smooth_gate, online_hadamard — on the combined out_proj input g = (y_f + y_b)/2 ⊙ SiLU(z): both
   directions are gated by the same z, so one S-SiLU scale and one Hadamard serve both.
+
+Vim only (`VIM_ONLY_PASSES`, accepted by recipes, refused for language models):
+
+* shift_delta — per channel j of each direction's Δ = δ·W_dt (the scan.delta quantization point), the centre
+  c_j = (min_j + max_j)/2 over the fp32 calibration; the graph computes Δ − c and the scan adds b_dt + c
+  (`graph.py`), so softplus sees the same argument and the quantizer a range max_j (max_j − min_j)/2 instead
+  of max_j |Δ_j|.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from ..passes.smooth import smooth_scales
 from ..quant.hadamard import hadamard_matrix
 
 VIM_PASSES: dict = {}
+VIM_ONLY_PASSES = {"shift_delta": frozenset()}  # name -> parameters (recipe validation)
 
 
 def _register(name):
@@ -159,6 +167,26 @@ def smoothquant(model, plan, stats, alpha: float = 0.5):
         L.out_proj = _f32(L.out_proj * s[None, :])
         plan.layers[i].out_smooth = _f32(s)
     return model, plan
+
+
+@_register("shift_delta")
+def shift_delta(model, plan, stats):
+    model, plan = copy.deepcopy(model), copy.deepcopy(plan)
+    for i in range(model.config.depth):
+        for s in ("", "_b"):
+            pt = point(i, f"scan{s}.delta")
+            if stats is None or pt not in stats.chan_lo:
+                raise UserError(f"needs per-channel minimum / maximum statistics of {pt}")
+            c = (_f64(stats.chan_lo[pt]) + _f64(stats.chan_hi[pt])) / 2
+            old = getattr(plan.layers[i], "delta_shift" + s)
+            setattr(plan.layers[i], "delta_shift" + s, _f32(c if old is None else old + c))
+    return model, plan
+
+
+def needs_stats(name: str, params) -> bool:
+    from ..passes import REGISTRY
+
+    return name in VIM_ONLY_PASSES or REGISTRY[name].needs_stats or bool(dict(params).get("klt"))
 
 
 def run_vim_passes(model, plan, passes, stats=None, log=lambda s: None):

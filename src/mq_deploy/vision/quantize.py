@@ -14,22 +14,41 @@ import numpy as np
 
 from ..calibrate import Stats, collect
 from ..graph.plan import GraphPlan, QuantSpec, point
-from ..passes import REGISTRY
 from ..quant.gptq import gptq_quantize
 from ..quant.qparams import act_scale, quantize_weight
 from ..recipes import Recipe
 from .graph import ACT_POINTS, LINEARS, VimRunner, build_vim_graph, plain_plan
 from .model import VimModel
-from .passes import run_vim_passes
+from .passes import needs_stats, run_vim_passes
 
 
 def calibrate(model: VimModel, plan: GraphPlan, images: np.ndarray, cov_points=(), batch_size: int = 32,
-              seed: int = 0, progress: bool = False, meta: Optional[dict] = None) -> Stats:
+              seed: int = 0, progress: bool = False, meta: Optional[dict] = None, token_split=None) -> Stats:
     fp = GraphPlan(layers=plan.layers, quant=None)
     graph, points = build_vim_graph(model, fp, with_points=True)  # plugin graph: onnxruntime + CPU kernels
     return collect(lambda outs: VimRunner(graph, extra_outputs=outs, only_extra=True), points, images, cov_points,
                    batch_size=batch_size, seed=seed, progress=progress, gamma=[L.norm.copy() for L in model.layers],
-                   meta=meta)
+                   meta=meta, token_split=token_split)
+
+
+def cls_token_index(model: VimModel) -> dict:
+    """{linear-input point: the class token's index in that tensor} (the backward direction runs reversed)."""
+    c = model.config
+    if not c.if_cls_token:
+        return {}
+    last = c.seq_len - 1
+    return {point(i, f"{lin}.input"): last - c.cls_position if lin.endswith("_b") else c.cls_position
+            for i in range(c.depth) for lin in LINEARS}
+
+
+def token_scale(st: Stats, pt: str, acfg: dict) -> Optional[tuple[float, float]]:
+    """(scale of the other tokens, scale of the split token) when the token's own range differs enough to pay
+    for its rescale — larger (it sets or clips the shared scale) or under half (under 7 bits of its own)."""
+    if f"{pt}@token" not in st.absmax:
+        return None
+    s_rest, s_tok = (act_scale(st.sample[f"{pt}@{k}"], st.absmax[f"{pt}@{k}"], acfg["bits"], acfg["method"],
+                               acfg["percentile"]) for k in ("rest", "token"))
+    return (s_rest, s_tok) if s_tok > s_rest or s_tok < 0.5 * s_rest else None
 
 
 def fp32_stats(model: VimModel, images: np.ndarray, seed: int = 0) -> Stats:
@@ -59,7 +78,7 @@ def prepare_vim(model: VimModel, recipe: Recipe, images: Optional[np.ndarray], *
     plan = plain_plan(n)
     seed = recipe.calibration.get("seed", 0)
     runs = []
-    needs = any(REGISTRY[p].needs_stats or dict(kw).get("klt") for p, kw in recipe.passes)
+    needs = any(needs_stats(p, kw) for p, kw in recipe.passes)
     if needs:
         if stats0 is None:
             log("calibrating the fp32 graph (statistics for the passes)")
@@ -74,8 +93,9 @@ def prepare_vim(model: VimModel, recipe: Recipe, images: Optional[np.ndarray], *
     wcfg, acfg = recipe.weights, recipe.activations
     model = round_fp16(model, everything=False)
     cov = [f"layers.{i}.{lin}.input" for i in range(n) for lin in LINEARS] if wcfg["method"] == "gptq" else []
+    split = cls_token_index(model) if acfg["cls_token"] == "separate" else {}
     log("calibrating the transformed graph")
-    st = calibrate(model, plan, images, cov, seed=seed, meta={"stage": "transformed"})
+    st = calibrate(model, plan, images, cov, seed=seed, meta={"stage": "transformed"}, token_split=split)
     runs.append(st)
     q = QuantSpec(weight_bits=wcfg["bits"], act_bits=acfg["bits"])
     for i, L in enumerate(model.layers):
@@ -90,7 +110,13 @@ def prepare_vim(model: VimModel, recipe: Recipe, images: Optional[np.ndarray], *
             pt = point(i, ap)
             if ap.startswith("scan") and not acfg["scan_inputs"]:  # scan.* and scan_b.*
                 continue
-            if pt in st.absmax:
+            if pt not in st.absmax:
+                continue
+            ts = token_scale(st, pt, acfg) if pt in split else None
+            if ts is not None:
+                q.act_scales[pt] = ts[0]
+                q.token_scales[pt] = (split[pt], ts[1])
+            else:
                 q.act_scales[pt] = act_scale(st.sample[pt], st.absmax[pt], acfg["bits"], acfg["method"],
                                              acfg["percentile"])
     plan.quant = q

@@ -9,9 +9,9 @@ Rules (a graph with no QuantizeLinear is fp and has nothing to check):
   matmul-both    a MatMul with one dequantized input has both inputs dequantized
   linear-quant   each in_proj / x_proj / dt_proj / out_proj MatMul is quantized when the graph is
   scan-inputs    SelectiveScan's u, delta, Bm, Cm come from DequantizeLinear when the graph is quantized
-  token-scale    a token given its own scale (Vim class token: Mul by a constant [1, T, 1] before the
-                 QuantizeLinear) is rescaled back right after the MatMul the DequantizeLinear feeds, by the
-                 reciprocal constant (product 1 within 1e-6)
+  token-scale    a token given its own scale (Vim class token: Mul by a constant [1, T, 1] before a
+                 QuantizeLinear whose DequantizeLinear feeds a MatMul) is rescaled back right after that
+                 MatMul by the reciprocal constant (product 1 within 1e-6)
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def lint_model(model: onnx.ModelProto, base_dir: str = "") -> list[dict]:
             mm = [c for dq in consumers.get(n.output[0], []) if dq.op_type == "DequantizeLinear"
                   for c in consumers.get(dq.output[0], []) if c.op_type == "MatMul"]
             back = [row_scale(c) for mat in mm for c in consumers.get(mat.output[0], [])]
-            if not mm or len(back) != len(mm) or any(b is None or b.shape != m.shape or np.abs(b * m - 1).max() > 1e-6
-                                                      for b in back):
+            if mm and (len(back) != len(mm) or any(b is None or b.shape != m.shape or np.abs(b * m - 1).max() > 1e-6
+                                                            for b in back)):
                 out.append(_violation(n.name, "token-scale", "token rescaled before the quantizer is not rescaled back "
                                                              "by the reciprocal right after its MatMul"))
         if n.op_type == "QuantizeLinear":

@@ -1,0 +1,195 @@
+"""Vim-only quantization: the class token with its own scale and the per-channel Δ shift (issue 6)."""
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from mq_deploy.calibrate import collect
+from mq_deploy.compile import compile_model
+from mq_deploy.errors import UserError
+from mq_deploy.graph.lower import lower_selective_scan
+from mq_deploy.lint import lint_model
+from mq_deploy.quant.qparams import fake_quant
+from mq_deploy.recipes import load_recipe
+from mq_deploy.vision.graph import VimRunner, build_vim_graph, plain_plan
+from mq_deploy.vision import data as vdata
+from mq_deploy.vision.model import VimConfig, random_vim, to_state_dict
+from mq_deploy.vision.passes import run_vim_passes
+from mq_deploy.vision.quantize import calibrate, cls_token_index, fp32_stats, prepare_vim
+
+CFG = VimConfig(d_model=48, depth=2, num_classes=6, img_size=12, patch_size=4, channels=3)  # 9 patches + cls at 4
+
+
+@pytest.fixture(scope="module")
+def setup():
+    m = random_vim(CFG, seed=7)
+    imgs = np.random.default_rng(1).standard_normal((16, 3, 12, 12)).astype(np.float32)
+    return m, imgs, fp32_stats(m, imgs)
+
+
+def _recipe(tmp_path, base: str, cls: bool = False, shift: bool = False):
+    text = Path(load_recipe(base).source).read_text()
+    if cls:
+        text = text.replace("percentile: 99.99}", "percentile: 99.99, cls_token: separate}")
+    if shift:
+        text = text.replace("passes: []", "passes:").rstrip("\n") + "\n  - {name: shift_delta}\n"
+    p = tmp_path / f"{base}-x.yaml"
+    p.write_text(text.replace(f"name: {base}", f"name: {base}-x"))
+    return load_recipe(str(p))
+
+
+def test_shift_delta_preserves_logits_and_centres_delta(setup):
+    m, imgs, stats = setup
+    ref = VimRunner(build_vim_graph(m))(imgs[:4])
+    m2, plan = run_vim_passes(m, plain_plan(CFG.depth), [("fold_norms", {}), ("rotate_dt", {}), ("shift_delta", {})],
+                              stats)
+    assert all(lp.delta_shift is not None and lp.delta_shift_b is not None for lp in plan.layers)
+    assert max(np.abs(lp.delta_shift).max() for lp in plan.layers) > 0.05  # random Δ is not centred already
+    g = build_vim_graph(m2, plan)
+    for graph in (g, lower_selective_scan(g)):
+        out = VimRunner(graph)(imgs[:4])
+        assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
+    st = calibrate(m2, plan, imgs)  # the quantizer's view: every channel of Δ − c centred, range shrunk
+    for i in range(CFG.depth):
+        for s in ("", "_b"):
+            pt = f"layers.{i}.scan{s}.delta"
+            mid = (st.chan_lo[pt] + st.chan_hi[pt]) / 2
+            assert np.abs(mid).max() <= 1e-5 * st.absmax[pt]
+            assert st.absmax[pt] < stats.absmax[pt]
+
+
+def test_collect_splits_one_token():
+    x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4) - 10.0
+
+    class R:
+        def run(self, feeds):
+            return {"t": x}
+
+    st = collect(lambda outs: R(), {"p": "t"}, np.zeros((1, 1)), token_split={"p": 1}, progress=False)
+    assert st.absmax["p@token"] == np.abs(x[:, 1]).max() and st.absmax["p@rest"] == np.abs(x[:, [0, 2]]).max()
+    assert np.array_equal(st.chan["p@token"], np.abs(x[:, 1]).max(0))
+    assert np.array_equal(st.chan_lo["p"], x.reshape(-1, 4).min(0)) and np.array_equal(st.chan_hi["p"], x.reshape(-1, 4).max(0))
+    assert set(np.unique(st.sample["p@token"])) <= set(np.abs(x[:, 1]).ravel())
+
+
+def test_cls_token_index_follows_the_scan_direction():
+    idx = cls_token_index(random_vim(CFG, seed=0))
+    T, pos = CFG.seq_len, CFG.cls_position
+    assert idx["layers.1.in_proj.input"] == pos and idx["layers.0.x_proj.input"] == pos
+    assert idx["layers.0.x_proj_b.input"] == T - 1 - pos and idx["layers.1.dt_proj_b.input"] == T - 1 - pos
+
+
+def _node_output(g, suffix):
+    (n,) = [n for n in g.graph.node if n.name.endswith(suffix)]
+    return n.output[0]
+
+
+@pytest.mark.parametrize("lin", ["out_proj", "x_proj_b"])
+def test_token_scale_is_a_per_token_quantizer(setup, tmp_path, lin):
+    """The rescaled MatMul computes round(x_t/s_t)·s_t·W for the token and round(x/s)·s·W for the others."""
+    m, imgs, _ = setup
+    m2, plan, _ = prepare_vim(m, load_recipe("vim-rtn-w8a8"), imgs)
+    pt = f"layers.0.{lin}.input"
+    t = cls_token_index(m)[pt]
+    s = plan.quant.act_scales[pt]
+    plan.quant.token_scales[pt] = (t, 3.7 * s)
+    g, pts = build_vim_graph(m2, plan, with_points=True)
+    assert lint_model(g) == []
+    name = "layers.0/" + lin
+    y_name = _node_output(g, f"{name}_token_unscale")
+    out = VimRunner(g, extra_outputs=[pts[pt], y_name])
+    r = out.run({"pixel_values": imgs[:3]})
+    x = r[pts[pt]].astype(np.float64)
+    xq = fake_quant(x, s, 8)
+    xq[:, t] = fake_quant(x[:, t], 3.7 * s, 8)
+    assert not np.allclose(xq[:, t], fake_quant(x[:, t], s, 8))  # the token's own scale matters here
+    qw, ws = plan.quant.weights[f"layers.0.{lin}"]
+    want = xq @ (qw.astype(np.float64) * ws[None, :])
+    assert np.abs(r[y_name] - want).max() <= 1e-5 * np.abs(want).max()
+    # the portable flavour computes the same
+    a, b = VimRunner(g)(imgs[:3]), VimRunner(lower_selective_scan(g))(imgs[:3])
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+
+
+def test_lint_catches_a_token_rescale_not_undone(setup):
+    m, imgs, _ = setup
+    m2, plan, _ = prepare_vim(m, load_recipe("vim-rtn-w8a8"), imgs)
+    pt = "layers.1.in_proj.input"
+    plan.quant.token_scales[pt] = (CFG.cls_position, 2.0 * plan.quant.act_scales[pt])
+    g = build_vim_graph(m2, plan)
+    assert lint_model(g) == []
+    bad = copy.deepcopy(g)
+    init = {t.name: t for t in bad.graph.initializer}[f"{pt}.token_unscale"]
+    a = numpy_helper.to_array(init).copy()
+    a[0, CFG.cls_position, 0] *= 1.01
+    init.CopyFrom(numpy_helper.from_array(a, init.name))
+    v = lint_model(bad)
+    assert [x["rule"] for x in v] == ["token-scale"] and "in_proj" in v[0]["node"]
+    gone = copy.deepcopy(g)  # the unscale Mul bypassed
+    (mul,) = [n for n in gone.graph.node if n.name.endswith("in_proj_token_unscale") and n.name.startswith("layers.1")]
+    for n in gone.graph.node:
+        n.input[:] = [mul.input[0] if i == mul.output[0] else i for i in n.input]
+    gone.graph.node.remove(mul)
+    assert [x["rule"] for x in lint_model(gone)] == ["token-scale"]
+
+
+def test_cls_separate_recipe_gives_the_patch_tokens_their_resolution_back(setup, tmp_path):
+    """A class token with one spiking channel sets the shared scale of layer 0's in_proj input (RMSNorm keeps
+    the spike: ~sqrt(d) against ~3 for the patch tokens). With its own scale the patch tokens' scale shrinks by
+    that ratio and so does their quantization error through the integer MatMul; the class token's own row
+    keeps a scale at least as large as the shared one."""
+    m, imgs, _ = setup
+    m = copy.deepcopy(m)
+    m.cls_token = np.zeros_like(m.cls_token)
+    m.cls_token[..., 0] = 40.0
+    pt = "layers.0.in_proj.input"
+    t = cls_token_index(m)[pt]
+    got = {}
+    for cls in (False, True):
+        m2, plan, _ = prepare_vim(m, _recipe(tmp_path, "vim-rtn-w8a8", cls=cls), imgs)
+        for p_, (tt, s_t) in plan.quant.token_scales.items():
+            assert tt == cls_token_index(m)[p_] and s_t > 0 and p_ in plan.quant.act_scales
+        g, pts = build_vim_graph(m2, plan, with_points=True)
+        assert lint_model(g) == []
+        y_name = _node_output(g, "layers.0/in_proj_token_unscale" if cls else "layers.0/in_proj")
+        r = VimRunner(g, extra_outputs=[pts[pt], y_name]).run({"pixel_values": imgs})
+        qw, ws = plan.quant.weights["layers.0.in_proj"]
+        exact = r[pts[pt]].astype(np.float64) @ (qw.astype(np.float64) * ws[None, :])  # weights already integer
+        err = np.abs(r[y_name] - exact)
+        got[cls] = (plan.quant.act_scales[pt], plan.quant.token_scales.get(pt), np.delete(err, t, axis=1).max())
+    (s_shared, none, e_shared), (s_patch, (tok, s_tok), e_patch) = got[False], got[True]
+    assert none is None and tok == t
+    assert s_shared > 2 * s_patch and s_tok >= 0.9 * s_shared
+    assert e_patch < 0.5 * e_shared, got
+
+
+@pytest.mark.skipif(not (vdata.DEFAULT_DIR / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="dataset-fashion-mnist is not installed")
+def test_compile_vim_with_the_extras_and_lm_refusal(tmp_path):
+    from safetensors.numpy import save_file
+
+    cfg = VimConfig(d_model=24, depth=2, num_classes=10, img_size=28, patch_size=7, channels=1)
+    d = tmp_path / "vim"
+    d.mkdir()
+    save_file({k: np.ascontiguousarray(v) for k, v in to_state_dict(random_vim(cfg, seed=4)).items()},
+              str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps(cfg.to_dict()))
+    rec = _recipe(tmp_path, "vim-mambaquant-w8a8", cls=True, shift=True)
+    man = compile_model(str(d), str(rec.source), tmp_path / "out", calib_samples=8)
+    assert man["self_check"]["max_rel_error_plugin_vs_portable"] <= 1e-3
+    g = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    assert lint_model(g, str(tmp_path / "out")) == []
+    assert any(n.name.endswith("dt_proj_shift") for n in g.graph.node)
+    assert set(man["quantization"]["token_scales"]) <= set(man["quantization"]["act_scales"])
+    with pytest.raises(UserError, match="Vision Mamba"):
+        compile_model(None, str(rec.source), tmp_path / "lm")
+    assert not (tmp_path / "lm").exists()
+    with pytest.raises(UserError, match="cls_token must be"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(Path(rec.source).read_text().replace("cls_token: separate", "cls_token: own"))
+        load_recipe(str(bad))

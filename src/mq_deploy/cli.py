@@ -340,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="build a TensorRT engine from a compile OUTDIR (needs TensorRT)",
                        description="Parse OUTDIR/model.onnx with TensorRT, load the plugin library, build with an "
-                                   "optimization profile for input_ids and write the engine atomically. A quantized "
+                                   "optimization profile for input_ids (a Vim OUTDIR: pixel_values, batch only) and "
+                                   "write the engine atomically. A quantized "
                                    "OUTDIR builds with INT8 on (explicit quantization: the Q/DQ nodes carry the scales). "
                                    "Engines are specific to the GPU and TensorRT version: build on the target.")
     b.add_argument("outdir", metavar="OUTDIR", help="output directory of `mq-deploy compile`")
@@ -348,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "(default: $MQ_DEPLOY_PLUGINS)")
     b.add_argument("--int8", action="store_true", help="allow INT8 (on by default for a quantized OUTDIR)")
     b.add_argument("--fp16", action="store_true", help="allow FP16 kernels for the float layers")
-    b.add_argument("--min-shapes", default="1,1", metavar="B,L", help="smallest batch,sequence (default 1,1)")
+    b.add_argument("--min-shapes", default="1,1", metavar="B,L", help="smallest batch,sequence (default 1,1; "
+                                                                      "a Vim OUTDIR takes B alone, its image size is fixed)")
     b.add_argument("--opt-shapes", default="1,512", metavar="B,L", help="batch,sequence to tune for (default 1,512)")
     b.add_argument("--max-shapes", default="8,4096", metavar="B,L", help="largest batch,sequence (default 8,4096)")
     b.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to read and update")
@@ -359,7 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_build)
 
     v = sub.add_parser("validate", help="compare a compile OUTDIR's graphs (and TensorRT engine) on the same input",
-                       description="Run the same random input_ids through onnxruntime on model.portable.onnx and on "
+                       description="Run the same random input_ids (a Vim OUTDIR: Fashion-MNIST test images when the "
+                                   "dataset is installed, else random pixel_values) through onnxruntime on "
+                                   "model.portable.onnx and on "
                                    "model.onnx (plugin nodes on mq-deploy's CPU kernels), optionally the fake-quant "
                                    "simulation (--simulate) and the torch fp32 checkpoint (--torch), and the TensorRT "
                                    "engine where TensorRT exists; print max abs / max rel / mean abs error and top-1 "
@@ -367,8 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("outdir", metavar="OUTDIR", help="output directory of `mq-deploy compile`")
     v.add_argument("--plugins", metavar="LIB", help="plugin library for the engine (default: $MQ_DEPLOY_PLUGINS)")
     v.add_argument("--engine", metavar="ENGINE", help="TensorRT engine (default: OUTDIR/model.engine if present)")
-    v.add_argument("--batch", type=int, default=2, help="batch of random input_ids (default 2)")
-    v.add_argument("--seq", type=int, default=32, help="sequence length of random input_ids (default 32)")
+    v.add_argument("--batch", type=int, default=2, help="batch of random input_ids / images (default 2)")
+    v.add_argument("--seq", type=int, default=32, help="sequence length of random input_ids (default 32; "
+                                                       "not used for a Vim OUTDIR)")
     v.add_argument("--seed", type=int, default=0, help="seed of the random input_ids (default 0)")
     v.add_argument("--simulate", action="store_true",
                    help="add the fake-quant simulation, re-derived from the manifest's checkpoint, recipe and "

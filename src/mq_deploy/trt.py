@@ -28,15 +28,26 @@ INSTALL_HINT = ("TensorRT's Python package is not installed. Install it with "
 
 @dataclass(frozen=True)
 class Shapes:
-    """min/opt/max [batch, sequence] of input_ids for the optimization profile."""
+    """min/opt/max [batch, sequence] of input_ids for the optimization profile. A Vim OUTDIR uses the batch
+    only (its image size is fixed); sequence 0 = not given (accepted for Vim only, `plan_build` checks)."""
     min: tuple[int, int] = (1, 1)
     opt: tuple[int, int] = (1, 512)
     max: tuple[int, int] = (8, 4096)
 
     def __post_init__(self):
         for a, b in ((self.min, self.opt), (self.opt, self.max)):
-            if len(a) != 2 or len(b) != 2 or any(x < 1 for x in a + b) or a[0] > b[0] or a[1] > b[1]:
+            if (len(a) != 2 or len(b) != 2 or a[0] < 1 or b[0] < 1 or a[1] < 0 or b[1] < 0 or a[0] > b[0]
+                    or (a[1] and b[1] and a[1] > b[1])):
                 raise UserError(f"shapes must be [batch, sequence] with min <= opt <= max, got {self}")
+
+    def dims(self, fixed: tuple = ()) -> tuple[tuple, tuple, tuple]:
+        """(min, opt, max) of the profile: [batch, sequence], or [batch, *fixed] for an input whose other
+        dimensions are fixed (Vim: channels, height, width)."""
+        if fixed:
+            return tuple((s[0], *fixed) for s in (self.min, self.opt, self.max))
+        if not all(s[1] for s in (self.min, self.opt, self.max)):
+            raise UserError("a language model's shapes need BATCH,SEQUENCE (e.g. --opt-shapes 1,512)")
+        return self.min, self.opt, self.max
 
 
 def import_tensorrt():
@@ -48,13 +59,15 @@ def import_tensorrt():
 
 
 def parse_shape(text: str, what: str = "shape") -> tuple[int, int]:
-    """'B,L' or 'BxL' → (B, L)."""
+    """'B,L' or 'BxL' → (B, L); 'B' alone → (B, 0) (a Vim OUTDIR: batch only)."""
     parts = text.replace("x", ",").split(",")
     try:
-        b, l = (int(p) for p in parts)
+        vals = [int(p) for p in parts]
     except ValueError:
-        raise UserError(f"{what} must be BATCH,SEQUENCE (e.g. 1,512), got {text!r}") from None
-    return b, l
+        vals = []
+    if len(vals) not in (1, 2):
+        raise UserError(f"{what} must be BATCH,SEQUENCE (e.g. 1,512), or BATCH for a Vim model, got {text!r}")
+    return vals[0], vals[1] if len(vals) == 2 else 0
 
 
 def check_plugin_lib(plugin_lib: Optional[str]) -> Optional[str]:
@@ -103,8 +116,10 @@ def _flag(trt, name: str):
 
 def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None, int8: bool = False,
                  fp16: bool = False, shapes: Shapes = Shapes(), timing_cache: Optional[str] = None,
-                 input_name: str = "input_ids", workspace_gib: float = 4.0) -> str:
-    """Parse onnx_path, load the plugin library, build and write a serialized engine to out_path."""
+                 input_name: str = "input_ids", workspace_gib: float = 4.0, fixed_dims: tuple = ()) -> str:
+    """Parse onnx_path, load the plugin library, build and write a serialized engine to out_path
+    (`fixed_dims`: the input's dimensions after the batch when only the batch is dynamic, e.g. Vim's C, H, W)."""
+    dims = shapes.dims(fixed_dims)
     if not os.path.isfile(onnx_path):
         raise UserError(f"ONNX model {onnx_path!r} not found (run `mq-deploy compile` first)")
     lib = check_plugin_lib(plugin_lib)
@@ -127,7 +142,7 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
     if fp16:
         config.set_flag(_flag(trt, "FP16"))
     profile = builder.create_optimization_profile()
-    profile.set_shape(input_name, shapes.min, shapes.opt, shapes.max)
+    profile.set_shape(input_name, *dims)
     config.add_optimization_profile(profile)
     cache = None
     if timing_cache is not None:
@@ -180,10 +195,24 @@ class BuildPlan:
     shapes: Shapes
     timing_cache: Optional[str]
     vocab: Optional[int]
+    input_name: str = "input_ids"
+    fixed_dims: tuple = ()  # Vim: (channels, height, width); the profile varies the batch only
 
     def command_lines(self) -> dict[str, str]:
         return command_lines(self.onnx, self.engine, self.plugin_lib or "<libmq_trt_plugins.so>", int8=self.int8,
-                             fp16=self.fp16, shapes=self.shapes, timing_cache=self.timing_cache, vocab=self.vocab)
+                             fp16=self.fp16, shapes=self.shapes, timing_cache=self.timing_cache, vocab=self.vocab,
+                             input_name=self.input_name, fixed_dims=self.fixed_dims)
+
+
+def manifest_input(manifest: dict) -> tuple[str, tuple]:
+    """(input name, fixed dimensions after the batch) from the manifest's io: ("input_ids", ()) for a language
+    model, ("pixel_values", (C, H, W)) for a Vim classifier."""
+    ins = manifest.get("io", {}).get("inputs") or [{"name": "input_ids", "shape": ["batch", "sequence"]}]
+    name, shape = ins[0]["name"], ins[0]["shape"]
+    rest = shape[1:]
+    if all(isinstance(d, int) for d in rest):
+        return name, tuple(rest)
+    return name, ()
 
 
 def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Optional[str] = None,
@@ -193,9 +222,11 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
     onnx_path, manifest = read_outdir(outdir)
     lib = resolve_plugin_lib(plugin_lib)
     vocab = manifest.get("model", {}).get("config", {}).get("vocab_size")
+    name, fixed = manifest_input(manifest)
+    shapes.dims(fixed)  # a language model needs BATCH,SEQUENCE
     return BuildPlan(onnx=str(onnx_path), engine=str(engine or Path(outdir) / "model.engine"), plugin_lib=lib,
                      int8=int8 or manifest_quantized(manifest), fp16=fp16, shapes=shapes, timing_cache=timing_cache,
-                     vocab=vocab)
+                     vocab=vocab, input_name=name, fixed_dims=fixed)
 
 
 def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None) -> str:
@@ -209,16 +240,17 @@ def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None) -
     log(f"building {plan.engine} from {plan.onnx} with TensorRT {trt.__version__}"
         f"{' (INT8: explicit quantization from the Q/DQ nodes)' if plan.int8 else ''}{' (FP16)' if plan.fp16 else ''}")
     return build_engine(plan.onnx, plan.engine, plan.plugin_lib, int8=plan.int8, fp16=plan.fp16, shapes=plan.shapes,
-                        timing_cache=plan.timing_cache)
+                        timing_cache=plan.timing_cache, input_name=plan.input_name, fixed_dims=plan.fixed_dims)
 
 
-def _shape_arg(name: str, s: tuple[int, int]) -> str:
-    return f"{name}:{s[0]}x{s[1]}"
+def _shape_arg(name: str, s: tuple) -> str:
+    return f"{name}:" + "x".join(str(d) for d in s)
 
 
 def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool = False, fp16: bool = False,
                   shapes: Shapes = Shapes(), input_name: str = "input_ids",
-                  timing_cache: Optional[str] = None, vocab: Optional[int] = None) -> dict[str, str]:
+                  timing_cache: Optional[str] = None, vocab: Optional[int] = None,
+                  fixed_dims: tuple = ()) -> dict[str, str]:
     """The trtexec build and polygraphy comparison command lines equivalent to build_engine / validate.
 
     polygraphy's onnxrt runner cannot run the plugin nodes of model.onnx (mq-deploy's CPU kernels are
@@ -226,9 +258,10 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
     is two runs: `polygraphy_reference` saves inputs and outputs of model.portable.onnx in onnxruntime,
     `polygraphy` builds model.onnx with the plugins in TensorRT and compares against them."""
     q = shlex.quote
+    lo, opt, hi = shapes.dims(fixed_dims)
     trtexec = [f"trtexec --onnx={q(onnx_path)} --saveEngine={q(engine_path)} --dynamicPlugins={q(plugin_lib)}",
-               f"--minShapes={_shape_arg(input_name, shapes.min)} --optShapes={_shape_arg(input_name, shapes.opt)} "
-               f"--maxShapes={_shape_arg(input_name, shapes.max)}"]
+               f"--minShapes={_shape_arg(input_name, lo)} --optShapes={_shape_arg(input_name, opt)} "
+               f"--maxShapes={_shape_arg(input_name, hi)}"]
     if int8:
         trtexec.append("--int8")
     if fp16:
@@ -238,13 +271,13 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
     portable = str(Path(onnx_path).with_name("model.portable.onnx"))
     inputs, outputs = str(Path(onnx_path).with_name("polygraphy_inputs.json")), str(
         Path(onnx_path).with_name("polygraphy_ort_outputs.json"))
-    ref = [f"polygraphy run {q(portable)} --onnxrt --input-shapes {_shape_arg(input_name, shapes.opt)}"]
+    ref = [f"polygraphy run {q(portable)} --onnxrt --input-shapes {_shape_arg(input_name, opt)}"]
     if vocab:
         ref.append(f"--val-range {q(f'{input_name}:[0,{vocab - 1}]')}")
     ref.append(f"--save-inputs {q(inputs)} --save-outputs {q(outputs)}")
     poly = [f"polygraphy run {q(onnx_path)} --trt --plugins {q(plugin_lib)}",
-            f"--trt-min-shapes {_shape_arg(input_name, shapes.min)} --trt-opt-shapes {_shape_arg(input_name, shapes.opt)} "
-            f"--trt-max-shapes {_shape_arg(input_name, shapes.max)}"]
+            f"--trt-min-shapes {_shape_arg(input_name, lo)} --trt-opt-shapes {_shape_arg(input_name, opt)} "
+            f"--trt-max-shapes {_shape_arg(input_name, hi)}"]
     if int8:
         poly.append("--int8")
     if fp16:

@@ -1,5 +1,7 @@
 """`mq-deploy validate OUTDIR`: the same random input_ids through every implementation at hand, and the
-error statistics of every pair of them.
+error statistics of every pair of them. A Vim OUTDIR (input pixel_values) gets the first `batch`
+Fashion-MNIST test images (random normal pixels without the dataset) and a torch fp32 Vim as torch-fp32;
+it has no simulation.
 
 Implementations ("references"), each `input_ids -> {output name: array}`:
 
@@ -65,15 +67,18 @@ class Report:
     skipped: list = field(default_factory=list)  # [{name, reason}]
     pairs: list = field(default_factory=list)  # [{reference, test, output, max_abs, max_rel, mean_abs, top1, limit, ok}]
     runner: str = "numpy"  # "polygraphy" when polygraphy's Comparator ran the onnxruntime/TensorRT references
+    input_name: str = "input_ids"
+    input_shape: tuple = ()
+    input_what: str = ""
 
     @property
     def ok(self) -> bool:
         return all(p["ok"] is not False for p in self.pairs)
 
     def to_dict(self) -> dict:
-        return {"outdir": self.outdir, "recipe": self.recipe, "input_ids": [self.batch, self.seq], "seed": self.seed,
-                "runner": self.runner, "references": self.references, "skipped": self.skipped, "pairs": self.pairs,
-                "ok": self.ok}
+        return {"outdir": self.outdir, "recipe": self.recipe, self.input_name: list(self.input_shape or (self.batch, self.seq)),
+                "input": self.input_what, "seed": self.seed, "runner": self.runner, "references": self.references,
+                "skipped": self.skipped, "pairs": self.pairs, "ok": self.ok}
 
 
 # -- statistics (pure) ----------------------------------------------------------------------------
@@ -148,7 +153,34 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
     from .backends.ort import OrtRunner
 
     refs, skipped = [], []
-    if torch_ref or model_dir:
+    vim = mtrt.manifest_input(manifest)[0] == "pixel_values"
+    if vim and simulate:
+        raise UserError("--simulate is for language-model OUTDIRs; a Vim OUTDIR is checked as portable vs plugin "
+                        "(and --torch / the engine)")
+    if vim and (torch_ref or model_dir):
+        try:
+            import torch
+
+            from .vision.model import load_vim
+            from .vision.torch_ref import VimTorch
+        except ImportError as e:
+            raise UserError(f"--torch needs torch ({e}); pip install torch") from None
+        path = model_dir or manifest.get("model", {}).get("path")
+        if not path:
+            raise UserError(f"{outdir}/manifest.json names no checkpoint: pass --model DIR")
+        vm = load_vim(path)
+        want = {k: v for k, v in manifest.get("model", {}).get("config", {}).items() if k != "model_type"}
+        if want and {k: v for k, v in vm.config.to_dict().items() if k != "model_type"} != want:
+            raise UserError(f"the checkpoint {path} is not the one {outdir} was compiled from (config differs)")
+        net = VimTorch.from_model(vm)
+
+        def run_vim(x):
+            with torch.no_grad():
+                return {"logits": net(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()}
+
+        refs.append(Reference("torch-fp32", f"torch fp32 Vim on the original checkpoint ({path}; no recipe applied)",
+                              run=run_vim))
+    elif torch_ref or model_dir:
         try:
             from .backends.torch_hf import TorchRunner
             from .loaders import load_model
@@ -197,7 +229,7 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
 
 
 # -- running --------------------------------------------------------------------------------------
-def _trt_direct(engine_path: str, plugin_lib: Optional[str], ids: np.ndarray) -> dict:
+def _trt_direct(engine_path: str, plugin_lib: Optional[str], feed: dict) -> dict:
     """Run a serialized engine with TensorRT's own API (torch CUDA tensors as buffers): the no-polygraphy path."""
     trt = mtrt.import_tensorrt()
     try:
@@ -214,10 +246,12 @@ def _trt_direct(engine_path: str, plugin_lib: Optional[str], ids: np.ndarray) ->
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     for n in names:
         if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT:
+            if n not in feed:
+                raise UserError(f"the engine's input {n!r} is not {', '.join(feed)}: was it built from this OUTDIR?")
             dt = trt.nptype(engine.get_tensor_dtype(n))
-            bufs[n] = torch.from_numpy(np.ascontiguousarray(ids, dtype=dt)).cuda()
-            if not ctx.set_input_shape(n, tuple(ids.shape)):
-                raise UserError(f"input_ids {tuple(ids.shape)} is outside the engine's optimization profile; "
+            bufs[n] = torch.from_numpy(np.ascontiguousarray(feed[n], dtype=dt)).cuda()
+            if not ctx.set_input_shape(n, tuple(feed[n].shape)):
+                raise UserError(f"{n} {tuple(feed[n].shape)} is outside the engine's optimization profile; "
                                 "rebuild with larger --max-shapes or pass smaller --batch/--seq")
     for n in names:
         if engine.get_tensor_mode(n) != trt.TensorIOMode.INPUT:
@@ -233,8 +267,9 @@ def _trt_direct(engine_path: str, plugin_lib: Optional[str], ids: np.ndarray) ->
     return {n: bufs[n].float().cpu().numpy() for n in outs}
 
 
-def run_references(refs: list[Reference], ids: np.ndarray, use_polygraphy: bool) -> dict[str, dict]:
-    feed = {"input_ids": np.asarray(ids, dtype=np.int64)}
+def run_references(refs: list[Reference], feed: dict, use_polygraphy: bool) -> dict[str, dict]:
+    """`feed`: {input name: array} (input_ids int64, or a Vim's pixel_values float32)."""
+    (x,) = feed.values()
     results: dict[str, dict] = {}
     backend = [r for r in refs if r.run is None]
     if use_polygraphy and backend:
@@ -265,13 +300,13 @@ def run_references(refs: list[Reference], ids: np.ndarray, use_polygraphy: bool)
     else:
         for r in backend:
             if r.engine is not None:
-                results[r.name] = _trt_direct(r.engine, r.plugin_lib, feed["input_ids"])
+                results[r.name] = _trt_direct(r.engine, r.plugin_lib, feed)
             else:
                 names = [o.name for o in r.ort_session.get_outputs()]
                 results[r.name] = dict(zip(names, r.ort_session.run(None, feed)))
     for r in refs:
         if r.run is not None:
-            results[r.name] = r.run(feed["input_ids"])
+            results[r.name] = r.run(x)
     return {r.name: results[r.name] for r in refs}
 
 
@@ -292,19 +327,25 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
         raise UserError("--batch and --seq must be at least 1")
     out = Path(outdir)
     _, manifest = mtrt.read_outdir(out)
-    vocab = manifest.get("model", {}).get("config", {}).get("vocab_size")
-    if not vocab:
-        raise UserError(f"{out}/manifest.json has no model.config.vocab_size; recompile with `mq-deploy compile`")
+    name, fixed = mtrt.manifest_input(manifest)
+    if name == "pixel_values":
+        feed, what = _vim_images(batch, fixed, seed)
+    else:
+        vocab = manifest.get("model", {}).get("config", {}).get("vocab_size")
+        if not vocab:
+            raise UserError(f"{out}/manifest.json has no model.config.vocab_size; recompile with `mq-deploy compile`")
+        ids = np.random.default_rng(seed).integers(0, vocab, size=(batch, seq), dtype=np.int64)
+        feed, what = {"input_ids": ids}, f"random input_ids {batch}x{seq}, seed {seed}"
     quantized = mtrt.manifest_quantized(manifest)
     refs, skipped = collect_references(out, manifest, simulate=simulate, torch_ref=torch_ref, model_dir=model_dir,
                                        calib=calib, engine=engine, plugin_lib=plugin_lib, threads=threads, log=log)
     use_polygraphy = have_polygraphy() if use_polygraphy is None else use_polygraphy
-    ids = np.random.default_rng(seed).integers(0, vocab, size=(batch, seq), dtype=np.int64)
-    log(f"running input_ids {batch}x{seq} through {', '.join(r.name for r in refs)}")
-    outs = run_references(refs, ids, use_polygraphy)
+    log(f"running {what} through {', '.join(r.name for r in refs)}")
+    outs = run_references(refs, feed, use_polygraphy)
     rep = Report(str(out), manifest.get("recipe", {}).get("name", "?"), batch, seq, seed,
                  references=[{"name": r.name, "what": r.what} for r in refs], skipped=skipped,
-                 runner="polygraphy" if use_polygraphy else "numpy")
+                 runner="polygraphy" if use_polygraphy else "numpy", input_name=name,
+                 input_shape=tuple(next(iter(feed.values())).shape), input_what=what)
     for a, b in itertools.combinations([r.name for r in refs], 2):
         lim = _limit(a, b, quantized, tol, engine_tol)
         for o in [k for k in outs[a] if k in outs[b]]:
@@ -314,9 +355,28 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
     return rep
 
 
+def _vim_images(batch: int, fixed: tuple, seed: int) -> tuple[dict, str]:
+    """The first `batch` Fashion-MNIST test images, normalised as in training (random normal pixels when the
+    dataset is not installed or the model's input is not 28×28)."""
+    c, h, w = fixed
+    if (h, w) == (28, 28):
+        from .vision.data import load_split, normalize
+
+        try:
+            imgs, _ = load_split("test")
+        except UserError:
+            imgs = None
+        if imgs is not None:
+            if batch > len(imgs):
+                raise UserError(f"--batch {batch} is more than the {len(imgs)} test images")
+            return {"pixel_values": normalize(imgs[:batch], c)}, f"Fashion-MNIST test images 0..{batch - 1}"
+    x = np.random.default_rng(seed).standard_normal((batch, c, h, w)).astype(np.float32)
+    return {"pixel_values": x}, f"random normal pixel_values {batch}x{c}x{h}x{w}, seed {seed}"
+
+
 def format_report(rep: Report) -> str:
-    lines = [f"validate {rep.outdir} (recipe {rep.recipe}): random input_ids {rep.batch}x{rep.seq}, seed {rep.seed}, "
-             f"runners via {rep.runner}"]
+    what = rep.input_what or f"random input_ids {rep.batch}x{rep.seq}, seed {rep.seed}"
+    lines = [f"validate {rep.outdir} (recipe {rep.recipe}): {what}, runners via {rep.runner}"]
     w = max(len(r["name"]) for r in rep.references)
     lines += [f"  {r['name']:<{w}}  {r['what']}" for r in rep.references]
     head = f"{'reference vs test':<26}{'output':<9}{'max_abs':>11}{'max_rel':>11}{'mean_abs':>11}{'top1':>8}{'limit':>9}"

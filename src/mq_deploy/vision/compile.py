@@ -79,7 +79,7 @@ def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force
                 files[p.name] = {"what": "calibration statistics"}
         manifest = {
             **manifest_head(tmp, files),
-            "model": {**model.source, "family": "vim", "config": c.__dict__ if hasattr(c, "__dict__") else str(c)},
+            "model": {**model.source, "family": "vim", "config": c.to_dict()},
             "recipe": recipe.to_dict(),
             "calibration": calib_info,
             "quantization": None if not quantized else {

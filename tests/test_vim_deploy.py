@@ -1,0 +1,73 @@
+"""`mq-deploy build` / `validate` on a Vim OUTDIR (pixel_values, batch-only profile), as a user runs them."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from mq_deploy.cli import main
+from mq_deploy.vision import data as vdata
+from mq_deploy.vision.model import VimConfig, random_vim, to_state_dict
+
+from .test_build_validate import _FakeTRT
+
+CFG = VimConfig(d_model=24, depth=2, num_classes=10, img_size=28, patch_size=7, channels=1)
+
+pytestmark = pytest.mark.skipif(not (vdata.DEFAULT_DIR / "train-images-idx3-ubyte.gz").is_file(),
+                                reason="dataset-fashion-mnist is not installed")
+
+
+@pytest.fixture(scope="module")
+def vim_out(tmp_path_factory):
+    from safetensors.numpy import save_file
+
+    d = tmp_path_factory.mktemp("vim")
+    ckpt = d / "ckpt"
+    ckpt.mkdir()
+    save_file({k: np.ascontiguousarray(v) for k, v in to_state_dict(random_vim(CFG, seed=6)).items()},
+              str(ckpt / "model.safetensors"))
+    (ckpt / "config.json").write_text(json.dumps(CFG.to_dict()))
+    out = d / "out"
+    assert main(["compile", str(ckpt), "--recipe", "vim-mambaquant-w8a8", "--calib-samples", "16", "-o", str(out),
+                 "-q"]) == 0
+    return ckpt, out
+
+
+def test_validate_vim_outdir(vim_out, capsys):
+    ckpt, out = vim_out
+    assert main(["validate", str(out), "--torch", "--batch", "3", "--json", "-q"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["ok"] and rep["pixel_values"] == [3, 1, 28, 28] and rep["input"].startswith("Fashion-MNIST test images")
+    pairs = {(p["reference"], p["test"]): p for p in rep["pairs"]}
+    assert pairs[("portable", "plugin")]["limit"] == 5e-2 and pairs[("portable", "plugin")]["max_rel"] <= 1e-3
+    t = pairs[("torch-fp32", "plugin")]  # quantization error: reported, not gated
+    assert t["limit"] is None and 0 < t["max_rel"] < 0.5
+    assert any(s["name"] == "tensorrt" for s in rep["skipped"])
+    assert main(["validate", str(out), "--simulate"]) == 2
+    assert "--simulate is for language-model OUTDIRs" in capsys.readouterr().err
+
+
+def test_build_vim_outdir_batch_only_profile(vim_out, tmp_path, monkeypatch, capsys):
+    _, out = vim_out
+    log = {}
+    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT(log))
+    lib = tmp_path / "libmq_trt_plugins.so"
+    lib.write_bytes(b"")
+    engine = tmp_path / "vim.engine"
+    rc = main(["build", str(out), "--plugins", str(lib), "--min-shapes", "1", "--opt-shapes", "4",
+               "--max-shapes", "16,999", "-o", str(engine)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert log["profile"] == ("pixel_values", (1, 1, 28, 28), (4, 1, 28, 28), (16, 1, 28, 28))
+    assert log["flags"] == ["INT8"] and engine.read_bytes() == b"ENGINE"
+    assert "--minShapes=pixel_values:1x1x28x28 --optShapes=pixel_values:4x1x28x28" in cap.err
+
+
+def test_language_model_shapes_need_a_sequence(tmp_path, capsys):
+    out = tmp_path / "lm"
+    assert main(["compile", "-o", str(out), "-q"]) == 0
+    assert main(["build", str(out), "--dry-run", "--min-shapes", "1"]) == 2
+    assert "need BATCH,SEQUENCE" in capsys.readouterr().err
+    assert main(["build", str(out), "--dry-run", "--min-shapes", "1,8"]) == 0
+    assert "--minShapes=input_ids:1x8" in capsys.readouterr().out

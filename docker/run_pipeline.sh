@@ -5,11 +5,14 @@
 # Environment (all optional):
 #   OUT            where OUTDIRs go (default /work/out; mount a host folder there to keep them)
 #   RECIPE         compile recipe (default fp32); quantized recipes need CALIB
-#   MODEL          checkpoint directory (default: the bundled model)
-#   CALIB          calibration text for quantized recipes; CALIB_SAMPLES windows (default 16)
+#   MODEL          checkpoint directory (default: the bundled model); a Vision Mamba (Vim) directory takes
+#                  the vim-* recipes, e.g. MODEL=src/mq_deploy/assets/vim-fmnist RECIPE=vim-mambaquant-w8a8
+#   CALIB          calibration text for quantized recipes; CALIB_SAMPLES windows (default 16). Vim: the
+#                  Fashion-MNIST folder (default: the dataset-fashion-mnist package's)
 #   MQ_DEPLOY_PLUGINS   the plugin library (the images set it)
-#   MIN_SHAPES OPT_SHAPES MAX_SHAPES   engine profile as B,L (default 1,1 / 1,128 / 4,512)
-#   FP16=1         allow FP16 kernels;  BATCH, SEQ  validate's input (default 2, 64)
+#   MIN_SHAPES OPT_SHAPES MAX_SHAPES   engine profile as B,L (default 1,1 / 1,128 / 4,512); Vim: batch only
+#                  (default 1 / 4 / 32)
+#   FP16=1         allow FP16 kernels;  BATCH, SEQ  validate's input (default 2, 64; Vim: BATCH images)
 #   BENCH=1        time the engine with trtexec afterwards (if trtexec is on the PATH)
 set -euo pipefail
 
@@ -17,14 +20,25 @@ OUT="${OUT:-/work/out}"
 RECIPE="${RECIPE:-fp32}"
 DIR="$OUT/$(basename "$RECIPE" .yaml)"
 : "${MQ_DEPLOY_PLUGINS:?set MQ_DEPLOY_PLUGINS to libmq_trt_plugins.so (cmake -S plugins -B build/plugins)}"
-MIN_SHAPES="${MIN_SHAPES:-1,1}" OPT_SHAPES="${OPT_SHAPES:-1,128}" MAX_SHAPES="${MAX_SHAPES:-4,512}"
+VIM=0
+if [ -n "${MODEL:-}" ] && python3 -c "import sys; from mq_deploy.vision.model import is_vim_dir; sys.exit(0 if is_vim_dir(sys.argv[1]) else 1)" "$MODEL"; then
+  VIM=1
+fi
+if [ "$VIM" = 1 ]; then
+  MIN_SHAPES="${MIN_SHAPES:-1}" OPT_SHAPES="${OPT_SHAPES:-4}" MAX_SHAPES="${MAX_SHAPES:-32}"
+else
+  MIN_SHAPES="${MIN_SHAPES:-1,1}" OPT_SHAPES="${OPT_SHAPES:-1,128}" MAX_SHAPES="${MAX_SHAPES:-4,512}"
+fi
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
 compile=(mq-deploy compile)
 [ -n "${MODEL:-}" ] && compile+=("$MODEL")
 compile+=(--recipe "$RECIPE" -o "$DIR")
-[ -n "${CALIB:-}" ] && compile+=(--calib "$CALIB" --calib-samples "${CALIB_SAMPLES:-16}")
+if [ -n "${CALIB:-}" ]; then
+  compile+=(--calib "$CALIB")
+  [ "$VIM" = 1 ] || compile+=(--calib-samples "${CALIB_SAMPLES:-16}")
+fi
 step "${compile[*]}"
 "${compile[@]}"
 
@@ -34,13 +48,23 @@ build=(mq-deploy build "$DIR" --plugins "$MQ_DEPLOY_PLUGINS" --min-shapes "$MIN_
 step "${build[*]}"
 "${build[@]}"
 
-validate=(mq-deploy validate "$DIR" --plugins "$MQ_DEPLOY_PLUGINS" --batch "${BATCH:-2}" --seq "${SEQ:-64}")
-[ -n "${CALIB:-}" ] && validate+=(--simulate --calib "$CALIB")
+validate=(mq-deploy validate "$DIR" --plugins "$MQ_DEPLOY_PLUGINS" --batch "${BATCH:-2}")
+if [ "$VIM" = 1 ]; then
+  validate+=(--torch)
+else
+  validate+=(--seq "${SEQ:-64}")
+  [ -n "${CALIB:-}" ] && validate+=(--simulate --calib "$CALIB")
+fi
 step "${validate[*]}"
 "${validate[@]}" | tee "$DIR/validate.txt"
 
 if [ "${BENCH:-0}" = 1 ] && command -v trtexec >/dev/null; then
-  step "trtexec timing of $DIR/model.engine at ${OPT_SHAPES/,/x}"
+  if [ "$VIM" = 1 ]; then  # pixel_values BxCxHxW from the manifest
+    shape="pixel_values:$(python3 -c "import json, sys; s = json.load(open(sys.argv[1]))['io']['inputs'][0]['shape']; print('x'.join(map(str, [sys.argv[2].split(',')[0]] + s[1:])))" "$DIR/manifest.json" "$OPT_SHAPES")"
+  else
+    shape="input_ids:${OPT_SHAPES/,/x}"
+  fi
+  step "trtexec timing of $DIR/model.engine at $shape"
   trtexec --loadEngine="$DIR/model.engine" --dynamicPlugins="$MQ_DEPLOY_PLUGINS" \
-          --shapes="input_ids:${OPT_SHAPES/,/x}" --warmUp=200 --duration=5
+          --shapes="$shape" --warmUp=200 --duration=5
 fi

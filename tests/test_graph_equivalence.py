@@ -86,3 +86,22 @@ def test_graph_structure_and_dynamic_shapes():
     r = OrtRunner(p)
     assert r(np.zeros((2, 5), np.int64)).shape == (2, 5, 100)
     assert r(np.zeros((1, 1000), np.int64)).shape == (1, 1000, 100)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_fp16_valued_large_weights_are_stored_in_fp16(tied):
+    """Embedding / lm_head whose values are all fp16 numbers (fp16 checkpoints, fp16-deployed weights) are stored
+    as FLOAT16 + Cast — half the bytes, same logits; any value off the fp16 grid keeps fp32."""
+    from mq_deploy.graph.mamba_lm import FP16_STORE_MIN
+
+    cfg = MambaConfig(d_model=64, n_layer=1, vocab_size=FP16_STORE_MIN // 64 + 3, tie_embeddings=tied)
+    m = random_model(cfg, seed=1)
+    m.embedding = m.embedding.astype(np.float16).astype(np.float32)
+    if not tied:
+        m.lm_head = m.lm_head.astype(np.float16).astype(np.float32)
+    dtypes = {t.name: t.data_type for t in build_lm_graph(m).graph.initializer}
+    assert dtypes["embedding.weight"] == onnx.TensorProto.FLOAT16
+    assert tied or dtypes["lm_head.weight"] == onnx.TensorProto.FLOAT16
+    check_model(m, shapes=[(2, 5)])
+    m.embedding[3, 7] += 1e-4  # one value off the grid
+    assert {t.name: t.data_type for t in build_lm_graph(m).graph.initializer}["embedding.weight"] == onnx.TensorProto.FLOAT

@@ -161,6 +161,20 @@ def mixer(b: LMBuilder, i: int, L: MambaLayer, model: MambaModel, h: str, lp: La
     return o, state
 
 
+FP16_STORE_MIN = 1 << 20  # elements: a large weight whose values are all fp16 numbers is stored as fp16
+
+
+def float_weight(b: GraphBuilder, name: str, a: np.ndarray) -> str:
+    """A float32 weight; stored as fp16 + Cast when it is large and every value is an fp16 number (checkpoints
+    saved in fp16, weights the recipe deploys in fp16): half the file, the same function."""
+    a = np.asarray(a, np.float32)
+    if a.size >= FP16_STORE_MIN:
+        h = a.astype(np.float16)
+        if np.array_equal(h.astype(np.float32), a):
+            return b.op("Cast", [b.const(name, h)], name=f"{name}/to_fp32", to=TensorProto.FLOAT)
+    return b.const(name, a)
+
+
 def build_lm_graph(model: MambaModel, plan: Optional[GraphPlan] = None, *, with_points: bool = False):
     """The TensorRT-flavour graph of `model` under `plan` (None: plain fp32).
 
@@ -169,7 +183,7 @@ def build_lm_graph(model: MambaModel, plan: Optional[GraphPlan] = None, *, with_
     plan = plan or GraphPlan.plain(c.n_layer)
     b = LMBuilder("mamba_lm", plan.quant)
     ids = b.input("input_ids", TensorProto.INT64, [BATCH, SEQ])
-    emb = b.const("embedding.weight", model.embedding)
+    emb = float_weight(b, "embedding.weight", model.embedding)
     r = b.op("Gather", [emb, ids], name="embed", axis=0)
     consts = {"split_xz": b.ints("split_xz", [c.d_inner, c.d_inner]),
               "split_dbc": b.ints("split_dbc", [c.dt_rank, c.d_state, c.d_state])}
@@ -183,7 +197,7 @@ def build_lm_graph(model: MambaModel, plan: Optional[GraphPlan] = None, *, with_
         if model.lm_head is None:  # tied: one copy of the weights, transposed in the graph
             head = b.op("Transpose", [emb], name="tied_lm_head", perm=[1, 0])
         else:
-            head = b.const("lm_head.weight", model.lm_head.T)
+            head = float_weight(b, "lm_head.weight", model.lm_head.T)
         b.op("MatMul", [h, head], name="lm_head", out_names=["logits"])
     b.output("logits", TensorProto.FLOAT, [BATCH, SEQ, c.vocab_size])
     m = b.model(extra_opsets=[(PLUGIN_DOMAIN, 1)])

@@ -251,8 +251,11 @@ def _slice_last_position(g: onnx.GraphProto, b: GraphBuilder) -> None:
     """Feed the head (norm_f, lm_head: nodes named head/...) only the last position of the residual stream."""
     head = [n for n in g.node if n.name.startswith("head/")]
     produced_in_head = {o for n in head for o in n.output}
-    inits = {t.name for t in g.initializer}
-    ext = sorted({x for n in head for x in n.input if x and x not in produced_in_head and x not in inits})
+    consts = {t.name for t in g.initializer}  # initializers and what is computed from them alone (fp16 Casts)
+    for n in g.node:
+        if n.input and all(not x or x in consts for x in n.input):
+            consts.update(n.output)
+    ext = sorted({x for n in head for x in n.input if x and x not in produced_in_head and x not in consts})
     if len(ext) != 1:
         raise InternalError(f"prefill: expected the head to read one tensor (the residual stream), it reads {ext}")
     (r,) = ext

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Compile-check the plugins without a GPU:
 #   (a) every kernels/*.cu with nvcc -c for each arch in CUDA_ARCHS (default "87 86 89 90");
-#   (b) if TRT_INCLUDE names a TensorRT include dir, the plugin *.cpp files against it (-fsyntax-only).
-# Env: NVCC (default: nvcc on PATH), CUDA_ARCHS, TRT_INCLUDE, CXX (default g++), JOBS (default nproc).
+#   (b) if TRT_INCLUDE names a TensorRT include dir, the plugin *.cpp files against it (-fsyntax-only);
+#   (c) unless HOST_SIM=0, builds and runs tests/hadamard_host_sim.cu: the Hadamard register path's phase functions
+#       run thread by thread on the CPU against a float64 reference (index/layout logic, base products; no GPU).
+# Env: NVCC (default: nvcc on PATH), CUDA_ARCHS, TRT_INCLUDE, CXX (default g++), JOBS (default nproc), HOST_SIM.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 NVCC="${NVCC:-nvcc}"
@@ -42,5 +44,13 @@ if [ -n "${TRT_INCLUDE:-}" ]; then
     "${CXX:-g++}" -std=c++17 -fsyntax-only -Wall -Wextra -Werror -Wno-deprecated-declarations \
       -isystem "$TRT_INCLUDE" -isystem "$cuda_inc" -I"$here" -I"$here/kernels" "$cpp"
   done
+fi
+if [ "${HOST_SIM:-1}" != 0 ]; then
+  echo "nvcc host simulation tests/hadamard_host_sim.cu"
+  sim_arch="${CUDA_ARCHS##* }"
+  "$NVCC" -std=c++17 -O2 -gencode "arch=compute_${sim_arch},code=sm_${sim_arch}" -I"$here/kernels" \
+    "$here/tests/hadamard_host_sim.cu" "$here/kernels/hadamardKernel.cu" -o "$out/hadamard_host_sim"
+  "$out/hadamard_host_sim" > "$out/sim.log" || { cat "$out/sim.log" >&2; echo "FAILED: hadamard host simulation" >&2; exit 1; }
+  tail -n 1 "$out/sim.log"
 fi
 echo "check_build: OK"

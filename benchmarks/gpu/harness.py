@@ -33,6 +33,11 @@ LIB.mq_state_update.argtypes = [i] * 5 + [vp] * 11 + [vp]
 LIB.mq_hadamard_split.argtypes = [i, ctypes.POINTER(i), ctypes.POINTER(i)]
 LIB.mq_hadamard_base_matrix.argtypes = [i, ctypes.c_void_p]
 LIB.mq_hadamard.argtypes = [ctypes.c_longlong, i, i, i, i, f, vp, vp, vp, vp]
+LIB.mq_hadamard_set_tuning.argtypes = [i, i]
+LIB.mq_hadamard_set_tuning.restype = None
+# fp16 register path schedules (hadamardKernel.h setHadamardTuning): (row groups a block, 0 = resident grid walking all
+# groups; flags: 1 = cp.async prefetch into shared memory, else registers; 2 = evict-first output stores)
+TUNING_SWEEP = ((0, 0), (0, 1), (0, 2), (0, 3), (2, 1))
 DEV = "cuda"
 
 
@@ -232,8 +237,12 @@ def tests():
         y, out, *_ = run_state_update(st0.clone(), xx, dt, A, Bm, Cm, Dk, bias, None, F32)
         record("state_update", "vs ops/state_update.py numpy", "rel", rel_err(y, torch.from_numpy(yn[:, 0]).to(DEV)), 1e-5)
 
-    for n in (768, 1536, 2560, 5120, 384, 192, 1024, 64, 1792, 1152, 704, 3840, 832, 4, 4096, 8192, 6144, 3072, 2048):
-        for rws in ((1, 37, 3001) if n in (768, 4096, 5120, 6144) else (1, 37)):  # 3001 rows: several grid-stride groups a block
+    # fp16 input takes the register path (hadamardFast.cuh) for m = 1, 12, 20, 28 with 2^k >= 64 (1280, 3584, 7168: m = 20 / 28
+    # at 2^k = 64 / 128 / 256; 128 / 256 / 512: m = 1 with one pass; 1024: m = 1 with the split [0, 3) + [3, 4) pass), fp32
+    # input and the other sizes the older kernels
+    for n in (768, 1536, 2560, 5120, 384, 192, 1024, 64, 1792, 1152, 704, 3840, 832, 4, 4096, 8192, 6144, 3072, 2048,
+              1280, 3584, 7168, 128, 256, 512):
+        for rws in ((1, 37, 3001) if n in (768, 1536, 2560, 4096, 5120, 6144, 3584) else (1, 37)):  # 3001 rows: several groups a block
             g = torch.Generator(device=DEV).manual_seed(n + rws)
             x = torch.randn(rws, n, generator=g, device=DEV)
             ref = hadamard_ref(x.double(), n)
@@ -252,6 +261,23 @@ def tests():
                 frac = float((diff > 0).double().mean())
                 record("hadamard", f"n{n} (m={m}) rows{rws} {str(in_dt)[6:]}->int8 (|dq|<=1, mismatches)", "frac", frac, 0.01,
                        ok=float(diff.max()) <= 1 and frac <= 0.01)
+    # the register path's other schedules (the default ran above)
+    for gpb, flags in TUNING_SWEEP + ((1, 1), (3, 0), (3, 3)):
+        LIB.mq_hadamard_set_tuning(gpb, flags)
+        for n in (1536, 5120, 4096, 768, 64):
+            g = torch.Generator(device=DEV).manual_seed(n + gpb + 7 * flags)
+            x = torch.randn(3001, n, generator=g, device=DEV).half()
+            ref = hadamard_ref(x.double(), n)
+            y, m, _ = run_hadamard(x, F16)
+            case = f"n{n} (m={m}) rows3001 float16->fp16 groups/block={gpb} flags={flags}"
+            record("hadamard", case, "rel", rel_err(y, ref), 2e-3)
+            scale = float(ref.abs().max()) / 100.0
+            q, m, _ = run_hadamard(x, I8, scale)
+            diff = (q.double() - torch.clamp(torch.round(ref / scale), -128, 127)).abs()
+            frac = float((diff > 0).double().mean())
+            record("hadamard", case.replace("->fp16", "->int8 (|dq|<=1, mismatches)"), "frac", frac, 0.01,
+                   ok=float(diff.max()) <= 1 and frac <= 0.01)
+    LIB.mq_hadamard_set_tuning(-1, -1)
     return rows, failures
 
 
@@ -268,10 +294,17 @@ def sanitize():
     for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16)):
         for chunks in (2, 4):
             run_scan(x, in_t, out_t, chunks=chunks)
-    for n, rws in ((768, 5), (2560, 5), (832, 5), (64, 5), (4096, 5), (6144, 3), (8192, 3), (768, 2003)):
+    for n, rws in ((768, 5), (2560, 5), (832, 5), (64, 5), (4096, 5), (6144, 3), (8192, 3), (768, 2003), (1536, 7), (5120, 3),
+                   (1280, 9), (3584, 5), (7168, 3), (128, 67), (1024, 9), (5120, 1001)):
         for dt in (torch.float32, torch.float16):
             run_hadamard(torch.randn(rws, n, device=DEV, dtype=dt), I8, 0.05)
             run_hadamard(torch.randn(rws, n, device=DEV, dtype=dt), F16)
+    for gpb, flags in ((0, 0), (0, 3), (1, 1), (3, 0)):
+        LIB.mq_hadamard_set_tuning(gpb, flags)
+        run_hadamard(torch.randn(1001, 5120, device=DEV, dtype=torch.float16), F16)
+        run_hadamard(torch.randn(2003, 1536, device=DEV, dtype=torch.float16), I8, 0.05)
+        run_hadamard(torch.randn(131, 64, device=DEV, dtype=torch.float16), F16)
+    LIB.mq_hadamard_set_tuning(-1, -1)
     torch.cuda.synchronize()
     print("sanitize cases ran")
 
@@ -428,7 +461,41 @@ def decode_bench(mamba, bw):
     return rows
 
 
-def bench():
+HADAMARD_SIZES = (768, 1536, 2560, 5120, 4096, 3584)
+
+
+def hadamard_bench(mamba, with_ref=True):
+    """fp16 -> fp16 / int8 Hadamard on 64 MiB of fp16 input, against a memcpy of the same tensor (and Dao-AILab's
+    fast-hadamard-transform, fp16 -> fp16, when its build is present)."""
+    out = []
+    for n in HADAMARD_SIZES:
+        rows = (64 << 20) // (2 * n)  # 64 MiB of fp16 input
+        x = torch.randn(rows, n, device=DEV, dtype=torch.float16)
+        cp = torch.empty_like(x)
+        tcopy = timeit(lambda: cp.copy_(x))
+        for out_t, nm in ((F16, "fp16->fp16"), (I8, "fp16->int8")):
+            _, m, fn = run_hadamard(x, out_t, 0.05)
+            t = timeit(fn)
+            out.append(dict(n=n, m=m, rows=rows, dtype=nm, impl="mq", ms=t * 1e3, memcpy_ms=tcopy * 1e3, ratio_vs_memcpy=t / tcopy))
+            print(f"hadamard n{n} (m={m}) rows{rows} {nm}: {t * 1e3:.3f} ms, memcpy {tcopy * 1e3:.3f} ms, ratio {t / tcopy:.2f}", flush=True)
+        if with_ref and "fht" in mamba:
+            fname = {1: "fast_hadamard_transform", 12: "fast_hadamard_transform_12N", 20: "fast_hadamard_transform_20N",
+                     28: "fast_hadamard_transform_28N"}.get(m)
+            if fname is not None:
+                f = getattr(mamba["fht"], fname)
+                scale = 1.0 / math.sqrt(n)
+                try:
+                    t = timeit(lambda: f(x, scale))
+                    out.append(dict(n=n, m=m, rows=rows, dtype="fp16->fp16", impl=f"Dao-AILab fast-hadamard-transform {fname}",
+                                    ms=t * 1e3, memcpy_ms=tcopy * 1e3, ratio_vs_memcpy=t / tcopy))
+                    print(f"hadamard n{n} fht {fname}: {t * 1e3:.3f} ms, ratio {t / tcopy:.2f}", flush=True)
+                except Exception as e:  # noqa: BLE001
+                    out.append(dict(n=n, m=m, impl=f"Dao-AILab fast-hadamard-transform {fname}", error=repr(e)[:200]))
+        del x, cp
+    return out
+
+
+def bench(parts="all"):
     res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "scan": [], "hadamard": [], "decode": []}
     bw = copy_bandwidth()
     res["copy_bandwidth_GBps"] = bw / 1e9
@@ -437,8 +504,8 @@ def bench():
     print(f"GPU {res['gpu']}, device copy {bw / 1e9:.0f} GB/s (read+write), {res['sms']} SMs, max SM clock {res['sm_clock_max_mhz']:.0f} MHz", flush=True)
     mamba = load_mamba()
     res["mamba_ssm"] = {k: v for k, v in mamba.items() if k.endswith("error")}
-    res["scan"] = scan_sweep(bw, variants_all=True)
-    if "scan" in mamba:
+    res["scan"] = scan_sweep(bw, variants_all=True) if parts == "all" else []
+    if "scan" in mamba and parts == "all":
         for (Bsz, L, D) in SCAN_SHAPES:
             N = 16
             x = make_scan_inputs(Bsz, L, D, N, seed=0, gate=True)
@@ -459,29 +526,20 @@ def bench():
     if os.path.exists(alt):  # the same fp16 sweep of the ALT_MIN_BLOCKS build (run_all.sh), folded in here
         res["scan_alt"] = json.load(open(alt))
         os.remove(alt)
-    for n in (768, 1536, 2560, 5120, 4096):
-        rows = (64 << 20) // (2 * n)  # 64 MiB of fp16 input
-        x = torch.randn(rows, n, device=DEV, dtype=torch.float16)
-        cp = torch.empty_like(x)
-        tcopy = timeit(lambda: cp.copy_(x))
-        for out_t, nm in ((F16, "fp16->fp16"), (I8, "fp16->int8")):
-            _, m, fn = run_hadamard(x, out_t, 0.05)
-            t = timeit(fn)
-            res["hadamard"].append(dict(n=n, m=m, rows=rows, dtype=nm, impl="mq", ms=t * 1e3, memcpy_ms=tcopy * 1e3, ratio_vs_memcpy=t / tcopy))
-            print(f"hadamard n{n} (m={m}) rows{rows} {nm}: {t * 1e3:.3f} ms, memcpy {tcopy * 1e3:.3f} ms, ratio {t / tcopy:.2f}", flush=True)
-        if "fht" in mamba:
-            fname = {1: "fast_hadamard_transform", 12: "fast_hadamard_transform_12N", 20: "fast_hadamard_transform_20N",
-                     28: "fast_hadamard_transform_28N"}.get(m)
-            if fname is not None:
-                f = getattr(mamba["fht"], fname)
-                scale = 1.0 / math.sqrt(n)
-                try:
-                    t = timeit(lambda: f(x, scale))
-                    res["hadamard"].append(dict(n=n, m=m, rows=rows, dtype="fp16->fp16", impl=f"Dao-AILab fast-hadamard-transform {fname}",
-                                                ms=t * 1e3, memcpy_ms=tcopy * 1e3, ratio_vs_memcpy=t / tcopy))
-                    print(f"hadamard n{n} fht {fname}: {t * 1e3:.3f} ms, ratio {t / tcopy:.2f}", flush=True)
-                except Exception as e:  # noqa: BLE001
-                    res["mamba_ssm"][f"fht_{n}_error"] = repr(e)[:200]
+    res["hadamard"] = hadamard_bench(mamba)
+    if os.environ.get("HAD_TUNING_SWEEP", "1") == "1":  # the register path's schedules, fp16 -> fp16 / int8
+        for gpb, flags in TUNING_SWEEP:
+            LIB.mq_hadamard_set_tuning(gpb, flags)
+            res.setdefault("hadamard_alt", []).append(dict(lib="default build", tag=f"groups/block={gpb} flags={flags}",
+                                                           rows=hadamard_bench({}, with_ref=False)))
+        LIB.mq_hadamard_set_tuning(-1, -1)
+    for fn_ in sorted(os.listdir(os.environ.get("OUT_DIR", "."))):  # HAD_ALT_DEFINES builds (run_all.sh), folded in here
+        if fn_.startswith("hbench_alt_") and fn_.endswith(".json"):
+            path = os.path.join(os.environ.get("OUT_DIR", "."), fn_)
+            res.setdefault("hadamard_alt", []).append(json.load(open(path)))
+            os.remove(path)
+    if parts == "hadamard":
+        return res
     res["decode"] = decode_bench(mamba, bw)
     return res
 
@@ -494,10 +552,22 @@ def ncu_case():
     print("ncu case ran")
 
 
+def ncu_had_case():
+    """Two fp16 -> fp16 Hadamard launches on 64 MiB (n 5120 and 1536) for `ncu -k regex:hadamardRegKernel -c 2`."""
+    for n in (5120, 1536):
+        x = torch.randn((64 << 20) // (2 * n), n, device=DEV, dtype=torch.float16)
+        run_hadamard(x, F16)
+    torch.cuda.synchronize()
+    print("ncu hadamard cases ran")
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "test"
     if cmd == "ncu":
         ncu_case()
+        sys.exit(0)
+    if cmd == "ncu_had":
+        ncu_had_case()
         sys.exit(0)
     out = os.environ.get("OUT_DIR", ".")
     if cmd == "test":
@@ -512,7 +582,11 @@ if __name__ == "__main__":
     elif cmd == "sweep":  # fp16 chunk sweep only, e.g. of another build (MQ_KERNELS_LIB)
         with open(os.path.join(out, "sweep_alt.json"), "w") as fh:
             json.dump(dict(lib=os.environ.get("MQ_KERNELS_LIB", ""), rows=scan_sweep(copy_bandwidth())), fh, indent=1)
+    elif cmd == "hbench":  # Hadamard timings of another build (MQ_KERNELS_LIB), tagged by argv[2]
+        tag = sys.argv[2] if len(sys.argv) > 2 else "alt"
+        with open(os.path.join(out, f"hbench_alt_{tag}.json"), "w") as fh:
+            json.dump(dict(lib=os.environ.get("MQ_KERNELS_LIB", ""), tag=tag, rows=hadamard_bench({}, with_ref=False)), fh, indent=1)
     elif cmd == "bench":
-        res = bench()
+        res = bench(sys.argv[2] if len(sys.argv) > 2 else "all")
         with open(os.path.join(out, "bench.json"), "w") as fh:
             json.dump(res, fh, indent=1)

@@ -6,6 +6,11 @@
 # forward scan (.carry/mamba) and Dao-AILab's fast-hadamard-transform (.carry/fht) in the background when
 # their sources are there (never committed), then: tests, compute-sanitizer memcheck, benchmarks, ncu.
 # Writes tests.json, bench.json, results.md, sanitizer.log, builds.log, ncu.txt (and log.txt via tee) under $OUT.
+# BENCH=hadamard: the tests and the sanitizer run in full, the benchmarks only time the Hadamard kernel (no scan sweep,
+# no decode, no mamba-ssm build), and ncu.txt profiles two Hadamard launches instead of the scan.
+# HAD_ALT_DEFINES="MQ_HAD_MIN_BLOCKS=3 MQ_HAD_MIN_BLOCKS=5": also builds hadamardKernel.cu once per NAME=VALUE with
+# -DNAME=VALUE (hadamardKernel.cu's tuning macros) and times each build (harness.py hbench, folded into bench.json as
+# hadamard_alt).
 set -uo pipefail
 OUT="${OUT:-benchmarks/gpu/results}"
 ARCH="${ARCH:-90}"
@@ -13,7 +18,8 @@ mkdir -p build/alt "$OUT"
 export OUT_DIR="$OUT" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
 arch_list="${ARCH:0:1}.${ARCH:1}"
-if [ -d .carry/mamba/csrc ]; then
+BENCH="${BENCH:-all}"
+if [ -d .carry/mamba/csrc ] && [ "$BENCH" = all ]; then
   (TORCH_CUDA_ARCH_LIST="$arch_list" MAX_JOBS=6 timeout "${MAMBA_BUILD_TIMEOUT:-300}" python3 benchmarks/gpu/build_mamba_ref.py > build/mamba_build.log 2>&1; echo "rc=$?" >> build/mamba_build.log) &
   mamba_pid=$!
 fi
@@ -31,6 +37,13 @@ if [ -n "${ALT_MIN_BLOCKS:-}" ]; then
   nvcc -std=c++17 -O3 --split-compile 4 -DMQ_SCAN_MIN_BLOCKS="$ALT_MIN_BLOCKS" -Xcompiler -fPIC -gencode "arch=compute_${ARCH},code=sm_${ARCH}" \
     -Iplugins/kernels -c plugins/kernels/selectiveScanKernel.cu -o build/alt/selectiveScanKernel.o & alt_pid=$!
 fi
+had_alt=()
+for d in ${HAD_ALT_DEFINES:-}; do
+  k="${d//=/_}"
+  mkdir -p "build/had_$k"
+  nvcc -std=c++17 -O3 "-D$d" -Xcompiler -fPIC -gencode "arch=compute_${ARCH},code=sm_${ARCH}" -Iplugins/kernels \
+    -c plugins/kernels/hadamardKernel.cu -o "build/had_$k/hadamardKernel.o" & had_alt+=("$k:$!")
+done
 for p in "${pids[@]}"; do wait "$p" || exit 1; done
 nvcc -shared build/hadamardKernel.o build/mqKernelsCApi.o build/selectiveScanKernel.o build/stateUpdateKernel.o \
   -o build/libmq_kernels.so || exit 1
@@ -47,9 +60,21 @@ fi
 : > "$OUT/builds.log"
 if [ -n "${mamba_pid:-}" ]; then wait "$mamba_pid"; tail -n 3 build/mamba_build.log; { echo "== mamba-ssm"; cat build/mamba_build.log; } >> "$OUT/builds.log"; fi
 if [ -n "${fht_pid:-}" ]; then wait "$fht_pid"; tail -n 3 build/fht_build.log; { echo "== fast-hadamard-transform"; cat build/fht_build.log; } >> "$OUT/builds.log"; fi
-PYTHONPATH="build/mamba:build/fht:${PYTHONPATH:-}" python3 benchmarks/gpu/harness.py bench || rc=1
-python3 benchmarks/gpu/summarize.py "$OUT" "OUT=\$OUT bash benchmarks/gpu/run_all.sh (ARCH=$ARCH)" > /dev/null
-if [ "${NCU:-1}" = 1 ] && command -v ncu > /dev/null; then  # one pass-3 scan launch, fp16, B8 L4096 D5120
+for e in ${had_alt[@]+"${had_alt[@]}"}; do
+  k="${e%%:*}"
+  if wait "${e#*:}" && nvcc -shared "build/had_$k/hadamardKernel.o" build/mqKernelsCApi.o build/selectiveScanKernel.o \
+      build/stateUpdateKernel.o -o "build/libmq_kernels_had_$k.so"; then
+    MQ_KERNELS_LIB="build/libmq_kernels_had_$k.so" python3 benchmarks/gpu/harness.py hbench "$k" || echo "hbench $k failed"
+  fi
+done
+PYTHONPATH="build/mamba:build/fht:${PYTHONPATH:-}" python3 benchmarks/gpu/harness.py bench "$BENCH" || rc=1
+python3 benchmarks/gpu/summarize.py "$OUT" "OUT=\$OUT bash benchmarks/gpu/run_all.sh (ARCH=$ARCH BENCH=$BENCH${HAD_ALT_DEFINES:+ HAD_ALT_DEFINES=$HAD_ALT_DEFINES})" > /dev/null
+if [ "${NCU:-1}" = 1 ] && [ "$BENCH" = hadamard ] && command -v ncu > /dev/null; then  # fp16 -> fp16 n 5120 and 1536, 64 MiB
+  timeout 150 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section SchedulerStats --section MemoryWorkloadAnalysis -k regex:hadamardRegKernel -c 2 python3 benchmarks/gpu/harness.py ncu_had \
+    > "$OUT/ncu.txt" 2>&1
+  echo "ncu rc=$?"; grep -E "hadamardRegKernel|Duration|Throughput|Registers|Achieved Occupancy|Issue Slots Busy|No Eligible" "$OUT/ncu.txt" | head -40
+elif [ "${NCU:-1}" = 1 ] && command -v ncu > /dev/null; then  # one pass-3 scan launch, fp16, B8 L4096 D5120
   timeout 120 ncu --clock-control none --set basic -k regex:scanPass3 -c 1 python3 benchmarks/gpu/harness.py ncu > "$OUT/ncu.txt" 2>&1
   echo "ncu rc=$?"; grep -E "Duration|Throughput|Registers|Achieved Occupancy|Theoretical Occupancy|Executed Ipc" "$OUT/ncu.txt" | head -20
 fi

@@ -30,9 +30,11 @@ if os.path.exists(bp):
               "Byte roofline = bytes the op must move (inputs once, outputs once) / measured copy bandwidth. "
               "MUFU floor = 20 MUFU operations per (token, channel) (16 state exponentials, softplus ex2 + rcp, "
               "SiLU ex2 + rcp) / (SMs × 16 per clock × max SM clock), for one pass.", "",
-              "### SelectiveScan (N=16, z gate, last_state)", "",
-              "| B | L | D | dtype | impl | chunks | poly | ms | byte roofline ms | % | MUFU floor ms | % |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              ]
+    if b["scan"]:
+        lines += ["### SelectiveScan (N=16, z gate, last_state)", "",
+                  "| B | L | D | dtype | impl | chunks | poly | ms | byte roofline ms | % | MUFU floor ms | % |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in b["scan"]:
         auto = " (auto)" if r.get("chunks_arg") == 0 else ""
         lines.append(f"| {r['B']} | {r['L']} | {r['D']} | {r['dtype']} | {r.get('impl', 'mq')} | {r.get('chunks', '')}{auto} | "
@@ -46,7 +48,14 @@ if os.path.exists(bp):
             lines.append(f"| {r['B']} | {r['L']} | {r['D']} | {r['chunks']}{auto} | {r['ms']:.3f} |")
     lines += ["", "### Hadamard (64 MiB fp16 input)", "", "| n | m | dtype | impl | ms | memcpy ms | ratio |", "|---|---|---|---|---|---|---|"]
     for r in b["hadamard"]:
+        if "error" in r:
+            lines.append(f"| {r['n']} | {r['m']} | | {r.get('impl', 'mq')} | {r['error']} | | |")
+            continue
         lines.append(f"| {r['n']} | {r['m']} | {r['dtype']} | {r.get('impl', 'mq')} | {r['ms']:.3f} | {r['memcpy_ms']:.3f} | {r['ratio_vs_memcpy']:.2f} |")
+    for alt in b.get("hadamard_alt", []):
+        lines += ["", f"Hadamard, build {alt['tag']} ({alt['lib']}):", "", "| n | m | dtype | ms | memcpy ms | ratio |", "|---|---|---|---|---|---|"]
+        for r in alt["rows"]:
+            lines.append(f"| {r['n']} | {r['m']} | {r['dtype']} | {r['ms']:.3f} | {r['memcpy_ms']:.3f} | {r['ratio_vs_memcpy']:.2f} |")
     if b.get("decode"):
         lines += ["", "### Decode: one token through every layer's SelectiveStateUpdate (CUDA-graph replay)", "",
                   "fp16 x/dt/z/B/C/y, fp32 state updated in place, N 16, z gate, d_inner = 2·d_model. "

@@ -1,8 +1,11 @@
 // Hadamard kernels and the host port of the base-matrix constructions; see hadamardKernel.h.
 #include "hadamardKernel.h"
+#include "hadamardFast.cuh"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <type_traits>
 
 namespace mq
 {
@@ -426,9 +429,180 @@ cudaError_t launchFastM(HadamardParams const& p, int32_t logP, cudaStream_t stre
     return cudaGetLastError();
 }
 
+// ---- register path (hadamardFast.cuh): fp16 input, fp16/int8 output, m ∈ {1, 12, 20, 28}, 2^k ≥ 64, n ≤ 8192 ----
+// A block of 128 threads owns G rows at a time; by default the grid is the resident blocks, each walking groups
+// grid-stride, with the next group's loads issued into registers while the current one is in its shared-memory
+// passes (see setHadamardTuning for the alternatives).
+template <int kM>
+constexpr int regMinBlocks()
+{
+#ifdef MQ_HAD_MIN_BLOCKS
+    return MQ_HAD_MIN_BLOCKS;
+#else
+    return kM <= 12 ? 4 : kM <= 20 ? 3 : 2; // registers: 128 / 168 / 255 a thread
+#endif
+}
+
+//! Tuning of the register path (setHadamardTuning): row groups a block processes (0 = a grid of the resident
+//! blocks walking the groups grid-stride, k > 0 = k consecutive groups a block) and flags: kRegAsync = the next
+//! group's loads go by cp.async into a shared staging buffer as soon as the current group is unpacked (in flight
+//! for the whole group, no registers held), else into registers after the L phase (in flight during the passes);
+//! kRegStoreCs = evict-first (st.global.cs) output stores. -1 = the defaults: on the H200 (benchmarks/gpu/results/
+//! hadamard-round) the resident grid with register prefetch and evict-first stores was the fastest schedule for every
+//! benchmarked n and both outputs; cp.async prefetch measured 1-17 % slower, 2 groups a block 15-26 % slower (and 1,
+//! 4 or 8 groups a block were slower than the resident grid in the round's second run).
+constexpr int kRegAsync = 1, kRegStoreCs = 2;
+constexpr int kRegGroupsPerBlockDefault = 0, kRegFlagsDefault = kRegStoreCs;
+std::atomic<int> gRegGroupsPerBlock{-1}, gRegFlags{-1};
+
+template <typename Tout, int kM, int kLogP>
+__global__ void __launch_bounds__(hfast::kThreads, regMinBlocks<kM>())
+    hadamardRegKernel(HadamardParams const p, int32_t gpb, int32_t flags)
+{
+    using F = hfast::Fast<kM, kLogP>;
+    using C = typename F::C;
+    static_assert(C::NWIN <= 2, "more than two passes");
+    extern __shared__ float4 hsm[];
+    uint2* stage = reinterpret_cast<uint2*>(hsm + C::SMEM_F4); // kRegAsync: LREG × kThreads pieces of 8 bytes
+    bool const async = (flags & kRegAsync) != 0, cs = (flags & kRegStoreCs) != 0;
+    float const s = rsqrtf(static_cast<float>(C::N)) * (sizeof(Tout) == 1 ? 1.f / p.outScale : 1.f);
+    auto const* x = static_cast<__half const*>(p.x);
+    auto* y = static_cast<Tout*>(p.y);
+    int64_t const groups = (p.rows + C::G - 1) / C::G;
+    int const tid = threadIdx.x;
+    typename F::Raw raw;
+    int64_t grp = gpb > 0 ? static_cast<int64_t>(blockIdx.x) * gpb : blockIdx.x;
+    int64_t const step = gpb > 0 ? 1 : gridDim.x;
+    int64_t const end = gpb > 0 && grp + gpb < groups ? grp + gpb : groups;
+    if (grp < end)
+    {
+        if (async)
+            F::loadAsync(stage, x, p.rows, grp, tid);
+        else
+            F::load(raw, x, p.rows, grp, tid);
+    }
+    for (; grp < end; grp += step)
+    {
+        int64_t const next = grp + step;
+        float4 v[C::LREG];
+        if (async)
+        {
+            F::readStage(raw, stage, tid);
+            F::unpack(raw, v); // the staging reads are consumed before the next copies into the same slots
+            if (next < end)
+                F::loadAsync(stage, x, p.rows, next, tid);
+        }
+        else
+            F::unpack(raw, v);
+        F::math(v, s);
+        if constexpr (C::R == 0)
+        {
+            if (!async && next < end)
+                F::load(raw, x, p.rows, next, tid);
+            F::storeDirect(v, y, p.rows, grp, tid, s, cs);
+        }
+        else
+        {
+            __syncthreads(); // the previous group's last pass is done with shared memory
+            F::storeSmem(v, hsm, tid);
+            if (!async && next < end)
+                F::load(raw, x, p.rows, next, tid); // in flight during the passes
+            __syncthreads();
+            F::template pass<0>(hsm, y, p.rows, grp, tid, s, cs);
+            if constexpr (C::NWIN > 1)
+            {
+                __syncthreads();
+                F::template pass<1>(hsm, y, p.rows, grp, tid, s, cs);
+            }
+        }
+    }
+}
+
+template <typename Tout, int kM, int kLogP>
+cudaError_t launchReg(HadamardParams const& p, cudaStream_t stream)
+{
+    using C = hfast::Cfg<kM, kLogP>;
+    int gpb = gRegGroupsPerBlock.load(std::memory_order_relaxed);
+    int flags = gRegFlags.load(std::memory_order_relaxed);
+    gpb = gpb < 0 ? kRegGroupsPerBlockDefault : gpb;
+    flags = flags < 0 ? kRegFlagsDefault : flags;
+    bool const async = (flags & kRegAsync) != 0;
+    size_t const smem = static_cast<size_t>(C::SMEM_F4) * sizeof(float4) + (async ? sizeof(uint2) * C::LREG * hfast::kThreads : 0);
+    auto kernel = hadamardRegKernel<Tout, kM, kLogP>;
+    static std::atomic<int> gridCache[16][2]; // resident blocks on device d without / with the staging buffer (0 = unknown)
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess)
+        return e;
+    int grid = dev < 16 ? gridCache[dev][async].load(std::memory_order_relaxed) : 0;
+    if (grid == 0)
+    {
+        size_t const smemMax = static_cast<size_t>(C::SMEM_F4) * sizeof(float4) + sizeof(uint2) * C::LREG * hfast::kThreads;
+        if (smemMax > 48 * 1024)
+        {
+            e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smemMax));
+            if (e != cudaSuccess)
+                return e;
+        }
+        int sms = 0, perSm = 0;
+        e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+        if (e == cudaSuccess)
+            e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel, hfast::kThreads, smem);
+        if (e != cudaSuccess)
+            return e;
+        grid = std::max(1, sms) * std::max(1, perSm);
+        if (dev < 16)
+            gridCache[dev][async].store(grid, std::memory_order_relaxed);
+    }
+    int64_t const groups = (p.rows + C::G - 1) / C::G;
+    int64_t const blocks = gpb > 0 ? (groups + gpb - 1) / gpb : std::min<int64_t>(groups, grid);
+    kernel<<<static_cast<unsigned>(blocks), hfast::kThreads, smem, stream>>>(p, gpb, flags);
+    return cudaGetLastError();
+}
+
+//! The register path when it covers (input type, output type, m, 2^k) and the pointers are 16-byte aligned;
+//! cudaErrorNotSupported otherwise (the caller falls back).
+template <typename Tin, typename Tout, int kM>
+cudaError_t tryReg(HadamardParams const& p, int32_t logP, cudaStream_t stream)
+{
+    if constexpr (std::is_same<Tin, __half>::value && !std::is_same<Tout, float>::value && (kM == 1 || kM == 12 || kM == 20 || kM == 28))
+    {
+        if ((reinterpret_cast<uintptr_t>(p.x) | reinterpret_cast<uintptr_t>(p.y)) % 16 != 0 || p.m != kM)
+            return cudaErrorNotSupported;
+        switch (logP)
+        {
+        case 6: return launchReg<Tout, kM, 6>(p, stream);
+        case 7: return launchReg<Tout, kM, 7>(p, stream);
+        case 8: return launchReg<Tout, kM, 8>(p, stream);
+        case 9:
+            if constexpr (kM <= 12)
+                return launchReg<Tout, kM, 9>(p, stream);
+            break;
+        case 10: case 11: case 12: case 13:
+            if constexpr (kM == 1)
+            {
+                if (logP == 10)
+                    return launchReg<Tout, 1, 10>(p, stream);
+                if (logP == 11)
+                    return launchReg<Tout, 1, 11>(p, stream);
+                if (logP == 12)
+                    return launchReg<Tout, 1, 12>(p, stream);
+                return launchReg<Tout, 1, 13>(p, stream);
+            }
+            break;
+        default: break;
+        }
+    }
+    (void)p, (void)logP, (void)stream;
+    return cudaErrorNotSupported;
+}
+
 template <typename Tin, typename Tout, int kM>
 cudaError_t launchM(HadamardParams const& p, int32_t logP, bool vec, bool fast, cudaStream_t stream)
 {
+    cudaError_t const r = tryReg<Tin, Tout, kM>(p, logP, stream);
+    if (r != cudaErrorNotSupported)
+        return r;
     if (fast)
         return launchFastM<Tin, Tout, kM>(p, logP, stream);
     size_t const smem = hadamardSharedBytes(p.n, p.m);
@@ -496,6 +670,12 @@ std::vector<int32_t> jacobsthal(int32_t q) // Q[i, j] = χ(j - i)
 }
 
 } // namespace
+
+void setHadamardTuning(int32_t groupsPerBlock, int32_t flags)
+{
+    gRegGroupsPerBlock.store(groupsPerBlock, std::memory_order_relaxed);
+    gRegFlags.store(flags, std::memory_order_relaxed);
+}
 
 std::vector<float> hadamardBaseMatrix(int32_t m)
 {

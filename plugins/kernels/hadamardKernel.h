@@ -7,11 +7,16 @@
 // B_m (m×m, entries ±1, row-major, B_m[a, c] at a·m + c) is a device buffer from the caller
 // (`mq::hadamardBaseMatrix` builds it on the host, a port of quant/hadamard.py:base_matrix).
 // Optional fused int8 output: q = saturate(round_half_even(y / outScale)) (ONNX QuantizeLinear, zp 0).
-// Schedule: for n % 256 == 0 (n ≤ 8192) and 16-byte aligned x/y, one thread per 8 consecutive elements,
-// several rows per block, a grid of the resident blocks walking row groups with loads two groups ahead,
-// butterflies h = 1..4 in registers and h = 8..128 by warp shuffles; shared memory only for h ≥ 256
-// (register rounds of 3 stages) and the m×m base product. Other sizes: one block per row in shared memory.
-// m ∈ {12, 20, 28, 36, 44, 60} have unrolled base products, any other m a generic loop.
+// Schedules:
+//  * fp16 input, fp16/int8 output, m ∈ {1, 12, 20, 28}, 2^k ≥ 64, n ≤ 8192, 16-byte aligned x/y: the register path of
+//    hadamardFast.cuh — the base product by additions in registers (Paley structure, ~m/2 additions per output)
+//    together with column bits 0-1, the other butterflies in 16-float4 register rounds through padded shared
+//    memory, no warp shuffles; next row group prefetched into registers, evict-first stores (setHadamardTuning).
+//  * other inputs with n % 256 == 0 (n ≤ 8192): one thread per 8 consecutive elements, several rows per block, a
+//    grid of the resident blocks walking row groups with loads two groups ahead, butterflies h = 1..4 in registers
+//    and h = 8..128 by warp shuffles; shared memory for h ≥ 256 (register rounds of 3 stages) and the m×m base
+//    product (m ∈ {12, 20, 28, 36, 44, 60} unrolled, any other m a generic loop).
+//  * other sizes: one block per row in shared memory.
 #pragma once
 #include "common.h"
 #include <vector>
@@ -42,5 +47,10 @@ std::vector<float> hadamardBaseMatrix(int32_t m);
 size_t hadamardSharedBytes(int32_t n, int32_t m);
 
 cudaError_t launchHadamard(HadamardParams const& p, cudaStream_t stream);
+
+//! Tuning knobs of the fp16 register path (benchmarks), process-wide, -1 = the built-in default: row groups a block
+//! processes (0 = a grid of the resident blocks walking all groups, k > 0 = k consecutive groups a block); flags:
+//! 1 = prefetch the next group by cp.async into shared memory (else into registers), 2 = evict-first output stores.
+void setHadamardTuning(int32_t groupsPerBlock, int32_t flags);
 
 } // namespace mq

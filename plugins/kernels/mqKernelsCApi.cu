@@ -74,4 +74,10 @@ int mq_hadamard(long long rows, int n, int m, int in_type, int out_type, float o
     return static_cast<int>(mq::launchHadamard(p, static_cast<cudaStream_t>(stream)));
 }
 
+//! Benchmark knobs of the fp16 Hadamard register path (see hadamardKernel.h: setHadamardTuning); -1 = default.
+void mq_hadamard_set_tuning(int groups_per_block, int flags)
+{
+    mq::setHadamardTuning(groups_per_block, flags);
+}
+
 } // extern "C"

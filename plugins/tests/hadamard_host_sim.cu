@@ -1,0 +1,202 @@
+// CPU run of the fp16 register path of the Hadamard kernel (plugins/kernels/hadamardFast.cuh): the same phase
+// functions the kernel calls, executed thread by thread (each phase over all threads of a block before the
+// next, as the kernel's barriers order them), against a float64 reference built from mq::hadamardBaseMatrix.
+// Checks the index/layout logic and the base products without a GPU:
+//   nvcc -std=c++17 -O2 -arch=sm_90 -Iplugins/kernels plugins/tests/hadamard_host_sim.cu \
+//        plugins/kernels/hadamardKernel.cu -o /tmp/hsim && /tmp/hsim
+// (plugins/check_build.sh does this unless HOST_SIM=0.) Exit status 1 on any mismatch.
+#include "hadamardFast.cuh"
+#include "hadamardKernel.h"
+
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+using namespace mq;
+
+namespace
+{
+
+int failures = 0;
+
+template <int M>
+void checkBase()
+{
+    auto const B = hadamardBaseMatrix(M);
+    std::mt19937 gen(M);
+    std::normal_distribution<float> nd;
+    double worst = 0;
+    for (int t = 0; t < 20; ++t)
+    {
+        float x[M], o[M];
+        for (float& v : x)
+            v = nd(gen);
+        hfast::baseProduct<M>(x, o, 0.5f);
+        for (int c = 0; c < M; ++c)
+        {
+            double ref = 0;
+            for (int a = 0; a < M; ++a)
+                ref += static_cast<double>(x[a]) * B[a * M + c];
+            worst = std::max(worst, std::fabs(0.5 * ref - o[c]));
+        }
+    }
+    bool const ok = worst < 1e-4;
+    failures += !ok;
+    std::printf("%s base product m=%d: max |err| %.3g\n", ok ? "PASS" : "FAIL", M, worst);
+}
+
+std::vector<double> reference(std::vector<float> const& x, int64_t rows, int n, int m)
+{
+    int const P = n / m;
+    auto const B = m > 1 ? hadamardBaseMatrix(m) : std::vector<float>{1.f};
+    std::vector<double> y(x.size()), t(n);
+    for (int64_t r = 0; r < rows; ++r)
+    {
+        for (int i = 0; i < n; ++i)
+            t[i] = x[r * n + i];
+        for (int a = 0; a < m; ++a)
+            for (int h = 1; h < P; h <<= 1)
+                for (int i = 0; i < P; ++i)
+                    if ((i & h) == 0)
+                    {
+                        double const u = t[a * P + i], v = t[a * P + i + h];
+                        t[a * P + i] = u + v, t[a * P + i + h] = u - v;
+                    }
+        for (int c = 0; c < m; ++c)
+            for (int b = 0; b < P; ++b)
+            {
+                double acc = 0;
+                for (int a = 0; a < m; ++a)
+                    acc += t[a * P + b] * B[a * m + c];
+                y[r * n + c * P + b] = acc / std::sqrt(static_cast<double>(n));
+            }
+    }
+    return y;
+}
+
+template <int M, int LOGP>
+void runCase(int64_t rows)
+{
+    using F = hfast::Fast<M, LOGP>;
+    using C = typename F::C;
+    constexpr int n = C::N;
+    std::mt19937 gen(static_cast<unsigned>(n + rows));
+    std::normal_distribution<float> nd;
+    std::vector<__half> xh(rows * n);
+    std::vector<float> xf(rows * n);
+    for (size_t i = 0; i < xh.size(); ++i)
+    {
+        xh[i] = __float2half_rn(nd(gen));
+        xf[i] = __half2float(xh[i]);
+    }
+    auto const ref = reference(xf, rows, n, M);
+    double refMax = 0;
+    for (double v : ref)
+        refMax = std::max(refMax, std::fabs(v));
+    float const scale = static_cast<float>(refMax / 100.0);
+    std::vector<__half> yh(rows * n, __float2half_rn(NAN));
+    std::vector<int8_t> yq(rows * n, 99);
+    std::vector<float4> sm(C::SMEM_F4 > 0 ? C::SMEM_F4 : 1);
+    std::vector<uint2> stage(C::LREG * hfast::kThreads);
+    int64_t const groups = (rows + C::G - 1) / C::G;
+    float const norm = 1.f / std::sqrt(static_cast<float>(n));
+    for (int out = 0; out < 2; ++out)
+    {
+        float const s = out == 0 ? norm : norm * (1.f / scale);
+        for (int64_t grp = 0; grp < groups; ++grp)
+        {
+            for (auto& f : sm)
+                f = make_float4(NAN, NAN, NAN, NAN);
+            for (int tid = 0; tid < hfast::kThreads; ++tid)
+            {
+                typename F::Raw raw;
+                if (grp % 2 == 0)
+                    F::load(raw, xh.data(), rows, grp, tid);
+                else
+                {
+                    F::loadAsync(stage.data(), xh.data(), rows, grp, tid);
+                    F::readStage(raw, stage.data(), tid);
+                }
+                float4 v[C::LREG];
+                F::compute(raw, v, s);
+                if constexpr (C::R == 0)
+                {
+                    if (out == 0)
+                        F::storeDirect(v, yh.data(), rows, grp, tid, s, false);
+                    else
+                        F::storeDirect(v, yq.data(), rows, grp, tid, s, false);
+                }
+                else
+                    F::storeSmem(v, sm.data(), tid);
+            }
+            if constexpr (C::R > 0)
+            {
+                for (int tid = 0; tid < hfast::kThreads; ++tid)
+                    out == 0 ? F::template pass<0>(sm.data(), yh.data(), rows, grp, tid, s, false)
+                             : F::template pass<0>(sm.data(), yq.data(), rows, grp, tid, s, false);
+                if constexpr (C::NWIN > 1)
+                    for (int tid = 0; tid < hfast::kThreads; ++tid)
+                        out == 0 ? F::template pass<1>(sm.data(), yh.data(), rows, grp, tid, s, false)
+                                 : F::template pass<1>(sm.data(), yq.data(), rows, grp, tid, s, false);
+            }
+        }
+    }
+    double err = 0;
+    int64_t mism = 0;
+    double dqMax = 0;
+    for (size_t i = 0; i < ref.size(); ++i)
+    {
+        double const g = __half2float(yh[i]);
+        err = std::isnan(g) ? INFINITY : std::max(err, std::fabs(g - ref[i]));
+        double const qr = std::nearbyint(ref[i] / scale);
+        double const dq = std::fabs(yq[i] - std::min(127.0, std::max(-128.0, qr)));
+        dqMax = std::max(dqMax, dq);
+        mism += dq > 0;
+    }
+    double const rel = err / refMax;
+    double const frac = static_cast<double>(mism) / static_cast<double>(ref.size());
+    bool const ok = rel <= 2e-3 && dqMax <= 1 && frac <= 0.01;
+    failures += !ok;
+    std::printf("%s n=%d (m=%d, 2^k=%d, G=%d, passes=%d) rows=%lld: fp16 rel %.3g, int8 max|dq| %.0f, mismatches %.2g\n",
+                ok ? "PASS" : "FAIL", n, M, 1 << LOGP, C::G, C::NWIN, static_cast<long long>(rows), rel, dqMax, frac);
+}
+
+template <int M, int LOGP>
+void runSizes()
+{
+    runCase<M, LOGP>(1);
+    runCase<M, LOGP>(hfast::Cfg<M, LOGP>::G + 3);
+}
+
+} // namespace
+
+int main()
+{
+    checkBase<12>();
+    checkBase<20>();
+    checkBase<28>();
+    checkBase<36>();
+    checkBase<44>();
+    checkBase<60>();
+    runSizes<1, 6>();
+    runSizes<1, 7>();
+    runSizes<1, 8>();
+    runSizes<1, 9>();
+    runSizes<1, 10>();
+    runSizes<1, 11>();
+    runSizes<1, 12>();
+    runSizes<1, 13>();
+    runSizes<12, 6>();
+    runSizes<12, 7>();
+    runSizes<12, 8>();
+    runSizes<12, 9>();
+    runSizes<20, 6>();
+    runSizes<20, 7>();
+    runSizes<20, 8>();
+    runSizes<28, 6>();
+    runSizes<28, 7>();
+    runSizes<28, 8>();
+    std::printf("%s: %d failures\n", failures ? "FAILED" : "OK", failures);
+    return failures ? 1 : 0;
+}

@@ -9,6 +9,7 @@
 2. Per-channel Δ shift folded into the dt_proj bias: absmax of scan.delta vs the largest per-channel
    half-range (max - min) / 2 after centring each channel; the ratio is the resolution a shift would gain.
 Both on the recipe's transformed fp32 graph (the activations the quantizers see) and on the original.
+A recipe with the `shift_delta` pass (vim-mambaquant-*) reads 1.00x for Δ: its shift already took the gain.
 """
 
 from __future__ import annotations

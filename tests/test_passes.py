@@ -30,6 +30,7 @@ PIPELINES = {
     "online_hadamard": [{"name": "online_hadamard"}],
     "smooth_state": [{"name": "smooth_state"}],
     "smoothquant": [{"name": "smoothquant", "alpha": 0.5}],
+    "shift_delta": [{"name": "shift_delta"}],
     "mambaquant": [{"name": "fold_norms"}, {"name": "rotate_residual", "klt": True}, {"name": "rotate_dt", "klt": True},
                    {"name": "smooth_gate"}, {"name": "online_hadamard"}, {"name": "smooth_state"}],
 }
@@ -59,7 +60,8 @@ def test_pass_preserves_function(setup, name):
         assert rel_err(base, out) <= TOL, f"{name} {label}: {rel_err(base, out):.3g}"
     # the pass really changed something (a no-op pass would pass the test above trivially)
     changed = any(not np.array_equal(getattr(a, f), getattr(b, f)) for a, b in zip(m.layers, m2.layers)
-                  for f in ("in_proj", "x_proj", "dt_proj", "out_proj", "norm")) or plan.layers[0].out_hadamard
+                  for f in ("in_proj", "x_proj", "dt_proj", "out_proj", "norm")) or plan.layers[0].out_hadamard \
+        or plan.layers[0].delta_shift is not None
     assert changed, name
 
 

@@ -1,6 +1,7 @@
 """Quantization math, Hadamard matrices, recipes, QDQ emission vs the fake-quant simulation, lint."""
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -168,8 +169,12 @@ def tiny():
     return m, rng.integers(0, 211, size=(6, 40)), rng.integers(0, 211, size=(3, 29))
 
 
+ABLATION = Path(__file__).resolve().parent.parent / "benchmarks" / "ablation"
+
+
 @pytest.mark.parametrize("recipe", ["rtn-w8a8", "smoothquant-w8a8", "gptq-w4a8", "quarot-w8a8", "mambaquant-w8a8",
-                                    "mambaquant-w4a8", "rtn-w4a8-b64", "mambaquant-w4a8-b64"])
+                                    "mambaquant-w4a8", "rtn-w4a8-b64", "mambaquant-w4a8-b64",
+                                    str(ABLATION / "mq-w4a8-shift.yaml")])
 def test_qdq_graphs_match_fake_quant_simulation(tiny, recipe):
     m, windows, ids = tiny
     m2, plan, _ = prepare(m, load_recipe(recipe), windows, progress=False)

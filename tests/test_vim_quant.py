@@ -186,7 +186,7 @@ def test_compile_vim_with_the_extras_and_lm_refusal(tmp_path):
     assert lint_model(g, str(tmp_path / "out")) == []
     assert any(n.name.endswith("dt_proj_shift") for n in g.graph.node)
     assert set(man["quantization"]["token_scales"]) <= set(man["quantization"]["act_scales"])
-    with pytest.raises(UserError, match="Vision Mamba"):
+    with pytest.raises(UserError, match="cls_token applies to Vision Mamba"):
         compile_model(None, str(rec.source), tmp_path / "lm")
     assert not (tmp_path / "lm").exists()
     with pytest.raises(UserError, match="cls_token must be"):

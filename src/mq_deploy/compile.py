@@ -262,10 +262,6 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
                                calib_samples=calib_samples, log=log)
     t0 = time.time()
     recipe: Recipe = load_recipe(recipe_name)  # validate cheap inputs before any heavy work
-    vim_only = [n for n, _ in recipe.passes if n not in REGISTRY]
-    if vim_only:
-        raise UserError(f"recipe {recipe.name}: pass {', '.join(vim_only)} applies to Vision Mamba (Vim) models only; "
-                        "this is a language model")
     if recipe.activations.get("cls_token", "shared") != "shared":
         raise UserError(f"recipe {recipe.name}: activations.cls_token applies to Vision Mamba (Vim) models only")
     if tokenizer is not None and not Path(tokenizer).is_file():

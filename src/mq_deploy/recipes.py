@@ -73,9 +73,8 @@ def _parse(raw, origin: str) -> Recipe:
     if not isinstance(passes, list):
         raise UserError(f"recipe {origin}: 'passes' must be a list")
     from .passes import REGISTRY
-    from .vision.passes import VIM_ONLY_PASSES
 
-    KNOWN_PASSES = {**{k: v.params for k, v in REGISTRY.items()}, **VIM_ONLY_PASSES}
+    KNOWN_PASSES = {k: v.params for k, v in REGISTRY.items()}
     sections = {}
     for sec, fields in _SECTIONS.items():
         given = raw.get(sec) or {}

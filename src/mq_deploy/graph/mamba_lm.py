@@ -26,7 +26,6 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper
 
 from ..model import MambaLayer, MambaModel
@@ -34,7 +33,7 @@ from ..ops import hadamard_op
 from ..ops import selective_scan as ss
 from ..ops.ort_kernels import PLUGIN_DOMAIN
 from .builder import OPSET, GraphBuilder
-from .plan import GraphPlan, LayerPlan, QuantSpec, point
+from .plan import GraphPlan, LayerPlan, QuantSpec, point, shifted_bias
 
 BATCH, SEQ = "batch", "sequence"
 QUANT_OPSET_INT4 = 21
@@ -120,6 +119,15 @@ def linear(b: LMBuilder, x: str, w_name: str, w: np.ndarray, bias: Optional[np.n
     return y
 
 
+def shift_delta(b: GraphBuilder, delta: str, bias: np.ndarray, shift: Optional[np.ndarray], w_name: str,
+                name: str) -> tuple[str, np.ndarray]:
+    """Δ − c before the scan.delta quantizer and the scan's dt bias + c (`passes.shift_delta`); no-op without c."""
+    if shift is None:
+        return delta, bias
+    delta = b.op("Add", [delta, b.const(f"{w_name}.shift", (-shift).astype(np.float32))], name=f"{name}_shift")
+    return delta, shifted_bias(bias, shift)
+
+
 def mixer(b: LMBuilder, i: int, L: MambaLayer, model: MambaModel, h: str, lp: LayerPlan,
           consts: dict) -> tuple[str, str]:
     """One Mamba mixer on normalized input h; returns (mixer output, final SSM state tensor)."""
@@ -142,11 +150,12 @@ def mixer(b: LMBuilder, i: int, L: MambaLayer, model: MambaModel, h: str, lp: La
     dlow, Bm, Cm = b.op("Split", [dbc, consts["split_dbc"]], name="split_dbc", n_out=3, axis=-1)
     dlow = b.act(dlow, point(i, "dt_proj.input"))
     delta = b.op("MatMul", [dlow, b.weight(f"{p}.dt_proj", L.dt_proj.T)], name="dt_proj")
+    delta, dt_bias = shift_delta(b, delta, L.dt_proj_bias, lp.delta_shift, f"{p}.dt_proj", "dt_proj")
     A = b.const(f"{p}.A", -np.exp(L.A_log.astype(np.float64)).astype(np.float32))
     y, state = b.op(
         ss.PLUGIN_NAME,
         [b.act(u, point(i, "scan.u")), b.act(delta, point(i, "scan.delta")), A, b.act(Bm, point(i, "scan.B")),
-         b.act(Cm, point(i, "scan.C")), b.const(f"{p}.D", L.D), b.const(f"{p}.dt_proj.bias", L.dt_proj_bias)],
+         b.act(Cm, point(i, "scan.C")), b.const(f"{p}.D", L.D), b.const(f"{p}.dt_proj.bias", dt_bias)],
         name="selective_scan", n_out=2, domain=PLUGIN_DOMAIN,
         delta_softplus=1, plugin_version=ss.PLUGIN_VERSION, plugin_namespace=ss.PLUGIN_NAMESPACE,
     )

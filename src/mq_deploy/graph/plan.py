@@ -11,7 +11,7 @@ Quantization points (names used for calibration statistics, scales and lint mess
 | `layers.{i}.x_proj.input` | u = SiLU(conv(x)), input of x_proj (and of the scan, unless smoothed apart) |
 | `layers.{i}.scan.u` | u as the scan sees it (same tensor as x_proj.input without x_proj smoothing) |
 | `layers.{i}.dt_proj.input` | δ, the dt_rank slice of x_proj's output |
-| `layers.{i}.scan.delta` | δ·W_dt (before bias and softplus) |
+| `layers.{i}.scan.delta` | δ·W_dt (before bias and softplus; minus the plan's `delta_shift`) |
 | `layers.{i}.scan.B`, `layers.{i}.scan.C` | Bm, Cm |
 | `layers.{i}.out_proj.input` | (y ⊙ gate) after the online Hadamard / smoothing |
 """
@@ -28,6 +28,11 @@ ACT_POINTS = ("in_proj.input", "x_proj.input", "scan.u", "dt_proj.input", "scan.
               "out_proj.input")
 
 
+def shifted_bias(bias: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """The scan's dt bias under `LayerPlan.delta_shift` (b + c, rounded once from float64)."""
+    return (bias.astype(np.float64) + shift).astype(np.float32)
+
+
 def point(i: int, name: str) -> str:
     return f"layers.{i}.{name}"
 
@@ -38,6 +43,7 @@ class LayerPlan:
     out_hadamard: bool = False  # online y·H before out_proj (W_out already Hᵀ·W_out)
     xproj_smooth: Optional[np.ndarray] = None  # x_proj input multiplied by 1/s online (W_x rows × s)
     out_smooth: Optional[np.ndarray] = None  # out_proj input multiplied by 1/s online (W_out rows × s)
+    delta_shift: Optional[np.ndarray] = None  # per channel c: scan.delta = δ·W_dt − c, the scan's dt bias + c
 
 
 @dataclass

@@ -52,10 +52,6 @@ def run_passes(model: MambaModel, plan: GraphPlan, passes, stats=None, log=lambd
     for name, params in passes:
         spec = REGISTRY.get(name)
         if spec is None:
-            from ..vision.passes import VIM_ONLY_PASSES
-
-            if name in VIM_ONLY_PASSES:
-                raise UserError(f"pass '{name}' applies to Vision Mamba (Vim) models only")
             raise UserError(f"unknown pass '{name}'")
         if spec.needs_stats and stats is None:
             raise UserError(f"pass '{name}' needs calibration statistics")

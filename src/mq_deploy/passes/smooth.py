@@ -12,6 +12,12 @@ smooth_state (state-dimension smoothing) — s ∈ R^N:  Bm ← Bm/s (W_x rows o
     h ← h/s and y = h·Cm is unchanged (zero initial state; a stored state lives in the scaled domain).
     s_n = sqrt(max|B_n| / max|C_n|) gives Bm and Cm the same per-channel maxima.
 
+shift_delta — c ∈ R^di, the centre (min + max)/2 of each channel of Δ = δ·W_dt (the scan.delta point):
+    the graph computes Δ − c (an Add after dt_proj) and the scan adds b_dt + c, so softplus(Δ − c + b_dt + c)
+    is unchanged and the scan.delta quantizer sees each channel centred: range max_j (max_j − min_j)/2
+    instead of max_j |Δ_j| (the dt-bias shift the MambaQuant paper's Vim results use; applied to both
+    scan directions of a Vim).
+
 smoothquant (the SmoothQuant baseline, α) on every linear input:
     in_proj:  γ ← γ/s, W_in ← W_in·diag(s)                 (folded into the norm)
     dt_proj:  W_x[:R] ← diag(1/s)·W_x[:R], W_dt ← W_dt·diag(s)   (folded into x_proj)
@@ -70,6 +76,24 @@ def smooth_state(model, plan, stats):
         L.x_proj = L.x_proj.copy()
         L.x_proj[R:R + N] = (L.x_proj[R:R + N] / s[:, None]).astype(np.float32)
         L.x_proj[R + N:] = (L.x_proj[R + N:] * s[:, None]).astype(np.float32)
+    return model, plan
+
+
+def delta_centre(stats, pt: str) -> np.ndarray:
+    from ..errors import UserError
+
+    if stats is None or pt not in stats.chan_lo:
+        raise UserError(f"needs per-channel minimum / maximum statistics of {pt}")
+    return (stats.chan_lo[pt].astype(np.float64) + stats.chan_hi[pt]) / 2
+
+
+@register("shift_delta", needs_stats=True)
+def shift_delta(model, plan, stats):
+    model, plan = clone(model, plan)
+    for i in range(model.config.n_layer):
+        c = delta_centre(stats, point(i, "scan.delta"))
+        old = plan.layers[i].delta_shift
+        plan.layers[i].delta_shift = (c if old is None else old + c).astype(np.float32)
     return model, plan
 
 

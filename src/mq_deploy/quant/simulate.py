@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..graph.plan import GraphPlan, point
+from ..graph.plan import GraphPlan, point, shifted_bias
 from ..model import MambaModel
 from ..ops.selective_scan import selective_scan
 from .hadamard import hadamard_matrix
@@ -81,9 +81,13 @@ def layer(model: MambaModel, plan: GraphPlan, i: int, r: np.ndarray, follow: Opt
     dbc = lin(xin, f"{p}.x_proj", L.x_proj, None)
     dlow, Bm, Cm = dbc[..., :R], dbc[..., R:R + N], dbc[..., R + N:]
     delta = fq(dlow, point(i, "dt_proj.input")) @ w(f"{p}.dt_proj", L.dt_proj)
+    dt_bias = L.dt_proj_bias
+    if lp.delta_shift is not None:  # as the graph: an fp32 Add of −c, the bias + c rounded from float64
+        delta = delta + (-lp.delta_shift).astype(np.float32)
+        dt_bias = shifted_bias(dt_bias, lp.delta_shift)
     A = -np.exp(L.A_log.astype(np.float64)).astype(np.float32)
     y, _ = selective_scan(fq(u, point(i, "scan.u")), fq(delta, point(i, "scan.delta")), A,
-                          fq(Bm, point(i, "scan.B")), fq(Cm, point(i, "scan.C")), L.D, L.dt_proj_bias, True)
+                          fq(Bm, point(i, "scan.B")), fq(Cm, point(i, "scan.C")), L.D, dt_bias, True)
     zs = z if lp.gate_scale is None else z * lp.gate_scale
     g = y * (z / (1.0 + np.exp(-zs)))
     if lp.out_smooth is not None:

@@ -38,8 +38,7 @@ from typing import Optional
 import numpy as np
 from onnx import TensorProto
 
-from ..graph.builder import OPSET
-from ..graph.mamba_lm import QUANT_OPSET_INT4, LMBuilder, linear, rms_norm, silu
+from ..graph.mamba_lm import QUANT_OPSET_INT4, LMBuilder, linear, rms_norm, shift_delta, silu
 from ..graph.plan import GraphPlan, LayerPlan, point
 from ..model import MambaLayer
 from ..ops import hadamard_op
@@ -61,8 +60,7 @@ class VimLayerPlan(LayerPlan):
     """LayerPlan of a v2 block; `xproj_smooth` / `delta_shift` are the forward direction's, the `_b` ones
     the backward's."""
     xproj_smooth_b: Optional[np.ndarray] = None
-    delta_shift: Optional[np.ndarray] = None  # per channel, subtracted from δ·W_dt and added to the dt bias
-    delta_shift_b: Optional[np.ndarray] = None
+    delta_shift_b: Optional[np.ndarray] = None  # the backward direction's `delta_shift`
 
 
 def plain_plan(depth: int) -> GraphPlan:
@@ -115,11 +113,7 @@ def _direction(b: LMBuilder, i: int, L: MambaLayer, model: VimModel, x: str, sfx
     dbc = vlinear(b, xin, f"{p}.x_proj{sfx}", L.x_proj, None, f"x_proj{sfx}", i, T)
     dlow, Bm, Cm = b.op("Split", [dbc, b.ints("split_dbc", [R, N, N])], name=f"split_dbc{sfx}", n_out=3, axis=-1)
     delta = vlinear(b, dlow, f"{p}.dt_proj{sfx}", L.dt_proj, None, f"dt_proj{sfx}", i, T)
-    dt_bias = L.dt_proj_bias
-    if shift is not None:
-        delta = b.op("Add", [delta, b.const(f"{p}.dt_proj{sfx}.shift", (-shift).astype(np.float32))],
-                     name=f"dt_proj{sfx}_shift")
-        dt_bias = (dt_bias.astype(np.float64) + shift).astype(np.float32)
+    delta, dt_bias = shift_delta(b, delta, L.dt_proj_bias, shift, f"{p}.dt_proj{sfx}", f"dt_proj{sfx}")
     A = b.const(f"{p}.A{sfx}", -np.exp(L.A_log.astype(np.float64)).astype(np.float32))
     y, _ = b.op(
         ss.PLUGIN_NAME,

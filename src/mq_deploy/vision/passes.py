@@ -10,12 +10,8 @@ Same names, parameters and algebra as `mq_deploy.passes` (see those docstrings);
 * smooth_gate, online_hadamard — on the combined out_proj input g = (y_f + y_b)/2 ⊙ SiLU(z): both
   directions are gated by the same z, so one S-SiLU scale and one Hadamard serve both.
 
-Vim only (`VIM_ONLY_PASSES`, accepted by recipes, refused for language models):
-
-* shift_delta — per channel j of each direction's Δ = δ·W_dt (the scan.delta quantization point), the centre
-  c_j = (min_j + max_j)/2 over the fp32 calibration; the graph computes Δ − c and the scan adds b_dt + c
-  (`graph.py`), so softplus sees the same argument and the quantizer a range max_j (max_j − min_j)/2 instead
-  of max_j |Δ_j|.
+* shift_delta — per direction: each channel of Δ centred with its own statistics (`scan.delta` /
+  `scan_b.delta`), the shift added to that direction's dt bias.
 """
 
 from __future__ import annotations
@@ -27,11 +23,10 @@ import numpy as np
 from ..errors import UserError
 from ..graph.plan import point
 from ..passes.rotate import rotation
-from ..passes.smooth import smooth_scales
+from ..passes.smooth import delta_centre, smooth_scales
 from ..quant.hadamard import hadamard_matrix
 
 VIM_PASSES: dict = {}
-VIM_ONLY_PASSES = {"shift_delta": frozenset()}  # name -> parameters (recipe validation)
 
 
 def _register(name):
@@ -174,10 +169,7 @@ def shift_delta(model, plan, stats):
     model, plan = copy.deepcopy(model), copy.deepcopy(plan)
     for i in range(model.config.depth):
         for s in ("", "_b"):
-            pt = point(i, f"scan{s}.delta")
-            if stats is None or pt not in stats.chan_lo:
-                raise UserError(f"needs per-channel minimum / maximum statistics of {pt}")
-            c = (_f64(stats.chan_lo[pt]) + _f64(stats.chan_hi[pt])) / 2
+            c = delta_centre(stats, point(i, f"scan{s}.delta"))
             old = getattr(plan.layers[i], "delta_shift" + s)
             setattr(plan.layers[i], "delta_shift" + s, _f32(c if old is None else old + c))
     return model, plan
@@ -186,7 +178,7 @@ def shift_delta(model, plan, stats):
 def needs_stats(name: str, params) -> bool:
     from ..passes import REGISTRY
 
-    return name in VIM_ONLY_PASSES or REGISTRY[name].needs_stats or bool(dict(params).get("klt"))
+    return REGISTRY[name].needs_stats or bool(dict(params).get("klt"))
 
 
 def run_vim_passes(model, plan, passes, stats=None, log=lambda s: None):

@@ -646,15 +646,7 @@ cudaError_t dispatchOut(HadamardParams const& p, int32_t logP, bool vec, bool fa
 }
 
 // ---- host port of quant/hadamard.py ----
-bool isPrime(int32_t q)
-{
-    if (q < 2)
-        return false;
-    for (int32_t i = 2; i * i <= q; ++i)
-        if (q % i == 0)
-            return false;
-    return true;
-}
+using hfast::isPrimeC; // the same test the fast path's compile-time base matrices use
 
 std::vector<int32_t> jacobsthal(int32_t q) // Q[i, j] = χ(j - i)
 {
@@ -686,7 +678,7 @@ std::vector<float> hadamardBaseMatrix(int32_t m)
     if (m % 4 != 0)
         return {};
     int32_t q = m - 1;
-    if (isPrime(q) && q % 4 == 3) // Paley I: S + I with S = [[0, 1ᵀ], [-1, Q]]
+    if (isPrimeC(q) && q % 4 == 3) // Paley I: S + I with S = [[0, 1ᵀ], [-1, Q]]
     {
         auto const Q = jacobsthal(q);
         std::vector<float> H(static_cast<size_t>(m) * m, 0.f);
@@ -705,7 +697,7 @@ std::vector<float> hadamardBaseMatrix(int32_t m)
         return H;
     }
     q = m / 2 - 1;
-    if (q > 1 && isPrime(q) && q % 4 == 1) // Paley II: C = [[0, 1ᵀ], [1, Q]], 2×2 blocks
+    if (q > 1 && isPrimeC(q) && q % 4 == 1) // Paley II: C = [[0, 1ᵀ], [1, Q]], 2×2 blocks
     {
         auto const Q = jacobsthal(q);
         int32_t const c = q + 1;

@@ -121,14 +121,13 @@ def collect(runner_factory, points: dict[str, str], windows: np.ndarray, cov_poi
     token_split = dict(token_split or {})
     samples: dict[str, list] = {}
 
-    def record(pt: str, ax: np.ndarray) -> np.ndarray:  # ax: |x| as (rows, channels)
+    def record(pt: str, ax: np.ndarray) -> None:  # ax: |x| as (rows, channels)
         cm = ax.max(axis=0)
         st.chan[pt] = cm if pt not in st.chan else np.maximum(st.chan[pt], cm)
         st.absmax[pt] = max(st.absmax.get(pt, 0.0), float(cm.max()))
         flat = ax.ravel()
         k = min(per_batch, flat.size)
         samples.setdefault(pt, []).append(flat[rng.integers(0, flat.size, size=k)])  # with replacement: O(k)
-        return cm
 
     for s in tqdm(range(0, len(windows), batch_size), desc="calibrating", unit="batch", disable=not progress,
                   leave=False):

@@ -15,8 +15,7 @@ smooth_state (state-dimension smoothing) — s ∈ R^N:  Bm ← Bm/s (W_x rows o
 shift_delta — c ∈ R^di, the centre (min + max)/2 of each channel of Δ = δ·W_dt (the scan.delta point):
     the graph computes Δ − c (an Add after dt_proj) and the scan adds b_dt + c, so softplus(Δ − c + b_dt + c)
     is unchanged and the scan.delta quantizer sees each channel centred: range max_j (max_j − min_j)/2
-    instead of max_j |Δ_j| (the dt-bias shift the MambaQuant paper's Vim results use; applied to both
-    scan directions of a Vim).
+    instead of max_j |Δ_j| (the dt_proj-bias shift asked for with Vim; a Vim shifts both scan directions).
 
 smoothquant (the SmoothQuant baseline, α) on every linear input:
     in_proj:  γ ← γ/s, W_in ← W_in·diag(s)                 (folded into the norm)
@@ -28,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UserError
 from ..graph.plan import point
 from ..quant.hadamard import hadamard_matrix
 from . import clone, register
@@ -80,8 +80,6 @@ def smooth_state(model, plan, stats):
 
 
 def delta_centre(stats, pt: str) -> np.ndarray:
-    from ..errors import UserError
-
     if stats is None or pt not in stats.chan_lo:
         raise UserError(f"needs per-channel minimum / maximum statistics of {pt}")
     return (stats.chan_lo[pt].astype(np.float64) + stats.chan_hi[pt]) / 2

@@ -18,16 +18,15 @@ names with a `_b` suffix on the linear / scan for the backward one (`layers.{i}.
 `layers.{i}.dt_proj_b.input`, `layers.{i}.scan_b.u`, ...). The patch embedding, the head, conv1d and
 the norms stay in floating point (fp16 when deployed), as in the language-model recipes.
 
-Two Vim-only additions, both read from the plan:
+Two additions read from the plan:
 
-* Class token with its own scale (`QuantSpec.token_scales[point] = (t, s_t)`, linear inputs only). TensorRT
+* Class token with its own scale (Vim only; `QuantSpec.token_scales[point] = (t, s_t)`, linear inputs). TensorRT
   takes one scale per activation tensor, so the token's row is rescaled around the integer MatMul:
       y = (DQ(Q(x ⊙ m, s)) · W) ⊙ (1/m) + b,   m = 1 except m_t = s / s_t
   row t then computes round(x_t / s_t)·s_t·W, every other row round(x / s)·s·W: per-token scales with
   per-tensor Q/DQ, two pointwise Muls that TensorRT fuses into the producer and the GEMM epilogue.
-* Δ shift (`VimLayerPlan.delta_shift`, per channel c): Δ' = δ·W_dt − c feeds the scan.delta quantizer and
-  the scan's bias becomes b_dt + c, so softplus(Δ' + b_dt + c) = softplus(δ·W_dt + b_dt): the quantizer
-  sees each channel centred (`passes.shift_delta`).
+* Δ shift per direction (`delta_shift` / `delta_shift_b`, as the language model's `mamba_lm.shift_delta`):
+  Δ' = δ·W_dt − c feeds the scan.delta quantizer and the scan's bias becomes b_dt + c (`passes.shift_delta`).
 """
 
 from __future__ import annotations

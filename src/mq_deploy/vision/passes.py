@@ -175,12 +175,6 @@ def shift_delta(model, plan, stats):
     return model, plan
 
 
-def needs_stats(name: str, params) -> bool:
-    from ..passes import REGISTRY
-
-    return REGISTRY[name].needs_stats or bool(dict(params).get("klt"))
-
-
 def run_vim_passes(model, plan, passes, stats=None, log=lambda s: None):
     """Apply [(name, params)] in order (names as in `mq_deploy.passes`); a failure names the pass."""
     done = []

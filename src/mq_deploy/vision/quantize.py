@@ -14,12 +14,13 @@ import numpy as np
 
 from ..calibrate import Stats, collect
 from ..graph.plan import GraphPlan, QuantSpec, point
+from ..passes import REGISTRY
 from ..quant.gptq import gptq_quantize
 from ..quant.qparams import act_scale, quantize_weight
 from ..recipes import Recipe
 from .graph import ACT_POINTS, LINEARS, VimRunner, build_vim_graph, plain_plan
 from .model import VimModel
-from .passes import needs_stats, run_vim_passes
+from .passes import run_vim_passes
 
 
 def calibrate(model: VimModel, plan: GraphPlan, images: np.ndarray, cov_points=(), batch_size: int = 32,
@@ -78,7 +79,7 @@ def prepare_vim(model: VimModel, recipe: Recipe, images: Optional[np.ndarray], *
     plan = plain_plan(n)
     seed = recipe.calibration.get("seed", 0)
     runs = []
-    needs = any(needs_stats(p, kw) for p, kw in recipe.passes)
+    needs = any(REGISTRY[p].needs_stats or dict(kw).get("klt") for p, kw in recipe.passes)
     if needs:
         if stats0 is None:
             log("calibrating the fp32 graph (statistics for the passes)")

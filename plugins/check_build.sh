@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compile-check the plugins without a GPU:
-#   (a) every kernels/*.cu with nvcc -c for each arch in CUDA_ARCHS (default "87 86 89 90");
+#   (a) every kernels/*.cu with nvcc -c for each arch in CUDA_ARCHS (default "87 86 89 90"), and the scan once more
+#       with its experimental segment-parallel schedule compiled in (-DMQ_SCAN_SEGMENTED=1, last arch only);
 #   (b) if TRT_INCLUDE names a TensorRT include dir, the plugin *.cpp files against it (-fsyntax-only);
 #   (c) unless HOST_SIM=0, builds and runs tests/hadamard_host_sim.cu: the Hadamard register path's phase functions
 #       run thread by thread on the CPU against a float64 reference (index/layout logic, base products; no GPU).
@@ -22,13 +23,18 @@ for cu in "$here"/kernels/*.cu; do
   echo "nvcc [$CUDA_ARCHS] kernels/$name.cu"
   "$NVCC" -std=c++17 -O3 --threads 0 -Werror all-warnings "${gencode[@]}" -I"$here/kernels" -c "$cu" -o "$out/$name.o" \
     >"$out/$name.log" 2>&1 &
-  pids+=("$!:$name")
+  pids+=("$!:$name:kernels/$name.cu")
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 0.2; done
 done
+sim_arch="${CUDA_ARCHS##* }"
+echo "nvcc [$sim_arch] kernels/selectiveScanKernel.cu -DMQ_SCAN_SEGMENTED=1"
+"$NVCC" -std=c++17 -O3 --threads 0 -Werror all-warnings -DMQ_SCAN_SEGMENTED=1 "-gencode=arch=compute_${sim_arch},code=sm_${sim_arch}" \
+  -I"$here/kernels" -c "$here/kernels/selectiveScanKernel.cu" -o "$out/selectiveScanSeg.o" >"$out/selectiveScanSeg.log" 2>&1 &
+pids+=("$!:selectiveScanSeg:kernels/selectiveScanKernel.cu with -DMQ_SCAN_SEGMENTED=1")
 fail=0
 for entry in "${pids[@]}"; do
-  pid="${entry%%:*}"; name="${entry#*:}"
-  if ! wait "$pid"; then echo "FAILED: kernels/$name.cu" >&2; cat "$out/$name.log" >&2; fail=1; fi
+  pid="${entry%%:*}"; rest="${entry#*:}"; name="${rest%%:*}"
+  if ! wait "$pid"; then echo "FAILED: ${rest#*:}" >&2; cat "$out/$name.log" >&2; fail=1; fi
 done
 [ "$fail" = 0 ] || exit 1
 
@@ -47,7 +53,6 @@ if [ -n "${TRT_INCLUDE:-}" ]; then
 fi
 if [ "${HOST_SIM:-1}" != 0 ]; then
   echo "nvcc host simulation tests/hadamard_host_sim.cu"
-  sim_arch="${CUDA_ARCHS##* }"
   "$NVCC" -std=c++17 -O2 -gencode "arch=compute_${sim_arch},code=sm_${sim_arch}" -I"$here/kernels" \
     "$here/tests/hadamard_host_sim.cu" "$here/kernels/hadamardKernel.cu" -o "$out/hadamard_host_sim"
   "$out/hadamard_host_sim" > "$out/sim.log" || { cat "$out/sim.log" >&2; echo "FAILED: hadamard host simulation" >&2; exit 1; }

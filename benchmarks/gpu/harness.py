@@ -29,6 +29,14 @@ LIB.mq_selective_scan.argtypes = [i] * 7 + [f] * 4 + [vp] * 11 + [i, i, vp, sz, 
 LIB.mq_selective_scan_workspace.argtypes = [i] * 5
 LIB.mq_selective_scan_workspace.restype = sz
 LIB.mq_selective_scan_chunks.argtypes = [i] * 5
+LIB.mq_selective_scan_plan.argtypes = [i] * 5 + [ctypes.POINTER(i)]
+LIB.mq_selective_scan_plan.restype = None
+LIB.mq_selective_scan_set_tuning.argtypes = [i, i, i]
+LIB.mq_selective_scan_set_tuning.restype = None
+LIB.mq_selective_scan_segmented_available.argtypes = [i, i]
+# the experimental segment-parallel (lanes, groups) configurations (selectiveScanSeg.cuh), where the library was built
+# with them (-DMQ_SCAN_SEGMENTED=1, e.g. NVCC_DEFINES=MQ_SCAN_SEGMENTED=1 bash run_all.sh); tested and swept only then
+SEG_CONFIGS = tuple(c for c in ((8, 1), (16, 1), (16, 2), (16, 4), (32, 2), (32, 4)) if LIB.mq_selective_scan_segmented_available(*c))
 LIB.mq_state_update.argtypes = [i] * 5 + [vp] * 11 + [vp]
 LIB.mq_hadamard_split.argtypes = [i, ctypes.POINTER(i), ctypes.POINTER(i)]
 LIB.mq_hadamard_base_matrix.argtypes = [i, ctypes.c_void_p]
@@ -102,7 +110,15 @@ def make_scan_inputs(Bsz, L, D, N, seed=0, gate=True, init=False):
                 bias=r(D) * 0.1, z=r(Bsz, L, D) if gate else None, h0=r(Bsz, D, N) if init else None)
 
 
-def run_scan(x, in_type, out_type, chunks=0, poly=-1, softplus=True, want_state=True):
+def scan_plan(Bsz, L, D, N, chunks=0):
+    """What the library runs (under the current tuning override): 'serial C=k' or 'seg LxG'."""
+    out = (i * 4)()
+    LIB.mq_selective_scan_plan(Bsz, L, D, N, chunks, out)
+    return f"serial C={out[1]}" if out[0] == 1 else f"seg {out[2]}x{out[3]}"
+
+
+def run_scan(x, in_type, out_type, chunks=0, poly=-1, softplus=True, want_state=True, sched=(0, 0, 0)):
+    """One scan call; `sched` = (schedule, lanes, groups) of mq_selective_scan_set_tuning (0 = automatic)."""
     u, delta, Bm, Cm = x["u"], x["delta"], x["Bm"], x["Cm"]
     Bsz, L, D = u.shape
     N = x["A"].shape[1]
@@ -115,11 +131,19 @@ def run_scan(x, in_type, out_type, chunks=0, poly=-1, softplus=True, want_state=
     z = None if x["z"] is None else x["z"].to(TDT[out_type]).contiguous()
     y = torch.empty(Bsz, L, D, dtype=TDT[out_type], device=DEV)
     st = torch.empty(Bsz, D, N, device=DEV) if want_state else None
+    LIB.mq_selective_scan_set_tuning(*sched)
     ws_size = LIB.mq_selective_scan_workspace(Bsz, L, D, N, chunks)
     ws = torch.empty(max(ws_size, 1), dtype=torch.uint8, device=DEV)
     args = (Bsz, L, D, N, int(softplus), in_type, out_type, *scales, ptr(u), ptr(delta), ptr(x["A"]), ptr(Bm), ptr(Cm),
             ptr(x["Dskip"]), ptr(x["bias"]), ptr(z), ptr(x["h0"]), ptr(y), ptr(st), chunks, poly, ptr(ws), ws_size, None)
-    check(LIB.mq_selective_scan(*args), "mq_selective_scan")
+
+    def call():
+        LIB.mq_selective_scan_set_tuning(*sched)
+        rc = LIB.mq_selective_scan(*args)
+        LIB.mq_selective_scan_set_tuning(0, 0, 0)
+        return rc
+
+    check(call(), "mq_selective_scan")
     # dequantized / rounded inputs the kernel actually saw, for the reference
     seen = dict(x)
     if in_type == I8:
@@ -127,7 +151,7 @@ def run_scan(x, in_type, out_type, chunks=0, poly=-1, softplus=True, want_state=
     else:
         seen.update(u=u.float(), delta=delta.float(), Bm=Bm.float(), Cm=Cm.float())
     seen["z"] = None if z is None else z.float()
-    return y, st, seen, (lambda: LIB.mq_selective_scan(*args))
+    return y, st, seen, call
 
 
 def run_state_update(st, x, dt, A, Bm, Cm, Dskip, bias, z, typ, inplace=False, softplus=True):
@@ -207,12 +231,20 @@ def tests():
         for in_t, out_t, lim in ((F32, F32, 1e-4), (F16, F16, 2e-3), (I8, F16, 2e-3), (I8, F32, 1e-4)):
             if in_t == I8 and out_t == F32 and L > 400:
                 continue
-            for poly in ((-1, 0) if in_t != F32 and L >= 300 else (-1,)):
-                y, st, seen, _ = run_scan(x, in_t, out_t, chunks=chunks, poly=poly, softplus=sp)
-                yr, hr = scan_ref(seen["u"], seen["delta"], x["A"], seen["Bm"], seen["Cm"], x["Dskip"], x["bias"], seen["z"], x["h0"], sp)
+            # the case's own schedule (automatic or explicit chunks), then every segment-parallel configuration
+            runs = [(poly, (0, 0, 0)) for poly in ((-1, 0) if in_t != F32 and L >= 300 else (-1,))]
+            runs += [(-1, (2, ln, gr)) for ln, gr in SEG_CONFIGS]
+            yr = hr = None
+            for poly, sched in runs:
+                y, st, seen, _ = run_scan(x, in_t, out_t, chunks=chunks, poly=poly, softplus=sp, sched=sched)
+                if yr is None:
+                    yr, hr = scan_ref(seen["u"], seen["delta"], x["A"], seen["Bm"], seen["Cm"], x["Dskip"], x["bias"], seen["z"], x["h0"], sp)
                 nm = {F32: "fp32", F16: "fp16", I8: "int8"}
+                LIB.mq_selective_scan_set_tuning(*sched)
+                plan = scan_plan(Bsz, L, D, N, chunks)
+                LIB.mq_selective_scan_set_tuning(0, 0, 0)
                 case = (f"B{Bsz} L{L} D{D} N{N} {nm[in_t]}->{nm[out_t]} z={int(gate)} h0={int(init)} "
-                        f"chunks={LIB.mq_selective_scan_chunks(Bsz, L, D, N, chunks)} poly={poly} sp={int(sp)}")
+                        f"{plan} poly={poly} sp={int(sp)}")
                 record("scan", case + " y", "rel", rel_err(y, yr), lim)
                 record("scan", case + " state", "rel", rel_err(st, hr), 1e-4)
 
@@ -294,6 +326,11 @@ def sanitize():
     for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16)):
         for chunks in (2, 4):
             run_scan(x, in_t, out_t, chunks=chunks)
+    for (Bsz, L, D, N) in ((2, 61, 99, 12), (1, 300, 130, 16), (3, 17, 5, 7)):  # segment-parallel, every built configuration
+        x = make_scan_inputs(Bsz, L, D, N, seed=5, gate=True, init=True)
+        for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16)):
+            for ln, gr in SEG_CONFIGS:
+                run_scan(x, in_t, out_t, sched=(2, ln, gr))
     for n, rws in ((768, 5), (2560, 5), (832, 5), (64, 5), (4096, 5), (6144, 3), (8192, 3), (768, 2003), (1536, 7), (5120, 3),
                    (1280, 9), (3584, 5), (7168, 3), (128, 67), (1024, 9), (5120, 1001)):
         for dt in (torch.float32, torch.float16):
@@ -367,8 +404,10 @@ def gpu_clock_mhz():
         return float("nan")
 
 
-def scan_sweep(bw=None, variants_all=False):
-    """fp16 chunk sweep (and, with variants_all, fp32 / int8 and the polynomial-exp variants) of the scan."""
+def scan_sweep(bw=None, variants_all=False, chunk_sweep=True):
+    """fp16 sweep of the scan's schedules: automatic, token-serial (automatic chunks and, with chunk_sweep, the chunk
+    sweep) and every segment-parallel configuration; with variants_all also fp32 / int8 (automatic, token-serial,
+    polynomial-exp variants)."""
     rows = []
     props = torch.cuda.get_device_properties(0)
     mufu_rate = props.multi_processor_count * 16 * gpu_clock_mhz() * 1e6  # MUFU ops / s (16 per SM per clock)
@@ -382,22 +421,28 @@ def scan_sweep(bw=None, variants_all=False):
             nbytes = Bsz * L * D * (2 * isz + 2 * osz) + Bsz * L * N * 2 * isz + Bsz * D * N * 4 + D * (N + 2) * 4
             roof = nbytes / bw if bw else float("nan")
             mufu = Bsz * L * D * (16 + 2 + 2) / mufu_rate  # 16 exps + softplus (ex2, rcp) + SiLU (ex2, rcp), one pass
-            auto = LIB.mq_selective_scan_chunks(Bsz, L, D, N, 0)
-            variants = [(0, -1)]
+            LIB.mq_selective_scan_set_tuning(1, 0, 0)
+            serial_auto = LIB.mq_selective_scan_chunks(Bsz, L, D, N, 0)
+            LIB.mq_selective_scan_set_tuning(0, 0, 0)
+            variants = [(0, -1, (0, 0, 0)), (0, -1, (1, 0, 0))]  # (chunks, poly, (schedule, lanes, groups))
             if variants_all:
-                variants += [(0, 2), (0, 4)]
+                variants += [(0, 2, (1, 0, 0)), (0, 4, (1, 0, 0))]
             if in_t == F16:
-                variants += [(c, -1) for c in CHUNK_SWEEP if c != auto and c <= max(1, L // 128)]
-            elif auto != 1:
-                variants.append((1, -1))
-            for chunks, poly in variants:
-                _, _, _, fn = run_scan(x, in_t, out_t, chunks=chunks, poly=poly)
+                if chunk_sweep:
+                    variants += [(c, -1, (0, 0, 0)) for c in CHUNK_SWEEP if c != serial_auto and c <= max(1, L // 128)]
+                variants += [(0, -1, (2, ln, gr)) for ln, gr in SEG_CONFIGS]
+            for chunks, poly, sched in variants:
+                _, _, _, fn = run_scan(x, in_t, out_t, chunks=chunks, poly=poly, sched=sched)
                 t = timeit(fn, iters=5)
+                LIB.mq_selective_scan_set_tuning(*sched)
+                plan = scan_plan(Bsz, L, D, N, chunks)
+                LIB.mq_selective_scan_set_tuning(0, 0, 0)
+                auto = chunks == 0 and sched[0] == 0
                 row = dict(B=Bsz, L=L, D=D, N=N, dtype=nm, chunks_arg=chunks, chunks=LIB.mq_selective_scan_chunks(Bsz, L, D, N, chunks),
-                           poly=poly, ms=t * 1e3, roofline_ms=roof * 1e3, frac_roofline=roof / t, mufu_ms=mufu * 1e3,
-                           frac_mufu=mufu / t, GBps=nbytes / t / 1e9)
+                           plan=plan + (" (auto)" if auto else ""), poly=poly, ms=t * 1e3, roofline_ms=roof * 1e3,
+                           frac_roofline=roof / t, mufu_ms=mufu * 1e3, frac_mufu=mufu / t, GBps=nbytes / t / 1e9)
                 rows.append(row)
-                print(f"scan B{Bsz} L{L} D{D} {nm:10s} chunks={row['chunks']:3d}{' (auto)' if chunks == 0 else '       '} poly={poly:2d}: "
+                print(f"scan B{Bsz} L{L} D{D} {nm:10s} {row['plan']:20s} poly={poly:2d}: "
                       f"{t * 1e3:.3f} ms, {roof / t * 100:.0f}% of byte roofline, {mufu / t * 100:.0f}% of MUFU floor", flush=True)
     return rows
 
@@ -504,8 +549,8 @@ def bench(parts="all"):
     print(f"GPU {res['gpu']}, device copy {bw / 1e9:.0f} GB/s (read+write), {res['sms']} SMs, max SM clock {res['sm_clock_max_mhz']:.0f} MHz", flush=True)
     mamba = load_mamba()
     res["mamba_ssm"] = {k: v for k, v in mamba.items() if k.endswith("error")}
-    res["scan"] = scan_sweep(bw, variants_all=True) if parts == "all" else []
-    if "scan" in mamba and parts == "all":
+    res["scan"] = scan_sweep(bw, variants_all=True, chunk_sweep=parts == "all") if parts in ("all", "scan") else []
+    if "scan" in mamba and parts in ("all", "scan"):
         for (Bsz, L, D) in SCAN_SHAPES:
             N = 16
             x = make_scan_inputs(Bsz, L, D, N, seed=0, gate=True)
@@ -522,10 +567,13 @@ def bench(parts="all"):
                                     roofline_ms=nbytes / bw * 1e3, frac_roofline=nbytes / bw / t, mufu_ms=ref["mufu_ms"],
                                     frac_mufu=ref["mufu_ms"] / 1e3 / t))
             print(f"scan B{Bsz} L{L} D{D} fp16 mamba-ssm: {t * 1e3:.3f} ms", flush=True)
-    alt = os.path.join(os.environ.get("OUT_DIR", "."), "sweep_alt.json")
-    if os.path.exists(alt):  # the same fp16 sweep of the ALT_MIN_BLOCKS build (run_all.sh), folded in here
-        res["scan_alt"] = json.load(open(alt))
-        os.remove(alt)
+    for fn_ in sorted(os.listdir(os.environ.get("OUT_DIR", "."))):  # SCAN_ALT_DEFINES builds (run_all.sh), folded in here
+        if fn_.startswith("sweep_alt_") and fn_.endswith(".json"):
+            path = os.path.join(os.environ.get("OUT_DIR", "."), fn_)
+            res.setdefault("scan_alt", []).append(json.load(open(path)))
+            os.remove(path)
+    if parts == "scan":
+        return res
     res["hadamard"] = hadamard_bench(mamba)
     if os.environ.get("HAD_TUNING_SWEEP", "1") == "1":  # the register path's schedules, fp16 -> fp16 / int8
         for gpb, flags in TUNING_SWEEP:
@@ -545,8 +593,10 @@ def bench(parts="all"):
 
 
 def ncu_case():
-    """One scan call (fp16, B8 L4096 D5120, automatic chunks) for `ncu -k regex:scanKernel -c 1`."""
+    """Two scan calls (fp16, automatic schedule: B8 L4096 D5120 token-serial, B1 L4096 D1536 segment-parallel) for ncu."""
     x = make_scan_inputs(8, 4096, 5120, 16, seed=0, gate=True)
+    run_scan(x, F16, F16)
+    x = make_scan_inputs(1, 4096, 1536, 16, seed=0, gate=True)
     run_scan(x, F16, F16)
     torch.cuda.synchronize()
     print("ncu case ran")
@@ -579,9 +629,10 @@ if __name__ == "__main__":
         sys.exit(1 if failures else 0)
     elif cmd == "sanitize":
         sanitize()
-    elif cmd == "sweep":  # fp16 chunk sweep only, e.g. of another build (MQ_KERNELS_LIB)
-        with open(os.path.join(out, "sweep_alt.json"), "w") as fh:
-            json.dump(dict(lib=os.environ.get("MQ_KERNELS_LIB", ""), rows=scan_sweep(copy_bandwidth())), fh, indent=1)
+    elif cmd == "sweep":  # fp16 schedule sweep only, of another build (MQ_KERNELS_LIB), tagged by argv[2]
+        tag = sys.argv[2] if len(sys.argv) > 2 else "alt"
+        with open(os.path.join(out, f"sweep_alt_{tag}.json"), "w") as fh:
+            json.dump(dict(lib=os.environ.get("MQ_KERNELS_LIB", ""), tag=tag, rows=scan_sweep(copy_bandwidth(), chunk_sweep=False)), fh, indent=1)
     elif cmd == "hbench":  # Hadamard timings of another build (MQ_KERNELS_LIB), tagged by argv[2]
         tag = sys.argv[2] if len(sys.argv) > 2 else "alt"
         with open(os.path.join(out, f"hbench_alt_{tag}.json"), "w") as fh:

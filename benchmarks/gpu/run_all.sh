@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # GPU tests + benchmarks of the mq-deploy kernels. Run from the repository root on a CUDA machine:
 #   OUT=/some/dir bash benchmarks/gpu/run_all.sh
-# Builds build/libmq_kernels.so with nvcc (ARCH, default 90) and, with ALT_MIN_BLOCKS=k, the same library with
-# the scan's __launch_bounds__ minimum blocks set to k (build/libmq_kernels_alt.so, fp16 chunk sweep); builds mamba-ssm's fp16
+# Builds build/libmq_kernels.so with nvcc (ARCH, default 90) and, with SCAN_ALT_DEFINES="NAME=VALUE ...", the same
+# library once per NAME=VALUE with -DNAME=VALUE on selectiveScanKernel.cu (its tuning macros, e.g. MQ_SCAN_MIN_BLOCKS,
+# MQ_SCAN_SEG_MIN_BLOCKS; ALT_MIN_BLOCKS=k is short for MQ_SCAN_MIN_BLOCKS=k), each timed by an fp16 schedule sweep
+# (harness.py sweep, folded into bench.json as scan_alt); builds mamba-ssm's fp16
 # forward scan (.carry/mamba) and Dao-AILab's fast-hadamard-transform (.carry/fht) in the background when
 # their sources are there (never committed), then: tests, compute-sanitizer memcheck, benchmarks, ncu.
 # Writes tests.json, bench.json, results.md, sanitizer.log, builds.log, ncu.txt (and log.txt via tee) under $OUT.
 # BENCH=hadamard: the tests and the sanitizer run in full, the benchmarks only time the Hadamard kernel (no scan sweep,
-# no decode, no mamba-ssm build), and ncu.txt profiles two Hadamard launches instead of the scan.
+# no decode, no mamba-ssm build), and ncu.txt profiles two Hadamard launches instead of the scan. BENCH=scan: the
+# benchmarks time only the scan (schedules, mamba-ssm; no chunk sweep, Hadamard or decode).
+# NVCC_DEFINES="NAME=VALUE ...": -D flags for every kernel build (e.g. MQ_SCAN_SEGMENTED=1 compiles the experimental
+# segment-parallel scan, which the tests and sweeps then cover); the alternative builds below add theirs on top.
 # HAD_ALT_DEFINES="MQ_HAD_MIN_BLOCKS=3 MQ_HAD_MIN_BLOCKS=5": also builds hadamardKernel.cu once per NAME=VALUE with
 # -DNAME=VALUE (hadamardKernel.cu's tuning macros) and times each build (harness.py hbench, folded into bench.json as
 # hadamard_alt).
@@ -18,30 +23,35 @@ mkdir -p build/alt "$OUT"
 export OUT_DIR="$OUT" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
 arch_list="${ARCH:0:1}.${ARCH:1}"
+defs=()
+for d in ${NVCC_DEFINES:-}; do defs+=("-D$d"); done
 BENCH="${BENCH:-all}"
-if [ -d .carry/mamba/csrc ] && [ "$BENCH" = all ]; then
+if [ -d .carry/mamba/csrc ] && [ "$BENCH" != hadamard ]; then
   (TORCH_CUDA_ARCH_LIST="$arch_list" MAX_JOBS=6 timeout "${MAMBA_BUILD_TIMEOUT:-300}" python3 benchmarks/gpu/build_mamba_ref.py > build/mamba_build.log 2>&1; echo "rc=$?" >> build/mamba_build.log) &
   mamba_pid=$!
 fi
-if [ -d .carry/fht/csrc ]; then
+if [ -d .carry/fht/csrc ] && [ "$BENCH" != scan ]; then
   (TORCH_CUDA_ARCH_LIST="$arch_list" MAX_JOBS=2 timeout "${MAMBA_BUILD_TIMEOUT:-300}" python3 benchmarks/gpu/build_fht_ref.py > build/fht_build.log 2>&1; echo "rc=$?" >> build/fht_build.log) &
   fht_pid=$!
 fi
 t0=$(date +%s)
 pids=()
 for f in plugins/kernels/*.cu; do  # one nvcc per source, in parallel (the scan's kernels split over threads)
-  nvcc -std=c++17 -O3 --split-compile 4 -Xcompiler -fPIC -gencode "arch=compute_${ARCH},code=sm_${ARCH}" -Iplugins/kernels \
-    -c "$f" -o "build/$(basename "$f" .cu).o" & pids+=($!)
+  nvcc -std=c++17 -O3 --split-compile 4 ${defs[@]+"${defs[@]}"} -Xcompiler -fPIC -gencode "arch=compute_${ARCH},code=sm_${ARCH}" \
+    -Iplugins/kernels -c "$f" -o "build/$(basename "$f" .cu).o" & pids+=($!)
 done
-if [ -n "${ALT_MIN_BLOCKS:-}" ]; then
-  nvcc -std=c++17 -O3 --split-compile 4 -DMQ_SCAN_MIN_BLOCKS="$ALT_MIN_BLOCKS" -Xcompiler -fPIC -gencode "arch=compute_${ARCH},code=sm_${ARCH}" \
-    -Iplugins/kernels -c plugins/kernels/selectiveScanKernel.cu -o build/alt/selectiveScanKernel.o & alt_pid=$!
-fi
+scan_alt=()
+for d in ${SCAN_ALT_DEFINES:-} ${ALT_MIN_BLOCKS:+MQ_SCAN_MIN_BLOCKS=$ALT_MIN_BLOCKS}; do
+  k="${d//=/_}"
+  mkdir -p "build/scan_$k"
+  nvcc -std=c++17 -O3 --split-compile 4 ${defs[@]+"${defs[@]}"} "-D$d" -Xcompiler -fPIC -gencode "arch=compute_${ARCH},code=sm_${ARCH}" \
+    -Iplugins/kernels -c plugins/kernels/selectiveScanKernel.cu -o "build/scan_$k/selectiveScanKernel.o" & scan_alt+=("$k:$!")
+done
 had_alt=()
 for d in ${HAD_ALT_DEFINES:-}; do
   k="${d//=/_}"
   mkdir -p "build/had_$k"
-  nvcc -std=c++17 -O3 "-D$d" -Xcompiler -fPIC -gencode "arch=compute_${ARCH},code=sm_${ARCH}" -Iplugins/kernels \
+  nvcc -std=c++17 -O3 ${defs[@]+"${defs[@]}"} "-D$d" -Xcompiler -fPIC -gencode "arch=compute_${ARCH},code=sm_${ARCH}" -Iplugins/kernels \
     -c plugins/kernels/hadamardKernel.cu -o "build/had_$k/hadamardKernel.o" & had_alt+=("$k:$!")
 done
 for p in "${pids[@]}"; do wait "$p" || exit 1; done
@@ -53,10 +63,13 @@ python3 benchmarks/gpu/harness.py test || rc=1
 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/gpu/harness.py sanitize \
   > "$OUT/sanitizer.log" 2>&1; echo "compute-sanitizer rc=$?" | tee -a "$OUT/sanitizer.log"
 tail -n 5 "$OUT/sanitizer.log"
-if [ -n "${alt_pid:-}" ] && wait "$alt_pid" && nvcc -shared build/hadamardKernel.o build/mqKernelsCApi.o \
-    build/alt/selectiveScanKernel.o build/stateUpdateKernel.o -o build/libmq_kernels_alt.so; then
-  MQ_KERNELS_LIB=build/libmq_kernels_alt.so python3 benchmarks/gpu/harness.py sweep || echo "alt sweep failed"
-fi
+for e in ${scan_alt[@]+"${scan_alt[@]}"}; do
+  k="${e%%:*}"
+  if wait "${e#*:}" && nvcc -shared build/hadamardKernel.o build/mqKernelsCApi.o "build/scan_$k/selectiveScanKernel.o" \
+      build/stateUpdateKernel.o -o "build/libmq_kernels_scan_$k.so"; then
+    MQ_KERNELS_LIB="build/libmq_kernels_scan_$k.so" python3 benchmarks/gpu/harness.py sweep "$k" || echo "scan sweep $k failed"
+  fi
+done
 : > "$OUT/builds.log"
 if [ -n "${mamba_pid:-}" ]; then wait "$mamba_pid"; tail -n 3 build/mamba_build.log; { echo "== mamba-ssm"; cat build/mamba_build.log; } >> "$OUT/builds.log"; fi
 if [ -n "${fht_pid:-}" ]; then wait "$fht_pid"; tail -n 3 build/fht_build.log; { echo "== fast-hadamard-transform"; cat build/fht_build.log; } >> "$OUT/builds.log"; fi
@@ -68,14 +81,15 @@ for e in ${had_alt[@]+"${had_alt[@]}"}; do
   fi
 done
 PYTHONPATH="build/mamba:build/fht:${PYTHONPATH:-}" python3 benchmarks/gpu/harness.py bench "$BENCH" || rc=1
-python3 benchmarks/gpu/summarize.py "$OUT" "OUT=\$OUT bash benchmarks/gpu/run_all.sh (ARCH=$ARCH BENCH=$BENCH${HAD_ALT_DEFINES:+ HAD_ALT_DEFINES=$HAD_ALT_DEFINES})" > /dev/null
+python3 benchmarks/gpu/summarize.py "$OUT" "OUT=\$OUT bash benchmarks/gpu/run_all.sh (ARCH=$ARCH BENCH=$BENCH${NVCC_DEFINES:+ NVCC_DEFINES=$NVCC_DEFINES}${HAD_ALT_DEFINES:+ HAD_ALT_DEFINES=$HAD_ALT_DEFINES}${SCAN_ALT_DEFINES:+ SCAN_ALT_DEFINES=$SCAN_ALT_DEFINES})" > /dev/null
 if [ "${NCU:-1}" = 1 ] && [ "$BENCH" = hadamard ] && command -v ncu > /dev/null; then  # fp16 -> fp16 n 5120 and 1536, 64 MiB
   timeout 150 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     --section SchedulerStats --section MemoryWorkloadAnalysis -k regex:hadamardRegKernel -c 2 python3 benchmarks/gpu/harness.py ncu_had \
     > "$OUT/ncu.txt" 2>&1
   echo "ncu rc=$?"; grep -E "hadamardRegKernel|Duration|Throughput|Registers|Achieved Occupancy|Issue Slots Busy|No Eligible" "$OUT/ncu.txt" | head -40
-elif [ "${NCU:-1}" = 1 ] && command -v ncu > /dev/null; then  # one pass-3 scan launch, fp16, B8 L4096 D5120
-  timeout 120 ncu --clock-control none --set basic -k regex:scanPass3 -c 1 python3 benchmarks/gpu/harness.py ncu > "$OUT/ncu.txt" 2>&1
+elif [ "${NCU:-1}" = 1 ] && command -v ncu > /dev/null; then  # one pass-3 scan launch (fp16, B8 L4096 D5120), one segment-parallel (B1 L4096 D1536)
+  timeout 150 ncu --clock-control none --set basic --section WarpStateStats --section SchedulerStats -k regex:"scanPass3|scanSegKernel" -c 2 \
+    python3 benchmarks/gpu/harness.py ncu > "$OUT/ncu.txt" 2>&1
   echo "ncu rc=$?"; grep -E "Duration|Throughput|Registers|Achieved Occupancy|Theoretical Occupancy|Executed Ipc" "$OUT/ncu.txt" | head -20
 fi
 exit $rc

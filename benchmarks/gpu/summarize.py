@@ -33,20 +33,24 @@ if os.path.exists(bp):
               ]
     if b["scan"]:
         lines += ["### SelectiveScan (N=16, z gate, last_state)", "",
-                  "| B | L | D | dtype | impl | chunks | poly | ms | byte roofline ms | % | MUFU floor ms | % |",
+                  "| B | L | D | dtype | impl | schedule | poly | ms | byte roofline ms | % | MUFU floor ms | % |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in b["scan"]:
         auto = " (auto)" if r.get("chunks_arg") == 0 else ""
-        lines.append(f"| {r['B']} | {r['L']} | {r['D']} | {r['dtype']} | {r.get('impl', 'mq')} | {r.get('chunks', '')}{auto} | "
+        sched = r.get("plan", f"{r.get('chunks', '')}{auto}")
+        lines.append(f"| {r['B']} | {r['L']} | {r['D']} | {r['dtype']} | {r.get('impl', 'mq')} | {sched} | "
                      f"{r.get('poly', '')} | {r['ms']:.3f} | {r['roofline_ms']:.3f} | {100 * r['frac_roofline']:.0f}% | "
                      f"{r.get('mufu_ms', float('nan')):.3f} | {100 * r.get('frac_mufu', float('nan')):.0f}% |")
-    if b.get("scan_alt"):
-        lines += ["", f"fp16 chunk sweep of the alternative build (ALT_MIN_BLOCKS) ({b['scan_alt']['lib']}):", "",
-                  "| B | L | D | chunks | ms |", "|---|---|---|---|---|"]
-        for r in b["scan_alt"]["rows"]:
+    alts = b.get("scan_alt") or []
+    for alt in [alts] if isinstance(alts, dict) else alts:
+        lines += ["", f"fp16 sweep of the alternative build {alt.get('tag', '(ALT_MIN_BLOCKS)')} ({alt['lib']}):", "",
+                  "| B | L | D | schedule | ms | MUFU floor % |", "|---|---|---|---|---|---|"]
+        for r in alt["rows"]:
             auto = " (auto)" if r.get("chunks_arg") == 0 else ""
-            lines.append(f"| {r['B']} | {r['L']} | {r['D']} | {r['chunks']}{auto} | {r['ms']:.3f} |")
-    lines += ["", "### Hadamard (64 MiB fp16 input)", "", "| n | m | dtype | impl | ms | memcpy ms | ratio |", "|---|---|---|---|---|---|---|"]
+            lines.append(f"| {r['B']} | {r['L']} | {r['D']} | {r.get('plan', str(r['chunks']) + auto)} | {r['ms']:.3f} | "
+                         f"{100 * r.get('frac_mufu', float('nan')):.0f}% |")
+    if b["hadamard"]:
+        lines += ["", "### Hadamard (64 MiB fp16 input)", "", "| n | m | dtype | impl | ms | memcpy ms | ratio |", "|---|---|---|---|---|---|---|"]
     for r in b["hadamard"]:
         if "error" in r:
             lines.append(f"| {r['n']} | {r['m']} | | {r.get('impl', 'mq')} | {r['error']} | | |")

@@ -37,6 +37,28 @@ int mq_selective_scan_chunks(int batch, int seq_len, int dim, int d_state, int c
     return mq::selectiveScanChunks(p);
 }
 
+//! Writes what mq_selective_scan would run for these sizes (chunks as passed to it, 0 = automatic):
+//! out[0] schedule (1 token-serial, 2 segment-parallel), out[1] chunks, out[2] lanes, out[3] groups.
+void mq_selective_scan_plan(int batch, int seq_len, int dim, int d_state, int chunks, int* out)
+{
+    mq::SelectiveScanParams p;
+    p.batch = batch, p.seqLen = seq_len, p.dim = dim, p.dState = d_state, p.chunks = chunks;
+    mq::SelectiveScanPlan const plan = mq::selectiveScanPlan(p);
+    out[0] = plan.schedule, out[1] = plan.chunks, out[2] = plan.lanes, out[3] = plan.groups;
+}
+
+//! 1 when the segment-parallel (lanes, groups) configuration is compiled in (-DMQ_SCAN_SEGMENTED=1), else 0.
+int mq_selective_scan_segmented_available(int lanes, int groups)
+{
+    return mq::selectiveScanSegmentedAvailable(lanes, groups) ? 1 : 0;
+}
+
+//! Process-wide override of the scan's automatic schedule (benchmarks, tests); -1 / 0 = choose.
+void mq_selective_scan_set_tuning(int schedule, int lanes, int groups)
+{
+    mq::setSelectiveScanTuning(schedule, lanes, groups);
+}
+
 int mq_state_update(int batch, int dim, int d_state, int dt_softplus, int type, float const* state_in, float* state_out,
     void const* x, void const* dt, float const* A, void const* Bm, void const* Cm, float const* Dskip,
     float const* dt_bias, void const* z, void* y, void* stream)

@@ -23,6 +23,11 @@
 #include "selectiveScanKernel.h"
 
 #include <algorithm>
+#include <atomic>
+
+#ifndef MQ_SCAN_SEGMENTED
+#define MQ_SCAN_SEGMENTED 0 // 1: compile the experimental segment-parallel schedule (selectiveScanSeg.cuh)
+#endif
 
 namespace mq
 {
@@ -376,6 +381,10 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
         w.sumDelta[(static_cast<size_t>(b) * chunks + c) * D + d] = sumDelta;
 }
 
+#if MQ_SCAN_SEGMENTED
+#include "selectiveScanSeg.cuh"
+#endif
+
 //! Pass 1 (chunks > 1), grid.y = chunks - 1: chunk 0 runs the output body from the true initial state,
 //! chunks 1 … C-2 the local body.
 template <typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate, bool kAsync>
@@ -467,31 +476,59 @@ cudaError_t dispatchFlags(SelectiveScanParams const& p, Work const& w, int32_t c
 }
 
 template <typename Tin, typename Tout>
-cudaError_t dispatchPoly(SelectiveScanParams const& p, Work const& w, int32_t chunks, cudaStream_t stream)
+cudaError_t dispatchSegmented(SelectiveScanParams const& p, int lanes, int groups, cudaStream_t stream)
 {
+#if !MQ_SCAN_SEGMENTED
+    (void) p, (void) lanes, (void) groups, (void) stream;
+    return cudaErrorInvalidValue;
+#else
+    bool const gate = p.z != nullptr;
+    if (p.deltaSoftplus)
+        return gate ? seg::run<Tin, Tout, true, true>(p, lanes, groups, stream)
+                    : seg::run<Tin, Tout, true, false>(p, lanes, groups, stream);
+    return gate ? seg::run<Tin, Tout, false, true>(p, lanes, groups, stream)
+                : seg::run<Tin, Tout, false, false>(p, lanes, groups, stream);
+#endif
+}
+
+template <typename Tin, typename Tout>
+cudaError_t dispatch(SelectiveScanParams const& p, SelectiveScanPlan const& plan, Work const& w, cudaStream_t stream)
+{
+    if (plan.schedule == 2)
+        return dispatchSegmented<Tin, Tout>(p, plan.lanes, plan.groups, stream);
     int const poly = p.polyExp < 0 ? kDefaultPoly : p.polyExp;
     if (poly == 0)
-        return dispatchFlags<Tin, Tout, 0>(p, w, chunks, stream);
+        return dispatchFlags<Tin, Tout, 0>(p, w, plan.chunks, stream);
     if (poly <= 2) // polyExp counts exps of the 16 per (token, channel); each of the 2 threads does half
-        return dispatchFlags<Tin, Tout, 1>(p, w, chunks, stream);
-    return dispatchFlags<Tin, Tout, 2>(p, w, chunks, stream);
+        return dispatchFlags<Tin, Tout, 1>(p, w, plan.chunks, stream);
+    return dispatchFlags<Tin, Tout, 2>(p, w, plan.chunks, stream);
+}
+
+std::atomic<int32_t> gSchedule{0}, gSegLanes{0}, gSegGroups{0};
+
+int32_t deviceSMs(SelectiveScanParams const& p)
+{
+    int32_t sms = p.numSMs;
+    if (sms <= 0)
+    {
+        int dev = 0;
+        cudaGetDevice(&dev);
+        if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+            sms = 80;
+    }
+    return sms;
 }
 
 } // namespace
 
-int32_t selectiveScanChunks(SelectiveScanParams const& p)
+SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
 {
+    SelectiveScanPlan plan;
+    int32_t schedule = p.schedule > 0 ? p.schedule : gSchedule.load(std::memory_order_relaxed);
     int32_t chunks = p.chunks;
-    if (chunks <= 0)
+    int32_t const sms = p.chunks > 0 && schedule != 2 ? 0 : deviceSMs(p);
+    if (chunks <= 0 && schedule != 2)
     {
-        int32_t sms = p.numSMs;
-        if (sms <= 0)
-        {
-            int dev = 0;
-            cudaGetDevice(&dev);
-            if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-                sms = 80;
-        }
         // Chunking costs 2(C - 1) chunk passes for C - 1 times the parallelism of one pass (see the top of
         // this file). Fitted to the H200 fp16 sweep of the 2-threads-per-channel kernel (96 registers, 5
         // resident 128-thread blocks per SM, r = B·D·2 threads / resident threads): one pass for r ≥ 1/3
@@ -508,9 +545,51 @@ int32_t selectiveScanChunks(SelectiveScanParams const& p)
             chunks = std::min<int32_t>(chunks, std::max(1, p.seqLen / 128));
         }
     }
+    if (schedule == 2) // only on request: measured slower than the chunked token-serial schedule (selectiveScanSeg.cuh)
+    {
+        plan.schedule = 2;
+        int32_t lanes = p.segLanes > 0 ? p.segLanes : gSegLanes.load(std::memory_order_relaxed);
+        int32_t groups = p.segGroups > 0 ? p.segGroups : gSegGroups.load(std::memory_order_relaxed);
+        if (lanes <= 0 || groups <= 0)
+        {
+            // threads a channel P = lanes·groups: the largest of 128 … 8 with B·D·P within the resident threads
+            // (4 blocks of 256 a SM); P → (lanes, groups): 8 → (8, 1), 16 → (16, 1), 32 → (16, 2), 64 → (16, 4),
+            // 128 → (32, 4)
+            int64_t const resident = static_cast<int64_t>(sms) * 1024; // 4 blocks of 256 threads a SM
+            int64_t const bd = static_cast<int64_t>(p.batch) * p.dim;
+            int32_t P = 128;
+            while (P > 8 && bd * P > resident)
+                P /= 2;
+            lanes = P >= 128 ? 32 : (P >= 16 ? 16 : 8);
+            groups = P / lanes;
+        }
+        plan.lanes = lanes;
+        plan.groups = groups;
+        return plan;
+    }
     chunks = std::max(1, std::min(chunks, std::max(1, p.seqLen)));
     int32_t const len = chunkLength(p, chunks);
-    return std::max(1, (p.seqLen + len - 1) / len);
+    plan.chunks = std::max(1, (p.seqLen + len - 1) / len);
+    return plan;
+}
+
+int32_t selectiveScanChunks(SelectiveScanParams const& p) { return selectiveScanPlan(p).chunks; }
+
+bool selectiveScanSegmentedAvailable(int32_t lanes, int32_t groups)
+{
+#if MQ_SCAN_SEGMENTED
+    return seg::compiled(lanes, groups);
+#else
+    (void) lanes, (void) groups;
+    return false;
+#endif
+}
+
+void setSelectiveScanTuning(int32_t schedule, int32_t lanes, int32_t groups)
+{
+    gSchedule.store(schedule, std::memory_order_relaxed);
+    gSegLanes.store(lanes, std::memory_order_relaxed);
+    gSegGroups.store(groups, std::memory_order_relaxed);
 }
 
 size_t selectiveScanWorkspaceSize(SelectiveScanParams const& p)
@@ -538,7 +617,10 @@ cudaError_t launchSelectiveScan(SelectiveScanParams const& p, void* workspace, s
     }
     if (static_cast<int64_t>(kMaxTile) * p.dim > INT32_MAX / 2)
         return cudaErrorInvalidValue; // in-tile offsets i·D are 32-bit
-    int32_t const chunks = selectiveScanChunks(p);
+    SelectiveScanPlan const plan = selectiveScanPlan(p);
+    if (plan.schedule == 2 && !selectiveScanSegmentedAvailable(plan.lanes, plan.groups))
+        return cudaErrorInvalidValue;
+    int32_t const chunks = plan.chunks;
     Work w{nullptr, nullptr};
     if (chunks > 1)
     {
@@ -549,13 +631,13 @@ cudaError_t launchSelectiveScan(SelectiveScanParams const& p, void* workspace, s
         w.sumDelta = w.hChunk + static_cast<size_t>(p.batch) * chunks * p.dim * p.dState;
     }
     if (p.inType == DType::kFLOAT && p.outType == DType::kFLOAT)
-        return dispatchPoly<float, float>(p, w, chunks, stream);
+        return dispatch<float, float>(p, plan, w, stream);
     if (p.inType == DType::kHALF && p.outType == DType::kHALF)
-        return dispatchPoly<__half, __half>(p, w, chunks, stream);
+        return dispatch<__half, __half>(p, plan, w, stream);
     if (p.inType == DType::kINT8 && p.outType == DType::kHALF)
-        return dispatchPoly<int8_t, __half>(p, w, chunks, stream);
+        return dispatch<int8_t, __half>(p, plan, w, stream);
     if (p.inType == DType::kINT8 && p.outType == DType::kFLOAT)
-        return dispatchPoly<int8_t, float>(p, w, chunks, stream);
+        return dispatch<int8_t, float>(p, plan, w, stream);
     return cudaErrorInvalidValue;
 }
 

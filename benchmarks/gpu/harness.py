@@ -33,10 +33,12 @@ LIB.mq_selective_scan_plan.argtypes = [i] * 5 + [ctypes.POINTER(i)]
 LIB.mq_selective_scan_plan.restype = None
 LIB.mq_selective_scan_set_tuning.argtypes = [i, i, i]
 LIB.mq_selective_scan_set_tuning.restype = None
-LIB.mq_selective_scan_segmented_available.argtypes = [i, i]
-# the experimental segment-parallel (lanes, groups) configurations (selectiveScanSeg.cuh), where the library was built
-# with them (-DMQ_SCAN_SEGMENTED=1, e.g. NVCC_DEFINES=MQ_SCAN_SEGMENTED=1 bash run_all.sh); tested and swept only then
-SEG_CONFIGS = tuple(c for c in ((8, 1), (16, 1), (16, 2), (16, 4), (32, 2), (32, 4)) if LIB.mq_selective_scan_segmented_available(*c))
+LIB.mq_selective_scan_segmented_available.argtypes = [i, i, i]
+# the experimental segment-parallel (schedule, lanes, groups) configurations (selectiveScanSeg.cuh: schedule 2, lanes x
+# state groups; selectiveScanSeg2.cuh: schedule 3, lanes a channel x warps a block), where the library was built with
+# them (-DMQ_SCAN_SEGMENTED=1, e.g. NVCC_DEFINES=MQ_SCAN_SEGMENTED=1 bash run_all.sh); tested and swept only then
+SEG_CONFIGS = tuple(c for c in ((2, 8, 1), (2, 16, 1), (2, 16, 2), (2, 16, 4), (2, 32, 2), (2, 32, 4),
+                                (3, 4, 4), (3, 4, 8), (3, 8, 4), (3, 8, 8)) if LIB.mq_selective_scan_segmented_available(*c))
 LIB.mq_state_update.argtypes = [i] * 5 + [vp] * 11 + [vp]
 LIB.mq_hadamard_split.argtypes = [i, ctypes.POINTER(i), ctypes.POINTER(i)]
 LIB.mq_hadamard_base_matrix.argtypes = [i, ctypes.c_void_p]
@@ -114,7 +116,7 @@ def scan_plan(Bsz, L, D, N, chunks=0):
     """What the library runs (under the current tuning override): 'serial C=k' or 'seg LxG'."""
     out = (i * 4)()
     LIB.mq_selective_scan_plan(Bsz, L, D, N, chunks, out)
-    return f"serial C={out[1]}" if out[0] == 1 else f"seg {out[2]}x{out[3]}"
+    return f"serial C={out[1]}" if out[0] == 1 else f"seg{'' if out[0] == 2 else out[0] - 1} {out[2]}x{out[3]}"
 
 
 def run_scan(x, in_type, out_type, chunks=0, poly=-1, softplus=True, want_state=True, sched=(0, 0, 0)):
@@ -233,7 +235,7 @@ def tests():
                 continue
             # the case's own schedule (automatic or explicit chunks), then every segment-parallel configuration
             runs = [(poly, (0, 0, 0)) for poly in ((-1, 0) if in_t != F32 and L >= 300 else (-1,))]
-            runs += [(-1, (2, ln, gr)) for ln, gr in SEG_CONFIGS]
+            runs += [(-1, cfg) for cfg in SEG_CONFIGS]
             yr = hr = None
             for poly, sched in runs:
                 y, st, seen, _ = run_scan(x, in_t, out_t, chunks=chunks, poly=poly, softplus=sp, sched=sched)
@@ -329,8 +331,8 @@ def sanitize():
     for (Bsz, L, D, N) in ((2, 61, 99, 12), (1, 300, 130, 16), (3, 17, 5, 7)):  # segment-parallel, every built configuration
         x = make_scan_inputs(Bsz, L, D, N, seed=5, gate=True, init=True)
         for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16)):
-            for ln, gr in SEG_CONFIGS:
-                run_scan(x, in_t, out_t, sched=(2, ln, gr))
+            for cfg in SEG_CONFIGS:
+                run_scan(x, in_t, out_t, sched=cfg)
     for n, rws in ((768, 5), (2560, 5), (832, 5), (64, 5), (4096, 5), (6144, 3), (8192, 3), (768, 2003), (1536, 7), (5120, 3),
                    (1280, 9), (3584, 5), (7168, 3), (128, 67), (1024, 9), (5120, 1001)):
         for dt in (torch.float32, torch.float16):
@@ -430,7 +432,7 @@ def scan_sweep(bw=None, variants_all=False, chunk_sweep=True):
             if in_t == F16:
                 if chunk_sweep:
                     variants += [(c, -1, (0, 0, 0)) for c in CHUNK_SWEEP if c != serial_auto and c <= max(1, L // 128)]
-                variants += [(0, -1, (2, ln, gr)) for ln, gr in SEG_CONFIGS]
+                variants += [(0, -1, cfg) for cfg in SEG_CONFIGS]
             for chunks, poly, sched in variants:
                 _, _, _, fn = run_scan(x, in_t, out_t, chunks=chunks, poly=poly, sched=sched)
                 t = timeit(fn, iters=5)

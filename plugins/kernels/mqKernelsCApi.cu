@@ -47,10 +47,11 @@ void mq_selective_scan_plan(int batch, int seq_len, int dim, int d_state, int ch
     out[0] = plan.schedule, out[1] = plan.chunks, out[2] = plan.lanes, out[3] = plan.groups;
 }
 
-//! 1 when the segment-parallel (lanes, groups) configuration is compiled in (-DMQ_SCAN_SEGMENTED=1), else 0.
-int mq_selective_scan_segmented_available(int lanes, int groups)
+//! 1 when the segment-parallel schedule (2 or 3) with this (lanes, groups) configuration is compiled in
+//! (-DMQ_SCAN_SEGMENTED=1), else 0.
+int mq_selective_scan_segmented_available(int schedule, int lanes, int groups)
 {
-    return mq::selectiveScanSegmentedAvailable(lanes, groups) ? 1 : 0;
+    return mq::selectiveScanSegmentedAvailable(schedule, lanes, groups) ? 1 : 0;
 }
 
 //! Process-wide override of the scan's automatic schedule (benchmarks, tests); -1 / 0 = choose.

@@ -383,6 +383,7 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
 
 #if MQ_SCAN_SEGMENTED
 #include "selectiveScanSeg.cuh"
+#include "selectiveScanSeg2.cuh"
 #endif
 
 //! Pass 1 (chunks > 1), grid.y = chunks - 1: chunk 0 runs the output body from the true initial state,
@@ -476,13 +477,21 @@ cudaError_t dispatchFlags(SelectiveScanParams const& p, Work const& w, int32_t c
 }
 
 template <typename Tin, typename Tout>
-cudaError_t dispatchSegmented(SelectiveScanParams const& p, int lanes, int groups, cudaStream_t stream)
+cudaError_t dispatchSegmented(SelectiveScanParams const& p, int schedule, int lanes, int groups, cudaStream_t stream)
 {
 #if !MQ_SCAN_SEGMENTED
-    (void) p, (void) lanes, (void) groups, (void) stream;
+    (void) p, (void) schedule, (void) lanes, (void) groups, (void) stream;
     return cudaErrorInvalidValue;
 #else
     bool const gate = p.z != nullptr;
+    if (schedule == 3)
+    {
+        if (p.deltaSoftplus)
+            return gate ? seg2::run<Tin, Tout, true, true>(p, lanes, groups, stream)
+                        : seg2::run<Tin, Tout, true, false>(p, lanes, groups, stream);
+        return gate ? seg2::run<Tin, Tout, false, true>(p, lanes, groups, stream)
+                    : seg2::run<Tin, Tout, false, false>(p, lanes, groups, stream);
+    }
     if (p.deltaSoftplus)
         return gate ? seg::run<Tin, Tout, true, true>(p, lanes, groups, stream)
                     : seg::run<Tin, Tout, true, false>(p, lanes, groups, stream);
@@ -494,8 +503,8 @@ cudaError_t dispatchSegmented(SelectiveScanParams const& p, int lanes, int group
 template <typename Tin, typename Tout>
 cudaError_t dispatch(SelectiveScanParams const& p, SelectiveScanPlan const& plan, Work const& w, cudaStream_t stream)
 {
-    if (plan.schedule == 2)
-        return dispatchSegmented<Tin, Tout>(p, plan.lanes, plan.groups, stream);
+    if (plan.schedule >= 2)
+        return dispatchSegmented<Tin, Tout>(p, plan.schedule, plan.lanes, plan.groups, stream);
     int const poly = p.polyExp < 0 ? kDefaultPoly : p.polyExp;
     if (poly == 0)
         return dispatchFlags<Tin, Tout, 0>(p, w, plan.chunks, stream);
@@ -526,8 +535,8 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
     SelectiveScanPlan plan;
     int32_t schedule = p.schedule > 0 ? p.schedule : gSchedule.load(std::memory_order_relaxed);
     int32_t chunks = p.chunks;
-    int32_t const sms = p.chunks > 0 && schedule != 2 ? 0 : deviceSMs(p);
-    if (chunks <= 0 && schedule != 2)
+    int32_t const sms = p.chunks > 0 && schedule < 2 ? 0 : deviceSMs(p);
+    if (chunks <= 0 && schedule < 2)
     {
         // Chunking costs 2(C - 1) chunk passes for C - 1 times the parallelism of one pass (see the top of
         // this file). Fitted to the H200 fp16 sweep of the 2-threads-per-channel kernel (96 registers, 5
@@ -544,6 +553,15 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
             chunks = static_cast<int32_t>(std::min<int64_t>((17 * resident + 20 * threads - 1) / (20 * threads), 1 << 20));
             chunks = std::min<int32_t>(chunks, std::max(1, p.seqLen / 128));
         }
+    }
+    if (schedule == 3) // only on request (selectiveScanSeg2.cuh); (lanes a channel, warps a block), default (4, 8)
+    {
+        plan.schedule = 3;
+        plan.lanes = p.segLanes > 0 ? p.segLanes : gSegLanes.load(std::memory_order_relaxed);
+        plan.groups = p.segGroups > 0 ? p.segGroups : gSegGroups.load(std::memory_order_relaxed);
+        if (plan.lanes <= 0 || plan.groups <= 0)
+            plan.lanes = 4, plan.groups = 8;
+        return plan;
     }
     if (schedule == 2) // only on request: measured slower than the chunked token-serial schedule (selectiveScanSeg.cuh)
     {
@@ -575,12 +593,12 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
 
 int32_t selectiveScanChunks(SelectiveScanParams const& p) { return selectiveScanPlan(p).chunks; }
 
-bool selectiveScanSegmentedAvailable(int32_t lanes, int32_t groups)
+bool selectiveScanSegmentedAvailable(int32_t schedule, int32_t lanes, int32_t groups)
 {
 #if MQ_SCAN_SEGMENTED
-    return seg::compiled(lanes, groups);
+    return schedule == 3 ? seg2::compiled(lanes, groups) : schedule == 2 && seg::compiled(lanes, groups);
 #else
-    (void) lanes, (void) groups;
+    (void) schedule, (void) lanes, (void) groups;
     return false;
 #endif
 }
@@ -618,7 +636,7 @@ cudaError_t launchSelectiveScan(SelectiveScanParams const& p, void* workspace, s
     if (static_cast<int64_t>(kMaxTile) * p.dim > INT32_MAX / 2)
         return cudaErrorInvalidValue; // in-tile offsets i·D are 32-bit
     SelectiveScanPlan const plan = selectiveScanPlan(p);
-    if (plan.schedule == 2 && !selectiveScanSegmentedAvailable(plan.lanes, plan.groups))
+    if (plan.schedule >= 2 && !selectiveScanSegmentedAvailable(plan.schedule, plan.lanes, plan.groups))
         return cudaErrorInvalidValue;
     int32_t const chunks = plan.chunks;
     Work w{nullptr, nullptr};

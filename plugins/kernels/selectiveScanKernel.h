@@ -17,9 +17,10 @@
 // When B·D is too small to fill the GPU, L is split into C chunks: pass 1 runs chunk 0 with outputs from the
 // true initial state and chunks 1 … C-2 from zero (local state and Σ Δ), pass 2 chains the chunk states
 // (h_start[c+1] = exp(A·ΣΔ_c)·h_start[c] + h_local[c]), pass 3 reruns chunks 1 … C-1 from their start states.
-// Experimental, built only with -DMQ_SCAN_SEGMENTED=1 and run only on request (schedule 2): a segment-parallel
-// schedule (selectiveScanSeg.cuh) that splits L inside a block without recomputing exponentials; measured
-// 1.4-2.4× slower than the token-serial schedule on every benchmarked shape (benchmarks/gpu/results/NOTES.md).
+// Experimental, built only with -DMQ_SCAN_SEGMENTED=1 and run only on request (schedules 2 and 3): two
+// segment-parallel schedules (selectiveScanSeg.cuh, selectiveScanSeg2.cuh) that split L inside a block without
+// recomputing exponentials; both measured slower than the token-serial schedule on every benchmarked shape
+// (benchmarks/gpu/results/NOTES.md).
 #pragma once
 #include "common.h"
 #include <cstddef>
@@ -51,7 +52,7 @@ struct SelectiveScanParams
     void* y{nullptr};
     float* lastState{nullptr};       //!< optional final state
 
-    int32_t schedule{0}; //!< 0: choose (token-serial); 1: token-serial (with `chunks`); 2: segment-parallel (experimental)
+    int32_t schedule{0}; //!< 0: choose (token-serial); 1: token-serial (with `chunks`); 2, 3: segment-parallel (experimental)
     int32_t segLanes{0};  //!< segment-parallel: lanes scanning one (channel, state group), 8 / 16 / 32; 0 = choose
     int32_t segGroups{0}; //!< segment-parallel: state groups a channel, 1 / 2 / 4; 0 = choose
     int32_t chunks{0};   //!< token-serial: number of sequence chunks; 0 = choose from the GPU size
@@ -62,7 +63,7 @@ struct SelectiveScanParams
 //! What `launchSelectiveScan` will run for these params.
 struct SelectiveScanPlan
 {
-    int32_t schedule{1}; //!< 1: token-serial, 2: segment-parallel
+    int32_t schedule{1}; //!< 1: token-serial, 2 / 3: segment-parallel (selectiveScanSeg.cuh / selectiveScanSeg2.cuh)
     int32_t chunks{1};   //!< token-serial chunks (1 for segment-parallel)
     int32_t lanes{0};    //!< segment-parallel (lanes, groups); 0 for token-serial
     int32_t groups{0};
@@ -72,8 +73,9 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p);
 //! Chunks that `launchSelectiveScan` will use for these params (after resolving `chunks == 0`).
 int32_t selectiveScanChunks(SelectiveScanParams const& p);
 
-//! True when the library was built with the segment-parallel (lanes, groups) configuration (-DMQ_SCAN_SEGMENTED=1).
-bool selectiveScanSegmentedAvailable(int32_t lanes, int32_t groups);
+//! True when the library was built with this segment-parallel schedule (2 or 3) and (lanes, groups) configuration
+//! (-DMQ_SCAN_SEGMENTED=1).
+bool selectiveScanSegmentedAvailable(int32_t schedule, int32_t lanes, int32_t groups);
 
 //! Process-wide override of the automatic choice (benchmarks and tests): schedule 1 / 2 (0 or -1 = choose), and
 //! for schedule 2 the (lanes, groups) configuration (0 or -1 = choose). Explicit params fields take precedence.

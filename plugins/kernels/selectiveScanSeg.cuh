@@ -2,7 +2,7 @@
 // anonymous namespace, after the shared helpers (ex2Approx, softplusFast, siluFast, kN, kLog2e), when built with
 // -DMQ_SCAN_SEGMENTED=1; run only on request (SelectiveScanParams::schedule = 2 or setSelectiveScanTuning).
 //
-// Measured on an H200 (benchmarks/gpu/results/NOTES.md): correct (every test and compute-sanitizer case), but 1.4-2.4×
+// Measured on an H200 (benchmarks/gpu/results/NOTES.md): correct (every test and compute-sanitizer case), but 1.4-2.1×
 // slower than the chunked token-serial schedule on every benchmarked shape, including the small ones it is for
 // (B1 L4096 D1536: best configuration 0.167 ms against 0.121 ms). ncu: issue- and L1-bound (0.42 issued warps a
 // scheduler, L1/shared throughput 70 %): ~15 instructions a (token, state) against ~5 in the serial loop, because Bm/Cm

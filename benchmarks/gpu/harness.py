@@ -634,7 +634,7 @@ if __name__ == "__main__":
     elif cmd == "sweep":  # fp16 schedule sweep only, of another build (MQ_KERNELS_LIB), tagged by argv[2]
         tag = sys.argv[2] if len(sys.argv) > 2 else "alt"
         with open(os.path.join(out, f"sweep_alt_{tag}.json"), "w") as fh:
-            json.dump(dict(lib=os.environ.get("MQ_KERNELS_LIB", ""), tag=tag, rows=scan_sweep(copy_bandwidth(), chunk_sweep=False)), fh, indent=1)
+            json.dump(dict(lib=os.environ.get("MQ_KERNELS_LIB", ""), tag=tag, rows=scan_sweep(copy_bandwidth())), fh, indent=1)
     elif cmd == "hbench":  # Hadamard timings of another build (MQ_KERNELS_LIB), tagged by argv[2]
         tag = sys.argv[2] if len(sys.argv) > 2 else "alt"
         with open(os.path.join(out, f"hbench_alt_{tag}.json"), "w") as fh:

@@ -551,6 +551,9 @@ def bench(parts="all"):
     print(f"GPU {res['gpu']}, device copy {bw / 1e9:.0f} GB/s (read+write), {res['sms']} SMs, max SM clock {res['sm_clock_max_mhz']:.0f} MHz", flush=True)
     mamba = load_mamba()
     res["mamba_ssm"] = {k: v for k, v in mamba.items() if k.endswith("error")}
+    if parts == "decode":
+        res["decode"] = decode_bench(load_mamba(), bw)
+        return res
     res["scan"] = scan_sweep(bw, variants_all=True, chunk_sweep=parts == "all") if parts in ("all", "scan") else []
     if "scan" in mamba and parts in ("all", "scan"):
         for (Bsz, L, D) in SCAN_SHAPES:

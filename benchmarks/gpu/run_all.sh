@@ -10,7 +10,8 @@
 # Writes tests.json, bench.json, results.md, sanitizer.log, builds.log, ncu.txt (and log.txt via tee) under $OUT.
 # BENCH=hadamard: the tests and the sanitizer run in full, the benchmarks only time the Hadamard kernel (no scan sweep,
 # no decode, no mamba-ssm build), and ncu.txt profiles two Hadamard launches instead of the scan. BENCH=scan: the
-# benchmarks time only the scan (schedules, mamba-ssm; no chunk sweep, Hadamard or decode).
+# benchmarks time only the scan (schedules, mamba-ssm; no chunk sweep, Hadamard or decode). BENCH=decode: only the
+# decode benchmark (state update of every layer vs mamba-ssm's Triton selective_state_update from .carry/mamba).
 # NVCC_DEFINES="NAME=VALUE ...": -D flags for every kernel build (e.g. MQ_SCAN_SEGMENTED=1 compiles the experimental
 # segment-parallel scan, which the tests and sweeps then cover); the alternative builds below add theirs on top.
 # HAD_ALT_DEFINES="MQ_HAD_MIN_BLOCKS=3 MQ_HAD_MIN_BLOCKS=5": also builds hadamardKernel.cu once per NAME=VALUE with
@@ -26,11 +27,11 @@ arch_list="${ARCH:0:1}.${ARCH:1}"
 defs=()
 for d in ${NVCC_DEFINES:-}; do defs+=("-D$d"); done
 BENCH="${BENCH:-all}"
-if [ -d .carry/mamba/csrc ] && [ "$BENCH" != hadamard ]; then
+if [ -d .carry/mamba/csrc ] && [ "$BENCH" != hadamard ] && [ "$BENCH" != decode ]; then
   (TORCH_CUDA_ARCH_LIST="$arch_list" MAX_JOBS=6 timeout "${MAMBA_BUILD_TIMEOUT:-300}" python3 benchmarks/gpu/build_mamba_ref.py > build/mamba_build.log 2>&1; echo "rc=$?" >> build/mamba_build.log) &
   mamba_pid=$!
 fi
-if [ -d .carry/fht/csrc ] && [ "$BENCH" != scan ]; then
+if [ -d .carry/fht/csrc ] && [ "$BENCH" != scan ] && [ "$BENCH" != decode ]; then
   (TORCH_CUDA_ARCH_LIST="$arch_list" MAX_JOBS=2 timeout "${MAMBA_BUILD_TIMEOUT:-300}" python3 benchmarks/gpu/build_fht_ref.py > build/fht_build.log 2>&1; echo "rc=$?" >> build/fht_build.log) &
   fht_pid=$!
 fi

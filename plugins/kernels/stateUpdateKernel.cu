@@ -9,16 +9,22 @@ namespace
 constexpr int kLanes = 4;     // threads per (batch, channel)
 constexpr int kThreads = 64;  // small blocks: a decode step has only B·D·4 threads, spread them over the SMs
 
-template <typename T>
-__device__ __forceinline__ void load4(T const* src, float (&v)[4], int n0, int N)
+//! The 4 consecutive values src[n0 .. n0 + 3] (n0 + 3 < N, 8-byte aligned for fp16 / 16-byte for fp32) as one load.
+__device__ __forceinline__ void load4(float const* src, float (&v)[4], int n0)
 {
-#pragma unroll
-    for (int k = 0; k < 4; ++k)
-        v[k] = n0 + k < N ? toFloat(src[n0 + k], 1.f) : 0.f;
+    float4 const q = *reinterpret_cast<float4 const*>(src + n0);
+    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+}
+__device__ __forceinline__ void load4(__half const* src, float (&v)[4], int n0)
+{
+    uint2 const q = *reinterpret_cast<uint2 const*>(src + n0);
+    float2 const lo = __half22float2(*reinterpret_cast<__half2 const*>(&q.x));
+    float2 const hi = __half22float2(*reinterpret_cast<__half2 const*>(&q.y));
+    v[0] = lo.x, v[1] = lo.y, v[2] = hi.x, v[3] = hi.y;
 }
 
-// kVec (N == 16, 16-byte aligned state / A rows): lane l owns states 4l … 4l+3 and reads them, A, B and C
-// with one vector load each; every load of the thread is issued before any arithmetic, so a step costs
+// kVec (N == 16, 16-byte aligned state / A / Bm / Cm rows): lane l owns states 4l … 4l+3 and reads them, A, Bm
+// and Cm with one vector load each; every load of the thread is issued before any arithmetic, so a step costs
 // about one memory latency. Otherwise lane l owns states l, l + 4, … (any N).
 template <typename T, bool kVec>
 __global__ void __launch_bounds__(kThreads) stateUpdateKernel(StateUpdateParams const p)
@@ -47,8 +53,8 @@ __global__ void __launch_bounds__(kThreads) stateUpdateKernel(StateUpdateParams 
         float4 const h4 = *reinterpret_cast<float4 const*>(p.stateIn + r * N + n0);
         float4 const a4 = *reinterpret_cast<float4 const*>(A + n0);
         float bv[4], cv[4];
-        load4(Bm, bv, n0, N);
-        load4(Cm, cv, n0, N);
+        load4(Bm, bv, n0);
+        load4(Cm, cv, n0);
         if (p.dtSoftplus)
             dt = softplusTorch(dt);
         float const dx = dt * xv;
@@ -93,7 +99,8 @@ template <typename T>
 void launchTyped(StateUpdateParams const& p, unsigned blocks, cudaStream_t stream)
 {
     bool const vec = p.dState == 16 && (reinterpret_cast<uintptr_t>(p.stateIn) & 15u) == 0
-        && (reinterpret_cast<uintptr_t>(p.stateOut) & 15u) == 0 && (reinterpret_cast<uintptr_t>(p.A) & 15u) == 0;
+        && (reinterpret_cast<uintptr_t>(p.stateOut) & 15u) == 0 && (reinterpret_cast<uintptr_t>(p.A) & 15u) == 0
+        && (reinterpret_cast<uintptr_t>(p.Bm) & 15u) == 0 && (reinterpret_cast<uintptr_t>(p.Cm) & 15u) == 0;
     if (vec)
         stateUpdateKernel<T, true><<<blocks, kThreads, 0, stream>>>(p);
     else

@@ -542,6 +542,15 @@ def hadamard_bench(mamba, with_ref=True):
     return out
 
 
+def fold_alt(res, prefix, key):
+    """Moves the alternative builds' results (OUT_DIR/<prefix>*.json, written by `sweep` / `hbench`) into res[key]."""
+    out = os.environ.get("OUT_DIR", ".")
+    for fn_ in sorted(os.listdir(out)):
+        if fn_.startswith(prefix) and fn_.endswith(".json"):
+            res.setdefault(key, []).append(json.load(open(os.path.join(out, fn_))))
+            os.remove(os.path.join(out, fn_))
+
+
 def bench(parts="all"):
     res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "scan": [], "hadamard": [], "decode": []}
     bw = copy_bandwidth()
@@ -572,11 +581,7 @@ def bench(parts="all"):
                                     roofline_ms=nbytes / bw * 1e3, frac_roofline=nbytes / bw / t, mufu_ms=ref["mufu_ms"],
                                     frac_mufu=ref["mufu_ms"] / 1e3 / t))
             print(f"scan B{Bsz} L{L} D{D} fp16 mamba-ssm: {t * 1e3:.3f} ms", flush=True)
-    for fn_ in sorted(os.listdir(os.environ.get("OUT_DIR", "."))):  # SCAN_ALT_DEFINES builds (run_all.sh), folded in here
-        if fn_.startswith("sweep_alt_") and fn_.endswith(".json"):
-            path = os.path.join(os.environ.get("OUT_DIR", "."), fn_)
-            res.setdefault("scan_alt", []).append(json.load(open(path)))
-            os.remove(path)
+    fold_alt(res, "sweep_alt_", "scan_alt")  # SCAN_ALT_DEFINES builds (run_all.sh)
     if parts == "scan":
         return res
     res["hadamard"] = hadamard_bench(mamba)
@@ -586,11 +591,7 @@ def bench(parts="all"):
             res.setdefault("hadamard_alt", []).append(dict(lib="default build", tag=f"groups/block={gpb} flags={flags}",
                                                            rows=hadamard_bench({}, with_ref=False)))
         LIB.mq_hadamard_set_tuning(-1, -1)
-    for fn_ in sorted(os.listdir(os.environ.get("OUT_DIR", "."))):  # HAD_ALT_DEFINES builds (run_all.sh), folded in here
-        if fn_.startswith("hbench_alt_") and fn_.endswith(".json"):
-            path = os.path.join(os.environ.get("OUT_DIR", "."), fn_)
-            res.setdefault("hadamard_alt", []).append(json.load(open(path)))
-            os.remove(path)
+    fold_alt(res, "hbench_alt_", "hadamard_alt")  # HAD_ALT_DEFINES builds (run_all.sh)
     if parts == "hadamard":
         return res
     res["decode"] = decode_bench(mamba, bw)

@@ -304,21 +304,26 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) scanSegKernel(SelectiveS
     }
 }
 
-template <typename Tin, typename Tout, int kLanes, int kGroups, bool kSoftplus, bool kGate>
-cudaError_t launch(SelectiveScanParams const& p, cudaStream_t stream)
+//! Launches `kernel(p)` over (⌈D / channels⌉, B) blocks with `smem` bytes of dynamic shared memory (opted in above 48 KB).
+template <typename Kernel>
+cudaError_t launchChannels(Kernel* kernel, SelectiveScanParams const& p, int channels, int threads, size_t smem, cudaStream_t stream)
 {
-    constexpr int kCb = kThreads / (kLanes * kGroups);
-    constexpr size_t kSmem = sharedBytes<kLanes, kGroups>();
-    auto* const kernel = scanSegKernel<Tin, Tout, kLanes, kGroups, kSoftplus, kGate>;
-    if (kSmem > 48 * 1024)
+    if (smem > 48 * 1024)
     {
-        cudaError_t const e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem));
+        cudaError_t const e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
         if (e != cudaSuccess)
             return e;
     }
-    dim3 const grid(static_cast<unsigned>((p.dim + kCb - 1) / kCb), static_cast<unsigned>(p.batch));
-    kernel<<<grid, kThreads, kSmem, stream>>>(p);
+    dim3 const grid(static_cast<unsigned>((p.dim + channels - 1) / channels), static_cast<unsigned>(p.batch));
+    kernel<<<grid, threads, smem, stream>>>(p);
     return cudaGetLastError();
+}
+
+template <typename Tin, typename Tout, int kLanes, int kGroups, bool kSoftplus, bool kGate>
+cudaError_t launch(SelectiveScanParams const& p, cudaStream_t stream)
+{
+    return launchChannels(scanSegKernel<Tin, Tout, kLanes, kGroups, kSoftplus, kGate>, p, kThreads / (kLanes * kGroups), kThreads,
+        sharedBytes<kLanes, kGroups>(), stream);
 }
 
 //! (lanes, groups) configurations that are compiled; anything else is refused by `run`.

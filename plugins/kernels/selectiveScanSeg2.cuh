@@ -300,16 +300,7 @@ template <typename Tin, typename Tout, int kQ, int kS, bool kSoftplus, bool kGat
 cudaError_t launch(SelectiveScanParams const& p, cudaStream_t stream)
 {
     using C = Cfg<kQ, kS>;
-    auto* const kernel = scanSeg2Kernel<Tin, Tout, kQ, kS, kSoftplus, kGate>;
-    if (C::kSmemBytes > 48 * 1024)
-    {
-        cudaError_t const e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(C::kSmemBytes));
-        if (e != cudaSuccess)
-            return e;
-    }
-    dim3 const grid(static_cast<unsigned>((p.dim + C::kCb - 1) / C::kCb), static_cast<unsigned>(p.batch));
-    kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(p);
-    return cudaGetLastError();
+    return seg::launchChannels(scanSeg2Kernel<Tin, Tout, kQ, kS, kSoftplus, kGate>, p, C::kCb, C::kThreads, C::kSmemBytes, stream);
 }
 
 //! (kQ = lanes a channel, kS = warps a block) configurations that are compiled.

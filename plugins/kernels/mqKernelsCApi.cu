@@ -38,7 +38,8 @@ int mq_selective_scan_chunks(int batch, int seq_len, int dim, int d_state, int c
 }
 
 //! Writes what mq_selective_scan would run for these sizes (chunks as passed to it, 0 = automatic):
-//! out[0] schedule (1 token-serial, 2 segment-parallel), out[1] chunks, out[2] lanes, out[3] groups.
+//! out[0] schedule (1 token-serial; 2, 3 the experimental segment-parallel forms), out[1] chunks, out[2] lanes,
+//! out[3] groups.
 void mq_selective_scan_plan(int batch, int seq_len, int dim, int d_state, int chunks, int* out)
 {
     mq::SelectiveScanParams p;

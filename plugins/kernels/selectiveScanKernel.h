@@ -53,8 +53,8 @@ struct SelectiveScanParams
     float* lastState{nullptr};       //!< optional final state
 
     int32_t schedule{0}; //!< 0: choose (token-serial); 1: token-serial (with `chunks`); 2, 3: segment-parallel (experimental)
-    int32_t segLanes{0};  //!< segment-parallel: lanes scanning one (channel, state group), 8 / 16 / 32; 0 = choose
-    int32_t segGroups{0}; //!< segment-parallel: state groups a channel, 1 / 2 / 4; 0 = choose
+    int32_t segLanes{0};  //!< schedule 2: lanes scanning one (channel, state group), 8 / 16 / 32; 3: lanes a channel, 4 / 8
+    int32_t segGroups{0}; //!< schedule 2: state groups a channel, 1 / 2 / 4; 3: warps (segments) a block, 4 / 8; 0 = choose
     int32_t chunks{0};   //!< token-serial: number of sequence chunks; 0 = choose from the GPU size
     int32_t polyExp{-1}; //!< 0: all exps on the MUFU unit; 1-2: the first 2 on the FMA pipe; ≥3: the first 4; -1: default (0)
     int32_t numSMs{0};   //!< 0 = query the current device
@@ -77,8 +77,8 @@ int32_t selectiveScanChunks(SelectiveScanParams const& p);
 //! (-DMQ_SCAN_SEGMENTED=1).
 bool selectiveScanSegmentedAvailable(int32_t schedule, int32_t lanes, int32_t groups);
 
-//! Process-wide override of the automatic choice (benchmarks and tests): schedule 1 / 2 (0 or -1 = choose), and
-//! for schedule 2 the (lanes, groups) configuration (0 or -1 = choose). Explicit params fields take precedence.
+//! Process-wide override of the automatic choice (benchmarks and tests): schedule 1 / 2 / 3 (0 or -1 = choose), and
+//! for schedules 2 / 3 the (lanes, groups) configuration (0 or -1 = choose). Explicit params fields take precedence.
 void setSelectiveScanTuning(int32_t schedule, int32_t lanes, int32_t groups);
 
 //! Bytes of workspace `launchSelectiveScan` needs (0 when one chunk is used).

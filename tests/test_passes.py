@@ -33,6 +33,10 @@ PIPELINES = {
     "shift_delta": [{"name": "shift_delta"}],
     "mambaquant": [{"name": "fold_norms"}, {"name": "rotate_residual", "klt": True}, {"name": "rotate_dt", "klt": True},
                    {"name": "smooth_gate"}, {"name": "online_hadamard"}, {"name": "smooth_state"}],
+    "fold_norms_keep_tied": [{"name": "fold_norms", "keep_tied": True}],
+    "mambaquant_keep_tied": [{"name": "fold_norms", "keep_tied": True}, {"name": "rotate_residual", "klt": True},
+                             {"name": "rotate_dt", "klt": True}, {"name": "smooth_gate"}, {"name": "online_hadamard"},
+                             {"name": "smooth_state"}],
 }
 # fp32 reorderings of sums move logits by ~1e-7·max; a broken pass moves them by O(1)
 TOL = 2e-5
@@ -63,6 +67,30 @@ def test_pass_preserves_function(setup, name):
                   for f in ("in_proj", "x_proj", "dt_proj", "out_proj", "norm")) or plan.layers[0].out_hadamard \
         or plan.layers[0].delta_shift is not None
     assert changed, name
+
+
+def test_keep_tied_keeps_one_table(setup):
+    """fold_norms keep_tied + rotate_residual: a tied head stays the (rotated) embedding, γ_f lives in head_mix
+    (Rᵀ·diag(γ_f)·R after the rotation), the graph holds one V×d table; without keep_tied the head is untied as
+    before; the Hugging Face export unties it again with the same logits. Untied checkpoints are unaffected."""
+    m, windows, ids, base, stats0 = setup
+    tied = _parse({"name": "t", "precision": "fp32",
+                   "passes": [{"name": "fold_norms", "keep_tied": True}, {"name": "rotate_residual", "klt": True}]}, "t")
+    m2, plan, _ = prepare(m, tied, windows, progress=False, stats0=stats0)
+    assert rel_err(base, OrtRunner(build_lm_graph(m2, plan))(ids)) <= TOL
+    names = {t.name for t in build_lm_graph(m2, plan).graph.initializer}
+    if m.lm_head is None:
+        d = m.config.d_model
+        assert m2.lm_head is None and m2.config.tie_embeddings and m2.head_mix.shape == (d, d)
+        assert "head_mix" in names and "lm_head.weight" not in names
+        assert not np.allclose(m2.head_mix, np.diag(np.diag(m2.head_mix)), atol=1e-3)  # rotated: no longer diagonal
+        untied = _parse({"name": "u", "precision": "fp32", "passes": PIPELINES["rotate_residual_klt"]}, "u")
+        m3, plan3, _ = prepare(m, untied, windows, progress=False, stats0=stats0)
+        assert m3.lm_head is not None and "lm_head.weight" in {t.name for t in build_lm_graph(m3, plan3).graph.initializer}
+        from mq_deploy.backends.torch_hf import TorchRunner
+        assert rel_err(base, TorchRunner(m2)(ids)) <= 1e-4
+    else:
+        assert m2.head_mix is None and m2.lm_head is not None and "head_mix" not in names
 
 
 def test_rotation_needs_folded_norms(setup):

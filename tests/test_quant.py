@@ -174,7 +174,7 @@ ABLATION = Path(__file__).resolve().parent.parent / "benchmarks" / "ablation"
 
 @pytest.mark.parametrize("recipe", ["rtn-w8a8", "smoothquant-w8a8", "gptq-w4a8", "quarot-w8a8", "mambaquant-w8a8",
                                     "mambaquant-w4a8", "rtn-w4a8-b64", "mambaquant-w4a8-b64",
-                                    str(ABLATION / "mq-w4a8-noshift.yaml")])
+                                    str(ABLATION / "mq-w4a8-noshift.yaml"), str(ABLATION / "mq-w8a8-tied.yaml")])
 def test_qdq_graphs_match_fake_quant_simulation(tiny, recipe):
     m, windows, ids = tiny
     m2, plan, _ = prepare(m, load_recipe(recipe), windows, progress=False)

@@ -303,6 +303,7 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         log("checking the prefill/decode derivation on the first layers")
         derivation = _stateful_derivation_check(model, plan)
         n_params = int(model.embedding.size + (0 if model.lm_head is None else model.lm_head.size) + model.norm_f.size
+                       + (0 if model.head_mix is None else model.head_mix.size)
                        + sum(a.size for L in model.layers for a in vars(L).values() if a is not None))
         source, io = model.source, _io(model)
         # one graph at a time (memory: each holds all weights): build, check, write into the shared

@@ -23,6 +23,7 @@ Weight layout follows torch `nn.Linear` (out_features × in_features), as in the
 | layers[i].out_proj_bias | (d,) or None |
 | norm_f | (d,) |
 | lm_head | (V, d), or None when tied to the embedding |
+| head_mix | (d, d) or None: applied to the final norm's output before the head |
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ class MambaModel:
     layers: list[MambaLayer]
     norm_f: np.ndarray
     lm_head: Optional[np.ndarray] = None
+    # (d, d) or None: the final norm's output is multiplied by it before the head, h·head_mix·headᵀ (set by
+    # fold_norms with keep_tied, so that a tied head stays tied through the residual rotation)
+    head_mix: Optional[np.ndarray] = None
     source: dict = field(default_factory=dict)  # where it came from (path, format), for the manifest
 
     @property
@@ -109,6 +113,8 @@ class MambaModel:
         ]
         if self.lm_head is not None:
             expect.append(("lm_head", self.lm_head, (V, d)))
+        if self.head_mix is not None:
+            expect.append(("head_mix", self.head_mix, (d, d)))
         if len(self.layers) != c.n_layer:
             raise UserError(f"checkpoint has {len(self.layers)} layers but the config says {c.n_layer}")
         for i, L in enumerate(self.layers):

@@ -50,6 +50,7 @@ def round_fp16(model: MambaModel, everything: bool) -> MambaModel:
     model.embedding = f(model.embedding)
     model.lm_head = f(model.lm_head)
     model.norm_f = f(model.norm_f)
+    model.head_mix = f(model.head_mix)
     for L in model.layers:
         L.norm, L.conv_weight, L.conv_bias = f(L.norm), f(L.conv_weight), f(L.conv_bias)
         if everything:

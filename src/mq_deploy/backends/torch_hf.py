@@ -15,7 +15,8 @@ def hf_config(model: MambaModel):
         vocab_size=c.vocab_size, hidden_size=c.d_model, state_size=c.d_state, num_hidden_layers=c.n_layer,
         layer_norm_epsilon=c.norm_eps, expand=c.expand, conv_kernel=c.d_conv, use_bias=c.proj_bias,
         use_conv_bias=c.conv_bias, time_step_rank=c.dt_rank, intermediate_size=c.d_inner,
-        residual_in_fp32=c.residual_in_fp32, tie_word_embeddings=c.tie_embeddings, use_mambapy=False,
+        residual_in_fp32=c.residual_in_fp32, tie_word_embeddings=c.tie_embeddings and model.head_mix is None,
+        use_mambapy=False,
         pad_token_id=1, bos_token_id=0, eos_token_id=0,
     )
 
@@ -24,8 +25,9 @@ def state_dict(model: MambaModel) -> dict:
     """The Hugging Face state dict (torch tensors, fp32) of `model`."""
     import torch
 
+    head = model.head if model.head_mix is None else model.head @ model.head_mix.T  # h·M·Eᵀ = h·(E·Mᵀ)ᵀ, untied
     sd = {"backbone.embeddings.weight": model.embedding, "backbone.norm_f.weight": model.norm_f,
-          "lm_head.weight": model.head}
+          "lm_head.weight": head}
     for i, L in enumerate(model.layers):
         p = f"backbone.layers.{i}."
         sd.update({
@@ -49,7 +51,7 @@ def build_hf_model(model: MambaModel):
     with torch.device("meta"):
         hf = MambaForCausalLM(hf_config(model))
     hf.load_state_dict(state_dict(model), assign=True, strict=True)
-    if model.config.tie_embeddings:
+    if model.config.tie_embeddings and model.head_mix is None:
         hf.tie_weights()
     return hf.float().eval()
 

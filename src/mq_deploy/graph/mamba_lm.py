@@ -203,6 +203,8 @@ def build_lm_graph(model: MambaModel, plan: Optional[GraphPlan] = None, *, with_
             r = b.op("Add", [r, o], name="residual")
     with b.scope("head"):
         h = rms_norm(b, r, b.const("norm_f.weight", model.norm_f), c.norm_eps)
+        if model.head_mix is not None:  # fold_norms keep_tied: h·M before the (tied) head
+            h = b.op("MatMul", [h, b.const("head_mix", model.head_mix)], name="head_mix")
         if model.lm_head is None:  # tied: one copy of the weights, transposed in the graph
             head = b.op("Transpose", [emb], name="tied_lm_head", perm=[1, 0])
         else:

@@ -3,7 +3,8 @@
 rotate_residual — one global orthogonal R1 (d×d) on the residual stream (needs fold_norms first):
 
     r' = r·R1:  E ← E·R1,  lm_head ← lm_head·R1,  W_in ← W_in·R1,  W_out ← R1ᵀ·W_out,  b_out ← b_out·R1
-    RMSNorm(r·R1) = RMSNorm(r)·R1, so every in_proj input is rotated and the logits are unchanged.
+    RMSNorm(r·R1) = RMSNorm(r)·R1, so every in_proj input is rotated and the logits are unchanged. A head tied
+    to E stays tied (it is E·R1 too); fold_norms' keep_tied matrix becomes head_mix ← R1ᵀ·head_mix·R1.
 
 rotate_dt — per layer R5 (R×R) on the low-rank δ between x_proj and dt_proj:
 
@@ -15,7 +16,6 @@ of the rotated tensor (KLT, paper eq. 11-13): every channel of x·K·H then has 
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 
@@ -65,11 +65,12 @@ def rotate_residual(model, plan, stats, klt: bool = False, random_signs: bool = 
     R = rotation(model.config.d_model, cov, klt, random_signs, seed)
     model, plan = clone(model, plan)
     f = lambda a: a.astype(np.float64)  # noqa: E731
-    head = model.head
     R32 = R.astype(np.float32)  # the (V, d) tables are large: an fp32 product (error ~1e-7 relative)
-    model.embedding = model.embedding.astype(np.float32) @ R32
-    model.lm_head = head.astype(np.float32) @ R32
-    model.config = dataclasses.replace(model.config, tie_embeddings=False)
+    if model.lm_head is not None:
+        model.lm_head = model.lm_head.astype(np.float32) @ R32
+    model.embedding = model.embedding.astype(np.float32) @ R32  # a tied head (lm_head None) follows the embedding
+    if model.head_mix is not None:  # h'·(RᵀMR)·(E·R)ᵀ = h·M·Eᵀ for h' = h·R
+        model.head_mix = (R.T @ f(model.head_mix) @ R).astype(np.float32)
     for L in model.layers:
         L.in_proj = (f(L.in_proj) @ R).astype(np.float32)
         L.out_proj = (R.T @ f(L.out_proj)).astype(np.float32)

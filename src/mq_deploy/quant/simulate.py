@@ -101,6 +101,8 @@ def layer(model: MambaModel, plan: GraphPlan, i: int, r: np.ndarray, follow: Opt
 def head(model: MambaModel, r: np.ndarray) -> np.ndarray:
     """Logits from the residual stream after the last layer."""
     h = _rms(r, model.norm_f, model.config.norm_eps)
+    if model.head_mix is not None:
+        h = (h.astype(np.float32) @ model.head_mix).astype(np.float32)
     return (h @ model.head.T).astype(np.float32)
 
 

@@ -103,6 +103,10 @@ class MambaModel:
         """The (V, d) output projection, tied or not."""
         return self.embedding if self.lm_head is None else self.lm_head
 
+    def untied_head(self) -> np.ndarray:
+        """The (V, d) head with head_mix folded in (h·M·Eᵀ = h·(E·Mᵀ)ᵀ): one matrix for formats without head_mix."""
+        return self.head if self.head_mix is None else (self.head @ self.head_mix.T).astype(np.float32)
+
     def validate(self) -> None:
         """Check every shape against the config; raise UserError naming the first mismatch."""
         c = self.config

@@ -25,9 +25,8 @@ def state_dict(model: MambaModel) -> dict:
     """The Hugging Face state dict (torch tensors, fp32) of `model`."""
     import torch
 
-    head = model.head if model.head_mix is None else model.head @ model.head_mix.T  # h·M·Eᵀ = h·(E·Mᵀ)ᵀ, untied
     sd = {"backbone.embeddings.weight": model.embedding, "backbone.norm_f.weight": model.norm_f,
-          "lm_head.weight": head}
+          "lm_head.weight": model.untied_head()}
     for i, L in enumerate(model.layers):
         p = f"backbone.layers.{i}."
         sd.update({

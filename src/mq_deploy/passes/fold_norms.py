@@ -30,8 +30,7 @@ def fold_norms(model, plan, stats, keep_tied: bool = False):
         mix = np.diag(gamma)
         model.head_mix = mix if model.head_mix is None else (mix @ model.head_mix.astype(np.float64)).astype(np.float32)
     else:
-        head = model.head if model.head_mix is None else model.head @ model.head_mix.T  # h·M·Eᵀ = h·(E·Mᵀ)ᵀ
-        model.lm_head = (head * gamma[None, :]).astype(np.float32)
+        model.lm_head = (model.untied_head() * gamma[None, :]).astype(np.float32)
         model.head_mix = None
         model.config = dataclasses.replace(model.config, tie_embeddings=False)
     model.norm_f = np.ones_like(model.norm_f)

@@ -16,7 +16,6 @@ of the rotated tensor (KLT, paper eq. 11-13): every channel of x·K·H then has 
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from ..errors import UserError

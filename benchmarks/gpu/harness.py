@@ -191,6 +191,31 @@ def run_hadamard(x, out_type, scale=1.0):
 
 
 # ---------------------------------------------------------------- tests
+def state_update_checks(record, np_su=None):
+    """SelectiveStateUpdate against the float64 scan reference (fp32 / fp16, gate, in place, N 16 and 7; B·D below
+    8192 rows takes 4 lanes a row, from 8192 on 2: B3 D5120 and B3 D3000 N7 are the 2-lane vector / strided paths)."""
+    for (Bsz, D, N) in ((1, 768, 16), (8, 1000, 16), (3, 5120, 16), (2, 100, 7), (3, 3000, 7)):
+        g = torch.Generator(device=DEV).manual_seed(D)
+        r = lambda *s: torch.randn(*s, generator=g, device=DEV)
+        A = -torch.exp(torch.rand(D, N, generator=g, device=DEV) * math.log(16.0))
+        st0, xx, dt, Bm, Cm, Dk, bias, z = r(Bsz, D, N), r(Bsz, D), r(Bsz, D) * 0.5 - 1, r(Bsz, N), r(Bsz, N), r(D), r(D) * 0.1, r(Bsz, D)
+        for typ, lim in ((F32, 1e-5), (F16, 2e-3)):
+            for gate in (True, False):
+                for inplace in (False, True):
+                    st = st0.clone()
+                    y, out, (xs, dts, Bs, Cs, zs), _ = run_state_update(st, xx, dt, A, Bm, Cm, Dk, bias, z if gate else None, typ, inplace)
+                    yr, hr = scan_ref(xs.float()[:, None], dts.float()[:, None], A, Bs.float()[:, None], Cs.float()[:, None], Dk, bias,
+                                      None if zs is None else zs.float()[:, None], st0)
+                    case = f"B{Bsz} D{D} N{N} {'fp32' if typ == F32 else 'fp16'} z={int(gate)} inplace={int(inplace)}"
+                    record("state_update", case + " y", "rel", rel_err(y, yr[:, 0]), lim)
+                    record("state_update", case + " state", "rel", rel_err(out, hr), 1e-5)
+    if np_su is not None:  # the numpy reference of ops/state_update.py on one case
+        yn, hn = np_su(st0.cpu().numpy(), xx.cpu().numpy()[:, None], dt.cpu().numpy()[:, None], A.cpu().numpy(), Bm.cpu().numpy()[:, None],
+                       Cm.cpu().numpy()[:, None], Dk.cpu().numpy(), bias.cpu().numpy())
+        y, out, *_ = run_state_update(st0.clone(), xx, dt, A, Bm, Cm, Dk, bias, None, F32)
+        record("state_update", "vs ops/state_update.py numpy", "rel", rel_err(y, torch.from_numpy(yn[:, 0]).to(DEV)), 1e-5)
+
+
 def tests():
     rows, failures = [], 0
 
@@ -250,26 +275,7 @@ def tests():
                 record("scan", case + " y", "rel", rel_err(y, yr), lim)
                 record("scan", case + " state", "rel", rel_err(st, hr), 1e-4)
 
-    for (Bsz, D, N) in ((1, 768, 16), (8, 1000, 16), (3, 5120, 16), (2, 100, 7)):
-        g = torch.Generator(device=DEV).manual_seed(D)
-        r = lambda *s: torch.randn(*s, generator=g, device=DEV)
-        A = -torch.exp(torch.rand(D, N, generator=g, device=DEV) * math.log(16.0))
-        st0, xx, dt, Bm, Cm, Dk, bias, z = r(Bsz, D, N), r(Bsz, D), r(Bsz, D) * 0.5 - 1, r(Bsz, N), r(Bsz, N), r(D), r(D) * 0.1, r(Bsz, D)
-        for typ, lim in ((F32, 1e-5), (F16, 2e-3)):
-            for gate in (True, False):
-                for inplace in (False, True):
-                    st = st0.clone()
-                    y, out, (xs, dts, Bs, Cs, zs), _ = run_state_update(st, xx, dt, A, Bm, Cm, Dk, bias, z if gate else None, typ, inplace)
-                    yr, hr = scan_ref(xs.float()[:, None], dts.float()[:, None], A, Bs.float()[:, None], Cs.float()[:, None], Dk, bias,
-                                      None if zs is None else zs.float()[:, None], st0)
-                    case = f"B{Bsz} D{D} N{N} {'fp32' if typ == F32 else 'fp16'} z={int(gate)} inplace={int(inplace)}"
-                    record("state_update", case + " y", "rel", rel_err(y, yr[:, 0]), lim)
-                    record("state_update", case + " state", "rel", rel_err(out, hr), 1e-5)
-    if np_su is not None:  # the numpy reference of ops/state_update.py on one case
-        yn, hn = np_su(st0.cpu().numpy(), xx.cpu().numpy()[:, None], dt.cpu().numpy()[:, None], A.cpu().numpy(), Bm.cpu().numpy()[:, None],
-                       Cm.cpu().numpy()[:, None], Dk.cpu().numpy(), bias.cpu().numpy())
-        y, out, *_ = run_state_update(st0.clone(), xx, dt, A, Bm, Cm, Dk, bias, None, F32)
-        record("state_update", "vs ops/state_update.py numpy", "rel", rel_err(y, torch.from_numpy(yn[:, 0]).to(DEV)), 1e-5)
+    state_update_checks(record, np_su)
 
     # fp16 input takes the register path (hadamardFast.cuh) for m = 1, 12, 20, 28 with 2^k >= 64 (1280, 3584, 7168: m = 20 / 28
     # at 2^k = 64 / 128 / 256; 128 / 256 / 512: m = 1 with one pass; 1024: m = 1 with the split [0, 3) + [3, 4) pass), fp32
@@ -562,6 +568,7 @@ def bench(parts="all"):
     res["mamba_ssm"] = {k: v for k, v in mamba.items() if k.endswith("error")}
     if parts == "decode":
         res["decode"] = decode_bench(load_mamba(), bw)
+        fold_alt(res, "dbench_alt_", "decode_alt")  # SU_ALT_DEFINES builds (run_all.sh)
         return res
     res["scan"] = scan_sweep(bw, variants_all=True, chunk_sweep=parts == "all") if parts in ("all", "scan") else []
     if "scan" in mamba and parts in ("all", "scan"):
@@ -608,6 +615,24 @@ def ncu_case():
     print("ncu case ran")
 
 
+def ncu_decode_case():
+    """One fp16 state update (130m shape: B1 D1536 N16, gate) by mq and by mamba-ssm's Triton kernel, 3 times each,
+    for `ncu -k regex:"stateUpdateKernel|selective_scan_update"`."""
+    mamba = load_mamba()
+    g = torch.Generator(device=DEV).manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, device=DEV)
+    Bsz, D, N = 1, 1536, 16
+    st, A = r(Bsz, D, N), -torch.exp(torch.rand(D, N, generator=g, device=DEV) * math.log(16.0))
+    xx, dt, z, Bm, Cm = r(Bsz, D).half(), (r(Bsz, D) * 0.5 - 1).half(), r(Bsz, D).half(), r(Bsz, N).half(), r(Bsz, N).half()
+    Dk, bias = r(D), r(D) * 0.1
+    for _ in range(3):
+        run_state_update(st, xx, dt, A, Bm, Cm, Dk, bias, z, F16, inplace=True)
+        if "ssu" in mamba:
+            mamba["ssu"](st, xx, dt, A, Bm, Cm, D=Dk, z=z, dt_bias=bias, dt_softplus=True)
+    torch.cuda.synchronize()
+    print("ncu decode cases ran")
+
+
 def ncu_had_case():
     """Two fp16 -> fp16 Hadamard launches on 64 MiB (n 5120 and 1536) for `ncu -k regex:hadamardRegKernel -c 2`."""
     for n in (5120, 1536):
@@ -624,6 +649,9 @@ if __name__ == "__main__":
         sys.exit(0)
     if cmd == "ncu_had":
         ncu_had_case()
+        sys.exit(0)
+    if cmd == "ncu_decode":
+        ncu_decode_case()
         sys.exit(0)
     out = os.environ.get("OUT_DIR", ".")
     if cmd == "test":
@@ -643,6 +671,17 @@ if __name__ == "__main__":
         tag = sys.argv[2] if len(sys.argv) > 2 else "alt"
         with open(os.path.join(out, f"hbench_alt_{tag}.json"), "w") as fh:
             json.dump(dict(lib=os.environ.get("MQ_KERNELS_LIB", ""), tag=tag, rows=hadamard_bench({}, with_ref=False)), fh, indent=1)
+    elif cmd == "dbench":  # state-update checks + decode timings of another build (MQ_KERNELS_LIB), tagged by argv[2]
+        tag = sys.argv[2] if len(sys.argv) > 2 else "alt"
+        rows = []
+        state_update_checks(lambda kernel, case, metric, value, limit, ok=None: rows.append(
+            dict(case=case, value=value, limit=limit, ok=bool(value <= limit if ok is None else ok))))
+        bad = [c for c in rows if not c["ok"]]
+        print(f"{tag}: {len(rows) - len(bad)}/{len(rows)} state-update checks passed", flush=True)
+        res = dict(lib=os.environ.get("MQ_KERNELS_LIB", ""), tag=tag, checks=len(rows), failures=bad,
+                   rows=decode_bench(load_mamba(), copy_bandwidth()) if not bad else [])
+        with open(os.path.join(out, f"dbench_alt_{tag}.json"), "w") as fh:
+            json.dump(res, fh, indent=1)
     elif cmd == "bench":
         res = bench(sys.argv[2] if len(sys.argv) > 2 else "all")
         with open(os.path.join(out, "bench.json"), "w") as fh:

@@ -17,6 +17,10 @@
 # HAD_ALT_DEFINES="MQ_HAD_MIN_BLOCKS=3 MQ_HAD_MIN_BLOCKS=5": also builds hadamardKernel.cu once per NAME=VALUE with
 # -DNAME=VALUE (hadamardKernel.cu's tuning macros) and times each build (harness.py hbench, folded into bench.json as
 # hadamard_alt).
+# SU_ALT_DEFINES="MQ_SU_THREADS=128 MQ_SU_LANES=8,MQ_SU_THREADS=128": also builds stateUpdateKernel.cu once per entry
+# (comma-separated NAME=VALUE flags: its block-shape macros) and runs the state-update checks and the decode benchmark
+# on each build (harness.py dbench, folded into bench.json as decode_alt). With BENCH=decode, ncu.txt profiles the
+# state update of the 130m shape by mq and by mamba-ssm's Triton kernel.
 set -uo pipefail
 OUT="${OUT:-benchmarks/gpu/results}"
 ARCH="${ARCH:-90}"
@@ -55,6 +59,14 @@ for d in ${HAD_ALT_DEFINES:-}; do
   nvcc -std=c++17 -O3 ${defs[@]+"${defs[@]}"} "-D$d" -Xcompiler -fPIC -gencode "arch=compute_${ARCH},code=sm_${ARCH}" -Iplugins/kernels \
     -c plugins/kernels/hadamardKernel.cu -o "build/had_$k/hadamardKernel.o" & had_alt+=("$k:$!")
 done
+su_alt=()
+for d in ${SU_ALT_DEFINES:-}; do
+  k="${d//=/_}"; k="${k//,/_}"
+  mkdir -p "build/su_$k"
+  sdefs=(); IFS=, read -ra parts <<< "$d"; for q in "${parts[@]}"; do sdefs+=("-D$q"); done
+  nvcc -std=c++17 -O3 ${defs[@]+"${defs[@]}"} "${sdefs[@]}" -Xcompiler -fPIC -gencode "arch=compute_${ARCH},code=sm_${ARCH}" -Iplugins/kernels \
+    -c plugins/kernels/stateUpdateKernel.cu -o "build/su_$k/stateUpdateKernel.o" & su_alt+=("$k:$!")
+done
 for p in "${pids[@]}"; do wait "$p" || exit 1; done
 nvcc -shared build/hadamardKernel.o build/mqKernelsCApi.o build/selectiveScanKernel.o build/stateUpdateKernel.o \
   -o build/libmq_kernels.so || exit 1
@@ -81,13 +93,25 @@ for e in ${had_alt[@]+"${had_alt[@]}"}; do
     MQ_KERNELS_LIB="build/libmq_kernels_had_$k.so" python3 benchmarks/gpu/harness.py hbench "$k" || echo "hbench $k failed"
   fi
 done
+for e in ${su_alt[@]+"${su_alt[@]}"}; do
+  k="${e%%:*}"
+  if wait "${e#*:}" && nvcc -shared build/hadamardKernel.o build/mqKernelsCApi.o build/selectiveScanKernel.o \
+      "build/su_$k/stateUpdateKernel.o" -o "build/libmq_kernels_su_$k.so"; then
+    MQ_KERNELS_LIB="build/libmq_kernels_su_$k.so" python3 benchmarks/gpu/harness.py dbench "$k" || echo "dbench $k failed"
+  fi
+done
 PYTHONPATH="build/mamba:build/fht:${PYTHONPATH:-}" python3 benchmarks/gpu/harness.py bench "$BENCH" || rc=1
-python3 benchmarks/gpu/summarize.py "$OUT" "OUT=\$OUT bash benchmarks/gpu/run_all.sh (ARCH=$ARCH BENCH=$BENCH${NVCC_DEFINES:+ NVCC_DEFINES=$NVCC_DEFINES}${HAD_ALT_DEFINES:+ HAD_ALT_DEFINES=$HAD_ALT_DEFINES}${SCAN_ALT_DEFINES:+ SCAN_ALT_DEFINES=$SCAN_ALT_DEFINES})" > /dev/null
+python3 benchmarks/gpu/summarize.py "$OUT" "OUT=\$OUT bash benchmarks/gpu/run_all.sh (ARCH=$ARCH BENCH=$BENCH${NVCC_DEFINES:+ NVCC_DEFINES=$NVCC_DEFINES}${HAD_ALT_DEFINES:+ HAD_ALT_DEFINES=$HAD_ALT_DEFINES}${SCAN_ALT_DEFINES:+ SCAN_ALT_DEFINES=$SCAN_ALT_DEFINES}${SU_ALT_DEFINES:+ SU_ALT_DEFINES=$SU_ALT_DEFINES})" > /dev/null
 if [ "${NCU:-1}" = 1 ] && [ "$BENCH" = hadamard ] && command -v ncu > /dev/null; then  # fp16 -> fp16 n 5120 and 1536, 64 MiB
   timeout 150 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     --section SchedulerStats --section MemoryWorkloadAnalysis -k regex:hadamardRegKernel -c 2 python3 benchmarks/gpu/harness.py ncu_had \
     > "$OUT/ncu.txt" 2>&1
   echo "ncu rc=$?"; grep -E "hadamardRegKernel|Duration|Throughput|Registers|Achieved Occupancy|Issue Slots Busy|No Eligible" "$OUT/ncu.txt" | head -40
+elif [ "${NCU:-1}" = 1 ] && [ "$BENCH" = decode ] && command -v ncu > /dev/null; then  # state update, 130m B1: mq vs Triton
+  timeout 150 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section SchedulerStats -k regex:"stateUpdateKernel|selective_scan_update" -c 6 python3 benchmarks/gpu/harness.py ncu_decode \
+    > "$OUT/ncu.txt" 2>&1
+  echo "ncu rc=$?"; grep -E "stateUpdateKernel|selective_scan_update|Duration|Registers|Achieved Occupancy|Block Size|Grid Size" "$OUT/ncu.txt" | head -60
 elif [ "${NCU:-1}" = 1 ] && command -v ncu > /dev/null; then  # one pass-3 scan launch (fp16, B8 L4096 D5120), one segment-parallel (B1 L4096 D1536)
   timeout 150 ncu --clock-control none --set basic --section WarpStateStats --section SchedulerStats -k regex:"scanPass3|scanSegKernel" -c 2 \
     python3 benchmarks/gpu/harness.py ncu > "$OUT/ncu.txt" 2>&1

@@ -74,6 +74,13 @@ if os.path.exists(bp):
             per = f"{mq / r['layers']:.2f}" if mq else ""
             lines.append(f"| {r['model']} | {r['layers']} | {r['D']} | {r['B']} | {r['state_MB']:.1f} | {mqs} | {mts} | {sp} | "
                          f"{r['roofline_us']:.1f} | {per} |")
+    for alt in b.get("decode_alt", []):
+        lines += ["", f"Decode, build {alt['tag']} ({alt['lib']}): {alt['checks'] - len(alt['failures'])}/{alt['checks']} state-update checks "
+                  "passed", "", "| model | B | mq µs/token | mamba-ssm Triton µs/token | mq speed-up |", "|---|---|---|---|---|"]
+        for r in alt["rows"]:
+            mq, mt = r.get("mq_us"), r.get("mamba_triton_us")
+            lines.append(f"| {r['model']} | {r['B']} | {mq or float('nan'):.1f} | {mt or float('nan'):.1f} | "
+                         f"{(mt / mq if mq and mt else float('nan')):.2f}× |")
     if b.get("mamba_ssm"):
         lines += ["", f"reference-build notes: {b['mamba_ssm']}"]
 open(os.path.join(out, "results.md"), "w").write("\n".join(lines) + "\n")

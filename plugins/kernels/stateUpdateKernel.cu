@@ -6,29 +6,87 @@ namespace mq
 namespace
 {
 
-constexpr int kLanes = 4;     // threads per (batch, channel)
-constexpr int kThreads = 64;  // small blocks: a decode step has only B·D·4 threads, spread them over the SMs
+#ifndef MQ_SU_LANES
+#define MQ_SU_LANES 0 // threads per (batch, channel): 0 = automatic (4 or 2, see launchStateUpdate), or 1, 2, 4, 8, 16
+#endif
+#ifndef MQ_SU_THREADS
+#define MQ_SU_THREADS 128 // threads per block (a multiple of 32)
+#endif
+#ifndef MQ_SU_LANES_2_ROWS
+#define MQ_SU_LANES_2_ROWS 8192 // automatic lanes: 2 from this many (batch, channel) rows on, else 4
+#endif
+constexpr int kThreads = MQ_SU_THREADS;
+constexpr int kVecN = 16; // the vector path's N
+static_assert(kThreads % 32 == 0 && (MQ_SU_LANES == 0 || (MQ_SU_LANES <= 16 && (MQ_SU_LANES & (MQ_SU_LANES - 1)) == 0)),
+    "bad MQ_SU_LANES / MQ_SU_THREADS");
 
-//! The 4 consecutive values src[n0 .. n0 + 3] (n0 + 3 < N, 8-byte aligned for fp16 / 16-byte for fp32) as one load.
-__device__ __forceinline__ void load4(float const* src, float (&v)[4], int n0)
+//! The S consecutive values src[n0 .. n0 + S) (n0 a multiple of S; rows 16-byte aligned) in as few vector
+//! loads as their size allows (fp32: float4 / float2 / float, fp16: 8 / 4 / 2 bytes).
+template <int S>
+__device__ __forceinline__ void loadSpl(float const* src, float (&v)[S], int n0)
 {
-    float4 const q = *reinterpret_cast<float4 const*>(src + n0);
-    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+    if constexpr (S % 4 == 0)
+    {
+#pragma unroll
+        for (int i = 0; i < S; i += 4)
+        {
+            float4 const q = *reinterpret_cast<float4 const*>(src + n0 + i);
+            v[i] = q.x, v[i + 1] = q.y, v[i + 2] = q.z, v[i + 3] = q.w;
+        }
+    }
+    else if constexpr (S == 2)
+    {
+        float2 const q = *reinterpret_cast<float2 const*>(src + n0);
+        v[0] = q.x, v[1] = q.y;
+    }
+    else
+        v[0] = src[n0];
 }
-__device__ __forceinline__ void load4(__half const* src, float (&v)[4], int n0)
+template <int S>
+__device__ __forceinline__ void loadSpl(__half const* src, float (&v)[S], int n0)
 {
-    uint2 const q = *reinterpret_cast<uint2 const*>(src + n0);
-    float2 const lo = __half22float2(*reinterpret_cast<__half2 const*>(&q.x));
-    float2 const hi = __half22float2(*reinterpret_cast<__half2 const*>(&q.y));
-    v[0] = lo.x, v[1] = lo.y, v[2] = hi.x, v[3] = hi.y;
+    if constexpr (S % 4 == 0)
+    {
+#pragma unroll
+        for (int i = 0; i < S; i += 4)
+        {
+            uint2 const q = *reinterpret_cast<uint2 const*>(src + n0 + i);
+            float2 const lo = __half22float2(*reinterpret_cast<__half2 const*>(&q.x));
+            float2 const hi = __half22float2(*reinterpret_cast<__half2 const*>(&q.y));
+            v[i] = lo.x, v[i + 1] = lo.y, v[i + 2] = hi.x, v[i + 3] = hi.y;
+        }
+    }
+    else if constexpr (S == 2)
+    {
+        float2 const q = __half22float2(*reinterpret_cast<__half2 const*>(src + n0));
+        v[0] = q.x, v[1] = q.y;
+    }
+    else
+        v[0] = __half2float(src[n0]);
+}
+template <int S>
+__device__ __forceinline__ void storeSpl(float* dst, float const (&v)[S], int n0)
+{
+    if constexpr (S % 4 == 0)
+    {
+#pragma unroll
+        for (int i = 0; i < S; i += 4)
+            *reinterpret_cast<float4*>(dst + n0 + i) = make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]);
+    }
+    else if constexpr (S == 2)
+        *reinterpret_cast<float2*>(dst + n0) = make_float2(v[0], v[1]);
+    else
+        dst[n0] = v[0];
 }
 
-// kVec (N == 16, 16-byte aligned state / A / Bm / Cm rows): lane l owns states 4l … 4l+3 and reads them, A, Bm
-// and Cm with one vector load each; every load of the thread is issued before any arithmetic, so a step costs
-// about one memory latency. Otherwise lane l owns states l, l + 4, … (any N).
-template <typename T, bool kVec>
+// kLanes threads per (batch, channel) row. kVec (N == 16, 16-byte aligned state / A / Bm / Cm rows): lane l owns
+// states kSpl·l … kSpl·l + kSpl − 1 and reads them, A, Bm and Cm with vector loads; every load of the thread is
+// issued before any arithmetic, so a step costs about one memory latency. Otherwise lane l owns states l,
+// l + kLanes, … (any N).
+template <typename T, bool kVec, int kLanes>
 __global__ void __launch_bounds__(kThreads) stateUpdateKernel(StateUpdateParams const p)
 {
+    constexpr int kSpl = kVecN / kLanes; // states a lane owns on the vector path
     int64_t const gid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
     int64_t const row = gid / kLanes; // b * D + d
     int const lane = static_cast<int>(gid % kLanes);
@@ -49,26 +107,23 @@ __global__ void __launch_bounds__(kThreads) stateUpdateKernel(StateUpdateParams 
     float yv = 0.f;
     if constexpr (kVec)
     {
-        int const n0 = 4 * lane;
-        float4 const h4 = *reinterpret_cast<float4 const*>(p.stateIn + r * N + n0);
-        float4 const a4 = *reinterpret_cast<float4 const*>(A + n0);
-        float bv[4], cv[4];
-        load4(Bm, bv, n0);
-        load4(Cm, cv, n0);
+        int const n0 = kSpl * lane;
+        float hv[kSpl], av[kSpl], bv[kSpl], cv[kSpl], ho[kSpl];
+        loadSpl(p.stateIn + r * N, hv, n0);
+        loadSpl(A, av, n0);
+        loadSpl(Bm, bv, n0);
+        loadSpl(Cm, cv, n0);
         if (p.dtSoftplus)
             dt = softplusTorch(dt);
         float const dx = dt * xv;
-        float const hv[4] = {h4.x, h4.y, h4.z, h4.w};
-        float const av[4] = {a4.x, a4.y, a4.z, a4.w};
-        float ho[4];
 #pragma unroll
-        for (int k = 0; k < 4; ++k)
+        for (int k = 0; k < kSpl; ++k)
         {
             ho[k] = fmaf(expf(dt * av[k]), hv[k], dx * bv[k]);
             yv = fmaf(ho[k], cv[k], yv);
         }
         if (active)
-            *reinterpret_cast<float4*>(p.stateOut + r * N + n0) = make_float4(ho[0], ho[1], ho[2], ho[3]);
+            storeSpl(p.stateOut + r * N, ho, n0);
     }
     else
     {
@@ -95,16 +150,33 @@ __global__ void __launch_bounds__(kThreads) stateUpdateKernel(StateUpdateParams 
     }
 }
 
-template <typename T>
-void launchTyped(StateUpdateParams const& p, unsigned blocks, cudaStream_t stream)
+template <typename T, int kLanes>
+void launchTyped(StateUpdateParams const& p, cudaStream_t stream)
 {
-    bool const vec = p.dState == 16 && (reinterpret_cast<uintptr_t>(p.stateIn) & 15u) == 0
+    int64_t const threads = static_cast<int64_t>(p.batch) * p.dim * kLanes;
+    unsigned const blocks = static_cast<unsigned>((threads + kThreads - 1) / kThreads);
+    bool const vec = p.dState == kVecN && (reinterpret_cast<uintptr_t>(p.stateIn) & 15u) == 0
         && (reinterpret_cast<uintptr_t>(p.stateOut) & 15u) == 0 && (reinterpret_cast<uintptr_t>(p.A) & 15u) == 0
         && (reinterpret_cast<uintptr_t>(p.Bm) & 15u) == 0 && (reinterpret_cast<uintptr_t>(p.Cm) & 15u) == 0;
     if (vec)
-        stateUpdateKernel<T, true><<<blocks, kThreads, 0, stream>>>(p);
+        stateUpdateKernel<T, true, kLanes><<<blocks, kThreads, 0, stream>>>(p);
     else
-        stateUpdateKernel<T, false><<<blocks, kThreads, 0, stream>>>(p);
+        stateUpdateKernel<T, false, kLanes><<<blocks, kThreads, 0, stream>>>(p);
+}
+
+//! Lanes per row: fewer rows than MQ_SU_LANES_2_ROWS are latency-bound (4 lanes, the shortest chain a thread);
+//! from there on the per-thread work that every lane repeats (the loads of x / Δ / z, softplus) counts, 2 lanes.
+template <typename T>
+void launchLanes(StateUpdateParams const& p, cudaStream_t stream)
+{
+#if MQ_SU_LANES == 0
+    if (static_cast<int64_t>(p.batch) * p.dim >= MQ_SU_LANES_2_ROWS)
+        launchTyped<T, 2>(p, stream);
+    else
+        launchTyped<T, 4>(p, stream);
+#else
+    launchTyped<T, MQ_SU_LANES>(p, stream);
+#endif
 }
 
 } // namespace
@@ -114,14 +186,12 @@ cudaError_t launchStateUpdate(StateUpdateParams const& p, cudaStream_t stream)
     if (p.batch < 0 || p.dim < 0 || p.dState < 1 || p.stateIn == nullptr || p.stateOut == nullptr || p.x == nullptr
         || p.dt == nullptr || p.A == nullptr || p.Bm == nullptr || p.Cm == nullptr || p.y == nullptr)
         return cudaErrorInvalidValue;
-    int64_t const threads = static_cast<int64_t>(p.batch) * p.dim * kLanes;
-    if (threads == 0)
+    if (static_cast<int64_t>(p.batch) * p.dim == 0)
         return cudaSuccess;
-    unsigned const blocks = static_cast<unsigned>((threads + kThreads - 1) / kThreads);
     if (p.type == DType::kFLOAT)
-        launchTyped<float>(p, blocks, stream);
+        launchLanes<float>(p, stream);
     else if (p.type == DType::kHALF)
-        launchTyped<__half>(p, blocks, stream);
+        launchLanes<__half>(p, stream);
     else
         return cudaErrorInvalidValue;
     return cudaGetLastError();

@@ -6,8 +6,9 @@
 //
 // x, dt, z, y are (B, D) (= (B, 1, D) token-major); Bm, Cm are (B, N); A is (D, N).
 // `type` (x, dt, z, y, Bm, Cm) is fp32 or fp16; A, Dskip, dt_bias and the state are fp32.
-// Schedule: 4 threads per (batch, channel) in 64-thread blocks, reduced by shuffles; for N = 16 each owns 4
-// consecutive states (vector loads, all loads issued before the math), otherwise every 4th state.
+// Schedule: 4 threads per (batch, channel) below B·D = 8192, 2 from there on, in 128-thread blocks, reduced by
+// shuffles; for N = 16 each owns 4 (8) consecutive states (vector loads, all loads issued before the math),
+// otherwise every 4th (2nd) state. Measured on an H200: benchmarks/gpu/results/NOTES.md, "Decode block shape".
 #pragma once
 #include "common.h"
 

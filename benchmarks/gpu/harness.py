@@ -304,7 +304,7 @@ def tests():
     # the register path's other schedules (the default ran above)
     for gpb, flags in TUNING_SWEEP + ((1, 1), (3, 0), (3, 3)):
         LIB.mq_hadamard_set_tuning(gpb, flags)
-        for n in (1536, 5120, 4096, 768, 64):
+        for n in (1536, 5120, 4096, 768, 64, 2560, 3584):
             g = torch.Generator(device=DEV).manual_seed(n + gpb + 7 * flags)
             x = torch.randn(3001, n, generator=g, device=DEV).half()
             ref = hadamard_ref(x.double(), n)
@@ -330,6 +330,10 @@ def sanitize():
     run_state_update(st, torch.randn(3, 130, device=DEV), torch.randn(3, 130, device=DEV), -torch.rand(130, 16, device=DEV),
                      torch.randn(3, 16, device=DEV), torch.randn(3, 16, device=DEV), torch.randn(130, device=DEV),
                      torch.randn(130, device=DEV), torch.randn(3, 130, device=DEV), F16, inplace=True)
+    st = torch.randn(3, 3000, 16, device=DEV)  # B·D ≥ 8192: 2 lanes a row
+    run_state_update(st, torch.randn(3, 3000, device=DEV), torch.randn(3, 3000, device=DEV), -torch.rand(3000, 16, device=DEV),
+                     torch.randn(3, 16, device=DEV), torch.randn(3, 16, device=DEV), torch.randn(3000, device=DEV),
+                     torch.randn(3000, device=DEV), torch.randn(3, 3000, device=DEV), F16, inplace=True)
     x = make_scan_inputs(2, 61, 99, 12, seed=4, gate=True, init=True)
     for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16)):
         for chunks in (2, 4):

@@ -20,6 +20,8 @@
 //     bits, 4 butterfly stages on 64 values, writes them back); the last window stores to global memory
 //     (8-byte fp16 / 4-byte int8 stores of 4 consecutive columns; with 4 bits left they go [0, 3) then [3, 4) so
 //     that the storing lanes vary chunk bits 0..2 and cover whole sectors). m = 1, 2^k = 64: L stores directly.
+//  m = 20: the L phase goes half width (lHalves: columns 0-1, then 2-3, stored as float2s; pass 0 does column
+//     bit 1) so that the kernel fits in 128 registers.
 //  The next group's raw input is loaded into registers (load) or by cp.async into a staging buffer (loadAsync /
 //  readStage); the kernel (hadamardKernel.cu) chooses, and places the barriers between the phases.
 // Per element (m = 20, 2^k = 256): ~0.25 loads, 1 conversion, 2 + 4 + 2 butterfly adds, ~7.7 base-product
@@ -44,6 +46,9 @@ namespace hfast
 
 constexpr int kThreads = 128;
 constexpr int kMaxN = 8192;
+#ifndef MQ_HAD_HALF_L
+#define MQ_HAD_HALF_L 1
+#endif
 
 // ---------------------------------------------------------------- base matrices (compile time)
 __host__ __device__ constexpr bool isPrimeC(int q)
@@ -301,6 +306,12 @@ struct Cfg
     static constexpr int F4 = G * N / 4;                // float4s per group
     static constexpr int SMEM_F4 = R > 0 ? F4 + F4 / 16 : 0;
     static constexpr int MAXB = K + (M % 8 == 0 ? 3 : M % 4 == 0 ? 2 : M % 2 == 0 ? 1 : 0) + ilog2(G); // 2^MAXB | F4
+    // Half-width L phase (m = 20 unless MQ_HAD_HALF_L=0): columns 0-1 and then 2-3 of the thread's float4s, each
+    // half's base products and column-bit-0 butterfly written to shared memory as float2s, column bit 1 done by
+    // pass 0. Holds half the L-phase values, so the kernel fits in 128 registers instead of 168 (4 blocks a SM
+    // instead of 3). Not m = 28 (spills at 168 registers, slower than the full-width phase at 255) nor m = 12
+    // (spills at 5 blocks): benchmarks/gpu/results/NOTES.md, "Hadamard: half-width L phase".
+    static constexpr bool HALF = MQ_HAD_HALF_L != 0 && M == 20;
     static_assert(K >= 4 && LUNITS <= kThreads && G * LUNITS == kThreads, "unsupported size");
     static_assert(N <= kMaxN, "unsupported size");
 
@@ -441,6 +452,32 @@ struct Fast
             sp[lSlotStep(j)] = v[j];
     }
 
+    //! C::HALF: the whole L phase from the raw input into shared memory, one pair of columns at a time (the base
+    //! products of columns 2h and 2h + 1, then their bit-0 butterfly, stored as the float2 half h of each float4
+    //! slot); pass 0 then does column bit 1. Same values as compute + storeSmem once pass 0 has run.
+    MQ_HD static void lHalves(Raw const& raw, float4* sm, int tid, float s)
+    {
+        float* sf = reinterpret_cast<float*>(sm + lSlot(tid));
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+        {
+            float x0[M], x1[M], o0[M], o1[M];
+#pragma unroll
+            for (int a = 0; a < M; ++a)
+            {
+                __half2 hh;
+                memcpy(&hh, h == 0 ? &raw.r[a].x : &raw.r[a].y, 4);
+                float2 const f = __half22float2(hh);
+                x0[a] = f.x, x1[a] = f.y;
+            }
+            baseProduct<M>(x0, o0, s);
+            baseProduct<M>(x1, o1, s);
+#pragma unroll
+            for (int c = 0; c < M; ++c)
+                *reinterpret_cast<float2*>(sf + 4 * lSlotStep(c) + 2 * h) = make_float2(o0[c] + o1[c], o0[c] - o1[c]);
+        }
+    }
+
     //! R == 0 (M = 1, P = 64): the L phase holds whole rows; scale and store.
     template <typename Tout>
     MQ_HD static void storeDirect(float4 const (&v)[C::LREG], Tout* y, int64_t rows, int64_t grp, int tid, float s, bool cs)
@@ -473,6 +510,12 @@ struct Fast
 #pragma unroll
             for (int j = 0; j < (1 << B); ++j)
                 v[j] = sp[ph(j << ulo)];
+            if constexpr (C::HALF && W == 0) // column bit 1, left by lHalves
+            {
+#pragma unroll
+                for (int j = 0; j < (1 << B); ++j)
+                    v[j] = make_float4(v[j].x + v[j].z, v[j].y + v[j].w, v[j].x - v[j].z, v[j].y - v[j].w);
+            }
 #pragma unroll
             for (int b = slo; b < shi; ++b)
 #pragma unroll

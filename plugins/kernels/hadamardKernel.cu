@@ -439,6 +439,8 @@ constexpr int regMinBlocks()
 #ifdef MQ_HAD_MIN_BLOCKS
     return MQ_HAD_MIN_BLOCKS;
 #else
+    if (kM == 20 && MQ_HAD_HALF_L != 0)
+        return 4; // half-width L phase (hadamardFast.cuh): 128 registers
     return kM <= 12 ? 4 : kM <= 20 ? 3 : 2; // registers: 128 / 168 / 255 a thread
 #endif
 }
@@ -454,6 +456,19 @@ constexpr int regMinBlocks()
 constexpr int kRegAsync = 1, kRegStoreCs = 2;
 constexpr int kRegGroupsPerBlockDefault = 0, kRegFlagsDefault = kRegStoreCs;
 std::atomic<int> gRegGroupsPerBlock{-1}, gRegFlags{-1};
+
+//! The shared-memory passes of a group whose L phase is in shared memory (a barrier before each).
+template <typename F, typename Tout>
+__device__ __forceinline__ void regPasses(float4* hsm, Tout* y, int64_t rows, int64_t grp, int tid, float s, bool cs)
+{
+    __syncthreads();
+    F::template pass<0>(hsm, y, rows, grp, tid, s, cs);
+    if constexpr (F::C::NWIN > 1)
+    {
+        __syncthreads();
+        F::template pass<1>(hsm, y, rows, grp, tid, s, cs);
+    }
+}
 
 template <typename Tout, int kM, int kLogP>
 __global__ void __launch_bounds__(hfast::kThreads, regMinBlocks<kM>())
@@ -484,35 +499,46 @@ __global__ void __launch_bounds__(hfast::kThreads, regMinBlocks<kM>())
     for (; grp < end; grp += step)
     {
         int64_t const next = grp + step;
-        float4 v[C::LREG];
-        if (async)
+        if constexpr (C::HALF)
         {
-            F::readStage(raw, stage, tid);
-            F::unpack(raw, v); // the staging reads are consumed before the next copies into the same slots
-            if (next < end)
-                F::loadAsync(stage, x, p.rows, next, tid);
-        }
-        else
-            F::unpack(raw, v);
-        F::math(v, s);
-        if constexpr (C::R == 0)
-        {
-            if (!async && next < end)
-                F::load(raw, x, p.rows, next, tid);
-            F::storeDirect(v, y, p.rows, grp, tid, s, cs);
-        }
-        else
-        {
+            if (async)
+            {
+                F::readStage(raw, stage, tid);
+                if (next < end)
+                    F::loadAsync(stage, x, p.rows, next, tid); // this thread's slots, already read
+            }
             __syncthreads(); // the previous group's last pass is done with shared memory
-            F::storeSmem(v, hsm, tid);
+            F::lHalves(raw, hsm, tid, s);
             if (!async && next < end)
                 F::load(raw, x, p.rows, next, tid); // in flight during the passes
-            __syncthreads();
-            F::template pass<0>(hsm, y, p.rows, grp, tid, s, cs);
-            if constexpr (C::NWIN > 1)
+            regPasses<F>(hsm, y, p.rows, grp, tid, s, cs);
+        }
+        else
+        {
+            float4 v[C::LREG];
+            if (async)
             {
-                __syncthreads();
-                F::template pass<1>(hsm, y, p.rows, grp, tid, s, cs);
+                F::readStage(raw, stage, tid);
+                F::unpack(raw, v); // the staging reads are consumed before the next copies into the same slots
+                if (next < end)
+                    F::loadAsync(stage, x, p.rows, next, tid);
+            }
+            else
+                F::unpack(raw, v);
+            F::math(v, s);
+            if constexpr (C::R == 0)
+            {
+                if (!async && next < end)
+                    F::load(raw, x, p.rows, next, tid);
+                F::storeDirect(v, y, p.rows, grp, tid, s, cs);
+            }
+            else
+            {
+                __syncthreads(); // the previous group's last pass is done with shared memory
+                F::storeSmem(v, hsm, tid);
+                if (!async && next < end)
+                    F::load(raw, x, p.rows, next, tid); // in flight during the passes
+                regPasses<F>(hsm, y, p.rows, grp, tid, s, cs);
             }
         }
     }

@@ -118,6 +118,11 @@ void runCase(int64_t rows)
                     F::loadAsync(stage.data(), xh.data(), rows, grp, tid);
                     F::readStage(raw, stage.data(), tid);
                 }
+                if constexpr (C::HALF)
+                {
+                    F::lHalves(raw, sm.data(), tid, s);
+                    continue;
+                }
                 float4 v[C::LREG];
                 F::compute(raw, v, s);
                 if constexpr (C::R == 0)

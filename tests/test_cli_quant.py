@@ -42,6 +42,12 @@ def test_quantized_outdir(w8):
     assert man["self_check"]["max_rel_error_portable_vs_simulation"] < 1e-5
     calib = json.loads((w8 / "calib.json").read_text())
     assert "layers.0.out_proj.input" in calib["points"]
+    # each stateful pair was checked against the full graph with its own kernels (the portable prefill against the
+    # portable full graph: the plugin graph's FWHT and scan round differently), the prefill to fp32 rounding
+    st = man["stateful"]["self_check"]
+    assert st["tensorrt"]["reference_plugin_nodes"] > 0 and st["portable"]["reference_plugin_nodes"] == 0
+    for flavour in ("tensorrt", "portable"):
+        assert st[flavour]["prefill_max_rel_error_vs_full_graph"][flavour] <= 1e-4
 
 
 def test_lint_clean_and_both_flavours_run(w8):

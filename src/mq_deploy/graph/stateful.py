@@ -332,10 +332,14 @@ def build_stateful_graphs(full: onnx.ModelProto, config: MambaConfig) -> dict[st
 PREFILL_TOL = 1e-4
 
 
-def self_check(full: onnx.ModelProto, graphs: dict[str, onnx.ModelProto], config: MambaConfig,
+def self_check(full, graphs: dict[str, onnx.ModelProto], config: MambaConfig,
                prompt: int = 5, steps: int = 2, tol: Optional[float] = None) -> dict:
     """Prefill (one row left-padded by 2) + `steps` decode steps vs the full graph's logits, for each
     flavour whose two graphs are in `graphs`.
+
+    `full` is the full graph with the same kernels as the pair (the plugin graph for the tensorrt pair, its
+    portable lowering for the portable pair: the prefill is held to fp32 rounding, so it must be compared
+    with the same arithmetic), or a function returning it (built, run and released inside).
 
     Without activation quantization the step and the scan differ only in fp32 rounding (default tol 1e-4).
     With Q/DQ nodes a value within rounding of a quantization boundary can land one step apart and, in a
@@ -346,16 +350,18 @@ def self_check(full: onnx.ModelProto, graphs: dict[str, onnx.ModelProto], config
 
     from ..backends.ort import OrtRunner
 
+    full_graph = full() if callable(full) else full
     if tol is None:
-        tol = 0.25 if any(n.op_type == "QuantizeLinear" for n in full.graph.node) else 1e-4
+        tol = 0.25 if any(n.op_type == "QuantizeLinear" for n in full_graph.graph.node) else 1e-4
     rng = np.random.default_rng(0)
     L = prompt + steps
     ids = rng.integers(0, config.vocab_size, size=(2, L))
-    full_runner = OrtRunner(full)
+    ref_plugins = sum(n.domain == PLUGIN_DOMAIN for n in full_graph.graph.node)
+    full_runner = OrtRunner(full_graph)
     ref = full_runner(ids)  # [2, L, V]
     short = ids[1, 2:prompt]  # row 1: a prompt 2 shorter, left-padded
     ref_short = full_runner(ids[1:, 2:])
-    del full_runner  # one graph's sessions alive at a time (a 130m-shape model: ~0.5 GB each)
+    del full_runner, full_graph  # one graph's sessions alive at a time (a 130m-shape model: ~0.5 GB each)
     pids = np.stack([ids[0, :prompt], np.concatenate([[0, 0], short])])
     mask = np.ones_like(pids)
     mask[1, :2] = 0
@@ -375,8 +381,8 @@ def self_check(full: onnx.ModelProto, graphs: dict[str, onnx.ModelProto], config
             want.append(np.stack([ref[0, prompt + t], ref_short[0, prompt - 2 + t]]))
             out = {k.replace("_out.", "."): v for k, v in out.items()}
         err = max(float(np.abs(g - w).max()) for g, w in zip(got, want)) / max(scale, 1e-30)
-        # the prefill computes the full graph's arithmetic (same scan kernel, same conv), so its logits must
-        # match to fp32 rounding whatever the recipe; only the decode steps take the looser bound above
+        # the prefill computes the full graph's arithmetic (same scan kernel, same conv, same Hadamard), so its
+        # logits must match to fp32 rounding whatever the recipe; only the decode steps take the looser bound above
         pre_err = float(np.abs(got[0] - want[0]).max()) / max(scale, 1e-30)
         if not np.isfinite(pre_err) or pre_err > PREFILL_TOL:
             raise InternalError(f"self-check: {flavour} prefill logits differ from the full graph's "
@@ -387,5 +393,6 @@ def self_check(full: onnx.ModelProto, graphs: dict[str, onnx.ModelProto], config
         worst[flavour] = err
         prefill_worst[flavour] = pre_err
     return {"batch": 2, "prompt": prompt, "left_padding": 2, "decode_steps": steps, "tolerance": tol,
+            "reference_plugin_nodes": ref_plugins,
             "max_rel_error_vs_full_graph": worst, "prefill_tolerance": PREFILL_TOL,
             "prefill_max_rel_error_vs_full_graph": prefill_worst}

@@ -115,20 +115,24 @@ class HybridSession:
                 steps.append(("ort", [node]))
         steps = [(kind, with_consts(x) if kind == "ort" else x) for kind, x in steps]
         # backwards: keep only the steps whose results something downstream (or the caller) reads
+        def step_reads(nodes: list) -> set:
+            """What a step reads from outside: not what its own nodes (its copies of the constant nodes
+            included) compute."""
+            internal = {o for n in nodes for o in n.output}
+            return {i for n in nodes for i in n.input if i and i not in internal}
+
         needed, kept = set(self.outputs), []
         for kind, x in reversed(steps):
             nodes = x if kind == "ort" else [x]
             if any(o in needed for n in nodes for o in n.output):
                 kept.append((kind, x))
-                needed.update(i for n in nodes for i in n.input if i)
+                needed.update(step_reads(nodes))
         steps = kept[::-1]
         # last step that reads each tensor (graph outputs live to the end)
         last_use: dict[str, int] = {}
         for k, (kind, x) in enumerate(steps):
-            for n in (x if kind == "ort" else [x]):
-                for i in n.input:
-                    if i:
-                        last_use[i] = k
+            for i in step_reads(x if kind == "ort" else [x]):
+                last_use[i] = k
         for o in self.outputs:
             last_use[o] = len(steps)
         self.steps = []

@@ -20,49 +20,39 @@ constexpr int kVecN = 16; // the vector path's N
 static_assert(kThreads % 32 == 0 && (MQ_SU_LANES == 0 || (MQ_SU_LANES <= 16 && (MQ_SU_LANES & (MQ_SU_LANES - 1)) == 0)),
     "bad MQ_SU_LANES / MQ_SU_THREADS");
 
+//! 4 / 2 consecutive values as one vector load (fp32: 16 / 8 bytes, fp16: 8 / 4 bytes), converted to float.
+__device__ __forceinline__ float4 ld4(float const* p) { return *reinterpret_cast<float4 const*>(p); }
+__device__ __forceinline__ float4 ld4(__half const* p)
+{
+    uint2 const q = *reinterpret_cast<uint2 const*>(p);
+    float2 const lo = __half22float2(*reinterpret_cast<__half2 const*>(&q.x));
+    float2 const hi = __half22float2(*reinterpret_cast<__half2 const*>(&q.y));
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+__device__ __forceinline__ float2 ld2(float const* p) { return *reinterpret_cast<float2 const*>(p); }
+__device__ __forceinline__ float2 ld2(__half const* p) { return __half22float2(*reinterpret_cast<__half2 const*>(p)); }
+
 //! The S consecutive values src[n0 .. n0 + S) (n0 a multiple of S; rows 16-byte aligned) in as few vector
-//! loads as their size allows (fp32: float4 / float2 / float, fp16: 8 / 4 / 2 bytes).
-template <int S>
-__device__ __forceinline__ void loadSpl(float const* src, float (&v)[S], int n0)
+//! loads as their size allows.
+template <int S, typename T>
+__device__ __forceinline__ void loadSpl(T const* src, float (&v)[S], int n0)
 {
     if constexpr (S % 4 == 0)
     {
 #pragma unroll
         for (int i = 0; i < S; i += 4)
         {
-            float4 const q = *reinterpret_cast<float4 const*>(src + n0 + i);
+            float4 const q = ld4(src + n0 + i);
             v[i] = q.x, v[i + 1] = q.y, v[i + 2] = q.z, v[i + 3] = q.w;
         }
     }
     else if constexpr (S == 2)
     {
-        float2 const q = *reinterpret_cast<float2 const*>(src + n0);
+        float2 const q = ld2(src + n0);
         v[0] = q.x, v[1] = q.y;
     }
     else
-        v[0] = src[n0];
-}
-template <int S>
-__device__ __forceinline__ void loadSpl(__half const* src, float (&v)[S], int n0)
-{
-    if constexpr (S % 4 == 0)
-    {
-#pragma unroll
-        for (int i = 0; i < S; i += 4)
-        {
-            uint2 const q = *reinterpret_cast<uint2 const*>(src + n0 + i);
-            float2 const lo = __half22float2(*reinterpret_cast<__half2 const*>(&q.x));
-            float2 const hi = __half22float2(*reinterpret_cast<__half2 const*>(&q.y));
-            v[i] = lo.x, v[i + 1] = lo.y, v[i + 2] = hi.x, v[i + 3] = hi.y;
-        }
-    }
-    else if constexpr (S == 2)
-    {
-        float2 const q = __half22float2(*reinterpret_cast<__half2 const*>(src + n0));
-        v[0] = q.x, v[1] = q.y;
-    }
-    else
-        v[0] = __half2float(src[n0]);
+        v[0] = toFloat(src[n0], 1.f);
 }
 template <int S>
 __device__ __forceinline__ void storeSpl(float* dst, float const (&v)[S], int n0)

@@ -21,16 +21,27 @@ static_assert(kThreads % 32 == 0 && (MQ_SU_LANES == 0 || (MQ_SU_LANES <= 16 && (
     "bad MQ_SU_LANES / MQ_SU_THREADS");
 
 //! 4 / 2 consecutive values as one vector load (fp32: 16 / 8 bytes, fp16: 8 / 4 bytes), converted to float.
-__device__ __forceinline__ float4 ld4(float const* p) { return *reinterpret_cast<float4 const*>(p); }
-__device__ __forceinline__ float4 ld4(__half const* p)
+template <typename T>
+__device__ __forceinline__ float4 ld4(T const* p)
 {
-    uint2 const q = *reinterpret_cast<uint2 const*>(p);
-    float2 const lo = __half22float2(*reinterpret_cast<__half2 const*>(&q.x));
-    float2 const hi = __half22float2(*reinterpret_cast<__half2 const*>(&q.y));
-    return make_float4(lo.x, lo.y, hi.x, hi.y);
+    if constexpr (sizeof(T) == 4)
+        return *reinterpret_cast<float4 const*>(p);
+    else
+    {
+        uint2 const q = *reinterpret_cast<uint2 const*>(p);
+        float2 const lo = __half22float2(*reinterpret_cast<__half2 const*>(&q.x));
+        float2 const hi = __half22float2(*reinterpret_cast<__half2 const*>(&q.y));
+        return make_float4(lo.x, lo.y, hi.x, hi.y);
+    }
 }
-__device__ __forceinline__ float2 ld2(float const* p) { return *reinterpret_cast<float2 const*>(p); }
-__device__ __forceinline__ float2 ld2(__half const* p) { return __half22float2(*reinterpret_cast<__half2 const*>(p)); }
+template <typename T>
+__device__ __forceinline__ float2 ld2(T const* p)
+{
+    if constexpr (sizeof(T) == 4)
+        return *reinterpret_cast<float2 const*>(p);
+    else
+        return __half22float2(*reinterpret_cast<__half2 const*>(p));
+}
 
 //! The S consecutive values src[n0 .. n0 + S) (n0 a multiple of S; rows 16-byte aligned) in as few vector
 //! loads as their size allows.

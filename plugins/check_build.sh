@@ -4,7 +4,8 @@
 #       with its experimental segment-parallel schedule compiled in (-DMQ_SCAN_SEGMENTED=1, last arch only);
 #   (b) if TRT_INCLUDE names a TensorRT include dir, the plugin *.cpp files against it (-fsyntax-only);
 #   (c) unless HOST_SIM=0, builds and runs tests/hadamard_host_sim.cu: the Hadamard register path's phase functions
-#       run thread by thread on the CPU against a float64 reference (index/layout logic, base products; no GPU).
+#       run thread by thread on the CPU against a float64 reference (index/layout logic, base products; no GPU),
+#       and tests/scan_plan_host.cu: the scan's automatic plan on the benchmark shapes (host code only).
 # Env: NVCC (default: nvcc on PATH), CUDA_ARCHS, TRT_INCLUDE, CXX (default g++), JOBS (default nproc), HOST_SIM.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -57,5 +58,10 @@ if [ "${HOST_SIM:-1}" != 0 ]; then
     "$here/tests/hadamard_host_sim.cu" "$here/kernels/hadamardKernel.cu" -o "$out/hadamard_host_sim"
   "$out/hadamard_host_sim" > "$out/sim.log" || { cat "$out/sim.log" >&2; echo "FAILED: hadamard host simulation" >&2; exit 1; }
   tail -n 1 "$out/sim.log"
+  echo "nvcc scan plan check tests/scan_plan_host.cu"
+  "$NVCC" -std=c++17 -O2 -I"$here/kernels" "$here/tests/scan_plan_host.cu" "$out/selectiveScanKernel.o" \
+    -o "$out/scan_plan_host"
+  "$out/scan_plan_host" > "$out/plan.log" || { cat "$out/plan.log" >&2; echo "FAILED: scan plan check" >&2; exit 1; }
+  tail -n 1 "$out/plan.log"
 fi
 echo "check_build: OK"

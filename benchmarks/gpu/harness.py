@@ -116,7 +116,7 @@ def scan_plan(Bsz, L, D, N, chunks=0):
     """What the library runs (under the current tuning override): 'serial C=k' or 'seg LxG'."""
     out = (i * 4)()
     LIB.mq_selective_scan_plan(Bsz, L, D, N, chunks, out)
-    return f"serial C={out[1]}" if out[0] == 1 else f"seg{'' if out[0] == 2 else out[0] - 1} {out[2]}x{out[3]}"
+    return f"serial C={out[1]} T={out[2]}" if out[0] == 1 else f"seg{'' if out[0] == 2 else out[0] - 1} {out[2]}x{out[3]}"
 
 
 def run_scan(x, in_type, out_type, chunks=0, poly=-1, softplus=True, want_state=True, sched=(0, 0, 0)):
@@ -139,7 +139,11 @@ def run_scan(x, in_type, out_type, chunks=0, poly=-1, softplus=True, want_state=
     args = (Bsz, L, D, N, int(softplus), in_type, out_type, *scales, ptr(u), ptr(delta), ptr(x["A"]), ptr(Bm), ptr(Cm),
             ptr(x["Dskip"]), ptr(x["bias"]), ptr(z), ptr(x["h0"]), ptr(y), ptr(st), chunks, poly, ptr(ws), ws_size, None)
 
+    keep = (u, delta, Bm, Cm, z, y, st, ws)  # the call's buffers live as long as the call can be made again
+
     def call():
+        assert keep  # (referenced so the closure holds them: re-running a call whose inputs were freed reads
+        #              whatever the allocator put there since, e.g. the next call's tensors)
         LIB.mq_selective_scan_set_tuning(*sched)
         rc = LIB.mq_selective_scan(*args)
         LIB.mq_selective_scan_set_tuning(0, 0, 0)
@@ -260,6 +264,7 @@ def tests():
                 continue
             # the case's own schedule (automatic or explicit chunks), then every segment-parallel configuration
             runs = [(poly, (0, 0, 0)) for poly in ((-1, 0) if in_t != F32 and L >= 300 else (-1,))]
+            runs += [(-1, (1, 2, 0)), (-1, (1, 4, 0))]  # token-serial with 2 / 4 threads a channel, whatever auto picks
             runs += [(-1, cfg) for cfg in SEG_CONFIGS]
             yr = hr = None
             for poly, sched in runs:
@@ -338,6 +343,11 @@ def sanitize():
     for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16)):
         for chunks in (2, 4):
             run_scan(x, in_t, out_t, chunks=chunks)
+            run_scan(x, in_t, out_t, chunks=chunks, sched=(1, 4, 0))  # 4 threads a channel (odd D: synchronous loads)
+    x = make_scan_inputs(3, 45, 160, 16, seed=5, gate=True, init=True)
+    for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16)):
+        for chunks in (1, 3):
+            run_scan(x, in_t, out_t, chunks=chunks, sched=(1, 4, 0))  # 4 threads a channel, cp.async tiles
     for (Bsz, L, D, N) in ((2, 61, 99, 12), (1, 300, 130, 16), (3, 17, 5, 7)):  # segment-parallel, every built configuration
         x = make_scan_inputs(Bsz, L, D, N, seed=5, gate=True, init=True)
         for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16)):
@@ -440,6 +450,9 @@ def scan_sweep(bw=None, variants_all=False, chunk_sweep=True):
             if variants_all:
                 variants += [(0, 2, (1, 0, 0)), (0, 4, (1, 0, 0))]
             if in_t == F16:
+                variants += [(0, -1, (1, 2, 0)), (0, -1, (1, 4, 0))]  # 2 / 4 threads a channel, automatic chunks
+                if os.environ.get("SCAN_SPLIT_SWEEP", "1") == "1":  # chunk sweep of the 4-threads kernel
+                    variants += [(c, -1, (1, 4, 0)) for c in (1, 2, 3, 4, 6, 8, 12, 16) if c <= max(1, L // 128)]
                 if chunk_sweep:
                     variants += [(c, -1, (0, 0, 0)) for c in CHUNK_SWEEP if c != serial_auto and c <= max(1, L // 128)]
                 variants += [(0, -1, cfg) for cfg in SEG_CONFIGS]
@@ -448,9 +461,10 @@ def scan_sweep(bw=None, variants_all=False, chunk_sweep=True):
                 t = timeit(fn, iters=5)
                 LIB.mq_selective_scan_set_tuning(*sched)
                 plan = scan_plan(Bsz, L, D, N, chunks)
+                n_chunks = LIB.mq_selective_scan_chunks(Bsz, L, D, N, chunks)
                 LIB.mq_selective_scan_set_tuning(0, 0, 0)
                 auto = chunks == 0 and sched[0] == 0
-                row = dict(B=Bsz, L=L, D=D, N=N, dtype=nm, chunks_arg=chunks, chunks=LIB.mq_selective_scan_chunks(Bsz, L, D, N, chunks),
+                row = dict(B=Bsz, L=L, D=D, N=N, dtype=nm, chunks_arg=chunks, chunks=n_chunks,
                            plan=plan + (" (auto)" if auto else ""), poly=poly, ms=t * 1e3, roofline_ms=roof * 1e3,
                            frac_roofline=roof / t, mufu_ms=mufu * 1e3, frac_mufu=mufu / t, GBps=nbytes / t / 1e9)
                 rows.append(row)
@@ -675,6 +689,20 @@ if __name__ == "__main__":
         tag = sys.argv[2] if len(sys.argv) > 2 else "alt"
         with open(os.path.join(out, f"hbench_alt_{tag}.json"), "w") as fh:
             json.dump(dict(lib=os.environ.get("MQ_KERNELS_LIB", ""), tag=tag, rows=hadamard_bench({}, with_ref=False)), fh, indent=1)
+    elif cmd == "scanauto":  # the automatic scan plan on the benchmark shapes: time it, check it against forced 2 threads
+        res = []
+        for (Bsz, L, D) in SCAN_SHAPES:
+            x = make_scan_inputs(Bsz, L, D, 16, seed=0, gate=True)
+            y, st, _, fn = run_scan(x, F16, F16)
+            y2, st2, _, _ = run_scan(x, F16, F16, sched=(1, 2, 0))
+            row = dict(B=Bsz, L=L, D=D, plan=scan_plan(Bsz, L, D, 16), ms=timeit(fn, iters=5) * 1e3,
+                       rel_y_vs_2_threads=rel_err(y, y2), rel_state_vs_2_threads=rel_err(st, st2))
+            res.append(row)
+            print(f"scan auto B{Bsz} L{L} D{D}: {row['plan']} {row['ms']:.3f} ms, vs 2 threads: y {row['rel_y_vs_2_threads']:.2e} "
+                  f"state {row['rel_state_vs_2_threads']:.2e}", flush=True)
+        with open(os.path.join(out, "scanauto.json"), "w") as fh:
+            json.dump(res, fh, indent=1)
+        sys.exit(0 if all(r["rel_y_vs_2_threads"] < 2e-3 and r["rel_state_vs_2_threads"] < 1e-4 for r in res) else 1)
     elif cmd == "dbench":  # state-update checks + decode timings of another build (MQ_KERNELS_LIB), tagged by argv[2]
         tag = sys.argv[2] if len(sys.argv) > 2 else "alt"
         rows = []

@@ -38,14 +38,15 @@ int mq_selective_scan_chunks(int batch, int seq_len, int dim, int d_state, int c
 }
 
 //! Writes what mq_selective_scan would run for these sizes (chunks as passed to it, 0 = automatic):
-//! out[0] schedule (1 token-serial; 2, 3 the experimental segment-parallel forms), out[1] chunks, out[2] lanes,
-//! out[3] groups.
+//! out[0] schedule (1 token-serial; 2, 3 the experimental segment-parallel forms), out[1] chunks, out[2] lanes
+//! (token-serial: threads a channel, 2 or 4), out[3] groups.
 void mq_selective_scan_plan(int batch, int seq_len, int dim, int d_state, int chunks, int* out)
 {
     mq::SelectiveScanParams p;
     p.batch = batch, p.seqLen = seq_len, p.dim = dim, p.dState = d_state, p.chunks = chunks;
     mq::SelectiveScanPlan const plan = mq::selectiveScanPlan(p);
-    out[0] = plan.schedule, out[1] = plan.chunks, out[2] = plan.lanes, out[3] = plan.groups;
+    out[0] = plan.schedule, out[1] = plan.chunks, out[2] = plan.schedule == 1 ? plan.split : plan.lanes;
+    out[3] = plan.groups;
 }
 
 //! 1 when the segment-parallel schedule (2 or 3) with this (lanes, groups) configuration is compiled in

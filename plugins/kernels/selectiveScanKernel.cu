@@ -8,7 +8,9 @@
 //
 // Schedule: two threads per channel (adjacent lanes), each owning 8 of the 16 states (N ≤ 16 is
 // zero-padded: a = 0, B = C = 0), so a block of 128 threads covers 64 channels and B·D gives twice the
-// threads of the one-thread-per-channel kernel. Per pair of tokens (2j, 2j+1) lane parity p computes Δ of
+// threads of the one-thread-per-channel kernel. (Where B·D·4 threads fill the GPU in one pass and one wave,
+// four threads per channel with 4 states each, 32 channels a block: the same loop, the token's Δ handed round
+// by shuffles and y reduce-scattered over the 4 lanes; see selectiveScanPlan.) Per pair of tokens (2j, 2j+1) lane parity p computes Δ of
 // token 2j+p (softplus once per channel, not per thread) and the pair swaps it with one shuffle; both
 // threads update their 8 states for both tokens, then one more shuffle swaps the partial y of the token
 // each does not own, and the owner adds D·u, applies SiLU(z) and stores. Tiles of u/Δ/z are copied into
@@ -34,9 +36,9 @@ namespace mq
 namespace
 {
 
-constexpr int kCh = 64;               // channels per block
-constexpr int kSplit = 2;             // threads per channel
-constexpr int kThreads = kCh * kSplit; // 128 threads per block
+constexpr int kThreads = 128;         // threads per block: 128 / kSplit channels (kSplit = 2 or 4 threads a channel)
+template <int kSplit>
+__host__ __device__ constexpr int chOf() { return kThreads / kSplit; } // channels per block
 #ifndef MQ_SCAN_MIN_BLOCKS
 #define MQ_SCAN_MIN_BLOCKS 5
 #endif
@@ -45,7 +47,6 @@ constexpr int kThreads = kCh * kSplit; // 128 threads per block
 // 1-6 % slower than 96; B8 D5120 (640 blocks) still fits in one wave at 5 blocks per SM.
 constexpr int kMinBlocks = MQ_SCAN_MIN_BLOCKS;
 constexpr int kN = 16;                // states per channel (N ≤ 16 is zero-padded to 16)
-constexpr int kNT = kN / kSplit;      // states per thread
 constexpr int kMaxTile = 16;          // tokens per shared-memory stage: 16, or 8 where 4-byte z/y would spill registers
 template <typename Tout>
 __host__ __device__ constexpr int tileFor() { return sizeof(Tout) == 4 ? 8 : 16; }
@@ -120,9 +121,10 @@ __device__ __forceinline__ void cpAsyncWaitAll() { asm volatile("cp.async.wait_a
 //! (needs D % (16 / sizeof(T)) == 0 and a 16-byte aligned base); rows past `len` and channels past D
 //! are zero-filled. Otherwise the two threads of a channel load its even / odd rows synchronously
 //! (clamped to a valid channel and to the last valid row).
-template <bool kAsync, int kTile, typename T>
-__device__ __forceinline__ void fillTile(T (*s)[kCh], T const* base, size_t rowBase, int t0, int len, int d0, int dc, int D)
+template <int kSplit, bool kAsync, int kTile, typename T>
+__device__ __forceinline__ void fillTile(T (*s)[chOf<kSplit>()], T const* base, size_t rowBase, int t0, int len, int d0, int dc, int D)
 {
+    constexpr int kCh = chOf<kSplit>();
     if constexpr (kAsync)
     {
         constexpr int kPerChunk = 16 / sizeof(T);
@@ -140,24 +142,27 @@ __device__ __forceinline__ void fillTile(T (*s)[kCh], T const* base, size_t rowB
     else
     {
         int const last = min(kTile, len - t0) - 1;
-        int const half = threadIdx.x & 1;
+        int const lane = threadIdx.x & (kSplit - 1);
         T const* src = base + (rowBase + static_cast<size_t>(t0)) * D + dc;
 #pragma unroll
-        for (int i = half; i < kTile; i += 2)
-            s[i][threadIdx.x >> 1] = src[static_cast<size_t>(min(i, last)) * D];
+        for (int i = lane; i < kTile; i += kSplit)
+            s[i][threadIdx.x / kSplit] = src[static_cast<size_t>(min(i, last)) * D];
     }
 }
 
 //! One (batch, chunk, 64-channel) block's scan. kOut: writes y (and starts from the true start state:
 //! h0 / zero for chunk 0, the chained hChunk[c] otherwise); else computes the chunk-local state from zero
 //! and Σ Δ. The end state goes to lastState for the last chunk, else to hChunk[c].
-template <typename Tin, typename Tout, int kPoly, bool kOut, bool kSoftplus, bool kGate, bool kAsync>
+template <int kSplit, typename Tin, typename Tout, int kPoly, bool kOut, bool kSoftplus, bool kGate, bool kAsync>
 __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work const& w, int32_t chunks, int32_t chunkLen, int c)
 {
+    constexpr int kCh = chOf<kSplit>();
+    constexpr int kNT = kN / kSplit; // states per thread
+    static_assert(kSplit == 2 || kSplit == 4, "2 or 4 threads a channel");
     constexpr int kTile = tileFor<Tout>();
     constexpr int kBcPer = kTile * kN / kThreads; // Bm (and Cm) elements each thread stages per tile
     static_assert(kTile * kN % kThreads == 0, "tile must split evenly over the block");
-    static_assert(kTile % 2 == 0, "tokens are processed in pairs");
+    static_assert(kTile % kSplit == 0, "tokens are processed in groups of kSplit");
     __shared__ __align__(16) float sB[2][kTile][kN];
     __shared__ __align__(16) float sC[2][kOut ? kTile : 1][kN];
     __shared__ __align__(16) Tin sU[2][kTile][kCh];
@@ -167,8 +172,8 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
     int const N = p.dState;
     int const D = p.dim;
     int const L = p.seqLen;
-    int const half = threadIdx.x & 1; // which 8 states; owner of the odd (1) or even (0) token of each pair
-    int const ch = threadIdx.x >> 1;
+    int const lane = threadIdx.x & (kSplit - 1); // which kNT states; owner of token lane of each group of kSplit
+    int const ch = threadIdx.x / kSplit;
     int const d = blockIdx.x * kCh + ch;
     int const b = blockIdx.z;
     bool const active = d < D;
@@ -177,7 +182,7 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
     int const len = tEnd - tBegin;
     int const dc = active ? d : D - 1; // inactive lanes read a valid channel and store nothing
     int const d0 = blockIdx.x * kCh;
-    int const n0 = half * kNT;
+    int const n0 = lane * kNT;
     size_t const tokRow0 = static_cast<size_t>(b) * L + tBegin; // (b, tBegin) as a row of the (B·L, D) tensors
 
     size_t const row0 = tokRow0 * D + dc;
@@ -237,10 +242,10 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
     // Bm/Cm rows past the chunk's end re-read its last token (always in bounds); the compute masks them out.
     auto prefetch = [&](int t0, int buf) {
         int const last = min(kTile, len - t0) - 1;
-        fillTile<kAsync, kTile>(sU[buf], uBase, tokRow0, t0, len, d0, dc, D);
-        fillTile<kAsync, kTile>(sD[buf], dBase, tokRow0, t0, len, d0, dc, D);
+        fillTile<kSplit, kAsync, kTile>(sU[buf], uBase, tokRow0, t0, len, d0, dc, D);
+        fillTile<kSplit, kAsync, kTile>(sD[buf], dBase, tokRow0, t0, len, d0, dc, D);
         if constexpr (kGate && kOut)
-            fillTile<kAsync, kTile>(sZ[buf], zBase, tokRow0, t0, len, d0, dc, D);
+            fillTile<kSplit, kAsync, kTile>(sZ[buf], zBase, tokRow0, t0, len, d0, dc, D);
         int const lim = (last + 1) * N - 1;
         Tin const* bT = bP + static_cast<size_t>(t0) * N;
         Tin const* cT = cP + static_cast<size_t>(t0) * N;
@@ -281,32 +286,42 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
 
         int const nt = min(kTile, len - t0);
         Tout* yT = yP + static_cast<size_t>(t0) * D;
-        float4 const* sb = reinterpret_cast<float4 const*>(&sB[buf][0][0]) + 2 * half;
-        float4 const* sc = reinterpret_cast<float4 const*>(&sC[buf][0][0]) + 2 * half;
+        float4 const* sb = reinterpret_cast<float4 const*>(&sB[buf][0][0]) + lane * (kNT / 4);
+        float4 const* sc = reinterpret_cast<float4 const*>(&sC[buf][0][0]) + lane * (kNT / 4);
         // Δ of every token of the tile first (independent chains, so the MUFU work of the token loop below
-        // never waits on a softplus): each thread computes the tokens it owns (2j + half), one shuffle swaps them
+        // never waits on a softplus): each thread computes the tokens it owns (kSplit·j + lane), shuffles
+        // hand them to the other threads of the channel
         float dtT[kTile];
 #pragma unroll
-        for (int j = 0; j < kTile / 2; ++j)
+        for (int j = 0; j < kTile / kSplit; ++j)
         {
-            int const iOwn = 2 * j + half;
+            int const iOwn = kSplit * j + lane;
             float v = toFloat(sD[buf][iOwn][ch], dScale) + bias;
             if constexpr (kSoftplus)
                 v = softplusFast(v);
             v = iOwn < nt ? v : 0.f; // tail tokens: dA = 1, du = 0 → state unchanged
-            float const o = __shfl_xor_sync(0xffffffffu, v, 1);
-            dtT[2 * j] = half ? o : v;
-            dtT[2 * j + 1] = half ? v : o;
+            if constexpr (kSplit == 2)
+            {
+                float const o = __shfl_xor_sync(0xffffffffu, v, 1);
+                dtT[2 * j] = lane ? o : v;
+                dtT[2 * j + 1] = lane ? v : o;
+            }
+            else
+            {
+#pragma unroll
+                for (int e = 0; e < kSplit; ++e)
+                    dtT[kSplit * j + e] = __shfl_sync(0xffffffffu, v, e, kSplit);
+            }
         }
 #pragma unroll
-        for (int j = 0; j < kTile / 2; ++j)
+        for (int j = 0; j < kTile / kSplit; ++j)
         {
-            int const iOwn = 2 * j + half;
-            float yPart[2], uv[2];
+            int const iOwn = kSplit * j + lane;
+            float yPart[kSplit], uv[kSplit];
 #pragma unroll
-            for (int e = 0; e < 2; ++e)
+            for (int e = 0; e < kSplit; ++e)
             {
-                int const i = 2 * j + e;
+                int const i = kSplit * j + e;
                 float const dt = dtT[i];
                 uv[e] = toFloat(sU[buf][i][ch], uScale);
                 float const du = dt * uv[e];
@@ -344,11 +359,26 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
             }
             if constexpr (kOut)
             {
-                // swap the partial y of the token the other thread owns; add D·u, gate, store
-                float const send = half ? yPart[0] : yPart[1];
-                float const recv = __shfl_xor_sync(0xffffffffu, send, 1);
-                float yv = (half ? yPart[1] : yPart[0]) + recv;
-                yv = fmaf(dSkip, half ? uv[1] : uv[0], yv);
+                // reduce-scatter the partial y: thread `lane` ends with token lane's sum; add D·u, gate, store
+                float yv, uOwn;
+                if constexpr (kSplit == 2)
+                {
+                    float const send = lane ? yPart[0] : yPart[1];
+                    float const recv = __shfl_xor_sync(0xffffffffu, send, 1);
+                    yv = (lane ? yPart[1] : yPart[0]) + recv;
+                    uOwn = lane ? uv[1] : uv[0];
+                }
+                else
+                {
+                    bool const b1 = lane & 2, b0 = lane & 1;
+                    float const k0 = b1 ? yPart[2] : yPart[0], k1 = b1 ? yPart[3] : yPart[1];
+                    float const s0 = b1 ? yPart[0] : yPart[2], s1 = b1 ? yPart[1] : yPart[3];
+                    float const p0 = k0 + __shfl_xor_sync(0xffffffffu, s0, 2);
+                    float const p1 = k1 + __shfl_xor_sync(0xffffffffu, s1, 2);
+                    yv = (b0 ? p1 : p0) + __shfl_xor_sync(0xffffffffu, b0 ? p0 : p1, 1);
+                    uOwn = b1 ? (b0 ? uv[3] : uv[2]) : (b0 ? uv[1] : uv[0]);
+                }
+                yv = fmaf(dSkip, uOwn, yv);
                 if constexpr (kGate)
                     yv *= siluFast(toFloat(sZ[buf][iOwn][ch], 1.f));
                 if (iOwn < nt && active)
@@ -377,7 +407,7 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
             if (n0 + k < N)
                 dst[n0 + k] = h[k];
     }
-    if (!kOut && half == 0)
+    if (!kOut && lane == 0)
         w.sumDelta[(static_cast<size_t>(b) * chunks + c) * D + d] = sumDelta;
 }
 
@@ -388,20 +418,20 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
 
 //! Pass 1 (chunks > 1), grid.y = chunks - 1: chunk 0 runs the output body from the true initial state,
 //! chunks 1 … C-2 the local body.
-template <typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate, bool kAsync>
+template <int kSplit, typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate, bool kAsync>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) scanPass1(SelectiveScanParams const p, Work const w, int32_t chunks, int32_t chunkLen)
 {
     if (blockIdx.y == 0)
-        scanBody<Tin, Tout, kPoly, true, kSoftplus, kGate, kAsync>(p, w, chunks, chunkLen, 0);
+        scanBody<kSplit, Tin, Tout, kPoly, true, kSoftplus, kGate, kAsync>(p, w, chunks, chunkLen, 0);
     else
-        scanBody<Tin, Tout, kPoly, false, kSoftplus, false, kAsync>(p, w, chunks, chunkLen, static_cast<int>(blockIdx.y));
+        scanBody<kSplit, Tin, Tout, kPoly, false, kSoftplus, false, kAsync>(p, w, chunks, chunkLen, static_cast<int>(blockIdx.y));
 }
 
 //! Pass 3 (or the single pass): outputs of chunks cOffset … cOffset + grid.y - 1.
-template <typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate, bool kAsync>
+template <int kSplit, typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate, bool kAsync>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) scanPass3(SelectiveScanParams const p, Work const w, int32_t chunks, int32_t chunkLen, int32_t cOffset)
 {
-    scanBody<Tin, Tout, kPoly, true, kSoftplus, kGate, kAsync>(p, w, chunks, chunkLen, static_cast<int>(blockIdx.y) + cOffset);
+    scanBody<kSplit, Tin, Tout, kPoly, true, kSoftplus, kGate, kAsync>(p, w, chunks, chunkLen, static_cast<int>(blockIdx.y) + cOffset);
 }
 
 //! Pass 2: one thread per (b, d, n) chains the chunk states. hChunk[0] already holds chunk 0's true end
@@ -435,45 +465,53 @@ int32_t chunkLength(SelectiveScanParams const& p, int32_t chunks)
     return ((len + kMaxTile - 1) / kMaxTile) * kMaxTile; // a multiple of every kernel's tile
 }
 
-template <typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate, bool kAsync>
-cudaError_t runAs(SelectiveScanParams const& p, Work const& w, int32_t chunks, int32_t len, cudaStream_t stream)
+template <int kSplit, typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate, bool kAsync>
+cudaError_t runSplit(SelectiveScanParams const& p, Work const& w, int32_t chunks, int32_t len, cudaStream_t stream)
 {
+    constexpr int kCh = chOf<kSplit>();
     unsigned const gx = static_cast<unsigned>((p.dim + kCh - 1) / kCh);
     if (chunks > 1)
     {
-        scanPass1<Tin, Tout, kPoly, kSoftplus, kGate, kAsync><<<dim3(gx, chunks - 1, p.batch), kThreads, 0, stream>>>(p, w, chunks, len);
+        scanPass1<kSplit, Tin, Tout, kPoly, kSoftplus, kGate, kAsync><<<dim3(gx, chunks - 1, p.batch), kThreads, 0, stream>>>(p, w, chunks, len);
         int64_t const total = static_cast<int64_t>(p.batch) * p.dim * p.dState;
         chainKernel<<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(p, w, chunks);
-        scanPass3<Tin, Tout, kPoly, kSoftplus, kGate, kAsync><<<dim3(gx, chunks - 1, p.batch), kThreads, 0, stream>>>(p, w, chunks, len, 1);
+        scanPass3<kSplit, Tin, Tout, kPoly, kSoftplus, kGate, kAsync><<<dim3(gx, chunks - 1, p.batch), kThreads, 0, stream>>>(p, w, chunks, len, 1);
     }
     else
-        scanPass3<Tin, Tout, kPoly, kSoftplus, kGate, kAsync><<<dim3(gx, 1, p.batch), kThreads, 0, stream>>>(p, w, chunks, len, 0);
+        scanPass3<kSplit, Tin, Tout, kPoly, kSoftplus, kGate, kAsync><<<dim3(gx, 1, p.batch), kThreads, 0, stream>>>(p, w, chunks, len, 0);
     return cudaGetLastError();
+}
+
+template <typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate, bool kAsync>
+cudaError_t runAs(SelectiveScanParams const& p, Work const& w, int32_t split, int32_t chunks, int32_t len, cudaStream_t stream)
+{
+    return split == 4 ? runSplit<4, Tin, Tout, kPoly, kSoftplus, kGate, kAsync>(p, w, chunks, len, stream)
+                      : runSplit<2, Tin, Tout, kPoly, kSoftplus, kGate, kAsync>(p, w, chunks, len, stream);
 }
 
 bool aligned16(void const* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 
 template <typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate>
-cudaError_t run(SelectiveScanParams const& p, Work const& w, int32_t chunks, cudaStream_t stream)
+cudaError_t run(SelectiveScanParams const& p, Work const& w, int32_t split, int32_t chunks, cudaStream_t stream)
 {
     int32_t const len = chunkLength(p, chunks);
     chunks = (p.seqLen + len - 1) / len; // chunk count after rounding the length to whole tiles
     // u/Δ/z tiles go to shared memory by 16-byte cp.async when every row starts 16-byte aligned
     bool const async = p.dim % (16 / sizeof(Tin)) == 0 && aligned16(p.u) && aligned16(p.delta)
         && (!kGate || (p.dim % (16 / sizeof(Tout)) == 0 && aligned16(p.z)));
-    return async ? runAs<Tin, Tout, kPoly, kSoftplus, kGate, true>(p, w, chunks, len, stream)
-                 : runAs<Tin, Tout, kPoly, kSoftplus, kGate, false>(p, w, chunks, len, stream);
+    return async ? runAs<Tin, Tout, kPoly, kSoftplus, kGate, true>(p, w, split, chunks, len, stream)
+                 : runAs<Tin, Tout, kPoly, kSoftplus, kGate, false>(p, w, split, chunks, len, stream);
 }
 
 template <typename Tin, typename Tout, int kPoly>
-cudaError_t dispatchFlags(SelectiveScanParams const& p, Work const& w, int32_t chunks, cudaStream_t stream)
+cudaError_t dispatchFlags(SelectiveScanParams const& p, Work const& w, int32_t split, int32_t chunks, cudaStream_t stream)
 {
     bool const gate = p.z != nullptr;
     if (p.deltaSoftplus)
-        return gate ? run<Tin, Tout, kPoly, true, true>(p, w, chunks, stream)
-                    : run<Tin, Tout, kPoly, true, false>(p, w, chunks, stream);
-    return gate ? run<Tin, Tout, kPoly, false, true>(p, w, chunks, stream)
-                : run<Tin, Tout, kPoly, false, false>(p, w, chunks, stream);
+        return gate ? run<Tin, Tout, kPoly, true, true>(p, w, split, chunks, stream)
+                    : run<Tin, Tout, kPoly, true, false>(p, w, split, chunks, stream);
+    return gate ? run<Tin, Tout, kPoly, false, true>(p, w, split, chunks, stream)
+                : run<Tin, Tout, kPoly, false, false>(p, w, split, chunks, stream);
 }
 
 template <typename Tin, typename Tout>
@@ -507,10 +545,10 @@ cudaError_t dispatch(SelectiveScanParams const& p, SelectiveScanPlan const& plan
         return dispatchSegmented<Tin, Tout>(p, plan.schedule, plan.lanes, plan.groups, stream);
     int const poly = p.polyExp < 0 ? kDefaultPoly : p.polyExp;
     if (poly == 0)
-        return dispatchFlags<Tin, Tout, 0>(p, w, plan.chunks, stream);
-    if (poly <= 2) // polyExp counts exps of the 16 per (token, channel); each of the 2 threads does half
-        return dispatchFlags<Tin, Tout, 1>(p, w, plan.chunks, stream);
-    return dispatchFlags<Tin, Tout, 2>(p, w, plan.chunks, stream);
+        return dispatchFlags<Tin, Tout, 0>(p, w, plan.split, plan.chunks, stream);
+    if (poly <= 2) // polyExp counts exps of the 16 per (token, channel); each thread of a channel does its share
+        return dispatchFlags<Tin, Tout, 1>(p, w, plan.split, plan.chunks, stream);
+    return dispatchFlags<Tin, Tout, 2>(p, w, plan.split, plan.chunks, stream);
 }
 
 std::atomic<int32_t> gSchedule{0}, gSegLanes{0}, gSegGroups{0};
@@ -535,7 +573,22 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
     SelectiveScanPlan plan;
     int32_t schedule = p.schedule > 0 ? p.schedule : gSchedule.load(std::memory_order_relaxed);
     int32_t chunks = p.chunks;
+    // token-serial: 2 or 4 threads a channel (forced by schedule 1 with lanes 2 / 4, else chosen below)
+    int32_t const lanesReq = p.segLanes > 0 ? p.segLanes : gSegLanes.load(std::memory_order_relaxed);
+    int32_t split = schedule == 1 && (lanesReq == 2 || lanesReq == 4) ? lanesReq : 0;
     int32_t const sms = p.chunks > 0 && schedule < 2 ? 0 : deviceSMs(p);
+    int64_t const resident = static_cast<int64_t>(sms) * kThreads * kMinBlocks;
+    int64_t const bd = static_cast<int64_t>(p.batch) * p.dim;
+    if (split == 0)
+    {
+        // 4 threads a channel (4 states each) where B·D·4 threads need no chunking (≥ 1/3 of the resident
+        // threads, the rule below) and fit in one wave; else 2, whose per-state cost is lower. H200 fp16
+        // (benchmarks/gpu/results/NOTES.md, "Scan: 4 threads a channel"): B8 L2048 D1536 0.309 ms (2 threads,
+        // 3 chunks: 0.320), B8 L4096 D2560 0.845–0.852 (2 threads: 0.894); where 4 threads would need chunks
+        // (B1 D1536: 0.127 at its best C = 12 vs 0.120; B1 D5120: 0.343 vs 0.326) or two waves (B8 D5120:
+        // 1.66 vs 1.37) 2 threads win.
+        split = p.chunks <= 0 && bd * 4 * 3 >= resident && bd * 4 <= resident ? 4 : 2;
+    }
     if (chunks <= 0 && schedule < 2)
     {
         // Chunking costs 2(C - 1) chunk passes for C - 1 times the parallelism of one pass (see the top of
@@ -543,9 +596,9 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
         // resident 128-thread blocks per SM, r = B·D·2 threads / resident threads): one pass for r ≥ 1/3
         // (B8 D2560, r 0.48: 1 chunk 0.889 ms, 2: 0.903, 3: 0.916), else C = ⌈0.85 / r⌉ (B8 D1536, r 0.29:
         // 3 chunks 0.321 ms, 4: 0.351; B1 D5120, r 0.12: 8 chunks 0.326, 6: 0.346, 16: 0.331; B1 D1536,
-        // r 0.036: 24 chunks 0.119, 16: 0.129), chunks of ≥ 128 tokens.
-        int64_t const threads = static_cast<int64_t>(p.batch) * p.dim * kSplit;
-        int64_t const resident = static_cast<int64_t>(sms) * kThreads * kMinBlocks;
+        // r 0.036: 24 chunks 0.119, 16: 0.129), chunks of ≥ 128 tokens; the same rule with r = B·D·4 / resident
+        // for 4 threads a channel.
+        int64_t const threads = bd * split;
         if (threads * 3 >= resident)
             chunks = 1;
         else
@@ -573,10 +626,9 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
             // threads a channel P = lanes·groups: the largest of 128 … 8 with B·D·P within the resident threads
             // (4 blocks of 256 a SM); P → (lanes, groups): 8 → (8, 1), 16 → (16, 1), 32 → (16, 2), 64 → (16, 4),
             // 128 → (32, 4)
-            int64_t const resident = static_cast<int64_t>(sms) * 1024; // 4 blocks of 256 threads a SM
-            int64_t const bd = static_cast<int64_t>(p.batch) * p.dim;
+            int64_t const segResident = static_cast<int64_t>(sms) * 1024; // 4 blocks of 256 threads a SM
             int32_t P = 128;
-            while (P > 8 && bd * P > resident)
+            while (P > 8 && bd * P > segResident)
                 P /= 2;
             lanes = P >= 128 ? 32 : (P >= 16 ? 16 : 8);
             groups = P / lanes;
@@ -588,6 +640,7 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
     chunks = std::max(1, std::min(chunks, std::max(1, p.seqLen)));
     int32_t const len = chunkLength(p, chunks);
     plan.chunks = std::max(1, (p.seqLen + len - 1) / len);
+    plan.split = split;
     return plan;
 }
 

@@ -12,7 +12,8 @@
 // Schedule: two threads per (batch, channel) (adjacent lanes) each hold 8 of the N states (zero-padded to
 // 16) in registers and walk the tokens; Δ (softplus) of each token is computed by one of the two and
 // swapped by a shuffle, the partial outputs are swapped back so that each token's y is finished (D·u, SiLU)
-// and stored by one thread. u/Δ/z/Bm/Cm tiles are double-buffered in shared memory (u/Δ/z by cp.async when
+// and stored by one thread. Where B·D·4 threads fill the GPU in one pass and one wave (e.g. B8 D1536 / D2560
+// on an H200), four threads per channel hold 4 states each instead (selectiveScanPlan). u/Δ/z/Bm/Cm tiles are double-buffered in shared memory (u/Δ/z by cp.async when
 // rows are 16-byte aligned), the next tile copied while the current one is computed (one barrier per tile).
 // When B·D is too small to fill the GPU, L is split into C chunks: pass 1 runs chunk 0 with outputs from the
 // true initial state and chunks 1 … C-2 from zero (local state and Σ Δ), pass 2 chains the chunk states
@@ -67,6 +68,7 @@ struct SelectiveScanPlan
     int32_t chunks{1};   //!< token-serial chunks (1 for segment-parallel)
     int32_t lanes{0};    //!< segment-parallel (lanes, groups); 0 for token-serial
     int32_t groups{0};
+    int32_t split{2};    //!< token-serial: threads a channel, 2 (8 states each) or 4 (4 states each)
 };
 SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p);
 
@@ -78,7 +80,8 @@ int32_t selectiveScanChunks(SelectiveScanParams const& p);
 bool selectiveScanSegmentedAvailable(int32_t schedule, int32_t lanes, int32_t groups);
 
 //! Process-wide override of the automatic choice (benchmarks and tests): schedule 1 / 2 / 3 (0 or -1 = choose), and
-//! for schedules 2 / 3 the (lanes, groups) configuration (0 or -1 = choose). Explicit params fields take precedence.
+//! for schedules 2 / 3 the (lanes, groups) configuration (0 or -1 = choose); schedule 1 with lanes 2 or 4 forces
+//! the token-serial threads a channel. Explicit params fields take precedence.
 void setSelectiveScanTuning(int32_t schedule, int32_t lanes, int32_t groups);
 
 //! Bytes of workspace `launchSelectiveScan` needs (0 when one chunk is used).

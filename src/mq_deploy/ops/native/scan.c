@@ -12,11 +12,14 @@
 #include <string.h>
 
 #define MQ_MAX_N 256
+#define MQ_PARALLEL_MIN (1 << 18) /* elementwise work below which a call stays on one thread */
 
 int mq_selective_scan_f32(const float* u, const float* dt, const float* A, const float* Bm, const float* Cm,
                           float* h, float* y, int64_t B, int64_t L, int64_t D, int64_t N) {
   if (N > MQ_MAX_N) return 1;
-#pragma omp parallel for collapse(2) schedule(static)
+  /* small calls (a decode step: L = 1) run on the calling thread: waking a team costs more than the work, and
+   * its threads compete with onnxruntime's for the same cores (~10 ms a call on a loaded 2-core machine) */
+#pragma omp parallel for collapse(2) schedule(static) if (B * D * L * N >= MQ_PARALLEL_MIN)
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t d = 0; d < D; ++d) {
       float hs[MQ_MAX_N];
@@ -50,7 +53,7 @@ int mq_selective_scan_f32(const float* u, const float* dt, const float* A, const
 int mq_hadamard_f32(const float* x, float* y, int64_t rows, int64_t m, int64_t P, const float* base, float scale) {
   const int64_t n = m * P;
   int err = 0;
-#pragma omp parallel
+#pragma omp parallel if (rows * n >= MQ_PARALLEL_MIN / 4)
   {
     float* t = (float*)malloc((size_t)n * sizeof(float));
     if (!t) {

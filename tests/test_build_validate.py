@@ -109,6 +109,10 @@ def test_build_dry_run_prints_trtexec(fp32_out, w8_out, no_tensorrt, capsys):
     assert "--fp16" in cmd and "--int8" not in cmd
     assert main(["build", str(w8_out), "--dry-run"]) == 0  # quantized OUTDIR: INT8 on (explicit Q/DQ)
     assert "--int8" in capsys.readouterr().out
+    # the dry run prints the command for the machine that has the plugin library, even where it is not built
+    assert main(["build", str(w8_out), "--dry-run", "--plugins", "build/plugins/libmq_trt_plugins.so"]) == 0
+    io = capsys.readouterr()
+    assert "--dynamicPlugins=build/plugins/libmq_trt_plugins.so" in io.out and "not on this machine" in io.err
 
 
 class _FakeTRT(types.ModuleType):
@@ -268,6 +272,8 @@ def test_validate_without_polygraphy_gives_the_same_numbers(w8_out, monkeypatch)
 def test_validate_errors(fp32_out, tmp_path, capsys):
     assert main(["validate", str(tmp_path)]) == 2
     assert "has no model.onnx" in capsys.readouterr().err
+    assert main(["validate", str(fp32_out), "--engine", str(tmp_path / "none.engine")]) == 2  # with or without TensorRT
+    assert "none.engine not found" in capsys.readouterr().err
     assert main(["validate", str(fp32_out), "--seq", "0"]) == 2
     assert "--batch and --seq" in capsys.readouterr().err
 

@@ -77,6 +77,10 @@ def test_quantized_recipe_without_calibration_data_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "--calib" in r.stderr and not (tmp_path / "out").exists()
     r = run_cli("compile", "--recipe", "rtn-w8a8", "--calib", tmp_path / "missing.txt", "-o", tmp_path / "out")
     assert r.returncode == 2 and "calibration file not found" in r.stderr
+    calib = need(DATA_DIR / "text" / "wikitext2_val_sample.jsonl")
+    for flag in ("--calib-samples", "--calib-seq-len"):  # 0 is refused, not taken as "the recipe's default"
+        r = run_cli("compile", "--recipe", "rtn-w8a8", "--calib", calib, flag, "0", "-o", tmp_path / "out")
+        assert r.returncode == 2 and "--calib-samples must be >= 1" in r.stderr and not (tmp_path / "out").exists()
 
 
 def test_compare_table(tmp_path):

@@ -73,3 +73,14 @@ def test_generate_outdir_without_decode_graphs(outdir, tmp_path):
     (old / "model.decode.portable.onnx").unlink()
     assert_user_error(run_cli("generate", old, "--prompt", "hi"), "no model.decode.portable.onnx", "recompile")
     assert_user_error(run_cli("generate", tmp_path / "missing", "--prompt", "hi"), "is not a directory")
+
+
+def test_generate_api_refuses_text_prompts():
+    """The Python API takes token ids; text (what the CLI takes) is one clear error, not a ValueError from int()."""
+    from mq_deploy.errors import UserError
+    from mq_deploy.generate import check_request
+
+    for prompts in ("Once upon a time", ["Once upon a time"], [[1, 2], "x"]):
+        with pytest.raises(UserError, match="encode text first"):
+            check_request(prompts, 4)
+    check_request([[1, 2, 3], [4]], 4)  # token ids pass

@@ -222,9 +222,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     shapes = Shapes(min=parse_shape(args.min_shapes, "--min-shapes"), opt=parse_shape(args.opt_shapes, "--opt-shapes"),
                     max=parse_shape(args.max_shapes, "--max-shapes"))
     plan = plan_build(args.outdir, engine=args.output, plugin_lib=args.plugins, int8=args.int8, fp16=args.fp16,
-                      shapes=shapes, timing_cache=args.timing_cache)
+                      shapes=shapes, timing_cache=args.timing_cache, require_plugin_lib=not args.dry_run)
     cmds = plan.command_lines()
     if args.dry_run:
+        if plan.plugin_lib is not None and not Path(plan.plugin_lib).is_file():
+            print(f"note: {plan.plugin_lib} is not on this machine; the command is for the one that has it",
+                  file=sys.stderr)
         print(cmds["trtexec"])
         return 0
     log = (lambda s: None) if args.quiet else _log

@@ -231,8 +231,8 @@ def calibration_data(model, recipe: Recipe, calib: Optional[str], tokenizer: Opt
     from .calibrate import calibration_windows, read_calib_text
     from .eval.tokenizer import TextTokenizer
 
-    samples = samples or recipe.calibration["samples"]
-    seq_len = seq_len or recipe.calibration["seq_len"]
+    samples = recipe.calibration["samples"] if samples is None else samples
+    seq_len = recipe.calibration["seq_len"] if seq_len is None else seq_len
     if samples < 1 or seq_len < 2:
         raise UserError("--calib-samples must be >= 1 and --calib-seq-len >= 2")
     path = Path(calib) if calib else default_calib_path()

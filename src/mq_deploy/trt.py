@@ -78,10 +78,13 @@ def check_plugin_lib(plugin_lib: Optional[str]) -> Optional[str]:
     return os.path.abspath(plugin_lib)
 
 
-def resolve_plugin_lib(plugin_lib: Optional[str]) -> Optional[str]:
-    """--plugins LIB, else $MQ_DEPLOY_PLUGINS, else None; a named library must exist."""
+def resolve_plugin_lib(plugin_lib: Optional[str], must_exist: bool = True) -> Optional[str]:
+    """--plugins LIB, else $MQ_DEPLOY_PLUGINS, else None; a named library must exist (unless `must_exist` is
+    False: a command line for the machine that has it, `build --dry-run`)."""
     if plugin_lib is None and os.environ.get(PLUGINS_ENV):
         plugin_lib = os.environ[PLUGINS_ENV]
+    if not must_exist and plugin_lib is not None and not os.path.isfile(plugin_lib):
+        return plugin_lib
     return check_plugin_lib(plugin_lib)
 
 
@@ -217,10 +220,12 @@ def manifest_input(manifest: dict) -> tuple[str, tuple]:
 
 def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Optional[str] = None,
                int8: bool = False, fp16: bool = False, shapes: Shapes = Shapes(),
-               timing_cache: Optional[str] = None) -> BuildPlan:
-    """Check OUTDIR and the plugin library; INT8 is on for a quantized OUTDIR (its Q/DQ nodes carry the scales)."""
+               timing_cache: Optional[str] = None, require_plugin_lib: bool = True) -> BuildPlan:
+    """Check OUTDIR and the plugin library (a missing one is kept as named when not `require_plugin_lib`: the
+    dry run prints the command for the machine that has it); INT8 is on for a quantized OUTDIR (its Q/DQ nodes
+    carry the scales)."""
     onnx_path, manifest = read_outdir(outdir)
-    lib = resolve_plugin_lib(plugin_lib)
+    lib = resolve_plugin_lib(plugin_lib, must_exist=require_plugin_lib)
     vocab = manifest.get("model", {}).get("config", {}).get("vocab_size")
     name, fixed = manifest_input(manifest)
     shapes.dims(fixed)  # a language model needs BATCH,SEQUENCE

@@ -209,6 +209,8 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
                                                                  plugins="extensions").session))
     lib = mtrt.resolve_plugin_lib(plugin_lib)
     engine_path = Path(engine) if engine else outdir / "model.engine"
+    if engine and not engine_path.is_file():  # a named engine must exist, with or without TensorRT here
+        raise UserError(f"engine {engine_path} not found")
     try:
         trt = mtrt.import_tensorrt()
     except UserError as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -58,8 +59,9 @@ def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads
         tok_default, desc = model_dir / "tokenizer.json", f"torch:{model_dir}"
     tok = Path(tokenizer) if tokenizer else tok_default
     if not tok.is_file():
+        hint = Path(os.environ.get("MQ_DEPLOY_DATA_DIR") or "../shared/data") / "tokenizer" / "gpt-neox-20b.json"
         raise UserError(f"no tokenizer: {tok} does not exist; pass --tokenizer PATH/tokenizer.json "
-                        "(the reference models use the GPT-NeoX tokenizer, data/tokenizer/gpt-neox-20b.json)")
+                        f"(the reference models use the GPT-NeoX tokenizer: {hint})")
     return runner, tok, desc
 
 

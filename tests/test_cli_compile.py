@@ -99,6 +99,8 @@ def _bad_inputs(tmp_path: Path, hf_dir: Path):
     (bad_json / "config.json").write_text("{not json")
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
+    bad_yaml = tmp_path / "bad_recipe.yaml"
+    bad_yaml.write_text("name: x\nprecision: [fp32\n  passes: {\n")
     return [
         ("missing directory", [tmp_path / "nope"], "model directory not found"),
         ("missing weights", [missing_weights], "no weight file"),
@@ -106,6 +108,8 @@ def _bad_inputs(tmp_path: Path, hf_dir: Path):
         ("not mamba", [not_mamba], "not a Mamba-1 model"),
         ("bad json", [bad_json], "could not read"),
         ("unknown recipe", [hf_dir, "--recipe", "int3-magic"], "unknown recipe 'int3-magic'"),
+        ("invalid recipe yaml", [hf_dir, "--recipe", bad_yaml],
+         "is not valid YAML: expected ',' or ']', but got ':' (line 3, column 9)"),
         ("unwritable output", [hf_dir], "cannot write output directory", blocker / "sub" / "out"),
     ]
 

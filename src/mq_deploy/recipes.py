@@ -138,6 +138,9 @@ def load_recipe(name_or_path: str) -> Recipe:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise UserError(f"recipe {path} is not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"recipe {path} is not valid YAML: {what}{where}") from None
     r = _parse(raw, str(path))
     return Recipe(**{**r.__dict__, "source": str(path), "sha256": hashlib.sha256(text.encode()).hexdigest()})

@@ -35,10 +35,16 @@ class Shapes:
     max: tuple[int, int] = (8, 4096)
 
     def __post_init__(self):
+        def show(s):
+            return ",".join(str(v) for v in s) if len(s) == 2 and s[1] else ",".join(str(v) for v in s[:1])
+
+        got = f"min {show(self.min)}, opt {show(self.opt)}, max {show(self.max)}"
+        for name, s in (("min", self.min), ("opt", self.opt), ("max", self.max)):
+            if len(s) != 2 or s[0] < 1 or s[1] < 0:
+                raise UserError(f"--{name}-shapes: batch and sequence must be >= 1, got {got}")
         for a, b in ((self.min, self.opt), (self.opt, self.max)):
-            if (len(a) != 2 or len(b) != 2 or a[0] < 1 or b[0] < 1 or a[1] < 0 or b[1] < 0 or a[0] > b[0]
-                    or (a[1] and b[1] and a[1] > b[1])):
-                raise UserError(f"shapes must be [batch, sequence] with min <= opt <= max, got {self}")
+            if a[0] > b[0] or (a[1] and b[1] and a[1] > b[1]):
+                raise UserError(f"shapes must be [batch, sequence] with min <= opt <= max, got {got}")
 
     def dims(self, fixed: tuple = ()) -> tuple[tuple, tuple, tuple]:
         """(min, opt, max) of the profile: [batch, sequence], or [batch, *fixed] for an input whose other

@@ -178,14 +178,12 @@ class Generation:
 def check_request(prompts: Sequence[Sequence[int]], max_new_tokens: int,
                   max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS) -> None:
     """UserError for an empty or too long prompt or a non-positive token budget."""
+    encode = "encode text first, e.g. mq_deploy.eval.tokenizer.TextTokenizer('OUTDIR/tokenizer.json').encode(text)"
     if isinstance(prompts, (str, bytes)) or not prompts:
-        raise UserError("no prompt given" if not prompts else
-                        "prompts must be a list of token-id lists; encode text first, e.g. "
-                        "mq_deploy.eval.tokenizer.TextTokenizer('OUTDIR/tokenizer.json').encode(text)")
+        raise UserError(f"prompts must be a list of token-id lists; {encode}" if prompts else "no prompt given")
     for r, p in enumerate(prompts):
         if isinstance(p, (str, bytes)) or not all(isinstance(t, (int, np.integer)) for t in p):
-            raise UserError(f"prompt {r + 1} is not a list of token ids; encode text first, e.g. "
-                            "mq_deploy.eval.tokenizer.TextTokenizer('OUTDIR/tokenizer.json').encode(text)")
+            raise UserError(f"prompt {r + 1} is not a list of token ids; {encode}")
         if len(p) == 0:
             raise UserError(f"prompt {r + 1} is empty (0 tokens); give some text to continue")
         if len(p) > max_prompt_tokens:

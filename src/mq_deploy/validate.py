@@ -216,9 +216,7 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
     except UserError as e:
         skipped.append({"name": "tensorrt", "reason": f"engine comparison skipped: {e}"})
         return refs, skipped
-    if not engine_path.is_file():
-        if engine:
-            raise UserError(f"engine {engine_path} not found")
+    if not engine_path.is_file():  # the default path (a named engine was checked above)
         skipped.append({"name": "tensorrt", "reason": f"engine comparison skipped: no engine at {engine_path}; build it "
                                                       f"with `mq-deploy build {outdir} --plugins LIB`"})
         return refs, skipped

@@ -59,6 +59,16 @@ def main() -> None:
     ap.add_argument("--max-chars", type=int, default=0, help="read only this many characters (0: all)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    # check what the run needs before minutes of tokenizing
+    if not is_mambapy_available():
+        # Newer transformers import the parallel scan from the separate `mambapy` package; without it
+        # the model silently falls back to a 512-step Python loop per layer (far too slow to train).
+        raise SystemExit("the `mambapy` package is not importable: install it (pip install mambapy) first")
+    if not torch.cuda.is_available():
+        raise SystemExit("training the bundled model needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for what, path in (("--corpus", args.corpus), ("--tokenizer", args.tokenizer)):
+        if not path.is_file():
+            raise SystemExit(f"{what}: no such file: {path}")
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -78,10 +88,6 @@ def main() -> None:
         use_conv_bias=True, residual_in_fp32=True, tie_word_embeddings=True, pad_token_id=1,
         bos_token_id=0, eos_token_id=0, use_mambapy=True,
     )
-    if not is_mambapy_available():
-        # Newer transformers import the parallel scan from the separate `mambapy` package; without it
-        # the model silently falls back to a 512-step Python loop per layer (far too slow to train).
-        raise SystemExit("the `mambapy` package is not importable: install it (pip install mambapy) first")
     model = MambaForCausalLM(cfg).to(dev)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params {n_params}", flush=True)

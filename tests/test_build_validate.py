@@ -101,6 +101,10 @@ def test_build_bad_shapes(fp32_out, capsys):
     assert "min <= opt <= max, got min 1,1, opt 1,512, max 1,8" in err and "Shapes(" not in err
     assert main(["build", str(fp32_out), "--opt-shapes", "0,512"]) == 2
     assert "--opt-shapes: batch and sequence must be >= 1" in capsys.readouterr().err
+    # a value starting with '-' reaches the shape check (argparse alone would print its usage text)
+    assert main(["build", str(fp32_out), "--opt-shapes", "-1,512"]) == 2
+    err = capsys.readouterr().err
+    assert "--opt-shapes: batch and sequence must be >= 1" in err and "expected one argument" not in err
 
 
 def test_build_dry_run_prints_trtexec(fp32_out, w8_out, no_tensorrt, capsys):

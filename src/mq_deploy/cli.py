@@ -396,9 +396,28 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+_VALUE_FLAGS = ("--min-shapes", "--opt-shapes", "--max-shapes")
+
+
+def _attach_dash_values(argv: list[str]) -> list[str]:
+    """`--opt-shapes -1,512` → `--opt-shapes=-1,512`: argparse takes a value starting with '-' and a digit for an
+    option (only plain negative numbers are exempt), which would print a usage error instead of the shape check's."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in _VALUE_FLAGS and i + 1 < len(argv) and argv[i + 1][:1] == "-" and argv[i + 1][1:2].isdigit():
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = build_parser()
-    args = ap.parse_args(argv)
+    args = ap.parse_args(_attach_dash_values(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "func", None):
         ap.print_help()
         return 2

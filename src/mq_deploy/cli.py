@@ -150,8 +150,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 # -- compare / lint -------------------------------------------------------------------------------
 def cmd_compare(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from .compare import compare, markdown_table, save
     from .compile import calibration_data
     from .eval.tokenizer import TextTokenizer

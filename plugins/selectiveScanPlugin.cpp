@@ -180,7 +180,9 @@ int32_t SelectiveScanPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTe
             p.h0 = static_cast<float const*>(inputs[next++]);
         p.y = outputs[0];
         p.lastState = static_cast<float*>(outputs[1]);
-        p.chunks = std::min(selectiveScanChunks(p), std::max(1, p.seqLen / 128)); // fits getWorkspaceSize
+        // p.chunks stays 0: the automatic plan (threads a channel and chunks) makes at most max(1, L / 128)
+        // chunks, which getWorkspaceSize covers at the profile's largest shape (setting it here would also pin
+        // 2 threads a channel)
         size_t const ws = selectiveScanWorkspaceSize(p);
         cudaError_t const e = launchSelectiveScan(p, workspace, ws, stream);
         if (e != cudaSuccess)

@@ -449,8 +449,9 @@ def scan_sweep(bw=None, variants_all=False, chunk_sweep=True):
             variants = [(0, -1, (0, 0, 0)), (0, -1, (1, 0, 0))]  # (chunks, poly, (schedule, lanes, groups))
             if variants_all:
                 variants += [(0, 2, (1, 0, 0)), (0, 4, (1, 0, 0))]
-            if in_t == F16:
+            if in_t == F16 or variants_all:
                 variants += [(0, -1, (1, 2, 0)), (0, -1, (1, 4, 0))]  # 2 / 4 threads a channel, automatic chunks
+            if in_t == F16:
                 if os.environ.get("SCAN_SPLIT_SWEEP", "1") == "1":  # chunk sweep of the 4-threads kernel
                     variants += [(c, -1, (1, 4, 0)) for c in (1, 2, 3, 4, 6, 8, 12, 16) if c <= max(1, L // 128)]
                 if chunk_sweep:
@@ -624,7 +625,7 @@ def bench(parts="all"):
 
 
 def ncu_case():
-    """Two scan calls (fp16, automatic schedule: B8 L4096 D5120 token-serial, B1 L4096 D1536 segment-parallel) for ncu."""
+    """Two scan calls (fp16, automatic schedule: B8 L4096 D5120 in one pass, B1 L4096 D1536 chunked) for ncu."""
     x = make_scan_inputs(8, 4096, 5120, 16, seed=0, gate=True)
     run_scan(x, F16, F16)
     x = make_scan_inputs(1, 4096, 1536, 16, seed=0, gate=True)

@@ -112,8 +112,9 @@ elif [ "${NCU:-1}" = 1 ] && [ "$BENCH" = decode ] && command -v ncu > /dev/null;
     --section SchedulerStats -k regex:"stateUpdateKernel|selective_scan_update" -c 6 python3 benchmarks/gpu/harness.py ncu_decode \
     > "$OUT/ncu.txt" 2>&1
   echo "ncu rc=$?"; grep -E "stateUpdateKernel|selective_scan_update|Duration|Registers|Achieved Occupancy|Block Size|Grid Size" "$OUT/ncu.txt" | head -60
-elif [ "${NCU:-1}" = 1 ] && command -v ncu > /dev/null; then  # one pass-3 scan launch (fp16, B8 L4096 D5120), one segment-parallel (B1 L4096 D1536)
-  timeout 150 ncu --clock-control none --set basic --section WarpStateStats --section SchedulerStats -k regex:"scanPass3|scanSegKernel" -c 2 \
+elif [ "${NCU:-1}" = 1 ] && command -v ncu > /dev/null; then  # fp16 scan: B8 L4096 D5120 single pass, B1 L4096 D1536 pass 1 + pass 3
+  timeout 150 ncu --clock-control none --set basic --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+    --section InstructionStats -k regex:"scanPass1|scanPass3|scanSegKernel" -c 3 \
     python3 benchmarks/gpu/harness.py ncu > "$OUT/ncu.txt" 2>&1
   echo "ncu rc=$?"; grep -E "Duration|Throughput|Registers|Achieved Occupancy|Theoretical Occupancy|Executed Ipc" "$OUT/ncu.txt" | head -20
 fi

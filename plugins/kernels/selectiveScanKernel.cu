@@ -8,9 +8,9 @@
 //
 // Schedule: two threads per channel (adjacent lanes), each owning 8 of the 16 states (N ≤ 16 is
 // zero-padded: a = 0, B = C = 0), so a block of 128 threads covers 64 channels and B·D gives twice the
-// threads of the one-thread-per-channel kernel. (Where B·D·4 threads fill the GPU in one pass and one wave,
-// four threads per channel with 4 states each, 32 channels a block: the same loop, the token's Δ handed round
-// by shuffles and y reduce-scattered over the 4 lanes; see selectiveScanPlan.) Per pair of tokens (2j, 2j+1) lane parity p computes Δ of
+// threads of the one-thread-per-channel kernel. (Where B·D·4 threads fit in one wave, four threads per channel
+// with 4 states each, 32 channels a block: the same loop, the token's Δ handed round by shuffles and y
+// reduce-scattered over the 4 lanes; see selectiveScanPlan.) Per pair of tokens (2j, 2j+1) lane parity p computes Δ of
 // token 2j+p (softplus once per channel, not per thread) and the pair swaps it with one shuffle; both
 // threads update their 8 states for both tokens, then one more shuffle swaps the partial y of the token
 // each does not own, and the owner adds D·u, applies SiLU(z) and stores. Tiles of u/Δ/z are copied into
@@ -116,39 +116,67 @@ __device__ __forceinline__ void cpAsync16(void* smemDst, void const* src, bool v
 }
 __device__ __forceinline__ void cpAsyncWaitAll() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
-//! Copies tile rows [t0, t0 + kTile) (relative to the chunk start, clipped at `len`) of a (B, L, D)
-//! tensor's channels [d0, d0 + kCh) into s[kTile][kCh]. kAsync: 16-byte cp.async chunks
-//! (needs D % (16 / sizeof(T)) == 0 and a 16-byte aligned base); rows past `len` and channels past D
-//! are zero-filled. Otherwise the two threads of a channel load its even / odd rows synchronously
-//! (clamped to a valid channel and to the last valid row).
+//! One (B, L, D) tensor's tile copy, set up once a block: tile rows [t0, t0 + kTile) (relative to the chunk
+//! start, clipped at `len`) of channels [d0, d0 + kCh) go to s[kTile][kCh]. kAsync: 16-byte cp.async chunks
+//! (needs D % (16 / sizeof(T)) == 0 and a 16-byte aligned base); each thread owns at most one chunk of a tile,
+//! whose tile row, shared-memory slot and global offset are computed here once, so a tile costs one address
+//! computation and one cp.async (the per-tile index arithmetic was ~6 % of the executed fp16 instructions);
+//! rows past `len` and channels past D are zero-filled. Otherwise the threads of a channel load its rows
+//! synchronously (clamped to a valid channel and to the last valid row).
 template <int kSplit, bool kAsync, int kTile, typename T>
-__device__ __forceinline__ void fillTile(T (*s)[chOf<kSplit>()], T const* base, size_t rowBase, int t0, int len, int d0, int dc, int D)
+struct TileCopy
 {
-    constexpr int kCh = chOf<kSplit>();
-    if constexpr (kAsync)
+    static constexpr int kCh = chOf<kSplit>();
+    static constexpr int kPerChunk = 16 / static_cast<int>(sizeof(T));
+    static constexpr int kChunksPerRow = kCh / kPerChunk;
+    static_assert(!kAsync || kTile * kChunksPerRow <= kThreads, "one 16-byte chunk a thread at most");
+    T const* base;
+    size_t off; // async: this thread's chunk in tile row r of token 0 of the chunk; sync: channel dc at token 0
+    int D;
+    int r;      // async: the chunk's tile row, kTile if this thread copies nothing
+    int rLive;  // async: r where the chunk's channels are < D, else a row no tile reaches (zero-filled)
+    int slot;   // async: element offset of the chunk in s
+
+    __device__ __forceinline__ TileCopy(T const* base_, size_t rowBase, int d0, int dc, int D_) : base(base_), D(D_)
     {
-        constexpr int kPerChunk = 16 / sizeof(T);
-        constexpr int kChunksPerRow = kCh / kPerChunk;
-        for (int k = threadIdx.x; k < kTile * kChunksPerRow; k += kThreads)
+        if constexpr (kAsync)
         {
-            int const r = k / kChunksPerRow;
-            int const q = k - r * kChunksPerRow;
+            int const k = threadIdx.x;
+            int const row = k / kChunksPerRow;
+            int const q = k - row * kChunksPerRow;
             int const ch = d0 + q * kPerChunk;
-            bool const valid = t0 + r < len && ch < D;
-            T const* src = valid ? base + (rowBase + static_cast<size_t>(t0 + r)) * D + ch : base;
-            cpAsync16(&s[r][q * kPerChunk], src, valid);
+            r = k < kTile * kChunksPerRow ? row : kTile;
+            rLive = ch < D ? r : (1 << 30);
+            slot = row * kCh + q * kPerChunk;
+            off = (rowBase + static_cast<size_t>(row)) * D + ch;
+        }
+        else
+        {
+            r = rLive = slot = 0;
+            off = rowBase * D + dc;
         }
     }
-    else
+    __device__ __forceinline__ void operator()(T (*s)[kCh], int t0, int len) const
     {
-        int const last = min(kTile, len - t0) - 1;
-        int const lane = threadIdx.x & (kSplit - 1);
-        T const* src = base + (rowBase + static_cast<size_t>(t0)) * D + dc;
+        if constexpr (kAsync)
+        {
+            if (r < kTile)
+            {
+                bool const valid = t0 + rLive < len;
+                cpAsync16(&s[0][0] + slot, valid ? base + off + static_cast<size_t>(t0) * D : base, valid);
+            }
+        }
+        else
+        {
+            int const last = min(kTile, len - t0) - 1;
+            int const lane = threadIdx.x & (kSplit - 1);
+            T const* src = base + off + static_cast<size_t>(t0) * D;
 #pragma unroll
-        for (int i = lane; i < kTile; i += kSplit)
-            s[i][threadIdx.x / kSplit] = src[static_cast<size_t>(min(i, last)) * D];
+            for (int i = lane; i < kTile; i += kSplit)
+                s[i][threadIdx.x / kSplit] = src[static_cast<size_t>(min(i, last)) * D];
+        }
     }
-}
+};
 
 //! One (batch, chunk, 64-channel) block's scan. kOut: writes y (and starts from the true start state:
 //! h0 / zero for chunk 0, the chained hChunk[c] otherwise); else computes the chunk-local state from zero
@@ -240,12 +268,14 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
     // Starts the copy of the tile at token t0 (relative to tBegin): u/Δ/z straight into shared buffer `buf`
     // (cp.async, waited for before the tile's barrier), Bm/Cm into registers (staged by `stage`).
     // Bm/Cm rows past the chunk's end re-read its last token (always in bounds); the compute masks them out.
+    TileCopy<kSplit, kAsync, kTile, Tin> const copyU(uBase, tokRow0, d0, dc, D), copyD(dBase, tokRow0, d0, dc, D);
+    TileCopy<kSplit, kAsync, kTile, Tout> const copyZ(zBase, tokRow0, d0, dc, D);
     auto prefetch = [&](int t0, int buf) {
         int const last = min(kTile, len - t0) - 1;
-        fillTile<kSplit, kAsync, kTile>(sU[buf], uBase, tokRow0, t0, len, d0, dc, D);
-        fillTile<kSplit, kAsync, kTile>(sD[buf], dBase, tokRow0, t0, len, d0, dc, D);
+        copyU(sU[buf], t0, len);
+        copyD(sD[buf], t0, len);
         if constexpr (kGate && kOut)
-            fillTile<kSplit, kAsync, kTile>(sZ[buf], zBase, tokRow0, t0, len, d0, dc, D);
+            copyZ(sZ[buf], t0, len);
         int const lim = (last + 1) * N - 1;
         Tin const* bT = bP + static_cast<size_t>(t0) * N;
         Tin const* cT = cP + static_cast<size_t>(t0) * N;
@@ -581,13 +611,13 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
     int64_t const bd = static_cast<int64_t>(p.batch) * p.dim;
     if (split == 0)
     {
-        // 4 threads a channel (4 states each) where B·D·4 threads need no chunking (≥ 1/3 of the resident
-        // threads, the rule below) and fit in one wave; else 2, whose per-state cost is lower. H200 fp16
-        // (benchmarks/gpu/results/NOTES.md, "Scan: 4 threads a channel"): B8 L2048 D1536 0.309 ms (2 threads,
-        // 3 chunks: 0.320), B8 L4096 D2560 0.845–0.852 (2 threads: 0.894); where 4 threads would need chunks
-        // (B1 D1536: 0.127 at its best C = 12 vs 0.120; B1 D5120: 0.343 vs 0.326) or two waves (B8 D5120:
-        // 1.66 vs 1.37) 2 threads win.
-        split = p.chunks <= 0 && bd * 4 * 3 >= resident && bd * 4 <= resident ? 4 : 2;
+        // 4 threads a channel (4 states each) wherever B·D·4 threads fit in one wave, with or without chunks;
+        // else 2 (B·D·2 then needs no chunking). H200 fp16 (benchmarks/gpu/results/NOTES.md, "Scan: tile copies
+        // set up once"): B1 L4096 D1536 0.110 ms (4 threads, 12 chunks; 2 threads, 24 chunks: 0.115), B1 D5120
+        // 0.293 (C 4; 2 threads, C 8: 0.314), B8 L2048 D1536 0.269 (one pass; 2 threads, 3 chunks: 0.293),
+        // B8 L4096 D2560 0.759 (2 threads: 0.836); B8 D5120 would take two waves (1.66 vs 1.30 ms with 2).
+        // (Before the tile copies were set up once, 4 threads lost wherever they needed chunks.)
+        split = p.chunks <= 0 && bd * 4 <= resident ? 4 : 2;
     }
     if (chunks <= 0 && schedule < 2)
     {

@@ -12,8 +12,8 @@
 // Schedule: two threads per (batch, channel) (adjacent lanes) each hold 8 of the N states (zero-padded to
 // 16) in registers and walk the tokens; Δ (softplus) of each token is computed by one of the two and
 // swapped by a shuffle, the partial outputs are swapped back so that each token's y is finished (D·u, SiLU)
-// and stored by one thread. Where B·D·4 threads fill the GPU in one pass and one wave (e.g. B8 D1536 / D2560
-// on an H200), four threads per channel hold 4 states each instead (selectiveScanPlan). u/Δ/z/Bm/Cm tiles are double-buffered in shared memory (u/Δ/z by cp.async when
+// and stored by one thread. Where B·D·4 threads fit in one wave (on an H200: every benchmark shape but B8 D5120,
+// chunked or not), four threads per channel hold 4 states each instead (selectiveScanPlan). u/Δ/z/Bm/Cm tiles are double-buffered in shared memory (u/Δ/z by cp.async when
 // rows are 16-byte aligned), the next tile copied while the current one is computed (one barrier per tile).
 // When B·D is too small to fill the GPU, L is split into C chunks: pass 1 runs chunk 0 with outputs from the
 // true initial state and chunks 1 … C-2 from zero (local state and Σ Δ), pass 2 chains the chunk states

@@ -453,7 +453,8 @@ def scan_sweep(bw=None, variants_all=False, chunk_sweep=True):
                 variants += [(0, -1, (1, 2, 0)), (0, -1, (1, 4, 0))]  # 2 / 4 threads a channel, automatic chunks
             if in_t == F16:
                 if os.environ.get("SCAN_SPLIT_SWEEP", "1") == "1":  # chunk sweep of the 4-threads kernel
-                    variants += [(c, -1, (1, 4, 0)) for c in (1, 2, 3, 4, 6, 8, 12, 16) if c <= max(1, L // 128)]
+                    split_chunks = [int(c) for c in os.environ.get("SCAN_SPLIT_CHUNKS", "1 2 3 4 5 6 8 10 12 13 14 16").split()]
+                    variants += [(c, -1, (1, 4, 0)) for c in split_chunks if c <= max(1, L // 128)]
                 if chunk_sweep:
                     variants += [(c, -1, (0, 0, 0)) for c in CHUNK_SWEEP if c != serial_auto and c <= max(1, L // 128)]
                 variants += [(0, -1, cfg) for cfg in SEG_CONFIGS]

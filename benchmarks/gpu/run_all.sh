@@ -12,6 +12,8 @@
 # no decode, no mamba-ssm build), and ncu.txt profiles two Hadamard launches instead of the scan. BENCH=scan: the
 # benchmarks time only the scan (schedules, mamba-ssm; no chunk sweep, Hadamard or decode). BENCH=decode: only the
 # decode benchmark (state update of every layer vs mamba-ssm's Triton selective_state_update from .carry/mamba).
+# The fp16 scan sweep also times 4 threads a channel at each chunk count of SCAN_SPLIT_CHUNKS (default "1 2 3 4 5 6 8
+# 10 12 13 14 16"; SCAN_SPLIT_SWEEP=0 skips it).
 # NVCC_DEFINES="NAME=VALUE ...": -D flags for every kernel build (e.g. MQ_SCAN_SEGMENTED=1 compiles the experimental
 # segment-parallel scan, which the tests and sweeps then cover); the alternative builds below add theirs on top.
 # HAD_ALT_DEFINES="MQ_HAD_MIN_BLOCKS=3 MQ_HAD_MIN_BLOCKS=5": also builds hadamardKernel.cu once per NAME=VALUE with

@@ -131,13 +131,10 @@ size_t SelectiveScanPlugin::getWorkspaceSize(
     DynamicPluginTensorDesc const* inputs, int32_t, DynamicPluginTensorDesc const*, int32_t) const noexcept
 {
     return guard<size_t>("SelectiveScan::getWorkspaceSize", 0, [&] {
-        SelectiveScanParams p;
-        p.batch = static_cast<int32_t>(inputs[kU].max.d[0]);
-        p.seqLen = static_cast<int32_t>(inputs[kU].max.d[1]);
-        p.dim = static_cast<int32_t>(inputs[kU].max.d[2]);
-        p.dState = static_cast<int32_t>(inputs[kA].max.d[1]);
-        p.chunks = std::max(1, p.seqLen / 128); // the most chunks the automatic choice can make
-        return selectiveScanWorkspaceSize(p);
+        // every shape of the profile, not only the largest: a shorter sequence can take more (smaller) chunks
+        return selectiveScanMaxWorkspaceSize(static_cast<int32_t>(inputs[kU].max.d[0]),
+            static_cast<int32_t>(inputs[kU].max.d[1]), static_cast<int32_t>(inputs[kU].max.d[2]),
+            static_cast<int32_t>(inputs[kA].max.d[1]));
     });
 }
 
@@ -181,8 +178,8 @@ int32_t SelectiveScanPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTe
         p.y = outputs[0];
         p.lastState = static_cast<float*>(outputs[1]);
         // p.chunks stays 0: the automatic plan (threads a channel and chunks) makes at most max(1, L / 128)
-        // chunks, which getWorkspaceSize covers at the profile's largest shape (setting it here would also pin
-        // 2 threads a channel)
+        // chunks, which getWorkspaceSize (selectiveScanMaxWorkspaceSize) covers for every shape of the profile
+        // (setting it here would also pin 2 threads a channel)
         size_t const ws = selectiveScanWorkspaceSize(p);
         cudaError_t const e = launchSelectiveScan(p, workspace, ws, stream);
         if (e != cudaSuccess)

@@ -30,7 +30,7 @@ int32_t StateUpdatePlugin::nbInputs() const { return mAttrs.getInt("has_z") ? 9 
 int32_t StateUpdatePlugin::getOutputDataTypes(
     DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
 {
-    return guard<int32_t>("SelectiveSelectiveStateUpdate::getOutputDataTypes", -1, [&] {
+    return guard<int32_t>("SelectiveStateUpdate::getOutputDataTypes", -1, [&] {
         require(nbOutputs == 2 && nbInputs == this->nbInputs(), "wrong number of inputs/outputs");
         outputTypes[0] = inputTypes[kX];
         outputTypes[1] = DataType::kFLOAT;
@@ -41,7 +41,7 @@ int32_t StateUpdatePlugin::getOutputDataTypes(
 int32_t StateUpdatePlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
     DimsExprs* outputs, int32_t nbOutputs, IExprBuilder&) noexcept
 {
-    return guard<int32_t>("SelectiveSelectiveStateUpdate::getOutputShapes", -1, [&] {
+    return guard<int32_t>("SelectiveStateUpdate::getOutputShapes", -1, [&] {
         require(nbInputs == this->nbInputs() && nbOutputs == 2, "wrong number of inputs/outputs");
         require(inputs[kSTATE].nbDims == 3 && inputs[kX].nbDims == 3, "state must be (B, D, N) and x (B, 1, D)");
         outputs[0] = inputs[kX];
@@ -53,7 +53,7 @@ int32_t StateUpdatePlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbIn
 bool StateUpdatePlugin::supportsFormatCombination(
     int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
 {
-    return guard<bool>("SelectiveSelectiveStateUpdate::supportsFormatCombination", false, [&] {
+    return guard<bool>("SelectiveStateUpdate::supportsFormatCombination", false, [&] {
         require(nbInputs == this->nbInputs() && nbOutputs == 2, "wrong number of inputs/outputs");
         auto const& d = inOut[pos].desc;
         if (d.format != TensorFormat::kLINEAR)
@@ -70,7 +70,7 @@ bool StateUpdatePlugin::supportsFormatCombination(
 int32_t StateUpdatePlugin::configurePlugin(
     DynamicPluginTensorDesc const*, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept
 {
-    return guard<int32_t>("SelectiveSelectiveStateUpdate::configurePlugin", -1, [&] {
+    return guard<int32_t>("SelectiveStateUpdate::configurePlugin", -1, [&] {
         require(nbInputs == this->nbInputs() && nbOutputs == 2, "wrong number of inputs/outputs");
         return 0;
     });
@@ -83,7 +83,7 @@ size_t StateUpdatePlugin::getWorkspaceSize(DynamicPluginTensorDesc const*, int32
 
 int32_t StateUpdatePlugin::onShapeChange(PluginTensorDesc const*, int32_t nbInputs, PluginTensorDesc const*, int32_t nbOutputs) noexcept
 {
-    return guard<int32_t>("SelectiveSelectiveStateUpdate::onShapeChange", -1, [&] {
+    return guard<int32_t>("SelectiveStateUpdate::onShapeChange", -1, [&] {
         require(nbInputs == this->nbInputs() && nbOutputs == 2, "wrong number of inputs/outputs");
         return 0;
     });
@@ -92,7 +92,7 @@ int32_t StateUpdatePlugin::onShapeChange(PluginTensorDesc const*, int32_t nbInpu
 int32_t StateUpdatePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*,
     void const* const* inputs, void* const* outputs, void*, cudaStream_t stream) noexcept
 {
-    return guard<int32_t>("SelectiveSelectiveStateUpdate::enqueue", -1, [&] {
+    return guard<int32_t>("SelectiveStateUpdate::enqueue", -1, [&] {
         StateUpdateParams p;
         auto const& sd = inputDesc[kSTATE].dims;
         p.batch = static_cast<int32_t>(sd.d[0]);

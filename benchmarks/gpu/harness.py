@@ -28,6 +28,8 @@ vp, fp, i, f, sz = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_floa
 LIB.mq_selective_scan.argtypes = [i] * 7 + [f] * 4 + [vp] * 11 + [i, i, vp, sz, vp]
 LIB.mq_selective_scan_workspace.argtypes = [i] * 5
 LIB.mq_selective_scan_workspace.restype = sz
+LIB.mq_selective_scan_max_workspace.argtypes = [i] * 4
+LIB.mq_selective_scan_max_workspace.restype = sz
 LIB.mq_selective_scan_chunks.argtypes = [i] * 5
 LIB.mq_selective_scan_plan.argtypes = [i] * 5 + [ctypes.POINTER(i)]
 LIB.mq_selective_scan_plan.restype = None
@@ -119,8 +121,9 @@ def scan_plan(Bsz, L, D, N, chunks=0):
     return f"serial C={out[1]} T={out[2]}" if out[0] == 1 else f"seg{'' if out[0] == 2 else out[0] - 1} {out[2]}x{out[3]}"
 
 
-def run_scan(x, in_type, out_type, chunks=0, poly=-1, softplus=True, want_state=True, sched=(0, 0, 0)):
-    """One scan call; `sched` = (schedule, lanes, groups) of mq_selective_scan_set_tuning (0 = automatic)."""
+def run_scan(x, in_type, out_type, chunks=0, poly=-1, softplus=True, want_state=True, sched=(0, 0, 0), profile_max=None):
+    """One scan call; `sched` = (schedule, lanes, groups) of mq_selective_scan_set_tuning (0 = automatic);
+    `profile_max` = (max batch, max L): give it exactly the workspace the TensorRT plugin reserves for that profile."""
     u, delta, Bm, Cm = x["u"], x["delta"], x["Bm"], x["Cm"]
     Bsz, L, D = u.shape
     N = x["A"].shape[1]
@@ -134,7 +137,8 @@ def run_scan(x, in_type, out_type, chunks=0, poly=-1, softplus=True, want_state=
     y = torch.empty(Bsz, L, D, dtype=TDT[out_type], device=DEV)
     st = torch.empty(Bsz, D, N, device=DEV) if want_state else None
     LIB.mq_selective_scan_set_tuning(*sched)
-    ws_size = LIB.mq_selective_scan_workspace(Bsz, L, D, N, chunks)
+    ws_size = (LIB.mq_selective_scan_workspace(Bsz, L, D, N, chunks) if profile_max is None
+               else LIB.mq_selective_scan_max_workspace(profile_max[0], profile_max[1], D, N))
     ws = torch.empty(max(ws_size, 1), dtype=torch.uint8, device=DEV)
     args = (Bsz, L, D, N, int(softplus), in_type, out_type, *scales, ptr(u), ptr(delta), ptr(x["A"]), ptr(Bm), ptr(Cm),
             ptr(x["Dskip"]), ptr(x["bias"]), ptr(z), ptr(x["h0"]), ptr(y), ptr(st), chunks, poly, ptr(ws), ws_size, None)
@@ -280,6 +284,17 @@ def tests():
                 record("scan", case + " y", "rel", rel_err(y, yr), lim)
                 record("scan", case + " state", "rel", rel_err(st, hr), 1e-4)
 
+    # the TensorRT plugin's workspace: a shape below the profile's largest gets exactly what getWorkspaceSize reserves
+    # (selectiveScanMaxWorkspaceSize); these shapes take more chunks than the largest shape's own plan (the sizing
+    # before 2026-11-28 failed them with cudaErrorInvalidValue)
+    for (Bsz, L, D, pmax) in ((1, 4096, 384, (1, 4100)), (1, 1920, 64, (1, 2000)), (2, 3968, 64, (3, 4100))):
+        x = make_scan_inputs(Bsz, L, D, 16, seed=L + D, gate=True)
+        y, st, seen, _ = run_scan(x, F16, F16, profile_max=pmax)
+        yr, hr = scan_ref(seen["u"], seen["delta"], x["A"], seen["Bm"], seen["Cm"], x["Dskip"], x["bias"], seen["z"], x["h0"], True)
+        case = f"B{Bsz} L{L} D{D} N16 fp16->fp16 {scan_plan(Bsz, L, D, 16)}, plugin workspace of profile max B{pmax[0]} L{pmax[1]}"
+        record("scan", case + " y", "rel", rel_err(y, yr), 2e-3)
+        record("scan", case + " state", "rel", rel_err(st, hr), 1e-4)
+
     state_update_checks(record, np_su)
 
     # fp16 input takes the register path (hadamardFast.cuh) for m = 1, 12, 20, 28 with 2^k >= 64 (1280, 3584, 7168: m = 20 / 28
@@ -348,6 +363,7 @@ def sanitize():
     for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16)):
         for chunks in (1, 3):
             run_scan(x, in_t, out_t, chunks=chunks, sched=(1, 4, 0))  # 4 threads a channel, cp.async tiles
+    run_scan(make_scan_inputs(1, 1920, 64, 16, seed=6, gate=True), F16, F16, profile_max=(1, 2000))  # plugin workspace
     for (Bsz, L, D, N) in ((2, 61, 99, 12), (1, 300, 130, 16), (3, 17, 5, 7)):  # segment-parallel, every built configuration
         x = make_scan_inputs(Bsz, L, D, N, seed=5, gate=True, init=True)
         for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16)):

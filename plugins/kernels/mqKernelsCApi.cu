@@ -30,6 +30,13 @@ size_t mq_selective_scan_workspace(int batch, int seq_len, int dim, int d_state,
     return mq::selectiveScanWorkspaceSize(p);
 }
 
+//! Workspace bytes that cover the automatic plan of every batch <= max_batch and sequence length <= max_seq_len
+//! (what the TensorRT plugin reserves for a profile's largest shape).
+size_t mq_selective_scan_max_workspace(int max_batch, int max_seq_len, int dim, int d_state)
+{
+    return mq::selectiveScanMaxWorkspaceSize(max_batch, max_seq_len, dim, d_state);
+}
+
 int mq_selective_scan_chunks(int batch, int seq_len, int dim, int d_state, int chunks)
 {
     mq::SelectiveScanParams p;

@@ -701,6 +701,14 @@ size_t selectiveScanWorkspaceSize(SelectiveScanParams const& p)
     return static_cast<size_t>(p.batch) * chunks * p.dim * (p.dState + 1) * sizeof(float);
 }
 
+size_t selectiveScanMaxWorkspaceSize(int32_t maxBatch, int32_t maxSeqLen, int32_t dim, int32_t dState)
+{
+    int32_t const chunks = std::max(1, maxSeqLen / 128); // the cap of the automatic plan (selectiveScanPlan)
+    if (chunks <= 1 || maxBatch <= 0 || dim <= 0 || dState <= 0)
+        return 0;
+    return static_cast<size_t>(maxBatch) * chunks * dim * (dState + 1) * sizeof(float);
+}
+
 cudaError_t launchSelectiveScan(SelectiveScanParams const& p, void* workspace, size_t workspaceSize, cudaStream_t stream)
 {
     if (p.batch < 0 || p.seqLen < 0 || p.dim < 0 || p.dState < 1 || p.dState > kN || p.u == nullptr

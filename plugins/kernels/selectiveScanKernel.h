@@ -87,6 +87,12 @@ void setSelectiveScanTuning(int32_t schedule, int32_t lanes, int32_t groups);
 //! Bytes of workspace `launchSelectiveScan` needs (0 when one chunk is used).
 size_t selectiveScanWorkspaceSize(SelectiveScanParams const& p);
 
+//! Workspace bytes that cover the automatic plan (params.chunks = 0) of every batch ≤ maxBatch and sequence
+//! length ≤ maxSeqLen on any GPU: the plan makes at most max(1, L / 128) chunks. What a TensorRT profile's largest
+//! shape must reserve (the workspace of the largest shape's own plan can be smaller than a shorter one's, because
+//! chunks are rounded to whole tiles).
+size_t selectiveScanMaxWorkspaceSize(int32_t maxBatch, int32_t maxSeqLen, int32_t dim, int32_t dState);
+
 //! Runs the scan on `stream`. Supported (in, out) types: (fp32, fp32), (fp16, fp16), (int8, fp16), (int8, fp32).
 //! Returns cudaErrorInvalidValue for unsupported params.
 cudaError_t launchSelectiveScan(SelectiveScanParams const& p, void* workspace, size_t workspaceSize, cudaStream_t stream);

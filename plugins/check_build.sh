@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Compile-check the plugins without a GPU:
-#   (a) every kernels/*.cu with nvcc -c for each arch in CUDA_ARCHS (default "87 86 89 90"), and the scan once more
+#   (a) every kernels/*.cu with nvcc -c for each arch in CUDA_ARCHS (default "80 86 87 89 90"), and the scan once more
 #       with its experimental segment-parallel schedule compiled in (-DMQ_SCAN_SEGMENTED=1, last arch only);
-#   (b) if TRT_INCLUDE names a TensorRT include dir, the plugin *.cpp files against it (-fsyntax-only);
+#   (b) if TRT_INCLUDE names a TensorRT include dir, the plugin *.cpp files against it (-fsyntax-only), then
+#       tests/plugin_host_check.cpp linked with them: the plugins' build-phase interfaces on the CPU (no GPU, no
+#       TensorRT library: output types, format combinations, shape checks, workspace size, fields);
 #   (c) unless HOST_SIM=0, builds and runs tests/hadamard_host_sim.cu: the Hadamard register path's phase functions
 #       run thread by thread on the CPU against a float64 reference (index/layout logic, base products; no GPU),
 #       and tests/scan_plan_host.cu: the scan's automatic plan on the benchmark shapes (host code only).
@@ -10,7 +12,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 NVCC="${NVCC:-nvcc}"
-CUDA_ARCHS="${CUDA_ARCHS:-87 86 89 90}"
+CUDA_ARCHS="${CUDA_ARCHS:-80 86 87 89 90}"
 JOBS="${JOBS:-$(nproc)}"
 command -v "$NVCC" >/dev/null || { echo "check_build: nvcc not found (set NVCC)" >&2; exit 2; }
 out="$(mktemp -d)"
@@ -51,6 +53,12 @@ if [ -n "${TRT_INCLUDE:-}" ]; then
     "${CXX:-g++}" -std=c++17 -fsyntax-only -Wall -Wextra -Werror -Wno-deprecated-declarations \
       -isystem "$TRT_INCLUDE" -isystem "$cuda_inc" -I"$here" -I"$here/kernels" "$cpp"
   done
+  echo "nvcc plugin host check tests/plugin_host_check.cpp against $TRT_INCLUDE"
+  "$NVCC" -std=c++17 -Xcompiler -Wno-deprecated-declarations -isystem "$TRT_INCLUDE" -I"$here" -I"$here/kernels" \
+    "$here/tests/plugin_host_check.cpp" "$here"/*.cpp "$out"/{selectiveScanKernel,stateUpdateKernel,hadamardKernel,mqKernelsCApi}.o \
+    -o "$out/plugin_host_check"
+  "$out/plugin_host_check" > "$out/plugin.log" 2>&1 || { cat "$out/plugin.log" >&2; echo "FAILED: plugin host check" >&2; exit 1; }
+  tail -n 1 "$out/plugin.log"
 fi
 if [ "${HOST_SIM:-1}" != 0 ]; then
   echo "nvcc host simulation tests/hadamard_host_sim.cu"

@@ -99,12 +99,15 @@ int32_t HadamardPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorD
     void const* const* inputs, void* const* outputs, void*, cudaStream_t stream) noexcept
 {
     return guard<int32_t>("Hadamard::enqueue", -1, [&] {
-        if (mM > 1 && mBaseDev == nullptr) // once per instance (the runtime gets its own via attachToContext)
+        // once per instance (the runtime gets its own via attachToContext), so a CUDA graph captured after the first
+        // enqueue allocates nothing. The copy goes on `stream`, ahead of the kernel that reads it: a blocking cudaMemcpy
+        // from pageable memory may return before the data has landed, and TensorRT's stream is not ordered after it.
+        if (mM > 1 && mBaseDev == nullptr)
         {
             size_t const bytes = mBase.size() * sizeof(float);
             if (cudaMalloc(&mBaseDev, bytes) != cudaSuccess)
                 throw std::runtime_error("cudaMalloc of the base matrix failed");
-            if (cudaMemcpy(mBaseDev, mBase.data(), bytes, cudaMemcpyHostToDevice) != cudaSuccess)
+            if (cudaMemcpyAsync(mBaseDev, mBase.data(), bytes, cudaMemcpyHostToDevice, stream) != cudaSuccess)
                 throw std::runtime_error("copying the base matrix failed");
         }
         HadamardParams p;

@@ -19,6 +19,8 @@ class HadamardPlugin : public nvinfer1::IPluginV3,
 {
 public:
     explicit HadamardPlugin(Attrs attrs);
+    HadamardPlugin(HadamardPlugin const&) = delete; // owns mBaseDev; clone() builds a fresh instance
+    HadamardPlugin& operator=(HadamardPlugin const&) = delete;
 
     // IPluginV3
     nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;

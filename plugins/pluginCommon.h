@@ -3,6 +3,7 @@
 #pragma once
 #include "NvInferRuntime.h"
 
+#include <cstdio>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -69,8 +70,14 @@ public:
         mDeclFc.fields = mDecl.data();
     }
 
-    //! Field names for IPluginCreatorV3One::getFieldNames.
-    nvinfer1::PluginFieldCollection const* declared() const noexcept { return &mDeclFc; }
+    //! Field names for IPluginCreatorV3One::getFieldNames (the pointer is refreshed here: a copied Attrs, e.g. in a
+    //! clone, must not hand out its source's field array).
+    nvinfer1::PluginFieldCollection const* declared() const noexcept
+    {
+        mDeclFc.nbFields = static_cast<int32_t>(mDecl.size());
+        mDeclFc.fields = mDecl.data();
+        return &mDeclFc;
+    }
 
     //! Reads known fields from fc (unknown names are an error, missing ones keep their default).
     void parse(nvinfer1::PluginFieldCollection const* fc)
@@ -144,7 +151,8 @@ private:
     std::vector<nvinfer1::PluginField> mDecl, mSer;
     std::vector<int32_t> mInts;
     std::vector<float> mFloats;
-    nvinfer1::PluginFieldCollection mDeclFc{}, mSerFc{};
+    mutable nvinfer1::PluginFieldCollection mDeclFc{};
+    nvinfer1::PluginFieldCollection mSerFc{};
 };
 
 inline void require(bool ok, std::string const& what)

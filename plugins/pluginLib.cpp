@@ -1,6 +1,7 @@
-// Entry points TensorRT looks up in a plugin library loaded with IPluginRegistry::loadLibrary,
-// `trtexec --dynamicPlugins=libmq_trt_plugins.so` or polygraphy `--plugins`: for IPluginV3 creators
-// these are `getCreators` and `setLoggerFinder` (the same pair as TensorRT OSS plugin/common/vfcCommon.cpp).
+// Entry points TensorRT looks up in a plugin library loaded with IPluginRegistry::loadLibrary or
+// `trtexec --dynamicPlugins=libmq_trt_plugins.so`: for IPluginV3 creators these are `getCreators` and
+// `setLoggerFinder` (the same pair as TensorRT OSS plugin/common/vfcCommon.cpp). polygraphy's `--plugins` only
+// dlopens the library, which registers nothing (docs/deploy.md, "With polygraphy's command line").
 #include "hadamardPlugin.h"
 #include "selectiveScanPlugin.h"
 #include "stateUpdatePlugin.h"

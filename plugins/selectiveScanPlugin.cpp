@@ -71,7 +71,10 @@ int32_t SelectiveScanPlugin::getOutputDataTypes(
 {
     return guard<int32_t>("SelectiveScan::getOutputDataTypes", -1, [&] {
         require(nbOutputs == 2 && nbInputs == this->nbInputs(), "wrong number of inputs/outputs");
-        outputTypes[0] = inputTypes[kU] == DataType::kFLOAT ? DataType::kFLOAT : DataType::kHALF;
+        // y follows fp16 input; fp32 and int8 input give fp32 (what the ONNX graph computes: the int8 inputs are its
+        // fused Q/DQ pairs, and the gate multiply after the node is fp32, which a strongly typed network, always the
+        // case in TensorRT 11, requires to match). A weakly typed build may still pick fp16 (supportsFormatCombination).
+        outputTypes[0] = inputTypes[kU] == DataType::kHALF ? DataType::kHALF : DataType::kFLOAT;
         outputTypes[1] = DataType::kFLOAT;
         return 0;
     });
@@ -101,7 +104,11 @@ bool SelectiveScanPlugin::supportsFormatCombination(
         if (d.format != TensorFormat::kLINEAR)
             return false;
         DataType const in = inOut[kU].desc.type;
-        DataType const yType = in == DataType::kFLOAT ? DataType::kFLOAT : DataType::kHALF;
+        // z and y (the "out" type): fp32 in → fp32, fp16 in → fp16, int8 in → fp32 or fp16 (z, when present, decides y;
+        // only positions before pos are determined when pos is asked)
+        auto const outOk = [&](DataType t) {
+            return in == DataType::kINT8 ? (t == DataType::kFLOAT || t == DataType::kHALF) : t == in;
+        };
         bool const hasZ = mAttrs.getInt("has_z") != 0;
         int32_t const zPos = hasZ ? 7 : -1;
         int32_t const h0Pos = mAttrs.getInt("has_initial_state") ? (hasZ ? 8 : 7) : -1;
@@ -111,8 +118,10 @@ bool SelectiveScanPlugin::supportsFormatCombination(
             return d.type == in;
         if (pos == kA || pos == kDSKIP || pos == kBIAS || pos == h0Pos)
             return d.type == DataType::kFLOAT;
-        if (pos == zPos || pos == nbInputs)
-            return d.type == yType;
+        if (pos == zPos)
+            return outOk(d.type);
+        if (pos == nbInputs)
+            return hasZ ? d.type == inOut[zPos].desc.type : outOk(d.type);
         return d.type == DataType::kFLOAT; // last_state
     });
 }
@@ -122,7 +131,22 @@ int32_t SelectiveScanPlugin::configurePlugin(DynamicPluginTensorDesc const* in, 
 {
     return guard<int32_t>("SelectiveScan::configurePlugin", -1, [&] {
         require(nbInputs == this->nbInputs() && nbOutputs == 2, "wrong number of inputs/outputs");
-        require(in[kA].desc.dims.d[1] <= 16, "d_state N must be <= 16");
+        // shapes the kernel indexes by u's (B, L, D) and A's N; -1 (dynamic) dims are checked where both are known
+        auto const same = [](int64_t a, int64_t b) { return a < 0 || b < 0 || a == b; };
+        Dims const& u = in[kU].desc.dims;
+        Dims const& a = in[kA].desc.dims;
+        require(u.nbDims == 3 && a.nbDims == 2, "u must be (B, L, D) and A (D, N)");
+        require(a.d[1] < 0 || (a.d[1] >= 1 && a.d[1] <= 16), "d_state N must be in 1..16");
+        require(same(a.d[0], u.d[2]), "A's first dimension must be u's D");
+        Dims const& dl = in[kDELTA].desc.dims;
+        require(dl.nbDims == 3 && same(dl.d[0], u.d[0]) && same(dl.d[1], u.d[1]) && same(dl.d[2], u.d[2]),
+            "delta must have u's shape (B, L, D)");
+        for (int32_t i : {kB, kC})
+        {
+            Dims const& m = in[i].desc.dims;
+            require(m.nbDims == 3 && same(m.d[0], u.d[0]) && same(m.d[1], u.d[1]) && same(m.d[2], a.d[1]),
+                "Bm and Cm must be (B, L, N)");
+        }
         return 0;
     });
 }

@@ -68,10 +68,25 @@ bool StateUpdatePlugin::supportsFormatCombination(
 }
 
 int32_t StateUpdatePlugin::configurePlugin(
-    DynamicPluginTensorDesc const*, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept
+    DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept
 {
     return guard<int32_t>("SelectiveStateUpdate::configurePlugin", -1, [&] {
         require(nbInputs == this->nbInputs() && nbOutputs == 2, "wrong number of inputs/outputs");
+        // the kernel indexes everything by the state's (B, D, N); -1 (dynamic) dims are checked where both are known
+        auto const same = [](int64_t a, int64_t b) { return a < 0 || b < 0 || a == b; };
+        Dims const& st = in[kSTATE].desc.dims;
+        require(st.nbDims == 3, "state must be (B, D, N)");
+        require(st.d[2] < 0 || (st.d[2] >= 1 && st.d[2] <= 16), "d_state N must be in 1..16");
+        // per-token inputs keep SelectiveScan's token-major layout at L = 1 (ops/state_update.py)
+        auto const token = [&](Dims const& t, int64_t last) {
+            return t.nbDims == 3 && same(t.d[0], st.d[0]) && same(t.d[1], 1) && same(t.d[2], last);
+        };
+        for (int32_t i : {kX, kDT})
+            require(token(in[i].desc.dims, st.d[1]), "x and dt must be (B, 1, D)");
+        for (int32_t i : {kB, kC})
+            require(token(in[i].desc.dims, st.d[2]), "Bm and Cm must be (B, 1, N)");
+        require(in[kA].desc.dims.nbDims == 2 && same(in[kA].desc.dims.d[0], st.d[1]) && same(in[kA].desc.dims.d[1], st.d[2]),
+            "A must be (D, N)");
         return 0;
     });
 }

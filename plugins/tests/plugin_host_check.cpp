@@ -1,0 +1,188 @@
+// CPU check of the TensorRT plugins' build-phase interfaces, without a GPU or TensorRT's runtime: only TensorRT's
+// headers (plugins/check_build.sh builds and runs it when TRT_INCLUDE is set). The creators come from the library's
+// own `getCreators` entry point; each plugin is created from a field collection the way the ONNX parser does and
+// asked what TensorRT's builder asks: output types, format/type combinations, configurePlugin shape checks, workspace
+// size, field names and serialization.
+#include "NvInferRuntime.h"
+
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+using namespace nvinfer1;
+
+extern "C" IPluginCreatorInterface* const* getCreators(int32_t& nbCreators);
+
+namespace
+{
+int gFailures = 0;
+
+void check(bool ok, char const* what)
+{
+    std::printf("%s %s\n", ok ? "PASS" : "FAIL", what);
+    gFailures += !ok;
+}
+
+IPluginCreatorV3One* creator(char const* name)
+{
+    int32_t n = 0;
+    IPluginCreatorInterface* const* creators = getCreators(n);
+    for (int32_t i = 0; i < n; ++i)
+    {
+        auto* c = static_cast<IPluginCreatorV3One*>(creators[i]);
+        if (std::strcmp(c->getPluginName(), name) == 0)
+            return c;
+    }
+    return nullptr;
+}
+
+DynamicPluginTensorDesc desc(DataType type, std::vector<int64_t> const& dims, int64_t dynamicMax = 0)
+{
+    DynamicPluginTensorDesc d{};
+    d.desc.type = type;
+    d.desc.format = TensorFormat::kLINEAR;
+    d.desc.dims.nbDims = static_cast<int32_t>(dims.size());
+    for (size_t i = 0; i < dims.size(); ++i)
+        d.desc.dims.d[i] = dims[i];
+    d.min = d.opt = d.max = d.desc.dims;
+    for (int32_t i = 0; i < d.max.nbDims; ++i)
+        if (d.max.d[i] < 0)
+            d.max.d[i] = dynamicMax;
+    return d;
+}
+
+IPluginV3OneBuild* build(IPluginV3* p)
+{
+    return static_cast<IPluginV3OneBuild*>(p->getCapabilityInterface(PluginCapabilityType::kBUILD));
+}
+
+void selectiveScan()
+{
+    IPluginCreatorV3One* c = creator("SelectiveScan");
+    check(c != nullptr, "SelectiveScan creator from getCreators");
+    if (c == nullptr)
+        return;
+    int32_t one = 1;
+    float scale = 0.02f;
+    std::vector<PluginField> f = {{"delta_softplus", &one, PluginFieldType::kINT32, 1}, {"u_scale", &scale, PluginFieldType::kFLOAT32, 1}};
+    PluginFieldCollection fc{static_cast<int32_t>(f.size()), f.data()};
+    IPluginV3* p = c->createPlugin("SelectiveScan", &fc, TensorRTPhase::kBUILD);
+    check(p != nullptr, "SelectiveScan createPlugin");
+    if (p == nullptr)
+        return;
+    IPluginV3OneBuild* b = build(p);
+
+    // y: fp16 for fp16 input, fp32 for fp32 and for int8 (the quantized graph's gate multiply is fp32)
+    bool typesOk = true;
+    for (DataType t : {DataType::kINT8, DataType::kHALF, DataType::kFLOAT})
+    {
+        DataType in[7] = {t, t, DataType::kFLOAT, t, t, DataType::kFLOAT, DataType::kFLOAT}, out[2];
+        typesOk &= b->getOutputDataTypes(out, 2, in, 7) == 0
+            && out[0] == (t == DataType::kHALF ? DataType::kHALF : DataType::kFLOAT) && out[1] == DataType::kFLOAT;
+    }
+    check(typesOk, "SelectiveScan output types: int8 -> fp32, fp16 -> fp16, fp32 -> fp32; state fp32");
+
+    // inputs u, delta, A, Bm, Cm, Dskip, delta_bias; outputs y, last_state (B, L dynamic; D 384, N 16)
+    auto io = [](DataType in, DataType y, int64_t bmN, int64_t aD, int64_t aN) {
+        return std::vector<DynamicPluginTensorDesc>{desc(in, {-1, -1, 384}, 4100), desc(in, {-1, -1, 384}, 4100),
+            desc(DataType::kFLOAT, {aD, aN}), desc(in, {-1, -1, bmN}, 4100), desc(in, {-1, -1, 16}, 4100),
+            desc(DataType::kFLOAT, {384}), desc(DataType::kFLOAT, {384}), desc(y, {-1, -1, 384}, 4100),
+            desc(DataType::kFLOAT, {-1, 384, 16}, 4100)};
+    };
+    auto supported = [&](std::vector<DynamicPluginTensorDesc> const& v) {
+        bool ok = true;
+        for (int32_t pos = 0; pos < 9; ++pos)
+            ok &= b->supportsFormatCombination(pos, v.data(), 7, 2);
+        return ok;
+    };
+    check(supported(io(DataType::kINT8, DataType::kFLOAT, 16, 384, 16)), "SelectiveScan supports int8 in, fp32 y");
+    check(supported(io(DataType::kINT8, DataType::kHALF, 16, 384, 16)), "SelectiveScan supports int8 in, fp16 y");
+    check(supported(io(DataType::kHALF, DataType::kHALF, 16, 384, 16)), "SelectiveScan supports fp16 in, fp16 y");
+    check(supported(io(DataType::kFLOAT, DataType::kFLOAT, 16, 384, 16)), "SelectiveScan supports fp32 in, fp32 y");
+    check(!supported(io(DataType::kHALF, DataType::kFLOAT, 16, 384, 16)), "SelectiveScan refuses fp16 in, fp32 y");
+
+    auto good = io(DataType::kINT8, DataType::kFLOAT, 16, 384, 16);
+    good[0].max.d[0] = 1; // the profile: max B 1, max L 4100
+    check(b->configurePlugin(good.data(), 7, good.data() + 7, 2) == 0, "SelectiveScan configurePlugin accepts (B, L, D), A (D, N)");
+    auto badBm = io(DataType::kINT8, DataType::kFLOAT, 8, 384, 16);
+    check(b->configurePlugin(badBm.data(), 7, badBm.data() + 7, 2) != 0, "SelectiveScan configurePlugin refuses Bm (B, L, 8) with N 16");
+    auto badA = io(DataType::kINT8, DataType::kFLOAT, 16, 383, 16);
+    check(b->configurePlugin(badA.data(), 7, badA.data() + 7, 2) != 0, "SelectiveScan configurePlugin refuses A with D 383");
+    auto badN = io(DataType::kINT8, DataType::kFLOAT, 17, 384, 17);
+    check(b->configurePlugin(badN.data(), 7, badN.data() + 7, 2) != 0, "SelectiveScan configurePlugin refuses N 17");
+
+    // workspace of a profile with max B 1, max L 4100: every shape's plan fits in max(1, 4100 / 128) = 32 chunks
+    size_t const ws = b->getWorkspaceSize(good.data(), 7, good.data() + 7, 2);
+    check(ws == size_t{1} * 32 * 384 * 17 * sizeof(float), "SelectiveScan workspace = max B x 32 chunks x D x (N + 1) floats");
+    delete p;
+}
+
+void stateUpdate()
+{
+    IPluginCreatorV3One* c = creator("SelectiveStateUpdate");
+    check(c != nullptr, "SelectiveStateUpdate creator from getCreators");
+    if (c == nullptr)
+        return;
+    PluginFieldCollection fc{0, nullptr};
+    IPluginV3* p = c->createPlugin("SelectiveStateUpdate", &fc, TensorRTPhase::kBUILD);
+    check(p != nullptr, "SelectiveStateUpdate createPlugin (defaults)");
+    if (p == nullptr)
+        return;
+    IPluginV3OneBuild* b = build(p);
+    DataType const F = DataType::kFLOAT;
+    // state, x, dt, A, Bm, Cm, Dskip, dt_bias; outputs y, new state (ops/state_update.py layouts)
+    std::vector<DynamicPluginTensorDesc> good = {desc(F, {-1, 384, 16}, 8), desc(F, {-1, 1, 384}, 8),
+        desc(F, {-1, 1, 384}, 8), desc(F, {384, 16}), desc(F, {-1, 1, 16}, 8), desc(F, {-1, 1, 16}, 8), desc(F, {384}),
+        desc(F, {384}), desc(F, {-1, 1, 384}, 8), desc(F, {-1, 384, 16}, 8)};
+    check(b->configurePlugin(good.data(), 8, good.data() + 8, 2) == 0, "SelectiveStateUpdate configurePlugin accepts x (B, 1, D)");
+    auto badX = good;
+    badX[1] = desc(F, {-1, 384}, 8);
+    check(b->configurePlugin(badX.data(), 8, badX.data() + 8, 2) != 0, "SelectiveStateUpdate configurePlugin refuses x (B, D)");
+    auto badB = good;
+    badB[4] = desc(F, {-1, 1, 12}, 8);
+    check(b->configurePlugin(badB.data(), 8, badB.data() + 8, 2) != 0, "SelectiveStateUpdate configurePlugin refuses Bm with N 12");
+    delete p;
+}
+
+void hadamard()
+{
+    IPluginCreatorV3One* c = creator("Hadamard");
+    check(c != nullptr, "Hadamard creator from getCreators");
+    if (c == nullptr)
+        return;
+    PluginFieldCollection const* names = c->getFieldNames();
+    check(names != nullptr && names->nbFields == 2 && std::strcmp(names->fields[0].name, "n") == 0
+            && std::strcmp(names->fields[1].name, "out_scale") == 0,
+        "Hadamard field names n, out_scale");
+    int32_t n = 1536;
+    std::vector<PluginField> f = {{"n", &n, PluginFieldType::kINT32, 1}};
+    PluginFieldCollection fc{1, f.data()};
+    IPluginV3* p = c->createPlugin("Hadamard", &fc, TensorRTPhase::kBUILD);
+    check(p != nullptr, "Hadamard createPlugin n 1536");
+    if (p == nullptr)
+        return;
+    IPluginV3* q = p->clone();
+    check(q != nullptr, "Hadamard clone");
+    if (q != nullptr)
+    {
+        auto* rt = static_cast<IPluginV3OneRuntime*>(q->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+        PluginFieldCollection const* ser = rt->getFieldsToSerialize();
+        check(ser != nullptr && ser->nbFields == 2 && *static_cast<int32_t const*>(ser->fields[0].data) == 1536,
+            "Hadamard clone serializes n 1536");
+        delete q;
+    }
+    int32_t bad = 105; // 3·5·7: no base matrix of that order
+    f[0].data = &bad;
+    check(c->createPlugin("Hadamard", &fc, TensorRTPhase::kBUILD) == nullptr, "Hadamard createPlugin refuses n 105");
+    delete p;
+}
+} // namespace
+
+int main()
+{
+    selectiveScan();
+    stateUpdate();
+    hadamard();
+    std::printf("%s: %d failures\n", gFailures ? "FAILED" : "OK", gFailures);
+    return gFailures ? 1 : 0;
+}

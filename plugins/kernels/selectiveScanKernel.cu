@@ -596,6 +596,17 @@ int32_t deviceSMs(SelectiveScanParams const& p)
     return sms;
 }
 
+//! The most chunks the automatic plan makes for L tokens: chunks of at least 128 tokens.
+int32_t maxAutoChunks(int32_t seqLen) { return std::max(1, seqLen / 128); }
+
+//! Workspace of `chunks` chunks (hChunk (B, C, D, N), then sumDelta (B, C, D), fp32); none for one chunk.
+size_t workspaceBytes(int32_t batch, int32_t chunks, int32_t dim, int32_t dState)
+{
+    if (chunks <= 1 || batch <= 0 || dim <= 0 || dState <= 0)
+        return 0;
+    return static_cast<size_t>(batch) * chunks * dim * (dState + 1) * sizeof(float);
+}
+
 } // namespace
 
 SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
@@ -634,7 +645,7 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
         else
         {
             chunks = static_cast<int32_t>(std::min<int64_t>((17 * resident + 20 * threads - 1) / (20 * threads), 1 << 20));
-            chunks = std::min<int32_t>(chunks, std::max(1, p.seqLen / 128));
+            chunks = std::min<int32_t>(chunks, maxAutoChunks(p.seqLen));
         }
     }
     if (schedule == 3) // only on request (selectiveScanSeg2.cuh); (lanes a channel, warps a block), default (4, 8)
@@ -695,18 +706,12 @@ void setSelectiveScanTuning(int32_t schedule, int32_t lanes, int32_t groups)
 
 size_t selectiveScanWorkspaceSize(SelectiveScanParams const& p)
 {
-    int32_t const chunks = selectiveScanChunks(p);
-    if (chunks <= 1)
-        return 0;
-    return static_cast<size_t>(p.batch) * chunks * p.dim * (p.dState + 1) * sizeof(float);
+    return workspaceBytes(p.batch, selectiveScanChunks(p), p.dim, p.dState);
 }
 
 size_t selectiveScanMaxWorkspaceSize(int32_t maxBatch, int32_t maxSeqLen, int32_t dim, int32_t dState)
 {
-    int32_t const chunks = std::max(1, maxSeqLen / 128); // the cap of the automatic plan (selectiveScanPlan)
-    if (chunks <= 1 || maxBatch <= 0 || dim <= 0 || dState <= 0)
-        return 0;
-    return static_cast<size_t>(maxBatch) * chunks * dim * (dState + 1) * sizeof(float);
+    return workspaceBytes(maxBatch, maxAutoChunks(maxSeqLen), dim, dState);
 }
 
 cudaError_t launchSelectiveScan(SelectiveScanParams const& p, void* workspace, size_t workspaceSize, cudaStream_t stream)

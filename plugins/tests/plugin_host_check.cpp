@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 
 using namespace nvinfer1;
@@ -56,18 +57,23 @@ IPluginV3OneBuild* build(IPluginV3* p)
     return static_cast<IPluginV3OneBuild*>(p->getCapabilityInterface(PluginCapabilityType::kBUILD));
 }
 
+//! The plugin `name` created from `fc` as the ONNX parser does (build phase); null (and a failure) when either the
+//! creator or the plugin is missing.
+IPluginV3* create(char const* name, PluginFieldCollection const& fc, char const* what)
+{
+    IPluginCreatorV3One* c = creator(name);
+    check(c != nullptr, (std::string(name) + " creator from getCreators").c_str());
+    IPluginV3* p = c != nullptr ? c->createPlugin(name, &fc, TensorRTPhase::kBUILD) : nullptr;
+    check(p != nullptr, what);
+    return p;
+}
+
 void selectiveScan()
 {
-    IPluginCreatorV3One* c = creator("SelectiveScan");
-    check(c != nullptr, "SelectiveScan creator from getCreators");
-    if (c == nullptr)
-        return;
     int32_t one = 1;
     float scale = 0.02f;
     std::vector<PluginField> f = {{"delta_softplus", &one, PluginFieldType::kINT32, 1}, {"u_scale", &scale, PluginFieldType::kFLOAT32, 1}};
-    PluginFieldCollection fc{static_cast<int32_t>(f.size()), f.data()};
-    IPluginV3* p = c->createPlugin("SelectiveScan", &fc, TensorRTPhase::kBUILD);
-    check(p != nullptr, "SelectiveScan createPlugin");
+    IPluginV3* p = create("SelectiveScan", PluginFieldCollection{static_cast<int32_t>(f.size()), f.data()}, "SelectiveScan createPlugin");
     if (p == nullptr)
         return;
     IPluginV3OneBuild* b = build(p);
@@ -119,13 +125,7 @@ void selectiveScan()
 
 void stateUpdate()
 {
-    IPluginCreatorV3One* c = creator("SelectiveStateUpdate");
-    check(c != nullptr, "SelectiveStateUpdate creator from getCreators");
-    if (c == nullptr)
-        return;
-    PluginFieldCollection fc{0, nullptr};
-    IPluginV3* p = c->createPlugin("SelectiveStateUpdate", &fc, TensorRTPhase::kBUILD);
-    check(p != nullptr, "SelectiveStateUpdate createPlugin (defaults)");
+    IPluginV3* p = create("SelectiveStateUpdate", PluginFieldCollection{0, nullptr}, "SelectiveStateUpdate createPlugin (defaults)");
     if (p == nullptr)
         return;
     IPluginV3OneBuild* b = build(p);
@@ -146,21 +146,17 @@ void stateUpdate()
 
 void hadamard()
 {
-    IPluginCreatorV3One* c = creator("Hadamard");
-    check(c != nullptr, "Hadamard creator from getCreators");
-    if (c == nullptr)
+    int32_t n = 1536;
+    std::vector<PluginField> f = {{"n", &n, PluginFieldType::kINT32, 1}};
+    PluginFieldCollection fc{1, f.data()};
+    IPluginV3* p = create("Hadamard", fc, "Hadamard createPlugin n 1536");
+    if (p == nullptr)
         return;
+    IPluginCreatorV3One* c = creator("Hadamard");
     PluginFieldCollection const* names = c->getFieldNames();
     check(names != nullptr && names->nbFields == 2 && std::strcmp(names->fields[0].name, "n") == 0
             && std::strcmp(names->fields[1].name, "out_scale") == 0,
         "Hadamard field names n, out_scale");
-    int32_t n = 1536;
-    std::vector<PluginField> f = {{"n", &n, PluginFieldType::kINT32, 1}};
-    PluginFieldCollection fc{1, f.data()};
-    IPluginV3* p = c->createPlugin("Hadamard", &fc, TensorRTPhase::kBUILD);
-    check(p != nullptr, "Hadamard createPlugin n 1536");
-    if (p == nullptr)
-        return;
     IPluginV3* q = p->clone();
     check(q != nullptr, "Hadamard clone");
     if (q != nullptr)

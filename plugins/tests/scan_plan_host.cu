@@ -1,7 +1,7 @@
 // CPU check of the scan's automatic plan (threads a channel, chunks) on the H200 benchmark shapes (132 SMs given
-// in the params, so no device is queried), and of the workspace bound the TensorRT plugin reserves for a profile. Built and run by plugins/check_build.sh; on the five benchmark shapes the
-// expected plans are the fastest measured ones (benchmarks/gpu/results/NOTES.md, "Scan: tile copies set up once"),
-// the last three follow the rule.
+// in the params, so no device is queried), and of the workspace bound the TensorRT plugin reserves for a profile.
+// Built and run by plugins/check_build.sh. On the five benchmark shapes the expected plans are the fastest measured
+// ones (benchmarks/gpu/results/NOTES.md, "Scan: tile copies set up once"); the last four follow the rule.
 #include "selectiveScanKernel.h"
 
 #include <cstdio>

@@ -12,6 +12,9 @@
 # no decode, no mamba-ssm build), and ncu.txt profiles two Hadamard launches instead of the scan. BENCH=scan: the
 # benchmarks time only the scan (schedules, mamba-ssm; no chunk sweep, Hadamard or decode). BENCH=decode: only the
 # decode benchmark (state update of every layer vs mamba-ssm's Triton selective_state_update from .carry/mamba).
+# SCAN_ALT_SRC="old=path/to/selectiveScanKernel.cu": also builds the scan from that file (e.g. `git show
+# HEAD~1:plugins/kernels/selectiveScanKernel.cu` saved outside plugins/) and sweeps it like a SCAN_ALT_DEFINES build,
+# named src_old, for an A/B of two versions in one process.
 # The fp16 scan sweep also times 4 threads a channel at each chunk count of SCAN_SPLIT_CHUNKS (default "1 2 3 4 5 6 8
 # 10 12 13 14 16"; SCAN_SPLIT_SWEEP=0 skips it).
 # NVCC_DEFINES="NAME=VALUE ...": -D flags for every kernel build (e.g. MQ_SCAN_SEGMENTED=1 compiles the experimental
@@ -53,6 +56,12 @@ for d in ${SCAN_ALT_DEFINES:-} ${ALT_MIN_BLOCKS:+MQ_SCAN_MIN_BLOCKS=$ALT_MIN_BLO
   mkdir -p "build/scan_$k"
   nvcc -std=c++17 -O3 --split-compile 4 ${defs[@]+"${defs[@]}"} "-D$d" -Xcompiler -fPIC -gencode "arch=compute_${ARCH},code=sm_${ARCH}" \
     -Iplugins/kernels -c plugins/kernels/selectiveScanKernel.cu -o "build/scan_$k/selectiveScanKernel.o" & scan_alt+=("$k:$!")
+done
+for d in ${SCAN_ALT_SRC:-}; do  # name=path: the scan built from another source file (A/B against an older version)
+  k="src_${d%%=*}"
+  mkdir -p "build/scan_$k"
+  nvcc -std=c++17 -O3 --split-compile 4 ${defs[@]+"${defs[@]}"} -Xcompiler -fPIC -gencode "arch=compute_${ARCH},code=sm_${ARCH}" \
+    -Iplugins/kernels -c "${d#*=}" -o "build/scan_$k/selectiveScanKernel.o" & scan_alt+=("$k:$!")
 done
 had_alt=()
 for d in ${HAD_ALT_DEFINES:-}; do
@@ -103,7 +112,7 @@ for e in ${su_alt[@]+"${su_alt[@]}"}; do
   fi
 done
 PYTHONPATH="build/mamba:build/fht:${PYTHONPATH:-}" python3 benchmarks/gpu/harness.py bench "$BENCH" || rc=1
-python3 benchmarks/gpu/summarize.py "$OUT" "OUT=\$OUT bash benchmarks/gpu/run_all.sh (ARCH=$ARCH BENCH=$BENCH${NVCC_DEFINES:+ NVCC_DEFINES=$NVCC_DEFINES}${HAD_ALT_DEFINES:+ HAD_ALT_DEFINES=$HAD_ALT_DEFINES}${SCAN_ALT_DEFINES:+ SCAN_ALT_DEFINES=$SCAN_ALT_DEFINES}${SU_ALT_DEFINES:+ SU_ALT_DEFINES=$SU_ALT_DEFINES})" > /dev/null
+python3 benchmarks/gpu/summarize.py "$OUT" "OUT=\$OUT bash benchmarks/gpu/run_all.sh (ARCH=$ARCH BENCH=$BENCH${NVCC_DEFINES:+ NVCC_DEFINES=$NVCC_DEFINES}${HAD_ALT_DEFINES:+ HAD_ALT_DEFINES=$HAD_ALT_DEFINES}${SCAN_ALT_DEFINES:+ SCAN_ALT_DEFINES=$SCAN_ALT_DEFINES}${SCAN_ALT_SRC:+ SCAN_ALT_SRC=$SCAN_ALT_SRC}${SU_ALT_DEFINES:+ SU_ALT_DEFINES=$SU_ALT_DEFINES})" > /dev/null
 if [ "${NCU:-1}" = 1 ] && [ "$BENCH" = hadamard ] && command -v ncu > /dev/null; then  # fp16 -> fp16 n 5120 and 1536, 64 MiB
   timeout 150 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     --section SchedulerStats --section MemoryWorkloadAnalysis -k regex:hadamardRegKernel -c 2 python3 benchmarks/gpu/harness.py ncu_had \

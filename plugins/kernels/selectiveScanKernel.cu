@@ -10,11 +10,11 @@
 // zero-padded: a = 0, B = C = 0), so a block of 128 threads covers 64 channels and B·D gives twice the
 // threads of the one-thread-per-channel kernel. (Where B·D·4 threads fit in one wave, four threads per channel
 // with 4 states each, 32 channels a block: the same loop, the token's Δ handed round by shuffles and y
-// reduce-scattered over the 4 lanes; see selectiveScanPlan.) Per pair of tokens (2j, 2j+1) lane parity p computes Δ of
-// token 2j+p (softplus once per channel, not per thread) and the pair swaps it with one shuffle; both
-// threads update their 8 states for both tokens, then one more shuffle swaps the partial y of the token
-// each does not own, and the owner adds D·u, applies SiLU(z) and stores. Tiles of u/Δ/z are copied into
-// double-buffered shared memory by 16-byte cp.async (Bm/Cm through registers), one barrier per tile;
+// reduce-scattered over the 4 lanes; see selectiveScanPlan.) Per pair of tokens (2j, 2j+1) lane parity p computes Δ
+// and Δ·u of token 2j+p (softplus once per channel, not per thread) and shuffles hand them to the pair; both threads
+// update their 8 states for both tokens, then one more shuffle swaps the partial y of the token each does not own,
+// and the owner adds D·u, applies SiLU(z) and stores. Tiles of u/Δ/z are copied into double-buffered shared memory by 16-byte cp.async (Bm/Cm through
+// registers), one barrier per tile;
 // __launch_bounds__(128, 5) caps registers at 96 (5 resident blocks, 20 warps per SM), softplus/SiLU use
 // MUFU ex2/rcp plus a short series, and all per-token addressing is 32-bit offsets from base pointers.
 //
@@ -117,16 +117,27 @@ __device__ __forceinline__ void cpAsync16(void* smemDst, void const* src, bool v
 __device__ __forceinline__ void cpAsyncWaitAll() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 //! One (B, L, D) tensor's tile copy, set up once a block: tile rows [t0, t0 + kTile) (relative to the chunk
-//! start, clipped at `len`) of channels [d0, d0 + kCh) go to s[kTile][kCh]. kAsync: 16-byte cp.async chunks
+//! start, clipped at `len`) of channels [d0, d0 + kCh) go to s[kTile][kRow]. kAsync: 16-byte cp.async chunks
 //! (needs D % (16 / sizeof(T)) == 0 and a 16-byte aligned base); each thread owns at most one chunk of a tile,
 //! whose tile row, shared-memory slot and global offset are computed here once, so a tile costs one address
 //! computation and one cp.async (the per-tile index arithmetic was ~6 % of the executed fp16 instructions);
 //! rows past `len` and channels past D are zero-filled. Otherwise the threads of a channel load its rows
 //! synchronously (clamped to a valid channel and to the last valid row).
+//! Shared-memory row (elements) of a u/Δ/z tile: the block's channels plus a pad of one warp's worth of them (at
+//! least 16 bytes). The kSplit lanes of a channel read kSplit different token rows at once (each owner reads u/Δ/z of
+//! its own token); with the pad the kSplit rows' windows of one warp's channels fall in disjoint banks for every
+//! (kSplit, type) used (an unpadded 64-byte fp16 row put rows 0 and 2 in the same banks).
+template <int kSplit, typename T>
+__host__ __device__ constexpr int rowOf()
+{
+    return chOf<kSplit>() + ((32 / kSplit) * static_cast<int>(sizeof(T)) < 16 ? 16 / static_cast<int>(sizeof(T)) : 32 / kSplit);
+}
+
 template <int kSplit, bool kAsync, int kTile, typename T>
 struct TileCopy
 {
     static constexpr int kCh = chOf<kSplit>();
+    static constexpr int kRow = rowOf<kSplit, T>();
     static constexpr int kPerChunk = 16 / static_cast<int>(sizeof(T));
     static constexpr int kChunksPerRow = kCh / kPerChunk;
     static_assert(!kAsync || kTile * kChunksPerRow <= kThreads, "one 16-byte chunk a thread at most");
@@ -147,7 +158,7 @@ struct TileCopy
             int const ch = d0 + q * kPerChunk;
             r = k < kTile * kChunksPerRow ? row : kTile;
             rLive = ch < D ? r : (1 << 30);
-            slot = row * kCh + q * kPerChunk;
+            slot = row * kRow + q * kPerChunk;
             off = (rowBase + static_cast<size_t>(row)) * D + ch;
         }
         else
@@ -156,7 +167,7 @@ struct TileCopy
             off = rowBase * D + dc;
         }
     }
-    __device__ __forceinline__ void operator()(T (*s)[kCh], int t0, int len) const
+    __device__ __forceinline__ void operator()(T (*s)[kRow], int t0, int len) const
     {
         if constexpr (kAsync)
         {
@@ -193,9 +204,10 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
     static_assert(kTile % kSplit == 0, "tokens are processed in groups of kSplit");
     __shared__ __align__(16) float sB[2][kTile][kN];
     __shared__ __align__(16) float sC[2][kOut ? kTile : 1][kN];
-    __shared__ __align__(16) Tin sU[2][kTile][kCh];
-    __shared__ __align__(16) Tin sD[2][kTile][kCh];
-    __shared__ __align__(16) Tout sZ[2][kGate && kOut ? kTile : 1][kCh];
+    constexpr int kRowIn = rowOf<kSplit, Tin>(), kRowOut = rowOf<kSplit, Tout>();
+    __shared__ __align__(16) Tin sU[2][kTile][kRowIn];
+    __shared__ __align__(16) Tin sD[2][kTile][kRowIn];
+    __shared__ __align__(16) Tout sZ[2][kGate && kOut ? kTile : 1][kRowOut];
 
     int const N = p.dState;
     int const D = p.dim;
@@ -213,11 +225,13 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
     int const n0 = lane * kNT;
     size_t const tokRow0 = static_cast<size_t>(b) * L + tBegin; // (b, tBegin) as a row of the (B·L, D) tensors
 
-    size_t const row0 = tokRow0 * D + dc;
     Tin const* uBase = static_cast<Tin const*>(p.u);
     Tin const* dBase = static_cast<Tin const*>(p.delta);
     Tout const* zBase = kGate ? static_cast<Tout const*>(p.z) : nullptr;
-    Tout* yP = static_cast<Tout*>(p.y) + row0;
+    // y: a block-uniform tile pointer (channel d0) carried across tiles plus a small per-thread offset, so that a store
+    // costs an IMAD and the address add instead of a rebuilt 64-bit (b, t, d) index (13 instructions a store)
+    Tout* yT = static_cast<Tout*>(p.y) + tokRow0 * D + d0; // the current tile's; advanced by kTile rows a tile
+    int const yLaneOff = lane * D + ch; // token `lane` of a group, this thread's channel
     size_t const bc0 = tokRow0 * N;
     Tin const* bP = static_cast<Tin const*>(p.Bm) + bc0;
     Tin const* cP = static_cast<Tin const*>(p.Cm) + bc0;
@@ -315,13 +329,12 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
             prefetch(t0 + kTile, buf ^ 1);
 
         int const nt = min(kTile, len - t0);
-        Tout* yT = yP + static_cast<size_t>(t0) * D;
         float4 const* sb = reinterpret_cast<float4 const*>(&sB[buf][0][0]) + lane * (kNT / 4);
         float4 const* sc = reinterpret_cast<float4 const*>(&sC[buf][0][0]) + lane * (kNT / 4);
-        // Δ of every token of the tile first (independent chains, so the MUFU work of the token loop below
-        // never waits on a softplus): each thread computes the tokens it owns (kSplit·j + lane), shuffles
-        // hand them to the other threads of the channel
-        float dtT[kTile];
+        // Each thread computes Δ (softplus) and Δ·u of the tokens it owns (kSplit·j + lane) up front, so that the
+        // MUFU work of the token loop never waits on a softplus; the token loop takes every token's pair by two
+        // shuffles (cheaper than each lane loading and converting u and multiplying it again).
+        float dtOwn[kTile / kSplit], duOwn[kTile / kSplit];
 #pragma unroll
         for (int j = 0; j < kTile / kSplit; ++j)
         {
@@ -330,31 +343,22 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
             if constexpr (kSoftplus)
                 v = softplusFast(v);
             v = iOwn < nt ? v : 0.f; // tail tokens: dA = 1, du = 0 → state unchanged
-            if constexpr (kSplit == 2)
-            {
-                float const o = __shfl_xor_sync(0xffffffffu, v, 1);
-                dtT[2 * j] = lane ? o : v;
-                dtT[2 * j + 1] = lane ? v : o;
-            }
-            else
-            {
-#pragma unroll
-                for (int e = 0; e < kSplit; ++e)
-                    dtT[kSplit * j + e] = __shfl_sync(0xffffffffu, v, e, kSplit);
-            }
+            dtOwn[j] = v;
+            duOwn[j] = v * toFloat(sU[buf][iOwn][ch], uScale);
+            if constexpr (!kOut)
+                sumDelta += v;
         }
 #pragma unroll
         for (int j = 0; j < kTile / kSplit; ++j)
         {
             int const iOwn = kSplit * j + lane;
-            float yPart[kSplit], uv[kSplit];
+            float yPart[kSplit];
 #pragma unroll
             for (int e = 0; e < kSplit; ++e)
             {
                 int const i = kSplit * j + e;
-                float const dt = dtT[i];
-                uv[e] = toFloat(sU[buf][i][ch], uScale);
-                float const du = dt * uv[e];
+                float const dt = __shfl_sync(0xffffffffu, dtOwn[j], e, kSplit);
+                float const du = __shfl_sync(0xffffffffu, duOwn[j], e, kSplit);
                 float y0 = 0.f, y1 = 0.f;
 #pragma unroll
                 for (int q = 0; q < kNT / 4; ++q)
@@ -376,27 +380,24 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
                         h[k] = fmaf(dA, h[k], du * bv[r]);
                         if constexpr (kOut)
                         {
-                            if (r & 1)
+                            if (kNT > 4 && (r & 1)) // two y chains for 8 states, one for 4
                                 y1 = fmaf(h[k], cv[r], y1);
                             else
                                 y0 = fmaf(h[k], cv[r], y0);
                         }
                     }
                 }
-                yPart[e] = y0 + y1;
-                if constexpr (!kOut)
-                    sumDelta += dt;
+                yPart[e] = kNT > 4 ? y0 + y1 : y0;
             }
             if constexpr (kOut)
             {
                 // reduce-scatter the partial y: thread `lane` ends with token lane's sum; add D·u, gate, store
-                float yv, uOwn;
+                float yv;
                 if constexpr (kSplit == 2)
                 {
                     float const send = lane ? yPart[0] : yPart[1];
                     float const recv = __shfl_xor_sync(0xffffffffu, send, 1);
                     yv = (lane ? yPart[1] : yPart[0]) + recv;
-                    uOwn = lane ? uv[1] : uv[0];
                 }
                 else
                 {
@@ -406,20 +407,26 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
                     float const p0 = k0 + __shfl_xor_sync(0xffffffffu, s0, 2);
                     float const p1 = k1 + __shfl_xor_sync(0xffffffffu, s1, 2);
                     yv = (b0 ? p1 : p0) + __shfl_xor_sync(0xffffffffu, b0 ? p0 : p1, 1);
-                    uOwn = b1 ? (b0 ? uv[3] : uv[2]) : (b0 ? uv[1] : uv[0]);
                 }
-                yv = fmaf(dSkip, uOwn, yv);
+                yv = fmaf(dSkip, toFloat(sU[buf][iOwn][ch], uScale), yv);
                 if constexpr (kGate)
                     yv *= siluFast(toFloat(sZ[buf][iOwn][ch], 1.f));
                 if (iOwn < nt && active)
-                    yT[iOwn * D] = fromFloat<Tout>(yv);
+                    yT[yLaneOff + kSplit * j * D] = fromFloat<Tout>(yv);
             }
         }
+        yT += static_cast<size_t>(kTile) * D;
         if (more)
             stage(buf ^ 1);
         if constexpr (kAsync)
             cpAsyncWaitAll();
         __syncthreads();
+    }
+    if constexpr (!kOut)
+    {
+#pragma unroll
+        for (int m = 1; m < kSplit; m *= 2) // each lane summed the Δ of its own tokens
+            sumDelta += __shfl_xor_sync(0xffffffffu, sumDelta, m);
     }
     if (!active)
         return;

@@ -17,6 +17,7 @@ import pytest
 
 from mq_deploy import validate as mval
 from mq_deploy.cli import main
+from mq_deploy.errors import UserError
 
 from .conftest import DATA_DIR, need
 
@@ -73,7 +74,7 @@ def test_build_without_tensorrt_is_one_error_line_and_writes_nothing(fp32_out, n
     cap = capsys.readouterr()
     lines = _errors(cap.err)
     assert len(lines) == 1 and lines[0].startswith("mq-deploy: error: ")
-    for what in ("pip install tensorrt", "nvcr.io/nvidia/tensorrt", "python3-libnvinfer"):
+    for what in ("pip install tensorrt-cu12==10.3.*", "nvcr.io/nvidia/tensorrt", "python3-libnvinfer"):
         assert what in lines[0]
     assert cap.out == ""
     assert sorted(os.listdir(fp32_out)) == before  # no engine, no temporary file
@@ -136,8 +137,18 @@ class _FakeTRT(types.ModuleType):
         fake = self
 
         class Registry:
-            def load_library(self, path):
+            def __init__(self):
+                self.creators = set()
+
+            def get_creator(self, name, version, namespace):
+                return (name, version, namespace) if (name, version, namespace) in self.creators else None
+
+            def load_library(self, path):  # like IPluginRegistry::loadLibrary: nullptr if a plugin is registered
                 fake.log["plugins"] = path
+                fake.log["load_library_calls"] = fake.log.get("load_library_calls", 0) + 1
+                if ("SelectiveScan", "1", "mq_deploy") in self.creators:
+                    return None
+                self.creators = {("SelectiveScan", "1", "mq_deploy")}
                 return object()
 
         class Profile:
@@ -145,8 +156,11 @@ class _FakeTRT(types.ModuleType):
                 fake.log["profile"] = (name, tuple(lo), tuple(opt), tuple(hi))
 
         class Cache:
+            def __init__(self, data):
+                self.data = data
+
             def serialize(self):
-                return b"cache"
+                return self.data or b"cache"
 
         class Config:
             def set_memory_pool_limit(self, *a):
@@ -158,11 +172,16 @@ class _FakeTRT(types.ModuleType):
             def add_optimization_profile(self, p):
                 pass
 
-            def create_timing_cache(self, data):
-                return Cache()
+            def create_timing_cache(self, data):  # None for a file TensorRT cannot read
+                return None if data == b"corrupt" else Cache(data)
 
-            def set_timing_cache(self, c, ignore_mismatch):
-                pass
+            def set_timing_cache(self, c, ignore_mismatch):  # False for a cache from another device
+                assert c is not None
+                self.cache = c
+                return c.data != b"foreign"
+
+            def get_timing_cache(self):
+                return self.cache
 
         class Builder:
             def __init__(self, logger):
@@ -217,6 +236,42 @@ def test_build_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, capsys):
     assert log["profile"] == ("input_ids", (1, 4), (2, 64), (4, 256))
     assert log["flags"] == ["INT8", "FP16"]
     assert sorted(os.listdir(engine.parent)) == ["m.engine"]  # written atomically: no temporary left
+    # a second build in the same process: the library's plugins are registered already, not loaded again
+    assert main(["build", str(w8_out), "-q", "--plugins", str(lib), "-o", str(engine)]) == 0, capsys.readouterr().err
+    assert log["load_library_calls"] == 1
+
+
+@pytest.mark.parametrize("old, why", [(b"corrupt", "could not read"), (b"foreign", "another device")])
+def test_build_replaces_an_unusable_timing_cache(w8_out, tmp_path, monkeypatch, capsys, old, why):
+    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT({}))
+    lib, cache = tmp_path / "libmq_trt_plugins.so", tmp_path / "timing.cache"
+    lib.write_bytes(b"")
+    cache.write_bytes(old)
+    rc = main(["build", str(w8_out), "-q", "--plugins", str(lib), "--timing-cache", str(cache),
+               "-o", str(tmp_path / "m.engine")])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    (line,) = _errors(cap.err)  # the warning shows even with -q
+    assert line.startswith("warning: ") and why in line and str(cache) in line
+    assert cache.read_bytes() == b"cache"  # the build started from an empty cache and saved that
+
+
+def test_build_command_lines_follow_the_tensorrt_version(w8_out, tmp_path, monkeypatch, capsys):
+    fake = _FakeTRT({})
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    lib = tmp_path / "libmq_trt_plugins.so"
+    lib.write_bytes(b"")
+    assert main(["build", str(w8_out), "--dry-run", "--plugins", str(lib)]) == 0
+    assert "--int8" in capsys.readouterr().out  # TensorRT 10: INT8 is a builder flag
+    fake.__version__ = "11.1.0-fake"
+    del fake.BuilderFlag.INT8, fake.BuilderFlag.FP16
+    assert main(["build", str(w8_out), "--dry-run", "--plugins", str(lib)]) == 0
+    assert "--int8" not in capsys.readouterr().out  # TensorRT 11's trtexec has no --int8: the Q/DQ nodes decide
+    rc = main(["build", str(w8_out), "--plugins", str(lib), "-o", str(tmp_path / "m.engine")])
+    cap = capsys.readouterr()
+    assert rc == 0 and "equivalent: trtexec" in cap.err and "--int8" not in cap.err
+    assert main(["build", str(w8_out), "--dry-run", "--plugins", str(lib), "--fp16"]) == 2
+    assert "TensorRT 11 has no FP16 builder flag" in capsys.readouterr().err
 
 
 # -- validate -------------------------------------------------------------------------------------
@@ -238,7 +293,7 @@ def test_validate_fp32(fp32_out, no_tensorrt, capsys):
     out = capsys.readouterr().out
     assert "portable vs plugin" in out and "validate: OK" in out
     skipped = [ln for ln in out.splitlines() if ln.startswith("engine comparison skipped")]
-    assert len(skipped) == 1 and "pip install tensorrt" in skipped[0]
+    assert len(skipped) == 1 and "pip install tensorrt-cu12==10.3.*" in skipped[0]
     assert main(["validate", str(fp32_out), "-q", "--json", "--batch", "2", "--seq", "24"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["ok"] and rep["input_ids"] == [2, 24]
@@ -274,6 +329,67 @@ def test_validate_without_polygraphy_gives_the_same_numbers(w8_out, monkeypatch)
     assert b.runner == "polygraphy"
     assert [(p["reference"], p["test"], p["max_abs"]) for p in a.pairs] == \
            [(p["reference"], p["test"], p["max_abs"]) for p in b.pairs]
+
+
+def test_validate_without_tensorrt_ignores_the_plugin_library(fp32_out, no_tensorrt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MQ_DEPLOY_PLUGINS", str(tmp_path / "nowhere" / "libmq_trt_plugins.so"))
+    assert main(["validate", str(fp32_out), "-q"]) == 0  # the engine comparison is skipped: no library needed
+    assert "engine comparison skipped" in capsys.readouterr().out
+
+
+def test_validate_plugin_library_only_checked_for_an_engine(fp32_out, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MQ_DEPLOY_PLUGINS", str(tmp_path / "nowhere" / "libmq_trt_plugins.so"))
+    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT({}))
+    assert main(["validate", str(fp32_out), "-q"]) == 0  # TensorRT but no engine: skipped
+    assert "no engine at" in capsys.readouterr().out
+    (tmp_path / "m.engine").write_bytes(b"ENGINE")  # with an engine the library is needed, and checked
+    assert main(["validate", str(fp32_out), "-q", "--engine", str(tmp_path / "m.engine")]) == 2
+    assert "libmq_trt_plugins.so' not found" in capsys.readouterr().err
+
+
+class _FakeRuntimeTRT(_FakeTRT):
+    """_FakeTRT plus a runtime whose engine has input_ids -> logits: enough for validate's direct engine run."""
+
+    def __init__(self, log):
+        super().__init__(log)
+        self.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+        self.nptype = lambda dt: dt
+
+        class Context:
+            def set_input_shape(self, name, shape):
+                return True
+
+            def get_tensor_shape(self, name):
+                return (2, 32, 8)
+
+        class Engine:
+            num_io_tensors = 2
+
+            def get_tensor_name(self, i):
+                return ("input_ids", "logits")[i]
+
+            def get_tensor_mode(self, n):
+                return "INPUT" if n == "input_ids" else "OUTPUT"
+
+            def get_tensor_dtype(self, n):
+                return np.int64 if n == "input_ids" else np.float32
+
+            def create_execution_context(self):
+                return Context()
+
+        self.Runtime = type("Runtime", (), {"__init__": lambda s, logger: None,
+                                            "deserialize_cuda_engine": lambda s, data: Engine()})
+
+
+def test_validate_engine_without_polygraphy_or_cuda_is_a_user_error(fp32_out, tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setitem(sys.modules, "tensorrt", _FakeRuntimeTRT({}))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # CPU-only torch, as in the docker images
+    lib, engine = tmp_path / "libmq_trt_plugins.so", tmp_path / "m.engine"
+    lib.write_bytes(b"")
+    engine.write_bytes(b"ENGINE")
+    with pytest.raises(UserError, match="pip install polygraphy, or install a CUDA build of torch"):
+        mval.validate(fp32_out, engine=str(engine), plugin_lib=str(lib), use_polygraphy=False)
 
 
 def test_validate_errors(fp32_out, tmp_path, capsys):

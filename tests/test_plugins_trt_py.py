@@ -1,5 +1,9 @@
-"""mq_deploy.trt without TensorRT: the one clear error, and the documented command lines."""
+"""mq_deploy.trt without TensorRT: the one clear error, plugin loading and the timing of writes against fakes,
+and the documented command lines (polygraphy's shapes checked with polygraphy's own parser where installed)."""
 import builtins
+import os
+import shlex
+import types
 
 import pytest
 
@@ -18,7 +22,7 @@ def test_missing_tensorrt_names_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"")
-    with pytest.raises(UserError, match="pip install tensorrt"):
+    with pytest.raises(UserError, match=r"pip install tensorrt-cu12==10\.3\.\*"):
         mtrt.build_engine(str(onnx), str(tmp_path / "model.engine"))
 
 
@@ -50,4 +54,100 @@ def test_command_lines():
     assert c["polygraphy_reference"].startswith("polygraphy run out/model.portable.onnx --onnxrt")
     assert c["polygraphy"].startswith("polygraphy run out/model.onnx --trt --plugins build/plugins/libmq_trt_plugins.so")
     assert "--load-outputs out/polygraphy_ort_outputs.json" in c["polygraphy"]
-    assert "--trt-max-shapes input_ids:4x2048" in c["polygraphy"]
+    assert "--trt-max-shapes 'input_ids:[4,2048]'" in c["polygraphy"]
+    assert "--input-shapes 'input_ids:[1,128]'" in c["polygraphy_reference"]
+    assert "--int8" in c["polygraphy"] and "--fp16" in c["polygraphy"]
+
+
+def _polygraphy_shapes(cmd: str) -> dict:
+    """{option: (name, shape)} as polygraphy's own argument parser reads the command's shape options."""
+    util = pytest.importorskip("polygraphy.tools.args.util.util")
+    argv, got = shlex.split(cmd), {}
+    for opt in ("--input-shapes", "--trt-min-shapes", "--trt-opt-shapes", "--trt-max-shapes"):
+        if opt in argv:
+            ((name, meta),) = util.parse_meta([argv[argv.index(opt) + 1]], includes_dtype=False).items()
+            got[opt] = (name, tuple(meta.shape))
+    return got
+
+
+def test_polygraphy_shapes_are_what_polygraphy_reads():
+    # polygraphy reads `input_ids:1x128` as the shape ('1', 'x', '1', '2', '8'), i.e. dynamic: it warns and runs [1, 1]
+    c = mtrt.command_lines("out/model.onnx", "out/model.engine", "lib.so", shapes=mtrt.Shapes((1, 1), (2, 128), (4, 2048)))
+    assert _polygraphy_shapes(c["polygraphy_reference"]) == {"--input-shapes": ("input_ids", (2, 128))}
+    assert _polygraphy_shapes(c["polygraphy"]) == {"--trt-min-shapes": ("input_ids", (1, 1)),
+                                                   "--trt-opt-shapes": ("input_ids", (2, 128)),
+                                                   "--trt-max-shapes": ("input_ids", (4, 2048))}
+    vim = mtrt.command_lines("o/model.onnx", "o/e", "lib.so", shapes=mtrt.Shapes((1, 0), (4, 0), (32, 0)),
+                             input_name="pixel_values", fixed_dims=(1, 28, 28))
+    assert _polygraphy_shapes(vim["polygraphy"])["--trt-max-shapes"] == ("pixel_values", (32, 1, 28, 28))
+    assert "--maxShapes=pixel_values:32x1x28x28" in vim["trtexec"]  # trtexec keeps its own syntax
+
+
+def test_command_lines_follow_the_tensorrt_major_version():
+    args = ("out/model.onnx", "out/model.engine", "lib.so")
+    assert mtrt.command_lines(*args, int8=True) == mtrt.command_lines(*args, int8=True, trt_major=10)
+    c = mtrt.command_lines(*args, int8=True, trt_major=11)  # always strongly typed: no precision flags
+    assert "--int8" not in c["trtexec"] and "--int8" not in c["polygraphy"]
+    assert c["trtexec"].startswith("trtexec --onnx=out/model.onnx")
+    with pytest.raises(UserError, match="TensorRT 11 has no FP16 builder flag"):
+        mtrt.command_lines(*args, fp16=True, trt_major=11)
+
+
+# -- plugin loading and writes, against a fake TensorRT ----------------------------------------------
+class _Registry:
+    """IPluginRegistry as TensorRT 10.3 documents it: loadLibrary returns nullptr "if any of the plugins are
+    already registered"."""
+
+    def __init__(self):
+        self.creators, self.loads = set(), []
+
+    def get_creator(self, name, version, namespace):
+        return object() if (name, version, namespace) in self.creators else None
+
+    def load_library(self, path):
+        self.loads.append(path)
+        if ("SelectiveScan", "1", "mq_deploy") in self.creators:
+            return None
+        self.creators.add(("SelectiveScan", "1", "mq_deploy"))
+        return object()
+
+
+def _fake_trt():
+    reg = _Registry()
+    return types.SimpleNamespace(init_libnvinfer_plugins=lambda logger, ns: None, get_plugin_registry=lambda: reg,
+                                 Logger=type("Logger", (), {"WARNING": 2, "__init__": lambda s, sev=None: None}))
+
+
+@pytest.fixture
+def no_loaded_libs(monkeypatch):
+    monkeypatch.setattr(mtrt, "_LOADED_PLUGIN_LIBS", set(), raising=False)
+
+
+def test_plugin_library_loaded_once_per_process(no_loaded_libs):
+    trt = _fake_trt()
+    for _ in range(2):  # build, then validate, in one process
+        mtrt.load_plugins(trt, trt.Logger(), "/x/libmq_trt_plugins.so")
+    assert trt.get_plugin_registry().loads == ["/x/libmq_trt_plugins.so"]
+    # registered already (another path to the same library, or loaded by other code): not loaded again
+    mtrt.load_plugins(trt, trt.Logger(), "/y/libmq_trt_plugins.so")
+    assert trt.get_plugin_registry().loads == ["/x/libmq_trt_plugins.so"]
+
+
+def test_one_tensorrt_logger_per_process():
+    trt = _fake_trt()
+    assert mtrt.trt_logger(trt) is mtrt.trt_logger(trt)
+
+
+def test_plugin_library_tensorrt_cannot_load(no_loaded_libs):
+    trt = _fake_trt()
+    trt.get_plugin_registry().load_library = lambda path: None
+    with pytest.raises(UserError, match="could not load the plugin library"):
+        mtrt.load_plugins(trt, trt.Logger(), "/x/libmq_trt_plugins.so")
+
+
+def test_atomic_write_syncs_before_the_rename(tmp_path, monkeypatch):
+    calls, fsync, replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append("replace"), replace(a, b))[1])
+    mtrt.atomic_write_bytes(tmp_path / "model.engine", b"ENGINE")
+    assert calls == ["fsync", "replace"] and (tmp_path / "model.engine").read_bytes() == b"ENGINE"

@@ -217,21 +217,25 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 # -- build / validate (TensorRT) ------------------------------------------------------------------
 def cmd_build(args: argparse.Namespace) -> int:
-    from .trt import Shapes, build_outdir, parse_shape, plan_build
+    from .trt import Shapes, build_outdir, parse_shape, plan_build, tensorrt_major
 
     shapes = Shapes(min=parse_shape(args.min_shapes, "--min-shapes"), opt=parse_shape(args.opt_shapes, "--opt-shapes"),
                     max=parse_shape(args.max_shapes, "--max-shapes"))
     plan = plan_build(args.outdir, engine=args.output, plugin_lib=args.plugins, int8=args.int8, fp16=args.fp16,
                       shapes=shapes, timing_cache=args.timing_cache, require_plugin_lib=not args.dry_run)
-    cmds = plan.command_lines()
+    major = tensorrt_major()
+    cmds = plan.command_lines(major)  # TensorRT 11's trtexec has no --int8 / --fp16
     if args.dry_run:
         if plan.plugin_lib is not None and not Path(plan.plugin_lib).is_file():
             print(f"note: {plan.plugin_lib} is not on this machine; the command is for the one that has it",
                   file=sys.stderr)
+        if major is None and (plan.int8 or plan.fp16):
+            print("note: no TensorRT here; the command is for TensorRT 10 (on TensorRT 11 leave out --int8 / "
+                  "--fp16: its trtexec has neither, the Q/DQ nodes decide)", file=sys.stderr)
         print(cmds["trtexec"])
         return 0
     log = (lambda s: None) if args.quiet else _log
-    engine = build_outdir(plan, log=log)
+    engine = build_outdir(plan, log=log, warn=lambda s: _log(f"warning: {s}"))  # warnings even with -q
     log(f"equivalent: {cmds['trtexec']}")
     print(engine)
     return 0

@@ -2,7 +2,9 @@
 
 TensorRT is imported lazily: everything else in mq-deploy works without it, and its absence is one
 UserError naming what to install. Explicit quantization: the QDQ nodes in model.onnx carry the scales,
-so INT8 is a builder flag, not a calibrator.
+so INT8 is a builder flag (TensorRT 10), not a calibrator; TensorRT 11 has no precision flags (its networks
+are always strongly typed), so there the Q/DQ nodes alone decide, and the printed trtexec / polygraphy
+lines follow the TensorRT version at hand.
 """
 from __future__ import annotations
 
@@ -15,15 +17,19 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import UserError
+from .ops import selective_scan as ss
 
 PLUGINS_ENV = "MQ_DEPLOY_PLUGINS"  # default plugin library when --plugins is not given
 PLUGIN_BUILD_HINT = ("build it with `cmake -S plugins -B build/plugins -DTENSORRT_ROOT=<tensorrt> && "
                      "cmake --build build/plugins` (it is build/plugins/libmq_trt_plugins.so)")
-INSTALL_HINT = ("TensorRT's Python package is not installed. Install it with "
-                "`pip install tensorrt` (x86-64, CUDA 12/13; NVIDIA's index), use the NGC container "
-                "nvcr.io/nvidia/tensorrt, or on Jetson the JetPack 6 package `python3-libnvinfer` "
-                "(TensorRT 10.3). Then build the plugins: `cmake -S plugins -B build/plugins "
+INSTALL_HINT = ("TensorRT's Python package is not installed. Install the version whose headers the plugins "
+                "are built against, e.g. `pip install tensorrt-cu12==10.3.*` (x86-64; plain `tensorrt` is now "
+                "TensorRT 11), use the NGC container nvcr.io/nvidia/tensorrt, or on Jetson the JetPack 6 package "
+                "`python3-libnvinfer` (TensorRT 10.3). Then build the plugins: `cmake -S plugins -B build/plugins "
                 "-DTENSORRT_ROOT=<tensorrt> && cmake --build build/plugins`.")
+
+_LOGGER: list = []  # [(tensorrt module, its one Logger)]: TensorRT wants one logger per process
+_LOADED_PLUGIN_LIBS: set[str] = set()  # IPluginRegistry.load_library fails for a library already registered
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,21 @@ def import_tensorrt():
     return tensorrt
 
 
+def tensorrt_major() -> Optional[int]:
+    """Major version of the importable TensorRT; None without it (printed command lines then follow 10.x)."""
+    try:
+        return int(import_tensorrt().__version__.split(".")[0])
+    except (UserError, ValueError):
+        return None
+
+
+def trt_logger(trt):
+    """The process's one trt.Logger (WARNING), shared by the builder, the runtime and the plugin registry."""
+    if not _LOGGER or _LOGGER[0][0] is not trt:
+        _LOGGER[:] = [(trt, trt.Logger(trt.Logger.WARNING))]
+    return _LOGGER[0][1]
+
+
 def parse_shape(text: str, what: str = "shape") -> tuple[int, int]:
     """'B,L' or 'BxL' → (B, L); 'B' alone → (B, 0) (a Vim OUTDIR: batch only)."""
     parts = text.replace("x", ",").split(",")
@@ -95,9 +116,16 @@ def resolve_plugin_lib(plugin_lib: Optional[str], must_exist: bool = True) -> Op
 
 
 def load_plugins(trt, logger, lib: Optional[str]) -> None:
+    """Register TensorRT's own plugins and `lib`'s, once per process: `IPluginRegistry::loadLibrary` returns
+    nullptr when any of a library's plugins is already registered (build, then validate, in one process)."""
     trt.init_libnvinfer_plugins(logger, "")
-    if lib is not None and trt.get_plugin_registry().load_library(lib) is None:
+    if lib is None or lib in _LOADED_PLUGIN_LIBS:
+        return
+    registry = trt.get_plugin_registry()
+    if registry.get_creator(ss.PLUGIN_NAME, ss.PLUGIN_VERSION, ss.PLUGIN_NAMESPACE) is None \
+            and registry.load_library(lib) is None:
         raise UserError(f"TensorRT could not load the plugin library {lib!r} (built for another TensorRT/CUDA?)")
+    _LOADED_PLUGIN_LIBS.add(lib)
 
 
 def atomic_write_bytes(path: str | Path, data) -> None:
@@ -111,6 +139,8 @@ def atomic_write_bytes(path: str | Path, data) -> None:
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private; the result should look like open(..., "wb")
         with os.fdopen(fd, "wb") as fh:
             fh.write(memoryview(data))
+            fh.flush()
+            os.fsync(fh.fileno())  # the data is on disk before the rename makes it the file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -123,21 +153,45 @@ def _flag(trt, name: str):
     return getattr(trt.BuilderFlag, name, None)
 
 
+def _no_fp16(version) -> str:
+    return (f"TensorRT {version} has no FP16 builder flag (strongly typed networks only): "
+            "build without --fp16, or convert the model's float tensors to fp16 before building")
+
+
+def _set_timing_cache(config, path: str, warn: Callable[[str], None]):
+    """Attach the timing cache read from `path` to `config`: an empty one when the file does not exist, cannot be
+    read by this TensorRT, or was made on another device."""
+    data = Path(path).read_bytes() if os.path.isfile(path) else b""
+    cache = config.create_timing_cache(data)
+    if cache is None:  # corrupt, or not a timing cache of this TensorRT
+        if data:
+            warn(f"TensorRT could not read the timing cache {path}; starting an empty one (it replaces the file)")
+    elif not config.set_timing_cache(cache, ignore_mismatch=False):  # made on another device
+        warn(f"the timing cache {path} is from another device or TensorRT; starting an empty one (it replaces "
+             "the file)")
+        cache = None
+    if cache is None:
+        cache = config.create_timing_cache(b"")
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise UserError("TensorRT could not create an empty timing cache (see the log above)")
+
+
 def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None, int8: bool = False,
                  fp16: bool = False, shapes: Shapes = Shapes(), timing_cache: Optional[str] = None,
-                 input_name: str = "input_ids", workspace_gib: float = 4.0, fixed_dims: tuple = ()) -> str:
+                 input_name: str = "input_ids", workspace_gib: float = 4.0, fixed_dims: tuple = (),
+                 warn: Callable[[str], None] = lambda s: None) -> str:
     """Parse onnx_path, load the plugin library, build and write a serialized engine to out_path
-    (`fixed_dims`: the input's dimensions after the batch when only the batch is dynamic, e.g. Vim's C, H, W)."""
+    (`fixed_dims`: the input's dimensions after the batch when only the batch is dynamic, e.g. Vim's C, H, W;
+    `warn`: told when the timing cache is unusable and an empty one is used instead)."""
     dims = shapes.dims(fixed_dims)
     if not os.path.isfile(onnx_path):
         raise UserError(f"ONNX model {onnx_path!r} not found (run `mq-deploy compile` first)")
     lib = check_plugin_lib(plugin_lib)
     trt = import_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt_logger(trt)
     load_plugins(trt, logger, lib)
     if fp16 and _flag(trt, "FP16") is None:
-        raise UserError(f"TensorRT {trt.__version__} has no FP16 builder flag (strongly typed networks only): "
-                        "build without --fp16, or convert the model's float tensors to fp16 before building")
+        raise UserError(_no_fp16(trt.__version__))
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger)
@@ -153,17 +207,14 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
     profile = builder.create_optimization_profile()
     profile.set_shape(input_name, *dims)
     config.add_optimization_profile(profile)
-    cache = None
     if timing_cache is not None:
-        data = open(timing_cache, "rb").read() if os.path.isfile(timing_cache) else b""
-        cache = config.create_timing_cache(data)
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        _set_timing_cache(config, timing_cache, warn)
     engine = builder.build_serialized_network(network, config)
     if engine is None:
         raise UserError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
     atomic_write_bytes(out_path, engine)
-    if cache is not None:
-        atomic_write_bytes(timing_cache, cache.serialize())
+    if timing_cache is not None:
+        atomic_write_bytes(timing_cache, config.get_timing_cache().serialize())
     return out_path
 
 
@@ -207,10 +258,10 @@ class BuildPlan:
     input_name: str = "input_ids"
     fixed_dims: tuple = ()  # Vim: (channels, height, width); the profile varies the batch only
 
-    def command_lines(self) -> dict[str, str]:
+    def command_lines(self, trt_major: Optional[int] = None) -> dict[str, str]:
         return command_lines(self.onnx, self.engine, self.plugin_lib or "<libmq_trt_plugins.so>", int8=self.int8,
                              fp16=self.fp16, shapes=self.shapes, timing_cache=self.timing_cache, vocab=self.vocab,
-                             input_name=self.input_name, fixed_dims=self.fixed_dims)
+                             input_name=self.input_name, fixed_dims=self.fixed_dims, trt_major=trt_major)
 
 
 def manifest_input(manifest: dict) -> tuple[str, tuple]:
@@ -240,7 +291,8 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
                      vocab=vocab, input_name=name, fixed_dims=fixed)
 
 
-def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None) -> str:
+def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
+                 warn: Callable[[str], None] = lambda s: None) -> str:
     """Build plan.engine from OUTDIR/model.onnx (the plugin library is required when the graph has plugin nodes)."""
     trt = import_tensorrt()
     _, manifest = read_outdir(Path(plan.onnx).parent)
@@ -251,18 +303,29 @@ def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None) -
     log(f"building {plan.engine} from {plan.onnx} with TensorRT {trt.__version__}"
         f"{' (INT8: explicit quantization from the Q/DQ nodes)' if plan.int8 else ''}{' (FP16)' if plan.fp16 else ''}")
     return build_engine(plan.onnx, plan.engine, plan.plugin_lib, int8=plan.int8, fp16=plan.fp16, shapes=plan.shapes,
-                        timing_cache=plan.timing_cache, input_name=plan.input_name, fixed_dims=plan.fixed_dims)
+                        timing_cache=plan.timing_cache, input_name=plan.input_name, fixed_dims=plan.fixed_dims,
+                        warn=warn)
 
 
-def _shape_arg(name: str, s: tuple) -> str:
+def _trtexec_shape(name: str, s: tuple) -> str:
+    """trtexec's `name:1x512`."""
     return f"{name}:" + "x".join(str(d) for d in s)
+
+
+def _polygraphy_shape(name: str, s: tuple) -> str:
+    """polygraphy's `name:[1,512]`, quoted for the shell (polygraphy reads `name:1x512` as the shape
+    ('1', 'x', '5', '1', '2'): dynamic, so it silently runs its default shape)."""
+    return shlex.quote(f"{name}:[" + ",".join(str(d) for d in s) + "]")
 
 
 def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool = False, fp16: bool = False,
                   shapes: Shapes = Shapes(), input_name: str = "input_ids",
                   timing_cache: Optional[str] = None, vocab: Optional[int] = None,
-                  fixed_dims: tuple = ()) -> dict[str, str]:
-    """The trtexec build and polygraphy comparison command lines equivalent to build_engine / validate.
+                  fixed_dims: tuple = (), trt_major: Optional[int] = None) -> dict[str, str]:
+    """The trtexec build and polygraphy comparison command lines equivalent to build_engine / validate, for
+    TensorRT `trt_major` (None: not known here, 10.x assumed). TensorRT 10 takes INT8 / FP16 as builder flags
+    (`--int8`, `--fp16`); TensorRT 11 has none (always strongly typed: the Q/DQ nodes decide), and its trtexec
+    removed those options.
 
     polygraphy's onnxrt runner cannot run the plugin nodes of model.onnx (mq-deploy's CPU kernels are
     registered through onnxruntime-extensions, which polygraphy's CLI does not load), so the comparison
@@ -270,28 +333,25 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
     `polygraphy` builds model.onnx with the plugins in TensorRT and compares against them."""
     q = shlex.quote
     lo, opt, hi = shapes.dims(fixed_dims)
+    precision_flags = trt_major is None or trt_major < 11
+    if fp16 and not precision_flags:
+        raise UserError(_no_fp16(trt_major))
+    flags = [f for f, on in (("--int8", int8), ("--fp16", fp16)) if on and precision_flags]
     trtexec = [f"trtexec --onnx={q(onnx_path)} --saveEngine={q(engine_path)} --dynamicPlugins={q(plugin_lib)}",
-               f"--minShapes={_shape_arg(input_name, lo)} --optShapes={_shape_arg(input_name, opt)} "
-               f"--maxShapes={_shape_arg(input_name, hi)}"]
-    if int8:
-        trtexec.append("--int8")
-    if fp16:
-        trtexec.append("--fp16")
+               f"--minShapes={_trtexec_shape(input_name, lo)} --optShapes={_trtexec_shape(input_name, opt)} "
+               f"--maxShapes={_trtexec_shape(input_name, hi)}", *flags]
     if timing_cache:
         trtexec.append(f"--timingCacheFile={q(timing_cache)}")
+    pshape = {k: _polygraphy_shape(input_name, s) for k, s in (("min", lo), ("opt", opt), ("max", hi))}
     portable = str(Path(onnx_path).with_name("model.portable.onnx"))
     inputs, outputs = str(Path(onnx_path).with_name("polygraphy_inputs.json")), str(
         Path(onnx_path).with_name("polygraphy_ort_outputs.json"))
-    ref = [f"polygraphy run {q(portable)} --onnxrt --input-shapes {_shape_arg(input_name, opt)}"]
+    ref = [f"polygraphy run {q(portable)} --onnxrt --input-shapes {pshape['opt']}"]
     if vocab:
         ref.append(f"--val-range {q(f'{input_name}:[0,{vocab - 1}]')}")
     ref.append(f"--save-inputs {q(inputs)} --save-outputs {q(outputs)}")
     poly = [f"polygraphy run {q(onnx_path)} --trt --plugins {q(plugin_lib)}",
-            f"--trt-min-shapes {_shape_arg(input_name, lo)} --trt-opt-shapes {_shape_arg(input_name, opt)} "
-            f"--trt-max-shapes {_shape_arg(input_name, hi)}"]
-    if int8:
-        poly.append("--int8")
-    if fp16:
-        poly.append("--fp16")
+            f"--trt-min-shapes {pshape['min']} --trt-opt-shapes {pshape['opt']} --trt-max-shapes {pshape['max']}",
+            *flags]
     poly.append(f"--load-inputs {q(inputs)} --load-outputs {q(outputs)} --atol 1e-2 --rtol 1e-2")
     return {"trtexec": " ".join(trtexec), "polygraphy_reference": " ".join(ref), "polygraphy": " ".join(poly)}

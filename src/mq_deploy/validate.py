@@ -207,7 +207,6 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
         refs.append(Reference(name, f"onnxruntime on {file} ({what})",
                               ort_session=OrtRunner(outdir / file, threads=threads,
                                                                  plugins="extensions").session))
-    lib = mtrt.resolve_plugin_lib(plugin_lib)
     engine_path = Path(engine) if engine else outdir / "model.engine"
     if engine and not engine_path.is_file():  # a named engine must exist, with or without TensorRT here
         raise UserError(f"engine {engine_path} not found")
@@ -220,6 +219,7 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
         skipped.append({"name": "tensorrt", "reason": f"engine comparison skipped: no engine at {engine_path}; build it "
                                                       f"with `mq-deploy build {outdir} --plugins LIB`"})
         return refs, skipped
+    lib = mtrt.resolve_plugin_lib(plugin_lib)  # only now: a skipped engine comparison needs no plugin library
     if lib is None and mtrt.manifest_plugin_nodes(manifest):
         raise UserError(f"the engine {engine_path} holds mq-deploy plugins: pass --plugins LIB or set "
                         f"{mtrt.PLUGINS_ENV} ({mtrt.PLUGIN_BUILD_HINT})")
@@ -236,7 +236,10 @@ def _trt_direct(engine_path: str, plugin_lib: Optional[str], feed: dict) -> dict
         import torch
     except ImportError:
         raise UserError("running the engine without polygraphy needs torch with CUDA; pip install polygraphy") from None
-    logger = trt.Logger(trt.Logger.WARNING)
+    if not torch.cuda.is_available():  # CPU-only torch (the docker images') would fail at .cuda()
+        raise UserError(f"running the engine without polygraphy needs torch with CUDA, and torch {torch.__version__} "
+                        "has no usable GPU: pip install polygraphy, or install a CUDA build of torch")
+    logger = mtrt.trt_logger(trt)
     mtrt.load_plugins(trt, logger, plugin_lib)
     engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
     if engine is None:
@@ -286,7 +289,7 @@ def run_references(refs: list[Reference], feed: dict, use_polygraphy: bool) -> d
                 # not polygraphy's LoadPlugins: it only dlopens the library, and ours registers its
                 # IPluginV3 creators through getCreators, which only IPluginRegistry.load_library calls
                 trt = mtrt.import_tensorrt()
-                mtrt.load_plugins(trt, trt.Logger(trt.Logger.WARNING), r.plugin_lib)
+                mtrt.load_plugins(trt, mtrt.trt_logger(trt), r.plugin_lib)
                 runners.append(TrtRunner(EngineFromBytes(BytesFromPath(r.engine)), name=r.name))
             else:
                 runners.append(OnnxrtRunner(r.ort_session, name=r.name))

@@ -430,6 +430,9 @@ def load_mamba():
 
 SCAN_SHAPES = ((1, 4096, 1536), (1, 4096, 5120), (8, 2048, 1536), (8, 4096, 2560), (8, 4096, 5120))
 CHUNK_SWEEP = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+CHUNKFIT_SHAPES = tuple((1, 4096, d) for d in (768, 1024, 1536, 2048, 2560, 3072, 4096, 5120)) + tuple(
+    (2, 4096, d) for d in (768, 1536, 2560, 5120)) + tuple((4, 2048, d) for d in (768, 1536, 2560, 4096)) + (
+    (1, 1024, 1536), (1, 1024, 5120), (1, 16384, 1536), (1, 16384, 5120), (2, 8192, 2560))
 
 
 def gpu_clock_mhz():
@@ -720,6 +723,24 @@ if __name__ == "__main__":
         with open(os.path.join(out, "scanauto.json"), "w") as fh:
             json.dump(res, fh, indent=1)
         sys.exit(0 if all(r["rel_y_vs_2_threads"] < 2e-3 and r["rel_state_vs_2_threads"] < 1e-4 for r in res) else 1)
+    elif cmd == "chunkfit":  # fp16 4-thread chunk sweep over a grid of chunked shapes (data for the plan's chunk rule)
+        res = []
+        for (Bsz, L, D) in CHUNKFIT_SHAPES:
+            x = make_scan_inputs(Bsz, L, D, 16, seed=0, gate=True)
+            auto = scan_plan(Bsz, L, D, 16)
+            _, _, _, fn = run_scan(x, F16, F16)
+            t_auto = timeit(fn, iters=5) * 1e3
+            times = {}
+            for c in range(1, min(32, max(1, L // 128)) + 1):
+                _, _, _, fn = run_scan(x, F16, F16, chunks=c, sched=(1, 4, 0))
+                times[c] = timeit(fn, iters=5) * 1e3
+            best = min(times, key=times.get)
+            res.append(dict(B=Bsz, L=L, D=D, auto=auto, auto_ms=t_auto, best_chunks=best, best_ms=times[best], ms=times))
+            print(f"chunkfit B{Bsz} L{L} D{D}: auto {auto} {t_auto:.3f} ms, best 4 threads x {best} chunks "
+                  f"{times[best]:.3f} ms; " + " ".join(f"{c}:{t:.3f}" for c, t in times.items()), flush=True)
+            del x
+        with open(os.path.join(out, "chunkfit.json"), "w") as fh:
+            json.dump(res, fh, indent=1)
     elif cmd == "dbench":  # state-update checks + decode timings of another build (MQ_KERNELS_LIB), tagged by argv[2]
         tag = sys.argv[2] if len(sys.argv) > 2 else "alt"
         rows = []

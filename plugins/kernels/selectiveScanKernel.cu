@@ -614,6 +614,36 @@ size_t workspaceBytes(int32_t batch, int32_t chunks, int32_t dim, int32_t dState
     return static_cast<size_t>(batch) * chunks * dim * (dState + 1) * sizeof(float);
 }
 
+//! Chunks of the chunked plan (B·D·split threads fill under a third of a wave): the C that minimises a model of
+//! the two passes' time. Each pass runs C − 1 chunks of len = chunkLength(C) tokens in one wave, so the busiest SM
+//! holds k = ⌈(C − 1)·blocks a chunk / SMs⌉ blocks, and a block's time per token grows with the blocks sharing its
+//! SM as (k + 1.2) (H200 fp16, 4 threads: ~96 / 113 / 124 / 141–151 / 169 ns a token at k = 1 … 5); pass 1
+//! costs ~0.85 of pass 3. So cost(C) = 1.85·len·(k + 1.2), against L·(k₁ + 1.2) for one pass; waves past
+//! kMinBlocks blocks an SM multiply it; ties go to more chunks. Fitted on a sweep of 21 shapes (B 1–4, L 1024–16384,
+//! D 768–5120; benchmarks/gpu/results/NOTES.md, "Scan: chunk rule"): within 3.7 % of the best chunk count on every
+//! shape, 0.5 % on average (the previous C = ⌈0.85 / r⌉ rule: up to 9 %, 2 % on average).
+int32_t chunkedPlanChunks(SelectiveScanParams const& p, int32_t split, int32_t sms)
+{
+    int64_t const perChunk = static_cast<int64_t>(p.batch) * ((p.dim + kThreads / split - 1) / (kThreads / split));
+    int32_t const cMax = static_cast<int32_t>(std::min<int64_t>(maxAutoChunks(p.seqLen), (kMinBlocks * static_cast<int64_t>(sms)) / perChunk + 1));
+    auto cost = [&](int32_t c) {
+        int32_t const len = chunkLength(p, c);
+        int64_t const n = (p.seqLen + len - 1) / len;
+        int64_t const k = (std::max<int64_t>(1, n - 1) * perChunk + sms - 1) / sms;     // blocks on the busiest SM
+        double const pass = static_cast<double>((k + kMinBlocks - 1) / kMinBlocks) * (std::min<int64_t>(k, kMinBlocks) + 1.2);
+        return n > 1 ? 1.85 * len * pass : static_cast<double>(p.seqLen) * pass;
+    };
+    int32_t best = 1;
+    double bestCost = cost(1);
+    for (int32_t c = 2; c <= cMax; ++c)
+    {
+        double const v = cost(c);
+        if (v <= bestCost * (1 + 1e-9))
+            best = c, bestCost = v;
+    }
+    return best;
+}
+
 } // namespace
 
 SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
@@ -640,20 +670,10 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
     if (chunks <= 0 && schedule < 2)
     {
         // Chunking costs 2(C - 1) chunk passes for C - 1 times the parallelism of one pass (see the top of
-        // this file). Fitted to the H200 fp16 sweep of the 2-threads-per-channel kernel (96 registers, 5
-        // resident 128-thread blocks per SM, r = B·D·2 threads / resident threads): one pass for r ≥ 1/3
-        // (B8 D2560, r 0.48: 1 chunk 0.889 ms, 2: 0.903, 3: 0.916), else C = ⌈0.85 / r⌉ (B8 D1536, r 0.29:
-        // 3 chunks 0.321 ms, 4: 0.351; B1 D5120, r 0.12: 8 chunks 0.326, 6: 0.346, 16: 0.331; B1 D1536,
-        // r 0.036: 24 chunks 0.119, 16: 0.129), chunks of ≥ 128 tokens; the same rule with r = B·D·4 / resident
-        // for 4 threads a channel.
-        int64_t const threads = bd * split;
-        if (threads * 3 >= resident)
-            chunks = 1;
-        else
-        {
-            chunks = static_cast<int32_t>(std::min<int64_t>((17 * resident + 20 * threads - 1) / (20 * threads), 1 << 20));
-            chunks = std::min<int32_t>(chunks, maxAutoChunks(p.seqLen));
-        }
+        // this file). One pass where r = B·D·threads a channel / resident threads ≥ 1/3 (H200, 2 threads: B8
+        // D2560, r 0.48: 1 chunk 0.889 ms, 2: 0.903, 3: 0.916; 4 threads: B4 L2048 D2560, r 0.48: 0.218 / 0.225
+        // / 0.224; B2 L4096 D5120: 0.423 / 0.435 / 0.425), else the chunk count of chunkedPlanChunks.
+        chunks = bd * split * 3 >= resident ? 1 : chunkedPlanChunks(p, split, sms);
     }
     if (schedule == 3) // only on request (selectiveScanSeg2.cuh); (lanes a channel, warps a block), default (4, 8)
     {

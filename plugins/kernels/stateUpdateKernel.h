@@ -6,9 +6,10 @@
 //
 // x, dt, z, y are (B, D) (= (B, 1, D) token-major); Bm, Cm are (B, N); A is (D, N).
 // `type` (x, dt, z, y, Bm, Cm) is fp32 or fp16; A, Dskip, dt_bias and the state are fp32.
-// Schedule: 4 threads per (batch, channel) below B·D = 8192, 2 from there on, in 128-thread blocks, reduced by
-// shuffles; for N = 16 each owns 4 (8) consecutive states (vector loads, all loads issued before the math),
-// otherwise every 4th (2nd) state. Measured on an H200: benchmarks/gpu/results/NOTES.md, "Decode block shape".
+// Schedule: grid (batch, channel blocks); 4 threads per (batch, channel) below B·D = 8192, 2 from there on, in
+// 128-thread blocks, reduced by shuffles; for N = 16 each owns 4 (8) consecutive states (vector loads, all loads
+// issued before the math), otherwise every 4th (2nd) state. Measured on an H200: benchmarks/gpu/results/NOTES.md,
+// "Decode block shape" and "Decode: the state update's (b, d) from a 2-D grid".
 #pragma once
 #include "common.h"
 

@@ -55,6 +55,7 @@ struct Attr
     char const* name;
     nvinfer1::PluginFieldType type; //!< kINT32 or kFLOAT32
     double value;                   //!< default, then the parsed value
+    bool set{false};                //!< present in a parsed collection (the ONNX parser skips a node's missing fields)
 };
 
 //! Attributes declared once per plugin: the creator's field names, parsing and serialization use this list.
@@ -100,11 +101,14 @@ public:
             case nvinfer1::PluginFieldType::kFLOAT64: a->value = *static_cast<double const*>(f.data); break;
             default: throw std::invalid_argument(std::string("attribute '") + a->name + "' must be int32 or float32");
             }
+            a->set = true;
         }
     }
 
-    int32_t getInt(char const* name) const { return static_cast<int32_t>(get(name)); }
-    float getFloat(char const* name) const { return static_cast<float>(get(name)); }
+    int32_t getInt(char const* name) const { return static_cast<int32_t>(at(name).value); }
+    float getFloat(char const* name) const { return static_cast<float>(at(name).value); }
+    //! Whether `name` came from a parsed collection rather than its default (a deserialized plugin has every field).
+    bool isSet(char const* name) const { return at(name).set; }
 
     //! Fields for getFieldsToSerialize, under the declared names (storage owned by this object).
     nvinfer1::PluginFieldCollection const* serialize() noexcept
@@ -139,11 +143,11 @@ private:
                 return &a;
         return nullptr;
     }
-    double get(char const* name) const
+    Attr const& at(char const* name) const
     {
         for (auto const& a : mAttrs)
             if (std::strcmp(a.name, name) == 0)
-                return a.value;
+                return a;
         throw std::logic_error(std::string("undeclared attribute ") + name);
     }
 

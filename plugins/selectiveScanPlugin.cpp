@@ -131,6 +131,11 @@ int32_t SelectiveScanPlugin::configurePlugin(DynamicPluginTensorDesc const* in, 
 {
     return guard<int32_t>("SelectiveScan::configurePlugin", -1, [&] {
         require(nbInputs == this->nbInputs() && nbOutputs == 2, "wrong number of inputs/outputs");
+        // int8 u, delta, Bm, Cm (one type: supportsFormatCombination) are dequantized with their scale fields; one the
+        // node did not carry (the ONNX parser skips a missing field, and drops a misspelt one) would run at 1.0
+        if (in[kU].desc.type == DataType::kINT8)
+            for (char const* s : {"u_scale", "delta_scale", "B_scale", "C_scale"})
+                require(mAttrs.isSet(s), std::string("int8 inputs need attribute ") + s + " (the node does not set it)");
         // shapes the kernel indexes by u's (B, L, D) and A's N; -1 (dynamic) dims are checked where both are known
         auto const same = [](int64_t a, int64_t b) { return a < 0 || b < 0 || a == b; };
         Dims const& u = in[kU].desc.dims;

@@ -3,8 +3,10 @@
 // Inputs: u, delta, A, Bm, Cm, Dskip, delta_bias [, z if has_z] [, h0 if has_initial_state]
 // Outputs: y (B, L, D), last_state (B, D, N) fp32.
 // Types: u/delta/Bm/Cm all fp32, all fp16, or all int8 (per-tensor scales from the attributes
-// u_scale, delta_scale, B_scale, C_scale — the scales of the Q nodes in front of the plugin);
-// y is fp32 for fp32 inputs, fp16 otherwise; z has y's type; A, Dskip, delta_bias, h0 are fp32.
+// u_scale, delta_scale, B_scale, C_scale — the scales of the Q nodes in front of the plugin; with int8
+// inputs, configurePlugin refuses a scale the node did not set rather than run at the default 1.0);
+// y is fp16 for fp16 inputs, fp32 for fp32 and int8 inputs (the quantized graph gates in fp32); z has y's type;
+// A, Dskip, delta_bias, h0 are fp32.
 #pragma once
 #include "pluginCommon.h"
 #include "kernels/selectiveScanKernel.h"

@@ -72,10 +72,20 @@ void selectiveScan()
 {
     int32_t one = 1;
     float scale = 0.02f;
-    std::vector<PluginField> f = {{"delta_softplus", &one, PluginFieldType::kINT32, 1}, {"u_scale", &scale, PluginFieldType::kFLOAT32, 1}};
+    std::vector<PluginField> f = {{"delta_softplus", &one, PluginFieldType::kINT32, 1}, {"u_scale", &scale, PluginFieldType::kFLOAT32, 1},
+        {"delta_scale", &scale, PluginFieldType::kFLOAT32, 1}, {"B_scale", &scale, PluginFieldType::kFLOAT32, 1},
+        {"C_scale", &scale, PluginFieldType::kFLOAT32, 1}};
     IPluginV3* p = create("SelectiveScan", PluginFieldCollection{static_cast<int32_t>(f.size()), f.data()}, "SelectiveScan createPlugin");
-    if (p == nullptr)
+    // B_scale missing, as when the node's attribute is misspelt (the parser drops it): int8 refused, float accepted
+    std::vector<PluginField> noB = {f[0], f[1], f[2], f[4]};
+    IPluginV3* pNoB = create("SelectiveScan", PluginFieldCollection{static_cast<int32_t>(noB.size()), noB.data()},
+        "SelectiveScan createPlugin without B_scale");
+    if (p == nullptr || pNoB == nullptr)
+    {
+        delete p;
+        delete pNoB;
         return;
+    }
     IPluginV3OneBuild* b = build(p);
 
     // y: fp16 for fp16 input, fp32 for fp32 and for int8 (the quantized graph's gate multiply is fp32)
@@ -116,6 +126,16 @@ void selectiveScan()
     check(b->configurePlugin(badA.data(), 7, badA.data() + 7, 2) != 0, "SelectiveScan configurePlugin refuses A with D 383");
     auto badN = io(DataType::kINT8, DataType::kFLOAT, 17, 384, 17);
     check(b->configurePlugin(badN.data(), 7, badN.data() + 7, 2) != 0, "SelectiveScan configurePlugin refuses N 17");
+    check(build(pNoB)->configurePlugin(good.data(), 7, good.data() + 7, 2) != 0,
+        "SelectiveScan configurePlugin refuses int8 inputs without B_scale");
+    auto fp32 = io(DataType::kFLOAT, DataType::kFLOAT, 16, 384, 16);
+    check(build(pNoB)->configurePlugin(fp32.data(), 7, fp32.data() + 7, 2) == 0,
+        "SelectiveScan configurePlugin accepts fp32 inputs with default scales");
+    IPluginV3* cloned = pNoB->clone(); // the clone keeps which fields were set
+    check(cloned != nullptr && build(cloned)->configurePlugin(good.data(), 7, good.data() + 7, 2) != 0,
+        "SelectiveScan clone still refuses int8 inputs without B_scale");
+    delete cloned;
+    delete pNoB;
 
     // workspace of a profile with max B 1, max L 4100: every shape's plan fits in max(1, 4100 / 128) = 32 chunks
     size_t const ws = b->getWorkspaceSize(good.data(), 7, good.data() + 7, 2);

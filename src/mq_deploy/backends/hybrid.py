@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..ops import hadamard_op
 from ..ops import selective_scan as ss
 from ..ops import state_update as su
-from ..ops.ort_kernels import PLUGIN_DOMAIN
+from ..ops.ort_kernels import PLUGIN_DOMAIN, check_cpu_node
 
 
 def _attrs(node) -> dict:
@@ -106,8 +106,7 @@ class HybridSession:
             if id(node) in const_nodes and not any(o in self.outputs for o in node.output):
                 continue
             if node.domain == PLUGIN_DOMAIN:
-                if node.op_type not in KERNELS:
-                    raise UserError(f"node {node.name}: no CPU kernel for plugin '{node.op_type}'")
+                check_cpu_node(node)
                 steps.append(("plugin", node))
             elif steps and steps[-1][0] == "ort":
                 steps[-1][1].append(node)

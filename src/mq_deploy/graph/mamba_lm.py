@@ -32,6 +32,7 @@ from ..model import MambaLayer, MambaModel
 from ..ops import hadamard_op
 from ..ops import selective_scan as ss
 from ..ops.ort_kernels import PLUGIN_DOMAIN
+from ..ops.plugin_fields import node_attrs
 from .builder import OPSET, GraphBuilder
 from .plan import GraphPlan, LayerPlan, QuantSpec, point, shifted_bias
 
@@ -156,8 +157,7 @@ def mixer(b: LMBuilder, i: int, L: MambaLayer, model: MambaModel, h: str, lp: La
         ss.PLUGIN_NAME,
         [b.act(u, point(i, "scan.u")), b.act(delta, point(i, "scan.delta")), A, b.act(Bm, point(i, "scan.B")),
          b.act(Cm, point(i, "scan.C")), b.const(f"{p}.D", L.D), b.const(f"{p}.dt_proj.bias", dt_bias)],
-        name="selective_scan", n_out=2, domain=PLUGIN_DOMAIN,
-        delta_softplus=1, plugin_version=ss.PLUGIN_VERSION, plugin_namespace=ss.PLUGIN_NAMESPACE,
+        name="selective_scan", n_out=2, domain=PLUGIN_DOMAIN, **node_attrs(ss.PLUGIN_NAME, delta_softplus=1),
     )
     s = None if lp.gate_scale is None else b.const(f"{p}.gate.smooth", lp.gate_scale.astype(np.float32))
     g = b.op("Mul", [y, silu(b, z, "gate_act", s)], name="gate")

@@ -51,6 +51,7 @@ from ..model import MambaConfig
 from ..ops import selective_scan as ss
 from ..ops import state_update as su
 from ..ops.ort_kernels import PLUGIN_DOMAIN
+from ..ops.plugin_fields import node_attrs
 from .builder import GraphBuilder
 
 BATCH, SEQ = "batch", "sequence"
@@ -306,11 +307,14 @@ def build_decode_graph(full: onnx.ModelProto, config: MambaConfig) -> onnx.Model
         if any(scan.output[1] in n.input for n in g.node):
             raise InternalError(f"{scan.name}: last_state is consumed inside the graph; expected it unused")
         u, delta, A, Bm, Cm, Dskip, dbias = scan.input
+        if any(n.op_type == "QuantizeLinear" and set(n.output) & {u, delta, Bm, Cm} for n in g.node):
+            raise InternalError(f"{scan.name}: int8 scan inputs (fuse_scan_quant); the step has no scale fields, "
+                                "build it from the Q→DQ graph")
         softplus = int(_attrs(scan).get("delta_softplus", 1))
         step = helper.make_node(
             su.PLUGIN_NAME, [ssm_state_name(i), u, delta, A, Bm, Cm, Dskip, dbias],
             [scan.output[0], ssm_state_name(i, True)], name=f"layers.{i}/selective_state_update", domain=PLUGIN_DOMAIN,
-            dt_softplus=softplus, plugin_version=su.PLUGIN_VERSION, plugin_namespace=su.PLUGIN_NAMESPACE)
+            **node_attrs(su.PLUGIN_NAME, dt_softplus=softplus))
         scan.CopyFrom(step)
         outputs += [_state_vi(conv_state_name(i, True), s.conv), _state_vi(ssm_state_name(i, True), s.ssm)]
     _squeeze_logits(g, b)

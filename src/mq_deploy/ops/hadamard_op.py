@@ -21,6 +21,6 @@ def reference(x: np.ndarray) -> np.ndarray:
 
 def emit(b, x: str, n: int, name: str) -> str:
     from .ort_kernels import PLUGIN_DOMAIN
+    from .plugin_fields import node_attrs
 
-    return b.op(PLUGIN_NAME, [x], name=name, domain=PLUGIN_DOMAIN, n=n,
-                plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE)
+    return b.op(PLUGIN_NAME, [x], name=name, domain=PLUGIN_DOMAIN, **node_attrs(PLUGIN_NAME, n=n, out_scale=0.0))

@@ -43,6 +43,7 @@ from ..model import MambaLayer
 from ..ops import hadamard_op
 from ..ops import selective_scan as ss
 from ..ops.ort_kernels import PLUGIN_DOMAIN
+from ..ops.plugin_fields import node_attrs
 from .model import VimModel
 
 BATCH = "batch"
@@ -119,8 +120,7 @@ def _direction(b: LMBuilder, i: int, L: MambaLayer, model: VimModel, x: str, sfx
         [b.act(u, point(i, f"scan{sfx}.u")), b.act(delta, point(i, f"scan{sfx}.delta")), A,
          b.act(Bm, point(i, f"scan{sfx}.B")), b.act(Cm, point(i, f"scan{sfx}.C")), b.const(f"{p}.D{sfx}", L.D),
          b.const(f"{p}.dt_proj{sfx}.bias", dt_bias)],
-        name=f"selective_scan{sfx}", n_out=2, domain=PLUGIN_DOMAIN,
-        delta_softplus=1, plugin_version=ss.PLUGIN_VERSION, plugin_namespace=ss.PLUGIN_NAMESPACE,
+        name=f"selective_scan{sfx}", n_out=2, domain=PLUGIN_DOMAIN, **node_attrs(ss.PLUGIN_NAME, delta_softplus=1),
     )
     return y
 

@@ -21,7 +21,8 @@
 // Chunked schedule (when B·D is too small to fill the GPU): pass 1 runs chunks 0 … C-2; chunk 0 already
 // starts from the true initial state, so its blocks run the full output body (y for chunk 0 and its true
 // end state), chunks 1 … C-2 compute a local state from zero and Σ Δ; the last chunk is never needed in
-// pass 1. Pass 2 chains the states; pass 3 writes y of chunks 1 … C-1. Work: 2C - 2 chunk passes, not 2C.
+// pass 1. Pass 3 writes y of chunks 1 … C-1, each block first chaining its chunk's start state from pass 1's
+// results (the chain of C − 1 steps that a separate kernel ran between the passes). Work: 2C - 2 chunk passes.
 #include "selectiveScanKernel.h"
 
 #include <algorithm>
@@ -103,7 +104,7 @@ __device__ __forceinline__ float siluFast(float z) { return z * rcpApprox(1.f + 
 
 struct Work
 {
-    float* hChunk;   //!< (B, chunks, D, N): pass 1 writes chunk end states (local from zero for c ≥ 1), pass 2 start states
+    float* hChunk;   //!< (B, chunks, D, N): pass 1 writes chunk end states (local from zero for c ≥ 1)
     float* sumDelta; //!< (B, chunks, D)
 };
 
@@ -190,7 +191,7 @@ struct TileCopy
 };
 
 //! One (batch, chunk, 64-channel) block's scan. kOut: writes y (and starts from the true start state:
-//! h0 / zero for chunk 0, the chained hChunk[c] otherwise); else computes the chunk-local state from zero
+//! h0 / zero for chunk 0, else chained from pass 1's hChunk / sumDelta); else computes the chunk-local state from zero
 //! and Σ Δ. The end state goes to lastState for the last chunk, else to hChunk[c].
 template <int kSplit, typename Tin, typename Tout, int kPoly, bool kOut, bool kSoftplus, bool kGate, bool kAsync>
 __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work const& w, int32_t chunks, int32_t chunkLen, int c)
@@ -263,15 +264,25 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
     {
         int const n = n0 + k;
         a2[k] = n < N ? p.A[static_cast<size_t>(dc) * N + n] * kLog2e : 0.f;
-        float h0 = 0.f;
-        if (kOut && n < N)
+        h[k] = kOut && c == 0 && n < N && p.h0 != nullptr ? p.h0[stateOff + n] : 0.f;
+    }
+    if (kOut && c > 0)
+    {
+        // the start state of chunk c is chunk c-1's true end state, chained here from pass 1's results (chunk 0's
+        // true end state, then each later chunk's local end state and Σ Δ): h ← exp(A·ΣΔ)·h + h_local. At most
+        // C − 1 steps of kNT states, against a separate chain kernel and its launch between the passes.
+        size_t const first = (static_cast<size_t>(b) * chunks * D + dc) * N, chunkStride = static_cast<size_t>(D) * N;
+#pragma unroll
+        for (int k = 0; k < kNT; ++k)
+            h[k] = n0 + k < N ? w.hChunk[first + n0 + k] : 0.f;
+        for (int cc = 1; cc < c; ++cc)
         {
-            if (c > 0)
-                h0 = w.hChunk[chunkOff + n];
-            else if (p.h0 != nullptr)
-                h0 = p.h0[stateOff + n];
+            float const sd = w.sumDelta[(static_cast<size_t>(b) * chunks + cc) * D + dc];
+#pragma unroll
+            for (int k = 0; k < kNT; ++k)
+                if (n0 + k < N)
+                    h[k] = fmaf(exp2f(a2[k] * sd), h[k], w.hChunk[first + cc * chunkStride + n0 + k]);
         }
-        h[k] = h0;
     }
     float const bias = p.deltaBias != nullptr ? p.deltaBias[dc] : 0.f;
     float const dSkip = p.Dskip != nullptr ? p.Dskip[dc] : 0.f;
@@ -471,31 +482,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) scanPass3(SelectiveScanP
     scanBody<kSplit, Tin, Tout, kPoly, true, kSoftplus, kGate, kAsync>(p, w, chunks, chunkLen, static_cast<int>(blockIdx.y) + cOffset);
 }
 
-//! Pass 2: one thread per (b, d, n) chains the chunk states. hChunk[0] already holds chunk 0's true end
-//! state; hChunk[c] (c ≥ 1) becomes chunk c's start state (c = C-1's local state was never computed).
-__global__ void chainKernel(SelectiveScanParams const p, Work const w, int32_t chunks)
-{
-    int64_t const idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    int const N = p.dState;
-    int const D = p.dim;
-    int64_t const total = static_cast<int64_t>(p.batch) * D * N;
-    if (idx >= total)
-        return;
-    int const n = static_cast<int>(idx % N);
-    int const d = static_cast<int>((idx / N) % D);
-    int const b = static_cast<int>(idx / (static_cast<int64_t>(N) * D));
-    float const a = p.A[static_cast<int64_t>(d) * N + n];
-    float h = w.hChunk[(static_cast<int64_t>(b) * chunks * D + d) * N + n];
-    for (int c = 1; c < chunks; ++c)
-    {
-        int64_t const cd = (static_cast<int64_t>(b) * chunks + c) * D + d;
-        float const local = c < chunks - 1 ? w.hChunk[cd * N + n] : 0.f;
-        w.hChunk[cd * N + n] = h;
-        if (c < chunks - 1)
-            h = fmaf(expf(a * w.sumDelta[cd]), h, local);
-    }
-}
-
 int32_t chunkLength(SelectiveScanParams const& p, int32_t chunks)
 {
     int32_t len = (p.seqLen + chunks - 1) / chunks;
@@ -510,8 +496,6 @@ cudaError_t runSplit(SelectiveScanParams const& p, Work const& w, int32_t chunks
     if (chunks > 1)
     {
         scanPass1<kSplit, Tin, Tout, kPoly, kSoftplus, kGate, kAsync><<<dim3(gx, chunks - 1, p.batch), kThreads, 0, stream>>>(p, w, chunks, len);
-        int64_t const total = static_cast<int64_t>(p.batch) * p.dim * p.dState;
-        chainKernel<<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(p, w, chunks);
         scanPass3<kSplit, Tin, Tout, kPoly, kSoftplus, kGate, kAsync><<<dim3(gx, chunks - 1, p.batch), kThreads, 0, stream>>>(p, w, chunks, len, 1);
     }
     else

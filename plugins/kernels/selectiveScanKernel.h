@@ -16,8 +16,8 @@
 // chunked or not), four threads per channel hold 4 states each instead (selectiveScanPlan). u/Δ/z/Bm/Cm tiles are double-buffered in shared memory (u/Δ/z by cp.async when
 // rows are 16-byte aligned), the next tile copied while the current one is computed (one barrier per tile).
 // When B·D is too small to fill the GPU, L is split into C chunks: pass 1 runs chunk 0 with outputs from the
-// true initial state and chunks 1 … C-2 from zero (local state and Σ Δ), pass 2 chains the chunk states
-// (h_start[c+1] = exp(A·ΣΔ_c)·h_start[c] + h_local[c]), pass 3 reruns chunks 1 … C-1 from their start states.
+// true initial state and chunks 1 … C-2 from zero (local state and Σ Δ), pass 3 reruns chunks 1 … C-1 from
+// their start states, which each block first chains from those (h_start[c+1] = exp(A·ΣΔ_c)·h_start[c] + h_local[c]).
 // Experimental, built only with -DMQ_SCAN_SEGMENTED=1 and run only on request (schedules 2 and 3): two
 // segment-parallel schedules (selectiveScanSeg.cuh, selectiveScanSeg2.cuh) that split L inside a block without
 // recomputing exponentials; both measured slower than the token-serial schedule on every benchmarked shape

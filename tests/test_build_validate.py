@@ -133,6 +133,7 @@ class _FakeTRT(types.ModuleType):
         ns = types.SimpleNamespace
         self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, sev=None: None})
         self.BuilderFlag = ns(INT8="INT8", FP16="FP16")
+        self.NetworkDefinitionCreationFlag = ns(STRONGLY_TYPED=1)  # TensorRT 10's value: create_network(1 << 1)
         self.MemoryPoolType = ns(WORKSPACE="WORKSPACE")
         fake = self
 
@@ -188,6 +189,7 @@ class _FakeTRT(types.ModuleType):
                 pass
 
             def create_network(self, flags):
+                fake.log["network_flags"] = flags
                 return object()
 
             def create_builder_config(self):
@@ -272,6 +274,84 @@ def test_build_command_lines_follow_the_tensorrt_version(w8_out, tmp_path, monke
     assert rc == 0 and "equivalent: trtexec" in cap.err and "--int8" not in cap.err
     assert main(["build", str(w8_out), "--dry-run", "--plugins", str(lib), "--fp16"]) == 2
     assert "TensorRT 11 has no FP16 builder flag" in capsys.readouterr().err
+
+
+def test_build_strongly_typed_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, capsys):
+    log = {}
+    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT(log))
+    lib, engine = tmp_path / "libmq_trt_plugins.so", tmp_path / "m.engine"
+    lib.write_bytes(b"")
+    rc = main(["build", str(w8_out), "--plugins", str(lib), "-o", str(engine)])
+    assert rc == 0, capsys.readouterr().err
+    assert log["network_flags"] == 0 and log["flags"] == ["INT8"]  # the default: weakly typed, INT8 for Q/DQ
+    log.clear()
+    capsys.readouterr()
+    rc = main(["build", str(w8_out), "--plugins", str(lib), "--strongly-typed", "-o", str(engine)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert cap.out.strip() == str(engine) and engine.read_bytes() == b"ENGINE"
+    assert log["network_flags"] == 1 << 1 and "flags" not in log  # STRONGLY_TYPED, and no INT8 / FP16 flag
+    building = next(ln for ln in cap.err.splitlines() if ln.startswith("building "))
+    assert "strongly typed" in building and "INT8" not in building.replace("Q/DQ", "")
+    (equivalent,) = [ln for ln in cap.err.splitlines() if ln.startswith("equivalent: trtexec")]
+    assert equivalent.endswith(" --stronglyTyped") and "--int8" not in equivalent and "--fp16" not in equivalent
+
+
+@pytest.mark.parametrize("member", [True, False])
+def test_build_strongly_typed_on_tensorrt_11(w8_out, tmp_path, monkeypatch, capsys, member):
+    log = {}
+    fake = _FakeTRT(log)
+    fake.__version__ = "11.1.0-fake"
+    del fake.BuilderFlag.INT8, fake.BuilderFlag.FP16
+    if not member:  # TensorRT 11 may drop the flag: its networks are strongly typed whatever create_network gets
+        del fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    lib = tmp_path / "libmq_trt_plugins.so"
+    lib.write_bytes(b"")
+    rc = main(["build", str(w8_out), "--plugins", str(lib), "--strongly-typed", "-o", str(tmp_path / "m.engine")])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert log["network_flags"] == (1 << 1 if member else 0) and "flags" not in log
+    assert "equivalent: trtexec" in cap.err and "--stronglyTyped" not in cap.err  # the 11 line needs no option
+
+
+def test_build_strongly_typed_needs_the_creation_flag(w8_out, tmp_path, monkeypatch, capsys):
+    log = {}
+    fake = _FakeTRT(log)
+    fake.__version__ = "8.6.1-fake"  # precision flags, and no NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    del fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    lib, engine = tmp_path / "libmq_trt_plugins.so", tmp_path / "m.engine"
+    lib.write_bytes(b"")
+    assert main(["build", str(w8_out), "-q", "--plugins", str(lib), "--strongly-typed", "-o", str(engine)]) == 2
+    (line,) = _errors(capsys.readouterr().err)
+    assert "TensorRT 8.6.1-fake cannot build strongly typed networks" in line and line.startswith("mq-deploy: error:")
+    assert "network_flags" not in log and not engine.exists()
+
+
+@pytest.mark.parametrize("given", [["--int8"], ["--fp16"], ["--int8", "--fp16"]])
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_build_strongly_typed_excludes_precision_flags(w8_out, tmp_path, monkeypatch, capsys, given, dry_run):
+    log = {}
+    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT(log))
+    lib, engine = tmp_path / "libmq_trt_plugins.so", tmp_path / "e" / "m.engine"
+    lib.write_bytes(b"")
+    before = sorted(os.listdir(w8_out))
+    assert main(["build", str(w8_out), "--plugins", str(lib), "--strongly-typed", *given, *dry_run,
+                 "-o", str(engine)]) == 2
+    cap = capsys.readouterr()
+    (line,) = _errors(cap.err)
+    assert line.startswith(f"mq-deploy: error: --strongly-typed cannot be combined with {' / '.join(given)}")
+    assert cap.out == "" and log == {} and not engine.parent.exists() and sorted(os.listdir(w8_out)) == before
+
+
+def test_build_dry_run_strongly_typed(w8_out, no_tensorrt, capsys):
+    assert main(["build", str(w8_out), "--dry-run", "--strongly-typed", "--plugins", sys.executable]) == 0
+    io = capsys.readouterr()
+    cmd = io.out.strip()
+    assert cmd.startswith(f"trtexec --onnx={w8_out}/model.onnx") and cmd.endswith(" --stronglyTyped")
+    assert "--int8" not in cmd and "--fp16" not in cmd  # quantized OUTDIR: the Q/DQ nodes decide, no INT8 flag
+    assert "TensorRT 11 needs no --stronglyTyped" in io.err
 
 
 # -- validate -------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """mq_deploy.trt without TensorRT: the one clear error, plugin loading and the timing of writes against fakes,
 and the documented command lines (polygraphy's shapes checked with polygraphy's own parser where installed)."""
+import argparse
 import builtins
 import os
 import shlex
@@ -91,6 +92,37 @@ def test_command_lines_follow_the_tensorrt_major_version():
     assert c["trtexec"].startswith("trtexec --onnx=out/model.onnx")
     with pytest.raises(UserError, match="TensorRT 11 has no FP16 builder flag"):
         mtrt.command_lines(*args, fp16=True, trt_major=11)
+
+
+def test_command_lines_strongly_typed():
+    args = ("out/model.onnx", "out/model.engine", "lib.so")
+    c, weak = mtrt.command_lines(*args, strongly_typed=True), mtrt.command_lines(*args)
+    assert c["trtexec"] == weak["trtexec"] + " --stronglyTyped"
+    assert " --strongly-typed " in c["polygraphy"] and c["polygraphy_reference"] == weak["polygraphy_reference"]
+    for line in (c["trtexec"], c["polygraphy"]):
+        assert "--int8" not in line and "--fp16" not in line
+    assert mtrt.command_lines(*args, strongly_typed=True, trt_major=11) == mtrt.command_lines(*args, trt_major=11)
+    for kw in ({"int8": True}, {"fp16": True}):
+        with pytest.raises(UserError, match="--strongly-typed cannot be combined with"):
+            mtrt.command_lines(*args, strongly_typed=True, **kw)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # polygraphy 0.53.6's entry_points().get
+def test_polygraphy_reads_the_strongly_typed_line():
+    run = pytest.importorskip("polygraphy.tools.run.run")
+    ap = argparse.ArgumentParser()
+    run.Run().setup_parser(ap.add_subparsers())
+    c = mtrt.command_lines("out/model.onnx", "out/model.engine", "lib.so", strongly_typed=True)
+    got = ap.parse_args(shlex.split(c["polygraphy"])[1:])
+    assert got.strongly_typed and not got.int8 and not got.fp16
+
+
+def test_build_engine_strongly_typed_excludes_precision_flags(tmp_path):
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"")
+    with pytest.raises(UserError, match="--strongly-typed cannot be combined with --int8"):
+        mtrt.build_engine(str(onnx), str(tmp_path / "e"), int8=True, strongly_typed=True)  # before TensorRT
+    assert not (tmp_path / "e").exists()
 
 
 # -- plugin loading and writes, against a fake TensorRT ----------------------------------------------

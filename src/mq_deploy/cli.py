@@ -3,7 +3,7 @@
     mq-deploy compile [MODEL] [--recipe fp32] -o OUTDIR
     mq-deploy eval [MODEL_OR_ONNX] --task wikitext2 [--seq-len N] [--limit N] [--data PATH] [--json]
     mq-deploy generate OUTDIR --prompt TEXT [--prompt TEXT ...] [--max-new-tokens N] [--greedy | --temperature T --top-p P]
-    mq-deploy build OUTDIR [--plugins LIB] [--int8] [--fp16] [--min/opt/max-shapes B,L] [-o ENGINE]
+    mq-deploy build OUTDIR [--plugins LIB] [--int8 --fp16 | --strongly-typed] [--min/opt/max-shapes B,L] [-o ENGINE]
     mq-deploy validate OUTDIR [--plugins LIB] [--engine ENGINE] [--batch B --seq L] [--simulate] [--torch] [--json]
 """
 
@@ -222,7 +222,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     shapes = Shapes(min=parse_shape(args.min_shapes, "--min-shapes"), opt=parse_shape(args.opt_shapes, "--opt-shapes"),
                     max=parse_shape(args.max_shapes, "--max-shapes"))
     plan = plan_build(args.outdir, engine=args.output, plugin_lib=args.plugins, int8=args.int8, fp16=args.fp16,
-                      shapes=shapes, timing_cache=args.timing_cache, require_plugin_lib=not args.dry_run)
+                      shapes=shapes, timing_cache=args.timing_cache, require_plugin_lib=not args.dry_run,
+                      strongly_typed=args.strongly_typed)
     major = tensorrt_major()
     cmds = plan.command_lines(major)  # TensorRT 11's trtexec has no --int8 / --fp16
     if args.dry_run:
@@ -232,6 +233,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         if major is None and (plan.int8 or plan.fp16):
             print("note: no TensorRT here; the command is for TensorRT 10 (on TensorRT 11 leave out --int8 / "
                   "--fp16: its trtexec has neither, the Q/DQ nodes decide)", file=sys.stderr)
+        elif major is None and plan.strongly_typed:
+            print("note: no TensorRT here; the command is for TensorRT 10 (TensorRT 11 needs no --stronglyTyped: "
+                  "its networks are always strongly typed)", file=sys.stderr)
         print(cmds["trtexec"])
         return 0
     log = (lambda s: None) if args.quiet else _log
@@ -356,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "(default: $MQ_DEPLOY_PLUGINS)")
     b.add_argument("--int8", action="store_true", help="allow INT8 (on by default for a quantized OUTDIR)")
     b.add_argument("--fp16", action="store_true", help="allow FP16 kernels for the float layers")
+    b.add_argument("--strongly-typed", action="store_true",
+                   help="build a strongly typed network with no precision flags (TensorRT 10's form of what TensorRT "
+                        "11 always does; not with --int8 / --fp16): the Q/DQ nodes set INT8 and float layers stay in "
+                        "the ONNX graph's precision (fp32 here), so the weakly typed --int8 --fp16 build may be faster")
     b.add_argument("--min-shapes", default="1,1", metavar="B,L", help="smallest batch,sequence (default 1,1; "
                                                                       "a Vim OUTDIR takes B alone, its image size is fixed)")
     b.add_argument("--opt-shapes", default="1,512", metavar="B,L", help="batch,sequence to tune for (default 1,512)")

@@ -4,7 +4,8 @@ TensorRT is imported lazily: everything else in mq-deploy works without it, and 
 UserError naming what to install. Explicit quantization: the QDQ nodes in model.onnx carry the scales,
 so INT8 is a builder flag (TensorRT 10), not a calibrator; TensorRT 11 has no precision flags (its networks
 are always strongly typed), so there the Q/DQ nodes alone decide, and the printed trtexec / polygraphy
-lines follow the TensorRT version at hand.
+lines follow the TensorRT version at hand. `strongly_typed` asks TensorRT 10 for that same network (creation flag
+STRONGLY_TYPED, no precision flags); on TensorRT 11 it changes nothing.
 """
 from __future__ import annotations
 
@@ -153,6 +154,27 @@ def _flag(trt, name: str):
     return getattr(trt.BuilderFlag, name, None)
 
 
+def _check_strongly_typed(strongly_typed: bool, int8: bool, fp16: bool) -> None:
+    """A strongly typed network takes every precision from the graph: TensorRT allows no precision flags with it."""
+    given = [f for f, on in (("--int8", int8), ("--fp16", fp16)) if on]
+    if strongly_typed and given:
+        raise UserError(f"--strongly-typed cannot be combined with {' / '.join(given)}: a strongly typed network "
+                        "takes its precisions from the ONNX graph (INT8 from its Q/DQ nodes); drop one of them")
+
+
+def _network_flags(trt, strongly_typed: bool) -> int:
+    """create_network's flags: 0, or STRONGLY_TYPED when asked (TensorRT 10). TensorRT 11's networks are strongly
+    typed whatever the flags, so a version without the enum member needs none."""
+    member = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED", None)
+    if not strongly_typed or (member is None and _flag(trt, "INT8") is None):
+        return 0
+    if member is None:
+        raise UserError(f"TensorRT {trt.__version__} cannot build strongly typed networks (no "
+                        "NetworkDefinitionCreationFlag.STRONGLY_TYPED): use TensorRT 10, or build without "
+                        "--strongly-typed")
+    return 1 << int(member)
+
+
 def _no_fp16(version) -> str:
     return (f"TensorRT {version} has no FP16 builder flag (strongly typed networks only): "
             "build without --fp16, or convert the model's float tensors to fp16 before building")
@@ -179,10 +201,12 @@ def _set_timing_cache(config, path: str, warn: Callable[[str], None]):
 def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None, int8: bool = False,
                  fp16: bool = False, shapes: Shapes = Shapes(), timing_cache: Optional[str] = None,
                  input_name: str = "input_ids", workspace_gib: float = 4.0, fixed_dims: tuple = (),
-                 warn: Callable[[str], None] = lambda s: None) -> str:
+                 warn: Callable[[str], None] = lambda s: None, strongly_typed: bool = False) -> str:
     """Parse onnx_path, load the plugin library, build and write a serialized engine to out_path
     (`fixed_dims`: the input's dimensions after the batch when only the batch is dynamic, e.g. Vim's C, H, W;
-    `warn`: told when the timing cache is unusable and an empty one is used instead)."""
+    `warn`: told when the timing cache is unusable and an empty one is used instead; `strongly_typed`: the
+    network is created strongly typed and no precision flag is set, so int8 / fp16 must be False)."""
+    _check_strongly_typed(strongly_typed, int8, fp16)
     dims = shapes.dims(fixed_dims)
     if not os.path.isfile(onnx_path):
         raise UserError(f"ONNX model {onnx_path!r} not found (run `mq-deploy compile` first)")
@@ -192,8 +216,9 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
     load_plugins(trt, logger, lib)
     if fp16 and _flag(trt, "FP16") is None:
         raise UserError(_no_fp16(trt.__version__))
+    network_flags = _network_flags(trt, strongly_typed)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    network = builder.create_network(network_flags)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(onnx_path):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -257,11 +282,13 @@ class BuildPlan:
     vocab: Optional[int]
     input_name: str = "input_ids"
     fixed_dims: tuple = ()  # Vim: (channels, height, width); the profile varies the batch only
+    strongly_typed: bool = False  # the graph's types decide (int8 and fp16 are then False)
 
     def command_lines(self, trt_major: Optional[int] = None) -> dict[str, str]:
         return command_lines(self.onnx, self.engine, self.plugin_lib or "<libmq_trt_plugins.so>", int8=self.int8,
                              fp16=self.fp16, shapes=self.shapes, timing_cache=self.timing_cache, vocab=self.vocab,
-                             input_name=self.input_name, fixed_dims=self.fixed_dims, trt_major=trt_major)
+                             input_name=self.input_name, fixed_dims=self.fixed_dims, trt_major=trt_major,
+                             strongly_typed=self.strongly_typed)
 
 
 def manifest_input(manifest: dict) -> tuple[str, tuple]:
@@ -277,18 +304,21 @@ def manifest_input(manifest: dict) -> tuple[str, tuple]:
 
 def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Optional[str] = None,
                int8: bool = False, fp16: bool = False, shapes: Shapes = Shapes(),
-               timing_cache: Optional[str] = None, require_plugin_lib: bool = True) -> BuildPlan:
+               timing_cache: Optional[str] = None, require_plugin_lib: bool = True,
+               strongly_typed: bool = False) -> BuildPlan:
     """Check OUTDIR and the plugin library (a missing one is kept as named when not `require_plugin_lib`: the
     dry run prints the command for the machine that has it); INT8 is on for a quantized OUTDIR (its Q/DQ nodes
-    carry the scales)."""
+    carry the scales), unless `strongly_typed` (no precision flags: the Q/DQ nodes decide by themselves)."""
+    _check_strongly_typed(strongly_typed, int8, fp16)
     onnx_path, manifest = read_outdir(outdir)
     lib = resolve_plugin_lib(plugin_lib, must_exist=require_plugin_lib)
     vocab = manifest.get("model", {}).get("config", {}).get("vocab_size")
     name, fixed = manifest_input(manifest)
     shapes.dims(fixed)  # a language model needs BATCH,SEQUENCE
     return BuildPlan(onnx=str(onnx_path), engine=str(engine or Path(outdir) / "model.engine"), plugin_lib=lib,
-                     int8=int8 or manifest_quantized(manifest), fp16=fp16, shapes=shapes, timing_cache=timing_cache,
-                     vocab=vocab, input_name=name, fixed_dims=fixed)
+                     int8=(int8 or manifest_quantized(manifest)) and not strongly_typed, fp16=fp16, shapes=shapes,
+                     timing_cache=timing_cache, vocab=vocab, input_name=name, fixed_dims=fixed,
+                     strongly_typed=strongly_typed)
 
 
 def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
@@ -300,11 +330,13 @@ def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
     if plan.plugin_lib is None and n:
         raise UserError(f"{plan.onnx} has {n} TensorRT plugin node(s): pass --plugins LIB or set {PLUGINS_ENV} "
                         f"(the plugin library: {PLUGIN_BUILD_HINT})")
+    typed = " (strongly typed: the ONNX graph's types and Q/DQ nodes set the precisions)" if plan.strongly_typed else ""
     log(f"building {plan.engine} from {plan.onnx} with TensorRT {trt.__version__}"
-        f"{' (INT8: explicit quantization from the Q/DQ nodes)' if plan.int8 else ''}{' (FP16)' if plan.fp16 else ''}")
+        f"{' (INT8: explicit quantization from the Q/DQ nodes)' if plan.int8 else ''}{' (FP16)' if plan.fp16 else ''}"
+        f"{typed}")
     return build_engine(plan.onnx, plan.engine, plan.plugin_lib, int8=plan.int8, fp16=plan.fp16, shapes=plan.shapes,
                         timing_cache=plan.timing_cache, input_name=plan.input_name, fixed_dims=plan.fixed_dims,
-                        warn=warn)
+                        warn=warn, strongly_typed=plan.strongly_typed)
 
 
 def _trtexec_shape(name: str, s: tuple) -> str:
@@ -321,25 +353,28 @@ def _polygraphy_shape(name: str, s: tuple) -> str:
 def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool = False, fp16: bool = False,
                   shapes: Shapes = Shapes(), input_name: str = "input_ids",
                   timing_cache: Optional[str] = None, vocab: Optional[int] = None,
-                  fixed_dims: tuple = (), trt_major: Optional[int] = None) -> dict[str, str]:
+                  fixed_dims: tuple = (), trt_major: Optional[int] = None,
+                  strongly_typed: bool = False) -> dict[str, str]:
     """The trtexec build and polygraphy comparison command lines equivalent to build_engine / validate, for
     TensorRT `trt_major` (None: not known here, 10.x assumed). TensorRT 10 takes INT8 / FP16 as builder flags
-    (`--int8`, `--fp16`); TensorRT 11 has none (always strongly typed: the Q/DQ nodes decide), and its trtexec
-    removed those options.
+    (`--int8`, `--fp16`), or `strongly_typed` (`--stronglyTyped` / `--strongly-typed`, no precision flags);
+    TensorRT 11 has none (always strongly typed: the Q/DQ nodes decide), and its trtexec removed those options.
 
     polygraphy's onnxrt runner cannot run the plugin nodes of model.onnx (mq-deploy's CPU kernels are
     registered through onnxruntime-extensions, which polygraphy's CLI does not load), so the comparison
     is two runs: `polygraphy_reference` saves inputs and outputs of model.portable.onnx in onnxruntime,
     `polygraphy` builds model.onnx with the plugins in TensorRT and compares against them."""
     q = shlex.quote
+    _check_strongly_typed(strongly_typed, int8, fp16)
     lo, opt, hi = shapes.dims(fixed_dims)
     precision_flags = trt_major is None or trt_major < 11
     if fp16 and not precision_flags:
         raise UserError(_no_fp16(trt_major))
     flags = [f for f, on in (("--int8", int8), ("--fp16", fp16)) if on and precision_flags]
+    typed = strongly_typed and precision_flags  # TensorRT 11: always strongly typed, the lines need no option
     trtexec = [f"trtexec --onnx={q(onnx_path)} --saveEngine={q(engine_path)} --dynamicPlugins={q(plugin_lib)}",
                f"--minShapes={_trtexec_shape(input_name, lo)} --optShapes={_trtexec_shape(input_name, opt)} "
-               f"--maxShapes={_trtexec_shape(input_name, hi)}", *flags]
+               f"--maxShapes={_trtexec_shape(input_name, hi)}", *flags, *(["--stronglyTyped"] if typed else [])]
     if timing_cache:
         trtexec.append(f"--timingCacheFile={q(timing_cache)}")
     pshape = {k: _polygraphy_shape(input_name, s) for k, s in (("min", lo), ("opt", opt), ("max", hi))}
@@ -352,6 +387,6 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
     ref.append(f"--save-inputs {q(inputs)} --save-outputs {q(outputs)}")
     poly = [f"polygraphy run {q(onnx_path)} --trt --plugins {q(plugin_lib)}",
             f"--trt-min-shapes {pshape['min']} --trt-opt-shapes {pshape['opt']} --trt-max-shapes {pshape['max']}",
-            *flags]
+            *flags, *(["--strongly-typed"] if typed else [])]
     poly.append(f"--load-inputs {q(inputs)} --load-outputs {q(outputs)} --atol 1e-2 --rtol 1e-2")
     return {"trtexec": " ".join(trtexec), "polygraphy_reference": " ".join(ref), "polygraphy": " ".join(poly)}

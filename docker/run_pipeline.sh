@@ -12,7 +12,8 @@
 #   MQ_DEPLOY_PLUGINS   the plugin library (the images set it)
 #   MIN_SHAPES OPT_SHAPES MAX_SHAPES   engine profile as B,L (default 1,1 / 1,128 / 4,512); Vim: batch only
 #                  (default 1 / 4 / 32)
-#   FP16=1         allow FP16 kernels;  BATCH, SEQ  validate's input (default 2, 64; Vim: BATCH images)
+#   FP16=1         allow FP16 kernels;  STRONGLY_TYPED=1  build strongly typed instead (TensorRT 10; not with FP16)
+#   BATCH, SEQ     validate's input (default 2, 64; Vim: BATCH images)
 #   BENCH=1        time the engine with trtexec afterwards (if trtexec is on the PATH)
 set -euo pipefail
 
@@ -45,6 +46,7 @@ step "${compile[*]}"
 build=(mq-deploy build "$DIR" --plugins "$MQ_DEPLOY_PLUGINS" --min-shapes "$MIN_SHAPES" --opt-shapes "$OPT_SHAPES"
        --max-shapes "$MAX_SHAPES" --timing-cache "$OUT/timing.cache")
 [ "${FP16:-0}" = 1 ] && build+=(--fp16)
+[ "${STRONGLY_TYPED:-0}" = 1 ] && build+=(--strongly-typed)
 step "${build[*]}"
 "${build[@]}"
 

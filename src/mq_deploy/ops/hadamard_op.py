@@ -1,6 +1,6 @@
 """The Hadamard node: y = x·H_n along the last axis (H_n from `quant/hadamard.py`).
 
-In model.onnx it is a TensorRT plugin node (`Hadamard`, attribute `n`); onnxruntime runs it with the
+In model.onnx it is a TensorRT plugin node (`Hadamard`, attributes `n` and `out_scale`); onnxruntime runs it with the
 CPU kernel in `ort_kernels.py`; the lowering turns it into a MatMul with the n×n constant.
 """
 
@@ -10,9 +10,7 @@ import numpy as np
 
 from ..quant.hadamard import hadamard_transform
 
-PLUGIN_NAME = "Hadamard"
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = "mq_deploy"
+PLUGIN_NAME = "Hadamard"  # version / namespace: those of every mq-deploy plugin (ops/plugin_fields.node_attrs)
 
 
 def reference(x: np.ndarray) -> np.ndarray:

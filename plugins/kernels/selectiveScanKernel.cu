@@ -13,8 +13,8 @@
 // reduce-scattered over the 4 lanes; see selectiveScanPlan.) Per pair of tokens (2j, 2j+1) lane parity p computes Δ
 // and Δ·u of token 2j+p (softplus once per channel, not per thread) and shuffles hand them to the pair; both threads
 // update their 8 states for both tokens, then one more shuffle swaps the partial y of the token each does not own,
-// and the owner adds D·u, applies SiLU(z) and stores. Tiles of u/Δ/z are copied into double-buffered shared memory by 16-byte cp.async (Bm/Cm through
-// registers), one barrier per tile;
+// and the owner adds D·u, applies SiLU(z) and stores. Tiles of u/Δ/z are copied into double-buffered shared memory
+// by 16-byte cp.async (Bm/Cm through registers), one barrier per tile;
 // __launch_bounds__(128, 5) caps registers at 96 (5 resident blocks, 20 warps per SM), softplus/SiLU use
 // MUFU ex2/rcp plus a short series, and all per-token addressing is 32-bit offsets from base pointers.
 //

@@ -47,6 +47,25 @@ __host__ __device__ constexpr int chOf() { return kThreads / kSplit; } // channe
 // registers (8 blocks) spilled and ran 6-15 % slower than 80 (6 blocks), 80 with the tile-wide Δ first
 // 1-6 % slower than 96; B8 D5120 (640 blocks) still fits in one wave at 5 blocks per SM.
 constexpr int kMinBlocks = MQ_SCAN_MIN_BLOCKS;
+#ifndef MQ_SCAN_PDL
+#define MQ_SCAN_PDL 1 // 0: pass 3 launched after pass 1 ends (no programmatic dependent launch)
+#endif
+
+//! Programmatic dependent launch (sm_90+): pass 1 lets pass 3 be scheduled as soon as every pass-1 block runs, and
+//! pass 3's blocks set up and start their first tile copies before they wait for pass 1's results (no-ops elsewhere
+//! and in a kernel not launched as a dependent).
+__device__ __forceinline__ void allowDependents()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void waitPrerequisites()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
 constexpr int kN = 16;                // states per channel (N ≤ 16 is zero-padded to 16)
 constexpr int kMaxTile = 16;          // tokens per shared-memory stage: 16, or 8 where 4-byte z/y would spill registers
 template <typename Tout>
@@ -266,24 +285,6 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
         a2[k] = n < N ? p.A[static_cast<size_t>(dc) * N + n] * kLog2e : 0.f;
         h[k] = kOut && c == 0 && n < N && p.h0 != nullptr ? p.h0[stateOff + n] : 0.f;
     }
-    if (kOut && c > 0)
-    {
-        // the start state of chunk c is chunk c-1's true end state, chained here from pass 1's results (chunk 0's
-        // true end state, then each later chunk's local end state and Σ Δ): h ← exp(A·ΣΔ)·h + h_local. At most
-        // C − 1 steps of kNT states, against a separate chain kernel and its launch between the passes.
-        size_t const first = (static_cast<size_t>(b) * chunks * D + dc) * N, chunkStride = static_cast<size_t>(D) * N;
-#pragma unroll
-        for (int k = 0; k < kNT; ++k)
-            h[k] = n0 + k < N ? w.hChunk[first + n0 + k] : 0.f;
-        for (int cc = 1; cc < c; ++cc)
-        {
-            float const sd = w.sumDelta[(static_cast<size_t>(b) * chunks + cc) * D + dc];
-#pragma unroll
-            for (int k = 0; k < kNT; ++k)
-                if (n0 + k < N)
-                    h[k] = fmaf(exp2f(a2[k] * sd), h[k], w.hChunk[first + cc * chunkStride + n0 + k]);
-        }
-    }
     float const bias = p.deltaBias != nullptr ? p.deltaBias[dc] : 0.f;
     float const dSkip = p.Dskip != nullptr ? p.Dskip[dc] : 0.f;
     float const uScale = p.uScale, dScale = p.deltaScale, bScale = p.bScale, cScale = p.cScale;
@@ -327,6 +328,26 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
     __syncthreads(); // zero fill done
     if (len > 0)
         prefetch(0, 0);
+    if (kOut && c > 0)
+    {
+        // the start state of chunk c is chunk c-1's true end state, chained here from pass 1's results (chunk 0's
+        // true end state, then each later chunk's local end state and Σ Δ): h ← exp(A·ΣΔ)·h + h_local. At most
+        // C − 1 steps of kNT states, against a separate chain kernel and its launch between the passes. Nothing
+        // before this point reads what pass 1 writes or writes what it reads (pass 3 is its programmatic dependent).
+        waitPrerequisites();
+        size_t const first = (static_cast<size_t>(b) * chunks * D + dc) * N, chunkStride = static_cast<size_t>(D) * N;
+#pragma unroll
+        for (int k = 0; k < kNT; ++k)
+            h[k] = n0 + k < N ? w.hChunk[first + n0 + k] : 0.f;
+        for (int cc = 1; cc < c; ++cc)
+        {
+            float const sd = w.sumDelta[(static_cast<size_t>(b) * chunks + cc) * D + dc];
+#pragma unroll
+            for (int k = 0; k < kNT; ++k)
+                if (n0 + k < N)
+                    h[k] = fmaf(exp2f(a2[k] * sd), h[k], w.hChunk[first + cc * chunkStride + n0 + k]);
+        }
+    }
     stage(0);
     if constexpr (kAsync)
         cpAsyncWaitAll();
@@ -469,6 +490,8 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
 template <int kSplit, typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate, bool kAsync>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) scanPass1(SelectiveScanParams const p, Work const w, int32_t chunks, int32_t chunkLen)
 {
+    if (MQ_SCAN_PDL)
+        allowDependents();
     if (blockIdx.y == 0)
         scanBody<kSplit, Tin, Tout, kPoly, true, kSoftplus, kGate, kAsync>(p, w, chunks, chunkLen, 0);
     else
@@ -480,6 +503,24 @@ template <int kSplit, typename Tin, typename Tout, int kPoly, bool kSoftplus, bo
 __global__ void __launch_bounds__(kThreads, kMinBlocks) scanPass3(SelectiveScanParams const p, Work const w, int32_t chunks, int32_t chunkLen, int32_t cOffset)
 {
     scanBody<kSplit, Tin, Tout, kPoly, true, kSoftplus, kGate, kAsync>(p, w, chunks, chunkLen, static_cast<int>(blockIdx.y) + cOffset);
+}
+
+//! Whether the current device runs programmatic dependent launches (compute capability 9.0+; cached per device).
+bool pdlCapable()
+{
+    static std::atomic<int> cache[16]; // 0 unknown, 1 no, 2 yes
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess)
+        return false;
+    int v = dev < 16 ? cache[dev].load(std::memory_order_relaxed) : 0;
+    if (v == 0)
+    {
+        int major = 0;
+        v = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 ? 2 : 1;
+        if (dev < 16)
+            cache[dev].store(v, std::memory_order_relaxed);
+    }
+    return v == 2;
 }
 
 int32_t chunkLength(SelectiveScanParams const& p, int32_t chunks)
@@ -496,7 +537,19 @@ cudaError_t runSplit(SelectiveScanParams const& p, Work const& w, int32_t chunks
     if (chunks > 1)
     {
         scanPass1<kSplit, Tin, Tout, kPoly, kSoftplus, kGate, kAsync><<<dim3(gx, chunks - 1, p.batch), kThreads, 0, stream>>>(p, w, chunks, len);
-        scanPass3<kSplit, Tin, Tout, kPoly, kSoftplus, kGate, kAsync><<<dim3(gx, chunks - 1, p.batch), kThreads, 0, stream>>>(p, w, chunks, len, 1);
+        cudaError_t const e = cudaGetLastError();
+        if (e != cudaSuccess)
+            return e;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(gx, chunks - 1, p.batch);
+        cfg.blockDim = dim3(kThreads);
+        cfg.stream = stream;
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = MQ_SCAN_PDL && pdlCapable() ? 1 : 0;
+        return cudaLaunchKernelEx(&cfg, scanPass3<kSplit, Tin, Tout, kPoly, kSoftplus, kGate, kAsync>, p, w, chunks, len, int32_t{1});
     }
     else
         scanPass3<kSplit, Tin, Tout, kPoly, kSoftplus, kGate, kAsync><<<dim3(gx, 1, p.batch), kThreads, 0, stream>>>(p, w, chunks, len, 0);

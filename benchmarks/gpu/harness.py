@@ -48,8 +48,9 @@ LIB.mq_hadamard.argtypes = [ctypes.c_longlong, i, i, i, i, f, vp, vp, vp, vp]
 LIB.mq_hadamard_set_tuning.argtypes = [i, i]
 LIB.mq_hadamard_set_tuning.restype = None
 # fp16 register path schedules (hadamardKernel.h setHadamardTuning): (row groups a block, 0 = resident grid walking all
-# groups; flags: 1 = cp.async prefetch into shared memory, else registers; 2 = evict-first output stores)
-TUNING_SWEEP = ((0, 0), (0, 1), (0, 2), (0, 3), (2, 1))
+# groups; flags: 1 = cp.async prefetch into shared memory, else registers; 2 = evict-first output stores; 4 = the last
+# partial round of groups spread over all blocks in pieces; default 2)
+TUNING_SWEEP = ((0, 0), (0, 1), (0, 2), (0, 3), (2, 1), (0, 4), (0, 6), (0, 7))
 DEV = "cuda"
 
 
@@ -373,7 +374,7 @@ def sanitize():
         for dt in (torch.float32, torch.float16):
             run_hadamard(torch.randn(rws, n, device=DEV, dtype=dt), I8, 0.05)
             run_hadamard(torch.randn(rws, n, device=DEV, dtype=dt), F16)
-    for gpb, flags in ((0, 0), (0, 3), (1, 1), (3, 0)):
+    for gpb, flags in ((0, 0), (0, 3), (1, 1), (3, 0), (0, 5)):
         LIB.mq_hadamard_set_tuning(gpb, flags)
         run_hadamard(torch.randn(1001, 5120, device=DEV, dtype=torch.float16), F16)
         run_hadamard(torch.randn(2003, 1536, device=DEV, dtype=torch.float16), I8, 0.05)

@@ -21,7 +21,8 @@
 # segment-parallel scan, which the tests and sweeps then cover); the alternative builds below add theirs on top.
 # HAD_ALT_DEFINES="MQ_HAD_MIN_BLOCKS=3 MQ_HAD_MIN_BLOCKS=5": also builds hadamardKernel.cu once per NAME=VALUE with
 # -DNAME=VALUE (hadamardKernel.cu's tuning macros) and times each build (harness.py hbench, folded into bench.json as
-# hadamard_alt).
+# hadamard_alt). HAD_ALT_SRC="old=path/to/hadamardKernel.cu": also builds the Hadamard from that file (with the headers
+# of its version beside it) and times it the same way, named src_old.
 # SU_ALT_DEFINES="MQ_SU_THREADS=128 MQ_SU_LANES=8,MQ_SU_THREADS=128": also builds stateUpdateKernel.cu once per entry
 # (comma-separated NAME=VALUE flags: its block-shape macros) and runs the state-update checks and the decode benchmark
 # on each build (harness.py dbench, folded into bench.json as decode_alt). With BENCH=decode, ncu.txt profiles the
@@ -70,6 +71,12 @@ for d in ${HAD_ALT_DEFINES:-}; do
   nvcc -std=c++17 -O3 ${defs[@]+"${defs[@]}"} "-D$d" -Xcompiler -fPIC -gencode "arch=compute_${ARCH},code=sm_${ARCH}" -Iplugins/kernels \
     -c plugins/kernels/hadamardKernel.cu -o "build/had_$k/hadamardKernel.o" & had_alt+=("$k:$!")
 done
+for d in ${HAD_ALT_SRC:-}; do  # name=path: hadamardKernel.cu from another version (its own headers beside it, e.g.
+  k="src_${d%%=*}"              # hadamardFast.cuh, are found first), timed like a HAD_ALT_DEFINES build
+  mkdir -p "build/had_$k"
+  nvcc -std=c++17 -O3 ${defs[@]+"${defs[@]}"} -Xcompiler -fPIC -gencode "arch=compute_${ARCH},code=sm_${ARCH}" -Iplugins/kernels \
+    -c "${d#*=}" -o "build/had_$k/hadamardKernel.o" & had_alt+=("$k:$!")
+done
 su_alt=()
 for d in ${SU_ALT_DEFINES:-}; do
   k="${d//=/_}"; k="${k//,/_}"
@@ -112,7 +119,7 @@ for e in ${su_alt[@]+"${su_alt[@]}"}; do
   fi
 done
 PYTHONPATH="build/mamba:build/fht:${PYTHONPATH:-}" python3 benchmarks/gpu/harness.py bench "$BENCH" || rc=1
-python3 benchmarks/gpu/summarize.py "$OUT" "OUT=\$OUT bash benchmarks/gpu/run_all.sh (ARCH=$ARCH BENCH=$BENCH${NVCC_DEFINES:+ NVCC_DEFINES=$NVCC_DEFINES}${HAD_ALT_DEFINES:+ HAD_ALT_DEFINES=$HAD_ALT_DEFINES}${SCAN_ALT_DEFINES:+ SCAN_ALT_DEFINES=$SCAN_ALT_DEFINES}${SCAN_ALT_SRC:+ SCAN_ALT_SRC=$SCAN_ALT_SRC}${SU_ALT_DEFINES:+ SU_ALT_DEFINES=$SU_ALT_DEFINES})" > /dev/null
+python3 benchmarks/gpu/summarize.py "$OUT" "OUT=\$OUT bash benchmarks/gpu/run_all.sh (ARCH=$ARCH BENCH=$BENCH${NVCC_DEFINES:+ NVCC_DEFINES=$NVCC_DEFINES}${HAD_ALT_DEFINES:+ HAD_ALT_DEFINES=$HAD_ALT_DEFINES}${SCAN_ALT_DEFINES:+ SCAN_ALT_DEFINES=$SCAN_ALT_DEFINES}${SCAN_ALT_SRC:+ SCAN_ALT_SRC=$SCAN_ALT_SRC}${HAD_ALT_SRC:+ HAD_ALT_SRC=$HAD_ALT_SRC}${SU_ALT_DEFINES:+ SU_ALT_DEFINES=$SU_ALT_DEFINES})" > /dev/null
 if [ "${NCU:-1}" = 1 ] && [ "$BENCH" = hadamard ] && command -v ncu > /dev/null; then  # fp16 -> fp16 n 5120 and 1536, 64 MiB
   timeout 150 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     --section SchedulerStats --section MemoryWorkloadAnalysis -k regex:hadamardRegKernel -c 2 python3 benchmarks/gpu/harness.py ncu_had \

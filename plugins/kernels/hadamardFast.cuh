@@ -20,8 +20,8 @@
 //     bits, 4 butterfly stages on 64 values, writes them back); the last window stores to global memory
 //     (8-byte fp16 / 4-byte int8 stores of 4 consecutive columns; with 4 bits left they go [0, 3) then [3, 4) so
 //     that the storing lanes vary chunk bits 0..2 and cover whole sectors). m = 1, 2^k = 64: L stores directly.
-//  m = 20: the L phase goes half width (lHalves: columns 0-1, then 2-3, stored as float2s; pass 0 does column
-//     bit 1) so that the kernel fits in 128 registers.
+//  m = 20, 28: the L phase goes half width (lHalves: columns 0-1, then 2-3, stored as float2s; pass 0 does column
+//     bit 1) so that the kernel fits in 128 / 168 registers (4 / 3 blocks a SM).
 //  The next group's raw input is loaded into registers (load) or by cp.async into a staging buffer (loadAsync /
 //  readStage); the kernel (hadamardKernel.cu) chooses, and places the barriers between the phases.
 // Per element (m = 20, 2^k = 256): ~0.25 loads, 1 conversion, 2 + 4 + 2 butterfly adds, ~7.7 base-product
@@ -48,6 +48,9 @@ constexpr int kThreads = 128;
 constexpr int kMaxN = 8192;
 #ifndef MQ_HAD_HALF_L
 #define MQ_HAD_HALF_L 1
+#endif
+#ifndef MQ_HAD_HALF_L28
+#define MQ_HAD_HALF_L28 1 // 0: m = 28 takes the full-width L phase at 2 blocks a SM (255 registers)
 #endif
 
 // ---------------------------------------------------------------- base matrices (compile time)
@@ -292,6 +295,48 @@ MQ_HD void store4(int8_t* y, float4 v, bool cs)
 // ---------------------------------------------------------------- schedule
 __host__ __device__ constexpr int ilog2(int v) { return v <= 1 ? 0 : 1 + ilog2(v / 2); }
 
+//! Rows [r0, rEnd) of one group: G rows, or fewer at the end of the tensor or in a balanced tail piece (32-bit: the
+//! register path takes tensors of < 2^31 rows).
+struct Span
+{
+    int r0, rEnd;
+};
+
+//! Which rows each block of a grid of nb processes: block b takes the group indices q = q0(b), q0 + step, … < end(b)
+//! and at(q) gives their rows. gpb > 0: gpb consecutive groups of G rows a block. gpb == 0: the groups grid-stride (a
+//! resident grid); with `balance`, grid-stride only over the w groups of the rounds in which every block gets a whole
+//! group, then the rows left spread over the blocks in pieces of s = ⌈left / nb⌉ ≤ G rows (q = w + b), so that no block
+//! does a whole group more than another (m = 20 at n 5120 × 6553 rows runs 6.2 groups a block on average and 7 at
+//! most; measured no faster, since a short piece costs nearly a whole group: not the default). Block-independent and
+//! computed on the host: the kernel takes it as a parameter, so its fields are constant-bank operands, not registers
+//! (schedule state held in registers made the m = 20 kernel spill).
+struct Sched
+{
+    int rows, g, w, s, qEnd, gpb;
+    MQ_HD int q0(int b) const { return gpb > 0 ? b * gpb : b; }
+    MQ_HD int step(int nb) const { return gpb > 0 ? 1 : nb; }
+    MQ_HD int end(int b) const { return gpb > 0 && q0(b) + gpb < qEnd ? q0(b) + gpb : qEnd; }
+    MQ_HD Span at(int q) const
+    {
+        int const r0 = q < w ? q * g : w * g + (q - w) * s;
+        int const e = r0 + (q < w ? g : s);
+        return Span{r0, e < rows ? e : rows};
+    }
+};
+inline Sched makeSched(int rows, int nb, int G, int gpb, bool balance)
+{
+    int const groups = (rows + G - 1) / G;
+    Sched sc{rows, G, groups, G, groups, gpb > 0 ? gpb : 0};
+    if (gpb <= 0 && balance && nb > 0)
+    {
+        sc.w = rows / (nb * G) * nb;
+        int const left = rows - sc.w * G;
+        sc.s = left > 0 ? (left + nb - 1) / nb : G;
+        sc.qEnd = sc.w + (left + sc.s - 1) / sc.s;
+    }
+    return sc;
+}
+
 template <int M, int LOGP>
 struct Cfg
 {
@@ -306,12 +351,13 @@ struct Cfg
     static constexpr int F4 = G * N / 4;                // float4s per group
     static constexpr int SMEM_F4 = R > 0 ? F4 + F4 / 16 : 0;
     static constexpr int MAXB = K + (M % 8 == 0 ? 3 : M % 4 == 0 ? 2 : M % 2 == 0 ? 1 : 0) + ilog2(G); // 2^MAXB | F4
-    // Half-width L phase (m = 20 unless MQ_HAD_HALF_L=0): columns 0-1 and then 2-3 of the thread's float4s, each
-    // half's base products and column-bit-0 butterfly written to shared memory as float2s, column bit 1 done by
-    // pass 0. Holds half the L-phase values, so the kernel fits in 128 registers instead of 168 (4 blocks a SM
-    // instead of 3). Not m = 28 (spills at 168 registers, slower than the full-width phase at 255) nor m = 12
-    // (spills at 5 blocks): benchmarks/gpu/results/NOTES.md, "Hadamard: half-width L phase".
-    static constexpr bool HALF = MQ_HAD_HALF_L != 0 && M == 20;
+    // Half-width L phase (m = 20 unless MQ_HAD_HALF_L=0, m = 28 unless MQ_HAD_HALF_L28=0): columns 0-1 and then 2-3
+    // of the thread's float4s, each pair's column-bit-0 butterfly and base products written to shared memory as
+    // float2s, column bit 1 done by pass 0. Holds half the L-phase values, so m = 20 fits in 128 registers instead of
+    // 168 (4 blocks a SM instead of 3) and m = 28 in 168 instead of 255 (3 instead of 2; no spills since the
+    // butterfly comes before the base products). Not m = 12 (spills at 5 blocks): benchmarks/gpu/results/NOTES.md,
+    // "Hadamard: half-width L phase" and "Hadamard: schedule as a kernel parameter, m = 28 half width".
+    static constexpr bool HALF = MQ_HAD_HALF_L != 0 && (M == 20 || (M == 28 && MQ_HAD_HALF_L28 != 0));
     static_assert(K >= 4 && LUNITS <= kThreads && G * LUNITS == kThreads, "unsupported size");
     static_assert(N <= kMaxN, "unsupported size");
 
@@ -350,12 +396,14 @@ struct Fast
     MQ_HD static constexpr int lStep(int j) { return M > 1 ? j * C::P : 4 * (j << (C::K - 4)); }
     MQ_HD static int lRow(int tid) { return M > 1 ? tid >> C::K : tid >> (C::K - 4); }
 
-    MQ_HD static void load(Raw& raw, __half const* x, int64_t rows, int64_t grp, int tid)
+    //! Whether the thread's L-phase row is one of the group's rows.
+    MQ_HD static bool live(Span g, int tid) { return g.r0 + lRow(tid) < g.rEnd; }
+
+    MQ_HD static void load(Raw& raw, __half const* x, Span g, int tid)
     {
-        int64_t const row = grp * C::G + lRow(tid);
-        if (row < rows)
+        if (live(g, tid))
         {
-            __half const* base = x + grp * C::G * C::N + lOffset(tid);
+            __half const* base = x + static_cast<int64_t>(g.r0) * C::N + lOffset(tid);
 #pragma unroll
             for (int j = 0; j < C::LREG; ++j)
                 raw.r[j] = ldRaw(base + lStep(j));
@@ -370,10 +418,10 @@ struct Fast
 
     //! Asynchronous variant of load: the thread's 8-byte pieces go to its own slots of a staging buffer
     //! (stage[j·kThreads + tid], conflict-free), read back with readStage after cpAsyncWaitAll.
-    MQ_HD static void loadAsync(uint2* stage, __half const* x, int64_t rows, int64_t grp, int tid)
+    MQ_HD static void loadAsync(uint2* stage, __half const* x, Span g, int tid)
     {
-        bool const valid = grp * C::G + lRow(tid) < rows;
-        __half const* base = valid ? x + grp * C::G * C::N + lOffset(tid) : x;
+        bool const valid = live(g, tid);
+        __half const* base = valid ? x + static_cast<int64_t>(g.r0) * C::N + lOffset(tid) : x;
 #pragma unroll
         for (int j = 0; j < C::LREG; ++j)
             cpAsync8(stage + j * kThreads + tid, valid ? base + lStep(j) : x, valid);
@@ -452,57 +500,70 @@ struct Fast
             sp[lSlotStep(j)] = v[j];
     }
 
-    //! C::HALF: the whole L phase from the raw input into shared memory, one pair of columns at a time (the base
-    //! products of columns 2h and 2h + 1, then their bit-0 butterfly, stored as the float2 half h of each float4
-    //! slot); pass 0 then does column bit 1. Same values as compute + storeSmem once pass 0 has run.
+    //! C::HALF: the whole L phase from the raw input into shared memory, one pair of columns at a time (the bit-0
+    //! butterfly of columns 2h and 2h + 1 and the base products of their sum and difference, stored as the float2 half
+    //! h of each float4 slot); pass 0 then does column bit 1. The butterfly comes first (it commutes with the base
+    //! product, which mixes sub-rows, not columns; the fp16 sums are exact in fp32), so that only the sum, the
+    //! difference and the two products are live (m = 28 at 168 registers: no spills, against 64-92 bytes with the
+    //! butterfly after the products).
+    //! Same values as compute + storeSmem once pass 0 has run.
     MQ_HD static void lHalves(Raw const& raw, float4* sm, int tid, float s)
     {
         float* sf = reinterpret_cast<float*>(sm + lSlot(tid));
 #pragma unroll
         for (int h = 0; h < 2; ++h)
         {
-            float x0[M], x1[M], o0[M], o1[M];
+            float xs[M], xd[M], os[M], od[M];
 #pragma unroll
             for (int a = 0; a < M; ++a)
             {
                 __half2 hh;
                 memcpy(&hh, h == 0 ? &raw.r[a].x : &raw.r[a].y, 4);
                 float2 const f = __half22float2(hh);
-                x0[a] = f.x, x1[a] = f.y;
+                xs[a] = f.x + f.y, xd[a] = f.x - f.y;
             }
-            baseProduct<M>(x0, o0, s);
-            baseProduct<M>(x1, o1, s);
+            baseProduct<M>(xs, os, s);
+            baseProduct<M>(xd, od, s);
 #pragma unroll
             for (int c = 0; c < M; ++c)
-                *reinterpret_cast<float2*>(sf + 4 * lSlotStep(c) + 2 * h) = make_float2(o0[c] + o1[c], o0[c] - o1[c]);
+                *reinterpret_cast<float2*>(sf + 4 * lSlotStep(c) + 2 * h) = make_float2(os[c], od[c]);
         }
     }
 
     //! R == 0 (M = 1, P = 64): the L phase holds whole rows; scale and store.
     template <typename Tout>
-    MQ_HD static void storeDirect(float4 const (&v)[C::LREG], Tout* y, int64_t rows, int64_t grp, int tid, float s, bool cs)
+    MQ_HD static void storeDirect(float4 const (&v)[C::LREG], Tout* y, Span g, int tid, float s, bool cs)
     {
-        if (grp * C::G + lRow(tid) >= rows)
+        if (!live(g, tid))
             return;
-        Tout* base = y + grp * C::G * C::N + lOffset(tid);
+        Tout* base = y + static_cast<int64_t>(g.r0) * C::N + lOffset(tid);
 #pragma unroll
         for (int j = 0; j < C::LREG; ++j)
             store4(base + lStep(j), scale4(v[j], s), cs);
     }
 
     //! Pass W over its units (u = tid, tid + kThreads, ...): gather, butterflies of the window's bits, then
-    //! write back (W < NWIN − 1) or scale by s and store to y (last pass).
+    //! write back (W < NWIN − 1) or scale by s and store to y (last pass). Units whose first float4 lies past the
+    //! group's rows hold no row of it (a unit's float4s are gf + (j << ulo) ≥ gf, and gf grows with u) and are skipped;
+    //! the float4s of missing rows in the others are never mixed with the group's rows (no butterfly crosses a row).
     template <int W, typename Tout>
-    MQ_HD static void pass(float4* sm, Tout* y, int64_t rows, int64_t grp, int tid, float s, bool cs)
+    MQ_HD static void pass(float4* sm, Tout* y, Span g, int tid, float s, bool cs)
     {
         constexpr int ulo = C::ulo(W), B = C::B(W), uhi = ulo + B;
         constexpr int slo = C::lo(W) - ulo, shi = C::hi(W) - ulo; // stage bits within the unit index j
         constexpr bool last = W == C::NWIN - 1;
         constexpr int U = C::units(W);
-        bool const full = (grp + 1) * C::G <= rows;
-        Tout* ybase = y + grp * C::G * C::N;
+        int const nRows = g.rEnd - g.r0;
+        bool const full = nRows >= C::G;
+        int const gEnd = nRows * (C::N / 4); // float4s of the group's rows
+        // units u < uEnd are those with gf(u) ≤ gl = gEnd − 1, the group's last float4 (gf(u) is u with B zero bits
+        // inserted at bit ulo, so the last such u keeps gl's bits above uhi and, below ulo, gl's bits or all ones)
+        int const gl = gEnd - 1;
+        int const low = gl & ((1 << uhi) - 1);
+        int const uEnd = full ? U : ((gl >> uhi) << ulo) + (low < (1 << ulo) ? low : (1 << ulo) - 1) + 1;
+        Tout* ybase = y + static_cast<int64_t>(g.r0) * C::N;
 #pragma unroll 1
-        for (int u = tid; u < U; u += kThreads)
+        for (int u = tid; u < uEnd; u += kThreads)
         {
             int const gf = (u & ((1 << ulo) - 1)) | ((u >> ulo) << uhi);
             float4* sp = sm + ph(gf);
@@ -534,7 +595,7 @@ struct Fast
 #pragma unroll
                 for (int j = 0; j < (1 << B); ++j)
                 {
-                    if (!full && grp * C::G + ((gf + (j << ulo)) >> C::K) / M >= rows)
+                    if (!full && gf + (j << ulo) >= gEnd)
                         continue;
                     store4(yu + 4 * (j << ulo), M == 1 ? scale4(v[j], s) : v[j], cs);
                 }

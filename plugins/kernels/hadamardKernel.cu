@@ -441,6 +441,8 @@ constexpr int regMinBlocks()
 #else
     if (kM == 20 && MQ_HAD_HALF_L != 0)
         return 4; // half-width L phase (hadamardFast.cuh): 128 registers
+    if (kM == 28 && MQ_HAD_HALF_L != 0 && MQ_HAD_HALF_L28 != 0)
+        return 3; // half width: 168 registers (shared memory allows 3 blocks of n 3584 anyway)
     return kM <= 12 ? 4 : kM <= 20 ? 3 : 2; // registers: 128 / 168 / 255 a thread
 #endif
 }
@@ -449,30 +451,34 @@ constexpr int regMinBlocks()
 //! blocks walking the groups grid-stride, k > 0 = k consecutive groups a block) and flags: kRegAsync = the next
 //! group's loads go by cp.async into a shared staging buffer as soon as the current group is unpacked (in flight
 //! for the whole group, no registers held), else into registers after the L phase (in flight during the passes);
-//! kRegStoreCs = evict-first (st.global.cs) output stores. -1 = the defaults: on the H200 (benchmarks/gpu/results/
-//! hadamard-round) the resident grid with register prefetch and evict-first stores was the fastest schedule for every
-//! benchmarked n and both outputs; cp.async prefetch measured 1-17 % slower, 2 groups a block 15-26 % slower (and 1,
-//! 4 or 8 groups a block were slower than the resident grid in the round's second run).
-constexpr int kRegAsync = 1, kRegStoreCs = 2;
+//! kRegStoreCs = evict-first (st.global.cs) output stores; kRegBalance = the resident grid's last, partial round of
+//! groups is spread over all blocks in pieces of ≤ G rows (hfast::Sched). -1 = the defaults: on the H200
+//! (benchmarks/gpu/results/hadamard-round) the resident grid with register prefetch and evict-first stores was the
+//! fastest schedule for every benchmarked n and both outputs; cp.async prefetch measured 1-17 % slower, 2 groups a
+//! block 15-26 % slower (and 1, 4 or 8 groups a block were slower than the resident grid in the round's second run).
+//! The balanced tail measured no faster (n 5120: 1.13 against 1.12 × memcpy; n 768 1.07 against 1.04: a short piece
+//! costs nearly a whole group, and more blocks get one; benchmarks/gpu/results/NOTES.md, "Hadamard: schedule as a
+//! kernel parameter"), so it is not the default.
+constexpr int kRegAsync = 1, kRegStoreCs = 2, kRegBalance = 4;
 constexpr int kRegGroupsPerBlockDefault = 0, kRegFlagsDefault = kRegStoreCs;
 std::atomic<int> gRegGroupsPerBlock{-1}, gRegFlags{-1};
 
 //! The shared-memory passes of a group whose L phase is in shared memory (a barrier before each).
 template <typename F, typename Tout>
-__device__ __forceinline__ void regPasses(float4* hsm, Tout* y, int64_t rows, int64_t grp, int tid, float s, bool cs)
+__device__ __forceinline__ void regPasses(float4* hsm, Tout* y, hfast::Span g, int tid, float s, bool cs)
 {
     __syncthreads();
-    F::template pass<0>(hsm, y, rows, grp, tid, s, cs);
+    F::template pass<0>(hsm, y, g, tid, s, cs);
     if constexpr (F::C::NWIN > 1)
     {
         __syncthreads();
-        F::template pass<1>(hsm, y, rows, grp, tid, s, cs);
+        F::template pass<1>(hsm, y, g, tid, s, cs);
     }
 }
 
 template <typename Tout, int kM, int kLogP>
 __global__ void __launch_bounds__(hfast::kThreads, regMinBlocks<kM>())
-    hadamardRegKernel(HadamardParams const p, int32_t gpb, int32_t flags)
+    hadamardRegKernel(HadamardParams const p, hfast::Sched const sched, int32_t flags)
 {
     using F = hfast::Fast<kM, kLogP>;
     using C = typename F::C;
@@ -483,35 +489,35 @@ __global__ void __launch_bounds__(hfast::kThreads, regMinBlocks<kM>())
     float const s = rsqrtf(static_cast<float>(C::N)) * (sizeof(Tout) == 1 ? 1.f / p.outScale : 1.f);
     auto const* x = static_cast<__half const*>(p.x);
     auto* y = static_cast<Tout*>(p.y);
-    int64_t const groups = (p.rows + C::G - 1) / C::G;
     int const tid = threadIdx.x;
+    int const qEnd = sched.end(blockIdx.x), qStep = sched.step(gridDim.x);
     typename F::Raw raw;
-    int64_t grp = gpb > 0 ? static_cast<int64_t>(blockIdx.x) * gpb : blockIdx.x;
-    int64_t const step = gpb > 0 ? 1 : gridDim.x;
-    int64_t const end = gpb > 0 && grp + gpb < groups ? grp + gpb : groups;
-    if (grp < end)
+    if (sched.q0(blockIdx.x) < qEnd)
     {
         if (async)
-            F::loadAsync(stage, x, p.rows, grp, tid);
+            F::loadAsync(stage, x, sched.at(sched.q0(blockIdx.x)), tid);
         else
-            F::load(raw, x, p.rows, grp, tid);
+            F::load(raw, x, sched.at(sched.q0(blockIdx.x)), tid);
     }
-    for (; grp < end; grp += step)
+    for (int q = sched.q0(blockIdx.x); q < qEnd; q += qStep)
     {
-        int64_t const next = grp + step;
+        hfast::Span const g = sched.at(q);
+        int const qn = q + qStep;
+        bool const more = qn < qEnd;
+        bool const live = F::live(g, tid); // the thread's L-phase row is in the group (not so in a short group)
         if constexpr (C::HALF)
         {
             if (async)
             {
                 F::readStage(raw, stage, tid);
-                if (next < end)
-                    F::loadAsync(stage, x, p.rows, next, tid); // this thread's slots, already read
+                if (more)
+                    F::loadAsync(stage, x, sched.at(qn), tid); // this thread's slots, already read
             }
             __syncthreads(); // the previous group's last pass is done with shared memory
-            F::lHalves(raw, hsm, tid, s);
-            if (!async && next < end)
-                F::load(raw, x, p.rows, next, tid); // in flight during the passes
-            regPasses<F>(hsm, y, p.rows, grp, tid, s, cs);
+            F::lHalves(raw, hsm, tid, s); // (not skipped where !live: the test made m = 20 spill; zeros in, unused)
+            if (!async && more)
+                F::load(raw, x, sched.at(qn), tid); // in flight during the passes
+            regPasses<F>(hsm, y, g, tid, s, cs);
         }
         else
         {
@@ -520,25 +526,27 @@ __global__ void __launch_bounds__(hfast::kThreads, regMinBlocks<kM>())
             {
                 F::readStage(raw, stage, tid);
                 F::unpack(raw, v); // the staging reads are consumed before the next copies into the same slots
-                if (next < end)
-                    F::loadAsync(stage, x, p.rows, next, tid);
+                if (more)
+                    F::loadAsync(stage, x, sched.at(qn), tid);
             }
             else
                 F::unpack(raw, v);
-            F::math(v, s);
+            if (live)
+                F::math(v, s);
             if constexpr (C::R == 0)
             {
-                if (!async && next < end)
-                    F::load(raw, x, p.rows, next, tid);
-                F::storeDirect(v, y, p.rows, grp, tid, s, cs);
+                if (!async && more)
+                    F::load(raw, x, sched.at(qn), tid);
+                F::storeDirect(v, y, g, tid, s, cs);
             }
             else
             {
                 __syncthreads(); // the previous group's last pass is done with shared memory
-                F::storeSmem(v, hsm, tid);
-                if (!async && next < end)
-                    F::load(raw, x, p.rows, next, tid); // in flight during the passes
-                regPasses<F>(hsm, y, p.rows, grp, tid, s, cs);
+                if (live)
+                    F::storeSmem(v, hsm, tid);
+                if (!async && more)
+                    F::load(raw, x, sched.at(qn), tid); // in flight during the passes
+                regPasses<F>(hsm, y, g, tid, s, cs);
             }
         }
     }
@@ -581,8 +589,10 @@ cudaError_t launchReg(HadamardParams const& p, cudaStream_t stream)
             gridCache[dev][async].store(grid, std::memory_order_relaxed);
     }
     int64_t const groups = (p.rows + C::G - 1) / C::G;
-    int64_t const blocks = gpb > 0 ? (groups + gpb - 1) / gpb : std::min<int64_t>(groups, grid);
-    kernel<<<static_cast<unsigned>(blocks), hfast::kThreads, smem, stream>>>(p, gpb, flags);
+    // balanced: up to one block a row (a tensor of fewer rows than resident blocks spreads over more SMs)
+    int64_t const blocks = gpb > 0 ? (groups + gpb - 1) / gpb : std::min<int64_t>((flags & kRegBalance) ? p.rows : groups, grid);
+    hfast::Sched const sched = hfast::makeSched(static_cast<int>(p.rows), static_cast<int>(blocks), C::G, gpb, (flags & kRegBalance) != 0);
+    kernel<<<static_cast<unsigned>(blocks), hfast::kThreads, smem, stream>>>(p, sched, flags);
     return cudaGetLastError();
 }
 
@@ -593,8 +603,8 @@ cudaError_t tryReg(HadamardParams const& p, int32_t logP, cudaStream_t stream)
 {
     if constexpr (std::is_same<Tin, __half>::value && !std::is_same<Tout, float>::value && (kM == 1 || kM == 12 || kM == 20 || kM == 28))
     {
-        if ((reinterpret_cast<uintptr_t>(p.x) | reinterpret_cast<uintptr_t>(p.y)) % 16 != 0 || p.m != kM)
-            return cudaErrorNotSupported;
+        if ((reinterpret_cast<uintptr_t>(p.x) | reinterpret_cast<uintptr_t>(p.y)) % 16 != 0 || p.m != kM || p.rows > INT32_MAX / 2)
+            return cudaErrorNotSupported; // (row indices are 32-bit there)
         switch (logP)
         {
         case 6: return launchReg<Tout, kM, 6>(p, stream);

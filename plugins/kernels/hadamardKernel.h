@@ -50,7 +50,8 @@ cudaError_t launchHadamard(HadamardParams const& p, cudaStream_t stream);
 
 //! Tuning knobs of the fp16 register path (benchmarks), process-wide, -1 = the built-in default: row groups a block
 //! processes (0 = a grid of the resident blocks walking all groups, k > 0 = k consecutive groups a block); flags:
-//! 1 = prefetch the next group by cp.async into shared memory (else into registers), 2 = evict-first output stores.
+//! 1 = prefetch the next group by cp.async into shared memory (else into registers), 2 = evict-first output stores,
+//! 4 = the resident grid's last partial round spread over all blocks in pieces (default: 2).
 void setHadamardTuning(int32_t groupsPerBlock, int32_t flags);
 
 } // namespace mq

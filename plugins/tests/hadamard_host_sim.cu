@@ -99,51 +99,61 @@ void runCase(int64_t rows)
     std::vector<int8_t> yq(rows * n, 99);
     std::vector<float4> sm(C::SMEM_F4 > 0 ? C::SMEM_F4 : 1);
     std::vector<uint2> stage(C::LREG * hfast::kThreads);
-    int64_t const groups = (rows + C::G - 1) / C::G;
     float const norm = 1.f / std::sqrt(static_cast<float>(n));
+    // the kernel's group order (hfast::Spans) for a grid of nb blocks: out 0 (fp16) one block walking consecutive
+    // groups, out 1 (int8) 3 blocks grid-stride with the balanced tail (pieces of < G rows at any row)
     for (int out = 0; out < 2; ++out)
     {
         float const s = out == 0 ? norm : norm * (1.f / scale);
-        for (int64_t grp = 0; grp < groups; ++grp)
+        int const nb = out == 0 ? 1 : 3;
+        int64_t seq = 0;
+        hfast::Sched const sched = hfast::makeSched(static_cast<int>(rows), nb, C::G, out == 0 ? 1 << 20 : 0, out == 1);
+        for (int b = 0; b < nb; ++b)
         {
-            for (auto& f : sm)
-                f = make_float4(NAN, NAN, NAN, NAN);
-            for (int tid = 0; tid < hfast::kThreads; ++tid)
+            for (int q = sched.q0(b); q < sched.end(b); q += sched.step(nb), ++seq)
             {
-                typename F::Raw raw;
-                if (grp % 2 == 0)
-                    F::load(raw, xh.data(), rows, grp, tid);
-                else
-                {
-                    F::loadAsync(stage.data(), xh.data(), rows, grp, tid);
-                    F::readStage(raw, stage.data(), tid);
-                }
-                if constexpr (C::HALF)
-                {
-                    F::lHalves(raw, sm.data(), tid, s);
-                    continue;
-                }
-                float4 v[C::LREG];
-                F::compute(raw, v, s);
-                if constexpr (C::R == 0)
-                {
-                    if (out == 0)
-                        F::storeDirect(v, yh.data(), rows, grp, tid, s, false);
-                    else
-                        F::storeDirect(v, yq.data(), rows, grp, tid, s, false);
-                }
-                else
-                    F::storeSmem(v, sm.data(), tid);
-            }
-            if constexpr (C::R > 0)
-            {
+                hfast::Span const g = sched.at(q);
+                for (auto& f : sm)
+                    f = make_float4(NAN, NAN, NAN, NAN); // rows outside the group stay NaN and must not leak
                 for (int tid = 0; tid < hfast::kThreads; ++tid)
-                    out == 0 ? F::template pass<0>(sm.data(), yh.data(), rows, grp, tid, s, false)
-                             : F::template pass<0>(sm.data(), yq.data(), rows, grp, tid, s, false);
-                if constexpr (C::NWIN > 1)
+                {
+                    typename F::Raw raw;
+                    if (seq % 2 == 0)
+                        F::load(raw, xh.data(), g, tid);
+                    else
+                    {
+                        F::loadAsync(stage.data(), xh.data(), g, tid);
+                        F::readStage(raw, stage.data(), tid);
+                    }
+                    if (!F::live(g, tid))
+                        continue; // as the kernel: no L phase for a row the group does not have
+                    if constexpr (C::HALF)
+                    {
+                        F::lHalves(raw, sm.data(), tid, s);
+                        continue;
+                    }
+                    float4 v[C::LREG];
+                    F::compute(raw, v, s);
+                    if constexpr (C::R == 0)
+                    {
+                        if (out == 0)
+                            F::storeDirect(v, yh.data(), g, tid, s, false);
+                        else
+                            F::storeDirect(v, yq.data(), g, tid, s, false);
+                    }
+                    else
+                        F::storeSmem(v, sm.data(), tid);
+                }
+                if constexpr (C::R > 0)
+                {
                     for (int tid = 0; tid < hfast::kThreads; ++tid)
-                        out == 0 ? F::template pass<1>(sm.data(), yh.data(), rows, grp, tid, s, false)
-                                 : F::template pass<1>(sm.data(), yq.data(), rows, grp, tid, s, false);
+                        out == 0 ? F::template pass<0>(sm.data(), yh.data(), g, tid, s, false)
+                                 : F::template pass<0>(sm.data(), yq.data(), g, tid, s, false);
+                    if constexpr (C::NWIN > 1)
+                        for (int tid = 0; tid < hfast::kThreads; ++tid)
+                            out == 0 ? F::template pass<1>(sm.data(), yh.data(), g, tid, s, false)
+                                     : F::template pass<1>(sm.data(), yq.data(), g, tid, s, false);
+                }
             }
         }
     }
@@ -172,6 +182,7 @@ void runSizes()
 {
     runCase<M, LOGP>(1);
     runCase<M, LOGP>(hfast::Cfg<M, LOGP>::G + 3);
+    runCase<M, LOGP>(7 * hfast::Cfg<M, LOGP>::G + 5); // 3 blocks: whole rounds, then a tail split in pieces
 }
 
 } // namespace

@@ -18,6 +18,8 @@
 // When B·D is too small to fill the GPU, L is split into C chunks: pass 1 runs chunk 0 with outputs from the
 // true initial state and chunks 1 … C-2 from zero (local state and Σ Δ), pass 3 reruns chunks 1 … C-1 from
 // their start states, which each block first chains from those (h_start[c+1] = exp(A·ΣΔ_c)·h_start[c] + h_local[c]).
+// On sm_90+ pass 3 is a programmatic dependent launch of pass 1: its blocks start their first tile copies in
+// pass 1's free slots and wait (griddepcontrol.wait) only before reading pass 1's results.
 // Experimental, built only with -DMQ_SCAN_SEGMENTED=1 and run only on request (schedules 2 and 3): two
 // segment-parallel schedules (selectiveScanSeg.cuh, selectiveScanSeg2.cuh) that split L inside a block without
 // recomputing exponentials; both measured slower than the token-serial schedule on every benchmarked shape

@@ -146,14 +146,15 @@ def run_scan(x, in_type, out_type, chunks=0, poly=-1, softplus=True, want_state=
 
     keep = (u, delta, Bm, Cm, z, y, st, ws)  # the call's buffers live as long as the call can be made again
 
-    def call():
+    def call(stream=None):
         assert keep  # (referenced so the closure holds them: re-running a call whose inputs were freed reads
         #              whatever the allocator put there since, e.g. the next call's tensors)
         LIB.mq_selective_scan_set_tuning(*sched)
-        rc = LIB.mq_selective_scan(*args)
+        rc = LIB.mq_selective_scan(*args[:-1], stream)
         LIB.mq_selective_scan_set_tuning(0, 0, 0)
         return rc
 
+    call.workspace = ws
     check(call(), "mq_selective_scan")
     # dequantized / rounded inputs the kernel actually saw, for the reference
     seen = dict(x)
@@ -223,6 +224,28 @@ def state_update_checks(record, np_su=None):
                        Cm.cpu().numpy()[:, None], Dk.cpu().numpy(), bias.cpu().numpy())
         y, out, *_ = run_state_update(st0.clone(), xx, dt, A, Bm, Cm, Dk, bias, None, F32)
         record("state_update", "vs ops/state_update.py numpy", "rel", rel_err(y, torch.from_numpy(yn[:, 0]).to(DEV)), 1e-5)
+
+
+def graph_checks(record):
+    """A chunked scan captured in a CUDA graph (as TensorRT's --useCudaGraph and serving stacks run it): pass 3 is a
+    programmatic dependent launch of pass 1 (sm_90+), which the capture turns into a programmatic graph edge. Output,
+    state and workspace are poisoned (NaN) before the replay, so a pass 3 that read the chunk states before pass 1 wrote
+    them would not pass; the replay must give the eager call's bits."""
+    for (Bsz, L, D, chunks) in ((1, 1500, 256, 5), (2, 700, 96, 3)):
+        x = make_scan_inputs(Bsz, L, D, 16, seed=L + chunks, gate=True, init=True)
+        y, st, _, call = run_scan(x, F16, F16, chunks=chunks)
+        y_eager, st_eager = y.clone(), st.clone()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            rc = call(ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
+        check(rc, "mq_selective_scan (captured)")
+        y.fill_(float("nan")), st.fill_(float("nan")), call.workspace.fill_(0xFF)  # 0xFFFFFFFF is a NaN
+        graph.replay()
+        torch.cuda.synchronize()
+        diff = max(float((y.float() - y_eager.float()).abs().max()), float((st - st_eager).abs().max()))
+        record("scan", f"B{Bsz} L{L} D{D} N16 fp16->fp16 {scan_plan(Bsz, L, D, 16, chunks)} CUDA graph replay vs eager",
+               "equal", diff if diff == diff else float("inf"), 0.0)
 
 
 def tests():
@@ -295,6 +318,7 @@ def tests():
         record("scan", case + " y", "rel", rel_err(y, yr), 2e-3)
         record("scan", case + " state", "rel", rel_err(st, hr), 1e-4)
 
+    graph_checks(record)
     state_update_checks(record, np_su)
 
     # fp16 input takes the register path (hadamardFast.cuh) for m = 1, 12, 20, 28 with 2^k >= 64 (1280, 3584, 7168: m = 20 / 28
@@ -702,6 +726,11 @@ if __name__ == "__main__":
         sys.exit(1 if failures else 0)
     elif cmd == "sanitize":
         sanitize()
+    elif cmd == "graph":  # only the CUDA-graph replay checks (e.g. against a mutated build: MQ_KERNELS_LIB)
+        bad = []
+        graph_checks(lambda kernel, case, metric, value, limit: (print(f"{'PASS' if value <= limit else 'FAIL'} {case} "
+                                                                      f"{metric}={value:.3g}"), bad.append(value > limit)))
+        sys.exit(1 if any(bad) else 0)
     elif cmd == "sweep":  # fp16 schedule sweep only, of another build (MQ_KERNELS_LIB), tagged by argv[2]
         tag = sys.argv[2] if len(sys.argv) > 2 else "alt"
         with open(os.path.join(out, f"sweep_alt_{tag}.json"), "w") as fh:

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Compile-check the plugins without a GPU:
 #   (a) every kernels/*.cu with nvcc -c for each arch in CUDA_ARCHS (default "80 86 87 89 90"), and the scan once more
-#       with its experimental segment-parallel schedule compiled in (-DMQ_SCAN_SEGMENTED=1, last arch only);
+#       with its experimental segment-parallel schedule compiled in (-DMQ_SCAN_SEGMENTED=1, last arch only), the
+#       Hadamard once more with the full-width L phase for m = 20 / 28 (-DMQ_HAD_HALF_L=0, last arch only);
 #   (b) if TRT_INCLUDE names a TensorRT include dir, the plugin *.cpp files against it (-fsyntax-only), then
 #       tests/plugin_host_check.cpp linked with them: the plugins' build-phase interfaces on the CPU (no GPU, no
 #       TensorRT library: output types, format combinations, shape checks, workspace size, fields);
-#   (c) unless HOST_SIM=0, builds and runs tests/hadamard_host_sim.cu: the Hadamard register path's phase functions
-#       run thread by thread on the CPU against a float64 reference (index/layout logic, base products; no GPU),
+#   (c) unless HOST_SIM=0, builds and runs tests/hadamard_host_sim.cu (as built, and with -DMQ_HAD_HALF_L=0): the
+#       Hadamard register path's phase functions run thread by thread on the CPU against a float64 reference
+#       (index/layout logic, base products, the groups' row order; no GPU),
 #       and tests/scan_plan_host.cu: the scan's automatic plan on the benchmark shapes (host code only).
 # Env: NVCC (default: nvcc on PATH), CUDA_ARCHS, TRT_INCLUDE, CXX (default g++), JOBS (default nproc), HOST_SIM.
 set -euo pipefail
@@ -34,6 +36,10 @@ echo "nvcc [$sim_arch] kernels/selectiveScanKernel.cu -DMQ_SCAN_SEGMENTED=1"
 "$NVCC" -std=c++17 -O3 --threads 0 -Werror all-warnings -DMQ_SCAN_SEGMENTED=1 "-gencode=arch=compute_${sim_arch},code=sm_${sim_arch}" \
   -I"$here/kernels" -c "$here/kernels/selectiveScanKernel.cu" -o "$out/selectiveScanSeg.o" >"$out/selectiveScanSeg.log" 2>&1 &
 pids+=("$!:selectiveScanSeg:kernels/selectiveScanKernel.cu with -DMQ_SCAN_SEGMENTED=1")
+echo "nvcc [$sim_arch] kernels/hadamardKernel.cu -DMQ_HAD_HALF_L=0"
+"$NVCC" -std=c++17 -O3 --threads 0 -Werror all-warnings -DMQ_HAD_HALF_L=0 "-gencode=arch=compute_${sim_arch},code=sm_${sim_arch}" \
+  -I"$here/kernels" -c "$here/kernels/hadamardKernel.cu" -o "$out/hadamardFull.o" >"$out/hadamardFull.log" 2>&1 &
+pids+=("$!:hadamardFull:kernels/hadamardKernel.cu with -DMQ_HAD_HALF_L=0")
 fail=0
 for entry in "${pids[@]}"; do
   pid="${entry%%:*}"; rest="${entry#*:}"; name="${rest%%:*}"
@@ -61,11 +67,13 @@ if [ -n "${TRT_INCLUDE:-}" ]; then
   tail -n 1 "$out/plugin.log"
 fi
 if [ "${HOST_SIM:-1}" != 0 ]; then
-  echo "nvcc host simulation tests/hadamard_host_sim.cu"
-  "$NVCC" -std=c++17 -O2 -gencode "arch=compute_${sim_arch},code=sm_${sim_arch}" -I"$here/kernels" \
-    "$here/tests/hadamard_host_sim.cu" "$here/kernels/hadamardKernel.cu" -o "$out/hadamard_host_sim"
-  "$out/hadamard_host_sim" > "$out/sim.log" || { cat "$out/sim.log" >&2; echo "FAILED: hadamard host simulation" >&2; exit 1; }
-  tail -n 1 "$out/sim.log"
+  for defs in "" "-DMQ_HAD_HALF_L=0"; do  # the default build, and the full-width L phase for m = 20 / 28
+    echo "nvcc host simulation tests/hadamard_host_sim.cu${defs:+ $defs}"
+    "$NVCC" -std=c++17 -O2 $defs -gencode "arch=compute_${sim_arch},code=sm_${sim_arch}" -I"$here/kernels" \
+      "$here/tests/hadamard_host_sim.cu" "$here/kernels/hadamardKernel.cu" -o "$out/hadamard_host_sim"
+    "$out/hadamard_host_sim" > "$out/sim.log" || { cat "$out/sim.log" >&2; echo "FAILED: hadamard host simulation${defs:+ ($defs)}" >&2; exit 1; }
+    tail -n 1 "$out/sim.log"
+  done
   echo "nvcc scan plan check tests/scan_plan_host.cu"
   "$NVCC" -std=c++17 -O2 -I"$here/kernels" "$here/tests/scan_plan_host.cu" "$out/selectiveScanKernel.o" \
     -o "$out/scan_plan_host"

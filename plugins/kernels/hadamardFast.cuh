@@ -21,7 +21,9 @@
 //     (8-byte fp16 / 4-byte int8 stores of 4 consecutive columns; with 4 bits left they go [0, 3) then [3, 4) so
 //     that the storing lanes vary chunk bits 0..2 and cover whole sectors). m = 1, 2^k = 64: L stores directly.
 //  m = 20, 28: the L phase goes half width (lHalves: columns 0-1, then 2-3, stored as float2s; pass 0 does column
-//     bit 1) so that the kernel fits in 128 / 168 registers (4 / 3 blocks a SM).
+//     bit 1) so that the kernel fits in 128 / 168 registers (4 / 3 blocks a SM). Those float2 stores are the one
+//     access with bank conflicts (2-way: lanes 8 slots apart share a bank pair); plugins/tests/hadamard_host_sim.cu
+//     checks the float4 accesses conflict-free and reports these.
 //  The next group's raw input is loaded into registers (load) or by cp.async into a staging buffer (loadAsync /
 //  readStage); the kernel (hadamardKernel.cu) chooses, and places the barriers between the phases.
 // Per element (m = 20, 2^k = 256): ~0.25 loads, 1 conversion, 2 + 4 + 2 butterfly adds, ~7.7 base-product
@@ -542,6 +544,14 @@ struct Fast
             store4(base + lStep(j), scale4(v[j], s), cs);
     }
 
+    //! First float4 (unpadded group index) of pass W's unit u: u with the window's B bits inserted as zeros at bit
+    //! ulo; the unit's float4s are unitBase + (j << ulo), j < 2^B, at padded slots ph(unitBase) + ph(j << ulo).
+    template <int W>
+    MQ_HD static constexpr int unitBase(int u)
+    {
+        return (u & ((1 << C::ulo(W)) - 1)) | ((u >> C::ulo(W)) << (C::ulo(W) + C::B(W)));
+    }
+
     //! Pass W over its units (u = tid, tid + kThreads, ...): gather, butterflies of the window's bits, then
     //! write back (W < NWIN − 1) or scale by s and store to y (last pass). Units whose first float4 lies past the
     //! group's rows hold no row of it (a unit's float4s are gf + (j << ulo) ≥ gf, and gf grows with u) and are skipped;
@@ -565,7 +575,7 @@ struct Fast
 #pragma unroll 1
         for (int u = tid; u < uEnd; u += kThreads)
         {
-            int const gf = (u & ((1 << ulo) - 1)) | ((u >> ulo) << uhi);
+            int const gf = unitBase<W>(u);
             float4* sp = sm + ph(gf);
             float4 v[1 << B];
 #pragma unroll

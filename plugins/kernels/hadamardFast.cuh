@@ -54,6 +54,9 @@ constexpr int kMaxN = 8192;
 #ifndef MQ_HAD_HALF_L28
 #define MQ_HAD_HALF_L28 1 // 0: m = 28 takes the full-width L phase at 2 blocks a SM (255 registers)
 #endif
+#ifndef MQ_HAD_HALF_SWIZZLE
+#define MQ_HAD_HALF_SWIZZLE 0 // 1: the half-width L phase's float2 stores swizzled free of bank conflicts (not yet timed)
+#endif
 
 // ---------------------------------------------------------------- base matrices (compile time)
 __host__ __device__ constexpr bool isPrimeC(int q)
@@ -360,6 +363,10 @@ struct Cfg
     // butterfly comes before the base products). Not m = 12 (spills at 5 blocks): benchmarks/gpu/results/NOTES.md,
     // "Hadamard: half-width L phase" and "Hadamard: schedule as a kernel parameter, m = 28 half width".
     static constexpr bool HALF = MQ_HAD_HALF_L != 0 && (M == 20 || (M == 28 && MQ_HAD_HALF_L28 != 0));
+    // HALF's float2 stores: a thread whose float4 chunk has bit 3 set writes column pair h to the other half of its
+    // slots, so that the 16 lanes of a store (chunks c … c + 15) hit 16 different bank pairs instead of 8 (2-way);
+    // pass 0 knows each slot's order at compile time (chunk bit 3 is bit 3 of its unit index j).
+    static constexpr bool SWZ = HALF && MQ_HAD_HALF_SWIZZLE != 0;
     static_assert(K >= 4 && LUNITS <= kThreads && G * LUNITS == kThreads, "unsupported size");
     static_assert(N <= kMaxN, "unsupported size");
 
@@ -515,6 +522,7 @@ struct Fast
 #pragma unroll
         for (int h = 0; h < 2; ++h)
         {
+            float* const sh = sf + 2 * lHalf(tid, h);
             float xs[M], xd[M], os[M], od[M];
 #pragma unroll
             for (int a = 0; a < M; ++a)
@@ -528,9 +536,12 @@ struct Fast
             baseProduct<M>(xd, od, s);
 #pragma unroll
             for (int c = 0; c < M; ++c)
-                *reinterpret_cast<float2*>(sf + 4 * lSlotStep(c) + 2 * h) = make_float2(os[c], od[c]);
+                *reinterpret_cast<float2*>(sh + 4 * lSlotStep(c)) = make_float2(os[c], od[c]);
         }
     }
+    //! Which float2 half of its slots the thread's column pair h goes to (C::SWZ: swapped where chunk bit 3 is set;
+    //! c4 = tid mod 2^K and K ≥ 4, so that is bit 3 of tid).
+    MQ_HD static int lHalf(int tid, int h) { return C::SWZ ? h ^ ((tid >> 3) & 1) : h; }
 
     //! R == 0 (M = 1, P = 64): the L phase holds whole rows; scale and store.
     template <typename Tout>
@@ -584,8 +595,9 @@ struct Fast
             if constexpr (C::HALF && W == 0) // column bit 1, left by lHalves
             {
 #pragma unroll
-                for (int j = 0; j < (1 << B); ++j)
-                    v[j] = make_float4(v[j].x + v[j].z, v[j].y + v[j].w, v[j].x - v[j].z, v[j].y - v[j].w);
+                for (int j = 0; j < (1 << B); ++j) // (ulo = 0 and B = 4 here: bit 3 of j is chunk bit 3)
+                    v[j] = C::SWZ && (j & 8) ? make_float4(v[j].z + v[j].x, v[j].w + v[j].y, v[j].z - v[j].x, v[j].w - v[j].y)
+                                             : make_float4(v[j].x + v[j].z, v[j].y + v[j].w, v[j].x - v[j].z, v[j].y - v[j].w);
             }
 #pragma unroll
             for (int b = slo; b < shi; ++b)

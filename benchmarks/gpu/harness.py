@@ -728,8 +728,12 @@ if __name__ == "__main__":
         sanitize()
     elif cmd == "graph":  # only the CUDA-graph replay checks (e.g. against a mutated build: MQ_KERNELS_LIB)
         bad = []
-        graph_checks(lambda kernel, case, metric, value, limit: (print(f"{'PASS' if value <= limit else 'FAIL'} {case} "
-                                                                      f"{metric}={value:.3g}"), bad.append(value > limit)))
+
+        def report(kernel, case, metric, value, limit):
+            print(f"{'PASS' if value <= limit else 'FAIL'} {case} {metric}={value:.3g}", flush=True)
+            bad.append(value > limit)
+
+        graph_checks(report)
         sys.exit(1 if any(bad) else 0)
     elif cmd == "sweep":  # fp16 schedule sweep only, of another build (MQ_KERNELS_LIB), tagged by argv[2]
         tag = sys.argv[2] if len(sys.argv) > 2 else "alt"

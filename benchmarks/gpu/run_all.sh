@@ -65,18 +65,15 @@ for d in ${SCAN_ALT_SRC:-}; do  # name=path: the scan built from another source 
     -Iplugins/kernels -c "${d#*=}" -o "build/scan_$k/selectiveScanKernel.o" & scan_alt+=("$k:$!")
 done
 had_alt=()
-for d in ${HAD_ALT_DEFINES:-}; do
-  k="${d//=/_}"
+had_build() {  # KEY SOURCE [NVCC FLAG...]: an alternative Hadamard object in build/had_KEY, built in the background
+  local k="$1" src="$2"; shift 2
   mkdir -p "build/had_$k"
-  nvcc -std=c++17 -O3 ${defs[@]+"${defs[@]}"} "-D$d" -Xcompiler -fPIC -gencode "arch=compute_${ARCH},code=sm_${ARCH}" -Iplugins/kernels \
-    -c plugins/kernels/hadamardKernel.cu -o "build/had_$k/hadamardKernel.o" & had_alt+=("$k:$!")
-done
-for d in ${HAD_ALT_SRC:-}; do  # name=path: hadamardKernel.cu from another version (its own headers beside it, e.g.
-  k="src_${d%%=*}"              # hadamardFast.cuh, are found first), timed like a HAD_ALT_DEFINES build
-  mkdir -p "build/had_$k"
-  nvcc -std=c++17 -O3 ${defs[@]+"${defs[@]}"} -Xcompiler -fPIC -gencode "arch=compute_${ARCH},code=sm_${ARCH}" -Iplugins/kernels \
-    -c "${d#*=}" -o "build/had_$k/hadamardKernel.o" & had_alt+=("$k:$!")
-done
+  nvcc -std=c++17 -O3 ${defs[@]+"${defs[@]}"} "$@" -Xcompiler -fPIC -gencode "arch=compute_${ARCH},code=sm_${ARCH}" -Iplugins/kernels \
+    -c "$src" -o "build/had_$k/hadamardKernel.o" & had_alt+=("$k:$!")
+}
+for d in ${HAD_ALT_DEFINES:-}; do had_build "${d//=/_}" plugins/kernels/hadamardKernel.cu "-D$d"; done
+# name=path: hadamardKernel.cu of another version (its own headers beside it, e.g. hadamardFast.cuh, are found first)
+for d in ${HAD_ALT_SRC:-}; do had_build "src_${d%%=*}" "${d#*=}"; done
 su_alt=()
 for d in ${SU_ALT_DEFINES:-}; do
   k="${d//=/_}"; k="${k//,/_}"

@@ -389,6 +389,7 @@ template <int M, int LOGP>
 struct Fast
 {
     using C = Cfg<M, LOGP>;
+    static_assert(!C::SWZ || (C::lo(0) == 0 && C::B(0) == 4), "pass 0 undoes the swizzle from bit 3 of its unit index");
     struct Raw
     {
         uint2 r[C::LREG];

@@ -514,7 +514,7 @@ __global__ void __launch_bounds__(hfast::kThreads, regMinBlocks<kM>())
                     F::loadAsync(stage, x, sched.at(qn), tid); // this thread's slots, already read
             }
             __syncthreads(); // the previous group's last pass is done with shared memory
-            F::lHalves(raw, hsm, tid, s); // (not skipped where !live: the test made m = 20 spill; zeros in, unused)
+            F::lHalves(raw, hsm, tid, s); // also where !live (zeros in, never stored out): skipping it made m = 20 spill
             if (!async && more)
                 F::load(raw, x, sched.at(qn), tid); // in flight during the passes
             regPasses<F>(hsm, y, g, tid, s, cs);

@@ -7,7 +7,7 @@
 #       tests/plugin_host_check.cpp linked with them: the plugins' build-phase interfaces on the CPU (no GPU, no
 #       TensorRT library: output types, format combinations, shape checks, workspace size, fields);
 #   (c) unless HOST_SIM=0, builds and runs tests/hadamard_host_sim.cu (as built, with -DMQ_HAD_HALF_L=0 and with
-#       -DMQ_HAD_HALF_SWIZZLE=1): the Hadamard register path's phase functions run thread by thread on the CPU
+#       -DMQ_HAD_HALF_SWIZZLE=0 -DMQ_HAD_NARROW_LAST=0): the Hadamard register path's phase functions run thread by thread on the CPU
 #       against a float64 reference (index/layout logic, base products, the groups' row order, shared-memory banks;
 #       no GPU),
 #       and tests/scan_plan_host.cu: the scan's automatic plan on the benchmark shapes (host code only).
@@ -68,7 +68,8 @@ if [ -n "${TRT_INCLUDE:-}" ]; then
   tail -n 1 "$out/plugin.log"
 fi
 if [ "${HOST_SIM:-1}" != 0 ]; then
-  for defs in "" "-DMQ_HAD_HALF_L=0" "-DMQ_HAD_HALF_SWIZZLE=1"; do  # as built, full-width m = 20 / 28, swizzled half width
+  # as built, full-width m = 20 / 28, and the layout before the swizzle and the narrow last pass
+  for defs in "" "-DMQ_HAD_HALF_L=0" "-DMQ_HAD_HALF_SWIZZLE=0 -DMQ_HAD_NARROW_LAST=0"; do
     echo "nvcc host simulation tests/hadamard_host_sim.cu${defs:+ $defs}"
     "$NVCC" -std=c++17 -O2 $defs -gencode "arch=compute_${sim_arch},code=sm_${sim_arch}" -I"$here/kernels" \
       "$here/tests/hadamard_host_sim.cu" "$here/kernels/hadamardKernel.cu" -o "$out/hadamard_host_sim"

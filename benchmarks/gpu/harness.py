@@ -10,6 +10,7 @@ quant/hadamard.py (the ports are checked against those numpy functions on small 
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import math
 import os
@@ -587,8 +588,8 @@ def hadamard_bench(mamba, with_ref=True):
     for n in HADAMARD_SIZES:
         rows = (64 << 20) // (2 * n)  # 64 MiB of fp16 input
         x = torch.randn(rows, n, device=DEV, dtype=torch.float16)
-        cp = torch.empty_like(x)
-        tcopy = timeit(lambda: cp.copy_(x))
+        dst = torch.empty_like(x)
+        tcopy = timeit(functools.partial(dst.copy_, x))
         for out_t, nm in ((F16, "fp16->fp16"), (I8, "fp16->int8")):
             _, m, fn = run_hadamard(x, out_t, 0.05)
             t = timeit(fn)
@@ -607,7 +608,7 @@ def hadamard_bench(mamba, with_ref=True):
                     print(f"hadamard n{n} fht {fname}: {t * 1e3:.3f} ms, ratio {t / tcopy:.2f}", flush=True)
                 except Exception as e:  # noqa: BLE001
                     out.append(dict(n=n, m=m, impl=f"Dao-AILab fast-hadamard-transform {fname}", error=repr(e)[:200]))
-        del x, cp
+        del x, dst
     return out
 
 
@@ -697,8 +698,9 @@ def ncu_decode_case():
 
 
 def ncu_had_case():
-    """Two fp16 -> fp16 Hadamard launches on 64 MiB (n 5120 and 1536) for `ncu -k regex:hadamardRegKernel -c 2`."""
-    for n in (5120, 1536):
+    """fp16 -> fp16 Hadamard launches on 64 MiB, one per n of NCU_HAD_N (default "5120 1536"), for
+    `ncu -k regex:hadamardRegKernel -c <that many>`."""
+    for n in [int(v) for v in os.environ.get("NCU_HAD_N", "5120 1536").split()]:
         x = torch.randn((64 << 20) // (2 * n), n, device=DEV, dtype=torch.float16)
         run_hadamard(x, F16)
     torch.cuda.synchronize()

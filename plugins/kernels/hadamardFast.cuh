@@ -21,9 +21,11 @@
 //     (8-byte fp16 / 4-byte int8 stores of 4 consecutive columns; with 4 bits left they go [0, 3) then [3, 4) so
 //     that the storing lanes vary chunk bits 0..2 and cover whole sectors). m = 1, 2^k = 64: L stores directly.
 //  m = 20, 28: the L phase goes half width (lHalves: columns 0-1, then 2-3, stored as float2s; pass 0 does column
-//     bit 1) so that the kernel fits in 128 / 168 registers (4 / 3 blocks a SM). Those float2 stores are the one
-//     access with bank conflicts (2-way: lanes 8 slots apart share a bank pair); plugins/tests/hadamard_host_sim.cu
-//     checks the float4 accesses conflict-free and reports these.
+//     bit 1) so that the kernel fits in 128 / 168 registers (4 / 3 blocks a SM). Those float2 stores are swizzled
+//     (Cfg::SWZ; unswizzled they are 2-way conflicted). plugins/tests/hadamard_host_sim.cu checks every access
+//     conflict-free from these index functions.
+//  A last pass of ≤ 2 chunk bits (every m > 1 size with 2^k ≤ 256) gathers 4 float4s a unit, so that its units spread
+//     evenly over the threads (Cfg::narrow).
 //  The next group's raw input is loaded into registers (load) or by cp.async into a staging buffer (loadAsync /
 //  readStage); the kernel (hadamardKernel.cu) chooses, and places the barriers between the phases.
 // Per element (m = 20, 2^k = 256): ~0.25 loads, 1 conversion, 2 + 4 + 2 butterfly adds, ~7.7 base-product
@@ -55,7 +57,13 @@ constexpr int kMaxN = 8192;
 #define MQ_HAD_HALF_L28 1 // 0: m = 28 takes the full-width L phase at 2 blocks a SM (255 registers)
 #endif
 #ifndef MQ_HAD_HALF_SWIZZLE
-#define MQ_HAD_HALF_SWIZZLE 0 // 1: the half-width L phase's float2 stores swizzled free of bank conflicts (not yet timed)
+#define MQ_HAD_HALF_SWIZZLE 1 // 0: the half-width L phase's float2 stores unswizzled (2-way bank conflicts)
+#endif
+#ifndef MQ_HAD_NARROW_LAST
+#define MQ_HAD_NARROW_LAST 1 // 0: a last pass of ≤ 2 chunk bits gathers 16 float4s a unit like the others (Cfg::narrow)
+#endif
+#ifndef MQ_HAD_NARROW_UNROLL
+#define MQ_HAD_NARROW_UNROLL 1 // 0: a narrow last pass loops over its units (unroll 1) in a full group too
 #endif
 
 // ---------------------------------------------------------------- base matrices (compile time)
@@ -379,7 +387,17 @@ struct Cfg
     __host__ __device__ static constexpr int lo(int w) { return SPLIT4 ? 3 * w : 4 * w; }
     __host__ __device__ static constexpr int hi(int w) { return SPLIT4 ? 3 + w : (4 * w + 4 < R ? 4 * w + 4 : R); }
     __host__ __device__ static constexpr int ulo(int w) { return lo(w); }
-    __host__ __device__ static constexpr int B(int w) { return (lo(w) + 4 < MAXB ? lo(w) + 4 : MAXB) - lo(w); }
+    __host__ __device__ static constexpr int B4(int w) { return (lo(w) + 4 < MAXB ? lo(w) + 4 : MAXB) - lo(w); }
+    // Narrow last pass: a group has F4 = 128·m' float4s (m' = m, or 16 for m = 1), so 16-float4 units leave threads
+    // idle unless 16 | m' (m 12 / 20 / 28: 96 / 160 / 224 units for 128 threads, i.e. the pass takes 1 / 2 / 2 rounds
+    // for 0.75 / 1.25 / 1.75 of work). A last window of ≤ 2 stage bits (every m > 1 size with 2^k ≤ 256) needs no
+    // more than 4 float4s a unit, and 32·m' such units spread evenly (3 / 5 / 7 a thread).
+    __host__ __device__ static constexpr bool narrow(int w)
+    {
+        return MQ_HAD_NARROW_LAST != 0 && w == NWIN - 1 && hi(w) - lo(w) <= 2 && B4(w) > 2 && ((F4 >> B4(w)) % kThreads) != 0
+            && ((F4 >> 2) % kThreads) == 0;
+    }
+    __host__ __device__ static constexpr int B(int w) { return narrow(w) ? 2 : B4(w); }
     __host__ __device__ static constexpr int units(int w) { return F4 >> B(w); }
 };
 
@@ -571,9 +589,7 @@ struct Fast
     template <int W, typename Tout>
     MQ_HD static void pass(float4* sm, Tout* y, Span g, int tid, float s, bool cs)
     {
-        constexpr int ulo = C::ulo(W), B = C::B(W), uhi = ulo + B;
-        constexpr int slo = C::lo(W) - ulo, shi = C::hi(W) - ulo; // stage bits within the unit index j
-        constexpr bool last = W == C::NWIN - 1;
+        constexpr int ulo = C::ulo(W), uhi = ulo + C::B(W);
         constexpr int U = C::units(W);
         int const nRows = g.rEnd - g.r0;
         bool const full = nRows >= C::G;
@@ -584,44 +600,62 @@ struct Fast
         int const low = gl & ((1 << uhi) - 1);
         int const uEnd = full ? U : ((gl >> uhi) << ulo) + (low < (1 << ulo) ? low : (1 << ulo) - 1) + 1;
         Tout* ybase = y + static_cast<int64_t>(g.r0) * C::N;
+        if constexpr (MQ_HAD_NARROW_UNROLL != 0 && C::narrow(W) && U % kThreads == 0)
+        {
+            if (full)
+            {
+#pragma unroll
+                for (int i = 0; i < U / kThreads; ++i)
+                    unit<W>(sm, ybase, tid + i * kThreads, true, gEnd, s, cs);
+                return;
+            }
+        }
 #pragma unroll 1
         for (int u = tid; u < uEnd; u += kThreads)
+            unit<W>(sm, ybase, u, full, gEnd, s, cs);
+    }
+
+    //! Pass W's unit u (see pass).
+    template <int W, typename Tout>
+    MQ_HD static void unit(float4* sm, Tout* ybase, int u, bool full, int gEnd, float s, bool cs)
+    {
+        constexpr int ulo = C::ulo(W), B = C::B(W);
+        constexpr int slo = C::lo(W) - ulo, shi = C::hi(W) - ulo; // stage bits within the unit index j
+        constexpr bool last = W == C::NWIN - 1;
+        int const gf = unitBase<W>(u);
+        float4* sp = sm + ph(gf);
+        float4 v[1 << B];
+#pragma unroll
+        for (int j = 0; j < (1 << B); ++j)
+            v[j] = sp[ph(j << ulo)];
+        if constexpr (C::HALF && W == 0) // column bit 1, left by lHalves
         {
-            int const gf = unitBase<W>(u);
-            float4* sp = sm + ph(gf);
-            float4 v[1 << B];
+#pragma unroll
+            for (int j = 0; j < (1 << B); ++j) // (ulo = 0 and B = 4 here: bit 3 of j is chunk bit 3)
+                v[j] = C::SWZ && (j & 8) ? make_float4(v[j].z + v[j].x, v[j].w + v[j].y, v[j].z - v[j].x, v[j].w - v[j].y)
+                                         : make_float4(v[j].x + v[j].z, v[j].y + v[j].w, v[j].x - v[j].z, v[j].y - v[j].w);
+        }
+#pragma unroll
+        for (int b = slo; b < shi; ++b)
 #pragma unroll
             for (int j = 0; j < (1 << B); ++j)
-                v[j] = sp[ph(j << ulo)];
-            if constexpr (C::HALF && W == 0) // column bit 1, left by lHalves
+                if ((j & (1 << b)) == 0)
+                    bfly(v[j], v[j + (1 << b)]);
+        if constexpr (!last)
+        {
+#pragma unroll
+            for (int j = 0; j < (1 << B); ++j)
+                sp[ph(j << ulo)] = v[j];
+        }
+        else
+        {
+            Tout* yu = ybase + 4 * gf; // g = gf + (j << ulo): gf has no bits in [ulo, ulo + B)
+#pragma unroll
+            for (int j = 0; j < (1 << B); ++j)
             {
-#pragma unroll
-                for (int j = 0; j < (1 << B); ++j) // (ulo = 0 and B = 4 here: bit 3 of j is chunk bit 3)
-                    v[j] = C::SWZ && (j & 8) ? make_float4(v[j].z + v[j].x, v[j].w + v[j].y, v[j].z - v[j].x, v[j].w - v[j].y)
-                                             : make_float4(v[j].x + v[j].z, v[j].y + v[j].w, v[j].x - v[j].z, v[j].y - v[j].w);
-            }
-#pragma unroll
-            for (int b = slo; b < shi; ++b)
-#pragma unroll
-                for (int j = 0; j < (1 << B); ++j)
-                    if ((j & (1 << b)) == 0)
-                        bfly(v[j], v[j + (1 << b)]);
-            if constexpr (!last)
-            {
-#pragma unroll
-                for (int j = 0; j < (1 << B); ++j)
-                    sp[ph(j << ulo)] = v[j];
-            }
-            else
-            {
-                Tout* yu = ybase + 4 * gf; // g = gf + (j << ulo): gf has no bits in [ulo, uhi)
-#pragma unroll
-                for (int j = 0; j < (1 << B); ++j)
-                {
-                    if (!full && gf + (j << ulo) >= gEnd)
-                        continue;
-                    store4(yu + 4 * (j << ulo), M == 1 ? scale4(v[j], s) : v[j], cs);
-                }
+                if (!full && gf + (j << ulo) >= gEnd)
+                    continue;
+                store4(yu + 4 * (j << ulo), M == 1 ? scale4(v[j], s) : v[j], cs);
             }
         }
     }

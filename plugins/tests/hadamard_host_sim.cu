@@ -266,8 +266,11 @@ void checkBanks()
     // stores where they are swizzled (C::SWZ); unswizzled (2-way) they are reported, not held to it
     bool const ok = (lDeg == 1 || (C::HALF && !C::SWZ)) && p0 == 1 && p1 == 1;
     failures += !ok;
-    std::printf("%s banks n=%d (m=%d): L-phase %s stores %d-way, pass 0 %d-way, pass 1 %d-way\n", ok ? "PASS" : "FAIL",
-                C::N, M, lKind, lDeg, p0, p1);
+    std::printf("%s banks n=%d (m=%d): L-phase %s stores %d-way, pass 0 %d-way, pass 1 %d-way; float4s a unit / units a "
+                "thread: %d / %.2f, %d / %.2f\n",
+                ok ? "PASS" : "FAIL", C::N, M, lKind, lDeg, p0, p1, C::NWIN > 0 ? 1 << C::B(0) : 0,
+                C::NWIN > 0 ? C::units(0) / double(hfast::kThreads) : 0.0, C::NWIN > 1 ? 1 << C::B(C::NWIN - 1) : 0,
+                C::NWIN > 1 ? C::units(C::NWIN - 1) / double(hfast::kThreads) : 0.0);
 }
 
 template <int M, int LOGP>

@@ -7,10 +7,10 @@
 #       tests/plugin_host_check.cpp linked with them: the plugins' build-phase interfaces on the CPU (no GPU, no
 #       TensorRT library: output types, format combinations, shape checks, workspace size, fields);
 #   (c) unless HOST_SIM=0, builds and runs tests/hadamard_host_sim.cu (as built, with -DMQ_HAD_HALF_L=0 and with
-#       -DMQ_HAD_HALF_SWIZZLE=0 -DMQ_HAD_NARROW_LAST=0): the Hadamard register path's phase functions run thread by thread on the CPU
-#       against a float64 reference (index/layout logic, base products, the groups' row order, shared-memory banks;
-#       no GPU),
-#       and tests/scan_plan_host.cu: the scan's automatic plan on the benchmark shapes (host code only).
+#       -DMQ_HAD_HALF_SWIZZLE=0 -DMQ_HAD_NARROW_LAST=0): the Hadamard register path's phase functions run thread by
+#       thread on the CPU against a float64 reference (index/layout logic, base products, the groups' row order,
+#       shared-memory banks; no GPU), and tests/scan_plan_host.cu: the scan's automatic plan on the benchmark shapes
+#       (host code only).
 # Env: NVCC (default: nvcc on PATH), CUDA_ARCHS, TRT_INCLUDE, CXX (default g++), JOBS (default nproc), HOST_SIM.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -698,8 +698,8 @@ def ncu_decode_case():
 
 
 def ncu_had_case():
-    """fp16 -> fp16 Hadamard launches on 64 MiB, one per n of NCU_HAD_N (default "5120 1536"), for
-    `ncu -k regex:hadamardRegKernel -c <that many>`."""
+    """One fp16 -> fp16 Hadamard launch on 64 MiB per n of NCU_HAD_N (default "5120 1536"), for
+    `ncu -k regex:hadamardRegKernel` (run_all.sh)."""
     for n in [int(v) for v in os.environ.get("NCU_HAD_N", "5120 1536").split()]:
         x = torch.randn((64 << 20) // (2 * n), n, device=DEV, dtype=torch.float16)
         run_hadamard(x, F16)

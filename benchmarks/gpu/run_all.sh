@@ -10,8 +10,8 @@
 # Writes tests.json, bench.json, results.md, sanitizer.log, builds.log, ncu.txt (and log.txt via tee) under $OUT.
 # BENCH=hadamard: the tests and the sanitizer run in full, the benchmarks only time the Hadamard kernel (no scan sweep,
 # no decode, no mamba-ssm build), and ncu.txt profiles Hadamard launches instead of the scan (one per n of NCU_HAD_N,
-# default "5120 1536"). BENCH=scan: the
-# benchmarks time only the scan (schedules, mamba-ssm; no chunk sweep, Hadamard or decode). BENCH=decode: only the
+# default "5120 1536"). BENCH=scan: the benchmarks time only the scan (schedules, mamba-ssm; no chunk sweep, Hadamard
+# or decode). BENCH=decode: only the
 # decode benchmark (state update of every layer vs mamba-ssm's Triton selective_state_update from .carry/mamba).
 # SCAN_ALT_SRC="old=path/to/selectiveScanKernel.cu": also builds the scan from that file (e.g. `git show
 # HEAD~1:plugins/kernels/selectiveScanKernel.cu` saved outside plugins/) and sweeps it like a SCAN_ALT_DEFINES build,
@@ -119,9 +119,8 @@ done
 PYTHONPATH="build/mamba:build/fht:${PYTHONPATH:-}" python3 benchmarks/gpu/harness.py bench "$BENCH" || rc=1
 python3 benchmarks/gpu/summarize.py "$OUT" "OUT=\$OUT bash benchmarks/gpu/run_all.sh (ARCH=$ARCH BENCH=$BENCH${NVCC_DEFINES:+ NVCC_DEFINES=$NVCC_DEFINES}${HAD_ALT_DEFINES:+ HAD_ALT_DEFINES=$HAD_ALT_DEFINES}${SCAN_ALT_DEFINES:+ SCAN_ALT_DEFINES=$SCAN_ALT_DEFINES}${SCAN_ALT_SRC:+ SCAN_ALT_SRC=$SCAN_ALT_SRC}${HAD_ALT_SRC:+ HAD_ALT_SRC=$HAD_ALT_SRC}${SU_ALT_DEFINES:+ SU_ALT_DEFINES=$SU_ALT_DEFINES})" > /dev/null
 if [ "${NCU:-1}" = 1 ] && [ "$BENCH" = hadamard ] && command -v ncu > /dev/null; then  # fp16 -> fp16, 64 MiB, each n of NCU_HAD_N
-  export NCU_HAD_N="${NCU_HAD_N:-5120 1536}"
   timeout 150 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-    --section SchedulerStats --section MemoryWorkloadAnalysis -k regex:hadamardRegKernel -c "$(wc -w <<< "$NCU_HAD_N")" python3 benchmarks/gpu/harness.py ncu_had \
+    --section SchedulerStats --section MemoryWorkloadAnalysis -k regex:hadamardRegKernel python3 benchmarks/gpu/harness.py ncu_had \
     > "$OUT/ncu.txt" 2>&1
   echo "ncu rc=$?"; grep -E "hadamardRegKernel|Duration|Throughput|Registers|Achieved Occupancy|Issue Slots Busy|No Eligible" "$OUT/ncu.txt" | head -40
 elif [ "${NCU:-1}" = 1 ] && [ "$BENCH" = decode ] && command -v ncu > /dev/null; then  # state update, 130m B1: mq vs Triton

@@ -23,6 +23,8 @@
 // end state), chunks 1 … C-2 compute a local state from zero and Σ Δ; the last chunk is never needed in
 // pass 1. Pass 3 writes y of chunks 1 … C-1, each block first chaining its chunk's start state from pass 1's
 // results (the chain of C − 1 steps that a separate kernel ran between the passes). Work: 2C - 2 chunk passes.
+// With C ≥ 3, chunk 0 is shorter than the others (ChunkGeom): its pass-1 blocks run the output body, ~1.8× the
+// issue of the local body per token, so at equal lengths they finished last and held pass 3 back.
 #include "selectiveScanKernel.h"
 
 #include <algorithm>
@@ -70,6 +72,9 @@ constexpr int kN = 16;                // states per channel (N ≤ 16 is zero-pa
 constexpr int kMaxTile = 16;          // tokens per shared-memory stage: 16, or 8 where 4-byte z/y would spill registers
 template <typename Tout>
 __host__ __device__ constexpr int tileFor() { return sizeof(Tout) == 4 ? 8 : 16; }
+#ifndef MQ_SCAN_FIRST_PCT
+#define MQ_SCAN_FIRST_PCT 75 // chunk 0's length in % of the other chunks' when C ≥ 3 (100: equal chunks)
+#endif
 constexpr int kDefaultPoly = 0; // exps per thread on the FMA pipe by default (all on MUFU; 1-2 measured no better)
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -125,6 +130,15 @@ struct Work
 {
     float* hChunk;   //!< (B, chunks, D, N): pass 1 writes chunk end states (local from zero for c ≥ 1)
     float* sumDelta; //!< (B, chunks, D)
+};
+
+//! Chunk c covers tokens [start(c), start(c + 1)) ∩ [0, L): chunk 0 is `first` tokens, the others `len`.
+struct ChunkGeom
+{
+    int32_t chunks;
+    int32_t first;
+    int32_t len;
+    __host__ __device__ int32_t start(int c) const { return c == 0 ? 0 : first + (c - 1) * len; }
 };
 
 //! 16-byte cp.async global → shared; src_bytes 0 zero-fills the 16 bytes (src is then not read).
@@ -213,7 +227,7 @@ struct TileCopy
 //! h0 / zero for chunk 0, else chained from pass 1's hChunk / sumDelta); else computes the chunk-local state from zero
 //! and Σ Δ. The end state goes to lastState for the last chunk, else to hChunk[c].
 template <int kSplit, typename Tin, typename Tout, int kPoly, bool kOut, bool kSoftplus, bool kGate, bool kAsync>
-__device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work const& w, int32_t chunks, int32_t chunkLen, int c)
+__device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work const& w, ChunkGeom const& g, int c)
 {
     constexpr int kCh = chOf<kSplit>();
     constexpr int kNT = kN / kSplit; // states per thread
@@ -237,8 +251,9 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
     int const d = blockIdx.x * kCh + ch;
     int const b = blockIdx.z;
     bool const active = d < D;
-    int const tBegin = c * chunkLen;
-    int const tEnd = min(L, tBegin + chunkLen);
+    int const chunks = g.chunks;
+    int const tBegin = g.start(c);
+    int const tEnd = min(L, g.start(c + 1));
     int const len = tEnd - tBegin;
     int const dc = active ? d : D - 1; // inactive lanes read a valid channel and store nothing
     int const d0 = blockIdx.x * kCh;
@@ -488,21 +503,21 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
 //! Pass 1 (chunks > 1), grid.y = chunks - 1: chunk 0 runs the output body from the true initial state,
 //! chunks 1 … C-2 the local body.
 template <int kSplit, typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate, bool kAsync>
-__global__ void __launch_bounds__(kThreads, kMinBlocks) scanPass1(SelectiveScanParams const p, Work const w, int32_t chunks, int32_t chunkLen)
+__global__ void __launch_bounds__(kThreads, kMinBlocks) scanPass1(SelectiveScanParams const p, Work const w, ChunkGeom const g)
 {
     if (MQ_SCAN_PDL)
         allowDependents();
     if (blockIdx.y == 0)
-        scanBody<kSplit, Tin, Tout, kPoly, true, kSoftplus, kGate, kAsync>(p, w, chunks, chunkLen, 0);
+        scanBody<kSplit, Tin, Tout, kPoly, true, kSoftplus, kGate, kAsync>(p, w, g, 0);
     else
-        scanBody<kSplit, Tin, Tout, kPoly, false, kSoftplus, false, kAsync>(p, w, chunks, chunkLen, static_cast<int>(blockIdx.y));
+        scanBody<kSplit, Tin, Tout, kPoly, false, kSoftplus, false, kAsync>(p, w, g, static_cast<int>(blockIdx.y));
 }
 
 //! Pass 3 (or the single pass): outputs of chunks cOffset … cOffset + grid.y - 1.
 template <int kSplit, typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate, bool kAsync>
-__global__ void __launch_bounds__(kThreads, kMinBlocks) scanPass3(SelectiveScanParams const p, Work const w, int32_t chunks, int32_t chunkLen, int32_t cOffset)
+__global__ void __launch_bounds__(kThreads, kMinBlocks) scanPass3(SelectiveScanParams const p, Work const w, ChunkGeom const g, int32_t cOffset)
 {
-    scanBody<kSplit, Tin, Tout, kPoly, true, kSoftplus, kGate, kAsync>(p, w, chunks, chunkLen, static_cast<int>(blockIdx.y) + cOffset);
+    scanBody<kSplit, Tin, Tout, kPoly, true, kSoftplus, kGate, kAsync>(p, w, g, static_cast<int>(blockIdx.y) + cOffset);
 }
 
 //! Whether the current device runs programmatic dependent launches (compute capability 9.0+; cached per device).
@@ -523,20 +538,52 @@ bool pdlCapable()
     return v == 2;
 }
 
-int32_t chunkLength(SelectiveScanParams const& p, int32_t chunks)
+int32_t roundUpTile(int64_t t) { return static_cast<int32_t>((t + kMaxTile - 1) / kMaxTile * kMaxTile); }
+
+//! The chunks of an L-token sequence asked to split in `chunks` (≥ 1): every chunk but the last `len` = L / chunks
+//! tokens rounded up to a multiple of every kernel's tile, so the last one takes what is left. From 3 chunks on, that
+//! slack goes to chunk 0 instead, down to MQ_SCAN_FIRST_PCT % of `len`: pass 1 runs chunk 0 with the output body,
+//! which issues ~1.8× the instructions a token of the other chunks' local body (ncu, B1 L4096 D1536: the SMs holding a
+//! chunk-0 block stayed busy ~20 % longer than the rest). `len` is never lengthened for it (that cost more in pass 3
+//! than it saved in pass 1 at B2 L4096 D1536 and B4 L4096 D1024: NOTES.md, "Scan: a shorter chunk 0"). The count can
+//! come out below `chunks` after rounding, never above.
+ChunkGeom chunkGeometry(int32_t seqLen, int32_t chunks)
 {
-    int32_t len = (p.seqLen + chunks - 1) / chunks;
-    return ((len + kMaxTile - 1) / kMaxTile) * kMaxTile; // a multiple of every kernel's tile
+    int32_t const L = std::max(1, seqLen);
+    int32_t const len = roundUpTile((static_cast<int64_t>(L) + chunks - 1) / std::max(1, chunks));
+    if (chunks <= 1 || len >= L)
+        return ChunkGeom{1, L, L};
+    int32_t first = len;
+    if (chunks >= 3 && MQ_SCAN_FIRST_PCT < 100)
+    {
+        int32_t const shortest = std::max(kMaxTile, len * MQ_SCAN_FIRST_PCT / 100 / kMaxTile * kMaxTile);
+        first = std::min(len, std::max(shortest, roundUpTile(static_cast<int64_t>(L) - static_cast<int64_t>(chunks - 1) * len)));
+    }
+    return ChunkGeom{1 + (L - first + len - 1) / len, first, len};
+}
+
+int32_t deviceSMs(SelectiveScanParams const& p)
+{
+    int32_t sms = p.numSMs;
+    if (sms <= 0)
+    {
+        int dev = 0;
+        cudaGetDevice(&dev);
+        if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+            sms = 80;
+    }
+    return sms;
 }
 
 template <int kSplit, typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate, bool kAsync>
-cudaError_t runSplit(SelectiveScanParams const& p, Work const& w, int32_t chunks, int32_t len, cudaStream_t stream)
+cudaError_t runSplit(SelectiveScanParams const& p, Work const& w, ChunkGeom const& g, cudaStream_t stream)
 {
     constexpr int kCh = chOf<kSplit>();
     unsigned const gx = static_cast<unsigned>((p.dim + kCh - 1) / kCh);
+    int32_t const chunks = g.chunks;
     if (chunks > 1)
     {
-        scanPass1<kSplit, Tin, Tout, kPoly, kSoftplus, kGate, kAsync><<<dim3(gx, chunks - 1, p.batch), kThreads, 0, stream>>>(p, w, chunks, len);
+        scanPass1<kSplit, Tin, Tout, kPoly, kSoftplus, kGate, kAsync><<<dim3(gx, chunks - 1, p.batch), kThreads, 0, stream>>>(p, w, g);
         cudaError_t const e = cudaGetLastError();
         if (e != cudaSuccess)
             return e;
@@ -548,44 +595,49 @@ cudaError_t runSplit(SelectiveScanParams const& p, Work const& w, int32_t chunks
         attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
         attr[0].val.programmaticStreamSerializationAllowed = 1;
         cfg.attrs = attr;
-        cfg.numAttrs = MQ_SCAN_PDL && pdlCapable() ? 1 : 0;
-        return cudaLaunchKernelEx(&cfg, scanPass3<kSplit, Tin, Tout, kPoly, kSoftplus, kGate, kAsync>, p, w, chunks, len, int32_t{1});
+        // Pass 3 as a dependent launch only where pass 1 holds ≥ kMinBlocks − 1 blocks on an SM on average, so that its
+        // early blocks take the one slot left on each SM. With fewer pass-1 blocks they fill the free slots unevenly
+        // and the rest go to the SMs that finish pass 1 first: H200, 4 threads a channel at 5 chunks (384 pass-1
+        // blocks), B2 L4096 D1536 0.207 ms with PDL against 0.173 without, B4 L2048 D768 0.110 / 0.094; at 528-640
+        // blocks it saves 1-3 % (NOTES.md, "Scan: a shorter chunk 0").
+        int64_t const pass1Blocks = static_cast<int64_t>(gx) * (chunks - 1) * p.batch;
+        bool const pdl = MQ_SCAN_PDL && pdlCapable() && pass1Blocks >= static_cast<int64_t>(kMinBlocks - 1) * deviceSMs(p);
+        cfg.numAttrs = pdl ? 1 : 0;
+        return cudaLaunchKernelEx(&cfg, scanPass3<kSplit, Tin, Tout, kPoly, kSoftplus, kGate, kAsync>, p, w, g, int32_t{1});
     }
     else
-        scanPass3<kSplit, Tin, Tout, kPoly, kSoftplus, kGate, kAsync><<<dim3(gx, 1, p.batch), kThreads, 0, stream>>>(p, w, chunks, len, 0);
+        scanPass3<kSplit, Tin, Tout, kPoly, kSoftplus, kGate, kAsync><<<dim3(gx, 1, p.batch), kThreads, 0, stream>>>(p, w, g, 0);
     return cudaGetLastError();
 }
 
 template <typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate, bool kAsync>
-cudaError_t runAs(SelectiveScanParams const& p, Work const& w, int32_t split, int32_t chunks, int32_t len, cudaStream_t stream)
+cudaError_t runAs(SelectiveScanParams const& p, Work const& w, int32_t split, ChunkGeom const& g, cudaStream_t stream)
 {
-    return split == 4 ? runSplit<4, Tin, Tout, kPoly, kSoftplus, kGate, kAsync>(p, w, chunks, len, stream)
-                      : runSplit<2, Tin, Tout, kPoly, kSoftplus, kGate, kAsync>(p, w, chunks, len, stream);
+    return split == 4 ? runSplit<4, Tin, Tout, kPoly, kSoftplus, kGate, kAsync>(p, w, g, stream)
+                      : runSplit<2, Tin, Tout, kPoly, kSoftplus, kGate, kAsync>(p, w, g, stream);
 }
 
 bool aligned16(void const* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 
 template <typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate>
-cudaError_t run(SelectiveScanParams const& p, Work const& w, int32_t split, int32_t chunks, cudaStream_t stream)
+cudaError_t run(SelectiveScanParams const& p, Work const& w, int32_t split, ChunkGeom const& g, cudaStream_t stream)
 {
-    int32_t const len = chunkLength(p, chunks);
-    chunks = (p.seqLen + len - 1) / len; // chunk count after rounding the length to whole tiles
     // u/Δ/z tiles go to shared memory by 16-byte cp.async when every row starts 16-byte aligned
     bool const async = p.dim % (16 / sizeof(Tin)) == 0 && aligned16(p.u) && aligned16(p.delta)
         && (!kGate || (p.dim % (16 / sizeof(Tout)) == 0 && aligned16(p.z)));
-    return async ? runAs<Tin, Tout, kPoly, kSoftplus, kGate, true>(p, w, split, chunks, len, stream)
-                 : runAs<Tin, Tout, kPoly, kSoftplus, kGate, false>(p, w, split, chunks, len, stream);
+    return async ? runAs<Tin, Tout, kPoly, kSoftplus, kGate, true>(p, w, split, g, stream)
+                 : runAs<Tin, Tout, kPoly, kSoftplus, kGate, false>(p, w, split, g, stream);
 }
 
 template <typename Tin, typename Tout, int kPoly>
-cudaError_t dispatchFlags(SelectiveScanParams const& p, Work const& w, int32_t split, int32_t chunks, cudaStream_t stream)
+cudaError_t dispatchFlags(SelectiveScanParams const& p, Work const& w, int32_t split, ChunkGeom const& g, cudaStream_t stream)
 {
     bool const gate = p.z != nullptr;
     if (p.deltaSoftplus)
-        return gate ? run<Tin, Tout, kPoly, true, true>(p, w, split, chunks, stream)
-                    : run<Tin, Tout, kPoly, true, false>(p, w, split, chunks, stream);
-    return gate ? run<Tin, Tout, kPoly, false, true>(p, w, split, chunks, stream)
-                : run<Tin, Tout, kPoly, false, false>(p, w, split, chunks, stream);
+        return gate ? run<Tin, Tout, kPoly, true, true>(p, w, split, g, stream)
+                    : run<Tin, Tout, kPoly, true, false>(p, w, split, g, stream);
+    return gate ? run<Tin, Tout, kPoly, false, true>(p, w, split, g, stream)
+                : run<Tin, Tout, kPoly, false, false>(p, w, split, g, stream);
 }
 
 template <typename Tin, typename Tout>
@@ -618,27 +670,15 @@ cudaError_t dispatch(SelectiveScanParams const& p, SelectiveScanPlan const& plan
     if (plan.schedule >= 2)
         return dispatchSegmented<Tin, Tout>(p, plan.schedule, plan.lanes, plan.groups, stream);
     int const poly = p.polyExp < 0 ? kDefaultPoly : p.polyExp;
+    ChunkGeom const g{plan.chunks, plan.chunkFirst, plan.chunkLen};
     if (poly == 0)
-        return dispatchFlags<Tin, Tout, 0>(p, w, plan.split, plan.chunks, stream);
+        return dispatchFlags<Tin, Tout, 0>(p, w, plan.split, g, stream);
     if (poly <= 2) // polyExp counts exps of the 16 per (token, channel); each thread of a channel does its share
-        return dispatchFlags<Tin, Tout, 1>(p, w, plan.split, plan.chunks, stream);
-    return dispatchFlags<Tin, Tout, 2>(p, w, plan.split, plan.chunks, stream);
+        return dispatchFlags<Tin, Tout, 1>(p, w, plan.split, g, stream);
+    return dispatchFlags<Tin, Tout, 2>(p, w, plan.split, g, stream);
 }
 
 std::atomic<int32_t> gSchedule{0}, gSegLanes{0}, gSegGroups{0};
-
-int32_t deviceSMs(SelectiveScanParams const& p)
-{
-    int32_t sms = p.numSMs;
-    if (sms <= 0)
-    {
-        int dev = 0;
-        cudaGetDevice(&dev);
-        if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-            sms = 80;
-    }
-    return sms;
-}
 
 //! The most chunks the automatic plan makes for L tokens: chunks of at least 128 tokens.
 int32_t maxAutoChunks(int32_t seqLen) { return std::max(1, seqLen / 128); }
@@ -652,7 +692,7 @@ size_t workspaceBytes(int32_t batch, int32_t chunks, int32_t dim, int32_t dState
 }
 
 //! Chunks of the chunked plan (B·D·split threads fill under a third of a wave): the C that minimises a model of
-//! the two passes' time. Each pass runs C − 1 chunks of len = chunkLength(C) tokens in one wave, so the busiest SM
+//! the two passes' time. Each pass runs C − 1 chunks of len = chunkGeometry(C).len tokens in one wave, so the busiest SM
 //! holds k = ⌈(C − 1)·blocks a chunk / SMs⌉ blocks, and a block's time per token grows with the blocks sharing its
 //! SM as (k + 1.2) (H200 fp16, 4 threads: ~96 / 113 / 124 / 141–151 / 169 ns a token at k = 1 … 5); pass 1
 //! costs ~0.85 of pass 3. So cost(C) = 1.85·len·(k + 1.2), against L·(k₁ + 1.2) for one pass; waves past
@@ -664,8 +704,9 @@ int32_t chunkedPlanChunks(SelectiveScanParams const& p, int32_t split, int32_t s
     int64_t const perChunk = static_cast<int64_t>(p.batch) * ((p.dim + kThreads / split - 1) / (kThreads / split));
     int32_t const cMax = static_cast<int32_t>(std::min<int64_t>(maxAutoChunks(p.seqLen), (kMinBlocks * static_cast<int64_t>(sms)) / perChunk + 1));
     auto cost = [&](int32_t c) {
-        int32_t const len = chunkLength(p, c);
-        int64_t const n = (p.seqLen + len - 1) / len;
+        ChunkGeom const g = chunkGeometry(p.seqLen, c);
+        int32_t const len = g.len;
+        int64_t const n = g.chunks;
         int64_t const k = (std::max<int64_t>(1, n - 1) * perChunk + sms - 1) / sms;     // blocks on the busiest SM
         double const pass = static_cast<double>((k + kMinBlocks - 1) / kMinBlocks) * (std::min<int64_t>(k, kMinBlocks) + 1.2);
         return n > 1 ? 1.85 * len * pass : static_cast<double>(p.seqLen) * pass;
@@ -703,6 +744,17 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
         // B8 L4096 D2560 0.759 (2 threads: 0.836); B8 D5120 would take two waves (1.66 vs 1.30 ms with 2).
         // (Before the tile copies were set up once, 4 threads lost wherever they needed chunks.)
         split = p.chunks <= 0 && bd * 4 <= resident ? 4 : 2;
+        // ... unless 4 threads would chunk with under kMinBlocks − 1 pass-1 blocks an SM (a few large chunks: B·⌈D/32⌉
+        // blocks a chunk, and one more chunk would take a second wave). 2 threads (half the blocks a chunk) then take
+        // more chunks at fuller SMs: H200 ("Scan: a shorter chunk 0"), B2 L4096 D1536 0.161 ms (2 threads, 12 chunks)
+        // against 0.165-0.173 (4 threads, 5 chunks, 384 pass-1 blocks, no PDL), B4 L2048 D768 0.087 against 0.091-0.094.
+        if (split == 4 && chunks <= 0 && schedule < 2 && bd * 4 * 3 < resident)
+        {
+            int32_t const c4 = chunkedPlanChunks(p, 4, sms);
+            int64_t const perChunk = static_cast<int64_t>(p.batch) * ((p.dim + chOf<4>() - 1) / chOf<4>());
+            if (c4 > 1 && (chunkGeometry(p.seqLen, c4).chunks - 1) * perChunk < static_cast<int64_t>(kMinBlocks - 1) * sms)
+                split = 2;
+        }
     }
     if (chunks <= 0 && schedule < 2)
     {
@@ -742,9 +794,8 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
         plan.groups = groups;
         return plan;
     }
-    chunks = std::max(1, std::min(chunks, std::max(1, p.seqLen)));
-    int32_t const len = chunkLength(p, chunks);
-    plan.chunks = std::max(1, (p.seqLen + len - 1) / len);
+    ChunkGeom const g = chunkGeometry(p.seqLen, std::max(1, std::min(chunks, std::max(1, p.seqLen))));
+    plan.chunks = g.chunks, plan.chunkFirst = g.first, plan.chunkLen = g.len;
     plan.split = split;
     return plan;
 }

@@ -13,13 +13,16 @@
 // 16) in registers and walk the tokens; Δ (softplus) of each token is computed by one of the two and
 // swapped by a shuffle, the partial outputs are swapped back so that each token's y is finished (D·u, SiLU)
 // and stored by one thread. Where B·D·4 threads fit in one wave (on an H200: every benchmark shape but B8 D5120,
-// chunked or not), four threads per channel hold 4 states each instead (selectiveScanPlan). u/Δ/z/Bm/Cm tiles are double-buffered in shared memory (u/Δ/z by cp.async when
+// chunked or not), four threads per channel hold 4 states each instead, unless they would chunk with under 4 pass-1
+// blocks an SM (selectiveScanPlan). u/Δ/z/Bm/Cm tiles are double-buffered in shared memory (u/Δ/z by cp.async when
 // rows are 16-byte aligned), the next tile copied while the current one is computed (one barrier per tile).
 // When B·D is too small to fill the GPU, L is split into C chunks: pass 1 runs chunk 0 with outputs from the
 // true initial state and chunks 1 … C-2 from zero (local state and Σ Δ), pass 3 reruns chunks 1 … C-1 from
 // their start states, which each block first chains from those (h_start[c+1] = exp(A·ΣΔ_c)·h_start[c] + h_local[c]).
-// On sm_90+ pass 3 is a programmatic dependent launch of pass 1: its blocks start their first tile copies in
-// pass 1's free slots and wait (griddepcontrol.wait) only before reading pass 1's results.
+// From 3 chunks on, chunk 0 (the output body in pass 1) is shorter than the others (SelectiveScanPlan::chunkFirst).
+// On sm_90+, where pass 1 holds ≥ 4 blocks an SM, pass 3 is a programmatic dependent launch of pass 1: its blocks
+// start their first tile copies in pass 1's free slots and wait (griddepcontrol.wait) only before reading pass 1's
+// results.
 // Experimental, built only with -DMQ_SCAN_SEGMENTED=1 and run only on request (schedules 2 and 3): two
 // segment-parallel schedules (selectiveScanSeg.cuh, selectiveScanSeg2.cuh) that split L inside a block without
 // recomputing exponentials; both measured slower than the token-serial schedule on every benchmarked shape
@@ -71,6 +74,8 @@ struct SelectiveScanPlan
     int32_t lanes{0};    //!< segment-parallel (lanes, groups); 0 for token-serial
     int32_t groups{0};
     int32_t split{2};    //!< token-serial: threads a channel, 2 (8 states each) or 4 (4 states each)
+    int32_t chunkFirst{0}; //!< token-serial: tokens of chunk 0 (shorter than the others from 3 chunks on)
+    int32_t chunkLen{0};   //!< token-serial: tokens of every later chunk (the last one may be cut short by L)
 };
 SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p);
 

@@ -2,7 +2,8 @@
 // in the params, so no device is queried), and of the workspace bound the TensorRT plugin reserves for a profile.
 // Built and run by plugins/check_build.sh. On the five benchmark shapes the expected plans are the fastest measured
 // ones (benchmarks/gpu/results/NOTES.md, "Scan: chunk rule": 4 threads at 12 / 5 chunks for B1 D1536 / D5120); the last
-// four follow the rule.
+// four follow the rule; B2 L4096 D1536 and B4 L2048 D768 take 2 threads, where 4 would leave pass 1 under 4 blocks an SM
+// ("Scan: a shorter chunk 0"). Also the chunk geometry: chunk 0 shortened into the rounding slack, the others unchanged.
 #include "selectiveScanKernel.h"
 
 #include <cstdio>
@@ -11,24 +12,52 @@ int main()
 {
     struct Case
     {
-        int b, l, d, split, chunks;
+        int b, l, d;
+        mq::DType out;
+        int split, chunks, first, len; // first / len 0: not checked
     };
-    Case const cases[] = {{1, 4096, 1536, 4, 12}, {1, 4096, 5120, 4, 5}, {8, 2048, 1536, 4, 1}, {8, 4096, 2560, 4, 1},
-        {8, 4096, 5120, 2, 1}, {1, 100, 768, 4, 1}, {4, 4096, 1024, 4, 6}, {16, 1024, 1024, 4, 1}, {24, 1024, 1024, 2, 1}};
+    mq::DType const h = mq::DType::kHALF, f = mq::DType::kFLOAT;
+    Case const cases[] = {{1, 4096, 1536, h, 4, 12, 256, 352}, {1, 4096, 5120, h, 4, 5, 768, 832},
+        {8, 2048, 1536, h, 4, 1, 2048, 2048}, {8, 4096, 2560, h, 4, 1}, {8, 4096, 5120, h, 2, 1}, {1, 100, 768, h, 4, 1},
+        {4, 4096, 1024, h, 4, 6, 656, 688}, {16, 1024, 1024, h, 4, 1}, {24, 1024, 1024, h, 2, 1},
+        {1, 8192, 768, h, 4, 28, 224, 304}, {2, 4096, 1536, h, 2, 12, 256, 352}, {4, 2048, 768, h, 2, 12, 128, 176},
+        {2, 4096, 768, h, 4, 12, 256, 352}, {1, 4096, 1536, f, 4, 12, 256, 352}, {2, 4096, 1536, f, 2, 12}};
     int failures = 0;
     for (Case const& c : cases)
     {
         mq::SelectiveScanParams p;
-        p.batch = c.b, p.seqLen = c.l, p.dim = c.d, p.dState = 16, p.numSMs = 132;
+        p.batch = c.b, p.seqLen = c.l, p.dim = c.d, p.dState = 16, p.numSMs = 132, p.outType = c.out;
         mq::SelectiveScanPlan const plan = mq::selectiveScanPlan(p);
-        bool const ok = plan.schedule == 1 && plan.split == c.split && plan.chunks == c.chunks;
+        bool const ok = plan.schedule == 1 && plan.split == c.split && plan.chunks == c.chunks
+            && (c.len == 0 || (plan.chunkFirst == c.first && plan.chunkLen == c.len));
         failures += !ok;
-        std::printf("%s B%d L%d D%d: %d threads a channel, %d chunks (want %d, %d)\n", ok ? "PASS" : "FAIL", c.b, c.l,
-            c.d, plan.split, plan.chunks, c.split, c.chunks);
+        std::printf("%s B%d L%d D%d %s: %d threads a channel, %d chunks of %d + %d (want %d, %d, %d + %d)\n",
+            ok ? "PASS" : "FAIL", c.b, c.l, c.d, c.out == h ? "fp16" : "fp32", plan.split, plan.chunks,
+            plan.chunkFirst, plan.chunkLen, c.split, c.chunks, c.first, c.len);
     }
+    // chunk geometry over a grid of lengths and requested counts: never more chunks than asked, every chunk but the
+    // last a whole number of 16-token tiles, the chunks cover [0, L) exactly, chunk 0 no longer than the others
+    int geomFailures = 0;
+    for (int l = 1; l <= 9000; l += l < 600 ? 1 : 7)
+        for (int c = 1; c <= 40; ++c)
+        {
+            mq::SelectiveScanParams p;
+            p.batch = 1, p.seqLen = l, p.dim = 64, p.dState = 16, p.numSMs = 132, p.chunks = c, p.outType = h;
+            mq::SelectiveScanPlan const g = mq::selectiveScanPlan(p);
+            int64_t const lastStart = g.chunks > 1 ? g.chunkFirst + static_cast<int64_t>(g.chunks - 2) * g.chunkLen : 0;
+            int64_t const end = g.chunks > 1 ? lastStart + g.chunkLen : g.chunkFirst;
+            bool const ok = g.chunks >= 1 && g.chunks <= c && g.chunkFirst >= 1 && g.chunkFirst <= g.chunkLen
+                && (g.chunks == 1 || (g.chunkFirst % 16 == 0 && g.chunkLen % 16 == 0 && lastStart < l && end >= l))
+                && (g.chunks > 1 || g.chunkFirst == l);
+            if (!ok && geomFailures++ < 5)
+                std::printf("FAIL geometry L%d C%d: %d chunks of %d + %d\n", l, c, g.chunks, g.chunkFirst, g.chunkLen);
+        }
+    std::printf("%s chunk geometry over the (L, chunks) grid (%d bad)\n", geomFailures ? "FAIL" : "PASS", geomFailures);
+    failures += geomFailures;
     // forced: schedule 1 with 2 / 4 lanes, and explicit chunks keep 2 threads unless forced
     mq::SelectiveScanParams p;
     p.batch = 8, p.seqLen = 2048, p.dim = 1536, p.dState = 16, p.numSMs = 132, p.schedule = 1, p.segLanes = 2;
+    p.outType = mq::DType::kHALF;
     failures += mq::selectiveScanPlan(p).split != 2;
     p.segLanes = 4, p.batch = 1;
     failures += mq::selectiveScanPlan(p).split != 4;
@@ -38,6 +67,7 @@ int main()
     // automatic plan must fit in it, on small and large GPUs (the largest shape's own plan is not enough: at
     // D 384, max L 4100 it takes 29 chunks of 144 tokens, L 4096 takes 32 of 128)
     int wsFailures = 0;
+    for (mq::DType out : {h, f})
     for (int sms : {8, 16, 132})
         for (int d : {64, 384, 1536, 5120})
             for (int maxL : {100, 129, 255, 2000, 4096, 4100})
@@ -48,7 +78,7 @@ int main()
                         for (int l = 1; l <= maxL; l += (l < 300 || l > maxL - 300) ? 1 : 37)
                         {
                             mq::SelectiveScanParams q;
-                            q.batch = b, q.seqLen = l, q.dim = d, q.dState = 16, q.numSMs = sms;
+                            q.batch = b, q.seqLen = l, q.dim = d, q.dState = 16, q.numSMs = sms, q.outType = out;
                             size_t const need = mq::selectiveScanWorkspaceSize(q);
                             if (need > cap && wsFailures++ < 5)
                                 std::printf("FAIL workspace: %d SMs, D %d, profile max B%d L%d: B%d L%d needs %zu > %zu bytes\n",

@@ -22,32 +22,39 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "src"))
-LIB = ctypes.CDLL(os.environ.get("MQ_KERNELS_LIB", os.path.join(ROOT, "build", "libmq_kernels.so")))
 F32, F16, I8 = 0, 1, 2
 TDT = {F32: torch.float32, F16: torch.float16, I8: torch.int8}
 vp, fp, i, f, sz = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_size_t
-LIB.mq_selective_scan.argtypes = [i] * 7 + [f] * 4 + [vp] * 11 + [i, i, vp, sz, vp]
-LIB.mq_selective_scan_workspace.argtypes = [i] * 5
-LIB.mq_selective_scan_workspace.restype = sz
-LIB.mq_selective_scan_max_workspace.argtypes = [i] * 4
-LIB.mq_selective_scan_max_workspace.restype = sz
-LIB.mq_selective_scan_chunks.argtypes = [i] * 5
-LIB.mq_selective_scan_plan.argtypes = [i] * 5 + [ctypes.POINTER(i)]
-LIB.mq_selective_scan_plan.restype = None
-LIB.mq_selective_scan_set_tuning.argtypes = [i, i, i]
-LIB.mq_selective_scan_set_tuning.restype = None
-LIB.mq_selective_scan_segmented_available.argtypes = [i, i, i]
+
+
+def bind(lib):
+    """Declares the C API's signatures on a loaded libmq_kernels (ctypes.CDLL); returns it."""
+    lib.mq_selective_scan.argtypes = [i] * 7 + [f] * 4 + [vp] * 11 + [i, i, vp, sz, vp]
+    lib.mq_selective_scan_workspace.argtypes = [i] * 6
+    lib.mq_selective_scan_workspace.restype = sz
+    lib.mq_selective_scan_max_workspace.argtypes = [i] * 4
+    lib.mq_selective_scan_max_workspace.restype = sz
+    lib.mq_selective_scan_chunks.argtypes = [i] * 6
+    lib.mq_selective_scan_plan.argtypes = [i] * 6 + [ctypes.POINTER(i)]
+    lib.mq_selective_scan_plan.restype = None
+    lib.mq_selective_scan_set_tuning.argtypes = [i, i, i]
+    lib.mq_selective_scan_set_tuning.restype = None
+    lib.mq_selective_scan_segmented_available.argtypes = [i, i, i]
+    lib.mq_state_update.argtypes = [i] * 5 + [vp] * 11 + [vp]
+    lib.mq_hadamard_split.argtypes = [i, ctypes.POINTER(i), ctypes.POINTER(i)]
+    lib.mq_hadamard_base_matrix.argtypes = [i, ctypes.c_void_p]
+    lib.mq_hadamard.argtypes = [ctypes.c_longlong, i, i, i, i, f, vp, vp, vp, vp]
+    lib.mq_hadamard_set_tuning.argtypes = [i, i]
+    lib.mq_hadamard_set_tuning.restype = None
+    return lib
+
+
+LIB = bind(ctypes.CDLL(os.environ.get("MQ_KERNELS_LIB", os.path.join(ROOT, "build", "libmq_kernels.so"))))
 # the experimental segment-parallel (schedule, lanes, groups) configurations (selectiveScanSeg.cuh: schedule 2, lanes x
 # state groups; selectiveScanSeg2.cuh: schedule 3, lanes a channel x warps a block), where the library was built with
 # them (-DMQ_SCAN_SEGMENTED=1, e.g. NVCC_DEFINES=MQ_SCAN_SEGMENTED=1 bash run_all.sh); tested and swept only then
 SEG_CONFIGS = tuple(c for c in ((2, 8, 1), (2, 16, 1), (2, 16, 2), (2, 16, 4), (2, 32, 2), (2, 32, 4),
                                 (3, 4, 4), (3, 4, 8), (3, 8, 4), (3, 8, 8)) if LIB.mq_selective_scan_segmented_available(*c))
-LIB.mq_state_update.argtypes = [i] * 5 + [vp] * 11 + [vp]
-LIB.mq_hadamard_split.argtypes = [i, ctypes.POINTER(i), ctypes.POINTER(i)]
-LIB.mq_hadamard_base_matrix.argtypes = [i, ctypes.c_void_p]
-LIB.mq_hadamard.argtypes = [ctypes.c_longlong, i, i, i, i, f, vp, vp, vp, vp]
-LIB.mq_hadamard_set_tuning.argtypes = [i, i]
-LIB.mq_hadamard_set_tuning.restype = None
 # fp16 register path schedules (hadamardKernel.h setHadamardTuning): (row groups a block, 0 = resident grid walking all
 # groups; flags: 1 = cp.async prefetch into shared memory, else registers; 2 = evict-first output stores; 4 = the last
 # partial round of groups spread over all blocks in pieces; default 2)
@@ -116,10 +123,10 @@ def make_scan_inputs(Bsz, L, D, N, seed=0, gate=True, init=False):
                 bias=r(D) * 0.1, z=r(Bsz, L, D) if gate else None, h0=r(Bsz, D, N) if init else None)
 
 
-def scan_plan(Bsz, L, D, N, chunks=0):
-    """What the library runs (under the current tuning override): 'serial C=k' or 'seg LxG'."""
-    out = (i * 4)()
-    LIB.mq_selective_scan_plan(Bsz, L, D, N, chunks, out)
+def scan_plan(Bsz, L, D, N, chunks=0, out_t=F16):
+    """What the library runs for that output type (under the current tuning override): 'serial C=k' or 'seg LxG'."""
+    out = (i * 6)()
+    LIB.mq_selective_scan_plan(Bsz, L, D, N, chunks, out_t, out)
     return f"serial C={out[1]} T={out[2]}" if out[0] == 1 else f"seg{'' if out[0] == 2 else out[0] - 1} {out[2]}x{out[3]}"
 
 
@@ -139,7 +146,7 @@ def run_scan(x, in_type, out_type, chunks=0, poly=-1, softplus=True, want_state=
     y = torch.empty(Bsz, L, D, dtype=TDT[out_type], device=DEV)
     st = torch.empty(Bsz, D, N, device=DEV) if want_state else None
     LIB.mq_selective_scan_set_tuning(*sched)
-    ws_size = (LIB.mq_selective_scan_workspace(Bsz, L, D, N, chunks) if profile_max is None
+    ws_size = (LIB.mq_selective_scan_workspace(Bsz, L, D, N, chunks, out_type) if profile_max is None
                else LIB.mq_selective_scan_max_workspace(profile_max[0], profile_max[1], D, N))
     ws = torch.empty(max(ws_size, 1), dtype=torch.uint8, device=DEV)
     args = (Bsz, L, D, N, int(softplus), in_type, out_type, *scales, ptr(u), ptr(delta), ptr(x["A"]), ptr(Bm), ptr(Cm),
@@ -301,7 +308,7 @@ def tests():
                     yr, hr = scan_ref(seen["u"], seen["delta"], x["A"], seen["Bm"], seen["Cm"], x["Dskip"], x["bias"], seen["z"], x["h0"], sp)
                 nm = {F32: "fp32", F16: "fp16", I8: "int8"}
                 LIB.mq_selective_scan_set_tuning(*sched)
-                plan = scan_plan(Bsz, L, D, N, chunks)
+                plan = scan_plan(Bsz, L, D, N, chunks, out_t)
                 LIB.mq_selective_scan_set_tuning(0, 0, 0)
                 case = (f"B{Bsz} L{L} D{D} N{N} {nm[in_t]}->{nm[out_t]} z={int(gate)} h0={int(init)} "
                         f"{plan} poly={poly} sp={int(sp)}")
@@ -480,7 +487,7 @@ def scan_sweep(bw=None, variants_all=False, chunk_sweep=True):
     for (Bsz, L, D) in SCAN_SHAPES:
         N = 16
         x = make_scan_inputs(Bsz, L, D, N, seed=0, gate=True)
-        for in_t, out_t, nm in ((F32, F32, "fp32"), (F16, F16, "fp16"), (I8, F16, "int8->fp16")):
+        for in_t, out_t, nm in ((F32, F32, "fp32"), (F16, F16, "fp16"), (I8, F16, "int8->fp16"), (I8, F32, "int8->fp32")):
             if not variants_all and in_t != F16:
                 continue
             isz, osz = {F32: 4, F16: 2, I8: 1}[in_t], {F32: 4, F16: 2}[out_t]
@@ -488,7 +495,7 @@ def scan_sweep(bw=None, variants_all=False, chunk_sweep=True):
             roof = nbytes / bw if bw else float("nan")
             mufu = Bsz * L * D * (16 + 2 + 2) / mufu_rate  # 16 exps + softplus (ex2, rcp) + SiLU (ex2, rcp), one pass
             LIB.mq_selective_scan_set_tuning(1, 0, 0)
-            serial_auto = LIB.mq_selective_scan_chunks(Bsz, L, D, N, 0)
+            serial_auto = LIB.mq_selective_scan_chunks(Bsz, L, D, N, 0, out_t)
             LIB.mq_selective_scan_set_tuning(0, 0, 0)
             variants = [(0, -1, (0, 0, 0)), (0, -1, (1, 0, 0))]  # (chunks, poly, (schedule, lanes, groups))
             if variants_all:
@@ -506,8 +513,8 @@ def scan_sweep(bw=None, variants_all=False, chunk_sweep=True):
                 _, _, _, fn = run_scan(x, in_t, out_t, chunks=chunks, poly=poly, sched=sched)
                 t = timeit(fn, iters=5)
                 LIB.mq_selective_scan_set_tuning(*sched)
-                plan = scan_plan(Bsz, L, D, N, chunks)
-                n_chunks = LIB.mq_selective_scan_chunks(Bsz, L, D, N, chunks)
+                plan = scan_plan(Bsz, L, D, N, chunks, out_t)
+                n_chunks = LIB.mq_selective_scan_chunks(Bsz, L, D, N, chunks, out_t)
                 LIB.mq_selective_scan_set_tuning(0, 0, 0)
                 auto = chunks == 0 and sched[0] == 0
                 row = dict(B=Bsz, L=L, D=D, N=N, dtype=nm, chunks_arg=chunks, chunks=n_chunks,
@@ -759,6 +766,42 @@ if __name__ == "__main__":
         with open(os.path.join(out, "scanauto.json"), "w") as fh:
             json.dump(res, fh, indent=1)
         sys.exit(0 if all(r["rel_y_vs_2_threads"] < 2e-3 and r["rel_state_vs_2_threads"] < 1e-4 for r in res) else 1)
+    elif cmd == "abscan":  # A/B of scan builds in one process, interleaved: abscan NAME=LIB ... (automatic plan)
+        # AB_SHAPES "BxLxD ...", AB_DTYPES "fp16 fp32 int8->fp16 int8->fp32", AB_SPLITS "0 2 4" (0: the automatic plan,
+        # 2 / 4: that many threads a channel with automatic chunks), ROUNDS: timings of each (build, split), interleaved
+        builds = [(a.split("=", 1)[0], bind(ctypes.CDLL(a.split("=", 1)[1]))) for a in sys.argv[2:]]
+        rounds = int(os.environ.get("ROUNDS", "5"))
+        shapes = [tuple(int(v) for v in s_.split("x")) for s_ in os.environ.get("AB_SHAPES", "1x4096x1536 1x4096x5120").split()]
+        dtypes = {"fp16": (F16, F16), "fp32": (F32, F32), "int8->fp16": (I8, F16), "int8->fp32": (I8, F32)}
+        splits = [int(v) for v in os.environ.get("AB_SPLITS", "0").split()]
+        res = []
+        for (Bsz, L, D) in shapes:
+            x = make_scan_inputs(Bsz, L, D, 16, seed=0, gate=True)
+            for dt in os.environ.get("AB_DTYPES", "fp16").split():
+                in_t, out_t = dtypes[dt]
+                fns = {}
+                for name, lib in builds:
+                    for sp in splits:
+                        LIB = lib  # run_scan and its call resolve the module's LIB when they run
+                        sched = (1, sp, 0) if sp else (0, 0, 0)
+                        LIB.mq_selective_scan_set_tuning(*sched)
+                        plan = scan_plan(Bsz, L, D, 16, 0, out_t)
+                        LIB.mq_selective_scan_set_tuning(0, 0, 0)
+                        fns[f"{name}" + (f"/T={sp}" if sp else "")] = (lib, run_scan(x, in_t, out_t, sched=sched)[3], plan)
+                ms = {k: [] for k in fns}
+                for _ in range(rounds):
+                    for k, (lib, fn, _) in fns.items():
+                        LIB = lib
+                        ms[k].append(timeit(fn) * 1e3)
+                for k, (_, _, plan) in fns.items():
+                    v = sorted(ms[k])
+                    res.append(dict(B=Bsz, L=L, D=D, dtype=dt, build=k, plan=plan, ms=ms[k], min_ms=v[0], median_ms=v[len(v) // 2]))
+                    print(f"abscan B{Bsz} L{L} D{D} {dt:>10} {k:>12}: {plan} min {v[0]:.4f} median {v[len(v) // 2]:.4f} ms "
+                          f"({' '.join(f'{t:.4f}' for t in ms[k])})", flush=True)
+                del fns
+            del x
+        with open(os.path.join(out, "abscan.json"), "w") as fh:
+            json.dump(res, fh, indent=1)
     elif cmd == "chunkfit":  # fp16 4-thread chunk sweep over a grid of chunked shapes (data for the plan's chunk rule)
         res = []
         for (Bsz, L, D) in CHUNKFIT_SHAPES:

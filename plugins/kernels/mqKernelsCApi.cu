@@ -23,10 +23,11 @@ int mq_selective_scan(int batch, int seq_len, int dim, int d_state, int delta_so
     return static_cast<int>(mq::launchSelectiveScan(p, workspace, workspace_size, static_cast<cudaStream_t>(stream)));
 }
 
-size_t mq_selective_scan_workspace(int batch, int seq_len, int dim, int d_state, int chunks)
+size_t mq_selective_scan_workspace(int batch, int seq_len, int dim, int d_state, int chunks, int out_type)
 {
     mq::SelectiveScanParams p;
     p.batch = batch, p.seqLen = seq_len, p.dim = dim, p.dState = d_state, p.chunks = chunks;
+    p.outType = static_cast<mq::DType>(out_type);
     return mq::selectiveScanWorkspaceSize(p);
 }
 
@@ -37,23 +38,25 @@ size_t mq_selective_scan_max_workspace(int max_batch, int max_seq_len, int dim, 
     return mq::selectiveScanMaxWorkspaceSize(max_batch, max_seq_len, dim, d_state);
 }
 
-int mq_selective_scan_chunks(int batch, int seq_len, int dim, int d_state, int chunks)
+int mq_selective_scan_chunks(int batch, int seq_len, int dim, int d_state, int chunks, int out_type)
 {
     mq::SelectiveScanParams p;
     p.batch = batch, p.seqLen = seq_len, p.dim = dim, p.dState = d_state, p.chunks = chunks;
+    p.outType = static_cast<mq::DType>(out_type);
     return mq::selectiveScanChunks(p);
 }
 
-//! Writes what mq_selective_scan would run for these sizes (chunks as passed to it, 0 = automatic):
+//! Writes what mq_selective_scan would run for these sizes and output type (chunks as passed to it, 0 = automatic):
 //! out[0] schedule (1 token-serial; 2, 3 the experimental segment-parallel forms), out[1] chunks, out[2] lanes
-//! (token-serial: threads a channel, 2 or 4), out[3] groups.
-void mq_selective_scan_plan(int batch, int seq_len, int dim, int d_state, int chunks, int* out)
+//! (token-serial: threads a channel, 2 or 4), out[3] groups, out[4] tokens of chunk 0, out[5] tokens of each later chunk.
+void mq_selective_scan_plan(int batch, int seq_len, int dim, int d_state, int chunks, int out_type, int* out)
 {
     mq::SelectiveScanParams p;
     p.batch = batch, p.seqLen = seq_len, p.dim = dim, p.dState = d_state, p.chunks = chunks;
+    p.outType = static_cast<mq::DType>(out_type);
     mq::SelectiveScanPlan const plan = mq::selectiveScanPlan(p);
     out[0] = plan.schedule, out[1] = plan.chunks, out[2] = plan.schedule == 1 ? plan.split : plan.lanes;
-    out[3] = plan.groups;
+    out[3] = plan.groups, out[4] = plan.chunkFirst, out[5] = plan.chunkLen;
 }
 
 //! 1 when the segment-parallel schedule (2 or 3) with this (lanes, groups) configuration is compiled in

@@ -238,11 +238,21 @@ def graph_checks(record):
     """A chunked scan captured in a CUDA graph (as TensorRT's --useCudaGraph and serving stacks run it): pass 3 is a
     programmatic dependent launch of pass 1 (sm_90+), which the capture turns into a programmatic graph edge. Output,
     state and workspace are poisoned (NaN) before the replay, so a pass 3 that read the chunk states before pass 1 wrote
-    them would not pass; the replay must give the eager call's bits."""
-    for (Bsz, L, D, chunks) in ((1, 1500, 256, 5), (2, 700, 96, 3)):
+    them would not pass; the replay must give the eager call's bits. Pass 3 is a dependent launch only where pass 1 has
+    at least 4 blocks an SM (selectiveScanKernel.cu, runSplit): the last case is sized from the GPU's SM count to have
+    exactly that many (2 threads a channel at 5 chunks: 4 blocks a chunk for D 256, so B = SMs / 4), and its eager
+    output is also checked against the reference; the first two run without the dependent launch."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for (Bsz, L, D, chunks) in ((1, 1500, 256, 5), (2, 700, 96, 3), (-(-sms // 4), 600, 256, 5)):
         x = make_scan_inputs(Bsz, L, D, 16, seed=L + chunks, gate=True, init=True)
-        y, st, _, call = run_scan(x, F16, F16, chunks=chunks)
+        y, st, seen, call = run_scan(x, F16, F16, chunks=chunks)
         y_eager, st_eager = y.clone(), st.clone()
+        pdl = 4 * (-(-D // 64)) * Bsz * (chunks - 1) >= 4 * sms
+        if pdl:
+            yr, hr = scan_ref(seen["u"], seen["delta"], x["A"], seen["Bm"], seen["Cm"], x["Dskip"], x["bias"], seen["z"], x["h0"], True)
+            case = f"B{Bsz} L{L} D{D} N16 fp16->fp16 {scan_plan(Bsz, L, D, 16, chunks)} pass 3 dependent launch"
+            record("scan", case + " y", "rel", rel_err(y, yr), 2e-3)
+            record("scan", case + " state", "rel", rel_err(st, hr), 1e-4)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -252,8 +262,8 @@ def graph_checks(record):
         graph.replay()
         torch.cuda.synchronize()
         diff = max(float((y.float() - y_eager.float()).abs().max()), float((st - st_eager).abs().max()))
-        record("scan", f"B{Bsz} L{L} D{D} N16 fp16->fp16 {scan_plan(Bsz, L, D, 16, chunks)} CUDA graph replay vs eager",
-               "equal", diff if diff == diff else float("inf"), 0.0)
+        record("scan", f"B{Bsz} L{L} D{D} N16 fp16->fp16 {scan_plan(Bsz, L, D, 16, chunks)} CUDA graph replay vs eager"
+               + (" (dependent launch)" if pdl else ""), "equal", diff if diff == diff else float("inf"), 0.0)
 
 
 def tests():

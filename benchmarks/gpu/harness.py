@@ -239,7 +239,7 @@ def graph_checks(record):
     programmatic dependent launch of pass 1 (sm_90+), which the capture turns into a programmatic graph edge. Output,
     state and workspace are poisoned (NaN) before the replay, so a pass 3 that read the chunk states before pass 1 wrote
     them would not pass; the replay must give the eager call's bits. Pass 3 is a dependent launch only where pass 1 has
-    at least 4 blocks an SM (selectiveScanKernel.cu, runSplit): the last case is sized from the GPU's SM count to have
+    at least 4 blocks an SM (selectiveScanKernel.cu, pass1FillsSMs): the last case is sized from the GPU's SM count to have
     exactly that many (2 threads a channel at 5 chunks: 4 blocks a chunk for D 256, so B = SMs / 4), and its eager
     output is also checked against the reference; the first two run without the dependent launch."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -247,7 +247,7 @@ def graph_checks(record):
         x = make_scan_inputs(Bsz, L, D, 16, seed=L + chunks, gate=True, init=True)
         y, st, seen, call = run_scan(x, F16, F16, chunks=chunks)
         y_eager, st_eager = y.clone(), st.clone()
-        pdl = 4 * (-(-D // 64)) * Bsz * (chunks - 1) >= 4 * sms
+        pdl = 4 * (-(-D // 64)) * Bsz * (chunks - 1) >= 4 * sms  # pass1FillsSMs at 2 threads, kMinBlocks 5
         if pdl:
             yr, hr = scan_ref(seen["u"], seen["delta"], x["A"], seen["Bm"], seen["Cm"], x["Dskip"], x["bias"], seen["z"], x["h0"], True)
             case = f"B{Bsz} L{L} D{D} N16 fp16->fp16 {scan_plan(Bsz, L, D, 16, chunks)} pass 3 dependent launch"
@@ -471,6 +471,8 @@ def load_mamba():
     return out
 
 
+# (name, input type, output type) of the scan's supported type pairs, as the sweep and abscan name them
+SCAN_DTYPES = (("fp32", F32, F32), ("fp16", F16, F16), ("int8->fp16", I8, F16), ("int8->fp32", I8, F32))
 SCAN_SHAPES = ((1, 4096, 1536), (1, 4096, 5120), (8, 2048, 1536), (8, 4096, 2560), (8, 4096, 5120))
 CHUNK_SWEEP = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 CHUNKFIT_SHAPES = tuple((1, 4096, d) for d in (768, 1024, 1536, 2048, 2560, 3072, 4096, 5120)) + tuple(
@@ -497,7 +499,7 @@ def scan_sweep(bw=None, variants_all=False, chunk_sweep=True):
     for (Bsz, L, D) in SCAN_SHAPES:
         N = 16
         x = make_scan_inputs(Bsz, L, D, N, seed=0, gate=True)
-        for in_t, out_t, nm in ((F32, F32, "fp32"), (F16, F16, "fp16"), (I8, F16, "int8->fp16"), (I8, F32, "int8->fp32")):
+        for nm, in_t, out_t in SCAN_DTYPES:
             if not variants_all and in_t != F16:
                 continue
             isz, osz = {F32: 4, F16: 2, I8: 1}[in_t], {F32: 4, F16: 2}[out_t]
@@ -782,7 +784,7 @@ if __name__ == "__main__":
         builds = [(a.split("=", 1)[0], bind(ctypes.CDLL(a.split("=", 1)[1]))) for a in sys.argv[2:]]
         rounds = int(os.environ.get("ROUNDS", "5"))
         shapes = [tuple(int(v) for v in s_.split("x")) for s_ in os.environ.get("AB_SHAPES", "1x4096x1536 1x4096x5120").split()]
-        dtypes = {"fp16": (F16, F16), "fp32": (F32, F32), "int8->fp16": (I8, F16), "int8->fp32": (I8, F32)}
+        dtypes = {nm: (in_t, out_t) for nm, in_t, out_t in SCAN_DTYPES}
         splits = [int(v) for v in os.environ.get("AB_SPLITS", "0").split()]
         res = []
         for (Bsz, L, D) in shapes:

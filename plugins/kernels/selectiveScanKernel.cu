@@ -575,6 +575,21 @@ int32_t deviceSMs(SelectiveScanParams const& p)
     return sms;
 }
 
+//! Blocks of one chunk: B·⌈D / channels a block⌉.
+int64_t blocksPerChunk(SelectiveScanParams const& p, int32_t split)
+{
+    int32_t const ch = kThreads / split;
+    return static_cast<int64_t>(p.batch) * ((p.dim + ch - 1) / ch);
+}
+
+//! Whether pass 1 of `chunks` chunks holds ≥ kMinBlocks − 1 blocks an SM on average. Below that, pass 3 is not a dependent
+//! launch (its early blocks would fill pass 1's free slots unevenly), and the plan prefers 2 threads a channel to 4 (H200:
+//! NOTES.md, "Scan: a shorter chunk 0"; see runSplit and selectiveScanPlan).
+bool pass1FillsSMs(SelectiveScanParams const& p, int32_t split, int32_t chunks, int32_t sms)
+{
+    return (chunks - 1) * blocksPerChunk(p, split) >= static_cast<int64_t>(kMinBlocks - 1) * sms;
+}
+
 template <int kSplit, typename Tin, typename Tout, int kPoly, bool kSoftplus, bool kGate, bool kAsync>
 cudaError_t runSplit(SelectiveScanParams const& p, Work const& w, ChunkGeom const& g, cudaStream_t stream)
 {
@@ -600,8 +615,7 @@ cudaError_t runSplit(SelectiveScanParams const& p, Work const& w, ChunkGeom cons
         // and the rest go to the SMs that finish pass 1 first: H200, 4 threads a channel at 5 chunks (384 pass-1
         // blocks), B2 L4096 D1536 0.207 ms with PDL against 0.173 without, B4 L2048 D768 0.110 / 0.094; at 528-640
         // blocks it saves 1-3 % (NOTES.md, "Scan: a shorter chunk 0").
-        int64_t const pass1Blocks = static_cast<int64_t>(gx) * (chunks - 1) * p.batch;
-        bool const pdl = MQ_SCAN_PDL && pdlCapable() && pass1Blocks >= static_cast<int64_t>(kMinBlocks - 1) * deviceSMs(p);
+        bool const pdl = MQ_SCAN_PDL && pdlCapable() && pass1FillsSMs(p, kSplit, chunks, deviceSMs(p));
         cfg.numAttrs = pdl ? 1 : 0;
         return cudaLaunchKernelEx(&cfg, scanPass3<kSplit, Tin, Tout, kPoly, kSoftplus, kGate, kAsync>, p, w, g, int32_t{1});
     }
@@ -701,7 +715,7 @@ size_t workspaceBytes(int32_t batch, int32_t chunks, int32_t dim, int32_t dState
 //! shape, 0.5 % on average (the previous C = ⌈0.85 / r⌉ rule: up to 9 %, 2 % on average).
 int32_t chunkedPlanChunks(SelectiveScanParams const& p, int32_t split, int32_t sms)
 {
-    int64_t const perChunk = static_cast<int64_t>(p.batch) * ((p.dim + kThreads / split - 1) / (kThreads / split));
+    int64_t const perChunk = blocksPerChunk(p, split);
     int32_t const cMax = static_cast<int32_t>(std::min<int64_t>(maxAutoChunks(p.seqLen), (kMinBlocks * static_cast<int64_t>(sms)) / perChunk + 1));
     auto cost = [&](int32_t c) {
         ChunkGeom const g = chunkGeometry(p.seqLen, c);
@@ -750,9 +764,8 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
         // against 0.165-0.173 (4 threads, 5 chunks, 384 pass-1 blocks, no PDL), B4 L2048 D768 0.087 against 0.091-0.094.
         if (split == 4 && chunks <= 0 && schedule < 2 && bd * 4 * 3 < resident)
         {
-            int32_t const c4 = chunkedPlanChunks(p, 4, sms);
-            int64_t const perChunk = static_cast<int64_t>(p.batch) * ((p.dim + chOf<4>() - 1) / chOf<4>());
-            if (c4 > 1 && (chunkGeometry(p.seqLen, c4).chunks - 1) * perChunk < static_cast<int64_t>(kMinBlocks - 1) * sms)
+            int32_t const c4 = chunkGeometry(p.seqLen, chunkedPlanChunks(p, 4, sms)).chunks;
+            if (c4 > 1 && !pass1FillsSMs(p, 4, c4, sms))
                 split = 2;
         }
     }

@@ -15,7 +15,8 @@
 # decode benchmark (state update of every layer vs mamba-ssm's Triton selective_state_update from .carry/mamba).
 # SCAN_ALT_SRC="old=path/to/selectiveScanKernel.cu": also builds the scan from that file (e.g. `git show
 # HEAD~1:plugins/kernels/selectiveScanKernel.cu` saved outside plugins/) and sweeps it like a SCAN_ALT_DEFINES build,
-# named src_old, for an A/B of two versions in one process.
+# named src_old, for an A/B of two versions in one process. ABSCAN=1: also times the default build and every such
+# alternative interleaved in one process (harness.py abscan; AB_SHAPES, AB_DTYPES, AB_SPLITS, ROUNDS as it reads them).
 # The fp16 scan sweep also times 4 threads a channel at each chunk count of SCAN_SPLIT_CHUNKS (default "1 2 3 4 5 6 8
 # 10 12 13 14 16"; SCAN_SPLIT_SWEEP=0 skips it).
 # NVCC_DEFINES="NAME=VALUE ...": -D flags for every kernel build (e.g. MQ_SCAN_SEGMENTED=1 compiles the experimental
@@ -92,13 +93,18 @@ python3 benchmarks/gpu/harness.py test || rc=1
 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/gpu/harness.py sanitize \
   > "$OUT/sanitizer.log" 2>&1; echo "compute-sanitizer rc=$?" | tee -a "$OUT/sanitizer.log"
 tail -n 5 "$OUT/sanitizer.log"
+ab_libs=("default=build/libmq_kernels.so")
 for e in ${scan_alt[@]+"${scan_alt[@]}"}; do
   k="${e%%:*}"
   if wait "${e#*:}" && nvcc -shared build/hadamardKernel.o build/mqKernelsCApi.o "build/scan_$k/selectiveScanKernel.o" \
       build/stateUpdateKernel.o -o "build/libmq_kernels_scan_$k.so"; then
     MQ_KERNELS_LIB="build/libmq_kernels_scan_$k.so" python3 benchmarks/gpu/harness.py sweep "$k" || echo "scan sweep $k failed"
+    ab_libs+=("$k=build/libmq_kernels_scan_$k.so")
   fi
 done
+if [ "${ABSCAN:-0}" = 1 ]; then  # the default and every alternative scan build timed interleaved in one process
+  python3 benchmarks/gpu/harness.py abscan "${ab_libs[@]}" 2>&1 | tee "$OUT/abscan.log" || echo "abscan failed"
+fi
 : > "$OUT/builds.log"
 if [ -n "${mamba_pid:-}" ]; then wait "$mamba_pid"; tail -n 3 build/mamba_build.log; { echo "== mamba-ssm"; cat build/mamba_build.log; } >> "$OUT/builds.log"; fi
 if [ -n "${fht_pid:-}" ]; then wait "$fht_pid"; tail -n 3 build/fht_build.log; { echo "== fast-hadamard-transform"; cat build/fht_build.log; } >> "$OUT/builds.log"; fi

@@ -299,6 +299,9 @@ def tests():
         # odd D (synchronous-load fallback for every dtype), N = 12 (second thread's states half padded)
         (2, 200, 1536, 16, True, True, 2, True), (3, 517, 99, 12, True, True, 4, True), (1, 290, 2560, 12, False, True, 3, True),
         (5, 129, 1000, 16, True, False, 2, True),
+        # D % 16 == 0 but not a whole block (cp.async tiles with channels past D in the last block, for 2 and 4 threads);
+        # int8 -> fp32 with 2 threads copies each z tile row in two 16-byte chunks a thread (16-token fp32 tiles)
+        (2, 77, 1040, 16, True, True, 3, True),
     ]
     for (Bsz, L, D, N, gate, init, chunks, sp) in scan_cases:
         x = make_scan_inputs(Bsz, L, D, N, seed=L + D, gate=gate, init=init)
@@ -385,7 +388,7 @@ def tests():
 
 def sanitize():
     x = make_scan_inputs(2, 45, 130, 16, seed=3, gate=True, init=True)
-    for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16)):
+    for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16), (I8, F32)):
         for chunks in (1, 3):
             run_scan(x, in_t, out_t, chunks=chunks)
     st = torch.randn(3, 130, 16, device=DEV)
@@ -402,9 +405,10 @@ def sanitize():
             run_scan(x, in_t, out_t, chunks=chunks)
             run_scan(x, in_t, out_t, chunks=chunks, sched=(1, 4, 0))  # 4 threads a channel (odd D: synchronous loads)
     x = make_scan_inputs(3, 45, 160, 16, seed=5, gate=True, init=True)
-    for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16)):
+    for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16), (I8, F32)):
         for chunks in (1, 3):
             run_scan(x, in_t, out_t, chunks=chunks, sched=(1, 4, 0))  # 4 threads a channel, cp.async tiles
+            run_scan(x, in_t, out_t, chunks=chunks, sched=(1, 2, 0))  # 2: cp.async tiles, channels past D (160 % 64)
     run_scan(make_scan_inputs(1, 1920, 64, 16, seed=6, gate=True), F16, F16, profile_max=(1, 2000))  # plugin workspace
     for (Bsz, L, D, N) in ((2, 61, 99, 12), (1, 300, 130, 16), (3, 17, 5, 7)):  # segment-parallel, every built configuration
         x = make_scan_inputs(Bsz, L, D, N, seed=5, gate=True, init=True)

@@ -13,8 +13,8 @@
 // reduce-scattered over the 4 lanes; see selectiveScanPlan.) Per pair of tokens (2j, 2j+1) lane parity p computes Δ
 // and Δ·u of token 2j+p (softplus once per channel, not per thread) and shuffles hand them to the pair; both threads
 // update their 8 states for both tokens, then one more shuffle swaps the partial y of the token each does not own,
-// and the owner adds D·u, applies SiLU(z) and stores. Tiles of u/Δ/z are copied into double-buffered shared memory
-// by 16-byte cp.async (Bm/Cm through registers), one barrier per tile;
+// and the owner adds D·u, applies SiLU(z) and stores. Tiles of u/Δ/z (16 tokens; 8 for fp32 → fp32 with 2 threads) are
+// copied into double-buffered shared memory by 16-byte cp.async (Bm/Cm through registers), one barrier per tile;
 // __launch_bounds__(128, 5) caps registers at 96 (5 resident blocks, 20 warps per SM), softplus/SiLU use
 // MUFU ex2/rcp plus a short series, and all per-token addressing is 32-bit offsets from base pointers.
 //
@@ -69,9 +69,24 @@ __device__ __forceinline__ void waitPrerequisites()
 #endif
 }
 constexpr int kN = 16;                // states per channel (N ≤ 16 is zero-padded to 16)
-constexpr int kMaxTile = 16;          // tokens per shared-memory stage: 16, or 8 where 4-byte z/y would spill registers
-template <typename Tout>
-__host__ __device__ constexpr int tileFor() { return sizeof(Tout) == 4 ? 8 : 16; }
+constexpr int kMaxTile = 16;          // tokens per shared-memory stage: 16, but 8 for fp32 → fp32 with 2 threads a channel
+// Tokens a tile for fp32 output (8 or 16; the tile copies then take two 16-byte chunks a thread where one pass of the
+// block's threads covers 8 rows). 16-token tiles halve the per-tile work a token that 8-token ones had for fp32 output;
+// H200 (NOTES.md, "Scan: 16-token tiles for fp32 output"): int8 → fp32 (what the quantized graphs run) 7-18 % faster
+// with 4 threads a channel, 2-4 % with 2. fp32 input with 2 threads keeps 8 (16 would take 56 KB of static shared
+// memory in pass 1, over the 48 KB limit).
+#ifndef MQ_SCAN_F32_TILE4
+#define MQ_SCAN_F32_TILE4 16 // 4 threads a channel, int8 or fp32 input
+#endif
+#ifndef MQ_SCAN_I8_F32_TILE2
+#define MQ_SCAN_I8_F32_TILE2 16 // 2 threads a channel, int8 input
+#endif
+template <int kSplit, typename Tin, typename Tout>
+__host__ __device__ constexpr int tileFor()
+{
+    return sizeof(Tout) != 4 ? 16 : kSplit == 4 ? MQ_SCAN_F32_TILE4 : sizeof(Tin) == 1 ? MQ_SCAN_I8_F32_TILE2 : 8;
+}
+static_assert(MQ_SCAN_I8_F32_TILE2 <= kMaxTile && MQ_SCAN_F32_TILE4 <= kMaxTile, "a tile is at most kMaxTile tokens");
 #ifndef MQ_SCAN_FIRST_PCT
 #define MQ_SCAN_FIRST_PCT 75 // chunk 0's length in % of the other chunks' when C ≥ 3 (100: equal chunks)
 #endif
@@ -174,11 +189,13 @@ struct TileCopy
     static constexpr int kRow = rowOf<kSplit, T>();
     static constexpr int kPerChunk = 16 / static_cast<int>(sizeof(T));
     static constexpr int kChunksPerRow = kCh / kPerChunk;
-    static_assert(!kAsync || kTile * kChunksPerRow <= kThreads, "one 16-byte chunk a thread at most");
+    static constexpr int kRowsPerPass = kThreads / kChunksPerRow; // tile rows the block's threads copy a chunk each
+    static constexpr int kPasses = kAsync ? (kTile + kRowsPerPass - 1) / kRowsPerPass : 1; // chunks a thread a tile
+    static_assert(!kAsync || (kThreads % kChunksPerRow == 0 && kPasses <= 2), "at most two 16-byte chunks a thread");
     T const* base;
-    size_t off; // async: this thread's chunk in tile row r of token 0 of the chunk; sync: channel dc at token 0
+    size_t off; // async: this thread's (first) chunk in tile row r of token 0 of the chunk; sync: channel dc at token 0
     int D;
-    int r;      // async: the chunk's tile row, kTile if this thread copies nothing
+    int r;      // async: the (first) chunk's tile row, kTile if this thread copies nothing; a second one kRowsPerPass below
     int rLive;  // async: r where the chunk's channels are < D, else a row no tile reaches (zero-filled)
     int slot;   // async: element offset of the chunk in s
 
@@ -205,11 +222,14 @@ struct TileCopy
     {
         if constexpr (kAsync)
         {
-            if (r < kTile)
-            {
-                bool const valid = t0 + rLive < len;
-                cpAsync16(&s[0][0] + slot, valid ? base + off + static_cast<size_t>(t0) * D : base, valid);
-            }
+#pragma unroll
+            for (int i = 0; i < kPasses; ++i)
+                if (r + i * kRowsPerPass < kTile)
+                {
+                    int const t = t0 + i * kRowsPerPass;
+                    bool const valid = t + rLive < len;
+                    cpAsync16(&s[0][0] + slot + i * kRowsPerPass * kRow, valid ? base + off + static_cast<size_t>(t) * D : base, valid);
+                }
         }
         else
         {
@@ -232,7 +252,7 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
     constexpr int kCh = chOf<kSplit>();
     constexpr int kNT = kN / kSplit; // states per thread
     static_assert(kSplit == 2 || kSplit == 4, "2 or 4 threads a channel");
-    constexpr int kTile = tileFor<Tout>();
+    constexpr int kTile = tileFor<kSplit, Tin, Tout>();
     constexpr int kBcPer = kTile * kN / kThreads; // Bm (and Cm) elements each thread stages per tile
     static_assert(kTile * kN % kThreads == 0, "tile must split evenly over the block");
     static_assert(kTile % kSplit == 0, "tokens are processed in groups of kSplit");

@@ -87,6 +87,13 @@ __host__ __device__ constexpr int tileFor()
     return sizeof(Tout) != 4 ? 16 : kSplit == 4 ? MQ_SCAN_F32_TILE4 : sizeof(Tin) == 1 ? MQ_SCAN_I8_F32_TILE2 : 8;
 }
 static_assert(MQ_SCAN_I8_F32_TILE2 <= kMaxTile && MQ_SCAN_F32_TILE4 <= kMaxTile, "a tile is at most kMaxTile tokens");
+// int8 inputs (u, Δ, Bm, Cm) to fp32: 0 I2F everywhere, 1 int8ToFloat's ALU form everywhere, 2 ALU in the local body
+// only (pass 1, chunks ≥ 1), 3 ALU in the output body only (pass 3, the single pass and chunk 0). H200, int8 → fp32
+// (NOTES.md, "Scan: int8 inputs converted on the ALU"): 3 is within 0.5 % of I2F at B1 L4096 D1536 and 1-5 % faster
+// elsewhere; 1 is 2-6 % faster than 3 on four of six shapes but 7 % slower than I2F at B1 L4096 D1536; 2 loses there too.
+#ifndef MQ_SCAN_INT8_CVT
+#define MQ_SCAN_INT8_CVT 3
+#endif
 #ifndef MQ_SCAN_FIRST_PCT
 #define MQ_SCAN_FIRST_PCT 75 // chunk 0's length in % of the other chunks' when C ≥ 3 (100: equal chunks)
 #endif
@@ -253,6 +260,7 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
     constexpr int kNT = kN / kSplit; // states per thread
     static_assert(kSplit == 2 || kSplit == 4, "2 or 4 threads a channel");
     constexpr int kTile = tileFor<kSplit, Tin, Tout>();
+    constexpr bool kCvtAlu = MQ_SCAN_INT8_CVT == 1 || (MQ_SCAN_INT8_CVT == 2 && !kOut) || (MQ_SCAN_INT8_CVT == 3 && kOut);
     constexpr int kBcPer = kTile * kN / kThreads; // Bm (and Cm) elements each thread stages per tile
     static_assert(kTile * kN % kThreads == 0, "tile must split evenly over the block");
     static_assert(kTile % kSplit == 0, "tokens are processed in groups of kSplit");
@@ -344,9 +352,9 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
         for (int j = 0; j < kBcPer; ++j)
         {
             int const e = min(static_cast<int>(threadIdx.x) + j * kThreads, lim);
-            bN[j] = toFloat(bT[e], bScale);
+            bN[j] = toFloatAs<kCvtAlu>(bT[e], bScale);
             if constexpr (kOut)
-                cN[j] = toFloat(cT[e], cScale);
+                cN[j] = toFloatAs<kCvtAlu>(cT[e], cScale);
         }
     };
     auto stage = [&](int buf) {
@@ -406,12 +414,12 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
         for (int j = 0; j < kTile / kSplit; ++j)
         {
             int const iOwn = kSplit * j + lane;
-            float v = toFloat(sD[buf][iOwn][ch], dScale) + bias;
+            float v = toFloatAs<kCvtAlu>(sD[buf][iOwn][ch], dScale) + bias;
             if constexpr (kSoftplus)
                 v = softplusFast(v);
             v = iOwn < nt ? v : 0.f; // tail tokens: dA = 1, du = 0 → state unchanged
             dtOwn[j] = v;
-            duOwn[j] = v * toFloat(sU[buf][iOwn][ch], uScale);
+            duOwn[j] = v * toFloatAs<kCvtAlu>(sU[buf][iOwn][ch], uScale);
             if constexpr (!kOut)
                 sumDelta += v;
         }
@@ -475,7 +483,7 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
                     float const p1 = k1 + __shfl_xor_sync(0xffffffffu, s1, 2);
                     yv = (b0 ? p1 : p0) + __shfl_xor_sync(0xffffffffu, b0 ? p0 : p1, 1);
                 }
-                yv = fmaf(dSkip, toFloat(sU[buf][iOwn][ch], uScale), yv);
+                yv = fmaf(dSkip, toFloatAs<kCvtAlu>(sU[buf][iOwn][ch], uScale), yv);
                 if constexpr (kGate)
                     yv *= siluFast(toFloat(sZ[buf][iOwn][ch], 1.f));
                 if (iOwn < nt && active)

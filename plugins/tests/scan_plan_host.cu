@@ -3,7 +3,8 @@
 // Built and run by plugins/check_build.sh. On the five benchmark shapes the expected plans are the fastest measured
 // ones (benchmarks/gpu/results/NOTES.md, "Scan: chunk rule": 4 threads at 12 / 5 chunks for B1 D1536 / D5120); the last
 // four follow the rule; B2 L4096 D1536 and B4 L2048 D768 take 2 threads, where 4 would leave pass 1 under 4 blocks an SM
-// ("Scan: a shorter chunk 0"). Also the chunk geometry: chunk 0 shortened into the rounding slack, the others unchanged.
+// ("Scan: a shorter chunk 0"). Also the chunk geometry: chunk 0 shortened into the rounding slack, the others unchanged;
+// and common.h's int8 → fp32 conversions (the ALU form the scan's output body uses, and the cast) on every int8 value.
 #include "selectiveScanKernel.h"
 
 #include <cstdio>
@@ -87,6 +88,14 @@ int main()
                 }
     std::printf("%s workspace bound over the profile grid (%d shapes over it)\n", wsFailures ? "FAIL" : "PASS", wsFailures);
     failures += wsFailures;
+    // the scan's ALU int8 → fp32 conversion is exact: equal to the cast for every int8 value (both forms, host side)
+    int cvtFailures = 0;
+    for (int q = -128; q <= 127; ++q)
+        cvtFailures += mq::int8ToFloat<true>(static_cast<int8_t>(q)) != static_cast<float>(q)
+            || mq::int8ToFloat<false>(static_cast<int8_t>(q)) != static_cast<float>(q);
+    std::printf("%s int8 -> fp32 conversion, ALU form and cast, all 256 values (%d wrong)\n", cvtFailures ? "FAIL" : "PASS",
+        cvtFailures);
+    failures += cvtFailures;
     std::printf("%s: %d failures\n", failures ? "FAILED" : "OK", failures);
     return failures ? 1 : 0;
 }

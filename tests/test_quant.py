@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from mq_deploy.backends.ort import OrtRunner
+from mq_deploy.backends.ort import INT8_FUSION_ENV, OrtRunner, _session_options, int8_fusion_exact
 from mq_deploy.compile import simulation_check
 from mq_deploy.errors import UserError
 from mq_deploy.graph.lower import lower_selective_scan
@@ -170,6 +170,34 @@ def tiny():
 
 
 ABLATION = Path(__file__).resolve().parent.parent / "benchmarks" / "ablation"
+
+
+def test_int8_fusion_only_where_the_cpu_computes_it_exactly(monkeypatch):
+    monkeypatch.delenv(INT8_FUSION_ENV, raising=False)
+    assert int8_fusion_exact("x86_64", {"avx2", "fma", "avx512f"}) is False  # VPMADDUBSW saturates: QDQ runs as written
+    assert int8_fusion_exact("x86_64", {"avx2", "avx512_vnni"}) is True
+    assert int8_fusion_exact("AMD64", {"avx2", "avx_vnni"}) is True
+    assert int8_fusion_exact("aarch64", {"asimddp"}) is False  # not checked there: exact path
+    assert int8_fusion_exact("x86_64", set()) is False  # flags unknown
+    monkeypatch.setenv(INT8_FUSION_ENV, "1")
+    assert int8_fusion_exact("x86_64", {"avx2"}) is True
+    assert _session_options(None, False).get_session_config_entry("session.qdq_matmulnbits_accuracy_level") == "0"
+    with pytest.raises(RuntimeError):  # fusion allowed: the entry is not set
+        _session_options(None, False).get_session_config_entry("session.disable_quant_qdq")
+    monkeypatch.setenv(INT8_FUSION_ENV, "0")
+    assert int8_fusion_exact("x86_64", {"avx512_vnni"}) is False
+    assert _session_options(None, False).get_session_config_entry("session.disable_quant_qdq") == "1"
+
+
+def test_qdq_graph_matches_simulation_with_int8_fusion_off(tiny, monkeypatch):
+    # the path every CPU without VNNI takes, checked on every CPU (the test below takes this machine's path)
+    monkeypatch.setenv(INT8_FUSION_ENV, "0")
+    m, windows, ids = tiny
+    m2, plan, _ = prepare(m, load_recipe("mambaquant-w8a8"), windows, progress=False)
+    graph, points = build_lm_graph(m2, plan, with_points=True)
+    outs = OrtRunner(graph, extra_outputs=sorted(set(points.values()))).run({"input_ids": ids})
+    sim = simulate.forward(m2, plan, ids, follow={pt: outs[name] for pt, name in points.items()})
+    assert rel_err(outs["logits"], sim) < 1e-5
 
 
 @pytest.mark.parametrize("recipe", ["rtn-w8a8", "smoothquant-w8a8", "gptq-w4a8", "quarot-w8a8", "mambaquant-w8a8",

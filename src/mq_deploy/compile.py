@@ -76,8 +76,12 @@ def manifest_head(out_dir: Path, files: dict) -> dict:
 def _versions() -> dict:
     import onnxruntime
 
+    from .backends.ort import int8_fusion_exact
+
     v = {"mq_deploy": __version__, "python": platform.python_version(), "numpy": np.__version__,
-         "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+         "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+         # whether the self-check's onnxruntime sessions ran the QDQ nodes on fused int8 kernels (backends/ort.py)
+         "onnxruntime_int8_fusion": int8_fusion_exact()}
     try:
         import torch
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -13,6 +14,41 @@ from ..errors import UserError
 from ..ops.ort_kernels import PLUGIN_DOMAIN
 
 
+INT8_FUSION_ENV = "MQ_DEPLOY_ORT_INT8_FUSION"
+_VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def int8_fusion_exact(machine: Optional[str] = None, cpu_flags: Optional[set] = None) -> bool:
+    """Whether onnxruntime may fuse the graphs' QuantizeLinear/DequantizeLinear pairs into its int8 kernels here.
+
+    Those kernels compute a QDQ graph exactly (int32 accumulation) only where the CPU multiplies int8 by int8 without
+    an int16 intermediate: on x86-64 that needs VNNI (AVX-512 VNNI, AVX-VNNI or AMX). Without it onnxruntime's
+    u8×s8 kernel (VPMADDUBSW) saturates pairs of products at int16, a documented onnxruntime limitation: on an
+    AVX2-only AMD EPYC the W8A8 logits of the test models then moved by a median 4 % relative, far outside the
+    quantization the graph describes. Elsewhere (other CPUs, unknown flags) the QDQ nodes run as written, in fp32.
+    MQ_DEPLOY_ORT_INT8_FUSION=1 / 0 forces either."""
+    forced = os.environ.get(INT8_FUSION_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    machine = (machine if machine is not None else platform.machine()).lower()
+    if machine not in ("x86_64", "amd64"):
+        return False
+    if cpu_flags is None:
+        cpu_flags = _cpu_flags()
+    return bool(_VNNI_FLAGS & cpu_flags)
+
+
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def _session_options(threads: Optional[int], has_plugins: bool):
     import onnxruntime as ort
 
@@ -21,6 +57,8 @@ def _session_options(threads: Optional[int], has_plugins: bool):
     # INT4 DequantizeLinear→MatMul fuses into MatMulNBits; its default accuracy level quantizes the
     # activations to int8 on the fly, which is not the graph's semantics. Level 0 computes in fp32.
     so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    if not int8_fusion_exact():  # int8 kernels that would not compute what the graph says (see int8_fusion_exact)
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
     if threads:
         so.intra_op_num_threads = threads
     if has_plugins:

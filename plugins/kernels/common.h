@@ -21,14 +21,12 @@ enum class DType : int32_t
 //! Load one element as fp32; int8 is dequantized with a per-tensor scale (x = q * scale).
 __device__ __forceinline__ float toFloat(float v, float /*scale*/) { return v; }
 __device__ __forceinline__ float toFloat(__half v, float /*scale*/) { return __half2float(v); }
-#ifndef MQ_INT8_CVT_ALU
-#define MQ_INT8_CVT_ALU 0 // default form of int8ToFloat (toFloat's): 0 I2F, 1 the ALU form
-#endif
-//! int8 → fp32, exact for every value. kAlu: the float with bits 0x4B000000 | (q + 128) is 2^23 + q + 128, so one logic op
-//! and one FADD give q on the ALU and FMA pipes; I2F runs on the XU pipe with the exponentials (16 a clock an SM on
-//! Hopper). The scan takes the ALU form in its output body only (selectiveScanKernel.cu, MQ_SCAN_INT8_CVT).
-//! Host and device (plugins/tests/scan_plan_host.cu checks all 256 values against the cast on the CPU).
-template <bool kAlu = MQ_INT8_CVT_ALU != 0>
+//! int8 → fp32, exact for every value; by default I2F (as toFloat uses it). kAlu: the float with bits
+//! 0x4B000000 | (q + 128) is 2^23 + q + 128, so one logic op and one FADD give q on the ALU and FMA pipes; I2F runs on
+//! the XU pipe with the exponentials (16 a clock an SM on Hopper). The scan takes the ALU form in its output body only
+//! (selectiveScanKernel.cu, MQ_SCAN_INT8_CVT). Host and device: plugins/tests/scan_plan_host.cu checks all 256 values
+//! against the cast on the CPU.
+template <bool kAlu = false>
 __host__ __device__ __forceinline__ float int8ToFloat(int8_t v)
 {
     if constexpr (kAlu)

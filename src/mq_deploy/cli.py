@@ -392,12 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0, help="seed of the random input_ids (default 0)")
     v.add_argument("--simulate", action="store_true",
                    help="add the fake-quant simulation, re-derived from the manifest's checkpoint, recipe and "
-                        "calibration file (repeats the compile's calibration)")
+                        "calibration file (repeats the compile's calibration); for a quantized OUTDIR also the "
+                        "simulation following each graph's boundary roundings (rows simulation~, held to 1e-4)")
     v.add_argument("--torch", action="store_true", help="add the torch fp32 reference of the original checkpoint")
     v.add_argument("--model", metavar="DIR", help="the checkpoint (default: the manifest's); implies --torch")
     v.add_argument("--calib", metavar="FILE", help="calibration file for --simulate (default: the manifest's)")
     v.add_argument("--tol", type=float, help="max rel limit between portable / plugin / simulation "
-                                             "(default 1e-4, 5e-2 for quantized recipes)")
+                                             "(default 1e-4, 5e-2 for quantized recipes; simulation~ rows 1e-4)")
     v.add_argument("--engine-tol", type=float, default=5e-2, help="max rel limit for pairs with the engine (default 5e-2)")
     v.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     v.add_argument("--json", action="store_true", help="print the report as JSON on stdout")

@@ -96,46 +96,61 @@ def _io(model: MambaModel) -> dict:
             "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", "sequence", model.config.vocab_size]}]}
 
 
-def simulation_check(model, plan, portable_graph: onnx.ModelProto, vocab: int, points: dict, seq: int = 9,
-                     keep: Optional[dict] = None) -> dict:
-    """Compare the portable graph with the package's numpy (fake-quant) simulation of the same plan.
+def simulation_check(model, plan, graph: onnx.ModelProto, vocab: int, points: dict, seq: int = 9,
+                     keep: Optional[dict] = None, flavour: str = "portable", ids: Optional[np.ndarray] = None) -> dict:
+    """Compare a graph (`flavour`: the portable one, or the plugin one on the CPU kernels) with the
+    package's numpy (fake-quant) simulation of the same plan.
 
-    `points` ({quantization point: tensor name}, from `build_lm_graph(..., with_points=True)`) lets the
-    simulation take the graph's side on roundings where both values agree to 1/1000 of a step (see
-    `quant.simulate.layer`); without that, one boundary case in an early layer of a deep model (a random
-    d768 x 24 one) grows into a difference as large as quantization's own effect on the logits.
-    `keep` (a dict) receives the input ids and the portable graph's logits, for `plugin_check`."""
+    `points` ({quantization point: tensor name}, from `build_lm_graph(..., with_points=True)`; both
+    flavours keep these tensors) lets the simulation take the graph's side on roundings where both
+    values agree to 1/1000 of a step (see `quant.simulate.layer`); without that, one boundary case in an
+    early layer of a deep model (a random d768 x 24 one) grows into a difference as large as
+    quantization's own effect on the logits. `keep` (a dict) receives the input ids and the graph's
+    logits (for `plugin_check`); `ids` defaults to 2 x `seq` random ones (seed 1)."""
     from .backends.ort import OrtRunner
     from .quant.simulate import forward
 
-    ids = np.random.default_rng(1).integers(0, vocab, size=(2, seq))
+    if ids is None:
+        ids = np.random.default_rng(1).integers(0, vocab, size=(2, seq))
     follow = None
     if plan.quant is not None:
-        names = sorted({points[pt] for pt in plan.quant.act_scales if pt in points})
-        outs = OrtRunner(portable_graph, extra_outputs=names).run({"input_ids": ids})
-        a = outs["logits"]
-        follow = {pt: outs[points[pt]] for pt in plan.quant.act_scales if pt in points}
+        follow = follow_graph(graph, points, plan.quant.act_scales, ids)
+        a = follow.pop("logits")
     else:
-        a = OrtRunner(portable_graph)(ids)
+        a = OrtRunner(graph)(ids)
     if keep is not None:
         keep.update(ids=ids, logits=a)
     b = forward(model, plan, ids, follow)
     err = np.abs(a - b).max(axis=-1) / max(np.abs(b).max(), 1e-30)  # per position
-    out = {"max_rel_error_portable_vs_simulation": float(err.max()),
-           "median_rel_error_portable_vs_simulation": float(np.median(err))}
-    if plan.quant is not None:  # how far quantization itself moves the logits, for scale
-        fp = forward(model, type(plan)(layers=plan.layers, quant=None), ids)
-        out["max_rel_quantization_effect"] = float(np.abs(b - fp).max() / max(np.abs(b).max(), 1e-30))
-        out["roundings_taken_from_graph"] = int(follow.get("flipped", 0))
+    out = {f"max_rel_error_{flavour}_vs_simulation": float(err.max()),
+           f"median_rel_error_{flavour}_vs_simulation": float(np.median(err))}
+    if plan.quant is not None:
+        if flavour == "portable":  # how far quantization itself moves the logits, for scale
+            fp = forward(model, type(plan)(layers=plan.layers, quant=None), ids)
+            out["max_rel_quantization_effect"] = float(np.abs(b - fp).max() / max(np.abs(b).max(), 1e-30))
+        out["roundings_taken_from_graph" if flavour == "portable" else f"roundings_taken_from_{flavour}_graph"] = \
+            int(follow.get("flipped", 0))
     return out
 
 
-def plugin_check(plugin_graph: onnx.ModelProto, ids: np.ndarray, portable_logits: np.ndarray, tol: float) -> dict:
-    """Run the plugin graph in onnxruntime (CPU kernels for the plugin nodes) on the ids the portable graph
-    ran on and compare the logits (same semantics)."""
+def follow_graph(graph, points: dict, act_scales: dict, ids: np.ndarray, **runner) -> dict:
+    """Run `graph` (a ModelProto or path) on `ids` with the tensors of the quantization points as extra
+    outputs: {point: value before its QuantizeLinear, ..., "logits": logits}; without "logits" it is the
+    `follow` argument of `quant.simulate.forward`."""
     from .backends.ort import OrtRunner
 
-    a = OrtRunner(plugin_graph)(ids)
+    pts = [pt for pt in act_scales if pt in points]  # a scale the graph does not use has no tensor
+    outs = OrtRunner(graph, extra_outputs=sorted({points[pt] for pt in pts}), **runner).run({"input_ids": ids})
+    return {"logits": outs["logits"], **{pt: outs[points[pt]] for pt in pts}}
+
+
+def plugin_check(plugin_graph: onnx.ModelProto, ids: np.ndarray, portable_logits: np.ndarray, tol: float,
+                 logits: Optional[np.ndarray] = None) -> dict:
+    """Run the plugin graph in onnxruntime (CPU kernels for the plugin nodes) on the ids the portable graph
+    ran on (or take its `logits` from such a run) and compare the logits (same semantics)."""
+    from .backends.ort import OrtRunner
+
+    a = OrtRunner(plugin_graph)(ids) if logits is None else logits
     if a.shape != portable_logits.shape:
         raise InternalError(f"self-check: logits shapes {a.shape} / {portable_logits.shape}")
     err = float(np.abs(a - portable_logits).max() / max(np.abs(portable_logits).max(), 1e-30))
@@ -341,7 +356,7 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             log("writing model.portable.onnx")
             store.save(portable, tmp / "model.portable.onnx")
             files["model.portable.onnx"] = {"flavour": "portable"}
-            del portable, model  # the graphs carry everything from here on
+            del portable  # the graphs carry everything from here on (the model until the plugin graph's check)
             release()
             graph = unfused
             if quantized:
@@ -349,9 +364,25 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
 
                 graph = fuse_scan_quant(unfused)  # TensorRT flavour: int8 straight into the scan plugin
             onnx.checker.check_model(graph)
+            plugin_logits = None
+            if quantized:  # the plugin graph as tightly as the portable one: simulation, following its roundings
+                log("self-check: plugin graph vs the numpy simulation of the recipe")
+                kp: dict = {}
+                check.update(simulation_check(model, plan, graph, c.vocab_size, points, keep=kp, flavour="plugin",
+                                              ids=keep["ids"]))
+                plugin_logits = kp["logits"]
+                if not check["max_rel_error_plugin_vs_simulation"] <= 1e-4:
+                    raise InternalError("the plugin graph (onnxruntime with the CPU kernels) disagrees with the "
+                                        "simulation of the same recipe (max rel error "
+                                        f"{check['max_rel_error_plugin_vs_simulation']:.3g})")
+            del model
+            release()
             log("self-check: plugin graph vs portable graph")
-            # quantized: the two scan implementations round boundary cases differently (see simulation_check)
-            check.update(plugin_check(graph, keep["ids"], keep["logits"], tol=0.2 if quantized else 1e-4))
+            # quantized: the two flavours sum in different orders, so now and then one value lands on the other
+            # side of a rounding boundary and the scan state carries that int8 step on; each flavour is held
+            # to the simulation above, this direct comparison is only a sanity bound
+            check.update(plugin_check(graph, keep["ids"], keep["logits"], tol=0.2 if quantized else 1e-4,
+                                      logits=plugin_logits))
             n_scan_plugins = sum(1 for n in graph.graph.node if n.op_type == ss.PLUGIN_NAME)
             log("writing model.onnx")
             store.save(graph, tmp / "model.onnx")
@@ -381,6 +412,8 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             "quantization": None if plan is None or plan.quant is None else {
                 "weight_bits": plan.quant.weight_bits, "act_bits": plan.quant.act_bits,
                 "act_scales": {k: float(v) for k, v in plan.quant.act_scales.items()},
+                # each point's tensor before its QuantizeLinear, in both graphs (`validate --simulate` follows them)
+                "points": {k: points[k] for k in plan.quant.act_scales if k in points},
                 "weights": sorted(plan.quant.weights)},
             "versions": _versions(),
             "io": io,

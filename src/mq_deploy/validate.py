@@ -24,7 +24,9 @@ for pair (a, b) with a as the reference:
 
 Pairs among portable / plugin / simulation are gated by `tol` (same semantics, different code; see
 QUANT_TOL for why quantized graphs get more room), pairs with tensorrt by `engine_tol`; pairs with
-torch-fp32 are reported, not gated.
+torch-fp32 are reported, not gated. A quantized OUTDIR with --simulate gets one more row per graph,
+`simulation~` vs it: the simulation taking that graph's side on rounding-boundary cases (FOLLOW_NAME),
+gated at fp32 rounding (`tol`, default FP32_TOL).
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ from .errors import UserError
 # carries that step to every later position. On the bundled model that is 1-3e-2 of max|logit| at
 # sequence 32-128 (and 0 or 5e-7 where no step flips), against ~9e-2 for the quantization error itself.
 FP32_TOL, QUANT_TOL, ENGINE_TOL = 1e-4, 5e-2, 5e-2
+# With --simulate on a quantized OUTDIR, one more pair per graph: the simulation taking the graph's side on the
+# roundings where both values agree to 1/1000 of a step (quant.simulate.layer `follow`), so the two must agree
+# to fp32 rounding (FP32_TOL); a wrong scale, weight or kernel moves values by more than that and still shows.
+FOLLOW_NAME = "simulation~"
+FOLLOW_WHAT = ("the simulation again, per graph, taking that graph's side on roundings where both agree to 1/1000 of "
+               "a step (a boundary case, not a bug); held to fp32 rounding")
 
 
 @dataclass
@@ -54,6 +62,10 @@ class Reference:
     ort_session: object = None  # onnxruntime references (a polygraphy OnnxrtRunner when polygraphy exists)
     engine: Optional[str] = None  # the TensorRT reference
     plugin_lib: Optional[str] = None
+    graph_file: Optional[Path] = None  # onnxruntime references: the ONNX file
+    # the quantized simulation only: (input_ids, graph file) -> (graph logits, simulation logits taking the
+    # graph's side on rounding boundaries, roundings taken)
+    follow: Optional[Callable[[np.ndarray, Path], tuple]] = None
 
 
 @dataclass
@@ -146,6 +158,30 @@ def _rederive(manifest: dict, outdir: Path, model_dir: Optional[str], calib: Opt
     return model, plan
 
 
+def _points(manifest: dict, model, plan) -> dict:
+    """{quantization point: tensor name} of the OUTDIR's graphs (both flavours keep these tensors): from the
+    manifest, or, for an OUTDIR compiled before the manifest recorded them, from rebuilding the graph."""
+    pts = (manifest.get("quantization") or {}).get("points")
+    if pts:
+        return dict(pts)
+    from .graph.mamba_lm import build_lm_graph
+
+    return build_lm_graph(model, plan, with_points=True)[1]
+
+
+def _follower(model, plan, points: dict, threads: Optional[int]) -> Callable[[np.ndarray, Path], tuple]:
+    def follow(ids: np.ndarray, graph_file: Path) -> tuple:
+        from .compile import follow_graph
+        from .quant.simulate import forward
+
+        f = follow_graph(graph_file, points, plan.quant.act_scales, ids, threads=threads, plugins="extensions")
+        got = f.pop("logits")
+        sim = forward(model, plan, ids, f)
+        return got, sim, int(f.get("flipped", 0))
+
+    return follow
+
+
 def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, torch_ref: bool = False,
                        model_dir: Optional[str] = None, calib: Optional[str] = None, engine: Optional[str] = None,
                        plugin_lib: Optional[str] = None, threads: Optional[int] = None,
@@ -197,16 +233,19 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
 
         log("re-deriving the transformed model and plan from the manifest (checkpoint, recipe, calibration)")
         model, plan = _rederive(manifest, outdir, model_dir, calib)
-        refs.append(Reference("simulation", "numpy fake-quant simulation (mq_deploy.quant.simulate) of the plan "
-                                            "re-derived from the manifest (activation scales match it)",
-                              run=lambda ids: {"logits": forward(model, plan, ids)}))
+        sim = Reference("simulation", "numpy fake-quant simulation (mq_deploy.quant.simulate) of the plan "
+                                      "re-derived from the manifest (activation scales match it)",
+                        run=lambda ids: {"logits": forward(model, plan, ids)})
+        if plan.quant is not None:
+            sim.follow = _follower(model, plan, _points(manifest, model, plan), threads)
+        refs.append(sim)
     for name, file, what in (("portable", "model.portable.onnx", "standard ONNX ops"),
                              ("plugin", "model.onnx", "plugin nodes on mq-deploy's CPU kernels")):
         if not (outdir / file).is_file():
             raise UserError(f"{outdir} has no {file}; pass the output directory of `mq-deploy compile`")
         refs.append(Reference(name, f"onnxruntime on {file} ({what})",
-                              ort_session=OrtRunner(outdir / file, threads=threads,
-                                                                 plugins="extensions").session))
+                              ort_session=OrtRunner(outdir / file, threads=threads, plugins="extensions").session,
+                              graph_file=outdir / file))
     engine_path = Path(engine) if engine else outdir / "model.engine"
     if engine and not engine_path.is_file():  # a named engine must exist, with or without TensorRT here
         raise UserError(f"engine {engine_path} not found")
@@ -355,6 +394,19 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
             s = error_stats(outs[a][o], outs[b][o])
             rep.pairs.append({"reference": a, "test": b, "output": o, **s, "limit": lim,
                               "ok": None if lim is None else bool(np.isfinite(s["max_rel"]) and s["max_rel"] <= lim)})
+    sim = next((r for r in refs if r.follow is not None), None)
+    if sim is not None:  # quantized: the simulation once more per graph, taking that graph's side on boundary cases
+        rep.references.append({"name": FOLLOW_NAME, "what": FOLLOW_WHAT})
+        lim = tol if tol is not None else FP32_TOL
+        for r in refs:
+            if r.graph_file is None:
+                continue
+            log(f"simulation following the roundings of {r.graph_file.name}")
+            got, ref, taken = sim.follow(feed["input_ids"], r.graph_file)
+            s = error_stats(ref, got)
+            rep.pairs.append({"reference": FOLLOW_NAME, "test": r.name, "output": "logits", **s, "limit": lim,
+                              "ok": bool(np.isfinite(s["max_rel"]) and s["max_rel"] <= lim),
+                              "roundings_taken_from_graph": taken})
     return rep
 
 
@@ -388,6 +440,8 @@ def format_report(rep: Report) -> str:
         top1 = f"{p['top1']:.4f}" if "top1" in p else "-"
         lim = "-" if p["limit"] is None else f"{p['limit']:.0e}"
         verdict = "" if p["ok"] is None else ("  ok" if p["ok"] else "  FAIL")
+        if "roundings_taken_from_graph" in p:
+            verdict += f"  ({p['roundings_taken_from_graph']} roundings taken from {p['test']})"
         lines.append(f"{p['reference'] + ' vs ' + p['test']:<26}{p['output']:<9}{p['max_abs']:>11.3e}"
                      f"{p['max_rel']:>11.3e}{p['mean_abs']:>11.3e}{top1:>8}{lim:>9}{verdict}")
     lines += [s["reason"] for s in rep.skipped]

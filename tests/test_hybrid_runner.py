@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 
 from mq_deploy.backends.ort import OrtRunner
+from mq_deploy.compile import follow_graph
 from mq_deploy.graph.fuse_scan_quant import fuse_scan_quant
 from mq_deploy.graph.mamba_lm import build_lm_graph
 from mq_deploy.graph.plan import GraphPlan
 from mq_deploy.graph.stateful import build_stateful_graphs
 from mq_deploy.model import MambaConfig, random_model
+from mq_deploy.quant import simulate
 from mq_deploy.quantize import prepare
 from mq_deploy.recipes import load_recipe
 
@@ -43,15 +45,18 @@ def test_fp32_graph_with_hadamard_plugins(prepared):
 
 def test_fused_int8_graph_and_stateful_graphs(prepared):
     m2, plan = prepared
-    g = build_lm_graph(m2, plan)
+    g, points = build_lm_graph(m2, plan, with_points=True)
     fused = fuse_scan_quant(g)
     assert any(a.name == "u_scale" for n in fused.graph.node if n.op_type == "SelectiveScan" for a in n.attribute)
     ids = np.random.default_rng(2).integers(0, 301, size=(2, 21))
-    ref = OrtRunner(fused, plugins="extensions")(ids)
-    out = OrtRunner(fused)(ids)
-    # quantized: the two scan kernels differ by ~1e-7, so a boundary value may round one step apart
-    per_pos = np.abs(out - ref).max(-1) / np.abs(ref).max()
-    assert np.median(per_pos) < 1e-5 and per_pos.max() < 2e-2
+    # quantized: the two paths' scans sum in different orders (~1e-7 apart), so a value on a rounding boundary
+    # may land one int8 step apart and the scan state carries it on; each path is held to the simulation
+    # taking its side on such boundary cases, to fp32 rounding
+    for runner in ({"plugins": "extensions"}, {}):
+        f = follow_graph(fused, points, plan.quant.act_scales, ids, **runner)
+        got = f.pop("logits")
+        assert rel_err(simulate.forward(m2, plan, ids, f), got) < 1e-5, runner
+        assert f.get("flipped", 0) <= 5, runner
     graphs = build_stateful_graphs(g, m2.config)
     dec = graphs["model.decode.onnx"]
     assert any(n.op_type == "SelectiveStateUpdate" for n in dec.graph.node)

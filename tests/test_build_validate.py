@@ -398,7 +398,9 @@ def test_validate_quantized_with_simulation(w8_out, no_tensorrt, capsys):
     assert rep["ok"] and p[("portable", "plugin")]["max_rel"] <= mval.QUANT_TOL
     for pair in (("simulation", "portable"), ("simulation", "plugin")):
         assert p[pair]["max_rel"] <= mval.QUANT_TOL and p[pair]["top1"] >= 0.95
-    assert [r["name"] for r in rep["references"]] == ["simulation", "portable", "plugin", "simulation~"]
+    assert [r["name"] for r in rep["references"]] == ["simulation", "portable", "plugin", "plugin~", "simulation~"]
+    f = p[("portable", "plugin~")]  # the plugin graph taking portable's side on boundary roundings
+    assert f["max_rel"] < 1e-5 and f["limit"] == mval.FP32_TOL and f["ok"]
     for graph in ("portable", "plugin"):  # following each graph's boundary roundings: fp32 rounding apart
         f = p[("simulation~", graph)]
         assert f["max_rel"] < 1e-5 and f["limit"] == mval.FP32_TOL and f["ok"] and f["roundings_taken_from_graph"] >= 0

@@ -69,6 +69,7 @@ def test_lint_clean_and_both_flavours_run(w8):
         assert p["max_rel"] < 1e-5 and p["limit"] == 1e-4 and p["ok"] and p["top1"] == 1.0, p
         assert 0 <= p["roundings_taken_from_graph"] <= 10, p  # a handful of boundary cases, not a systematic shift
     assert pairs[("portable", "plugin")]["ok"] and pairs[("portable", "plugin")]["top1"] >= 0.95
+    assert pairs[("portable", "plugin~")]["max_rel"] < 1e-5 and pairs[("portable", "plugin~")]["ok"]
 
 
 def test_validate_catches_a_one_percent_scale_error_in_the_plugin_graph(w8, tmp_path):
@@ -88,6 +89,7 @@ def test_validate_catches_a_one_percent_scale_error_in_the_plugin_graph(w8, tmp_
     assert r.returncode == 1, r.stdout + r.stderr
     pairs = {(p["reference"], p["test"]): p for p in json.loads(r.stdout)["pairs"]}
     assert not pairs[("simulation~", "plugin")]["ok"] and pairs[("simulation~", "plugin")]["max_rel"] > 1e-3
+    assert not pairs[("portable", "plugin~")]["ok"] and pairs[("portable", "plugin~")]["max_rel"] > 1e-3
     assert pairs[("simulation~", "portable")]["ok"]
 
 

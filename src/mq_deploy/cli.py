@@ -398,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", metavar="DIR", help="the checkpoint (default: the manifest's); implies --torch")
     v.add_argument("--calib", metavar="FILE", help="calibration file for --simulate (default: the manifest's)")
     v.add_argument("--tol", type=float, help="max rel limit between portable / plugin / simulation "
-                                             "(default 1e-4, 5e-2 for quantized recipes; simulation~ rows 1e-4)")
+                                             "(default 1e-4, 5e-2 for quantized recipes; plugin~ / simulation~ rows 1e-4)")
     v.add_argument("--engine-tol", type=float, default=5e-2, help="max rel limit for pairs with the engine (default 5e-2)")
     v.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     v.add_argument("--json", action="store_true", help="print the report as JSON on stdout")

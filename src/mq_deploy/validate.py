@@ -24,9 +24,10 @@ for pair (a, b) with a as the reference:
 
 Pairs among portable / plugin / simulation are gated by `tol` (same semantics, different code; see
 QUANT_TOL for why quantized graphs get more room), pairs with tensorrt by `engine_tol`; pairs with
-torch-fp32 are reported, not gated. A quantized OUTDIR with --simulate gets one more row per graph,
-`simulation~` vs it: the simulation taking that graph's side on rounding-boundary cases (FOLLOW_NAME),
-gated at fp32 rounding (`tol`, default FP32_TOL).
+torch-fp32 are reported, not gated. A quantized OUTDIR gets rows that take the boundary roundings out,
+gated at fp32 rounding (`tol`, default FP32_TOL): `portable vs plugin~` (model.onnx taking the portable
+graph's side on rounding-boundary cases, graph/follow.py) and, with --simulate, `simulation~` vs each graph
+(the simulation taking that graph's side, FOLLOW_NAME).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ FP32_TOL, QUANT_TOL, ENGINE_TOL = 1e-4, 5e-2, 5e-2
 # With --simulate on a quantized OUTDIR, one more pair per graph: the simulation taking the graph's side on the
 # roundings where both values agree to 1/1000 of a step (quant.simulate.layer `follow`), so the two must agree
 # to fp32 rounding (FP32_TOL); a wrong scale, weight or kernel moves values by more than that and still shows.
+PLUGIN_FOLLOW_WHAT = ("onnxruntime on model.onnx again, taking model.portable.onnx's side on values within 1/1000 of a "
+                      "step of a rounding boundary (graph/follow.py); held to fp32 rounding")
 FOLLOW_NAME = "simulation~"
 FOLLOW_WHAT = ("the simulation again, per graph, taking that graph's side on roundings where both agree to 1/1000 of "
                "a step (a boundary case, not a bug); held to fp32 rounding")
@@ -394,6 +397,19 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
             s = error_stats(outs[a][o], outs[b][o])
             rep.pairs.append({"reference": a, "test": b, "output": o, **s, "limit": lim,
                               "ok": None if lim is None else bool(np.isfinite(s["max_rel"]) and s["max_rel"] <= lim)})
+    graphs = {r.name: r.graph_file for r in refs if r.graph_file is not None}
+    if quantized and {"portable", "plugin"} <= set(graphs):  # the plugin graph taking portable's side on boundaries
+        import onnx
+
+        from .graph.follow import compare_following
+
+        log("plugin graph following the roundings of model.portable.onnx")
+        rep.references.append({"name": "plugin~", "what": PLUGIN_FOLLOW_WHAT})
+        lim = tol if tol is not None else FP32_TOL
+        f = compare_following(graphs["portable"], onnx.load(str(graphs["plugin"])), feed, "logits", threads=threads)
+        s = error_stats(f["reference"], f["test"])
+        rep.pairs.append({"reference": "portable", "test": "plugin~", "output": "logits", **s, "limit": lim,
+                          "ok": bool(np.isfinite(s["max_rel"]) and s["max_rel"] <= lim)})
     sim = next((r for r in refs if r.follow is not None), None)
     if sim is not None:  # quantized: the simulation once more per graph, taking that graph's side on boundary cases
         rep.references.append({"name": FOLLOW_NAME, "what": FOLLOW_WHAT})

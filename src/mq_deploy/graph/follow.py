@@ -1,0 +1,92 @@
+"""Compare two Q/DQ graphs of the same function as tightly as fp32 rounding allows.
+
+Two correct fp32 implementations of one quantized graph (the plugin flavour on its kernels, the portable
+flavour on standard ops) sum in different orders, so now and then a value lands within ~1e-7 of a rounding
+boundary and the two round it one int8 step apart; in a Mamba model the scan state then carries that step
+on, and the outputs differ by up to a few percent — a property of the inputs and the CPU's kernels, not of
+either graph. `follower(test)` rewrites every QuantizeLinear input x of the test graph into
+
+    x' = Where(|f - x| <= FOLLOW_STEPS * scale, f, x)
+
+with f a new graph input (named `follow_name(x)`) fed with the reference graph's value of x: the test graph
+then takes the reference's side on boundary cases and rounds on its own everywhere else, so the two outputs
+agree to fp32 rounding, and a wrong scale, weight or kernel (which moves values by more than 1/1000 of a
+step) still shows. The language model's numpy simulation does the same (`quant.simulate.layer`, `follow`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+FOLLOW_STEPS = 1e-3
+_SUFFIX = "::follow"
+
+
+def follow_name(tensor: str) -> str:
+    return tensor + _SUFFIX
+
+
+def quantized_tensors(model: onnx.ModelProto) -> list[str]:
+    """Inputs of the top-level QuantizeLinear nodes (the values a rounding decision is made on), sorted."""
+    return sorted({n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"})
+
+
+def follower(model: onnx.ModelProto, tensors: Optional[list[str]] = None) -> onnx.ModelProto:
+    """A copy of `model` whose QuantizeLinear nodes on `tensors` (default: all top-level ones) round the
+    value fed as `follow_name(x)` where it is within FOLLOW_STEPS of a step of their own x (see above).
+    Every QuantizeLinear must have a scalar scale (per-tensor activation quantization)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    want = set(quantized_tensors(model) if tensors is None else tensors)
+    inits = {t.name: t for t in g.initializer}
+    new_nodes, added = [], set()
+    for k, n in enumerate(g.node):
+        if n.op_type == "QuantizeLinear" and n.input[0] in want:
+            x, s = n.input[0], n.input[1]
+            if s in inits and int(np.prod(inits[s].dims)) != 1:
+                raise ValueError(f"follower: QuantizeLinear {n.name} has a per-channel scale")
+            f = follow_name(x)
+            if f not in added:
+                g.input.append(helper.make_tensor_value_info(f, TensorProto.FLOAT, None))
+                added.add(f)
+            p = f"{n.name or k}/follow"
+            lim = helper.make_tensor(f"{p}/steps", TensorProto.FLOAT, [], [FOLLOW_STEPS])
+            g.initializer.append(lim)
+            new_nodes += [helper.make_node("Sub", [f, x], [f"{p}/diff"], name=f"{p}/Sub"),
+                          helper.make_node("Abs", [f"{p}/diff"], [f"{p}/abs"], name=f"{p}/Abs"),
+                          helper.make_node("Mul", [s, lim.name], [f"{p}/lim"], name=f"{p}/Mul"),
+                          helper.make_node("LessOrEqual", [f"{p}/abs", f"{p}/lim"], [f"{p}/agree"],
+                                           name=f"{p}/LessOrEqual"),
+                          helper.make_node("Where", [f"{p}/agree", f, x], [f"{p}/x"], name=f"{p}/Where")]
+            q = onnx.NodeProto()
+            q.CopyFrom(n)
+            q.input[0] = f"{p}/x"
+            new_nodes.append(q)
+        else:
+            new_nodes.append(n)
+    if not added:
+        raise ValueError("follower: the graph has no QuantizeLinear to follow")
+    del g.node[:]
+    g.node.extend(new_nodes)
+    return m
+
+
+def compare_following(reference, test: onnx.ModelProto, feeds: dict, output: str, *,
+                      threads: Optional[int] = None) -> dict:
+    """Run `reference` (a ModelProto or path) on `feeds` with the test graph's quantized tensors as extra
+    outputs, then `follower(test)` on the same feeds plus those values (both in onnxruntime, plugin nodes on
+    the CPU kernels); {"max_rel": max|b - a| / max|a|, "reference": a, "test": b} for `output`."""
+    from ..backends.ort import OrtRunner
+
+    tensors = quantized_tensors(test)
+    ref = OrtRunner(reference, threads=threads, extra_outputs=tensors).run(dict(feeds))
+    # the follower's extra inputs feed nodes inside the graph: one onnxruntime session (extensions kernels)
+    got = OrtRunner(follower(test, tensors), threads=threads, plugins="extensions").run(
+        {**feeds, **{follow_name(t): ref[t] for t in tensors}})
+    a, b = np.asarray(ref[output]), np.asarray(got[output])
+    return {"max_rel": float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)), "reference": a, "test": b}

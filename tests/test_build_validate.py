@@ -394,10 +394,11 @@ def test_validate_quantized_with_simulation(w8_out, no_tensorrt, capsys):
     assert main(["validate", str(w8_out), "-q", "--json", "--simulate"]) == 0
     rep = json.loads(capsys.readouterr().out)
     p = _pairs(rep)
-    # portable vs plugin: 0 where no value sits on a rounding boundary, up to ~3e-2 where one does (CPU-dependent)
-    assert rep["ok"] and p[("portable", "plugin")]["max_rel"] <= mval.QUANT_TOL
-    for pair in (("simulation", "portable"), ("simulation", "plugin")):
-        assert p[pair]["max_rel"] <= mval.QUANT_TOL and p[pair]["top1"] >= 0.95
+    # direct rows: 0 where no value sits on a rounding boundary, up to quantization's own effect where one does
+    # (CPU- and input-dependent), so reported, not gated; the gates are on the rows that follow the roundings
+    assert rep["ok"]
+    for pair in (("portable", "plugin"), ("simulation", "portable"), ("simulation", "plugin")):
+        assert p[pair]["limit"] is None and p[pair]["ok"] is None and p[pair]["top1"] >= 0.95
     assert [r["name"] for r in rep["references"]] == ["simulation", "portable", "plugin", "plugin~", "simulation~"]
     f = p[("portable", "plugin~")]  # the plugin graph taking portable's side on boundary roundings
     assert f["max_rel"] < 1e-5 and f["limit"] == mval.FP32_TOL and f["ok"]

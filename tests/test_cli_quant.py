@@ -68,13 +68,14 @@ def test_lint_clean_and_both_flavours_run(w8):
         p = pairs[("simulation~", flavour)]
         assert p["max_rel"] < 1e-5 and p["limit"] == 1e-4 and p["ok"] and p["top1"] == 1.0, p
         assert 0 <= p["roundings_taken_from_graph"] <= 10, p  # a handful of boundary cases, not a systematic shift
-    assert pairs[("portable", "plugin")]["ok"] and pairs[("portable", "plugin")]["top1"] >= 0.95
+    assert pairs[("portable", "plugin")]["limit"] is None and pairs[("portable", "plugin")]["top1"] >= 0.95
     assert pairs[("portable", "plugin~")]["max_rel"] < 1e-5 and pairs[("portable", "plugin~")]["ok"]
 
 
 def test_validate_catches_a_one_percent_scale_error_in_the_plugin_graph(w8, tmp_path):
-    # what the rounding-following pair is for: a 1 % wrong C scale in one scan plugin moves the logits by less
-    # than a rounding cascade can (so the direct pairs, limit 5e-2, pass) but far more than fp32 rounding
+    # what the rounding-following rows are for: a 1 % wrong C scale in one scan plugin moves the logits by less
+    # than a rounding cascade can (3.4e-2, below the 5e-2 the direct rows were once gated at) but far more
+    # than fp32 rounding
     bad = tmp_path / "bad"
     shutil.copytree(w8, bad)
     m = onnx.load(str(bad / "model.onnx"), load_external_data=False)

@@ -40,9 +40,9 @@ def test_validate_vim_outdir(vim_out, capsys):
     rep = json.loads(capsys.readouterr().out)
     assert rep["ok"] and rep["pixel_values"] == [3, 1, 28, 28] and rep["input"].startswith("Fashion-MNIST test images")
     pairs = {(p["reference"], p["test"]): p for p in rep["pairs"]}
-    # direct: boundary roundings may differ (CPU-dependent), so validate's quantized gate; the plugin graph taking
-    # portable's side on those boundary cases: fp32 rounding
-    assert pairs[("portable", "plugin")]["limit"] == 5e-2 and pairs[("portable", "plugin")]["ok"]
+    # direct: boundary roundings may differ (CPU-dependent), so reported only; the plugin graph taking portable's
+    # side on those boundary cases: fp32 rounding
+    assert pairs[("portable", "plugin")]["limit"] is None and pairs[("portable", "plugin")]["top1"] >= 0.95
     f = pairs[("portable", "plugin~")]
     assert f["limit"] == 1e-4 and f["max_rel"] < 1e-5 and f["top1"] == 1.0
     assert [r["name"] for r in rep["references"]] == ["torch-fp32", "portable", "plugin", "plugin~"]

@@ -22,12 +22,11 @@ for pair (a, b) with a as the reference:
   max_abs = max|b - a|    max_rel = max_abs / max|a|    mean_abs = mean|b - a|
   top1    = share of (batch, position) whose argmax over the last axis agrees (logits)
 
-Pairs among portable / plugin / simulation are gated by `tol` (same semantics, different code; see
-QUANT_TOL for why quantized graphs get more room), pairs with tensorrt by `engine_tol`; pairs with
-torch-fp32 are reported, not gated. A quantized OUTDIR gets rows that take the boundary roundings out,
-gated at fp32 rounding (`tol`, default FP32_TOL): `portable vs plugin~` (model.onnx taking the portable
-graph's side on rounding-boundary cases, graph/follow.py) and, with --simulate, `simulation~` vs each graph
-(the simulation taking that graph's side, FOLLOW_NAME).
+Pairs among portable / plugin / simulation are gated by `tol` (default FP32_TOL: same semantics, different
+code), pairs with tensorrt by `engine_tol`; pairs with torch-fp32 are reported, not gated. For a quantized
+OUTDIR the direct pairs among portable / plugin / simulation are reported only, and rows that take the
+rounding-boundary cases out carry the `tol` gate (see FP32_TOL): `portable vs plugin~` (graph/follow.py)
+and, with --simulate, `simulation~` vs each graph (FOLLOW_NAME).
 """
 
 from __future__ import annotations
@@ -42,14 +41,17 @@ import numpy as np
 from . import trt as mtrt
 from .errors import UserError
 
-# Limits on max_rel. Quantized: two fp32 implementations of the same Q/DQ graph sum in different orders, so
-# now and then an activation sits on a rounding boundary and lands one int8 step apart; the scan state
-# carries that step to every later position. On the bundled model that is 1-3e-2 of max|logit| at
-# sequence 32-128 (and 0 or 5e-7 where no step flips), against ~9e-2 for the quantization error itself.
-FP32_TOL, QUANT_TOL, ENGINE_TOL = 1e-4, 5e-2, 5e-2
-# With --simulate on a quantized OUTDIR, one more pair per graph: the simulation taking the graph's side on the
-# roundings where both values agree to 1/1000 of a step (quant.simulate.layer `follow`), so the two must agree
-# to fp32 rounding (FP32_TOL); a wrong scale, weight or kernel moves values by more than that and still shows.
+# Limits on max_rel. Quantized OUTDIRs: two fp32 implementations of the same Q/DQ graph (and the simulation)
+# sum in different orders, so now and then an activation sits within ~1e-7 of a rounding boundary and lands one
+# int8 step apart; the scan state carries that step to every later position, and in a deep model it flips more
+# roundings downstream. The direct distance is then bounded only by quantization's own effect: 1-3e-2 of
+# max|logit| on the bundled model at sequence 17-128, 1.0e-1 (top-1 0.94) on mamba-ref-29m W8A8 at 2x64 with
+# graphs that are right. So for quantized OUTDIRs the direct rows among portable / plugin / simulation are
+# reported, not gated, and the gate (fp32 rounding, FP32_TOL or --tol) is on rows that take the boundary
+# roundings out: `portable vs plugin~` (model.onnx taking the portable graph's side where both agree to 1/1000
+# of a step, graph/follow.py) and, with --simulate, `simulation~` vs each graph (quant.simulate.layer `follow`).
+# A wrong scale, weight or kernel moves values by more than 1/1000 of a step and still shows.
+FP32_TOL, ENGINE_TOL = 1e-4, 5e-2
 PLUGIN_FOLLOW_WHAT = ("onnxruntime on model.onnx again, taking model.portable.onnx's side on values within 1/1000 of a "
                       "step of a rounding boundary (graph/follow.py); held to fp32 rounding")
 FOLLOW_NAME = "simulation~"
@@ -360,7 +362,9 @@ def _limit(a: str, b: str, quantized: bool, tol: Optional[float], engine_tol: fl
         return None
     if "tensorrt" in (a, b):
         return engine_tol
-    return tol if tol is not None else (QUANT_TOL if quantized else FP32_TOL)
+    if quantized:  # boundary roundings: reported; the gate is on the plugin~ / simulation~ rows
+        return None
+    return tol if tol is not None else FP32_TOL
 
 
 def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0, simulate: bool = False,

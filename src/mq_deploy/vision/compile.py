@@ -25,17 +25,20 @@ from .model import load_vim
 from .quantize import prepare_vim
 
 
-def _check(graph, portable, model, tol: float, quantized: bool = False) -> dict:
+def _check(graph, portable, model, quantized: bool) -> dict:
+    """Plugin vs portable graph on two inputs: fp32 to 1e-4; quantized, the portable graph taking the plugin
+    graph's side on rounding-boundary values (graph/follow.py) to 1e-4, the direct distance (boundary
+    roundings carried on by the scan state) recorded only."""
     c = model.config
     x = np.random.default_rng(0).standard_normal((2, c.channels, c.img_size, c.img_size)).astype(np.float32)
     a, b = VimRunner(graph)(x), VimRunner(portable)(x)
     if a.shape != (2, c.num_classes):
         raise InternalError(f"self-check: logits shape {a.shape}, expected {(2, c.num_classes)}")
     err = float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30))
-    if not np.isfinite(err) or err > tol:
+    if not np.isfinite(err) or (not quantized and err > 1e-4):
         raise InternalError(f"self-check: the plugin and portable Vim graphs disagree ({err:.3g})")
     out = {"batch": 2, "max_rel_error_plugin_vs_portable": err}
-    if quantized:  # `tol` leaves room for boundary roundings; taking the plugin graph's side on them, fp32 rounding
+    if quantized:
         from ..graph.follow import compare_following
 
         f = compare_following(graph, portable, {INPUT: x}, OUTPUT)["max_rel"]
@@ -75,7 +78,7 @@ def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force
         quantized = plan is not None and plan.quant is not None
         for g in (graph, portable):
             onnx.checker.check_model(g)
-        check = _check(graph, portable, model, 5e-2 if quantized else 1e-4, quantized)
+        check = _check(graph, portable, model, quantized)
         if quantized:
             graph = fuse_scan_quant(graph)
         files = {}

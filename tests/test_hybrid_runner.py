@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mq_deploy.backends.ort import OrtRunner
-from mq_deploy.compile import follow_graph
+from mq_deploy.graph.follow import point_values
 from mq_deploy.graph.fuse_scan_quant import fuse_scan_quant
 from mq_deploy.graph.mamba_lm import build_lm_graph
 from mq_deploy.graph.plan import GraphPlan
@@ -53,7 +53,7 @@ def test_fused_int8_graph_and_stateful_graphs(prepared):
     # may land one int8 step apart and the scan state carries it on; each path is held to the simulation
     # taking its side on such boundary cases, to fp32 rounding
     for runner in ({"plugins": "extensions"}, {}):
-        f = follow_graph(fused, points, plan.quant.act_scales, ids, **runner)
+        f = point_values(fused, points, plan.quant.act_scales, ids, **runner)
         got = f.pop("logits")
         assert rel_err(simulate.forward(m2, plan, ids, f), got) < 1e-5, runner
         assert f.get("flipped", 0) <= 5, runner

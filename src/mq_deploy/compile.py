@@ -108,13 +108,14 @@ def simulation_check(model, plan, graph: onnx.ModelProto, vocab: int, points: di
     quantization's own effect on the logits. `keep` (a dict) receives the input ids and the graph's
     logits (for `plugin_check`); `ids` defaults to 2 x `seq` random ones (seed 1)."""
     from .backends.ort import OrtRunner
+    from .graph.follow import point_values
     from .quant.simulate import forward
 
     if ids is None:
         ids = np.random.default_rng(1).integers(0, vocab, size=(2, seq))
     follow = None
     if plan.quant is not None:
-        follow = follow_graph(graph, points, plan.quant.act_scales, ids)
+        follow = point_values(graph, points, plan.quant.act_scales, ids)
         a = follow.pop("logits")
     else:
         a = OrtRunner(graph)(ids)
@@ -131,17 +132,6 @@ def simulation_check(model, plan, graph: onnx.ModelProto, vocab: int, points: di
         out["roundings_taken_from_graph" if flavour == "portable" else f"roundings_taken_from_{flavour}_graph"] = \
             int(follow.get("flipped", 0))
     return out
-
-
-def follow_graph(graph, points: dict, act_scales: dict, ids: np.ndarray, **runner) -> dict:
-    """Run `graph` (a ModelProto or path) on `ids` with the tensors of the quantization points as extra
-    outputs: {point: value before its QuantizeLinear, ..., "logits": logits}; without "logits" it is the
-    `follow` argument of `quant.simulate.forward`."""
-    from .backends.ort import OrtRunner
-
-    pts = [pt for pt in act_scales if pt in points]  # a scale the graph does not use has no tensor
-    outs = OrtRunner(graph, extra_outputs=sorted({points[pt] for pt in pts}), **runner).run({"input_ids": ids})
-    return {"logits": outs["logits"], **{pt: outs[points[pt]] for pt in pts}}
 
 
 def plugin_check(plugin_graph: onnx.ModelProto, ids: np.ndarray, portable_logits: np.ndarray,

@@ -176,10 +176,10 @@ def _points(manifest: dict, model, plan) -> dict:
 
 def _follower(model, plan, points: dict, threads: Optional[int]) -> Callable[[np.ndarray, Path], tuple]:
     def follow(ids: np.ndarray, graph_file: Path) -> tuple:
-        from .compile import follow_graph
+        from .graph.follow import point_values
         from .quant.simulate import forward
 
-        f = follow_graph(graph_file, points, plan.quant.act_scales, ids, threads=threads, plugins="extensions")
+        f = point_values(graph_file, points, plan.quant.act_scales, ids, threads=threads, plugins="extensions")
         got = f.pop("logits")
         sim = forward(model, plan, ids, f)
         return got, sim, int(f.get("flipped", 0))
@@ -395,38 +395,34 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
                  references=[{"name": r.name, "what": r.what} for r in refs], skipped=skipped,
                  runner="polygraphy" if use_polygraphy else "numpy", input_name=name,
                  input_shape=tuple(next(iter(feed.values())).shape), input_what=what)
+    def row(a: str, b: str, o: str, ref: np.ndarray, x: np.ndarray, lim: Optional[float], **extra) -> None:
+        s = error_stats(ref, x)
+        rep.pairs.append({"reference": a, "test": b, "output": o, **s, "limit": lim,
+                          "ok": None if lim is None else bool(np.isfinite(s["max_rel"]) and s["max_rel"] <= lim),
+                          **extra})
+
     for a, b in itertools.combinations([r.name for r in refs], 2):
-        lim = _limit(a, b, quantized, tol, engine_tol)
         for o in [k for k in outs[a] if k in outs[b]]:
-            s = error_stats(outs[a][o], outs[b][o])
-            rep.pairs.append({"reference": a, "test": b, "output": o, **s, "limit": lim,
-                              "ok": None if lim is None else bool(np.isfinite(s["max_rel"]) and s["max_rel"] <= lim)})
+            row(a, b, o, outs[a][o], outs[b][o], _limit(a, b, quantized, tol, engine_tol))
+    # quantized: the rows that take the rounding-boundary cases out, held to fp32 rounding (see FP32_TOL)
+    follow_lim = tol if tol is not None else FP32_TOL
     graphs = {r.name: r.graph_file for r in refs if r.graph_file is not None}
-    if quantized and {"portable", "plugin"} <= set(graphs):  # the plugin graph taking portable's side on boundaries
+    if quantized and {"portable", "plugin"} <= set(graphs):
         import onnx
 
         from .graph.follow import compare_following
 
         log("plugin graph following the roundings of model.portable.onnx")
         rep.references.append({"name": "plugin~", "what": PLUGIN_FOLLOW_WHAT})
-        lim = tol if tol is not None else FP32_TOL
         f = compare_following(graphs["portable"], onnx.load(str(graphs["plugin"])), feed, "logits", threads=threads)
-        s = error_stats(f["reference"], f["test"])
-        rep.pairs.append({"reference": "portable", "test": "plugin~", "output": "logits", **s, "limit": lim,
-                          "ok": bool(np.isfinite(s["max_rel"]) and s["max_rel"] <= lim)})
+        row("portable", "plugin~", "logits", f["reference"], f["test"], follow_lim)
     sim = next((r for r in refs if r.follow is not None), None)
-    if sim is not None:  # quantized: the simulation once more per graph, taking that graph's side on boundary cases
+    if sim is not None:
         rep.references.append({"name": FOLLOW_NAME, "what": FOLLOW_WHAT})
-        lim = tol if tol is not None else FP32_TOL
-        for r in refs:
-            if r.graph_file is None:
-                continue
-            log(f"simulation following the roundings of {r.graph_file.name}")
-            got, ref, taken = sim.follow(feed["input_ids"], r.graph_file)
-            s = error_stats(ref, got)
-            rep.pairs.append({"reference": FOLLOW_NAME, "test": r.name, "output": "logits", **s, "limit": lim,
-                              "ok": bool(np.isfinite(s["max_rel"]) and s["max_rel"] <= lim),
-                              "roundings_taken_from_graph": taken})
+        for name, file in graphs.items():
+            log(f"simulation following the roundings of {file.name}")
+            got, ref, taken = sim.follow(feed["input_ids"], file)
+            row(FOLLOW_NAME, name, "logits", ref, got, follow_lim, roundings_taken_from_graph=taken)
     return rep
 
 

@@ -11,7 +11,8 @@ either graph. `follower(test)` rewrites every QuantizeLinear input x of the test
 with f a new graph input (named `follow_name(x)`) fed with the reference graph's value of x: the test graph
 then takes the reference's side on boundary cases and rounds on its own everywhere else, so the two outputs
 agree to fp32 rounding, and a wrong scale, weight or kernel (which moves values by more than 1/1000 of a
-step) still shows. The language model's numpy simulation does the same (`quant.simulate.layer`, `follow`).
+step) still shows. The language model's numpy simulation does the same (`quant.simulate.layer`, `follow`),
+fed by `point_values`.
 """
 
 from __future__ import annotations
@@ -90,3 +91,15 @@ def compare_following(reference, test: onnx.ModelProto, feeds: dict, output: str
         {**feeds, **{follow_name(t): ref[t] for t in tensors}})
     a, b = np.asarray(ref[output]), np.asarray(got[output])
     return {"max_rel": float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)), "reference": a, "test": b}
+
+
+def point_values(graph, points: dict, act_scales: dict, ids: np.ndarray, **runner) -> dict:
+    """Run a language-model graph (a ModelProto or path) on `ids` with the quantization points' tensors
+    (`points`: {point: tensor}, from `build_lm_graph(..., with_points=True)` or the manifest) as extra
+    outputs: {point: value before its QuantizeLinear, ..., "logits": logits}; without "logits" it is the
+    `follow` argument of `quant.simulate.forward`. `runner`: OrtRunner keyword arguments."""
+    from ..backends.ort import OrtRunner
+
+    pts = [pt for pt in act_scales if pt in points]  # a scale the graph does not use has no tensor
+    outs = OrtRunner(graph, extra_outputs=sorted({points[pt] for pt in pts}), **runner).run({"input_ids": ids})
+    return {"logits": outs["logits"], **{pt: outs[points[pt]] for pt in pts}}

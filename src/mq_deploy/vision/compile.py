@@ -26,9 +26,9 @@ from .quantize import prepare_vim
 
 
 def _check(graph, portable, model, quantized: bool) -> dict:
-    """Plugin vs portable graph on two inputs: fp32 to 1e-4; quantized, the portable graph taking the plugin
-    graph's side on rounding-boundary values (graph/follow.py) to 1e-4, the direct distance (boundary
-    roundings carried on by the scan state) recorded only."""
+    """Plugin vs portable graph on a batch of 2 random images: fp32 to 1e-4; quantized, the portable graph
+    taking the plugin graph's side on rounding-boundary values (graph/follow.py) to 1e-4, the direct
+    distance (boundary roundings carried on by the scan state) recorded only."""
     c = model.config
     x = np.random.default_rng(0).standard_normal((2, c.channels, c.img_size, c.img_size)).astype(np.float32)
     a, b = VimRunner(graph)(x), VimRunner(portable)(x)

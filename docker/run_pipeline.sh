@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # compile → build → validate, the default command of docker/Dockerfile.{x86,jetson}; also runs on a
-# host with mq-deploy, TensorRT and the plugin library installed.
+# host with mq-deploy, TensorRT and the plugin library installed. A quantized recipe also builds
+# OUTDIR/model.validate.engine (`mq-deploy build --validation-engine`) and validates with that one.
 #
 # Environment (all optional):
 #   OUT            where OUTDIRs go (default /work/out; mount a host folder there to keep them)
@@ -51,6 +52,13 @@ step "${build[*]}"
 "${build[@]}"
 
 validate=(mq-deploy validate "$DIR" --plugins "$MQ_DEPLOY_PLUGINS" --batch "${BATCH:-2}")
+# a quantized OUTDIR is validated on a validation engine (the same build with the tensors before its
+# QuantizeLinear nodes as outputs too), whose rounding decisions validate can follow (docs/deploy.md)
+if python3 -c "import json, sys; sys.exit(0 if json.load(open(sys.argv[1])).get('quantization') else 1)" "$DIR/manifest.json"; then
+  step "${build[*]} --validation-engine"
+  "${build[@]}" --validation-engine
+  validate+=(--engine "$DIR/model.validate.engine")
+fi
 if [ "$VIM" = 1 ]; then
   validate+=(--torch)
 else

@@ -13,11 +13,14 @@ import sys
 import types
 
 import numpy as np
+import onnx
 import pytest
 
 from mq_deploy import validate as mval
+from mq_deploy.backends.ort import OrtRunner
 from mq_deploy.cli import main
 from mq_deploy.errors import UserError
+from mq_deploy.graph.follow import fp16_stand_in, quantized_tensors
 
 from .conftest import DATA_DIR, need
 
@@ -130,6 +133,7 @@ class _FakeTRT(types.ModuleType):
         super().__init__("tensorrt")
         self.__version__ = "10.3.0-fake"
         self.log = log
+        self.drop_tensors = set()  # tensors the fake parser leaves out
         ns = types.SimpleNamespace
         self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, sev=None: None})
         self.BuilderFlag = ns(INT8="INT8", FP16="FP16")
@@ -184,13 +188,39 @@ class _FakeTRT(types.ModuleType):
             def get_timing_cache(self):
                 return self.cache
 
+        class Tensor:
+            def __init__(self, name):
+                self.name = name
+
+        class Layer:
+            def __init__(self, outputs):
+                self.outputs = [Tensor(o) for o in outputs]
+                self.num_outputs = len(outputs)
+
+            def get_output(self, j):
+                return self.outputs[j]
+
+        class Network:  # a layer per ONNX node, its outputs named as the node's (what TensorRT's parser does)
+            def __init__(self):
+                self.layers = []
+
+            @property
+            def num_layers(self):
+                return len(self.layers)
+
+            def get_layer(self, i):
+                return self.layers[i]
+
+            def mark_output(self, t):
+                fake.log.setdefault("marked", []).append(t.name)
+
         class Builder:
             def __init__(self, logger):
                 pass
 
             def create_network(self, flags):
                 fake.log["network_flags"] = flags
-                return object()
+                return Network()
 
             def create_builder_config(self):
                 return Config()
@@ -203,10 +233,15 @@ class _FakeTRT(types.ModuleType):
 
         class Parser:
             def __init__(self, network, logger):
-                pass
+                self.network = network
 
             def parse_from_file(self, path):
                 fake.log["onnx"] = path
+                if isinstance(self.network, Network):
+                    import onnx
+
+                    self.network.layers = [Layer([o for o in n.output if o not in fake.drop_tensors])
+                                           for n in onnx.load(path, load_external_data=False).graph.node]
                 return True
 
         self._registry = Registry()
@@ -241,6 +276,37 @@ def test_build_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, capsys):
     # a second build in the same process: the library's plugins are registered already, not loaded again
     assert main(["build", str(w8_out), "-q", "--plugins", str(lib), "-o", str(engine)]) == 0, capsys.readouterr().err
     assert log["load_library_calls"] == 1
+
+
+def test_build_validation_engine_marks_the_tensors_before_quantization(w8_out, fp32_out, tmp_path, monkeypatch,
+                                                                     capsys):
+    fake = _FakeTRT(log := {})
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    lib = tmp_path / "libmq_trt_plugins.so"
+    lib.write_bytes(b"")
+    want = quantized_tensors(onnx.load(str(w8_out / "model.onnx"), load_external_data=False))
+    assert len(want) >= 8 * 4  # per layer at least the scan's u, delta, B, C
+    engine = w8_out / "model.validate.engine"  # the default name
+    try:
+        rc = main(["build", str(w8_out), "--validation-engine", "--plugins", str(lib)])
+        cap = capsys.readouterr()
+        assert rc == 0, cap.err
+        assert cap.out.strip() == str(engine) and engine.read_bytes() == b"ENGINE"
+        assert log["marked"] == want and f"the {len(want)} tensors before its QuantizeLinear" in cap.err
+    finally:
+        engine.unlink(missing_ok=True)
+    log.clear()
+    assert main(["build", str(w8_out), "-q", "--plugins", str(lib), "-o", str(tmp_path / "m.engine")]) == 0
+    assert "marked" not in log  # a deployment engine has only its graph's outputs
+    fake.drop_tensors = {want[3]}  # a tensor the parser does not have: one error, no engine
+    assert main(["build", str(w8_out), "-q", "--validation-engine", "--plugins", str(lib), "-o",
+                 str(tmp_path / "v.engine")]) == 2
+    (line,) = _errors(capsys.readouterr().err)
+    assert f"no tensor {want[3]} to mark" in line and not (tmp_path / "v.engine").exists()
+    assert main(["build", str(fp32_out), "--validation-engine", "--plugins", str(lib)]) == 2
+    assert "is not quantized" in capsys.readouterr().err
+    assert main(["build", str(w8_out), "--validation-engine", "--dry-run"]) == 2
+    assert "no trtexec equivalent" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("old, why", [(b"corrupt", "could not read"), (b"foreign", "another device")])
@@ -467,6 +533,49 @@ class _FakeRuntimeTRT(_FakeTRT):
 
         self.Runtime = type("Runtime", (), {"__init__": lambda s, logger: None,
                                             "deserialize_cuda_engine": lambda s, data: Engine()})
+
+
+def _stand_in_engine(monkeypatch, tmp_path, outdir, c_scale=1.0, marked=True):
+    """An engine for validate where TensorRT is absent: model.onnx with fp16 storage of its float tensors
+    (fp16_stand_in) on the CPU kernels, `c_scale` times the C scale in one scan node, and (`marked`) the
+    tensors before its QuantizeLinear nodes as outputs, as a validation engine has them."""
+    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT({}))
+    lib, engine = tmp_path / "libmq_trt_plugins.so", tmp_path / "m.engine"
+    lib.write_bytes(b"")
+    engine.write_bytes(b"ENGINE")
+    g = fp16_stand_in(onnx.load(str(outdir / "model.onnx")))
+    next(a for a in [n for n in g.graph.node if n.op_type == "SelectiveScan"][1].attribute
+         if a.name == "C_scale").f *= c_scale
+    runner = OrtRunner(g, extra_outputs=quantized_tensors(g) if marked else ())
+    monkeypatch.setattr(mval, "_trt_direct", lambda path, lib, feed: runner.run(dict(feed)))
+    return dict(engine=str(engine), plugin_lib=str(lib), use_polygraphy=False)
+
+
+def test_validate_follows_a_validation_engine_and_a_scale_error_fails(w8_out, tmp_path, monkeypatch):
+    rep = mval.validate(w8_out, seq=64, **_stand_in_engine(monkeypatch, tmp_path, w8_out))
+    p = {(r["reference"], r["test"]): r for r in rep.pairs}
+    assert rep.ok, mval.format_report(rep)
+    for graph in ("portable", "plugin"):  # direct: fp16 layers round boundary values otherwise; reported only
+        assert p[(graph, "tensorrt")]["limit"] is None and p[(graph, "tensorrt")]["max_rel"] > 1e-3
+    f = p[("portable~", "tensorrt")]  # the portable graph taking the engine's roundings: fp16 apart
+    assert f["limit"] == mval.ENGINE_FOLLOW_TOL and f["ok"] and f["max_rel"] < 2e-3
+    assert "portable~" in [r["name"] for r in rep.references] and not any("tensorrt~" in s["name"] for s in rep.skipped)
+    bad = mval.validate(w8_out, seq=64, **_stand_in_engine(monkeypatch, tmp_path, w8_out, c_scale=1.01))
+    f = {(r["reference"], r["test"]): r for r in bad.pairs}[("portable~", "tensorrt")]
+    assert not bad.ok and f["ok"] is False and f["max_rel"] > 1e-2
+    tight = mval.validate(w8_out, seq=64, engine_tol=1e-9, **_stand_in_engine(monkeypatch, tmp_path, w8_out))
+    assert {(r["reference"], r["test"]): r for r in tight.pairs}[("portable~", "tensorrt")]["limit"] == 1e-9
+
+
+def test_validate_quantized_deployment_engine_is_gated_directly_and_told_of_the_validation_engine(
+        w8_out, tmp_path, monkeypatch, capsys):
+    kw = _stand_in_engine(monkeypatch, tmp_path, w8_out, marked=False)
+    rep = mval.validate(w8_out, seq=64, **kw)
+    p = {(r["reference"], r["test"]): r for r in rep.pairs}
+    assert p[("portable", "tensorrt")]["limit"] == mval.ENGINE_TOL and ("portable~", "tensorrt") not in p
+    (hint,) = [s["reason"] for s in rep.skipped if s["name"] == "tensorrt~"]
+    assert f"mq-deploy build {w8_out} --validation-engine" in hint and "model.validate.engine" in hint
+    assert hint in mval.format_report(rep)
 
 
 def test_validate_engine_without_polygraphy_or_cuda_is_a_user_error(fp32_out, tmp_path, monkeypatch):

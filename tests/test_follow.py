@@ -6,7 +6,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from mq_deploy.backends.ort import OrtRunner
-from mq_deploy.graph.follow import compare_following, follow_name, follower, quantized_tensors
+from mq_deploy.graph.follow import (ENGINE_FOLLOW_STEPS, compare_following, follow_name, follower, fp16_stand_in,
+                                    quantized_tensors)
 from mq_deploy.graph.fuse_scan_quant import fuse_scan_quant
 from mq_deploy.graph.lower import lower_selective_scan
 from mq_deploy.graph.mamba_lm import build_lm_graph
@@ -34,6 +35,17 @@ def test_follower_takes_the_other_side_within_a_thousandth_of_a_step_only():
     y = OrtRunner(f).run({"x": x, follow_name("x"): other})["y"]
     np.testing.assert_array_equal(y, [0.5, 0.0, 0.0, 1.0])  # taken, not taken (too far), same, taken (same step)
     np.testing.assert_array_equal(OrtRunner(g).run({"x": x})["y"], [0.0, 0.0, 0.0, 1.0])
+
+
+def test_follower_window_in_steps_for_an_engine():
+    g = _qdq_graph(0.5)
+    f = follower(g, steps=ENGINE_FOLLOW_STEPS)  # an fp16 engine: within a tenth of a step
+    x = np.array([0.2499, 0.2499, 0.2499, 0.74], np.float32)
+    other = np.array([0.2501, 0.2960, 0.3110, 0.76], np.float32)  # +4e-4, +0.092, +0.122, +0.04 steps
+    y = OrtRunner(f).run({"x": x, follow_name("x"): other})["y"]
+    np.testing.assert_array_equal(y, [0.5, 0.5, 0.0, 1.0])  # taken, taken, not taken, taken (2 steps, not 1)
+    with pytest.raises(ValueError, match="steps must be > 0"):
+        follower(g, steps=0.0)
 
 
 def test_follower_refuses_a_graph_without_quantization():
@@ -64,3 +76,22 @@ def test_flavours_agree_to_fp32_rounding_following_each_other_and_a_scale_error_
     (attr,) = [a for a in scan.attribute if a.name == "C_scale"]
     attr.f *= 1.003
     assert compare_following(portable, bad, feeds, "logits")["max_rel"] > 1e-3
+
+
+def test_fp16_stand_in_keeps_the_names_and_moves_values_by_fp16_rounding(flavours):
+    plugin, _ = flavours
+    stand_in = fp16_stand_in(plugin)
+    casts = [n for n in stand_in.graph.node if n.op_type == "Cast" and n.output[0] not in
+             {o for m in plugin.graph.node for o in m.output}]
+    assert len(casts) > 100  # every float tensor but the RMSNorm squares gets an fp16 round trip
+    tensors = quantized_tensors(plugin)
+    assert quantized_tensors(stand_in) == tensors
+    feeds = {"input_ids": np.random.default_rng(5).integers(0, 257, size=(2, 33))}
+    a = OrtRunner(plugin, extra_outputs=tensors).run(feeds)
+    b = OrtRunner(stand_in, extra_outputs=tensors).run(feeds)
+    first = next(n.input[0] for n in plugin.graph.node if n.op_type == "QuantizeLinear")  # the first point:
+    # before any quantization the two differ by fp16 rounding only (a few roundings: norm, scale)
+    d = np.abs(a[first] - b[first]) / np.abs(a[first]).max()
+    assert 0 < d.max() < 2e-3
+    for t in tensors:
+        assert b[t].shape == a[t].shape

@@ -15,11 +15,12 @@ import shlex
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from .errors import UserError
 from .ops import selective_scan as ss
 
+VALIDATION_ENGINE = "model.validate.engine"  # `mq-deploy build --validation-engine`'s default file name
 PLUGINS_ENV = "MQ_DEPLOY_PLUGINS"  # default plugin library when --plugins is not given
 PLUGIN_BUILD_HINT = ("build it with `cmake -S plugins -B build/plugins -DTENSORRT_ROOT=<tensorrt> && "
                      "cmake --build build/plugins` (it is build/plugins/libmq_trt_plugins.so)")
@@ -201,11 +202,14 @@ def _set_timing_cache(config, path: str, warn: Callable[[str], None]):
 def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None, int8: bool = False,
                  fp16: bool = False, shapes: Shapes = Shapes(), timing_cache: Optional[str] = None,
                  input_name: str = "input_ids", workspace_gib: float = 4.0, fixed_dims: tuple = (),
-                 warn: Callable[[str], None] = lambda s: None, strongly_typed: bool = False) -> str:
+                 warn: Callable[[str], None] = lambda s: None, strongly_typed: bool = False,
+                 mark: Sequence[str] = ()) -> str:
     """Parse onnx_path, load the plugin library, build and write a serialized engine to out_path
     (`fixed_dims`: the input's dimensions after the batch when only the batch is dynamic, e.g. Vim's C, H, W;
     `warn`: told when the timing cache is unusable and an empty one is used instead; `strongly_typed`: the
-    network is created strongly typed and no precision flag is set, so int8 / fp16 must be False)."""
+    network is created strongly typed and no precision flag is set, so int8 / fp16 must be False; `mark`:
+    tensors of the graph to make network outputs too, the validation engine's values before its
+    QuantizeLinear nodes)."""
     _check_strongly_typed(strongly_typed, int8, fp16)
     dims = shapes.dims(fixed_dims)
     if not os.path.isfile(onnx_path):
@@ -223,6 +227,8 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
     if not parser.parse_from_file(onnx_path):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise UserError(f"TensorRT could not parse {onnx_path}: {errs}")
+    if mark:
+        mark_outputs(network, mark, onnx_path)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     if int8 and _flag(trt, "INT8") is not None:  # without the flag the Q/DQ nodes alone decide (TensorRT 11)
@@ -241,6 +247,25 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, config.get_timing_cache().serialize())
     return out_path
+
+
+def mark_outputs(network, names: Sequence[str], what: str = "the network") -> None:
+    """Make the tensors `names` (outputs of the parsed network's layers, named as in the ONNX graph) network
+    outputs as well; one UserError naming those that are not there."""
+    want, found = set(names), {}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        for j in range(layer.num_outputs):
+            t = layer.get_output(j)
+            if t is not None and t.name in want:
+                found.setdefault(t.name, t)
+    missing = sorted(want - set(found))
+    if missing:
+        raise UserError(f"TensorRT's network of {what} has no tensor {', '.join(missing[:5])}"
+                        f"{f' (and {len(missing) - 5} more)' if len(missing) > 5 else ''} to mark as an output: was "
+                        "the ONNX file edited, or does this TensorRT parser rename tensors?")
+    for n in sorted(found):
+        network.mark_output(found[n])
 
 
 # -- OUTDIR level ---------------------------------------------------------------------------------
@@ -283,6 +308,7 @@ class BuildPlan:
     input_name: str = "input_ids"
     fixed_dims: tuple = ()  # Vim: (channels, height, width); the profile varies the batch only
     strongly_typed: bool = False  # the graph's types decide (int8 and fp16 are then False)
+    mark: tuple = ()  # a validation engine: the tensors before the QuantizeLinear nodes, marked as outputs
 
     def command_lines(self, trt_major: Optional[int] = None) -> dict[str, str]:
         return command_lines(self.onnx, self.engine, self.plugin_lib or "<libmq_trt_plugins.so>", int8=self.int8,
@@ -305,20 +331,33 @@ def manifest_input(manifest: dict) -> tuple[str, tuple]:
 def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Optional[str] = None,
                int8: bool = False, fp16: bool = False, shapes: Shapes = Shapes(),
                timing_cache: Optional[str] = None, require_plugin_lib: bool = True,
-               strongly_typed: bool = False) -> BuildPlan:
+               strongly_typed: bool = False, validation: bool = False) -> BuildPlan:
     """Check OUTDIR and the plugin library (a missing one is kept as named when not `require_plugin_lib`: the
     dry run prints the command for the machine that has it); INT8 is on for a quantized OUTDIR (its Q/DQ nodes
-    carry the scales), unless `strongly_typed` (no precision flags: the Q/DQ nodes decide by themselves)."""
+    carry the scales), unless `strongly_typed` (no precision flags: the Q/DQ nodes decide by themselves).
+    `validation`: the engine (default OUTDIR/VALIDATION_ENGINE) also outputs the tensor before every
+    QuantizeLinear, which `mq-deploy validate` uses to follow its rounding decisions (quantized OUTDIRs only)."""
     _check_strongly_typed(strongly_typed, int8, fp16)
     onnx_path, manifest = read_outdir(outdir)
+    mark: tuple = ()
+    if validation:
+        if not manifest_quantized(manifest):
+            raise UserError(f"{outdir} is not quantized: a validation engine is for quantized OUTDIRs (a float "
+                            "engine is compared with the graphs directly; build it without --validation-engine)")
+        import onnx
+
+        from .graph.follow import quantized_tensors
+
+        mark = tuple(quantized_tensors(onnx.load(str(onnx_path), load_external_data=False)))
     lib = resolve_plugin_lib(plugin_lib, must_exist=require_plugin_lib)
     vocab = manifest.get("model", {}).get("config", {}).get("vocab_size")
     name, fixed = manifest_input(manifest)
     shapes.dims(fixed)  # a language model needs BATCH,SEQUENCE
-    return BuildPlan(onnx=str(onnx_path), engine=str(engine or Path(outdir) / "model.engine"), plugin_lib=lib,
+    default = VALIDATION_ENGINE if validation else "model.engine"
+    return BuildPlan(onnx=str(onnx_path), engine=str(engine or Path(outdir) / default), plugin_lib=lib,
                      int8=(int8 or manifest_quantized(manifest)) and not strongly_typed, fp16=fp16, shapes=shapes,
                      timing_cache=timing_cache, vocab=vocab, input_name=name, fixed_dims=fixed,
-                     strongly_typed=strongly_typed)
+                     strongly_typed=strongly_typed, mark=mark)
 
 
 def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
@@ -334,9 +373,12 @@ def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
     log(f"building {plan.engine} from {plan.onnx} with TensorRT {trt.__version__}"
         f"{' (INT8: explicit quantization from the Q/DQ nodes)' if plan.int8 else ''}{' (FP16)' if plan.fp16 else ''}"
         f"{typed}")
+    if plan.mark:
+        log(f"validation engine: the {len(plan.mark)} tensors before its QuantizeLinear nodes are outputs too "
+            "(for `mq-deploy validate --engine`; not for deployment: extra outputs, other fusions)")
     return build_engine(plan.onnx, plan.engine, plan.plugin_lib, int8=plan.int8, fp16=plan.fp16, shapes=plan.shapes,
                         timing_cache=plan.timing_cache, input_name=plan.input_name, fixed_dims=plan.fixed_dims,
-                        warn=warn, strongly_typed=plan.strongly_typed)
+                        warn=warn, strongly_typed=plan.strongly_typed, mark=plan.mark)
 
 
 def _trtexec_shape(name: str, s: tuple) -> str:

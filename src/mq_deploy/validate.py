@@ -23,10 +23,12 @@ for pair (a, b) with a as the reference:
   top1    = share of (batch, position) whose argmax over the last axis agrees (logits)
 
 Pairs among portable / plugin / simulation are gated by `tol` (default FP32_TOL: same semantics, different
-code), pairs with tensorrt by `engine_tol`; pairs with torch-fp32 are reported, not gated. For a quantized
-OUTDIR the direct pairs among portable / plugin / simulation are reported only, and rows that take the
-rounding-boundary cases out carry the `tol` gate (see FP32_TOL): `portable vs plugin~` (graph/follow.py)
-and, with --simulate, `simulation~` vs each graph (FOLLOW_NAME).
+code), pairs with tensorrt by `engine_tol` (default ENGINE_TOL); pairs with torch-fp32 are reported, not
+gated. For a quantized OUTDIR the direct pairs among portable / plugin / simulation are reported only, and
+rows that take the rounding-boundary cases out carry the `tol` gate (see FP32_TOL): `portable vs plugin~`
+(graph/follow.py) and, with --simulate, `simulation~` vs each graph (FOLLOW_NAME). A validation engine
+(`mq-deploy build --validation-engine`) adds `portable~ vs tensorrt` (ENGINE_FOLLOW_TOL), and its direct rows
+are then reported only.
 """
 
 from __future__ import annotations
@@ -51,9 +53,20 @@ from .errors import UserError
 # roundings out: `portable vs plugin~` (model.onnx taking the portable graph's side where both agree to 1/1000
 # of a step, graph/follow.py) and, with --simulate, `simulation~` vs each graph (quant.simulate.layer `follow`).
 # A wrong scale, weight or kernel moves values by more than 1/1000 of a step and still shows.
-FP32_TOL, ENGINE_TOL = 1e-4, 5e-2
+# Engines: a direct pair is gated at ENGINE_TOL (fp16 / TF32 float layers); for a quantized OUTDIR that holds
+# only without cascades, so a validation engine (`mq-deploy build --validation-engine`, which also outputs the
+# tensors before its QuantizeLinear nodes) is compared as `portable~ vs tensorrt`: model.portable.onnx taking the
+# engine's rounding wherever both agree within ENGINE_FOLLOW_STEPS (graph/follow.py), gated at ENGINE_FOLLOW_TOL,
+# and the direct engine rows are then reported only. --engine-tol sets both limits.
+FP32_TOL, ENGINE_TOL, ENGINE_FOLLOW_TOL = 1e-4, 5e-2, 1e-2
 PLUGIN_FOLLOW_WHAT = ("onnxruntime on model.onnx again, taking model.portable.onnx's side on values within 1/1000 of a "
                       "step of a rounding boundary (graph/follow.py); held to fp32 rounding")
+ENGINE_FOLLOW_WHAT = ("onnxruntime on model.portable.onnx taking the engine's rounding wherever both agree within "
+                      "0.1 of a step before a QuantizeLinear (the engine's float layers may be fp16)")
+NO_ENGINE_FOLLOW = ("tensorrt: a quantized OUTDIR's engine is compared directly only, and a correct one can exceed "
+                    "the direct limit (its fp16 / TF32 layers round boundary values otherwise and the scan state "
+                    "carries that on); for a tight check build a validation engine, `mq-deploy build {outdir} "
+                    "--validation-engine`, and pass it as --engine {outdir}/{file}")
 FOLLOW_NAME = "simulation~"
 FOLLOW_WHAT = ("the simulation again, per graph, taking that graph's side on roundings where both agree to 1/1000 of "
                "a step (a boundary case, not a bug); held to fp32 rounding")
@@ -357,11 +370,12 @@ def run_references(refs: list[Reference], feed: dict, use_polygraphy: bool) -> d
     return {r.name: results[r.name] for r in refs}
 
 
-def _limit(a: str, b: str, quantized: bool, tol: Optional[float], engine_tol: float) -> Optional[float]:
+def _limit(a: str, b: str, quantized: bool, tol: Optional[float], engine_tol: Optional[float],
+           engine_followed: bool = False) -> Optional[float]:
     if "torch-fp32" in (a, b):
         return None
-    if "tensorrt" in (a, b):
-        return engine_tol
+    if "tensorrt" in (a, b):  # with a validation engine the gate is on the portable~ vs tensorrt row
+        return None if engine_followed else (engine_tol if engine_tol is not None else ENGINE_TOL)
     if quantized:  # boundary roundings: reported; the gate is on the plugin~ / simulation~ rows
         return None
     return tol if tol is not None else FP32_TOL
@@ -370,7 +384,7 @@ def _limit(a: str, b: str, quantized: bool, tol: Optional[float], engine_tol: fl
 def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0, simulate: bool = False,
              torch_ref: bool = False, model_dir: Optional[str] = None, calib: Optional[str] = None,
              engine: Optional[str] = None, plugin_lib: Optional[str] = None, tol: Optional[float] = None,
-             engine_tol: float = ENGINE_TOL, threads: Optional[int] = None, use_polygraphy: Optional[bool] = None,
+             engine_tol: Optional[float] = None, threads: Optional[int] = None, use_polygraphy: Optional[bool] = None,
              log: Callable[[str], None] = lambda s: None) -> Report:
     if batch < 1 or seq < 1:
         raise UserError("--batch and --seq must be at least 1")
@@ -401,12 +415,30 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
                           "ok": None if lim is None else bool(np.isfinite(s["max_rel"]) and s["max_rel"] <= lim),
                           **extra})
 
+    graphs = {r.name: r.graph_file for r in refs if r.graph_file is not None}
+    marked = _split_marked(outs, graphs)
+    engine_followed = quantized and bool(marked)
     for a, b in itertools.combinations([r.name for r in refs], 2):
         for o in [k for k in outs[a] if k in outs[b]]:
-            row(a, b, o, outs[a][o], outs[b][o], _limit(a, b, quantized, tol, engine_tol))
+            row(a, b, o, outs[a][o], outs[b][o], _limit(a, b, quantized, tol, engine_tol, engine_followed))
+    if engine_followed:
+        import onnx
+
+        from .backends.ort import OrtRunner
+        from .graph.follow import ENGINE_FOLLOW_STEPS, follow_name, follower
+
+        log(f"model.portable.onnx following the engine's roundings at {len(marked)} tensors")
+        rep.references.append({"name": "portable~", "what": ENGINE_FOLLOW_WHAT})
+        g = follower(onnx.load(str(graphs["portable"])), sorted(marked), steps=ENGINE_FOLLOW_STEPS)
+        ref = OrtRunner(g, threads=threads).run({**feed, **{follow_name(t): v for t, v in marked.items()}})
+        for o in [k for k in outs["tensorrt"] if k in ref]:
+            row("portable~", "tensorrt", o, ref[o], outs["tensorrt"][o],
+                engine_tol if engine_tol is not None else ENGINE_FOLLOW_TOL)
+    elif quantized and "tensorrt" in outs:
+        rep.skipped.append({"name": "tensorrt~", "reason": NO_ENGINE_FOLLOW.format(
+            outdir=out, file=mtrt.VALIDATION_ENGINE)})
     # quantized: the rows that take the rounding-boundary cases out, held to fp32 rounding (see FP32_TOL)
     follow_lim = tol if tol is not None else FP32_TOL
-    graphs = {r.name: r.graph_file for r in refs if r.graph_file is not None}
     if quantized and {"portable", "plugin"} <= set(graphs):
         import onnx
 
@@ -424,6 +456,21 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
             got, ref, taken = sim.follow(feed["input_ids"], file)
             row(FOLLOW_NAME, name, "logits", ref, got, follow_lim, roundings_taken_from_graph=taken)
     return rep
+
+
+def _split_marked(outs: dict, graphs: dict) -> dict:
+    """Take the engine's extra outputs (a validation engine's tensors before its QuantizeLinear nodes) out of
+    outs["tensorrt"]; {tensor: value} of those that are QuantizeLinear inputs of model.onnx."""
+    if "tensorrt" not in outs or "plugin" not in graphs:
+        return {}
+    import onnx
+
+    from .graph.follow import quantized_tensors
+
+    g = onnx.load(str(graphs["plugin"]), load_external_data=False)
+    keep = {o.name for o in g.graph.output}
+    extra = {k: outs["tensorrt"].pop(k) for k in [k for k in outs["tensorrt"] if k not in keep]}
+    return {t: np.asarray(extra[t], np.float32) for t in quantized_tensors(g) if t in extra}
 
 
 def _vim_images(batch: int, fixed: tuple, seed: int) -> tuple[dict, str]:

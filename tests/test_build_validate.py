@@ -21,6 +21,7 @@ from mq_deploy.backends.ort import OrtRunner
 from mq_deploy.cli import main
 from mq_deploy.errors import UserError
 from mq_deploy.graph.follow import fp16_stand_in, quantized_tensors
+from mq_deploy.graph.precision import rms_norm_nodes
 
 from .conftest import DATA_DIR, need
 
@@ -136,7 +137,8 @@ class _FakeTRT(types.ModuleType):
         self.drop_tensors = set()  # tensors the fake parser leaves out
         ns = types.SimpleNamespace
         self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, sev=None: None})
-        self.BuilderFlag = ns(INT8="INT8", FP16="FP16")
+        self.BuilderFlag = ns(INT8="INT8", FP16="FP16", PREFER_PRECISION_CONSTRAINTS="PREFER_PRECISION_CONSTRAINTS")
+        self.float32 = "float32"
         self.NetworkDefinitionCreationFlag = ns(STRONGLY_TYPED=1)  # TensorRT 10's value: create_network(1 << 1)
         self.MemoryPoolType = ns(WORKSPACE="WORKSPACE")
         fake = self
@@ -196,9 +198,14 @@ class _FakeTRT(types.ModuleType):
             def __init__(self, outputs):
                 self.outputs = [Tensor(o) for o in outputs]
                 self.num_outputs = len(outputs)
+                self.precision = None
 
             def get_output(self, j):
                 return self.outputs[j]
+
+            def set_output_type(self, j, dtype):
+                assert self.precision == dtype == "float32"  # fp32 compute, then fp32 output
+                fake.log.setdefault("fp32", []).append(self.outputs[j].name)
 
         class Network:  # a layer per ONNX node, its outputs named as the node's (what TensorRT's parser does)
             def __init__(self):
@@ -271,7 +278,10 @@ def test_build_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, capsys):
     assert "equivalent: trtexec" in cap.err and "--int8 --fp16" in cap.err
     assert log["plugins"] == str(lib.resolve()) and log["onnx"] == str(w8_out / "model.onnx")
     assert log["profile"] == ("input_ids", (1, 4), (2, 64), (4, 256))
-    assert log["flags"] == ["INT8", "FP16"]
+    assert log["flags"] == ["INT8", "FP16", "PREFER_PRECISION_CONSTRAINTS"]
+    norms = [n.output[0] for n in rms_norm_nodes(onnx.load(str(w8_out / "model.onnx"), load_external_data=False))]
+    assert log["fp32"] == norms and len(norms) == 5 * 9  # every RMSNorm layer (8 layers + the head) kept fp32
+    assert "--layerPrecisions=" in cap.err and "head/sq:fp32" in cap.err
     assert sorted(os.listdir(engine.parent)) == ["m.engine"]  # written atomically: no temporary left
     # a second build in the same process: the library's plugins are registered already, not loaded again
     assert main(["build", str(w8_out), "-q", "--plugins", str(lib), "-o", str(engine)]) == 0, capsys.readouterr().err
@@ -297,7 +307,7 @@ def test_build_validation_engine_marks_the_tensors_before_quantization(w8_out, f
         engine.unlink(missing_ok=True)
     log.clear()
     assert main(["build", str(w8_out), "-q", "--plugins", str(lib), "-o", str(tmp_path / "m.engine")]) == 0
-    assert "marked" not in log  # a deployment engine has only its graph's outputs
+    assert "marked" not in log and "fp32" not in log  # only its graph's outputs; no FP16, nothing pinned
     fake.drop_tensors = {want[3]}  # a tensor the parser does not have: one error, no engine
     assert main(["build", str(w8_out), "-q", "--validation-engine", "--plugins", str(lib), "-o",
                  str(tmp_path / "v.engine")]) == 2

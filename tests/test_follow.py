@@ -83,7 +83,7 @@ def test_fp16_stand_in_keeps_the_names_and_moves_values_by_fp16_rounding(flavour
     stand_in = fp16_stand_in(plugin)
     casts = [n for n in stand_in.graph.node if n.op_type == "Cast" and n.output[0] not in
              {o for m in plugin.graph.node for o in m.output}]
-    assert len(casts) > 100  # every float tensor but the RMSNorm squares gets an fp16 round trip
+    assert len(casts) > 100  # every float tensor but the RMSNorm layers gets an fp16 round trip
     tensors = quantized_tensors(plugin)
     assert quantized_tensors(stand_in) == tensors
     feeds = {"input_ids": np.random.default_rng(5).integers(0, 257, size=(2, 33))}

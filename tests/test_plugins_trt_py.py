@@ -183,3 +183,19 @@ def test_atomic_write_syncs_before_the_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", lambda a, b: (calls.append("replace"), replace(a, b))[1])
     mtrt.atomic_write_bytes(tmp_path / "model.engine", b"ENGINE")
     assert calls == ["fsync", "replace"] and (tmp_path / "model.engine").read_bytes() == b"ENGINE"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # polygraphy 0.53.6's entry_points().get
+def test_fp16_lines_keep_the_rms_norm_layers_in_fp32():
+    args, keep = ("out/model.onnx", "out/model.engine", "lib.so"), ("layers.0/sq", "head/rms")
+    c = mtrt.command_lines(*args, int8=True, fp16=True, fp32_layers=keep)
+    assert (" --fp16 --precisionConstraints=prefer --layerPrecisions=layers.0/sq:fp32,head/rms:fp32 "
+            "--layerOutputTypes=layers.0/sq:fp32,head/rms:fp32") in c["trtexec"]
+    assert " --precision-constraints prefer --layer-precisions layers.0/sq:float32 head/rms:float32 " in c["polygraphy"]
+    assert mtrt.command_lines(*args, int8=True, fp32_layers=keep) == mtrt.command_lines(*args, int8=True)  # no FP16
+    run = pytest.importorskip("polygraphy.tools.run.run")
+    ap = argparse.ArgumentParser()
+    run.Run().setup_parser(ap.add_subparsers())
+    got = ap.parse_args(shlex.split(c["polygraphy"])[1:])  # polygraphy's own parser takes the options
+    assert got.fp16 and got.precision_constraints == "prefer" and got.layer_precisions == [
+        "layers.0/sq:float32", "head/rms:float32"]

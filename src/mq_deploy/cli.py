@@ -237,7 +237,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         if major is None and (plan.int8 or plan.fp16):
             print("note: no TensorRT here; the command is for TensorRT 10 (on TensorRT 11 leave out --int8 / "
-                  "--fp16: its trtexec has neither, the Q/DQ nodes decide)", file=sys.stderr)
+                  f"--fp16{' and the layer precision options' if plan.fp32 else ''}: its trtexec has neither, the "
+                  "Q/DQ nodes decide)", file=sys.stderr)
         elif major is None and plan.strongly_typed:
             print("note: no TensorRT here; the command is for TensorRT 10 (TensorRT 11 needs no --stronglyTyped: "
                   "its networks are always strongly typed)", file=sys.stderr)

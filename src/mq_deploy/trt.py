@@ -203,13 +203,14 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
                  fp16: bool = False, shapes: Shapes = Shapes(), timing_cache: Optional[str] = None,
                  input_name: str = "input_ids", workspace_gib: float = 4.0, fixed_dims: tuple = (),
                  warn: Callable[[str], None] = lambda s: None, strongly_typed: bool = False,
-                 mark: Sequence[str] = ()) -> str:
+                 mark: Sequence[str] = (), fp32: Sequence[str] = ()) -> str:
     """Parse onnx_path, load the plugin library, build and write a serialized engine to out_path
     (`fixed_dims`: the input's dimensions after the batch when only the batch is dynamic, e.g. Vim's C, H, W;
     `warn`: told when the timing cache is unusable and an empty one is used instead; `strongly_typed`: the
     network is created strongly typed and no precision flag is set, so int8 / fp16 must be False; `mark`:
     tensors of the graph to make network outputs too, the validation engine's values before its
-    QuantizeLinear nodes)."""
+    QuantizeLinear nodes; `fp32`: tensors whose layers keep fp32 compute and outputs when FP16 is allowed, the
+    RMSNorm layers of graph/precision.py)."""
     _check_strongly_typed(strongly_typed, int8, fp16)
     dims = shapes.dims(fixed_dims)
     if not os.path.isfile(onnx_path):
@@ -235,6 +236,8 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
         config.set_flag(_flag(trt, "INT8"))
     if fp16:
         config.set_flag(_flag(trt, "FP16"))
+        if fp32:
+            keep_fp32(trt, network, config, fp32, onnx_path)
     profile = builder.create_optimization_profile()
     profile.set_shape(input_name, *dims)
     config.add_optimization_profile(profile)
@@ -249,23 +252,43 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
     return out_path
 
 
-def mark_outputs(network, names: Sequence[str], what: str = "the network") -> None:
-    """Make the tensors `names` (outputs of the parsed network's layers, named as in the ONNX graph) network
-    outputs as well; one UserError naming those that are not there."""
+def _producers(network, names: Sequence[str], what: str, why: str) -> dict:
+    """{tensor name: (layer, output index)} for the tensors `names` of the parsed network (named as in the ONNX
+    graph); one UserError naming those that are not there."""
     want, found = set(names), {}
     for i in range(network.num_layers):
         layer = network.get_layer(i)
         for j in range(layer.num_outputs):
             t = layer.get_output(j)
             if t is not None and t.name in want:
-                found.setdefault(t.name, t)
+                found.setdefault(t.name, (layer, j))
     missing = sorted(want - set(found))
     if missing:
         raise UserError(f"TensorRT's network of {what} has no tensor {', '.join(missing[:5])}"
-                        f"{f' (and {len(missing) - 5} more)' if len(missing) > 5 else ''} to mark as an output: was "
-                        "the ONNX file edited, or does this TensorRT parser rename tensors?")
+                        f"{f' (and {len(missing) - 5} more)' if len(missing) > 5 else ''} {why}: was the ONNX file "
+                        "edited, or does this TensorRT parser rename tensors?")
+    return found
+
+
+def mark_outputs(network, names: Sequence[str], what: str = "the network") -> None:
+    """Make the tensors `names` network outputs as well (a validation engine)."""
+    found = _producers(network, names, what, "to mark as an output")
     for n in sorted(found):
-        network.mark_output(found[n])
+        layer, j = found[n]
+        network.mark_output(layer.get_output(j))
+
+
+def keep_fp32(trt, network, config, names: Sequence[str], what: str = "the network") -> None:
+    """The layers making the tensors `names` compute in fp32 and write fp32 (graph/precision.py: RMSNorm's
+    squares overflow fp16), with the builder preferring those constraints over faster fp16 tactics."""
+    flag = getattr(trt.BuilderFlag, "PREFER_PRECISION_CONSTRAINTS", None)
+    if flag is None:
+        raise UserError(f"TensorRT {trt.__version__} has no BuilderFlag.PREFER_PRECISION_CONSTRAINTS, which --fp16 "
+                        "needs to keep the RMSNorm layers in fp32: build without --fp16")
+    for layer, j in _producers(network, names, what, "to keep in fp32").values():
+        layer.precision = trt.float32
+        layer.set_output_type(j, trt.float32)
+    config.set_flag(flag)
 
 
 # -- OUTDIR level ---------------------------------------------------------------------------------
@@ -309,12 +332,13 @@ class BuildPlan:
     fixed_dims: tuple = ()  # Vim: (channels, height, width); the profile varies the batch only
     strongly_typed: bool = False  # the graph's types decide (int8 and fp16 are then False)
     mark: tuple = ()  # a validation engine: the tensors before the QuantizeLinear nodes, marked as outputs
+    fp32: tuple = ()  # with fp16: (layer, tensor) of the RMSNorm layers kept in fp32 (graph/precision.py)
 
     def command_lines(self, trt_major: Optional[int] = None) -> dict[str, str]:
         return command_lines(self.onnx, self.engine, self.plugin_lib or "<libmq_trt_plugins.so>", int8=self.int8,
                              fp16=self.fp16, shapes=self.shapes, timing_cache=self.timing_cache, vocab=self.vocab,
                              input_name=self.input_name, fixed_dims=self.fixed_dims, trt_major=trt_major,
-                             strongly_typed=self.strongly_typed)
+                             strongly_typed=self.strongly_typed, fp32_layers=tuple(n for n, _ in self.fp32))
 
 
 def manifest_input(manifest: dict) -> tuple[str, tuple]:
@@ -339,16 +363,20 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
     QuantizeLinear, which `mq-deploy validate` uses to follow its rounding decisions (quantized OUTDIRs only)."""
     _check_strongly_typed(strongly_typed, int8, fp16)
     onnx_path, manifest = read_outdir(outdir)
+    if validation and not manifest_quantized(manifest):
+        raise UserError(f"{outdir} is not quantized: a validation engine is for quantized OUTDIRs (a float "
+                        "engine is compared with the graphs directly; build it without --validation-engine)")
     mark: tuple = ()
-    if validation:
-        if not manifest_quantized(manifest):
-            raise UserError(f"{outdir} is not quantized: a validation engine is for quantized OUTDIRs (a float "
-                            "engine is compared with the graphs directly; build it without --validation-engine)")
+    fp32: tuple = ()
+    if validation or fp16:
         import onnx
 
         from .graph.follow import quantized_tensors
+        from .graph.precision import rms_norm_nodes
 
-        mark = tuple(quantized_tensors(onnx.load(str(onnx_path), load_external_data=False)))
+        graph = onnx.load(str(onnx_path), load_external_data=False)
+        mark = tuple(quantized_tensors(graph)) if validation else ()
+        fp32 = tuple((n.name, n.output[0]) for n in rms_norm_nodes(graph)) if fp16 else ()
     lib = resolve_plugin_lib(plugin_lib, must_exist=require_plugin_lib)
     vocab = manifest.get("model", {}).get("config", {}).get("vocab_size")
     name, fixed = manifest_input(manifest)
@@ -357,7 +385,7 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
     return BuildPlan(onnx=str(onnx_path), engine=str(engine or Path(outdir) / default), plugin_lib=lib,
                      int8=(int8 or manifest_quantized(manifest)) and not strongly_typed, fp16=fp16, shapes=shapes,
                      timing_cache=timing_cache, vocab=vocab, input_name=name, fixed_dims=fixed,
-                     strongly_typed=strongly_typed, mark=mark)
+                     strongly_typed=strongly_typed, mark=mark, fp32=fp32)
 
 
 def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
@@ -373,12 +401,15 @@ def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
     log(f"building {plan.engine} from {plan.onnx} with TensorRT {trt.__version__}"
         f"{' (INT8: explicit quantization from the Q/DQ nodes)' if plan.int8 else ''}{' (FP16)' if plan.fp16 else ''}"
         f"{typed}")
+    if plan.fp32:
+        log(f"FP16: the {len(plan.fp32)} RMSNorm layers stay fp32 (their squares overflow fp16)")
     if plan.mark:
         log(f"validation engine: the {len(plan.mark)} tensors before its QuantizeLinear nodes are outputs too "
             "(for `mq-deploy validate --engine`; not for deployment: extra outputs, other fusions)")
     return build_engine(plan.onnx, plan.engine, plan.plugin_lib, int8=plan.int8, fp16=plan.fp16, shapes=plan.shapes,
                         timing_cache=plan.timing_cache, input_name=plan.input_name, fixed_dims=plan.fixed_dims,
-                        warn=warn, strongly_typed=plan.strongly_typed, mark=plan.mark)
+                        warn=warn, strongly_typed=plan.strongly_typed, mark=plan.mark,
+                        fp32=tuple(t for _, t in plan.fp32))
 
 
 def _trtexec_shape(name: str, s: tuple) -> str:
@@ -396,7 +427,7 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
                   shapes: Shapes = Shapes(), input_name: str = "input_ids",
                   timing_cache: Optional[str] = None, vocab: Optional[int] = None,
                   fixed_dims: tuple = (), trt_major: Optional[int] = None,
-                  strongly_typed: bool = False) -> dict[str, str]:
+                  strongly_typed: bool = False, fp32_layers: Sequence[str] = ()) -> dict[str, str]:
     """The trtexec build and polygraphy comparison command lines equivalent to build_engine / validate, for
     TensorRT `trt_major` (None: not known here, 10.x assumed). TensorRT 10 takes INT8 / FP16 as builder flags
     (`--int8`, `--fp16`), or `strongly_typed` (`--stronglyTyped` / `--strongly-typed`, no precision flags);
@@ -405,7 +436,11 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
     polygraphy's onnxrt runner cannot run the plugin nodes of model.onnx (mq-deploy's CPU kernels are
     registered through onnxruntime-extensions, which polygraphy's CLI does not load), so the comparison
     is two runs: `polygraphy_reference` saves inputs and outputs of model.portable.onnx in onnxruntime,
-    `polygraphy` builds model.onnx with the plugins in TensorRT and compares against them."""
+    `polygraphy` builds model.onnx with the plugins in TensorRT and compares against them.
+
+    With fp16, `fp32_layers` (the RMSNorm layers, graph/precision.py) are kept in fp32 as build_engine keeps
+    them: trtexec `--precisionConstraints=prefer --layerPrecisions --layerOutputTypes`; polygraphy has no
+    option for layer output types, so its line sets the layer precisions only."""
     q = shlex.quote
     _check_strongly_typed(strongly_typed, int8, fp16)
     lo, opt, hi = shapes.dims(fixed_dims)
@@ -417,6 +452,10 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
     trtexec = [f"trtexec --onnx={q(onnx_path)} --saveEngine={q(engine_path)} --dynamicPlugins={q(plugin_lib)}",
                f"--minShapes={_trtexec_shape(input_name, lo)} --optShapes={_trtexec_shape(input_name, opt)} "
                f"--maxShapes={_trtexec_shape(input_name, hi)}", *flags, *(["--stronglyTyped"] if typed else [])]
+    keep = list(fp32_layers) if fp16 else []
+    if keep:
+        spec = ",".join(f"{n}:fp32" for n in keep)
+        trtexec.append(f"--precisionConstraints=prefer --layerPrecisions={q(spec)} --layerOutputTypes={q(spec)}")
     if timing_cache:
         trtexec.append(f"--timingCacheFile={q(timing_cache)}")
     pshape = {k: _polygraphy_shape(input_name, s) for k, s in (("min", lo), ("opt", opt), ("max", hi))}
@@ -430,5 +469,7 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
     poly = [f"polygraphy run {q(onnx_path)} --trt --plugins {q(plugin_lib)}",
             f"--trt-min-shapes {pshape['min']} --trt-opt-shapes {pshape['opt']} --trt-max-shapes {pshape['max']}",
             *flags, *(["--strongly-typed"] if typed else [])]
+    if keep:
+        poly.append("--precision-constraints prefer --layer-precisions " + " ".join(q(f"{n}:float32") for n in keep))
     poly.append(f"--load-inputs {q(inputs)} --load-outputs {q(outputs)} --atol 1e-2 --rtol 1e-2")
     return {"trtexec": " ".join(trtexec), "polygraphy_reference": " ".join(ref), "polygraphy": " ".join(poly)}

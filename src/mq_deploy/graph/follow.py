@@ -27,7 +27,7 @@ FOLLOW_STEPS = 1e-3
 # A TensorRT engine's float layers may run in fp16 (--fp16) or TF32: its values before a QuantizeLinear differ
 # from onnxruntime's fp32 by up to a few hundredths of a step (fp16 holds 127 steps to ~0.03 step), so
 # onnxruntime follows an engine (validate's `portable~ vs tensorrt`) within a tenth of a step. Measured with
-# model.onnx given fp16 storage of every float tensor but the RMSNorm squares (benchmarks/validate_engine_follow.py):
+# model.onnx given fp16 storage of every float tensor but the RMSNorm layers (benchmarks/validate_engine_follow.py):
 # on mamba-ref-29m W8A8 at 2x64 the direct distance is 0.15 of max|logit| and the followed one 7e-4, while a
 # 1 % C_scale error in one scan still shows as 3.6e-2.
 ENGINE_FOLLOW_STEPS = 0.1
@@ -116,21 +116,21 @@ def point_values(graph, points: dict, act_scales: dict, ids: np.ndarray, **runne
     return {"logits": outs["logits"], **{pt: outs[points[pt]] for pt in pts}}
 
 
-# RMSNorm's squares and their mean overflow fp16 on real models (mamba-ref-29m's final norm: 1.4e5 on random
-# ids); an fp16 engine must keep them in fp32, so the stand-in does too.
-_FP32_NORM = ("sq", "mean_sq", "add_eps", "rms")
 _FLOAT_OPS = {"DequantizeLinear", "Mul", "MatMul", "Add", "Sub", "Div", "Sqrt", "Sigmoid", "Softplus", "Exp",
               "ReduceMean", "Conv", "Gather", "Transpose", "Split", "SelectiveScan", "Hadamard"}
 
 
 def fp16_stand_in(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of a language model's model.onnx whose float tensors are stored in fp16 (each rounded through a Cast
-    pair where it is made; not the RMSNorm squares, see _FP32_NORM): what validate's engine rows are tested
-    and measured with where TensorRT is absent, a stand-in for an engine whose float layers run in fp16.
-    Tensor names are kept, so its values before each QuantizeLinear can be asked for as a validation
-    engine's are."""
+    pair where it is made), but for the RMSNorm layers, which `mq-deploy build --fp16` keeps in fp32
+    (graph/precision.py): what validate's engine rows are tested and measured with where TensorRT is absent, a
+    stand-in for an engine whose float layers run in fp16. Tensor names are kept, so its values before each
+    QuantizeLinear can be asked for as a validation engine's are."""
+    from .precision import rms_norm_nodes
+
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    fp32 = {o for n in rms_norm_nodes(m) for o in n.output}
     new = []
     for n in m.graph.node:
         new.append(n)
@@ -139,7 +139,7 @@ def fp16_stand_in(model: onnx.ModelProto) -> onnx.ModelProto:
         if n.op_type == "Hadamard" and any(a.name == "out_scale" and a.f for a in n.attribute):
             continue  # int8 output
         for k, o in enumerate(n.output):
-            if o and o.rsplit("/", 1)[-1] not in _FP32_NORM:
+            if o and o not in fp32:
                 n.output[k] = f"{o}::fp32"
                 new += [helper.make_node("Cast", [f"{o}::fp32"], [f"{o}::fp16"], to=TensorProto.FLOAT16),
                         helper.make_node("Cast", [f"{o}::fp16"], [o], to=TensorProto.FLOAT)]

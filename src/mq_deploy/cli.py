@@ -365,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plugins", metavar="LIB", help="plugin library, build/plugins/libmq_trt_plugins.so "
                                                     "(default: $MQ_DEPLOY_PLUGINS)")
     b.add_argument("--int8", action="store_true", help="allow INT8 (on by default for a quantized OUTDIR)")
-    b.add_argument("--fp16", action="store_true", help="allow FP16 kernels for the float layers")
+    b.add_argument("--fp16", action="store_true", help="allow FP16 kernels for the float layers (the RMSNorm layers "
+                                                       "stay fp32: their squares overflow fp16 on trained models)")
     b.add_argument("--strongly-typed", action="store_true",
                    help="build a strongly typed network with no precision flags (TensorRT 10's form of what TensorRT "
                         "11 always does; not with --int8 / --fp16): the Q/DQ nodes set INT8 and float layers stay in "

@@ -5,6 +5,7 @@ without marked outputs) and following its roundings within 0.1 step (`portable~ 
 validation engine, gated at 1e-2); then the same with a C_scale error of 1 % and 3 % in one scan node.
 
 Usage: python benchmarks/validate_engine_follow.py OUTDIR [OUTDIR ...] [--seq L] [--batch B]
+(a Vim OUTDIR gets the first B Fashion-MNIST test images, as validate gives it)
 Prints one line per (OUTDIR, C_scale factor); results are recorded in benchmarks/results/validate_engine_follow.md.
 """
 import argparse
@@ -18,6 +19,8 @@ import onnx
 
 from mq_deploy.backends.ort import OrtRunner
 from mq_deploy.graph.follow import ENGINE_FOLLOW_STEPS, follow_name, follower, fp16_stand_in, quantized_tensors
+from mq_deploy.trt import manifest_input
+from mq_deploy.validate import _vim_images
 
 
 def rel(a, b):
@@ -31,22 +34,28 @@ def main():
     ap.add_argument("--batch", type=int, default=2)
     args = ap.parse_args()
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    print(f"{platform.machine()}, {os.cpu_count()} cores, {cpu}; input_ids {args.batch}x{args.seq}, seed 0")
+    print(f"{platform.machine()}, {os.cpu_count()} cores, {cpu}; batch {args.batch}, input_ids of length {args.seq} "
+          "(seed 0)")
     print(f"{'OUTDIR':<28}{'C_scale':>8}{'direct':>10}{'top1':>8}{'followed':>10}")
     for d in map(Path, args.outdirs):
         plugin = onnx.load(str(d / "model.onnx"))
         portable = onnx.load(str(d / "model.portable.onnx"))
-        vocab = json.loads((d / "manifest.json").read_text())["model"]["config"]["vocab_size"]
-        ids = np.random.default_rng(0).integers(0, vocab, size=(args.batch, args.seq))
+        manifest = json.loads((d / "manifest.json").read_text())
+        name, fixed = manifest_input(manifest)
+        if name == "pixel_values":  # a Vim: the first test images, as validate feeds them
+            feed = _vim_images(args.batch, fixed, 0)[0]
+        else:
+            vocab = manifest["model"]["config"]["vocab_size"]
+            feed = {name: np.random.default_rng(0).integers(0, vocab, size=(args.batch, args.seq))}
         qt = quantized_tensors(plugin)
-        ref = OrtRunner(portable).run({"input_ids": ids})["logits"]
+        ref = OrtRunner(portable).run(feed)["logits"]
         follow = follower(portable, qt, steps=ENGINE_FOLLOW_STEPS)
         for factor in (1.0, 1.01, 1.03):
             eng = fp16_stand_in(plugin)
             scan = [n for n in eng.graph.node if n.op_type == "SelectiveScan"][1]
             next(a for a in scan.attribute if a.name == "C_scale").f *= factor
-            e = OrtRunner(eng, extra_outputs=qt).run({"input_ids": ids})
-            f = OrtRunner(follow).run({"input_ids": ids, **{follow_name(t): e[t] for t in qt}})["logits"]
+            e = OrtRunner(eng, extra_outputs=qt).run(dict(feed))
+            f = OrtRunner(follow).run({**feed, **{follow_name(t): e[t] for t in qt}})["logits"]
             top1 = float((ref.argmax(-1) == e["logits"].argmax(-1)).mean())
             print(f"{d.name:<28}{factor:>8}{rel(ref, e['logits']):>10.2e}{top1:>8.4f}{rel(f, e['logits']):>10.2e}")
 

@@ -121,7 +121,7 @@ _FLOAT_OPS = {"DequantizeLinear", "Mul", "MatMul", "Add", "Sub", "Div", "Sqrt", 
 
 
 def fp16_stand_in(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of a language model's model.onnx whose float tensors are stored in fp16 (each rounded through a Cast
+    """A copy of a model.onnx (language model or Vim) whose float tensors are stored in fp16 (each rounded through a Cast
     pair where it is made), but for the RMSNorm layers, which `mq-deploy build --fp16` keeps in fp32
     (graph/precision.py): what validate's engine rows are tested and measured with where TensorRT is absent, a
     stand-in for an engine whose float layers run in fp16. Tensor names are kept, so its values before each

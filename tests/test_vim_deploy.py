@@ -10,7 +10,7 @@ from mq_deploy.cli import main
 from mq_deploy.vision import data as vdata
 from mq_deploy.vision.model import VimConfig, random_vim, to_state_dict
 
-from .test_build_validate import _FakeTRT
+from .test_build_validate import _FakeTRT, _stand_in_engine
 
 CFG = VimConfig(d_model=24, depth=2, num_classes=10, img_size=28, patch_size=7, channels=1)
 
@@ -51,6 +51,18 @@ def test_validate_vim_outdir(vim_out, capsys):
     assert any(s["name"] == "tensorrt" for s in rep["skipped"])
     assert main(["validate", str(out), "--simulate"]) == 2
     assert "--simulate is for language-model OUTDIRs" in capsys.readouterr().err
+
+
+def test_validate_vim_follows_a_validation_engine(vim_out, tmp_path, monkeypatch):
+    from mq_deploy import validate as mval
+
+    _, out = vim_out
+    rep = mval.validate(out, batch=4, **_stand_in_engine(monkeypatch, tmp_path, out))
+    p = {(r["reference"], r["test"]): r for r in rep.pairs}
+    assert rep.ok, mval.format_report(rep)
+    assert p[("portable", "tensorrt")]["limit"] is None and p[("portable", "tensorrt")]["max_rel"] > 1e-4
+    f = p[("portable~", "tensorrt")]  # the images through model.portable.onnx taking the stand-in's roundings
+    assert f["limit"] == mval.ENGINE_FOLLOW_TOL and f["ok"] and f["max_rel"] < 3e-3  # 8e-4 here; direct 3e-2
 
 
 def test_build_vim_outdir_batch_only_profile(vim_out, tmp_path, monkeypatch, capsys):

@@ -375,7 +375,8 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
         from .graph.precision import rms_norm_nodes
 
         graph = onnx.load(str(onnx_path), load_external_data=False)
-        mark = tuple(quantized_tensors(graph)) if validation else ()
+        made = {o for n in graph.graph.node for o in n.output}  # a graph input needs no marking
+        mark = tuple(t for t in quantized_tensors(graph) if t in made) if validation else ()
         fp32 = tuple((n.name, n.output[0]) for n in rms_norm_nodes(graph)) if fp16 else ()
     lib = resolve_plugin_lib(plugin_lib, must_exist=require_plugin_lib)
     vocab = manifest.get("model", {}).get("config", {}).get("vocab_size")

@@ -569,6 +569,7 @@ def test_validate_follows_a_validation_engine_and_a_scale_error_fails(w8_out, tm
         assert p[(graph, "tensorrt")]["limit"] is None and p[(graph, "tensorrt")]["max_rel"] > 1e-3
     f = p[("portable~", "tensorrt")]  # the portable graph taking the engine's roundings: fp16 apart
     assert f["limit"] == mval.ENGINE_FOLLOW_TOL and f["ok"] and f["max_rel"] < 2e-3
+    assert 0 < f["roundings_taken_from_graph"] and "roundings taken from tensorrt" in mval.format_report(rep)
     assert "portable~" in [r["name"] for r in rep.references] and not any("tensorrt~" in s["name"] for s in rep.skipped)
     bad = mval.validate(w8_out, seq=64, **_stand_in_engine(monkeypatch, tmp_path, w8_out, c_scale=1.01))
     f = {(r["reference"], r["test"]): r for r in bad.pairs}[("portable~", "tensorrt")]

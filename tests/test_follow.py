@@ -7,7 +7,7 @@ from onnx import TensorProto, helper
 
 from mq_deploy.backends.ort import OrtRunner
 from mq_deploy.graph.follow import (ENGINE_FOLLOW_STEPS, compare_following, follow_name, follower, fp16_stand_in,
-                                    quantized_tensors)
+                                    quantized_tensors, roundings_taken)
 from mq_deploy.graph.fuse_scan_quant import fuse_scan_quant
 from mq_deploy.graph.lower import lower_selective_scan
 from mq_deploy.graph.mamba_lm import build_lm_graph
@@ -44,6 +44,10 @@ def test_follower_window_in_steps_for_an_engine():
     other = np.array([0.2501, 0.2960, 0.3110, 0.76], np.float32)  # +4e-4, +0.092, +0.122, +0.04 steps
     y = OrtRunner(f).run({"x": x, follow_name("x"): other})["y"]
     np.testing.assert_array_equal(y, [0.5, 0.5, 0.0, 1.0])  # taken, taken, not taken, taken (2 steps, not 1)
+    # the three taken values round otherwise than x's own; a 1/1000-step window takes only the first
+    assert roundings_taken(g, {"x": x}, {"x": other}, ENGINE_FOLLOW_STEPS) == 3
+    assert roundings_taken(g, {"x": x}, {"x": other}) == 1
+    assert roundings_taken(g, {"x": x}, {"x": x + 1e-5}, ENGINE_FOLLOW_STEPS) == 0  # same codes: nothing taken
     with pytest.raises(ValueError, match="steps must be > 0"):
         follower(g, steps=0.0)
 

@@ -425,15 +425,18 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
         import onnx
 
         from .backends.ort import OrtRunner
-        from .graph.follow import ENGINE_FOLLOW_STEPS, follow_name, follower
+        from .graph.follow import ENGINE_FOLLOW_STEPS, follow_name, follower, roundings_taken
 
         log(f"model.portable.onnx following the engine's roundings at {len(marked)} tensors")
         rep.references.append({"name": "portable~", "what": ENGINE_FOLLOW_WHAT})
-        g = follower(onnx.load(str(graphs["portable"])), sorted(marked), steps=ENGINE_FOLLOW_STEPS)
-        ref = OrtRunner(g, threads=threads).run({**feed, **{follow_name(t): v for t, v in marked.items()}})
+        portable = onnx.load(str(graphs["portable"]))
+        g = follower(portable, sorted(marked), steps=ENGINE_FOLLOW_STEPS)
+        ref = OrtRunner(g, threads=threads, extra_outputs=sorted(marked)).run(
+            {**feed, **{follow_name(t): v for t, v in marked.items()}})
+        taken = roundings_taken(portable, {t: ref.pop(t) for t in marked}, marked, ENGINE_FOLLOW_STEPS)
         for o in [k for k in outs["tensorrt"] if k in ref]:
             row("portable~", "tensorrt", o, ref[o], outs["tensorrt"][o],
-                engine_tol if engine_tol is not None else ENGINE_FOLLOW_TOL)
+                engine_tol if engine_tol is not None else ENGINE_FOLLOW_TOL, roundings_taken_from_graph=taken)
     elif quantized and "tensorrt" in outs:
         rep.skipped.append({"name": "tensorrt~", "reason": NO_ENGINE_FOLLOW.format(
             outdir=out, file=mtrt.VALIDATION_ENGINE)})

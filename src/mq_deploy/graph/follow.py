@@ -88,6 +88,32 @@ def follower(model: onnx.ModelProto, tensors: Optional[list[str]] = None,
     return m
 
 
+def roundings_taken(model: onnx.ModelProto, own: dict, other: dict, steps: float = FOLLOW_STEPS) -> int:
+    """How many rounding decisions `follower(model, ..., steps=steps)` took from `other` ({tensor: value}) that
+    differ from its own: values within `steps` of a step of each other that quantize to different integers at
+    the tensor's QuantizeLinear (scale and zero point from `model`'s initializers; each tensor counted once)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    seen, taken = set(), 0
+    for n in model.graph.node:
+        t = n.input[0] if n.op_type == "QuantizeLinear" else None
+        if t is None or t in seen or t not in own or t not in other or n.input[1] not in inits:
+            continue
+        seen.add(t)
+        s = float(numpy_helper.to_array(inits[n.input[1]]).reshape(-1)[0])  # per-tensor (follower checks that)
+        zp = (numpy_helper.to_array(inits[n.input[2]]).reshape(-1)[0] if len(n.input) > 2 and n.input[2] in inits
+              else np.int8(0))
+        info = np.iinfo(zp.dtype) if zp.dtype.kind in "iu" else np.iinfo(np.int8)
+        x, f = np.asarray(own[t], np.float32), np.asarray(other[t], np.float32)
+
+        def code(v):
+            return np.clip(np.rint(v / np.float32(s)) + int(zp), info.min, info.max)
+
+        taken += int(np.count_nonzero((np.abs(f - x) <= steps * s) & (code(f) != code(x))))
+    return taken
+
+
 def compare_following(reference, test: onnx.ModelProto, feeds: dict, output: str, *,
                       threads: Optional[int] = None) -> dict:
     """Run `reference` (a ModelProto or path) on `feeds` with the test graph's quantized tensors as extra

@@ -13,6 +13,11 @@ then takes the reference's side on boundary cases and rounds on its own everywhe
 agree to fp32 rounding, and a wrong scale, weight or kernel (which moves values by more than 1/1000 of a
 step) still shows. The language model's numpy simulation does the same (`quant.simulate.layer`, `follow`),
 fed by `point_values`.
+
+validate also follows a TensorRT validation engine (`mq-deploy build --validation-engine`, which outputs the
+tensors before its QuantizeLinear nodes): model.portable.onnx takes the engine's roundings within
+ENGINE_FOLLOW_STEPS, a wider window for fp16 / TF32 float layers; `fp16_stand_in` is what that is tested with
+where TensorRT is absent.
 """
 
 from __future__ import annotations
@@ -147,9 +152,9 @@ _FLOAT_OPS = {"DequantizeLinear", "Mul", "MatMul", "Add", "Sub", "Div", "Sqrt", 
 
 
 def fp16_stand_in(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of a model.onnx (language model or Vim) whose float tensors are stored in fp16 (each rounded through a Cast
-    pair where it is made), but for the RMSNorm layers, which `mq-deploy build --fp16` keeps in fp32
-    (graph/precision.py): what validate's engine rows are tested and measured with where TensorRT is absent, a
+    """A copy of a model.onnx (language model or Vim) whose float tensors are stored in fp16 (each rounded
+    through a Cast pair where it is made), but for the RMSNorm layers, which `mq-deploy build --fp16` keeps in
+    fp32 (graph/precision.py): what validate's engine rows are tested and measured with where TensorRT is absent, a
     stand-in for an engine whose float layers run in fp16. Tensor names are kept, so its values before each
     QuantizeLinear can be asked for as a validation engine's are."""
     from .precision import rms_norm_nodes

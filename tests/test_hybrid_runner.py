@@ -107,3 +107,20 @@ def test_fp16_tied_table_is_not_handed_between_segments():
         assert not cast_outs & (set(reads) | set(outs)), (reads, outs)
     ids = np.random.default_rng(5).integers(0, 16400, size=(2, 9))
     assert rel_err(OrtRunner(g, plugins="extensions")(ids), a(ids)) < 1e-5
+
+
+def test_constant_nodes_asked_for_as_outputs(prepared):
+    """A node computed from initializers alone (a weight's DequantizeLinear) that is also asked for as an output
+    sits in its own segment and is not copied into it a second time (onnxruntime refused such a segment: "two
+    nodes with same node name")."""
+    m2, plan = prepared
+    g = fuse_scan_quant(build_lm_graph(m2, plan))
+    inits = {t.name for t in g.graph.initializer}
+    weights = [n.output[0] for n in g.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert len(weights) == 4 * 3  # in_proj, x_proj, dt_proj, out_proj of each layer
+    ids = np.random.default_rng(6).integers(0, 301, size=(2, 9))
+    a = OrtRunner(g, extra_outputs=weights[:5]).run({"input_ids": ids})
+    b = OrtRunner(g, extra_outputs=weights[:5], plugins="extensions").run({"input_ids": ids})
+    assert sorted(a) == sorted(b) == sorted(["logits", *weights[:5]])
+    for n in a:
+        assert rel_err(b[n], a[n]) < 1e-5, n

@@ -89,13 +89,16 @@ class HybridSession:
         const_nodes = {id(n) for n in const_producer.values()}
 
         def with_consts(nodes: list) -> list:
-            need, order = set(), {id(n): k for k, n in enumerate(g.node)}
+            # a constant node asked for as an output sits in its own step already: not copied in again
+            need, order = {id(n) for n in nodes}, {id(n): k for k, n in enumerate(g.node)}
+            present = set(need)
             todo = [i for n in nodes for i in n.input if i in const_producer]
             while todo:
                 c = const_producer[todo.pop()]
                 if id(c) not in need:
                     need.add(id(c))
                     todo += [i for i in c.input if i in const_producer]
+            need -= present
             extra = sorted((n for n in {id(c): c for c in const_producer.values()}.values() if id(n) in need),
                            key=lambda n: order[id(n)])
             return extra + nodes

@@ -42,6 +42,7 @@ import numpy as np
 
 from . import trt as mtrt
 from .errors import UserError
+from .graph.follow import ENGINE_FOLLOW_STEPS
 
 # Limits on max_rel. Quantized OUTDIRs: two fp32 implementations of the same Q/DQ graph (and the simulation)
 # sum in different orders, so now and then an activation sits within ~1e-7 of a rounding boundary and lands one
@@ -62,7 +63,8 @@ FP32_TOL, ENGINE_TOL, ENGINE_FOLLOW_TOL = 1e-4, 5e-2, 1e-2
 PLUGIN_FOLLOW_WHAT = ("onnxruntime on model.onnx again, taking model.portable.onnx's side on values within 1/1000 of a "
                       "step of a rounding boundary (graph/follow.py); held to fp32 rounding")
 ENGINE_FOLLOW_WHAT = ("onnxruntime on model.portable.onnx taking the engine's rounding wherever both agree within "
-                      "0.1 of a step before a QuantizeLinear (the engine's float layers may be fp16)")
+                      f"{ENGINE_FOLLOW_STEPS:g} of a step before a QuantizeLinear (the engine's float layers may be "
+                      "fp16)")
 NO_ENGINE_FOLLOW = ("tensorrt: a quantized OUTDIR's engine is compared directly only, and a correct one can exceed "
                     "the direct limit (its fp16 / TF32 layers round boundary values otherwise and the scan state "
                     "carries that on); for a tight check build a validation engine, `mq-deploy build {outdir} "
@@ -424,16 +426,12 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
     if engine_followed:
         import onnx
 
-        from .backends.ort import OrtRunner
-        from .graph.follow import ENGINE_FOLLOW_STEPS, follow_name, follower, roundings_taken
+        from .graph.follow import ENGINE_FOLLOW_STEPS, run_following
 
         log(f"model.portable.onnx following the engine's roundings at {len(marked)} tensors")
         rep.references.append({"name": "portable~", "what": ENGINE_FOLLOW_WHAT})
-        portable = onnx.load(str(graphs["portable"]))
-        g = follower(portable, sorted(marked), steps=ENGINE_FOLLOW_STEPS)
-        ref = OrtRunner(g, threads=threads, extra_outputs=sorted(marked)).run(
-            {**feed, **{follow_name(t): v for t, v in marked.items()}})
-        taken = roundings_taken(portable, {t: ref.pop(t) for t in marked}, marked, ENGINE_FOLLOW_STEPS)
+        ref, taken = run_following(onnx.load(str(graphs["portable"])), marked, feed, ENGINE_FOLLOW_STEPS,
+                                   threads=threads)
         for o in [k for k in outs["tensorrt"] if k in ref]:
             row("portable~", "tensorrt", o, ref[o], outs["tensorrt"][o],
                 engine_tol if engine_tol is not None else ENGINE_FOLLOW_TOL, roundings_taken_from_graph=taken)

@@ -119,20 +119,34 @@ def roundings_taken(model: onnx.ModelProto, own: dict, other: dict, steps: float
     return taken
 
 
+def run_following(model: onnx.ModelProto, values: dict, feeds: dict, steps: float = FOLLOW_STEPS, *,
+                  threads: Optional[int] = None) -> tuple[dict, int]:
+    """Run `follower(model, sorted(values), steps)` on `feeds` plus `values` ({tensor: another implementation's
+    value before its QuantizeLinear}) in onnxruntime (one session: plugin nodes on the extensions kernels,
+    since the follower's extra inputs feed nodes inside the graph): (its outputs, the roundings it took from
+    `values`, see roundings_taken)."""
+    from ..backends.ort import OrtRunner
+
+    tensors = sorted(values)
+    got = OrtRunner(follower(model, tensors, steps), threads=threads, plugins="extensions",
+                    extra_outputs=tensors).run({**feeds, **{follow_name(t): values[t] for t in tensors}})
+    own = {t: got.pop(t) for t in tensors}
+    return got, roundings_taken(model, own, values, steps)
+
+
 def compare_following(reference, test: onnx.ModelProto, feeds: dict, output: str, *,
                       threads: Optional[int] = None) -> dict:
     """Run `reference` (a ModelProto or path) on `feeds` with the test graph's quantized tensors as extra
-    outputs, then `follower(test)` on the same feeds plus those values (both in onnxruntime, plugin nodes on
-    the CPU kernels); {"max_rel": max|b - a| / max|a|, "reference": a, "test": b} for `output`."""
+    outputs, then `follower(test)` on the same feeds plus those values (run_following); {"max_rel":
+    max|b - a| / max|a|, "reference": a, "test": b, "roundings_taken": n} for `output`."""
     from ..backends.ort import OrtRunner
 
     tensors = quantized_tensors(test)
     ref = OrtRunner(reference, threads=threads, extra_outputs=tensors).run(dict(feeds))
-    # the follower's extra inputs feed nodes inside the graph: one onnxruntime session (extensions kernels)
-    got = OrtRunner(follower(test, tensors), threads=threads, plugins="extensions").run(
-        {**feeds, **{follow_name(t): ref[t] for t in tensors}})
+    got, taken = run_following(test, {t: ref[t] for t in tensors}, feeds, threads=threads)
     a, b = np.asarray(ref[output]), np.asarray(got[output])
-    return {"max_rel": float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)), "reference": a, "test": b}
+    return {"max_rel": float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)), "reference": a, "test": b,
+            "roundings_taken": taken}
 
 
 def point_values(graph, points: dict, act_scales: dict, ids: np.ndarray, **runner) -> dict:

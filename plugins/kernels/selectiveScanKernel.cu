@@ -8,9 +8,9 @@
 //
 // Schedule: two threads per channel (adjacent lanes), each owning 8 of the 16 states (N ≤ 16 is
 // zero-padded: a = 0, B = C = 0), so a block of 128 threads covers 64 channels and B·D gives twice the
-// threads of the one-thread-per-channel kernel. (Where B·D·4 threads fit in one wave, four threads per channel
-// with 4 states each, 32 channels a block: the same loop, the token's Δ handed round by shuffles and y
-// reduce-scattered over the 4 lanes; see selectiveScanPlan.) Per pair of tokens (2j, 2j+1) lane parity p computes Δ
+// threads of the one-thread-per-channel kernel. (Or four threads per channel with 4 states each, 32 channels a
+// block: the same loop, the token's Δ handed round by shuffles and y reduce-scattered over the 4 lanes;
+// selectiveScanPlan picks 2 or 4 and the chunk count from a cost model, planCost.) Per pair of tokens (2j, 2j+1) lane parity p computes Δ
 // and Δ·u of token 2j+p (softplus once per channel, not per thread) and shuffles hand them to the pair; both threads
 // update their 8 states for both tokens, then one more shuffle swaps the partial y of the token each does not own,
 // and the owner adds D·u, applies SiLU(z) and stores. Tiles of u/Δ/z (16 tokens; 8 for fp32 → fp32 with 2 threads) are
@@ -18,7 +18,7 @@
 // __launch_bounds__(128, 5) caps registers at 96 (5 resident blocks, 20 warps per SM), softplus/SiLU use
 // MUFU ex2/rcp plus a short series, and all per-token addressing is 32-bit offsets from base pointers.
 //
-// Chunked schedule (when B·D is too small to fill the GPU): pass 1 runs chunks 0 … C-2; chunk 0 already
+// Chunked schedule (where B·D is too small to fill the GPU and L long enough): pass 1 runs chunks 0 … C-2; chunk 0 already
 // starts from the true initial state, so its blocks run the full output body (y for chunk 0 and its true
 // end state), chunks 1 … C-2 compute a local state from zero and Σ Δ; the last chunk is never needed in
 // pass 1. Pass 3 writes y of chunks 1 … C-1, each block first chaining its chunk's start state from pass 1's
@@ -611,8 +611,8 @@ int64_t blocksPerChunk(SelectiveScanParams const& p, int32_t split)
 }
 
 //! Whether pass 1 of `chunks` chunks holds ≥ kMinBlocks − 1 blocks an SM on average. Below that, pass 3 is not a dependent
-//! launch (its early blocks would fill pass 1's free slots unevenly), and the plan prefers 2 threads a channel to 4 (H200:
-//! NOTES.md, "Scan: a shorter chunk 0"; see runSplit and selectiveScanPlan).
+//! launch (its early blocks would fill pass 1's free slots unevenly: H200, NOTES.md, "Scan: a shorter chunk 0"; see
+//! runSplit).
 bool pass1FillsSMs(SelectiveScanParams const& p, int32_t split, int32_t chunks, int32_t sms)
 {
     return (chunks - 1) * blocksPerChunk(p, split) >= static_cast<int64_t>(kMinBlocks - 1) * sms;
@@ -733,35 +733,35 @@ size_t workspaceBytes(int32_t batch, int32_t chunks, int32_t dim, int32_t dState
     return static_cast<size_t>(batch) * chunks * dim * (dState + 1) * sizeof(float);
 }
 
-//! Chunks of the chunked plan (B·D·split threads fill under a third of a wave): the C that minimises a model of
-//! the two passes' time. Each pass runs C − 1 chunks of len = chunkGeometry(C).len tokens in one wave, so the busiest SM
-//! holds k = ⌈(C − 1)·blocks a chunk / SMs⌉ blocks, and a block's time per token grows with the blocks sharing its
-//! SM as (k + 1.2) (H200 fp16, 4 threads: ~96 / 113 / 124 / 141–151 / 169 ns a token at k = 1 … 5); pass 1
-//! costs ~0.85 of pass 3. So cost(C) = 1.85·len·(k + 1.2), against L·(k₁ + 1.2) for one pass; waves past
-//! kMinBlocks blocks an SM multiply it; ties go to more chunks. Fitted on a sweep of 21 shapes (B 1–4, L 1024–16384,
-//! D 768–5120; benchmarks/gpu/results/NOTES.md, "Scan: chunk rule"): within 3.7 % of the best chunk count on every
-//! shape, 0.5 % on average (the previous C = ⌈0.85 / r⌉ rule: up to 9 %, 2 % on average).
-int32_t chunkedPlanChunks(SelectiveScanParams const& p, int32_t split, int32_t sms)
+//! Chunk counts the automatic plan considers (each ≤ maxAutoChunks(L); after chunkGeometry's rounding, each distinct
+//! count once): the grid it was fitted and checked on (benchmarks/gpu/edge_sms.cu times exactly these).
+constexpr int32_t kPlanChunks[] = {1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 32};
+
+//! Modelled time (ns) of the token-serial schedule with `split` threads a channel and chunk geometry g on `sms` SMs; the
+//! automatic plan takes the (split, chunks) that minimises it. A block walking its tokens beside k − 1 others on its SM
+//! takes a·(k + b) ns a token (2 threads a channel: a 38.7, b 1.6; 4 threads: 22.5, 1.35), blocks past kMinBlocks an SM
+//! run in later waves, and the busiest SM sets the pass's time. One pass: L tokens (×1.03 / ×1.015: measured slower a
+//! token than the chunked kernels). Chunked: pass 1 (chunk 0 with outputs, first tokens; the others local, 0.9 of a
+//! token each) then pass 3 (len tokens), 5.4 µs a pass and 0.11 µs a chunk of pass 3's start-state chain. Fitted on the
+//! fp16 scan at 64 shapes (B 1–8, L 256–4096, D 768–5120) on H200 partitions of 8, 16, 32 and 64 SMs and the whole GPU
+//! (benchmarks/gpu/edge_sms.sh, benchmarks/gpu/fit_plan.py; benchmarks/gpu/results/NOTES.md, "Scan: one cost model for
+//! threads and chunks"): 0.5 % over the fastest timed plan on average, 8 % at worst; on 48 other shapes, fp16 and
+//! int8 → fp32, on 8 / 16 / 48 SMs and the whole GPU, 0.75 % and 22 %. The rules it replaced (4 threads where one wave
+//! fits, chunks from a model of 4 threads on 132 SMs, 2 threads where 4 under-fill pass 1) lost 5 % on average and up to
+//! 66 % on the first set (short prompts on many SMs: 2 threads at 2 chunks, where 4 threads in one pass are faster).
+double planCost(SelectiveScanParams const& p, int32_t split, ChunkGeom const& g, int32_t sms)
 {
-    int64_t const perChunk = blocksPerChunk(p, split);
-    int32_t const cMax = static_cast<int32_t>(std::min<int64_t>(maxAutoChunks(p.seqLen), (kMinBlocks * static_cast<int64_t>(sms)) / perChunk + 1));
-    auto cost = [&](int32_t c) {
-        ChunkGeom const g = chunkGeometry(p.seqLen, c);
-        int32_t const len = g.len;
-        int64_t const n = g.chunks;
-        int64_t const k = (std::max<int64_t>(1, n - 1) * perChunk + sms - 1) / sms;     // blocks on the busiest SM
-        double const pass = static_cast<double>((k + kMinBlocks - 1) / kMinBlocks) * (std::min<int64_t>(k, kMinBlocks) + 1.2);
-        return n > 1 ? 1.85 * len * pass : static_cast<double>(p.seqLen) * pass;
+    double const a = split == 4 ? 22.5 : 38.7, b = split == 4 ? 1.35 : 1.6;
+    auto perToken = [&](int64_t blocks) { // ns a token of the busiest SM's blocks, over its waves
+        int64_t const k = (blocks + sms - 1) / sms, full = k / kMinBlocks, rest = k % kMinBlocks;
+        return static_cast<double>(full) * a * (kMinBlocks + b) + (rest > 0 ? a * (static_cast<double>(rest) + b) : 0.);
     };
-    int32_t best = 1;
-    double bestCost = cost(1);
-    for (int32_t c = 2; c <= cMax; ++c)
-    {
-        double const v = cost(c);
-        if (v <= bestCost * (1 + 1e-9))
-            best = c, bestCost = v;
-    }
-    return best;
+    constexpr double kPassNs = 5400., kChainNs = 110.;
+    int64_t const perChunk = blocksPerChunk(p, split);
+    if (g.chunks <= 1)
+        return (split == 4 ? 1.015 : 1.03) * p.seqLen * perToken(perChunk) + kPassNs;
+    return perToken((g.chunks - 1) * perChunk) * (std::max(static_cast<double>(g.first), 0.9 * g.len) + g.len)
+        + 2 * kPassNs + kChainNs * (g.chunks - 1);
 }
 
 } // namespace
@@ -775,36 +775,32 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
     int32_t const lanesReq = p.segLanes > 0 ? p.segLanes : gSegLanes.load(std::memory_order_relaxed);
     int32_t split = schedule == 1 && (lanesReq == 2 || lanesReq == 4) ? lanesReq : 0;
     int32_t const sms = p.chunks > 0 && schedule < 2 ? 0 : deviceSMs(p);
-    int64_t const resident = static_cast<int64_t>(sms) * kThreads * kMinBlocks;
-    int64_t const bd = static_cast<int64_t>(p.batch) * p.dim;
-    if (split == 0)
+    if (schedule < 2 && chunks <= 0)
     {
-        // 4 threads a channel (4 states each) wherever B·D·4 threads fit in one wave, with or without chunks;
-        // else 2 (B·D·2 then needs no chunking). H200 fp16 (benchmarks/gpu/results/NOTES.md, "Scan: tile copies
-        // set up once"): B1 L4096 D1536 0.110 ms (4 threads, 12 chunks; 2 threads, 24 chunks: 0.115), B1 D5120
-        // 0.293 (C 4; 2 threads, C 8: 0.314), B8 L2048 D1536 0.269 (one pass; 2 threads, 3 chunks: 0.293),
-        // B8 L4096 D2560 0.759 (2 threads: 0.836); B8 D5120 would take two waves (1.66 vs 1.30 ms with 2).
-        // (Before the tile copies were set up once, 4 threads lost wherever they needed chunks.)
-        split = p.chunks <= 0 && bd * 4 <= resident ? 4 : 2;
-        // ... unless 4 threads would chunk with under kMinBlocks − 1 pass-1 blocks an SM (a few large chunks: B·⌈D/32⌉
-        // blocks a chunk, and one more chunk would take a second wave). 2 threads (half the blocks a chunk) then take
-        // more chunks at fuller SMs: H200 ("Scan: a shorter chunk 0"), B2 L4096 D1536 0.161 ms (2 threads, 12 chunks)
-        // against 0.165-0.173 (4 threads, 5 chunks, 384 pass-1 blocks, no PDL), B4 L2048 D768 0.087 against 0.091-0.094.
-        if (split == 4 && chunks <= 0 && schedule < 2 && bd * 4 * 3 < resident)
+        // the (threads a channel, chunks) of least modelled time (planCost), over kPlanChunks; forced lanes fix the split
+        double best = 0.;
+        for (int32_t s2 : {4, 2})
         {
-            int32_t const c4 = chunkGeometry(p.seqLen, chunkedPlanChunks(p, 4, sms)).chunks;
-            if (c4 > 1 && !pass1FillsSMs(p, 4, c4, sms))
-                split = 2;
+            if (split != 0 && s2 != split)
+                continue;
+            int32_t last = 0;
+            for (int32_t c : kPlanChunks)
+            {
+                if (c > maxAutoChunks(p.seqLen))
+                    break;
+                ChunkGeom const g = chunkGeometry(p.seqLen, c);
+                if (g.chunks == last)
+                    continue;
+                last = g.chunks;
+                double const cost = planCost(p, s2, g, sms);
+                if (chunks <= 0 || cost < best)
+                    best = cost, chunks = c, plan.split = s2; // c, not g.chunks: the geometry below is chunkGeometry(L, c)
+            }
         }
+        split = plan.split;
     }
-    if (chunks <= 0 && schedule < 2)
-    {
-        // Chunking costs 2(C - 1) chunk passes for C - 1 times the parallelism of one pass (see the top of
-        // this file). One pass where r = B·D·threads a channel / resident threads ≥ 1/3 (H200, 2 threads: B8
-        // D2560, r 0.48: 1 chunk 0.889 ms, 2: 0.903, 3: 0.916; 4 threads: B4 L2048 D2560, r 0.48: 0.218 / 0.225
-        // / 0.224; B2 L4096 D5120: 0.423 / 0.435 / 0.425), else the chunk count of chunkedPlanChunks.
-        chunks = bd * split * 3 >= resident ? 1 : chunkedPlanChunks(p, split, sms);
-    }
+    else if (split == 0)
+        split = 2; // explicit chunks: 2 threads a channel unless schedule 1 forces 4
     if (schedule == 3) // only on request (selectiveScanSeg2.cuh); (lanes a channel, warps a block), default (4, 8)
     {
         plan.schedule = 3;
@@ -825,6 +821,7 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
             // (4 blocks of 256 a SM); P → (lanes, groups): 8 → (8, 1), 16 → (16, 1), 32 → (16, 2), 64 → (16, 4),
             // 128 → (32, 4)
             int64_t const segResident = static_cast<int64_t>(sms) * 1024; // 4 blocks of 256 threads a SM
+            int64_t const bd = static_cast<int64_t>(p.batch) * p.dim;
             int32_t P = 128;
             while (P > 8 && bd * P > segResident)
                 P /= 2;

@@ -12,11 +12,11 @@
 // Schedule: two threads per (batch, channel) (adjacent lanes) each hold 8 of the N states (zero-padded to
 // 16) in registers and walk the tokens; Δ (softplus) of each token is computed by one of the two and
 // swapped by a shuffle, the partial outputs are swapped back so that each token's y is finished (D·u, SiLU)
-// and stored by one thread. Where B·D·4 threads fit in one wave (on an H200: every benchmark shape but B8 D5120,
-// chunked or not), four threads per channel hold 4 states each instead, unless they would chunk with under 4 pass-1
-// blocks an SM (selectiveScanPlan). u/Δ/z/Bm/Cm tiles are double-buffered in shared memory (u/Δ/z by cp.async when
-// rows are 16-byte aligned), the next tile copied while the current one is computed (one barrier per tile).
-// When B·D is too small to fill the GPU, L is split into C chunks: pass 1 runs chunk 0 with outputs from the
+// and stored by one thread. Or four threads per channel hold 4 states each; selectiveScanPlan picks 2 or 4, and the
+// chunks below, as the least time of a cost model fitted on 8 to 132 SMs (planCost in selectiveScanKernel.cu).
+// u/Δ/z/Bm/Cm tiles are double-buffered in shared memory (u/Δ/z by cp.async when rows are 16-byte aligned), the next
+// tile copied while the current one is computed (one barrier per tile).
+// Where B·D is too small to fill the GPU, L can be split into C chunks: pass 1 runs chunk 0 with outputs from the
 // true initial state and chunks 1 … C-2 from zero (local state and Σ Δ), pass 3 reruns chunks 1 … C-1 from
 // their start states, which each block first chains from those (h_start[c+1] = exp(A·ΣΔ_c)·h_start[c] + h_local[c]).
 // From 3 chunks on, chunk 0 (the output body in pass 1) is shorter than the others (SelectiveScanPlan::chunkFirst).

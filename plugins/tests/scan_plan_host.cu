@@ -1,10 +1,12 @@
 // CPU check of the scan's automatic plan (threads a channel, chunks) on the H200 benchmark shapes (132 SMs given
-// in the params, so no device is queried), and of the workspace bound the TensorRT plugin reserves for a profile.
-// Built and run by plugins/check_build.sh. On the five benchmark shapes the expected plans are the fastest measured
-// ones (benchmarks/gpu/results/NOTES.md, "Scan: chunk rule": 4 threads at 12 / 5 chunks for B1 D1536 / D5120); the last
-// four follow the rule; B2 L4096 D1536 and B4 L2048 D768 take 2 threads, where 4 would leave pass 1 under 4 blocks an SM
-// ("Scan: a shorter chunk 0"). Also the chunk geometry: chunk 0 shortened into the rounding slack, the others unchanged;
-// and common.h's int8 → fp32 conversions (the ALU form the scan's output body uses, and the cast) on every int8 value.
+// in the params, so no device is queried) and on Jetson-sized SM counts, and of the workspace bound the TensorRT plugin
+// reserves for a profile. Built and run by plugins/check_build.sh. The expected plans are planCost's choices
+// (benchmarks/gpu/fit_plan.py computes the same ones, tests/test_scan_plan_model.py holds it to the compiled plan's
+// picks); on the benchmark shapes they are the fastest measured (benchmarks/gpu/results/NOTES.md, "Scan: one cost
+// model for threads and chunks": 4 threads at 12 / 5 chunks for B1 D1536 / D5120, 2 chunks at B8 L4096 D2560 / D5120),
+// and a 256-token prompt takes 4 threads in one pass (the old rules took 2 threads at 2 chunks: 1.6× slower). Also the
+// chunk geometry: chunk 0 shortened into the rounding slack, the others unchanged; and common.h's int8 → fp32
+// conversions (the ALU form the scan's output body uses, and the cast) on every int8 value.
 #include "selectiveScanKernel.h"
 
 #include <cstdio>
@@ -16,24 +18,27 @@ int main()
         int b, l, d;
         mq::DType out;
         int split, chunks, first, len; // first / len 0: not checked
+        int sms = 132;
     };
     mq::DType const h = mq::DType::kHALF, f = mq::DType::kFLOAT;
     Case const cases[] = {{1, 4096, 1536, h, 4, 12, 256, 352}, {1, 4096, 5120, h, 4, 5, 768, 832},
-        {8, 2048, 1536, h, 4, 1, 2048, 2048}, {8, 4096, 2560, h, 4, 1}, {8, 4096, 5120, h, 2, 1}, {1, 100, 768, h, 4, 1},
+        {8, 2048, 1536, h, 4, 1, 2048, 2048}, {8, 4096, 2560, h, 4, 2, 2048, 2048}, {8, 4096, 5120, h, 2, 2, 2048, 2048},
+        {1, 100, 768, h, 4, 1}, {1, 256, 1536, h, 4, 1, 256, 256}, {1, 1024, 1536, h, 4, 6, 144, 176},
         {4, 4096, 1024, h, 4, 6, 656, 688}, {16, 1024, 1024, h, 4, 1}, {24, 1024, 1024, h, 2, 1},
-        {1, 8192, 768, h, 4, 28, 224, 304}, {2, 4096, 1536, h, 2, 12, 256, 352}, {4, 2048, 768, h, 2, 12, 128, 176},
-        {2, 4096, 768, h, 4, 12, 256, 352}, {1, 4096, 1536, f, 4, 12, 256, 352}, {2, 4096, 1536, f, 2, 12}};
+        {1, 8192, 768, h, 2, 32, 256, 256}, {2, 4096, 1536, h, 2, 12, 256, 352}, {4, 2048, 768, h, 2, 12, 128, 176},
+        {2, 4096, 768, h, 4, 12, 256, 352}, {1, 4096, 1536, f, 4, 12, 256, 352}, {2, 4096, 1536, f, 2, 12},
+        {4, 1024, 1536, h, 2, 2, 512, 512, 16}, {1, 4096, 1536, h, 4, 2, 2048, 2048, 16}, {1, 4096, 1536, h, 2, 2, 2048, 2048, 8}};
     int failures = 0;
     for (Case const& c : cases)
     {
         mq::SelectiveScanParams p;
-        p.batch = c.b, p.seqLen = c.l, p.dim = c.d, p.dState = 16, p.numSMs = 132, p.outType = c.out;
+        p.batch = c.b, p.seqLen = c.l, p.dim = c.d, p.dState = 16, p.numSMs = c.sms, p.outType = c.out;
         mq::SelectiveScanPlan const plan = mq::selectiveScanPlan(p);
         bool const ok = plan.schedule == 1 && plan.split == c.split && plan.chunks == c.chunks
             && (c.len == 0 || (plan.chunkFirst == c.first && plan.chunkLen == c.len));
         failures += !ok;
-        std::printf("%s B%d L%d D%d %s: %d threads a channel, %d chunks of %d + %d (want %d, %d, %d + %d)\n",
-            ok ? "PASS" : "FAIL", c.b, c.l, c.d, c.out == h ? "fp16" : "fp32", plan.split, plan.chunks,
+        std::printf("%s %d SMs B%d L%d D%d %s: %d threads a channel, %d chunks of %d + %d (want %d, %d, %d + %d)\n",
+            ok ? "PASS" : "FAIL", c.sms, c.b, c.l, c.d, c.out == h ? "fp16" : "fp32", plan.split, plan.chunks,
             plan.chunkFirst, plan.chunkLen, c.split, c.chunks, c.first, c.len);
     }
     // chunk geometry over a grid of lengths and requested counts: never more chunks than asked, every chunk but the

@@ -110,7 +110,9 @@ def _bad_inputs(tmp_path: Path, hf_dir: Path):
         ("unknown recipe", [hf_dir, "--recipe", "int3-magic"], "unknown recipe 'int3-magic'"),
         ("invalid recipe yaml", [hf_dir, "--recipe", bad_yaml],
          "is not valid YAML: expected ',' or ']', but got ':' (line 3, column 9)"),
-        ("unwritable output", [hf_dir], "cannot write output directory", blocker / "sub" / "out"),
+        ("unwritable output", [hf_dir],  # a parent is a file: say so, not the OS's "File exists"
+         f"cannot write output directory {blocker / 'sub' / 'out'}: {blocker} is a file, not a directory",
+         blocker / "sub" / "out"),
     ]
 
 

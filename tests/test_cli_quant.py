@@ -128,3 +128,16 @@ def test_compare_table(tmp_path):
     assert [x["recipe"] for x in rows] == ["fp32", "rtn-w8a8", "mambaquant-w8a8"]
     assert rows[0]["text"]["kl"] == 0.0 and rows[1]["text"]["kl"] > 0
     assert (tmp_path / "compare.md").read_text().startswith("| recipe |")
+
+
+def test_compare_task_errors_name_its_own_flag(tmp_path):
+    # compare takes --data TASK=PATH (eval takes --data PATH): its hints must say so, before any recipe runs
+    calib = need(DATA_DIR / "text" / "wikitext2_val_sample.jsonl")
+    env = {"MQ_DEPLOY_DATA_DIR": ""}  # no data folder (run_cli starts from os.environ)
+    for task, want in (("text", "pass --data text=PATH"), ("piqa", "pass --data piqa=PATH, or set MQ_DEPLOY_DATA_DIR"),
+                       ("fashion_mnist", "is for a Vision Mamba model directory")):
+        r = run_cli("compare", "--recipes", "rtn-w8a8", "--tasks", task, "--calib", calib, "--calib-samples", "2",
+                    "-o", tmp_path / task, "-q", env=env)
+        assert r.returncode == 2 and want in r.stderr, r.stderr
+        assert "copy used here" not in r.stderr and "Traceback" not in r.stderr
+        assert not (tmp_path / task / "compare.json").exists()

@@ -15,6 +15,7 @@ import bz2
 import gzip
 import json
 import lzma
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -130,7 +131,7 @@ def collect(runner_factory, points: dict[str, str], windows: np.ndarray, cov_poi
         samples.setdefault(pt, []).append(flat[rng.integers(0, flat.size, size=k)])  # with replacement: O(k)
 
     for s in tqdm(range(0, len(windows), batch_size), desc="calibrating", unit="batch", disable=not progress,
-                  leave=False):
+                  leave=not sys.stderr.isatty()):  # in a log, the finished bar ends its line
         out = runner.run({"input_ids": windows[s:s + batch_size]})
         for pt, name in points.items():
             x = np.asarray(out[name], np.float32).reshape(-1, out[name].shape[-1])

@@ -232,7 +232,10 @@ def cmd_build(args: argparse.Namespace) -> int:
             raise UserError("--validation-engine has no trtexec equivalent (trtexec cannot mark the tensors before "
                             "the QuantizeLinear nodes as outputs): run `mq-deploy build OUTDIR --validation-engine` "
                             "on the machine that has TensorRT")
-        if plan.plugin_lib is not None and not Path(plan.plugin_lib).is_file():
+        if plan.plugin_lib is None:
+            print("note: <libmq_trt_plugins.so> stands for the plugin library (no --plugins, no $MQ_DEPLOY_PLUGINS "
+                  "here): docs/deploy.md says how to build it", file=sys.stderr)
+        elif not Path(plan.plugin_lib).is_file():
             print(f"note: {plan.plugin_lib} is not on this machine; the command is for the one that has it",
                   file=sys.stderr)
         if major is None and (plan.int8 or plan.fp16):
@@ -299,8 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--data", action="append", default=[], metavar="TASK=PATH", help="data file for a task (repeatable)")
     k.add_argument("--tokenizer", help="tokenizer.json (default: the model directory's)")
     k.add_argument("--calib", help="calibration text (default $MQ_DEPLOY_DATA_DIR/text/wikitext2_val_sample.jsonl)")
-    k.add_argument("--calib-samples", type=int, default=128)
-    k.add_argument("--calib-seq-len", type=int, default=512)
+    k.add_argument("--calib-samples", type=int, default=128, help="calibration windows for every recipe (default 128)")
+    k.add_argument("--calib-seq-len", type=int, default=512, help="tokens a calibration window (default 512)")
     k.add_argument("--seq-len", type=int, default=512, help="perplexity window / zero-shot max length (default 512)")
     k.add_argument("--limit", type=int, help="first N items per zero-shot task (and windows, unless --windows)")
     k.add_argument("--windows", type=int, help="first N windows per perplexity task")
@@ -312,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     ln = sub.add_parser("lint", help="check a QDQ ONNX graph against TensorRT's explicit-quantization rules",
                         description="Report QDQ placement violations by node name; exit 1 if there are any.")
     ln.add_argument("onnx", help="model.onnx or model.portable.onnx (or a compile OUTDIR)")
-    ln.add_argument("--json", action="store_true")
+    ln.add_argument("--json", action="store_true", help="print the violations as JSON on stdout")
     ln.set_defaults(func=cmd_lint)
 
     from .eval import TASK_NAMES
@@ -371,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build a strongly typed network with no precision flags (TensorRT 10's form of what TensorRT "
                         "11 always does; not with --int8 / --fp16): the Q/DQ nodes set INT8 and float layers stay in "
                         "the ONNX graph's precision (fp32 here), so the weakly typed --int8 --fp16 build may be faster")
-    b.add_argument("--min-shapes", default="1,1", metavar="B,L", help="smallest batch,sequence (default 1,1; "
+    b.add_argument("--min-shapes", default="1,1", metavar="B,L", help="smallest batch,sequence, as B,L or BxL (default 1,1; "
                                                                       "a Vim OUTDIR takes B alone, its image size is fixed)")
     b.add_argument("--opt-shapes", default="1,512", metavar="B,L", help="batch,sequence to tune for (default 1,512)")
     b.add_argument("--max-shapes", default="8,4096", metavar="B,L", help="largest batch,sequence (default 8,4096)")

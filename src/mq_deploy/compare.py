@@ -54,12 +54,16 @@ def compare(model, recipes: Sequence[str], tasks: Sequence[str], tokenizer, cali
     """Rows of {"recipe", <task>: {metrics}} for each recipe (the fp32 model first, as 'fp32')."""
     data = data or {}
     recs = [load_recipe(r) for r in recipes]  # validate all names before any work
-    ppl_windows = {}
-    for t in tasks:
+    ppl_windows, paths = {}, {}
+    for t in tasks:  # every task's data found before any work
+        if t == "fashion_mnist":
+            raise UserError("task 'fashion_mnist' is for a Vision Mamba model directory (e.g. "
+                            "src/mq_deploy/assets/vim-fmnist with the vim-* recipes); this is a language model")
         if t not in TASKS:
             raise UserError(f"unknown task '{t}'; valid: {', '.join(TASKS)}")
+        paths[t] = resolve_data_path(t, data.get(t), flag=f"--data {t}=PATH")
         if TASKS[t].kind == "perplexity":
-            text = load_task_data(t, resolve_data_path(t, data.get(t)))
+            text = load_task_data(t, paths[t])
             ppl_windows[t] = np.asarray(token_windows(tokenizer.encode(text), seq_len, windows or limit), dtype=np.int64)
     ref = OrtRunner(build_lm_graph(model))  # plugin graph: onnxruntime segments + the native scan kernel
     stats0: dict[int, object] = {}  # the fp32 statistics, computed once per `calibration.stats_samples`
@@ -82,7 +86,7 @@ def compare(model, recipes: Sequence[str], tasks: Sequence[str], tokenizer, cali
             if t in ppl_windows:
                 row[t] = perplexity_and_drift(ref, runner, ppl_windows[t], batch_size)
             else:
-                res = run_task(t, runner, tokenizer, data_path=data.get(t), seq_len=max(seq_len, 2),
+                res = run_task(t, runner, tokenizer, data_path=paths[t], seq_len=max(seq_len, 2),
                                limit=limit, batch_size=batch_size, progress=progress)
                 row[t] = {k: v for k, v in res.items() if k in ("acc", "acc_norm", "perplexity", "n")}
         row["seconds"] = round(time.time() - t0, 1)

@@ -35,7 +35,9 @@ def atomic_dir(out_dir: str | Path, force: bool = False):
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should look like a mkdir
     except OSError as e:
-        raise UserError(f"cannot write output directory {out_dir}: {e.strerror or e}") from None
+        blocker = next((a for a in out_dir.absolute().parents if a.exists() and not a.is_dir()), None)
+        why = f"{blocker} is a file, not a directory" if blocker is not None else (e.strerror or str(e))
+        raise UserError(f"cannot write output directory {out_dir}: {why}") from None
     try:
         yield tmp
         old = None

@@ -59,6 +59,11 @@ class TaskSpec:
     metrics: tuple[str, ...]
 
     @property
+    def where_to_get(self) -> str:
+        """`source` without the note on which copy this project's own runs used (for messages to users)."""
+        return self.source.split("; copy used here")[0]
+
+    @property
     def path(self) -> str | None:
         """The preferred default relative path (None when there is no default)."""
         return self.paths[0] if self.paths else None
@@ -199,21 +204,22 @@ def task_spec(task: str) -> TaskSpec:
         ) from None
 
 
-def default_data_path(task: str, data_dir: str | Path | None = None) -> Path:
+def default_data_path(task: str, data_dir: str | Path | None = None, flag: str = "--data PATH") -> Path:
     """Where `task`'s data lives inside `data_dir` (default: `$MQ_DEPLOY_DATA_DIR`).
 
     The first of the task's `paths` that exists is returned. Raises `UserError` when the task has
-    no default file, when no data folder is given, or when none of its files is there.
+    no default file, when no data folder is given, or when none of its files is there; the message
+    names `flag` as the way to pass a file (`compare` takes `--data TASK=PATH`).
     """
     spec = task_spec(task)
     if not spec.paths:
-        raise UserError(f"task {task!r} has no default data set; pass --data PATH")
+        raise UserError(f"task {task!r} has no default data set; pass {flag}")
     if data_dir is None:
         data_dir = os.environ.get(DATA_DIR_ENV) or None
     if data_dir is None:
         raise UserError(
-            f"no data for task {task!r}: pass --data PATH, or set {DATA_DIR_ENV} to a folder "
-            f"that holds {spec.paths[0]} (source: {spec.source})"
+            f"no data for task {task!r}: pass {flag}, or set {DATA_DIR_ENV} to a folder "
+            f"that holds {spec.paths[0]} (source: {spec.where_to_get})"
         )
     root = Path(data_dir)
     if not root.is_dir():
@@ -224,14 +230,14 @@ def default_data_path(task: str, data_dir: str | Path | None = None) -> Path:
     raise UserError(
         f"no data for task {task!r} in {root}: expected "
         + " or ".join(str(root / rel) for rel in spec.paths)
-        + f" (source: {spec.source}); or pass --data PATH"
+        + f" (source: {spec.where_to_get}); or pass {flag}"
     )
 
 
-def resolve_data_path(task: str, data_path: str | Path | None) -> Path:
-    """`data_path` if given (it must exist), else `default_data_path(task)`."""
+def resolve_data_path(task: str, data_path: str | Path | None, flag: str = "--data PATH") -> Path:
+    """`data_path` if given (it must exist), else `default_data_path(task)` (`flag` as there)."""
     if data_path is None:
-        return default_data_path(task)
+        return default_data_path(task, flag=flag)
     p = Path(data_path)
     if not p.exists():
         raise UserError(f"data file for task {task!r} not found: {p}")

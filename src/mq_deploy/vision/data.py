@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -91,7 +92,8 @@ def evaluate_top1(logits_fn: Callable[[np.ndarray], np.ndarray], channels: int =
     preds = []
     from tqdm import tqdm
 
-    for s in tqdm(range(0, len(imgs), batch_size), desc="fashion_mnist", disable=not progress, leave=False):
+    for s in tqdm(range(0, len(imgs), batch_size), desc="fashion_mnist", disable=not progress,
+                  leave=not sys.stderr.isatty()):  # in a log, the finished bar ends its line
         preds.append(np.asarray(logits_fn(normalize(imgs[s:s + batch_size], channels))).argmax(-1))
     pred = np.concatenate(preds)
     out = {"task": "fashion_mnist", "top1": float((pred == labels).mean()), "n": int(len(labels))}

@@ -1,4 +1,4 @@
-"""The scan's plan cost model (plugins/kernels/selectiveScanKernel.cu: planCost, selectiveScanPlan) in Python, scored
+"""The scan's plan cost model (plugins/kernels/selectiveScanKernel.cu: planCost, kPlanMargin, selectiveScanPlan) in Python, scored
 against edge_sms timings (benchmarks/gpu/edge_sms.sh), and refitted from them.
 
     python benchmarks/gpu/fit_plan.py RUN.json [RUN.json ...]          # regret of the committed model and the old rules
@@ -7,7 +7,8 @@ against edge_sms timings (benchmarks/gpu/edge_sms.sh), and refitted from them.
 Regret of a plan on a shape = the time of the (threads a channel, chunks) it picks / the fastest timed one, where
 both come from the same run's forced timings (edge_sms times every pick the model can make: kPlanChunks). The
 constants below must equal planCost's; tests/test_scan_plan_model.py checks that this port picks what the compiled
-plan picked (the runs' "auto" rows).
+plan picked (the check run's "auto" rows, made before kPlanMargin, so with margin 0) and the plans that
+plugins/tests/scan_plan_host.cu pins.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from collections import defaultdict
 
 TILE, FIRST_PCT, MIN_BLOCKS = 16, 75, 5  # kMaxTile, MQ_SCAN_FIRST_PCT, MQ_SCAN_MIN_BLOCKS
 PLAN_CHUNKS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 32)  # kPlanChunks
+MARGIN = 0.01  # kPlanMargin: the fewest chunks within 1 % of the least modelled time
 # planCost: (a, b) of the 2- and 4-thread kernels, chunked-pass local-token factor, ns a pass, ns a chained chunk,
 # one-pass factors (2 / 4 threads)
 COMMITTED = (38.7, 1.6, 22.5, 1.35, 0.9, 5400.0, 110.0, 1.03, 1.015)
@@ -71,14 +73,17 @@ def candidates(L: int):
                 yield split, c, g
 
 
-def plan(P, sms: int, B: int, L: int, D: int) -> tuple[int, int]:
-    """(threads a channel, chunks) of least modelled cost; the first of equal ones, as the C++ loop keeps it."""
-    best = None
-    for split, _, g in candidates(L):
-        cost = plan_cost(P, sms, B, L, D, split, g)
-        if best is None or cost < best[0]:
-            best = (cost, split, g[0])
-    return best[1], best[2]
+def plan(P, sms: int, B: int, L: int, D: int, margin: float = MARGIN) -> tuple[int, int]:
+    """(threads a channel, chunks) as selectiveScanPlan picks them: of the candidates within `margin` of the least
+    modelled cost, the fewest chunks (then the least cost; the first of equals, as the C++ loop keeps it). The check
+    run (results/edge-plan/check) was made before the margin: its picks are margin=0's."""
+    cands = [(plan_cost(P, sms, B, L, D, split, g), split, g[0]) for split, _, g in candidates(L)]
+    best = min(c[0] for c in cands)
+    pick = None
+    for c in cands:
+        if c[0] <= best * (1 + margin) and (pick is None or c[2] < pick[2] or (c[2] == pick[2] and c[0] < pick[0])):
+            pick = c
+    return pick[1], pick[2]
 
 
 def old_plan(sms: int, B: int, L: int, D: int) -> tuple[int, int]:

@@ -736,6 +736,7 @@ size_t workspaceBytes(int32_t batch, int32_t chunks, int32_t dim, int32_t dState
 //! Chunk counts the automatic plan considers (each ≤ maxAutoChunks(L); after chunkGeometry's rounding, each distinct
 //! count once): the grid it was fitted and checked on (benchmarks/gpu/edge_sms.cu times exactly these).
 constexpr int32_t kPlanChunks[] = {1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 32};
+constexpr double kPlanMargin = 0.01; //!< selectiveScanPlan takes the fewest chunks within 1 % of the least modelled time
 
 //! Modelled time (ns) of the token-serial schedule with `split` threads a channel and chunk geometry g on `sms` SMs; the
 //! automatic plan takes the (split, chunks) that minimises it. A block walking its tokens beside k − 1 others on its SM
@@ -745,8 +746,8 @@ constexpr int32_t kPlanChunks[] = {1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 2
 //! token each) then pass 3 (len tokens), 5.4 µs a pass and 0.11 µs a chunk of pass 3's start-state chain. Fitted on the
 //! fp16 scan at 64 shapes (B 1–8, L 256–4096, D 768–5120) on H200 partitions of 8, 16, 32 and 64 SMs and the whole GPU
 //! (benchmarks/gpu/edge_sms.sh, benchmarks/gpu/fit_plan.py; benchmarks/gpu/results/NOTES.md, "Scan: one cost model for
-//! threads and chunks"): 0.5 % over the fastest timed plan on average, 8 % at worst; on 48 other shapes, fp16 and
-//! int8 → fp32, on 8 / 16 / 48 SMs and the whole GPU, 0.75 % and 22 %. The rules it replaced (4 threads where one wave
+//! threads and chunks"): with kPlanMargin, 0.4 % over the fastest timed plan on average, 8 % at worst; on 48 other
+//! shapes, fp16 and int8 → fp32, on 8 / 16 / 48 SMs and the whole GPU, 0.7 % and 22 %. The rules it replaced (4 threads where one wave
 //! fits, chunks from a model of 4 threads on 132 SMs, 2 threads where 4 under-fill pass 1) lost 5 % on average and up to
 //! 66 % on the first set (short prompts on many SMs: 2 threads at 2 chunks, where 4 threads in one pass are faster).
 double planCost(SelectiveScanParams const& p, int32_t split, ChunkGeom const& g, int32_t sms)
@@ -777,7 +778,16 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
     int32_t const sms = p.chunks > 0 && schedule < 2 ? 0 : deviceSMs(p);
     if (schedule < 2 && chunks <= 0)
     {
-        // the (threads a channel, chunks) of least modelled time (planCost), over kPlanChunks; forced lanes fix the split
+        // the (threads a channel, chunks) of least modelled time (planCost) over kPlanChunks, forced lanes fixing the
+        // split; of those within kPlanMargin of it, the fewest chunks (the model's error is larger than such a gain:
+        // H200 B8 L4096 D2560, 2 chunks modelled 0.5 % faster than one pass, measured 0.8 % / 3.6 % slower in fp16 /
+        // int8 → fp32, benchmarks/gpu/results/edge-plan/repeat)
+        struct Cand
+        {
+            double cost;
+            int32_t split, request, chunks;
+        } cand[2 * sizeof(kPlanChunks) / sizeof(kPlanChunks[0])];
+        int32_t n = 0;
         double best = 0.;
         for (int32_t s2 : {4, 2})
         {
@@ -792,12 +802,18 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
                 if (g.chunks == last)
                     continue;
                 last = g.chunks;
-                double const cost = planCost(p, s2, g, sms);
-                if (chunks <= 0 || cost < best)
-                    best = cost, chunks = c, plan.split = s2; // c, not g.chunks: the geometry below is chunkGeometry(L, c)
+                cand[n] = Cand{planCost(p, s2, g, sms), s2, c, g.chunks};
+                best = n == 0 || cand[n].cost < best ? cand[n].cost : best;
+                ++n;
             }
         }
-        split = plan.split;
+        Cand const* pick = nullptr;
+        for (int32_t i = 0; i < n; ++i)
+            if (cand[i].cost <= best * (1 + kPlanMargin)
+                && (pick == nullptr || cand[i].chunks < pick->chunks || (cand[i].chunks == pick->chunks && cand[i].cost < pick->cost)))
+                pick = &cand[i];
+        split = pick->split;
+        chunks = pick->request; // not pick->chunks: the geometry below is chunkGeometry(L, request)
     }
     else if (split == 0)
         split = 2; // explicit chunks: 2 threads a channel unless schedule 1 forces 4

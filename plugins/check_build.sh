@@ -55,7 +55,7 @@ if [ -n "${TRT_INCLUDE:-}" ]; then
     if [ -f "$c/cuda_runtime_api.h" ]; then cuda_inc="$c"; break; fi
   done
   [ -n "$cuda_inc" ] || { echo "check_build: cuda_runtime_api.h not found (set CUDA_HOME)" >&2; exit 2; }
-  for cpp in "$here"/*.cpp; do
+  for cpp in "$here"/*.cpp "$here/tests/plugin_runtime.cpp"; do  # the last: TensorRT's calls, run on a GPU by run_all.sh
     echo "${CXX:-g++} -fsyntax-only $(basename "$cpp") against $TRT_INCLUDE"
     "${CXX:-g++}" -std=c++17 -fsyntax-only -Wall -Wextra -Werror -Wno-deprecated-declarations \
       -isystem "$TRT_INCLUDE" -isystem "$cuda_inc" -I"$here" -I"$here/kernels" "$cpp"

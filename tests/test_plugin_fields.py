@@ -212,3 +212,50 @@ def test_cpu_paths_take_older_graphs_and_refuse_what_they_cannot_run(outdirs):
     for mode in ("extensions", "native"):
         with pytest.raises(UserError, match="has_z = 1"):
             OrtRunner(old, plugins=mode)
+
+
+def test_node_dump_for_the_gpu_plugin_check(outdirs, tmp_path):
+    """benchmarks/gpu/plugin_nodes.py (the inputs of the GPU run of the TensorRT plugins on real graphs) stores every
+    plugin node with its forwarded fields and its inputs as the node receives them: the CPU reference on the stored
+    inputs (int8 ones dequantized with the node's scale fields) gives the stored outputs."""
+    import importlib.util
+    import json
+
+    from mq_deploy.ops.selective_scan import selective_scan
+    from mq_deploy.ops.state_update import selective_state_update
+    from mq_deploy.quant.hadamard import hadamard_transform
+
+    spec = importlib.util.spec_from_file_location("plugin_nodes", PLUGINS.parent / "benchmarks" / "gpu" / "plugin_nodes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "nodes.npz"
+    mod.main([str(outdirs["w8"]), str(outdirs["fp32"]), "-o", str(out), "--batch", "2", "--seq", "40",
+              "--text", str(outdirs["w8"].parent / "calib.txt")])
+    z = np.load(out)
+    meta = json.loads(str(z["meta"]))
+    count = {}
+    for m in meta:
+        key = (m["source"].split("/")[-1], m["op"])
+        count[key] = count.get(key, 0) + 1
+    assert count == {("model.onnx", "SelectiveScan"): 16, ("model.onnx", "Hadamard"): 8,
+                     ("model.decode.onnx", "SelectiveStateUpdate"): 16, ("model.decode.onnx", "Hadamard"): 8}
+    scale_of = {0: "u_scale", 1: "delta_scale", 3: "B_scale", 4: "C_scale"}
+    for k, m in enumerate(meta):
+        ins = [z[f"{k}.in{j}"] for j in range(len(m["inputs"]))]
+        outs = [z[f"{k}.out{j}"] for j in range(len(m["outputs"]))]
+        f = m["fields"]
+        assert set(f) == set(declared_fields()[m["op"]]["fields"]), m["node"]
+        assert all(m["kinds"][name] == ("int" if isinstance(v, int) else "float") for name, v in f.items())
+        if m["op"] == "SelectiveScan":
+            int8 = [j for j, a in enumerate(ins) if a.dtype == np.int8]
+            assert int8 == ([0, 1, 3, 4] if m["source"].startswith("w8") else []), (m["node"], int8)
+            x = [a.astype(np.float32) * np.float32(f[scale_of[j]]) if a.dtype == np.int8 else a for j, a in enumerate(ins)]
+            y, h = selective_scan(*x[:6], delta_bias=x[6], delta_softplus=bool(f["delta_softplus"]))
+            assert outs[0].shape == (2, 40, ins[2].shape[0]) and outs[0].dtype == np.float32
+        elif m["op"] == "SelectiveStateUpdate":
+            y, h = selective_state_update(*ins, dt_softplus=bool(f["dt_softplus"]))
+        else:
+            y, h = hadamard_transform(ins[0]), None
+        assert np.abs(y - outs[0]).max() <= 1e-4 * np.abs(outs[0]).max(), m["node"]
+        if h is not None:
+            assert np.abs(h - outs[1]).max() <= 1e-4 * np.abs(outs[1]).max(), m["node"]

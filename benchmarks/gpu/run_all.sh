@@ -29,6 +29,12 @@
 # (comma-separated NAME=VALUE flags: its block-shape macros) and runs the state-update checks and the decode benchmark
 # on each build (harness.py dbench, folded into bench.json as decode_alt). With BENCH=decode, ncu.txt profiles the
 # state update of the 130m shape by mq and by mamba-ssm's Triton kernel.
+# TRT_INCLUDE=<TensorRT include dir>: also builds build/libmq_plugin_runtime.so (the plugins/*.cpp TensorRT plugins and
+# plugins/tests/plugin_runtime.cpp, which makes TensorRT's calls into them; TensorRT's headers only, no library) and
+# runs plugin_check.py: each plugin's enqueue against the C API (bit for bit) and the references, its errors, CUDA graph
+# replays, and with PLUGIN_NODES="a.npz b.npz" (plugin_nodes.py, written on a CPU machine) the plugin nodes of compiled
+# OUTDIRs against onnxruntime; its small cases also run under compute-sanitizer. BENCH=plugins: tests, plugin checks
+# and sanitizer only (no benchmarks, no ncu).
 set -uo pipefail
 OUT="${OUT:-benchmarks/gpu/results}"
 ARCH="${ARCH:-90}"
@@ -88,11 +94,25 @@ for p in "${pids[@]}"; do wait "$p" || exit 1; done
 nvcc -shared build/hadamardKernel.o build/mqKernelsCApi.o build/selectiveScanKernel.o build/stateUpdateKernel.o \
   -o build/libmq_kernels.so || exit 1
 echo "built libmq_kernels.so in $(( $(date +%s) - t0 )) s"
+if [ -n "${TRT_INCLUDE:-}" ]; then
+  nvcc -std=c++17 -O2 -shared -Xcompiler -fPIC -Xcompiler -Wno-deprecated-declarations -isystem "$TRT_INCLUDE" -Iplugins \
+    -Iplugins/kernels plugins/*.cpp plugins/tests/plugin_runtime.cpp -Lbuild -lmq_kernels -Xlinker -rpath,"$PWD/build" \
+    -o build/libmq_plugin_runtime.so || exit 1
+fi
 rc=0
 python3 benchmarks/gpu/harness.py test || rc=1
+if [ -n "${TRT_INCLUDE:-}" ]; then
+  # shellcheck disable=SC2086  # PLUGIN_NODES is a list of files
+  python3 benchmarks/gpu/plugin_check.py test ${PLUGIN_NODES:+--nodes $PLUGIN_NODES} || rc=1
+fi
 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/gpu/harness.py sanitize \
   > "$OUT/sanitizer.log" 2>&1; echo "compute-sanitizer rc=$?" | tee -a "$OUT/sanitizer.log"
+if [ -n "${TRT_INCLUDE:-}" ]; then
+  compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/gpu/plugin_check.py sanitize \
+    >> "$OUT/sanitizer.log" 2>&1; echo "compute-sanitizer (plugins) rc=$?" | tee -a "$OUT/sanitizer.log"
+fi
 tail -n 5 "$OUT/sanitizer.log"
+[ "$BENCH" = plugins ] && exit $rc
 ab_libs=("default=build/libmq_kernels.so")
 for e in ${scan_alt[@]+"${scan_alt[@]}"}; do
   k="${e%%:*}"

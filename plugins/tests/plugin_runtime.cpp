@@ -1,0 +1,307 @@
+// Drives one mq-deploy TensorRT plugin through the calls TensorRT makes into it, build and runtime, on a GPU but
+// without TensorRT's library (only its headers): benchmarks/gpu/plugin_check.py loads this as a shared library
+// (benchmarks/gpu/plugin_check.sh builds it) and compares what the plugins' enqueue writes with the float64 references
+// and with the kernels' own C API. The steps, in TensorRT's order:
+//   build:   getCreators -> the creator of (name, version "1", namespace "mq_deploy"), as the ONNX parser finds it;
+//            createPlugin(fields, kBUILD); getNbOutputs; getOutputDataTypes; supportsFormatCombination for every
+//            position in turn; configurePlugin with the profile (min = opt = the shape, max = the given maximum);
+//            getWorkspaceSize; getFieldsToSerialize (what the engine stores);
+//   runtime: createPlugin(the serialized fields, kRUNTIME), as deserialization does; attachToContext (the instance an
+//            execution context runs); onShapeChange; enqueue into a workspace of exactly getWorkspaceSize bytes;
+//            optionally a CUDA graph captured around a second enqueue (after the first, as TensorRT's documentation
+//            asks of a capture) and replayed, whose outputs must equal the eager ones bit for bit (the outputs are
+//            filled with different bytes before each, so a byte that enqueue leaves unwritten fails this).
+// Errors come back as text: the plugins report theirs through the ILogger this library hands them (setLoggerFinder).
+#include "NvInferRuntime.h"
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+using namespace nvinfer1;
+
+extern "C" IPluginCreatorInterface* const* getCreators(int32_t& nbCreators);
+extern "C" void setLoggerFinder(ILoggerFinder* finder);
+
+namespace
+{
+class Logger : public ILogger
+{
+public:
+    void log(Severity severity, AsciiChar const* msg) noexcept override
+    {
+        if (severity <= Severity::kWARNING)
+            last = msg;
+    }
+    std::string last;
+};
+
+class Finder : public ILoggerFinder
+{
+public:
+    ILogger* findLogger() override { return &logger; }
+    Logger logger;
+};
+
+Finder gFinder;
+
+struct Failure : std::runtime_error
+{
+    using std::runtime_error::runtime_error;
+};
+
+void require(bool ok, std::string const& what)
+{
+    if (!ok)
+        throw Failure(what + (gFinder.logger.last.empty() ? "" : " (plugin: " + gFinder.logger.last + ")"));
+}
+
+void cuda(cudaError_t e, char const* what)
+{
+    if (e != cudaSuccess)
+        throw Failure(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+IPluginCreatorV3One* findCreator(char const* name)
+{
+    int32_t n = 0;
+    IPluginCreatorInterface* const* creators = getCreators(n);
+    for (int32_t i = 0; i < n; ++i)
+    {
+        auto* c = static_cast<IPluginCreatorV3One*>(creators[i]);
+        if (std::strcmp(c->getPluginName(), name) == 0 && std::strcmp(c->getPluginVersion(), "1") == 0
+            && std::strcmp(c->getPluginNamespace(), "mq_deploy") == 0)
+            return c;
+    }
+    throw Failure(std::string("no creator ") + name + " version 1 in namespace mq_deploy from getCreators");
+}
+
+Dims dims(int32_t rank, int64_t const* d)
+{
+    Dims out{};
+    require(rank >= 0 && rank <= Dims::MAX_DIMS, "bad rank");
+    out.nbDims = rank;
+    for (int32_t i = 0; i < rank; ++i)
+        out.d[i] = d[i];
+    return out;
+}
+
+//! A deep copy of a PluginFieldCollection (getFieldsToSerialize's storage belongs to the plugin).
+struct Fields
+{
+    explicit Fields(PluginFieldCollection const* fc)
+    {
+        require(fc != nullptr, "getFieldsToSerialize returned null");
+        for (int32_t i = 0; i < fc->nbFields; ++i)
+        {
+            PluginField const& f = fc->fields[i];
+            size_t const bytes = f.type == PluginFieldType::kINT32 || f.type == PluginFieldType::kFLOAT32 ? 4 : 8;
+            names.emplace_back(f.name);
+            data.emplace_back(static_cast<char const*>(f.data), static_cast<char const*>(f.data) + bytes * f.length);
+            types.push_back(f.type);
+            lengths.push_back(f.length);
+        }
+        for (size_t i = 0; i < names.size(); ++i)
+            fields.emplace_back(names[i].c_str(), data[i].data(), types[i], lengths[i]);
+        fc_ = PluginFieldCollection{static_cast<int32_t>(fields.size()), fields.data()};
+    }
+    std::vector<std::string> names;
+    std::vector<std::vector<char>> data;
+    std::vector<PluginFieldType> types;
+    std::vector<int32_t> lengths;
+    std::vector<PluginField> fields;
+    PluginFieldCollection fc_{};
+};
+
+struct DeviceBuffer
+{
+    explicit DeviceBuffer(size_t bytes)
+    {
+        if (bytes > 0)
+            cuda(cudaMalloc(&p, bytes), "cudaMalloc");
+    }
+    ~DeviceBuffer()
+    {
+        if (p != nullptr)
+            cudaFree(p);
+    }
+    void* p{nullptr};
+};
+
+size_t elementBytes(DataType t)
+{
+    switch (t)
+    {
+    case DataType::kFLOAT: return 4;
+    case DataType::kHALF: return 2;
+    case DataType::kINT8: return 1;
+    default: throw Failure("unexpected data type");
+    }
+}
+
+int64_t volume(Dims const& d)
+{
+    int64_t v = 1;
+    for (int32_t i = 0; i < d.nbDims; ++i)
+        v *= d.d[i];
+    return v;
+}
+} // namespace
+
+extern "C"
+{
+//! Runs plugin `name` once as TensorRT would (see the top of this file).
+//! fields: names, kinds (0 int32, 1 float32), values; tensors: TensorRT DataType values, ranks, dims (8 a tensor);
+//! inMaxDims: the profile's largest input shapes (8 a tensor; null: the shapes themselves); strongly: the output
+//! types must be getOutputDataTypes' (else any the plugin accepts in supportsFormatCombination); graphReplays: CUDA
+//! graph replays checked against the eager outputs (0: none). wsBytes receives getWorkspaceSize. Returns 0, or 1 with
+//! the reason in err.
+__attribute__((visibility("default"))) int mqpr_run(char const* name, int32_t nbFields, char const* const* fieldNames,
+    int32_t const* fieldKinds, double const* fieldValues, int32_t nbIn, int32_t const* inTypes, int32_t const* inRanks,
+    int64_t const* inDims, int64_t const* inMaxDims, void const* const* inPtrs, int32_t nbOut, int32_t const* outTypes,
+    int32_t const* outRanks, int64_t const* outDims, void* const* outPtrs, int32_t strongly, int32_t graphReplays,
+    uint64_t* wsBytes, char* err, int32_t errLen)
+{
+    static bool const finderSet = (setLoggerFinder(&gFinder), true);
+    (void) finderSet;
+    gFinder.logger.last.clear();
+    std::unique_ptr<IPluginV3> built, deserialized, attached;
+    try
+    {
+        IPluginCreatorV3One* creator = findCreator(name);
+        // the fields as the ONNX parser forwards a node's attributes: INT -> kINT32, FLOAT -> kFLOAT32
+        std::vector<int32_t> ints(nbFields);
+        std::vector<float> floats(nbFields);
+        std::vector<PluginField> f;
+        for (int32_t i = 0; i < nbFields; ++i)
+        {
+            ints[i] = static_cast<int32_t>(fieldValues[i]);
+            floats[i] = static_cast<float>(fieldValues[i]);
+            f.emplace_back(fieldNames[i], fieldKinds[i] == 0 ? static_cast<void const*>(&ints[i]) : &floats[i],
+                fieldKinds[i] == 0 ? PluginFieldType::kINT32 : PluginFieldType::kFLOAT32, 1);
+        }
+        PluginFieldCollection const fc{nbFields, f.data()};
+
+        // ---- build phase
+        built.reset(creator->createPlugin(name, &fc, TensorRTPhase::kBUILD));
+        require(built != nullptr, "createPlugin (build phase) failed");
+        auto* core = static_cast<IPluginV3OneCore*>(built->getCapabilityInterface(PluginCapabilityType::kCORE));
+        auto* build = static_cast<IPluginV3OneBuild*>(built->getCapabilityInterface(PluginCapabilityType::kBUILD));
+        require(core != nullptr && build != nullptr, "core / build capability missing");
+        require(std::strcmp(core->getPluginName(), name) == 0 && std::strcmp(core->getPluginNamespace(), "mq_deploy") == 0,
+            "plugin name / namespace differ from the creator's");
+        require(build->getNbOutputs() == nbOut, "getNbOutputs is " + std::to_string(build->getNbOutputs()));
+        std::vector<DataType> inT(nbIn), outT(nbOut), want(nbOut);
+        for (int32_t i = 0; i < nbIn; ++i)
+            inT[i] = static_cast<DataType>(inTypes[i]);
+        for (int32_t i = 0; i < nbOut; ++i)
+            want[i] = static_cast<DataType>(outTypes[i]);
+        require(build->getOutputDataTypes(outT.data(), nbOut, inT.data(), nbIn) == 0, "getOutputDataTypes failed");
+        for (int32_t i = 0; i < nbOut && strongly; ++i)
+            require(outT[i] == want[i], "getOutputDataTypes gives output " + std::to_string(i) + " type "
+                    + std::to_string(static_cast<int32_t>(outT[i])) + ", the caller expects "
+                    + std::to_string(static_cast<int32_t>(want[i])));
+
+        std::vector<DynamicPluginTensorDesc> dyn(nbIn + nbOut);
+        std::vector<PluginTensorDesc> desc(nbIn + nbOut);
+        for (int32_t i = 0; i < nbIn + nbOut; ++i)
+        {
+            bool const in = i < nbIn;
+            int32_t const j = in ? i : i - nbIn;
+            PluginTensorDesc& d = desc[i];
+            d.dims = in ? dims(inRanks[j], inDims + 8 * j) : dims(outRanks[j], outDims + 8 * j);
+            d.type = in ? inT[j] : want[j];
+            d.format = TensorFormat::kLINEAR;
+            d.scale = -1.F; // what TensorRT sets where it has no int8 scale (explicit quantization)
+            dyn[i].desc = d;
+            dyn[i].min = dyn[i].opt = dyn[i].max = d.dims;
+            if (in && inMaxDims != nullptr)
+                dyn[i].max = dims(inRanks[j], inMaxDims + 8 * j);
+        }
+        for (int32_t pos = 0; pos < nbIn + nbOut; ++pos)
+            require(build->supportsFormatCombination(pos, dyn.data(), nbIn, nbOut),
+                "supportsFormatCombination refuses position " + std::to_string(pos));
+        require(build->configurePlugin(dyn.data(), nbIn, dyn.data() + nbIn, nbOut) == 0, "configurePlugin failed");
+        size_t const ws = build->getWorkspaceSize(dyn.data(), nbIn, dyn.data() + nbIn, nbOut);
+        *wsBytes = ws;
+        auto* builtRt = static_cast<IPluginV3OneRuntime*>(built->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+        require(builtRt != nullptr, "runtime capability missing");
+        Fields const stored(builtRt->getFieldsToSerialize());
+
+        // ---- runtime phase: deserialized from the stored fields, then attached to an execution context
+        deserialized.reset(creator->createPlugin(name, &stored.fc_, TensorRTPhase::kRUNTIME));
+        require(deserialized != nullptr, "createPlugin (runtime phase, from the serialized fields) failed");
+        auto* rt0 = static_cast<IPluginV3OneRuntime*>(deserialized->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+        require(rt0 != nullptr, "runtime capability missing after deserialization");
+        attached.reset(rt0->attachToContext(nullptr));
+        require(attached != nullptr, "attachToContext failed");
+        auto* rt = static_cast<IPluginV3OneRuntime*>(attached->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+        require(rt->onShapeChange(desc.data(), nbIn, desc.data() + nbIn, nbOut) == 0, "onShapeChange failed");
+
+        DeviceBuffer workspace(ws);
+        cudaStream_t stream{};
+        cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+        std::unique_ptr<CUstream_st, void (*)(cudaStream_t)> streamGuard(stream, [](cudaStream_t s) { cudaStreamDestroy(s); });
+        // outputs are filled with 0x7F before the eager enqueue and 0xFF before each replay, so a byte enqueue does not
+        // write differs between the two; the workspace starts as 0xFF too (TensorRT does not clear it)
+        std::vector<size_t> outBytes(nbOut);
+        for (int32_t j = 0; j < nbOut; ++j)
+        {
+            outBytes[j] = volume(desc[nbIn + j].dims) * elementBytes(want[j]);
+            cuda(cudaMemsetAsync(outPtrs[j], 0x7F, outBytes[j], stream), "cudaMemset");
+        }
+        if (ws > 0)
+            cuda(cudaMemsetAsync(workspace.p, 0xFF, ws, stream), "cudaMemset");
+        require(rt->enqueue(desc.data(), desc.data() + nbIn, inPtrs, outPtrs, workspace.p, stream) == 0, "enqueue failed");
+        cuda(cudaStreamSynchronize(stream), "enqueue's kernels");
+
+        if (graphReplays > 0)
+        {
+            std::vector<std::vector<char>> eager(nbOut), replay(nbOut);
+            for (int32_t j = 0; j < nbOut; ++j)
+            {
+                eager[j].resize(outBytes[j]);
+                replay[j].resize(outBytes[j]);
+                cuda(cudaMemcpy(eager[j].data(), outPtrs[j], outBytes[j], cudaMemcpyDeviceToHost), "copy of the outputs");
+            }
+            cudaGraph_t graph{};
+            cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+            int32_t const rc = rt->enqueue(desc.data(), desc.data() + nbIn, inPtrs, outPtrs, workspace.p, stream);
+            cudaError_t const endRc = cudaStreamEndCapture(stream, &graph);
+            require(rc == 0, "enqueue failed under CUDA graph capture");
+            cuda(endRc, "cudaStreamEndCapture");
+            cudaGraphExec_t exec{};
+            cudaError_t const instRc = cudaGraphInstantiate(&exec, graph, 0);
+            cudaGraphDestroy(graph);
+            cuda(instRc, "cudaGraphInstantiate");
+            std::unique_ptr<CUgraphExec_st, void (*)(cudaGraphExec_t)> execGuard(exec, [](cudaGraphExec_t e) { cudaGraphExecDestroy(e); });
+            for (int32_t r = 0; r < graphReplays; ++r)
+            {
+                for (int32_t j = 0; j < nbOut; ++j) // 0xFF: NaN in fp32 and fp16
+                    cuda(cudaMemsetAsync(outPtrs[j], 0xFF, outBytes[j], stream), "cudaMemset");
+                if (ws > 0)
+                    cuda(cudaMemsetAsync(workspace.p, 0xFF, ws, stream), "cudaMemset");
+                cuda(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
+            }
+            cuda(cudaStreamSynchronize(stream), "the replayed graph");
+            for (int32_t j = 0; j < nbOut; ++j)
+            {
+                cuda(cudaMemcpy(replay[j].data(), outPtrs[j], replay[j].size(), cudaMemcpyDeviceToHost), "copy of the outputs");
+                require(replay[j] == eager[j], "CUDA graph replay: output " + std::to_string(j) + " differs from the eager run");
+            }
+        }
+        return 0;
+    }
+    catch (std::exception const& e)
+    {
+        std::snprintf(err, static_cast<size_t>(errLen), "%s", e.what());
+    }
+    return 1;
+}
+}

@@ -1,6 +1,8 @@
 // Hadamard IPluginV3; see hadamardPlugin.h.
 #include "hadamardPlugin.h"
 
+#include <memory>
+
 using namespace nvinfer1;
 
 namespace mq
@@ -26,6 +28,25 @@ HadamardPlugin::HadamardPlugin(Attrs attrs)
     require(hadamardSharedBytes(n, mM) <= 200 * 1024, "Hadamard: n = " + std::to_string(n) + " is too large for one block");
     require(mAttrs.getFloat("out_scale") >= 0.f, "Hadamard: out_scale must be >= 0");
     mBase = hadamardBaseMatrix(mM);
+}
+
+void HadamardPlugin::uploadBase(cudaStream_t stream)
+{
+    if (mM == 1 || mBaseDev != nullptr)
+        return;
+    size_t const bytes = mBase.size() * sizeof(float);
+    float* dev = nullptr;
+    if (cudaMalloc(&dev, bytes) != cudaSuccess)
+        throw std::runtime_error("cudaMalloc of the base matrix failed");
+    // on `stream`, then waited for: a cudaMemcpy from pageable memory may return before the data has landed, and the
+    // stream the kernel runs on is not ordered after the legacy stream
+    if (cudaMemcpyAsync(dev, mBase.data(), bytes, cudaMemcpyHostToDevice, stream) != cudaSuccess
+        || cudaStreamSynchronize(stream) != cudaSuccess)
+    {
+        cudaFree(dev);
+        throw std::runtime_error("copying the base matrix to the device failed");
+    }
+    mBaseDev = dev;
 }
 
 HadamardPlugin::~HadamardPlugin()
@@ -99,16 +120,13 @@ int32_t HadamardPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorD
     void const* const* inputs, void* const* outputs, void*, cudaStream_t stream) noexcept
 {
     return guard<int32_t>("Hadamard::enqueue", -1, [&] {
-        // once per instance (the runtime gets its own via attachToContext), so a CUDA graph captured after the first
-        // enqueue allocates nothing. The copy goes on `stream`, ahead of the kernel that reads it: a blocking cudaMemcpy
-        // from pageable memory may return before the data has landed, and TensorRT's stream is not ordered after it.
-        if (mM > 1 && mBaseDev == nullptr)
+        if (mM > 1 && mBaseDev == nullptr) // an instance no execution context attached: the builder's own runs
         {
-            size_t const bytes = mBase.size() * sizeof(float);
-            if (cudaMalloc(&mBaseDev, bytes) != cudaSuccess)
-                throw std::runtime_error("cudaMalloc of the base matrix failed");
-            if (cudaMemcpyAsync(mBaseDev, mBase.data(), bytes, cudaMemcpyHostToDevice, stream) != cudaSuccess)
-                throw std::runtime_error("copying the base matrix failed");
+            cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+            if (cudaStreamIsCapturing(stream, &capturing) != cudaSuccess || capturing != cudaStreamCaptureStatusNone)
+                throw std::runtime_error("the base matrix is not on the device and a stream under CUDA graph capture cannot "
+                                         "upload it; run this plugin through an execution context (attachToContext)");
+            uploadBase(stream);
         }
         HadamardParams p;
         p.n = mAttrs.getInt("n");
@@ -149,7 +167,14 @@ char const* HadamardPlugin::getPluginVersion() const noexcept { return kVERSION;
 char const* HadamardPlugin::getPluginNamespace() const noexcept { return kNAMESPACE; }
 int32_t HadamardPlugin::getNbOutputs() const noexcept { return 1; }
 
-IPluginV3* HadamardPlugin::attachToContext(IPluginResourceContext*) noexcept { return clone(); }
+IPluginV3* HadamardPlugin::attachToContext(IPluginResourceContext*) noexcept
+{
+    return guard<IPluginV3*>("Hadamard::attachToContext", nullptr, [&] {
+        auto p = std::make_unique<HadamardPlugin>(mAttrs);
+        p->uploadBase(nullptr); // the legacy default stream: no context stream exists yet
+        return p.release();
+    });
+}
 
 PluginFieldCollection const* HadamardPlugin::getFieldsToSerialize() noexcept { return mAttrs.serialize(); }
 

@@ -2,7 +2,9 @@
 //
 // Input x (..., n) fp32 or fp16; output y = x·H_n (same shape): x's type, or int8 when out_scale > 0
 // (fused QuantizeLinear, zero point 0). Attributes: n (int), out_scale (float, 0 = no quantization).
-// B_m is built from n with the C++ port of quant/hadamard.py:base_matrix and kept on the device.
+// B_m is built from n with the C++ port of quant/hadamard.py:base_matrix and kept on the device: uploaded when an
+// execution context attaches its instance (attachToContext), so enqueue allocates and copies nothing and may be captured
+// into a CUDA graph from the first call on (Torch-TensorRT captures its first run).
 #pragma once
 #include "pluginCommon.h"
 #include "kernels/hadamardKernel.h"
@@ -52,6 +54,9 @@ public:
 
 private:
     int32_t nbInputs() const;
+    //! Allocates and fills mBaseDev (m > 1; synchronous): for a context's instance before any enqueue, or in enqueue
+    //! on `stream` for an instance no context attached (the builder's timing runs).
+    void uploadBase(cudaStream_t stream);
     Attrs mAttrs;
     int32_t mM{1};
     std::vector<float> mBase;

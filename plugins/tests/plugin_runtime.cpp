@@ -8,9 +8,10 @@
 //            getWorkspaceSize; getFieldsToSerialize (what the engine stores);
 //   runtime: createPlugin(the serialized fields, kRUNTIME), as deserialization does; attachToContext (the instance an
 //            execution context runs); onShapeChange; enqueue into a workspace of exactly getWorkspaceSize bytes;
-//            optionally a CUDA graph captured around a second enqueue (after the first, as TensorRT's documentation
-//            asks of a capture) and replayed, whose outputs must equal the eager ones bit for bit (the outputs are
-//            filled with different bytes before each, so a byte that enqueue leaves unwritten fails this).
+//            optionally a second context's instance (attachToContext again) whose onShapeChange and first enqueue are
+//            captured into a CUDA graph (global capture mode: an allocation or a synchronizing call fails it) and
+//            replayed, its outputs equal to the eager ones bit for bit (the outputs are filled with different bytes
+//            before each, so a byte that enqueue leaves unwritten fails this too).
 // Errors come back as text: the plugins report theirs through the ILogger this library hands them (setLoggerFinder).
 #include "NvInferRuntime.h"
 
@@ -270,11 +271,18 @@ __attribute__((visibility("default"))) int mqpr_run(char const* name, int32_t nb
                 replay[j].resize(outBytes[j]);
                 cuda(cudaMemcpy(eager[j].data(), outPtrs[j], outBytes[j], cudaMemcpyDeviceToHost), "copy of the outputs");
             }
+            // a second execution context's instance, captured from its first enqueue on (as Torch-TensorRT captures its
+            // first run), in global mode: any allocation or synchronizing call in enqueue breaks the capture
+            std::unique_ptr<IPluginV3> second(rt0->attachToContext(nullptr));
+            require(second != nullptr, "attachToContext (second context) failed");
+            auto* rt2 = static_cast<IPluginV3OneRuntime*>(second->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
             cudaGraph_t graph{};
-            cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
-            int32_t const rc = rt->enqueue(desc.data(), desc.data() + nbIn, inPtrs, outPtrs, workspace.p, stream);
+            cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture");
+            int32_t rc = rt2->onShapeChange(desc.data(), nbIn, desc.data() + nbIn, nbOut);
+            if (rc == 0)
+                rc = rt2->enqueue(desc.data(), desc.data() + nbIn, inPtrs, outPtrs, workspace.p, stream);
             cudaError_t const endRc = cudaStreamEndCapture(stream, &graph);
-            require(rc == 0, "enqueue failed under CUDA graph capture");
+            require(rc == 0, "onShapeChange / the first enqueue failed under CUDA graph capture");
             cuda(endRc, "cudaStreamEndCapture");
             cudaGraphExec_t exec{};
             cudaError_t const instRc = cudaGraphInstantiate(&exec, graph, 0);

@@ -12,6 +12,7 @@ TensorRT's include directory), and what its enqueue writes is compared
 
     python plugin_check.py test [--nodes FILE.npz ...]   # writes $OUT_DIR/plugin_tests.json
     python plugin_check.py sanitize                     # small cases, for compute-sanitizer
+    python plugin_check.py capture_first                # (test starts it) first enqueues captured in a fresh process
 """
 from __future__ import annotations
 
@@ -266,6 +267,55 @@ def node_checks(record, path):
                 record("onnx node", f"{tag} state", "rel", H.rel_err(outs[1], hr), 1e-4)
 
 
+def capture_first():
+    """Run in a fresh process (tests() starts one): each plugin's first enqueue, and with it the process's first launch
+    of that kernel, is captured into a CUDA graph (global mode) and replayed, with no eager run before it: what
+    Torch-TensorRT's CUDA graphs do with a newly loaded engine. The replayed outputs must equal the C API's, computed
+    afterwards. Returns the rows [(kernel, case, metric, value, limit)]."""
+    rows = []
+    x = H.make_scan_inputs(1, 4096, 1536, 16, seed=11, gate=True)
+    x8 = H.make_scan_inputs(2, 300, 768, 16, seed=12, gate=False)
+    q8 = [H.quant(x8[k]) for k in ("u", "delta", "Bm", "Cm")]
+    g = torch.Generator(device=DEV).manual_seed(13)
+    had = [(5120, (3, 7, 5120), torch.float16, torch.float16, 0.0), (768, (2, 37, 768), torch.float32, torch.int8, 0.05),
+           (4096, (5, 4096), torch.float16, torch.int8, 0.05)]
+    had_x = [torch.randn(*shape, generator=g, device=DEV).to(dt) for _, shape, dt, _, _ in had]
+    su = [torch.randn(2, 768, 16, device=DEV), torch.randn(2, 1, 768, device=DEV).half(), torch.randn(2, 1, 768, device=DEV).half() * 0.5 - 1,
+          -torch.exp(torch.rand(768, 16, device=DEV) * 2.77), torch.randn(2, 1, 16, device=DEV).half(), torch.randn(2, 1, 16, device=DEV).half(),
+          torch.randn(768, device=DEV), torch.randn(768, device=DEV) * 0.1, torch.randn(2, 1, 768, device=DEV).half()]
+    torch.cuda.synchronize()
+    runs = []  # (kernel, case, plugin outputs, C API call giving the same outputs)
+
+    def attempt(kernel, case, name, fields, ins, outs, c_api):
+        try:
+            run_plugin(name, fields, ins, outs, replays=-2)
+            runs.append((kernel, case, outs, c_api))
+        except PluginError as e:
+            rows.append((kernel, f"{case}: {e}", "ran", 1.0, 0.0))
+
+    for (n, shape, in_dt, out_dt, sc), xi in zip(had, had_x):
+        attempt("hadamard plugin", f"n{n} {list(shape)} {NAME[in_dt]}->{NAME[out_dt]}", "Hadamard", {"n": n, "out_scale": sc},
+                [xi], [torch.empty(shape, dtype=out_dt, device=DEV)],
+                lambda xi=xi, n=n, out_dt=out_dt, sc=sc: [H.run_hadamard(xi.reshape(-1, n), H.I8 if out_dt == torch.int8 else H_TYPE[out_dt], sc or 1.0)[0]])
+    attempt("scan plugin", "B1 L4096 D1536 fp16->fp16 z=1", "SelectiveScan", scan_fields(True, False, True),
+            [x["u"].half(), x["delta"].half(), x["A"], x["Bm"].half(), x["Cm"].half(), x["Dskip"], x["bias"], x["z"].half()],
+            [torch.empty(1, 4096, 1536, dtype=torch.float16, device=DEV), torch.empty(1, 1536, 16, device=DEV)],
+            lambda: list(H.run_scan(x, H.F16, H.F16)[:2]))
+    attempt("scan plugin", "B2 L300 D768 int8->fp32", "SelectiveScan", scan_fields(False, False, True, [s for _, s in q8]),
+            [q8[0][0], q8[1][0], x8["A"], q8[2][0], q8[3][0], x8["Dskip"], x8["bias"]],
+            [torch.empty(2, 300, 768, device=DEV), torch.empty(2, 768, 16, device=DEV)],
+            lambda: list(H.run_scan(x8, H.I8, H.F32)[:2]))
+    attempt("state update plugin", "B2 D768 fp16 z=1", "SelectiveStateUpdate", {"dt_softplus": 1, "has_z": 1}, su,
+            [torch.empty(2, 1, 768, dtype=torch.float16, device=DEV), torch.empty(2, 768, 16, device=DEV)],
+            lambda: list(H.run_state_update(su[0], *(t.reshape(2, -1) if t.dim() == 3 else t for t in su[1:]), H.F16)[:2]))
+    torch.cuda.synchronize()
+    for kernel, case, outs, c_api in runs:  # the C API only now: the plugin's launches came first
+        ref = c_api()
+        same = all(bits_equal(o.reshape(r.shape), r) for o, r in zip(outs, ref))
+        rows.append((kernel, case + " first enqueue captured (fresh process), replayed", "== C API", 0.0 if same else 1.0, 0.0))
+    return rows
+
+
 def tests(nodes=()):
     rows, failures = [], 0
 
@@ -276,6 +326,14 @@ def tests(nodes=()):
         rows.append(dict(kernel=kernel, case=case, metric=metric, value=value, limit=limit, ok=bool(ok)))
         print(f"{'PASS' if ok else 'FAIL'} {kernel:19s} {case:70s} {metric}={value:.3g} (limit {limit:.3g})", flush=True)
 
+    import subprocess
+
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), "capture_first"], capture_output=True, text=True)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("ROWS ")]
+    if r.returncode != 0 or not lines:
+        record("capture first", f"the capture_first process failed (rc {r.returncode}): {r.stderr.strip()[-300:]}", "ran", 1.0, 0.0)
+    for row in (json.loads(lines[-1][5:]) if lines else []):
+        record(*row)
     refusal_checks(record)
     scan_checks(record)
     state_update_checks(record)
@@ -309,6 +367,9 @@ def sanitize():
 def main(argv):
     if argv[:1] == ["sanitize"]:
         sanitize()
+        return 0
+    if argv[:1] == ["capture_first"]:
+        print("ROWS " + json.dumps(capture_first()))
         return 0
     if argv[:1] != ["test"]:
         print(__doc__)

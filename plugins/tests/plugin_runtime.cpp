@@ -1,6 +1,6 @@
 // Drives one mq-deploy TensorRT plugin through the calls TensorRT makes into it, build and runtime, on a GPU but
 // without TensorRT's library (only its headers): benchmarks/gpu/plugin_check.py loads this as a shared library
-// (benchmarks/gpu/plugin_check.sh builds it) and compares what the plugins' enqueue writes with the float64 references
+// (benchmarks/gpu/run_all.sh builds it when TRT_INCLUDE is set) and compares what the plugins' enqueue writes with the float64 references
 // and with the kernels' own C API. The steps, in TensorRT's order:
 //   build:   getCreators -> the creator of (name, version "1", namespace "mq_deploy"), as the ONNX parser finds it;
 //            createPlugin(fields, kBUILD); getNbOutputs; getOutputDataTypes; supportsFormatCombination for every
@@ -11,7 +11,9 @@
 //            optionally a second context's instance (attachToContext again) whose onShapeChange and first enqueue are
 //            captured into a CUDA graph (global capture mode: an allocation or a synchronizing call fails it) and
 //            replayed, its outputs equal to the eager ones bit for bit (the outputs are filled with different bytes
-//            before each, so a byte that enqueue leaves unwritten fails this too).
+//            before each, so a byte that enqueue leaves unwritten fails this too); or, capture only, the first
+//            instance's first onShapeChange / enqueue captured with no eager run before it (in a fresh process: the
+//            first launch of the plugin's kernels happens under capture).
 // Errors come back as text: the plugins report theirs through the ILogger this library hands them (setLoggerFinder).
 #include "NvInferRuntime.h"
 
@@ -161,7 +163,8 @@ extern "C"
 //! fields: names, kinds (0 int32, 1 float32), values; tensors: TensorRT DataType values, ranks, dims (8 a tensor);
 //! inMaxDims: the profile's largest input shapes (8 a tensor; null: the shapes themselves); strongly: the output
 //! types must be getOutputDataTypes' (else any the plugin accepts in supportsFormatCombination); graphReplays: CUDA
-//! graph replays checked against the eager outputs (0: none). wsBytes receives getWorkspaceSize. Returns 0, or 1 with
+//! graph replays checked against the eager outputs (0: none; negative: no eager run, the first enqueue is captured and
+//! replayed -graphReplays times, its outputs left for the caller to check). wsBytes receives getWorkspaceSize. Returns 0, or 1 with
 //! the reason in err.
 __attribute__((visibility("default"))) int mqpr_run(char const* name, int32_t nbFields, char const* const* fieldNames,
     int32_t const* fieldKinds, double const* fieldValues, int32_t nbIn, int32_t const* inTypes, int32_t const* inRanks,
@@ -243,44 +246,52 @@ __attribute__((visibility("default"))) int mqpr_run(char const* name, int32_t nb
         attached.reset(rt0->attachToContext(nullptr));
         require(attached != nullptr, "attachToContext failed");
         auto* rt = static_cast<IPluginV3OneRuntime*>(attached->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
-        require(rt->onShapeChange(desc.data(), nbIn, desc.data() + nbIn, nbOut) == 0, "onShapeChange failed");
 
         DeviceBuffer workspace(ws);
         cudaStream_t stream{};
         cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
         std::unique_ptr<CUstream_st, void (*)(cudaStream_t)> streamGuard(stream, [](cudaStream_t s) { cudaStreamDestroy(s); });
-        // outputs are filled with 0x7F before the eager enqueue and 0xFF before each replay, so a byte enqueue does not
-        // write differs between the two; the workspace starts as 0xFF too (TensorRT does not clear it)
         std::vector<size_t> outBytes(nbOut);
         for (int32_t j = 0; j < nbOut; ++j)
-        {
             outBytes[j] = volume(desc[nbIn + j].dims) * elementBytes(want[j]);
-            cuda(cudaMemsetAsync(outPtrs[j], 0x7F, outBytes[j], stream), "cudaMemset");
-        }
-        if (ws > 0)
-            cuda(cudaMemsetAsync(workspace.p, 0xFF, ws, stream), "cudaMemset");
-        require(rt->enqueue(desc.data(), desc.data() + nbIn, inPtrs, outPtrs, workspace.p, stream) == 0, "enqueue failed");
-        cuda(cudaStreamSynchronize(stream), "enqueue's kernels");
-
-        if (graphReplays > 0)
-        {
-            std::vector<std::vector<char>> eager(nbOut), replay(nbOut);
+        // outputs are filled with 0x7F before the eager enqueue and 0xFF before each replay, so a byte enqueue does not
+        // write differs between the two; the workspace starts as 0xFF too (TensorRT does not clear it)
+        auto const fill = [&](int value) {
             for (int32_t j = 0; j < nbOut; ++j)
+                cuda(cudaMemsetAsync(outPtrs[j], value, outBytes[j], stream), "cudaMemset");
+            if (ws > 0)
+                cuda(cudaMemsetAsync(workspace.p, 0xFF, ws, stream), "cudaMemset");
+        };
+        bool const captureOnly = graphReplays < 0;
+        int32_t const replays = captureOnly ? -graphReplays : graphReplays;
+        std::vector<std::vector<char>> eager(nbOut);
+        if (!captureOnly)
+        {
+            require(rt->onShapeChange(desc.data(), nbIn, desc.data() + nbIn, nbOut) == 0, "onShapeChange failed");
+            fill(0x7F);
+            require(rt->enqueue(desc.data(), desc.data() + nbIn, inPtrs, outPtrs, workspace.p, stream) == 0, "enqueue failed");
+            cuda(cudaStreamSynchronize(stream), "enqueue's kernels");
+            for (int32_t j = 0; j < nbOut && replays > 0; ++j)
             {
                 eager[j].resize(outBytes[j]);
-                replay[j].resize(outBytes[j]);
                 cuda(cudaMemcpy(eager[j].data(), outPtrs[j], outBytes[j], cudaMemcpyDeviceToHost), "copy of the outputs");
             }
-            // a second execution context's instance, captured from its first enqueue on (as Torch-TensorRT captures its
-            // first run), in global mode: any allocation or synchronizing call in enqueue breaks the capture
-            std::unique_ptr<IPluginV3> second(rt0->attachToContext(nullptr));
-            require(second != nullptr, "attachToContext (second context) failed");
-            auto* rt2 = static_cast<IPluginV3OneRuntime*>(second->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+        }
+        if (replays > 0)
+        {
+            // a context's instance captured from its first onShapeChange / enqueue on (as Torch-TensorRT captures its
+            // first run), in global mode, so any allocation or synchronizing call in them breaks the capture: a second
+            // context's instance after the eager run, or with captureOnly the first one, whose enqueue then holds the
+            // process's first launch of the plugin's kernels
+            std::unique_ptr<IPluginV3> second(captureOnly ? nullptr : rt0->attachToContext(nullptr));
+            require(captureOnly || second != nullptr, "attachToContext (second context) failed");
+            auto* rtc = captureOnly ? rt
+                                    : static_cast<IPluginV3OneRuntime*>(second->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
             cudaGraph_t graph{};
             cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture");
-            int32_t rc = rt2->onShapeChange(desc.data(), nbIn, desc.data() + nbIn, nbOut);
+            int32_t rc = rtc->onShapeChange(desc.data(), nbIn, desc.data() + nbIn, nbOut);
             if (rc == 0)
-                rc = rt2->enqueue(desc.data(), desc.data() + nbIn, inPtrs, outPtrs, workspace.p, stream);
+                rc = rtc->enqueue(desc.data(), desc.data() + nbIn, inPtrs, outPtrs, workspace.p, stream);
             cudaError_t const endRc = cudaStreamEndCapture(stream, &graph);
             require(rc == 0, "onShapeChange / the first enqueue failed under CUDA graph capture");
             cuda(endRc, "cudaStreamEndCapture");
@@ -289,19 +300,17 @@ __attribute__((visibility("default"))) int mqpr_run(char const* name, int32_t nb
             cudaGraphDestroy(graph);
             cuda(instRc, "cudaGraphInstantiate");
             std::unique_ptr<CUgraphExec_st, void (*)(cudaGraphExec_t)> execGuard(exec, [](cudaGraphExec_t e) { cudaGraphExecDestroy(e); });
-            for (int32_t r = 0; r < graphReplays; ++r)
+            for (int32_t r = 0; r < replays; ++r)
             {
-                for (int32_t j = 0; j < nbOut; ++j) // 0xFF: NaN in fp32 and fp16
-                    cuda(cudaMemsetAsync(outPtrs[j], 0xFF, outBytes[j], stream), "cudaMemset");
-                if (ws > 0)
-                    cuda(cudaMemsetAsync(workspace.p, 0xFF, ws, stream), "cudaMemset");
+                fill(0xFF); // 0xFF: NaN in fp32 and fp16
                 cuda(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
             }
             cuda(cudaStreamSynchronize(stream), "the replayed graph");
-            for (int32_t j = 0; j < nbOut; ++j)
+            for (int32_t j = 0; j < nbOut && !captureOnly; ++j)
             {
-                cuda(cudaMemcpy(replay[j].data(), outPtrs[j], replay[j].size(), cudaMemcpyDeviceToHost), "copy of the outputs");
-                require(replay[j] == eager[j], "CUDA graph replay: output " + std::to_string(j) + " differs from the eager run");
+                std::vector<char> replay(outBytes[j]);
+                cuda(cudaMemcpy(replay.data(), outPtrs[j], replay.size(), cudaMemcpyDeviceToHost), "copy of the outputs");
+                require(replay == eager[j], "CUDA graph replay: output " + std::to_string(j) + " differs from the eager run");
             }
         }
         return 0;

@@ -266,15 +266,23 @@ def graph_checks(record):
                + (" (dependent launch)" if pdl else ""), "equal", diff if diff == diff else float("inf"), 0.0)
 
 
-def tests():
-    rows, failures = [], 0
+class Recorder:
+    """`record(kernel, case, metric, value, limit, ok=None)`: one PASS / FAIL row (ok defaults to value <= limit),
+    printed and kept in `rows`; `failures` counts the FAIL rows."""
 
-    def record(kernel, case, metric, value, limit, ok=None):
-        nonlocal failures
+    def __init__(self, widths=(13, 58)):
+        self.rows, self.failures, self.widths = [], 0, widths
+
+    def __call__(self, kernel, case, metric, value, limit, ok=None):
         ok = (value <= limit) if ok is None else ok
-        failures += not ok
-        rows.append(dict(kernel=kernel, case=case, metric=metric, value=value, limit=limit, ok=bool(ok)))
-        print(f"{'PASS' if ok else 'FAIL'} {kernel:13s} {case:58s} {metric}={value:.3g} (limit {limit:.3g})", flush=True)
+        self.failures += not ok
+        self.rows.append(dict(kernel=kernel, case=case, metric=metric, value=value, limit=limit, ok=bool(ok)))
+        wk, wc = self.widths
+        print(f"{'PASS' if ok else 'FAIL'} {kernel:{wk}s} {case:{wc}s} {metric}={value:.3g} (limit {limit:.3g})", flush=True)
+
+
+def tests():
+    record = Recorder()
 
     # the float64 ports agree with the repository's numpy references
     from mq_deploy.ops.selective_scan import selective_scan as np_scan
@@ -383,7 +391,7 @@ def tests():
             record("hadamard", case.replace("->fp16", "->int8 (|dq|<=1, mismatches)"), "frac", frac, 0.01,
                    ok=float(diff.max()) <= 1 and frac <= 0.01)
     LIB.mq_hadamard_set_tuning(-1, -1)
-    return rows, failures
+    return record.rows, record.failures
 
 
 def sanitize():

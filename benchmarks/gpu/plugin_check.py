@@ -317,14 +317,7 @@ def capture_first():
 
 
 def tests(nodes=()):
-    rows, failures = [], 0
-
-    def record(kernel, case, metric, value, limit, ok=None):
-        nonlocal failures
-        ok = (value <= limit) if ok is None else ok
-        failures += not ok
-        rows.append(dict(kernel=kernel, case=case, metric=metric, value=value, limit=limit, ok=bool(ok)))
-        print(f"{'PASS' if ok else 'FAIL'} {kernel:19s} {case:70s} {metric}={value:.3g} (limit {limit:.3g})", flush=True)
+    record = H.Recorder(widths=(19, 70))
 
     import subprocess
 
@@ -340,7 +333,7 @@ def tests(nodes=()):
     hadamard_checks(record)
     for path in nodes:
         node_checks(record, path)
-    return rows, failures
+    return record.rows, record.failures
 
 
 def sanitize():

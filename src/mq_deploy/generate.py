@@ -17,7 +17,6 @@ unchanged.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,11 +248,3 @@ class TextStream:
             return ""
         new, self._printed = text[self._printed:], len(text)
         return new
-
-
-def manifest_info(outdir: str | Path) -> dict:
-    p = Path(outdir) / "manifest.json"
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return {}

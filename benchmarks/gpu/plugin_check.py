@@ -53,6 +53,7 @@ def run_plugin(name, fields, inputs, outputs, strongly=True, replays=2, in_max=N
     """Plugin `name` with `fields` ({field: int | float}: kINT32 / kFLOAT32, as the ONNX parser converts INT / FLOAT
     attributes) on device tensors `inputs`, writing the preallocated `outputs`; `in_max`: the profile's largest input
     shapes (default: the inputs'). Returns getWorkspaceSize; raises PluginError with the plugin's own message."""
+    torch.cuda.synchronize()  # the plugin runs on its own non-blocking stream, not ordered after torch's
     names = list(fields)
     kinds = [0 if isinstance(fields[k], (int, np.integer)) else 1 for k in names]
     ins = [t.contiguous() for t in inputs]
@@ -150,6 +151,8 @@ def scan_checks(record):
             yr, hr = H.scan_ref(seen["u"], seen["delta"], x["A"], seen["Bm"], seen["Cm"], x["Dskip"], x["bias"], seen["z"],
                                 x["h0"], sp)
             record("scan plugin", case + f" ws {ws} B", "== C API", 0.0 if bits_equal(y, y_c) and bits_equal(st, st_c) else 1.0, 0.0)
+            want_ws = H.LIB.mq_selective_scan_max_workspace(*(pmax or (Bsz, L)), D, N)  # selectiveScanMaxWorkspaceSize
+            record("scan plugin", case + f" getWorkspaceSize {ws} B", "== max workspace", 0.0 if ws == want_ws else 1.0, 0.0)
             record("scan plugin", case + " y", "rel", H.rel_err(y, yr), lim)
             record("scan plugin", case + " state", "rel", H.rel_err(st, hr), 1e-4)
 
@@ -262,6 +265,11 @@ def node_checks(record, path):
             else:
                 n = fields["n"]
                 yr, hr = H.hadamard_ref(seen[0].reshape(-1, n), n).reshape(seen[0].shape), None
+                if fields.get("out_scale", 0.0) > 0:  # int8 output: rounding boundaries may differ by one step
+                    diff = (outs[0].double() - torch.clamp(torch.round(yr / fields["out_scale"]), -128, 127)).abs()
+                    frac = float((diff > 0).double().mean())
+                    record("onnx node", f"{tag} int8 y (|dq|<=1, mismatches)", "frac", frac, 0.01, ok=float(diff.max()) <= 1 and frac <= 0.01)
+                    continue
             record("onnx node", f"{tag} y", "rel", H.rel_err(outs[0], yr), 2e-3)
             if hr is not None:
                 record("onnx node", f"{tag} state", "rel", H.rel_err(outs[1], hr), 1e-4)
@@ -345,6 +353,15 @@ def sanitize():
     ins8 = [q[0], q[1], x["A"], H.quant(x["Bm"])[0], H.quant(x["Cm"])[0], x["Dskip"], x["bias"]]
     run_plugin("SelectiveScan", scan_fields(False, False, True, (0.02,) * 4), ins8,
                [torch.empty(2, 45, 130, device=DEV), torch.empty(2, 130, 16, device=DEV)], in_max=[(4, 600, 130), (4, 600, 130), (130, 16), (4, 600, 16), (4, 600, 16), (130,), (130,)])
+    x = H.make_scan_inputs(2, 700, 130, 16, seed=4, gate=True)  # chunked: the workspace in use, sized for max L 1000
+    ins = [x["u"].half(), x["delta"].half(), x["A"], x["Bm"].half(), x["Cm"].half(), x["Dskip"], x["bias"], x["z"].half()]
+    run_plugin("SelectiveScan", scan_fields(True, False, True), ins,
+               [torch.empty(2, 700, 130, device=DEV).half(), torch.empty(2, 130, 16, device=DEV)],
+               in_max=[(4, 1000, 130), (4, 1000, 130), (130, 16), (4, 1000, 16), (4, 1000, 16), (130,), (130,), (4, 1000, 130)])
+    ins8 = [H.quant(t)[0] for t in (x["u"], x["delta"])]
+    ins8 = [ins8[0], ins8[1], x["A"], H.quant(x["Bm"])[0], H.quant(x["Cm"])[0], x["Dskip"], x["bias"]]
+    run_plugin("SelectiveScan", scan_fields(False, False, True, (0.02,) * 4), ins8,  # chunked, workspace of exactly this shape
+               [torch.empty(2, 700, 130, device=DEV), torch.empty(2, 130, 16, device=DEV)])
     st = torch.randn(3, 130, 16, device=DEV)
     su = [st, torch.randn(3, 1, 130, device=DEV).half(), torch.randn(3, 1, 130, device=DEV).half(), -torch.rand(130, 16, device=DEV),
           torch.randn(3, 1, 16, device=DEV).half(), torch.randn(3, 1, 16, device=DEV).half(), torch.randn(130, device=DEV), torch.randn(130, device=DEV)]

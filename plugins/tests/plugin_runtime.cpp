@@ -293,6 +293,8 @@ __attribute__((visibility("default"))) int mqpr_run(char const* name, int32_t nb
             if (rc == 0)
                 rc = rtc->enqueue(desc.data(), desc.data() + nbIn, inPtrs, outPtrs, workspace.p, stream);
             cudaError_t const endRc = cudaStreamEndCapture(stream, &graph);
+            if (rc != 0 && endRc == cudaSuccess)
+                cudaGraphDestroy(graph);
             require(rc == 0, "onShapeChange / the first enqueue failed under CUDA graph capture");
             cuda(endRc, "cudaStreamEndCapture");
             cudaGraphExec_t exec{};

@@ -1,8 +1,8 @@
 // CPU check of the TensorRT plugins' build-phase interfaces, without a GPU or TensorRT's runtime: only TensorRT's
 // headers (plugins/check_build.sh builds and runs it when TRT_INCLUDE is set). The creators come from the library's
 // own `getCreators` entry point; each plugin is created from a field collection the way the ONNX parser does and
-// asked what TensorRT's builder asks: output types, format/type combinations, configurePlugin shape checks, workspace
-// size, field names and serialization.
+// asked what TensorRT's builder asks: output types, output shapes, format/type combinations, configurePlugin shape
+// checks, workspace size, field names and serialization.
 #include "NvInferRuntime.h"
 
 #include <cstdio>
@@ -55,6 +55,36 @@ DynamicPluginTensorDesc desc(DataType type, std::vector<int64_t> const& dims, in
 IPluginV3OneBuild* build(IPluginV3* p)
 {
     return static_cast<IPluginV3OneBuild*>(p->getCapabilityInterface(PluginCapabilityType::kBUILD));
+}
+
+//! Stand-ins for TensorRT's shape expressions: the plugins' getOutputShapes only pass input expressions through (they
+//! never ask the builder for new ones), so each output dimension must be one of the input objects, compared by address.
+struct Expr : IDimensionExpr
+{
+    Expr() { mImpl = nullptr; }
+};
+struct NoBuilder : IExprBuilder
+{
+    NoBuilder() { mImpl = nullptr; }
+};
+
+DimsExprs exprs(std::vector<Expr> const& dims)
+{
+    DimsExprs e{};
+    e.nbDims = static_cast<int32_t>(dims.size());
+    for (size_t i = 0; i < dims.size(); ++i)
+        e.d[i] = &dims[i];
+    return e;
+}
+
+bool sameExprs(DimsExprs const& got, std::vector<IDimensionExpr const*> const& want)
+{
+    if (got.nbDims != static_cast<int32_t>(want.size()))
+        return false;
+    for (size_t i = 0; i < want.size(); ++i)
+        if (got.d[i] != want[i])
+            return false;
+    return true;
 }
 
 //! The plugin `name` created from `fc` as the ONNX parser does (build phase); null (and a failure) when either the
@@ -140,6 +170,18 @@ void selectiveScan()
     // workspace of a profile with max B 1, max L 4100: every shape's plan fits in max(1, 4100 / 128) = 32 chunks
     size_t const ws = b->getWorkspaceSize(good.data(), 7, good.data() + 7, 2);
     check(ws == size_t{1} * 32 * 384 * 17 * sizeof(float), "SelectiveScan workspace = max B x 32 chunks x D x (N + 1) floats");
+
+    // output shapes: y = u's (B, L, D), last_state = (B, D, N) from u and A
+    std::vector<Expr> u(3), a(2), bm(3), vec(1);
+    std::vector<DimsExprs> in = {exprs(u), exprs(u), exprs(a), exprs(bm), exprs(bm), exprs(vec), exprs(vec)};
+    DimsExprs out[2]{};
+    NoBuilder nb;
+    check(b->getOutputShapes(in.data(), 7, nullptr, 0, out, 2, nb) == 0 && sameExprs(out[0], {&u[0], &u[1], &u[2]})
+            && sameExprs(out[1], {&u[0], &u[2], &a[1]}),
+        "SelectiveScan output shapes: y (B, L, D) of u, last_state (B, D, N) of u and A");
+    std::vector<Expr> u2(2);
+    in[0] = exprs(u2);
+    check(b->getOutputShapes(in.data(), 7, nullptr, 0, out, 2, nb) != 0, "SelectiveScan output shapes refuse a 2-D u");
     delete p;
 }
 
@@ -161,6 +203,13 @@ void stateUpdate()
     auto badB = good;
     badB[4] = desc(F, {-1, 1, 12}, 8);
     check(b->configurePlugin(badB.data(), 8, badB.data() + 8, 2) != 0, "SelectiveStateUpdate configurePlugin refuses Bm with N 12");
+    std::vector<Expr> st(3), x(3), a(2), bm(3), vec(1);
+    std::vector<DimsExprs> in = {exprs(st), exprs(x), exprs(x), exprs(a), exprs(bm), exprs(bm), exprs(vec), exprs(vec)};
+    DimsExprs out[2]{};
+    NoBuilder nb;
+    check(b->getOutputShapes(in.data(), 8, nullptr, 0, out, 2, nb) == 0 && sameExprs(out[0], {&x[0], &x[1], &x[2]})
+            && sameExprs(out[1], {&st[0], &st[1], &st[2]}),
+        "SelectiveStateUpdate output shapes: y of x (B, 1, D), new state of state (B, D, N)");
     delete p;
 }
 
@@ -187,6 +236,11 @@ void hadamard()
             "Hadamard clone serializes n 1536");
         delete q;
     }
+    std::vector<Expr> x(4);
+    DimsExprs in = exprs(x), out{};
+    NoBuilder nb;
+    check(build(p)->getOutputShapes(&in, 1, nullptr, 0, &out, 1, nb) == 0 && sameExprs(out, {&x[0], &x[1], &x[2], &x[3]}),
+        "Hadamard output shape: the input's");
     int32_t bad = 105; // 3·5·7: no base matrix of that order
     f[0].data = &bad;
     check(c->createPlugin("Hadamard", &fc, TensorRTPhase::kBUILD) == nullptr, "Hadamard createPlugin refuses n 105");

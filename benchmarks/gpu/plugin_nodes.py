@@ -99,6 +99,8 @@ def main(argv=None):
                   " ".join(f"{arrays[f'{k}.in{j}'].dtype}{list(arrays[f'{k}.in{j}'].shape)}" for j in range(len(node.input))))
 
     for outdir in map(Path, args.outdirs):
+        if not (outdir / "model.onnx").is_file():
+            raise SystemExit(f"plugin_nodes: {outdir} has no model.onnx (pass mq-deploy compile output directories)")
         tok = TextTokenizer(args.tokenizer or outdir / "tokenizer.json")
         ids = np.asarray(tok.encode(text)[: args.batch * args.seq + 1], np.int64)
         if ids.size < args.batch * args.seq + 1:
@@ -129,4 +131,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from mq_deploy.errors import UserError
+
+    try:
+        main()
+    except UserError as e:
+        raise SystemExit(f"plugin_nodes: {e}") from None

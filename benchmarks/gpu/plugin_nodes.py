@@ -34,18 +34,11 @@ def plugin_nodes(model, layers):
 
     from mq_deploy.ops.ort_kernels import PLUGIN_DOMAIN
 
-    seen, out = {}, []
-    for node in model.graph.node:
-        if node.domain != PLUGIN_DOMAIN:
-            continue
-        k = seen.get(node.op_type, 0)
-        seen[node.op_type] = k + 1
-        out.append((node, k))
-    counts = dict(seen)
+    nodes = [n for n in model.graph.node if n.domain == PLUGIN_DOMAIN]
     picked = []
-    for node, k in out:
-        want = layers is None or any(k == (j if j >= 0 else counts[node.op_type] + j) for j in layers)
-        if not want:
+    for node in nodes:
+        same = [n for n in nodes if n.op_type == node.op_type]
+        if layers is not None and not any(same.index(node) == j % len(same) for j in layers if -len(same) <= j < len(same)):
             continue
         fields, kinds = {}, {}
         for a in node.attribute:

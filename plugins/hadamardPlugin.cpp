@@ -30,22 +30,36 @@ HadamardPlugin::HadamardPlugin(Attrs attrs)
     mBase = hadamardBaseMatrix(mM);
 }
 
-void HadamardPlugin::uploadBase(cudaStream_t stream)
+void HadamardPlugin::uploadBase()
 {
     if (mM == 1 || mBaseDev != nullptr)
         return;
-    size_t const bytes = mBase.size() * sizeof(float);
+    // Another thread may be capturing a CUDA graph in global mode meanwhile (a server capturing one execution context
+    // while it creates the next): there this thread's cudaMalloc would be refused, and a copy on the legacy stream would
+    // invalidate that capture (it is implicitly ordered with every blocking stream). So this thread allocates in relaxed
+    // capture mode and copies on a stream of its own, non-blocking, then waits for it: a cudaMemcpy from pageable memory
+    // may return before the data has landed, and the stream the kernel runs on is not ordered after this one.
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    if (cudaThreadExchangeStreamCaptureMode(&mode) != cudaSuccess)
+        throw std::runtime_error("cudaThreadExchangeStreamCaptureMode failed");
+    cudaStream_t copyStream = nullptr;
     float* dev = nullptr;
+    size_t const bytes = mBase.size() * sizeof(float);
+    char const* failed = nullptr;
     if (cudaMalloc(&dev, bytes) != cudaSuccess)
-        throw std::runtime_error("cudaMalloc of the base matrix failed");
-    // on `stream`, then waited for: a cudaMemcpy from pageable memory may return before the data has landed, and the
-    // stream the kernel runs on is not ordered after the legacy stream
-    if (cudaMemcpyAsync(dev, mBase.data(), bytes, cudaMemcpyHostToDevice, stream) != cudaSuccess
-        || cudaStreamSynchronize(stream) != cudaSuccess)
-    {
+        failed = "cudaMalloc of the base matrix failed", dev = nullptr;
+    else if (cudaStreamCreateWithFlags(&copyStream, cudaStreamNonBlocking) != cudaSuccess)
+        failed = "creating a stream for the base matrix's copy failed", copyStream = nullptr;
+    else if (cudaMemcpyAsync(dev, mBase.data(), bytes, cudaMemcpyHostToDevice, copyStream) != cudaSuccess
+        || cudaStreamSynchronize(copyStream) != cudaSuccess)
+        failed = "copying the base matrix to the device failed";
+    if (copyStream != nullptr)
+        cudaStreamDestroy(copyStream);
+    if (failed != nullptr && dev != nullptr)
         cudaFree(dev);
-        throw std::runtime_error("copying the base matrix to the device failed");
-    }
+    cudaThreadExchangeStreamCaptureMode(&mode); // the caller's mode back
+    if (failed != nullptr)
+        throw std::runtime_error(failed);
     mBaseDev = dev;
 }
 
@@ -126,7 +140,7 @@ int32_t HadamardPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorD
             if (cudaStreamIsCapturing(stream, &capturing) != cudaSuccess || capturing != cudaStreamCaptureStatusNone)
                 throw std::runtime_error("the base matrix is not on the device and a stream under CUDA graph capture cannot "
                                          "upload it; run this plugin through an execution context (attachToContext)");
-            uploadBase(stream);
+            uploadBase();
         }
         HadamardParams p;
         p.n = mAttrs.getInt("n");
@@ -171,7 +185,7 @@ IPluginV3* HadamardPlugin::attachToContext(IPluginResourceContext*) noexcept
 {
     return guard<IPluginV3*>("Hadamard::attachToContext", nullptr, [&] {
         auto p = std::make_unique<HadamardPlugin>(mAttrs);
-        p->uploadBase(nullptr); // the legacy default stream: no context stream exists yet
+        p->uploadBase();
         return p.release();
     });
 }

@@ -54,9 +54,9 @@ public:
 
 private:
     int32_t nbInputs() const;
-    //! Allocates and fills mBaseDev (m > 1; synchronous): for a context's instance before any enqueue, or in enqueue
-    //! on `stream` for an instance no context attached (the builder's timing runs).
-    void uploadBase(cudaStream_t stream);
+    //! Allocates and fills mBaseDev (m > 1; synchronous, on a private stream, in relaxed capture mode): for a context's
+    //! instance before any enqueue, or in the first enqueue of an instance no context attached (the builder's timing runs).
+    void uploadBase();
     Attrs mAttrs;
     int32_t mM{1};
     std::vector<float> mBase;

@@ -4,10 +4,15 @@
 // and with the kernels' own C API. The steps, in TensorRT's order:
 //   build:   getCreators -> the creator of (name, version "1", namespace "mq_deploy"), as the ONNX parser finds it;
 //            createPlugin(fields, kBUILD); getNbOutputs; getOutputDataTypes; supportsFormatCombination for every
-//            position in turn; configurePlugin with the profile (min = opt = the shape, max = the given maximum);
-//            getWorkspaceSize; getFieldsToSerialize (what the engine stores);
+//            position in turn; configurePlugin with the profile (min = opt = the shape, max = the given maximum; the
+//            tensors' own dims -1, as TensorRT passes a network's dynamic dimensions, or optionally the shape itself);
+//            getWorkspaceSize; onShapeChange and enqueue on this instance, which no context attached (the builder's
+//            timing runs); getFieldsToSerialize (what the engine stores);
 //   runtime: createPlugin(the serialized fields, kRUNTIME), as deserialization does; attachToContext (the instance an
-//            execution context runs); onShapeChange; enqueue into a workspace of exactly getWorkspaceSize bytes;
+//            execution context runs; optionally while another thread holds a CUDA graph capture in global mode, as a
+//            server capturing one context while it creates the next: attaching must neither fail nor break that
+//            capture); onShapeChange; enqueue into a workspace of exactly getWorkspaceSize bytes, its outputs equal to
+//            the builder instance's bit for bit;
 //            optionally a second context's instance (attachToContext again) whose onShapeChange and first enqueue are
 //            captured into a CUDA graph (global capture mode: an allocation or a synchronizing call fails it) and
 //            replayed, its outputs equal to the eager ones bit for bit (the outputs are filled with different bytes
@@ -22,9 +27,11 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <future>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace nvinfer1;
@@ -155,27 +162,82 @@ int64_t volume(Dims const& d)
         v *= d.d[i];
     return v;
 }
+
+//! Runs `body` while another thread holds a CUDA graph capture (global mode, one memset captured) on a blocking stream,
+//! which any call on the legacy stream is implicitly ordered with; throws if that capture did not survive `body`.
+template <typename F>
+auto whileAnotherThreadCaptures(F&& body) -> decltype(body())
+{
+    DeviceBuffer scratch(256);
+    std::promise<void> begun, done;
+    std::future<void> begunF = begun.get_future();
+    std::shared_future<void> doneF = done.get_future().share();
+    cudaError_t captureRc = cudaSuccess;
+    std::thread capturer([&, doneF] {
+        cudaStream_t s{};
+        cudaError_t e = cudaStreamCreate(&s);
+        bool began = false;
+        if (e == cudaSuccess)
+            began = (e = cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal)) == cudaSuccess;
+        if (e == cudaSuccess)
+            e = cudaMemsetAsync(scratch.p, 0, 256, s);
+        begun.set_value();
+        doneF.wait();
+        if (began)
+        {
+            cudaGraph_t g{};
+            cudaError_t const endRc = cudaStreamEndCapture(s, &g);
+            if (endRc == cudaSuccess)
+                cudaGraphDestroy(g);
+            if (e == cudaSuccess)
+                e = endRc;
+        }
+        if (s != nullptr)
+            cudaStreamDestroy(s);
+        captureRc = e;
+    });
+    begunF.wait();
+    struct Join
+    {
+        std::promise<void>& done;
+        std::thread& t;
+        ~Join()
+        {
+            done.set_value();
+            t.join();
+        }
+    };
+    auto result = [&] {
+        Join const join{done, capturer};
+        return body();
+    }();
+    cuda(captureRc, "another thread's CUDA graph capture (global mode) during attachToContext");
+    return result;
+}
 } // namespace
 
 extern "C"
 {
 //! Runs plugin `name` once as TensorRT would (see the top of this file).
 //! fields: names, kinds (0 int32, 1 float32), values; tensors: TensorRT DataType values, ranks, dims (8 a tensor);
-//! inMaxDims: the profile's largest input shapes (8 a tensor; null: the shapes themselves); strongly: the output
-//! types must be getOutputDataTypes' (else any the plugin accepts in supportsFormatCombination); graphReplays: CUDA
+//! inMaxDims: the profile's largest input shapes (8 a tensor; null: the shapes themselves); options: bit 0
+//! strongly typed (the output types must be getOutputDataTypes'; else any the plugin accepts in
+//! supportsFormatCombination), bit 1 the build phase's tensor descriptions carry the shapes themselves instead of -1
+//! in every dimension, bit 2 the first attachToContext runs while another thread captures; graphReplays: CUDA
 //! graph replays checked against the eager outputs (0: none; negative: no eager run, the first enqueue is captured and
 //! replayed -graphReplays times, its outputs left for the caller to check). wsBytes receives getWorkspaceSize. Returns 0, or 1 with
 //! the reason in err.
 __attribute__((visibility("default"))) int mqpr_run(char const* name, int32_t nbFields, char const* const* fieldNames,
     int32_t const* fieldKinds, double const* fieldValues, int32_t nbIn, int32_t const* inTypes, int32_t const* inRanks,
     int64_t const* inDims, int64_t const* inMaxDims, void const* const* inPtrs, int32_t nbOut, int32_t const* outTypes,
-    int32_t const* outRanks, int64_t const* outDims, void* const* outPtrs, int32_t strongly, int32_t graphReplays,
+    int32_t const* outRanks, int64_t const* outDims, void* const* outPtrs, int32_t options, int32_t graphReplays,
     uint64_t* wsBytes, char* err, int32_t errLen)
 {
     static bool const finderSet = (setLoggerFinder(&gFinder), true);
     (void) finderSet;
     gFinder.logger.last.clear();
     std::unique_ptr<IPluginV3> built, deserialized, attached;
+    bool const strongly = (options & 1) != 0, concreteBuildDims = (options & 2) != 0, attachDuringCapture = (options & 4) != 0;
     try
     {
         IPluginCreatorV3One* creator = findCreator(name);
@@ -227,6 +289,8 @@ __attribute__((visibility("default"))) int mqpr_run(char const* name, int32_t nb
             dyn[i].min = dyn[i].opt = dyn[i].max = d.dims;
             if (in && inMaxDims != nullptr)
                 dyn[i].max = dims(inRanks[j], inMaxDims + 8 * j);
+            for (int32_t k = 0; k < d.dims.nbDims && !concreteBuildDims; ++k)
+                dyn[i].desc.dims.d[k] = -1; // a dynamic dimension; its range is min / max
         }
         for (int32_t pos = 0; pos < nbIn + nbOut; ++pos)
             require(build->supportsFormatCombination(pos, dyn.data(), nbIn, nbOut),
@@ -236,16 +300,6 @@ __attribute__((visibility("default"))) int mqpr_run(char const* name, int32_t nb
         *wsBytes = ws;
         auto* builtRt = static_cast<IPluginV3OneRuntime*>(built->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
         require(builtRt != nullptr, "runtime capability missing");
-        Fields const stored(builtRt->getFieldsToSerialize());
-
-        // ---- runtime phase: deserialized from the stored fields, then attached to an execution context
-        deserialized.reset(creator->createPlugin(name, &stored.fc_, TensorRTPhase::kRUNTIME));
-        require(deserialized != nullptr, "createPlugin (runtime phase, from the serialized fields) failed");
-        auto* rt0 = static_cast<IPluginV3OneRuntime*>(deserialized->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
-        require(rt0 != nullptr, "runtime capability missing after deserialization");
-        attached.reset(rt0->attachToContext(nullptr));
-        require(attached != nullptr, "attachToContext failed");
-        auto* rt = static_cast<IPluginV3OneRuntime*>(attached->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
 
         DeviceBuffer workspace(ws);
         cudaStream_t stream{};
@@ -262,20 +316,51 @@ __attribute__((visibility("default"))) int mqpr_run(char const* name, int32_t nb
             if (ws > 0)
                 cuda(cudaMemsetAsync(workspace.p, 0xFF, ws, stream), "cudaMemset");
         };
+        auto const copyOutputs = [&] {
+            std::vector<std::vector<char>> host(nbOut);
+            for (int32_t j = 0; j < nbOut; ++j)
+            {
+                host[j].resize(outBytes[j]);
+                cuda(cudaMemcpy(host[j].data(), outPtrs[j], outBytes[j], cudaMemcpyDeviceToHost), "copy of the outputs");
+            }
+            return host;
+        };
         bool const captureOnly = graphReplays < 0;
         int32_t const replays = captureOnly ? -graphReplays : graphReplays;
-        std::vector<std::vector<char>> eager(nbOut);
+        std::vector<std::vector<char>> fromBuilder, eager;
+        if (!captureOnly) // the builder's timing runs: this instance, no context attached, outputs filled with 0x3F
+        {
+            require(builtRt->onShapeChange(desc.data(), nbIn, desc.data() + nbIn, nbOut) == 0, "onShapeChange (builder's instance) failed");
+            fill(0x3F);
+            require(builtRt->enqueue(desc.data(), desc.data() + nbIn, inPtrs, outPtrs, workspace.p, stream) == 0,
+                "enqueue (builder's instance) failed");
+            cuda(cudaStreamSynchronize(stream), "enqueue's kernels (builder's instance)");
+            fromBuilder = copyOutputs();
+        }
+        Fields const stored(builtRt->getFieldsToSerialize());
+
+        // ---- runtime phase: deserialized from the stored fields, then attached to an execution context
+        deserialized.reset(creator->createPlugin(name, &stored.fc_, TensorRTPhase::kRUNTIME));
+        require(deserialized != nullptr, "createPlugin (runtime phase, from the serialized fields) failed");
+        auto* rt0 = static_cast<IPluginV3OneRuntime*>(deserialized->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+        require(rt0 != nullptr, "runtime capability missing after deserialization");
+        if (attachDuringCapture)
+            attached.reset(whileAnotherThreadCaptures([&] { return rt0->attachToContext(nullptr); }));
+        else
+            attached.reset(rt0->attachToContext(nullptr));
+        require(attached != nullptr, "attachToContext failed");
+        auto* rt = static_cast<IPluginV3OneRuntime*>(attached->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+
         if (!captureOnly)
         {
             require(rt->onShapeChange(desc.data(), nbIn, desc.data() + nbIn, nbOut) == 0, "onShapeChange failed");
             fill(0x7F);
             require(rt->enqueue(desc.data(), desc.data() + nbIn, inPtrs, outPtrs, workspace.p, stream) == 0, "enqueue failed");
             cuda(cudaStreamSynchronize(stream), "enqueue's kernels");
-            for (int32_t j = 0; j < nbOut && replays > 0; ++j)
-            {
-                eager[j].resize(outBytes[j]);
-                cuda(cudaMemcpy(eager[j].data(), outPtrs[j], outBytes[j], cudaMemcpyDeviceToHost), "copy of the outputs");
-            }
+            eager = copyOutputs();
+            for (int32_t j = 0; j < nbOut; ++j)
+                require(eager[j] == fromBuilder[j], "output " + std::to_string(j)
+                        + " of the context's instance differs from the builder's instance (no context attached)");
         }
         if (replays > 0)
         {

@@ -13,6 +13,7 @@ TensorRT's include directory), and what its enqueue writes is compared
     python plugin_check.py test [--nodes FILE.npz ...]   # writes $OUT_DIR/plugin_tests.json
     python plugin_check.py sanitize                     # small cases, for compute-sanitizer
     python plugin_check.py capture_first                # (test starts it) first enqueues captured in a fresh process
+    python plugin_check.py threads_first                # (test starts it) first enqueues in 8 threads at once, likewise
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ PR = ctypes.CDLL(os.environ.get("MQ_PLUGIN_RUNTIME_LIB", os.path.join(H.ROOT, "b
 _cp, _ip, _lp, _vp = ctypes.c_char_p, ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p
 PR.mqpr_run.argtypes = [_cp, ctypes.c_int32, ctypes.POINTER(_cp), _ip, ctypes.POINTER(ctypes.c_double), ctypes.c_int32, _ip,
                         _ip, _lp, _lp, ctypes.POINTER(_vp), ctypes.c_int32, _ip, _ip, _lp, ctypes.POINTER(_vp),
-                        ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(ctypes.c_uint64), ctypes.c_char_p, ctypes.c_int32]
+                        ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(ctypes.c_uint64), ctypes.c_char_p,
+                        ctypes.c_int32]
 PR.mqpr_run.restype = ctypes.c_int
 TRT_TYPE = {torch.float32: 0, torch.float16: 1, torch.int8: 2}  # nvinfer1::DataType kFLOAT, kHALF, kINT8
 NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.int8: "int8"}
@@ -49,13 +51,16 @@ def _dims(tensors):
     return (ctypes.c_int64 * max(len(flat), 1))(*flat)
 
 
-def run_plugin(name, fields, inputs, outputs, strongly=True, replays=2, in_max=None, build_dims=False, attach_during_capture=True):
+def run_plugin(name, fields, inputs, outputs, strongly=True, replays=2, in_max=None, build_dims=False, attach_during_capture=True,
+               threads=1):
     """Plugin `name` with `fields` ({field: int | float}: kINT32 / kFLOAT32, as the ONNX parser converts INT / FLOAT
     attributes) on device tensors `inputs`, writing the preallocated `outputs`; `in_max`: the profile's largest input
     shapes (default: the inputs'). The build phase sees every dimension as dynamic (-1, its range in the profile), or
     with `build_dims` the shapes themselves; the builder's instance is enqueued too, and must write what the context's
     does; with `attach_during_capture` the first attachToContext runs while another thread captures a CUDA graph in
-    global mode, which must survive it. Returns getWorkspaceSize; raises PluginError with the plugin's own message."""
+    global mode, which must survive it. `threads` > 1: instead, that many contexts' instances enqueue at once in as many
+    threads (outputs: thread 0's; the others' must equal them). Returns getWorkspaceSize; raises PluginError with the
+    plugin's own message."""
     torch.cuda.synchronize()  # the plugin runs on its own non-blocking stream, not ordered after torch's
     names = list(fields)
     kinds = [0 if isinstance(fields[k], (int, np.integer)) else 1 for k in names]
@@ -74,7 +79,7 @@ def run_plugin(name, fields, inputs, outputs, strongly=True, replays=2, in_max=N
                      len(outputs), (ctypes.c_int32 * len(outputs))(*[TRT_TYPE[t.dtype] for t in outputs]),
                      (ctypes.c_int32 * len(outputs))(*[t.dim() for t in outputs]), _dims(outputs),
                      (_vp * len(outputs))(*[t.data_ptr() for t in outputs]),
-                     int(strongly) | int(build_dims) << 1 | int(attach_during_capture) << 2, replays, ctypes.byref(ws),
+                     int(strongly) | int(build_dims) << 1 | int(attach_during_capture) << 2, replays, threads, ctypes.byref(ws),
                      err, len(err))
     if rc != 0:
         raise PluginError(err.value.decode())
@@ -281,11 +286,15 @@ def node_checks(record, path):
                 record("onnx node", f"{tag} state", "rel", H.rel_err(outs[1], hr), 1e-4)
 
 
-def capture_first():
-    """Run in a fresh process (tests() starts one): each plugin's first enqueue, and with it the process's first launch
-    of that kernel, is captured into a CUDA graph (global mode) and replayed, with no eager run before it: what
-    Torch-TensorRT's CUDA graphs do with a newly loaded engine. The replayed outputs must equal the C API's, computed
-    afterwards. Returns the rows [(kernel, case, metric, value, limit)]."""
+def first_runs(mode):
+    """Run in a fresh process (tests() starts one for each mode), so that each plugin's first enqueue holds the
+    process's first launch of its kernels, with no eager run before it. mode "capture": that enqueue is captured into a
+    CUDA graph (global mode) and replayed, what Torch-TensorRT's CUDA graphs do with a newly loaded engine; "threads":
+    8 contexts' instances enqueue at once in 8 threads (a server's instances of one model), all writing the same
+    bytes. The outputs must equal the C API's, computed afterwards. Returns the rows [(kernel, case, metric, value,
+    limit)]."""
+    how = dict(replays=-2) if mode == "capture" else dict(replays=0, threads=8)
+    what = " first enqueue captured (fresh process), replayed" if mode == "capture" else " first enqueues in 8 threads at once (fresh process)"
     rows = []
     x = H.make_scan_inputs(1, 4096, 1536, 16, seed=11, gate=True)
     x8 = H.make_scan_inputs(2, 300, 768, 16, seed=12, gate=False)
@@ -302,7 +311,7 @@ def capture_first():
 
     def attempt(kernel, case, name, fields, ins, outs, c_api):
         try:
-            run_plugin(name, fields, ins, outs, replays=-2)
+            run_plugin(name, fields, ins, outs, **how)
             runs.append((kernel, case, outs, c_api))
         except PluginError as e:
             rows.append((kernel, f"{case}: {e}", "ran", 1.0, 0.0))
@@ -326,7 +335,7 @@ def capture_first():
     for kernel, case, outs, c_api in runs:  # the C API only now: the plugin's launches came first
         ref = c_api()
         same = all(bits_equal(o.reshape(r.shape), r) for o, r in zip(outs, ref))
-        rows.append((kernel, case + " first enqueue captured (fresh process), replayed", "== C API", 0.0 if same else 1.0, 0.0))
+        rows.append((kernel, case + what, "== C API", 0.0 if same else 1.0, 0.0))
     return rows
 
 
@@ -335,12 +344,13 @@ def tests(nodes=()):
 
     import subprocess
 
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), "capture_first"], capture_output=True, text=True)
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("ROWS ")]
-    if r.returncode != 0 or not lines:
-        record("capture first", f"the capture_first process failed (rc {r.returncode}): {r.stderr.strip()[-300:]}", "ran", 1.0, 0.0)
-    for row in (json.loads(lines[-1][5:]) if lines else []):
-        record(*row)
+    for mode in ("capture_first", "threads_first"):
+        r = subprocess.run([sys.executable, os.path.abspath(__file__), mode], capture_output=True, text=True)
+        lines = [ln for ln in r.stdout.splitlines() if ln.startswith("ROWS ")]
+        if r.returncode != 0 or not lines:
+            record(mode, f"the {mode} process failed (rc {r.returncode}): {r.stderr.strip()[-300:]}", "ran", 1.0, 0.0)
+        for row in (json.loads(lines[-1][5:]) if lines else []):
+            record(*row)
     refusal_checks(record)
     scan_checks(record)
     state_update_checks(record)
@@ -384,8 +394,8 @@ def main(argv):
     if argv[:1] == ["sanitize"]:
         sanitize()
         return 0
-    if argv[:1] == ["capture_first"]:
-        print("ROWS " + json.dumps(capture_first()))
+    if argv[:1] in (["capture_first"], ["threads_first"]):
+        print("ROWS " + json.dumps(first_runs(argv[0].split("_")[0])))
         return 0
     if argv[:1] != ["test"]:
         print(__doc__)

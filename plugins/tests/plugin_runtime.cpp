@@ -18,7 +18,9 @@
 //            replayed, its outputs equal to the eager ones bit for bit (the outputs are filled with different bytes
 //            before each, so a byte that enqueue leaves unwritten fails this too); or, capture only, the first
 //            instance's first onShapeChange / enqueue captured with no eager run before it (in a fresh process: the
-//            first launch of the plugin's kernels happens under capture).
+//            first launch of the plugin's kernels happens under capture); or, instead of the runtime runs above, the
+//            contexts of one engine in several threads at once (each attaches its instance and enqueues on its own
+//            stream; in a fresh process the first launches of the kernels race), all writing the same bytes.
 // Errors come back as text: the plugins report theirs through the ILogger this library hands them (setLoggerFinder).
 #include "NvInferRuntime.h"
 
@@ -29,6 +31,7 @@
 #include <cstring>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -46,9 +49,23 @@ class Logger : public ILogger
 public:
     void log(Severity severity, AsciiChar const* msg) noexcept override
     {
+        std::lock_guard<std::mutex> const lock(mutex);
         if (severity <= Severity::kWARNING)
             last = msg;
     }
+    std::string lastMessage()
+    {
+        std::lock_guard<std::mutex> const lock(mutex);
+        return last;
+    }
+    void clear()
+    {
+        std::lock_guard<std::mutex> const lock(mutex);
+        last.clear();
+    }
+
+private:
+    std::mutex mutex;
     std::string last;
 };
 
@@ -69,7 +86,10 @@ struct Failure : std::runtime_error
 void require(bool ok, std::string const& what)
 {
     if (!ok)
-        throw Failure(what + (gFinder.logger.last.empty() ? "" : " (plugin: " + gFinder.logger.last + ")"));
+    {
+        std::string const last = gFinder.logger.lastMessage();
+        throw Failure(what + (last.empty() ? "" : " (plugin: " + last + ")"));
+    }
 }
 
 void cuda(cudaError_t e, char const* what)
@@ -225,17 +245,19 @@ extern "C"
 //! supportsFormatCombination), bit 1 the build phase's tensor descriptions carry the shapes themselves instead of -1
 //! in every dimension, bit 2 the first attachToContext runs while another thread captures; graphReplays: CUDA
 //! graph replays checked against the eager outputs (0: none; negative: no eager run, the first enqueue is captured and
-//! replayed -graphReplays times, its outputs left for the caller to check). wsBytes receives getWorkspaceSize. Returns 0, or 1 with
-//! the reason in err.
+//! replayed -graphReplays times, its outputs left for the caller to check); threads > 1: instead of both, `threads`
+//! contexts' instances in as many threads at once, each enqueuing three times into its own outputs (thread 0: the
+//! caller's) and workspace, all equal to thread 0's (no builder-instance run first, so in a fresh process the first
+//! launches of the plugin's kernels race). wsBytes receives getWorkspaceSize. Returns 0, or 1 with the reason in err.
 __attribute__((visibility("default"))) int mqpr_run(char const* name, int32_t nbFields, char const* const* fieldNames,
     int32_t const* fieldKinds, double const* fieldValues, int32_t nbIn, int32_t const* inTypes, int32_t const* inRanks,
     int64_t const* inDims, int64_t const* inMaxDims, void const* const* inPtrs, int32_t nbOut, int32_t const* outTypes,
     int32_t const* outRanks, int64_t const* outDims, void* const* outPtrs, int32_t options, int32_t graphReplays,
-    uint64_t* wsBytes, char* err, int32_t errLen)
+    int32_t threads, uint64_t* wsBytes, char* err, int32_t errLen)
 {
     static bool const finderSet = (setLoggerFinder(&gFinder), true);
     (void) finderSet;
-    gFinder.logger.last.clear();
+    gFinder.logger.clear();
     std::unique_ptr<IPluginV3> built, deserialized, attached;
     bool const strongly = (options & 1) != 0, concreteBuildDims = (options & 2) != 0, attachDuringCapture = (options & 4) != 0;
     try
@@ -328,7 +350,7 @@ __attribute__((visibility("default"))) int mqpr_run(char const* name, int32_t nb
         bool const captureOnly = graphReplays < 0;
         int32_t const replays = captureOnly ? -graphReplays : graphReplays;
         std::vector<std::vector<char>> fromBuilder, eager;
-        if (!captureOnly) // the builder's timing runs: this instance, no context attached, outputs filled with 0x3F
+        if (!captureOnly && threads <= 1) // the builder's timing runs: this instance, no context attached, outputs 0x3F
         {
             require(builtRt->onShapeChange(desc.data(), nbIn, desc.data() + nbIn, nbOut) == 0, "onShapeChange (builder's instance) failed");
             fill(0x3F);
@@ -344,6 +366,67 @@ __attribute__((visibility("default"))) int mqpr_run(char const* name, int32_t nb
         require(deserialized != nullptr, "createPlugin (runtime phase, from the serialized fields) failed");
         auto* rt0 = static_cast<IPluginV3OneRuntime*>(deserialized->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
         require(rt0 != nullptr, "runtime capability missing after deserialization");
+        if (threads > 1)
+        {
+            // the contexts of one engine in `threads` threads at once (a server's instances of one model): each
+            // attaches its own instance, then enqueues three times on a stream of its own
+            std::vector<std::vector<std::vector<char>>> results(threads);
+            std::vector<std::string> errors(threads);
+            std::promise<void> go;
+            std::shared_future<void> goF = go.get_future().share();
+            std::vector<std::thread> pool;
+            for (int32_t t = 0; t < threads; ++t)
+                pool.emplace_back([&, t, goF] {
+                    try
+                    {
+                        goF.wait();
+                        std::unique_ptr<IPluginV3> mine(rt0->attachToContext(nullptr));
+                        require(mine != nullptr, "attachToContext failed");
+                        auto* r = static_cast<IPluginV3OneRuntime*>(mine->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+                        cudaStream_t s{};
+                        cuda(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+                        std::unique_ptr<CUstream_st, void (*)(cudaStream_t)> sGuard(s, [](cudaStream_t x) { cudaStreamDestroy(x); });
+                        DeviceBuffer mineWs(ws);
+                        std::vector<std::unique_ptr<DeviceBuffer>> own;
+                        std::vector<void*> outs(nbOut);
+                        for (int32_t j = 0; j < nbOut; ++j)
+                        {
+                            if (t > 0)
+                                own.push_back(std::make_unique<DeviceBuffer>(outBytes[j]));
+                            outs[j] = t == 0 ? outPtrs[j] : own.back()->p;
+                            cuda(cudaMemsetAsync(outs[j], 0x7F, outBytes[j], s), "cudaMemset");
+                        }
+                        if (ws > 0)
+                            cuda(cudaMemsetAsync(mineWs.p, 0xFF, ws, s), "cudaMemset");
+                        for (int32_t k = 0; k < 3; ++k)
+                        {
+                            require(r->onShapeChange(desc.data(), nbIn, desc.data() + nbIn, nbOut) == 0, "onShapeChange failed");
+                            require(r->enqueue(desc.data(), desc.data() + nbIn, inPtrs, outs.data(), mineWs.p, s) == 0, "enqueue failed");
+                        }
+                        cuda(cudaStreamSynchronize(s), "enqueue's kernels");
+                        results[t].resize(nbOut);
+                        for (int32_t j = 0; j < nbOut; ++j)
+                        {
+                            results[t][j].resize(outBytes[j]);
+                            cuda(cudaMemcpy(results[t][j].data(), outs[j], outBytes[j], cudaMemcpyDeviceToHost), "copy of the outputs");
+                        }
+                    }
+                    catch (std::exception const& e)
+                    {
+                        errors[t] = e.what();
+                    }
+                });
+            go.set_value();
+            for (auto& th : pool)
+                th.join();
+            for (int32_t t = 0; t < threads; ++t)
+                require(errors[t].empty(), "thread " + std::to_string(t) + ": " + errors[t]);
+            for (int32_t t = 1; t < threads; ++t)
+                for (int32_t j = 0; j < nbOut; ++j)
+                    require(results[t][j] == results[0][j],
+                        "thread " + std::to_string(t) + ": output " + std::to_string(j) + " differs from thread 0's");
+            return 0;
+        }
         if (attachDuringCapture)
             attached.reset(whileAnotherThreadCaptures([&] { return rt0->attachToContext(nullptr); }));
         else

@@ -52,20 +52,23 @@ def _dims(tensors):
 
 
 def run_plugin(name, fields, inputs, outputs, strongly=True, replays=2, in_max=None, build_dims=False, attach_during_capture=True,
-               threads=1):
+               per_thread=()):
     """Plugin `name` with `fields` ({field: int | float}: kINT32 / kFLOAT32, as the ONNX parser converts INT / FLOAT
     attributes) on device tensors `inputs`, writing the preallocated `outputs`; `in_max`: the profile's largest input
     shapes (default: the inputs'). The build phase sees every dimension as dynamic (-1, its range in the profile), or
     with `build_dims` the shapes themselves; the builder's instance is enqueued too, and must write what the context's
     does; with `attach_during_capture` the first attachToContext runs while another thread captures a CUDA graph in
-    global mode, which must survive it. `threads` > 1: instead, that many contexts' instances enqueue at once in as many
-    threads (outputs: thread 0's; the others' must equal them). Returns getWorkspaceSize; raises PluginError with the
-    plugin's own message."""
+    global mode, which must survive it. `per_thread`: [(inputs, outputs)] of threads 1, 2, ... (same shapes): instead,
+    the instances of that many contexts plus one enqueue at once in as many threads, thread 0 on `inputs` / `outputs`.
+    Returns getWorkspaceSize; raises PluginError with the plugin's own message."""
     torch.cuda.synchronize()  # the plugin runs on its own non-blocking stream, not ordered after torch's
     names = list(fields)
     kinds = [0 if isinstance(fields[k], (int, np.integer)) else 1 for k in names]
     ins = [t.contiguous() for t in inputs]
     assert all(t.is_contiguous() for t in outputs)
+    more = [([t.contiguous() for t in i], o) for i, o in per_thread]
+    assert all(t.is_contiguous() for _, o in more for t in o)
+    assert all([t.shape for t in i] == [t.shape for t in ins] and [t.shape for t in o] == [t.shape for t in outputs] for i, o in more)
     err = ctypes.create_string_buffer(1024)
     ws = ctypes.c_uint64(0)
     maxd = None if in_max is None else (ctypes.c_int64 * (8 * len(in_max)))(
@@ -75,11 +78,11 @@ def run_plugin(name, fields, inputs, outputs, strongly=True, replays=2, in_max=N
                      (ctypes.c_double * max(len(names), 1))(*[float(fields[k]) for k in names]),
                      len(ins), (ctypes.c_int32 * len(ins))(*[TRT_TYPE[t.dtype] for t in ins]),
                      (ctypes.c_int32 * len(ins))(*[t.dim() for t in ins]), _dims(ins), maxd,
-                     (_vp * len(ins))(*[t.data_ptr() for t in ins]),
+                     (_vp * (len(ins) * (1 + len(more))))(*[t.data_ptr() for t in ins + [t for i, _ in more for t in i]]),
                      len(outputs), (ctypes.c_int32 * len(outputs))(*[TRT_TYPE[t.dtype] for t in outputs]),
                      (ctypes.c_int32 * len(outputs))(*[t.dim() for t in outputs]), _dims(outputs),
-                     (_vp * len(outputs))(*[t.data_ptr() for t in outputs]),
-                     int(strongly) | int(build_dims) << 1 | int(attach_during_capture) << 2, replays, threads, ctypes.byref(ws),
+                     (_vp * (len(outputs) * (1 + len(more))))(*[t.data_ptr() for t in list(outputs) + [t for _, o in more for t in o]]),
+                     int(strongly) | int(build_dims) << 1 | int(attach_during_capture) << 2, replays, 1 + len(more), ctypes.byref(ws),
                      err, len(err))
     if rc != 0:
         raise PluginError(err.value.decode())
@@ -290,52 +293,76 @@ def first_runs(mode):
     """Run in a fresh process (tests() starts one for each mode), so that each plugin's first enqueue holds the
     process's first launch of its kernels, with no eager run before it. mode "capture": that enqueue is captured into a
     CUDA graph (global mode) and replayed, what Torch-TensorRT's CUDA graphs do with a newly loaded engine; "threads":
-    8 contexts' instances enqueue at once in 8 threads (a server's instances of one model), all writing the same
-    bytes. The outputs must equal the C API's, computed afterwards. Returns the rows [(kernel, case, metric, value,
-    limit)]."""
-    how = dict(replays=-2) if mode == "capture" else dict(replays=0, threads=8)
-    what = " first enqueue captured (fresh process), replayed" if mode == "capture" else " first enqueues in 8 threads at once (fresh process)"
+    the instances of 8 contexts of one engine enqueue at once in 8 threads (a server's instances of one model), each
+    on inputs of its own (scaled by 1 + t/8, or for int8 inputs rolled along L, which keeps their scales), so that a
+    buffer two contexts shared would show. Every output must equal the C API's on the same inputs, computed
+    afterwards. Returns the rows [(kernel, case, metric, value, limit)]."""
+    nthreads = 1 if mode == "capture" else 8
+    what = (" first enqueue captured (fresh process), replayed" if mode == "capture"
+            else f" first enqueues in {nthreads} threads at once, each its own inputs (fresh process)")
     rows = []
+    g = torch.Generator(device=DEV).manual_seed(13)
     x = H.make_scan_inputs(1, 4096, 1536, 16, seed=11, gate=True)
     x8 = H.make_scan_inputs(2, 300, 768, 16, seed=12, gate=False)
-    q8 = [H.quant(x8[k]) for k in ("u", "delta", "Bm", "Cm")]
-    g = torch.Generator(device=DEV).manual_seed(13)
-    had = [(5120, (3, 7, 5120), torch.float16, torch.float16, 0.0), (768, (2, 37, 768), torch.float32, torch.int8, 0.05),
-           (4096, (5, 4096), torch.float16, torch.int8, 0.05)]
-    had_x = [torch.randn(*shape, generator=g, device=DEV).to(dt) for _, shape, dt, _, _ in had]
     su = [torch.randn(2, 768, 16, device=DEV), torch.randn(2, 1, 768, device=DEV).half(), torch.randn(2, 1, 768, device=DEV).half() * 0.5 - 1,
           -torch.exp(torch.rand(768, 16, device=DEV) * 2.77), torch.randn(2, 1, 16, device=DEV).half(), torch.randn(2, 1, 16, device=DEV).half(),
           torch.randn(768, device=DEV), torch.randn(768, device=DEV) * 0.1, torch.randn(2, 1, 768, device=DEV).half()]
-    torch.cuda.synchronize()
-    runs = []  # (kernel, case, plugin outputs, C API call giving the same outputs)
+    grow = lambda t: 1.0 + t / 8.0
+    scaled = lambda d, t, keys: {k: (v * grow(t) if k in keys else v) for k, v in d.items()}
+    rolled = lambda d, t: {k: (v.roll(37 * t, dims=1) if k in ("u", "delta", "Bm", "Cm") else v) for k, v in d.items()}
+    q8 = [H.quant(x8[k])[1] for k in ("u", "delta", "Bm", "Cm")]  # the engine's scale fields: every variant's too
+    cases = []  # (kernel, case, plugin, fields, variant(t) -> (inputs, outputs, C API call giving the same outputs))
+    for n, shape, in_dt, out_dt, sc in ((5120, (3, 7, 5120), torch.float16, torch.float16, 0.0),
+                                        (768, (2, 37, 768), torch.float32, torch.int8, 0.05),
+                                        (4096, (5, 4096), torch.float16, torch.int8, 0.05),
+                                        (5120, (2, 2048, 5120), torch.float16, torch.float16, 0.0)):  # several groups a block
+        x0 = torch.randn(*shape, generator=g, device=DEV)
 
-    def attempt(kernel, case, name, fields, ins, outs, c_api):
+        def variant(t, x0=x0, n=n, shape=shape, in_dt=in_dt, out_dt=out_dt, sc=sc):
+            xi = (x0 * grow(t)).to(in_dt)
+            return [xi], [torch.empty(shape, dtype=out_dt, device=DEV)], \
+                lambda: [H.run_hadamard(xi.reshape(-1, n), H.I8 if out_dt == torch.int8 else H_TYPE[out_dt], sc or 1.0)[0]]
+        cases.append(("hadamard plugin", f"n{n} {list(shape)} {NAME[in_dt]}->{NAME[out_dt]}", "Hadamard", {"n": n, "out_scale": sc}, variant))
+
+    def scan16(t):
+        xt = scaled(x, t, ("u", "Bm"))
+        return ([xt["u"].half(), xt["delta"].half(), xt["A"], xt["Bm"].half(), xt["Cm"].half(), xt["Dskip"], xt["bias"], xt["z"].half()],
+                [torch.empty(1, 4096, 1536, dtype=torch.float16, device=DEV), torch.empty(1, 1536, 16, device=DEV)],
+                lambda: list(H.run_scan(xt, H.F16, H.F16)[:2]))
+
+    def scan8(t):
+        xt = rolled(x8, t)  # the same values, elsewhere: H.quant gives them the same scales
+        q = [H.quant(xt[k]) for k in ("u", "delta", "Bm", "Cm")]
+        assert [s for _, s in q] == q8
+        return ([q[0][0], q[1][0], xt["A"], q[2][0], q[3][0], xt["Dskip"], xt["bias"]],
+                [torch.empty(2, 300, 768, device=DEV), torch.empty(2, 768, 16, device=DEV)],
+                lambda: list(H.run_scan(xt, H.I8, H.F32)[:2]))
+
+    def update(t):
+        st = [v * grow(t) if j in (0, 1) else v for j, v in enumerate(su)]  # the state and x
+        return (st, [torch.empty(2, 1, 768, dtype=torch.float16, device=DEV), torch.empty(2, 768, 16, device=DEV)],
+                lambda: list(H.run_state_update(st[0], *(v.reshape(2, -1) if v.dim() == 3 else v for v in st[1:]), H.F16)[:2]))
+
+    cases += [("scan plugin", "B1 L4096 D1536 fp16->fp16 z=1", "SelectiveScan", scan_fields(True, False, True), scan16),
+              ("scan plugin", "B2 L300 D768 int8->fp32", "SelectiveScan", scan_fields(False, False, True, q8), scan8),
+              ("state update plugin", "B2 D768 fp16 z=1", "SelectiveStateUpdate", {"dt_softplus": 1, "has_z": 1}, update)]
+    torch.cuda.synchronize()
+    runs = []  # (kernel, case, [(plugin outputs, C API call)] a thread)
+    for kernel, case, name, fields, variant in cases:
+        per = [variant(t) for t in range(nthreads)]
+        torch.cuda.synchronize()
         try:
-            run_plugin(name, fields, ins, outs, **how)
-            runs.append((kernel, case, outs, c_api))
+            if nthreads == 1:
+                run_plugin(name, fields, per[0][0], per[0][1], replays=-2)
+            else:
+                run_plugin(name, fields, per[0][0], per[0][1], replays=0, per_thread=[(i, o) for i, o, _ in per[1:]])
+            runs.append((kernel, case, [(o, c) for _, o, c in per]))
         except PluginError as e:
             rows.append((kernel, f"{case}: {e}", "ran", 1.0, 0.0))
-
-    for (n, shape, in_dt, out_dt, sc), xi in zip(had, had_x):
-        attempt("hadamard plugin", f"n{n} {list(shape)} {NAME[in_dt]}->{NAME[out_dt]}", "Hadamard", {"n": n, "out_scale": sc},
-                [xi], [torch.empty(shape, dtype=out_dt, device=DEV)],
-                lambda xi=xi, n=n, out_dt=out_dt, sc=sc: [H.run_hadamard(xi.reshape(-1, n), H.I8 if out_dt == torch.int8 else H_TYPE[out_dt], sc or 1.0)[0]])
-    attempt("scan plugin", "B1 L4096 D1536 fp16->fp16 z=1", "SelectiveScan", scan_fields(True, False, True),
-            [x["u"].half(), x["delta"].half(), x["A"], x["Bm"].half(), x["Cm"].half(), x["Dskip"], x["bias"], x["z"].half()],
-            [torch.empty(1, 4096, 1536, dtype=torch.float16, device=DEV), torch.empty(1, 1536, 16, device=DEV)],
-            lambda: list(H.run_scan(x, H.F16, H.F16)[:2]))
-    attempt("scan plugin", "B2 L300 D768 int8->fp32", "SelectiveScan", scan_fields(False, False, True, [s for _, s in q8]),
-            [q8[0][0], q8[1][0], x8["A"], q8[2][0], q8[3][0], x8["Dskip"], x8["bias"]],
-            [torch.empty(2, 300, 768, device=DEV), torch.empty(2, 768, 16, device=DEV)],
-            lambda: list(H.run_scan(x8, H.I8, H.F32)[:2]))
-    attempt("state update plugin", "B2 D768 fp16 z=1", "SelectiveStateUpdate", {"dt_softplus": 1, "has_z": 1}, su,
-            [torch.empty(2, 1, 768, dtype=torch.float16, device=DEV), torch.empty(2, 768, 16, device=DEV)],
-            lambda: list(H.run_state_update(su[0], *(t.reshape(2, -1) if t.dim() == 3 else t for t in su[1:]), H.F16)[:2]))
     torch.cuda.synchronize()
-    for kernel, case, outs, c_api in runs:  # the C API only now: the plugin's launches came first
-        ref = c_api()
-        same = all(bits_equal(o.reshape(r.shape), r) for o, r in zip(outs, ref))
-        rows.append((kernel, case + what, "== C API", 0.0 if same else 1.0, 0.0))
+    for kernel, case, per in runs:  # the C API only now: the plugin's launches came first
+        bad = [t for t, (outs, c_api) in enumerate(per) if not all(bits_equal(o.reshape(r.shape), r) for o, r in zip(outs, c_api()))]
+        rows.append((kernel, case + what + (f" (threads {bad} differ)" if bad else ""), "== C API", 1.0 if bad else 0.0, 0.0))
     return rows
 
 

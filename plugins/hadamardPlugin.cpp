@@ -1,7 +1,10 @@
 // Hadamard IPluginV3; see hadamardPlugin.h.
 #include "hadamardPlugin.h"
 
+#include <map>
 #include <memory>
+#include <mutex>
+#include <utility>
 
 using namespace nvinfer1;
 
@@ -30,44 +33,78 @@ HadamardPlugin::HadamardPlugin(Attrs attrs)
     mBase = hadamardBaseMatrix(mM);
 }
 
+namespace
+{
+//! B_m on the current device, shared by every instance of the process: uploaded by the first instance of order m on
+//! that device and never freed, so that creating and destroying execution contexts allocates and frees no device
+//! memory after the first. Another thread may be capturing a CUDA graph in global mode meanwhile (a server capturing
+//! one context while it creates or destroys the next): there a cudaMalloc or cudaFree in this thread's default mode
+//! breaks that capture, and so does a copy on the legacy stream (it is implicitly ordered with every blocking stream).
+//! So this runs in relaxed capture mode and copies on a non-blocking stream of its own, waiting for it (a copy from
+//! pageable memory may return before the data has landed, and the kernels' stream is not ordered after this one). A
+//! stored copy is read back and compared with B_m before it is handed out again (a few KB): a CUDA context torn down
+//! by cudaDeviceReset and made anew would leave a stale pointer.
+float const* sharedBaseMatrix(int32_t m, std::vector<float> const& base)
+{
+    static std::mutex mutex;
+    static std::map<std::pair<int, int32_t>, float*> stored;
+    struct Relaxed // this thread's capture mode relaxed and a private stream, both undone on every path
+    {
+        cudaStreamCaptureMode mode{cudaStreamCaptureModeRelaxed};
+        cudaStream_t stream{nullptr};
+        Relaxed()
+        {
+            if (cudaThreadExchangeStreamCaptureMode(&mode) != cudaSuccess)
+                throw std::runtime_error("cudaThreadExchangeStreamCaptureMode failed");
+            if (cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess)
+            {
+                cudaThreadExchangeStreamCaptureMode(&mode);
+                throw std::runtime_error("creating a stream for the base matrix's copy failed");
+            }
+        }
+        ~Relaxed()
+        {
+            cudaStreamDestroy(stream);
+            cudaThreadExchangeStreamCaptureMode(&mode); // the caller's mode back
+        }
+    } const relaxed;
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess)
+        throw std::runtime_error("cudaGetDevice failed");
+    size_t const bytes = base.size() * sizeof(float);
+    std::lock_guard<std::mutex> const lock(mutex);
+    auto const key = std::make_pair(dev, m);
+    auto const it = stored.find(key);
+    if (it != stored.end())
+    {
+        std::vector<float> back(base.size());
+        if (cudaMemcpyAsync(back.data(), it->second, bytes, cudaMemcpyDeviceToHost, relaxed.stream) == cudaSuccess
+            && cudaStreamSynchronize(relaxed.stream) == cudaSuccess && back == base)
+            return it->second;
+        cudaGetLastError(); // a stale pointer's copy error is not sticky; clear it and upload anew
+        stored.erase(it);   // not freed: it belongs to a context that is gone, or to whoever wrote over it
+    }
+    float* d = nullptr;
+    if (cudaMalloc(&d, bytes) != cudaSuccess)
+        throw std::runtime_error("cudaMalloc of the base matrix failed");
+    if (cudaMemcpyAsync(d, base.data(), bytes, cudaMemcpyHostToDevice, relaxed.stream) != cudaSuccess
+        || cudaStreamSynchronize(relaxed.stream) != cudaSuccess)
+    {
+        cudaFree(d);
+        throw std::runtime_error("copying the base matrix to the device failed");
+    }
+    stored[key] = d;
+    return d;
+}
+} // namespace
+
 void HadamardPlugin::uploadBase()
 {
-    if (mM == 1 || mBaseDev != nullptr)
-        return;
-    // Another thread may be capturing a CUDA graph in global mode meanwhile (a server capturing one execution context
-    // while it creates the next): there this thread's cudaMalloc would be refused, and a copy on the legacy stream would
-    // invalidate that capture (it is implicitly ordered with every blocking stream). So this thread allocates in relaxed
-    // capture mode and copies on a stream of its own, non-blocking, then waits for it: a cudaMemcpy from pageable memory
-    // may return before the data has landed, and the stream the kernel runs on is not ordered after this one.
-    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
-    if (cudaThreadExchangeStreamCaptureMode(&mode) != cudaSuccess)
-        throw std::runtime_error("cudaThreadExchangeStreamCaptureMode failed");
-    cudaStream_t copyStream = nullptr;
-    float* dev = nullptr;
-    size_t const bytes = mBase.size() * sizeof(float);
-    char const* failed = nullptr;
-    if (cudaMalloc(&dev, bytes) != cudaSuccess)
-        failed = "cudaMalloc of the base matrix failed", dev = nullptr;
-    else if (cudaStreamCreateWithFlags(&copyStream, cudaStreamNonBlocking) != cudaSuccess)
-        failed = "creating a stream for the base matrix's copy failed", copyStream = nullptr;
-    else if (cudaMemcpyAsync(dev, mBase.data(), bytes, cudaMemcpyHostToDevice, copyStream) != cudaSuccess
-        || cudaStreamSynchronize(copyStream) != cudaSuccess)
-        failed = "copying the base matrix to the device failed";
-    if (copyStream != nullptr)
-        cudaStreamDestroy(copyStream);
-    if (failed != nullptr && dev != nullptr)
-        cudaFree(dev);
-    cudaThreadExchangeStreamCaptureMode(&mode); // the caller's mode back
-    if (failed != nullptr)
-        throw std::runtime_error(failed);
-    mBaseDev = dev;
+    if (mM > 1 && mBaseDev == nullptr)
+        mBaseDev = sharedBaseMatrix(mM, mBase);
 }
 
-HadamardPlugin::~HadamardPlugin()
-{
-    if (mBaseDev != nullptr)
-        cudaFree(mBaseDev);
-}
+HadamardPlugin::~HadamardPlugin() = default; // mBaseDev is the process's (sharedBaseMatrix), not this instance's
 
 int32_t HadamardPlugin::nbInputs() const { return 1; }
 

@@ -2,9 +2,11 @@
 //
 // Input x (..., n) fp32 or fp16; output y = x·H_n (same shape): x's type, or int8 when out_scale > 0
 // (fused QuantizeLinear, zero point 0). Attributes: n (int), out_scale (float, 0 = no quantization).
-// B_m is built from n with the C++ port of quant/hadamard.py:base_matrix and kept on the device: uploaded when an
-// execution context attaches its instance (attachToContext), so enqueue allocates and copies nothing and may be captured
-// into a CUDA graph from the first call on (Torch-TensorRT captures its first run).
+// B_m is built from n with the C++ port of quant/hadamard.py:base_matrix and kept on the device, one copy per device and
+// order for the whole process: put there when the first execution context attaches an instance (attachToContext), never
+// freed, so enqueue allocates and copies nothing and may be captured into a CUDA graph from the first call on
+// (Torch-TensorRT captures its first run), and creating or destroying a context does not disturb a capture another
+// thread holds.
 #pragma once
 #include "pluginCommon.h"
 #include "kernels/hadamardKernel.h"
@@ -21,7 +23,7 @@ class HadamardPlugin : public nvinfer1::IPluginV3,
 {
 public:
     explicit HadamardPlugin(Attrs attrs);
-    HadamardPlugin(HadamardPlugin const&) = delete; // owns mBaseDev; clone() builds a fresh instance
+    HadamardPlugin(HadamardPlugin const&) = delete; // clone() builds a fresh instance
     HadamardPlugin& operator=(HadamardPlugin const&) = delete;
 
     // IPluginV3
@@ -54,13 +56,14 @@ public:
 
 private:
     int32_t nbInputs() const;
-    //! Allocates and fills mBaseDev (m > 1; synchronous, on a private stream, in relaxed capture mode): for a context's
-    //! instance before any enqueue, or in the first enqueue of an instance no context attached (the builder's timing runs).
+    //! Points mBaseDev at B_m on the current device (m > 1; uploaded there by the first instance, synchronously, on a
+    //! private stream, in relaxed capture mode): for a context's instance before any enqueue, or in the first enqueue
+    //! of an instance no context attached (the builder's timing runs).
     void uploadBase();
     Attrs mAttrs;
     int32_t mM{1};
     std::vector<float> mBase;
-    float* mBaseDev{nullptr};
+    float const* mBaseDev{nullptr}; //!< the process's copy (not freed with the instance)
 
 public:
     ~HadamardPlugin() override;

@@ -12,7 +12,8 @@
 //            execution context runs; optionally while another thread holds a CUDA graph capture in global mode, as a
 //            server capturing one context while it creates the next: attaching must neither fail nor break that
 //            capture); onShapeChange; enqueue into a workspace of exactly getWorkspaceSize bytes, its outputs equal to
-//            the builder instance's bit for bit;
+//            the builder instance's bit for bit; optionally another context's instance destroyed while another thread
+//            captures (that capture must survive it too);
 //            optionally a second context's instance (attachToContext again) whose onShapeChange and first enqueue are
 //            captured into a CUDA graph (global capture mode: an allocation or a synchronizing call fails it) and
 //            replayed, its outputs equal to the eager ones bit for bit (the outputs are filled with different bytes
@@ -186,7 +187,7 @@ int64_t volume(Dims const& d)
 //! Runs `body` while another thread holds a CUDA graph capture (global mode, one memset captured) on a blocking stream,
 //! which any call on the legacy stream is implicitly ordered with; throws if that capture did not survive `body`.
 template <typename F>
-auto whileAnotherThreadCaptures(F&& body) -> decltype(body())
+auto whileAnotherThreadCaptures(char const* what, F&& body) -> decltype(body())
 {
     DeviceBuffer scratch(256);
     std::promise<void> begun, done;
@@ -231,7 +232,7 @@ auto whileAnotherThreadCaptures(F&& body) -> decltype(body())
         Join const join{done, capturer};
         return body();
     }();
-    cuda(captureRc, "another thread's CUDA graph capture (global mode) during attachToContext");
+    cuda(captureRc, (std::string("another thread's CUDA graph capture (global mode) during ") + what).c_str());
     return result;
 }
 } // namespace
@@ -243,9 +244,10 @@ extern "C"
 //! inMaxDims: the profile's largest input shapes (8 a tensor; null: the shapes themselves); options: bit 0
 //! strongly typed (the output types must be getOutputDataTypes'; else any the plugin accepts in
 //! supportsFormatCombination), bit 1 the build phase's tensor descriptions carry the shapes themselves instead of -1
-//! in every dimension, bit 2 the first attachToContext runs while another thread captures; graphReplays: CUDA
-//! graph replays checked against the eager outputs (0: none; negative: no eager run, the first enqueue is captured and
-//! replayed -graphReplays times, its outputs left for the caller to check); threads > 1: instead of both, `threads`
+//! in every dimension, bit 2 the first attachToContext, and the destruction of another instance, run while another
+//! thread captures; graphReplays: CUDA graph replays checked against the eager outputs (0: none; negative: no eager
+//! run, the first enqueue is captured and replayed -graphReplays times, its outputs left for the caller to check);
+//! threads > 1: instead of both, `threads`
 //! contexts' instances in as many threads at once, each enqueuing three times on its own inputs into its own outputs
 //! (inPtrs / outPtrs then hold threads × nbIn / nbOut pointers, thread by thread, all of the same shapes) and
 //! workspace, the outputs left for the caller to check (no builder-instance run first, so in a fresh process the
@@ -377,6 +379,23 @@ __attribute__((visibility("default"))) int mqpr_run(char const* name, int32_t nb
             std::promise<void> go;
             std::shared_future<void> goF = go.get_future().share();
             std::vector<std::thread> pool;
+            pool.reserve(threads);
+            struct Release // on every path: the threads let go, then joined
+            {
+                std::promise<void>& go;
+                std::vector<std::thread>& pool;
+                bool released{false};
+                void now()
+                {
+                    if (!released)
+                        go.set_value();
+                    released = true;
+                    for (auto& th : pool)
+                        if (th.joinable())
+                            th.join();
+                }
+                ~Release() { now(); }
+            } release{go, pool};
             for (int32_t t = 0; t < threads; ++t)
                 pool.emplace_back([&, t, goF] {
                     try
@@ -387,6 +406,7 @@ __attribute__((visibility("default"))) int mqpr_run(char const* name, int32_t nb
                         std::unique_ptr<IPluginV3> mine(rt0->attachToContext(nullptr));
                         require(mine != nullptr, "attachToContext failed");
                         auto* r = static_cast<IPluginV3OneRuntime*>(mine->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+                        require(r != nullptr, "runtime capability missing");
                         cudaStream_t s{};
                         cuda(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
                         std::unique_ptr<CUstream_st, void (*)(cudaStream_t)> sGuard(s, [](cudaStream_t x) { cudaStreamDestroy(x); });
@@ -407,15 +427,15 @@ __attribute__((visibility("default"))) int mqpr_run(char const* name, int32_t nb
                         errors[t] = e.what();
                     }
                 });
-            go.set_value();
-            for (auto& th : pool)
-                th.join();
+            release.now();
             for (int32_t t = 0; t < threads; ++t)
-                require(errors[t].empty(), "thread " + std::to_string(t) + ": " + errors[t]);
+                if (!errors[t].empty()) // the thread's own message carries the plugin's
+                    throw Failure("thread " + std::to_string(t) + ": " + errors[t]);
             return 0;
         }
         if (attachDuringCapture)
-            attached.reset(whileAnotherThreadCaptures([&] { return rt0->attachToContext(nullptr); }));
+            attached = whileAnotherThreadCaptures(
+                "attachToContext", [&] { return std::unique_ptr<IPluginV3>(rt0->attachToContext(nullptr)); });
         else
             attached.reset(rt0->attachToContext(nullptr));
         require(attached != nullptr, "attachToContext failed");
@@ -431,6 +451,15 @@ __attribute__((visibility("default"))) int mqpr_run(char const* name, int32_t nb
             for (int32_t j = 0; j < nbOut; ++j)
                 require(eager[j] == fromBuilder[j], "output " + std::to_string(j)
                         + " of the context's instance differs from the builder's instance (no context attached)");
+        }
+        if (attachDuringCapture) // a context destroyed while another thread captures: its instance with it
+        {
+            std::unique_ptr<IPluginV3> doomed(rt0->attachToContext(nullptr));
+            require(doomed != nullptr, "attachToContext (a context to destroy) failed");
+            whileAnotherThreadCaptures("the destruction of a context's instance", [&] {
+                doomed.reset();
+                return 0;
+            });
         }
         if (replays > 0)
         {

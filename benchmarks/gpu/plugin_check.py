@@ -51,16 +51,17 @@ def _dims(tensors):
     return (ctypes.c_int64 * max(len(flat), 1))(*flat)
 
 
-def run_plugin(name, fields, inputs, outputs, strongly=True, replays=2, in_max=None, build_dims=False, attach_during_capture=True,
-               per_thread=()):
+def run_plugin(name, fields, inputs, outputs, strongly=True, replays=2, in_max=None, build_dims=False,
+               attach_during_capture=True, per_thread=()):
     """Plugin `name` with `fields` ({field: int | float}: kINT32 / kFLOAT32, as the ONNX parser converts INT / FLOAT
     attributes) on device tensors `inputs`, writing the preallocated `outputs`; `in_max`: the profile's largest input
     shapes (default: the inputs'). The build phase sees every dimension as dynamic (-1, its range in the profile), or
     with `build_dims` the shapes themselves; the builder's instance is enqueued too, and must write what the context's
     does; with `attach_during_capture` the first attachToContext, and the destruction of another context's instance,
-    run while another thread captures a CUDA graph in global mode, which must survive both. `per_thread`: [(inputs, outputs)] of threads 1, 2, ... (same shapes): instead,
-    the instances of that many contexts plus one enqueue at once in as many threads, thread 0 on `inputs` / `outputs`.
-    Returns getWorkspaceSize; raises PluginError with the plugin's own message."""
+    run while another thread captures a CUDA graph in global mode, which must survive both. `per_thread`:
+    [(inputs, outputs)] of threads 1, 2, ... (the same shapes and types): instead, the instances of that many contexts
+    plus one enqueue at once in as many threads, thread 0 on `inputs` / `outputs`. Returns getWorkspaceSize; raises
+    PluginError with the plugin's own message."""
     torch.cuda.synchronize()  # the plugin runs on its own non-blocking stream, not ordered after torch's
     names = list(fields)
     kinds = [0 if isinstance(fields[k], (int, np.integer)) else 1 for k in names]

@@ -247,12 +247,11 @@ extern "C"
 //! in every dimension, bit 2 the first attachToContext, and the destruction of another instance, run while another
 //! thread captures; graphReplays: CUDA graph replays checked against the eager outputs (0: none; negative: no eager
 //! run, the first enqueue is captured and replayed -graphReplays times, its outputs left for the caller to check);
-//! threads > 1: instead of both, `threads`
-//! contexts' instances in as many threads at once, each enqueuing three times on its own inputs into its own outputs
-//! (inPtrs / outPtrs then hold threads × nbIn / nbOut pointers, thread by thread, all of the same shapes) and
-//! workspace, the outputs left for the caller to check (no builder-instance run first, so in a fresh process the
-//! first launches of the plugin's kernels race). wsBytes receives getWorkspaceSize. Returns 0, or 1 with the reason
-//! in err.
+//! threads > 1: instead of both, `threads` contexts' instances in as many threads at once, each enqueuing three times
+//! on its own inputs into its own outputs (inPtrs / outPtrs then hold threads × nbIn / nbOut pointers, thread by
+//! thread, all of the same shapes and types) and workspace, the outputs left for the caller to check (no
+//! builder-instance run first, so in a fresh process the first launches of the plugin's kernels race). wsBytes
+//! receives getWorkspaceSize. Returns 0, or 1 with the reason in err.
 __attribute__((visibility("default"))) int mqpr_run(char const* name, int32_t nbFields, char const* const* fieldNames,
     int32_t const* fieldKinds, double const* fieldValues, int32_t nbIn, int32_t const* inTypes, int32_t const* inRanks,
     int64_t const* inDims, int64_t const* inMaxDims, void const* const* inPtrs, int32_t nbOut, int32_t const* outTypes,

@@ -5,13 +5,17 @@
 #       Hadamard once more with the full-width L phase for m = 20 / 28 (-DMQ_HAD_HALF_L=0, last arch only);
 #   (b) if TRT_INCLUDE names a TensorRT include dir, the plugin *.cpp files against it (-fsyntax-only), then
 #       tests/plugin_host_check.cpp linked with them: the plugins' build-phase interfaces on the CPU (no GPU, no
-#       TensorRT library: output types, format combinations, shape checks, workspace size, fields);
+#       TensorRT library: output types, format combinations, shape checks, workspace size, fields); then both plugin
+#       libraries linked against a stand-in libnvinfer (tests/fake_nvinfer.cpp) and loaded by
+#       tests/plugin_register_check.cpp: libmq_trt_plugins_register.so registers its creators when dlopened (and
+#       through polygraphy's LoadPlugins where polygraphy is installed);
 #   (c) unless HOST_SIM=0, builds and runs tests/hadamard_host_sim.cu (as built, with -DMQ_HAD_HALF_L=0 and with
 #       -DMQ_HAD_HALF_SWIZZLE=0 -DMQ_HAD_NARROW_LAST=0): the Hadamard register path's phase functions run thread by
 #       thread on the CPU against a float64 reference (index/layout logic, base products, the groups' row order,
 #       shared-memory banks; no GPU), and tests/scan_plan_host.cu: the scan's automatic plan on the benchmark shapes
 #       (host code only).
-# Env: NVCC (default: nvcc on PATH), CUDA_ARCHS, TRT_INCLUDE, CXX (default g++), JOBS (default nproc), HOST_SIM.
+# Env: NVCC (default: nvcc on PATH), CUDA_ARCHS, TRT_INCLUDE, CXX (default g++), JOBS (default nproc), HOST_SIM,
+#      PYTHON (default python3: with polygraphy installed, (b) also loads the register library with its LoadPlugins).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 NVCC="${NVCC:-nvcc}"
@@ -27,7 +31,7 @@ pids=()
 for cu in "$here"/kernels/*.cu; do
   name="$(basename "$cu" .cu)"
   echo "nvcc [$CUDA_ARCHS] kernels/$name.cu"
-  "$NVCC" -std=c++17 -O3 --threads 0 -Werror all-warnings "${gencode[@]}" -I"$here/kernels" -c "$cu" -o "$out/$name.o" \
+  "$NVCC" -std=c++17 -O3 --threads 0 -Werror all-warnings -Xcompiler -fPIC "${gencode[@]}" -I"$here/kernels" -c "$cu" -o "$out/$name.o" \
     >"$out/$name.log" 2>&1 &
   pids+=("$!:$name:kernels/$name.cu")
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 0.2; done
@@ -66,6 +70,41 @@ if [ -n "${TRT_INCLUDE:-}" ]; then
     -o "$out/plugin_host_check"
   "$out/plugin_host_check" > "$out/plugin.log" 2>&1 || { cat "$out/plugin.log" >&2; echo "FAILED: plugin host check" >&2; exit 1; }
   tail -n 1 "$out/plugin.log"
+  # the two plugin libraries (pluginLib.cpp) linked against a stand-in libnvinfer: libmq_trt_plugins.so registers
+  # nothing when dlopened, libmq_trt_plugins_register.so registers its creators (polygraphy --plugins)
+  echo "plugin libraries: registration on load (tests/plugin_register_check.cpp, stand-in tests/fake_nvinfer.cpp)"
+  mkdir -p "$out/fake"
+  "${CXX:-g++}" -std=c++17 -shared -fPIC -Wall -Wextra -Werror -Wno-deprecated-declarations -isystem "$TRT_INCLUDE" \
+    -isystem "$cuda_inc" "$here/tests/fake_nvinfer.cpp" -ldl -o "$out/fake/libnvinfer.so"
+  kobjs=("$out"/{selectiveScanKernel,stateUpdateKernel,hadamardKernel,mqKernelsCApi}.o)
+  for lib in libmq_trt_plugins libmq_trt_plugins_register; do
+    extra=()
+    [ "$lib" = libmq_trt_plugins ] || extra=(-DMQ_PLUGINS_REGISTER_ON_LOAD=1 -Xlinker -z,nodelete)
+    "$NVCC" -std=c++17 -shared -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra,-Werror,-Wno-deprecated-declarations "${extra[@]}" \
+      -isystem "$TRT_INCLUDE" -I"$here" -I"$here/kernels" "$here"/*.cpp "${kobjs[@]}" -L"$out/fake" -lnvinfer \
+      -Xlinker -rpath,"$out/fake" -o "$out/$lib.so"
+  done
+  "${CXX:-g++}" -std=c++17 -Wall -Wextra -Werror -Wno-deprecated-declarations -isystem "$TRT_INCLUDE" -isystem "$cuda_inc" \
+    "$here/tests/plugin_register_check.cpp" -L"$out/fake" -lnvinfer -ldl -Wl,-rpath,"$out/fake" -o "$out/plugin_register_check"
+  for mode in dlopen both; do
+    "$out/plugin_register_check" "$mode" "$out/libmq_trt_plugins_register.so" "$out/libmq_trt_plugins.so" > "$out/register.log" 2>&1 \
+      || { cat "$out/register.log" >&2; echo "FAILED: plugin registration check ($mode)" >&2; exit 1; }
+    tail -n 1 "$out/register.log"
+  done
+  # polygraphy's own loader (`--plugins` → LoadPlugins → ctypes.CDLL), where polygraphy is installed
+  if "${PYTHON:-python3}" -c "import polygraphy.backend.trt" 2>/dev/null; then
+    "${PYTHON:-python3}" - "$out/libmq_trt_plugins_register.so" "$out/fake/libnvinfer.so" <<'PY' || { echo "FAILED: polygraphy LoadPlugins" >&2; exit 1; }
+import ctypes, sys
+from polygraphy.backend.trt import LoadPlugins
+LoadPlugins(plugins=[sys.argv[1]])()
+nvinfer = ctypes.CDLL(sys.argv[2])  # the stand-in libnvinfer the library loaded (its rpath)
+have = {n: nvinfer.fakeNvinferHas(n.encode(), b"1", b"mq_deploy") for n in ("SelectiveScan", "SelectiveStateUpdate", "Hadamard")}
+assert all(have.values()), have
+print("polygraphy LoadPlugins: SelectiveScan, SelectiveStateUpdate, Hadamard registered in namespace mq_deploy")
+PY
+  else
+    echo "polygraphy LoadPlugins: skipped (polygraphy not installed)"
+  fi
 fi
 if [ "${HOST_SIM:-1}" != 0 ]; then
   # as built, full-width m = 20 / 28, and the layout before the swizzle and the narrow last pass

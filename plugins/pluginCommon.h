@@ -17,17 +17,23 @@ namespace plugin
 constexpr char const* kNAMESPACE = "mq_deploy";
 constexpr char const* kVERSION = "1";
 
-//! Set by setLoggerFinder() in pluginLib.cpp; null until TensorRT loads the library.
+//! Set by setLoggerFinder() in pluginLib.cpp: by TensorRT's loadLibrary, or, in the library that registers its
+//! plugins when loaded, to TensorRT's global logger. Null until then (messages go to stderr).
 nvinfer1::ILogger* logger() noexcept;
 void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept;
 
-inline void reportError(std::string const& where, char const* what) noexcept
+inline void report(nvinfer1::ILogger::Severity severity, std::string const& where, char const* what) noexcept
 {
     std::string const msg = "mq_deploy plugin: " + where + ": " + what;
     if (nvinfer1::ILogger* l = logger())
-        l->log(nvinfer1::ILogger::Severity::kERROR, msg.c_str());
+        l->log(severity, msg.c_str());
     else
         fprintf(stderr, "%s\n", msg.c_str());
+}
+
+inline void reportError(std::string const& where, char const* what) noexcept
+{
+    report(nvinfer1::ILogger::Severity::kERROR, where, what);
 }
 
 //! Runs f(); any exception is reported and `fail` returned (every noexcept entry point goes through this).

@@ -1,12 +1,24 @@
-// Entry points TensorRT looks up in a plugin library loaded with IPluginRegistry::loadLibrary or
-// `trtexec --dynamicPlugins=libmq_trt_plugins.so`: for IPluginV3 creators these are `getCreators` and
-// `setLoggerFinder` (the same pair as TensorRT OSS plugin/common/vfcCommon.cpp). polygraphy's `--plugins` only
-// dlopens the library, which registers nothing (docs/deploy.md, "With polygraphy's command line").
+// Entry points of the two plugin libraries CMake builds from the same sources (plugins/CMakeLists.txt):
+//
+//  libmq_trt_plugins.so: `getCreators` and `setLoggerFinder`, the pair TensorRT looks up in a library loaded with
+//    IPluginRegistry::loadLibrary (`mq-deploy build` / `validate`, `trtexec --dynamicPlugins`, the plugin libraries
+//    serialized into a version-compatible engine; the same pair as TensorRT OSS plugin/common/vfcCommon.cpp). Loading
+//    it with dlopen registers nothing, and loadLibrary fails if any of its plugins is registered already.
+//
+//  libmq_trt_plugins_register.so (compiled with MQ_PLUGINS_REGISTER_ON_LOAD=1): the same plugins, registered with
+//    TensorRT's plugin registry when the library is loaded, for the tools that only dlopen a plugin library:
+//    polygraphy's `--plugins` (ctypes.CDLL), `trtexec --staticPlugins`, `ctypes.CDLL(...)` in a script. It exports
+//    neither entry point. Linked with `-z nodelete`: the registry keeps pointers to its creators, so dlclose must not
+//    unmap it. Loading both libraries in one process keeps whichever registered first (a warning says so).
 #include "hadamardPlugin.h"
 #include "selectiveScanPlugin.h"
 #include "stateUpdatePlugin.h"
 
 #include <mutex>
+
+#ifndef MQ_PLUGINS_REGISTER_ON_LOAD
+#define MQ_PLUGINS_REGISTER_ON_LOAD 0
+#endif
 
 namespace mq
 {
@@ -16,6 +28,16 @@ namespace
 {
 nvinfer1::ILoggerFinder* gLoggerFinder{nullptr};
 std::mutex gLoggerMutex;
+
+nvinfer1::IPluginCreatorInterface* const* creators(int32_t& nbCreators) noexcept
+{
+    static SelectiveScanPluginCreator scan;
+    static StateUpdatePluginCreator stateUpdate;
+    static HadamardPluginCreator hadamard;
+    static nvinfer1::IPluginCreatorInterface* const list[] = {&scan, &stateUpdate, &hadamard};
+    nbCreators = 3;
+    return list;
+}
 } // namespace
 
 nvinfer1::ILogger* logger() noexcept
@@ -30,9 +52,66 @@ void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept
     gLoggerFinder = finder;
 }
 
+#if MQ_PLUGINS_REGISTER_ON_LOAD
+namespace
+{
+//! TensorRT's global logger (getLogger(): the builder's or runtime's, once one exists), asked at each message.
+class GlobalLoggerFinder : public nvinfer1::ILoggerFinder
+{
+public:
+    nvinfer1::ILogger* findLogger() override { return getLogger(); }
+};
+GlobalLoggerFinder gGlobalLoggerFinder;
+
+//! Registers every creator under the plugins' namespace; a creator of the same name / version / namespace already
+//! there (libmq_trt_plugins.so loaded through loadLibrary in this process) is kept, with a warning.
+void registerEach()
+{
+    nvinfer1::IPluginRegistry* registry = getPluginRegistry();
+    if (registry == nullptr)
+    {
+        reportError("libmq_trt_plugins_register", "TensorRT's getPluginRegistry() returned null: nothing registered");
+        return;
+    }
+    int32_t n = 0;
+    nvinfer1::IPluginCreatorInterface* const* list = creators(n);
+    for (int32_t i = 0; i < n; ++i)
+    {
+        auto* c = static_cast<nvinfer1::IPluginCreatorV3One*>(list[i]);
+        std::string const what = std::string("registering ") + c->getPluginName() + " version " + c->getPluginVersion()
+            + " in namespace " + c->getPluginNamespace();
+        if (registry->registerCreator(*c, c->getPluginNamespace()))
+            continue;
+        if (registry->getCreator(c->getPluginName(), c->getPluginVersion(), c->getPluginNamespace()) != nullptr)
+            report(nvinfer1::ILogger::Severity::kWARNING, what,
+                "a creator of that name is registered already (libmq_trt_plugins.so loaded through loadLibrary?); "
+                "TensorRT keeps that one");
+        else
+            reportError(what, "TensorRT's plugin registry refused it");
+    }
+}
+
+void registerAll() noexcept
+{
+    setLoggerFinder(&gGlobalLoggerFinder);
+    guard("libmq_trt_plugins_register", 0, [] {
+        registerEach();
+        return 0;
+    });
+}
+
+struct RegisterOnLoad
+{
+    RegisterOnLoad() noexcept { registerAll(); }
+};
+RegisterOnLoad const gRegisterOnLoad; // constructed when the library is loaded (after the objects above)
+} // namespace
+#endif
+
 } // namespace plugin
 } // namespace mq
 
+#if !MQ_PLUGINS_REGISTER_ON_LOAD
 extern "C"
 {
 __attribute__((visibility("default"))) void setLoggerFinder(nvinfer1::ILoggerFinder* finder)
@@ -42,11 +121,7 @@ __attribute__((visibility("default"))) void setLoggerFinder(nvinfer1::ILoggerFin
 
 __attribute__((visibility("default"))) nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
 {
-    static mq::plugin::SelectiveScanPluginCreator scan;
-    static mq::plugin::StateUpdatePluginCreator stateUpdate;
-    static mq::plugin::HadamardPluginCreator hadamard;
-    static nvinfer1::IPluginCreatorInterface* const creators[] = {&scan, &stateUpdate, &hadamard};
-    nbCreators = 3;
-    return creators;
+    return mq::plugin::creators(nbCreators);
 }
 }
+#endif

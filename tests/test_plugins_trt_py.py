@@ -53,7 +53,9 @@ def test_command_lines():
     assert "--int8" in c["trtexec"] and "--fp16" in c["trtexec"]
     # polygraphy's onnxrt runner cannot run the plugin nodes: reference run on the portable graph, then TensorRT
     assert c["polygraphy_reference"].startswith("polygraphy run out/model.portable.onnx --onnxrt")
-    assert c["polygraphy"].startswith("polygraphy run out/model.onnx --trt --plugins build/plugins/libmq_trt_plugins.so")
+    # polygraphy's --plugins only dlopens: the library that registers its plugins when loaded, beside the other
+    assert c["polygraphy"].startswith("polygraphy run out/model.onnx --trt --plugins "
+                                      "build/plugins/libmq_trt_plugins_register.so ")
     assert "--load-outputs out/polygraphy_ort_outputs.json" in c["polygraphy"]
     assert "--trt-max-shapes 'input_ids:[4,2048]'" in c["polygraphy"]
     assert "--input-shapes 'input_ids:[1,128]'" in c["polygraphy_reference"]
@@ -163,6 +165,46 @@ def test_plugin_library_loaded_once_per_process(no_loaded_libs):
     # registered already (another path to the same library, or loaded by other code): not loaded again
     mtrt.load_plugins(trt, trt.Logger(), "/y/libmq_trt_plugins.so")
     assert trt.get_plugin_registry().loads == ["/x/libmq_trt_plugins.so"]
+
+
+def test_dlopen_plugin_lib_names_the_register_library():
+    assert mtrt.dlopen_plugin_lib("/opt/p/libmq_trt_plugins.so") == "/opt/p/libmq_trt_plugins_register.so"
+    assert mtrt.dlopen_plugin_lib("libmq_trt_plugins.so") == "libmq_trt_plugins_register.so"
+    assert mtrt.dlopen_plugin_lib("/opt/p/libmq_trt_plugins_register.so") == "/opt/p/libmq_trt_plugins_register.so"
+    assert mtrt.dlopen_plugin_lib("<libmq_trt_plugins.so>") == "<libmq_trt_plugins_register.so>"
+    plan_lines = mtrt.command_lines("o/model.onnx", "o/model.engine", "<libmq_trt_plugins.so>")
+    assert "--dynamicPlugins='<libmq_trt_plugins.so>'" in plan_lines["trtexec"]
+    assert "--plugins '<libmq_trt_plugins_register.so>'" in plan_lines["polygraphy"]
+
+
+def test_register_library_is_dlopened_not_load_library(no_loaded_libs, monkeypatch):
+    """--plugins libmq_trt_plugins_register.so: it registers its plugins when loaded and has no loadLibrary entry
+    points, so it is dlopened; its plugins must then be registered."""
+    trt, opened = _fake_trt(), []
+
+    def dlopen(path):  # the library's constructor registers the creators
+        opened.append(path)
+        trt.get_plugin_registry().creators.add(("SelectiveScan", "1", "mq_deploy"))
+
+    monkeypatch.setattr(mtrt, "_dlopen", dlopen)
+    mtrt.load_plugins(trt, trt.Logger(), "/x/libmq_trt_plugins_register.so")
+    assert opened == ["/x/libmq_trt_plugins_register.so"] and trt.get_plugin_registry().loads == []
+    mtrt.load_plugins(trt, trt.Logger(), "/x/libmq_trt_plugins_register.so")
+    assert opened == ["/x/libmq_trt_plugins_register.so"]  # once per process
+
+
+def test_register_library_that_registers_nothing_is_a_user_error(no_loaded_libs, monkeypatch):
+    trt = _fake_trt()
+    monkeypatch.setattr(mtrt, "_dlopen", lambda path: None)
+    with pytest.raises(UserError, match="registered no SelectiveScan plugin"):
+        mtrt.load_plugins(trt, trt.Logger(), "/x/libmq_trt_plugins_register.so")
+
+    def fail(path):
+        raise OSError("libnvinfer.so.10: cannot open shared object file")
+
+    monkeypatch.setattr(mtrt, "_dlopen", fail)
+    with pytest.raises(UserError, match="could not load the plugin library .*libnvinfer.so.10"):
+        mtrt.load_plugins(trt, trt.Logger(), "/x/libmq_trt_plugins_register.so")
 
 
 def test_one_tensorrt_logger_per_process():

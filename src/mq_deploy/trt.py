@@ -22,6 +22,7 @@ from .ops import selective_scan as ss
 
 VALIDATION_ENGINE = "model.validate.engine"  # `mq-deploy build --validation-engine`'s default file name
 PLUGINS_ENV = "MQ_DEPLOY_PLUGINS"  # default plugin library when --plugins is not given
+REGISTER_LIB = "libmq_trt_plugins_register.so"  # the same plugins, registered when dlopened (polygraphy --plugins)
 PLUGIN_BUILD_HINT = ("build it with `cmake -S plugins -B build/plugins -DTENSORRT_ROOT=<tensorrt> && "
                      "cmake --build build/plugins` (it is build/plugins/libmq_trt_plugins.so)")
 INSTALL_HINT = ("TensorRT's Python package is not installed. Install the version whose headers the plugins "
@@ -117,17 +118,46 @@ def resolve_plugin_lib(plugin_lib: Optional[str], must_exist: bool = True) -> Op
     return check_plugin_lib(plugin_lib)
 
 
+def dlopen_plugin_lib(plugin_lib: str) -> str:
+    """The library to hand a tool that only dlopens plugin libraries (polygraphy's `--plugins`, trtexec
+    `--staticPlugins`, `ctypes.CDLL`): libmq_trt_plugins_register.so beside `plugin_lib`, which registers the
+    plugins when loaded. libmq_trt_plugins.so itself registers nothing until TensorRT's loadLibrary asks it."""
+    if plugin_lib.startswith("<") and plugin_lib.endswith(">"):  # a placeholder: no library on this machine
+        return f"<{REGISTER_LIB}>"
+    path = Path(plugin_lib)
+    return plugin_lib if path.name == REGISTER_LIB else str(path.with_name(REGISTER_LIB))
+
+
 def load_plugins(trt, logger, lib: Optional[str]) -> None:
     """Register TensorRT's own plugins and `lib`'s, once per process: `IPluginRegistry::loadLibrary` returns
-    nullptr when any of a library's plugins is already registered (build, then validate, in one process)."""
+    nullptr when any of a library's plugins is already registered (build, then validate, in one process).
+    libmq_trt_plugins_register.so is dlopened instead (it registers its plugins itself, and has no loadLibrary
+    entry points)."""
     trt.init_libnvinfer_plugins(logger, "")
     if lib is None or lib in _LOADED_PLUGIN_LIBS:
         return
     registry = trt.get_plugin_registry()
-    if registry.get_creator(ss.PLUGIN_NAME, ss.PLUGIN_VERSION, ss.PLUGIN_NAMESPACE) is None \
-            and registry.load_library(lib) is None:
-        raise UserError(f"TensorRT could not load the plugin library {lib!r} (built for another TensorRT/CUDA?)")
+
+    def registered():
+        return registry.get_creator(ss.PLUGIN_NAME, ss.PLUGIN_VERSION, ss.PLUGIN_NAMESPACE) is not None
+
+    if not registered():
+        if Path(lib).name == REGISTER_LIB:
+            try:
+                _dlopen(lib)
+            except OSError as e:
+                raise UserError(f"could not load the plugin library {lib!r}: {e}") from None
+            if not registered():
+                raise UserError(f"loading {lib!r} registered no {ss.PLUGIN_NAME} plugin (TensorRT's messages above "
+                                "say why; built for another TensorRT?)")
+        elif registry.load_library(lib) is None:
+            raise UserError(f"TensorRT could not load the plugin library {lib!r} (built for another TensorRT/CUDA?)")
     _LOADED_PLUGIN_LIBS.add(lib)
+
+
+def _dlopen(lib: str):
+    import ctypes
+    return ctypes.CDLL(lib)
 
 
 def atomic_write_bytes(path: str | Path, data) -> None:
@@ -437,7 +467,9 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
     polygraphy's onnxrt runner cannot run the plugin nodes of model.onnx (mq-deploy's CPU kernels are
     registered through onnxruntime-extensions, which polygraphy's CLI does not load), so the comparison
     is two runs: `polygraphy_reference` saves inputs and outputs of model.portable.onnx in onnxruntime,
-    `polygraphy` builds model.onnx with the plugins in TensorRT and compares against them.
+    `polygraphy` builds model.onnx with the plugins in TensorRT and compares against them. polygraphy's
+    `--plugins` only dlopens, so its line names libmq_trt_plugins_register.so beside `plugin_lib`
+    (`dlopen_plugin_lib`); trtexec's `--dynamicPlugins` goes through loadLibrary and takes `plugin_lib`.
 
     With fp16, `fp32_layers` (the RMSNorm layers, graph/precision.py) are kept in fp32 as build_engine keeps
     them: trtexec `--precisionConstraints=prefer --layerPrecisions --layerOutputTypes`; polygraphy has no
@@ -467,7 +499,7 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
     if vocab:
         ref.append(f"--val-range {q(f'{input_name}:[0,{vocab - 1}]')}")
     ref.append(f"--save-inputs {q(inputs)} --save-outputs {q(outputs)}")
-    poly = [f"polygraphy run {q(onnx_path)} --trt --plugins {q(plugin_lib)}",
+    poly = [f"polygraphy run {q(onnx_path)} --trt --plugins {q(dlopen_plugin_lib(plugin_lib))}",
             f"--trt-min-shapes {pshape['min']} --trt-opt-shapes {pshape['opt']} --trt-max-shapes {pshape['max']}",
             *flags, *(["--strongly-typed"] if typed else [])]
     if keep:

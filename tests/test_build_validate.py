@@ -127,6 +127,25 @@ def test_build_dry_run_prints_trtexec(fp32_out, w8_out, no_tensorrt, capsys):
     assert "--dynamicPlugins=build/plugins/libmq_trt_plugins.so" in io.out and "not on this machine" in io.err
 
 
+def test_build_polygraphy_prints_the_two_runs(w8_out, no_tensorrt, capsys):
+    """--polygraphy (a dry run): the onnxruntime reference run, then the TensorRT run compared against its saved
+    outputs, with the library that registers its plugins when polygraphy dlopens it."""
+    assert main(["build", str(w8_out), "--polygraphy", "--plugins", "build/plugins/libmq_trt_plugins.so",
+                 "--opt-shapes", "2,64"]) == 0
+    io = capsys.readouterr()
+    ref, trt = io.out.strip().splitlines()
+    assert ref.startswith(f"polygraphy run {w8_out}/model.portable.onnx --onnxrt --input-shapes 'input_ids:[2,64]'")
+    assert f"--save-outputs {w8_out}/polygraphy_ort_outputs.json" in ref
+    assert trt.startswith(f"polygraphy run {w8_out}/model.onnx --trt --plugins "
+                          "build/plugins/libmq_trt_plugins_register.so --trt-min-shapes")
+    assert f"--load-outputs {w8_out}/polygraphy_ort_outputs.json" in trt and "--int8" in trt
+    assert "build/plugins/libmq_trt_plugins_register.so is not on this machine" in io.err
+    assert main(["build", str(w8_out), "--polygraphy"]) == 0  # no library named: a placeholder, and a note
+    io = capsys.readouterr()
+    assert "--plugins '<libmq_trt_plugins_register.so>'" in io.out
+    assert "<libmq_trt_plugins_register.so> stands for the plugin library" in io.err
+
+
 class _FakeTRT(types.ModuleType):
     """Just enough of the TensorRT Python API for build_engine; records what it was asked."""
 
@@ -317,6 +336,8 @@ def test_build_validation_engine_marks_the_tensors_before_quantization(w8_out, f
     assert "is not quantized" in capsys.readouterr().err
     assert main(["build", str(w8_out), "--validation-engine", "--dry-run"]) == 2
     assert "no trtexec equivalent" in capsys.readouterr().err
+    assert main(["build", str(w8_out), "--validation-engine", "--polygraphy"]) == 2
+    assert "no polygraphy equivalent" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("old, why", [(b"corrupt", "could not read"), (b"foreign", "another device")])

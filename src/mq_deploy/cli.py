@@ -218,34 +218,42 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 # -- build / validate (TensorRT) ------------------------------------------------------------------
 def cmd_build(args: argparse.Namespace) -> int:
-    from .trt import Shapes, build_outdir, parse_shape, plan_build, tensorrt_major
+    from .trt import Shapes, build_outdir, dlopen_plugin_lib, parse_shape, plan_build, tensorrt_major
 
     shapes = Shapes(min=parse_shape(args.min_shapes, "--min-shapes"), opt=parse_shape(args.opt_shapes, "--opt-shapes"),
                     max=parse_shape(args.max_shapes, "--max-shapes"))
+    dry_run = args.dry_run or args.polygraphy
     plan = plan_build(args.outdir, engine=args.output, plugin_lib=args.plugins, int8=args.int8, fp16=args.fp16,
-                      shapes=shapes, timing_cache=args.timing_cache, require_plugin_lib=not args.dry_run,
+                      shapes=shapes, timing_cache=args.timing_cache, require_plugin_lib=not dry_run,
                       strongly_typed=args.strongly_typed, validation=args.validation_engine)
     major = tensorrt_major()
     cmds = plan.command_lines(major)  # TensorRT 11's trtexec has no --int8 / --fp16
-    if args.dry_run:
+    if dry_run:
+        tool = "polygraphy" if args.polygraphy else "trtexec"
         if plan.mark:
-            raise UserError("--validation-engine has no trtexec equivalent (trtexec cannot mark the tensors before "
-                            "the QuantizeLinear nodes as outputs): run `mq-deploy build OUTDIR --validation-engine` "
-                            "on the machine that has TensorRT")
-        if plan.plugin_lib is None:
-            print("note: <libmq_trt_plugins.so> stands for the plugin library (no --plugins, no $MQ_DEPLOY_PLUGINS "
+            raise UserError(f"--validation-engine has no {tool} equivalent here (the command lines do not mark the "
+                            "tensors before the QuantizeLinear nodes as outputs): run `mq-deploy build OUTDIR "
+                            "--validation-engine` on the machine that has TensorRT")
+        lib = plan.plugin_lib if plan.plugin_lib is None or not args.polygraphy else dlopen_plugin_lib(plan.plugin_lib)
+        if lib is None:
+            name = dlopen_plugin_lib("<libmq_trt_plugins.so>") if args.polygraphy else "<libmq_trt_plugins.so>"
+            print(f"note: {name} stands for the plugin library (no --plugins, no $MQ_DEPLOY_PLUGINS "
                   "here): docs/deploy.md says how to build it", file=sys.stderr)
-        elif not Path(plan.plugin_lib).is_file():
-            print(f"note: {plan.plugin_lib} is not on this machine; the command is for the one that has it",
-                  file=sys.stderr)
+        elif not Path(lib).is_file():
+            print(f"note: {lib} is not on this machine; the command is for the one that has it", file=sys.stderr)
         if major is None and (plan.int8 or plan.fp16):
             print("note: no TensorRT here; the command is for TensorRT 10 (on TensorRT 11 leave out --int8 / "
-                  f"--fp16{' and the layer precision options' if plan.fp32 else ''}: its trtexec has neither, the "
-                  "Q/DQ nodes decide)", file=sys.stderr)
+                  f"--fp16{' and the layer precision options' if plan.fp32 else ''}: TensorRT 11 has no precision "
+                  "flags, the Q/DQ nodes decide)", file=sys.stderr)
         elif major is None and plan.strongly_typed:
-            print("note: no TensorRT here; the command is for TensorRT 10 (TensorRT 11 needs no --stronglyTyped: "
-                  "its networks are always strongly typed)", file=sys.stderr)
-        print(cmds["trtexec"])
+            print(f"note: no TensorRT here; the command is for TensorRT 10 (TensorRT 11 needs no "
+                  f"{'--strongly-typed' if args.polygraphy else '--stronglyTyped'}: its networks are always strongly "
+                  "typed)", file=sys.stderr)
+        if args.polygraphy:  # the onnxruntime reference first: the TensorRT run compares against its saved outputs
+            print(cmds["polygraphy_reference"])
+            print(cmds["polygraphy"])
+        else:
+            print(cmds["trtexec"])
         return 0
     log = (lambda s: None) if args.quiet else _log
     engine = build_outdir(plan, log=log, warn=lambda s: _log(f"warning: {s}"))  # warnings even with -q
@@ -387,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "--validation-engine OUTDIR/model.validate.engine)")
     b.add_argument("--dry-run", action="store_true", help="print the equivalent trtexec command and exit "
                                                           "(no TensorRT needed)")
+    b.add_argument("--polygraphy", action="store_true",
+                   help="print the equivalent polygraphy check instead and exit (implies --dry-run): an onnxruntime "
+                        "run of model.portable.onnx that saves inputs and outputs, then a TensorRT run of model.onnx "
+                        "with the plugins (libmq_trt_plugins_register.so beside the plugin library) compared "
+                        "against them")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     b.set_defaults(func=cmd_build)
 

@@ -127,7 +127,7 @@ def test_build_dry_run_prints_trtexec(fp32_out, w8_out, no_tensorrt, capsys):
     assert "--dynamicPlugins=build/plugins/libmq_trt_plugins.so" in io.out and "not on this machine" in io.err
 
 
-def test_build_polygraphy_prints_the_two_runs(w8_out, no_tensorrt, capsys):
+def test_build_polygraphy_prints_the_two_runs(w8_out, no_tensorrt, tmp_path, capsys):
     """--polygraphy (a dry run): the onnxruntime reference run, then the TensorRT run compared against its saved
     outputs, with the library that registers its plugins when polygraphy dlopens it."""
     assert main(["build", str(w8_out), "--polygraphy", "--plugins", "build/plugins/libmq_trt_plugins.so",
@@ -144,6 +144,15 @@ def test_build_polygraphy_prints_the_two_runs(w8_out, no_tensorrt, capsys):
     io = capsys.readouterr()
     assert "--plugins '<libmq_trt_plugins_register.so>'" in io.out
     assert "<libmq_trt_plugins_register.so> stands for the plugin library" in io.err
+    # a build tree from before the register library: say how to get it; -o has no polygraphy meaning
+    lib = tmp_path / "libmq_trt_plugins.so"
+    lib.write_bytes(b"")
+    assert main(["build", str(w8_out), "--polygraphy", "--plugins", str(lib), "-o", str(tmp_path / "e")]) == 0
+    err = capsys.readouterr().err
+    assert f"{tmp_path}/libmq_trt_plugins_register.so is not beside {lib}: rebuild the plugins" in err
+    assert "-o is not used by the polygraphy check" in err
+    assert main(["build", str(w8_out), "--polygraphy", "--plugins", ""]) == 2
+    assert "--plugins: an empty path" in capsys.readouterr().err
 
 
 class _FakeTRT(types.ModuleType):

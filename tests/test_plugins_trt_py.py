@@ -172,9 +172,32 @@ def test_dlopen_plugin_lib_names_the_register_library():
     assert mtrt.dlopen_plugin_lib("libmq_trt_plugins.so") == "libmq_trt_plugins_register.so"
     assert mtrt.dlopen_plugin_lib("/opt/p/libmq_trt_plugins_register.so") == "/opt/p/libmq_trt_plugins_register.so"
     assert mtrt.dlopen_plugin_lib("<libmq_trt_plugins.so>") == "<libmq_trt_plugins_register.so>"
+    assert mtrt.dlopen_plugin_lib(".") == "libmq_trt_plugins_register.so"  # no ValueError from an empty name
     plan_lines = mtrt.command_lines("o/model.onnx", "o/model.engine", "<libmq_trt_plugins.so>")
     assert "--dynamicPlugins='<libmq_trt_plugins.so>'" in plan_lines["trtexec"]
     assert "--plugins '<libmq_trt_plugins_register.so>'" in plan_lines["polygraphy"]
+    # given the register library, trtexec's loadLibrary still gets the library that has getCreators
+    assert mtrt.loadlibrary_plugin_lib("/p/libmq_trt_plugins_register.so") == "/p/libmq_trt_plugins.so"
+    assert mtrt.loadlibrary_plugin_lib("/p/libmine.so") == "/p/libmine.so"
+    c = mtrt.command_lines("o/model.onnx", "o/model.engine", "/p/libmq_trt_plugins_register.so", timing_cache="t.cache")
+    assert "--dynamicPlugins=/p/libmq_trt_plugins.so " in c["trtexec"] and "--timingCacheFile=t.cache" in c["trtexec"]
+    assert "--plugins /p/libmq_trt_plugins_register.so " in c["polygraphy"]
+    assert "--load-timing-cache t.cache --save-timing-cache t.cache" in c["polygraphy"]
+
+
+def test_renamed_register_library_through_load_library_is_accepted(no_loaded_libs):
+    """A register library under another name goes to load_library: TensorRT's dlopen registers its plugins, then
+    loadLibrary returns null (no getCreators); the plugins are registered, so that is not an error."""
+    trt = _fake_trt()
+    reg = trt.get_plugin_registry()
+
+    def load_library(path):
+        reg.creators.add(("SelectiveScan", "1", "mq_deploy"))
+        return None
+
+    reg.load_library = load_library
+    mtrt.load_plugins(trt, trt.Logger(), "/x/libmq_plugins_v2.so")
+    assert ("SelectiveScan", "1", "mq_deploy") in reg.creators
 
 
 def test_register_library_is_dlopened_not_load_library(no_loaded_libs, monkeypatch):

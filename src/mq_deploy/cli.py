@@ -218,7 +218,8 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 # -- build / validate (TensorRT) ------------------------------------------------------------------
 def cmd_build(args: argparse.Namespace) -> int:
-    from .trt import Shapes, build_outdir, dlopen_plugin_lib, parse_shape, plan_build, tensorrt_major
+    from .trt import (Shapes, build_outdir, dlopen_plugin_lib, loadlibrary_plugin_lib, parse_shape, plan_build,
+                      tensorrt_major)
 
     shapes = Shapes(min=parse_shape(args.min_shapes, "--min-shapes"), opt=parse_shape(args.opt_shapes, "--opt-shapes"),
                     max=parse_shape(args.max_shapes, "--max-shapes"))
@@ -234,13 +235,19 @@ def cmd_build(args: argparse.Namespace) -> int:
             raise UserError(f"--validation-engine has no {tool} equivalent here (the command lines do not mark the "
                             "tensors before the QuantizeLinear nodes as outputs): run `mq-deploy build OUTDIR "
                             "--validation-engine` on the machine that has TensorRT")
-        lib = plan.plugin_lib if plan.plugin_lib is None or not args.polygraphy else dlopen_plugin_lib(plan.plugin_lib)
-        if lib is None:
-            name = dlopen_plugin_lib("<libmq_trt_plugins.so>") if args.polygraphy else "<libmq_trt_plugins.so>"
-            print(f"note: {name} stands for the plugin library (no --plugins, no $MQ_DEPLOY_PLUGINS "
+        pick = dlopen_plugin_lib if args.polygraphy else loadlibrary_plugin_lib  # the one this tool loads
+        lib = pick(plan.plugin_lib or "<libmq_trt_plugins.so>")
+        if plan.plugin_lib is None:
+            print(f"note: {lib} stands for the plugin library (no --plugins, no $MQ_DEPLOY_PLUGINS "
                   "here): docs/deploy.md says how to build it", file=sys.stderr)
+        elif not Path(lib).is_file() and Path(plan.plugin_lib).is_file():
+            print(f"note: {lib} is not beside {plan.plugin_lib}: rebuild the plugins (`cmake --build build/plugins`, "
+                  "which writes both libraries)", file=sys.stderr)
         elif not Path(lib).is_file():
             print(f"note: {lib} is not on this machine; the command is for the one that has it", file=sys.stderr)
+        if args.polygraphy and args.output:
+            print("note: -o is not used by the polygraphy check (it builds its own engine from model.onnx)",
+                  file=sys.stderr)
         if major is None and (plan.int8 or plan.fp16):
             print("note: no TensorRT here; the command is for TensorRT 10 (on TensorRT 11 leave out --int8 / "
                   f"--fp16{' and the layer precision options' if plan.fp32 else ''}: TensorRT 11 has no precision "

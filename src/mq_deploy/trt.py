@@ -22,6 +22,7 @@ from .ops import selective_scan as ss
 
 VALIDATION_ENGINE = "model.validate.engine"  # `mq-deploy build --validation-engine`'s default file name
 PLUGINS_ENV = "MQ_DEPLOY_PLUGINS"  # default plugin library when --plugins is not given
+MAIN_LIB = "libmq_trt_plugins.so"  # the plugin library for IPluginRegistry::loadLibrary (getCreators)
 REGISTER_LIB = "libmq_trt_plugins_register.so"  # the same plugins, registered when dlopened (polygraphy --plugins)
 PLUGIN_BUILD_HINT = ("build it with `cmake -S plugins -B build/plugins -DTENSORRT_ROOT=<tensorrt> && "
                      "cmake --build build/plugins` (it is build/plugins/libmq_trt_plugins.so)")
@@ -113,6 +114,8 @@ def resolve_plugin_lib(plugin_lib: Optional[str], must_exist: bool = True) -> Op
     False: a command line for the machine that has it, `build --dry-run`)."""
     if plugin_lib is None and os.environ.get(PLUGINS_ENV):
         plugin_lib = os.environ[PLUGINS_ENV]
+    if plugin_lib is not None and not plugin_lib.strip():
+        raise UserError(f"--plugins: an empty path: {PLUGIN_BUILD_HINT}")
     if not must_exist and plugin_lib is not None and not os.path.isfile(plugin_lib):
         return plugin_lib
     return check_plugin_lib(plugin_lib)
@@ -122,10 +125,24 @@ def dlopen_plugin_lib(plugin_lib: str) -> str:
     """The library to hand a tool that only dlopens plugin libraries (polygraphy's `--plugins`, trtexec
     `--staticPlugins`, `ctypes.CDLL`): libmq_trt_plugins_register.so beside `plugin_lib`, which registers the
     plugins when loaded. libmq_trt_plugins.so itself registers nothing until TensorRT's loadLibrary asks it."""
+    return _sibling(plugin_lib, REGISTER_LIB)
+
+
+def loadlibrary_plugin_lib(plugin_lib: str) -> str:
+    """The library for TensorRT's loadLibrary (trtexec `--dynamicPlugins`): libmq_trt_plugins.so beside a
+    libmq_trt_plugins_register.so, any other library as it is."""
+    return _sibling(plugin_lib, MAIN_LIB) if _name(plugin_lib) == REGISTER_LIB else plugin_lib
+
+
+def _name(plugin_lib: str) -> str:
+    return plugin_lib[1:-1] if plugin_lib.startswith("<") and plugin_lib.endswith(">") else Path(plugin_lib).name
+
+
+def _sibling(plugin_lib: str, name: str) -> str:
     if plugin_lib.startswith("<") and plugin_lib.endswith(">"):  # a placeholder: no library on this machine
-        return f"<{REGISTER_LIB}>"
+        return f"<{name}>"
     path = Path(plugin_lib)
-    return plugin_lib if path.name == REGISTER_LIB else str(path.with_name(REGISTER_LIB))
+    return plugin_lib if path.name == name else str(path.parent / name)
 
 
 def load_plugins(trt, logger, lib: Optional[str]) -> None:
@@ -150,7 +167,7 @@ def load_plugins(trt, logger, lib: Optional[str]) -> None:
             if not registered():
                 raise UserError(f"loading {lib!r} registered no {ss.PLUGIN_NAME} plugin (TensorRT's messages above "
                                 "say why; built for another TensorRT?)")
-        elif registry.load_library(lib) is None:
+        elif registry.load_library(lib) is None and not registered():  # registered: a renamed register library
             raise UserError(f"TensorRT could not load the plugin library {lib!r} (built for another TensorRT/CUDA?)")
     _LOADED_PLUGIN_LIBS.add(lib)
 
@@ -469,7 +486,8 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
     is two runs: `polygraphy_reference` saves inputs and outputs of model.portable.onnx in onnxruntime,
     `polygraphy` builds model.onnx with the plugins in TensorRT and compares against them. polygraphy's
     `--plugins` only dlopens, so its line names libmq_trt_plugins_register.so beside `plugin_lib`
-    (`dlopen_plugin_lib`); trtexec's `--dynamicPlugins` goes through loadLibrary and takes `plugin_lib`.
+    (`dlopen_plugin_lib`); trtexec's `--dynamicPlugins` goes through loadLibrary and takes libmq_trt_plugins.so
+    (`loadlibrary_plugin_lib`). Either library may be given.
 
     With fp16, `fp32_layers` (the RMSNorm layers, graph/precision.py) are kept in fp32 as build_engine keeps
     them: trtexec `--precisionConstraints=prefer --layerPrecisions --layerOutputTypes`; polygraphy has no
@@ -482,7 +500,8 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
         raise UserError(_no_fp16(trt_major))
     flags = [f for f, on in (("--int8", int8), ("--fp16", fp16)) if on and precision_flags]
     typed = strongly_typed and precision_flags  # TensorRT 11: always strongly typed, the lines need no option
-    trtexec = [f"trtexec --onnx={q(onnx_path)} --saveEngine={q(engine_path)} --dynamicPlugins={q(plugin_lib)}",
+    trtexec = [f"trtexec --onnx={q(onnx_path)} --saveEngine={q(engine_path)} "
+               f"--dynamicPlugins={q(loadlibrary_plugin_lib(plugin_lib))}",
                f"--minShapes={_trtexec_shape(input_name, lo)} --optShapes={_trtexec_shape(input_name, opt)} "
                f"--maxShapes={_trtexec_shape(input_name, hi)}", *flags, *(["--stronglyTyped"] if typed else [])]
     keep = list(fp32_layers) if fp16 else []
@@ -504,5 +523,7 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
             *flags, *(["--strongly-typed"] if typed else [])]
     if keep:
         poly.append("--precision-constraints prefer --layer-precisions " + " ".join(q(f"{n}:float32") for n in keep))
+    if timing_cache:
+        poly.append(f"--load-timing-cache {q(timing_cache)} --save-timing-cache {q(timing_cache)}")
     poly.append(f"--load-inputs {q(inputs)} --load-outputs {q(outputs)} --atol 1e-2 --rtol 1e-2")
     return {"trtexec": " ".join(trtexec), "polygraphy_reference": " ".join(ref), "polygraphy": " ".join(poly)}

@@ -8,14 +8,16 @@
 #       TensorRT library: output types, format combinations, shape checks, workspace size, fields); then both plugin
 #       libraries linked against a stand-in libnvinfer (tests/fake_nvinfer.cpp) and loaded by
 #       tests/plugin_register_check.cpp: libmq_trt_plugins_register.so registers its creators when dlopened (and
-#       through polygraphy's LoadPlugins where polygraphy is installed);
+#       through polygraphy's LoadPlugins where polygraphy is installed); the same check on the two libraries that
+#       plugins/CMakeLists.txt builds against the headers and the stand-in (unless CMAKE_CHECK=0; last arch only);
 #   (c) unless HOST_SIM=0, builds and runs tests/hadamard_host_sim.cu (as built, with -DMQ_HAD_HALF_L=0 and with
 #       -DMQ_HAD_HALF_SWIZZLE=0 -DMQ_HAD_NARROW_LAST=0): the Hadamard register path's phase functions run thread by
 #       thread on the CPU against a float64 reference (index/layout logic, base products, the groups' row order,
 #       shared-memory banks; no GPU), and tests/scan_plan_host.cu: the scan's automatic plan on the benchmark shapes
 #       (host code only).
 # Env: NVCC (default: nvcc on PATH), CUDA_ARCHS, TRT_INCLUDE, CXX (default g++), JOBS (default nproc), HOST_SIM,
-#      PYTHON (default python3: with polygraphy installed, (b) also loads the register library with its LoadPlugins).
+#      PYTHON (default python3: with polygraphy installed, (b) also loads the register library with its LoadPlugins),
+#      CMAKE_CHECK.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 NVCC="${NVCC:-nvcc}"
@@ -91,6 +93,21 @@ if [ -n "${TRT_INCLUDE:-}" ]; then
       || { cat "$out/register.log" >&2; echo "FAILED: plugin registration check ($mode)" >&2; exit 1; }
     tail -n 1 "$out/register.log"
   done
+  # the same with the libraries plugins/CMakeLists.txt builds (TENSORRT_ROOT: the headers and the stand-in)
+  if [ "${CMAKE_CHECK:-1}" != 0 ] && command -v cmake >/dev/null; then
+    echo "cmake [$sim_arch] both plugin libraries against the stand-in libnvinfer"
+    mkdir -p "$out/trtroot/lib"; ln -s "$TRT_INCLUDE" "$out/trtroot/include"; ln -s "$out/fake/libnvinfer.so" "$out/trtroot/lib/"
+    { cmake -S "$here" -B "$out/cmake" -DTENSORRT_ROOT="$out/trtroot" -DCMAKE_CUDA_ARCHITECTURES="$sim_arch" \
+        -DCMAKE_CUDA_COMPILER="$(command -v "$NVCC")" && cmake --build "$out/cmake" -j"$JOBS"; } > "$out/cmake.log" 2>&1 \
+      || { cat "$out/cmake.log" >&2; echo "FAILED: cmake build of the plugin libraries" >&2; exit 1; }
+    readelf -d "$out/cmake/libmq_trt_plugins_register.so" | grep -q NODELETE \
+      || { echo "FAILED: cmake's libmq_trt_plugins_register.so is not linked -z nodelete" >&2; exit 1; }
+    for mode in dlopen both; do
+      "$out/plugin_register_check" "$mode" "$out/cmake/libmq_trt_plugins_register.so" "$out/cmake/libmq_trt_plugins.so" \
+        > "$out/register.log" 2>&1 || { cat "$out/register.log" >&2; echo "FAILED: registration check of cmake's libraries ($mode)" >&2; exit 1; }
+      echo "cmake's libraries: $(tail -n 1 "$out/register.log")"
+    done
+  fi
   # polygraphy's own loader (`--plugins` → LoadPlugins → ctypes.CDLL), where polygraphy is installed
   if "${PYTHON:-python3}" -c "import polygraphy.backend.trt" 2>/dev/null; then
     "${PYTHON:-python3}" - "$out/libmq_trt_plugins_register.so" "$out/fake/libnvinfer.so" <<'PY' || { echo "FAILED: polygraphy LoadPlugins" >&2; exit 1; }

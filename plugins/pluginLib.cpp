@@ -29,7 +29,8 @@ namespace
 nvinfer1::ILoggerFinder* gLoggerFinder{nullptr};
 std::mutex gLoggerMutex;
 
-nvinfer1::IPluginCreatorInterface* const* creators(int32_t& nbCreators) noexcept
+//! The three creators (constructed on first use; may throw, so callers guard it).
+nvinfer1::IPluginCreatorInterface* const* creators(int32_t& nbCreators)
 {
     static SelectiveScanPluginCreator scan;
     static StateUpdatePluginCreator stateUpdate;
@@ -61,7 +62,6 @@ class GlobalLoggerFinder : public nvinfer1::ILoggerFinder
 public:
     nvinfer1::ILogger* findLogger() override { return getLogger(); }
 };
-GlobalLoggerFinder gGlobalLoggerFinder;
 
 //! Registers every creator under the plugins' namespace; a creator of the same name / version / namespace already
 //! there (libmq_trt_plugins.so loaded through loadLibrary in this process) is kept, with a warning.
@@ -93,8 +93,10 @@ void registerEach()
 
 void registerAll() noexcept
 {
-    setLoggerFinder(&gGlobalLoggerFinder);
     guard("libmq_trt_plugins_register", 0, [] {
+        // never destroyed: a plugin may log while TensorRT's own objects are torn down at exit, after this library's
+        static GlobalLoggerFinder* const finder = new GlobalLoggerFinder;
+        setLoggerFinder(finder);
         registerEach();
         return 0;
     });
@@ -104,7 +106,7 @@ struct RegisterOnLoad
 {
     RegisterOnLoad() noexcept { registerAll(); }
 };
-RegisterOnLoad const gRegisterOnLoad; // constructed when the library is loaded (after the objects above)
+RegisterOnLoad const gRegisterOnLoad; // constructed when the library is loaded
 } // namespace
 #endif
 
@@ -121,7 +123,9 @@ __attribute__((visibility("default"))) void setLoggerFinder(nvinfer1::ILoggerFin
 
 __attribute__((visibility("default"))) nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
 {
-    return mq::plugin::creators(nbCreators);
+    nbCreators = 0;
+    return mq::plugin::guard("getCreators", static_cast<nvinfer1::IPluginCreatorInterface* const*>(nullptr),
+        [&] { return mq::plugin::creators(nbCreators); });
 }
 }
 #endif

@@ -133,6 +133,7 @@ int bothMode(char const* registerLib, char const* mainLib)
     check(log.find("[W] mq_deploy plugin: registering SelectiveScan version 1 in namespace mq_deploy") != std::string::npos
             && log.find("registered already") != std::string::npos,
         "the register library warns that the creators were registered already");
+    // the stand-in registry logs nothing of its own (TensorRT's may log the three refusals)
     check(log.find("[E]") == std::string::npos, "and logs no error");
     return 0;
 }

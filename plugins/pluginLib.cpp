@@ -91,20 +91,17 @@ void registerEach()
     }
 }
 
-void registerAll() noexcept
-{
-    guard("libmq_trt_plugins_register", 0, [] {
-        // never destroyed: a plugin may log while TensorRT's own objects are torn down at exit, after this library's
-        static GlobalLoggerFinder* const finder = new GlobalLoggerFinder;
-        setLoggerFinder(finder);
-        registerEach();
-        return 0;
-    });
-}
-
 struct RegisterOnLoad
 {
-    RegisterOnLoad() noexcept { registerAll(); }
+    RegisterOnLoad() noexcept
+    {
+        guard("libmq_trt_plugins_register", 0, [] {
+            // never destroyed: a plugin may log while TensorRT's objects are torn down at exit, after this library's
+            setLoggerFinder(new GlobalLoggerFinder);
+            registerEach();
+            return 0;
+        });
+    }
 };
 RegisterOnLoad const gRegisterOnLoad; // constructed when the library is loaded
 } // namespace

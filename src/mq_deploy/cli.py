@@ -218,8 +218,8 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 # -- build / validate (TensorRT) ------------------------------------------------------------------
 def cmd_build(args: argparse.Namespace) -> int:
-    from .trt import (Shapes, build_outdir, dlopen_plugin_lib, loadlibrary_plugin_lib, parse_shape, plan_build,
-                      tensorrt_major)
+    from .trt import (LIB_PLACEHOLDER, Shapes, build_outdir, dlopen_plugin_lib, loadlibrary_plugin_lib, parse_shape,
+                      plan_build, tensorrt_major)
 
     shapes = Shapes(min=parse_shape(args.min_shapes, "--min-shapes"), opt=parse_shape(args.opt_shapes, "--opt-shapes"),
                     max=parse_shape(args.max_shapes, "--max-shapes"))
@@ -236,7 +236,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                             "tensors before the QuantizeLinear nodes as outputs): run `mq-deploy build OUTDIR "
                             "--validation-engine` on the machine that has TensorRT")
         pick = dlopen_plugin_lib if args.polygraphy else loadlibrary_plugin_lib  # the one this tool loads
-        lib = pick(plan.plugin_lib or "<libmq_trt_plugins.so>")
+        lib = pick(plan.plugin_lib or LIB_PLACEHOLDER)
         if plan.plugin_lib is None:
             print(f"note: {lib} stands for the plugin library (no --plugins, no $MQ_DEPLOY_PLUGINS "
                   "here): docs/deploy.md says how to build it", file=sys.stderr)

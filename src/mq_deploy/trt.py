@@ -24,6 +24,7 @@ VALIDATION_ENGINE = "model.validate.engine"  # `mq-deploy build --validation-eng
 PLUGINS_ENV = "MQ_DEPLOY_PLUGINS"  # default plugin library when --plugins is not given
 MAIN_LIB = "libmq_trt_plugins.so"  # the plugin library for IPluginRegistry::loadLibrary (getCreators)
 REGISTER_LIB = "libmq_trt_plugins_register.so"  # the same plugins, registered when dlopened (polygraphy --plugins)
+LIB_PLACEHOLDER = f"<{MAIN_LIB}>"  # in command lines printed where no plugin library is named
 PLUGIN_BUILD_HINT = ("build it with `cmake -S plugins -B build/plugins -DTENSORRT_ROOT=<tensorrt> && "
                      "cmake --build build/plugins` (it is build/plugins/libmq_trt_plugins.so)")
 INSTALL_HINT = ("TensorRT's Python package is not installed. Install the version whose headers the plugins "
@@ -134,12 +135,16 @@ def loadlibrary_plugin_lib(plugin_lib: str) -> str:
     return _sibling(plugin_lib, MAIN_LIB) if _name(plugin_lib) == REGISTER_LIB else plugin_lib
 
 
+def _placeholder(plugin_lib: str) -> bool:  # <name>: no library on this machine
+    return plugin_lib.startswith("<") and plugin_lib.endswith(">")
+
+
 def _name(plugin_lib: str) -> str:
-    return plugin_lib[1:-1] if plugin_lib.startswith("<") and plugin_lib.endswith(">") else Path(plugin_lib).name
+    return plugin_lib[1:-1] if _placeholder(plugin_lib) else Path(plugin_lib).name
 
 
 def _sibling(plugin_lib: str, name: str) -> str:
-    if plugin_lib.startswith("<") and plugin_lib.endswith(">"):  # a placeholder: no library on this machine
+    if _placeholder(plugin_lib):
         return f"<{name}>"
     path = Path(plugin_lib)
     return plugin_lib if path.name == name else str(path.parent / name)
@@ -382,7 +387,7 @@ class BuildPlan:
     fp32: tuple = ()  # with fp16: (layer, tensor) of the RMSNorm layers kept in fp32 (graph/precision.py)
 
     def command_lines(self, trt_major: Optional[int] = None) -> dict[str, str]:
-        return command_lines(self.onnx, self.engine, self.plugin_lib or "<libmq_trt_plugins.so>", int8=self.int8,
+        return command_lines(self.onnx, self.engine, self.plugin_lib or LIB_PLACEHOLDER, int8=self.int8,
                              fp16=self.fp16, shapes=self.shapes, timing_cache=self.timing_cache, vocab=self.vocab,
                              input_name=self.input_name, fixed_dims=self.fixed_dims, trt_major=trt_major,
                              strongly_typed=self.strongly_typed, fp32_layers=tuple(n for n, _ in self.fp32))

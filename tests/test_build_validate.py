@@ -6,6 +6,7 @@ runs on a TensorRT machine (docker/, docs/deploy.md).
 """
 
 import builtins
+import ctypes
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ from mq_deploy.errors import UserError
 from mq_deploy.graph.follow import fp16_stand_in, quantized_tensors
 from mq_deploy.graph.precision import rms_norm_nodes
 
+from . import trt_api
 from .conftest import DATA_DIR, need
 
 
@@ -155,8 +157,27 @@ def test_build_polygraphy_prints_the_two_runs(w8_out, no_tensorrt, tmp_path, cap
     assert "--plugins: an empty path" in capsys.readouterr().err
 
 
+def _trt(impl, major: int = 10):
+    """`impl` behind the real API surface of TensorRT `major` where its bindings are at hand (tests/trt_api.py:
+    a wrong name, argument or type then fails as TensorRT would), else `impl` as it is."""
+    return trt_api.checked(impl, trt_api.spec_for(major))
+
+
+def _as11(fake):
+    """`fake` as TensorRT 11 is where its bindings are not at hand: no precision builder flags."""
+    fake.__version__ = "11.1.0-fake"
+    del fake.BuilderFlag.INT8, fake.BuilderFlag.FP16, fake.BuilderFlag.PREFER_PRECISION_CONSTRAINTS
+    return fake
+
+
+def _n(member) -> str:
+    """An enum member's name (checked fakes pass TensorRT's members; unchecked ones pass the names)."""
+    return getattr(member, "name", member)
+
+
 class _FakeTRT(types.ModuleType):
-    """Just enough of the TensorRT Python API for build_engine; records what it was asked."""
+    """Just enough of the TensorRT Python API for build_engine; records what it was asked. Enum members are
+    written as their names (trt_api's conventions)."""
 
     def __init__(self, log):
         super().__init__("tensorrt")
@@ -166,7 +187,7 @@ class _FakeTRT(types.ModuleType):
         ns = types.SimpleNamespace
         self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, sev=None: None})
         self.BuilderFlag = ns(INT8="INT8", FP16="FP16", PREFER_PRECISION_CONSTRAINTS="PREFER_PRECISION_CONSTRAINTS")
-        self.float32 = "float32"
+        self.float32 = "FLOAT"
         self.NetworkDefinitionCreationFlag = ns(STRONGLY_TYPED=1)  # TensorRT 10's value: create_network(1 << 1)
         self.MemoryPoolType = ns(WORKSPACE="WORKSPACE")
         fake = self
@@ -202,7 +223,7 @@ class _FakeTRT(types.ModuleType):
                 pass
 
             def set_flag(self, f):
-                fake.log.setdefault("flags", []).append(f)
+                fake.log.setdefault("flags", []).append(_n(f))
 
             def add_optimization_profile(self, p):
                 pass
@@ -232,7 +253,7 @@ class _FakeTRT(types.ModuleType):
                 return self.outputs[j]
 
             def set_output_type(self, j, dtype):
-                assert self.precision == dtype == "float32"  # fp32 compute, then fp32 output
+                assert _n(self.precision) == _n(dtype) == "FLOAT"  # fp32 compute, then fp32 output
                 fake.log.setdefault("fp32", []).append(self.outputs[j].name)
 
         class Network:  # a layer per ONNX node, its outputs named as the node's (what TensorRT's parser does)
@@ -291,7 +312,7 @@ class _FakeTRT(types.ModuleType):
 
 def test_build_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, capsys):
     log = {}
-    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT(log))
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT(log)))
     monkeypatch.delenv("MQ_DEPLOY_PLUGINS", raising=False)
     assert main(["build", str(w8_out)]) == 2  # plugin nodes in the graph and no library named
     assert "--plugins LIB" in capsys.readouterr().err
@@ -316,10 +337,11 @@ def test_build_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, capsys):
     assert log["load_library_calls"] == 1
 
 
+@pytest.mark.parametrize("major", [10, 11])
 def test_build_validation_engine_marks_the_tensors_before_quantization(w8_out, fp32_out, tmp_path, monkeypatch,
-                                                                     capsys):
+                                                                     capsys, major):
     fake = _FakeTRT(log := {})
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(fake if major == 10 else _as11(fake), major))
     lib = tmp_path / "libmq_trt_plugins.so"
     lib.write_bytes(b"")
     want = quantized_tensors(onnx.load(str(w8_out / "model.onnx"), load_external_data=False))
@@ -350,8 +372,9 @@ def test_build_validation_engine_marks_the_tensors_before_quantization(w8_out, f
 
 
 @pytest.mark.parametrize("old, why", [(b"corrupt", "could not read"), (b"foreign", "another device")])
-def test_build_replaces_an_unusable_timing_cache(w8_out, tmp_path, monkeypatch, capsys, old, why):
-    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT({}))
+@pytest.mark.parametrize("major", [10, 11])
+def test_build_replaces_an_unusable_timing_cache(w8_out, tmp_path, monkeypatch, capsys, old, why, major):
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT({}) if major == 10 else _as11(_FakeTRT({})), major))
     lib, cache = tmp_path / "libmq_trt_plugins.so", tmp_path / "timing.cache"
     lib.write_bytes(b"")
     cache.write_bytes(old)
@@ -365,26 +388,26 @@ def test_build_replaces_an_unusable_timing_cache(w8_out, tmp_path, monkeypatch, 
 
 
 def test_build_command_lines_follow_the_tensorrt_version(w8_out, tmp_path, monkeypatch, capsys):
-    fake = _FakeTRT({})
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    log = {}
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT(log)))
     lib = tmp_path / "libmq_trt_plugins.so"
     lib.write_bytes(b"")
     assert main(["build", str(w8_out), "--dry-run", "--plugins", str(lib)]) == 0
     assert "--int8" in capsys.readouterr().out  # TensorRT 10: INT8 is a builder flag
-    fake.__version__ = "11.1.0-fake"
-    del fake.BuilderFlag.INT8, fake.BuilderFlag.FP16
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_as11(_FakeTRT(log)), 11))
     assert main(["build", str(w8_out), "--dry-run", "--plugins", str(lib)]) == 0
     assert "--int8" not in capsys.readouterr().out  # TensorRT 11's trtexec has no --int8: the Q/DQ nodes decide
     rc = main(["build", str(w8_out), "--plugins", str(lib), "-o", str(tmp_path / "m.engine")])
     cap = capsys.readouterr()
     assert rc == 0 and "equivalent: trtexec" in cap.err and "--int8" not in cap.err
+    assert "flags" not in log and log["network_flags"] == 0  # no INT8 flag: the Q/DQ nodes decide
     assert main(["build", str(w8_out), "--dry-run", "--plugins", str(lib), "--fp16"]) == 2
     assert "TensorRT 11 has no FP16 builder flag" in capsys.readouterr().err
 
 
 def test_build_strongly_typed_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, capsys):
     log = {}
-    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT(log))
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT(log)))
     lib, engine = tmp_path / "libmq_trt_plugins.so", tmp_path / "m.engine"
     lib.write_bytes(b"")
     rc = main(["build", str(w8_out), "--plugins", str(lib), "-o", str(engine)])
@@ -406,18 +429,18 @@ def test_build_strongly_typed_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, 
 @pytest.mark.parametrize("member", [True, False])
 def test_build_strongly_typed_on_tensorrt_11(w8_out, tmp_path, monkeypatch, capsys, member):
     log = {}
-    fake = _FakeTRT(log)
-    fake.__version__ = "11.1.0-fake"
-    del fake.BuilderFlag.INT8, fake.BuilderFlag.FP16
-    if not member:  # TensorRT 11 may drop the flag: its networks are strongly typed whatever create_network gets
+    fake = _as11(_FakeTRT(log))
+    if not member:  # a later TensorRT may drop the flag: its networks are strongly typed whatever create_network gets
         del fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    trt = _trt(fake, 11) if member else fake  # 11.0-11.4 keep the member (deprecated, ignored; value 0 there)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
     lib = tmp_path / "libmq_trt_plugins.so"
     lib.write_bytes(b"")
     rc = main(["build", str(w8_out), "--plugins", str(lib), "--strongly-typed", "-o", str(tmp_path / "m.engine")])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
-    assert log["network_flags"] == (1 << 1 if member else 0) and "flags" not in log
+    assert log["network_flags"] == (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if member else 0)
+    assert "flags" not in log
     assert "equivalent: trtexec" in cap.err and "--stronglyTyped" not in cap.err  # the 11 line needs no option
 
 
@@ -439,7 +462,7 @@ def test_build_strongly_typed_needs_the_creation_flag(w8_out, tmp_path, monkeypa
 @pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
 def test_build_strongly_typed_excludes_precision_flags(w8_out, tmp_path, monkeypatch, capsys, given, dry_run):
     log = {}
-    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT(log))
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT(log)))
     lib, engine = tmp_path / "libmq_trt_plugins.so", tmp_path / "e" / "m.engine"
     lib.write_bytes(b"")
     before = sorted(os.listdir(w8_out))
@@ -542,19 +565,39 @@ def test_validate_plugin_library_only_checked_for_an_engine(fp32_out, tmp_path, 
 
 
 class _FakeRuntimeTRT(_FakeTRT):
-    """_FakeTRT plus a runtime whose engine has input_ids -> logits: enough for validate's direct engine run."""
+    """_FakeTRT plus a runtime whose engine maps input_ids (B, L) to logits (B, L, 8) = input_ids + 0.5·j, read
+    from and written to the addresses it is given: enough for validate's direct engine run."""
 
     def __init__(self, log):
         super().__init__(log)
         self.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
-        self.nptype = lambda dt: dt
+        self.nptype = {"INT64": np.int64, "FLOAT": np.float32}.__getitem__
+        fake = self
 
         class Context:
+            def __init__(self):
+                self.shape, self.addresses = None, {}
+
             def set_input_shape(self, name, shape):
-                return True
+                self.shape = tuple(shape)
+                return name == "input_ids" and len(self.shape) == 2 and self.shape[1] <= 64
 
             def get_tensor_shape(self, name):
-                return (2, 32, 8)
+                return self.shape if name == "input_ids" else (*self.shape, 8)
+
+            def set_tensor_address(self, name, address):
+                self.addresses[name] = address
+                return True
+
+            def execute_async_v3(self, stream):
+                fake.log["stream"] = stream
+                n = int(np.prod(self.shape))
+                ids = np.ctypeslib.as_array(ctypes.cast(self.addresses["input_ids"], ctypes.POINTER(ctypes.c_int64)),
+                                            (n,))
+                out = np.ctypeslib.as_array(ctypes.cast(self.addresses["logits"], ctypes.POINTER(ctypes.c_float)),
+                                            (n * 8,))
+                out[:] = (ids[:, None] + 0.5 * np.arange(8)).ravel()
+                return True
 
         class Engine:
             num_io_tensors = 2
@@ -566,7 +609,7 @@ class _FakeRuntimeTRT(_FakeTRT):
                 return "INPUT" if n == "input_ids" else "OUTPUT"
 
             def get_tensor_dtype(self, n):
-                return np.int64 if n == "input_ids" else np.float32
+                return "INT64" if n == "input_ids" else "FLOAT"
 
             def create_execution_context(self):
                 return Context()
@@ -579,7 +622,7 @@ def _stand_in_engine(monkeypatch, tmp_path, outdir, c_scale=1.0, marked=True):
     """An engine for validate where TensorRT is absent: model.onnx with fp16 storage of its float tensors
     (fp16_stand_in) on the CPU kernels, `c_scale` times the C scale in one scan node, and (`marked`) the
     tensors before its QuantizeLinear nodes as outputs, as a validation engine has them."""
-    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT({}))
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT({})))
     lib, engine = tmp_path / "libmq_trt_plugins.so", tmp_path / "m.engine"
     lib.write_bytes(b"")
     engine.write_bytes(b"ENGINE")
@@ -621,13 +664,38 @@ def test_validate_quantized_deployment_engine_is_gated_directly_and_told_of_the_
 
 def test_validate_engine_without_polygraphy_or_cuda_is_a_user_error(fp32_out, tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
-    monkeypatch.setitem(sys.modules, "tensorrt", _FakeRuntimeTRT({}))
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeRuntimeTRT({})))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # CPU-only torch, as in the docker images
     lib, engine = tmp_path / "libmq_trt_plugins.so", tmp_path / "m.engine"
     lib.write_bytes(b"")
     engine.write_bytes(b"ENGINE")
     with pytest.raises(UserError, match="pip install polygraphy, or install a CUDA build of torch"):
         mval.validate(fp32_out, engine=str(engine), plugin_lib=str(lib), use_polygraphy=False)
+
+
+@pytest.mark.parametrize("major", [10, 11])
+def test_validate_runs_the_engine_without_polygraphy(tmp_path, monkeypatch, major):
+    """validate's own engine run (_trt_direct) through TensorRT's runtime API, buffers at the addresses given,
+    with torch's CUDA calls kept on the CPU (the fake engine reads and writes host memory)."""
+    torch = pytest.importorskip("torch")
+    fake = _FakeRuntimeTRT(log := {})
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(fake if major == 10 else _as11(fake), major))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda t: t)
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, device=None, **k: empty(*a, **k))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: types.SimpleNamespace(cuda_stream=1234,
+                                                                                     synchronize=lambda: None))
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"ENGINE")
+    ids = np.arange(2 * 5).reshape(2, 5) * 3
+    out = mval._trt_direct(str(engine), None, {"input_ids": ids})
+    assert list(out) == ["logits"] and out["logits"].dtype == np.float32 and log["stream"] == 1234
+    np.testing.assert_array_equal(out["logits"], ids[..., None] + 0.5 * np.arange(8))
+    with pytest.raises(UserError, match="outside the engine's optimization profile"):
+        mval._trt_direct(str(engine), None, {"input_ids": np.zeros((1, 65), np.int64)})
+    with pytest.raises(UserError, match="is not pixel_values"):
+        mval._trt_direct(str(engine), None, {"pixel_values": np.zeros((1, 3), np.float32)})
 
 
 def test_validate_errors(fp32_out, tmp_path, capsys):

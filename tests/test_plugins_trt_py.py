@@ -11,6 +11,8 @@ import pytest
 from mq_deploy import trt as mtrt
 from mq_deploy.errors import UserError
 
+from . import trt_api
+
 
 def test_missing_tensorrt_names_what_to_install(monkeypatch, tmp_path):
     real_import = builtins.__import__
@@ -146,10 +148,13 @@ class _Registry:
         return object()
 
 
-def _fake_trt():
+def _fake_trt(major: int = 10):
+    """(a fake TensorRT module, its registry): the module behind TensorRT's real API surface where its bindings are
+    at hand (tests/trt_api.py)."""
     reg = _Registry()
-    return types.SimpleNamespace(init_libnvinfer_plugins=lambda logger, ns: None, get_plugin_registry=lambda: reg,
+    impl = types.SimpleNamespace(init_libnvinfer_plugins=lambda logger, ns: None, get_plugin_registry=lambda: reg,
                                  Logger=type("Logger", (), {"WARNING": 2, "__init__": lambda s, sev=None: None}))
+    return trt_api.checked(impl, trt_api.spec_for(major)), reg
 
 
 @pytest.fixture
@@ -157,14 +162,15 @@ def no_loaded_libs(monkeypatch):
     monkeypatch.setattr(mtrt, "_LOADED_PLUGIN_LIBS", set(), raising=False)
 
 
-def test_plugin_library_loaded_once_per_process(no_loaded_libs):
-    trt = _fake_trt()
+@pytest.mark.parametrize("major", [10, 11])
+def test_plugin_library_loaded_once_per_process(no_loaded_libs, major):
+    trt, reg = _fake_trt(major)
     for _ in range(2):  # build, then validate, in one process
         mtrt.load_plugins(trt, trt.Logger(), "/x/libmq_trt_plugins.so")
-    assert trt.get_plugin_registry().loads == ["/x/libmq_trt_plugins.so"]
+    assert reg.loads == ["/x/libmq_trt_plugins.so"]
     # registered already (another path to the same library, or loaded by other code): not loaded again
     mtrt.load_plugins(trt, trt.Logger(), "/y/libmq_trt_plugins.so")
-    assert trt.get_plugin_registry().loads == ["/x/libmq_trt_plugins.so"]
+    assert reg.loads == ["/x/libmq_trt_plugins.so"]
 
 
 def test_dlopen_plugin_lib_names_the_register_library():
@@ -188,8 +194,7 @@ def test_dlopen_plugin_lib_names_the_register_library():
 def test_renamed_register_library_through_load_library_is_accepted(no_loaded_libs):
     """A register library under another name goes to load_library: TensorRT's dlopen registers its plugins, then
     loadLibrary returns null (no getCreators); the plugins are registered, so that is not an error."""
-    trt = _fake_trt()
-    reg = trt.get_plugin_registry()
+    trt, reg = _fake_trt()
 
     def load_library(path):
         reg.creators.add(("SelectiveScan", "1", "mq_deploy"))
@@ -203,21 +208,21 @@ def test_renamed_register_library_through_load_library_is_accepted(no_loaded_lib
 def test_register_library_is_dlopened_not_load_library(no_loaded_libs, monkeypatch):
     """--plugins libmq_trt_plugins_register.so: it registers its plugins when loaded and has no loadLibrary entry
     points, so it is dlopened; its plugins must then be registered."""
-    trt, opened = _fake_trt(), []
+    (trt, reg), opened = _fake_trt(), []
 
     def dlopen(path):  # the library's constructor registers the creators
         opened.append(path)
-        trt.get_plugin_registry().creators.add(("SelectiveScan", "1", "mq_deploy"))
+        reg.creators.add(("SelectiveScan", "1", "mq_deploy"))
 
     monkeypatch.setattr(mtrt, "_dlopen", dlopen)
     mtrt.load_plugins(trt, trt.Logger(), "/x/libmq_trt_plugins_register.so")
-    assert opened == ["/x/libmq_trt_plugins_register.so"] and trt.get_plugin_registry().loads == []
+    assert opened == ["/x/libmq_trt_plugins_register.so"] and reg.loads == []
     mtrt.load_plugins(trt, trt.Logger(), "/x/libmq_trt_plugins_register.so")
     assert opened == ["/x/libmq_trt_plugins_register.so"]  # once per process
 
 
 def test_register_library_that_registers_nothing_is_a_user_error(no_loaded_libs, monkeypatch):
-    trt = _fake_trt()
+    trt, _ = _fake_trt()
     monkeypatch.setattr(mtrt, "_dlopen", lambda path: None)
     with pytest.raises(UserError, match="registered no SelectiveScan plugin"):
         mtrt.load_plugins(trt, trt.Logger(), "/x/libmq_trt_plugins_register.so")
@@ -231,13 +236,13 @@ def test_register_library_that_registers_nothing_is_a_user_error(no_loaded_libs,
 
 
 def test_one_tensorrt_logger_per_process():
-    trt = _fake_trt()
+    trt, _ = _fake_trt()
     assert mtrt.trt_logger(trt) is mtrt.trt_logger(trt)
 
 
 def test_plugin_library_tensorrt_cannot_load(no_loaded_libs):
-    trt = _fake_trt()
-    trt.get_plugin_registry().load_library = lambda path: None
+    trt, reg = _fake_trt()
+    reg.load_library = lambda path: None
     with pytest.raises(UserError, match="could not load the plugin library"):
         mtrt.load_plugins(trt, trt.Logger(), "/x/libmq_trt_plugins.so")
 

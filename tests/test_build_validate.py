@@ -184,6 +184,7 @@ class _FakeTRT(types.ModuleType):
         self.__version__ = "10.3.0-fake"
         self.log = log
         self.drop_tensors = set()  # tensors the fake parser leaves out
+        self.parse_errors, self.build_fails, self.no_cache = [], False, False  # failures to stage
         ns = types.SimpleNamespace
         self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, sev=None: None})
         self.BuilderFlag = ns(INT8="INT8", FP16="FP16", PREFER_PRECISION_CONSTRAINTS="PREFER_PRECISION_CONSTRAINTS")
@@ -229,7 +230,7 @@ class _FakeTRT(types.ModuleType):
                 pass
 
             def create_timing_cache(self, data):  # None for a file TensorRT cannot read
-                return None if data == b"corrupt" else Cache(data)
+                return None if data == b"corrupt" or fake.no_cache else Cache(data)
 
             def set_timing_cache(self, c, ignore_mismatch):  # False for a cache from another device
                 assert c is not None
@@ -285,14 +286,30 @@ class _FakeTRT(types.ModuleType):
                 return Profile()
 
             def build_serialized_network(self, network, config):
-                return b"ENGINE"
+                return None if fake.build_fails else b"ENGINE"
+
+        class ParserError:
+            def __init__(self, desc):
+                self.desc = desc
+
+            def __str__(self):
+                return f"In node 7 (parseGraph): INVALID_NODE: {self.desc}"
 
         class Parser:
             def __init__(self, network, logger):
                 self.network = network
 
+            @property
+            def num_errors(self):
+                return len(fake.parse_errors)
+
+            def get_error(self, i):
+                return ParserError(fake.parse_errors[i])
+
             def parse_from_file(self, path):
                 fake.log["onnx"] = path
+                if fake.parse_errors:
+                    return False
                 if isinstance(self.network, Network):
                     import onnx
 
@@ -385,6 +402,30 @@ def test_build_replaces_an_unusable_timing_cache(w8_out, tmp_path, monkeypatch, 
     (line,) = _errors(cap.err)  # the warning shows even with -q
     assert line.startswith("warning: ") and why in line and str(cache) in line
     assert cache.read_bytes() == b"cache"  # the build started from an empty cache and saved that
+
+
+@pytest.mark.parametrize("major", [10, 11])
+def test_build_failures_in_tensorrt_are_one_error_and_write_nothing(w8_out, tmp_path, monkeypatch, capsys, major):
+    fake = _FakeTRT({})
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(fake if major == 10 else _as11(fake), major))
+    lib, engine, cache = tmp_path / "libmq_trt_plugins.so", tmp_path / "e" / "m.engine", tmp_path / "timing.cache"
+    lib.write_bytes(b"")
+    args = ["build", str(w8_out), "-q", "--plugins", str(lib), "--timing-cache", str(cache), "-o", str(engine)]
+    fake.parse_errors = ["Plugin not found", "no importer for SelectiveScan"]
+    assert main(args) == 2
+    (line,) = _errors(capsys.readouterr().err)
+    node = "In node 7 (parseGraph): INVALID_NODE:"
+    assert line == (f"mq-deploy: error: TensorRT could not parse {w8_out / 'model.onnx'}: {node} Plugin not found; "
+                    f"{node} no importer for SelectiveScan")
+    fake.parse_errors, fake.build_fails = [], True
+    assert main(args) == 2
+    (line,) = _errors(capsys.readouterr().err)
+    assert line.startswith("mq-deploy: error: TensorRT failed to build an engine") and "see the log above" in line
+    fake.build_fails, fake.no_cache = False, True
+    assert main(args) == 2
+    (line,) = _errors(capsys.readouterr().err)
+    assert line == "mq-deploy: error: TensorRT could not create an empty timing cache (see the log above)"
+    assert not engine.exists() and not cache.exists()
 
 
 def test_build_command_lines_follow_the_tensorrt_version(w8_out, tmp_path, monkeypatch, capsys):
@@ -556,7 +597,7 @@ def test_validate_without_tensorrt_ignores_the_plugin_library(fp32_out, no_tenso
 
 def test_validate_plugin_library_only_checked_for_an_engine(fp32_out, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MQ_DEPLOY_PLUGINS", str(tmp_path / "nowhere" / "libmq_trt_plugins.so"))
-    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT({}))
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT({})))
     assert main(["validate", str(fp32_out), "-q"]) == 0  # TensorRT but no engine: skipped
     assert "no engine at" in capsys.readouterr().out
     (tmp_path / "m.engine").write_bytes(b"ENGINE")  # with an engine the library is needed, and checked
@@ -615,7 +656,8 @@ class _FakeRuntimeTRT(_FakeTRT):
                 return Context()
 
         self.Runtime = type("Runtime", (), {"__init__": lambda s, logger: None,
-                                            "deserialize_cuda_engine": lambda s, data: Engine()})
+                                            "deserialize_cuda_engine": lambda s, data: Engine() if data == b"ENGINE"
+                                            else None})
 
 
 def _stand_in_engine(monkeypatch, tmp_path, outdir, c_scale=1.0, marked=True):
@@ -696,6 +738,9 @@ def test_validate_runs_the_engine_without_polygraphy(tmp_path, monkeypatch, majo
         mval._trt_direct(str(engine), None, {"input_ids": np.zeros((1, 65), np.int64)})
     with pytest.raises(UserError, match="is not pixel_values"):
         mval._trt_direct(str(engine), None, {"pixel_values": np.zeros((1, 3), np.float32)})
+    engine.write_bytes(b"PLAN OF ANOTHER TENSORRT")
+    with pytest.raises(UserError, match="TensorRT could not deserialize .*m.engine"):
+        mval._trt_direct(str(engine), None, {"input_ids": ids})
 
 
 def test_validate_errors(fp32_out, tmp_path, capsys):

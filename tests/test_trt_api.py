@@ -1,6 +1,7 @@
 """The checked fake TensorRT of tests/trt_api.py: TensorRT's real Python API surface (its bindings imported
-against stand-in libraries) refuses what the real TensorRT would refuse, so that the fakes of
-test_build_validate.py and test_plugins_trt_py.py check mq_deploy.trt's calls against TensorRT 10.3 and 11."""
+against stand-in libraries) refuses what the real TensorRT would refuse (and an enum member where TensorRT wants
+an int, which TensorRT takes by its value), so that the fakes of test_build_validate.py, test_plugins_trt_py.py
+and test_vim_deploy.py check mq_deploy.trt's and validate's calls against TensorRT 10.3 and 11."""
 
 import types
 
@@ -73,7 +74,13 @@ class _Impl:
             def parse_from_file(self, path):
                 return "yes"  # TensorRT returns a bool
 
+        class Registry:
+            def get_creator(self, name, version, namespace):
+                return None
+
         self.Builder, self.OnnxParser = Builder, Parser
+        self.init_libnvinfer_plugins = lambda logger, ns: True
+        self.get_plugin_registry = Registry
         self.Logger = type("Logger", (), {"__init__": lambda s, v=0: None})
 
 
@@ -93,7 +100,9 @@ def test_checked_module_refuses_what_tensorrt_would(major):
     with pytest.raises(TypeError, match="incompatible function arguments"):
         builder.create_network("0")  # a str for an int
     with pytest.raises(TypeError, match="incompatible function arguments"):
-        builder.create_network(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)  # a member, not 1 << its value
+        builder.create_network(None)
+    with pytest.raises(TypeError, match="pass 1 << int"):  # TensorRT would take int(member): the wrong bit
+        builder.create_network(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     with pytest.raises(TypeError, match="incompatible function arguments"):
         builder.build_serialized_network(config, network)  # swapped
     with pytest.raises(TypeError, match="incompatible function arguments"):
@@ -102,8 +111,9 @@ def test_checked_module_refuses_what_tensorrt_would(major):
     assert config.set_timing_cache(cache, ignore_mismatch=False) is True
     with pytest.raises(TypeError, match="incompatible function arguments"):
         config.set_timing_cache(cache, ignore_mismatched=False)
+    assert config.set_timing_cache(cache, 0) is True  # pybind11 takes 0 / 1 / None for a bool
     with pytest.raises(TypeError, match="incompatible function arguments"):
-        config.set_timing_cache(cache, 0)  # an int for a bool
+        config.set_timing_cache(cache, "no")
     with pytest.raises(TypeError, match="incompatible function arguments"):
         config.set_flag("INT8")
     layer = network.get_layer(0)
@@ -112,7 +122,20 @@ def test_checked_module_refuses_what_tensorrt_would(major):
         layer.num_outputs = 2
     with pytest.raises(trt_api.ApiError, match="OnnxParser.parse_from_file returns bool"):
         trt.OnnxParser(network, logger).parse_from_file("m.onnx")
-    assert bytes(memoryview(builder.build_serialized_network(network, config))) == b"ENGINE"  # IHostMemory: a buffer
+    plan = builder.build_serialized_network(network, config)
+    assert bytes(memoryview(plan)) == b"ENGINE" and plan.nbytes == 6  # IHostMemory: a buffer, with no len()
+    with pytest.raises(TypeError, match="has no len"):
+        len(plan)
+    with pytest.raises(AttributeError):
+        plan.decode()
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        trt.init_libnvinfer_plugins("logger", "")  # a logger (or a capsule)
+    reg = trt.get_plugin_registry()  # 11.4 declares no class for it; it is checked as the IPluginRegistry it is
+    assert reg.get_creator("SelectiveScan", "1", "mq_deploy") is None
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        reg.get_creator("SelectiveScan", 1, "mq_deploy")
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        config.set_flag(None)
     assert trt.nptype(trt.int64) is np.int64 and trt.nptype(trt.float32) is np.float32
     assert trt.float32 is trt.DataType.FLOAT and trt.Logger.WARNING is trt.ILogger.Severity.WARNING
     with pytest.raises(AttributeError, match="module 'tensorrt' has no attribute 'BuilderFlags'"):

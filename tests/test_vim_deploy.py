@@ -10,7 +10,7 @@ from mq_deploy.cli import main
 from mq_deploy.vision import data as vdata
 from mq_deploy.vision.model import VimConfig, random_vim, to_state_dict
 
-from .test_build_validate import _FakeTRT, _stand_in_engine
+from .test_build_validate import _FakeTRT, _stand_in_engine, _trt
 
 CFG = VimConfig(d_model=24, depth=2, num_classes=10, img_size=28, patch_size=7, channels=1)
 
@@ -68,7 +68,7 @@ def test_validate_vim_follows_a_validation_engine(vim_out, tmp_path, monkeypatch
 def test_build_vim_outdir_batch_only_profile(vim_out, tmp_path, monkeypatch, capsys):
     _, out = vim_out
     log = {}
-    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT(log))
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT(log)))
     lib = tmp_path / "libmq_trt_plugins.so"
     lib.write_bytes(b"")
     engine = tmp_path / "vim.engine"

@@ -10,6 +10,9 @@ TensorRT module (`impl`, the behaviour a test needs) in that surface: an attribu
 AttributeError, a call whose arguments match none of the real overloads (count, keyword names, types) a
 TypeError, a read-only property cannot be set, enums are the real members and values, and what a method returns
 is checked against its declared type. Code that passes against it uses TensorRT's API as that version has it.
+The arguments are converted as pybind11 converts them (0 / 1 / None for a bool, a tuple or list for Dims), with
+one deliberate exception: an enum member where TensorRT wants an int is refused, since TensorRT would take its
+value (pybind11 enums have __index__) where a flag word `1 << int(member)` is almost always meant.
 
 Where the bindings come from: $MQ_TEST_TRT_BINDINGS, directories (os.pathsep-separated) that each hold a
 `tensorrt_bindings` package, e.g. `pip install --no-deps --target DIR tensorrt-cu12-bindings==10.3.0`;
@@ -93,14 +96,15 @@ def _dump(mod) -> dict:
                     "init": _signatures(obj.__init__, "__init__"), "methods": {}, "properties": {}, "attrs": {},
                     "buffer": "buffer protocol" in (obj.__doc__ or "")}
             for k, v in vars(obj).items():
-                if k.startswith("__") and k != "__len__" and k != "__getitem__":
+                if k.startswith("__") and k not in ("__len__", "__getitem__", "__str__"):
                     continue
                 if isinstance(v, property):
                     get = _signatures(v.fget, "") or [""]
                     sets = _signatures(v.fset, "") if v.fset is not None else []
                     spec["properties"][k] = {"get": _PREFIX.sub("", get[0].split(" -> ")[-1]),
                                              "set": None if v.fset is None else _PREFIX.sub("", (
-                                                 re.sub(r"^\(arg0: [^,]+, arg1: (.+)\) -> None$", r"\1", sets[0])
+                                                 re.sub(r"^\((?:self|arg0): [^,]+, \w+: (.+)\) -> [\w.]+$", r"\1",
+                                                        sets[0])
                                                  if sets else ""))}
                 elif _is_enum(v):
                     add_enum(v)
@@ -131,6 +135,7 @@ def _child(bindings_dir: str, stub_dir: str) -> None:
     for lib in sorted(Path(stub_dir).glob("lib*.so.*")):
         ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)  # the bindings' NEEDED entries resolve by soname to these
     sys.path.insert(0, bindings_dir)
+    sys.modules["tensorrt_libs"] = None  # the bindings' __init__ would load a real TensorRT's libraries first
     import tensorrt_bindings
 
     json.dump(_dump(tensorrt_bindings), sys.stdout)
@@ -167,17 +172,25 @@ def dump(bindings_dir: str | Path, work: str | Path) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def specs() -> tuple[dict, ...]:
-    """The API surfaces of the bindings named by $MQ_TEST_TRT_BINDINGS, oldest first (dumped once a session)."""
-    dirs = [d for d in os.environ.get(ENV, "").split(os.pathsep) if d]
-    if not dirs:
-        return ()
+def _specs(env: str) -> tuple[tuple[dict, ...], Optional[Exception]]:
+    dirs = [d for d in env.split(os.pathsep) if d]
     work = tempfile.mkdtemp(prefix="trt-api-")
     try:
         found = [dump(d, work) for d in dirs]
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # kept: not dumped again by every test
+        return (), e
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return tuple(sorted(found, key=lambda s: [int(x) for x in re.findall(r"\d+", s["version"])[:3]]))
+    return tuple(sorted(found, key=lambda s: [int(x) for x in re.findall(r"\d+", s["version"])[:3]])), None
+
+
+def specs() -> tuple[dict, ...]:
+    """The API surfaces of the bindings named by $MQ_TEST_TRT_BINDINGS, oldest first (dumped once a session; a
+    directory that cannot be dumped is an error in every test that asks)."""
+    found, error = _specs(os.environ.get(ENV, ""))
+    if error is not None:
+        raise RuntimeError(f"{ENV}: {error}") from error
+    return found
 
 
 def spec_for(major: int) -> Optional[dict]:
@@ -220,6 +233,12 @@ def _parse(sig: str) -> tuple[list[tuple[str, str, bool]], str]:
     return params, _PREFIX.sub("", ret.strip())
 
 
+# Return types pybind11 prints as C++ names, and the Python class TensorRT returns for them.
+_RETURNS = {"get_plugin_registry": "IPluginRegistry", "nvonnxparser::IParserError": "ParserError"}
+# Declared types the checker takes as they come (no class, enum or builtin to check them against).
+_PASS = {"object", "capsule", "typing_extensions.CapsuleType", "numpy.ndarray", "typing.Any"}
+
+
 class ApiError(AssertionError):
     """The fake (not the code under test) lacks something the real TensorRT has."""
 
@@ -229,8 +248,18 @@ class Dims(tuple):
 
 
 class _Buffer(bytes):
-    """An IHostMemory: bytes, so that memoryview() works as on TensorRT's (buffer protocol)."""
-    nbytes = property(len)
+    """An IHostMemory: memoryview() works as on TensorRT's (buffer protocol); like TensorRT's it has no len() and
+    none of bytes' methods, only nbytes and dtype."""
+
+    def __len__(self):
+        raise TypeError("object of type 'IHostMemory' has no len()")
+
+    def __getattribute__(self, name):
+        if name == "nbytes":
+            return bytes.__len__(self)
+        if name == "dtype" or name.startswith("__"):
+            return object.__getattribute__(self, name)
+        raise AttributeError(f"'IHostMemory' object has no attribute '{name}'")
 
 
 class _Enum(enum.Enum):
@@ -261,6 +290,11 @@ class Checked:
         if not hasattr(self._impl, name):
             raise ApiError(f"the fake {cls} has no property {name}")
         return api._returned(f"{cls}.{name}", getattr(self._impl, name), spec["get"])
+
+    def __str__(self):  # ParserError's message
+        if self._api._member(self._cls, "__str__") is None:
+            return object.__repr__(self)
+        return str(self._impl)
 
     def __setattr__(self, name, value):
         api, cls = self._api, self._cls
@@ -354,19 +388,27 @@ class CheckedModule(types.ModuleType):
         return False
 
     def _accepts(self, value, typ: str, has_default: bool) -> bool:
+        """Whether TensorRT takes `value` for a parameter of type `typ`: pybind11's conversions, except that an
+        enum member for an int is refused (TensorRT takes it through __index__ and sets bit `value`, never meant)."""
         t = typ.strip()
-        if has_default and value is None and t not in ("int", "bool", "str", "float"):
-            return True
         if m := re.fullmatch(r"(?:typing\.)?Optional\[(.+)\]", t):
             return value is None or self._accepts(value, m.group(1), False)
+        if value is None and t in self._spec["classes"] and not _DIMS.fullmatch(t):
+            return has_default  # a null pointer where the binding's default is None
         if t in ("int", "typing.SupportsInt"):
-            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+            if isinstance(value, _Enum):
+                raise TypeError(f"{value} passed where TensorRT {self.__version__} takes an int: TensorRT would "
+                                f"take {int(value)} (pybind11 enums have __index__); pass 1 << int(member) for a "
+                                "flag word, or int(member)")
+            return isinstance(value, (int, np.integer))
         if t in ("float", "typing.SupportsFloat"):
-            return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
-        if t == "bool":
-            return isinstance(value, (bool, np.bool_))
+            return isinstance(value, (int, float, np.floating, np.integer))
+        if t == "bool":  # pybind11: None, and anything with __bool__ as a number that gives 0 or 1
+            return value is None or isinstance(value, (bool, np.bool_, int, np.integer)) and value in (0, 1)
         if t == "str":
             return isinstance(value, str)
+        if t in ("capsule", "typing_extensions.CapsuleType"):  # init_libnvinfer_plugins: a logger, or a capsule
+            return isinstance(value, Checked) and self._is_a(value._cls, "ILogger")
         if t in ("buffer", "typing_extensions.Buffer", "collections.abc.Buffer"):
             try:
                 memoryview(value)
@@ -381,9 +423,11 @@ class CheckedModule(types.ModuleType):
             return isinstance(value, _Enum) and value.__class__ is self._enums[t]
         if t in self._spec["classes"]:
             return isinstance(value, Checked) and self._is_a(value._cls, t)
-        if re.fullmatch(r"(?:typing\.)?(?:List|Sequence|list)\[.+\]", t):
+        if re.fullmatch(r"(?:typing\.|collections\.abc\.)?(?:List|Sequence|list)\[.+\]", t):
             return isinstance(value, (list, tuple))
-        return True  # object, capsules, numpy arrays, callables: not checked
+        if t in ("tuple", "list"):
+            return isinstance(value, tuple if t == "tuple" else list)  # py::tuple / py::list
+        return True  # object, numpy arrays, callables: not checked
 
     def _check_call(self, what: str, sigs: list[str], args, kwargs) -> str:
         """The return type of the first overload that takes (args, kwargs); TypeError, as pybind11 raises, if none."""
@@ -424,6 +468,12 @@ class CheckedModule(types.ModuleType):
     def _returned(self, what: str, value, typ: str):
         """`value` (the fake's) as TensorRT returns a `typ`: checked, and wrapped in its class."""
         t = re.sub(r"^(?:typing\.)?Optional\[(.+)\]$", r"\1", typ.strip())
+        t = _RETURNS.get(what.rpartition(".")[2], _RETURNS.get(t, re.sub(r"^nvinfer1::", "", t)))
+        known = (t in self._spec["enums"] or t in self._spec["classes"] or _DIMS.fullmatch(t) or t in _PASS
+                 or t in ("None", "bool", "int", "str", "float") or re.fullmatch(r"(?:typing\.)?List\[.+\]", t))
+        if not known:
+            raise ApiError(f"{what}: the checker cannot read TensorRT {self.__version__}'s return type {t!r}; add it "
+                           "to trt_api._RETURNS")
         if t in self._spec["enums"] and isinstance(value, str):
             if value not in self._enums[t].__members__:
                 raise ApiError(f"{what}: TensorRT {self.__version__}'s {t} has no member {value}")
@@ -434,7 +484,7 @@ class CheckedModule(types.ModuleType):
             if self._spec["classes"][t]["buffer"]:
                 return _Buffer(bytes(value))
             return Checked(self, t, value)
-        if value is not None and not self._accepts(value, t, False):
+        if value is not None and t not in _PASS and not self._accepts(value, t, False):
             raise ApiError(f"{what} returns {t} in TensorRT {self.__version__}; the fake returned {value!r}")
         return value
 

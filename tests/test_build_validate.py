@@ -21,7 +21,7 @@ from mq_deploy import validate as mval
 from mq_deploy.backends.ort import OrtRunner
 from mq_deploy.cli import main
 from mq_deploy.errors import UserError
-from mq_deploy.graph.follow import fp16_stand_in, quantized_tensors
+from mq_deploy.graph.follow import fp16_stand_in, quantized_tensors, quantizer_params
 from mq_deploy.graph.precision import rms_norm_nodes
 
 from . import trt_api
@@ -686,9 +686,21 @@ def test_validate_follows_a_validation_engine_and_a_scale_error_fails(w8_out, tm
     assert f["limit"] == mval.ENGINE_FOLLOW_TOL and f["ok"] and f["max_rel"] < 2e-3
     assert 0 < f["roundings_taken_from_graph"] and "roundings taken from tensorrt" in mval.format_report(rep)
     assert "portable~" in [r["name"] for r in rep.references] and not any("tensorrt~" in s["name"] for s in rep.skipped)
+    st = rep.steps  # the quantizer inputs tensor by tensor: fp16 rounding apart
+    assert st["ok"] and st["limit"] == mval.ENGINE_STEP_TOL and st["first_apart"] is None and st["tensors"] >= 8 * 4
+    assert 0 < st["worst"]["mean_steps"] < 0.05 and list(st["mean_steps"]) == [
+        t for t in quantizer_params(onnx.load(str(w8_out / "model.portable.onnx"))) if t in st["mean_steps"]]
+    text = mval.format_report(rep)
+    assert "quantizer inputs, mean distance in steps: worst" in text and "validate: OK" in text
+    assert json.loads(json.dumps(rep.to_dict()))["steps"]["mean_steps"] == st["mean_steps"]
     bad = mval.validate(w8_out, seq=64, **_stand_in_engine(monkeypatch, tmp_path, w8_out, c_scale=1.01))
     f = {(r["reference"], r["test"]): r for r in bad.pairs}[("portable~", "tensorrt")]
     assert not bad.ok and f["ok"] is False and f["max_rel"] > 1e-2
+    st = bad.steps  # and where: the first tensor a value apart is the output of the scan with the wrong scale
+    assert not st["ok"] and st["worst"]["mean_steps"] > 0.2 and st["first_apart"]["tensor"] == "layers.1/gate"
+    assert "the engine starts to differ at layers.1/gate" in mval.format_report(bad)
+    assert mval.validate(w8_out, seq=64, engine_step_tol=10, engine_tol=1,
+                         **_stand_in_engine(monkeypatch, tmp_path, w8_out, c_scale=1.01)).ok
     tight = mval.validate(w8_out, seq=64, engine_tol=1e-9, **_stand_in_engine(monkeypatch, tmp_path, w8_out))
     assert {(r["reference"], r["test"]): r for r in tight.pairs}[("portable~", "tensorrt")]["limit"] == 1e-9
 
@@ -750,6 +762,9 @@ def test_validate_errors(fp32_out, tmp_path, capsys):
     assert "none.engine not found" in capsys.readouterr().err
     assert main(["validate", str(fp32_out), "--seq", "0"]) == 2
     assert "--batch and --seq" in capsys.readouterr().err
+    for flag, v in (("--engine-step-tol", "0"), ("--engine-tol", "-1"), ("--tol", "nan")):
+        assert main(["validate", str(fp32_out), flag, v]) == 2
+        assert f"mq-deploy: error: {flag} must be a number above 0" in capsys.readouterr().err
 
 
 def test_validate_tolerance_failure_exits_1(fp32_out, capsys):

@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from mq_deploy.vision.model import VimConfig, random_vim, to_state_dict
 
 from .test_build_validate import _FakeTRT, _stand_in_engine, _trt
 
+BUNDLED_VIM = Path(__file__).resolve().parents[1] / "src" / "mq_deploy" / "assets" / "vim-fmnist"
 CFG = VimConfig(d_model=24, depth=2, num_classes=10, img_size=28, patch_size=7, channels=1)
 
 pytestmark = pytest.mark.skipif(not (vdata.DEFAULT_DIR / "train-images-idx3-ubyte.gz").is_file(),
@@ -63,6 +65,36 @@ def test_validate_vim_follows_a_validation_engine(vim_out, tmp_path, monkeypatch
     assert p[("portable", "tensorrt")]["limit"] is None and p[("portable", "tensorrt")]["max_rel"] > 1e-4
     f = p[("portable~", "tensorrt")]  # the images through model.portable.onnx taking the stand-in's roundings
     assert f["limit"] == mval.ENGINE_FOLLOW_TOL and f["ok"] and f["max_rel"] < 3e-3  # 8e-4 here; direct 3e-2
+    assert rep.steps["ok"] and rep.steps["worst"]["mean_steps"] < 0.05
+    # this random model's scans add little to their outputs: a 1 % C_scale error does not show; 10 % does, on the
+    # logits and on the quantizer inputs, from the output of the layer whose backward scan is wrong
+    bad = mval.validate(out, batch=4, **_stand_in_engine(monkeypatch, tmp_path, out, c_scale=1.1))
+    assert not bad.ok and not bad.steps["ok"] and bad.steps["worst"]["mean_steps"] > 0.1
+    assert bad.steps["first_apart"]["tensor"] == "layers.0/out_proj_token_scale"  # scan 1: layer 0's backward scan
+
+
+@pytest.fixture(scope="module")
+def bundled_vim_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vimb") / "out"
+    assert main(["compile", str(BUNDLED_VIM), "--recipe", "vim-mambaquant-w8a8", "--calib-samples", "16", "-o",
+                 str(out), "-q"]) == 0
+    return out
+
+
+def test_validate_trained_vim_engine_scale_error_shows_in_the_quantizer_inputs(bundled_vim_out, tmp_path, monkeypatch):
+    """The bundled (trained) Vim: a 1 % C_scale error in one scan moves its logits by less than the followed logits
+    row's 1e-2, and by 10x the correct stand-in's mean distance at the quantizer inputs, which fails."""
+    from mq_deploy import validate as mval
+
+    out = bundled_vim_out
+    rep = mval.validate(out, batch=4, **_stand_in_engine(monkeypatch, tmp_path, out))
+    assert rep.ok and rep.steps["worst"]["mean_steps"] < 0.05, mval.format_report(rep)
+    bad = mval.validate(out, batch=4, **_stand_in_engine(monkeypatch, tmp_path, out, c_scale=1.01))
+    f = {(r["reference"], r["test"]): r for r in bad.pairs}[("portable~", "tensorrt")]
+    assert f["ok"] and f["max_rel"] < mval.ENGINE_FOLLOW_TOL  # the logits row alone would pass it
+    assert not bad.ok and not bad.steps["ok"] and bad.steps["worst"]["mean_steps"] > 0.2
+    assert bad.steps["first_apart"]["tensor"].startswith("layers.0/")  # scan 1: layer 0's backward scan
+    assert "the engine starts to differ at layers.0/" in mval.format_report(bad)
 
 
 def test_build_vim_outdir_batch_only_profile(vim_out, tmp_path, monkeypatch, capsys):

@@ -274,7 +274,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     rep = validate(args.outdir, batch=args.batch, seq=args.seq, seed=args.seed, simulate=args.simulate,
                    torch_ref=args.torch, model_dir=args.model, calib=args.calib, engine=args.engine,
-                   plugin_lib=args.plugins, tol=args.tol, engine_tol=args.engine_tol, threads=args.threads,
+                   plugin_lib=args.plugins, tol=args.tol, engine_tol=args.engine_tol,
+                   engine_step_tol=args.engine_step_tol, threads=args.threads,
                    log=(lambda s: None) if args.quiet else _log)
     print(json.dumps(rep.to_dict()) if args.json else format_report(rep))
     return 0 if rep.ok else 1
@@ -445,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max rel limit for pairs with the engine (default 5e-2 on a direct pair; 1e-2 on portable~ vs "
                         "tensorrt, the row a quantized OUTDIR's validation engine gets, when its direct rows are "
                         "reported only)")
+    v.add_argument("--engine-step-tol", type=float, default=None, metavar="STEPS",
+                   help="a validation engine's quantizer inputs: limit on each tensor's mean distance from the "
+                        "followed portable graph's, in quantization steps (default 0.1); the first tensor over it "
+                        "is named")
     v.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     v.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress messages")

@@ -93,22 +93,30 @@ def follower(model: onnx.ModelProto, tensors: Optional[list[str]] = None,
     return m
 
 
+def quantizer_params(model: onnx.ModelProto) -> dict:
+    """{tensor: (scale, zero point)} of the top-level QuantizeLinear nodes with initializer scales, in graph order
+    (a tensor quantized twice: its first node; per-tensor scales, as follower requires)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    out = {}
+    for n in model.graph.node:
+        if n.op_type != "QuantizeLinear" or n.input[0] in out or n.input[1] not in inits:
+            continue
+        zp = (numpy_helper.to_array(inits[n.input[2]]).reshape(-1)[0] if len(n.input) > 2 and n.input[2] in inits
+              else np.int8(0))
+        out[n.input[0]] = (float(numpy_helper.to_array(inits[n.input[1]]).reshape(-1)[0]), zp)
+    return out
+
+
 def roundings_taken(model: onnx.ModelProto, own: dict, other: dict, steps: float = FOLLOW_STEPS) -> int:
     """How many rounding decisions `follower(model, ..., steps=steps)` took from `other` ({tensor: value}) that
     differ from its own: values within `steps` of a step of each other that quantize to different integers at
     the tensor's QuantizeLinear (scale and zero point from `model`'s initializers; each tensor counted once)."""
-    from onnx import numpy_helper
-
-    inits = {t.name: t for t in model.graph.initializer}
-    seen, taken = set(), 0
-    for n in model.graph.node:
-        t = n.input[0] if n.op_type == "QuantizeLinear" else None
-        if t is None or t in seen or t not in own or t not in other or n.input[1] not in inits:
+    taken = 0
+    for t, (s, zp) in quantizer_params(model).items():
+        if t not in own or t not in other:
             continue
-        seen.add(t)
-        s = float(numpy_helper.to_array(inits[n.input[1]]).reshape(-1)[0])  # per-tensor (follower checks that)
-        zp = (numpy_helper.to_array(inits[n.input[2]]).reshape(-1)[0] if len(n.input) > 2 and n.input[2] in inits
-              else np.int8(0))
         info = np.iinfo(zp.dtype) if zp.dtype.kind in "iu" else np.iinfo(np.int8)
         x, f = np.asarray(own[t], np.float32), np.asarray(other[t], np.float32)
 
@@ -119,19 +127,35 @@ def roundings_taken(model: onnx.ModelProto, own: dict, other: dict, steps: float
     return taken
 
 
+def step_distances(model: onnx.ModelProto, own: dict, other: dict) -> dict:
+    """{tensor: (mean, max) of |own − other| in steps of its QuantizeLinear}, in graph order, for the tensors in
+    both. Between a graph following another's roundings and that other (a validation engine), the mean stays at
+    the float layers' rounding (~0.02 step with fp16 layers) where both compute the same function, and a wrong
+    scale or weight moves a whole tensor (a 1 % C_scale error in one scan: 0.3-0.5 step), while a rounding the
+    follower could not take (more than its window apart) only moves a few values downstream."""
+    out = {}
+    for t, (s, _) in quantizer_params(model).items():
+        if t in own and t in other:
+            d = np.abs(np.asarray(own[t], np.float64) - np.asarray(other[t], np.float64)) / s
+            out[t] = (float(d.mean()), float(d.max()))
+    return out
+
+
 def run_following(model: onnx.ModelProto, values: dict, feeds: dict, steps: float = FOLLOW_STEPS, *,
-                  threads: Optional[int] = None) -> tuple[dict, int]:
+                  threads: Optional[int] = None, own: Optional[dict] = None) -> tuple[dict, int]:
     """Run `follower(model, sorted(values), steps)` on `feeds` plus `values` ({tensor: another implementation's
     value before its QuantizeLinear}) in onnxruntime (one session: plugin nodes on the extensions kernels,
     since the follower's extra inputs feed nodes inside the graph): (its outputs, the roundings it took from
-    `values`, see roundings_taken)."""
+    `values`, see roundings_taken). `own`, a dict, receives the graph's own values of those tensors."""
     from ..backends.ort import OrtRunner
 
     tensors = sorted(values)
     got = OrtRunner(follower(model, tensors, steps), threads=threads, plugins="extensions",
                     extra_outputs=tensors).run({**feeds, **{follow_name(t): values[t] for t in tensors}})
-    own = {t: got.pop(t) for t in tensors}
-    return got, roundings_taken(model, own, values, steps)
+    mine = {t: got.pop(t) for t in tensors}
+    if own is not None:
+        own.update(mine)
+    return got, roundings_taken(model, mine, values, steps)
 
 
 def compare_following(reference, test: onnx.ModelProto, feeds: dict, output: str, *,

@@ -2,10 +2,14 @@
 model.onnx with every float tensor stored in fp16 (graph.follow.fp16_stand_in), on the CPU kernels, and
 compared with model.portable.onnx directly (the `portable vs tensorrt` row, gated at 5e-2 for an engine
 without marked outputs) and following its roundings (`portable~ vs tensorrt`, the row of a validation engine:
-window ENGINE_FOLLOW_STEPS, gated at 1e-2, with the count of roundings taken) and its quantizer inputs tensor by
-tensor (validate's `steps` line: the worst mean distance in steps, gated at ENGINE_STEP_TOL, and the first tensor
-with a value more than APART_STEPS off); then the same with a C_scale error of 0.3 %, 1 % and 3 % in one scan
-node. `--steps a,b,...` also prints the followed distance at other windows (in steps).
+window ENGINE_FOLLOW_STEPS, reported, with the count of roundings taken), on the stand-in's int8 codes at every
+QuantizeLinear (`codes`, the `portable= vs tensorrt` row, gated at 1e-2) and validate's per-layer check
+(every quantizer input computed by model.portable.onnx from the stand-in's int8 codes: the worst mean distance in
+steps, gated at ENGINE_STEP_TOL, the worst gain (relative scale), gated at ENGINE_GAIN_TOL, and the first tensor over
+either); for the stand-in as it is, for a noisier one (relative noise U(±5e-4) added at each of its fp16
+roundings, twice fp16's own rounding error: a correct engine whose float layers round more coarsely), and with a
+C_scale error of 0.3 %, 1 % and 10 % in one scan node. `--steps a,b,...` also prints the followed distance at
+other windows (in steps).
 
 Usage: python benchmarks/validate_engine_follow.py OUTDIR [OUTDIR ...] [--seq L] [--batch B] [--steps S,...]
 (a Vim OUTDIR gets the first B Fashion-MNIST test images, as validate gives it)
@@ -23,7 +27,7 @@ import onnx
 from mq_deploy.backends.ort import OrtRunner
 from mq_deploy.graph.follow import ENGINE_FOLLOW_STEPS, fp16_stand_in, quantized_tensors, run_following, step_distances
 from mq_deploy.trt import manifest_input
-from mq_deploy.validate import ENGINE_STEP_TOL, _steps, _vim_images
+from mq_deploy.validate import ENGINE_GAIN_TOL, ENGINE_STEP_TOL, _steps, _vim_images
 
 
 def rel(a, b):
@@ -41,8 +45,9 @@ def main():
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     print(f"{platform.machine()}, {os.cpu_count()} cores, {cpu}; batch {args.batch}, input_ids of length {args.seq} "
           "(seed 0)")
-    print(f"{'OUTDIR':<14}{'C_scale':>8}{'direct':>10}{'top1':>8}{'followed':>10}{'taken':>8}"
-          + "".join(f"{f'@{s:g}':>10}" for s in other) + f"{'steps':>8}  {'worst mean (tensor)':<40}first apart")
+    print(f"{'OUTDIR':<10}{'stand-in':>10}{'direct':>10}{'top1':>8}{'followed':>10}{'taken':>8}{'codes':>10}"
+          + "".join(f"{f'@{s:g}':>10}" for s in other)
+          + f"  {'per layer: worst mean (tensor)':<44}{'worst gain (tensor)':<40}first over")
     for d in map(Path, args.outdirs):
         plugin = onnx.load(str(d / "model.onnx"))
         portable = onnx.load(str(d / "model.portable.onnx"))
@@ -55,22 +60,26 @@ def main():
             feed = {name: np.random.default_rng(0).integers(0, vocab, size=(args.batch, args.seq))}
         qt = quantized_tensors(plugin)
         ref = OrtRunner(portable).run(feed)["logits"]
-        for factor in (1.0, 1.003, 1.01, 1.03):
-            eng = fp16_stand_in(plugin)
-            scan = [n for n in eng.graph.node if n.op_type == "SelectiveScan"][1]
-            next(a for a in scan.attribute if a.name == "C_scale").f *= factor
+        for variant in ("correct", "noise", 1.003, 1.01, 1.1):
+            eng = fp16_stand_in(plugin, noise=5e-4 if variant == "noise" else 0.0)
+            if not isinstance(variant, str):
+                scan = [n for n in eng.graph.node if n.op_type == "SelectiveScan"][1]
+                next(a for a in scan.attribute if a.name == "C_scale").f *= variant
             e = OrtRunner(eng, extra_outputs=qt).run(dict(feed))
             marked = {t: e[t] for t in qt}
+            f, taken = run_following(portable, marked, feed, ENGINE_FOLLOW_STEPS)
             own = {}
-            f, taken = run_following(portable, marked, feed, ENGINE_FOLLOW_STEPS, own=own)
-            st = _steps(step_distances(portable, own, marked), ENGINE_STEP_TOL)
+            codes, _ = run_following(portable, marked, feed, float("inf"), own=own)  # each layer from its int8 codes
+            st = _steps(step_distances(portable, own, marked), ENGINE_STEP_TOL, ENGINE_GAIN_TOL)
             at = [rel(run_following(portable, marked, feed, s)[0]["logits"], e["logits"]) for s in other]
             top1 = float((ref.argmax(-1) == e["logits"].argmax(-1)).mean())
-            apart = st["first_apart"]
-            print(f"{d.name:<14}{factor:>8}{rel(ref, e['logits']):>10.2e}{top1:>8.4f}"
-                  f"{rel(f['logits'], e['logits']):>10.2e}{taken:>8}" + "".join(f"{v:>10.2e}" for v in at)
-                  + f"{st['worst']['mean_steps']:>8.3f}  {st['worst']['tensor']:<40}"
-                  + ("-" if apart is None else f"{apart['tensor']} ({apart['max_steps']:.2f})"))
+            wm, wg, first = st["worst_mean"], st["worst_gain"], st["first_over"]
+            label = variant if isinstance(variant, str) else f"C×{variant:g}"
+            print(f"{d.name:<10}{label:>10}{rel(ref, e['logits']):>10.2e}{top1:>8.4f}"
+                  f"{rel(f['logits'], e['logits']):>10.2e}{taken:>8}{rel(codes['logits'], e['logits']):>10.2e}"
+                  + "".join(f"{v:>10.2e}" for v in at)
+                  + f"  {wm['mean_steps']:<6.3f}{wm['tensor']:<38}{wg['gain']:<+10.1e}{wg['tensor']:<30}"
+                  + ("-" if first is None else first["tensor"]))
 
 
 if __name__ == "__main__":

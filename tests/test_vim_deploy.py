@@ -63,14 +63,13 @@ def test_validate_vim_follows_a_validation_engine(vim_out, tmp_path, monkeypatch
     p = {(r["reference"], r["test"]): r for r in rep.pairs}
     assert rep.ok, mval.format_report(rep)
     assert p[("portable", "tensorrt")]["limit"] is None and p[("portable", "tensorrt")]["max_rel"] > 1e-4
-    f = p[("portable~", "tensorrt")]  # the images through model.portable.onnx taking the stand-in's roundings
-    assert f["limit"] == mval.ENGINE_FOLLOW_TOL and f["ok"] and f["max_rel"] < 3e-3  # 8e-4 here; direct 3e-2
-    assert rep.steps["ok"] and rep.steps["worst"]["mean_steps"] < 0.05
-    # this random model's scans add little to their outputs: a 1 % C_scale error does not show; 10 % does, on the
-    # logits and on the quantizer inputs, from the output of the layer whose backward scan is wrong
-    bad = mval.validate(out, batch=4, **_stand_in_engine(monkeypatch, tmp_path, out, c_scale=1.1))
-    assert not bad.ok and not bad.steps["ok"] and bad.steps["worst"]["mean_steps"] > 0.1
-    assert bad.steps["first_apart"]["tensor"] == "layers.0/out_proj_token_scale"  # scan 1: layer 0's backward scan
+    f = p[("portable=", "tensorrt")]  # the images through model.portable.onnx on the stand-in's int8 codes
+    assert f["limit"] == mval.ENGINE_FOLLOW_TOL and f["ok"] and f["max_rel"] < 3e-3  # direct 3e-2
+    assert rep.steps["ok"] and rep.steps["worst_mean"]["mean_steps"] < 0.05
+    # this random model's scans add little to their outputs (1 % or 10 % C_scale errors stay under the limits): twice
+    # the scale fails, at the output of the layer whose backward scan is wrong (scan 1: layer 0's backward scan)
+    bad = mval.validate(out, batch=4, **_stand_in_engine(monkeypatch, tmp_path, out, c_scale=2.0))
+    assert not bad.ok and bad.steps["first_over"]["tensor"] == "layers.0/out_proj_token_scale"
 
 
 @pytest.fixture(scope="module")
@@ -81,20 +80,21 @@ def bundled_vim_out(tmp_path_factory):
     return out
 
 
-def test_validate_trained_vim_engine_scale_error_shows_in_the_quantizer_inputs(bundled_vim_out, tmp_path, monkeypatch):
-    """The bundled (trained) Vim: a 1 % C_scale error in one scan moves its logits by less than the followed logits
-    row's 1e-2, and by 10x the correct stand-in's mean distance at the quantizer inputs, which fails."""
+def test_validate_trained_vim_engine_names_the_wrong_layer(bundled_vim_out, tmp_path, monkeypatch):
+    """The bundled (trained) Vim with a 10 % C_scale error in one scan: the per-layer check computes each quantizer
+    input from the engine's int8 codes, so nothing carries over from earlier layers, and names the output of the
+    layer whose scan is wrong (a 1 % error there, 0.065 step against 0.016, stays under every limit: see
+    benchmarks/results/validate_engine_follow.md)."""
     from mq_deploy import validate as mval
 
     out = bundled_vim_out
     rep = mval.validate(out, batch=4, **_stand_in_engine(monkeypatch, tmp_path, out))
-    assert rep.ok and rep.steps["worst"]["mean_steps"] < 0.05, mval.format_report(rep)
-    bad = mval.validate(out, batch=4, **_stand_in_engine(monkeypatch, tmp_path, out, c_scale=1.01))
-    f = {(r["reference"], r["test"]): r for r in bad.pairs}[("portable~", "tensorrt")]
-    assert f["ok"] and f["max_rel"] < mval.ENGINE_FOLLOW_TOL  # the logits row alone would pass it
-    assert not bad.ok and not bad.steps["ok"] and bad.steps["worst"]["mean_steps"] > 0.2
-    assert bad.steps["first_apart"]["tensor"].startswith("layers.0/")  # scan 1: layer 0's backward scan
-    assert "the engine starts to differ at layers.0/" in mval.format_report(bad)
+    assert rep.ok and rep.steps["worst_mean"]["mean_steps"] < 0.05, mval.format_report(rep)
+    bad = mval.validate(out, batch=4, **_stand_in_engine(monkeypatch, tmp_path, out, c_scale=1.1))
+    first = bad.steps["first_over"]
+    assert not bad.steps["ok"] and first["tensor"] == "layers.0/out_proj_token_scale"  # scan 1: layer 0's backward
+    assert first["mean_steps"] > 3 * mval.ENGINE_STEP_TOL and first["tensor"] == bad.steps["worst_mean"]["tensor"]
+    assert "the engine computes layers.0/out_proj_token_scale differently" in mval.format_report(bad)
 
 
 def test_build_vim_outdir_batch_only_profile(vim_out, tmp_path, monkeypatch, capsys):

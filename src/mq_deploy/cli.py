@@ -275,7 +275,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     rep = validate(args.outdir, batch=args.batch, seq=args.seq, seed=args.seed, simulate=args.simulate,
                    torch_ref=args.torch, model_dir=args.model, calib=args.calib, engine=args.engine,
                    plugin_lib=args.plugins, tol=args.tol, engine_tol=args.engine_tol,
-                   engine_step_tol=args.engine_step_tol, threads=args.threads,
+                   engine_step_tol=args.engine_step_tol, engine_gain_tol=args.engine_gain_tol, threads=args.threads,
                    log=(lambda s: None) if args.quiet else _log)
     print(json.dumps(rep.to_dict()) if args.json else format_report(rep))
     return 0 if rep.ok else 1
@@ -397,8 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to read and update")
     b.add_argument("--validation-engine", action="store_true",
                    help="quantized OUTDIRs: also output the tensor before every QuantizeLinear, so that `mq-deploy "
-                        "validate --engine OUTDIR/model.validate.engine` can follow the engine's rounding decisions "
-                        "(row portable~ vs tensorrt); for checking, not deployment (extra outputs, other fusions)")
+                        "validate --engine OUTDIR/model.validate.engine` can check it layer by layer on its own int8 "
+                        "codes; for checking, not deployment (extra outputs, other fusions)")
     b.add_argument("-o", "--output", metavar="ENGINE", help="engine file (default: OUTDIR/model.engine, with "
                                                             "--validation-engine OUTDIR/model.validate.engine)")
     b.add_argument("--dry-run", action="store_true", help="print the equivalent trtexec command and exit "
@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--plugins", metavar="LIB", help="plugin library for the engine (default: $MQ_DEPLOY_PLUGINS)")
     v.add_argument("--engine", metavar="ENGINE", help="TensorRT engine (default: OUTDIR/model.engine if present); for a "
                                                       "quantized OUTDIR, a validation engine (`mq-deploy build "
-                                                      "--validation-engine`) gets the tight row portable~ vs tensorrt")
+                                                      "--validation-engine`) gets the layer-by-layer check")
     v.add_argument("--batch", type=int, default=2, help="batch of random input_ids / images (default 2)")
     v.add_argument("--seq", type=int, default=32, help="sequence length of random input_ids (default 32; "
                                                        "not used for a Vim OUTDIR)")
@@ -443,13 +443,16 @@ def build_parser() -> argparse.ArgumentParser:
                                              "follow the graphs' rounding-boundary cases, and the direct rows are "
                                              "reported only")
     v.add_argument("--engine-tol", type=float, default=None,
-                   help="max rel limit for pairs with the engine (default 5e-2 on a direct pair; 1e-2 on portable~ vs "
-                        "tensorrt, the row a quantized OUTDIR's validation engine gets, when its direct rows are "
-                        "reported only)")
+                   help="max rel limit for pairs with the engine (default 5e-2 on a direct pair; 1e-2 on portable= vs "
+                        "tensorrt, the logits of a quantized OUTDIR's validation engine checked on its own int8 "
+                        "codes, when its direct rows are reported only)")
     v.add_argument("--engine-step-tol", type=float, default=None, metavar="STEPS",
-                   help="a validation engine's quantizer inputs: limit on each tensor's mean distance from the "
-                        "followed portable graph's, in quantization steps (default 0.1); the first tensor over it "
-                        "is named")
+                   help="a validation engine's quantizer inputs, each computed by the portable graph from the "
+                        "engine's int8 codes: limit on a tensor's mean distance from the engine's, in quantization "
+                        "steps (default 0.1); the first tensor over a limit is named")
+    v.add_argument("--engine-gain-tol", type=float, default=None, metavar="REL",
+                   help="the same tensors: limit on the relative scale between the engine's and the graph's "
+                        "(least squares; default 5e-4, a wrong scale shows there)")
     v.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     v.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress messages")

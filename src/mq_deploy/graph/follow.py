@@ -15,9 +15,10 @@ step) still shows. The language model's numpy simulation does the same (`quant.s
 fed by `point_values`.
 
 validate also follows a TensorRT validation engine (`mq-deploy build --validation-engine`, which outputs the
-tensors before its QuantizeLinear nodes): model.portable.onnx takes the engine's roundings within
-ENGINE_FOLLOW_STEPS, a wider window for fp16 / TF32 float layers; `fp16_stand_in` is what that is tested with
-where TensorRT is absent.
+tensors before its QuantizeLinear nodes): model.portable.onnx takes every one of the engine's roundings (steps =
+inf: each layer computed from the engine's int8 codes, compared tensor by tensor with `step_distances`), and,
+reported, those within ENGINE_FOLLOW_STEPS, a wider window for fp16 / TF32 float layers; `fp16_stand_in` is what
+that is tested with where TensorRT is absent.
 """
 
 from __future__ import annotations
@@ -128,16 +129,24 @@ def roundings_taken(model: onnx.ModelProto, own: dict, other: dict, steps: float
 
 
 def step_distances(model: onnx.ModelProto, own: dict, other: dict) -> dict:
-    """{tensor: (mean, max) of |own − other| in steps of its QuantizeLinear}, in graph order, for the tensors in
-    both. Between a graph following another's roundings and that other (a validation engine), the mean stays at
-    the float layers' rounding (~0.02 step with fp16 layers) where both compute the same function, and a wrong
-    scale or weight moves a whole tensor (a 1 % C_scale error in one scan: 0.3-0.5 step), while a rounding the
-    follower could not take (more than its window apart) only moves a few values downstream."""
+    """{tensor: (mean, max, gain)} for the tensors both give, in graph order: the mean and largest |other − own| in
+    steps of the tensor's QuantizeLinear, and gain = Σ own·(other − own) / Σ own², the relative scale by which
+    `other` departs from `own` (least squares). Meant for `own` from `follower(model, steps=inf)` fed `other` (a
+    validation engine's values): every QuantizeLinear then quantizes the engine's value, so each tensor is
+    computed from the engine's own int8 codes and differs only by what the float layers since the last
+    quantizer do differently — nothing carries over from earlier layers. On an fp16 stand-in engine: means
+    0.012-0.018 step and |gain| ≤ 1.7e-4; a 1 % C_scale error in one scan of a language model: gain 3.1e-3 to
+    7.8e-3 on that scan's output tensor (on the Vim 10 % gives 1.0e-3; benchmarks/results/validate_engine_follow.md)."""
     out = {}
     for t, (s, _) in quantizer_params(model).items():
         if t in own and t in other:
-            d = np.abs(np.asarray(own[t], np.float64) - np.asarray(other[t], np.float64)) / s
-            out[t] = (float(d.mean()), float(d.max()))
+            x, y = np.asarray(own[t], np.float64), np.asarray(other[t], np.float64)
+            if x.shape != y.shape:
+                raise ValueError(f"step_distances: {t} is {x.shape} here and {y.shape} in the other")
+            d = np.abs(y - x) / s
+            xx = float((x * x).sum())
+            gain = float((x * (y - x)).sum()) / xx if xx > 0 else (0.0 if not d.any() else float("inf"))
+            out[t] = (float(d.mean()), float(d.max()), gain)
     return out
 
 
@@ -189,12 +198,14 @@ _FLOAT_OPS = {"DequantizeLinear", "Mul", "MatMul", "Add", "Sub", "Div", "Sqrt", 
               "ReduceMean", "Conv", "Gather", "Transpose", "Split", "SelectiveScan", "Hadamard"}
 
 
-def fp16_stand_in(model: onnx.ModelProto) -> onnx.ModelProto:
+def fp16_stand_in(model: onnx.ModelProto, noise: float = 0.0) -> onnx.ModelProto:
     """A copy of a model.onnx (language model or Vim) whose float tensors are stored in fp16 (each rounded
     through a Cast pair where it is made), but for the RMSNorm layers, which `mq-deploy build --fp16` keeps in
     fp32 (graph/precision.py): what validate's engine rows are tested and measured with where TensorRT is absent, a
     stand-in for an engine whose float layers run in fp16. Tensor names are kept, so its values before each
-    QuantizeLinear can be asked for as a validation engine's are."""
+    QuantizeLinear can be asked for as a validation engine's are. `noise` > 0: each rounded value is also multiplied
+    by 1 + U(−noise, noise) (fixed seeds), a correct engine whose float layers round more coarsely (5e-4: about
+    twice fp16's own rounding error)."""
     from .precision import rms_norm_nodes
 
     m = onnx.ModelProto()
@@ -210,8 +221,14 @@ def fp16_stand_in(model: onnx.ModelProto) -> onnx.ModelProto:
         for k, o in enumerate(n.output):
             if o and o not in fp32:
                 n.output[k] = f"{o}::fp32"
-                new += [helper.make_node("Cast", [f"{o}::fp32"], [f"{o}::fp16"], to=TensorProto.FLOAT16),
-                        helper.make_node("Cast", [f"{o}::fp16"], [o], to=TensorProto.FLOAT)]
+                new.append(helper.make_node("Cast", [f"{o}::fp32"], [f"{o}::fp16"], to=TensorProto.FLOAT16))
+                if not noise:
+                    new.append(helper.make_node("Cast", [f"{o}::fp16"], [o], to=TensorProto.FLOAT))
+                    continue
+                new += [helper.make_node("Cast", [f"{o}::fp16"], [f"{o}::rounded"], to=TensorProto.FLOAT),
+                        helper.make_node("RandomUniformLike", [f"{o}::rounded"], [f"{o}::u"], low=1.0 - noise,
+                                         high=1.0 + noise, seed=float(len(new))),
+                        helper.make_node("Mul", [f"{o}::rounded", f"{o}::u"], [o])]
     del m.graph.node[:]
     m.graph.node.extend(new)
     return m

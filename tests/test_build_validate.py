@@ -158,9 +158,10 @@ def test_build_polygraphy_prints_the_two_runs(w8_out, no_tensorrt, tmp_path, cap
 
 
 def _trt(impl, major: int = 10):
-    """`impl` behind the real API surface of TensorRT `major` where its bindings are at hand (tests/trt_api.py:
-    a wrong name, argument or type then fails as TensorRT would), else `impl` as it is."""
-    return trt_api.checked(impl, trt_api.spec_for(major))
+    """`impl` (a fake of TensorRT 10) behind the real API surface of TensorRT `major` where its bindings are at hand
+    (tests/trt_api.py: a wrong name, argument or type then fails as TensorRT would), else `impl` as it is (made to
+    look like TensorRT 11 for major 11)."""
+    return trt_api.checked(impl if major == 10 else _as11(impl), trt_api.spec_for(major))
 
 
 def _as11(fake):
@@ -358,7 +359,7 @@ def test_build_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, capsys):
 def test_build_validation_engine_marks_the_tensors_before_quantization(w8_out, fp32_out, tmp_path, monkeypatch,
                                                                      capsys, major):
     fake = _FakeTRT(log := {})
-    monkeypatch.setitem(sys.modules, "tensorrt", _trt(fake if major == 10 else _as11(fake), major))
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(fake, major))
     lib = tmp_path / "libmq_trt_plugins.so"
     lib.write_bytes(b"")
     want = quantized_tensors(onnx.load(str(w8_out / "model.onnx"), load_external_data=False))
@@ -391,7 +392,7 @@ def test_build_validation_engine_marks_the_tensors_before_quantization(w8_out, f
 @pytest.mark.parametrize("old, why", [(b"corrupt", "could not read"), (b"foreign", "another device")])
 @pytest.mark.parametrize("major", [10, 11])
 def test_build_replaces_an_unusable_timing_cache(w8_out, tmp_path, monkeypatch, capsys, old, why, major):
-    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT({}) if major == 10 else _as11(_FakeTRT({})), major))
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT({}), major))
     lib, cache = tmp_path / "libmq_trt_plugins.so", tmp_path / "timing.cache"
     lib.write_bytes(b"")
     cache.write_bytes(old)
@@ -407,7 +408,7 @@ def test_build_replaces_an_unusable_timing_cache(w8_out, tmp_path, monkeypatch, 
 @pytest.mark.parametrize("major", [10, 11])
 def test_build_failures_in_tensorrt_are_one_error_and_write_nothing(w8_out, tmp_path, monkeypatch, capsys, major):
     fake = _FakeTRT({})
-    monkeypatch.setitem(sys.modules, "tensorrt", _trt(fake if major == 10 else _as11(fake), major))
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(fake, major))
     lib, engine, cache = tmp_path / "libmq_trt_plugins.so", tmp_path / "e" / "m.engine", tmp_path / "timing.cache"
     lib.write_bytes(b"")
     args = ["build", str(w8_out), "-q", "--plugins", str(lib), "--timing-cache", str(cache), "-o", str(engine)]
@@ -435,7 +436,7 @@ def test_build_command_lines_follow_the_tensorrt_version(w8_out, tmp_path, monke
     lib.write_bytes(b"")
     assert main(["build", str(w8_out), "--dry-run", "--plugins", str(lib)]) == 0
     assert "--int8" in capsys.readouterr().out  # TensorRT 10: INT8 is a builder flag
-    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_as11(_FakeTRT(log)), 11))
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT(log), 11))
     assert main(["build", str(w8_out), "--dry-run", "--plugins", str(lib)]) == 0
     assert "--int8" not in capsys.readouterr().out  # TensorRT 11's trtexec has no --int8: the Q/DQ nodes decide
     rc = main(["build", str(w8_out), "--plugins", str(lib), "-o", str(tmp_path / "m.engine")])
@@ -470,10 +471,10 @@ def test_build_strongly_typed_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, 
 @pytest.mark.parametrize("member", [True, False])
 def test_build_strongly_typed_on_tensorrt_11(w8_out, tmp_path, monkeypatch, capsys, member):
     log = {}
-    fake = _as11(_FakeTRT(log))
+    fake = _FakeTRT(log)
     if not member:  # a later TensorRT may drop the flag: its networks are strongly typed whatever create_network gets
         del fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED
-    trt = _trt(fake, 11) if member else fake  # 11.0-11.4 keep the member (deprecated, ignored; value 0 there)
+    trt = _trt(fake, 11) if member else _as11(fake)  # 11.0-11.4 keep the member (deprecated, ignored; value 0 there)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     lib = tmp_path / "libmq_trt_plugins.so"
     lib.write_bytes(b"")
@@ -746,7 +747,7 @@ def test_validate_runs_the_engine_without_polygraphy(tmp_path, monkeypatch, majo
     with torch's CUDA calls kept on the CPU (the fake engine reads and writes host memory)."""
     torch = pytest.importorskip("torch")
     fake = _FakeRuntimeTRT(log := {})
-    monkeypatch.setitem(sys.modules, "tensorrt", _trt(fake if major == 10 else _as11(fake), major))
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(fake, major))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.Tensor, "cuda", lambda t: t)
     empty = torch.empty

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Compile-check the plugins without a GPU:
 #   (a) every kernels/*.cu with nvcc -c for each arch in CUDA_ARCHS (default "80 86 87 89 90"), and the scan once more
-#       with its experimental segment-parallel schedule compiled in (-DMQ_SCAN_SEGMENTED=1, last arch only), the
+#       with its experimental schedules compiled in (-DMQ_SCAN_SEGMENTED=1 -DMQ_SCAN_WIDE=1, last arch only), the
 #       Hadamard once more with the full-width L phase for m = 20 / 28 (-DMQ_HAD_HALF_L=0, last arch only);
 #   (b) if TRT_INCLUDE names a TensorRT include dir, the plugin *.cpp files against it (-fsyntax-only), then
 #       tests/plugin_host_check.cpp linked with them: the plugins' build-phase interfaces on the CPU (no GPU, no
@@ -39,10 +39,10 @@ for cu in "$here"/kernels/*.cu; do
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 0.2; done
 done
 sim_arch="${CUDA_ARCHS##* }"
-echo "nvcc [$sim_arch] kernels/selectiveScanKernel.cu -DMQ_SCAN_SEGMENTED=1"
-"$NVCC" -std=c++17 -O3 --threads 0 -Werror all-warnings -DMQ_SCAN_SEGMENTED=1 "-gencode=arch=compute_${sim_arch},code=sm_${sim_arch}" \
+echo "nvcc [$sim_arch] kernels/selectiveScanKernel.cu -DMQ_SCAN_SEGMENTED=1 -DMQ_SCAN_WIDE=1"
+"$NVCC" -std=c++17 -O3 --threads 0 -Werror all-warnings -DMQ_SCAN_SEGMENTED=1 -DMQ_SCAN_WIDE=1 "-gencode=arch=compute_${sim_arch},code=sm_${sim_arch}" \
   -I"$here/kernels" -c "$here/kernels/selectiveScanKernel.cu" -o "$out/selectiveScanSeg.o" >"$out/selectiveScanSeg.log" 2>&1 &
-pids+=("$!:selectiveScanSeg:kernels/selectiveScanKernel.cu with -DMQ_SCAN_SEGMENTED=1")
+pids+=("$!:selectiveScanSeg:kernels/selectiveScanKernel.cu with -DMQ_SCAN_SEGMENTED=1 -DMQ_SCAN_WIDE=1")
 echo "nvcc [$sim_arch] kernels/hadamardKernel.cu -DMQ_HAD_HALF_L=0"
 "$NVCC" -std=c++17 -O3 --threads 0 -Werror all-warnings -DMQ_HAD_HALF_L=0 "-gencode=arch=compute_${sim_arch},code=sm_${sim_arch}" \
   -I"$here/kernels" -c "$here/kernels/hadamardKernel.cu" -o "$out/hadamardFull.o" >"$out/hadamardFull.log" 2>&1 &

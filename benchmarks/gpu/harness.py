@@ -55,6 +55,9 @@ LIB = bind(ctypes.CDLL(os.environ.get("MQ_KERNELS_LIB", os.path.join(ROOT, "buil
 # them (-DMQ_SCAN_SEGMENTED=1, e.g. NVCC_DEFINES=MQ_SCAN_SEGMENTED=1 bash run_all.sh); tested and swept only then
 SEG_CONFIGS = tuple(c for c in ((2, 8, 1), (2, 16, 1), (2, 16, 2), (2, 16, 4), (2, 32, 2), (2, 32, 4),
                                 (3, 4, 4), (3, 4, 8), (3, 8, 4), (3, 8, 8)) if LIB.mq_selective_scan_segmented_available(*c))
+# the experimental wide token-serial scan (selectiveScanWide.cuh: schedule 4, threads a channel x threads a block), where
+# the library was built with it (-DMQ_SCAN_WIDE=1); tested and swept only then
+WIDE_CONFIGS = tuple(c for c in ((4, 16, 128), (4, 16, 64), (4, 8, 128), (4, 8, 64)) if LIB.mq_selective_scan_segmented_available(*c))
 # fp16 register path schedules (hadamardKernel.h setHadamardTuning): (row groups a block, 0 = resident grid walking all
 # groups; flags: 1 = cp.async prefetch into shared memory, else registers; 2 = evict-first output stores; 4 = the last
 # partial round of groups spread over all blocks in pieces; default 2)
@@ -127,6 +130,8 @@ def scan_plan(Bsz, L, D, N, chunks=0, out_t=F16):
     """What the library runs for that output type (under the current tuning override): 'serial C=k' or 'seg LxG'."""
     out = (i * 6)()
     LIB.mq_selective_scan_plan(Bsz, L, D, N, chunks, out_t, out)
+    if out[0] == 4:
+        return f"wide {out[2]}x{out[3]}"
     return f"serial C={out[1]} T={out[2]}" if out[0] == 1 else f"seg{'' if out[0] == 2 else out[0] - 1} {out[2]}x{out[3]}"
 
 
@@ -318,10 +323,10 @@ def tests():
             x["bias"] = x["bias"].abs()
         for in_t, out_t, lim in ((F32, F32, 1e-4), (F16, F16, 2e-3), (I8, F16, 2e-3), (I8, F32, 1e-4)):
             # int8 -> fp32 at every length: what the TensorRT plugin runs for the quantized graphs (y fp32)
-            # the case's own schedule (automatic or explicit chunks), then every segment-parallel configuration
+            # the case's own schedule (automatic or explicit chunks), then every experimental configuration built
             runs = [(poly, (0, 0, 0)) for poly in ((-1, 0) if in_t != F32 and L >= 300 else (-1,))]
             runs += [(-1, (1, 2, 0)), (-1, (1, 4, 0))]  # token-serial with 2 / 4 threads a channel, whatever auto picks
-            runs += [(-1, cfg) for cfg in SEG_CONFIGS]
+            runs += [(-1, cfg) for cfg in SEG_CONFIGS + WIDE_CONFIGS]
             yr = hr = None
             for poly, sched in runs:
                 y, st, seen, _ = run_scan(x, in_t, out_t, chunks=chunks, poly=poly, softplus=sp, sched=sched)
@@ -418,6 +423,11 @@ def sanitize():
             run_scan(x, in_t, out_t, chunks=chunks, sched=(1, 4, 0))  # 4 threads a channel, cp.async tiles
             run_scan(x, in_t, out_t, chunks=chunks, sched=(1, 2, 0))  # 2: cp.async tiles, channels past D (160 % 64)
     run_scan(make_scan_inputs(1, 1920, 64, 16, seed=6, gate=True), F16, F16, profile_max=(1, 2000))  # plugin workspace
+    for (Bsz, L, D, N) in ((2, 61, 99, 12), (1, 300, 130, 16), (3, 17, 5, 7)):  # wide schedule, every configuration
+        x = make_scan_inputs(Bsz, L, D, N, seed=5, gate=True, init=True)
+        for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16), (I8, F32)):
+            for cfg in WIDE_CONFIGS:
+                run_scan(x, in_t, out_t, sched=cfg)
     for (Bsz, L, D, N) in ((2, 61, 99, 12), (1, 300, 130, 16), (3, 17, 5, 7)):  # segment-parallel, every built configuration
         x = make_scan_inputs(Bsz, L, D, N, seed=5, gate=True, init=True)
         for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16)):
@@ -533,6 +543,7 @@ def scan_sweep(bw=None, variants_all=False, chunk_sweep=True):
                 if chunk_sweep:
                     variants += [(c, -1, (0, 0, 0)) for c in CHUNK_SWEEP if c != serial_auto and c <= max(1, L // 128)]
                 variants += [(0, -1, cfg) for cfg in SEG_CONFIGS]
+            variants += [(0, -1, cfg) for cfg in WIDE_CONFIGS]
             for chunks, poly, sched in variants:
                 _, _, _, fn = run_scan(x, in_t, out_t, chunks=chunks, poly=poly, sched=sched)
                 t = timeit(fn, iters=5)
@@ -757,6 +768,32 @@ if __name__ == "__main__":
             json.dump(dict(gpu=torch.cuda.get_device_name(), failures=failures, seconds=time.time() - t0, rows=rows), fh, indent=1)
         print(f"{len(rows) - failures}/{len(rows)} checks passed")
         sys.exit(1 if failures else 0)
+    elif cmd == "wide":  # the wide schedule (-DMQ_SCAN_WIDE=1) against the automatic plan: error vs float64 and times;
+        # WIDE_SHAPES "BxLxD ...", WIDE_DTYPES "fp16 int8->fp32"
+        res = []
+        shapes = [tuple(int(v) for v in s_.split("x")) for s_ in os.environ.get(
+            "WIDE_SHAPES", "1x4096x1536 1x4096x5120 8x2048x1536 1x4096x768 1x2048x2048 1x1024x1536 2x4096x1536 4x1024x1536").split()]
+        dtypes = {nm: (in_t, out_t) for nm, in_t, out_t in SCAN_DTYPES}
+        for (Bsz, L, D) in shapes:
+            x = make_scan_inputs(Bsz, L, D, 16, seed=0, gate=True, init=True)
+            for dt in os.environ.get("WIDE_DTYPES", "fp16 int8->fp32").split():
+                in_t, out_t = dtypes[dt]
+                yr = hr = None
+                for sched in ((0, 0, 0),) + WIDE_CONFIGS:
+                    y, st, seen, fn = run_scan(x, in_t, out_t, sched=sched)
+                    if yr is None:
+                        yr, hr = scan_ref(seen["u"], seen["delta"], x["A"], seen["Bm"], seen["Cm"], x["Dskip"], x["bias"], seen["z"], x["h0"], True)
+                    LIB.mq_selective_scan_set_tuning(*sched)
+                    plan = scan_plan(Bsz, L, D, 16, 0, out_t)
+                    LIB.mq_selective_scan_set_tuning(0, 0, 0)
+                    ms = sorted(timeit(fn, iters=10) * 1e3 for _ in range(3))
+                    row = dict(B=Bsz, L=L, D=D, dtype=dt, plan=plan, ms=ms, rel_y=rel_err(y, yr), rel_state=rel_err(st, hr))
+                    res.append(row)
+                    print(f"wide B{Bsz} L{L} D{D} {dt:>10} {plan:>20}: {ms[0]:.4f} ms ({ms[1]:.4f} {ms[2]:.4f}) "
+                          f"y {row['rel_y']:.2e} state {row['rel_state']:.2e}", flush=True)
+            del x
+        with open(os.path.join(out, "wide.json"), "w") as fh:
+            json.dump(res, fh, indent=1)
     elif cmd == "sanitize":
         sanitize()
     elif cmd == "graph":  # only the CUDA-graph replay checks (e.g. against a mutated build: MQ_KERNELS_LIB)

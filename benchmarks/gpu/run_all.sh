@@ -19,8 +19,9 @@
 # alternative interleaved in one process (harness.py abscan; AB_SHAPES, AB_DTYPES, AB_SPLITS, ROUNDS as it reads them).
 # The fp16 scan sweep also times 4 threads a channel at each chunk count of SCAN_SPLIT_CHUNKS (default "1 2 3 4 5 6 8
 # 10 12 13 14 16"; SCAN_SPLIT_SWEEP=0 skips it).
-# NVCC_DEFINES="NAME=VALUE ...": -D flags for every kernel build (e.g. MQ_SCAN_SEGMENTED=1 compiles the experimental
-# segment-parallel scan, which the tests and sweeps then cover); the alternative builds below add theirs on top.
+# NVCC_DEFINES="NAME=VALUE ...": -D flags for every kernel build (e.g. MQ_SCAN_SEGMENTED=1 / MQ_SCAN_WIDE=1 compile the
+# experimental segment-parallel / wide scans, which the tests, the sanitizer and the sweeps then cover); the alternative
+# builds below add theirs on top.
 # HAD_ALT_DEFINES="MQ_HAD_MIN_BLOCKS=3 MQ_HAD_MIN_BLOCKS=5": also builds hadamardKernel.cu once per NAME=VALUE with
 # -DNAME=VALUE (hadamardKernel.cu's tuning macros) and times each build (harness.py hbench, folded into bench.json as
 # hadamard_alt). HAD_ALT_SRC="old=path/to/hadamardKernel.cu": also builds the Hadamard from that file (with the headers

@@ -47,7 +47,7 @@ int mq_selective_scan_chunks(int batch, int seq_len, int dim, int d_state, int c
 }
 
 //! Writes what mq_selective_scan would run for these sizes and output type (chunks as passed to it, 0 = automatic):
-//! out[0] schedule (1 token-serial; 2, 3 the experimental segment-parallel forms), out[1] chunks, out[2] lanes
+//! out[0] schedule (1 token-serial; 2, 3 the experimental segment-parallel forms, 4 the experimental wide one), out[1] chunks, out[2] lanes
 //! (token-serial: threads a channel, 2 or 4), out[3] groups, out[4] tokens of chunk 0, out[5] tokens of each later chunk.
 void mq_selective_scan_plan(int batch, int seq_len, int dim, int d_state, int chunks, int out_type, int* out)
 {
@@ -59,8 +59,8 @@ void mq_selective_scan_plan(int batch, int seq_len, int dim, int d_state, int ch
     out[3] = plan.groups, out[4] = plan.chunkFirst, out[5] = plan.chunkLen;
 }
 
-//! 1 when the segment-parallel schedule (2 or 3) with this (lanes, groups) configuration is compiled in
-//! (-DMQ_SCAN_SEGMENTED=1), else 0.
+//! 1 when the experimental schedule with this (lanes, groups) configuration is compiled in: 2 or 3 (segment-parallel,
+//! -DMQ_SCAN_SEGMENTED=1), 4 (wide, -DMQ_SCAN_WIDE=1); else 0.
 int mq_selective_scan_segmented_available(int schedule, int lanes, int groups)
 {
     return mq::selectiveScanSegmentedAvailable(schedule, lanes, groups) ? 1 : 0;

@@ -33,6 +33,9 @@
 #ifndef MQ_SCAN_SEGMENTED
 #define MQ_SCAN_SEGMENTED 0 // 1: compile the experimental segment-parallel schedule (selectiveScanSeg.cuh)
 #endif
+#ifndef MQ_SCAN_WIDE
+#define MQ_SCAN_WIDE 0 // 1: compile the experimental wide schedule (selectiveScanWide.cuh: 8 / 16 threads a channel, one pass)
+#endif
 
 namespace mq
 {
@@ -527,6 +530,9 @@ __device__ __forceinline__ void scanBody(SelectiveScanParams const& p, Work cons
 #include "selectiveScanSeg.cuh"
 #include "selectiveScanSeg2.cuh"
 #endif
+#if MQ_SCAN_WIDE
+#include "selectiveScanWide.cuh"
+#endif
 
 //! Pass 1 (chunks > 1), grid.y = chunks - 1: chunk 0 runs the output body from the true initial state,
 //! chunks 1 … C-2 the local body.
@@ -707,8 +713,26 @@ cudaError_t dispatchSegmented(SelectiveScanParams const& p, int schedule, int la
 }
 
 template <typename Tin, typename Tout>
+cudaError_t dispatchWide(SelectiveScanParams const& p, int32_t lanes, int32_t block, cudaStream_t stream)
+{
+#if !MQ_SCAN_WIDE
+    (void) p, (void) lanes, (void) block, (void) stream;
+    return cudaErrorInvalidValue;
+#else
+    bool const gate = p.z != nullptr;
+    if (p.deltaSoftplus)
+        return gate ? wide::run<Tin, Tout, true, true>(p, lanes, block, stream)
+                    : wide::run<Tin, Tout, true, false>(p, lanes, block, stream);
+    return gate ? wide::run<Tin, Tout, false, true>(p, lanes, block, stream)
+                : wide::run<Tin, Tout, false, false>(p, lanes, block, stream);
+#endif
+}
+
+template <typename Tin, typename Tout>
 cudaError_t dispatch(SelectiveScanParams const& p, SelectiveScanPlan const& plan, Work const& w, cudaStream_t stream)
 {
+    if (plan.schedule == 4)
+        return dispatchWide<Tin, Tout>(p, plan.lanes, plan.groups, stream);
     if (plan.schedule >= 2)
         return dispatchSegmented<Tin, Tout>(p, plan.schedule, plan.lanes, plan.groups, stream);
     int const poly = p.polyExp < 0 ? kDefaultPoly : p.polyExp;
@@ -817,6 +841,15 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
     }
     else if (split == 0)
         split = 2; // explicit chunks: 2 threads a channel unless schedule 1 forces 4
+    if (schedule == 4) // only on request: (threads a channel 8 / 16, threads a block 64 / 128), default (8, 64)
+    {
+        plan.schedule = 4;
+        plan.lanes = lanesReq;
+        plan.groups = p.segGroups > 0 ? p.segGroups : gSegGroups.load(std::memory_order_relaxed);
+        if ((plan.lanes != 8 && plan.lanes != 16) || (plan.groups != 64 && plan.groups != 128))
+            plan.lanes = 8, plan.groups = 64;
+        return plan;
+    }
     if (schedule == 3) // only on request (selectiveScanSeg2.cuh); (lanes a channel, warps a block), default (4, 8)
     {
         plan.schedule = 3;
@@ -858,6 +891,8 @@ int32_t selectiveScanChunks(SelectiveScanParams const& p) { return selectiveScan
 
 bool selectiveScanSegmentedAvailable(int32_t schedule, int32_t lanes, int32_t groups)
 {
+    if (schedule == 4)
+        return MQ_SCAN_WIDE && (lanes == 8 || lanes == 16) && (groups == 64 || groups == 128);
 #if MQ_SCAN_SEGMENTED
     return schedule == 3 ? seg2::compiled(lanes, groups) : schedule == 2 && seg::compiled(lanes, groups);
 #else

@@ -26,7 +26,8 @@
 // Experimental, built only with -DMQ_SCAN_SEGMENTED=1 and run only on request (schedules 2 and 3): two
 // segment-parallel schedules (selectiveScanSeg.cuh, selectiveScanSeg2.cuh) that split L inside a block without
 // recomputing exponentials; both measured slower than the token-serial schedule on every benchmarked shape
-// (benchmarks/gpu/results/NOTES.md).
+// (benchmarks/gpu/results/NOTES.md). Built only with -DMQ_SCAN_WIDE=1 (schedule 4): the token-serial loop with 8 or 16
+// threads a channel in one pass (selectiveScanWide.cuh), also slower (latency-bound at 1-2 warps a scheduler).
 #pragma once
 #include "common.h"
 #include <cstddef>
@@ -58,9 +59,9 @@ struct SelectiveScanParams
     void* y{nullptr};
     float* lastState{nullptr};       //!< optional final state
 
-    int32_t schedule{0}; //!< 0: choose (token-serial); 1: token-serial (with `chunks`); 2, 3: segment-parallel (experimental)
-    int32_t segLanes{0};  //!< schedule 2: lanes scanning one (channel, state group), 8 / 16 / 32; 3: lanes a channel, 4 / 8
-    int32_t segGroups{0}; //!< schedule 2: state groups a channel, 1 / 2 / 4; 3: warps (segments) a block, 4 / 8; 0 = choose
+    int32_t schedule{0}; //!< 0: choose (token-serial); 1: token-serial (with `chunks`); 2, 3: segment-parallel, 4: wide (experimental)
+    int32_t segLanes{0};  //!< schedule 2: lanes scanning one (channel, state group), 8 / 16 / 32; 3: lanes a channel, 4 / 8; 4: 8 / 16
+    int32_t segGroups{0}; //!< schedule 2: state groups a channel, 1 / 2 / 4; 3: warps (segments) a block, 4 / 8; 4: threads a block, 64 / 128; 0 = choose
     int32_t chunks{0};   //!< token-serial: number of sequence chunks; 0 = choose from the GPU size
     int32_t polyExp{-1}; //!< 0: all exps on the MUFU unit; 1-2: the first 2 on the FMA pipe; ≥3: the first 4; -1: default (0)
     int32_t numSMs{0};   //!< 0 = query the current device
@@ -69,9 +70,9 @@ struct SelectiveScanParams
 //! What `launchSelectiveScan` will run for these params.
 struct SelectiveScanPlan
 {
-    int32_t schedule{1}; //!< 1: token-serial, 2 / 3: segment-parallel (selectiveScanSeg.cuh / selectiveScanSeg2.cuh)
-    int32_t chunks{1};   //!< token-serial chunks (1 for segment-parallel)
-    int32_t lanes{0};    //!< segment-parallel (lanes, groups); 0 for token-serial
+    int32_t schedule{1}; //!< 1: token-serial, 2 / 3: segment-parallel (selectiveScanSeg.cuh / selectiveScanSeg2.cuh), 4: wide
+    int32_t chunks{1};   //!< token-serial chunks (1 for the experimental schedules)
+    int32_t lanes{0};    //!< experimental schedules (lanes, groups), as SelectiveScanParams::segLanes / segGroups; 0 for token-serial
     int32_t groups{0};
     int32_t split{2};    //!< token-serial: threads a channel, 2 (8 states each) or 4 (4 states each)
     int32_t chunkFirst{0}; //!< token-serial: tokens of chunk 0 (shorter than the others from 3 chunks on)
@@ -82,12 +83,12 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p);
 //! Chunks that `launchSelectiveScan` will use for these params (after resolving `chunks == 0`).
 int32_t selectiveScanChunks(SelectiveScanParams const& p);
 
-//! True when the library was built with this segment-parallel schedule (2 or 3) and (lanes, groups) configuration
-//! (-DMQ_SCAN_SEGMENTED=1).
+//! True when the library was built with this experimental schedule and (lanes, groups) configuration: 2 or 3
+//! (segment-parallel, -DMQ_SCAN_SEGMENTED=1), 4 (wide, -DMQ_SCAN_WIDE=1).
 bool selectiveScanSegmentedAvailable(int32_t schedule, int32_t lanes, int32_t groups);
 
-//! Process-wide override of the automatic choice (benchmarks and tests): schedule 1 / 2 / 3 (0 or -1 = choose), and
-//! for schedules 2 / 3 the (lanes, groups) configuration (0 or -1 = choose); schedule 1 with lanes 2 or 4 forces
+//! Process-wide override of the automatic choice (benchmarks and tests): schedule 1 / 2 / 3 / 4 (0 or -1 = choose), and
+//! for schedules 2 / 3 / 4 the (lanes, groups) configuration (0 or -1 = choose); schedule 1 with lanes 2 or 4 forces
 //! the token-serial threads a channel. Explicit params fields take precedence.
 void setSelectiveScanTuning(int32_t schedule, int32_t lanes, int32_t groups);
 

@@ -9,6 +9,10 @@
 // conversions (the ALU form the scan's output body uses, and the cast) on every int8 value.
 #include "selectiveScanKernel.h"
 
+#ifndef MQ_SCAN_WIDE
+#define MQ_SCAN_WIDE 0 // as the selectiveScanKernel.o it is linked with (check_build.sh links the default build)
+#endif
+
 #include <cstdio>
 
 int main()
@@ -69,6 +73,28 @@ int main()
     failures += mq::selectiveScanPlan(p).split != 4;
     p.schedule = 0, p.segLanes = 0, p.batch = 8, p.chunks = 3;
     failures += mq::selectiveScanPlan(p).split != 2 || mq::selectiveScanPlan(p).chunks != 3;
+    // the experimental wide schedule (4) only on request: its (lanes, block) as asked when valid, else (8, 64), one
+    // chunk, no workspace; a default build (this object) does not have it, so a launch is refused before any CUDA call
+    {
+        int wideFailures = 0;
+        mq::SelectiveScanParams w = p;
+        w.chunks = 0, w.schedule = 4, w.segLanes = 16, w.segGroups = 128;
+        mq::SelectiveScanPlan pw = mq::selectiveScanPlan(w);
+        wideFailures += pw.schedule != 4 || pw.lanes != 16 || pw.groups != 128 || pw.chunks != 1;
+        wideFailures += mq::selectiveScanWorkspaceSize(w) != 0;
+        w.segLanes = 4, w.segGroups = 96;
+        pw = mq::selectiveScanPlan(w);
+        wideFailures += pw.lanes != 8 || pw.groups != 64;
+        wideFailures += mq::selectiveScanSegmentedAvailable(4, 8, 64) != (MQ_SCAN_WIDE != 0);
+        wideFailures += mq::selectiveScanSegmentedAvailable(4, 4, 64) || mq::selectiveScanSegmentedAvailable(4, 8, 96);
+        float dummy[1] = {0.f};
+        w.u = w.delta = w.Bm = w.Cm = w.y = dummy;
+        w.A = dummy;
+        if (!MQ_SCAN_WIDE)
+            wideFailures += mq::launchSelectiveScan(w, nullptr, 0, nullptr) != cudaErrorInvalidValue;
+        std::printf("%s wide schedule on request (%d wrong)\n", wideFailures ? "FAIL" : "PASS", wideFailures);
+        failures += wideFailures;
+    }
     // the TensorRT plugin reserves selectiveScanMaxWorkspaceSize for a profile's largest shape: every smaller shape's
     // automatic plan must fit in it, on small and large GPUs (the largest shape's own plan is not enough: at
     // D 384, max L 4100 it takes 29 chunks of 144 tokens, L 4096 takes 32 of 128)

@@ -81,6 +81,7 @@ if [ -n "${TRT_INCLUDE:-}" ]; then
   kobjs=("$out"/{selectiveScanKernel,stateUpdateKernel,hadamardKernel,mqKernelsCApi}.o)
   for lib in libmq_trt_plugins libmq_trt_plugins_register; do
     extra=()
+    # shellcheck disable=SC2054  # "-z,nodelete" is one linker argument (-Xlinker passes it on whole)
     [ "$lib" = libmq_trt_plugins ] || extra=(-DMQ_PLUGINS_REGISTER_ON_LOAD=1 -Xlinker -z,nodelete)
     "$NVCC" -std=c++17 -shared -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra,-Werror,-Wno-deprecated-declarations "${extra[@]}" \
       -isystem "$TRT_INCLUDE" -I"$here" -I"$here/kernels" "$here"/*.cpp "${kobjs[@]}" -L"$out/fake" -lnvinfer \

@@ -7,8 +7,9 @@ out=benchmarks/results/mamba-ref-29m/tied
 echo "# $(date -u +%FT%TZ) on $(nproc) CPU cores ($(uname -m)), commit $(git rev-parse --short HEAD)" | tee "$out/sizes.txt"
 # OUTDIR sizes, with and without keep_tied (compile defaults; the OUTDIRs are not kept)
 for r in benchmarks/ablation/mq-w8a8-untied.yaml benchmarks/ablation/mq-w8a8-tied.yaml; do
+  d="/tmp/mq-tied-size/$(basename "$r" .yaml)"
   python -m mq_deploy compile $S/models/mamba-ref-29m --tokenizer $S/data/tokenizer/gpt-neox-20b.json --recipe "$r" \
-    --calib $S/data/train/corpus.txt.xz -o /tmp/mq-tied-size/$(basename "$r" .yaml) > /dev/null 2>&1
-  echo "$r: weights.bin $(stat -c %s /tmp/mq-tied-size/$(basename "$r" .yaml)/weights.bin) bytes, OUTDIR $(du -sb /tmp/mq-tied-size/$(basename "$r" .yaml) | cut -f1) bytes"
+    --calib $S/data/train/corpus.txt.xz -o "$d" > /dev/null 2>&1
+  echo "$r: weights.bin $(stat -c %s "$d/weights.bin") bytes, OUTDIR $(du -sb "$d" | cut -f1) bytes"
 done | tee -a "$out/sizes.txt"
 rm -rf /tmp/mq-tied-size

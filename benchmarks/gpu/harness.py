@@ -127,7 +127,8 @@ def make_scan_inputs(Bsz, L, D, N, seed=0, gate=True, init=False):
 
 
 def scan_plan(Bsz, L, D, N, chunks=0, out_t=F16):
-    """What the library runs for that output type (under the current tuning override): 'serial C=k' or 'seg LxG'."""
+    """What the library runs for that output type (under the current tuning override): 'serial C=k T=t', 'seg LxG'
+    (schedule 2), 'seg2 QxS' (3) or 'wide LxG' (4)."""
     out = (i * 6)()
     LIB.mq_selective_scan_plan(Bsz, L, D, N, chunks, out_t, out)
     if out[0] == 4:
@@ -399,6 +400,17 @@ def tests():
     return record.rows, record.failures
 
 
+def sanitize_wide():
+    """Every built configuration of the wide scan on small odd shapes (memcheck in sanitize(); run_all.sh also runs this
+    alone under racecheck and synccheck: its shared rows are double-buffered and its y sums warp-private)."""
+    for (Bsz, L, D, N) in ((2, 61, 99, 12), (1, 300, 130, 16), (3, 17, 5, 7)):
+        x = make_scan_inputs(Bsz, L, D, N, seed=5, gate=True, init=True)
+        for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16), (I8, F32)):
+            for cfg in WIDE_CONFIGS:
+                run_scan(x, in_t, out_t, sched=cfg)
+    torch.cuda.synchronize()
+
+
 def sanitize():
     x = make_scan_inputs(2, 45, 130, 16, seed=3, gate=True, init=True)
     for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16), (I8, F32)):
@@ -423,11 +435,7 @@ def sanitize():
             run_scan(x, in_t, out_t, chunks=chunks, sched=(1, 4, 0))  # 4 threads a channel, cp.async tiles
             run_scan(x, in_t, out_t, chunks=chunks, sched=(1, 2, 0))  # 2: cp.async tiles, channels past D (160 % 64)
     run_scan(make_scan_inputs(1, 1920, 64, 16, seed=6, gate=True), F16, F16, profile_max=(1, 2000))  # plugin workspace
-    for (Bsz, L, D, N) in ((2, 61, 99, 12), (1, 300, 130, 16), (3, 17, 5, 7)):  # wide schedule, every configuration
-        x = make_scan_inputs(Bsz, L, D, N, seed=5, gate=True, init=True)
-        for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16), (I8, F32)):
-            for cfg in WIDE_CONFIGS:
-                run_scan(x, in_t, out_t, sched=cfg)
+    sanitize_wide()
     for (Bsz, L, D, N) in ((2, 61, 99, 12), (1, 300, 130, 16), (3, 17, 5, 7)):  # segment-parallel, every built configuration
         x = make_scan_inputs(Bsz, L, D, N, seed=5, gate=True, init=True)
         for in_t, out_t in ((F32, F32), (F16, F16), (I8, F16)):
@@ -794,6 +802,9 @@ if __name__ == "__main__":
             del x
         with open(os.path.join(out, "wide.json"), "w") as fh:
             json.dump(res, fh, indent=1)
+    elif cmd == "sanitize_wide":
+        sanitize_wide()
+        print(f"sanitize_wide: {len(WIDE_CONFIGS)} configurations ran", flush=True)
     elif cmd == "sanitize":
         sanitize()
     elif cmd == "graph":  # only the CUDA-graph replay checks (e.g. against a mutated build: MQ_KERNELS_LIB)

@@ -112,7 +112,7 @@ if [ -n "${TRT_INCLUDE:-}" ]; then
   compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/gpu/plugin_check.py sanitize \
     >> "$OUT/sanitizer.log" 2>&1; echo "compute-sanitizer (plugins) rc=$?" | tee -a "$OUT/sanitizer.log"
 fi
-if [ "$(python3 -c 'import sys; sys.path.insert(0, "benchmarks/gpu"); import harness; print(len(harness.WIDE_CONFIGS))')" != 0 ]; then
+if [[ " ${NVCC_DEFINES:-} " == *" MQ_SCAN_WIDE=1 "* ]]; then
   for tool in racecheck synccheck; do  # the experimental wide scan's shared-memory protocol (built with MQ_SCAN_WIDE=1)
     compute-sanitizer --tool "$tool" --error-exitcode 3 python3 benchmarks/gpu/harness.py sanitize_wide \
       >> "$OUT/sanitizer.log" 2>&1; echo "compute-sanitizer $tool (wide scan) rc=$?" | tee -a "$OUT/sanitizer.log"

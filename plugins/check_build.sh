@@ -2,7 +2,8 @@
 # Compile-check the plugins without a GPU:
 #   (a) every kernels/*.cu with nvcc -c for each arch in CUDA_ARCHS (default "80 86 87 89 90"), and the scan once more
 #       with its experimental schedules compiled in (-DMQ_SCAN_SEGMENTED=1 -DMQ_SCAN_WIDE=1, last arch only), the
-#       Hadamard once more with the full-width L phase for m = 20 / 28 (-DMQ_HAD_HALF_L=0, last arch only);
+#       Hadamard once more with the full-width L phase for m = 20 / 28 (-DMQ_HAD_HALF_L=0, last arch only), and
+#       benchmarks/gpu/copy_floor.cu (last arch only);
 #   (b) if TRT_INCLUDE names a TensorRT include dir, the plugin *.cpp files against it (-fsyntax-only), then
 #       tests/plugin_host_check.cpp linked with them: the plugins' build-phase interfaces on the CPU (no GPU, no
 #       TensorRT library: output types, format combinations, shape checks, workspace size, fields); then both plugin
@@ -47,6 +48,10 @@ echo "nvcc [$sim_arch] kernels/hadamardKernel.cu -DMQ_HAD_HALF_L=0"
 "$NVCC" -std=c++17 -O3 --threads 0 -Werror all-warnings -DMQ_HAD_HALF_L=0 "-gencode=arch=compute_${sim_arch},code=sm_${sim_arch}" \
   -I"$here/kernels" -c "$here/kernels/hadamardKernel.cu" -o "$out/hadamardFull.o" >"$out/hadamardFull.log" 2>&1 &
 pids+=("$!:hadamardFull:kernels/hadamardKernel.cu with -DMQ_HAD_HALF_L=0")
+echo "nvcc [$sim_arch] benchmarks/gpu/copy_floor.cu"  # the GPU benchmark's copy-floor probe (run_all.sh builds it)
+"$NVCC" -std=c++17 -O3 --threads 0 -Werror all-warnings "-gencode=arch=compute_${sim_arch},code=sm_${sim_arch}" \
+  -c "$here/../benchmarks/gpu/copy_floor.cu" -o "$out/copy_floor.o" >"$out/copy_floor.log" 2>&1 &
+pids+=("$!:copy_floor:benchmarks/gpu/copy_floor.cu")
 fail=0
 for entry in "${pids[@]}"; do
   pid="${entry%%:*}"; rest="${entry#*:}"; name="${rest%%:*}"

@@ -631,19 +631,20 @@ def decode_bench(mamba, bw):
 HADAMARD_SIZES = (768, 1536, 2560, 5120, 4096, 3584)
 
 
-def hadamard_bench(mamba, with_ref=True):
-    """fp16 -> fp16 / int8 Hadamard on 64 MiB of fp16 input, against a memcpy of the same tensor (and Dao-AILab's
+def hadamard_bench(mamba, with_ref=True, mib=64):
+    """fp16 -> fp16 / int8 Hadamard on `mib` MiB of fp16 input, against a memcpy of the same tensor (and Dao-AILab's
     fast-hadamard-transform, fp16 -> fp16, when its build is present)."""
     out = []
     for n in HADAMARD_SIZES:
-        rows = (64 << 20) // (2 * n)  # 64 MiB of fp16 input
+        rows = (mib << 20) // (2 * n)  # mib MiB of fp16 input
         x = torch.randn(rows, n, device=DEV, dtype=torch.float16)
         dst = torch.empty_like(x)
         tcopy = timeit(functools.partial(dst.copy_, x))
         for out_t, nm in ((F16, "fp16->fp16"), (I8, "fp16->int8")):
             _, m, fn = run_hadamard(x, out_t, 0.05)
             t = timeit(fn)
-            out.append(dict(n=n, m=m, rows=rows, dtype=nm, impl="mq", ms=t * 1e3, memcpy_ms=tcopy * 1e3, ratio_vs_memcpy=t / tcopy))
+            out.append(dict(n=n, m=m, rows=rows, mib=mib, dtype=nm, impl="mq", ms=t * 1e3, memcpy_ms=tcopy * 1e3,
+                            ratio_vs_memcpy=t / tcopy))
             print(f"hadamard n{n} (m={m}) rows{rows} {nm}: {t * 1e3:.3f} ms, memcpy {tcopy * 1e3:.3f} ms, ratio {t / tcopy:.2f}", flush=True)
         if with_ref and "fht" in mamba:
             fname = {1: "fast_hadamard_transform", 12: "fast_hadamard_transform_12N", 20: "fast_hadamard_transform_20N",
@@ -824,6 +825,11 @@ if __name__ == "__main__":
         tag = sys.argv[2] if len(sys.argv) > 2 else "alt"
         with open(os.path.join(out, f"hbench_alt_{tag}.json"), "w") as fh:
             json.dump(dict(lib=os.environ.get("MQ_KERNELS_LIB", ""), tag=tag, rows=hadamard_bench({}, with_ref=False)), fh, indent=1)
+    elif cmd == "hsizes":  # the default build's Hadamard at other input sizes (HADAMARD_MIB, default "64 256")
+        rows = [r for mib in (int(v) for v in os.environ.get("HADAMARD_MIB", "64 256").split())
+                for r in hadamard_bench({}, with_ref=False, mib=mib)]
+        with open(os.path.join(out, "hadamard_sizes.json"), "w") as fh:
+            json.dump(rows, fh, indent=1)
     elif cmd == "scanauto":  # the automatic scan plan on the benchmark shapes: time it, check it against forced 2 threads
         res = []
         for (Bsz, L, D) in SCAN_SHAPES:

@@ -7,7 +7,9 @@
 # (harness.py sweep, folded into bench.json as scan_alt); builds mamba-ssm's fp16
 # forward scan (.carry/mamba) and Dao-AILab's fast-hadamard-transform (.carry/fht) in the background when
 # their sources are there (never committed), then: tests, compute-sanitizer memcheck, benchmarks, ncu.
-# Writes tests.json, bench.json, results.md, sanitizer.log, builds.log, ncu.txt (and log.txt via tee) under $OUT.
+# Writes tests.json, bench.json, results.md, sanitizer.log, builds.log, ncu.txt (and log.txt via tee) under $OUT; with
+# BENCH=hadamard or all also copy_floor.log (copy_floor.cu: plain copy kernels against cudaMemcpy, 64 and 256 MiB) and
+# hadamard_sizes.log / .json (harness.py hsizes: the Hadamard at 64 and 256 MiB).
 # BENCH=hadamard: the tests and the sanitizer run in full, the benchmarks only time the Hadamard kernel (no scan sweep,
 # no decode, no mamba-ssm build), and ncu.txt profiles Hadamard launches instead of the scan (one per n of NCU_HAD_N,
 # default "5120 1536"). BENCH=scan: the benchmarks time only the scan (schedules, mamba-ssm; no chunk sweep, Hadamard
@@ -150,6 +152,12 @@ for e in ${su_alt[@]+"${su_alt[@]}"}; do
   fi
 done
 PYTHONPATH="build/mamba:build/fht:${PYTHONPATH:-}" python3 benchmarks/gpu/harness.py bench "$BENCH" || rc=1
+if [ "$BENCH" = hadamard ] || [ "$BENCH" = all ]; then  # the copy floor of the Hadamard target, and its larger input
+  { nvcc -std=c++17 -O3 -gencode "arch=compute_${ARCH},code=sm_${ARCH}" -o build/copy_floor benchmarks/gpu/copy_floor.cu \
+    && build/copy_floor 64 256; } > "$OUT/copy_floor.log" 2>&1 || { echo "copy_floor failed"; rc=1; }
+  grep "best kernel copy" "$OUT/copy_floor.log"
+  python3 benchmarks/gpu/harness.py hsizes > "$OUT/hadamard_sizes.log" 2>&1 || { echo "hsizes failed"; rc=1; }
+fi
 python3 benchmarks/gpu/summarize.py "$OUT" "OUT=\$OUT bash benchmarks/gpu/run_all.sh (ARCH=$ARCH BENCH=$BENCH${NVCC_DEFINES:+ NVCC_DEFINES=$NVCC_DEFINES}${HAD_ALT_DEFINES:+ HAD_ALT_DEFINES=$HAD_ALT_DEFINES}${SCAN_ALT_DEFINES:+ SCAN_ALT_DEFINES=$SCAN_ALT_DEFINES}${SCAN_ALT_SRC:+ SCAN_ALT_SRC=$SCAN_ALT_SRC}${HAD_ALT_SRC:+ HAD_ALT_SRC=$HAD_ALT_SRC}${SU_ALT_DEFINES:+ SU_ALT_DEFINES=$SU_ALT_DEFINES})" > /dev/null
 if [ "${NCU:-1}" = 1 ] && [ "$BENCH" = hadamard ] && command -v ncu > /dev/null; then  # fp16 -> fp16, 64 MiB, each n of NCU_HAD_N
   timeout 150 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \

@@ -135,6 +135,59 @@ __global__ void __launch_bounds__(128) groupCopy(char const* __restrict__ in, ch
     }
 }
 
+//! Byte offset, within a 16 KB group, of access j (< 16, 8 bytes) of thread t (< 128) in store/load shape P:
+//! 0: j·1024 + 8t (a warp instruction covers 256 contiguous bytes, as the L phase of m = 1 loads);
+//! 1, 2: half-warps write 128-byte pieces 2 KB / 512 bytes apart (the last pass of m = 1 at n 4096 / of the narrow
+//! last passes: lanes 0-15 vary chunk bits 0-3, lanes 16-31 one bit above the unit's).
+__device__ __forceinline__ int shapeOffset(int P, int j, int t)
+{
+    int const w = t >> 5, l = t & 31, piece = j * 4 + w; // 64 pieces of 128 bytes … per half-warp
+    if (P == 0)
+        return j * 1024 + t * 8;
+    if (P == 1)
+        return (piece >> 4) * 4096 + (l >> 4) * 2048 + (piece & 15) * 128 + (l & 15) * 8;
+    return (piece >> 2) * 1024 + (l >> 4) * 512 + (piece & 3) * 128 + (l & 15) * 8;
+}
+
+//! The Hadamard shape (4 blocks/SM, 16 KB groups, next group in registers, evict-first), each group permuted through
+//! shared memory: loaded in shape 0, stored in shape kStore (every byte still lands where it came from).
+template <int kStore>
+__global__ void __launch_bounds__(128) shapedCopy(char const* __restrict__ in, char* __restrict__ out, int groups)
+{
+    __shared__ uint2 sm[2048];
+    uint2 cur[16], nxt[16];
+    auto load = [&](uint2(&r)[16], int g) {
+        char const* b = in + static_cast<size_t>(g) * 16384;
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+            r[j] = __ldcs(reinterpret_cast<uint2 const*>(b + shapeOffset(0, j, threadIdx.x)));
+    };
+    int g = blockIdx.x;
+    if (g >= groups)
+        return;
+    load(nxt, g);
+    for (; g < groups; g += gridDim.x)
+    {
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+            cur[j] = nxt[j];
+        if (g + static_cast<int>(gridDim.x) < groups)
+            load(nxt, g + gridDim.x);
+        __syncthreads(); // the previous group's stores have read sm
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+            sm[shapeOffset(0, j, threadIdx.x) / 8] = cur[j];
+        __syncthreads();
+        char* o = out + static_cast<size_t>(g) * 16384;
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+        {
+            int const off = shapeOffset(kStore, j, threadIdx.x);
+            __stcs(reinterpret_cast<uint2*>(o + off), sm[off / 8]);
+        }
+    }
+}
+
 //! Bulk (TMA) copy, sm_90+: one thread a block moves kGroup-byte groups global → shared (cp.async.bulk, mbarrier
 //! completion, kStages groups in flight) → global (cp.async.bulk bulk_group store).
 template <int kGroup, int kStages>
@@ -294,6 +347,9 @@ int main(int argc, char** argv)
         run("Hadamard shape, plain loads", [&] { groupCopy<8, 16384, false, true, true, true><<<sms * 4, 128>>>(in, out, groups); });
         run("Hadamard shape, plain stores", [&] { groupCopy<8, 16384, true, false, true, true><<<sms * 4, 128>>>(in, out, groups); });
         run("Hadamard shape, 16 B accesses", [&] { groupCopy<16, 16384, true, true, true, true><<<sms * 4, 128>>>(in, out, groups); });
+        run("Hadamard shape through shared memory, stores 256 B a warp", [&] { shapedCopy<0><<<sms * 4, 128>>>(in, out, groups); });
+        run("  ... stores 2 x 128 B 2 KB apart (m = 1 last pass)", [&] { shapedCopy<1><<<sms * 4, 128>>>(in, out, groups); });
+        run("  ... stores 2 x 128 B 512 B apart (narrow last pass)", [&] { shapedCopy<2><<<sms * 4, 128>>>(in, out, groups); });
         if (major >= 9)
         {
             auto bulk = [&](auto kern, int group, int stages, int bps, char const* name) {

@@ -122,5 +122,12 @@ def test_constant_nodes_asked_for_as_outputs(prepared):
     a = OrtRunner(g, extra_outputs=weights[:5]).run({"input_ids": ids})
     b = OrtRunner(g, extra_outputs=weights[:5], plugins="extensions").run({"input_ids": ids})
     assert sorted(a) == sorted(b) == sorted(["logits", *weights[:5]])
-    for n in a:
-        assert rel_err(b[n], a[n]) < 1e-5, n
+    for n in weights[:5]:  # the constant nodes: the same values on both paths
+        assert np.array_equal(a[n], b[n]), n
+    # asking for them leaves each path's logits bit for bit as without. (Between the two paths a quantized graph's
+    # logits may be an int8 step apart from where a value sits on a rounding boundary, since the paths sum in
+    # different orders: with these ids one value of the first sequence flips at position 5 and the scan state carries
+    # it on (onnxruntime 1.32, torch 2.13). test_fused_int8_graph_and_stateful_graphs holds each path to the
+    # simulation for such cases.)
+    for got, kw in ((a, {}), (b, {"plugins": "extensions"})):
+        assert np.array_equal(got["logits"], OrtRunner(g, **kw)(ids)), kw

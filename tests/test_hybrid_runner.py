@@ -114,7 +114,8 @@ def test_constant_nodes_asked_for_as_outputs(prepared):
     sits in its own segment and is not copied into it a second time (onnxruntime refused such a segment: "two
     nodes with same node name")."""
     m2, plan = prepared
-    g = fuse_scan_quant(build_lm_graph(m2, plan))
+    g0, points = build_lm_graph(m2, plan, with_points=True)
+    g = fuse_scan_quant(g0)
     inits = {t.name for t in g.graph.initializer}
     weights = [n.output[0] for n in g.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
     assert len(weights) == 4 * 3  # in_proj, x_proj, dt_proj, out_proj of each layer
@@ -124,10 +125,14 @@ def test_constant_nodes_asked_for_as_outputs(prepared):
     assert sorted(a) == sorted(b) == sorted(["logits", *weights[:5]])
     for n in weights[:5]:  # the constant nodes: the same values on both paths
         assert np.array_equal(a[n], b[n]), n
-    # asking for them leaves each path's logits bit for bit as without. (Between the two paths a quantized graph's
-    # logits may be an int8 step apart from where a value sits on a rounding boundary, since the paths sum in
-    # different orders: with these ids one value of the first sequence flips at position 5 and the scan state carries
-    # it on (onnxruntime 1.32, torch 2.13). test_fused_int8_graph_and_stateful_graphs holds each path to the
-    # simulation for such cases.)
+    # asking for them leaves each path's logits bit for bit as without, and each path's logits are the simulation's
+    # (to fp32 rounding, the simulation taking the path's side on rounding-boundary cases, as in
+    # test_fused_int8_graph_and_stateful_graphs). Not each other's at 1e-5: the paths sum in different orders, and
+    # with these ids one value of the first sequence lands an int8 step apart at position 5 (onnxruntime 1.32,
+    # torch 2.13), which the scan state carries on.
     for got, kw in ((a, {}), (b, {"plugins": "extensions"})):
         assert np.array_equal(got["logits"], OrtRunner(g, **kw)(ids)), kw
+        f = point_values(g, points, plan.quant.act_scales, ids, **kw)
+        assert np.array_equal(f.pop("logits"), got["logits"]), kw
+        assert rel_err(simulate.forward(m2, plan, ids, f), got["logits"]) < 1e-5, kw
+        assert f.get("flipped", 0) <= 5, kw

@@ -631,11 +631,11 @@ def decode_bench(mamba, bw):
 HADAMARD_SIZES = (768, 1536, 2560, 5120, 4096, 3584)
 
 
-def hadamard_bench(mamba, with_ref=True, mib=64):
-    """fp16 -> fp16 / int8 Hadamard on `mib` MiB of fp16 input, against a memcpy of the same tensor (and Dao-AILab's
-    fast-hadamard-transform, fp16 -> fp16, when its build is present)."""
+def hadamard_bench(mamba, with_ref=True, mib=64, sizes=HADAMARD_SIZES):
+    """fp16 -> fp16 / int8 Hadamard on `mib` MiB of fp16 input for each n of `sizes`, against a memcpy of the same tensor
+    (and Dao-AILab's fast-hadamard-transform, fp16 -> fp16, when its build is present)."""
     out = []
-    for n in HADAMARD_SIZES:
+    for n in sizes:
         rows = (mib << 20) // (2 * n)  # mib MiB of fp16 input
         x = torch.randn(rows, n, device=DEV, dtype=torch.float16)
         dst = torch.empty_like(x)
@@ -825,10 +825,13 @@ if __name__ == "__main__":
         tag = sys.argv[2] if len(sys.argv) > 2 else "alt"
         with open(os.path.join(out, f"hbench_alt_{tag}.json"), "w") as fh:
             json.dump(dict(lib=os.environ.get("MQ_KERNELS_LIB", ""), tag=tag, rows=hadamard_bench({}, with_ref=False)), fh, indent=1)
-    elif cmd == "hsizes":  # the default build's Hadamard at other input sizes (HADAMARD_MIB, default "64 256")
+    elif cmd == "hsizes":  # a build's Hadamard at other input sizes (HADAMARD_MIB, default "64 256") and n (HADAMARD_N,
+        # default the benchmark table's); HADAMARD_TAG names the file (hadamard_sizes_<tag>.json), for A/B runs of builds
+        sizes = tuple(int(v) for v in os.environ.get("HADAMARD_N", " ".join(map(str, HADAMARD_SIZES))).split())
         rows = [r for mib in (int(v) for v in os.environ.get("HADAMARD_MIB", "64 256").split())
-                for r in hadamard_bench({}, with_ref=False, mib=mib)]
-        with open(os.path.join(out, "hadamard_sizes.json"), "w") as fh:
+                for r in hadamard_bench({}, with_ref=False, mib=mib, sizes=sizes)]
+        tag = os.environ.get("HADAMARD_TAG", "")
+        with open(os.path.join(out, f"hadamard_sizes{'_' + tag if tag else ''}.json"), "w") as fh:
             json.dump(rows, fh, indent=1)
     elif cmd == "scanauto":  # the automatic scan plan on the benchmark shapes: time it, check it against forced 2 threads
         res = []

@@ -1,4 +1,4 @@
-"""Shared test utilities: relative max error and writing checkpoints in both families' formats."""
+"""Shared test utilities: relative max error, writing checkpoints in both families' formats, a small W8A8 OUTDIR."""
 
 import json
 from pathlib import Path
@@ -38,3 +38,15 @@ def write_state_spaces_checkpoint(model: MambaModel, path: Path) -> Path:
            "tie_embeddings": c.tie_embeddings}
     (path / "config.json").write_text(json.dumps(cfg))
     return path
+
+
+def compile_small_w8(root: Path, name: str = "w8") -> Path:
+    """The bundled model compiled with mambaquant-w8a8 into root/name, calibrated on 2 windows of 32 tokens of a
+    repeated sentence (seconds: for tests of the graphs' form, not of accuracy)."""
+    from mq_deploy.compile import compile_model
+
+    calib = root / "calib.txt"
+    calib.write_text(" ".join(["The quick brown fox jumps over the lazy dog, then naps in the sun."] * 100))
+    compile_model(None, "mambaquant-w8a8", root / name, calib=str(calib), calib_samples=2, calib_seq_len=32,
+                  progress=False, report_passes=False)
+    return root / name

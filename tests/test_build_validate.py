@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -387,6 +388,39 @@ def test_build_validation_engine_marks_the_tensors_before_quantization(w8_out, f
     assert "no trtexec equivalent" in capsys.readouterr().err
     assert main(["build", str(w8_out), "--validation-engine", "--polygraphy"]) == 2
     assert "no polygraphy equivalent" in capsys.readouterr().err
+
+
+def test_validation_engine_of_fused_hadamards_parses_an_unfused_copy(tmp_path, monkeypatch, capsys):
+    """A MambaQuant OUTDIR's Hadamards write int8 (their QuantizeLinear fused, graph/fuse_scan_quant.py): the
+    deployment engine parses model.onnx as it is, the validation engine a temporary copy beside it (its weights
+    resolve) in which each Hadamard writes float again, so that the value before that QuantizeLinear exists to be
+    marked; the copy is gone afterwards."""
+    out = _compile(tmp_path / "mq", "--recipe", "mambaquant-w8a8", "--calib", need(DATA_DIR / "text" /
+                   "wikitext2_val_sample.jsonl"), "--calib-samples", "2", "--calib-seq-len", "32")
+    fake = _FakeTRT(log := {})
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(fake))
+    lib = tmp_path / "libmq_trt_plugins.so"
+    lib.write_bytes(b"")
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    fused = [n.name for n in graph.graph.node if n.op_type == "Hadamard" and any(a.name == "out_scale" and a.f
+                                                                                for a in n.attribute)]
+    assert len(fused) == 8
+    want = quantized_tensors(graph)
+    assert set(fused) <= set(want)
+    assert main(["build", str(out), "-q", "--plugins", str(lib), "-o", str(tmp_path / "m.engine")]) == 0
+    assert log["onnx"] == str(out / "model.onnx")
+    log.clear()
+    rc = main(["build", str(out), "--validation-engine", "--plugins", str(lib), "-o", str(tmp_path / "v.engine")])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert log["marked"] == want and "writes int8 itself" in cap.err
+    parsed = Path(log["onnx"])
+    assert parsed.parent == out and parsed != out / "model.onnx" and not parsed.exists()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary left in OUTDIR
+    fake.parse_errors = ["broken"]  # a failed parse removes the copy too
+    assert main(["build", str(out), "-q", "--validation-engine", "--plugins", str(lib), "-o",
+                 str(tmp_path / "w.engine")]) == 2
+    assert "could not parse" in capsys.readouterr().err and not Path(log["onnx"]).exists()
 
 
 @pytest.mark.parametrize("old, why", [(b"corrupt", "could not read"), (b"foreign", "another device")])

@@ -207,10 +207,10 @@ def _stateful(config, quantized: bool, unfused: onnx.ModelProto, store: WeightSt
         release()
         for name in list(pair):
             g = pair.pop(name)
-            if quantized and name == "model.prefill.onnx":  # int8 straight into the prefill's scan plugins too
-                from .graph.fuse_scan_quant import fuse_scan_quant
+            if quantized and flavour == "tensorrt":  # int8 straight into the prefill's scan plugins too, and int8
+                from .graph.fuse_scan_quant import fuse_hadamard_quant, fuse_plugin_quant  # out of the Hadamards
 
-                g = fuse_scan_quant(g)
+                g = fuse_plugin_quant(g) if name == "model.prefill.onnx" else fuse_hadamard_quant(g, copy=False)
             store.save(g, tmp / name)
             files[name] = {"flavour": flavour}
             del g
@@ -351,9 +351,9 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             release()
             graph = unfused
             if quantized:
-                from .graph.fuse_scan_quant import fuse_scan_quant
+                from .graph.fuse_scan_quant import fuse_plugin_quant
 
-                graph = fuse_scan_quant(unfused)  # TensorRT flavour: int8 straight into the scan plugin
+                graph = fuse_plugin_quant(unfused)  # TensorRT flavour: int8 into the scan plugin and out of the Hadamard
             onnx.checker.check_model(graph)
             plugin_logits = None
             if quantized:  # the plugin graph as tightly as the portable one: simulation, following its roundings

@@ -9,6 +9,8 @@ Rules (a graph with no QuantizeLinear is fp and has nothing to check):
   matmul-both    a MatMul with one dequantized input has both inputs dequantized
   linear-quant   each in_proj / x_proj / dt_proj / out_proj MatMul is quantized when the graph is
   scan-inputs    SelectiveScan's u, delta, Bm, Cm come from DequantizeLinear when the graph is quantized
+  hadamard-out   a Hadamard that writes int8 (out_scale > 0, its QuantizeLinear fused) feeds only DequantizeLinear
+                 nodes with that scale and an int8 zero-point 0
   token-scale    a token given its own scale (Vim class token: Mul by a constant [1, T, 1] before a
                  QuantizeLinear whose DequantizeLinear feeds a MatMul) is rescaled back right after that
                  MatMul by the reciprocal constant (product 1 within 1e-6)
@@ -24,7 +26,9 @@ from onnx import numpy_helper
 
 from .errors import UserError
 from .graph.plan import LINEARS
+from .ops import hadamard_op
 from .ops import selective_scan as ss
+from .ops.plugin_fields import fields_of
 
 
 def _violation(node: str, rule: str, msg: str) -> dict:
@@ -41,7 +45,8 @@ def lint_model(model: onnx.ModelProto, base_dir: str = "") -> list[dict]:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     out: list[dict] = []
-    if not any(n.op_type == "QuantizeLinear" for n in g.node):
+    fused = {n.name for n in g.node if n.op_type == hadamard_op.PLUGIN_NAME and fields_of(n)["out_scale"]}
+    if not fused and not any(n.op_type == "QuantizeLinear" for n in g.node):
         return out
 
     def arr(name):
@@ -119,6 +124,20 @@ def lint_model(model: onnx.ModelProto, base_dir: str = "") -> list[dict]:
                 out.append(_violation(n.name, "matmul-both", "only one MatMul input is dequantized"))
             if any(n.name.endswith(f"/{lin}") for lin in LINEARS) and not all(dq):
                 out.append(_violation(n.name, "linear-quant", "linear layer is not quantized in a quantized graph"))
+        elif n.op_type == hadamard_op.PLUGIN_NAME and n.name in fused:
+            s = np.float32(fields_of(n)["out_scale"])
+            for c in consumers.get(n.output[0], []):
+                if c.op_type != "DequantizeLinear":
+                    out.append(_violation(n.name, "hadamard-out", f"int8 output feeds {c.op_type} '{c.name}', expected "
+                                                                  "DequantizeLinear"))
+                    continue
+                sa = arr(c.input[1])
+                zp = arr(c.input[2]) if len(c.input) > 2 and c.input[2] else None
+                if sa is None or sa.size != 1 or sa.astype(np.float32).ravel()[0] != s:
+                    out.append(_violation(c.name, "hadamard-out", f"DequantizeLinear scale differs from its Hadamard's "
+                                                                  f"out_scale ({float(s):g})"))
+                if zp is None or zp.dtype != np.int8 or np.any(zp != 0):
+                    out.append(_violation(c.name, "hadamard-out", "zero-point must be an int8 constant 0 (symmetric)"))
         elif n.op_type == ss.PLUGIN_NAME:
             scales = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
             for idx, label, attr_name in ((0, "u", "u_scale"), (1, "delta", "delta_scale"), (3, "Bm", "B_scale"),

@@ -9,6 +9,7 @@ STRONGLY_TYPED, no precision flags); on TensorRT 11 it changes nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -255,14 +256,16 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
                  fp16: bool = False, shapes: Shapes = Shapes(), timing_cache: Optional[str] = None,
                  input_name: str = "input_ids", workspace_gib: float = 4.0, fixed_dims: tuple = (),
                  warn: Callable[[str], None] = lambda s: None, strongly_typed: bool = False,
-                 mark: Sequence[str] = (), fp32: Sequence[str] = ()) -> str:
+                 mark: Sequence[str] = (), fp32: Sequence[str] = (), unfuse_hadamard: bool = False) -> str:
     """Parse onnx_path, load the plugin library, build and write a serialized engine to out_path
     (`fixed_dims`: the input's dimensions after the batch when only the batch is dynamic, e.g. Vim's C, H, W;
     `warn`: told when the timing cache is unusable and an empty one is used instead; `strongly_typed`: the
     network is created strongly typed and no precision flag is set, so int8 / fp16 must be False; `mark`:
     tensors of the graph to make network outputs too, the validation engine's values before its
     QuantizeLinear nodes; `fp32`: tensors whose layers keep fp32 compute and outputs when FP16 is allowed, the
-    RMSNorm layers of graph/precision.py)."""
+    RMSNorm layers of graph/precision.py; `unfuse_hadamard`: parse a copy of the graph whose Hadamard nodes write
+    their float output again, each followed by its QuantizeLinear (graph/fuse_scan_quant.py), as a validation
+    engine of a graph with fused Hadamard quantization needs, to mark the value before that QuantizeLinear)."""
     _check_strongly_typed(strongly_typed, int8, fp16)
     dims = shapes.dims(fixed_dims)
     if not os.path.isfile(onnx_path):
@@ -277,9 +280,10 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(onnx_path):
-        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise UserError(f"TensorRT could not parse {onnx_path}: {errs}")
+    with _unfused_copy(onnx_path) if unfuse_hadamard else contextlib.nullcontext(onnx_path) as parse_path:
+        if not parser.parse_from_file(parse_path):
+            errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise UserError(f"TensorRT could not parse {onnx_path}: {errs}")
     if mark:
         mark_outputs(network, mark, onnx_path)
     config = builder.create_builder_config()
@@ -302,6 +306,26 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, config.get_timing_cache().serialize())
     return out_path
+
+
+@contextlib.contextmanager
+def _unfused_copy(onnx_path: str):
+    """A temporary copy of onnx_path beside it (so that its external weights resolve) with every fused Hadamard
+    quantization undone (graph/fuse_scan_quant.py, unfuse_hadamard_quant); removed on exit."""
+    import onnx
+
+    from .graph.fuse_scan_quant import unfuse_hadamard_quant
+
+    proto = onnx.load(onnx_path, load_external_data=False)
+    unfuse_hadamard_quant(proto)
+    path = Path(onnx_path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.unfused-", suffix=".onnx", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(proto.SerializeToString())
+        yield tmp
+    finally:
+        os.unlink(tmp)
 
 
 def _producers(network, names: Sequence[str], what: str, why: str) -> dict:
@@ -385,6 +409,7 @@ class BuildPlan:
     strongly_typed: bool = False  # the graph's types decide (int8 and fp16 are then False)
     mark: tuple = ()  # a validation engine: the tensors before the QuantizeLinear nodes, marked as outputs
     fp32: tuple = ()  # with fp16: (layer, tensor) of the RMSNorm layers kept in fp32 (graph/precision.py)
+    unfuse: bool = False  # a validation engine: built from a copy whose Hadamards quantize in a QuantizeLinear again
 
     def command_lines(self, trt_major: Optional[int] = None) -> dict[str, str]:
         return command_lines(self.onnx, self.engine, self.plugin_lib or LIB_PLACEHOLDER, int8=self.int8,
@@ -420,13 +445,18 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
                         "engine is compared with the graphs directly; build it without --validation-engine)")
     mark: tuple = ()
     fp32: tuple = ()
+    unfuse = False
     if validation or fp16:
         import onnx
 
         from .graph.follow import quantized_tensors
+        from .graph.fuse_scan_quant import unfuse_hadamard_quant
         from .graph.precision import rms_norm_nodes
 
         graph = onnx.load(str(onnx_path), load_external_data=False)
+        # a validation engine marks the value before every QuantizeLinear: the Hadamards that quantize their own
+        # output (the deployment engine's fused kernel) get theirs back in the copy it is built from
+        unfuse = validation and unfuse_hadamard_quant(graph) > 0
         made = {o for n in graph.graph.node for o in n.output}  # a graph input needs no marking
         mark = tuple(t for t in quantized_tensors(graph) if t in made) if validation else ()
         fp32 = tuple((n.name, n.output[0]) for n in rms_norm_nodes(graph)) if fp16 else ()
@@ -438,7 +468,7 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
     return BuildPlan(onnx=str(onnx_path), engine=str(engine or Path(outdir) / default), plugin_lib=lib,
                      int8=(int8 or manifest_quantized(manifest)) and not strongly_typed, fp16=fp16, shapes=shapes,
                      timing_cache=timing_cache, vocab=vocab, input_name=name, fixed_dims=fixed,
-                     strongly_typed=strongly_typed, mark=mark, fp32=fp32)
+                     strongly_typed=strongly_typed, mark=mark, fp32=fp32, unfuse=unfuse)
 
 
 def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
@@ -459,10 +489,13 @@ def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
     if plan.mark:
         log(f"validation engine: the {len(plan.mark)} tensors before its QuantizeLinear nodes are outputs too "
             "(for `mq-deploy validate --engine`; not for deployment: extra outputs, other fusions)")
+    if plan.unfuse:
+        log("validation engine: its Hadamard layers write float and a QuantizeLinear layer quantizes, so that the "
+            "value in between is an output (the deployment engine's Hadamard writes int8 itself)")
     return build_engine(plan.onnx, plan.engine, plan.plugin_lib, int8=plan.int8, fp16=plan.fp16, shapes=plan.shapes,
                         timing_cache=plan.timing_cache, input_name=plan.input_name, fixed_dims=plan.fixed_dims,
                         warn=warn, strongly_typed=plan.strongly_typed, mark=plan.mark,
-                        fp32=tuple(t for _, t in plan.fp32))
+                        fp32=tuple(t for _, t in plan.fp32), unfuse_hadamard=plan.unfuse)
 
 
 def _trtexec_shape(name: str, s: tuple) -> str:

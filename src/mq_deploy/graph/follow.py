@@ -44,9 +44,21 @@ def follow_name(tensor: str) -> str:
     return tensor + _SUFFIX
 
 
+def _fused_quantizers(model: onnx.ModelProto) -> dict:
+    """{float output: scale} of the Hadamard nodes that quantize their own output (graph/fuse_scan_quant.py,
+    fuse_hadamard_quant): each stands for a QuantizeLinear on that tensor, which unfuse_hadamard_quant (and so
+    every onnxruntime run) gives back."""
+    from ..ops import hadamard_op
+    from ..ops.plugin_fields import fields_of
+
+    return {n.name: float(fields_of(n)["out_scale"]) for n in model.graph.node
+            if n.op_type == hadamard_op.PLUGIN_NAME and fields_of(n)["out_scale"]}
+
+
 def quantized_tensors(model: onnx.ModelProto) -> list[str]:
-    """Inputs of the top-level QuantizeLinear nodes (the values a rounding decision is made on), sorted."""
-    return sorted({n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"})
+    """Inputs of the top-level QuantizeLinear nodes (the values a rounding decision is made on), sorted; a Hadamard
+    fused with its QuantizeLinear counts as one (its float output)."""
+    return sorted({n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"} | set(_fused_quantizers(model)))
 
 
 def follower(model: onnx.ModelProto, tensors: Optional[list[str]] = None,
@@ -57,8 +69,11 @@ def follower(model: onnx.ModelProto, tensors: Optional[list[str]] = None,
     activation quantization)."""
     if not steps > 0:
         raise ValueError(f"follower: steps must be > 0, not {steps}")
+    from .fuse_scan_quant import unfuse_hadamard_quant
+
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    unfuse_hadamard_quant(m)  # a fused Hadamard's rounding is followed on its QuantizeLinear
     g = m.graph
     want = set(quantized_tensors(model) if tensors is None else tensors)
     inits = {t.name: t for t in g.initializer}
@@ -100,8 +115,12 @@ def quantizer_params(model: onnx.ModelProto) -> dict:
     from onnx import numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
+    fused = _fused_quantizers(model)
     out = {}
     for n in model.graph.node:
+        if n.name in fused and n.op_type != "QuantizeLinear" and n.name not in out:
+            out[n.name] = (fused[n.name], np.int8(0))
+            continue
         if n.op_type != "QuantizeLinear" or n.input[0] in out or n.input[1] not in inits:
             continue
         zp = (numpy_helper.to_array(inits[n.input[2]]).reshape(-1)[0] if len(n.input) > 2 and n.input[2] in inits

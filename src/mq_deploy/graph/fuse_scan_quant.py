@@ -1,11 +1,20 @@
-"""TensorRT flavour only: feed the SelectiveScan plugin its int8 inputs directly (Q → plugin).
+"""TensorRT flavour only: the plugins take and give int8 where a Q/DQ pair meets them (`fuse_plugin_quant`).
 
-For each of u, delta, Bm, Cm that arrives as QuantizeLinear → DequantizeLinear → SelectiveScan, the
-plugin input becomes the int8 output of the QuantizeLinear and the scale moves into the plugin
-attribute `u_scale` / `delta_scale` / `B_scale` / `C_scale` (1.0, ignored, on a float input); the
-kernel dequantizes in registers (x = q·scale), so the function is unchanged. A DequantizeLinear left
-without consumers is removed (u's stays: x_proj reads it). `unfuse_for_cpu` undoes this (in memory,
-for the CPU kernels): an input produced by a QuantizeLinear is an int8 input.
+Scan inputs (`fuse_scan_quant`): for each of u, delta, Bm, Cm that arrives as QuantizeLinear → DequantizeLinear →
+SelectiveScan, the plugin input becomes the int8 output of the QuantizeLinear and the scale moves into the plugin
+attribute `u_scale` / `delta_scale` / `B_scale` / `C_scale` (1.0, ignored, on a float input); the kernel dequantizes
+in registers (x = q·scale), so the function is unchanged. A DequantizeLinear left without consumers is removed (u's
+stays: x_proj reads it).
+
+Hadamard output (`fuse_hadamard_quant`): a Hadamard whose only consumer is a per-tensor int8 QuantizeLinear (zero
+point 0: out_proj's input) takes its scale as `out_scale` and writes the int8 codes itself, the QuantizeLinear's
+output, which the DequantizeLinear reads as before. TensorRT does not fuse a QuantizeLinear into a plugin: unfused, the
+engine runs the Hadamard with a float output and then a separate quantize kernel over the same tensor. The fused
+node is renamed to its float output's name, so that `unfuse_hadamard_quant` gives that tensor back under its name
+(the quantization point the manifest and graph/follow.py name).
+
+`unfuse_for_cpu` undoes both (in memory, for the CPU kernels): an input produced by a QuantizeLinear is an int8
+input, and a Hadamard with out_scale > 0 becomes Hadamard → QuantizeLinear again.
 """
 
 from __future__ import annotations
@@ -15,9 +24,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import UserError
+from ..ops import hadamard_op
 from ..ops import selective_scan as ss
 from ..ops.ort_kernels import PLUGIN_DOMAIN
-from ..ops.plugin_fields import set_field
+from ..ops.plugin_fields import fields_of, set_field
 
 SCALE_ATTRS = {0: "u_scale", 1: "delta_scale", 3: "B_scale", 4: "C_scale"}
 
@@ -48,9 +58,98 @@ def fuse_scan_quant(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
+def fuse_plugin_quant(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The TensorRT flavour of a quantized graph: `fuse_scan_quant`, then `fuse_hadamard_quant` (a copy)."""
+    m = fuse_scan_quant(model)
+    fuse_hadamard_quant(m, copy=False)
+    return m
+
+
+def _int8_zero(t) -> bool:
+    a = numpy_helper.to_array(t)
+    return a.dtype == np.int8 and a.size == 1 and int(a.ravel()[0]) == 0
+
+
+def fuse_hadamard_quant(model: onnx.ModelProto, copy: bool = True) -> onnx.ModelProto:
+    """Each Hadamard plugin node (out_scale 0) read only by one QuantizeLinear with a scalar scale > 0 and an int8
+    zero point 0 (an initializer), its output not a graph output: the Hadamard takes out_scale = that scale, is
+    renamed to its float output's name and writes the QuantizeLinear's output; the QuantizeLinear goes. Returns
+    the fused graph (a copy unless `copy` is False)."""
+    if copy:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+    else:
+        m = model
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+    readers: dict = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    outputs = {o.name for o in g.output}
+    drop = set()
+    for node in g.node:
+        if not (node.domain == PLUGIN_DOMAIN and node.op_type == hadamard_op.PLUGIN_NAME) or fields_of(node)["out_scale"]:
+            continue
+        y = node.output[0]
+        rd = readers.get(y, [])
+        if y in outputs or len(rd) != 1 or rd[0].op_type != "QuantizeLinear" or rd[0].input[0] != y:
+            continue
+        q = rd[0]
+        if len(q.input) < 3 or q.input[1] not in inits or q.input[2] not in inits or not _int8_zero(inits[q.input[2]]):
+            continue
+        if any(a.name == "output_dtype" for a in q.attribute):  # opset 21: the zero point's type decides here
+            continue
+        scale = numpy_helper.to_array(inits[q.input[1]])
+        if scale.size != 1 or not float(scale.ravel()[0]) > 0:
+            continue
+        set_field(node, "out_scale", float(scale.ravel()[0]))
+        node.name = y
+        node.output[0] = q.output[0]
+        drop.add(id(q))
+    if drop:
+        keep = [n for n in g.node if id(n) not in drop]
+        del g.node[:]
+        g.node.extend(keep)
+    return m
+
+
+def unfuse_hadamard_quant(model: onnx.ModelProto) -> int:
+    """In place: every Hadamard with out_scale > 0 writes its float output again (named as the node, see the module
+    docstring), read by a QuantizeLinear (the scale, int8 zero point 0) that writes the node's int8 output; returns
+    how many were undone."""
+    g = model.graph
+    fused = [n for n in g.node if n.op_type == hadamard_op.PLUGIN_NAME and fields_of(n)["out_scale"]]
+    if not fused:
+        return 0
+    names = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {t.name for t in g.initializer}
+    new_nodes = []
+    for node in g.node:
+        new_nodes.append(node)
+        if not (node.op_type == hadamard_op.PLUGIN_NAME and fields_of(node)["out_scale"]):
+            continue
+        y, codes = node.name, node.output[0]
+        if not y or y in names:
+            raise UserError(f"Hadamard node {node.name!r} (int8 output {codes!r}): its float output would be named "
+                            f"{y!r}, {'which the graph already has' if y else 'but the node has no name'}; was the "
+                            "ONNX file edited? (recompile the model)")
+        scale = float(fields_of(node)["out_scale"])
+        g.initializer.append(numpy_helper.from_array(np.asarray(scale, np.float32), f"{y}/out_scale"))
+        g.initializer.append(numpy_helper.from_array(np.asarray(0, np.int8), f"{y}/out_zero_point"))
+        node.output[0] = y
+        set_field(node, "out_scale", 0.0)
+        new_nodes.append(helper.make_node("QuantizeLinear", [y, f"{y}/out_scale", f"{y}/out_zero_point"], [codes],
+                                          name=f"{y}/out_Q"))
+    del g.node[:]
+    g.node.extend(new_nodes)
+    return len(fused)
+
+
 def unfuse_for_cpu(model: onnx.ModelProto) -> None:
     """In place: put a DequantizeLinear back in front of every int8 plugin input (one a QuantizeLinear produces;
-    scale from the attribute, which goes back to 1.0: the input is float again)."""
+    scale from the attribute, which goes back to 1.0: the input is float again), and a QuantizeLinear behind every
+    int8 Hadamard output (unfuse_hadamard_quant)."""
+    unfuse_hadamard_quant(model)
     g = model.graph
     quantized = {o for n in g.node if n.op_type == "QuantizeLinear" for o in n.output}
     new_nodes = []

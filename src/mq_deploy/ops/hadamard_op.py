@@ -1,7 +1,9 @@
 """The Hadamard node: y = x·H_n along the last axis (H_n from `quant/hadamard.py`).
 
 In model.onnx it is a TensorRT plugin node (`Hadamard`, attributes `n` and `out_scale`); onnxruntime runs it with the
-CPU kernel in `ort_kernels.py`; the lowering turns it into a MatMul with the n×n constant.
+CPU kernel in `ort_kernels.py`; the lowering turns it into a MatMul with the n×n constant. Emitted with out_scale 0
+(output in the input's type); in a quantized graph's TensorRT flavour `graph/fuse_scan_quant.py` moves out_proj's
+QuantizeLinear into it (out_scale = that scale, int8 output), and undoes that for the CPU kernels.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Importing this module registers the Python kernels; `prepare_plugin_model` rewri
 nodes' domain to the one onnxruntime-extensions serves, in memory, so the file on disk keeps the
 TensorRT form. Semantics are those of `selective_scan.py`, the same as the CUDA plugin. Each kernel
 declares every field of its plugin creator (`plugin_fields.FIELDS`); the graphs set only the values these
-kernels run (no z / initial-state inputs, float scan inputs after `unfuse_for_cpu`, no int8 Hadamard output).
+kernels run (no z / initial-state inputs; float scan inputs and Hadamard outputs after `unfuse_for_cpu`).
 """
 
 from __future__ import annotations
@@ -72,8 +72,11 @@ def prepare_plugin_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]
     (`model` itself when it has none)."""
     if not any(n.domain == PLUGIN_DOMAIN for n in model.graph.node):
         return model, False
+    from ..graph.fuse_scan_quant import unfuse_for_cpu
+
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    unfuse_for_cpu(m)  # float plugin inputs and outputs (Q / DQ nodes back where the TensorRT flavour fused them)
     found = False
     for node in m.graph.node:
         if node.domain == PLUGIN_DOMAIN:
@@ -84,9 +87,6 @@ def prepare_plugin_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]
             node.domain = default_opset_domain()
             found = True
     if found:
-        from ..graph.fuse_scan_quant import unfuse_for_cpu
-
-        unfuse_for_cpu(m)
         ops = [o for o in m.opset_import if o.domain != PLUGIN_DOMAIN]
         del m.opset_import[:]
         m.opset_import.extend(ops)

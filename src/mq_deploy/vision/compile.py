@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from ..errors import InternalError, UserError
-from ..graph.fuse_scan_quant import fuse_scan_quant
+from ..graph.fuse_scan_quant import fuse_plugin_quant
 from ..graph.lower import lower_selective_scan
 from ..outdir import atomic_dir
 from ..recipes import load_recipe
@@ -80,7 +80,7 @@ def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force
             onnx.checker.check_model(g)
         check = _check(graph, portable, model, quantized)
         if quantized:
-            graph = fuse_scan_quant(graph)
+            graph = fuse_plugin_quant(graph)
         files = {}
         for name, g, flavour in (("model.onnx", graph, "tensorrt"), ("model.portable.onnx", portable, "portable")):
             log(f"writing {name}")

@@ -3,6 +3,7 @@
     python harness.py test      # correctness vs float64 references across shapes and dtypes
     python harness.py sanitize  # small cases of every kernel (run under compute-sanitizer)
     python harness.py bench     # speed vs copy bandwidth, mamba-ssm (when its build is present)
+    python harness.py hquant    # the int8-out Hadamard (quantized graphs) against Hadamard fp16 + a quantize kernel
 
 References: float64 torch ports of src/mq_deploy/ops/selective_scan.py, ops/state_update.py and
 quant/hadamard.py (the ports are checked against those numpy functions on small cases).
@@ -473,6 +474,20 @@ def timeit(fn, iters=20, warmup=3):
     return min(times)
 
 
+def graph_replay_time(stream, step, reps, iters):
+    """Seconds a call of `step` (launches on `stream`) as CUDA-graph replays: `reps` calls captured in one graph, its
+    replays timed as timeit does (host launch overhead excluded)."""
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.synchronize()
+    gr = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(gr, stream=stream):
+        for _ in range(reps):
+            step()
+    return timeit(gr.replay, iters=iters) / reps
+
+
 def copy_bandwidth():
     a = torch.empty(1 << 30, dtype=torch.uint8, device=DEV)
     b = torch.empty_like(a)
@@ -599,16 +614,7 @@ def decode_bench(mamba, bw):
                     mamba["ssu"](st[l], xs[l], dts[l], A[l], Bs[l], Cs[l], D=Dk[l], z=zs[l], dt_bias=bias[l], dt_softplus=True)
 
             def graph_time(step):
-                with torch.cuda.stream(stream):
-                    for _ in range(3):
-                        step()
-                torch.cuda.synchronize()
-                gr = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(gr, stream=stream):
-                    for _ in range(reps):
-                        step()
-                t = timeit(gr.replay, iters=iters)
-                return t / reps
+                return graph_replay_time(stream, step, reps, iters)
 
             nbytes = layers * (2 * Bsz * D * N * 4 + D * N * 4 + 2 * D * 4 + 4 * Bsz * D * 2 + 2 * Bsz * N * 2)
             row = dict(model=name, d_model=dm, layers=layers, D=D, B=Bsz, bytes=nbytes, roofline_us=nbytes / bw * 1e6,
@@ -660,6 +666,97 @@ def hadamard_bench(mamba, with_ref=True, mib=64, sizes=HADAMARD_SIZES):
                 except Exception as e:  # noqa: BLE001
                     out.append(dict(n=n, m=m, impl=f"Dao-AILab fast-hadamard-transform {fname}", error=repr(e)[:200]))
         del x, dst
+    return out
+
+
+HQUANT_N = (1536, 2048, 3072, 4096, 5120)  # d_inner of mamba-130m ... 2.8b
+HQUANT_ROWS = (1, 8, 4096, 16384)  # a decode step at batch 1 / 8, a 4096-token prompt at batch 1 / 4
+_QUANT_SRC = r"""
+#include <cuda_fp16.h>
+// y = clamp(rint(x / s), -128, 127) as int8, 8 fp16 a thread (16-byte loads, 8-byte stores): ONNX QuantizeLinear
+// (zero point 0) as one memory-bound elementwise kernel
+extern "C" __global__ void mq_quantize_linear(const uint4* __restrict__ x, uint2* __restrict__ y, float s, long long n8)
+{
+    long long const i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (i >= n8)
+        return;
+    uint4 const v = x[i];
+    __half2 const* h = reinterpret_cast<__half2 const*>(&v);
+    unsigned int w[2] = {0u, 0u};
+    for (int k = 0; k < 4; ++k)
+    {
+        float2 const f = __half22float2(h[k]);
+        int const a = (int)fminf(fmaxf(rintf(f.x / s), -128.f), 127.f), b = (int)fminf(fmaxf(rintf(f.y / s), -128.f), 127.f);
+        w[k >> 1] |= ((unsigned int)(a & 0xff) | ((unsigned int)(b & 0xff) << 8)) << (16 * (k & 1));
+    }
+    y[i] = make_uint2(w[0], w[1]);
+}
+"""
+
+
+def hadamard_quant_bench(sizes=HQUANT_N, row_counts=HQUANT_ROWS, scale=0.02, reps=20):
+    """What fusing out_proj's QuantizeLinear into the Hadamard saves (graph/fuse_scan_quant.py, fuse_hadamard_quant):
+    for each (rows, n), the Hadamard fp16 -> fp16 followed by a separate quantize kernel (_QUANT_SRC, a vectorized
+    elementwise kernel rounding as ONNX QuantizeLinear does: what a TensorRT engine runs after the plugin when the
+    QuantizeLinear is not fused), against the Hadamard fp16 -> int8 (out_scale). Times are CUDA-graph replays of `reps`
+    launches on one stream (host launch overhead excluded; the gaps between kernels in a graph, as an engine run with
+    CUDA graphs has them, included), and the memcpy of the fp16 input for scale. Codes (first 1024 rows): each path
+    against float64 (the Hadamard of x, then QuantizeLinear): the fused one at most one step apart on <= 1e-4 of the
+    values; the separate path rounds y to fp16 first, reported only."""
+    import cupy as cp
+
+    quant = cp.RawKernel(_QUANT_SRC, "mq_quantize_linear")
+    stream = torch.cuda.Stream()
+    sp = ctypes.c_void_p(stream.cuda_stream)
+
+    def graph_us(step):
+        return graph_replay_time(stream, step, reps, 10) * 1e6
+
+    out = []
+    for n in sizes:
+        m, k = ctypes.c_int(), ctypes.c_int()
+        check(LIB.mq_hadamard_split(n, ctypes.byref(m), ctypes.byref(k)), f"split {n}")
+        base = ptr(base_matrix_dev(m.value))
+        for rows in row_counts:
+            x = torch.randn(rows, n, device=DEV, dtype=torch.float16) * 2
+            y16 = torch.empty_like(x)
+            y8 = torch.empty(rows, n, dtype=torch.int8, device=DEV)
+            codes = torch.empty_like(y8)
+            dst = torch.empty_like(x)
+            n8 = x.numel() // 8
+            qargs = ((n8 + 255) // 256,), (256,), (y16.data_ptr(), codes.data_ptr(), cp.float32(scale), cp.int64(n8))
+
+            def had(out_t, y, sc=1.0):
+                check(LIB.mq_hadamard(rows, n, m.value, F16, out_t, sc, ptr(x), ptr(y), base, sp), "mq_hadamard")
+
+            def q():
+                with cp.cuda.ExternalStream(stream.cuda_stream):
+                    quant(*qargs)
+
+            def separate():
+                had(F16, y16)
+                q()
+
+            fused = functools.partial(had, I8, y8, scale)
+            separate()
+            fused()
+            torch.cuda.synchronize()
+            r = min(rows, 1024)  # the reference (numpy, float64) on the first rows
+            ref = torch.clamp(torch.round(hadamard_ref(x[:r].double(), n) / scale), -128, 127)
+            dsep, dfus = (codes[:r].double() - ref).abs(), (y8[:r].double() - ref).abs()
+            t_cp = graph_us(lambda: dst.copy_(x))
+            t16, tq, tsep, t8 = graph_us(functools.partial(had, F16, y16)), graph_us(q), graph_us(separate), graph_us(fused)
+            row = dict(n=n, m=m.value, rows=rows, memcpy_us=t_cp, hadamard_fp16_us=t16, quantize_us=tq, separate_us=tsep,
+                       fused_int8_us=t8, separate_over_fused=tsep / t8,
+                       fused_max_code_diff=float(dfus.max()), fused_mismatch_frac=float((dfus > 0).double().mean()),
+                       separate_max_code_diff=float(dsep.max()), separate_mismatch_frac=float((dsep > 0).double().mean()))
+            row["ok"] = row["fused_max_code_diff"] <= 1 and row["fused_mismatch_frac"] <= 1e-4
+            out.append(row)
+            print(f"hquant n{n} (m={m.value}) rows {rows}: hadamard fp16 {t16:.2f} + quantize {tq:.2f} -> {tsep:.2f} us; "
+                  f"fused int8 {t8:.2f} us ({tsep / t8:.2f}x); memcpy {t_cp:.2f} us; codes vs float64: fused max "
+                  f"{row['fused_max_code_diff']:.0f} on {row['fused_mismatch_frac']:.1e}, separate max "
+                  f"{row['separate_max_code_diff']:.0f} on {row['separate_mismatch_frac']:.1e}{'' if row['ok'] else '  FAIL'}",
+                  flush=True)
     return out
 
 
@@ -833,6 +930,12 @@ if __name__ == "__main__":
         tag = os.environ.get("HADAMARD_TAG", "")
         with open(os.path.join(out, f"hadamard_sizes{'_' + tag if tag else ''}.json"), "w") as fh:
             json.dump(rows, fh, indent=1)
+    elif cmd == "hquant":  # the Hadamard with out_proj's QuantizeLinear fused (int8 out) against Hadamard + quantize
+        rows = hadamard_quant_bench()
+        with open(os.path.join(out, "hadamard_quant.json"), "w") as fh:
+            json.dump(rows, fh, indent=1)
+        if not all(r["ok"] for r in rows):
+            sys.exit(1)
     elif cmd == "scanauto":  # the automatic scan plan on the benchmark shapes: time it, check it against forced 2 threads
         res = []
         for (Bsz, L, D) in SCAN_SHAPES:

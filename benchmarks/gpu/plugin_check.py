@@ -258,7 +258,8 @@ def node_checks(record, path):
                 "SelectiveStateUpdate": {0, 3, 6, 7}}.get(op, set())
         for half in (False, True):  # as exported (fp32 / int8), then the float inputs in fp16 (weakly typed --fp16)
             xin = [t.half() if half and t.dtype == torch.float32 and j not in keep else t for j, t in enumerate(ins)]
-            outs = [torch.full(r.shape, float("nan"), device=DEV, dtype=r.dtype) for r in refs]
+            # NaN (int8: 85) where the plugin writes nothing
+            outs = [torch.full(r.shape, float("nan") if r.is_floating_point() else 85, device=DEV, dtype=r.dtype) for r in refs]
             if half and outs[0].dtype == torch.float32:  # y in fp16 (states stay fp32)
                 outs[0] = outs[0].half()
             tag = f"{where} {'fp16 (weakly typed)' if half else 'as exported'}"
@@ -266,6 +267,12 @@ def node_checks(record, path):
                 continue
             if not half:  # onnxruntime's outputs: the same node on mq-deploy's CPU kernels
                 for j, (o, r) in enumerate(zip(outs, refs)):
+                    if o.dtype == torch.int8:  # a fused Hadamard's codes: the two sum in different orders, so a value
+                        diff = (o.double() - r.double()).abs()  # on a rounding boundary may land one step apart
+                        frac = float((diff > 0).double().mean())
+                        record("onnx node", f"{tag} out{j} int8 vs onnxruntime (|dq|<=1, mismatches)", "frac", frac, 1e-3,
+                               ok=float(diff.max()) <= 1 and frac <= 1e-3)
+                        continue
                     record("onnx node", f"{tag} out{j} vs onnxruntime", "rel", H.rel_err(o, r), 1e-4 if o.is_floating_point() else 0)
                 continue
             # fp16: against float64 references of the inputs as the plugin saw them

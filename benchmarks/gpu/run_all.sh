@@ -9,7 +9,8 @@
 # their sources are there (never committed), then: tests, compute-sanitizer memcheck, benchmarks, ncu.
 # Writes tests.json, bench.json, results.md, sanitizer.log, builds.log, ncu.txt (and log.txt via tee) under $OUT; with
 # BENCH=hadamard or all also copy_floor.log (copy_floor.cu: plain copy kernels against cudaMemcpy, 64 and 256 MiB) and
-# hadamard_sizes.log / .json (harness.py hsizes: the Hadamard at 64 and 256 MiB).
+# hadamard_sizes.log / .json (harness.py hsizes: the Hadamard at 64 and 256 MiB) and hadamard_quant.log / .json
+# (harness.py hquant: the int8-out Hadamard, out_proj's QuantizeLinear fused, against Hadamard + quantize kernel).
 # BENCH=hadamard: the tests and the sanitizer run in full, the benchmarks only time the Hadamard kernel (no scan sweep,
 # no decode, no mamba-ssm build), and ncu.txt profiles Hadamard launches instead of the scan (one per n of NCU_HAD_N,
 # default "5120 1536"). BENCH=scan: the benchmarks time only the scan (schedules, mamba-ssm; no chunk sweep, Hadamard
@@ -157,6 +158,8 @@ if [ "$BENCH" = hadamard ] || [ "$BENCH" = all ]; then  # the copy floor of the 
     && build/copy_floor 64 256; } > "$OUT/copy_floor.log" 2>&1 || { echo "copy_floor failed"; rc=1; }
   grep "best kernel copy" "$OUT/copy_floor.log"
   python3 benchmarks/gpu/harness.py hsizes > "$OUT/hadamard_sizes.log" 2>&1 || { echo "hsizes failed"; rc=1; }
+  # the quantized graphs' Hadamard (int8 out, out_proj's QuantizeLinear fused) against Hadamard + a quantize kernel
+  python3 benchmarks/gpu/harness.py hquant > "$OUT/hadamard_quant.log" 2>&1 || { echo "hquant failed"; rc=1; }
 fi
 python3 benchmarks/gpu/summarize.py "$OUT" "OUT=\$OUT bash benchmarks/gpu/run_all.sh (ARCH=$ARCH BENCH=$BENCH${NVCC_DEFINES:+ NVCC_DEFINES=$NVCC_DEFINES}${HAD_ALT_DEFINES:+ HAD_ALT_DEFINES=$HAD_ALT_DEFINES}${SCAN_ALT_DEFINES:+ SCAN_ALT_DEFINES=$SCAN_ALT_DEFINES}${SCAN_ALT_SRC:+ SCAN_ALT_SRC=$SCAN_ALT_SRC}${HAD_ALT_SRC:+ HAD_ALT_SRC=$HAD_ALT_SRC}${SU_ALT_DEFINES:+ SU_ALT_DEFINES=$SU_ALT_DEFINES})" > /dev/null
 if [ "${NCU:-1}" = 1 ] && [ "$BENCH" = hadamard ] && command -v ncu > /dev/null; then  # fp16 -> fp16, 64 MiB, each n of NCU_HAD_N

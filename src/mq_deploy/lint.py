@@ -10,7 +10,7 @@ Rules (a graph with no QuantizeLinear is fp and has nothing to check):
   linear-quant   each in_proj / x_proj / dt_proj / out_proj MatMul is quantized when the graph is
   scan-inputs    SelectiveScan's u, delta, Bm, Cm come from DequantizeLinear when the graph is quantized
   hadamard-out   a Hadamard that writes int8 (out_scale > 0, its QuantizeLinear fused) feeds only DequantizeLinear
-                 nodes with that scale and an int8 zero-point 0
+                 nodes with that scale and an int8 zero-point 0; out_scale is finite and >= 0
   token-scale    a token given its own scale (Vim class token: Mul by a constant [1, T, 1] before a
                  QuantizeLinear whose DequantizeLinear feeds a MatMul) is rescaled back right after that
                  MatMul by the reciprocal constant (product 1 within 1e-6)
@@ -25,6 +25,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import UserError
+from .graph.fuse_scan_quant import hadamard_out_scale
 from .graph.plan import LINEARS
 from .ops import hadamard_op
 from .ops import selective_scan as ss
@@ -45,7 +46,11 @@ def lint_model(model: onnx.ModelProto, base_dir: str = "") -> list[dict]:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     out: list[dict] = []
-    fused = {n.name for n in g.node if n.op_type == hadamard_op.PLUGIN_NAME and fields_of(n)["out_scale"]}
+    fused = {n.name for n in g.node if hadamard_out_scale(n)}
+    for n in g.node:
+        if n.op_type == hadamard_op.PLUGIN_NAME and not hadamard_out_scale(n) and fields_of(n)["out_scale"] != 0:
+            out.append(_violation(n.name, "hadamard-out", f"out_scale must be finite and >= 0, not "
+                                                          f"{fields_of(n)['out_scale']}"))
     if not fused and not any(n.op_type == "QuantizeLinear" for n in g.node):
         return out
 
@@ -124,8 +129,8 @@ def lint_model(model: onnx.ModelProto, base_dir: str = "") -> list[dict]:
                 out.append(_violation(n.name, "matmul-both", "only one MatMul input is dequantized"))
             if any(n.name.endswith(f"/{lin}") for lin in LINEARS) and not all(dq):
                 out.append(_violation(n.name, "linear-quant", "linear layer is not quantized in a quantized graph"))
-        elif n.op_type == hadamard_op.PLUGIN_NAME and n.name in fused:
-            s = np.float32(fields_of(n)["out_scale"])
+        elif n.name in fused and hadamard_out_scale(n):
+            s = np.float32(hadamard_out_scale(n))
             for c in consumers.get(n.output[0], []):
                 if c.op_type != "DequantizeLinear":
                     out.append(_violation(n.name, "hadamard-out", f"int8 output feeds {c.op_type} '{c.name}', expected "

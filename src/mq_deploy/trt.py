@@ -319,7 +319,11 @@ def _unfused_copy(onnx_path: str):
     proto = onnx.load(onnx_path, load_external_data=False)
     unfuse_hadamard_quant(proto)
     path = Path(onnx_path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.unfused-", suffix=".onnx", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.unfused-", suffix=".onnx", dir=path.parent)
+    except OSError as e:
+        raise UserError(f"a validation engine is built from a copy of {path.name} written beside it (its weights are "
+                        f"found relative to it), and {path.parent} refused it: {e}") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(proto.SerializeToString())

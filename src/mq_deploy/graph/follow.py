@@ -48,11 +48,9 @@ def _fused_quantizers(model: onnx.ModelProto) -> dict:
     """{float output: scale} of the Hadamard nodes that quantize their own output (graph/fuse_scan_quant.py,
     fuse_hadamard_quant): each stands for a QuantizeLinear on that tensor, which unfuse_hadamard_quant (and so
     every onnxruntime run) gives back."""
-    from ..ops import hadamard_op
-    from ..ops.plugin_fields import fields_of
+    from .fuse_scan_quant import hadamard_out_scale
 
-    return {n.name: float(fields_of(n)["out_scale"]) for n in model.graph.node
-            if n.op_type == hadamard_op.PLUGIN_NAME and fields_of(n)["out_scale"]}
+    return {n.name: hadamard_out_scale(n) for n in model.graph.node if hadamard_out_scale(n)}
 
 
 def quantized_tensors(model: onnx.ModelProto) -> list[str]:
@@ -114,11 +112,13 @@ def quantizer_params(model: onnx.ModelProto) -> dict:
     (a tensor quantized twice: its first node; per-tensor scales, as follower requires)."""
     from onnx import numpy_helper
 
+    from .fuse_scan_quant import hadamard_out_scale
+
     inits = {t.name: t for t in model.graph.initializer}
     fused = _fused_quantizers(model)
     out = {}
     for n in model.graph.node:
-        if n.name in fused and n.op_type != "QuantizeLinear" and n.name not in out:
+        if n.name in fused and hadamard_out_scale(n) and n.name not in out:
             out[n.name] = (fused[n.name], np.int8(0))
             continue
         if n.op_type != "QuantizeLinear" or n.input[0] in out or n.input[1] not in inits:
@@ -225,18 +225,18 @@ def fp16_stand_in(model: onnx.ModelProto, noise: float = 0.0) -> onnx.ModelProto
     QuantizeLinear can be asked for as a validation engine's are. `noise` > 0: each rounded value is also multiplied
     by 1 + U(−noise, noise) (fixed seeds), a correct engine whose float layers round more coarsely (5e-4: about
     twice fp16's own rounding error)."""
+    from .fuse_scan_quant import unfuse_hadamard_quant
     from .precision import rms_norm_nodes
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    unfuse_hadamard_quant(m)  # as the validation engine is built: the Hadamard's float output, then its QuantizeLinear
     fp32 = {o for n in rms_norm_nodes(m) for o in n.output}
     new = []
     for n in m.graph.node:
         new.append(n)
         if n.op_type not in _FLOAT_OPS:
             continue
-        if n.op_type == "Hadamard" and any(a.name == "out_scale" and a.f for a in n.attribute):
-            continue  # int8 output
         for k, o in enumerate(n.output):
             if o and o not in fp32:
                 n.output[k] = f"{o}::fp32"

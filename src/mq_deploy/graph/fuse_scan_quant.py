@@ -70,6 +70,13 @@ def _int8_zero(t) -> bool:
     return a.dtype == np.int8 and a.size == 1 and int(a.ravel()[0]) == 0
 
 
+def hadamard_out_scale(node) -> float:
+    """A Hadamard node's out_scale where it writes int8 (finite and > 0), else 0.0 (float output; the plugin refuses
+    a negative one, `mq-deploy lint` reports it)."""
+    v = float(fields_of(node)["out_scale"]) if node.op_type == hadamard_op.PLUGIN_NAME else 0.0
+    return v if np.isfinite(v) and v > 0 else 0.0
+
+
 def fuse_hadamard_quant(model: onnx.ModelProto, copy: bool = True) -> onnx.ModelProto:
     """Each Hadamard plugin node (out_scale 0) read only by one QuantizeLinear with a scalar scale > 0 and an int8
     zero point 0 (an initializer), its output not a graph output: the Hadamard takes out_scale = that scale, is
@@ -90,7 +97,7 @@ def fuse_hadamard_quant(model: onnx.ModelProto, copy: bool = True) -> onnx.Model
     drop = set()
     for node in g.node:
         if not (node.domain == PLUGIN_DOMAIN and node.op_type == hadamard_op.PLUGIN_NAME) or fields_of(node)["out_scale"]:
-            continue
+            continue  # (a nonzero out_scale: fused already, or invalid, which lint reports)
         y = node.output[0]
         rd = readers.get(y, [])
         if y in outputs or len(rd) != 1 or rd[0].op_type != "QuantizeLinear" or rd[0].input[0] != y:
@@ -108,9 +115,15 @@ def fuse_hadamard_quant(model: onnx.ModelProto, copy: bool = True) -> onnx.Model
         node.output[0] = q.output[0]
         drop.add(id(q))
     if drop:
+        gone = {i for n in g.node if id(n) in drop for i in n.input[1:]}
         keep = [n for n in g.node if id(n) not in drop]
         del g.node[:]
         g.node.extend(keep)
+        read = {i for n in g.node for i in n.input}
+        inits_left = [t for t in g.initializer if t.name not in gone or t.name in read]  # the scales only Q read
+        if len(inits_left) < len(g.initializer):
+            del g.initializer[:]
+            g.initializer.extend(inits_left)
     return m
 
 
@@ -119,27 +132,36 @@ def unfuse_hadamard_quant(model: onnx.ModelProto) -> int:
     docstring), read by a QuantizeLinear (the scale, int8 zero point 0) that writes the node's int8 output; returns
     how many were undone."""
     g = model.graph
-    fused = [n for n in g.node if n.op_type == hadamard_op.PLUGIN_NAME and fields_of(n)["out_scale"]]
+    fused = [n for n in g.node if hadamard_out_scale(n)]
     if not fused:
         return 0
+    # (a graph output of that name is no clash: onnxruntime's callers ask for the float tensor as an extra output)
     names = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {t.name for t in g.initializer}
+
+    def fresh(base: str) -> str:
+        name, k = base, 1
+        while name in names:
+            name, k = f"{base}.{k}", k + 1
+        names.add(name)
+        return name
+
     new_nodes = []
     for node in g.node:
         new_nodes.append(node)
-        if not (node.op_type == hadamard_op.PLUGIN_NAME and fields_of(node)["out_scale"]):
+        scale = hadamard_out_scale(node)
+        if not scale:
             continue
-        y, codes = node.name, node.output[0]
-        if not y or y in names:
-            raise UserError(f"Hadamard node {node.name!r} (int8 output {codes!r}): its float output would be named "
-                            f"{y!r}, {'which the graph already has' if y else 'but the node has no name'}; was the "
-                            "ONNX file edited? (recompile the model)")
-        scale = float(fields_of(node)["out_scale"])
-        g.initializer.append(numpy_helper.from_array(np.asarray(scale, np.float32), f"{y}/out_scale"))
-        g.initializer.append(numpy_helper.from_array(np.asarray(0, np.int8), f"{y}/out_zero_point"))
+        codes = node.output[0]
+        # the node's name is its float output's (fuse_hadamard_quant); a graph whose tools renamed or cleared it still
+        # runs, its float tensor under a fresh name (the manifest's quantization point then has no tensor)
+        y = node.name if node.name and node.name not in names else fresh(f"{codes}::float")
+        names.add(y)
+        g.initializer.append(numpy_helper.from_array(np.asarray(scale, np.float32), fresh(f"{y}/out_scale")))
+        g.initializer.append(numpy_helper.from_array(np.asarray(0, np.int8), fresh(f"{y}/out_zero_point")))
         node.output[0] = y
         set_field(node, "out_scale", 0.0)
-        new_nodes.append(helper.make_node("QuantizeLinear", [y, f"{y}/out_scale", f"{y}/out_zero_point"], [codes],
-                                          name=f"{y}/out_Q"))
+        new_nodes.append(helper.make_node("QuantizeLinear", [y, g.initializer[-2].name, g.initializer[-1].name],
+                                          [codes], name=f"{y}/out_Q"))
     del g.node[:]
     g.node.extend(new_nodes)
     return len(fused)

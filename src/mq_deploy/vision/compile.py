@@ -81,6 +81,7 @@ def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force
         check = _check(graph, portable, model, quantized)
         if quantized:
             graph = fuse_plugin_quant(graph)
+            onnx.checker.check_model(graph)
         files = {}
         for name, g, flavour in (("model.onnx", graph, "tensorrt"), ("model.portable.onnx", portable, "portable")):
             log(f"writing {name}")

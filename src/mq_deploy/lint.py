@@ -46,12 +46,11 @@ def lint_model(model: onnx.ModelProto, base_dir: str = "") -> list[dict]:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     out: list[dict] = []
-    fused = {n.name for n in g.node if hadamard_out_scale(n)}
     for n in g.node:
         if n.op_type == hadamard_op.PLUGIN_NAME and not hadamard_out_scale(n) and fields_of(n)["out_scale"] != 0:
             out.append(_violation(n.name, "hadamard-out", f"out_scale must be finite and >= 0, not "
                                                           f"{fields_of(n)['out_scale']}"))
-    if not fused and not any(n.op_type == "QuantizeLinear" for n in g.node):
+    if not any(n.op_type == "QuantizeLinear" or hadamard_out_scale(n) for n in g.node):
         return out
 
     def arr(name):
@@ -129,7 +128,7 @@ def lint_model(model: onnx.ModelProto, base_dir: str = "") -> list[dict]:
                 out.append(_violation(n.name, "matmul-both", "only one MatMul input is dequantized"))
             if any(n.name.endswith(f"/{lin}") for lin in LINEARS) and not all(dq):
                 out.append(_violation(n.name, "linear-quant", "linear layer is not quantized in a quantized graph"))
-        elif n.name in fused and hadamard_out_scale(n):
+        elif hadamard_out_scale(n):
             s = np.float32(hadamard_out_scale(n))
             for c in consumers.get(n.output[0], []):
                 if c.op_type != "DequantizeLinear":

@@ -454,14 +454,16 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
         import onnx
 
         from .graph.follow import quantized_tensors
-        from .graph.fuse_scan_quant import unfuse_hadamard_quant
+        from .graph.fuse_scan_quant import hadamard_out_scale
         from .graph.precision import rms_norm_nodes
 
         graph = onnx.load(str(onnx_path), load_external_data=False)
         # a validation engine marks the value before every QuantizeLinear: the Hadamards that quantize their own
-        # output (the deployment engine's fused kernel) get theirs back in the copy it is built from
-        unfuse = validation and unfuse_hadamard_quant(graph) > 0
-        made = {o for n in graph.graph.node for o in n.output}  # a graph input needs no marking
+        # output (the deployment engine's fused kernel) write it again, under their node's name, in the unfused copy
+        # it is built from (_unfused_copy)
+        fused = {n.name for n in graph.graph.node if hadamard_out_scale(n)}
+        unfuse = validation and bool(fused)
+        made = {o for n in graph.graph.node for o in n.output} | fused  # a graph input needs no marking
         mark = tuple(t for t in quantized_tensors(graph) if t in made) if validation else ()
         fp32 = tuple((n.name, n.output[0]) for n in rms_norm_nodes(graph)) if fp16 else ()
     lib = resolve_plugin_lib(plugin_lib, must_exist=require_plugin_lib)

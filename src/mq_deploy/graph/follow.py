@@ -115,11 +115,10 @@ def quantizer_params(model: onnx.ModelProto) -> dict:
     from .fuse_scan_quant import hadamard_out_scale
 
     inits = {t.name: t for t in model.graph.initializer}
-    fused = _fused_quantizers(model)
     out = {}
     for n in model.graph.node:
-        if n.name in fused and hadamard_out_scale(n) and n.name not in out:
-            out[n.name] = (fused[n.name], np.int8(0))
+        if hadamard_out_scale(n):  # a fused Hadamard: the quantizer of its float output (its node name)
+            out.setdefault(n.name, (hadamard_out_scale(n), np.int8(0)))
             continue
         if n.op_type != "QuantizeLinear" or n.input[0] in out or n.input[1] not in inits:
             continue

@@ -154,14 +154,13 @@ def unfuse_hadamard_quant(model: onnx.ModelProto) -> int:
         codes = node.output[0]
         # the node's name is its float output's (fuse_hadamard_quant); a graph whose tools renamed or cleared it still
         # runs, its float tensor under a fresh name (the manifest's quantization point then has no tensor)
-        y = node.name if node.name and node.name not in names else fresh(f"{codes}::float")
-        names.add(y)
-        g.initializer.append(numpy_helper.from_array(np.asarray(scale, np.float32), fresh(f"{y}/out_scale")))
-        g.initializer.append(numpy_helper.from_array(np.asarray(0, np.int8), fresh(f"{y}/out_zero_point")))
+        y = fresh(node.name) if node.name and node.name not in names else fresh(f"{codes}::float")
+        s_name, zp_name = fresh(f"{y}/out_scale"), fresh(f"{y}/out_zero_point")
+        g.initializer.append(numpy_helper.from_array(np.asarray(scale, np.float32), s_name))
+        g.initializer.append(numpy_helper.from_array(np.asarray(0, np.int8), zp_name))
         node.output[0] = y
         set_field(node, "out_scale", 0.0)
-        new_nodes.append(helper.make_node("QuantizeLinear", [y, g.initializer[-2].name, g.initializer[-1].name],
-                                          [codes], name=f"{y}/out_Q"))
+        new_nodes.append(helper.make_node("QuantizeLinear", [y, s_name, zp_name], [codes], name=f"{y}/out_Q"))
     del g.node[:]
     g.node.extend(new_nodes)
     return len(fused)

@@ -17,7 +17,7 @@ from mq_deploy.graph.follow import follow_name, follower, quantized_tensors, qua
 from mq_deploy.graph.fuse_scan_quant import fuse_hadamard_quant, unfuse_hadamard_quant
 from mq_deploy.ops.ort_kernels import PLUGIN_DOMAIN
 from mq_deploy.loaders import BUNDLED_DIR
-from mq_deploy.ops.plugin_fields import fields_of, node_attrs
+from mq_deploy.ops.plugin_fields import FIELDS, fields_of, node_attrs
 from mq_deploy.vision import data as vdata
 
 from .helpers import compile_small_w8
@@ -176,6 +176,26 @@ def test_compiled_quantized_graphs_fuse_every_hadamard(w8):
         assert not any(n.domain == PLUGIN_DOMAIN for n in g.node), name
 
 
+def test_manifest_lists_every_plugin_each_graph_needs(w8):
+    """manifest.json names the plugins of each TensorRT-flavour graph, counted from the graph written: model.onnx and
+    model.prefill.onnx a SelectiveScan and a Hadamard a layer, model.decode.onnx a SelectiveStateUpdate and a Hadamard
+    (the stateful section lists those two graphs' again); portable graphs none."""
+    man = json.loads((w8 / "manifest.json").read_text())
+    layers = man["model"]["config"]["n_layer"]
+    want = {"model.onnx": ["SelectiveScan", "Hadamard"], "model.prefill.onnx": ["SelectiveScan", "Hadamard"],
+            "model.decode.onnx": ["SelectiveStateUpdate", "Hadamard"]}
+    for name, ops in want.items():
+        g = onnx.load(str(w8 / name), load_external_data=False).graph
+        got = man["files"][name]["plugins"]
+        assert [(p["name"], p["count"]) for p in got] == [(op, layers) for op in sorted(ops, key=list(FIELDS).index)]
+        assert all(p["count"] == sum(n.op_type == p["name"] for n in g.node) for p in got), name
+        assert all(p["version"] == "1" and p["namespace"] == "mq_deploy" for p in got), name
+    assert man["plugins"] == man["files"]["model.onnx"]["plugins"]
+    assert man["stateful"]["plugins"] == {k: man["files"][k]["plugins"] for k in ("model.prefill.onnx",
+                                                                                   "model.decode.onnx")}
+    assert not any("plugins" in v for k, v in man["files"].items() if "portable" in k or not k.endswith(".onnx"))
+
+
 def test_compiled_graph_computes_what_the_portable_graph_does(w8):
     """onnxruntime on model.onnx (fused Hadamards, undone in memory) against model.portable.onnx (never fused: Hadamard
     as a MatMul, its QuantizeLinear as written), each QuantizeLinear of model.onnx taking the portable graph's side
@@ -213,18 +233,36 @@ def test_lint_checks_the_fused_hadamard_against_its_dequantizer(w8):
 @pytest.mark.skipif(not (vdata.DEFAULT_DIR / "train-images-idx3-ubyte.gz").is_file(),
                     reason="dataset-fashion-mnist is not installed")
 def test_vim_graphs_fuse_where_the_quantizer_reads_the_hadamard(tmp_path):
-    """Vision Mamba: vim-quarot-w8a8 fuses every Hadamard. vim-mambaquant-w8a8 gives the class token its own scale at
-    out_proj's input (a Mul by a [1, T, 1] constant between the Hadamard and its QuantizeLinear, undone after the
-    MatMul): there the QuantizeLinear reads that Mul, not the Hadamard, and the pair stays unfused (the plugin has one
-    scale; README, "What is quantized")."""
+    """Vision Mamba: every Hadamard of vim-quarot-w8a8 and vim-mambaquant-w8a8 writes int8. vim-mambaquant-w8a8 gives
+    the class token its own scale at out_proj's input: the Mul by the [1, T, 1] constant goes in front of the Hadamard
+    (it commutes with the rotation) and is undone after the MatMul, so the QuantizeLinear reads the Hadamard and is
+    fused into it too; lint checks that rescale through the fused node, and the fused graph computes what the
+    never-fused portable graph does."""
     from mq_deploy.compile import compile_model
+    from mq_deploy.lint import lint_model
+    from mq_deploy.vision.graph import VimRunner
 
     ckpt = BUNDLED_DIR.parent / "vim-fmnist"
-    for recipe, fused in (("vim-quarot-w8a8", True), ("vim-mambaquant-w8a8", False)):
-        compile_model(str(ckpt), recipe, tmp_path / recipe, calib_samples=8, progress=False, report_passes=False)
-        g = onnx.load(str(tmp_path / recipe / "model.onnx"), load_external_data=False).graph
+    imgs = np.random.default_rng(3).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    for recipe, token_scaled in (("vim-quarot-w8a8", False), ("vim-mambaquant-w8a8", True)):
+        out = tmp_path / recipe
+        compile_model(str(ckpt), recipe, out, calib_samples=8, progress=False, report_passes=False)
+        m = onnx.load(str(out / "model.onnx"), load_external_data=False)
+        g = m.graph
         had = [n for n in g.node if n.op_type == "Hadamard"]
+        producer = {o: n for n in g.node for o in n.output}
         readers = {i: n for n in g.node for i in n.input}
-        assert had and all((fields_of(n)["out_scale"] > 0) == fused for n in had), recipe
-        if not fused:
-            assert all(readers[n.output[0]].op_type == "Mul" for n in had), recipe
+        assert had and all(fields_of(n)["out_scale"] > 0 for n in had), recipe
+        assert not any(readers[n.output[0]].op_type == "QuantizeLinear" for n in had)
+        assert all((producer[n.input[0]].name.endswith("out_proj_token_scale")) == token_scaled for n in had), recipe
+        assert lint_model(m, base_dir=str(out)) == []
+        if token_scaled:  # the rescale after the MatMul, bypassed: lint sees it through the fused Hadamard
+            (mul,) = [n for n in g.node if n.name == "layers.0/out_proj_token_unscale"]
+            for n in g.node:
+                n.input[:] = [mul.input[0] if x == mul.output[0] else x for x in n.input]
+            g.node.remove(mul)
+            assert [(v["node"], v["rule"]) for v in lint_model(m, base_dir=str(out))] == [
+                ("layers.0/out_hadamard", "token-scale")]
+        a = VimRunner(str(out / "model.onnx"))(imgs)
+        b = VimRunner(str(out / "model.portable.onnx"))(imgs)
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max(), recipe

@@ -67,9 +67,10 @@ def test_validate_vim_follows_a_validation_engine(vim_out, tmp_path, monkeypatch
     assert f["limit"] == mval.ENGINE_FOLLOW_TOL and f["ok"] and f["max_rel"] < 3e-3  # direct 3e-2
     assert rep.steps["ok"] and rep.steps["worst_mean"]["mean_steps"] < 0.05
     # this random model's scans add little to their outputs (1 % or 10 % C_scale errors stay under the limits): twice
-    # the scale fails, at the output of the layer whose backward scan is wrong (scan 1: layer 0's backward scan)
+    # the scale fails, at the output of the layer whose backward scan is wrong (scan 1: layer 0's backward scan): its
+    # out_proj input, the Hadamard's output (the class token's rescale now sits in front of the Hadamard)
     bad = mval.validate(out, batch=4, **_stand_in_engine(monkeypatch, tmp_path, out, c_scale=2.0))
-    assert not bad.ok and bad.steps["first_over"]["tensor"] == "layers.0/out_proj_token_scale"
+    assert not bad.ok and bad.steps["first_over"]["tensor"] == "layers.0/out_hadamard"
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +93,9 @@ def test_validate_trained_vim_engine_names_the_wrong_layer(bundled_vim_out, tmp_
     assert rep.ok and rep.steps["worst_mean"]["mean_steps"] < 0.05, mval.format_report(rep)
     bad = mval.validate(out, batch=4, **_stand_in_engine(monkeypatch, tmp_path, out, c_scale=1.1))
     first = bad.steps["first_over"]
-    assert not bad.steps["ok"] and first["tensor"] == "layers.0/out_proj_token_scale"  # scan 1: layer 0's backward
+    assert not bad.steps["ok"] and first["tensor"] == "layers.0/out_hadamard"  # scan 1: layer 0's backward
     assert first["mean_steps"] > 3 * mval.ENGINE_STEP_TOL and first["tensor"] == bad.steps["worst_mean"]["tensor"]
-    assert "the engine computes layers.0/out_proj_token_scale differently" in mval.format_report(bad)
+    assert "the engine computes layers.0/out_hadamard differently" in mval.format_report(bad)
 
 
 def test_build_vim_outdir_batch_only_profile(vim_out, tmp_path, monkeypatch, capsys):

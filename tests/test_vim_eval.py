@@ -69,7 +69,8 @@ def test_compile_vim_checkpoint_fp32_and_w8a8(tmp_path):
     r = run("compile", ckpt, "-o", tmp_path / "fp32", "-q")
     assert r.returncode == 0, r.stderr
     man = json.loads((tmp_path / "fp32" / "manifest.json").read_text())
-    assert man["io"]["inputs"][0]["name"] == "pixel_values" and man["plugins"][0]["count"] == 2 * 6
+    assert man["io"]["inputs"][0]["name"] == "pixel_values" and man["plugins"] == [
+        {"name": "SelectiveScan", "version": "1", "namespace": "mq_deploy", "count": 2 * 6}]
     assert man["self_check"]["max_rel_error_plugin_vs_portable"] < 1e-4
     try:
         data_dir()
@@ -78,6 +79,9 @@ def test_compile_vim_checkpoint_fp32_and_w8a8(tmp_path):
     r = run("compile", ckpt, "--recipe", "vim-mambaquant-w8a8", "--calib-samples", "16", "-o", tmp_path / "q", "-q")
     assert r.returncode == 0, r.stderr
     assert lint_file(tmp_path / "q" / "model.onnx") == []
+    man = json.loads((tmp_path / "q" / "manifest.json").read_text())  # + one Hadamard a block (out_proj's input)
+    assert [(p["name"], p["count"]) for p in man["plugins"]] == [("SelectiveScan", 2 * 6), ("Hadamard", 6)]
+    assert man["files"]["model.onnx"]["plugins"] == man["plugins"] and "plugins" not in man["files"]["model.portable.onnx"]
     assert json.loads((tmp_path / "q" / "manifest.json").read_text())["quantization"]["weight_bits"] == 8
 
 

@@ -14,6 +14,7 @@ from mq_deploy.compile import compile_model
 from mq_deploy.errors import UserError
 from mq_deploy.graph.lower import lower_selective_scan
 from mq_deploy.lint import lint_model
+from mq_deploy.ops import hadamard_op
 from mq_deploy.quant.qparams import fake_quant
 from mq_deploy.recipes import load_recipe
 from mq_deploy.vision.graph import VimRunner, build_vim_graph, plain_plan
@@ -89,11 +90,15 @@ def _node_output(g, suffix):
     return n.output[0]
 
 
-@pytest.mark.parametrize("lin", ["out_proj", "x_proj_b"])
-def test_token_scale_is_a_per_token_quantizer(setup, tmp_path, lin):
-    """The rescaled MatMul computes round(x_t/s_t)·s_t·W for the token and round(x/s)·s·W for the others."""
+@pytest.mark.parametrize("recipe, lin", [("vim-rtn-w8a8", "out_proj"), ("vim-rtn-w8a8", "x_proj_b"),
+                                         ("vim-quarot-w8a8", "out_proj")])
+def test_token_scale_is_a_per_token_quantizer(setup, tmp_path, recipe, lin):
+    """The rescaled MatMul computes round(x_t/s_t)·s_t·W for the token and round(x/s)·s·W for the others. Behind
+    out_proj's online Hadamard (quarot) the rescale sits in front of the rotation, so that the Hadamard writes what the
+    quantizer reads (and the TensorRT flavour fuses the two): there the point's tensor is x·H ⊙ m, and x·H is checked
+    against the rotation of the Hadamard's own input."""
     m, imgs, _ = setup
-    m2, plan, _ = prepare_vim(m, load_recipe("vim-rtn-w8a8"), imgs)
+    m2, plan, _ = prepare_vim(m, load_recipe(recipe), imgs)
     pt = f"layers.0.{lin}.input"
     t = cls_token_index(m)[pt]
     s = plan.quant.act_scales[pt]
@@ -102,9 +107,19 @@ def test_token_scale_is_a_per_token_quantizer(setup, tmp_path, lin):
     assert lint_model(g) == []
     name = "layers.0/" + lin
     y_name = _node_output(g, f"{name}_token_unscale")
-    out = VimRunner(g, extra_outputs=[pts[pt], y_name])
+    had = [n for n in g.graph.node if n.name == "layers.0/out_hadamard"]
+    rotated = recipe != "vim-rtn-w8a8" and lin == "out_proj"
+    assert len(had) == rotated
+    extra = [pts[pt], y_name] + ([_node_output(g, f"{name}_token_scale")] if rotated else [])
+    pre = [n.input[0] for n in g.graph.node if n.name == f"{name}_token_scale"]
+    out = VimRunner(g, extra_outputs=extra + pre)
     r = out.run({"pixel_values": imgs[:3]})
     x = r[pts[pt]].astype(np.float64)
+    if rotated:  # Mul → Hadamard → QuantizeLinear: the point is the rotation's output, token t scaled by s / s_t
+        assert had[0].input[0] == extra[2] and pts[pt] == had[0].output[0]
+        x[:, t] *= 3.7
+        want_x = hadamard_op.reference(r[pre[0]]).astype(np.float64)
+        assert np.abs(x - want_x).max() <= 1e-5 * np.abs(want_x).max()
     xq = fake_quant(x, s, 8)
     xq[:, t] = fake_quant(x[:, t], 3.7 * s, 8)
     assert not np.allclose(xq[:, t], fake_quant(x[:, t], s, 8))  # the token's own scale matters here

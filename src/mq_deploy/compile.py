@@ -38,6 +38,7 @@ from .loaders import load_model
 from .model import MambaModel
 from .ops import selective_scan as ss
 from .ops import state_update as su
+from .ops.plugin_fields import plugin_inventory
 from .outdir import atomic_dir
 from .passes import REGISTRY
 from .recipes import Recipe, load_recipe
@@ -212,7 +213,7 @@ def _stateful(config, quantized: bool, unfused: onnx.ModelProto, store: WeightSt
 
                 g = fuse_plugin_quant(g) if name == "model.prefill.onnx" else fuse_hadamard_quant(g, copy=False)
             store.save(g, tmp / name)
-            files[name] = {"flavour": flavour}
+            files[name] = {"flavour": flavour, **({"plugins": plugin_inventory(g)} if flavour == "tensorrt" else {})}
             del g
             release()
     return out
@@ -374,10 +375,10 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             # effect; each flavour is held to the simulation above, this direct distance is recorded only
             check.update(plugin_check(graph, keep["ids"], keep["logits"], tol=None if quantized else 1e-4,
                                       logits=plugin_logits))
-            n_scan_plugins = sum(1 for n in graph.graph.node if n.op_type == ss.PLUGIN_NAME)
+            plugins = plugin_inventory(graph)
             log("writing model.onnx")
             store.save(graph, tmp / "model.onnx")
-            files["model.onnx"] = {"flavour": "tensorrt"}
+            files["model.onnx"] = {"flavour": "tensorrt", "plugins": plugins}
             del graph
             release()
             # stateful graphs for `mq-deploy generate` (issue 5), derived from the final graph above, so they
@@ -385,8 +386,7 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             log("building and checking the prefill and decode-step graphs")
             stateful = {**stateful_io_spec(c), "self_check": {"derivation": derivation,
                                                                **_stateful(c, quantized, unfused, store, tmp, files)},
-                        "plugins": [{"name": su.PLUGIN_NAME, "version": su.PLUGIN_VERSION,
-                                     "namespace": su.PLUGIN_NAMESPACE, "count": c.n_layer}]}
+                        "plugins": {k: files[k]["plugins"] for k in ("model.prefill.onnx", "model.decode.onnx")}}
         del unfused
         files[store.name] = {"what": "weights of every graph above (ONNX external data)"}
         for p in calib_files:
@@ -408,8 +408,7 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
                 "weights": sorted(plan.quant.weights)},
             "versions": _versions(),
             "io": io,
-            "plugins": [{"name": ss.PLUGIN_NAME, "version": ss.PLUGIN_VERSION, "namespace": ss.PLUGIN_NAMESPACE,
-                         "count": n_scan_plugins}],
+            "plugins": plugins,
             "self_check": check,
             "stateful": stateful,
             "files": files,

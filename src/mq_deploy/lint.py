@@ -12,8 +12,9 @@ Rules (a graph with no QuantizeLinear is fp and has nothing to check):
   hadamard-out   a Hadamard that writes int8 (out_scale > 0, its QuantizeLinear fused) feeds only DequantizeLinear
                  nodes with that scale and an int8 zero-point 0; out_scale is finite and >= 0
   token-scale    a token given its own scale (Vim class token: Mul by a constant [1, T, 1] before a
-                 QuantizeLinear whose DequantizeLinear feeds a MatMul) is rescaled back right after that
-                 MatMul by the reciprocal constant (product 1 within 1e-6)
+                 QuantizeLinear, or before the Hadamard that feeds one or writes int8 itself, whose
+                 DequantizeLinear feeds a MatMul) is rescaled back right after that MatMul by the
+                 reciprocal constant (product 1 within 1e-6)
 """
 
 from __future__ import annotations
@@ -71,9 +72,17 @@ def lint_model(model: onnx.ModelProto, base_dir: str = "") -> list[dict]:
                 return a.astype(np.float64)
         return None
 
+    def token_rescale(n):  # the row scale in front of a quantizer (QuantizeLinear or int8-out Hadamard), else None
+        if n.op_type != "QuantizeLinear" and not hadamard_out_scale(n):
+            return None
+        src = producer.get(n.input[0])
+        if n.op_type == "QuantizeLinear" and src is not None and src.op_type == hadamard_op.PLUGIN_NAME:
+            src = producer.get(src.input[0])  # a row scale commutes with the rotation: Mul → Hadamard → Q
+        return row_scale(src)
+
     for n in g.node:
-        if n.op_type == "QuantizeLinear" and row_scale(producer.get(n.input[0])) is not None:
-            m = row_scale(producer[n.input[0]])
+        m = token_rescale(n)
+        if m is not None:
             mm = [c for dq in consumers.get(n.output[0], []) if dq.op_type == "DequantizeLinear"
                   for c in consumers.get(dq.output[0], []) if c.op_type == "MatMul"]
             back = [row_scale(c) for mat in mm for c in consumers.get(mat.output[0], [])]

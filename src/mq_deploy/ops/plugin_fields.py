@@ -82,4 +82,15 @@ def set_field(node, name: str, value) -> None:
     node.attribute.append(a)
 
 
-__all__ = ["FIELDS", "fields_of", "node_attrs", "set_field"]
+def plugin_inventory(model) -> list[dict]:
+    """The plugins a graph needs (manifest.json's `plugins`): one {name, version, namespace, count} per plugin op
+    with nodes in it, in FIELDS order."""
+    counts = {op: 0 for op in FIELDS}
+    for n in model.graph.node:
+        if n.op_type in counts:
+            counts[n.op_type] += 1
+    return [{"name": op, "version": PLUGIN_VERSION, "namespace": PLUGIN_NAMESPACE, "count": k}
+            for op, k in counts.items() if k]
+
+
+__all__ = ["FIELDS", "fields_of", "node_attrs", "plugin_inventory", "set_field"]

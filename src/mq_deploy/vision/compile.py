@@ -17,6 +17,7 @@ import onnx
 from ..errors import InternalError, UserError
 from ..graph.fuse_scan_quant import fuse_plugin_quant
 from ..graph.lower import lower_selective_scan
+from ..ops.plugin_fields import plugin_inventory
 from ..outdir import atomic_dir
 from ..recipes import load_recipe
 from .data import calibration_images
@@ -86,7 +87,8 @@ def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force
         for name, g, flavour in (("model.onnx", graph, "tensorrt"), ("model.portable.onnx", portable, "portable")):
             log(f"writing {name}")
             for p in save_onnx(g, tmp / name):
-                files[p.name] = {"flavour": flavour}
+                files[p.name] = {"flavour": flavour, **({"plugins": plugin_inventory(g)}
+                                                        if flavour == "tensorrt" and p.name == name else {})}
         if stats_runs:
             for p in stats_runs[-1].save(tmp):
                 files[p.name] = {"what": "calibration statistics"}
@@ -102,8 +104,7 @@ def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force
             "versions": _versions(),
             "io": {"inputs": [{"name": INPUT, "dtype": "float32", "shape": ["batch", c.channels, c.img_size, c.img_size]}],
                    "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": ["batch", c.num_classes]}]},
-            "plugins": [{"name": "SelectiveScan", "version": "1", "namespace": "mq_deploy",
-                         "count": sum(1 for n in graph.graph.node if n.op_type == "SelectiveScan")}],
+            "plugins": plugin_inventory(graph),
             "self_check": check,
             "files": files,
             "seconds": round(time.time() - t0, 2),

@@ -24,7 +24,9 @@ Two additions read from the plan:
   takes one scale per activation tensor, so the token's row is rescaled around the integer MatMul:
       y = (DQ(Q(x ⊙ m, s)) · W) ⊙ (1/m) + b,   m = 1 except m_t = s / s_t
   row t then computes round(x_t / s_t)·s_t·W, every other row round(x / s)·s·W: per-token scales with
-  per-tensor Q/DQ, two pointwise Muls that TensorRT fuses into the producer and the GEMM epilogue.
+  per-tensor Q/DQ, two pointwise Muls that TensorRT fuses into the producer and the GEMM epilogue. Behind
+  out_proj's online Hadamard the Mul goes in front of the rotation ((x ⊙ m)·H = (x·H) ⊙ m), so the Hadamard still
+  writes what the QuantizeLinear reads and the pair is fused in the TensorRT flavour (`vlinear`).
 * Δ shift per direction (`delta_shift` / `delta_shift_b`, as the language model's `mamba_lm.shift_delta`):
   Δ' = δ·W_dt − c feeds the scan.delta quantizer and the scan's bias becomes b_dt + c (`passes.shift_delta`).
 """
@@ -72,18 +74,36 @@ def _reverse(b: LMBuilder, x: str, name: str) -> str:
                           b.ints("rev_step", [-1])], name=name)
 
 
-def vlinear(b: LMBuilder, x: str, w_name: str, w: np.ndarray, bias: Optional[np.ndarray], name: str, i: int,
-            n_tokens: int) -> str:
-    """`linear`, with the point's token rescaled around the MatMul when the plan gives it its own scale."""
-    pt = f"{w_name}.input"
+def _token_rescale(b: LMBuilder, pt: str, n_tokens: int) -> Optional[np.ndarray]:
+    """m ([1, T, 1]: 1 but s / s_t at the class token) where the plan gives point `pt`'s token its own scale."""
     q = b.quant
     if q is None or pt not in q.token_scales or pt not in q.act_scales:
-        return linear(b, x, w_name, w, bias, name, i)
+        return None
     t, s_t = q.token_scales[pt]
     m = np.ones((1, n_tokens, 1), np.float32)
     m[0, t, 0] = q.act_scales[pt] / s_t
-    b.points.setdefault(pt, x)
+    return m
+
+
+def vlinear(b: LMBuilder, x: str, w_name: str, w: np.ndarray, bias: Optional[np.ndarray], name: str, i: int,
+            n_tokens: int, hadamard: int = 0) -> str:
+    """`linear`, with the point's token rescaled around the MatMul when the plan gives it its own scale.
+
+    `hadamard` > 0: x is first rotated by the online Hadamard of that size (out_proj). The token rescale then goes
+    in front of the rotation (a row scale commutes with it: (x ⊙ m)·H = (x·H) ⊙ m), so that the Hadamard writes
+    what the QuantizeLinear reads and the TensorRT flavour fuses the pair (`graph/fuse_scan_quant`); the point's
+    tensor is then the Hadamard's output, x·H ⊙ m (there is no unscaled rotated tensor in the graph)."""
+    pt = f"{w_name}.input"
+    m = _token_rescale(b, pt, n_tokens)
+    if m is None:
+        if hadamard:
+            x = hadamard_op.emit(b, x, hadamard, name="out_hadamard")
+        return linear(b, x, w_name, w, bias, name, i)
+    if not hadamard:
+        b.points.setdefault(pt, x)
     xm = b.op("Mul", [x, b.const(f"{pt}.token_scale", m)], name=f"{name}_token_scale")
+    if hadamard:
+        xm = hadamard_op.emit(b, xm, hadamard, name="out_hadamard")
     y = b.op("MatMul", [b.act(xm, pt), b.weight(w_name, w.T)], name=name)
     y = b.op("Mul", [y, b.const(f"{pt}.token_unscale", (1.0 / m.astype(np.float64)).astype(np.float32))],
              name=f"{name}_token_unscale")
@@ -142,9 +162,8 @@ def bi_mixer(b: LMBuilder, i: int, L, model: VimModel, h: str, lp: LayerPlan) ->
     if lp.out_smooth is not None:
         g = b.op("Mul", [g, b.const(f"{p}.out_proj.smooth_inv", (1.0 / lp.out_smooth).astype(np.float32))],
                  name="out_proj_smooth")
-    if lp.out_hadamard:
-        g = hadamard_op.emit(b, g, di, name="out_hadamard")
-    return vlinear(b, g, f"{p}.out_proj", L.out_proj, L.out_proj_bias, "out_proj", i, c.seq_len)
+    return vlinear(b, g, f"{p}.out_proj", L.out_proj, L.out_proj_bias, "out_proj", i, c.seq_len,
+                   hadamard=di if lp.out_hadamard else 0)
 
 
 def embed(b: LMBuilder, model: VimModel, pixels: str) -> str:

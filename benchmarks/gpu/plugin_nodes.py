@@ -4,7 +4,8 @@ the TensorRT plugins (plugin_check.py `nodes`). Runs on the CPU, where mq-deploy
     python benchmarks/gpu/plugin_nodes.py OUTDIR [OUTDIR ...] -o .carry/nodes/nodes.npz [--batch 2] [--seq 300]
 
 For each OUTDIR, model.onnx (the TensorRT flavour: SelectiveScan with int8 inputs straight from their QuantizeLinear
-in quantized recipes, Hadamard) runs on `--batch` windows of `--seq` tokens of `--text`; model.decode.onnx
+in quantized recipes, Hadamard) runs on `--batch` windows of `--seq` tokens of `--text` (a Vim OUTDIR: on the first
+`--batch` Fashion-MNIST test images, as `mq-deploy validate` gives it); model.decode.onnx
 (SelectiveStateUpdate) runs one step from the states model.prefill.onnx leaves after those windows. Each selected plugin
 node is stored as its attributes (the fields TensorRT's ONNX parser would forward), its inputs exactly as the node
 receives them (int8 where the graph feeds int8) and its outputs as onnxruntime computed them (the plugin nodes on
@@ -61,7 +62,7 @@ def run_graph(path, feeds, nodes, initializers=()):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("outdirs", nargs="+", metavar="OUTDIR", help="mq-deploy compile output directories (language models)")
+    ap.add_argument("outdirs", nargs="+", metavar="OUTDIR", help="mq-deploy compile output directories (language models or Vim)")
     ap.add_argument("-o", "--output", required=True, help="the .npz to write")
     ap.add_argument("--batch", type=int, default=2, help="windows of text a run (default 2)")
     ap.add_argument("--seq", type=int, default=300, help="tokens a window (default 300)")
@@ -94,12 +95,22 @@ def main(argv=None):
     for outdir in map(Path, args.outdirs):
         if not (outdir / "model.onnx").is_file():
             raise SystemExit(f"plugin_nodes: {outdir} has no model.onnx (pass mq-deploy compile output directories)")
-        tok = TextTokenizer(args.tokenizer or outdir / "tokenizer.json")
-        ids = np.asarray(tok.encode(text)[: args.batch * args.seq + 1], np.int64)
-        if ids.size < args.batch * args.seq + 1:
-            raise SystemExit(f"{args.text}: fewer than {args.batch * args.seq + 1} tokens")
-        prompt, next_tok = ids[:-1].reshape(args.batch, args.seq), ids[args.seq::args.seq][: args.batch].reshape(-1, 1)
-        for graph, feeds in (("model.onnx", {"input_ids": prompt}), ("model.decode.onnx", None)):
+        man = json.loads((outdir / "manifest.json").read_text()) if (outdir / "manifest.json").is_file() else {}
+        if man.get("model", {}).get("family") == "vim":  # a Vision Mamba OUTDIR: the images validate gives it
+            from mq_deploy.validate import _vim_images
+
+            c = man["model"]["config"]
+            feeds, what = _vim_images(args.batch, (c["channels"], c["img_size"], c["img_size"]), 0)
+            print(f"{outdir}: {what}")
+            graphs = (("model.onnx", feeds),)
+        else:
+            tok = TextTokenizer(args.tokenizer or outdir / "tokenizer.json")
+            ids = np.asarray(tok.encode(text)[: args.batch * args.seq + 1], np.int64)
+            if ids.size < args.batch * args.seq + 1:
+                raise SystemExit(f"{args.text}: fewer than {args.batch * args.seq + 1} tokens")
+            prompt, next_tok = ids[:-1].reshape(args.batch, args.seq), ids[args.seq::args.seq][: args.batch].reshape(-1, 1)
+            graphs = (("model.onnx", {"input_ids": prompt}), ("model.decode.onnx", None))
+        for graph, feeds in graphs:
             path = outdir / graph
             if not path.is_file():
                 continue

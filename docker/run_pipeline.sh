@@ -15,6 +15,8 @@
 #                  (default 1 / 4 / 32)
 #   FP16=1         allow FP16 kernels;  STRONGLY_TYPED=1  build strongly typed instead (TensorRT 10; not with FP16)
 #   BATCH, SEQ     validate's input (default 2, 64; Vim: BATCH images)
+#   STATEFUL=0     language models: skip the prefill and decode-step engines (default: also build
+#                  OUTDIR/model.prefill.engine and model.decode.engine, `mq-deploy build --graph`, for generation)
 #   BENCH=1        time the engine with trtexec afterwards (if trtexec is on the PATH)
 set -euo pipefail
 
@@ -50,6 +52,12 @@ build=(mq-deploy build "$DIR" --plugins "$MQ_DEPLOY_PLUGINS" --min-shapes "$MIN_
 [ "${STRONGLY_TYPED:-0}" = 1 ] && build+=(--strongly-typed)
 step "${build[*]}"
 "${build[@]}"
+if [ "$VIM" = 0 ] && [ "${STATEFUL:-1}" = 1 ]; then  # the graphs `mq-deploy generate` runs, as engines
+  for graph in prefill decode; do
+    step "${build[*]} --graph $graph"
+    "${build[@]}" --graph "$graph"
+  done
+fi
 
 validate=(mq-deploy validate "$DIR" --plugins "$MQ_DEPLOY_PLUGINS" --batch "${BATCH:-2}")
 # a quantized OUTDIR is validated on a validation engine (the same build with the tensors before its

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import pytest
 
+from mq_deploy import trt as mtrt
 from mq_deploy import validate as mval
 from mq_deploy.backends.ort import OrtRunner
 from mq_deploy.cli import main
@@ -212,7 +213,8 @@ class _FakeTRT(types.ModuleType):
 
         class Profile:
             def set_shape(self, name, lo, opt, hi):
-                fake.log["profile"] = (name, tuple(lo), tuple(opt), tuple(hi))
+                fake.log["profile"] = (name, tuple(lo), tuple(opt), tuple(hi))  # the last input's
+                fake.log.setdefault("profiles", {})[name] = (tuple(lo), tuple(opt), tuple(hi))
 
         class Cache:
             def __init__(self, data):
@@ -354,6 +356,53 @@ def test_build_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, capsys):
     # a second build in the same process: the library's plugins are registered already, not loaded again
     assert main(["build", str(w8_out), "-q", "--plugins", str(lib), "-o", str(engine)]) == 0, capsys.readouterr().err
     assert log["load_library_calls"] == 1
+
+
+def test_build_prefill_and_decode_graphs(w8_out, tmp_path, monkeypatch, capsys):
+    """--graph prefill / decode parse the stateful graphs with a profile for every input: prefill input_ids and
+    attention_mask [B, L], the decode step input_ids [B, 1] and each layer's states [B, d_inner, ...] (the batch of
+    the shapes only); the default engine is named after the graph, and the trtexec line sets every input."""
+    man = json.loads((w8_out / "manifest.json").read_text())
+    c = man["model"]["config"]
+    di, layers = c["d_model"] * c.get("expand", 2), c["n_layer"]
+    lib = tmp_path / "libmq_trt_plugins.so"
+    lib.write_bytes(b"")
+    for graph, want in (("prefill", {"input_ids": ((1, 4), (2, 64), (4, 256)),
+                                     "attention_mask": ((1, 4), (2, 64), (4, 256))}),
+                        ("decode", {"input_ids": ((1, 1), (2, 1), (4, 1)),
+                                    **{f"{k}.{i}": tuple((b, di, n) for b in (1, 2, 4))
+                                       for i in range(layers) for k, n in (("conv_state", c["d_conv"] - 1),
+                                                                            ("ssm_state", c["d_state"]))}})):
+        monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT(log := {})))
+        engine = tmp_path / f"{graph}.engine"
+        rc = main(["build", str(w8_out), "--graph", graph, "--plugins", str(lib), "--min-shapes", "1,4",
+                   "--opt-shapes", "2,64", "--max-shapes", "4,256", "-o", str(engine)])
+        cap = capsys.readouterr()
+        assert rc == 0, cap.err
+        assert log["onnx"] == str(w8_out / f"model.{graph}.onnx") and engine.read_bytes() == b"ENGINE"
+        assert log["profiles"] == want and log["flags"] == ["INT8"]
+        line = next(ln for ln in cap.err.splitlines() if "equivalent: trtexec" in ln)
+        for k, j in (("min", 0), ("opt", 1), ("max", 2)):
+            assert f"--{k}Shapes=" + ",".join(f"{n}:" + "x".join(map(str, s[j])) for n, s in want.items()) in line
+        plan = mtrt.plan_build(w8_out, plugin_lib=str(lib), graph=graph)
+        assert plan.engine == str(w8_out / f"model.{graph}.engine") and plan.plugin_nodes == layers  # no Hadamard
+
+
+def test_build_graph_errors(w8_out, tmp_path, no_tensorrt, capsys):
+    assert main(["build", str(w8_out), "--graph", "decode", "--validation-engine", "--dry-run"]) == 2
+    assert "--validation-engine is for model.onnx" in capsys.readouterr().err
+    assert main(["build", str(w8_out), "--graph", "prefill", "--opt-shapes", "2", "--dry-run"]) == 2
+    assert "BATCH,SEQUENCE" in capsys.readouterr().err
+    assert main(["build", str(w8_out), "--graph", "decode", "--opt-shapes", "2", "--dry-run"]) == 0  # batch alone
+    assert "--optShapes=input_ids:2x1,conv_state.0:2x" in capsys.readouterr().out
+    old = tmp_path / "old"  # an OUTDIR without the stateful graphs
+    old.mkdir()
+    for f in ("model.onnx", "manifest.json"):
+        (old / f).write_bytes((w8_out / f).read_bytes())
+    assert main(["build", str(old), "--graph", "prefill", "--dry-run"]) == 2
+    assert f"{old} has no model.prefill.onnx (compile it again" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--graph must be one of model, prefill, decode"):
+        mtrt.plan_build(w8_out, graph="step", require_plugin_lib=False)
 
 
 @pytest.mark.parametrize("major", [10, 11])

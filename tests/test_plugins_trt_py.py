@@ -88,6 +88,39 @@ def test_polygraphy_shapes_are_what_polygraphy_reads():
     assert "--maxShapes=pixel_values:32x1x28x28" in vim["trtexec"]  # trtexec keeps its own syntax
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # polygraphy 0.53.6's entry_points().get
+def test_command_lines_of_a_graph_with_several_inputs_are_what_polygraphy_reads():
+    """The prefill graph's profile (`profile`): every input in trtexec's comma list and polygraphy's shape lists, the
+    reference run on model.prefill.portable.onnx with token ids in the vocabulary and an all-ones mask, into files
+    named after the graph (beside model.onnx's)."""
+    run = pytest.importorskip("polygraphy.tools.run.run")
+    util = pytest.importorskip("polygraphy.tools.args.util.util")
+    ap = argparse.ArgumentParser()
+    run.Run().setup_parser(ap.add_subparsers())
+    prof = (("input_ids", (1, 1), (2, 64), (4, 256)), ("attention_mask", (1, 1), (2, 64), (4, 256)))
+    c = mtrt.command_lines("o/model.prefill.onnx", "o/model.prefill.engine", "lib.so", vocab=100, profile=prof)
+    assert ("--minShapes=input_ids:1x1,attention_mask:1x1 --optShapes=input_ids:2x64,attention_mask:2x64 "
+            "--maxShapes=input_ids:4x256,attention_mask:4x256") in c["trtexec"]
+    ref = ap.parse_args(shlex.split(c["polygraphy_reference"])[1:])
+    assert ref.model_file == "o/model.prefill.portable.onnx"
+    assert ref.save_outputs_path == "o/polygraphy_prefill_ort_outputs.json"
+    assert {k: tuple(v.shape) for k, v in util.parse_meta(ref.input_shapes, includes_dtype=False).items()} == {
+        "input_ids": (2, 64), "attention_mask": (2, 64)}
+    assert util.parse_arglist_to_dict(ref.val_range) == {"input_ids": [0, 99], "attention_mask": [1, 1]}
+    trt = ap.parse_args(shlex.split(c["polygraphy"])[1:])
+    assert trt.model_file == "o/model.prefill.onnx"
+    assert trt.load_outputs_paths == ["o/polygraphy_prefill_ort_outputs.json"]
+    for opt, j in (("trt_min_shapes", 1), ("trt_opt_shapes", 2), ("trt_max_shapes", 3)):
+        (one,) = getattr(trt, opt)  # one optimization profile
+        assert {k: tuple(v.shape) for k, v in util.parse_meta(one, includes_dtype=False).items()} == {
+            p[0]: p[j] for p in prof}
+    # model.onnx's lines are unchanged by the profile form
+    single = mtrt.command_lines("o/model.onnx", "o/model.engine", "lib.so", vocab=100)
+    assert single == mtrt.command_lines("o/model.onnx", "o/model.engine", "lib.so", vocab=100,
+                                        profile=(("input_ids", (1, 1), (1, 512), (8, 4096)),))
+    assert "o/polygraphy_ort_outputs.json" in single["polygraphy"]
+
+
 def test_command_lines_follow_the_tensorrt_major_version():
     args = ("out/model.onnx", "out/model.engine", "lib.so")
     assert mtrt.command_lines(*args, int8=True) == mtrt.command_lines(*args, int8=True, trt_major=10)

@@ -3,8 +3,8 @@
     mq-deploy compile [MODEL] [--recipe fp32] -o OUTDIR
     mq-deploy eval [MODEL_OR_ONNX] --task wikitext2 [--seq-len N] [--limit N] [--data PATH] [--json]
     mq-deploy generate OUTDIR --prompt TEXT [--prompt TEXT ...] [--max-new-tokens N] [--greedy | --temperature T --top-p P]
-    mq-deploy build OUTDIR [--plugins LIB] [--int8 --fp16 | --strongly-typed] [--min/opt/max-shapes B,L]
-                           [--validation-engine] [-o ENGINE]
+    mq-deploy build OUTDIR [--graph model|prefill|decode] [--plugins LIB] [--int8 --fp16 | --strongly-typed]
+                           [--min/opt/max-shapes B,L] [--validation-engine] [-o ENGINE]
     mq-deploy validate OUTDIR [--plugins LIB] [--engine ENGINE] [--batch B --seq L] [--simulate] [--torch] [--json]
 """
 
@@ -226,7 +226,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     dry_run = args.dry_run or args.polygraphy
     plan = plan_build(args.outdir, engine=args.output, plugin_lib=args.plugins, int8=args.int8, fp16=args.fp16,
                       shapes=shapes, timing_cache=args.timing_cache, require_plugin_lib=not dry_run,
-                      strongly_typed=args.strongly_typed, validation=args.validation_engine)
+                      strongly_typed=args.strongly_typed, validation=args.validation_engine, graph=args.graph)
     major = tensorrt_major()
     cmds = plan.command_lines(major)  # TensorRT 11's trtexec has no --int8 / --fp16
     if dry_run:
@@ -246,8 +246,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         elif not Path(lib).is_file():
             print(f"note: {lib} is not on this machine; the command is for the one that has it", file=sys.stderr)
         if args.polygraphy and args.output:
-            print("note: -o is not used by the polygraphy check (it builds its own engine from model.onnx)",
-                  file=sys.stderr)
+            print("note: -o is not used by the polygraphy check (it builds its own engine from "
+                  f"{Path(plan.onnx).name})", file=sys.stderr)
         if major is None and (plan.int8 or plan.fp16):
             print("note: no TensorRT here; the command is for TensorRT 10 (on TensorRT 11 leave out --int8 / "
                   f"--fp16{' and the layer precision options' if plan.fp32 else ''}: TensorRT 11 has no precision "
@@ -375,12 +375,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("build", help="build a TensorRT engine from a compile OUTDIR (needs TensorRT)",
-                       description="Parse OUTDIR/model.onnx with TensorRT, load the plugin library, build with an "
-                                   "optimization profile for input_ids (a Vim OUTDIR: pixel_values, batch only) and "
-                                   "write the engine atomically. A quantized "
+                       description="Parse OUTDIR/model.onnx (or, with --graph, the prefill or decode-step graph) "
+                                   "with TensorRT, load the plugin library, build with an optimization profile for "
+                                   "input_ids (a Vim OUTDIR: pixel_values, batch only; the stateful graphs: every "
+                                   "input) and write the engine atomically. A quantized "
                                    "OUTDIR builds with INT8 on (explicit quantization: the Q/DQ nodes carry the scales). "
                                    "Engines are specific to the GPU and TensorRT version: build on the target.")
     b.add_argument("outdir", metavar="OUTDIR", help="output directory of `mq-deploy compile`")
+    b.add_argument("--graph", choices=("model", "prefill", "decode"), default="model",
+                   help="which graph: model (model.onnx, input_ids -> logits of every position; the default), or a "
+                        "language model's prefill / decode step (model.prefill.onnx / model.decode.onnx, the graphs "
+                        "of `mq-deploy generate`, with the layers' states as inputs and outputs; engine "
+                        "OUTDIR/model.prefill.engine / model.decode.engine). The decode step takes the batch of the "
+                        "shapes only")
     b.add_argument("--plugins", metavar="LIB", help="plugin library, build/plugins/libmq_trt_plugins.so "
                                                     "(default: $MQ_DEPLOY_PLUGINS)")
     b.add_argument("--int8", action="store_true", help="allow INT8 (on by default for a quantized OUTDIR)")
@@ -400,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "validate --engine OUTDIR/model.validate.engine` can check it layer by layer on its own int8 "
                         "codes; for checking, not deployment (extra outputs, other fusions)")
     b.add_argument("-o", "--output", metavar="ENGINE", help="engine file (default: OUTDIR/model.engine, with "
-                                                            "--validation-engine OUTDIR/model.validate.engine)")
+                                                            "--validation-engine OUTDIR/model.validate.engine, with "
+                                                            "--graph prefill / decode OUTDIR/model.<graph>.engine)")
     b.add_argument("--dry-run", action="store_true", help="print the equivalent trtexec command and exit "
                                                           "(no TensorRT needed)")
     b.add_argument("--polygraphy", action="store_true",

@@ -38,6 +38,18 @@ _LOGGER: list = []  # [(tensorrt module, its one Logger)]: TensorRT wants one lo
 _LOADED_PLUGIN_LIBS: set[str] = set()  # IPluginRegistry.load_library fails for a library already registered
 
 
+BATCH, SEQUENCE = "batch", "sequence"  # the dynamic dimensions of every graph mq-deploy compile writes
+GRAPHS = {"model": "model.onnx", "prefill": "model.prefill.onnx", "decode": "model.decode.onnx"}  # build --graph
+ENGINES = {"model": "model.engine", "prefill": "model.prefill.engine", "decode": "model.decode.engine"}
+
+
+def graph_inputs(model) -> list[tuple[str, list]]:
+    """[(name, [dim, ...])] of a graph's inputs (not initializers): a named dimension as its name, else its size."""
+    inits = {t.name for t in model.graph.initializer}
+    return [(i.name, [d.dim_param if d.dim_param else d.dim_value for d in i.type.tensor_type.shape.dim])
+            for i in model.graph.input if i.name not in inits]
+
+
 @dataclass(frozen=True)
 class Shapes:
     """min/opt/max [batch, sequence] of input_ids for the optimization profile. A Vim OUTDIR uses the batch
@@ -61,11 +73,24 @@ class Shapes:
     def dims(self, fixed: tuple = ()) -> tuple[tuple, tuple, tuple]:
         """(min, opt, max) of the profile: [batch, sequence], or [batch, *fixed] for an input whose other
         dimensions are fixed (Vim: channels, height, width)."""
-        if fixed:
-            return tuple((s[0], *fixed) for s in (self.min, self.opt, self.max))
-        if not all(s[1] for s in (self.min, self.opt, self.max)):
+        ((_, *dims),) = self.profile([("x", [BATCH, *fixed] if fixed else [BATCH, SEQUENCE])])
+        return tuple(dims)
+
+    def profile(self, inputs: Sequence[tuple[str, Sequence]]) -> tuple:
+        """((name, min, opt, max), ...) for a graph's inputs, each shape a list of "batch" / "sequence" / fixed sizes
+        (the ONNX graph's dimensions, `graph_inputs`): the batch and sequence of min / opt / max put in."""
+        if any(d == SEQUENCE for _, shape in inputs for d in shape) and not all(
+                s[1] for s in (self.min, self.opt, self.max)):
             raise UserError("a language model's shapes need BATCH,SEQUENCE (e.g. --opt-shapes 1,512)")
-        return self.min, self.opt, self.max
+        out = []
+        for name, shape in inputs:
+            for d in shape:
+                if d not in (BATCH, SEQUENCE) and not (isinstance(d, int) and d > 0):
+                    raise UserError(f"input {name} has a dimension {d!r} that is neither batch, sequence nor fixed: "
+                                    "not a graph of `mq-deploy compile`")
+            out.append((name, *(tuple(s[0] if d == BATCH else s[1] if d == SEQUENCE else d for d in shape)
+                                for s in (self.min, self.opt, self.max))))
+        return tuple(out)
 
 
 def import_tensorrt():
@@ -256,9 +281,12 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
                  fp16: bool = False, shapes: Shapes = Shapes(), timing_cache: Optional[str] = None,
                  input_name: str = "input_ids", workspace_gib: float = 4.0, fixed_dims: tuple = (),
                  warn: Callable[[str], None] = lambda s: None, strongly_typed: bool = False,
-                 mark: Sequence[str] = (), fp32: Sequence[str] = (), unfuse_hadamard: bool = False) -> str:
+                 mark: Sequence[str] = (), fp32: Sequence[str] = (), unfuse_hadamard: bool = False,
+                 profile: Sequence[tuple] = ()) -> str:
     """Parse onnx_path, load the plugin library, build and write a serialized engine to out_path
     (`fixed_dims`: the input's dimensions after the batch when only the batch is dynamic, e.g. Vim's C, H, W;
+    `profile`: ((name, min, opt, max), ...) of every input instead of `input_name` / `fixed_dims` / `shapes`, for a
+    graph of several inputs (`Shapes.profile`: the prefill and decode-step graphs);
     `warn`: told when the timing cache is unusable and an empty one is used instead; `strongly_typed`: the
     network is created strongly typed and no precision flag is set, so int8 / fp16 must be False; `mark`:
     tensors of the graph to make network outputs too, the validation engine's values before its
@@ -267,7 +295,7 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
     their float output again, each followed by its QuantizeLinear (graph/fuse_scan_quant.py), as a validation
     engine of a graph with fused Hadamard quantization needs, to mark the value before that QuantizeLinear)."""
     _check_strongly_typed(strongly_typed, int8, fp16)
-    dims = shapes.dims(fixed_dims)
+    profile = tuple(profile) or ((input_name, *shapes.dims(fixed_dims)),)
     if not os.path.isfile(onnx_path):
         raise UserError(f"ONNX model {onnx_path!r} not found (run `mq-deploy compile` first)")
     lib = check_plugin_lib(plugin_lib)
@@ -294,9 +322,10 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
         config.set_flag(_flag(trt, "FP16"))
         if fp32:
             keep_fp32(trt, network, config, fp32, onnx_path)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(input_name, *dims)
-    config.add_optimization_profile(profile)
+    opt_profile = builder.create_optimization_profile()
+    for name, *dims in profile:
+        opt_profile.set_shape(name, *dims)
+    config.add_optimization_profile(opt_profile)
     if timing_cache is not None:
         _set_timing_cache(config, timing_cache, warn)
     engine = builder.build_serialized_network(network, config)
@@ -414,12 +443,16 @@ class BuildPlan:
     mark: tuple = ()  # a validation engine: the tensors before the QuantizeLinear nodes, marked as outputs
     fp32: tuple = ()  # with fp16: (layer, tensor) of the RMSNorm layers kept in fp32 (graph/precision.py)
     unfuse: bool = False  # a validation engine: built from a copy whose Hadamards quantize in a QuantizeLinear again
+    graph: str = "model"  # which graph of the OUTDIR (GRAPHS): model.onnx, or the prefill / decode-step graph
+    profile: tuple = ()  # ((input, min, opt, max), ...) of every input of the graph (Shapes.profile)
+    plugin_nodes: int = 0  # plugin nodes in the graph (the library is required when there are any)
 
     def command_lines(self, trt_major: Optional[int] = None) -> dict[str, str]:
         return command_lines(self.onnx, self.engine, self.plugin_lib or LIB_PLACEHOLDER, int8=self.int8,
                              fp16=self.fp16, shapes=self.shapes, timing_cache=self.timing_cache, vocab=self.vocab,
                              input_name=self.input_name, fixed_dims=self.fixed_dims, trt_major=trt_major,
-                             strongly_typed=self.strongly_typed, fp32_layers=tuple(n for n, _ in self.fp32))
+                             strongly_typed=self.strongly_typed, fp32_layers=tuple(n for n, _ in self.fp32),
+                             profile=self.profile)
 
 
 def manifest_input(manifest: dict) -> tuple[str, tuple]:
@@ -436,53 +469,65 @@ def manifest_input(manifest: dict) -> tuple[str, tuple]:
 def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Optional[str] = None,
                int8: bool = False, fp16: bool = False, shapes: Shapes = Shapes(),
                timing_cache: Optional[str] = None, require_plugin_lib: bool = True,
-               strongly_typed: bool = False, validation: bool = False) -> BuildPlan:
+               strongly_typed: bool = False, validation: bool = False, graph: str = "model") -> BuildPlan:
     """Check OUTDIR and the plugin library (a missing one is kept as named when not `require_plugin_lib`: the
     dry run prints the command for the machine that has it); INT8 is on for a quantized OUTDIR (its Q/DQ nodes
     carry the scales), unless `strongly_typed` (no precision flags: the Q/DQ nodes decide by themselves).
     `validation`: the engine (default OUTDIR/VALIDATION_ENGINE) also outputs the tensor before every
-    QuantizeLinear, which `mq-deploy validate` uses to follow its rounding decisions (quantized OUTDIRs only)."""
+    QuantizeLinear, which `mq-deploy validate` uses to follow its rounding decisions (quantized OUTDIRs only).
+    `graph`: "model" (model.onnx, input_ids → logits), or a language model's "prefill" / "decode" graph (the
+    stateful graphs of `mq-deploy generate`; default engine OUTDIR/model.prefill.engine / model.decode.engine),
+    whose optimization profile covers every input: the decode step's input_ids [batch, 1] and states [batch, ...]
+    take the batch of `shapes` only."""
+    import onnx
+
     _check_strongly_typed(strongly_typed, int8, fp16)
+    if graph not in GRAPHS:
+        raise UserError(f"--graph must be one of {', '.join(GRAPHS)}, not {graph!r}")
     onnx_path, manifest = read_outdir(outdir)
+    if graph != "model":
+        if validation:
+            raise UserError("--validation-engine is for model.onnx (`mq-deploy validate` checks that engine); build "
+                            f"it without --graph {graph}")
+        onnx_path = onnx_path.with_name(GRAPHS[graph])
+        if not onnx_path.is_file():
+            why = ("a Vim classifier has no stateful graphs" if manifest_input(manifest)[0] == "pixel_values" else
+                   "compile it again with this mq-deploy: language-model OUTDIRs have it")
+            raise UserError(f"{outdir} has no {onnx_path.name} ({why})")
     if validation and not manifest_quantized(manifest):
         raise UserError(f"{outdir} is not quantized: a validation engine is for quantized OUTDIRs (a float "
                         "engine is compared with the graphs directly; build it without --validation-engine)")
-    mark: tuple = ()
-    fp32: tuple = ()
-    unfuse = False
-    if validation or fp16:
-        import onnx
+    from .graph.follow import quantized_tensors
+    from .graph.fuse_scan_quant import hadamard_out_scale
+    from .graph.precision import rms_norm_nodes
+    from .ops.plugin_fields import plugin_inventory
 
-        from .graph.follow import quantized_tensors
-        from .graph.fuse_scan_quant import hadamard_out_scale
-        from .graph.precision import rms_norm_nodes
-
-        graph = onnx.load(str(onnx_path), load_external_data=False)
-        # a validation engine marks the value before every QuantizeLinear: the Hadamards that quantize their own
-        # output (the deployment engine's fused kernel) write it again, under their node's name, in the unfused copy
-        # it is built from (_unfused_copy)
-        fused = {n.name for n in graph.graph.node if hadamard_out_scale(n)}
-        unfuse = validation and bool(fused)
-        made = {o for n in graph.graph.node for o in n.output} | fused  # a graph input needs no marking
-        mark = tuple(t for t in quantized_tensors(graph) if t in made) if validation else ()
-        fp32 = tuple((n.name, n.output[0]) for n in rms_norm_nodes(graph)) if fp16 else ()
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    # a validation engine marks the value before every QuantizeLinear: the Hadamards that quantize their own
+    # output (the deployment engine's fused kernel) write it again, under their node's name, in the unfused copy
+    # it is built from (_unfused_copy)
+    fused = {n.name for n in model.graph.node if hadamard_out_scale(n)}
+    unfuse = validation and bool(fused)
+    made = {o for n in model.graph.node for o in n.output} | fused  # a graph input needs no marking
+    mark = tuple(t for t in quantized_tensors(model) if t in made) if validation else ()
+    fp32 = tuple((n.name, n.output[0]) for n in rms_norm_nodes(model)) if fp16 else ()
     lib = resolve_plugin_lib(plugin_lib, must_exist=require_plugin_lib)
     vocab = manifest.get("model", {}).get("config", {}).get("vocab_size")
     name, fixed = manifest_input(manifest)
-    shapes.dims(fixed)  # a language model needs BATCH,SEQUENCE
-    default = VALIDATION_ENGINE if validation else "model.engine"
+    profile = shapes.profile(graph_inputs(model))  # a language model needs BATCH,SEQUENCE
+    default = VALIDATION_ENGINE if validation else ENGINES[graph]
     return BuildPlan(onnx=str(onnx_path), engine=str(engine or Path(outdir) / default), plugin_lib=lib,
                      int8=(int8 or manifest_quantized(manifest)) and not strongly_typed, fp16=fp16, shapes=shapes,
                      timing_cache=timing_cache, vocab=vocab, input_name=name, fixed_dims=fixed,
-                     strongly_typed=strongly_typed, mark=mark, fp32=fp32, unfuse=unfuse)
+                     strongly_typed=strongly_typed, mark=mark, fp32=fp32, unfuse=unfuse, graph=graph, profile=profile,
+                     plugin_nodes=sum(p["count"] for p in plugin_inventory(model)))
 
 
 def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
                  warn: Callable[[str], None] = lambda s: None) -> str:
-    """Build plan.engine from OUTDIR/model.onnx (the plugin library is required when the graph has plugin nodes)."""
+    """Build plan.engine from plan.onnx (the plugin library is required when the graph has plugin nodes)."""
     trt = import_tensorrt()
-    _, manifest = read_outdir(Path(plan.onnx).parent)
-    n = manifest_plugin_nodes(manifest)
+    n = plan.plugin_nodes
     if plan.plugin_lib is None and n:
         raise UserError(f"{plan.onnx} has {n} TensorRT plugin node(s): pass --plugins LIB or set {PLUGINS_ENV} "
                         f"(the plugin library: {PLUGIN_BUILD_HINT})")
@@ -501,7 +546,7 @@ def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
     return build_engine(plan.onnx, plan.engine, plan.plugin_lib, int8=plan.int8, fp16=plan.fp16, shapes=plan.shapes,
                         timing_cache=plan.timing_cache, input_name=plan.input_name, fixed_dims=plan.fixed_dims,
                         warn=warn, strongly_typed=plan.strongly_typed, mark=plan.mark,
-                        fp32=tuple(t for _, t in plan.fp32), unfuse_hadamard=plan.unfuse)
+                        fp32=tuple(t for _, t in plan.fp32), unfuse_hadamard=plan.unfuse, profile=plan.profile)
 
 
 def _trtexec_shape(name: str, s: tuple) -> str:
@@ -519,7 +564,8 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
                   shapes: Shapes = Shapes(), input_name: str = "input_ids",
                   timing_cache: Optional[str] = None, vocab: Optional[int] = None,
                   fixed_dims: tuple = (), trt_major: Optional[int] = None,
-                  strongly_typed: bool = False, fp32_layers: Sequence[str] = ()) -> dict[str, str]:
+                  strongly_typed: bool = False, fp32_layers: Sequence[str] = (),
+                  profile: Sequence[tuple] = ()) -> dict[str, str]:
     """The trtexec build and polygraphy comparison command lines equivalent to build_engine / validate, for
     TensorRT `trt_major` (None: not known here, 10.x assumed). TensorRT 10 takes INT8 / FP16 as builder flags
     (`--int8`, `--fp16`), or `strongly_typed` (`--stronglyTyped` / `--strongly-typed`, no precision flags);
@@ -535,10 +581,15 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
 
     With fp16, `fp32_layers` (the RMSNorm layers, graph/precision.py) are kept in fp32 as build_engine keeps
     them: trtexec `--precisionConstraints=prefer --layerPrecisions --layerOutputTypes`; polygraphy has no
-    option for layer output types, so its line sets the layer precisions only."""
+    option for layer output types, so its line sets the layer precisions only.
+
+    `profile` ((name, min, opt, max), ...; `Shapes.profile`) gives every input's shapes instead of `input_name`,
+    `fixed_dims` and `shapes` (the prefill and decode-step graphs); the polygraphy reference then runs that graph's
+    portable flavour (model.prefill.portable.onnx, ...) with an all-ones attention_mask, into files named after
+    the graph."""
     q = shlex.quote
     _check_strongly_typed(strongly_typed, int8, fp16)
-    lo, opt, hi = shapes.dims(fixed_dims)
+    profile = tuple(profile) or ((input_name, *shapes.dims(fixed_dims)),)
     precision_flags = trt_major is None or trt_major < 11
     if fp16 and not precision_flags:
         raise UserError(_no_fp16(trt_major))
@@ -546,21 +597,28 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
     typed = strongly_typed and precision_flags  # TensorRT 11: always strongly typed, the lines need no option
     trtexec = [f"trtexec --onnx={q(onnx_path)} --saveEngine={q(engine_path)} "
                f"--dynamicPlugins={q(loadlibrary_plugin_lib(plugin_lib))}",
-               f"--minShapes={_trtexec_shape(input_name, lo)} --optShapes={_trtexec_shape(input_name, opt)} "
-               f"--maxShapes={_trtexec_shape(input_name, hi)}", *flags, *(["--stronglyTyped"] if typed else [])]
+               " ".join(f"--{k}Shapes=" + ",".join(_trtexec_shape(p[0], p[j]) for p in profile)
+                        for j, k in ((1, "min"), (2, "opt"), (3, "max"))),
+               *flags, *(["--stronglyTyped"] if typed else [])]
     keep = list(fp32_layers) if fp16 else []
     if keep:
         spec = ",".join(f"{n}:fp32" for n in keep)
         trtexec.append(f"--precisionConstraints=prefer --layerPrecisions={q(spec)} --layerOutputTypes={q(spec)}")
     if timing_cache:
         trtexec.append(f"--timingCacheFile={q(timing_cache)}")
-    pshape = {k: _polygraphy_shape(input_name, s) for k, s in (("min", lo), ("opt", opt), ("max", hi))}
-    portable = str(Path(onnx_path).with_name("model.portable.onnx"))
-    inputs, outputs = str(Path(onnx_path).with_name("polygraphy_inputs.json")), str(
-        Path(onnx_path).with_name("polygraphy_ort_outputs.json"))
+    pshape = {k: " ".join(_polygraphy_shape(p[0], p[j]) for p in profile)
+              for j, k in ((1, "min"), (2, "opt"), (3, "max"))}
+    path = Path(onnx_path)
+    stem = path.name[:-len(".onnx")] if path.name.endswith(".onnx") else path.stem  # model, model.prefill, ...
+    portable = str(path.with_name(f"{stem}.portable.onnx"))
+    tag = stem.split(".", 1)[1] + "_" if "." in stem else ""  # model.decode → decode_
+    inputs, outputs = (str(path.with_name(f"polygraphy_{tag}inputs.json")),
+                       str(path.with_name(f"polygraphy_{tag}ort_outputs.json")))
     ref = [f"polygraphy run {q(portable)} --onnxrt --input-shapes {pshape['opt']}"]
-    if vocab:
-        ref.append(f"--val-range {q(f'{input_name}:[0,{vocab - 1}]')}")
+    ranges = [f"{p[0]}:[0,{vocab - 1}]" for p in profile if vocab and p[0] == "input_ids"] + \
+        [f"{p[0]}:[1,1]" for p in profile if p[0] == "attention_mask"]  # no padding in the check's input
+    if ranges:
+        ref.append("--val-range " + " ".join(q(r) for r in ranges))
     ref.append(f"--save-inputs {q(inputs)} --save-outputs {q(outputs)}")
     poly = [f"polygraphy run {q(onnx_path)} --trt --plugins {q(dlopen_plugin_lib(plugin_lib))}",
             f"--trt-min-shapes {pshape['min']} --trt-opt-shapes {pshape['opt']} --trt-max-shapes {pshape['max']}",

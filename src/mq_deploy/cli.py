@@ -3,6 +3,7 @@
     mq-deploy compile [MODEL] [--recipe fp32] -o OUTDIR
     mq-deploy eval [MODEL_OR_ONNX] --task wikitext2 [--seq-len N] [--limit N] [--data PATH] [--json]
     mq-deploy generate OUTDIR --prompt TEXT [--prompt TEXT ...] [--max-new-tokens N] [--greedy | --temperature T --top-p P]
+                              [--flavour portable|plugin|tensorrt [--plugins LIB]]
     mq-deploy build OUTDIR [--graph model|prefill|decode] [--plugins LIB] [--int8 --fp16 | --strongly-typed]
                            [--min/opt/max-shapes B,L] [--validation-engine] [-o ENGINE]
     mq-deploy validate OUTDIR [--plugins LIB] [--engine ENGINE] [--batch B --seq L] [--simulate] [--torch] [--json]
@@ -104,7 +105,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # -- generate -------------------------------------------------------------------------------------
 def cmd_generate(args: argparse.Namespace) -> int:
     from .eval.tokenizer import TextTokenizer
-    from .generate import Sampling, StatefulSession, TextStream, check_request, generate, outdir_graphs
+    from .generate import EngineSession, Sampling, StatefulSession, TextStream, check_request, generate, outdir_graphs
 
     if args.greedy and (args.temperature is not None or args.top_p is not None):
         raise UserError("--greedy cannot be combined with --temperature / --top-p")
@@ -117,11 +118,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if not text.strip():
             raise UserError(f"prompt {k + 1} is empty; give some text to continue")
     out = Path(args.outdir)
+    if args.plugins is not None and args.flavour != "tensorrt":
+        raise UserError("--plugins is for --flavour tensorrt (the other flavours run the plugin nodes on mq-deploy's "
+                        "CPU kernels)")
     graphs = outdir_graphs(out, args.flavour)  # cheap checks first, then load
+    lib = None
+    if args.flavour == "tensorrt":
+        from .trt import PLUGIN_BUILD_HINT, PLUGINS_ENV, resolve_plugin_lib
+
+        lib = resolve_plugin_lib(args.plugins)
+        if lib is None:
+            raise UserError(f"the engines hold mq-deploy plugins: pass --plugins LIB or set {PLUGINS_ENV} "
+                            f"({PLUGIN_BUILD_HINT})")
     tok = TextTokenizer(Path(args.tokenizer) if args.tokenizer else out / "tokenizer.json")
     prompts = tok.encode_batch(args.prompt)
     check_request(prompts, args.max_new_tokens, args.max_prompt_tokens)  # before anything is printed
-    session = StatefulSession(*graphs, threads=args.threads)
+    session = EngineSession(*graphs, plugin_lib=lib) if args.flavour == "tensorrt" else \
+        StatefulSession(*graphs, threads=args.threads)
     eos = tok.eot_id
     streams = [TextStream(tok.decode, skip=[eos]) for _ in prompts]
     single = len(prompts) == 1
@@ -355,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .generate import DEFAULT_MAX_PROMPT_TOKENS
 
-    g = sub.add_parser("generate", help="generate text with the prefill and decode-step graphs in onnxruntime",
+    g = sub.add_parser("generate", help="generate text with the prefill and decode-step graphs in onnxruntime (or "
+                                        "their TensorRT engines)",
                        description="Generate text from a compile OUTDIR: prefill the prompt(s), then one decode step "
                                    "per token, streaming to stdout; timings go to stderr. Several --prompt values "
                                    "run as one left-padded batch.")
@@ -366,8 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=None, help="sample with this temperature")
     g.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (default 1.0)")
     g.add_argument("--seed", type=int, default=None, help="random seed for sampling")
-    g.add_argument("--flavour", choices=["portable", "plugin"], default="portable",
-                   help="graph flavour: portable (standard ONNX ops) or plugin (plugin nodes on CPU kernels)")
+    g.add_argument("--flavour", choices=["portable", "plugin", "tensorrt"], default="portable",
+                   help="what runs: portable (standard ONNX ops) or plugin (plugin nodes on CPU kernels) in "
+                        "onnxruntime, or tensorrt: the engines OUTDIR/model.prefill.engine and model.decode.engine "
+                        "(`mq-deploy build OUTDIR --graph prefill` / `--graph decode`; needs TensorRT, the plugin "
+                        "library and a CUDA build of torch)")
+    g.add_argument("--plugins", metavar="LIB", help="--flavour tensorrt: the plugin library, "
+                                                    "build/plugins/libmq_trt_plugins.so (default: $MQ_DEPLOY_PLUGINS)")
     g.add_argument("--max-prompt-tokens", type=int, default=DEFAULT_MAX_PROMPT_TOKENS,
                    help=f"reject longer prompts (default {DEFAULT_MAX_PROMPT_TOKENS})")
     g.add_argument("--tokenizer", help="tokenizer.json (default: OUTDIR/tokenizer.json)")

@@ -27,7 +27,7 @@ import onnx
 
 from .errors import UserError
 
-FLAVOURS = {"portable": ".portable.onnx", "plugin": ".onnx"}
+FLAVOURS = {"portable": ".portable.onnx", "plugin": ".onnx", "tensorrt": ".engine"}
 DEFAULT_MAX_PROMPT_TOKENS = 2048
 
 
@@ -90,6 +90,9 @@ def outdir_graphs(outdir: str | Path, flavour: str = "portable") -> tuple[Path, 
         raise UserError(f"{out} has no manifest.json; it is not an `mq-deploy compile` output directory")
     paths = tuple(out / name for name in graph_files(flavour))
     for p in paths:
+        if not p.is_file() and flavour == "tensorrt":
+            raise UserError(f"{out} has no {p.name}: build the engines on this machine first, `mq-deploy build {out} "
+                            f"--graph prefill --plugins LIB` and `... --graph decode ...`")
         if not p.is_file():
             raise UserError(f"{out} has no {p.name} (the stateful graphs generation needs); it was compiled by an "
                             f"older mq-deploy: recompile it with `mq-deploy compile ... -o {out}`")
@@ -116,35 +119,16 @@ class StatefulSession:
 
     def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, dict]:
         """Logits [batch, vocab] of the last position and the per-layer states."""
-        ids = np.asarray(input_ids, np.int64)
-        mask = np.asarray(attention_mask, np.int64)
-        if ids.ndim != 2 or ids.shape[1] == 0 or mask.shape != ids.shape:
-            raise UserError(f"prefill: input_ids {ids.shape} and attention_mask {mask.shape} must both be "
-                            "[batch, sequence] with sequence >= 1")
-        if not np.isin(mask, (0, 1)).all() or not mask[:, -1].all() or (np.diff(mask, axis=1) < 0).any():
-            raise UserError("prefill: attention_mask must be 0/1 LEFT padding (zeros, then ones, last column all "
-                            "ones); pad prompts on the left, e.g. with generate.left_pad")
-        self._check_ids(ids)
+        ids, mask = _prefill_inputs(input_ids, attention_mask, self.vocab_size)
         out = self.prefill_runner.run({"input_ids": ids, "attention_mask": mask})
         logits = out.pop("logits")
         return logits, out
 
     def step(self, tokens: np.ndarray, states: dict) -> tuple[np.ndarray, dict]:
         """One decode step: tokens [batch] or [batch, 1] + states → logits [batch, vocab], new states."""
-        ids = np.asarray(tokens, np.int64).reshape(-1, 1)
-        self._check_ids(ids)
-        batch = ids.shape[0]
+        ids = _step_ids(tokens, self.vocab_size)
         feeds = {"input_ids": ids}
-        missing = sorted(set(self.state_shapes) - set(states))
-        if missing:
-            raise UserError(f"decode step: missing state input(s) {', '.join(missing[:4])}"
-                            f"{' ...' if len(missing) > 4 else ''} (expected {len(self.state_shapes)} states)")
-        for name, dims in self.state_shapes.items():
-            a = np.asarray(states[name])
-            want = (batch, *dims)
-            if a.shape != want:
-                raise UserError(f"decode step: state '{name}' has shape {tuple(a.shape)}, expected {want} "
-                                f"([batch, {', '.join(map(str, dims))}] with batch = {batch} from input_ids)")
+        for name, a in _step_states(states, self.state_shapes, ids.shape[0], np.asarray).items():
             if not np.issubdtype(a.dtype, np.floating):
                 raise UserError(f"decode step: state '{name}' has dtype {a.dtype}, expected float32")
             feeds[name] = a.astype(np.float32, copy=False)
@@ -152,10 +136,89 @@ class StatefulSession:
         logits = out.pop("logits")
         return logits, {k.replace("_out.", "."): v for k, v in out.items()}
 
-    def _check_ids(self, ids: np.ndarray) -> None:
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise UserError(f"token id {int(ids.max() if ids.max() >= self.vocab_size else ids.min())} is outside "
-                            f"the model's vocabulary [0, {self.vocab_size}); is the tokenizer the model's?")
+
+class EngineSession:
+    """The prefill and decode-step TensorRT engines of an OUTDIR (`mq-deploy build OUTDIR --graph prefill` /
+    `--graph decode`), with StatefulSession's calls and checks. The states stay on the GPU between calls (torch CUDA
+    tensors: the decode engine reads the previous call's outputs where they are); the logits come back as numpy."""
+
+    def __init__(self, prefill: str | Path, decode: str | Path, plugin_lib: Optional[str] = None):
+        from .backends.trt_engine import TrtEngine
+
+        why = "mq-deploy generate --flavour tensorrt"
+        self.prefill_engine = TrtEngine(prefill, plugin_lib, why=why, smaller="shorten the prompts / pass fewer")
+        self.decode_engine = TrtEngine(decode, plugin_lib, why=why, smaller="pass fewer prompts")
+        pre, dec = self.prefill_engine, self.decode_engine
+        if set(pre.inputs) != {"input_ids", "attention_mask"} or "logits" not in dec.outputs:
+            raise UserError(f"{prefill} / {decode} are not the prefill and decode-step engines of one OUTDIR (inputs "
+                            f"{', '.join(pre.inputs)} / outputs {', '.join(dec.outputs)}); build them with "
+                            "`mq-deploy build OUTDIR --graph prefill` and `--graph decode`")
+        self.state_shapes = {n: dec.shape(n)[1:] for n in dec.inputs if n != "input_ids"}
+        carried = {n for n in pre.outputs if n != "logits"}
+        stepped = {n.replace("_out.", ".") for n in dec.outputs if n != "logits"}
+        if carried != set(self.state_shapes) or stepped != carried:
+            raise UserError(f"the states of {prefill} ({len(carried)}) and {decode} ({len(self.state_shapes)}) do not "
+                            "match: were both engines built from the same OUTDIR?")
+        self.vocab_size = int(dec.shape("logits")[-1])
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Logits [batch, vocab] (numpy) of the last position and the per-layer states (on the GPU)."""
+        ids, mask = _prefill_inputs(input_ids, attention_mask, self.vocab_size)
+        out = self.prefill_engine.run({"input_ids": ids, "attention_mask": mask})
+        logits = out.pop("logits")
+        return logits.float().cpu().numpy(), out
+
+    def step(self, tokens: np.ndarray, states: dict) -> tuple[np.ndarray, dict]:
+        """One decode step: tokens [batch] or [batch, 1] + states (on the GPU, or numpy) → logits, new states."""
+        ids = _step_ids(tokens, self.vocab_size)
+        feeds = {"input_ids": ids, **_step_states(states, self.state_shapes, ids.shape[0], lambda a: a)}
+        out = self.decode_engine.run(feeds)
+        logits = out.pop("logits")
+        return logits.float().cpu().numpy(), {k.replace("_out.", "."): v for k, v in out.items()}
+
+
+def _check_ids(ids: np.ndarray, vocab_size: int) -> None:
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise UserError(f"token id {int(ids.max() if ids.max() >= vocab_size else ids.min())} is outside "
+                        f"the model's vocabulary [0, {vocab_size}); is the tokenizer the model's?")
+
+
+def _prefill_inputs(input_ids, attention_mask, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The prefill's (input_ids, attention_mask) as int64, checked: [batch, sequence], 0/1 left padding, ids in the
+    vocabulary."""
+    ids = np.asarray(input_ids, np.int64)
+    mask = np.asarray(attention_mask, np.int64)
+    if ids.ndim != 2 or ids.shape[1] == 0 or mask.shape != ids.shape:
+        raise UserError(f"prefill: input_ids {ids.shape} and attention_mask {mask.shape} must both be "
+                        "[batch, sequence] with sequence >= 1")
+    if not np.isin(mask, (0, 1)).all() or not mask[:, -1].all() or (np.diff(mask, axis=1) < 0).any():
+        raise UserError("prefill: attention_mask must be 0/1 LEFT padding (zeros, then ones, last column all "
+                        "ones); pad prompts on the left, e.g. with generate.left_pad")
+    _check_ids(ids, vocab_size)
+    return ids, mask
+
+
+def _step_ids(tokens, vocab_size: int) -> np.ndarray:
+    ids = np.asarray(tokens, np.int64).reshape(-1, 1)
+    _check_ids(ids, vocab_size)
+    return ids
+
+
+def _step_states(states: dict, shapes: dict, batch: int, as_array) -> dict:
+    """{state: as_array(value)} for every state the decode step takes, each checked to be [batch, *its dims]."""
+    missing = sorted(set(shapes) - set(states))
+    if missing:
+        raise UserError(f"decode step: missing state input(s) {', '.join(missing[:4])}"
+                        f"{' ...' if len(missing) > 4 else ''} (expected {len(shapes)} states)")
+    out = {}
+    for name, dims in shapes.items():
+        a = as_array(states[name])
+        want = (batch, *dims)
+        if tuple(a.shape) != want:
+            raise UserError(f"decode step: state '{name}' has shape {tuple(a.shape)}, expected {want} "
+                            f"([batch, {', '.join(map(str, dims))}] with batch = {batch} from input_ids)")
+        out[name] = a
+    return out
 
 
 @dataclass

@@ -316,43 +316,11 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
 # -- running --------------------------------------------------------------------------------------
 def _trt_direct(engine_path: str, plugin_lib: Optional[str], feed: dict) -> dict:
     """Run a serialized engine with TensorRT's own API (torch CUDA tensors as buffers): the no-polygraphy path."""
-    trt = mtrt.import_tensorrt()
-    try:
-        import torch
-    except ImportError:
-        raise UserError("running the engine without polygraphy needs torch with CUDA; pip install polygraphy") from None
-    if not torch.cuda.is_available():  # CPU-only torch (the docker images') would fail at .cuda()
-        raise UserError(f"running the engine without polygraphy needs torch with CUDA, and torch {torch.__version__} "
-                        "has no usable GPU: pip install polygraphy, or install a CUDA build of torch")
-    logger = mtrt.trt_logger(trt)
-    mtrt.load_plugins(trt, logger, plugin_lib)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
-    if engine is None:
-        raise UserError(f"TensorRT could not deserialize {engine_path} (built with another TensorRT version or GPU?)")
-    ctx = engine.create_execution_context()
-    bufs, outs = {}, []
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    for n in names:
-        if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT:
-            if n not in feed:
-                raise UserError(f"the engine's input {n!r} is not {', '.join(feed)}: was it built from this OUTDIR?")
-            dt = trt.nptype(engine.get_tensor_dtype(n))
-            bufs[n] = torch.from_numpy(np.ascontiguousarray(feed[n], dtype=dt)).cuda()
-            if not ctx.set_input_shape(n, tuple(feed[n].shape)):
-                raise UserError(f"{n} {tuple(feed[n].shape)} is outside the engine's optimization profile; "
-                                "rebuild with larger --max-shapes or pass smaller --batch/--seq")
-    for n in names:
-        if engine.get_tensor_mode(n) != trt.TensorIOMode.INPUT:
-            dt = torch.from_numpy(np.empty(0, trt.nptype(engine.get_tensor_dtype(n)))).dtype
-            bufs[n] = torch.empty(tuple(ctx.get_tensor_shape(n)), dtype=dt, device="cuda")
-            outs.append(n)
-    for n, t in bufs.items():
-        ctx.set_tensor_address(n, t.data_ptr())
-    stream = torch.cuda.current_stream()
-    if not ctx.execute_async_v3(stream.cuda_stream):
-        raise UserError(f"TensorRT failed to run {engine_path} (see the log above)")
-    stream.synchronize()
-    return {n: bufs[n].float().cpu().numpy() for n in outs}
+    from .backends.trt_engine import TrtEngine
+
+    eng = TrtEngine(engine_path, plugin_lib, why="running the engine without polygraphy",
+                    alternative="pip install polygraphy", smaller="pass smaller --batch/--seq")
+    return {n: t.float().cpu().numpy() for n, t in eng.run(feed).items()}
 
 
 def run_references(refs: list[Reference], feed: dict, use_polygraphy: bool) -> dict[str, dict]:

@@ -52,12 +52,6 @@ build=(mq-deploy build "$DIR" --plugins "$MQ_DEPLOY_PLUGINS" --min-shapes "$MIN_
 [ "${STRONGLY_TYPED:-0}" = 1 ] && build+=(--strongly-typed)
 step "${build[*]}"
 "${build[@]}"
-if [ "$VIM" = 0 ] && [ "${STATEFUL:-1}" = 1 ]; then  # the graphs `mq-deploy generate` runs, as engines
-  for graph in prefill decode; do
-    step "${build[*]} --graph $graph"
-    "${build[@]}" --graph "$graph"
-  done
-fi
 
 validate=(mq-deploy validate "$DIR" --plugins "$MQ_DEPLOY_PLUGINS" --batch "${BATCH:-2}")
 # a quantized OUTDIR is validated on a validation engine (the same build with the tensors before its
@@ -75,6 +69,13 @@ else
 fi
 step "${validate[*]}"
 "${validate[@]}" | tee "$DIR/validate.txt"
+
+if [ "$VIM" = 0 ] && [ "${STATEFUL:-1}" = 1 ]; then  # the graphs `mq-deploy generate` runs, as engines (after validate)
+  for graph in prefill decode; do
+    step "${build[*]} --graph $graph"
+    "${build[@]}" --graph "$graph"
+  done
+fi
 
 if [ "${BENCH:-0}" = 1 ] && command -v trtexec >/dev/null; then
   if [ "$VIM" = 1 ]; then  # pixel_values BxCxHxW from the manifest

@@ -50,3 +50,43 @@ def compile_small_w8(root: Path, name: str = "w8") -> Path:
     compile_model(None, "mambaquant-w8a8", root / name, calib=str(calib), calib_samples=2, calib_seq_len=32,
                   progress=False, report_passes=False)
     return root / name
+
+
+def cuda_on_cpu(monkeypatch, torch, stream_id: int = 7) -> dict:
+    """torch's CUDA calls that backends/trt_engine.py makes, kept on the CPU (tensors stay host tensors, so a fake
+    TensorRT engine can read and write them at their addresses): `.cuda()` is the identity but records the tensors it
+    saw (the returned dict's "cuda"), `torch.empty(device=...)` allocates on the CPU, and the stream (`cuda_stream`
+    `stream_id`) records its use ("synchronized", "waited")."""
+    seen = {"cuda": [], "synchronized": 0, "waited": 0}
+
+    def cuda(t):
+        seen["cuda"].append(t)
+        return t
+
+    class Stream:
+        cuda_stream = stream_id
+
+        def synchronize(self):
+            seen["synchronized"] += 1
+
+        def wait_stream(self, other):
+            seen["waited"] += 1
+
+    class StreamContext:
+        def __init__(self, s):
+            seen["stream"] = s.cuda_stream
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    empty = torch.empty
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.Tensor, "cuda", cuda)
+    monkeypatch.setattr(torch, "empty", lambda *a, device=None, **k: empty(*a, **k))
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", StreamContext)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: Stream())
+    return seen

@@ -27,6 +27,7 @@ from mq_deploy.graph.follow import fp16_stand_in, quantized_tensors, quantizer_p
 from mq_deploy.graph.precision import rms_norm_nodes
 
 from . import trt_api
+from .helpers import cuda_on_cpu
 from .conftest import DATA_DIR, need
 
 
@@ -736,6 +737,9 @@ class _FakeRuntimeTRT(_FakeTRT):
             def get_tensor_dtype(self, n):
                 return "INT64" if n == "input_ids" else "FLOAT"
 
+            def get_tensor_profile_shape(self, n, profile):
+                return [(1, 1), (1, 16), (8, 64)]
+
             def create_execution_context(self):
                 return Context()
 
@@ -831,19 +835,16 @@ def test_validate_runs_the_engine_without_polygraphy(tmp_path, monkeypatch, majo
     torch = pytest.importorskip("torch")
     fake = _FakeRuntimeTRT(log := {})
     monkeypatch.setitem(sys.modules, "tensorrt", _trt(fake, major))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.Tensor, "cuda", lambda t: t)
-    empty = torch.empty
-    monkeypatch.setattr(torch, "empty", lambda *a, device=None, **k: empty(*a, **k))
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda: types.SimpleNamespace(cuda_stream=1234,
-                                                                                     synchronize=lambda: None))
+    seen = cuda_on_cpu(monkeypatch, torch, stream_id=1234)
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"ENGINE")
     ids = np.arange(2 * 5).reshape(2, 5) * 3
     out = mval._trt_direct(str(engine), None, {"input_ids": ids})
     assert list(out) == ["logits"] and out["logits"].dtype == np.float32 and log["stream"] == 1234
+    assert seen["stream"] == 1234 and seen["synchronized"] == 1  # its own stream, synchronized before the copy back
     np.testing.assert_array_equal(out["logits"], ids[..., None] + 0.5 * np.arange(8))
-    with pytest.raises(UserError, match="outside the engine's optimization profile"):
+    with pytest.raises(UserError, match=r"outside the engine's optimization profile .*\(1, 1\) to \(8, 64\)\); "
+                                        "rebuild with --max-shapes covering it or pass smaller --batch/--seq"):
         mval._trt_direct(str(engine), None, {"input_ids": np.zeros((1, 65), np.int64)})
     with pytest.raises(UserError, match="is not pixel_values"):
         mval._trt_direct(str(engine), None, {"pixel_values": np.zeros((1, 3), np.float32)})

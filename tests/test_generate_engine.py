@@ -21,7 +21,7 @@ from mq_deploy.errors import UserError
 from mq_deploy.eval.tokenizer import TextTokenizer
 from mq_deploy.generate import EngineSession, Sampling, StatefulSession, generate, outdir_graphs
 
-from .helpers import compile_small_w8
+from .helpers import compile_small_w8, cuda_on_cpu
 from .test_build_validate import _FakeTRT, _trt
 
 torch = pytest.importorskip("torch")
@@ -33,7 +33,7 @@ class _OnnxEngineTRT(_FakeTRT):
     onnxruntime, reading its inputs from and writing its outputs to the addresses it is given; batches over
     `max_batch` are outside its profile."""
 
-    def __init__(self, log, max_batch: int = 4):
+    def __init__(self, log, min_batch: int = 1, max_batch: int = 4):
         super().__init__(log)
         self.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
         self.nptype = {"INT64": np.int64, "FLOAT": np.float32}.__getitem__
@@ -45,7 +45,7 @@ class _OnnxEngineTRT(_FakeTRT):
 
             def set_input_shape(self, name, shape):
                 self.shapes[name] = tuple(shape)
-                return shape[0] <= max_batch and len(shape) == len(self.engine.io[name][1])
+                return min_batch <= shape[0] <= max_batch and len(shape) == len(self.engine.io[name][1])
 
             def get_tensor_shape(self, name):
                 batch = self.shapes["input_ids"][0]
@@ -64,6 +64,8 @@ class _OnnxEngineTRT(_FakeTRT):
                 e = self.engine
                 feeds = {n: self._view(n, self.shapes[n]).copy() for n in e.inputs}
                 fake.log.setdefault("runs", []).append(e.path.rsplit("/", 1)[-1])
+                fake.log.setdefault("addresses", []).append(dict(self.addresses))
+                fake.log.setdefault("streams", []).append(stream)
                 for n, v in e.runner.run(feeds).items():
                     self._view(n, self.get_tensor_shape(n))[...] = v
                 return True
@@ -97,6 +99,9 @@ class _OnnxEngineTRT(_FakeTRT):
             def get_tensor_shape(self, n):
                 return self.io[n][1]
 
+            def get_tensor_profile_shape(self, n, profile):
+                return [tuple(b if d == -1 else d for d in self.io[n][1]) for b in (min_batch, 2, max_batch)]
+
             def create_execution_context(self):
                 return Context(self)
 
@@ -116,12 +121,7 @@ def engines(w8, tmp_path, monkeypatch):
     """The stand-in TensorRT and torch's CUDA calls kept on the CPU; the two engine files in the OUTDIR (removed
     after)."""
     monkeypatch.setitem(sys.modules, "tensorrt", _trt(fake := _OnnxEngineTRT({})))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.Tensor, "cuda", lambda t: t)
-    empty = torch.empty
-    monkeypatch.setattr(torch, "empty", lambda *a, device=None, **k: empty(*a, **k))
-    monkeypatch.setattr(torch.cuda, "current_stream",
-                        lambda: types.SimpleNamespace(cuda_stream=7, synchronize=lambda: None))
+    fake.seen = cuda_on_cpu(monkeypatch, torch)
     lib = tmp_path / "libmq_trt_plugins.so"
     lib.write_bytes(b"")
     paths = []
@@ -140,23 +140,34 @@ def test_engine_session_generates_what_the_graphs_do_with_the_states_left_on_the
     prompts = [tok.encode("The quick brown fox"), tok.encode("Once upon a time there was a")]  # left padding
     sess = EngineSession(*outdir_graphs(w8, "tensorrt"), plugin_lib=str(lib))
     assert sess.vocab_size == 8192 and len(sess.state_shapes) == 2 * 8
-    fed = []
-    run = sess.decode_engine.run
-    sess.decode_engine.run = lambda feed: fed.append({k: type(v) for k, v in feed.items()}) or run(feed)
     got = generate(sess, prompts, max_new_tokens=6, sampling=Sampling(), eos_id=None)
     want = generate(StatefulSession.from_outdir(w8, "plugin"), prompts, max_new_tokens=6, sampling=Sampling(),
                     eos_id=None)
     assert got.tokens == want.tokens and all(len(t) == 6 for t in got.tokens)
     assert fake.log["runs"] == ["model.prefill.onnx"] + ["model.decode.onnx"] * 5
-    # the states each step reads are the tensors the previous call wrote (no copy through numpy); the ids are numpy
-    assert all(t is torch.Tensor for f in fed for k, t in f.items() if k != "input_ids")
-    assert all(f["input_ids"] is np.ndarray for f in fed)
+    assert set(fake.log["streams"]) == {7} and fake.seen["synchronized"] == 6  # one stream, waited for each call
+    # each step reads its states at the very addresses the previous call wrote them (no copy on the way), and no
+    # call's input shares memory with its outputs
+    addr = fake.log["addresses"]
+    for prev, cur in zip(addr, addr[1:]):
+        written = {k.replace("_out.", "."): v for k, v in prev.items()}
+        assert all(cur[n] == written[n] for n in sess.state_shapes), (prev, cur)
+    for a, run in zip(addr, fake.log["runs"]):
+        ins = {"input_ids", "attention_mask"} if run == "model.prefill.onnx" else {"input_ids", *sess.state_shapes}
+        assert not {a[n] for n in ins} & {a[n] for n in a if n not in ins}, a
     logits, states = sess.prefill(*[np.array([p[:3] for p in prompts], np.int64), np.ones((2, 3), np.int64)])
     assert isinstance(logits, np.ndarray) and logits.shape == (2, 8192) and logits.dtype == np.float32
     with pytest.raises(UserError, match="state 'conv_state.0' has shape"):
         sess.step(np.array([1]), states)  # batch 1 against states of batch 2
-    with pytest.raises(UserError, match="outside the engine's optimization profile.*pass fewer prompts"):
+    with pytest.raises(UserError, match="outside the engine's optimization profile.*--max-shapes covering it or "
+                                        "pass fewer prompts"):
         sess.step(np.arange(5), {k: torch.zeros((5, *d)) for k, d in sess.state_shapes.items()})
+    host = {k: torch.zeros((2, *d)) for k, d in sess.state_shapes.items()}  # host tensors: moved to the device
+    fake.seen["cuda"].clear()
+    sess.step(np.arange(2), host)
+    assert all(any(t is h for t in fake.seen["cuda"]) for h in host.values())
+    with pytest.raises(UserError, match="state 'conv_state.0' has dtype torch.int64, expected float32"):
+        sess.step(np.arange(2), {k: torch.zeros((2, *d), dtype=torch.int64) for k, d in sess.state_shapes.items()})
     with pytest.raises(UserError, match="outside the model's vocabulary"):
         sess.prefill(np.array([[8192]]), np.ones((1, 1), np.int64))
 

@@ -153,6 +153,24 @@ def test_lint_catches_a_token_rescale_not_undone(setup):
     assert [x["rule"] for x in lint_model(gone)] == ["token-scale"]
 
 
+def test_lint_sees_a_token_rescale_through_the_hadamard(setup):
+    """The rescale in front of out_proj's online Hadamard (Mul → Hadamard → QuantizeLinear, as build_vim_graph emits it,
+    before the TensorRT flavour fuses the pair): lint follows it through the Hadamard to the MatMul; bypassing the
+    unscale after the MatMul is a token-scale violation at that QuantizeLinear."""
+    m, imgs, _ = setup
+    m2, plan, _ = prepare_vim(m, load_recipe("vim-quarot-w8a8"), imgs)
+    pt = "layers.1.out_proj.input"
+    plan.quant.token_scales[pt] = (cls_token_index(m)[pt], 2.0 * plan.quant.act_scales[pt])
+    g = build_vim_graph(m2, plan)
+    (q,) = [n for n in g.graph.node if n.name == f"layers.1/{pt}/Q"]
+    assert {n.output[0]: n for n in g.graph.node}[q.input[0]].op_type == "Hadamard" and lint_model(g) == []
+    (mul,) = [n for n in g.graph.node if n.name == "layers.1/out_proj_token_unscale"]
+    for n in g.graph.node:
+        n.input[:] = [mul.input[0] if i == mul.output[0] else i for i in n.input]
+    g.graph.node.remove(mul)
+    assert [(v["node"], v["rule"]) for v in lint_model(g)] == [(f"layers.1/{pt}/Q", "token-scale")]
+
+
 def test_cls_separate_recipe_gives_the_patch_tokens_their_resolution_back(setup, tmp_path):
     """A class token with one spiking channel sets the shared scale of layer 0's in_proj input (RMSNorm keeps
     the spike: ~sqrt(d) against ~3 for the patch tokens). With its own scale the patch tokens' scale shrinks by

@@ -470,7 +470,8 @@ class CheckedModule(types.ModuleType):
         t = re.sub(r"^(?:typing\.)?Optional\[(.+)\]$", r"\1", typ.strip())
         t = _RETURNS.get(what.rpartition(".")[2], _RETURNS.get(t, re.sub(r"^nvinfer1::", "", t)))
         known = (t in self._spec["enums"] or t in self._spec["classes"] or _DIMS.fullmatch(t) or t in _PASS
-                 or t in ("None", "bool", "int", "str", "float") or re.fullmatch(r"(?:typing\.)?List\[.+\]", t))
+                 or t in ("None", "bool", "int", "str", "float")
+                 or re.fullmatch(r"(?:typing\.)?(?:List|list)\[.+\]", t))  # TensorRT 11 writes list[Dims]
         if not known:
             raise ApiError(f"{what}: the checker cannot read TensorRT {self.__version__}'s return type {t!r}; add it "
                            "to trt_api._RETURNS")

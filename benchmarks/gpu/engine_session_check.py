@@ -111,6 +111,9 @@ def stand_in_tensorrt(cp, log):
         def get_tensor_shape(self, n):
             return io[self.kind][n][1]
 
+        def get_tensor_profile_shape(self, n, profile):
+            return [tuple(b if d == -1 else d for d in io[self.kind][n][1]) for b in (1, 2, B_MAX)]
+
         def create_execution_context(self):
             return Context(self.kind)
 
@@ -171,8 +174,8 @@ def main() -> int:
         kinds = [k for k, _, _ in log]
         check("one prefill, then 7 decode steps", kinds == ["prefill"] + ["decode"] * 7, str(kinds))
         streams = {s for _, _, s in log}
-        check("every engine call on torch's current stream", streams == {torch.cuda.current_stream().cuda_stream},
-              str(streams))
+        check("every engine call on the session's own stream (not the legacy default stream)",
+              streams == {sess.prefill_engine.stream.cuda_stream} and 0 not in streams, str(streams))
         chained = all(log[i + 1][1]["conv_state.0"] == log[i][1]["conv_state.0" if log[i][0] == "prefill"
                                                                      else "conv_state_out.0"]
                       and log[i + 1][1]["ssm_state.0"] == log[i][1]["ssm_state.0" if log[i][0] == "prefill"

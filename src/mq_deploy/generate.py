@@ -147,7 +147,8 @@ class EngineSession:
 
         why = "mq-deploy generate --flavour tensorrt"
         self.prefill_engine = TrtEngine(prefill, plugin_lib, why=why, smaller="shorten the prompts / pass fewer")
-        self.decode_engine = TrtEngine(decode, plugin_lib, why=why, smaller="pass fewer prompts")
+        self.decode_engine = TrtEngine(decode, plugin_lib, why=why, smaller="pass fewer prompts",
+                                       stream=self.prefill_engine.stream)  # one stream: the states pass in order
         pre, dec = self.prefill_engine, self.decode_engine
         if set(pre.inputs) != {"input_ids", "attention_mask"} or "logits" not in dec.outputs:
             raise UserError(f"{prefill} / {decode} are not the prefill and decode-step engines of one OUTDIR (inputs "
@@ -171,10 +172,20 @@ class EngineSession:
     def step(self, tokens: np.ndarray, states: dict) -> tuple[np.ndarray, dict]:
         """One decode step: tokens [batch] or [batch, 1] + states (on the GPU, or numpy) → logits, new states."""
         ids = _step_ids(tokens, self.vocab_size)
-        feeds = {"input_ids": ids, **_step_states(states, self.state_shapes, ids.shape[0], lambda a: a)}
+        feeds = {"input_ids": ids, **_step_states(states, self.state_shapes, ids.shape[0], _as_array_or_tensor)}
+        for name, a in feeds.items():
+            floating = a.dtype.is_floating_point if hasattr(a.dtype, "is_floating_point") else \
+                np.issubdtype(a.dtype, np.floating)
+            if name != "input_ids" and not floating:
+                raise UserError(f"decode step: state '{name}' has dtype {a.dtype}, expected float32")
         out = self.decode_engine.run(feeds)
         logits = out.pop("logits")
         return logits.float().cpu().numpy(), {k.replace("_out.", "."): v for k, v in out.items()}
+
+
+def _as_array_or_tensor(a):
+    """A torch tensor as it is (the engine session's states stay on the device); anything else as a numpy array."""
+    return a if hasattr(a, "data_ptr") and hasattr(a, "is_cuda") else np.asarray(a)
 
 
 def _check_ids(ids: np.ndarray, vocab_size: int) -> None:

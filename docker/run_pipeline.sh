@@ -17,7 +17,8 @@
 #   BATCH, SEQ     validate's input (default 2, 64; Vim: BATCH images)
 #   STATEFUL=0     language models: skip the prefill and decode-step engines (default: also build
 #                  OUTDIR/model.prefill.engine and model.decode.engine, `mq-deploy build --graph`, for generation)
-#   BENCH=1        time the engine with trtexec afterwards (if trtexec is on the PATH)
+#   BENCH=1        time the engine with trtexec afterwards (if trtexec is on the PATH), and one decode step of
+#                  model.decode.engine where it was built
 set -euo pipefail
 
 OUT="${OUT:-/work/out}"
@@ -86,4 +87,11 @@ if [ "${BENCH:-0}" = 1 ] && command -v trtexec >/dev/null; then
   step "trtexec timing of $DIR/model.engine at $shape"
   trtexec --loadEngine="$DIR/model.engine" --dynamicPlugins="$MQ_DEPLOY_PLUGINS" \
           --shapes="$shape" --warmUp=200 --duration=5
+  if [ -f "$DIR/model.decode.engine" ]; then  # one decode step (a token per sequence) at the opt batch, every state
+    shape="$(mq-deploy build "$DIR" --graph decode --dry-run --plugins "$MQ_DEPLOY_PLUGINS" --min-shapes "$MIN_SHAPES" \
+             --opt-shapes "$OPT_SHAPES" --max-shapes "$MAX_SHAPES" 2>/dev/null | grep -o -- '--optShapes=[^ ]*' | cut -d= -f2)"
+    step "trtexec timing of $DIR/model.decode.engine (one decode step, batch ${OPT_SHAPES%%,*})"
+    trtexec --loadEngine="$DIR/model.decode.engine" --dynamicPlugins="$MQ_DEPLOY_PLUGINS" \
+            --shapes="$shape" --warmUp=200 --duration=5
+  fi
 fi

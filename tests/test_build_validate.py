@@ -817,6 +817,74 @@ def test_validate_quantized_deployment_engine_is_gated_directly_and_told_of_the_
     assert hint in mval.format_report(rep)
 
 
+@pytest.mark.parametrize("graph", ["prefill", "decode"])
+def test_validate_a_stateful_graph_and_its_engine(fp32_out, w8_out, tmp_path, monkeypatch, graph):
+    """validate --graph prefill / decode: the graph's two flavours on left-padded random prompts (the decode step: one
+    token from the prompt's states), a row for the logits and one for the state furthest apart; a quantized OUTDIR's
+    direct rows reported and its plugin~ row gated. An engine (stand-in: the graph with fp16 storage on the CPU
+    kernels): a float OUTDIR's is gated on its logits at 5e-2, and one whose logits are 10 % off fails; a quantized
+    OUTDIR's is reported only (its fp16 stand-in is 5e-2 away directly), with a note on the validation engine."""
+    man = json.loads((fp32_out / "manifest.json").read_text())
+    states = {f"{k}.{i}" for i in range(man["model"]["config"]["n_layer"]) for k in ("conv_state", "ssm_state")}
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # no TensorRT: the engine pair is skipped
+    fp = mval.validate(fp32_out, graph=graph, batch=3, seq=20)
+    p = {(r["reference"], r["test"], r["output"]): r for r in fp.pairs}
+    assert fp.ok and set(p) == {("portable", "plugin", "logits"), ("portable", "plugin", "states")}
+    assert p[("portable", "plugin", "logits")]["limit"] == mval.FP32_TOL
+    assert 0 < p[("portable", "plugin", "logits")]["max_rel"] < 1e-5
+    st = p[("portable", "plugin", "states")]
+    assert st["states"] == len(states) and st["worst_state"].replace("_out.", ".") in states
+    assert st["limit"] == mval.FP32_TOL
+    assert 0 < st["max_rel"] < 1e-5 and "top1" not in st
+    assert any("engine comparison skipped" in s["reason"] for s in fp.skipped)
+    assert ("left-padded" in fp.input_what) and (("decode step" in fp.input_what) == (graph == "decode"))
+    q = mval.validate(w8_out, graph=graph, batch=3, seq=20)
+    p = {(r["reference"], r["test"], r["output"]): r for r in q.pairs}
+    assert p[("portable", "plugin", "logits")]["limit"] is None and p[("portable", "plugin", "states")]["limit"] is None
+    assert p[("portable", "plugin~", "logits")]["limit"] == mval.FP32_TOL and q.ok
+    assert f"model.{graph}.onnx again, taking model.{graph}.portable.onnx's side" in mval.format_report(q)
+    # engines
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT({})))
+    lib = tmp_path / "libmq_trt_plugins.so"
+    lib.write_bytes(b"")
+    for out, off in ((fp32_out, 1.0), (fp32_out, 1.1), (w8_out, 1.1)):
+        engine = out / f"model.{graph}.engine"
+        engine.write_bytes(b"ENGINE")
+        runner = OrtRunner(fp16_stand_in(onnx.load(str(out / f"model.{graph}.onnx"))))
+
+        def run(path, lib_, feed, runner=runner, off=off, engine=engine):
+            assert path == str(engine)  # the default engine of the graph
+            res = runner.run(dict(feed))
+            return {**res, "logits": res["logits"] * off}
+
+        monkeypatch.setattr(mval, "_trt_direct", run)
+        try:
+            rep = mval.validate(out, graph=graph, batch=3, seq=20, plugin_lib=str(lib), use_polygraphy=False)
+        finally:
+            engine.unlink()
+        p = {(r["reference"], r["test"], r["output"]): r for r in rep.pairs}
+        e = p[("portable", "tensorrt", "logits")]
+        assert p[("portable", "tensorrt", "states")]["limit"] is None
+        if out == fp32_out:
+            assert e["limit"] == mval.ENGINE_TOL and rep.ok == e["ok"] == (off == 1.0), mval.format_report(rep)
+            assert (e["max_rel"] < 1e-2) if off == 1.0 else (e["max_rel"] > 5e-2)
+        else:  # quantized: reported, and the report says how to check the layers
+            assert e["limit"] is None and e["max_rel"] > 5e-2 and rep.ok
+            assert f"mq-deploy build {out} --validation-engine" in mval.format_report(rep)
+
+
+def test_validate_graph_errors(fp32_out, tmp_path, capsys):
+    for extra, msg in ((["--simulate"], "--simulate is for model.onnx"), (["--torch"], "--torch is for model.onnx")):
+        assert main(["validate", str(fp32_out), "--graph", "decode", *extra]) == 2
+        assert msg in capsys.readouterr().err
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in ("model.onnx", "model.portable.onnx", "manifest.json"):
+        (old / f).write_bytes((fp32_out / f).read_bytes())
+    assert main(["validate", str(old), "--graph", "prefill"]) == 2
+    assert "has no model.prefill.portable.onnx (the stateful graphs): compile it again" in capsys.readouterr().err
+
+
 def test_validate_engine_without_polygraphy_or_cuda_is_a_user_error(fp32_out, tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeRuntimeTRT({})))

@@ -6,7 +6,8 @@
                               [--flavour portable|plugin|tensorrt [--plugins LIB]]
     mq-deploy build OUTDIR [--graph model|prefill|decode] [--plugins LIB] [--int8 --fp16 | --strongly-typed]
                            [--min/opt/max-shapes B,L] [--validation-engine] [-o ENGINE]
-    mq-deploy validate OUTDIR [--plugins LIB] [--engine ENGINE] [--batch B --seq L] [--simulate] [--torch] [--json]
+    mq-deploy validate OUTDIR [--graph model|prefill|decode] [--plugins LIB] [--engine ENGINE] [--batch B --seq L]
+                              [--simulate] [--torch] [--json]
 """
 
 from __future__ import annotations
@@ -285,9 +286,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .validate import format_report, validate
 
-    rep = validate(args.outdir, batch=args.batch, seq=args.seq, seed=args.seed, simulate=args.simulate,
-                   torch_ref=args.torch, model_dir=args.model, calib=args.calib, engine=args.engine,
-                   plugin_lib=args.plugins, tol=args.tol, engine_tol=args.engine_tol,
+    rep = validate(args.outdir, graph=args.graph, batch=args.batch, seq=args.seq, seed=args.seed,
+                   simulate=args.simulate, torch_ref=args.torch, model_dir=args.model, calib=args.calib,
+                   engine=args.engine, plugin_lib=args.plugins, tol=args.tol, engine_tol=args.engine_tol,
                    engine_step_tol=args.engine_step_tol, engine_gain_tol=args.engine_gain_tol, threads=args.threads,
                    log=(lambda s: None) if args.quiet else _log)
     print(json.dumps(rep.to_dict()) if args.json else format_report(rep))
@@ -450,8 +451,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "also simulation~), held to fp32 rounding. Exit 1 if a gated pair exceeds its "
                                    "limit.")
     v.add_argument("outdir", metavar="OUTDIR", help="output directory of `mq-deploy compile`")
+    v.add_argument("--graph", choices=("model", "prefill", "decode"), default="model",
+                   help="which graph: model (model.onnx and model.portable.onnx; the default), or a language model's "
+                        "prefill / decode step (model.<graph>.onnx, model.<graph>.portable.onnx and the engine "
+                        "OUTDIR/model.<graph>.engine of `mq-deploy build --graph`): random input_ids with left-padded "
+                        "rows / one token from the prompt's states; rows for the logits and the worst state")
     v.add_argument("--plugins", metavar="LIB", help="plugin library for the engine (default: $MQ_DEPLOY_PLUGINS)")
-    v.add_argument("--engine", metavar="ENGINE", help="TensorRT engine (default: OUTDIR/model.engine if present); for a "
+    v.add_argument("--engine", metavar="ENGINE", help="TensorRT engine (default: OUTDIR/model.engine, with --graph "
+                                                      "OUTDIR/model.<graph>.engine, if present); for a "
                                                       "quantized OUTDIR, a validation engine (`mq-deploy build "
                                                       "--validation-engine`) gets the layer-by-layer check")
     v.add_argument("--batch", type=int, default=2, help="batch of random input_ids / images (default 2)")

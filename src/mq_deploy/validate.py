@@ -292,25 +292,33 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
         refs.append(Reference(name, f"onnxruntime on {file} ({what})",
                               ort_session=OrtRunner(outdir / file, threads=threads, plugins="extensions").session,
                               graph_file=outdir / file))
-    engine_path = Path(engine) if engine else outdir / "model.engine"
+    refs.extend(_engine_reference(outdir, manifest, engine, plugin_lib, skipped))
+    return refs, skipped
+
+
+def _engine_reference(outdir: Path, manifest: dict, engine: Optional[str], plugin_lib: Optional[str],
+                      skipped: list, graph: str = "model") -> list[Reference]:
+    """[the TensorRT reference] (`engine`, default OUTDIR/model.engine, or model.<graph>.engine), or [] with the
+    reason in `skipped` (no TensorRT, no engine at the default path)."""
+    engine_path = Path(engine) if engine else outdir / mtrt.ENGINES[graph]
     if engine and not engine_path.is_file():  # a named engine must exist, with or without TensorRT here
         raise UserError(f"engine {engine_path} not found")
     try:
         trt = mtrt.import_tensorrt()
     except UserError as e:
         skipped.append({"name": "tensorrt", "reason": f"engine comparison skipped: {e}"})
-        return refs, skipped
+        return []
     if not engine_path.is_file():  # the default path (a named engine was checked above)
+        how = f"--graph {graph} " if graph != "model" else ""
         skipped.append({"name": "tensorrt", "reason": f"engine comparison skipped: no engine at {engine_path}; build it "
-                                                      f"with `mq-deploy build {outdir} --plugins LIB`"})
-        return refs, skipped
+                                                      f"with `mq-deploy build {outdir} {how}--plugins LIB`"})
+        return []
     lib = mtrt.resolve_plugin_lib(plugin_lib)  # only now: a skipped engine comparison needs no plugin library
     if lib is None and mtrt.manifest_plugin_nodes(manifest):
         raise UserError(f"the engine {engine_path} holds mq-deploy plugins: pass --plugins LIB or set "
                         f"{mtrt.PLUGINS_ENV} ({mtrt.PLUGIN_BUILD_HINT})")
-    refs.append(Reference("tensorrt", f"TensorRT {trt.__version__} engine {engine_path}", engine=str(engine_path),
-                          plugin_lib=lib))
-    return refs, skipped
+    return [Reference("tensorrt", f"TensorRT {trt.__version__} engine {engine_path}", engine=str(engine_path),
+                      plugin_lib=lib)]
 
 
 # -- running --------------------------------------------------------------------------------------
@@ -324,8 +332,8 @@ def _trt_direct(engine_path: str, plugin_lib: Optional[str], feed: dict) -> dict
 
 
 def run_references(refs: list[Reference], feed: dict, use_polygraphy: bool) -> dict[str, dict]:
-    """`feed`: {input name: array} (input_ids int64, or a Vim's pixel_values float32)."""
-    (x,) = feed.values()
+    """`feed`: {input name: array} (input_ids int64, or a Vim's pixel_values float32; the stateful graphs' several
+    inputs, which only the onnxruntime and TensorRT references take)."""
     results: dict[str, dict] = {}
     backend = [r for r in refs if r.run is None]
     if use_polygraphy and backend:
@@ -362,6 +370,7 @@ def run_references(refs: list[Reference], feed: dict, use_polygraphy: bool) -> d
                 results[r.name] = dict(zip(names, r.ort_session.run(None, feed)))
     for r in refs:
         if r.run is not None:
+            (x,) = feed.values()
             results[r.name] = r.run(x)
     return {r.name: results[r.name] for r in refs}
 
@@ -382,7 +391,7 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
              engine: Optional[str] = None, plugin_lib: Optional[str] = None, tol: Optional[float] = None,
              engine_tol: Optional[float] = None, threads: Optional[int] = None, use_polygraphy: Optional[bool] = None,
              engine_step_tol: Optional[float] = None, engine_gain_tol: Optional[float] = None,
-             log: Callable[[str], None] = lambda s: None) -> Report:
+             log: Callable[[str], None] = lambda s: None, graph: str = "model") -> Report:
     if batch < 1 or seq < 1:
         raise UserError("--batch and --seq must be at least 1")
     for flag, v in (("--tol", tol), ("--engine-tol", engine_tol), ("--engine-step-tol", engine_step_tol),
@@ -391,6 +400,18 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
             raise UserError(f"{flag} must be a number above 0, not {v}")
     out = Path(outdir)
     _, manifest = mtrt.read_outdir(out)
+    if graph != "model":
+        if graph not in mtrt.GRAPHS:
+            raise UserError(f"--graph must be one of {', '.join(mtrt.GRAPHS)}, not {graph!r}")
+        for flag, on in (("--simulate", simulate), ("--torch", torch_ref or model_dir), ("--engine-step-tol",
+                                                                                      engine_step_tol is not None),
+                         ("--engine-gain-tol", engine_gain_tol is not None)):
+            if on:
+                raise UserError(f"{flag} is for model.onnx; --graph {graph} compares the {graph} graph's two "
+                                "flavours and its engine")
+        return _validate_stateful(out, manifest, graph, batch=batch, seq=seq, seed=seed, tol=tol,
+                                  engine=engine, plugin_lib=plugin_lib, engine_tol=engine_tol, threads=threads,
+                                  use_polygraphy=use_polygraphy, log=log)
     name, fixed = mtrt.manifest_input(manifest)
     if name == "pixel_values":
         feed, what = _vim_images(batch, fixed, seed)
@@ -411,10 +432,7 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
                  runner="polygraphy" if use_polygraphy else "numpy", input_name=name,
                  input_shape=tuple(next(iter(feed.values())).shape), input_what=what)
     def row(a: str, b: str, o: str, ref: np.ndarray, x: np.ndarray, lim: Optional[float], **extra) -> None:
-        s = error_stats(ref, x)
-        rep.pairs.append({"reference": a, "test": b, "output": o, **s, "limit": lim,
-                          "ok": None if lim is None else bool(np.isfinite(s["max_rel"]) and s["max_rel"] <= lim),
-                          **extra})
+        _row(rep, a, b, o, ref, x, lim, **extra)
 
     graphs = {r.name: r.graph_file for r in refs if r.graph_file is not None}
     marked = _split_marked(outs, graphs)
@@ -468,6 +486,97 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
             log(f"simulation following the roundings of {file.name}")
             got, ref, taken = sim.follow(feed["input_ids"], file)
             row(FOLLOW_NAME, name, "logits", ref, got, follow_lim, roundings_taken_from_graph=taken)
+    return rep
+
+
+QUANTIZED_STATEFUL_ENGINE = (
+    "the {graph} engine's rows are reported, not gated: a correct engine of a quantized graph moves values across "
+    "rounding boundaries (its float layers round otherwise) and the scan state carries that on, so its direct distance "
+    "has no fixed bound (the fp16 stand-in of a W8A8 prefill: 5e-2); the layers the {graph} graph shares with model.onnx "
+    "are checked one by one on a validation engine: `mq-deploy build {outdir} --validation-engine`, then `mq-deploy "
+    "validate {outdir} --engine {outdir}/model.validate.engine`")
+
+
+def _row(rep: Report, a: str, b: str, o: str, ref: np.ndarray, x: np.ndarray, lim: Optional[float],
+         drop_top1: bool = False, **extra) -> None:
+    """One pair's error statistics on output `o`, gated at `lim` (None: reported only)."""
+    s = error_stats(ref, x)
+    if drop_top1:
+        s.pop("top1", None)
+    rep.pairs.append({"reference": a, "test": b, "output": o, **s, "limit": lim,
+                      "ok": None if lim is None else bool(np.isfinite(s["max_rel"]) and s["max_rel"] <= lim), **extra})
+
+
+def _validate_stateful(out: Path, manifest: dict, graph: str, *, batch: int, seq: int, seed: int,
+                       tol: Optional[float], engine: Optional[str], plugin_lib: Optional[str],
+                       engine_tol: Optional[float], threads: Optional[int], use_polygraphy: Optional[bool],
+                       log: Callable[[str], None]) -> Report:
+    """`validate --graph prefill|decode`: model.<graph>.portable.onnx, model.<graph>.onnx (plugin nodes on the CPU
+    kernels) and its engine (model.<graph>.engine) on one input. The prefill takes random input_ids with rows 2, 3, ...
+    left-padded; the decode step one random token a row and the states model.prefill.portable.onnx leaves after that
+    prompt. Rows: the logits, and the states (`states`: the state output furthest from the reference, by max rel),
+    with validate's limits (fp32 graphs 1e-4; a quantized OUTDIR's direct rows reported, its plugin~ row on the
+    logits gated; the engine's logits 5e-2 for a float OUTDIR, reported for a quantized one (QUANTIZED_STATEFUL_ENGINE),
+    its states reported)."""
+    from .backends.ort import OrtRunner
+    from .graph.follow import compare_following
+
+    if mtrt.manifest_input(manifest)[0] != "input_ids":
+        raise UserError(f"{out} is a Vim OUTDIR: it has no prefill / decode-step graphs (validate it without --graph)")
+    files = {"portable": out / f"model.{graph}.portable.onnx", "plugin": out / mtrt.GRAPHS[graph]}
+    for f in (*files.values(), out / "model.prefill.portable.onnx"):
+        if not f.is_file():
+            raise UserError(f"{out} has no {f.name} (the stateful graphs): compile it again with this mq-deploy")
+    vocab = manifest.get("model", {}).get("config", {}).get("vocab_size")
+    if not vocab:
+        raise UserError(f"{out}/manifest.json has no model.config.vocab_size; recompile with `mq-deploy compile`")
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, size=(batch, seq), dtype=np.int64)
+    mask = np.ones_like(ids)
+    for r in range(1, batch):  # left padding of growing length, at least one token kept
+        mask[r, :min(seq - 1, r * seq // (2 * batch))] = 0
+    prompt = {"input_ids": ids, "attention_mask": mask}
+    what = f"random input_ids {batch}x{seq} with rows 2.. left-padded, seed {seed}"
+    if graph == "prefill":
+        feed = prompt
+    else:
+        log("the prompt's states from model.prefill.portable.onnx")
+        states = OrtRunner(out / "model.prefill.portable.onnx", threads=threads).run(prompt)
+        feed = {"input_ids": rng.integers(0, vocab, size=(batch, 1), dtype=np.int64),
+                **{k: v for k, v in states.items() if k != "logits"}}
+        what = f"one decode step (a random token a row) from the states model.prefill.portable.onnx leaves after {what}"
+    refs = [Reference(name, f"onnxruntime on {f.name} ({how})",
+                      ort_session=OrtRunner(f, threads=threads, plugins="extensions").session, graph_file=f)
+            for (name, f), how in zip(files.items(), ("standard ONNX ops", "plugin nodes on mq-deploy's CPU kernels"))]
+    skipped: list = []
+    refs += _engine_reference(out, manifest, engine, plugin_lib, skipped, graph=graph)
+    quantized = mtrt.manifest_quantized(manifest)
+    use_polygraphy = have_polygraphy() if use_polygraphy is None else use_polygraphy
+    log(f"running {what} through {', '.join(r.name for r in refs)}")
+    outs = run_references(refs, feed, use_polygraphy)
+    rep = Report(str(out), manifest.get("recipe", {}).get("name", "?"), batch, seq, seed,
+                 references=[{"name": r.name, "what": r.what} for r in refs], skipped=skipped,
+                 runner="polygraphy" if use_polygraphy else "numpy", input_shape=ids.shape if graph == "prefill" else
+                 (batch, 1), input_what=what)
+    engine_direct = "tensorrt" in outs and quantized
+    if engine_direct:
+        rep.skipped.append({"name": "tensorrt gate", "reason": QUANTIZED_STATEFUL_ENGINE.format(graph=graph, outdir=out)})
+    for a, b in itertools.combinations([r.name for r in refs], 2):
+        lim = None if engine_direct and "tensorrt" in (a, b) else _limit(a, b, quantized, tol, engine_tol)
+        _row(rep, a, b, "logits", outs[a]["logits"], outs[b]["logits"], lim)
+        names = [k for k in outs[a] if k != "logits" and k in outs[b]]
+        if names:  # the state furthest from the reference (an engine's states: reported)
+            worst = max(names, key=lambda k: error_stats(outs[a][k], outs[b][k])["max_rel"])
+            _row(rep, a, b, "states", outs[a][worst], outs[b][worst], None if "tensorrt" in (a, b) else lim,
+                 drop_top1=True, worst_state=worst, states=len(names))
+    if quantized:
+        import onnx
+
+        log(f"{files['plugin'].name} following the roundings of {files['portable'].name}")
+        rep.references.append({"name": "plugin~", "what": PLUGIN_FOLLOW_WHAT.replace("model.onnx", files["plugin"].name)
+                              .replace("model.portable.onnx", files["portable"].name)})
+        f = compare_following(files["portable"], onnx.load(str(files["plugin"])), feed, "logits", threads=threads)
+        _row(rep, "portable", "plugin~", "logits", f["reference"], f["test"], tol if tol is not None else FP32_TOL)
     return rep
 
 

@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "rows / one token from the prompt's states; rows for the logits and the worst state")
     v.add_argument("--plugins", metavar="LIB", help="plugin library for the engine (default: $MQ_DEPLOY_PLUGINS)")
     v.add_argument("--engine", metavar="ENGINE", help="TensorRT engine (default: OUTDIR/model.engine, with --graph "
-                                                      "OUTDIR/model.<graph>.engine, if present); for a "
+                                                      "OUTDIR/model.<graph>.engine, if present); for a model.onnx of a "
                                                       "quantized OUTDIR, a validation engine (`mq-deploy build "
                                                       "--validation-engine`) gets the layer-by-layer check")
     v.add_argument("--batch", type=int, default=2, help="batch of random input_ids / images (default 2)")
@@ -479,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--engine-tol", type=float, default=None,
                    help="max rel limit for pairs with the engine (default 5e-2 on a direct pair; 1e-2 on portable= vs "
                         "tensorrt, the logits of a quantized OUTDIR's validation engine checked on its own int8 "
-                        "codes, when its direct rows are reported only)")
+                        "codes, when its direct rows are reported only; 0.25 for a quantized OUTDIR's prefill / decode "
+                        "engine, --graph)")
     v.add_argument("--engine-step-tol", type=float, default=None, metavar="STEPS",
                    help="a validation engine's quantizer inputs, each computed by the portable graph from the "
                         "engine's int8 codes: limit on a tensor's mean distance from the engine's, in quantization "

@@ -189,15 +189,18 @@ def compare_following(reference, test: onnx.ModelProto, feeds: dict, output: str
                       threads: Optional[int] = None) -> dict:
     """Run `reference` (a ModelProto or path) on `feeds` with the test graph's quantized tensors as extra
     outputs, then `follower(test)` on the same feeds plus those values (run_following); {"max_rel":
-    max|b - a| / max|a|, "reference": a, "test": b, "roundings_taken": n} for `output`."""
+    max|b - a| / max|a|, "reference": a, "test": b, "roundings_taken": n} for `output`, and every graph output
+    of both runs ({name: value}) as "reference_outputs" / "test_outputs"."""
     from ..backends.ort import OrtRunner
 
     tensors = quantized_tensors(test)
     ref = OrtRunner(reference, threads=threads, extra_outputs=tensors).run(dict(feeds))
     got, taken = run_following(test, {t: ref[t] for t in tensors}, feeds, threads=threads)
     a, b = np.asarray(ref[output]), np.asarray(got[output])
+    names = [o.name for o in test.graph.output]
     return {"max_rel": float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)), "reference": a, "test": b,
-            "roundings_taken": taken}
+            "roundings_taken": taken, "reference_outputs": {n: ref[n] for n in names if n in ref},
+            "test_outputs": {n: got[n] for n in names if n in got}}
 
 
 def point_values(graph, points: dict, act_scales: dict, ids: np.ndarray, **runner) -> dict:

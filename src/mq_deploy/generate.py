@@ -129,8 +129,6 @@ class StatefulSession:
         ids = _step_ids(tokens, self.vocab_size)
         feeds = {"input_ids": ids}
         for name, a in _step_states(states, self.state_shapes, ids.shape[0], np.asarray).items():
-            if not np.issubdtype(a.dtype, np.floating):
-                raise UserError(f"decode step: state '{name}' has dtype {a.dtype}, expected float32")
             feeds[name] = a.astype(np.float32, copy=False)
         out = self.decode_runner.run(feeds)
         logits = out.pop("logits")
@@ -173,11 +171,6 @@ class EngineSession:
         """One decode step: tokens [batch] or [batch, 1] + states (on the GPU, or numpy) → logits, new states."""
         ids = _step_ids(tokens, self.vocab_size)
         feeds = {"input_ids": ids, **_step_states(states, self.state_shapes, ids.shape[0], _as_array_or_tensor)}
-        for name, a in feeds.items():
-            floating = a.dtype.is_floating_point if hasattr(a.dtype, "is_floating_point") else \
-                np.issubdtype(a.dtype, np.floating)
-            if name != "input_ids" and not floating:
-                raise UserError(f"decode step: state '{name}' has dtype {a.dtype}, expected float32")
         out = self.decode_engine.run(feeds)
         logits = out.pop("logits")
         return logits.float().cpu().numpy(), {k.replace("_out.", "."): v for k, v in out.items()}
@@ -216,7 +209,8 @@ def _step_ids(tokens, vocab_size: int) -> np.ndarray:
 
 
 def _step_states(states: dict, shapes: dict, batch: int, as_array) -> dict:
-    """{state: as_array(value)} for every state the decode step takes, each checked to be [batch, *its dims]."""
+    """{state: as_array(value)} for every state the decode step takes, each checked to be [batch, *its dims] and of a
+    floating type (a numpy array, or a torch tensor: its dtype's is_floating_point)."""
     missing = sorted(set(shapes) - set(states))
     if missing:
         raise UserError(f"decode step: missing state input(s) {', '.join(missing[:4])}"
@@ -228,6 +222,9 @@ def _step_states(states: dict, shapes: dict, batch: int, as_array) -> dict:
         if tuple(a.shape) != want:
             raise UserError(f"decode step: state '{name}' has shape {tuple(a.shape)}, expected {want} "
                             f"([batch, {', '.join(map(str, dims))}] with batch = {batch} from input_ids)")
+        floating = getattr(a.dtype, "is_floating_point", None)
+        if not (np.issubdtype(a.dtype, np.floating) if floating is None else floating):
+            raise UserError(f"decode step: state '{name}' has dtype {a.dtype}, expected float32")
         out[name] = a
     return out
 

@@ -40,6 +40,7 @@ differences carry through the scan state) are then reported only.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -433,8 +434,7 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
                  references=[{"name": r.name, "what": r.what} for r in refs], skipped=skipped,
                  runner="polygraphy" if use_polygraphy else "numpy", input_name=name,
                  input_shape=tuple(next(iter(feed.values())).shape), input_what=what)
-    def row(a: str, b: str, o: str, ref: np.ndarray, x: np.ndarray, lim: Optional[float], **extra) -> None:
-        _row(rep, a, b, o, ref, x, lim, **extra)
+    row = functools.partial(_row, rep)
 
     graphs = {r.name: r.graph_file for r in refs if r.graph_file is not None}
     marked = _split_marked(outs, graphs)
@@ -610,11 +610,8 @@ def _steps(dist: dict, step_limit: float, gain_limit: float) -> dict:
     def over(t):  # NaN is over
         return not (dist[t][0] <= step_limit and abs(dist[t][2]) <= gain_limit)
 
-    def key(v):
-        return v if np.isfinite(v) else np.inf
-
-    wm = max(dist, key=lambda t: key(dist[t][0]))
-    wg = max(dist, key=lambda t: key(abs(dist[t][2])))
+    wm = max(dist, key=lambda t: _nan_last(dist[t][0]))
+    wg = max(dist, key=lambda t: _nan_last(abs(dist[t][2])))
     first = next((t for t in dist if over(t)), None)
     return {"tensors": len(dist), "limits": {"mean_steps": step_limit, "gain": gain_limit}, "ok": first is None,
             "worst_mean": {"tensor": wm, "mean_steps": dist[wm][0], "max_steps": dist[wm][1]},

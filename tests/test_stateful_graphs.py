@@ -172,6 +172,8 @@ def test_step_rejects_states_of_the_wrong_shape():
         s.step(np.array([4]), st)  # batch of the token differs from the states'
     with pytest.raises(UserError, match=r"missing state input\(s\) conv_state.1"):
         s.step(np.array([4, 5]), {k: v for k, v in st.items() if k != "conv_state.1"})
+    with pytest.raises(UserError, match="state 'conv_state.1' has dtype int64, expected float32"):
+        s.step(np.array([4, 5]), dict(st, **{"conv_state.1": st["conv_state.1"].astype(np.int64)}))
     with pytest.raises(UserError, match=r"token id 90 is outside the model's vocabulary \[0, 90\)"):
         s.step(np.array([90, 5]), st)
     with pytest.raises(UserError, match="LEFT padding"):

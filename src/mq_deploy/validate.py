@@ -494,7 +494,8 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
 # A quantized OUTDIR's prefill / decode engine is held only to this (--engine-tol replaces it): a correct engine's float
 # layers round values across int8 boundaries and the state carries that on, so its direct distance has no tight bound
 # (the fp16 stand-in of the bundled model's rtn-w8a8 prefill / decode graphs at 2x32, 3x20 and 4x64 tokens: logits
-# 2.8e-2 to 7.4e-2, the worst state 3.8e-2 to 7.6e-2 away; docs/deploy.md, "Engines for generation").
+# 2.8e-2 to 7.4e-2, the worst state 3.8e-2 to 7.6e-2 away: benchmarks/stateful_engine_standin.py, results in
+# benchmarks/results/stateful_engine_standin.md).
 QUANTIZED_STATEFUL_ENGINE_TOL = 0.25
 QUANTIZED_STATEFUL_ENGINE = (
     "the {graph} engine of a quantized OUTDIR is held to {tol:g} only (a broken or wrong engine): its float layers round "

@@ -4,7 +4,16 @@ absent: the engine is stood in for by model.<graph>.onnx with every float tensor
 with left-padded rows; the decode step: one token from the states model.prefill.portable.onnx leaves). Prints the max
 rel distance of the logits and of the worst state, the figures behind validate's QUANTIZED_STATEFUL_ENGINE_TOL.
 
-Usage: python benchmarks/stateful_engine_standin.py OUTDIR [--shapes 2x32,3x20,4x64] [--seed 0]
+`--layers` then runs validate itself on a stand-in *validation* engine (the tensors before every QuantizeLinear as
+outputs too, as `mq-deploy build --graph G --validation-engine` makes them) and prints its layer-by-layer figures:
+`portable=` (the portable graph on the engine's int8 codes) on the logits and the worst state, and the per-layer line
+(each quantizer input's worst mean distance in steps, the worst gain, the first tensor over validate's limits), for
+the stand-in as it is, a noisier one (relative noise U(±5e-4) at each fp16 rounding: twice fp16's own error), and
+stand-ins with one error in layer 1: the prefill's scan C_scale ×1.003 / ×1.01; the decode step's state update
+given C ×1.003 / ×1.01 (its DequantizeLinear's scale alone) or D ×1.01, and its conv taps ×1.01. The figures behind
+validate's ENGINE_GAIN_TOL_DECODE.
+
+Usage: python benchmarks/stateful_engine_standin.py OUTDIR [--shapes 2x32,3x20,4x64] [--seed 0] [--layers]
 Results: benchmarks/results/stateful_engine_standin.md.
 """
 import argparse
@@ -13,10 +22,86 @@ import platform
 import sys
 
 import onnx
+from onnx import numpy_helper
 
 from mq_deploy import validate as mval
 from mq_deploy.backends.ort import OrtRunner
-from mq_deploy.graph.follow import fp16_stand_in
+from mq_deploy.graph.follow import fp16_stand_in, quantized_tensors
+
+
+def scale_attr(op, attr, f):
+    def change(g):
+        node = [n for n in g.graph.node if n.op_type == op][1]  # layer 1
+        next(a for a in node.attribute if a.name == attr).f *= f
+    return change
+
+
+def scale_init(name, f):
+    def change(g):
+        t = next(t for t in g.graph.initializer if t.name == name)
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * f, name))
+    return change
+
+
+def scale_dequantize(name, f):
+    """The DequantizeLinear node `name` with its own copy of the scale, times f (a wrong scale there alone)."""
+    def change(g):
+        node = next(n for n in g.graph.node if n.op_type == "DequantizeLinear" and n.name == name)
+        t = next(t for t in g.graph.initializer if t.name == node.input[1])
+        g.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(t) * f, t.name + "/wrong"))
+        node.input[1] = t.name + "/wrong"
+    return change
+
+
+C_DQ = "layers.1/layers.1.scan.C/DQ"  # the decode step's C input of layer 1's state update
+VARIANTS = {
+    "prefill": [("fp16", None, 0.0), ("fp16 noisy", None, 5e-4),
+                ("C_scale x1.003", scale_attr("SelectiveScan", "C_scale", 1.003), 0.0),
+                ("C_scale x1.01", scale_attr("SelectiveScan", "C_scale", 1.01), 0.0)],
+    "decode": [("fp16", None, 0.0), ("fp16 noisy", None, 5e-4),
+               ("C x1.003", scale_dequantize(C_DQ, 1.003), 0.0), ("C x1.01", scale_dequantize(C_DQ, 1.01), 0.0),
+               ("D x1.01", scale_init("layers.1.D", 1.01), 0.0),
+               ("conv x1.01", scale_init("layers.1.conv1d.weight", 1.01), 0.0)],
+}
+
+
+def validate_feed(outdir, graph, b, l, seed):
+    """The input validate --graph gives the graphs (validate run once, its run_references watched)."""
+    feeds, run = [], mval.run_references
+    mval.run_references = lambda refs, feed, poly: feeds.append(feed) or run(refs, feed, poly)
+    try:
+        mval.validate(outdir, graph=graph, batch=b, seq=l, seed=seed, use_polygraphy=False)
+    finally:
+        mval.run_references = run
+    return feeds[0]
+
+
+def layers_table(outdir, shapes, seed):
+    print(f"\n{'graph':<8}{'prompt':>7}  {'stand-in':<15}{'portable= logits':>17}{'states':>9}  "
+          f"{'worst mean (tensor)':<36}{'worst gain (tensor)':<38}first over")
+    saved = mval._engine_reference, mval._trt_direct
+    try:
+        for graph, variants in VARIANTS.items():
+            for name, change, noise in variants:
+                g = fp16_stand_in(onnx.load(os.path.join(outdir, f"model.{graph}.onnx")), noise=noise)
+                if change is not None:
+                    change(g)
+                runner = OrtRunner(g, extra_outputs=quantized_tensors(g))
+                mval._engine_reference = lambda *a, **k: [mval.Reference("tensorrt", "stand-in validation engine",
+                                                                          engine="stand-in", plugin_lib="stand-in")]
+                mval._trt_direct = lambda path, lib, feed: runner.run(dict(feed))
+                for b, l in shapes:
+                    rep = mval.validate(outdir, graph=graph, batch=b, seq=l, seed=seed, use_polygraphy=False)
+                    p = {(r["reference"], r["output"]): r["max_rel"] for r in rep.pairs if r["test"] == "tensorrt"}
+                    st = rep.steps
+                    wm, wg, fo = st["worst_mean"], st["worst_gain"], st["first_over"]
+                    mean = f"{wm['mean_steps']:.3f} ({wm['tensor']})"
+                    gain = f"{wg['gain']:+.1e} ({wg['tensor']})"
+                    print(f"{graph:<8}{f'{b}x{l}':>7}  {name:<15}{p[('portable=', 'logits')]:>17.2e}"
+                          f"{p[('portable=', 'states')]:>9.2e}  {mean:<36}{gain:<38}{fo['tensor'] if fo else '-'}"
+                          f"{'' if rep.ok else '  FAIL'}")
+    finally:
+        mval._engine_reference, mval._trt_direct = saved
 
 
 def main():
@@ -24,27 +109,25 @@ def main():
     ap.add_argument("outdir")
     ap.add_argument("--shapes", default="2x32,3x20,4x64", help="BxL prompts, comma-separated")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layers", action="store_true", help="also the layer-by-layer check of stand-in validation engines")
     args = ap.parse_args()
     sys.modules["tensorrt"] = None  # validate's own engine pair stays out: the stand-in is run here
-    print(f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}; "
-          f"{args.outdir}, seed {args.seed}")
+    shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+               platform.processor() or platform.platform())
+    print(f"{platform.machine()}, {os.cpu_count()} cores, {cpu}; {args.outdir}, seed {args.seed}")
     print(f"{'graph':<8}{'prompt':>8}{'logits':>10}{'worst state':>13}  (max rel vs model.<graph>.portable.onnx)")
     for graph in ("prefill", "decode"):
         stand_in = OrtRunner(fp16_stand_in(onnx.load(os.path.join(args.outdir, f"model.{graph}.onnx"))))
         portable = OrtRunner(os.path.join(args.outdir, f"model.{graph}.portable.onnx"))
-        for shape in args.shapes.split(","):
-            b, l = (int(v) for v in shape.lower().split("x"))
-            feeds, run = [], mval.run_references
-            mval.run_references = lambda refs, feed, poly: feeds.append(feed) or run(refs, feed, poly)
-            try:
-                mval.validate(args.outdir, graph=graph, batch=b, seq=l, seed=args.seed, use_polygraphy=False)
-            finally:
-                mval.run_references = run
-            (feed,) = feeds  # the input validate --graph gives the graphs
+        for b, l in shapes:
+            feed = validate_feed(args.outdir, graph, b, l, args.seed)
             ref, got = portable.run(dict(feed)), stand_in.run(dict(feed))
             worst = max(mval.error_stats(ref[k], got[k])["max_rel"] for k in ref if k != "logits")
-            print(f"{graph:<8}{shape:>8}{mval.error_stats(ref['logits'], got['logits'])['max_rel']:>10.3g}"
+            print(f"{graph:<8}{f'{b}x{l}':>8}{mval.error_stats(ref['logits'], got['logits'])['max_rel']:>10.3g}"
                   f"{worst:>13.3g}")
+    if args.layers:
+        layers_table(args.outdir, shapes, args.seed)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@
 #   FP16=1         allow FP16 kernels;  STRONGLY_TYPED=1  build strongly typed instead (TensorRT 10; not with FP16)
 #   BATCH, SEQ     validate's input (default 2, 64; Vim: BATCH images)
 #   STATEFUL=0     language models: skip the prefill and decode-step engines (default: also build
-#                  OUTDIR/model.prefill.engine and model.decode.engine, `mq-deploy build --graph`, for generation)
+#                  OUTDIR/model.prefill.engine and model.decode.engine, `mq-deploy build --graph`, for generation,
+#                  and validate each, a quantized recipe's on its validation engine, model.<graph>.validate.engine)
 #   BENCH=1        time the engine with trtexec afterwards (if trtexec is on the PATH), and one decode step of
 #                  model.decode.engine where it was built
 set -euo pipefail
@@ -57,7 +58,9 @@ step "${build[*]}"
 validate=(mq-deploy validate "$DIR" --plugins "$MQ_DEPLOY_PLUGINS" --batch "${BATCH:-2}")
 # a quantized OUTDIR is validated on a validation engine (the same build with the tensors before its
 # QuantizeLinear nodes as outputs too), whose rounding decisions validate can follow (docs/deploy.md)
+QUANTIZED=0
 if python3 -c "import json, sys; sys.exit(0 if json.load(open(sys.argv[1])).get('quantization') else 1)" "$DIR/manifest.json"; then
+  QUANTIZED=1
   step "${build[*]} --validation-engine"
   "${build[@]}" --validation-engine
   validate+=(--engine "$DIR/model.validate.engine")
@@ -75,6 +78,14 @@ if [ "$VIM" = 0 ] && [ "${STATEFUL:-1}" = 1 ]; then  # the graphs `mq-deploy gen
   for graph in prefill decode; do
     step "${build[*]} --graph $graph"
     "${build[@]}" --graph "$graph"
+    check=(mq-deploy validate "$DIR" --graph "$graph" --plugins "$MQ_DEPLOY_PLUGINS" --batch "${BATCH:-2}" --seq "${SEQ:-64}")
+    if [ "$QUANTIZED" = 1 ]; then  # checked layer by layer on its validation engine, as model.onnx
+      step "${build[*]} --graph $graph --validation-engine"
+      "${build[@]}" --graph "$graph" --validation-engine
+      check+=(--engine "$DIR/model.$graph.validate.engine")
+    fi
+    step "${check[*]}"
+    "${check[@]}" | tee "$DIR/validate.$graph.txt"
   done
 fi
 

@@ -387,11 +387,24 @@ def test_build_prefill_and_decode_graphs(w8_out, tmp_path, monkeypatch, capsys):
             assert f"--{k}Shapes=" + ",".join(f"{n}:" + "x".join(map(str, s[j])) for n, s in want.items()) in line
         plan = mtrt.plan_build(w8_out, plugin_lib=str(lib), graph=graph)
         assert plan.engine == str(w8_out / f"model.{graph}.engine") and plan.plugin_nodes == layers  # no Hadamard
+        # its validation engine: the tensors before the graph's QuantizeLinear nodes marked too, a name of its own
+        log.clear()
+        engine = w8_out / f"model.{graph}.validate.engine"
+        try:
+            assert main(["build", str(w8_out), "-q", "--graph", graph, "--validation-engine", "--plugins", str(lib),
+                         "--opt-shapes", "2,64"]) == 0, capsys.readouterr().err
+            assert engine.read_bytes() == b"ENGINE" and log["onnx"] == str(w8_out / f"model.{graph}.onnx")
+            marked = quantized_tensors(onnx.load(str(w8_out / f"model.{graph}.onnx"), load_external_data=False))
+            assert log["marked"] == marked and len(marked) >= layers * 4
+            assert set(log["profiles"]) == set(want) and log["profiles"]["input_ids"][1] == (2, 64 if graph ==
+                                                                                          "prefill" else 1)
+        finally:
+            engine.unlink(missing_ok=True)
 
 
 def test_build_graph_errors(w8_out, tmp_path, no_tensorrt, capsys):
     assert main(["build", str(w8_out), "--graph", "decode", "--validation-engine", "--dry-run"]) == 2
-    assert "--validation-engine is for model.onnx" in capsys.readouterr().err
+    assert "--validation-engine has no trtexec equivalent" in capsys.readouterr().err
     assert main(["build", str(w8_out), "--graph", "prefill", "--opt-shapes", "2", "--dry-run"]) == 2
     assert "BATCH,SEQUENCE" in capsys.readouterr().err
     assert main(["build", str(w8_out), "--graph", "decode", "--opt-shapes", "2", "--dry-run"]) == 0  # batch alone
@@ -893,9 +906,94 @@ def test_validate_a_stateful_graph_and_its_engine(fp32_out, w8_out, tmp_path, mo
     rep, p = engine_report(w8_out, lambda o: o)  # quantized: a loose bound only, and a note on the validation engine
     e = p[("portable", "tensorrt", "logits")]
     assert rep.ok and e["limit"] == mval.QUANTIZED_STATEFUL_ENGINE_TOL and 2e-2 < e["max_rel"] < 0.15
-    assert f"mq-deploy build {w8_out} --validation-engine" in mval.format_report(rep)
+    assert f"mq-deploy build {w8_out} --graph {graph} --validation-engine" in mval.format_report(rep)
+    assert f"--engine {w8_out}/model.{graph}.validate.engine" in mval.format_report(rep)
     rep, p = engine_report(w8_out, lambda o: {**o, "logits": o["logits"] * 0})
     assert not rep.ok and not p[("portable", "tensorrt", "logits")]["ok"]
+
+
+def _scale_attribute(g, op, name, f):
+    """Layer 1's `op` node with its float attribute `name` times f."""
+    a = next(a for a in [n for n in g.graph.node if n.op_type == op][1].attribute if a.name == name)
+    a.f *= f
+
+
+def _scale_initializer(g, name, f):
+    t = next(t for t in g.graph.initializer if t.name == name)
+    t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) * f, name))
+
+
+@pytest.mark.parametrize("graph", ["prefill", "decode"])
+def test_validate_a_stateful_validation_engine_layer_by_layer(w8_out, tmp_path, monkeypatch, capsys, graph):
+    """A quantized OUTDIR's validation engine of the prefill / decode graph (`build --graph G --validation-engine`:
+    the tensors before its QuantizeLinear nodes as outputs too) is checked as model.onnx's is: the portable graph on
+    the engine's int8 codes (portable=, logits and worst state at ENGINE_FOLLOW_TOL) and the per-layer line, whose
+    gain limit is ENGINE_GAIN_TOL_DECODE for the decode step; its direct rows are then reported only. Stand-in
+    validation engines: correct (fp16 storage) passes; one wrong layer is named — the prefill's scan C_scale 1 % off,
+    the decode step's state-update D and its conv taps 1 % off (the layers model.onnx's engine does not have); a NaN
+    in one output state fails the states row."""
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT({})))
+    lib = tmp_path / "libmq_trt_plugins.so"
+    lib.write_bytes(b"")
+    engine = tmp_path / f"model.{graph}.validate.engine"
+    engine.write_bytes(b"ENGINE")
+    states = [o.name for o in onnx.load(str(w8_out / f"model.{graph}.onnx"), load_external_data=False).graph.output
+              if o.name != "logits"]
+
+    def report(change=None, after=lambda o: o, **kw):
+        g = fp16_stand_in(onnx.load(str(w8_out / f"model.{graph}.onnx")))
+        if change is not None:
+            change(g)
+        runner = OrtRunner(g, extra_outputs=quantized_tensors(g))
+
+        def run(path, lib_, feed):
+            assert path == str(engine)
+            return after(runner.run(dict(feed)))
+
+        monkeypatch.setattr(mval, "_trt_direct", run)
+        rep = mval.validate(w8_out, graph=graph, batch=3, seq=20, engine=str(engine), plugin_lib=str(lib),
+                            use_polygraphy=False, **kw)
+        return rep, {(r["reference"], r["test"], r["output"]): r for r in rep.pairs}
+
+    rep, p = report()
+    assert rep.ok, mval.format_report(rep)
+    for o in ("logits", "states"):
+        for a in ("portable", "plugin"):  # direct: reported only (the stand-in is a few 1e-2 away)
+            assert p[(a, "tensorrt", o)]["limit"] is None and p[(a, "tensorrt", o)]["max_rel"] > 1e-3
+        f = p[("portable=", "tensorrt", o)]  # on the engine's own int8 codes: fp16 apart
+        assert f["limit"] == mval.ENGINE_FOLLOW_TOL and f["ok"] and 0 < f["max_rel"] < 3e-3
+        assert p[("portable~", "tensorrt", o)]["limit"] is None and p[("portable~", "tensorrt", o)]["ok"] is None
+    assert p[("portable=", "tensorrt", "states")]["worst_state"] in states
+    assert not any(s["name"] == "tensorrt gate" for s in rep.skipped)  # no 0.25 note: checked layer by layer
+    st = rep.steps
+    gain = mval.ENGINE_GAIN_TOL_DECODE if graph == "decode" else mval.ENGINE_GAIN_TOL
+    assert st["ok"] and st["limits"] == {"mean_steps": mval.ENGINE_STEP_TOL, "gain": gain}
+    assert st["tensors"] == len(quantized_tensors(onnx.load(str(w8_out / f"model.{graph}.onnx"))))
+    assert 0 < st["worst_mean"]["mean_steps"] < 0.05 and 0 < abs(st["worst_gain"]["gain"]) < gain / 2
+    portable = quantizer_params(onnx.load(str(w8_out / f"model.{graph}.portable.onnx")))
+    assert list(st["per_tensor"]) == [t for t in portable if t in st["per_tensor"]]
+    assert f"model.{graph}.portable.onnx quantizing the engine's value" in mval.format_report(rep)
+    # the CLI passes the per-layer limits on (a correct engine fails a gain limit of 1e-9)
+    monkeypatch.setattr(mval, "have_polygraphy", lambda: False)  # the stand-in runs through _trt_direct
+    rc = main(["validate", str(w8_out), "--graph", graph, "--engine", str(engine), "--plugins", str(lib), "--batch",
+               "3", "--seq", "20", "--engine-gain-tol", "1e-9", "--json", "-q"])
+    cap = capsys.readouterr()
+    assert rc == 1, cap.err
+    out = json.loads(cap.out)
+    assert rc == 1 and out["steps"]["limits"]["gain"] == 1e-9 and not out["steps"]["ok"]
+    assert all(r["ok"] is not False for r in out["pairs"])
+    errors = ({"layers.1/gate": lambda g: _scale_attribute(g, "SelectiveScan", "C_scale", 1.01)} if graph == "prefill"
+              else {"layers.1/gate": lambda g: _scale_initializer(g, "layers.1.D", 1.01),
+                    "layers.1/to_tokens": lambda g: _scale_initializer(g, "layers.1.conv1d.weight", 1.01)})
+    for tensor, change in errors.items():
+        bad, _ = report(change)
+        assert not bad.ok and not bad.steps["ok"] and bad.steps["first_over"]["tensor"] == tensor, (
+            mval.format_report(bad))
+        assert f"the engine computes {tensor} differently" in mval.format_report(bad)
+        assert report(change, engine_step_tol=1, engine_gain_tol=1)[0].ok  # the limits are the caller's to set
+    bad, p = report(after=lambda o: {**o, states[-1]: o[states[-1]] * np.nan})
+    f = p[("portable=", "tensorrt", "states")]
+    assert not bad.ok and not f["ok"] and f["worst_state"] == states[-1] and bad.steps["ok"]
 
 
 def test_validate_graph_errors(fp32_out, tmp_path, capsys):

@@ -248,7 +248,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         if plan.mark:
             raise UserError(f"--validation-engine has no {tool} equivalent here (the command lines do not mark the "
                             "tensors before the QuantizeLinear nodes as outputs): run `mq-deploy build OUTDIR "
-                            "--validation-engine` on the machine that has TensorRT")
+                            f"{'' if args.graph == 'model' else f'--graph {args.graph} '}--validation-engine` on the "
+                            "machine that has TensorRT")
         pick = dlopen_plugin_lib if args.polygraphy else loadlibrary_plugin_lib  # the one this tool loads
         lib = pick(plan.plugin_lib or LIB_PLACEHOLDER)
         if plan.plugin_lib is None:
@@ -424,11 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to read and update")
     b.add_argument("--validation-engine", action="store_true",
                    help="quantized OUTDIRs: also output the tensor before every QuantizeLinear, so that `mq-deploy "
-                        "validate --engine OUTDIR/model.validate.engine` can check it layer by layer on its own int8 "
-                        "codes; for checking, not deployment (extra outputs, other fusions)")
+                        "validate --engine OUTDIR/model.validate.engine` (with --graph G: `validate --graph G --engine "
+                        "OUTDIR/model.G.validate.engine`) can check it layer by layer on its own int8 codes; for "
+                        "checking, not deployment (extra outputs, other fusions)")
     b.add_argument("-o", "--output", metavar="ENGINE", help="engine file (default: OUTDIR/model.engine, with "
                                                             "--validation-engine OUTDIR/model.validate.engine, with "
-                                                            "--graph prefill / decode OUTDIR/model.<graph>.engine)")
+                                                            "--graph prefill / decode OUTDIR/model.<graph>.engine, "
+                                                            "or with both OUTDIR/model.<graph>.validate.engine)")
     b.add_argument("--dry-run", action="store_true", help="print the equivalent trtexec command and exit "
                                                           "(no TensorRT needed)")
     b.add_argument("--polygraphy", action="store_true",
@@ -458,9 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "rows / one token from the prompt's states; rows for the logits and the worst state")
     v.add_argument("--plugins", metavar="LIB", help="plugin library for the engine (default: $MQ_DEPLOY_PLUGINS)")
     v.add_argument("--engine", metavar="ENGINE", help="TensorRT engine (default: OUTDIR/model.engine, with --graph "
-                                                      "OUTDIR/model.<graph>.engine, if present); for a model.onnx of a "
-                                                      "quantized OUTDIR, a validation engine (`mq-deploy build "
-                                                      "--validation-engine`) gets the layer-by-layer check")
+                                                      "OUTDIR/model.<graph>.engine, if present); for a quantized "
+                                                      "OUTDIR, a validation engine (`mq-deploy build "
+                                                      "--validation-engine`, with --graph G for that graph) gets the "
+                                                      "layer-by-layer check")
     v.add_argument("--batch", type=int, default=2, help="batch of random input_ids / images (default 2)")
     v.add_argument("--seq", type=int, default=32, help="sequence length of random input_ids (default 32; "
                                                        "not used for a Vim OUTDIR)")
@@ -479,15 +483,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--engine-tol", type=float, default=None,
                    help="max rel limit for pairs with the engine (default 5e-2 on a direct pair; 1e-2 on portable= vs "
                         "tensorrt, the logits of a quantized OUTDIR's validation engine checked on its own int8 "
-                        "codes, when its direct rows are reported only; 0.25 for a quantized OUTDIR's prefill / decode "
-                        "engine, --graph)")
+                        "codes, when its direct rows are reported only, logits and states with --graph; 0.25 for a "
+                        "quantized OUTDIR's prefill / decode deployment engine)")
     v.add_argument("--engine-step-tol", type=float, default=None, metavar="STEPS",
                    help="a validation engine's quantizer inputs, each computed by the portable graph from the "
                         "engine's int8 codes: limit on a tensor's mean distance from the engine's, in quantization "
                         "steps (default 0.1); the first tensor over a limit is named")
     v.add_argument("--engine-gain-tol", type=float, default=None, metavar="REL",
                    help="the same tensors: limit on the relative scale between the engine's and the graph's "
-                        "(least squares; default 5e-4, a wrong scale shows there)")
+                        "(least squares; default 5e-4, 1.5e-3 for --graph decode, whose one token a row gives few "
+                        "values; a wrong scale shows there)")
     v.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     v.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress messages")

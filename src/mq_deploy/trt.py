@@ -21,7 +21,6 @@ from typing import Callable, Optional, Sequence
 from .errors import UserError
 from .ops import selective_scan as ss
 
-VALIDATION_ENGINE = "model.validate.engine"  # `mq-deploy build --validation-engine`'s default file name
 PLUGINS_ENV = "MQ_DEPLOY_PLUGINS"  # default plugin library when --plugins is not given
 MAIN_LIB = "libmq_trt_plugins.so"  # the plugin library for IPluginRegistry::loadLibrary (getCreators)
 REGISTER_LIB = "libmq_trt_plugins_register.so"  # the same plugins, registered when dlopened (polygraphy --plugins)
@@ -41,6 +40,10 @@ _LOADED_PLUGIN_LIBS: set[str] = set()  # IPluginRegistry.load_library fails for 
 BATCH, SEQUENCE = "batch", "sequence"  # the dynamic dimensions of every graph mq-deploy compile writes
 GRAPHS = {"model": "model.onnx", "prefill": "model.prefill.onnx", "decode": "model.decode.onnx"}  # build --graph
 ENGINES = {"model": "model.engine", "prefill": "model.prefill.engine", "decode": "model.decode.engine"}
+# `mq-deploy build --validation-engine [--graph G]`'s default file names
+VALIDATION_ENGINES = {"model": "model.validate.engine", "prefill": "model.prefill.validate.engine",
+                      "decode": "model.decode.validate.engine"}
+VALIDATION_ENGINE = VALIDATION_ENGINES["model"]
 
 
 def graph_inputs(model) -> list[tuple[str, list]]:
@@ -473,8 +476,8 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
     """Check OUTDIR and the plugin library (a missing one is kept as named when not `require_plugin_lib`: the
     dry run prints the command for the machine that has it); INT8 is on for a quantized OUTDIR (its Q/DQ nodes
     carry the scales), unless `strongly_typed` (no precision flags: the Q/DQ nodes decide by themselves).
-    `validation`: the engine (default OUTDIR/VALIDATION_ENGINE) also outputs the tensor before every
-    QuantizeLinear, which `mq-deploy validate` uses to follow its rounding decisions (quantized OUTDIRs only).
+    `validation`: the engine (default OUTDIR/VALIDATION_ENGINES[graph]) also outputs the tensor before every
+    QuantizeLinear, which `mq-deploy validate [--graph]` uses to check it layer by layer (quantized OUTDIRs only).
     `graph`: "model" (model.onnx, input_ids → logits), or a language model's "prefill" / "decode" graph (the
     stateful graphs of `mq-deploy generate`; default engine OUTDIR/model.prefill.engine / model.decode.engine),
     whose optimization profile covers every input: the decode step's input_ids [batch, 1] and states [batch, ...]
@@ -486,9 +489,6 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
         raise UserError(f"--graph must be one of {', '.join(GRAPHS)}, not {graph!r}")
     onnx_path, manifest = read_outdir(outdir)
     if graph != "model":
-        if validation:
-            raise UserError("--validation-engine is for model.onnx (`mq-deploy validate` checks that engine); build "
-                            f"it without --graph {graph}")
         onnx_path = onnx_path.with_name(GRAPHS[graph])
         if not onnx_path.is_file():
             why = ("a Vim classifier has no stateful graphs" if manifest_input(manifest)[0] == "pixel_values" else
@@ -515,7 +515,7 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
     vocab = manifest.get("model", {}).get("config", {}).get("vocab_size")
     name, fixed = manifest_input(manifest)
     profile = shapes.profile(graph_inputs(model))  # a language model needs BATCH,SEQUENCE
-    default = VALIDATION_ENGINE if validation else ENGINES[graph]
+    default = (VALIDATION_ENGINES if validation else ENGINES)[graph]
     return BuildPlan(onnx=str(onnx_path), engine=str(engine or Path(outdir) / default), plugin_lib=lib,
                      int8=(int8 or manifest_quantized(manifest)) and not strongly_typed, fp16=fp16, shapes=shapes,
                      timing_cache=timing_cache, vocab=vocab, input_name=name, fixed_dims=fixed,

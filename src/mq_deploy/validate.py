@@ -35,7 +35,8 @@ its relative scale (the gain of graph/follow.py step_distances) to ENGINE_GAIN_T
 layer` line, which names the first tensor in graph order over either: where the engine computes something else),
 and the logits of `portable= vs tensorrt` to ENGINE_FOLLOW_TOL. The engine's direct rows and `portable~ vs
 tensorrt` (the portable graph taking the engine's rounding only within ENGINE_FOLLOW_STEPS, so that rounding
-differences carry through the scan state) are then reported only.
+differences carry through the scan state) are then reported only. `--graph prefill|decode` compares the stateful
+graphs and their engine the same way (_validate_stateful), a validation engine of that graph layer by layer too.
 """
 
 from __future__ import annotations
@@ -80,6 +81,13 @@ FP32_TOL, ENGINE_TOL, ENGINE_FOLLOW_TOL = 1e-4, 5e-2, 1e-2
 # not (0.065 step against 0.016, gain 9e-5: below every limit, as on its logits)
 # (benchmarks/results/validate_engine_follow.md).
 ENGINE_STEP_TOL, ENGINE_GAIN_TOL = 0.1, 5e-4
+# The decode step's (validate --graph decode) gain limit: one token a row gives each tensor B·width values, and the
+# fp16 stand-in's decode step departs by more in scale than a prompt's graph does: |gain| up to 3.8e-4, 7.4e-4 with
+# twice fp16's rounding error (other noise draws: 1.2e-3 at batch 1), mostly at out_proj's input, where the state's
+# fp16 rounding shows; a 1 % error in one state update's C gives 2.2e-3 to 8.4e-3 there, in its D 1.5e-3 to 7.7e-3,
+# in a conv step's taps 1.1e-2 at x_proj's input (bundled rtn-w8a8 and mamba-ref-29m mambaquant-w8a8:
+# benchmarks/stateful_engine_standin.py --layers, benchmarks/results/stateful_engine_standin.md).
+ENGINE_GAIN_TOL_DECODE = 1.5e-3
 PLUGIN_FOLLOW_WHAT = ("onnxruntime on model.onnx again, taking model.portable.onnx's side on values within 1/1000 of a "
                       "step of a rounding boundary (graph/follow.py); held to fp32 rounding")
 ENGINE_FOLLOW_WHAT = ("onnxruntime on model.portable.onnx taking the engine's rounding wherever both agree within "
@@ -406,14 +414,13 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
     if graph != "model":
         if graph not in mtrt.GRAPHS:
             raise UserError(f"--graph must be one of {', '.join(mtrt.GRAPHS)}, not {graph!r}")
-        for flag, on in (("--simulate", simulate), ("--torch", torch_ref), ("--model", model_dir), ("--calib", calib),
-                         ("--engine-step-tol", engine_step_tol is not None),
-                         ("--engine-gain-tol", engine_gain_tol is not None)):
+        for flag, on in (("--simulate", simulate), ("--torch", torch_ref), ("--model", model_dir), ("--calib", calib)):
             if on:
                 raise UserError(f"{flag} is for model.onnx; --graph {graph} compares the {graph} graph's two "
                                 "flavours and its engine")
         return _validate_stateful(out, manifest, graph, batch=batch, seq=seq, seed=seed, tol=tol,
-                                  engine=engine, plugin_lib=plugin_lib, engine_tol=engine_tol, threads=threads,
+                                  engine=engine, plugin_lib=plugin_lib, engine_tol=engine_tol,
+                                  engine_step_tol=engine_step_tol, engine_gain_tol=engine_gain_tol, threads=threads,
                                   use_polygraphy=use_polygraphy, log=log)
     name, fixed = mtrt.manifest_input(manifest)
     if name == "pixel_values":
@@ -443,30 +450,12 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
         for o in [k for k in outs[a] if k in outs[b]]:
             row(a, b, o, outs[a][o], outs[b][o], _limit(a, b, quantized, tol, engine_tol, engine_followed))
     if engine_followed:
-        import onnx
+        def rows(a: str, ref: dict, lim: Optional[float], **extra) -> None:
+            for o in [k for k in outs["tensorrt"] if k in ref]:
+                row(a, "tensorrt", o, ref[o], outs["tensorrt"][o], lim, **extra)
 
-        from .graph.follow import ENGINE_FOLLOW_STEPS, run_following, step_distances
-
-        portable, own = onnx.load(str(graphs["portable"])), {}
-        log(f"model.portable.onnx on the engine's int8 codes at its {len(marked)} QuantizeLinear inputs")
-        rep.references.append({"name": "portable=", "what": ENGINE_CODES_WHAT})
-        ref, _ = run_following(portable, marked, feed, float("inf"), threads=threads, own=own)
-        for o in [k for k in outs["tensorrt"] if k in ref]:
-            row("portable=", "tensorrt", o, ref[o], outs["tensorrt"][o],
-                engine_tol if engine_tol is not None else ENGINE_FOLLOW_TOL)
-        log("model.portable.onnx following the engine's roundings within a tenth of a step")
-        rep.references.append({"name": "portable~", "what": ENGINE_FOLLOW_WHAT})
-        ref, taken = run_following(portable, marked, feed, ENGINE_FOLLOW_STEPS, threads=threads)
-        for o in [k for k in outs["tensorrt"] if k in ref]:
-            row("portable~", "tensorrt", o, ref[o], outs["tensorrt"][o], None, roundings_taken_from_graph=taken)
-        dist = step_distances(portable, own, marked)
-        if dist:  # (the portable graph quantizes the tensors model.onnx does, under the same names)
-            rep.steps = _steps(dist, engine_step_tol if engine_step_tol is not None else ENGINE_STEP_TOL,
-                               engine_gain_tol if engine_gain_tol is not None else ENGINE_GAIN_TOL)
-        else:
-            rep.skipped.append({"name": "per layer", "reason": "quantizer inputs not compared: model.portable.onnx "
-                                                                "quantizes none of the tensors the engine marked "
-                                                                "(recompile the OUTDIR)"})
+        _follow_engine(rep, graphs["portable"], marked, feed, rows, engine_tol=engine_tol,
+                       engine_step_tol=engine_step_tol, engine_gain_tol=engine_gain_tol, threads=threads, log=log)
     elif quantized and "tensorrt" in outs:
         rep.skipped.append({"name": "tensorrt~", "reason": NO_ENGINE_FOLLOW.format(
             outdir=out, file=mtrt.VALIDATION_ENGINE)})
@@ -500,9 +489,39 @@ QUANTIZED_STATEFUL_ENGINE_TOL = 0.25
 QUANTIZED_STATEFUL_ENGINE = (
     "the {graph} engine of a quantized OUTDIR is held to {tol:g} only (a broken or wrong engine): its float layers round "
     "values across int8 boundaries and the state carries that on, so a correct engine's direct distance has no tight "
-    "bound; the layers the {graph} graph shares with model.onnx (everything but the decode step's state update and "
-    "conv step) are checked one by one on model.onnx's validation engine: `mq-deploy build {outdir} "
-    "--validation-engine`, then `mq-deploy validate {outdir} --engine {outdir}/model.validate.engine`")
+    "bound; for a layer-by-layer check build its validation engine, `mq-deploy build {outdir} --graph {graph} "
+    "--validation-engine`, then `mq-deploy validate {outdir} --graph {graph} --engine {outdir}/{file}`")
+
+
+def _follow_engine(rep: Report, portable_file: Path, marked: dict, feed: dict, rows: Callable[..., None], *,
+                   engine_tol: Optional[float], engine_step_tol: Optional[float], engine_gain_tol: Optional[float],
+                   threads: Optional[int], log: Callable[[str], None]) -> None:
+    """A validation engine's layer-by-layer check: the portable graph on the engine's int8 codes at every
+    QuantizeLinear (`portable=`: rows(name, outputs, limit) gated at ENGINE_FOLLOW_TOL or engine_tol), following its
+    roundings within ENGINE_FOLLOW_STEPS (`portable~`, reported), and each quantizer input's distance from the
+    engine's in steps (rep.steps, held to ENGINE_STEP_TOL / ENGINE_GAIN_TOL). `marked`: {tensor: the engine's value
+    before its QuantizeLinear} (_split_marked)."""
+    import onnx
+
+    from .graph.follow import run_following, step_distances
+
+    name = portable_file.name
+    portable, own = onnx.load(str(portable_file)), {}
+    log(f"{name} on the engine's int8 codes at its {len(marked)} QuantizeLinear inputs")
+    rep.references.append({"name": "portable=", "what": ENGINE_CODES_WHAT.replace("model.portable.onnx", name)})
+    ref, _ = run_following(portable, marked, feed, float("inf"), threads=threads, own=own)
+    rows("portable=", ref, engine_tol if engine_tol is not None else ENGINE_FOLLOW_TOL)
+    log(f"{name} following the engine's roundings within a tenth of a step")
+    rep.references.append({"name": "portable~", "what": ENGINE_FOLLOW_WHAT.replace("model.portable.onnx", name)})
+    ref, taken = run_following(portable, marked, feed, ENGINE_FOLLOW_STEPS, threads=threads)
+    rows("portable~", ref, None, roundings_taken_from_graph=taken)
+    dist = step_distances(portable, own, marked)
+    if dist:  # (the portable graph quantizes the tensors the plugin graph does, under the same names)
+        rep.steps = _steps(dist, engine_step_tol if engine_step_tol is not None else ENGINE_STEP_TOL,
+                           engine_gain_tol if engine_gain_tol is not None else ENGINE_GAIN_TOL)
+    else:
+        rep.skipped.append({"name": "per layer", "reason": f"quantizer inputs not compared: {name} quantizes none "
+                                                            "of the tensors the engine marked (recompile the OUTDIR)"})
 
 
 def _row(rep: Report, a: str, b: str, o: str, ref: np.ndarray, x: np.ndarray, lim: Optional[float],
@@ -517,7 +536,8 @@ def _row(rep: Report, a: str, b: str, o: str, ref: np.ndarray, x: np.ndarray, li
 
 def _validate_stateful(out: Path, manifest: dict, graph: str, *, batch: int, seq: int, seed: int,
                        tol: Optional[float], engine: Optional[str], plugin_lib: Optional[str],
-                       engine_tol: Optional[float], threads: Optional[int], use_polygraphy: Optional[bool],
+                       engine_tol: Optional[float], engine_step_tol: Optional[float],
+                       engine_gain_tol: Optional[float], threads: Optional[int], use_polygraphy: Optional[bool],
                        log: Callable[[str], None]) -> Report:
     """`validate --graph prefill|decode`: model.<graph>.portable.onnx, model.<graph>.onnx (plugin nodes on the CPU
     kernels) and its engine (model.<graph>.engine) on one input. The prefill takes random input_ids, rows 2, 3, ...
@@ -527,7 +547,10 @@ def _validate_stateful(out: Path, manifest: dict, graph: str, *, batch: int, seq
     quantized OUTDIR's direct rows reported, its plugin~ rows (logits and states, following the portable graph's
     rounding-boundary cases) at FP32_TOL; an engine's logits and states at ENGINE_TOL for a float OUTDIR, at
     QUANTIZED_STATEFUL_ENGINE_TOL for a quantized one (gross errors only, QUANTIZED_STATEFUL_ENGINE); --engine-tol
-    replaces either."""
+    replaces either. A quantized OUTDIR's validation engine of the graph (`build --graph G --validation-engine`)
+    is checked layer by layer as model.onnx's is (_follow_engine: portable= logits and states at ENGINE_FOLLOW_TOL,
+    the per-layer line), including the decode step's state update and conv step; its direct rows are then
+    reported only."""
     from .backends.ort import OrtRunner
     from .graph.follow import compare_following
 
@@ -569,27 +592,36 @@ def _validate_stateful(out: Path, manifest: dict, graph: str, *, batch: int, seq
                  references=[{"name": r.name, "what": r.what} for r in refs], skipped=skipped,
                  runner="polygraphy" if use_polygraphy else "numpy", input_shape=ids.shape if graph == "prefill" else
                  (batch, 1), input_what=what, graph=graph)
+    marked = _split_marked(outs, {"plugin": files["plugin"]})
+    engine_followed = quantized and bool(marked)
     want = set(outs["portable"])
     for name, got in outs.items():
         if set(got) != want or "logits" not in got:
             raise UserError(f"{name} gives the outputs {', '.join(sorted(got))}, not model.{graph}.portable.onnx's "
                             f"{', '.join(sorted(want))}: was it built from this OUTDIR's {graph} graph?")
-    if "tensorrt" in outs and quantized and engine_tol is None:
+    if "tensorrt" in outs and quantized and not engine_followed and engine_tol is None:
         rep.skipped.append({"name": "tensorrt gate", "reason": QUANTIZED_STATEFUL_ENGINE.format(
-            graph=graph, outdir=out, tol=QUANTIZED_STATEFUL_ENGINE_TOL)})
+            graph=graph, outdir=out, tol=QUANTIZED_STATEFUL_ENGINE_TOL, file=mtrt.VALIDATION_ENGINES[graph])})
 
-    def pair(a: str, b: str, ref: dict, got: dict, lim: Optional[float]) -> None:
-        _row(rep, a, b, "logits", ref["logits"], got["logits"], lim)
+    def pair(a: str, b: str, ref: dict, got: dict, lim: Optional[float], **extra) -> None:
+        _row(rep, a, b, "logits", ref["logits"], got["logits"], lim, **extra)
         names = [k for k in ref if k != "logits"]
         worst = max(names, key=lambda k: _nan_last(error_stats(ref[k], got[k])["max_rel"]))
-        _row(rep, a, b, "states", ref[worst], got[worst], lim, drop_top1=True, worst_state=worst, states=len(names))
+        _row(rep, a, b, "states", ref[worst], got[worst], lim, drop_top1=True, worst_state=worst, states=len(names),
+             **extra)
 
     for a, b in itertools.combinations([r.name for r in refs], 2):
-        if "tensorrt" in (a, b) and quantized:
+        if "tensorrt" in (a, b) and quantized and not engine_followed:
             lim = engine_tol if engine_tol is not None else QUANTIZED_STATEFUL_ENGINE_TOL
         else:
-            lim = _limit(a, b, quantized, tol, engine_tol)
+            lim = _limit(a, b, quantized, tol, engine_tol, engine_followed)
         pair(a, b, outs[a], outs[b], lim)
+    if engine_followed:
+        _follow_engine(rep, files["portable"], marked, feed,
+                       lambda a, ref, lim, **extra: pair(a, "tensorrt", ref, outs["tensorrt"], lim, **extra),
+                       engine_tol=engine_tol, engine_step_tol=engine_step_tol,
+                       engine_gain_tol=engine_gain_tol if engine_gain_tol is not None or graph != "decode" else
+                       ENGINE_GAIN_TOL_DECODE, threads=threads, log=log)
     if quantized:
         import onnx
 

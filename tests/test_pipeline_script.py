@@ -1,0 +1,98 @@
+"""docker/run_pipeline.sh (the images' default command) run here with a stand-in `mq-deploy` on the PATH that records
+its arguments: which commands the pipeline runs, in which order, for float and quantized recipes, with and without
+the stateful engines, and that a failing validate stops it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# `mq-deploy compile ... -o DIR` writes DIR/manifest.json, quantized unless the recipe is fp32; `validate` exits
+# $FAIL_VALIDATE_GRAPH's status for that --graph; every call is appended to $LOG
+STUB = r"""#!/usr/bin/env bash
+printf '%s\n' "$*" >> "$LOG"
+if [ "$1" = compile ]; then
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --recipe) recipe="$2"; shift ;;
+      -o) dir="$2"; shift ;;
+    esac
+    shift
+  done
+  mkdir -p "$dir"
+  if [ "$recipe" = fp32 ]; then echo '{"quantization": null}' > "$dir/manifest.json"
+  else echo '{"quantization": {"w_bits": 8}}' > "$dir/manifest.json"; fi
+elif [ "$1" = validate ] && [ -n "${FAIL_VALIDATE_GRAPH:-}" ] && [[ " $* " == *" --graph $FAIL_VALIDATE_GRAPH "* ]]; then
+  echo "validate: FAILED" ; exit 1
+fi
+"""
+
+
+def _run(tmp_path: Path, **env) -> tuple[int, list[str], str]:
+    if shutil.which("bash") is None:
+        pytest.skip("bash not installed")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    stub = bin_dir / "mq-deploy"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    log = tmp_path / "calls.log"
+    log.unlink(missing_ok=True)
+    full = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "LOG": str(log),
+            "OUT": str(tmp_path / "out"), "MQ_DEPLOY_PLUGINS": "/opt/lib/libmq_trt_plugins.so", **env}
+    for k in ("MODEL", "STATEFUL", "BENCH", "FP16", "STRONGLY_TYPED", "BATCH", "SEQ"):
+        if k not in env:
+            full.pop(k, None)
+    res = subprocess.run(["bash", str(ROOT / "docker" / "run_pipeline.sh")], env=full, capture_output=True, text=True)
+    calls = log.read_text().splitlines() if log.exists() else []
+    return res.returncode, calls, res.stderr
+
+
+def test_pipeline_quantized_recipe_validates_every_engine_on_its_validation_engine(tmp_path):
+    rc, calls, err = _run(tmp_path, RECIPE="rtn-w8a8", CALIB="/data/calib.jsonl")
+    assert rc == 0, err
+    d = tmp_path / "out" / "rtn-w8a8"
+    build = (f"build {d} --plugins /opt/lib/libmq_trt_plugins.so --min-shapes 1,1 --opt-shapes 1,128 --max-shapes 4,512 "
+             f"--timing-cache {tmp_path / 'out' / 'timing.cache'}")
+    assert calls == [
+        f"compile --recipe rtn-w8a8 -o {d} --calib /data/calib.jsonl --calib-samples 16",
+        build,
+        f"{build} --validation-engine",
+        f"validate {d} --plugins /opt/lib/libmq_trt_plugins.so --batch 2 --engine {d}/model.validate.engine --seq 64 "
+        "--simulate --calib /data/calib.jsonl",
+        *[c for g in ("prefill", "decode") for c in (
+            f"{build} --graph {g}",
+            f"{build} --graph {g} --validation-engine",
+            f"validate {d} --graph {g} --plugins /opt/lib/libmq_trt_plugins.so --batch 2 --seq 64 "
+            f"--engine {d}/model.{g}.validate.engine")],
+    ]
+    assert (d / "validate.decode.txt").read_text().strip() == ""  # the stub prints nothing when it passes
+
+
+def test_pipeline_float_recipe_and_stateful_off(tmp_path):
+    rc, calls, err = _run(tmp_path, RECIPE="fp32")
+    assert rc == 0, err
+    d = tmp_path / "out" / "fp32"
+    assert [c.split(" --plugins")[0] for c in calls] == [
+        f"compile --recipe fp32 -o {d}", f"build {d}", f"validate {d}",
+        f"build {d}", f"validate {d} --graph prefill", f"build {d}", f"validate {d} --graph decode"]
+    assert not any("--validation-engine" in c or "--engine" in c for c in calls)  # a float engine is compared directly
+    assert sum("--graph prefill" in c for c in calls) == 2
+    rc, calls, err = _run(tmp_path, RECIPE="rtn-w8a8", CALIB="/data/c.jsonl", STATEFUL="0")
+    assert rc == 0, err
+    assert not any("--graph" in c for c in calls) and len(calls) == 4  # compile, build, its validation engine, validate
+
+
+def test_pipeline_stops_at_a_failing_validate(tmp_path):
+    rc, calls, err = _run(tmp_path, RECIPE="rtn-w8a8", CALIB="/data/c.jsonl", FAIL_VALIDATE_GRAPH="prefill")
+    assert rc != 0 and "--graph prefill" in calls[-1] and calls[-1].startswith("validate")
+    assert not any("--graph decode" in c for c in calls)  # nothing after the failed check
+    d = tmp_path / "out" / "rtn-w8a8"
+    assert "FAILED" in (d / "validate.prefill.txt").read_text()
+    assert json.loads((d / "manifest.json").read_text())["quantization"]

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # compile → build → validate, the default command of docker/Dockerfile.{x86,jetson}; also runs on a
 # host with mq-deploy, TensorRT and the plugin library installed. A quantized recipe also builds
-# OUTDIR/model.validate.engine (`mq-deploy build --validation-engine`) and validates with that one.
+# OUTDIR/model.validate.engine (`mq-deploy build --validation-engine`) and validates with that one. A language
+# model's prefill and decode-step engines are built and validated too (a quantized recipe's also layer by layer,
+# on model.<graph>.validate.engine); a failing validate stops the script.
 #
 # Environment (all optional):
 #   OUT            where OUTDIRs go (default /work/out; mount a host folder there to keep them)
@@ -17,7 +19,8 @@
 #   BATCH, SEQ     validate's input (default 2, 64; Vim: BATCH images)
 #   STATEFUL=0     language models: skip the prefill and decode-step engines (default: also build
 #                  OUTDIR/model.prefill.engine and model.decode.engine, `mq-deploy build --graph`, for generation,
-#                  and validate each, a quantized recipe's on its validation engine, model.<graph>.validate.engine)
+#                  and validate each: validate.<graph>.txt; a quantized recipe's also on its validation engine,
+#                  model.<graph>.validate.engine: validate.<graph>.layers.txt)
 #   BENCH=1        time the engine with trtexec afterwards (if trtexec is on the PATH), and one decode step of
 #                  model.decode.engine where it was built
 set -euo pipefail
@@ -79,13 +82,14 @@ if [ "$VIM" = 0 ] && [ "${STATEFUL:-1}" = 1 ]; then  # the graphs `mq-deploy gen
     step "${build[*]} --graph $graph"
     "${build[@]}" --graph "$graph"
     check=(mq-deploy validate "$DIR" --graph "$graph" --plugins "$MQ_DEPLOY_PLUGINS" --batch "${BATCH:-2}" --seq "${SEQ:-64}")
-    if [ "$QUANTIZED" = 1 ]; then  # checked layer by layer on its validation engine, as model.onnx
+    step "${check[*]}"  # the engine generate runs (a quantized OUTDIR's: gross errors only)
+    "${check[@]}" | tee "$DIR/validate.$graph.txt"
+    if [ "$QUANTIZED" = 1 ]; then  # and layer by layer, on its validation engine, as model.onnx
       step "${build[*]} --graph $graph --validation-engine"
       "${build[@]}" --graph "$graph" --validation-engine
-      check+=(--engine "$DIR/model.$graph.validate.engine")
+      step "${check[*]} --engine $DIR/model.$graph.validate.engine"
+      "${check[@]}" --engine "$DIR/model.$graph.validate.engine" | tee "$DIR/validate.$graph.layers.txt"
     fi
-    step "${check[*]}"
-    "${check[@]}" | tee "$DIR/validate.$graph.txt"
   done
 fi
 

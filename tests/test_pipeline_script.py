@@ -29,9 +29,14 @@ if [ "$1" = compile ]; then
   if [ "$recipe" = fp32 ]; then echo '{"quantization": null}' > "$dir/manifest.json"
   else echo '{"quantization": {"w_bits": 8}}' > "$dir/manifest.json"; fi
 elif [ "$1" = validate ] && [ -n "${FAIL_VALIDATE_GRAPH:-}" ] && [[ " $* " == *" --graph $FAIL_VALIDATE_GRAPH "* ]]; then
-  echo "validate: FAILED" ; exit 1
+  echo "validate: FAILED"; exit 1
+elif [ "$1" = validate ]; then
+  echo "validate: OK ($*)"
 fi
 """
+# every variable run_pipeline.sh reads: none may leak in from the calling environment
+SCRIPT_ENV = ("OUT", "RECIPE", "MODEL", "CALIB", "CALIB_SAMPLES", "MQ_DEPLOY_PLUGINS", "MIN_SHAPES", "OPT_SHAPES",
+              "MAX_SHAPES", "FP16", "STRONGLY_TYPED", "BATCH", "SEQ", "STATEFUL", "BENCH", "FAIL_VALIDATE_GRAPH")
 
 
 def _run(tmp_path: Path, **env) -> tuple[int, list[str], str]:
@@ -44,11 +49,9 @@ def _run(tmp_path: Path, **env) -> tuple[int, list[str], str]:
     stub.chmod(0o755)
     log = tmp_path / "calls.log"
     log.unlink(missing_ok=True)
-    full = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "LOG": str(log),
-            "OUT": str(tmp_path / "out"), "MQ_DEPLOY_PLUGINS": "/opt/lib/libmq_trt_plugins.so", **env}
-    for k in ("MODEL", "STATEFUL", "BENCH", "FP16", "STRONGLY_TYPED", "BATCH", "SEQ"):
-        if k not in env:
-            full.pop(k, None)
+    full = {k: v for k, v in os.environ.items() if k not in SCRIPT_ENV}
+    full.update(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", LOG=str(log), OUT=str(tmp_path / "out"),
+                MQ_DEPLOY_PLUGINS="/opt/lib/libmq_trt_plugins.so", **env)
     res = subprocess.run(["bash", str(ROOT / "docker" / "run_pipeline.sh")], env=full, capture_output=True, text=True)
     calls = log.read_text().splitlines() if log.exists() else []
     return res.returncode, calls, res.stderr
@@ -68,11 +71,16 @@ def test_pipeline_quantized_recipe_validates_every_engine_on_its_validation_engi
         "--simulate --calib /data/calib.jsonl",
         *[c for g in ("prefill", "decode") for c in (
             f"{build} --graph {g}",
+            f"validate {d} --graph {g} --plugins /opt/lib/libmq_trt_plugins.so --batch 2 --seq 64",
             f"{build} --graph {g} --validation-engine",
             f"validate {d} --graph {g} --plugins /opt/lib/libmq_trt_plugins.so --batch 2 --seq 64 "
             f"--engine {d}/model.{g}.validate.engine")],
     ]
-    assert (d / "validate.decode.txt").read_text().strip() == ""  # the stub prints nothing when it passes
+    # each validate's report kept in its own file
+    for name, engine in (("validate.txt", "model.validate.engine"), ("validate.decode.txt", None),
+                         ("validate.decode.layers.txt", "model.decode.validate.engine")):
+        text = (d / name).read_text()
+        assert text.startswith("validate: OK") and (f"--engine {d}/{engine}" in text if engine else "--engine" not in text)
 
 
 def test_pipeline_float_recipe_and_stateful_off(tmp_path):
@@ -83,7 +91,7 @@ def test_pipeline_float_recipe_and_stateful_off(tmp_path):
         f"compile --recipe fp32 -o {d}", f"build {d}", f"validate {d}",
         f"build {d}", f"validate {d} --graph prefill", f"build {d}", f"validate {d} --graph decode"]
     assert not any("--validation-engine" in c or "--engine" in c for c in calls)  # a float engine is compared directly
-    assert sum("--graph prefill" in c for c in calls) == 2
+    assert sum("--graph prefill" in c for c in calls) == 2 and not (d / "validate.prefill.layers.txt").exists()
     rc, calls, err = _run(tmp_path, RECIPE="rtn-w8a8", CALIB="/data/c.jsonl", STATEFUL="0")
     assert rc == 0, err
     assert not any("--graph" in c for c in calls) and len(calls) == 4  # compile, build, its validation engine, validate
@@ -92,6 +100,7 @@ def test_pipeline_float_recipe_and_stateful_off(tmp_path):
 def test_pipeline_stops_at_a_failing_validate(tmp_path):
     rc, calls, err = _run(tmp_path, RECIPE="rtn-w8a8", CALIB="/data/c.jsonl", FAIL_VALIDATE_GRAPH="prefill")
     assert rc != 0 and "--graph prefill" in calls[-1] and calls[-1].startswith("validate")
+    assert not any("--validation-engine" in c and "--graph" in c for c in calls)  # stopped at the deployment engine's
     assert not any("--graph decode" in c for c in calls)  # nothing after the failed check
     d = tmp_path / "out" / "rtn-w8a8"
     assert "FAILED" in (d / "validate.prefill.txt").read_text()

@@ -481,10 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
                                              "follow the graphs' rounding-boundary cases, and the direct rows are "
                                              "reported only")
     v.add_argument("--engine-tol", type=float, default=None,
-                   help="max rel limit for pairs with the engine (default 5e-2 on a direct pair; 1e-2 on portable= vs "
-                        "tensorrt, the logits of a quantized OUTDIR's validation engine checked on its own int8 "
-                        "codes, when its direct rows are reported only, logits and states with --graph; 0.25 for a "
-                        "quantized OUTDIR's prefill / decode deployment engine)")
+                   help="max rel limit for pairs with the engine: a direct pair 5e-2 (default); a quantized OUTDIR's "
+                        "validation engine: portable= vs tensorrt 1e-2 (the portable graph on the engine's own int8 "
+                        "codes; logits, with --graph also the worst state), its direct rows then reported only; a "
+                        "quantized OUTDIR's prefill / decode deployment engine (--graph): 0.5, gross errors only")
     v.add_argument("--engine-step-tol", type=float, default=None, metavar="STEPS",
                    help="a validation engine's quantizer inputs, each computed by the portable graph from the "
                         "engine's int8 codes: limit on a tensor's mean distance from the engine's, in quantization "

@@ -539,7 +539,8 @@ def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
         log(f"FP16: the {len(plan.fp32)} RMSNorm layers stay fp32 (their squares overflow fp16)")
     if plan.mark:
         log(f"validation engine: the {len(plan.mark)} tensors before its QuantizeLinear nodes are outputs too "
-            "(for `mq-deploy validate --engine`; not for deployment: extra outputs, other fusions)")
+            f"(for `mq-deploy validate{'' if plan.graph == 'model' else f' --graph {plan.graph}'} --engine "
+            f"{plan.engine}`; not for deployment: extra outputs, other fusions)")
     if plan.unfuse:
         log("validation engine: its Hadamard layers write float and a QuantizeLinear layer quantizes, so that the "
             "value in between is an output (the deployment engine's Hadamard writes int8 itself)")

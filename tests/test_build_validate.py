@@ -28,7 +28,7 @@ from mq_deploy.graph.precision import rms_norm_nodes
 
 from . import trt_api
 from .helpers import cuda_on_cpu
-from .conftest import DATA_DIR, need
+from .conftest import DATA_DIR, REF_MODEL, need
 
 
 def _has_tensorrt() -> bool:
@@ -702,6 +702,14 @@ def test_validate_without_tensorrt_ignores_the_plugin_library(fp32_out, no_tenso
     monkeypatch.setenv("MQ_DEPLOY_PLUGINS", str(tmp_path / "nowhere" / "libmq_trt_plugins.so"))
     assert main(["validate", str(fp32_out), "-q"]) == 0  # the engine comparison is skipped: no library needed
     assert "engine comparison skipped" in capsys.readouterr().out
+    engine = tmp_path / "model.engine"  # but an engine asked for by name that cannot run is no OK
+    engine.write_bytes(b"ENGINE")
+    for graph in ("model", "decode"):
+        assert main(["validate", str(fp32_out), "-q", "--graph", graph, "--engine", str(engine)]) == 2
+        cap = capsys.readouterr()
+        (line,) = _errors(cap.err)
+        assert f"--engine {engine} cannot be run here: TensorRT's Python package is not installed" in line
+        assert cap.out == ""
 
 
 def test_validate_plugin_library_only_checked_for_an_engine(fp32_out, tmp_path, monkeypatch, capsys):
@@ -1085,6 +1093,10 @@ def test_validate_errors(fp32_out, tmp_path, capsys):
     assert "none.engine not found" in capsys.readouterr().err
     assert main(["validate", str(fp32_out), "--seq", "0"]) == 2
     assert "--batch and --seq" in capsys.readouterr().err
+    other = need(REF_MODEL / "config.json").parent  # --model of another checkpoint: said before anything runs
+    assert main(["validate", str(fp32_out), "--model", str(other)]) == 2
+    assert f"the checkpoint {other} is not the one {fp32_out} was compiled from (config differs: d_model" in (
+        capsys.readouterr().err)
     for flag, v in (("--engine-step-tol", "0"), ("--engine-gain-tol", "0"), ("--engine-tol", "-1"), ("--tol", "nan")):
         assert main(["validate", str(fp32_out), flag, v]) == 2
         assert f"mq-deploy: error: {flag} must be a number above 0" in capsys.readouterr().err

@@ -84,3 +84,44 @@ def test_generate_api_refuses_text_prompts():
         with pytest.raises(UserError, match="encode text first"):
             check_request(prompts, 4)
     check_request([[1, 2, 3], [4]], 4)  # token ids pass
+
+
+def test_generate_tensorrt_flavour_names_tensorrt_first(outdir):
+    """Without TensorRT the tensorrt flavour says what to install before anything else (not "build the engines",
+    which needs TensorRT too)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    assert_user_error(run_cli("generate", outdir, "--prompt", "hi", "--flavour", "tensorrt"),
+                      "TensorRT's Python package is not installed", "pip install tensorrt-cu12==10.3")
+
+
+def test_generate_and_eval_say_what_a_graph_or_outdir_is_for(outdir, tmp_path):
+    """A Vim OUTDIR has nothing to generate and takes --task fashion_mnist; a prefill / decode graph is not a
+    whole-sequence model for eval: one line each, not a traceback or a wrong hint."""
+    from mq_deploy.compile import compile_model
+
+    vim = tmp_path / "vim"
+    compile_model(str(BUNDLED_DIR.parent / "vim-fmnist"), "fp32", vim)
+    assert_user_error(run_cli("generate", vim, "--prompt", "hi"), "Vision Mamba (Vim) image classifier",
+                      "--task fashion_mnist")
+    for target in (vim, vim / "model.onnx"):
+        assert_user_error(run_cli("eval", target, "--task", "text"), "Vision Mamba (Vim) image classifier",
+                          "--task fashion_mnist")
+    for graph in ("model.decode.onnx", "model.prefill.portable.onnx"):
+        assert_user_error(run_cli("eval", outdir / graph, "--task", "text"), "a graph of `mq-deploy generate`",
+                          "evaluate model.onnx, model.portable.onnx or the OUTDIR")
+
+
+def test_cli_flag_errors_name_the_flag(outdir, tmp_path):
+    """--threads below 1 (every command that takes it), eval's one --data for several tasks, a prefill shape without
+    its sequence, a bad temperature, a file that is no ONNX: one line each, naming the flag to change."""
+    for cmd in (["validate", outdir], ["generate", outdir, "--prompt", "hi"], ["eval", outdir, "--task", "text"]):
+        assert_user_error(run_cli(*cmd, "--threads", "0"), "--threads must be at least 1, not 0")
+    assert_user_error(run_cli("eval", outdir, "--task", "text", "--task", "arc_easy", "--data", tmp_path / "t.txt"),
+                      "--data names one task's file", "compare --data TASK=PATH")
+    assert_user_error(run_cli("build", outdir, "--graph", "prefill", "--min-shapes", "1", "--dry-run"),
+                      "--min-shapes gives a batch only (e.g. --min-shapes 1,1)")
+    assert_user_error(run_cli("generate", outdir, "--prompt", "hi", "--temperature", "0"), "--temperature must be > 0")
+    assert_user_error(run_cli("lint", outdir / "manifest.json"), "could not read ONNX file")  # one line, not protobuf's

@@ -93,7 +93,7 @@ def test_compare_cli_vision_mode(tmp_path, capsys):
 
     _save(tmp_path)
     out = tmp_path / "cmp"
-    assert main(["compare", str(tmp_path), "--recipes", "vim-rtn-w8a8,vim-quarot-w4a8", "--tasks", "fashion_mnist",
+    assert main(["compare", str(tmp_path), "--recipes", "vim-rtn-w8a8,vim-quarot-w4a8",  # --tasks fashion_mnist by default
                  "--limit", "32", "-o", str(out), "--json", "-q"]) == 0
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [r["recipe"] for r in rows] == ["fp32", "vim-rtn-w8a8", "vim-quarot-w4a8"]
@@ -105,6 +105,7 @@ def test_compare_cli_vision_mode(tmp_path, capsys):
     assert saved["rows"] == rows and saved["meta"]["model"]["format"] == "vim"
     assert "| vim-rtn-w8a8 |" in (out / "compare.md").read_text()
     for bad, msg in ((["--tasks", "wikitext2", "--recipes", "vim-rtn-w8a8"], "fashion_mnist only"),
-                     (["--tasks", "fashion_mnist", "--recipes", "rtn-w8a8"], "language-model recipe")):
+                     (["--tasks", "fashion_mnist", "--recipes", "rtn-w8a8"], "language-model recipe"),
+                     (["--recipes", "vim-rtn-w8a8", "--tasks", ""], "at least one name")):
         assert main(["compare", str(tmp_path), *bad, "--limit", "8", "-o", str(out), "-q"]) == 2
         assert msg in capsys.readouterr().err

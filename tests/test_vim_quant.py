@@ -224,6 +224,20 @@ def test_compile_vim_with_the_extras_and_lm_refusal(tmp_path):
     with pytest.raises(UserError, match="cls_token applies to Vision Mamba"):
         compile_model(None, str(rec.source), tmp_path / "lm")
     assert not (tmp_path / "lm").exists()
+    # a recipe of the other family: one error, before any work, nothing written
+    for model, recipe, msg in ((str(d), "mambaquant-w8a8", "is a language-model recipe; use the vim-"),
+                               (str(d), "rtn-w8a8", "is a language-model recipe"),
+                               (None, "vim-rtn-w8a8", "is a Vision Mamba \\(Vim\\) recipe")):
+        with pytest.raises(UserError, match=msg):
+            compile_model(model, recipe, tmp_path / "wrong")
+        assert not (tmp_path / "wrong").exists()
+    # a Vim recipe of one's own with a language-model pass parameter: the pass named, not a TypeError
+    own = tmp_path / "vim-own.yaml"
+    own.write_text(Path(load_recipe("vim-rtn-w8a8").source).read_text().replace("name: vim-rtn-w8a8", "name: vim-own")
+                   .replace("passes: []", "passes:\n  - {name: fold_norms, keep_tied: true}"))
+    with pytest.raises(UserError, match="pass 'fold_norms' takes no keep_tied on a Vim model"):
+        compile_model(str(d), str(own), tmp_path / "wrong", calib_samples=8)
+    assert not (tmp_path / "wrong").exists()
     with pytest.raises(UserError, match="cls_token must be"):
         bad = tmp_path / "bad.yaml"
         bad.write_text(Path(rec.source).read_text().replace("cls_token: separate", "cls_token: own"))

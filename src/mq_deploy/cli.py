@@ -60,6 +60,14 @@ def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads
         model_dir = resolve_model_dir(target)
         runner = TorchRunner(load_model(target), threads=threads)
         tok_default, desc = model_dir / "tokenizer.json", f"torch:{model_dir}"
+    names = set(getattr(runner, "inputs", None) or ("input_ids",))  # an ONNX graph: its inputs
+    if "pixel_values" in names:
+        raise UserError(f"{target} is a Vision Mamba (Vim) image classifier: evaluate it with --task fashion_mnist")
+    if names != {"input_ids"}:
+        shown = sorted(names)[:3] + ([f"{len(names) - 3} more"] if len(names) > 3 else [])
+        raise UserError(f"{target} takes {', '.join(shown)}: it is a graph of `mq-deploy generate` (prefill / "
+                        "decode step), not a whole-sequence model; evaluate model.onnx, model.portable.onnx or the "
+                        "OUTDIR")
     tok = Path(tokenizer) if tokenizer else tok_default
     if not tok.is_file():
         hint = Path(os.environ.get("MQ_DEPLOY_DATA_DIR") or "../shared/data") / "tokenizer" / "gpt-neox-20b.json"
@@ -76,6 +84,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("--seq-len must be at least 2")
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
+    if args.data is not None and len(set(args.task)) > 1:
+        raise UserError("--data names one task's file; with several --task, run eval once per task (or `mq-deploy "
+                        "compare --data TASK=PATH`)")
     if "fashion_mnist" in args.task:  # image classification (Vim): no tokenizer
         from .vision.evaluate import run_fashion_mnist
 
@@ -122,6 +133,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.plugins is not None and args.flavour != "tensorrt":
         raise UserError("--plugins is for --flavour tensorrt (the other flavours run the plugin nodes on mq-deploy's "
                         "CPU kernels)")
+    if args.flavour == "tensorrt":  # TensorRT first: the engines' build needs it too
+        from .trt import import_tensorrt
+
+        import_tensorrt()
     graphs = outdir_graphs(out, args.flavour)  # cheap checks first, then load
     lib = None
     if args.flavour == "tensorrt":
@@ -171,7 +186,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .loaders import load_model
     from .recipes import load_recipe
 
-    tasks = [t for t in args.tasks.split(",") if t]
+    from .vision.model import is_vim_dir
+
+    vim = bool(args.model) and is_vim_dir(args.model)
+    default_tasks = "fashion_mnist" if vim else "wikitext2"
+    tasks = [t for t in (args.tasks if args.tasks is not None else default_tasks).split(",") if t]
     recipes = [r for r in args.recipes.split(",") if r]
     if not recipes or not tasks:
         raise UserError("--recipes and --tasks need at least one name each")
@@ -182,9 +201,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         t, p = d.split("=", 1)
         data[t] = p
     log = (lambda s: None) if args.quiet else _log
-    from .vision.model import is_vim_dir
-
-    if args.model and is_vim_dir(args.model):  # Vision Mamba: top-1 on Fashion-MNIST per recipe
+    if vim:  # Vision Mamba: top-1 on Fashion-MNIST per recipe
         from .vision.compare import compare_vim
 
         rows, model_info = compare_vim(args.model, recipes, tasks, limit=args.limit, data=data.get("fashion_mnist"),
@@ -303,8 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
     c = sub.add_parser("compile", help="compile a Mamba checkpoint to ONNX (TensorRT-plugin and portable flavours)",
-                       description="Compile a Mamba checkpoint into OUTDIR: model.onnx (SelectiveScan TensorRT plugin "
-                                   "nodes), model.portable.onnx (standard ONNX ops) and manifest.json.")
+                       description="Compile a Mamba checkpoint into OUTDIR: model.onnx (SelectiveScan / Hadamard "
+                                   "TensorRT plugin nodes), model.portable.onnx (standard ONNX ops), the stateful "
+                                   "graphs of `mq-deploy generate` (model.prefill.onnx, model.decode.onnx and their "
+                                   ".portable.onnx), weights.bin (their weights), manifest.json, tokenizer.json, and "
+                                   "for quantized recipes calib.json / calib.npz and report.html (README: the OUTDIR "
+                                   "table). A Vision Mamba (Vim) directory takes the vim-* recipes.")
     c.add_argument("model", nargs="?", default=None,
                    help="Hugging Face or state-spaces Mamba directory (default: the bundled model)")
     c.add_argument("--recipe", default="fp32", help="recipe name from export_configs/ or a .yaml path (default: fp32)")
@@ -329,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "agreement with fp32 on the 10k test images, or the first --limit).")
     k.add_argument("model", nargs="?", default=None, help="model directory (default: the bundled model)")
     k.add_argument("--recipes", required=True, help="comma-separated recipe names or .yaml paths")
-    k.add_argument("--tasks", default="wikitext2", help="comma-separated tasks (default wikitext2)")
+    k.add_argument("--tasks", default=None, help="comma-separated tasks (default wikitext2; fashion_mnist for a Vim "
+                                                 "model)")
     k.add_argument("--data", action="append", default=[], metavar="TASK=PATH", help="data file for a task (repeatable)")
     k.add_argument("--tokenizer", help="tokenizer.json (default: the model directory's)")
     k.add_argument("--calib", help="calibration text (default $MQ_DEPLOY_DATA_DIR/text/wikitext2_val_sample.jsonl)")
@@ -338,14 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--seq-len", type=int, default=512, help="perplexity window / zero-shot max length (default 512)")
     k.add_argument("--limit", type=int, help="first N items per zero-shot task (and windows, unless --windows)")
     k.add_argument("--windows", type=int, help="first N windows per perplexity task")
-    k.add_argument("-o", "--output", default="compare-out", help="folder for compare.md / compare.json")
+    k.add_argument("-o", "--output", default="compare-out", help="folder for compare.md / compare.json (default "
+                                                                 "./compare-out)")
     k.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
     k.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     k.set_defaults(func=cmd_compare)
 
     ln = sub.add_parser("lint", help="check a QDQ ONNX graph against TensorRT's explicit-quantization rules",
                         description="Report QDQ placement violations by node name; exit 1 if there are any.")
-    ln.add_argument("onnx", help="model.onnx or model.portable.onnx (or a compile OUTDIR)")
+    ln.add_argument("onnx", help="model.onnx, model.portable.onnx, a prefill / decode graph, or a compile OUTDIR "
+                                 "(its model.onnx)")
     ln.add_argument("--json", action="store_true", help="print the violations as JSON on stdout")
     ln.set_defaults(func=cmd_lint)
 
@@ -378,12 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("outdir", metavar="OUTDIR", help="output directory of `mq-deploy compile`")
     g.add_argument("--prompt", required=True, action="append", help="prompt text (repeatable: one batch)")
     g.add_argument("--max-new-tokens", type=int, default=64, help="stop after N new tokens (default 64)")
-    g.add_argument("--greedy", action="store_true", help="argmax decoding (the default without --temperature)")
-    g.add_argument("--temperature", type=float, default=None, help="sample with this temperature")
-    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (default 1.0)")
-    g.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    g.add_argument("--greedy", action="store_true", help="argmax decoding (the default without --temperature / "
+                                                          "--top-p)")
+    g.add_argument("--temperature", type=float, default=None, help="sample with this temperature (default 1.0 when "
+                                                                   "--top-p alone is given)")
+    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (default 1.0 when --temperature "
+                                                             "alone is given)")
+    g.add_argument("--seed", type=int, default=None, help="random seed for sampling (default: a fresh one each run)")
     g.add_argument("--flavour", choices=["portable", "plugin", "tensorrt"], default="portable",
-                   help="what runs: portable (standard ONNX ops) or plugin (plugin nodes on CPU kernels) in "
+                   help="what runs (default portable): portable (standard ONNX ops) or plugin (plugin nodes on CPU kernels) in "
                         "onnxruntime, or tensorrt: the engines OUTDIR/model.prefill.engine and model.decode.engine "
                         "(`mq-deploy build OUTDIR --graph prefill` / `--graph decode`; needs TensorRT, the plugin "
                         "library and a CUDA build of torch)")
@@ -526,6 +553,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         ap.print_help()
         return 2
     try:
+        if getattr(args, "threads", None) is not None and args.threads < 1:
+            raise UserError(f"--threads must be at least 1, not {args.threads}")
         return args.func(args)
     except UserError as e:
         print(f"mq-deploy: error: {e}", file=sys.stderr)

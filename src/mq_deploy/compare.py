@@ -22,7 +22,7 @@ from .eval.data import TASKS, load_task_data, resolve_data_path
 from .eval.perplexity import token_windows
 from .graph.mamba_lm import build_lm_graph
 from .quantize import fp32_stats, prepare, stats_windows
-from .recipes import load_recipe
+from .recipes import check_family, load_recipe
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -54,6 +54,8 @@ def compare(model, recipes: Sequence[str], tasks: Sequence[str], tokenizer, cali
     """Rows of {"recipe", <task>: {metrics}} for each recipe (the fp32 model first, as 'fp32')."""
     data = data or {}
     recs = [load_recipe(r) for r in recipes]  # validate all names before any work
+    for r in recs:
+        check_family(r, vim=False)
     ppl_windows, paths = {}, {}
     for t in tasks:  # every task's data found before any work
         if t == "fashion_mnist":

@@ -41,7 +41,7 @@ from .ops import state_update as su
 from .ops.plugin_fields import plugin_inventory
 from .outdir import atomic_dir
 from .passes import REGISTRY
-from .recipes import Recipe, load_recipe
+from .recipes import Recipe, check_family, load_recipe
 
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit: larger graphs keep weights beside the .onnx
 
@@ -278,6 +278,7 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
     recipe: Recipe = load_recipe(recipe_name)  # validate cheap inputs before any heavy work
     if recipe.activations.get("cls_token", "shared") != "shared":
         raise UserError(f"recipe {recipe.name}: activations.cls_token applies to Vision Mamba (Vim) models only")
+    check_family(recipe, vim=False)
     if tokenizer is not None and not Path(tokenizer).is_file():
         raise UserError(f"tokenizer file not found: {tokenizer}")
     if calib is not None and not Path(calib).is_file():

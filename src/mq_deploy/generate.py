@@ -47,9 +47,9 @@ class Sampling:
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.temperature) and self.temperature > 0):
-            raise UserError(f"temperature must be > 0, got {self.temperature}")
+            raise UserError(f"--temperature must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise UserError(f"top-p must be in (0, 1], got {self.top_p}")
+            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
 
 
 def sample(logits: np.ndarray, cfg: Sampling, rng: np.random.Generator) -> np.ndarray:
@@ -88,6 +88,11 @@ def outdir_graphs(outdir: str | Path, flavour: str = "portable") -> tuple[Path, 
         raise UserError(f"{out} is not a directory; pass the OUTDIR of `mq-deploy compile`")
     if not (out / "manifest.json").is_file():
         raise UserError(f"{out} has no manifest.json; it is not an `mq-deploy compile` output directory")
+    from .trt import manifest_input, read_outdir
+
+    if manifest_input(read_outdir(out)[1])[0] == "pixel_values":
+        raise UserError(f"{out} is a Vision Mamba (Vim) image classifier: it has no text to generate (evaluate it with "
+                        "`mq-deploy eval OUTDIR --task fashion_mnist`)")
     paths = tuple(out / name for name in graph_files(flavour))
     for p in paths:
         if not p.is_file() and flavour == "tensorrt":
@@ -260,7 +265,7 @@ def check_request(prompts: Sequence[Sequence[int]], max_new_tokens: int,
             raise UserError(f"prompt {r + 1} has {len(p)} tokens, more than the maximum of {max_prompt_tokens} "
                             "(raise --max-prompt-tokens or shorten the prompt)")
     if max_new_tokens < 1:
-        raise UserError(f"max-new-tokens must be at least 1, got {max_new_tokens}")
+        raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
 
 
 def generate(session: StatefulSession, prompts: Sequence[Sequence[int]], max_new_tokens: int = 20,

@@ -173,7 +173,8 @@ def lint_file(path: str | Path) -> list[dict]:
     try:
         model = onnx.load(str(p), load_external_data=False)  # scales are read one by one
     except Exception as e:
-        raise UserError(f"could not read ONNX file {p}: {e}") from None
+        raise UserError(f"could not read ONNX file {p}: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     try:
         return lint_model(model, base_dir=str(p.parent))
     except onnx.checker.ValidationError as e:  # external data missing or unreadable

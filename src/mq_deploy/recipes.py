@@ -58,6 +58,19 @@ def available_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 
 
+def check_family(recipe: Recipe, vim: bool) -> None:
+    """A recipe named vim-* is for Vision Mamba (Vim) models, every other one but fp32 / fp16 for language models
+    (their passes and calibration differ): one UserError when `recipe` does not fit the model."""
+    if recipe.name in ("fp32", "fp16") or recipe.name.startswith("vim-") == vim:
+        return
+    if vim:
+        raise UserError(f"recipe {recipe.name} is a language-model recipe; use the vim-* recipes for a Vim model "
+                        f"({', '.join(r for r in available_recipes() if r.startswith('vim-'))}; a recipe file of your "
+                        "own for a Vim model: give it a name starting with vim-)")
+    raise UserError(f"recipe {recipe.name} is a Vision Mamba (Vim) recipe; use a language-model recipe for this model "
+                    f"({', '.join(r for r in available_recipes() if not r.startswith('vim-'))})")
+
+
 def _parse(raw, origin: str) -> Recipe:
     if not isinstance(raw, dict):
         raise UserError(f"recipe {origin}: expected a YAML mapping with keys {sorted(_KEYS)}")

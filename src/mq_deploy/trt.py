@@ -82,9 +82,11 @@ class Shapes:
     def profile(self, inputs: Sequence[tuple[str, Sequence]]) -> tuple:
         """((name, min, opt, max), ...) for a graph's inputs, each shape a list of "batch" / "sequence" / fixed sizes
         (the ONNX graph's dimensions, `graph_inputs`): the batch and sequence of min / opt / max put in."""
-        if any(d == SEQUENCE for _, shape in inputs for d in shape) and not all(
-                s[1] for s in (self.min, self.opt, self.max)):
-            raise UserError("a language model's shapes need BATCH,SEQUENCE (e.g. --opt-shapes 1,512)")
+        lacking = [(flag, eg) for flag, s, eg in (("--min-shapes", self.min, "1,1"), ("--opt-shapes", self.opt, "1,512"),
+                                                   ("--max-shapes", self.max, "8,4096")) if not s[1]]
+        if any(d == SEQUENCE for _, shape in inputs for d in shape) and lacking:
+            raise UserError(f"a language model's shapes need BATCH,SEQUENCE: {', '.join(f for f, _ in lacking)} "
+                            f"gives a batch only (e.g. {lacking[0][0]} {lacking[0][1]})")
         out = []
         for name, shape in inputs:
             for d in shape:

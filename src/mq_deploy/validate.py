@@ -281,7 +281,13 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
             raise UserError(f"--torch needs torch and transformers ({e}); pip install torch transformers") from None
         src = manifest.get("model", {})
         path = model_dir or (None if src.get("bundled", True) else src.get("path"))
-        runner = TorchRunner(load_model(path), threads=threads)
+        model = load_model(path)
+        want = src.get("config") or {}
+        got = model.config.to_dict()
+        if any(k in got and got[k] != v for k, v in want.items()):  # before the comparison runs
+            raise UserError(f"the checkpoint {path or 'bundled model'} is not the one {outdir} was compiled from "
+                            f"(config differs: {', '.join(k for k, v in want.items() if k in got and got[k] != v)})")
+        runner = TorchRunner(model, threads=threads)
         refs.append(Reference("torch-fp32", f"torch fp32 MambaForCausalLM on the original checkpoint "
                                             f"({'bundled model' if path is None else path}; no recipe applied)",
                               run=lambda ids: {"logits": runner(ids)}))
@@ -310,13 +316,16 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
 def _engine_reference(outdir: Path, manifest: dict, engine: Optional[str], plugin_lib: Optional[str],
                       skipped: list, graph: str = "model") -> list[Reference]:
     """[the TensorRT reference] (`engine`, default OUTDIR/model.engine, or model.<graph>.engine), or [] with the
-    reason in `skipped` (no TensorRT, no engine at the default path)."""
+    reason in `skipped` (no TensorRT, no engine at the default path); an engine named (`engine`) that is missing or
+    cannot run without TensorRT is a UserError."""
     engine_path = Path(engine) if engine else outdir / mtrt.ENGINES[graph]
     if engine and not engine_path.is_file():  # a named engine must exist, with or without TensorRT here
         raise UserError(f"engine {engine_path} not found")
     try:
         trt = mtrt.import_tensorrt()
     except UserError as e:
+        if engine:  # asked for by name: not checked is not OK
+            raise UserError(f"--engine {engine_path} cannot be run here: {e}") from None
         skipped.append({"name": "tensorrt", "reason": f"engine comparison skipped: {e}"})
         return []
     if not engine_path.is_file():  # the default path (a named engine was checked above)

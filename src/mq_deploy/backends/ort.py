@@ -90,10 +90,12 @@ class OrtRunner:
             try:
                 proto = onnx.load(str(path))
             except Exception as e:
-                raise UserError(f"could not read ONNX file {path}: {e}") from None
+                raise UserError(f"could not read ONNX file {path}: "
+                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         else:
             proto = model
-        self.inputs = {i.name: _dims(i) for i in proto.graph.input}  # name -> [int | str | None]
+        inits = {t.name for t in proto.graph.initializer}  # (older exporters list initializers as inputs too)
+        self.inputs = {i.name: _dims(i) for i in proto.graph.input if i.name not in inits}  # name -> [int | str | None]
         outs = [] if only_extra else [o.name for o in proto.graph.output]
         outs += [n for n in extra_outputs if n not in outs]
         self.output_names = outs

@@ -64,7 +64,7 @@ def run_task(
     if task == "text" and data_path is None:
         raise UserError("task 'text' scores a text file of your own: pass --data PATH")
     if batch_size is None or batch_size < 1:
-        raise UserError(f"batch size must be at least 1, got {batch_size}")
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     if seq_len is None or seq_len < 2:
         raise UserError(f"sequence length must be at least 2, got {seq_len}")
     if limit is not None and limit < 1:

@@ -107,7 +107,7 @@ def score_requests(
 ) -> list[TokenScores]:
     """Run the model over `requests` in right-padded batches; scores in request order."""
     if batch_size < 1:
-        raise UserError(f"batch size must be at least 1, got {batch_size}")
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     # Requests with identical inputs share a row.
     rows: dict[tuple[int, ...], list[int]] = {}
     for i, r in enumerate(requests):

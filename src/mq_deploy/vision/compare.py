@@ -12,7 +12,7 @@ import time
 from typing import Callable, Optional, Sequence
 
 from ..errors import UserError
-from ..recipes import load_recipe
+from ..recipes import check_family, load_recipe
 from .data import calibration_images, evaluate_top1
 from .graph import VimRunner, build_vim_graph
 from .model import load_vim
@@ -29,8 +29,7 @@ def compare_vim(model_dir: str, recipes: Sequence[str], tasks: Sequence[str], li
         raise UserError(f"a Vision Mamba model is compared on --tasks {TASK} only (got {','.join(tasks)})")
     recs = [load_recipe(r) for r in recipes]  # unknown names fail before any work
     for r in recs:
-        if not r.name.startswith("vim-") and r.name not in ("fp32", "fp16"):
-            raise UserError(f"recipe {r.name} is a language-model recipe; use the vim-* recipes for a Vim model")
+        check_family(r, vim=True)
     model = load_vim(model_dir)
     c = model.config
     t0 = time.time()

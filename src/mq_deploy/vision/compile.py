@@ -19,7 +19,7 @@ from ..graph.fuse_scan_quant import fuse_plugin_quant
 from ..graph.lower import lower_selective_scan
 from ..ops.plugin_fields import plugin_inventory
 from ..outdir import atomic_dir
-from ..recipes import load_recipe
+from ..recipes import check_family, load_recipe
 from .data import calibration_images
 from .graph import INPUT, OUTPUT, VimRunner, build_vim_graph
 from .model import load_vim
@@ -57,6 +57,7 @@ def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force
 
     t0 = time.time()
     recipe = load_recipe(recipe_name)
+    check_family(recipe, vim=True)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, force=force) as tmp:
         log(f"loading Vim checkpoint {model_path}")

@@ -17,6 +17,7 @@ Same names, parameters and algebra as `mq_deploy.passes` (see those docstrings);
 from __future__ import annotations
 
 import copy
+import inspect
 
 import numpy as np
 
@@ -182,6 +183,11 @@ def run_vim_passes(model, plan, passes, stats=None, log=lambda s: None):
         fn = VIM_PASSES.get(name)
         if fn is None:
             raise UserError(f"pass '{name}' has no Vim version; Vim supports {', '.join(sorted(VIM_PASSES))}")
+        sig = inspect.signature(fn).parameters
+        bad = sorted(k for k in dict(params) if k not in sig or k in ("model", "plan", "stats"))
+        if bad and not any(v.kind is inspect.Parameter.VAR_KEYWORD for v in sig.values()):
+            raise UserError(f"pass '{name}' takes no {', '.join(bad)} on a Vim model (a language-model recipe? use the "
+                            "vim-* recipes)")
         log(f"  pass {name} {dict(params) if params else ''}")
         try:
             model, plan = fn(model, plan, stats, **dict(params))

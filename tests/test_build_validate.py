@@ -25,10 +25,11 @@ from mq_deploy.cli import main
 from mq_deploy.errors import UserError
 from mq_deploy.graph.follow import fp16_stand_in, quantized_tensors, quantizer_params
 from mq_deploy.graph.precision import rms_norm_nodes
+from mq_deploy.model import MambaConfig, random_model
 
 from . import trt_api
-from .helpers import cuda_on_cpu
-from .conftest import DATA_DIR, REF_MODEL, need
+from .helpers import cuda_on_cpu, write_hf_checkpoint
+from .conftest import DATA_DIR, need
 
 
 def _has_tensorrt() -> bool:
@@ -1093,9 +1094,9 @@ def test_validate_errors(fp32_out, tmp_path, capsys):
     assert "none.engine not found" in capsys.readouterr().err
     assert main(["validate", str(fp32_out), "--seq", "0"]) == 2
     assert "--batch and --seq" in capsys.readouterr().err
-    other = need(REF_MODEL / "config.json").parent  # --model of another checkpoint: said before anything runs
-    assert main(["validate", str(fp32_out), "--model", str(other)]) == 2
-    assert f"the checkpoint {other} is not the one {fp32_out} was compiled from (config differs: d_model" in (
+    other = write_hf_checkpoint(random_model(MambaConfig(d_model=32, n_layer=2, vocab_size=8192)), tmp_path / "other")
+    assert main(["validate", str(fp32_out), "--model", str(other)]) == 2  # another checkpoint: said before it runs
+    assert f"the checkpoint {other} is not the one {fp32_out} was compiled from (d_model 32 here, 192 there, " in (
         capsys.readouterr().err)
     for flag, v in (("--engine-step-tol", "0"), ("--engine-gain-tol", "0"), ("--engine-tol", "-1"), ("--tol", "nan")):
         assert main(["validate", str(fp32_out), flag, v]) == 2

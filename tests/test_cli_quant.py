@@ -141,6 +141,7 @@ def test_compare_task_errors_name_its_own_flag(tmp_path):
         assert r.returncode == 2 and want in r.stderr, r.stderr
         assert "copy used here" not in r.stderr and "Traceback" not in r.stderr
         assert not (tmp_path / task / "compare.json").exists()
-    r = run_cli("compare", "--recipes", "rtn-w8a8,vim-rtn-w8a8", "--tasks", "text", "-o", tmp_path / "v", "-q")
+    r = run_cli("compare", "--recipes", "rtn-w8a8,vim-rtn-w8a8", "--tasks", "text", "-o", tmp_path / "v", "-q",
+                env=env)  # (no data folder: the family is checked before calibration would look for its text)
     assert r.returncode == 2 and "recipe vim-rtn-w8a8 is a Vision Mamba (Vim) recipe" in r.stderr, r.stderr
     assert not (tmp_path / "v").exists()

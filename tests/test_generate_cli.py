@@ -73,6 +73,13 @@ def test_generate_outdir_without_decode_graphs(outdir, tmp_path):
     (old / "model.decode.portable.onnx").unlink()
     assert_user_error(run_cli("generate", old, "--prompt", "hi"), "no model.decode.portable.onnx", "recompile")
     assert_user_error(run_cli("generate", tmp_path / "missing", "--prompt", "hi"), "is not a directory")
+    lean = tmp_path / "lean"  # what generation needs, and nothing else (no model.onnx): it generates
+    lean.mkdir()
+    for f in ("manifest.json", "tokenizer.json", "weights.bin", "model.prefill.portable.onnx",
+              "model.decode.portable.onnx"):
+        shutil.copy(outdir / f, lean / f)
+    r = run_cli("generate", lean, "--prompt", "hi", "--max-new-tokens", "2")
+    assert r.returncode == 0 and r.stdout.startswith("hi"), r.stderr
 
 
 def test_generate_api_refuses_text_prompts():
@@ -115,10 +122,10 @@ def test_generate_and_eval_say_what_a_graph_or_outdir_is_for(outdir, tmp_path):
 
 
 def test_cli_flag_errors_name_the_flag(outdir, tmp_path):
-    """--threads below 1 (every command that takes it), eval's one --data for several tasks, a prefill shape without
+    """--threads below 0 (every command that takes it), eval's one --data for several tasks, a prefill shape without
     its sequence, a bad temperature, a file that is no ONNX: one line each, naming the flag to change."""
     for cmd in (["validate", outdir], ["generate", outdir, "--prompt", "hi"], ["eval", outdir, "--task", "text"]):
-        assert_user_error(run_cli(*cmd, "--threads", "0"), "--threads must be at least 1, not 0")
+        assert_user_error(run_cli(*cmd, "--threads", "-1"), "--threads must be 0 (all) or more, not -1")
     assert_user_error(run_cli("eval", outdir, "--task", "text", "--task", "arc_easy", "--data", tmp_path / "t.txt"),
                       "--data names one task's file", "compare --data TASK=PATH")
     assert_user_error(run_cli("build", outdir, "--graph", "prefill", "--min-shapes", "1", "--dry-run"),

@@ -225,7 +225,7 @@ def test_compile_vim_with_the_extras_and_lm_refusal(tmp_path):
         compile_model(None, str(rec.source), tmp_path / "lm")
     assert not (tmp_path / "lm").exists()
     # a recipe of the other family: one error, before any work, nothing written
-    for model, recipe, msg in ((str(d), "mambaquant-w8a8", "is a language-model recipe; use the vim-"),
+    for model, recipe, msg in ((str(d), "mambaquant-w8a8", "is a language-model recipe; use fp32, fp16 or the vim-"),
                                (str(d), "rtn-w8a8", "is a language-model recipe"),
                                (None, "vim-rtn-w8a8", "is a Vision Mamba \\(Vim\\) recipe")):
         with pytest.raises(UserError, match=msg):
@@ -238,6 +238,10 @@ def test_compile_vim_with_the_extras_and_lm_refusal(tmp_path):
     with pytest.raises(UserError, match="pass 'fold_norms' takes no keep_tied on a Vim model"):
         compile_model(str(d), str(own), tmp_path / "wrong", calib_samples=8)
     assert not (tmp_path / "wrong").exists()
+    # a recipe file of one's own is not judged by its name: a Vim recipe called anything compiles a Vim model
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(Path(load_recipe("vim-rtn-w8a8").source).read_text().replace("name: vim-rtn-w8a8", "name: mine"))
+    assert compile_model(str(d), str(mine), tmp_path / "mine", calib_samples=8)["recipe"]["name"] == "mine"
     with pytest.raises(UserError, match="cls_token must be"):
         bad = tmp_path / "bad.yaml"
         bad.write_text(Path(rec.source).read_text().replace("cls_token: separate", "cls_token: own"))

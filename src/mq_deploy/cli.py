@@ -56,7 +56,10 @@ def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads
         runner, tok_default, desc = OrtRunner(p, threads=threads), Path(target) / "tokenizer.json", f"onnxruntime:{p}"
     else:
         from .backends.torch_hf import TorchRunner
+        from .vision.model import is_vim_dir
 
+        if target is not None and is_vim_dir(target):
+            raise UserError(f"{target} is a Vision Mamba (Vim) image classifier: evaluate it with --task fashion_mnist")
         model_dir = resolve_model_dir(target)
         runner = TorchRunner(load_model(target), threads=threads)
         tok_default, desc = model_dir / "tokenizer.json", f"torch:{model_dir}"
@@ -84,14 +87,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("--seq-len must be at least 2")
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
+    if "fashion_mnist" in args.task and len(set(args.task)) > 1:
+        raise UserError("--task fashion_mnist cannot be combined with language-model tasks")
     if args.data is not None and len(set(args.task)) > 1:
         raise UserError("--data names one task's file; with several --task, run eval once per task (or `mq-deploy "
                         "compare --data TASK=PATH`)")
     if "fashion_mnist" in args.task:  # image classification (Vim): no tokenizer
         from .vision.evaluate import run_fashion_mnist
 
-        if len(set(args.task)) > 1:
-            raise UserError("--task fashion_mnist cannot be combined with language-model tasks")
         r = run_fashion_mnist(args.model, args.data, args.limit, max(args.batch_size, 64), args.threads,
                               progress=not args.quiet)
         print(json.dumps(r) if args.json else f"fashion_mnist: top1={r['top1']:.4f}, n={r['n']}", flush=True)
@@ -117,7 +120,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # -- generate -------------------------------------------------------------------------------------
 def cmd_generate(args: argparse.Namespace) -> int:
     from .eval.tokenizer import TextTokenizer
-    from .generate import EngineSession, Sampling, StatefulSession, TextStream, check_request, generate, outdir_graphs
+    from .generate import (EngineSession, Sampling, StatefulSession, TextStream, check_outdir, check_request, generate,
+                           outdir_graphs)
 
     if args.greedy and (args.temperature is not None or args.top_p is not None):
         raise UserError("--greedy cannot be combined with --temperature / --top-p")
@@ -133,7 +137,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.plugins is not None and args.flavour != "tensorrt":
         raise UserError("--plugins is for --flavour tensorrt (the other flavours run the plugin nodes on mq-deploy's "
                         "CPU kernels)")
-    if args.flavour == "tensorrt":  # TensorRT first: the engines' build needs it too
+    check_outdir(out)
+    if args.flavour == "tensorrt":  # TensorRT before the engines: their build needs it too
         from .trt import import_tensorrt
 
         import_tensorrt()
@@ -184,8 +189,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .compile import calibration_data
     from .eval.tokenizer import TextTokenizer
     from .loaders import load_model
-    from .recipes import load_recipe
-
+    from .recipes import check_family, load_recipe
     from .vision.model import is_vim_dir
 
     vim = bool(args.model) and is_vim_dir(args.model)
@@ -201,6 +205,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         t, p = d.split("=", 1)
         data[t] = p
     log = (lambda s: None) if args.quiet else _log
+    for r in recipes:  # every name and its model family before any work
+        check_family(load_recipe(r), vim)
     if vim:  # Vision Mamba: top-1 on Fashion-MNIST per recipe
         from .vision.compare import compare_vim
 
@@ -321,11 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="compile a Mamba checkpoint to ONNX (TensorRT-plugin and portable flavours)",
                        description="Compile a Mamba checkpoint into OUTDIR: model.onnx (SelectiveScan / Hadamard "
-                                   "TensorRT plugin nodes), model.portable.onnx (standard ONNX ops), the stateful "
-                                   "graphs of `mq-deploy generate` (model.prefill.onnx, model.decode.onnx and their "
-                                   ".portable.onnx), weights.bin (their weights), manifest.json, tokenizer.json, and "
-                                   "for quantized recipes calib.json / calib.npz and report.html (README: the OUTDIR "
-                                   "table). A Vision Mamba (Vim) directory takes the vim-* recipes.")
+                                   "TensorRT plugin nodes), model.portable.onnx (standard ONNX ops) and manifest.json; "
+                                   "for a language model also the stateful graphs of `mq-deploy generate` "
+                                   "(model.prefill.onnx, model.decode.onnx and their .portable.onnx), weights.bin (the "
+                                   "weights of every graph), the model's tokenizer.json, and for recipes that calibrate "
+                                   "calib.json / calib.npz and report.html (README: the OUTDIR table). A Vision Mamba "
+                                   "(Vim) directory takes fp32, fp16 or the vim-* recipes.")
     c.add_argument("model", nargs="?", default=None,
                    help="Hugging Face or state-spaces Mamba directory (default: the bundled model)")
     c.add_argument("--recipe", default="fp32", help="recipe name from export_configs/ or a .yaml path (default: fp32)")
@@ -387,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seq-len", type=int, default=None, help="window length for perplexity / max length (default 2048)")
     e.add_argument("--limit", type=int, default=None, help="only the first N windows / items")
     e.add_argument("--batch-size", type=int, default=2, help="sequences per forward pass (default 2; logits are batch x seq x vocab floats)")
-    e.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    e.add_argument("--threads", type=int, default=None, help="CPU threads (default, or 0: all)")
     e.add_argument("--json", action="store_true", help="print one JSON object per task on stdout")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)
@@ -419,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-prompt-tokens", type=int, default=DEFAULT_MAX_PROMPT_TOKENS,
                    help=f"reject longer prompts (default {DEFAULT_MAX_PROMPT_TOKENS})")
     g.add_argument("--tokenizer", help="tokenizer.json (default: OUTDIR/tokenizer.json)")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads (default, or 0: all)")
     g.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("build", help="build a TensorRT engine from a compile OUTDIR (needs TensorRT)",
@@ -520,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the same tensors: limit on the relative scale between the engine's and the graph's "
                         "(least squares; default 5e-4, 1.5e-3 for --graph decode, whose one token a row gives few "
                         "values; a wrong scale shows there)")
-    v.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    v.add_argument("--threads", type=int, default=None, help="CPU threads (default, or 0: all)")
     v.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     v.set_defaults(func=cmd_validate)
@@ -553,8 +560,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         ap.print_help()
         return 2
     try:
-        if getattr(args, "threads", None) is not None and args.threads < 1:
-            raise UserError(f"--threads must be at least 1, not {args.threads}")
+        if getattr(args, "threads", None) is not None and args.threads < 0:
+            raise UserError(f"--threads must be 0 (all) or more, not {args.threads}")
         return args.func(args)
     except UserError as e:
         print(f"mq-deploy: error: {e}", file=sys.stderr)

@@ -276,9 +276,9 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
                                calib_samples=calib_samples, log=log)
     t0 = time.time()
     recipe: Recipe = load_recipe(recipe_name)  # validate cheap inputs before any heavy work
+    check_family(recipe, vim=False)
     if recipe.activations.get("cls_token", "shared") != "shared":
         raise UserError(f"recipe {recipe.name}: activations.cls_token applies to Vision Mamba (Vim) models only")
-    check_family(recipe, vim=False)
     if tokenizer is not None and not Path(tokenizer).is_file():
         raise UserError(f"tokenizer file not found: {tokenizer}")
     if calib is not None and not Path(calib).is_file():

@@ -17,6 +17,7 @@ unchanged.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,18 +82,28 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray,
     return ids, mask
 
 
-def outdir_graphs(outdir: str | Path, flavour: str = "portable") -> tuple[Path, Path]:
-    """Paths of the prefill and decode graphs of a compile OUTDIR; UserError if it lacks them."""
+def check_outdir(outdir: str | Path) -> Path:
+    """A compile OUTDIR of a language model (one with something to generate); UserError otherwise."""
     out = Path(outdir)
     if not out.is_dir():
         raise UserError(f"{out} is not a directory; pass the OUTDIR of `mq-deploy compile`")
     if not (out / "manifest.json").is_file():
         raise UserError(f"{out} has no manifest.json; it is not an `mq-deploy compile` output directory")
-    from .trt import manifest_input, read_outdir
+    from .trt import manifest_input
 
-    if manifest_input(read_outdir(out)[1])[0] == "pixel_values":
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except ValueError as e:
+        raise UserError(f"{out / 'manifest.json'} is not valid JSON: {e}") from None
+    if manifest_input(manifest)[0] == "pixel_values":
         raise UserError(f"{out} is a Vision Mamba (Vim) image classifier: it has no text to generate (evaluate it with "
                         "`mq-deploy eval OUTDIR --task fashion_mnist`)")
+    return out
+
+
+def outdir_graphs(outdir: str | Path, flavour: str = "portable") -> tuple[Path, Path]:
+    """Paths of the prefill and decode graphs of a compile OUTDIR; UserError if it lacks them."""
+    out = check_outdir(outdir)
     paths = tuple(out / name for name in graph_files(flavour))
     for p in paths:
         if not p.is_file() and flavour == "tensorrt":

@@ -59,14 +59,17 @@ def available_recipes() -> list[str]:
 
 
 def check_family(recipe: Recipe, vim: bool) -> None:
-    """A recipe named vim-* is for Vision Mamba (Vim) models, every other one but fp32 / fp16 for language models
-    (their passes and calibration differ): one UserError when `recipe` does not fit the model."""
-    if recipe.name in ("fp32", "fp16") or recipe.name.startswith("vim-") == vim:
+    """A bundled recipe named vim-* is for Vision Mamba (Vim) models, every other bundled one but fp32 / fp16 for
+    language models (their passes and calibration differ): one UserError when `recipe` does not fit the model. A
+    recipe file of one's own is not judged by its name; what does not fit in it is an error where it is used (a Vim
+    pass parameter, cls_token on a language model)."""
+    if recipe.name in ("fp32", "fp16") or not recipe.source or Path(recipe.source).parent != RECIPE_DIR:
+        return
+    if recipe.name.startswith("vim-") == vim:
         return
     if vim:
-        raise UserError(f"recipe {recipe.name} is a language-model recipe; use the vim-* recipes for a Vim model "
-                        f"({', '.join(r for r in available_recipes() if r.startswith('vim-'))}; a recipe file of your "
-                        "own for a Vim model: give it a name starting with vim-)")
+        raise UserError(f"recipe {recipe.name} is a language-model recipe; use fp32, fp16 or the vim-* recipes for a "
+                        f"Vim model ({', '.join(r for r in available_recipes() if r.startswith('vim-'))})")
     raise UserError(f"recipe {recipe.name} is a Vision Mamba (Vim) recipe; use a language-model recipe for this model "
                     f"({', '.join(r for r in available_recipes() if not r.startswith('vim-'))})")
 

@@ -86,7 +86,8 @@ class Shapes:
                                                    ("--max-shapes", self.max, "8,4096")) if not s[1]]
         if any(d == SEQUENCE for _, shape in inputs for d in shape) and lacking:
             raise UserError(f"a language model's shapes need BATCH,SEQUENCE: {', '.join(f for f, _ in lacking)} "
-                            f"gives a batch only (e.g. {lacking[0][0]} {lacking[0][1]})")
+                            f"give{'s' if len(lacking) == 1 else ''} a batch only (e.g. {lacking[0][0]} "
+                            f"{lacking[0][1]})")
         out = []
         for name, shape in inputs:
             for d in shape:

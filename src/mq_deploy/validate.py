@@ -285,8 +285,9 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
         want = src.get("config") or {}
         got = model.config.to_dict()
         if any(k in got and got[k] != v for k, v in want.items()):  # before the comparison runs
-            raise UserError(f"the checkpoint {path or 'bundled model'} is not the one {outdir} was compiled from "
-                            f"(config differs: {', '.join(k for k, v in want.items() if k in got and got[k] != v)})")
+            diff = ", ".join(f"{k} {got[k]} here, {v} there" for k, v in want.items() if k in got and got[k] != v)
+            raise UserError(f"{'the bundled model' if path is None else f'the checkpoint {path}'} is not the one "
+                            f"{outdir} was compiled from ({diff}): pass --model DIR, the checkpoint it was compiled from")
         runner = TorchRunner(model, threads=threads)
         refs.append(Reference("torch-fp32", f"torch fp32 MambaForCausalLM on the original checkpoint "
                                             f"({'bundled model' if path is None else path}; no recipe applied)",
@@ -313,19 +314,28 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
     return refs, skipped
 
 
+def _check_named_engine(path: Path) -> None:
+    """An engine named with --engine must exist and TensorRT must be here to run it (a check asked for and not run is
+    not OK): one UserError otherwise."""
+    if not path.is_file():
+        raise UserError(f"engine {path} not found")
+    try:
+        mtrt.import_tensorrt()
+    except UserError as e:
+        raise UserError(f"--engine {path} cannot be run here: {e}") from None
+
+
 def _engine_reference(outdir: Path, manifest: dict, engine: Optional[str], plugin_lib: Optional[str],
                       skipped: list, graph: str = "model") -> list[Reference]:
     """[the TensorRT reference] (`engine`, default OUTDIR/model.engine, or model.<graph>.engine), or [] with the
     reason in `skipped` (no TensorRT, no engine at the default path); an engine named (`engine`) that is missing or
     cannot run without TensorRT is a UserError."""
     engine_path = Path(engine) if engine else outdir / mtrt.ENGINES[graph]
-    if engine and not engine_path.is_file():  # a named engine must exist, with or without TensorRT here
-        raise UserError(f"engine {engine_path} not found")
+    if engine:
+        _check_named_engine(engine_path)
     try:
         trt = mtrt.import_tensorrt()
     except UserError as e:
-        if engine:  # asked for by name: not checked is not OK
-            raise UserError(f"--engine {engine_path} cannot be run here: {e}") from None
         skipped.append({"name": "tensorrt", "reason": f"engine comparison skipped: {e}"})
         return []
     if not engine_path.is_file():  # the default path (a named engine was checked above)
@@ -420,6 +430,8 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
             raise UserError(f"{flag} must be a number above 0, not {v}")
     out = Path(outdir)
     _, manifest = mtrt.read_outdir(out)
+    if engine:  # an engine asked for by name must run here: said before any other work
+        _check_named_engine(Path(engine))
     if graph != "model":
         if graph not in mtrt.GRAPHS:
             raise UserError(f"--graph must be one of {', '.join(mtrt.GRAPHS)}, not {graph!r}")

@@ -5,11 +5,14 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import onnx
 import pytest
 
 from .conftest import DATA_DIR, need
+
+VIM_DIR = Path(__file__).resolve().parents[1] / "src" / "mq_deploy" / "assets" / "vim-fmnist"
 
 
 def run_cli(*args, env=None):
@@ -113,6 +116,9 @@ def test_quantized_recipe_without_calibration_data_is_a_clear_error(tmp_path):
     calib = need(DATA_DIR / "text" / "wikitext2_val_sample.jsonl")
     for flag in ("--calib-samples", "--calib-seq-len"):  # 0 is refused, not taken as "the recipe's default"
         r = run_cli("compile", "--recipe", "rtn-w8a8", "--calib", calib, flag, "0", "-o", tmp_path / "out")
+        assert r.returncode == 2 and "--calib-samples must be >= 1" in r.stderr and not (tmp_path / "out").exists()
+    for model in ([], [str(VIM_DIR)]):  # also where the recipe does not calibrate (not silently ignored)
+        r = run_cli("compile", *model, "--recipe", "fp32", "--calib-samples", "0", "-o", tmp_path / "out")
         assert r.returncode == 2 and "--calib-samples must be >= 1" in r.stderr and not (tmp_path / "out").exists()
 
 

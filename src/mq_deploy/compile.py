@@ -266,6 +266,8 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
                   report_passes: Optional[bool] = None,
                   log: Callable[[str], None] = lambda s: None) -> dict:
     """Compile a checkpoint with a recipe into OUTDIR; returns the manifest."""
+    if calib_samples is not None and calib_samples < 1 or calib_seq_len is not None and calib_seq_len < 2:
+        raise UserError("--calib-samples must be >= 1 and --calib-seq-len >= 2")  # whether the recipe calibrates or not
     if model_path is not None:
         from .vision.model import is_vim_dir
 

@@ -45,7 +45,9 @@ def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads
     """MODEL_OR_ONNX → (logits_fn, tokenizer path, description)."""
     from .backends.ort import OrtRunner
     from .loaders import load_model, resolve_model_dir
+    from .vision.model import is_vim_dir
 
+    vim = UserError(f"{target} is a Vision Mamba (Vim) image classifier: evaluate it with --task fashion_mnist")
     if target is not None and Path(target).is_file():
         p = Path(target)
         if p.suffix != ".onnx":
@@ -56,16 +58,15 @@ def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads
         runner, tok_default, desc = OrtRunner(p, threads=threads), Path(target) / "tokenizer.json", f"onnxruntime:{p}"
     else:
         from .backends.torch_hf import TorchRunner
-        from .vision.model import is_vim_dir
 
         if target is not None and is_vim_dir(target):
-            raise UserError(f"{target} is a Vision Mamba (Vim) image classifier: evaluate it with --task fashion_mnist")
+            raise vim
         model_dir = resolve_model_dir(target)
         runner = TorchRunner(load_model(target), threads=threads)
         tok_default, desc = model_dir / "tokenizer.json", f"torch:{model_dir}"
     names = set(getattr(runner, "inputs", None) or ("input_ids",))  # an ONNX graph: its inputs
     if "pixel_values" in names:
-        raise UserError(f"{target} is a Vision Mamba (Vim) image classifier: evaluate it with --task fashion_mnist")
+        raise vim
     if names != {"input_ids"}:
         shown = sorted(names)[:3] + ([f"{len(names) - 3} more"] if len(names) > 3 else [])
         raise UserError(f"{target} takes {', '.join(shown)}: it is a graph of `mq-deploy generate` (prefill / "

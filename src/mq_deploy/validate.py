@@ -328,11 +328,9 @@ def _check_named_engine(path: Path) -> None:
 def _engine_reference(outdir: Path, manifest: dict, engine: Optional[str], plugin_lib: Optional[str],
                       skipped: list, graph: str = "model") -> list[Reference]:
     """[the TensorRT reference] (`engine`, default OUTDIR/model.engine, or model.<graph>.engine), or [] with the
-    reason in `skipped` (no TensorRT, no engine at the default path); an engine named (`engine`) that is missing or
-    cannot run without TensorRT is a UserError."""
+    reason in `skipped` (no TensorRT, no engine at the default path); an engine named (`engine`) was checked by
+    validate first (_check_named_engine: it exists and TensorRT is here)."""
     engine_path = Path(engine) if engine else outdir / mtrt.ENGINES[graph]
-    if engine:
-        _check_named_engine(engine_path)
     try:
         trt = mtrt.import_tensorrt()
     except UserError as e:
@@ -519,11 +517,11 @@ QUANTIZED_STATEFUL_ENGINE = (
 
 def _follow_engine(rep: Report, portable_file: Path, marked: dict, feed: dict, rows: Callable[..., None], *,
                    engine_tol: Optional[float], engine_step_tol: Optional[float], engine_gain_tol: Optional[float],
-                   threads: Optional[int], log: Callable[[str], None]) -> None:
+                   threads: Optional[int], log: Callable[[str], None], gain_default: float = ENGINE_GAIN_TOL) -> None:
     """A validation engine's layer-by-layer check: the portable graph on the engine's int8 codes at every
     QuantizeLinear (`portable=`: rows(name, outputs, limit) gated at ENGINE_FOLLOW_TOL or engine_tol), following its
     roundings within ENGINE_FOLLOW_STEPS (`portable~`, reported), and each quantizer input's distance from the
-    engine's in steps (rep.steps, held to ENGINE_STEP_TOL / ENGINE_GAIN_TOL). `marked`: {tensor: the engine's value
+    engine's in steps (rep.steps, held to ENGINE_STEP_TOL / `gain_default`, or the limits given). `marked`: {tensor: the engine's value
     before its QuantizeLinear} of the tensors the portable graph quantizes (_split_marked)."""
     import onnx
 
@@ -541,7 +539,7 @@ def _follow_engine(rep: Report, portable_file: Path, marked: dict, feed: dict, r
     rows("portable~", ref, None, roundings_taken_from_graph=taken)
     rep.steps = _steps(step_distances(portable, own, marked),  # (marked: tensors the portable graph quantizes)
                        engine_step_tol if engine_step_tol is not None else ENGINE_STEP_TOL,
-                       engine_gain_tol if engine_gain_tol is not None else ENGINE_GAIN_TOL)
+                       engine_gain_tol if engine_gain_tol is not None else gain_default)
 
 
 def _row(rep: Report, a: str, b: str, o: str, ref: np.ndarray, x: np.ndarray, lim: Optional[float],
@@ -639,9 +637,9 @@ def _validate_stateful(out: Path, manifest: dict, graph: str, *, batch: int, seq
     if engine_followed:
         _follow_engine(rep, files["portable"], marked, feed,
                        lambda a, ref, lim, **extra: pair(a, "tensorrt", ref, outs["tensorrt"], lim, **extra),
-                       engine_tol=engine_tol, engine_step_tol=engine_step_tol,
-                       engine_gain_tol=engine_gain_tol if engine_gain_tol is not None or graph != "decode" else
-                       ENGINE_GAIN_TOL_DECODE, threads=threads, log=log)
+                       engine_tol=engine_tol, engine_step_tol=engine_step_tol, engine_gain_tol=engine_gain_tol,
+                       threads=threads, log=log,
+                       gain_default=ENGINE_GAIN_TOL_DECODE if graph == "decode" else ENGINE_GAIN_TOL)
     if quantized:
         import onnx
 

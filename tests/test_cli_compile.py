@@ -127,6 +127,8 @@ def test_bad_input_one_clear_line_and_no_partial_outdir(tiny, tmp_path):
         errors = [ln for ln in r.stderr.splitlines() if ln.startswith("mq-deploy: error: ")]
         assert len(errors) == 1 and "Traceback" not in r.stderr, (label, r.stderr)
         assert expect in errors[0], (label, errors[0])
+        if label in ("missing directory", "unknown recipe"):  # refused before any progress line
+            assert r.stderr.strip() == errors[0], (label, r.stderr)
         assert not out.exists(), label
         assert set(os.listdir(tmp_path)) == before, label  # no temp dirs left
 

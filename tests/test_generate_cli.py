@@ -132,3 +132,29 @@ def test_cli_flag_errors_name_the_flag(outdir, tmp_path):
                       "--min-shapes gives a batch only (e.g. --min-shapes 1,1)")
     assert_user_error(run_cli("generate", outdir, "--prompt", "hi", "--temperature", "0"), "--temperature must be > 0")
     assert_user_error(run_cli("lint", outdir / "manifest.json"), "could not read ONNX file")  # one line, not protobuf's
+
+
+def test_a_manifest_of_another_format_is_one_line_everywhere(outdir, tmp_path):
+    """manifest.json's "format" is what each command checks first: an OUTDIR from another mq-deploy version, a
+    manifest that is not JSON or not an object, is one line naming the file and the fix, not a KeyError later."""
+    import json
+
+    man = json.loads((outdir / "manifest.json").read_text())
+    assert man["format"] == "mq-deploy/1"
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("model.onnx", "model.portable.onnx", "tokenizer.json"):
+        shutil.copy(outdir / name, other / name)
+    cmds = (["generate", other, "--prompt", "hi"], ["build", other, "--dry-run", "--plugins", tmp_path / "lib.so"],
+            ["validate", other], ["eval", other, "--task", "text", "--data", tmp_path / "t.txt"])
+    (tmp_path / "t.txt").write_text("some words to score " * 20)
+    for text, fragments in ((json.dumps({**man, "format": "mq-deploy/2"}), ["has format 'mq-deploy/2'"]),
+                            (json.dumps({k: v for k, v in man.items() if k != "format"}), ['has no "format"']),
+                            ("[1, 2]", ["is not a manifest of `mq-deploy compile`"]),
+                            ("{", ["is not valid JSON"])):
+        (other / "manifest.json").write_text(text)
+        for cmd in cmds:
+            r = run_cli(*cmd)
+            assert_user_error(r, str(other / "manifest.json"), *fragments)
+            if "format" in fragments[0]:
+                assert "this mq-deploy reads 'mq-deploy/1'" in r.stderr and "compile" in r.stderr

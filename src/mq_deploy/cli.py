@@ -54,6 +54,11 @@ def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads
             raise UserError(f"{p} is neither an .onnx file nor a model directory")
         runner, tok_default, desc = OrtRunner(p, threads=threads), p.with_name("tokenizer.json"), f"onnxruntime:{p}"
     elif target is not None and Path(target).is_dir() and (Path(target) / "manifest.json").is_file():
+        from .outdir import read_manifest
+        from .trt import manifest_input
+
+        if manifest_input(read_manifest(target))[0] == "pixel_values":
+            raise vim
         p = Path(target) / "model.portable.onnx"
         runner, tok_default, desc = OrtRunner(p, threads=threads), Path(target) / "tokenizer.json", f"onnxruntime:{p}"
     else:

@@ -34,12 +34,12 @@ from .graph.stateful import io_spec as stateful_io_spec
 from .graph.stateful import self_check as stateful_self_check
 from .graph.weights import WeightStore
 from .memory import release
-from .loaders import load_model
+from .loaders import load_model, resolve_model_dir
 from .model import MambaModel
 from .ops import selective_scan as ss
 from .ops import state_update as su
 from .ops.plugin_fields import plugin_inventory
-from .outdir import atomic_dir
+from .outdir import FORMAT, atomic_dir
 from .passes import REGISTRY
 from .recipes import Recipe, check_family, load_recipe
 
@@ -69,7 +69,7 @@ def manifest_head(out_dir: Path, files: dict) -> dict:
     for name, info in files.items():
         p = out_dir / name
         info.update(bytes=p.stat().st_size, sha256=sha256_file(p))
-    return {"format": "mq-deploy/1",
+    return {"format": FORMAT,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv) if sys.argv else ""}
 
@@ -285,6 +285,7 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         raise UserError(f"tokenizer file not found: {tokenizer}")
     if calib is not None and not Path(calib).is_file():
         raise UserError(f"calibration file not found: {calib}")
+    resolve_model_dir(model_path)  # a missing or wrong directory is one line, before the progress lines
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, force=force) as tmp:
         log(f"loading {'the bundled model' if model_path is None else model_path}")

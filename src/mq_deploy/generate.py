@@ -17,7 +17,6 @@ unchanged.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import onnx
 
 from .errors import UserError
+from .outdir import read_manifest
 
 FLAVOURS = {"portable": ".portable.onnx", "plugin": ".onnx", "tensorrt": ".engine"}
 DEFAULT_MAX_PROMPT_TOKENS = 2048
@@ -87,14 +87,9 @@ def check_outdir(outdir: str | Path) -> Path:
     out = Path(outdir)
     if not out.is_dir():
         raise UserError(f"{out} is not a directory; pass the OUTDIR of `mq-deploy compile`")
-    if not (out / "manifest.json").is_file():
-        raise UserError(f"{out} has no manifest.json; it is not an `mq-deploy compile` output directory")
     from .trt import manifest_input
 
-    try:
-        manifest = json.loads((out / "manifest.json").read_text())
-    except ValueError as e:
-        raise UserError(f"{out / 'manifest.json'} is not valid JSON: {e}") from None
+    manifest = read_manifest(out)
     if manifest_input(manifest)[0] == "pixel_values":
         raise UserError(f"{out} is a Vision Mamba (Vim) image classifier: it has no text to generate (evaluate it with "
                         "`mq-deploy eval OUTDIR --task fashion_mnist`)")

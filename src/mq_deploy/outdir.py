@@ -4,6 +4,7 @@ so a failed or interrupted compile never leaves a partial OUTDIR (and never half
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -12,6 +13,33 @@ from pathlib import Path
 from .errors import UserError
 
 MARKER = "manifest.json"  # a directory holding this was written by mq-deploy and may be replaced
+FORMAT = "mq-deploy/1"  # manifest.json's "format": what this mq-deploy writes and reads
+
+
+def read_manifest(out_dir: str | Path, required: bool = True) -> dict:
+    """OUTDIR/manifest.json as a dict ({} when absent and not `required`); a UserError, one line, when it is
+    missing, not JSON, or of another format than this mq-deploy reads."""
+    out = Path(out_dir)
+    path = out / MARKER
+    if not path.is_file():
+        if not required:
+            return {}
+        raise UserError(f"{out} has no {MARKER}; it is not an `mq-deploy compile` output directory")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON: {e}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path} is not a manifest of `mq-deploy compile` (a JSON {type(manifest).__name__}, "
+                        "not an object)")
+    fmt = manifest.get("format")
+    if fmt != FORMAT:
+        what = f"format {fmt!r}" if fmt is not None else "no \"format\""
+        raise UserError(f"{path} has {what}; this mq-deploy reads {FORMAT!r}: compile the checkpoint again with "
+                        "this version (`mq-deploy compile`)")
+    return manifest
 
 
 def check_target(out_dir: Path, force: bool) -> None:

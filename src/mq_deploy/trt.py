@@ -10,7 +10,6 @@ STRONGLY_TYPED, no precision flags); on TensorRT 11 it changes nothing.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .errors import UserError
+from .outdir import read_manifest
 from .ops import selective_scan as ss
 
 PLUGINS_ENV = "MQ_DEPLOY_PLUGINS"  # default plugin library when --plugins is not given
@@ -415,13 +415,7 @@ def read_outdir(outdir: str | Path) -> tuple[Path, dict]:
     onnx_path = out / "model.onnx"
     if not onnx_path.is_file():
         raise UserError(f"{out} has no model.onnx; pass the output directory of `mq-deploy compile -o OUTDIR`")
-    manifest = {}
-    if (out / "manifest.json").is_file():
-        try:
-            manifest = json.loads((out / "manifest.json").read_text())
-        except ValueError as e:
-            raise UserError(f"{out / 'manifest.json'} is not valid JSON: {e}") from None
-    return onnx_path, manifest
+    return onnx_path, read_manifest(out, required=False)
 
 
 def manifest_plugin_nodes(manifest: dict) -> int:

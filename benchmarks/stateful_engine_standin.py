@@ -11,8 +11,10 @@ outputs too, as `mq-deploy build --graph G --validation-engine` makes them) and 
 (each quantizer input's worst mean distance in steps, the worst gain, the first tensor over validate's limits), for
 the stand-in as it is, a noisier one (relative noise U(±5e-4) at each fp16 rounding: twice fp16's own error), and
 stand-ins with one error in layer 1: the prefill's scan C_scale ×1.003 / ×1.01; the decode step's state update
-given C ×1.003 / ×1.01 (its DequantizeLinear's scale alone) or D ×1.01, and its conv taps ×1.01. The figures behind
-validate's ENGINE_GAIN_TOL_DECODE.
+given C ×1.003 / ×1.01 (its DequantizeLinear's scale alone) or D ×1.01, and its conv taps ×1.01; and, where the graph's
+Hadamards quantize their own output, layer 1's fused kernel rounding with a 1 % wrong scale (`kernel x1.01`; the
+`fused Hadamard codes` column: the worst share of a kernel's codes that differ from its float twin's rounding). The
+figures behind validate's ENGINE_GAIN_TOL_DECODE.
 
 Usage: python benchmarks/stateful_engine_standin.py OUTDIR [--shapes 2x32,3x20,4x64] [--seed 0] [--draws 1] [--layers]
 Results: benchmarks/results/stateful_engine_standin.md.
@@ -27,7 +29,7 @@ from onnx import numpy_helper
 
 from mq_deploy import validate as mval
 from mq_deploy.backends.ort import OrtRunner
-from mq_deploy.graph.follow import fp16_stand_in, quantized_tensors
+from mq_deploy.graph.follow import fp16_stand_in, validation_marks
 
 
 def scale_attr(op, attr, f):
@@ -54,15 +56,30 @@ def scale_dequantize(name, f):
     return change
 
 
+def kernel_scale(f):
+    """Layer 1's fused Hadamard rounding its codes with f times its out_scale (its attribute right: a wrong kernel; the
+    stand-in's rounding of that point, graph.follow.fp16_stand_in); False where the graph has no fused Hadamard."""
+    def change(g):
+        div = next((n for n in g.graph.node if n.output[0] == "layers.1/out_hadamard::steps"), None)
+        if div is None:
+            return False
+        t = next(t for t in g.graph.initializer if t.name == div.input[1])
+        g.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(t) * f, t.name + "/kernel"))
+        div.input[1] = t.name + "/kernel"
+    return change
+
+
 C_DQ = "layers.1/layers.1.scan.C/DQ"  # the decode step's C input of layer 1's state update
 VARIANTS = {
     "prefill": [("fp16", None, 0.0), ("fp16 noisy", None, 5e-4),
                 ("C_scale x1.003", scale_attr("SelectiveScan", "C_scale", 1.003), 0.0),
-                ("C_scale x1.01", scale_attr("SelectiveScan", "C_scale", 1.01), 0.0)],
+                ("C_scale x1.01", scale_attr("SelectiveScan", "C_scale", 1.01), 0.0),
+                ("kernel x1.01", kernel_scale(1.01), 0.0)],
     "decode": [("fp16", None, 0.0), ("fp16 noisy", None, 5e-4),
                ("C x1.003", scale_dequantize(C_DQ, 1.003), 0.0), ("C x1.01", scale_dequantize(C_DQ, 1.01), 0.0),
                ("D x1.01", scale_init("layers.1.D", 1.01), 0.0),
-               ("conv x1.01", scale_init("layers.1.conv1d.weight", 1.01), 0.0)],
+               ("conv x1.01", scale_init("layers.1.conv1d.weight", 1.01), 0.0),
+               ("kernel x1.01", kernel_scale(1.01), 0.0)],
 }
 
 
@@ -79,15 +96,16 @@ def validate_feed(outdir, graph, b, l, seed):
 
 def layers_table(outdir, shapes, seed, draws=1):
     print(f"\n{'graph':<8}{'prompt':>7}  {'stand-in':<15}{'portable= logits':>17}{'states':>9}  "
-          f"{'worst mean (tensor)':<36}{'worst gain (tensor)':<38}first over")
+          f"{'worst mean (tensor)':<36}{'worst gain (tensor)':<38}{'first over':<24}fused Hadamard codes")
     saved = mval._engine_reference, mval._trt_direct
     try:
         for graph, variants in VARIANTS.items():
             for name, change, noise in variants:
-                g = fp16_stand_in(onnx.load(os.path.join(outdir, f"model.{graph}.onnx")), noise=noise)
-                if change is not None:
-                    change(g)
-                runner = OrtRunner(g, extra_outputs=quantized_tensors(g))
+                plain = onnx.load(os.path.join(outdir, f"model.{graph}.onnx"))
+                g = fp16_stand_in(plain, noise=noise)
+                if change is not None and change(g) is False:
+                    continue
+                runner = OrtRunner(g, extra_outputs=validation_marks(plain))
                 mval._engine_reference = lambda *a, **k: [mval.Reference("tensorrt", "stand-in validation engine",
                                                                           engine="stand-in", plugin_lib="stand-in")]
                 mval._trt_direct = lambda path, lib, feed: runner.run(dict(feed))
@@ -100,9 +118,11 @@ def layers_table(outdir, shapes, seed, draws=1):
                     wm, wg, fo = st["worst_mean"], st["worst_gain"], st["first_over"]
                     mean = f"{wm['mean_steps']:.3f} ({wm['tensor']})"
                     gain = f"{wg['gain']:+.1e} ({wg['tensor']})"
+                    fu = rep.fused
+                    fused = "-" if fu is None else f"{100 * fu['worst']['share']:.2g}% ({fu['worst']['tensor']})"
                     print(f"{graph:<8}{f'{b}x{l}':>7}  {name:<15}{p[('portable=', 'logits')]:>17.2e}"
-                          f"{p[('portable=', 'states')]:>9.2e}  {mean:<36}{gain:<38}{fo['tensor'] if fo else '-'}"
-                          f"{'' if rep.ok else '  FAIL'}")
+                          f"{p[('portable=', 'states')]:>9.2e}  {mean:<36}{gain:<38}{fo['tensor'] if fo else '-':<24}"
+                          f"{fused}{'' if rep.ok else '  FAIL'}")
     finally:
         mval._engine_reference, mval._trt_direct = saved
 

@@ -8,8 +8,12 @@ QuantizeLinear (`codes`, the `portable= vs tensorrt` row, gated at 1e-2) and val
 steps, gated at ENGINE_STEP_TOL, the worst gain (relative scale), gated at ENGINE_GAIN_TOL, and the first tensor over
 either); for the stand-in as it is, for a noisier one (relative noise U(±5e-4) added at each of its fp16
 roundings, twice fp16's own rounding error: a correct engine whose float layers round more coarsely), and with a
-C_scale error of 0.3 %, 1 % and 10 % in one scan node. `--steps a,b,...` also prints the followed distance at
-other windows (in steps).
+C_scale error of 0.3 %, 1 % and 10 % in one scan node, and (`H×1.003`, `H×1.01`) the second fused Hadamard's
+kernel rounding with a 0.3 % / 1 % wrong scale (its attribute, and so the codes' dequantized values, right). As in a
+validation engine, a fused Hadamard's tensor is its codes dequantized, beside a float twin: followed as codes, the
+layer checked on the twin, and the codes against the twin's (`fused`: the worst share of codes that differ over
+0.1 step from a boundary, and the first kernel over validate's limits). `--steps a,b,...` also prints the followed
+distance at other windows (in steps).
 
 Usage: python benchmarks/validate_engine_follow.py OUTDIR [OUTDIR ...] [--seq L] [--batch B] [--steps S,...]
 (a Vim OUTDIR gets the first B Fashion-MNIST test images, as validate gives it)
@@ -25,9 +29,11 @@ import numpy as np
 import onnx
 
 from mq_deploy.backends.ort import OrtRunner
-from mq_deploy.graph.follow import ENGINE_FOLLOW_STEPS, fp16_stand_in, quantized_tensors, run_following, step_distances
+from mq_deploy.graph.follow import (ENGINE_FOLLOW_STEPS, fp16_stand_in, fused_code_differences, run_following,
+                                    step_distances, validation_marks)
+from mq_deploy.graph.fuse_scan_quant import float_twin, hadamard_out_scale
 from mq_deploy.trt import manifest_input
-from mq_deploy.validate import ENGINE_GAIN_TOL, ENGINE_STEP_TOL, _steps, _vim_images
+from mq_deploy.validate import ENGINE_GAIN_TOL, ENGINE_STEP_TOL, _fused, _steps, _vim_images
 
 
 def rel(a, b):
@@ -47,7 +53,8 @@ def main():
           "(seed 0)")
     print(f"{'OUTDIR':<10}{'stand-in':>10}{'direct':>10}{'top1':>8}{'followed':>10}{'taken':>8}{'codes':>10}"
           + "".join(f"{f'@{s:g}':>10}" for s in other)
-          + f"  {'per layer: worst mean (tensor)':<44}{'worst gain (tensor)':<40}first over")
+          + f"  {'per layer: worst mean (tensor)':<44}{'worst gain (tensor)':<40}{'first over':<30}"
+          + "fused: worst share (tensor)")
     for d in map(Path, args.outdirs):
         plugin = onnx.load(str(d / "model.onnx"))
         portable = onnx.load(str(d / "model.portable.onnx"))
@@ -58,28 +65,39 @@ def main():
         else:
             vocab = manifest["model"]["config"]["vocab_size"]
             feed = {name: np.random.default_rng(0).integers(0, vocab, size=(args.batch, args.seq))}
-        qt = quantized_tensors(plugin)
+        qt = validation_marks(plugin)
+        fused = [n.name for n in plugin.graph.node if hadamard_out_scale(n)]
         ref = OrtRunner(portable).run(feed)["logits"]
-        for variant in ("correct", "noise", 1.003, 1.01, 1.1):
+        for variant in ("correct", "noise", 1.003, 1.01, 1.1) + (("H", 1.003), ("H", 1.01)) * bool(fused):
             eng = fp16_stand_in(plugin, noise=5e-4 if variant == "noise" else 0.0)
-            if not isinstance(variant, str):
+            if isinstance(variant, float):
                 scan = [n for n in eng.graph.node if n.op_type == "SelectiveScan"][1]
                 next(a for a in scan.attribute if a.name == "C_scale").f *= variant
+            elif isinstance(variant, tuple):  # the kernel's rounding scale, not the attribute the codes are read with
+                div = next(n for n in eng.graph.node if n.output[0] == f"{fused[1]}::steps")  # the stand-in's rounding
+                s0 = next(float(onnx.numpy_helper.to_array(t)) for t in eng.graph.initializer if t.name == div.input[1])
+                eng.graph.initializer.append(onnx.numpy_helper.from_array(np.float32(s0 * variant[1]), "kernel_scale"))
+                div.input[1] = "kernel_scale"
             e = OrtRunner(eng, extra_outputs=qt).run(dict(feed))
-            marked = {t: e[t] for t in qt}
-            f, taken = run_following(portable, marked, feed, ENGINE_FOLLOW_STEPS)
+            twins = {t: e[float_twin(t)] for t in fused}
+            marked = {t: e[t] for t in qt if t not in {float_twin(f) for f in fused}}
+            f, taken = run_following(portable, marked, feed, ENGINE_FOLLOW_STEPS, codes=fused)
             own = {}
-            codes, _ = run_following(portable, marked, feed, float("inf"), own=own)  # each layer from its int8 codes
-            st = _steps(step_distances(portable, own, marked), ENGINE_STEP_TOL, ENGINE_GAIN_TOL)
-            at = [rel(run_following(portable, marked, feed, s)[0]["logits"], e["logits"]) for s in other]
+            codes, _ = run_following(portable, marked, feed, float("inf"), own=own, codes=fused)  # from its int8 codes
+            st = _steps(step_distances(portable, own, {**marked, **twins}), ENGINE_STEP_TOL, ENGINE_GAIN_TOL)
+            fu = _fused(fused_code_differences(portable, marked, twins)) if fused else None
+            at = [rel(run_following(portable, marked, feed, s, codes=fused)[0]["logits"], e["logits"]) for s in other]
             top1 = float((ref.argmax(-1) == e["logits"].argmax(-1)).mean())
             wm, wg, first = st["worst_mean"], st["worst_gain"], st["first_over"]
-            label = variant if isinstance(variant, str) else f"C×{variant:g}"
+            label = (variant if isinstance(variant, str) else f"C×{variant:g}" if isinstance(variant, float)
+                     else f"H×{variant[1]:g}")
             print(f"{d.name:<10}{label:>10}{rel(ref, e['logits']):>10.2e}{top1:>8.4f}"
                   f"{rel(f['logits'], e['logits']):>10.2e}{taken:>8}{rel(codes['logits'], e['logits']):>10.2e}"
                   + "".join(f"{v:>10.2e}" for v in at)
                   + f"  {wm['mean_steps']:<6.3f}{wm['tensor']:<38}{wg['gain']:<+10.1e}{wg['tensor']:<30}"
-                  + ("-" if first is None else first["tensor"]))
+                  + f"{'-' if first is None else first['tensor']:<30}"
+                  + ("-" if fu is None else f"{100 * fu['worst']['share']:.2g}% {fu['worst']['tensor']}"
+                     + ("" if fu["ok"] else "  FAIL")))
 
 
 if __name__ == "__main__":

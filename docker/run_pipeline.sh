@@ -9,7 +9,8 @@
 #   OUT            where OUTDIRs go (default /work/out; mount a host folder there to keep them)
 #   RECIPE         compile recipe (default fp32); quantized recipes need CALIB
 #   MODEL          checkpoint directory (default: the bundled model); a Vision Mamba (Vim) directory takes
-#                  the vim-* recipes, e.g. MODEL=src/mq_deploy/assets/vim-fmnist RECIPE=vim-mambaquant-w8a8
+#                  the vim-* recipes, e.g. MODEL=/opt/mq-deploy/src/mq_deploy/assets/vim-fmnist RECIPE=vim-mambaquant-w8a8
+#                  (in the images; a path relative to the working directory, /work there)
 #   CALIB          calibration text for quantized recipes; CALIB_SAMPLES windows (default 16). Vim: the
 #                  Fashion-MNIST folder (default: the dataset-fashion-mnist package's)
 #   MQ_DEPLOY_PLUGINS   the plugin library (the images set it)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import pytest
 
 from mq_deploy import trt as mtrt
@@ -23,7 +24,8 @@ from mq_deploy import validate as mval
 from mq_deploy.backends.ort import OrtRunner
 from mq_deploy.cli import main
 from mq_deploy.errors import UserError
-from mq_deploy.graph.follow import fp16_stand_in, quantized_tensors, quantizer_params
+from mq_deploy.graph.follow import fp16_stand_in, quantized_tensors, quantizer_params, validation_marks
+from mq_deploy.graph.fuse_scan_quant import hadamard_out_scale
 from mq_deploy.graph.precision import rms_norm_nodes
 from mq_deploy.model import MambaConfig, random_model
 
@@ -57,6 +59,14 @@ def w8_out(tmp_path_factory):
     calib = need(DATA_DIR / "text" / "wikitext2_val_sample.jsonl")
     return _compile(tmp_path_factory.mktemp("bv") / "w8", "--recipe", "rtn-w8a8", "--calib", calib,
                     "--calib-samples", "4")
+
+
+@pytest.fixture(scope="module")
+def mq_out(tmp_path_factory):
+    """MambaQuant W8A8 of the bundled model: every layer's Hadamard quantizes its own output (fused)."""
+    return _compile(tmp_path_factory.mktemp("bv") / "mq", "--recipe", "mambaquant-w8a8", "--calib",
+                    need(DATA_DIR / "text" / "wikitext2_val_sample.jsonl"), "--calib-samples", "2", "--calib-seq-len",
+                    "32")
 
 
 @pytest.fixture
@@ -109,7 +119,8 @@ def test_build_bad_shapes(fp32_out, capsys):
     assert "BATCH,SEQUENCE" in capsys.readouterr().err
     assert main(["build", str(fp32_out), "--max-shapes", "1,8"]) == 2
     err = capsys.readouterr().err
-    assert "min <= opt <= max, got min 1,1, opt 1,512, max 1,8" in err and "Shapes(" not in err
+    assert ("min <= opt <= max: the sequence of --opt-shapes (512) is above that of --max-shapes (8); got min 1,1, "
+            "opt 1,512, max 1,8") in err and "Shapes(" not in err
     assert main(["build", str(fp32_out), "--opt-shapes", "0,512"]) == 2
     assert "--opt-shapes: batch and sequence must be >= 1" in capsys.readouterr().err
     # a value starting with '-' reaches the shape check (argparse alone would print its usage text)
@@ -127,6 +138,8 @@ def test_build_dry_run_prints_trtexec(fp32_out, w8_out, no_tensorrt, capsys):
     assert "--fp16" in cmd and "--int8" not in cmd
     assert main(["build", str(w8_out), "--dry-run"]) == 0  # quantized OUTDIR: INT8 on (explicit Q/DQ)
     assert "--int8" in capsys.readouterr().out
+    assert main(["build", str(fp32_out), "--dry-run", "--int8"]) == 2  # a float OUTDIR has no scales for INT8
+    assert "is not quantized, so --int8 has no scales to use" in capsys.readouterr().err
     # the dry run prints the command for the machine that has the plugin library, even where it is not built
     assert main(["build", str(w8_out), "--dry-run", "--plugins", "build/plugins/libmq_trt_plugins.so"]) == 0
     io = capsys.readouterr()
@@ -319,8 +332,9 @@ class _FakeTRT(types.ModuleType):
                 if isinstance(self.network, Network):
                     import onnx
 
+                    fake.log["parsed"] = onnx.load(path, load_external_data=False)
                     self.network.layers = [Layer([o for o in n.output if o not in fake.drop_tensors])
-                                           for n in onnx.load(path, load_external_data=False).graph.node]
+                                           for n in fake.log["parsed"].graph.node]
                 return True
 
         self._registry = Registry()
@@ -411,12 +425,22 @@ def test_build_graph_errors(w8_out, tmp_path, no_tensorrt, capsys):
     assert "BATCH,SEQUENCE" in capsys.readouterr().err
     assert main(["build", str(w8_out), "--graph", "decode", "--opt-shapes", "2", "--dry-run"]) == 0  # batch alone
     assert "--optShapes=input_ids:2x1,conv_state.0:2x" in capsys.readouterr().out
-    old = tmp_path / "old"  # an OUTDIR without the stateful graphs
+    old = tmp_path / "old"  # an OUTDIR copied without its stateful graphs: its manifest lists them
     old.mkdir()
     for f in ("model.onnx", "manifest.json"):
         (old / f).write_bytes((w8_out / f).read_bytes())
     assert main(["build", str(old), "--graph", "prefill", "--dry-run"]) == 2
-    assert f"{old} has no model.prefill.onnx (compile it again" in capsys.readouterr().err
+    assert (f"{old} has no model.prefill.onnx (the prefill graph), which its manifest.json lists: copy it from the "
+            "directory `mq-deploy compile` wrote") in capsys.readouterr().err
+    man = json.loads((old / "manifest.json").read_text())  # a compile that did not write them (an older version)
+    man["files"] = {k: v for k, v in man["files"].items() if "prefill" not in k and "decode" not in k}
+    (old / "manifest.json").write_text(json.dumps(man))
+    assert main(["build", str(old), "--graph", "prefill", "--dry-run"]) == 2
+    assert (f"{old} has no model.prefill.onnx (the prefill graph), and its manifest.json does not list it: compile "
+            "the checkpoint again with this mq-deploy") in capsys.readouterr().err
+    (old / "manifest.json").unlink()  # without a manifest, build cannot tell INT8 from float: refused
+    assert main(["build", str(old), "--dry-run"]) == 2
+    assert f"{old} has no manifest.json: copy it with the graphs" in capsys.readouterr().err
     with pytest.raises(UserError, match="--graph must be one of model, prefill, decode"):
         mtrt.plan_build(w8_out, graph="step", require_plugin_lib=False)
 
@@ -455,43 +479,49 @@ def test_build_validation_engine_marks_the_tensors_before_quantization(w8_out, f
     assert "no polygraphy equivalent" in capsys.readouterr().err
 
 
-def test_validation_engine_of_fused_hadamards_parses_an_unfused_copy(tmp_path, monkeypatch, capsys):
+def test_validation_engine_of_fused_hadamards_marks_their_dequantized_codes(mq_out, tmp_path, monkeypatch, capsys):
     """A MambaQuant OUTDIR's Hadamards write int8 (their QuantizeLinear fused, graph/fuse_scan_quant.py): the
-    deployment engine parses model.onnx as it is, the validation engine a temporary copy beside it (its weights
-    resolve) in which each Hadamard writes float again, so that the value before that QuantizeLinear exists to be
-    marked; the copy is gone afterwards."""
-    out = _compile(tmp_path / "mq", "--recipe", "mambaquant-w8a8", "--calib", need(DATA_DIR / "text" /
-                   "wikitext2_val_sample.jsonl"), "--calib-samples", "2", "--calib-seq-len", "32")
+    deployment engine parses model.onnx as it is; the validation engine a temporary copy beside it (its weights
+    resolve) in which each Hadamard still writes int8, as deployed, and a DequantizeLinear of its codes makes the
+    tensor named as the node, which is marked with the other quantizer inputs; the copy is gone afterwards."""
+    out = mq_out
     fake = _FakeTRT(log := {})
     monkeypatch.setitem(sys.modules, "tensorrt", _trt(fake))
     lib = tmp_path / "libmq_trt_plugins.so"
     lib.write_bytes(b"")
-    graph = onnx.load(str(out / "model.onnx"), load_external_data=False)
-    fused = [n.name for n in graph.graph.node if n.op_type == "Hadamard" and any(a.name == "out_scale" and a.f
-                                                                                for a in n.attribute)]
-    assert len(fused) == 8
-    want = quantized_tensors(graph)
-    assert set(fused) <= set(want)
-    assert main(["build", str(out), "-q", "--plugins", str(lib), "-o", str(tmp_path / "m.engine")]) == 0
-    assert log["onnx"] == str(out / "model.onnx")
-    log.clear()
-    rc = main(["build", str(out), "--validation-engine", "--plugins", str(lib), "-o", str(tmp_path / "v.engine")])
-    cap = capsys.readouterr()
-    assert rc == 0, cap.err
-    assert log["marked"] == want and "writes int8 itself" in cap.err
-    parsed = Path(log["onnx"])
-    assert parsed.parent == out and parsed != out / "model.onnx" and not parsed.exists()
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary left in OUTDIR
-    for graph in ("prefill", "decode"):  # the stateful graphs' Hadamards are fused too: their copy the same way
+    for graph, file in (("model", "model.onnx"), ("prefill", "model.prefill.onnx"), ("decode", "model.decode.onnx")):
+        g = onnx.load(str(out / file), load_external_data=False)
+        fused = {n.name: list(n.output) for n in g.graph.node if n.op_type == "Hadamard" and any(
+            a.name == "out_scale" and a.f for a in n.attribute)}
+        want = sorted(validation_marks(g))  # each quantized tensor, and each fused Hadamard's float twin
+        assert len(fused) == 8 and set(fused) <= set(want) and {f"{t}::float" for t in fused} <= set(want)
+        assert len(want) == len(quantized_tensors(g)) + 8
+        log.clear()
+        assert main(["build", str(out), "-q", "--graph", graph, "--plugins", str(lib), "-o",
+                     str(tmp_path / "m.engine")]) == 0
+        assert log["onnx"] == str(out / file) and "marked" not in log
         log.clear()
         rc = main(["build", str(out), "--graph", graph, "--validation-engine", "--plugins", str(lib), "-o",
                    str(tmp_path / f"{graph}.engine")])
         cap = capsys.readouterr()
-        g = onnx.load(str(out / f"model.{graph}.onnx"), load_external_data=False)
-        assert rc == 0 and log["marked"] == quantized_tensors(g) and "writes int8 itself" in cap.err, cap.err
-        assert f"validate --graph {graph} --engine {tmp_path / f'{graph}.engine'}" in cap.err
-        assert Path(log["onnx"]).name.startswith(f".model.{graph}.unfused-") and not Path(log["onnx"]).exists()
-        assert sum(n.op_type == "Hadamard" for n in g.graph.node) == 8
+        assert rc == 0, cap.err
+        assert log["marked"] == want and "its 8 Hadamard layers write int8 as deployed" in cap.err
+        assert f"the {len(quantized_tensors(g))} tensors before its QuantizeLinear nodes are outputs" in cap.err
+        if graph != "model":
+            assert f"validate --graph {graph} --engine {tmp_path / f'{graph}.engine'}" in cap.err
+        parsed = Path(log["onnx"])
+        assert parsed.parent == out and parsed.name.startswith(f".{Path(file).stem}.codes-") and not parsed.exists()
+        nodes = log["parsed"].graph.node
+        for name, codes in fused.items():  # still fused, its codes dequantized under the node's name, and a twin
+            (h,) = [n for n in nodes if n.name == name]
+            assert list(h.output) == codes and any(a.name == "out_scale" and a.f for a in h.attribute)
+            (dq,) = [n for n in nodes if list(n.output) == [name]]
+            assert dq.op_type == "DequantizeLinear" and dq.input[0] == codes[0]
+            (twin,) = [n for n in nodes if list(n.output) == [f"{name}::float"]]
+            assert twin.op_type == "Hadamard" and list(twin.input) == list(h.input)
+            assert not any(a.name == "out_scale" and a.f for a in twin.attribute)
+        assert len(nodes) == len(g.graph.node) + 16
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary left in OUTDIR
     fake.parse_errors = ["broken"]  # a failed parse removes the copy too
     assert main(["build", str(out), "-q", "--validation-engine", "--plugins", str(lib), "-o",
                  str(tmp_path / "w.engine")]) == 2
@@ -781,18 +811,27 @@ class _FakeRuntimeTRT(_FakeTRT):
                                             else None})
 
 
-def _stand_in_engine(monkeypatch, tmp_path, outdir, c_scale=1.0, marked=True, noise=0.0):
+def _stand_in_engine(monkeypatch, tmp_path, outdir, c_scale=1.0, marked=True, noise=0.0, kernel_scale=1.0):
     """An engine for validate where TensorRT is absent: model.onnx with fp16 storage of its float tensors
     (fp16_stand_in) on the CPU kernels, `c_scale` times the C scale in one scan node, and (`marked`) the
-    tensors before its QuantizeLinear nodes as outputs, as a validation engine has them; `noise`: fp16_stand_in's."""
+    tensors before its QuantizeLinear nodes as outputs, as a validation engine has them (a fused Hadamard's: its
+    codes, dequantized); `noise`: fp16_stand_in's; `kernel_scale`: the second fused Hadamard's kernel rounds with that
+    times its out_scale (its codes still read with out_scale)."""
     monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT({})))
     lib, engine = tmp_path / "libmq_trt_plugins.so", tmp_path / "m.engine"
     lib.write_bytes(b"")
     engine.write_bytes(b"ENGINE")
-    g = fp16_stand_in(onnx.load(str(outdir / "model.onnx")), noise=noise)
+    plugin = onnx.load(str(outdir / "model.onnx"))
+    g = fp16_stand_in(plugin, noise=noise)
     next(a for a in [n for n in g.graph.node if n.op_type == "SelectiveScan"][1].attribute
          if a.name == "C_scale").f *= c_scale
-    runner = OrtRunner(g, extra_outputs=quantized_tensors(g) if marked else ())
+    if kernel_scale != 1.0:
+        fused = [n.name for n in plugin.graph.node if hadamard_out_scale(n)]
+        div = next(n for n in g.graph.node if n.output[0] == f"{fused[1]}::steps")  # the stand-in's rounding
+        s = next(float(numpy_helper.to_array(t)) for t in g.graph.initializer if t.name == div.input[1])
+        g.graph.initializer.append(numpy_helper.from_array(np.asarray(s * kernel_scale, np.float32), "kernel_scale"))
+        div.input[1] = "kernel_scale"
+    runner = OrtRunner(g, extra_outputs=validation_marks(plugin) if marked else ())
     monkeypatch.setattr(mval, "_trt_direct", lambda path, lib, feed: runner.run(dict(feed)))
     return dict(engine=str(engine), plugin_lib=str(lib), use_polygraphy=False)
 
@@ -837,6 +876,53 @@ def test_validate_follows_a_validation_engine_and_a_scale_error_fails(w8_out, tm
     assert {(r["reference"], r["test"]): r for r in tight.pairs}[("portable=", "tensorrt")]["limit"] == 1e-9
     assert not tight.ok and tight.steps["ok"]  # the logits row fails, and the report says no quantizer input is off
     assert "every quantizer input matches: the logits differ in the layers after" in mval.format_report(tight)
+
+
+def test_validate_checks_a_fused_hadamards_codes_against_its_float_twin(mq_out, tmp_path, monkeypatch):
+    """A MambaQuant OUTDIR's validation engine marks each fused Hadamard's int8 codes (dequantized) and a float twin's
+    output: validate follows the codes (`portable=`), checks the layer on the twin as before (a scan's C_scale 1 % off
+    still fails at its out_hadamard) and the kernel's codes against the twin's (a kernel rounding with a 0.3 % wrong
+    scale fails there, naming the kernel, which an unfused Hadamard's float output could not show at all)."""
+    from mq_deploy.graph.fuse_scan_quant import float_twin
+
+    had = [f"layers.{i}/out_hadamard" for i in range(8)]
+    rep = mval.validate(mq_out, seq=64, **_stand_in_engine(monkeypatch, tmp_path, mq_out))
+    assert rep.ok, mval.format_report(rep)
+    f = {(r["reference"], r["test"]): r for r in rep.pairs}[("portable=", "tensorrt")]
+    assert f["ok"] and f["max_rel"] < 2e-3
+    per = rep.steps["per_tensor"]
+    assert set(had) <= set(per) and not any(float_twin(t) in per for t in had)  # a twin stands for its point
+    for t in had:  # the twin's float value: fp16 rounding apart, as any quantizer input
+        assert 0 < per[t][0] < 0.05 and per[t][1] < 0.5 and abs(per[t][2]) < 2e-4, (t, per[t])
+    fu = rep.fused
+    assert fu["ok"] and fu["tensors"] == 8 and list(fu["per_tensor"]) == had and fu["window_steps"] == 0.1
+    assert fu["twin_rel"] == 2.0 ** -9
+    assert all(v[0] == 0 and v[2] == 0 and v[1] <= 1 for v in fu["per_tensor"].values())
+    assert any(v[1] == 1 for v in fu["per_tensor"].values())  # a few near-boundary codes do differ: let through
+    text = mval.format_report(rep)
+    assert "fused Hadamard codes      8 kernels against their float twins: worst 0% of codes differ clear" in text
+    assert json.loads(json.dumps(rep.to_dict()))["fused"] == fu
+    bad = mval.validate(mq_out, seq=64, **_stand_in_engine(monkeypatch, tmp_path, mq_out, kernel_scale=1.003))
+    assert not bad.ok and bad.steps["ok"]  # every layer right on the twin: only the kernel's rounding is off
+    fu = bad.fused
+    assert not fu["ok"] and fu["worst"]["tensor"] == had[1] and fu["worst"]["share"] > 2e-3
+    assert all(v[2] == 0 for t, v in fu["per_tensor"].items() if t != had[1])
+    text = mval.format_report(bad)
+    assert "FAIL" in text.splitlines()[-3] and f"the fused Hadamard {had[1]} rounds otherwise than its float twin" in text
+    scan = mval.validate(mq_out, seq=64, **_stand_in_engine(monkeypatch, tmp_path, mq_out, c_scale=1.01))
+    st = scan.steps  # a scan's error: the layer after it fails on the twin, the kernel agrees with its twin
+    assert not scan.ok and scan.fused["ok"] and st["first_over"]["tensor"] == had[1] and st["first_over"]["gain"] > 2e-3
+    # a validation engine of an earlier version (its Hadamards unfused: the float value under the point's name, no
+    # twins) is still checked on those float values, with no fused line
+    kw = _stand_in_engine(monkeypatch, tmp_path, mq_out)
+    new = mval._trt_direct
+    monkeypatch.setattr(mval, "_trt_direct", lambda path, lib, feed: {
+        k: (v if k not in had else got[float_twin(k)]) for got in [new(path, lib, feed)] for k, v in got.items()
+        if not k.endswith("::float")})
+    old = mval.validate(mq_out, seq=64, **kw)
+    assert old.ok and old.fused is None and "fused Hadamard codes" not in mval.format_report(old)
+    assert set(old.steps["per_tensor"]) == set(rep.steps["per_tensor"])
+    assert all(abs(old.steps["per_tensor"][t][2] - rep.steps["per_tensor"][t][2]) < 1e-4 for t in had)
 
 
 def test_validate_quantized_deployment_engine_is_gated_directly_and_told_of_the_validation_engine(
@@ -944,6 +1030,41 @@ def _scale_initializer(g, name, f):
 
 
 @pytest.mark.parametrize("graph", ["prefill", "decode"])
+def test_validate_a_stateful_validation_engine_checks_its_fused_hadamards(mq_out, tmp_path, monkeypatch, graph):
+    """The prefill / decode graphs of a MambaQuant OUTDIR fuse out_proj's QuantizeLinear into the Hadamard too: their
+    validation engine's kernel codes are followed and held to the float twins' rounding, so a kernel rounding with a
+    1 % wrong scale fails on that line alone (every layer right on its twin), in the decode step's one token a row."""
+    from mq_deploy.graph.fuse_scan_quant import float_twin
+
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT({})))
+    lib, engine = tmp_path / "libmq_trt_plugins.so", tmp_path / f"model.{graph}.validate.engine"
+    lib.write_bytes(b"")
+    engine.write_bytes(b"ENGINE")
+    plain = onnx.load(str(mq_out / f"model.{graph}.onnx"))
+
+    def report(kernel_scale=1.0):
+        g = fp16_stand_in(plain)
+        if kernel_scale != 1.0:
+            div = next(n for n in g.graph.node if n.output[0] == "layers.1/out_hadamard::steps")
+            s = next(float(numpy_helper.to_array(t)) for t in g.graph.initializer if t.name == div.input[1])
+            g.graph.initializer.append(numpy_helper.from_array(np.asarray(s * kernel_scale, np.float32), "k"))
+            div.input[1] = "k"
+        runner = OrtRunner(g, extra_outputs=validation_marks(plain))
+        monkeypatch.setattr(mval, "_trt_direct", lambda path, lib_, feed: runner.run(dict(feed)))
+        return mval.validate(mq_out, graph=graph, batch=3, seq=20, engine=str(engine), plugin_lib=str(lib),
+                             use_polygraphy=False)
+
+    assert {float_twin(f"layers.{i}/out_hadamard") for i in range(8)} <= set(validation_marks(plain))
+    rep = report()
+    assert rep.ok and rep.steps["ok"] and rep.fused["ok"], mval.format_report(rep)
+    assert rep.fused["tensors"] == 8 and rep.fused["worst"]["count"] == 0
+    bad = report(1.01)
+    assert not bad.ok and bad.steps["ok"] and not bad.fused["ok"], mval.format_report(bad)
+    assert bad.fused["worst"]["tensor"] == "layers.1/out_hadamard" and bad.fused["worst"]["share"] > 1e-2
+    assert "the fused Hadamard layers.1/out_hadamard rounds otherwise than its float twin" in mval.format_report(bad)
+
+
+@pytest.mark.parametrize("graph", ["prefill", "decode"])
 def test_validate_a_stateful_validation_engine_layer_by_layer(w8_out, tmp_path, monkeypatch, capsys, graph):
     """A quantized OUTDIR's validation engine of the prefill / decode graph (`build --graph G --validation-engine`:
     the tensors before its QuantizeLinear nodes as outputs too) is checked as model.onnx's is: the portable graph on
@@ -961,10 +1082,11 @@ def test_validate_a_stateful_validation_engine_layer_by_layer(w8_out, tmp_path, 
               if o.name != "logits"]
 
     def report(change=None, after=lambda o: o, **kw):
-        g = fp16_stand_in(onnx.load(str(w8_out / f"model.{graph}.onnx")))
+        plain = onnx.load(str(w8_out / f"model.{graph}.onnx"))
+        g = fp16_stand_in(plain)
         if change is not None:
             change(g)
-        runner = OrtRunner(g, extra_outputs=quantized_tensors(g))
+        runner = OrtRunner(g, extra_outputs=validation_marks(plain))
 
         def run(path, lib_, feed):
             assert path == str(engine)
@@ -1048,7 +1170,11 @@ def test_validate_graph_errors(fp32_out, tmp_path, capsys):
     for f in ("model.onnx", "model.portable.onnx", "manifest.json"):
         (old / f).write_bytes((fp32_out / f).read_bytes())
     assert main(["validate", str(old), "--graph", "prefill"]) == 2
-    assert "has no model.prefill.portable.onnx (the stateful graphs): compile it again" in capsys.readouterr().err
+    assert "has no model.prefill.portable.onnx (a stateful graph), which its manifest.json lists: copy it" in (
+        capsys.readouterr().err)
+    (old / "model.portable.onnx").unlink()
+    assert main(["validate", str(old)]) == 2
+    assert "has no model.portable.onnx, which its manifest.json lists: copy it" in capsys.readouterr().err
 
 
 def test_validate_engine_without_polygraphy_or_cuda_is_a_user_error(fp32_out, tmp_path, monkeypatch):

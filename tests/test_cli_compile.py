@@ -143,6 +143,24 @@ def test_refuses_to_replace_foreign_directory(tiny, tmp_path):
     assert (out / "precious.txt").read_text() == "keep me"
 
 
+def test_recompiling_says_what_the_old_outdir_loses(tiny, tmp_path):
+    """Compiling into an OUTDIR of an earlier compile replaces it whole: engines built from it go too (they would be
+    stale), and one warning line names them, even with -q; a recompile that drops nothing says nothing."""
+    _, hf_dir, _ = tiny
+    out = tmp_path / "out"
+    assert run_cli("compile", hf_dir, "-o", out, "-q").returncode == 0
+    r = run_cli("compile", hf_dir, "-o", out, "-q")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    for name in ("model.engine", "model.decode.engine", "validate.txt"):
+        (out / name).write_bytes(b"built on the device")
+    r = run_cli("compile", hf_dir, "-o", out, "-q")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == [f"warning: replacing {out} removes model.decode.engine, model.engine, "
+                                     "validate.txt, which this compile did not write (engines and files made from "
+                                     "the old graphs: build them again)"]
+    assert not (out / "model.engine").exists() and (out / "manifest.json").is_file()
+
+
 def test_help_on_every_command():
     for args in (["--help"], ["compile", "--help"], ["eval", "--help"]):
         r = run_cli(*args)

@@ -7,8 +7,9 @@ from onnx import TensorProto, helper
 
 from mq_deploy.backends.ort import OrtRunner
 from mq_deploy.graph.follow import (ENGINE_FOLLOW_STEPS, compare_following, follow_name, follower, fp16_stand_in,
-                                    quantized_tensors, roundings_taken)
-from mq_deploy.graph.fuse_scan_quant import fuse_scan_quant
+                                    fused_code_differences, quantized_tensors, quantizer_params, roundings_taken,
+                                    validation_marks)
+from mq_deploy.graph.fuse_scan_quant import float_twin, fuse_hadamard_quant, fuse_scan_quant, hadamard_out_scale
 from mq_deploy.graph.lower import lower_selective_scan
 from mq_deploy.graph.mamba_lm import build_lm_graph
 from mq_deploy.model import MambaConfig, random_model
@@ -50,6 +51,20 @@ def test_follower_window_in_steps_for_an_engine():
     assert roundings_taken(g, {"x": x}, {"x": x + 1e-5}, ENGINE_FOLLOW_STEPS) == 0  # same codes: nothing taken
     with pytest.raises(ValueError, match="steps must be > 0"):
         follower(g, steps=0.0)
+
+
+def test_follower_takes_rounded_values_half_a_step_further():
+    """A tensor in `codes` is fed values already rounded (a validation engine's dequantized codes of a fused Hadamard):
+    taken where x lies within the window of the boundary next to them, i.e. within window + 1/2 step of them."""
+    g = _qdq_graph(0.5)
+    f = follower(g, steps=ENGINE_FOLLOW_STEPS, codes={"x"})
+    x = np.array([0.2499, 0.1500, 0.7400, 0.8500], np.float32)  # steps 0.4998, 0.3, 1.48, 1.7: codes 0, 0, 1, 2
+    other = np.full(4, 0.5, np.float32)  # code 1: 0.5002, 0.7, 0.52, 0.7 steps away
+    y = OrtRunner(f).run({"x": x, follow_name("x"): other})["y"]
+    np.testing.assert_array_equal(y, [0.5, 0.0, 0.5, 1.0])  # taken; 0.2 step short of the boundary: not taken;
+    # the same code; 0.2 step past the boundary beyond: not taken
+    assert roundings_taken(g, {"x": x}, {"x": other}, ENGINE_FOLLOW_STEPS, codes={"x"}) == 1
+    assert roundings_taken(g, {"x": x}, {"x": other}, ENGINE_FOLLOW_STEPS) == 0  # as floats: all beyond 0.1 step
 
 
 def test_follower_refuses_a_graph_without_quantization():
@@ -99,3 +114,31 @@ def test_fp16_stand_in_keeps_the_names_and_moves_values_by_fp16_rounding(flavour
     assert 0 < d.max() < 2e-3
     for t in tensors:
         assert b[t].shape == a[t].shape
+
+
+def test_fp16_stand_in_of_fused_hadamards_marks_their_codes_and_float_twins(flavours):
+    """With each Hadamard's QuantizeLinear fused (the TensorRT flavour as compiled), the stand-in gives what a validation
+    engine marks: the fused Hadamard's tensor is its kernel's int8 codes dequantized (rounded from its fp32 value, on
+    the grid, within the int8 range) and `float_twin` of it the fp16 value; its quantizers stay the model's, and the
+    codes differ from the twin's only within a tenth of a step of a boundary."""
+    plugin = fuse_hadamard_quant(flavours[0])
+    fused = {n.name: hadamard_out_scale(n) for n in plugin.graph.node if hadamard_out_scale(n)}
+    assert len(fused) == 4
+    stand_in = fp16_stand_in(plugin)
+    assert quantized_tensors(stand_in) == quantized_tensors(plugin)
+    marks = validation_marks(plugin)
+    assert marks == quantized_tensors(plugin) + [float_twin(t) for t in sorted(fused)]
+    feeds = {"input_ids": np.random.default_rng(5).integers(0, 257, size=(2, 33))}
+    b = OrtRunner(stand_in, extra_outputs=marks).run(feeds)
+    for t, s in fused.items():
+        codes = b[t].astype(np.float64) / np.float32(s)
+        k = np.rint(codes)
+        assert np.abs(codes - k).max() < 1e-4 and -128 <= k.min() <= k.max() <= 127
+        assert len(np.unique(k)) > 20  # not all zero or saturated
+        twin = b[float_twin(t)]
+        assert np.array_equal(twin, twin.astype(np.float16).astype(np.float32))  # fp16 values
+        assert np.abs(np.clip(twin / np.float32(s), -128, 127) - codes).max() <= 0.55  # the twin's, rounded (fp16)...
+    diff = fused_code_differences(plugin, {t: b[t] for t in fused}, {t: b[float_twin(t)] for t in fused})
+    assert list(diff) == [t for t in quantizer_params(plugin) if t in fused]
+    assert all(v[0] == 0 and v[2] == 0 for v in diff.values())  # ... but near a boundary, where fp16 moved them
+    assert any(v[1] == 1 for v in diff.values())

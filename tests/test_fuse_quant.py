@@ -13,8 +13,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mq_deploy.backends.ort import OrtRunner
 from mq_deploy.graph.builder import OPSET
-from mq_deploy.graph.follow import follow_name, follower, quantized_tensors, quantizer_params
-from mq_deploy.graph.fuse_scan_quant import fuse_hadamard_quant, unfuse_hadamard_quant
+from mq_deploy.errors import UserError
+from mq_deploy.graph.follow import follow_name, follower, fused_code_differences, quantized_tensors, quantizer_params
+from mq_deploy.graph.fuse_scan_quant import (dequantize_hadamard_codes, float_twin, fuse_hadamard_quant,
+                                              unfuse_hadamard_quant)
 from mq_deploy.ops.ort_kernels import PLUGIN_DOMAIN
 from mq_deploy.loaders import BUNDLED_DIR
 from mq_deploy.ops.plugin_fields import FIELDS, fields_of, node_attrs
@@ -129,6 +131,44 @@ def test_leaves_a_hadamard_with_a_second_reader():
     m = _graph()
     _by_name(m)["g/Q"].input[0] = "x"  # a QuantizeLinear, but not of g (g's only reader is now the graph output)
     assert not _g_fused(m)
+
+
+def test_dequantized_codes_keep_the_fusion_beside_a_float_twin():
+    """What a validation engine is built from: each fused Hadamard still writes int8; a DequantizeLinear of its codes
+    writes the tensor named as the node (the quantization point), which then holds exactly the value its quantizer
+    rounded to, and a float twin on the same input writes `float_twin(point)`, the value before; the graph's outputs
+    are unchanged, a node without a float name gets a fresh one, and a graph that has the twin's name is refused."""
+    f = fuse_hadamard_quant(_graph(h_name="hadamard_node"))
+    d = onnx.ModelProto()
+    d.CopyFrom(f)
+    assert dequantize_hadamard_codes(d) == 1 and dequantize_hadamard_codes(onnx.ModelProto()) == 0
+    by = _by_name(d)
+    assert fields_of(by["h"])["out_scale"] == pytest.approx(0.05) and list(by["h"].output) == ["h/q"]  # still fused
+    (dq,) = [n for n in d.graph.node if n.op_type == "DequantizeLinear" and list(n.output) == ["h"]]
+    (twin,) = [n for n in d.graph.node if list(n.output) == [float_twin("h")]]
+    assert dq.input[0] == "h/q" and twin.op_type == "Hadamard" and list(twin.input) == list(by["h"].input)
+    assert fields_of(twin)["out_scale"] == 0.0 and fields_of(twin)["n"] == N
+    assert len(d.graph.node) == len(f.graph.node) + 2
+    assert [o.name for o in d.graph.output] == [o.name for o in f.graph.output]
+    x = np.random.default_rng(1).standard_normal((2, 5, N)).astype(np.float32) * 4
+    a = _run(f, x, "native")  # "h": the float output (the CPU path unfuses)
+    b = OrtRunner(d, plugins="native", extra_outputs=["h", float_twin("h")]).run({"x": x})
+    assert all(np.array_equal(a[k], b[k]) for k in ("y", "z", "g")) and np.array_equal(b[float_twin("h")], a["h"])
+    codes = np.clip(np.rint(a["h"] / np.float32(0.05)), -128, 127)
+    assert np.array_equal(b["h"], (codes * np.float32(0.05)).astype(np.float32)) and not np.array_equal(b["h"], a["h"])
+    assert np.array_equal(b["h"], b["y"])  # the value out_proj's DequantizeLinear reads
+    diff = fused_code_differences(f, {"h": b["h"]}, {"h": b[float_twin("h")]})
+    assert diff == {"h": (0.0, 0.0, 0)}  # the twin rounded is the codes (the same fp32 value here)
+    e = onnx.ModelProto()
+    e.CopyFrom(f)
+    e.graph.node[1].name = ""  # a tool cleared the node's name: the dequantized codes get a name of their own
+    assert dequantize_hadamard_codes(e) == 1
+    assert [n.output[0] for n in e.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "h/q"
+            and n.name.endswith("/out_DQ")] == ["h/q::float"]
+    f.graph.node[0].output[0] = float_twin("h")  # the twin's name taken: refused, not a tensor written twice
+    f.graph.node[1].input[0] = float_twin("h")
+    with pytest.raises(UserError, match="already has a tensor 'h::float'"):
+        dequantize_hadamard_codes(f)
 
 
 def test_unfuse_names_a_taken_float_output_afresh():

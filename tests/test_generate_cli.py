@@ -71,7 +71,8 @@ def test_generate_outdir_without_decode_graphs(outdir, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(outdir, old)
     (old / "model.decode.portable.onnx").unlink()
-    assert_user_error(run_cli("generate", old, "--prompt", "hi"), "no model.decode.portable.onnx", "recompile")
+    assert_user_error(run_cli("generate", old, "--prompt", "hi"), "no model.decode.portable.onnx",
+                      "which its manifest.json lists: copy it")
     assert_user_error(run_cli("generate", tmp_path / "missing", "--prompt", "hi"), "is not a directory")
     lean = tmp_path / "lean"  # what generation needs, and nothing else (no model.onnx): it generates
     lean.mkdir()

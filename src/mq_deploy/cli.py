@@ -34,7 +34,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     m = compile_model(args.model, args.recipe, args.output, tokenizer=args.tokenizer, force=args.force,
                       calib=args.calib, calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len,
                       report_passes=args.report_passes,
-                      progress=not args.quiet, log=(lambda s: None) if args.quiet else _log)
+                      progress=not args.quiet, log=(lambda s: None) if args.quiet else _log,
+                      warn=lambda s: _log(f"warning: {s}"))  # even with -q
     if args.json:
         print(json.dumps(m))
     return 0
@@ -194,10 +195,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, markdown_table, save
     from .compile import calibration_data
     from .eval.tokenizer import TextTokenizer
-    from .loaders import load_model
+    from .loaders import load_model, resolve_model_dir
     from .recipes import check_family, load_recipe
     from .vision.model import is_vim_dir
 
+    resolve_model_dir(args.model)  # a missing model directory is said as such, not as a recipe of the wrong family
     vim = bool(args.model) and is_vim_dir(args.model)
     default_tasks = "fashion_mnist" if vim else "wikitext2"
     tasks = [t for t in (args.tasks if args.tasks is not None else default_tasks).split(",") if t]
@@ -451,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "shapes only")
     b.add_argument("--plugins", metavar="LIB", help="plugin library, build/plugins/libmq_trt_plugins.so "
                                                     "(default: $MQ_DEPLOY_PLUGINS)")
-    b.add_argument("--int8", action="store_true", help="allow INT8 (on by default for a quantized OUTDIR)")
+    b.add_argument("--int8", action="store_true",
+                   help="allow INT8 (on by default for a quantized OUTDIR; refused for a float one: no scales)")
     b.add_argument("--fp16", action="store_true", help="allow FP16 kernels for the float layers (the RMSNorm layers "
                                                        "stay fp32: their squares overflow fp16 on trained models)")
     b.add_argument("--strongly-typed", action="store_true",

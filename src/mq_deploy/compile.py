@@ -264,17 +264,20 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
                   tokenizer: Optional[str] = None, force: bool = False, calib: Optional[str] = None,
                   calib_samples: Optional[int] = None, calib_seq_len: Optional[int] = None, progress: bool = True,
                   report_passes: Optional[bool] = None,
-                  log: Callable[[str], None] = lambda s: None) -> dict:
-    """Compile a checkpoint with a recipe into OUTDIR; returns the manifest."""
+                  log: Callable[[str], None] = lambda s: None, warn: Optional[Callable[[str], None]] = None) -> dict:
+    """Compile a checkpoint with a recipe into OUTDIR; returns the manifest. `warn` (default `log`): what replacing
+    an OUTDIR removes."""
+    warn = log if warn is None else warn
     if calib_samples is not None and calib_samples < 1 or calib_seq_len is not None and calib_seq_len < 2:
         raise UserError("--calib-samples must be >= 1 and --calib-seq-len >= 2")  # whether the recipe calibrates or not
+    resolve_model_dir(model_path)  # a missing or wrong directory first: one line, before any recipe check or progress
     if model_path is not None:
         from .vision.model import is_vim_dir
 
         if is_vim_dir(model_path):  # Vision Mamba: pixel_values -> logits
             from .vision.compile import compile_vim
 
-            return compile_vim(model_path, recipe_name, out_dir, force=force, calib=calib,
+            return compile_vim(model_path, recipe_name, out_dir, force=force, calib=calib, warn=warn,
                                calib_samples=calib_samples, log=log)
     t0 = time.time()
     recipe: Recipe = load_recipe(recipe_name)  # validate cheap inputs before any heavy work
@@ -285,9 +288,8 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         raise UserError(f"tokenizer file not found: {tokenizer}")
     if calib is not None and not Path(calib).is_file():
         raise UserError(f"calibration file not found: {calib}")
-    resolve_model_dir(model_path)  # a missing or wrong directory is one line, before the progress lines
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir, force=force) as tmp:
+    with atomic_dir(out_dir, force=force, warn=warn) as tmp:
         log(f"loading {'the bundled model' if model_path is None else model_path}")
         model = load_model(model_path)
         c = model.config

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 
 from .errors import UserError
-from .outdir import read_manifest
+from .outdir import missing_file, read_manifest
 
 FLAVOURS = {"portable": ".portable.onnx", "plugin": ".onnx", "tensorrt": ".engine"}
 DEFAULT_MAX_PROMPT_TOKENS = 2048
@@ -105,8 +105,7 @@ def outdir_graphs(outdir: str | Path, flavour: str = "portable") -> tuple[Path, 
             raise UserError(f"{out} has no {p.name}: build the engines on this machine first, `mq-deploy build {out} "
                             f"--graph prefill --plugins LIB` and `... --graph decode ...`")
         if not p.is_file():
-            raise UserError(f"{out} has no {p.name} (the stateful graphs generation needs); it was compiled by an "
-                            f"older mq-deploy: recompile it with `mq-deploy compile ... -o {out}`")
+            raise missing_file(out, read_manifest(out), p.name, "a stateful graph generation needs")
     return paths
 
 

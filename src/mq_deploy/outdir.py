@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from .errors import UserError
 
@@ -24,7 +25,8 @@ def read_manifest(out_dir: str | Path, required: bool = True) -> dict:
     if not path.is_file():
         if not required:
             return {}
-        raise UserError(f"{out} has no {MARKER}; it is not an `mq-deploy compile` output directory")
+        raise UserError(f"{out} has no {MARKER}: copy it with the graphs (it says whether the model is quantized and "
+                        "what it needs), or pass an `mq-deploy compile` output directory")
     try:
         manifest = json.loads(path.read_text())
     except ValueError as e:
@@ -51,8 +53,9 @@ def check_target(out_dir: Path, force: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(out_dir: str | Path, force: bool = False):
-    """Yield a temporary directory; on success it replaces `out_dir`, on failure it is removed."""
+def atomic_dir(out_dir: str | Path, force: bool = False, warn: Callable[[str], None] = lambda s: None):
+    """Yield a temporary directory; on success it replaces `out_dir` (`warn` is told the files of the old one the new
+    one does not have, such as engines built from it, which go with it), on failure it is removed."""
     out_dir = Path(out_dir).expanduser()
     check_target(out_dir, force)
     parent = out_dir.resolve().parent
@@ -69,6 +72,11 @@ def atomic_dir(out_dir: str | Path, force: bool = False):
     try:
         yield tmp
         old = None
+        gone = sorted(set(os.listdir(out_dir)) - set(os.listdir(tmp))) if out_dir.is_dir() else []
+        if gone:
+            shown = ", ".join(gone[:6]) + (f" and {len(gone) - 6} more" if len(gone) > 6 else "")
+            warn(f"replacing {out_dir} removes {shown}, which this compile did not write (engines and files made "
+                 "from the old graphs: build them again)")
         if out_dir.exists():
             old = parent / f".{out_dir.name}.old-{os.getpid()}"
             os.replace(out_dir, old)
@@ -78,3 +86,15 @@ def atomic_dir(out_dir: str | Path, force: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def missing_file(out_dir: str | Path, manifest: dict, name: str, what: str = "") -> UserError:
+    """The error for OUTDIR/name missing: if manifest.json lists it, the compile wrote it and it was not copied along;
+    otherwise the OUTDIR comes from a compile (of another version) that did not write it. `what`: what the file is."""
+    out = Path(out_dir)
+    about = f" ({what})" if what else ""
+    if name in (manifest.get("files") or {}):
+        return UserError(f"{out} has no {name}{about}, which its manifest.json lists: copy it from the directory "
+                         "`mq-deploy compile` wrote (with the other files its manifest lists)")
+    return UserError(f"{out} has no {name}{about}, and its manifest.json does not list it: compile the checkpoint "
+                     f"again with this mq-deploy (`mq-deploy compile ... -o {out}`)")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .errors import UserError
-from .outdir import read_manifest
+from .outdir import missing_file, read_manifest
 from .ops import selective_scan as ss
 
 PLUGINS_ENV = "MQ_DEPLOY_PLUGINS"  # default plugin library when --plugins is not given
@@ -69,9 +69,12 @@ class Shapes:
         for name, s in (("min", self.min), ("opt", self.opt), ("max", self.max)):
             if len(s) != 2 or s[0] < 1 or s[1] < 0:
                 raise UserError(f"--{name}-shapes: batch and sequence must be >= 1, got {got}")
-        for a, b in ((self.min, self.opt), (self.opt, self.max)):
-            if a[0] > b[0] or (a[1] and b[1] and a[1] > b[1]):
-                raise UserError(f"shapes must be [batch, sequence] with min <= opt <= max, got {got}")
+        for (na, a), (nb, b) in ((("min", self.min), ("opt", self.opt)), (("opt", self.opt), ("max", self.max))):
+            for k, what in ((0, "batch"), (1, "sequence")):
+                if a[k] and b[k] and a[k] > b[k]:
+                    raise UserError(f"shapes need min <= opt <= max: the {what} of --{na}-shapes ({a[k]}) is above that "
+                                    f"of --{nb}-shapes ({b[k]}); got {got} (a Vim OUTDIR's shapes are batch sizes; "
+                                    f"defaults: --min-shapes 1,1, --opt-shapes 1,512, --max-shapes 8,4096)")
 
     def dims(self, fixed: tuple = ()) -> tuple[tuple, tuple, tuple]:
         """(min, opt, max) of the profile: [batch, sequence], or [batch, *fixed] for an input whose other
@@ -287,7 +290,7 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
                  fp16: bool = False, shapes: Shapes = Shapes(), timing_cache: Optional[str] = None,
                  input_name: str = "input_ids", workspace_gib: float = 4.0, fixed_dims: tuple = (),
                  warn: Callable[[str], None] = lambda s: None, strongly_typed: bool = False,
-                 mark: Sequence[str] = (), fp32: Sequence[str] = (), unfuse_hadamard: bool = False,
+                 mark: Sequence[str] = (), fp32: Sequence[str] = (), hadamard_codes: bool = False,
                  profile: Sequence[tuple] = ()) -> str:
     """Parse onnx_path, load the plugin library, build and write a serialized engine to out_path
     (`fixed_dims`: the input's dimensions after the batch when only the batch is dynamic, e.g. Vim's C, H, W;
@@ -297,9 +300,10 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
     network is created strongly typed and no precision flag is set, so int8 / fp16 must be False; `mark`:
     tensors of the graph to make network outputs too, the validation engine's values before its
     QuantizeLinear nodes; `fp32`: tensors whose layers keep fp32 compute and outputs when FP16 is allowed, the
-    RMSNorm layers of graph/precision.py; `unfuse_hadamard`: parse a copy of the graph whose Hadamard nodes write
-    their float output again, each followed by its QuantizeLinear (graph/fuse_scan_quant.py), as a validation
-    engine of a graph with fused Hadamard quantization needs, to mark the value before that QuantizeLinear)."""
+    RMSNorm layers of graph/precision.py; `hadamard_codes`: parse a copy of the graph in which each Hadamard that
+    writes int8 (its QuantizeLinear fused, as deployed) also has its codes dequantized into a float tensor named as
+    the node and a float twin beside it (graph/fuse_scan_quant.py, dequantize_hadamard_codes), as a validation engine
+    of such a graph marks both)."""
     _check_strongly_typed(strongly_typed, int8, fp16)
     profile = tuple(profile) or ((input_name, *shapes.dims(fixed_dims)),)
     if not os.path.isfile(onnx_path):
@@ -314,7 +318,7 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger)
-    with _unfused_copy(onnx_path) if unfuse_hadamard else contextlib.nullcontext(onnx_path) as parse_path:
+    with _codes_copy(onnx_path) if hadamard_codes else contextlib.nullcontext(onnx_path) as parse_path:
         if not parser.parse_from_file(parse_path):
             errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise UserError(f"TensorRT could not parse {onnx_path}: {errs}")
@@ -344,18 +348,19 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
 
 
 @contextlib.contextmanager
-def _unfused_copy(onnx_path: str):
-    """A temporary copy of onnx_path beside it (so that its external weights resolve) with every fused Hadamard
-    quantization undone (graph/fuse_scan_quant.py, unfuse_hadamard_quant); removed on exit."""
+def _codes_copy(onnx_path: str):
+    """A temporary copy of onnx_path beside it (so that its external weights resolve) in which every fused Hadamard's
+    int8 codes are also dequantized into the tensor named as its node, beside a float twin of it
+    (graph/fuse_scan_quant.py, dequantize_hadamard_codes); removed on exit."""
     import onnx
 
-    from .graph.fuse_scan_quant import unfuse_hadamard_quant
+    from .graph.fuse_scan_quant import dequantize_hadamard_codes
 
     proto = onnx.load(onnx_path, load_external_data=False)
-    unfuse_hadamard_quant(proto)
+    dequantize_hadamard_codes(proto)
     path = Path(onnx_path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.unfused-", suffix=".onnx", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.codes-", suffix=".onnx", dir=path.parent)
     except OSError as e:
         raise UserError(f"a validation engine is built from a copy of {path.name} written beside it (its weights are "
                         f"found relative to it), and {path.parent} refused it: {e}") from None
@@ -408,14 +413,15 @@ def keep_fp32(trt, network, config, names: Sequence[str], what: str = "the netwo
 
 # -- OUTDIR level ---------------------------------------------------------------------------------
 def read_outdir(outdir: str | Path) -> tuple[Path, dict]:
-    """OUTDIR of `mq-deploy compile` → (path of model.onnx, manifest ({} if absent))."""
+    """OUTDIR of `mq-deploy compile` → (path of model.onnx, its manifest: required, since whether the engine is INT8
+    and the vocabulary for polygraphy's inputs come from it)."""
     out = Path(outdir)
     if not out.is_dir():
         raise UserError(f"{out} is not a directory; pass the output directory of `mq-deploy compile`")
     onnx_path = out / "model.onnx"
     if not onnx_path.is_file():
         raise UserError(f"{out} has no model.onnx; pass the output directory of `mq-deploy compile -o OUTDIR`")
-    return onnx_path, read_manifest(out, required=False)
+    return onnx_path, read_manifest(out)
 
 
 def manifest_plugin_nodes(manifest: dict) -> int:
@@ -442,7 +448,7 @@ class BuildPlan:
     strongly_typed: bool = False  # the graph's types decide (int8 and fp16 are then False)
     mark: tuple = ()  # a validation engine: the tensors before the QuantizeLinear nodes, marked as outputs
     fp32: tuple = ()  # with fp16: (layer, tensor) of the RMSNorm layers kept in fp32 (graph/precision.py)
-    unfuse: bool = False  # a validation engine: built from a copy whose Hadamards quantize in a QuantizeLinear again
+    hadamard_codes: bool = False  # a validation engine: built from a copy whose fused Hadamards' codes are dequantized
     graph: str = "model"  # which graph of the OUTDIR (GRAPHS): model.onnx, or the prefill / decode-step graph
     profile: tuple = ()  # ((input, min, opt, max), ...) of every input of the graph (Shapes.profile)
     plugin_nodes: int = 0  # plugin nodes in the graph (the library is required when there are any)
@@ -487,26 +493,31 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
     onnx_path, manifest = read_outdir(outdir)
     if graph != "model":
         onnx_path = onnx_path.with_name(GRAPHS[graph])
+        if not onnx_path.is_file() and manifest_input(manifest)[0] == "pixel_values":
+            raise UserError(f"{outdir} has no {onnx_path.name} (a Vim classifier has no stateful graphs)")
         if not onnx_path.is_file():
-            why = ("a Vim classifier has no stateful graphs" if manifest_input(manifest)[0] == "pixel_values" else
-                   "compile it again with this mq-deploy: language-model OUTDIRs have it")
-            raise UserError(f"{outdir} has no {onnx_path.name} ({why})")
+            raise missing_file(outdir, manifest, onnx_path.name, f"the {graph} graph")
     if validation and not manifest_quantized(manifest):
         raise UserError(f"{outdir} is not quantized: a validation engine is for quantized OUTDIRs (a float "
                         "engine is compared with the graphs directly; build it without --validation-engine)")
-    from .graph.follow import quantized_tensors
-    from .graph.fuse_scan_quant import hadamard_out_scale
+    if int8 and not manifest_quantized(manifest):
+        raise UserError(f"{outdir} is not quantized, so --int8 has no scales to use: its graph has no Q/DQ nodes and "
+                        "mq-deploy does not calibrate inside TensorRT (trtexec --int8 would make up placeholder "
+                        "ranges); compile with a quantized recipe, e.g. `--recipe mambaquant-w8a8`, or drop --int8")
+    from .graph.follow import validation_marks
+    from .graph.fuse_scan_quant import float_twin, hadamard_out_scale
     from .graph.precision import rms_norm_nodes
     from .ops.plugin_fields import plugin_inventory
 
     model = onnx.load(str(onnx_path), load_external_data=False)
-    # a validation engine marks the value before every QuantizeLinear: the Hadamards that quantize their own
-    # output (the deployment engine's fused kernel) write it again, under their node's name, in the unfused copy
-    # it is built from (_unfused_copy)
+    # a validation engine marks the value before every QuantizeLinear; a Hadamard that quantizes its own output
+    # (the deployed fused kernel) keeps doing so, and in the copy the engine is built from (_codes_copy) its codes,
+    # dequantized under the node's name, and the output of a float twin are marked (validate checks the layer on the
+    # twin and the kernel's codes against it)
     fused = {n.name for n in model.graph.node if hadamard_out_scale(n)}
-    unfuse = validation and bool(fused)
-    made = {o for n in model.graph.node for o in n.output} | fused  # a graph input needs no marking
-    mark = tuple(t for t in quantized_tensors(model) if t in made) if validation else ()
+    codes = validation and bool(fused)
+    made = {o for n in model.graph.node for o in n.output} | fused | {float_twin(t) for t in fused}  # (not an input)
+    mark = tuple(t for t in validation_marks(model) if t in made) if validation else ()
     fp32 = tuple((n.name, n.output[0]) for n in rms_norm_nodes(model)) if fp16 else ()
     lib = resolve_plugin_lib(plugin_lib, must_exist=require_plugin_lib)
     vocab = manifest.get("model", {}).get("config", {}).get("vocab_size")
@@ -516,8 +527,8 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
     return BuildPlan(onnx=str(onnx_path), engine=str(engine or Path(outdir) / default), plugin_lib=lib,
                      int8=(int8 or manifest_quantized(manifest)) and not strongly_typed, fp16=fp16, shapes=shapes,
                      timing_cache=timing_cache, vocab=vocab, input_name=name, fixed_dims=fixed,
-                     strongly_typed=strongly_typed, mark=mark, fp32=fp32, unfuse=unfuse, graph=graph, profile=profile,
-                     plugin_nodes=sum(p["count"] for p in plugin_inventory(model)))
+                     strongly_typed=strongly_typed, mark=mark, fp32=fp32, hadamard_codes=codes, graph=graph,
+                     profile=profile, plugin_nodes=sum(p["count"] for p in plugin_inventory(model)))
 
 
 def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
@@ -535,16 +546,20 @@ def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
     if plan.fp32:
         log(f"FP16: the {len(plan.fp32)} RMSNorm layers stay fp32 (their squares overflow fp16)")
     if plan.mark:
-        log(f"validation engine: the {len(plan.mark)} tensors before its QuantizeLinear nodes are outputs too "
-            f"(for `mq-deploy validate{'' if plan.graph == 'model' else f' --graph {plan.graph}'} --engine "
+        from .graph.fuse_scan_quant import float_twin
+
+        twins = [t for t in plan.mark if float_twin(t) in plan.mark]
+        log(f"validation engine: the {len(plan.mark) - len(twins)} tensors before its QuantizeLinear nodes are outputs "
+            f"too (for `mq-deploy validate{'' if plan.graph == 'model' else f' --graph {plan.graph}'} --engine "
             f"{plan.engine}`; not for deployment: extra outputs, other fusions)")
-    if plan.unfuse:
-        log("validation engine: its Hadamard layers write float and a QuantizeLinear layer quantizes, so that the "
-            "value in between is an output (the deployment engine's Hadamard writes int8 itself)")
+        if twins:
+            log(f"validation engine: its {len(twins)} Hadamard layers write int8 as deployed; those outputs are their "
+                "codes, dequantized, and a float twin of each is an output too (the layer is checked on the twin, "
+                "the kernel's codes against it)")
     return build_engine(plan.onnx, plan.engine, plan.plugin_lib, int8=plan.int8, fp16=plan.fp16, shapes=plan.shapes,
                         timing_cache=plan.timing_cache, input_name=plan.input_name, fixed_dims=plan.fixed_dims,
                         warn=warn, strongly_typed=plan.strongly_typed, mark=plan.mark,
-                        fp32=tuple(t for _, t in plan.fp32), unfuse_hadamard=plan.unfuse, profile=plan.profile)
+                        fp32=tuple(t for _, t in plan.fp32), hadamard_codes=plan.hadamard_codes, profile=plan.profile)
 
 
 def _trtexec_shape(name: str, s: tuple) -> str:

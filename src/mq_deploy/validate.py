@@ -35,8 +35,11 @@ its relative scale (the gain of graph/follow.py step_distances) to ENGINE_GAIN_T
 layer` line, which names the first tensor in graph order over either: where the engine computes something else),
 and the logits of `portable= vs tensorrt` to ENGINE_FOLLOW_TOL. The engine's direct rows and `portable~ vs
 tensorrt` (the portable graph taking the engine's rounding only within ENGINE_FOLLOW_STEPS, so that rounding
-differences carry through the scan state) are then reported only. `--graph prefill|decode` compares the stateful
-graphs and their engine the same way (_validate_stateful), a validation engine of that graph layer by layer too.
+differences carry through the scan state) are then reported only. A Hadamard that quantizes its own output (its
+QuantizeLinear fused) is marked twice: its kernel's codes, dequantized, which `portable=` follows, and a float
+twin's output, on which its layer is checked; the codes are held against the twin's rounding (`Report.fused`,
+FUSED_CODES_TOL). `--graph prefill|decode` compares the stateful graphs and their engine the same way
+(_validate_stateful), a validation engine of that graph layer by layer too.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ import numpy as np
 
 from . import trt as mtrt
 from .errors import UserError
-from .graph.follow import ENGINE_FOLLOW_STEPS
+from .graph.follow import ENGINE_FOLLOW_STEPS, TWIN_REL
+from .outdir import missing_file
 
 # Limits on max_rel. Quantized OUTDIRs: two fp32 implementations of the same Q/DQ graph (and the simulation)
 # sum in different orders, so now and then an activation sits within ~1e-7 of a rounding boundary and lands one
@@ -88,6 +92,14 @@ ENGINE_STEP_TOL, ENGINE_GAIN_TOL = 0.1, 5e-4
 # in a conv step's taps 1.1e-2 at x_proj's input (bundled rtn-w8a8 and mamba-ref-29m mambaquant-w8a8:
 # benchmarks/stateful_engine_standin.py --layers [--draws 8], benchmarks/results/stateful_engine_standin.md).
 ENGINE_GAIN_TOL_DECODE = 1.5e-3
+# A validation engine's fused Hadamards (out_proj's QuantizeLinear in the kernel, as deployed) against their float twins
+# on the same input: the share of codes that differ where the twin lies further from a rounding boundary than it can
+# be from the kernel's own fp32 value (graph/follow.py fused_code_differences, TWIN_REL), and no code more than one
+# apart anywhere. The fp16 stand-in (codes rounded from fp32, twin in fp16), correct or noisier: 0 of them on the
+# bundled model, mamba-ref-29m and the Vim at 2x64; one kernel rounding with a 1 % wrong scale: 10 % / 2.8 % / 13 % of
+# its codes, with 0.3 %: 0.51 % / 0.036 % / 0.95 % (mamba-ref-29m's codes are small: 0.3 % of them is within what fp16
+# moves; benchmarks/validate_engine_follow.py, benchmarks/results/validate_engine_follow.md).
+FUSED_CODES_TOL = 1e-3
 PLUGIN_FOLLOW_WHAT = ("onnxruntime on model.onnx again, taking model.portable.onnx's side on values within 1/1000 of a "
                       "step of a rounding boundary (graph/follow.py); held to fp32 rounding")
 ENGINE_FOLLOW_WHAT = ("onnxruntime on model.portable.onnx taking the engine's rounding wherever both agree within "
@@ -137,17 +149,22 @@ class Report:
     # mean_steps, max_steps}, worst_gain: {tensor, gain}, first_over: {tensor, mean_steps, gain} or None,
     # per_tensor: {tensor: [mean_steps, max_steps, gain]} in graph order}
     steps: Optional[dict] = None
+    # a validation engine's fused Hadamards, their kernel's codes against their float twins': {tensors, window_steps,
+    # twin_rel (graph/follow.py fused_code_differences), limits: {share, codes}, ok, worst: {tensor, share, largest,
+    # count}, per_tensor: {tensor: [share, largest, count]}}
+    fused: Optional[dict] = None
 
     @property
     def ok(self) -> bool:
-        return all(p["ok"] is not False for p in self.pairs) and (self.steps is None or self.steps["ok"])
+        return (all(p["ok"] is not False for p in self.pairs) and (self.steps is None or self.steps["ok"])
+                and (self.fused is None or self.fused["ok"]))
 
     def to_dict(self) -> dict:
         return {"outdir": self.outdir, "recipe": self.recipe, "graph": self.graph,
                 self.input_name: list(self.input_shape or (self.batch, self.seq)),
                 "input": self.input_what, "seed": self.seed, "runner": self.runner, "references": self.references,
                 "skipped": self.skipped, "pairs": self.pairs, **({"steps": self.steps} if self.steps else {}),
-                "ok": self.ok}
+                **({"fused": self.fused} if self.fused else {}), "ok": self.ok}
 
 
 # -- statistics (pure) ----------------------------------------------------------------------------
@@ -306,7 +323,7 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
     for name, file, what in (("portable", "model.portable.onnx", "standard ONNX ops"),
                              ("plugin", "model.onnx", "plugin nodes on mq-deploy's CPU kernels")):
         if not (outdir / file).is_file():
-            raise UserError(f"{outdir} has no {file}; pass the output directory of `mq-deploy compile`")
+            raise missing_file(outdir, manifest, file)
         refs.append(Reference(name, f"onnxruntime on {file} ({what})",
                               ort_session=OrtRunner(outdir / file, threads=threads, plugins="extensions").session,
                               graph_file=outdir / file))
@@ -473,8 +490,9 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
             for o in [k for k in outs["tensorrt"] if k in ref]:
                 row(a, "tensorrt", o, ref[o], outs["tensorrt"][o], lim, **extra)
 
-        _follow_engine(rep, graphs["portable"], marked, feed, rows, engine_tol=engine_tol,
-                       engine_step_tol=engine_step_tol, engine_gain_tol=engine_gain_tol, threads=threads, log=log)
+        _follow_engine(rep, graphs["portable"], marked, feed, rows, plugin_file=graphs["plugin"],
+                       engine_tol=engine_tol, engine_step_tol=engine_step_tol, engine_gain_tol=engine_gain_tol,
+                       threads=threads, log=log)
     elif quantized and "tensorrt" in outs:
         rep.skipped.append({"name": "tensorrt~", "reason": NO_ENGINE_FOLLOW.format(
             outdir=out, file=mtrt.VALIDATION_ENGINE)})
@@ -516,28 +534,40 @@ QUANTIZED_STATEFUL_ENGINE = (
 
 
 def _follow_engine(rep: Report, portable_file: Path, marked: dict, feed: dict, rows: Callable[..., None], *,
-                   engine_tol: Optional[float], engine_step_tol: Optional[float], engine_gain_tol: Optional[float],
-                   threads: Optional[int], log: Callable[[str], None], gain_default: float = ENGINE_GAIN_TOL) -> None:
+                   plugin_file: Path, engine_tol: Optional[float], engine_step_tol: Optional[float],
+                   engine_gain_tol: Optional[float], threads: Optional[int], log: Callable[[str], None],
+                   gain_default: float = ENGINE_GAIN_TOL) -> None:
     """A validation engine's layer-by-layer check: the portable graph on the engine's int8 codes at every
     QuantizeLinear (`portable=`: rows(name, outputs, limit) gated at ENGINE_FOLLOW_TOL or engine_tol), following its
     roundings within ENGINE_FOLLOW_STEPS (`portable~`, reported), and each quantizer input's distance from the
     engine's in steps (rep.steps, held to ENGINE_STEP_TOL / `gain_default`, or the limits given). `marked`: {tensor: the engine's value
-    before its QuantizeLinear} of the tensors the portable graph quantizes (_split_marked)."""
+    before its QuantizeLinear} of the tensors the portable graph quantizes, and the float twins of the fused Hadamards
+    (_split_marked). Where a fused Hadamard of `plugin_file` has its twin, its tensor is the kernel's codes,
+    dequantized: followed as codes, the layer checked on the twin, and the codes against the twin's (rep.fused,
+    FUSED_CODES_TOL); an engine without twins (built by an earlier version: the Hadamard unfused) is checked on its
+    float values as they are."""
     import onnx
 
-    from .graph.follow import run_following, step_distances
+    from .graph.follow import fused_code_differences, run_following, step_distances
+    from .graph.fuse_scan_quant import float_twin, hadamard_out_scale
 
+    fused = [n.name for n in onnx.load(str(plugin_file), load_external_data=False).graph.node if hadamard_out_scale(n)]
+    twins = {t: marked[float_twin(t)] for t in fused if t in marked and float_twin(t) in marked}
+    marked = {t: v for t, v in marked.items() if t not in {float_twin(f) for f in fused}}
+    codes = set(twins)
     name = portable_file.name
     portable, own = onnx.load(str(portable_file)), {}
     log(f"{name} on the engine's int8 codes at its {len(marked)} QuantizeLinear inputs")
     rep.references.append({"name": "portable=", "what": ENGINE_CODES_WHAT.replace("model.portable.onnx", name)})
-    ref, _ = run_following(portable, marked, feed, float("inf"), threads=threads, own=own)
+    ref, _ = run_following(portable, marked, feed, float("inf"), threads=threads, own=own, codes=codes)
     rows("portable=", ref, engine_tol if engine_tol is not None else ENGINE_FOLLOW_TOL)
     log(f"{name} following the engine's roundings within a tenth of a step")
     rep.references.append({"name": "portable~", "what": ENGINE_FOLLOW_WHAT.replace("model.portable.onnx", name)})
-    ref, taken = run_following(portable, marked, feed, ENGINE_FOLLOW_STEPS, threads=threads)
+    ref, taken = run_following(portable, marked, feed, ENGINE_FOLLOW_STEPS, threads=threads, codes=codes)
     rows("portable~", ref, None, roundings_taken_from_graph=taken)
-    rep.steps = _steps(step_distances(portable, own, marked),  # (marked: tensors the portable graph quantizes)
+    if twins:
+        rep.fused = _fused(fused_code_differences(portable, marked, twins))
+    rep.steps = _steps(step_distances(portable, own, {**marked, **twins}),  # (marked: tensors the portable graph quantizes)
                        engine_step_tol if engine_step_tol is not None else ENGINE_STEP_TOL,
                        engine_gain_tol if engine_gain_tol is not None else gain_default)
 
@@ -577,7 +607,7 @@ def _validate_stateful(out: Path, manifest: dict, graph: str, *, batch: int, seq
     files = {"portable": out / f"model.{graph}.portable.onnx", "plugin": out / mtrt.GRAPHS[graph]}
     for f in (*files.values(), out / "model.prefill.portable.onnx"):
         if not f.is_file():
-            raise UserError(f"{out} has no {f.name} (the stateful graphs): compile it again with this mq-deploy")
+            raise missing_file(out, manifest, f.name, "a stateful graph")
     vocab = manifest.get("model", {}).get("config", {}).get("vocab_size")
     if not vocab:
         raise UserError(f"{out}/manifest.json has no model.config.vocab_size; recompile with `mq-deploy compile`")
@@ -637,8 +667,8 @@ def _validate_stateful(out: Path, manifest: dict, graph: str, *, batch: int, seq
     if engine_followed:
         _follow_engine(rep, files["portable"], marked, feed,
                        lambda a, ref, lim, **extra: pair(a, "tensorrt", ref, outs["tensorrt"], lim, **extra),
-                       engine_tol=engine_tol, engine_step_tol=engine_step_tol, engine_gain_tol=engine_gain_tol,
-                       threads=threads, log=log,
+                       plugin_file=files["plugin"], engine_tol=engine_tol, engine_step_tol=engine_step_tol,
+                       engine_gain_tol=engine_gain_tol, threads=threads, log=log,
                        gain_default=ENGINE_GAIN_TOL_DECODE if graph == "decode" else ENGINE_GAIN_TOL)
     if quantized:
         import onnx
@@ -672,23 +702,35 @@ def _steps(dist: dict, step_limit: float, gain_limit: float) -> dict:
             "per_tensor": {t: list(v) for t, v in dist.items()}}
 
 
+def _fused(diff: dict) -> dict:
+    """Report.fused from fused_code_differences' {tensor: (share, largest, count)} (graph order)."""
+    worst = max(diff, key=lambda t: (diff[t][0], diff[t][1]))
+    return {"tensors": len(diff), "window_steps": ENGINE_FOLLOW_STEPS, "twin_rel": TWIN_REL,
+            "limits": {"share": FUSED_CODES_TOL, "codes": 1},
+            "ok": all(v[0] <= FUSED_CODES_TOL and v[1] <= 1 for v in diff.values()),
+            "worst": {"tensor": worst, "share": diff[worst][0], "largest": diff[worst][1], "count": diff[worst][2]},
+            "per_tensor": {t: list(v) for t, v in diff.items()}}
+
+
 def _split_marked(outs: dict, plugin_file: Optional[Path], portable_file: Optional[Path], rep: Report,
                   engine_step_tol: Optional[float], engine_gain_tol: Optional[float]) -> dict:
-    """Take the engine's extra outputs (a validation engine's tensors before its QuantizeLinear nodes) out of
-    outs["tensorrt"]; {tensor: value} of those the portable graph quantizes too (what _follow_engine can follow). An
-    extra output that is no QuantizeLinear input of the plugin graph is one UserError (an engine of another graph or
-    build); marked tensors the portable graph does not quantize, or per-layer limits given for an engine with nothing
-    to follow, are a note in rep.skipped."""
+    """Take the engine's extra outputs (a validation engine's tensors before its QuantizeLinear nodes, and the float
+    twins of its fused Hadamards: graph/follow.py validation_marks) out of outs["tensorrt"]; {tensor: value} of those
+    the portable graph quantizes too, with their twins (what _follow_engine can follow). An extra output that is none
+    of those of the plugin graph is one UserError (an engine of another graph or build); marked tensors the portable
+    graph does not quantize, or per-layer limits given for an engine with nothing to follow, are a note in
+    rep.skipped."""
     if "tensorrt" not in outs or plugin_file is None:
         return {}
     import onnx
 
-    from .graph.follow import quantized_tensors, quantizer_params
+    from .graph.follow import quantizer_params, validation_marks
+    from .graph.fuse_scan_quant import float_twin
 
     g = onnx.load(str(plugin_file), load_external_data=False)
     keep = {o.name for o in g.graph.output}
     extra = {k: outs["tensorrt"].pop(k) for k in [k for k in outs["tensorrt"] if k not in keep]}
-    quantized = quantized_tensors(g)
+    quantized = validation_marks(g)
     unknown = sorted(set(extra) - set(quantized))
     if unknown:
         raise UserError(f"the engine has the output(s) {', '.join(unknown[:5])}"
@@ -699,6 +741,7 @@ def _split_marked(outs: dict, plugin_file: Optional[Path], portable_file: Option
     followable = marked
     if marked and portable_file is not None:
         ours = quantizer_params(onnx.load(str(portable_file), load_external_data=False))
+        ours = set(ours) | {float_twin(t) for t in ours}
         followable = {t: v for t, v in marked.items() if t in ours}
         if len(followable) < len(marked):
             rep.skipped.append({"name": "per layer", "reason": f"{len(marked) - len(followable)} of the engine's "
@@ -766,6 +809,16 @@ def format_report(rep: Report) -> str:
                 lines.append("  every quantizer input matches: the logits differ in the layers after the last "
                              "QuantizeLinear (the head), or --engine-tol is tighter than the engine's float layers "
                              "round")
+    if rep.fused:
+        fu, w = rep.fused, rep.fused["worst"]
+        lines.append(f"{'fused Hadamard codes':<26}{fu['tensors']} kernels against their float twins: worst "
+                     f"{100 * w['share']:.2g}% of codes differ clear of a rounding boundary, "
+                     f"largest {w['largest']:g} code(s) ({w['tensor']}); limits {100 * fu['limits']['share']:g}% / "
+                     f"{fu['limits']['codes']} code  {'ok' if fu['ok'] else 'FAIL'}")
+        if not fu["ok"]:
+            bad = next(t for t, v in fu["per_tensor"].items() if v[0] > fu["limits"]["share"] or v[1] > 1)
+            lines.append(f"  the fused Hadamard {bad} rounds otherwise than its float twin: the kernel's quantization "
+                         "(out_scale, rounding, saturation) is wrong, not the layers before it")
     lines += [s["reason"] for s in rep.skipped]
     lines.append("validate: OK" if rep.ok else "validate: FAILED (above the limit)")
     return "\n".join(lines)

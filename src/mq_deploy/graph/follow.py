@@ -59,12 +59,22 @@ def quantized_tensors(model: onnx.ModelProto) -> list[str]:
     return sorted({n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"} | set(_fused_quantizers(model)))
 
 
+def validation_marks(model: onnx.ModelProto) -> list[str]:
+    """What a validation engine of `model` outputs besides the graph's outputs (`mq-deploy build --validation-engine`):
+    every quantized tensor (for a fused Hadamard: its codes, dequantized), then the float twin of each fused Hadamard
+    (graph/fuse_scan_quant.py, dequantize_hadamard_codes)."""
+    from .fuse_scan_quant import float_twin
+
+    return quantized_tensors(model) + [float_twin(t) for t in sorted(_fused_quantizers(model))]
+
+
 def follower(model: onnx.ModelProto, tensors: Optional[list[str]] = None,
-             steps: float = FOLLOW_STEPS) -> onnx.ModelProto:
+             steps: float = FOLLOW_STEPS, codes=()) -> onnx.ModelProto:
     """A copy of `model` whose QuantizeLinear nodes on `tensors` (default: all top-level ones) round the
     value fed as `follow_name(x)` where it is within `steps` of a step of their own x (see above; an engine
-    is followed at ENGINE_FOLLOW_STEPS). Every QuantizeLinear must have a scalar scale (per-tensor
-    activation quantization)."""
+    is followed at ENGINE_FOLLOW_STEPS). Tensors in `codes` are fed values already rounded (a validation engine's
+    dequantized codes of a fused Hadamard): those are taken within `steps` + 1/2 step, where x is within `steps` of
+    the boundary next to them. Every QuantizeLinear must have a scalar scale (per-tensor activation quantization)."""
     if not steps > 0:
         raise ValueError(f"follower: steps must be > 0, not {steps}")
     from .fuse_scan_quant import unfuse_hadamard_quant
@@ -86,7 +96,7 @@ def follower(model: onnx.ModelProto, tensors: Optional[list[str]] = None,
                 g.input.append(helper.make_tensor_value_info(f, TensorProto.FLOAT, None))
                 added.add(f)
             p = f"{n.name or k}/follow"
-            lim = helper.make_tensor(f"{p}/steps", TensorProto.FLOAT, [], [steps])
+            lim = helper.make_tensor(f"{p}/steps", TensorProto.FLOAT, [], [_window(x, steps, codes)])
             g.initializer.append(lim)
             new_nodes += [helper.make_node("Sub", [f, x], [f"{p}/diff"], name=f"{p}/Sub"),
                           helper.make_node("Abs", [f"{p}/diff"], [f"{p}/abs"], name=f"{p}/Abs"),
@@ -128,7 +138,18 @@ def quantizer_params(model: onnx.ModelProto) -> dict:
     return out
 
 
-def roundings_taken(model: onnx.ModelProto, own: dict, other: dict, steps: float = FOLLOW_STEPS) -> int:
+def _window(tensor: str, steps: float, codes) -> float:
+    """How far (in steps) a follower takes the value fed for `tensor`: `steps`, half a step more for rounded values."""
+    return steps + 0.5 if tensor in codes else steps
+
+
+def _code(v: np.ndarray, s, zp) -> np.ndarray:
+    """The integers a QuantizeLinear of scale s and zero point zp makes of v."""
+    info = np.iinfo(zp.dtype) if zp.dtype.kind in "iu" else np.iinfo(np.int8)
+    return np.clip(np.rint(v / s) + int(zp), info.min, info.max)
+
+
+def roundings_taken(model: onnx.ModelProto, own: dict, other: dict, steps: float = FOLLOW_STEPS, codes=()) -> int:
     """How many rounding decisions `follower(model, ..., steps=steps)` took from `other` ({tensor: value}) that
     differ from its own: values within `steps` of a step of each other that quantize to different integers at
     the tensor's QuantizeLinear (scale and zero point from `model`'s initializers; each tensor counted once)."""
@@ -136,13 +157,9 @@ def roundings_taken(model: onnx.ModelProto, own: dict, other: dict, steps: float
     for t, (s, zp) in quantizer_params(model).items():
         if t not in own or t not in other:
             continue
-        info = np.iinfo(zp.dtype) if zp.dtype.kind in "iu" else np.iinfo(np.int8)
         x, f = np.asarray(own[t], np.float32), np.asarray(other[t], np.float32)
-
-        def code(v):
-            return np.clip(np.rint(v / np.float32(s)) + int(zp), info.min, info.max)
-
-        taken += int(np.count_nonzero((np.abs(f - x) <= steps * s) & (code(f) != code(x))))
+        differ = _code(f, np.float32(s), zp) != _code(x, np.float32(s), zp)
+        taken += int(np.count_nonzero((np.abs(f - x) <= _window(t, steps, codes) * s) & differ))
     return taken
 
 
@@ -154,13 +171,13 @@ def step_distances(model: onnx.ModelProto, own: dict, other: dict) -> dict:
     computed from the engine's own int8 codes and differs only by what the float layers since the last
     quantizer do differently — nothing carries over from earlier layers. On an fp16 stand-in engine: means
     0.012-0.018 step and |gain| ≤ 1.7e-4; a 1 % C_scale error in one scan of a language model: gain 3.1e-3 to
-    7.8e-3 on that scan's output tensor (on the Vim 10 % gives 1.0e-3; benchmarks/results/validate_engine_follow.md)."""
+    7.8e-3 on that scan's output tensor (on the Vim 10 % gives 1.0e-3; benchmarks/results/validate_engine_follow.md).
+    A fused Hadamard's point is compared on its float twin's value (graph/fuse_scan_quant.py,
+    dequantize_hadamard_codes), its codes by `fused_code_differences`."""
     out = {}
     for t, (s, _) in quantizer_params(model).items():
         if t in own and t in other:
             x, y = np.asarray(own[t], np.float64), np.asarray(other[t], np.float64)
-            if x.shape != y.shape:
-                raise ValueError(f"step_distances: {t} is {x.shape} here and {y.shape} in the other")
             d = np.abs(y - x) / s
             xx = float((x * x).sum())
             gain = float((x * (y - x)).sum()) / xx if xx > 0 else (0.0 if not d.any() else float("inf"))
@@ -168,21 +185,52 @@ def step_distances(model: onnx.ModelProto, own: dict, other: dict) -> dict:
     return out
 
 
+# A fused Hadamard's kernel rounds its fp32 value; its float twin may write fp16 (a relative 2^-12), read its input
+# through an fp16 reformat (about 2^-12 of the tensor's rms on each value, the transform being orthonormal), and sum
+# in another order: the twin's value is trusted to TWIN_REL of (|value| + the tensor's rms), 8x that.
+TWIN_REL = 2.0 ** -9
+
+
+def fused_code_differences(model: onnx.ModelProto, codes: dict, twins: dict,
+                           window: float = ENGINE_FOLLOW_STEPS) -> dict:
+    """{tensor: (share, largest, count)} for the fused Hadamards of a validation engine, in graph order: `codes` its
+    dequantized codes, `twins` its float twin's values (the same Hadamard without the fused rounding), each rounded
+    with the tensor's QuantizeLinear (scale and zero point from `model`); count = codes that differ from the twin's
+    where the twin lies further from a rounding boundary than it can be from the kernel's own value (TWIN_REL of its
+    magnitude and the tensor's rms, at most `window` steps: nearer, an engine may round either way), or by more than
+    one code anywhere; share = count / size, largest = the largest difference in codes. A wrong scale in the kernel
+    moves values by that relative amount, so that one of 0.3 % shows on small codes too."""
+    out = {}
+    for t, (s, zp) in quantizer_params(model).items():
+        if t in codes and t in twins:
+            y, f = np.asarray(codes[t], np.float64), np.asarray(twins[t], np.float64)
+            if y.shape != f.shape:
+                raise ValueError(f"fused_code_differences: {t} is {y.shape} and its twin {f.shape}")
+            dc = np.abs(_code(y, s, zp) - _code(f, s, zp))
+            v = f / s
+            slack = np.minimum(window, TWIN_REL * (np.abs(v) + np.sqrt(np.mean(v * v))))  # (v·rel + rms·rel)
+            firm = 0.5 - np.abs(v - np.rint(v)) > slack
+            n = int(np.count_nonzero(((dc > 0) & firm) | (dc > 1)))
+            out[t] = (n / max(dc.size, 1), float(dc.max()) if dc.size else 0.0, n)
+    return out
+
+
 def run_following(model: onnx.ModelProto, values: dict, feeds: dict, steps: float = FOLLOW_STEPS, *,
-                  threads: Optional[int] = None, own: Optional[dict] = None) -> tuple[dict, int]:
+                  threads: Optional[int] = None, own: Optional[dict] = None, codes=()) -> tuple[dict, int]:
     """Run `follower(model, sorted(values), steps)` on `feeds` plus `values` ({tensor: another implementation's
     value before its QuantizeLinear}) in onnxruntime (one session: plugin nodes on the extensions kernels,
     since the follower's extra inputs feed nodes inside the graph): (its outputs, the roundings it took from
-    `values`, see roundings_taken). `own`, a dict, receives the graph's own values of those tensors."""
+    `values`, see roundings_taken). `own`, a dict, receives the graph's own values of those tensors; `codes`: the
+    tensors of `values` that are rounded already (follower)."""
     from ..backends.ort import OrtRunner
 
     tensors = sorted(values)
-    got = OrtRunner(follower(model, tensors, steps), threads=threads, plugins="extensions",
+    got = OrtRunner(follower(model, tensors, steps, codes), threads=threads, plugins="extensions",
                     extra_outputs=tensors).run({**feeds, **{follow_name(t): values[t] for t in tensors}})
     mine = {t: got.pop(t) for t in tensors}
     if own is not None:
         own.update(mine)
-    return got, roundings_taken(model, mine, values, steps)
+    return got, roundings_taken(model, mine, values, steps, codes)
 
 
 def compare_following(reference, test: onnx.ModelProto, feeds: dict, output: str, *,
@@ -224,15 +272,18 @@ def fp16_stand_in(model: onnx.ModelProto, noise: float = 0.0) -> onnx.ModelProto
     through a Cast pair where it is made), but for the RMSNorm layers, which `mq-deploy build --fp16` keeps in
     fp32 (graph/precision.py): what validate's engine rows are tested and measured with where TensorRT is absent, a
     stand-in for an engine whose float layers run in fp16. Tensor names are kept, so its values before each
-    QuantizeLinear can be asked for as a validation engine's are. `noise` > 0: each rounded value is also multiplied
-    by 1 + U(−noise, noise) (fixed seeds), a correct engine whose float layers round more coarsely (5e-4: about
-    twice fp16's own rounding error)."""
-    from .fuse_scan_quant import unfuse_hadamard_quant
+    QuantizeLinear can be asked for as a validation engine's are; a fused Hadamard's tensor (its node's name) holds
+    the int8 codes of its fp32 value dequantized, and `float_twin` of it that value in fp16, as in a validation engine
+    (trt.py, `_codes_copy`; the stand-in's outputs to ask for: `validation_marks(model)`). `noise` > 0:
+    each rounded value is also multiplied by 1 + U(−noise, noise) (fixed seeds), a correct engine whose float layers
+    round more coarsely (5e-4: about twice fp16's own rounding error)."""
+    from .fuse_scan_quant import float_twin, unfuse_hadamard_quant
     from .precision import rms_norm_nodes
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    unfuse_hadamard_quant(m)  # as the validation engine is built: the Hadamard's float output, then its QuantizeLinear
+    fused = _fused_quantizers(m)
+    unfuse_hadamard_quant(m)  # for the CPU: the Hadamard's float output (the node's name), then its QuantizeLinear
     fp32 = {o for n in rms_norm_nodes(m) for o in n.output}
     new = []
     for n in m.graph.node:
@@ -250,6 +301,20 @@ def fp16_stand_in(model: onnx.ModelProto, noise: float = 0.0) -> onnx.ModelProto
                         helper.make_node("RandomUniformLike", [f"{o}::rounded"], [f"{o}::u"], low=1.0 - noise,
                                          high=1.0 + noise, seed=float(len(new))),
                         helper.make_node("Mul", [f"{o}::rounded", f"{o}::u"], [o])]
+    nodes, made = [], {o for n in new for o in n.output}
+    for n in new:  # each fused Hadamard: its float value is the twin's, its tensor the codes the kernel rounds its fp32
+        nodes.append(n)  # value to (QuantizeLinear's rounding, half to even, and saturation, spelled out so that the
+        for j, o in enumerate(n.output):  # quantizers stay the model's)
+            if o in fused:
+                n.output[j] = float_twin(o)
+                consts = [helper.make_tensor(f"{o}::{k}", TensorProto.FLOAT, [], [v])
+                          for k, v in (("scale", fused[o]), ("lo", -128.0), ("hi", 127.0))]
+                m.graph.initializer.extend(consts)
+                kernel = f"{o}::fp32" if f"{o}::fp32" in made else float_twin(o)
+                nodes += [helper.make_node("Div", [kernel, f"{o}::scale"], [f"{o}::steps"]),
+                          helper.make_node("Round", [f"{o}::steps"], [f"{o}::rounded_steps"]),
+                          helper.make_node("Clip", [f"{o}::rounded_steps", f"{o}::lo", f"{o}::hi"], [f"{o}::codes"]),
+                          helper.make_node("Mul", [f"{o}::codes", f"{o}::scale"], [o])]
     del m.graph.node[:]
-    m.graph.node.extend(new)
+    m.graph.node.extend(nodes)
     return m

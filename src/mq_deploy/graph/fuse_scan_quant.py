@@ -13,6 +13,11 @@ engine runs the Hadamard with a float output and then a separate quantize kernel
 node is renamed to its float output's name, so that `unfuse_hadamard_quant` gives that tensor back under its name
 (the quantization point the manifest and graph/follow.py name).
 
+`dequantize_hadamard_codes` keeps the fusion, adds a DequantizeLinear of the codes under the same name, and a float
+twin of the Hadamard beside it: a validation engine (`mq-deploy build --validation-engine`) marks both, so validate
+checks each layer on the float value as before and the deployed kernel's codes against it (graph/follow.py
+`fused_code_differences`).
+
 `unfuse_for_cpu` undoes both (in memory, for the CPU kernels): an input produced by a QuantizeLinear is an int8
 input, and a Hadamard with out_scale > 0 becomes Hadamard → QuantizeLinear again.
 """
@@ -127,10 +132,8 @@ def fuse_hadamard_quant(model: onnx.ModelProto, copy: bool = True) -> onnx.Model
     return m
 
 
-def unfuse_hadamard_quant(model: onnx.ModelProto) -> int:
-    """In place: every Hadamard with out_scale > 0 writes its float output again (named as the node, see the module
-    docstring), read by a QuantizeLinear (the scale, int8 zero point 0) that writes the node's int8 output; returns
-    how many were undone."""
+def _rewrite_fused_hadamards(model: onnx.ModelProto, dequantize: bool) -> int:
+    """unfuse_hadamard_quant (`dequantize` False) / dequantize_hadamard_codes (True): how many were rewritten."""
     g = model.graph
     fused = [n for n in g.node if hadamard_out_scale(n)]
     if not fused:
@@ -158,12 +161,43 @@ def unfuse_hadamard_quant(model: onnx.ModelProto) -> int:
         s_name, zp_name = fresh(f"{y}/out_scale"), fresh(f"{y}/out_zero_point")
         g.initializer.append(numpy_helper.from_array(np.asarray(scale, np.float32), s_name))
         g.initializer.append(numpy_helper.from_array(np.asarray(0, np.int8), zp_name))
+        if dequantize:
+            twin = onnx.NodeProto()
+            twin.CopyFrom(node)
+            twin.name, twin.output[0] = fresh(f"{y}/float_twin"), float_twin(y)
+            if twin.output[0] in names:
+                raise UserError(f"the graph already has a tensor {twin.output[0]!r}, the name a validation engine "
+                                f"gives the float twin of the fused Hadamard {y!r}")
+            names.add(twin.output[0])
+            set_field(twin, "out_scale", 0.0)
+            new_nodes += [helper.make_node("DequantizeLinear", [codes, s_name, zp_name], [y], name=f"{y}/out_DQ"), twin]
+            continue
         node.output[0] = y
         set_field(node, "out_scale", 0.0)
         new_nodes.append(helper.make_node("QuantizeLinear", [y, s_name, zp_name], [codes], name=f"{y}/out_Q"))
     del g.node[:]
     g.node.extend(new_nodes)
     return len(fused)
+
+
+def unfuse_hadamard_quant(model: onnx.ModelProto) -> int:
+    """In place: every Hadamard with out_scale > 0 writes its float output again (named as the node, see the module
+    docstring), read by a QuantizeLinear (the scale, int8 zero point 0) that writes the node's int8 output; returns
+    how many were undone."""
+    return _rewrite_fused_hadamards(model, dequantize=False)
+
+
+def float_twin(point: str) -> str:
+    """The tensor a validation engine's float twin of the fused Hadamard `point` writes (dequantize_hadamard_codes)."""
+    return point + "::float"
+
+
+def dequantize_hadamard_codes(model: onnx.ModelProto) -> int:
+    """In place, what a validation engine is built from: every Hadamard with out_scale > 0 stays fused (it writes
+    int8, as deployed); a DequantizeLinear of its codes (the scale, int8 zero point 0) writes the tensor named as the
+    node (the quantization point: the value its fused quantizer rounded to), and a float twin (the same Hadamard,
+    out_scale 0, on the same input) writes `float_twin(point)`, the value before that rounding. Returns how many."""
+    return _rewrite_fused_hadamards(model, dequantize=True)
 
 
 def unfuse_for_cpu(model: onnx.ModelProto) -> None:

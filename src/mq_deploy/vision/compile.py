@@ -52,14 +52,14 @@ def _check(graph, portable, model, quantized: bool) -> dict:
 
 def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force: bool = False,
                 calib: Optional[str] = None, calib_samples: Optional[int] = None,
-                log: Callable[[str], None] = lambda s: None) -> dict:
+                log: Callable[[str], None] = lambda s: None, warn: Optional[Callable[[str], None]] = None) -> dict:
     from ..compile import _versions, manifest_head, save_onnx
 
     t0 = time.time()
     recipe = load_recipe(recipe_name)
     check_family(recipe, vim=True)
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir, force=force) as tmp:
+    with atomic_dir(out_dir, force=force, warn=log if warn is None else warn) as tmp:
         log(f"loading Vim checkpoint {model_path}")
         model = load_vim(model_path)
         c = model.config

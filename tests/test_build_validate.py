@@ -909,6 +909,12 @@ def test_validate_checks_a_fused_hadamards_codes_against_its_float_twin(mq_out, 
     assert all(v[2] == 0 for t, v in fu["per_tensor"].items() if t != had[1])
     text = mval.format_report(bad)
     assert "FAIL" in text.splitlines()[-3] and f"the fused Hadamard {had[1]} rounds otherwise than its float twin" in text
+    loose = mval.validate(mq_out, seq=64, engine_codes_tol=0.5,  # --engine-codes-tol: the limit on that share
+                          **_stand_in_engine(monkeypatch, tmp_path, mq_out, kernel_scale=1.003))
+    assert loose.ok and loose.fused["limits"]["share"] == 0.5
+    for v in (0.0, 1.0, float("nan")):
+        with pytest.raises(UserError, match="--engine-codes-tol"):
+            mval.validate(mq_out, engine_codes_tol=v)
     scan = mval.validate(mq_out, seq=64, **_stand_in_engine(monkeypatch, tmp_path, mq_out, c_scale=1.01))
     st = scan.steps  # a scan's error: the layer after it fails on the twin, the kernel agrees with its twin
     assert not scan.ok and scan.fused["ok"] and st["first_over"]["tensor"] == had[1] and st["first_over"]["gain"] > 2e-3
@@ -921,6 +927,12 @@ def test_validate_checks_a_fused_hadamards_codes_against_its_float_twin(mq_out, 
         if not k.endswith("::float")})
     old = mval.validate(mq_out, seq=64, **kw)
     assert old.ok and old.fused is None and "fused Hadamard codes" not in mval.format_report(old)
+    kw = _stand_in_engine(monkeypatch, tmp_path, mq_out)  # twins of some fused Hadamards only: refused, not misjudged
+    full = mval._trt_direct
+    monkeypatch.setattr(mval, "_trt_direct", lambda path, lib, feed: {
+        k: v for k, v in full(path, lib, feed).items() if k != float_twin(had[3])})
+    with pytest.raises(UserError, match=f"but not of {had[3]}: build the validation engine again"):
+        mval.validate(mq_out, seq=64, **kw)
     assert set(old.steps["per_tensor"]) == set(rep.steps["per_tensor"])
     assert all(abs(old.steps["per_tensor"][t][2] - rep.steps["per_tensor"][t][2]) < 1e-4 for t in had)
 

@@ -17,15 +17,29 @@ def test_kernels_compile():
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None or shutil.which("cmake") is None, reason="nvcc or cmake not installed")
-def test_cmake_refuses_a_tensorrt_root_without_tensorrt(tmp_path):
-    """-DTENSORRT_ROOT naming a directory without TensorRT is a configure error (it was a kernels-only build, and the
-    plugin library the next step names did not exist); without TENSORRT_ROOT the kernels-only build is still fine."""
+def test_cmake_looks_for_tensorrt_in_tensorrt_root_only(tmp_path):
+    """-DTENSORRT_ROOT naming a directory without TensorRT is a configure error, even when another TensorRT is on the
+    search paths (it was a kernels-only build, or one against that other version); with TENSORRT_ROOT the headers and
+    libnvinfer come from there; without it the kernels-only build (or the system's TensorRT) is still fine."""
+    other = tmp_path / "other-tensorrt"  # what configure sees of a TensorRT: the header it looks for and libnvinfer
+    for f in ("include/NvInferRuntime.h", "lib/libnvinfer.so"):
+        (other / f).parent.mkdir(parents=True, exist_ok=True)
+        (other / f).write_text("")
+    plugins = os.path.join(ROOT, "plugins")
     cuda = ["-DCMAKE_CUDA_ARCHITECTURES=90", f"-DCMAKE_CUDA_COMPILER={shutil.which('nvcc')}"]
-    r = subprocess.run(["cmake", "-S", os.path.join(ROOT, "plugins"), "-B", str(tmp_path / "bad"),
-                        f"-DTENSORRT_ROOT={tmp_path / 'no-tensorrt'}", *cuda], capture_output=True, text=True,
-                       timeout=300)
+
+    def configure(name, *flags):
+        return subprocess.run(["cmake", "-S", plugins, "-B", str(tmp_path / name), *cuda, *flags], capture_output=True,
+                              text=True, timeout=300)
+
+    r = configure("bad", f"-DTENSORRT_ROOT={tmp_path / 'no-tensorrt'}", f"-DCMAKE_PREFIX_PATH={other}")
     assert r.returncode != 0 and "no TensorRT there" in r.stderr, r.stdout + r.stderr
-    r = subprocess.run(["cmake", "-S", os.path.join(ROOT, "plugins"), "-B", str(tmp_path / "kernels"), *cuda],
-                       capture_output=True, text=True, timeout=300)
+    r = configure("root", f"-DTENSORRT_ROOT={other}")
+    assert r.returncode == 0 and f"TensorRT: {other}/include, {other}/lib/libnvinfer.so" in r.stdout, r.stdout + r.stderr
+    r = configure("again", f"-DCMAKE_PREFIX_PATH={other}")  # found on the search paths, then a root without it
+    assert r.returncode == 0 and f"TensorRT: {other}/include" in r.stdout, r.stdout + r.stderr
+    r = configure("again", f"-DTENSORRT_ROOT={tmp_path / 'no-tensorrt'}")  # the cached result is not kept
+    assert r.returncode != 0 and "no TensorRT there" in r.stderr, r.stdout + r.stderr
+    r = configure("kernels")
     assert r.returncode == 0, r.stdout + r.stderr  # (a machine with TensorRT in its system paths builds the plugins)
     assert "building the kernels library only" in r.stdout or "building mq_trt_plugins" in r.stdout, r.stdout

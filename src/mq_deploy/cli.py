@@ -321,7 +321,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     rep = validate(args.outdir, graph=args.graph, batch=args.batch, seq=args.seq, seed=args.seed,
                    simulate=args.simulate, torch_ref=args.torch, model_dir=args.model, calib=args.calib,
                    engine=args.engine, plugin_lib=args.plugins, tol=args.tol, engine_tol=args.engine_tol,
-                   engine_step_tol=args.engine_step_tol, engine_gain_tol=args.engine_gain_tol, threads=args.threads,
+                   engine_step_tol=args.engine_step_tol, engine_gain_tol=args.engine_gain_tol,
+                   engine_codes_tol=args.engine_codes_tol, threads=args.threads,
                    log=(lambda s: None) if args.quiet else _log)
     print(json.dumps(rep.to_dict()) if args.json else format_report(rep))
     return 0 if rep.ok else 1
@@ -536,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the same tensors: limit on the relative scale between the engine's and the graph's "
                         "(least squares; default 5e-4, 1.5e-3 for --graph decode, whose one token a row gives few "
                         "values; a wrong scale shows there)")
+    v.add_argument("--engine-codes-tol", type=float, default=None, metavar="SHARE",
+                   help="a validation engine's fused Hadamards (out_proj's quantization in the kernel): limit on the "
+                        "share of their int8 codes that differ from their float twin's rounding away from a rounding "
+                        "boundary (default 0.001; no code may differ by more than one)")
     v.add_argument("--threads", type=int, default=None, help="CPU threads (default, or 0: all)")
     v.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress messages")

@@ -73,8 +73,7 @@ class Shapes:
             for k, what in ((0, "batch"), (1, "sequence")):
                 if a[k] and b[k] and a[k] > b[k]:
                     raise UserError(f"shapes need min <= opt <= max: the {what} of --{na}-shapes ({a[k]}) is above that "
-                                    f"of --{nb}-shapes ({b[k]}); got {got} (a Vim OUTDIR's shapes are batch sizes; "
-                                    f"defaults: --min-shapes 1,1, --opt-shapes 1,512, --max-shapes 8,4096)")
+                                    f"of --{nb}-shapes ({b[k]}); got {got} (a Vim OUTDIR's shapes are batch sizes)")
 
     def dims(self, fixed: tuple = ()) -> tuple[tuple, tuple, tuple]:
         """(min, opt, max) of the profile: [batch, sequence], or [batch, *fixed] for an input whose other

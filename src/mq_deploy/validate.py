@@ -436,13 +436,16 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
              engine: Optional[str] = None, plugin_lib: Optional[str] = None, tol: Optional[float] = None,
              engine_tol: Optional[float] = None, threads: Optional[int] = None, use_polygraphy: Optional[bool] = None,
              engine_step_tol: Optional[float] = None, engine_gain_tol: Optional[float] = None,
-             log: Callable[[str], None] = lambda s: None, graph: str = "model") -> Report:
+             engine_codes_tol: Optional[float] = None, log: Callable[[str], None] = lambda s: None,
+             graph: str = "model") -> Report:
     if batch < 1 or seq < 1:
         raise UserError("--batch and --seq must be at least 1")
     for flag, v in (("--tol", tol), ("--engine-tol", engine_tol), ("--engine-step-tol", engine_step_tol),
-                    ("--engine-gain-tol", engine_gain_tol)):
+                    ("--engine-gain-tol", engine_gain_tol), ("--engine-codes-tol", engine_codes_tol)):
         if v is not None and not v > 0:  # NaN too: every row would pass or fail whatever the distance
             raise UserError(f"{flag} must be a number above 0, not {v}")
+    if engine_codes_tol is not None and engine_codes_tol >= 1:
+        raise UserError(f"--engine-codes-tol is a share of the codes, below 1, not {engine_codes_tol}")
     out = Path(outdir)
     _, manifest = mtrt.read_outdir(out)
     if engine:  # an engine asked for by name must run here: said before any other work
@@ -456,8 +459,9 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
                                 "flavours and its engine")
         return _validate_stateful(out, manifest, graph, batch=batch, seq=seq, seed=seed, tol=tol,
                                   engine=engine, plugin_lib=plugin_lib, engine_tol=engine_tol,
-                                  engine_step_tol=engine_step_tol, engine_gain_tol=engine_gain_tol, threads=threads,
-                                  use_polygraphy=use_polygraphy, log=log)
+                                  engine_step_tol=engine_step_tol, engine_gain_tol=engine_gain_tol,
+                                  engine_codes_tol=engine_codes_tol, threads=threads, use_polygraphy=use_polygraphy,
+                                  log=log)
     name, fixed = mtrt.manifest_input(manifest)
     if name == "pixel_values":
         feed, what = _vim_images(batch, fixed, seed)
@@ -480,7 +484,8 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
     row = functools.partial(_row, rep)
 
     graphs = {r.name: r.graph_file for r in refs if r.graph_file is not None}
-    marked = _split_marked(outs, graphs.get("plugin"), graphs.get("portable"), rep, engine_step_tol, engine_gain_tol)
+    marked = _split_marked(outs, graphs.get("plugin"), graphs.get("portable"), rep,
+                           (engine_step_tol, engine_gain_tol, engine_codes_tol))
     engine_followed = quantized and bool(marked)
     for a, b in itertools.combinations([r.name for r in refs], 2):
         for o in [k for k in outs[a] if k in outs[b]]:
@@ -492,7 +497,7 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
 
         _follow_engine(rep, graphs["portable"], marked, feed, rows, plugin_file=graphs["plugin"],
                        engine_tol=engine_tol, engine_step_tol=engine_step_tol, engine_gain_tol=engine_gain_tol,
-                       threads=threads, log=log)
+                       engine_codes_tol=engine_codes_tol, threads=threads, log=log)
     elif quantized and "tensorrt" in outs:
         rep.skipped.append({"name": "tensorrt~", "reason": NO_ENGINE_FOLLOW.format(
             outdir=out, file=mtrt.VALIDATION_ENGINE)})
@@ -536,7 +541,7 @@ QUANTIZED_STATEFUL_ENGINE = (
 def _follow_engine(rep: Report, portable_file: Path, marked: dict, feed: dict, rows: Callable[..., None], *,
                    plugin_file: Path, engine_tol: Optional[float], engine_step_tol: Optional[float],
                    engine_gain_tol: Optional[float], threads: Optional[int], log: Callable[[str], None],
-                   gain_default: float = ENGINE_GAIN_TOL) -> None:
+                   gain_default: float = ENGINE_GAIN_TOL, engine_codes_tol: Optional[float] = None) -> None:
     """A validation engine's layer-by-layer check: the portable graph on the engine's int8 codes at every
     QuantizeLinear (`portable=`: rows(name, outputs, limit) gated at ENGINE_FOLLOW_TOL or engine_tol), following its
     roundings within ENGINE_FOLLOW_STEPS (`portable~`, reported), and each quantizer input's distance from the
@@ -553,6 +558,11 @@ def _follow_engine(rep: Report, portable_file: Path, marked: dict, feed: dict, r
 
     fused = [n.name for n in onnx.load(str(plugin_file), load_external_data=False).graph.node if hadamard_out_scale(n)]
     twins = {t: marked[float_twin(t)] for t in fused if t in marked and float_twin(t) in marked}
+    lone = [t for t in fused if t in marked and t not in twins]
+    if twins and lone:  # codes without their twin would be compared as float values: a wrong verdict, not a check
+        raise UserError(f"the engine marks the float twins of {len(twins)} fused Hadamard(s) but not of "
+                        f"{', '.join(lone[:3])}{' …' if len(lone) > 3 else ''}: build the validation engine again "
+                        "with `mq-deploy build OUTDIR [--graph G] --validation-engine`")
     marked = {t: v for t, v in marked.items() if t not in {float_twin(f) for f in fused}}
     codes = set(twins)
     name = portable_file.name
@@ -566,7 +576,8 @@ def _follow_engine(rep: Report, portable_file: Path, marked: dict, feed: dict, r
     ref, taken = run_following(portable, marked, feed, ENGINE_FOLLOW_STEPS, threads=threads, codes=codes)
     rows("portable~", ref, None, roundings_taken_from_graph=taken)
     if twins:
-        rep.fused = _fused(fused_code_differences(portable, marked, twins))
+        rep.fused = _fused(fused_code_differences(portable, marked, twins),
+                           FUSED_CODES_TOL if engine_codes_tol is None else engine_codes_tol)
     rep.steps = _steps(step_distances(portable, own, {**marked, **twins}),  # (marked: tensors the portable graph quantizes)
                        engine_step_tol if engine_step_tol is not None else ENGINE_STEP_TOL,
                        engine_gain_tol if engine_gain_tol is not None else gain_default)
@@ -586,7 +597,7 @@ def _validate_stateful(out: Path, manifest: dict, graph: str, *, batch: int, seq
                        tol: Optional[float], engine: Optional[str], plugin_lib: Optional[str],
                        engine_tol: Optional[float], engine_step_tol: Optional[float],
                        engine_gain_tol: Optional[float], threads: Optional[int], use_polygraphy: Optional[bool],
-                       log: Callable[[str], None]) -> Report:
+                       log: Callable[[str], None], engine_codes_tol: Optional[float] = None) -> Report:
     """`validate --graph prefill|decode`: model.<graph>.portable.onnx, model.<graph>.onnx (plugin nodes on the CPU
     kernels) and its engine (model.<graph>.engine) on one input. The prefill takes random input_ids, rows 2, 3, ...
     left-padded where the prompt is long enough; the decode step one random token a row and the states
@@ -640,7 +651,8 @@ def _validate_stateful(out: Path, manifest: dict, graph: str, *, batch: int, seq
                  references=[{"name": r.name, "what": r.what} for r in refs], skipped=skipped,
                  runner="polygraphy" if use_polygraphy else "numpy", input_shape=ids.shape if graph == "prefill" else
                  (batch, 1), input_what=what, graph=graph)
-    marked = _split_marked(outs, files["plugin"], files["portable"], rep, engine_step_tol, engine_gain_tol)
+    marked = _split_marked(outs, files["plugin"], files["portable"], rep,
+                           (engine_step_tol, engine_gain_tol, engine_codes_tol))
     engine_followed = quantized and bool(marked)
     want = set(outs["portable"])
     for name, got in outs.items():
@@ -668,7 +680,7 @@ def _validate_stateful(out: Path, manifest: dict, graph: str, *, batch: int, seq
         _follow_engine(rep, files["portable"], marked, feed,
                        lambda a, ref, lim, **extra: pair(a, "tensorrt", ref, outs["tensorrt"], lim, **extra),
                        plugin_file=files["plugin"], engine_tol=engine_tol, engine_step_tol=engine_step_tol,
-                       engine_gain_tol=engine_gain_tol, threads=threads, log=log,
+                       engine_gain_tol=engine_gain_tol, engine_codes_tol=engine_codes_tol, threads=threads, log=log,
                        gain_default=ENGINE_GAIN_TOL_DECODE if graph == "decode" else ENGINE_GAIN_TOL)
     if quantized:
         import onnx
@@ -702,24 +714,25 @@ def _steps(dist: dict, step_limit: float, gain_limit: float) -> dict:
             "per_tensor": {t: list(v) for t, v in dist.items()}}
 
 
-def _fused(diff: dict) -> dict:
-    """Report.fused from fused_code_differences' {tensor: (share, largest, count)} (graph order)."""
+def _fused(diff: dict, limit: float = FUSED_CODES_TOL) -> dict:
+    """Report.fused from fused_code_differences' {tensor: (share, largest, count)} (graph order), the share held to
+    `limit` and every code to one apart."""
     worst = max(diff, key=lambda t: (diff[t][0], diff[t][1]))
     return {"tensors": len(diff), "window_steps": ENGINE_FOLLOW_STEPS, "twin_rel": TWIN_REL,
-            "limits": {"share": FUSED_CODES_TOL, "codes": 1},
-            "ok": all(v[0] <= FUSED_CODES_TOL and v[1] <= 1 for v in diff.values()),
+            "limits": {"share": limit, "codes": 1},
+            "ok": all(v[0] <= limit and v[1] <= 1 for v in diff.values()),
             "worst": {"tensor": worst, "share": diff[worst][0], "largest": diff[worst][1], "count": diff[worst][2]},
             "per_tensor": {t: list(v) for t, v in diff.items()}}
 
 
 def _split_marked(outs: dict, plugin_file: Optional[Path], portable_file: Optional[Path], rep: Report,
-                  engine_step_tol: Optional[float], engine_gain_tol: Optional[float]) -> dict:
+                  layer_limits: tuple = ()) -> dict:
     """Take the engine's extra outputs (a validation engine's tensors before its QuantizeLinear nodes, and the float
     twins of its fused Hadamards: graph/follow.py validation_marks) out of outs["tensorrt"]; {tensor: value} of those
     the portable graph quantizes too, with their twins (what _follow_engine can follow). An extra output that is none
     of those of the plugin graph is one UserError (an engine of another graph or build); marked tensors the portable
-    graph does not quantize, or per-layer limits given for an engine with nothing to follow, are a note in
-    rep.skipped."""
+    graph does not quantize, or per-layer limits given (`layer_limits`, None where not) for an engine with nothing
+    to follow, are a note in rep.skipped."""
     if "tensorrt" not in outs or plugin_file is None:
         return {}
     import onnx
@@ -743,12 +756,15 @@ def _split_marked(outs: dict, plugin_file: Optional[Path], portable_file: Option
         ours = quantizer_params(onnx.load(str(portable_file), load_external_data=False))
         ours = set(ours) | {float_twin(t) for t in ours}
         followable = {t: v for t, v in marked.items() if t in ours}
-        if len(followable) < len(marked):
-            rep.skipped.append({"name": "per layer", "reason": f"{len(marked) - len(followable)} of the engine's "
-                                f"{len(marked)} marked tensors are not quantized by {portable_file.name} and not "
-                                "compared (an engine of an older compile of this OUTDIR? rebuild it)"})
-    if not followable and (engine_step_tol is not None or engine_gain_tol is not None):
-        rep.skipped.append({"name": "per layer", "reason": "--engine-step-tol / --engine-gain-tol apply to a "
+        points = [t for t in marked if not t.endswith(float_twin(""))]  # counted without the twins
+        lost = [t for t in points if t not in followable]
+        if lost:
+            rep.skipped.append({"name": "per layer", "reason": f"{len(lost)} of the engine's {len(points)} marked "
+                                f"tensors are not quantized by {portable_file.name} and not compared (an engine of an "
+                                "older compile of this OUTDIR? rebuild it)"})
+    if not followable and any(v is not None for v in layer_limits):
+        rep.skipped.append({"name": "per layer", "reason": "--engine-step-tol / --engine-gain-tol / --engine-codes-tol "
+                            "apply to a "
                             "validation engine's layer-by-layer check (`mq-deploy build OUTDIR [--graph G] "
                             "--validation-engine`); this engine has no marked tensors to check"})
     return followable

@@ -178,6 +178,8 @@ def step_distances(model: onnx.ModelProto, own: dict, other: dict) -> dict:
     for t, (s, _) in quantizer_params(model).items():
         if t in own and t in other:
             x, y = np.asarray(own[t], np.float64), np.asarray(other[t], np.float64)
+            if x.shape != y.shape:
+                raise ValueError(f"step_distances: {t} is {x.shape} here and {y.shape} in the other")
             d = np.abs(y - x) / s
             xx = float((x * x).sum())
             gain = float((x * (y - x)).sum()) / xx if xx > 0 else (0.0 if not d.any() else float("inf"))
@@ -199,7 +201,8 @@ def fused_code_differences(model: onnx.ModelProto, codes: dict, twins: dict,
     where the twin lies further from a rounding boundary than it can be from the kernel's own value (TWIN_REL of its
     magnitude and the tensor's rms, at most `window` steps: nearer, an engine may round either way), or by more than
     one code anywhere; share = count / size, largest = the largest difference in codes. A wrong scale in the kernel
-    moves values by that relative amount, so that one of 0.3 % shows on small codes too."""
+    moves each value by that share of it: 1 % shows on codes of a few steps, 0.3 % on codes of 30 steps and more
+    (benchmarks/gpu/twin_check.py on the kernels)."""
     out = {}
     for t, (s, zp) in quantizer_params(model).items():
         if t in codes and t in twins:

@@ -156,7 +156,12 @@ def _rewrite_fused_hadamards(model: onnx.ModelProto, dequantize: bool) -> int:
             continue
         codes = node.output[0]
         # the node's name is its float output's (fuse_hadamard_quant); a graph whose tools renamed or cleared it still
-        # runs, its float tensor under a fresh name (the manifest's quantization point then has no tensor)
+        # runs, its float tensor under a fresh name (the manifest's quantization point then has no tensor), but its
+        # validation engine would mark tensors validate cannot name: refused
+        if dequantize and not (node.name and node.name not in names):
+            raise UserError(f"the fused Hadamard writing {codes!r} is named {node.name!r}, not after its quantization "
+                            "point (a tool renamed it?): a validation engine cannot be built from this graph; compile "
+                            "the OUTDIR again")
         y = fresh(node.name) if node.name and node.name not in names else fresh(f"{codes}::float")
         s_name, zp_name = fresh(f"{y}/out_scale"), fresh(f"{y}/out_zero_point")
         g.initializer.append(numpy_helper.from_array(np.asarray(scale, np.float32), s_name))

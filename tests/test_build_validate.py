@@ -1232,6 +1232,11 @@ def test_validate_errors(fp32_out, tmp_path, capsys):
     assert "none.engine not found" in capsys.readouterr().err
     assert main(["validate", str(fp32_out), "--seq", "0"]) == 2
     assert "--batch and --seq" in capsys.readouterr().err
+    assert main(["validate", str(fp32_out), "--seq", "10000000"]) == 2  # one line, not the out-of-memory killer
+    assert "--batch 2 x --seq 10000000 tokens of a 8192-token vocabulary need about 3662 GiB" in (
+        capsys.readouterr().err)
+    assert main(["validate", str(fp32_out), "--graph", "decode", "--seq", "10000000"]) == 2  # its prompt's prefill
+    assert "need about 3662 GiB" in capsys.readouterr().err
     other = write_hf_checkpoint(random_model(MambaConfig(d_model=32, n_layer=2, vocab_size=8192)), tmp_path / "other")
     assert main(["validate", str(fp32_out), "--model", str(other)]) == 2  # another checkpoint: said before it runs
     assert f"the checkpoint {other} is not the one {fp32_out} was compiled from (d_model 32 here, 192 there, " in (

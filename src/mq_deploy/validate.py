@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -448,6 +449,7 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
         raise UserError(f"--engine-codes-tol is a share of the codes, below 1, not {engine_codes_tol}")
     out = Path(outdir)
     _, manifest = mtrt.read_outdir(out)
+    _check_memory(manifest, batch, seq)  # (the decode step's states come from a prefill of that prompt)
     if engine:  # an engine asked for by name must run here: said before any other work
         _check_named_engine(Path(engine))
     if graph != "model":
@@ -536,6 +538,24 @@ QUANTIZED_STATEFUL_ENGINE = (
     "bound; for a layer-by-layer check build its validation engine with this engine's --plugins and shape options, "
     "`mq-deploy build {outdir} --graph {graph} --validation-engine ...`, then `mq-deploy validate {outdir} --graph "
     "{graph} --engine {outdir}/{file}`")
+
+
+LOGITS_COPIES = 6  # logits held at once while validate compares its runs (each reference's, and the followed runs')
+
+
+def _check_memory(manifest: dict, batch: int, seq: int) -> None:
+    """One line instead of the kernel's out-of-memory kill: a language model's --batch x --seq x vocabulary logits,
+    LOGITS_COPIES of them in fp32, against this machine's memory."""
+    vocab = manifest.get("model", {}).get("config", {}).get("vocab_size")
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    need = LOGITS_COPIES * 4 * batch * seq * int(vocab or 0)
+    if mtrt.manifest_input(manifest)[0] == "input_ids" and need > total:
+        raise UserError(f"--batch {batch} x --seq {seq} tokens of a {vocab}-token vocabulary need about "
+                        f"{need / 2**30:.0f} GiB for the logits validate compares, more than this machine's "
+                        f"{total / 2**30:.0f} GiB: use a smaller --seq or --batch")
 
 
 def _follow_engine(rep: Report, portable_file: Path, marked: dict, feed: dict, rows: Callable[..., None], *,

@@ -55,11 +55,29 @@ def test_quantized_outdir(w8):
         assert st[flavour]["prefill_max_rel_error_vs_full_graph"][flavour] <= 1e-4
 
 
-def test_lint_clean_and_both_flavours_run(w8):
+def test_lint_clean_and_both_flavours_run(w8, tmp_path):
     for f in ("model.onnx", "model.portable.onnx"):
         r = run_cli("lint", w8 / f, "--json")
         assert r.returncode == 0, r.stdout + r.stderr
         assert json.loads(r.stdout)["violations"] == []
+    # an OUTDIR: every graph TensorRT builds from it, each named; a wrong scale in the decode graph is found there
+    r = run_cli("lint", w8, "--json")
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["violations"] == [] and [Path(f["file"]).name for f in out["files"]] == [
+        "model.onnx", "model.prefill.onnx", "model.decode.onnx"]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in ("model.onnx", "model.prefill.onnx", "weights.bin"):
+        (bad / f).write_bytes((w8 / f).read_bytes())
+    m = onnx.load(str(w8 / "model.decode.onnx"), load_external_data=False)
+    had = next(n for n in m.graph.node if n.op_type == "Hadamard")
+    next(a for a in had.attribute if a.name == "out_scale").f *= 1.5  # its DequantizeLinear reads another scale
+    onnx.save(m, str(bad / "model.decode.onnx"))
+    r = run_cli("lint", bad)
+    assert r.returncode == 1 and r.stdout.startswith("model.decode.onnx: layers.0/") and (
+        "hadamard-out: DequantizeLinear scale differs from its Hadamard's out_scale" in r.stdout), r.stdout
+    assert f"{bad / 'model.onnx'}: 0 violation(s)" in r.stderr and f"{bad / 'model.decode.onnx'}: 1 violation(s)" in (
+        r.stderr)
     # Both flavours on the same random ids, each against the simulation taking that graph's side on values within
     # 1/1000 of a step of a rounding boundary (where two summation orders may round apart, and the scan state
     # then carries the int8 step on, so the flavours' direct distance depends on the CPU's kernels: 0 or 3e-2)

@@ -249,16 +249,30 @@ def cmd_lint(args: argparse.Namespace) -> int:
     from .lint import lint_file
 
     p = Path(args.onnx)
-    if p.is_dir():
-        p = p / "model.onnx"
-    problems = lint_file(p)
+    if not p.is_dir():
+        problems = lint_file(p)
+        if args.json:
+            print(json.dumps({"file": str(p), "violations": problems}))
+        else:
+            for v in problems:
+                print(f"{v['node']}: {v['rule']}: {v['message']}")
+            print(f"{p}: {len(problems)} violation(s)", file=sys.stderr)
+        return 1 if problems else 0
+    # an OUTDIR: every graph TensorRT builds from it (model.onnx, and the generation graphs where it has them)
+    files = [p / f for f in ("model.onnx", "model.prefill.onnx", "model.decode.onnx") if (p / f).is_file()]
+    if not files:
+        raise UserError(f"{p} has no model.onnx; pass an ONNX file or the output directory of `mq-deploy compile`")
+    found = [(f, lint_file(f)) for f in files]
+    everything = [{**v, "file": f.name} for f, vs in found for v in vs]
     if args.json:
-        print(json.dumps({"file": str(p), "violations": problems}))
+        print(json.dumps({"outdir": str(p), "files": [{"file": str(f), "violations": vs} for f, vs in found],
+                          "violations": everything}))
     else:
-        for v in problems:
-            print(f"{v['node']}: {v['rule']}: {v['message']}")
-        print(f"{p}: {len(problems)} violation(s)", file=sys.stderr)
-    return 1 if problems else 0
+        for v in everything:
+            print(f"{v['file']}: {v['node']}: {v['rule']}: {v['message']}")
+        for f, vs in found:
+            print(f"{f}: {len(vs)} violation(s)", file=sys.stderr)
+    return 1 if everything else 0
 
 
 # -- build / validate (TensorRT) ------------------------------------------------------------------
@@ -385,8 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     ln = sub.add_parser("lint", help="check a QDQ ONNX graph against TensorRT's explicit-quantization rules",
                         description="Report QDQ placement violations by node name; exit 1 if there are any.")
     ln.add_argument("onnx", help="model.onnx, model.portable.onnx, a prefill / decode graph, or a compile OUTDIR "
-                                 "(its model.onnx)")
-    ln.add_argument("--json", action="store_true", help="print the violations as JSON on stdout")
+                                 "(its model.onnx, model.prefill.onnx and model.decode.onnx: what TensorRT builds)")
+    ln.add_argument("--json", action="store_true", help="print the violations as JSON on stdout (for an OUTDIR: per "
+                                                        "file, and all of them, each naming its file)")
     ln.set_defaults(func=cmd_lint)
 
     from .eval import TASK_NAMES

@@ -175,16 +175,23 @@ def step_distances(model: onnx.ModelProto, own: dict, other: dict) -> dict:
     A fused Hadamard's point is compared on its float twin's value (graph/fuse_scan_quant.py,
     dequantize_hadamard_codes), its codes by `fused_code_differences`."""
     out = {}
-    for t, (s, _) in quantizer_params(model).items():
-        if t in own and t in other:
-            x, y = np.asarray(own[t], np.float64), np.asarray(other[t], np.float64)
-            if x.shape != y.shape:
-                raise ValueError(f"step_distances: {t} is {x.shape} here and {y.shape} in the other")
-            d = np.abs(y - x) / s
-            xx = float((x * x).sum())
-            gain = float((x * (y - x)).sum()) / xx if xx > 0 else (0.0 if not d.any() else float("inf"))
-            out[t] = (float(d.mean()), float(d.max()), gain)
+    for t, s, _, x, y in _pairs(model, own, other, "step_distances"):
+        d = np.abs(y - x) / s
+        xx = float((x * x).sum())
+        gain = float((x * (y - x)).sum()) / xx if xx > 0 else (0.0 if not d.any() else float("inf"))
+        out[t] = (float(d.mean()), float(d.max()), gain)
     return out
+
+
+def _pairs(model: onnx.ModelProto, a: dict, b: dict, what: str):
+    """(tensor, scale, zero point, a's value, b's value) in float64 for the quantized tensors of `model` both give, in
+    graph order; a ValueError naming `what` where their shapes differ."""
+    for t, (s, zp) in quantizer_params(model).items():
+        if t in a and t in b:
+            x, y = np.asarray(a[t], np.float64), np.asarray(b[t], np.float64)
+            if x.shape != y.shape:
+                raise ValueError(f"{what}: {t} is {x.shape} in one and {y.shape} in the other")
+            yield t, s, zp, x, y
 
 
 # A fused Hadamard's kernel rounds its fp32 value; its float twin may write fp16 (a relative 2^-12), read its input
@@ -204,17 +211,13 @@ def fused_code_differences(model: onnx.ModelProto, codes: dict, twins: dict,
     moves each value by that share of it: 1 % shows on codes of a few steps, 0.3 % on codes of 30 steps and more
     (benchmarks/gpu/twin_check.py on the kernels)."""
     out = {}
-    for t, (s, zp) in quantizer_params(model).items():
-        if t in codes and t in twins:
-            y, f = np.asarray(codes[t], np.float64), np.asarray(twins[t], np.float64)
-            if y.shape != f.shape:
-                raise ValueError(f"fused_code_differences: {t} is {y.shape} and its twin {f.shape}")
-            dc = np.abs(_code(y, s, zp) - _code(f, s, zp))
-            v = f / s
-            slack = np.minimum(window, TWIN_REL * (np.abs(v) + np.sqrt(np.mean(v * v))))  # (v·rel + rms·rel)
-            firm = 0.5 - np.abs(v - np.rint(v)) > slack
-            n = int(np.count_nonzero(((dc > 0) & firm) | (dc > 1)))
-            out[t] = (n / max(dc.size, 1), float(dc.max()) if dc.size else 0.0, n)
+    for t, s, zp, y, f in _pairs(model, codes, twins, "fused_code_differences"):
+        dc = np.abs(_code(y, s, zp) - _code(f, s, zp))
+        v = f / s
+        slack = np.minimum(window, TWIN_REL * (np.abs(v) + np.sqrt(np.mean(v * v))))  # (v·rel + rms·rel)
+        firm = 0.5 - np.abs(v - np.rint(v)) > slack
+        n = int(np.count_nonzero(((dc > 0) & firm) | (dc > 1)))
+        out[t] = (n / max(dc.size, 1), float(dc.max()) if dc.size else 0.0, n)
     return out
 
 

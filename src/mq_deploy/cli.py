@@ -245,6 +245,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _float_note(path: Path) -> str:
+    """' (no quantization nodes: nothing to check)' for a graph without QuantizeLinear or int8-writing Hadamard."""
+    import onnx
+
+    from .graph.fuse_scan_quant import hadamard_out_scale
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    quantized = any(n.op_type == "QuantizeLinear" or hadamard_out_scale(n) for n in nodes)
+    return "" if quantized else " (a float graph, no quantization nodes: the rules had nothing to check)"
+
+
 def cmd_lint(args: argparse.Namespace) -> int:
     from .lint import lint_file
 
@@ -256,7 +267,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
         else:
             for v in problems:
                 print(f"{v['node']}: {v['rule']}: {v['message']}")
-            print(f"{p}: {len(problems)} violation(s)", file=sys.stderr)
+            print(f"{p}: {len(problems)} violation(s){_float_note(p)}", file=sys.stderr)
         return 1 if problems else 0
     # an OUTDIR: every graph TensorRT builds from it (model.onnx, and the generation graphs where it has them)
     files = [p / f for f in ("model.onnx", "model.prefill.onnx", "model.decode.onnx") if (p / f).is_file()]
@@ -271,7 +282,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
         for v in everything:
             print(f"{v['file']}: {v['node']}: {v['rule']}: {v['message']}")
         for f, vs in found:
-            print(f"{f}: {len(vs)} violation(s)", file=sys.stderr)
+            print(f"{f}: {len(vs)} violation(s){_float_note(f)}", file=sys.stderr)
     return 1 if everything else 0
 
 

@@ -598,7 +598,7 @@ def _follow_engine(rep: Report, portable_file: Path, marked: dict, feed: dict, r
     if twins:
         rep.fused = _fused(fused_code_differences(portable, marked, twins),
                            FUSED_CODES_TOL if engine_codes_tol is None else engine_codes_tol)
-    rep.steps = _steps(step_distances(portable, own, {**marked, **twins}),  # (marked: tensors the portable graph quantizes)
+    rep.steps = _steps(step_distances(portable, own, {**marked, **twins}),  # a fused point: its twin's float value
                        engine_step_tol if engine_step_tol is not None else ENGINE_STEP_TOL,
                        engine_gain_tol if engine_gain_tol is not None else gain_default)
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 import pytest
 
 from mq_deploy import trt as mtrt
@@ -822,15 +821,10 @@ def _stand_in_engine(monkeypatch, tmp_path, outdir, c_scale=1.0, marked=True, no
     lib.write_bytes(b"")
     engine.write_bytes(b"ENGINE")
     plugin = onnx.load(str(outdir / "model.onnx"))
-    g = fp16_stand_in(plugin, noise=noise)
+    fused = [n.name for n in plugin.graph.node if hadamard_out_scale(n)]
+    g = fp16_stand_in(plugin, noise=noise, kernel_scale={fused[1]: kernel_scale} if kernel_scale != 1.0 else None)
     next(a for a in [n for n in g.graph.node if n.op_type == "SelectiveScan"][1].attribute
          if a.name == "C_scale").f *= c_scale
-    if kernel_scale != 1.0:
-        fused = [n.name for n in plugin.graph.node if hadamard_out_scale(n)]
-        div = next(n for n in g.graph.node if n.output[0] == f"{fused[1]}::steps")  # the stand-in's rounding
-        s = next(float(numpy_helper.to_array(t)) for t in g.graph.initializer if t.name == div.input[1])
-        g.graph.initializer.append(numpy_helper.from_array(np.asarray(s * kernel_scale, np.float32), "kernel_scale"))
-        div.input[1] = "kernel_scale"
     runner = OrtRunner(g, extra_outputs=validation_marks(plugin) if marked else ())
     monkeypatch.setattr(mval, "_trt_direct", lambda path, lib, feed: runner.run(dict(feed)))
     return dict(engine=str(engine), plugin_lib=str(lib), use_polygraphy=False)
@@ -1055,12 +1049,7 @@ def test_validate_a_stateful_validation_engine_checks_its_fused_hadamards(mq_out
     plain = onnx.load(str(mq_out / f"model.{graph}.onnx"))
 
     def report(kernel_scale=1.0):
-        g = fp16_stand_in(plain)
-        if kernel_scale != 1.0:
-            div = next(n for n in g.graph.node if n.output[0] == "layers.1/out_hadamard::steps")
-            s = next(float(numpy_helper.to_array(t)) for t in g.graph.initializer if t.name == div.input[1])
-            g.graph.initializer.append(numpy_helper.from_array(np.asarray(s * kernel_scale, np.float32), "k"))
-            div.input[1] = "k"
+        g = fp16_stand_in(plain, kernel_scale={"layers.1/out_hadamard": kernel_scale})
         runner = OrtRunner(g, extra_outputs=validation_marks(plain))
         monkeypatch.setattr(mval, "_trt_direct", lambda path, lib_, feed: runner.run(dict(feed)))
         return mval.validate(mq_out, graph=graph, batch=3, seq=20, engine=str(engine), plugin_lib=str(lib),

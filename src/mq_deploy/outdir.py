@@ -17,14 +17,12 @@ MARKER = "manifest.json"  # a directory holding this was written by mq-deploy an
 FORMAT = "mq-deploy/1"  # manifest.json's "format": what this mq-deploy writes and reads
 
 
-def read_manifest(out_dir: str | Path, required: bool = True) -> dict:
-    """OUTDIR/manifest.json as a dict ({} when absent and not `required`); a UserError, one line, when it is
-    missing, not JSON, or of another format than this mq-deploy reads."""
+def read_manifest(out_dir: str | Path) -> dict:
+    """OUTDIR/manifest.json as a dict; a UserError, one line, when it is missing, not JSON, or of another format than
+    this mq-deploy reads."""
     out = Path(out_dir)
     path = out / MARKER
     if not path.is_file():
-        if not required:
-            return {}
         raise UserError(f"{out} has no {MARKER}: copy it with the graphs (it says whether the model is quantized and "
                         "what it needs), or pass an `mq-deploy compile` output directory")
     try:

@@ -273,7 +273,7 @@ _FLOAT_OPS = {"DequantizeLinear", "Mul", "MatMul", "Add", "Sub", "Div", "Sqrt", 
               "ReduceMean", "Conv", "Gather", "Transpose", "Split", "SelectiveScan", "Hadamard"}
 
 
-def fp16_stand_in(model: onnx.ModelProto, noise: float = 0.0) -> onnx.ModelProto:
+def fp16_stand_in(model: onnx.ModelProto, noise: float = 0.0, kernel_scale: Optional[dict] = None) -> onnx.ModelProto:
     """A copy of a model.onnx (language model or Vim) whose float tensors are stored in fp16 (each rounded
     through a Cast pair where it is made), but for the RMSNorm layers, which `mq-deploy build --fp16` keeps in
     fp32 (graph/precision.py): what validate's engine rows are tested and measured with where TensorRT is absent, a
@@ -282,13 +282,17 @@ def fp16_stand_in(model: onnx.ModelProto, noise: float = 0.0) -> onnx.ModelProto
     the int8 codes of its fp32 value dequantized, and `float_twin` of it that value in fp16, as in a validation engine
     (trt.py, `_codes_copy`; the stand-in's outputs to ask for: `validation_marks(model)`). `noise` > 0:
     each rounded value is also multiplied by 1 + U(−noise, noise) (fixed seeds), a correct engine whose float layers
-    round more coarsely (5e-4: about twice fp16's own rounding error)."""
+    round more coarsely (5e-4: about twice fp16's own rounding error). `kernel_scale`: {fused Hadamard: f}, a wrong
+    kernel there, rounding its codes with f times its out_scale (they are still read with out_scale)."""
     from .fuse_scan_quant import float_twin, unfuse_hadamard_quant
     from .precision import rms_norm_nodes
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
     fused = _fused_quantizers(m)
+    unknown = sorted(set(kernel_scale or {}) - set(fused))
+    if unknown:
+        raise ValueError(f"fp16_stand_in: {', '.join(unknown)} is no fused Hadamard of the model")
     unfuse_hadamard_quant(m)  # for the CPU: the Hadamard's float output (the node's name), then its QuantizeLinear
     fp32 = {o for n in rms_norm_nodes(m) for o in n.output}
     new = []
@@ -313,11 +317,12 @@ def fp16_stand_in(model: onnx.ModelProto, noise: float = 0.0) -> onnx.ModelProto
         for j, o in enumerate(n.output):  # quantizers stay the model's)
             if o in fused:
                 n.output[j] = float_twin(o)
+                rounding = fused[o] * (kernel_scale or {}).get(o, 1.0)
                 consts = [helper.make_tensor(f"{o}::{k}", TensorProto.FLOAT, [], [v])
-                          for k, v in (("scale", fused[o]), ("lo", -128.0), ("hi", 127.0))]
+                          for k, v in (("scale", fused[o]), ("rounding", rounding), ("lo", -128.0), ("hi", 127.0))]
                 m.graph.initializer.extend(consts)
                 kernel = f"{o}::fp32" if f"{o}::fp32" in made else float_twin(o)
-                nodes += [helper.make_node("Div", [kernel, f"{o}::scale"], [f"{o}::steps"]),
+                nodes += [helper.make_node("Div", [kernel, f"{o}::rounding"], [f"{o}::steps"]),
                           helper.make_node("Round", [f"{o}::steps"], [f"{o}::rounded_steps"]),
                           helper.make_node("Clip", [f"{o}::rounded_steps", f"{o}::lo", f"{o}::hi"], [f"{o}::codes"]),
                           helper.make_node("Mul", [f"{o}::codes", f"{o}::scale"], [o])]

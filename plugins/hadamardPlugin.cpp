@@ -28,7 +28,7 @@ HadamardPlugin::HadamardPlugin(Attrs attrs)
     int32_t const n = mAttrs.getInt("n");
     int32_t k = 0;
     require(n > 0 && hadamardSplit(n, mM, k), "Hadamard: n = " + std::to_string(n) + " is not m*2^k with a known base matrix");
-    require(hadamardSharedBytes(n, mM) <= 200 * 1024, "Hadamard: n = " + std::to_string(n) + " is too large for one block");
+    require(hadamardSharedBytes(n, mM) <= kHadamardMaxSharedBytes, "Hadamard: n = " + std::to_string(n) + " is too large for one block");
     require(mAttrs.getFloat("out_scale") >= 0.f, "Hadamard: out_scale must be >= 0");
     mBase = hadamardBaseMatrix(mM);
 }
@@ -149,6 +149,17 @@ int32_t HadamardPlugin::configurePlugin(
         require(nbInputs == 1 && nbOutputs == 1, "wrong number of inputs/outputs");
         auto const& d = in[0].desc.dims;
         require(d.d[d.nbDims - 1] == -1 || d.d[d.nbDims - 1] == mAttrs.getInt("n"), "Hadamard: last axis must be n");
+        // a size the faster schedules do not take runs one block a row with the row in shared memory: say so here,
+        // on the GPU the engine is built for, rather than fail every tactic's launch
+        int dev = 0, optin = 0;
+        if (cudaGetDevice(&dev) == cudaSuccess
+            && cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess && optin > 0)
+        {
+            size_t const need = hadamardSharedBytes(mAttrs.getInt("n"), mM);
+            require(need <= static_cast<size_t>(optin),
+                "Hadamard: n = " + std::to_string(mAttrs.getInt("n")) + " needs " + std::to_string(need / 1024)
+                    + " KB of shared memory a block; this GPU allows " + std::to_string(optin / 1024) + " KB");
+        }
         return 0;
     });
 }
@@ -238,9 +249,9 @@ char const* HadamardPluginCreator::getPluginVersion() const noexcept { return kV
 char const* HadamardPluginCreator::getPluginNamespace() const noexcept { return kNAMESPACE; }
 PluginFieldCollection const* HadamardPluginCreator::getFieldNames() noexcept { return mAttrs.declared(); }
 
-IPluginV3* HadamardPluginCreator::createPlugin(char const*, PluginFieldCollection const* fc, TensorRTPhase) noexcept
+IPluginV3* HadamardPluginCreator::createPlugin(char const* name, PluginFieldCollection const* fc, TensorRTPhase) noexcept
 {
-    return guard<IPluginV3*>("Hadamard::createPlugin", nullptr, [&] {
+    return guard<IPluginV3*>(creatorWhere(kNAME, name).c_str(), nullptr, [&] {
         Attrs a = hadamardAttrs();
         a.parse(fc);
         return new HadamardPlugin(std::move(a));

@@ -3,6 +3,7 @@
 #pragma once
 #include "NvInferRuntime.h"
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
@@ -53,6 +54,12 @@ R guard(char const* where, R fail, F&& f) noexcept
         reportError(where, "unknown exception");
     }
     return fail;
+}
+
+//! Where a creator's createPlugin reports its errors: the plugin and the network layer (the ONNX node) it creates.
+inline std::string creatorWhere(char const* plugin, char const* layer)
+{
+    return std::string(plugin) + "::createPlugin (layer '" + (layer != nullptr ? layer : "") + "')";
 }
 
 //! One attribute: name, type, default; read from a PluginFieldCollection and written back to one.

@@ -1,8 +1,9 @@
 // Entry points of the two plugin libraries CMake builds from the same sources (plugins/CMakeLists.txt):
 //
 //  libmq_trt_plugins.so: `getCreators` and `setLoggerFinder`, the pair TensorRT looks up in a library loaded with
-//    IPluginRegistry::loadLibrary (`mq-deploy build` / `validate`, `trtexec --dynamicPlugins`, the plugin libraries
-//    serialized into a version-compatible engine; the same pair as TensorRT OSS plugin/common/vfcCommon.cpp). Loading
+//    IPluginRegistry::loadLibrary (`mq-deploy build` / `validate`, `trtexec --dynamicPlugins`; the same pair as TensorRT
+//    OSS plugin/common/vfcCommon.cpp). It finds libmq_kernels.so beside it ($ORIGIN), so it cannot be one of the
+//    plugin libraries serialized into a version-compatible engine (the copy TensorRT extracts has no neighbour). Loading
 //    it with dlopen registers nothing, and loadLibrary fails if any of its plugins is registered already.
 //
 //  libmq_trt_plugins_register.so (compiled with MQ_PLUGINS_REGISTER_ON_LOAD=1): the same plugins, registered with

@@ -11,6 +11,9 @@ namespace
 {
 constexpr char const* kNAME = "SelectiveScan";
 enum : int32_t { kU = 0, kDELTA, kA, kB, kC, kDSKIP, kBIAS };
+//! The dequantization scales of the int8 inputs u, delta, Bm, Cm; 0 (the default, what a float graph's node carries)
+//! means the node takes float inputs only.
+constexpr char const* kScales[] = {"u_scale", "delta_scale", "B_scale", "C_scale"};
 
 DType toDType(DataType t)
 {
@@ -27,17 +30,26 @@ DType toDType(DataType t)
 Attrs selectiveScanAttrs()
 {
     return Attrs({{"delta_softplus", PluginFieldType::kINT32, 1}, {"has_z", PluginFieldType::kINT32, 0},
-        {"has_initial_state", PluginFieldType::kINT32, 0}, {"u_scale", PluginFieldType::kFLOAT32, 1.0},
-        {"delta_scale", PluginFieldType::kFLOAT32, 1.0}, {"B_scale", PluginFieldType::kFLOAT32, 1.0},
-        {"C_scale", PluginFieldType::kFLOAT32, 1.0}});
+        {"has_initial_state", PluginFieldType::kINT32, 0}, {"u_scale", PluginFieldType::kFLOAT32, 0.0},
+        {"delta_scale", PluginFieldType::kFLOAT32, 0.0}, {"B_scale", PluginFieldType::kFLOAT32, 0.0},
+        {"C_scale", PluginFieldType::kFLOAT32, 0.0}});
 }
 
 SelectiveScanPlugin::SelectiveScanPlugin(Attrs attrs)
     : mAttrs(std::move(attrs))
 {
     require(mAttrs.getInt("delta_softplus") == 0 || mAttrs.getInt("delta_softplus") == 1, "delta_softplus must be 0 or 1");
-    for (char const* s : {"u_scale", "delta_scale", "B_scale", "C_scale"})
-        require(mAttrs.getFloat(s) > 0.f, std::string(s) + " must be > 0");
+    for (char const* s : kScales)
+        require(std::isfinite(mAttrs.getFloat(s)) && mAttrs.getFloat(s) >= 0.f,
+            std::string(s) + " must be >= 0 (0: a float node, which takes no int8 inputs)");
+}
+
+bool SelectiveScanPlugin::int8Scales() const
+{
+    for (char const* s : kScales)
+        if (!mAttrs.isSet(s) || !(mAttrs.getFloat(s) > 0.f))
+            return false;
+    return true;
 }
 
 int32_t SelectiveScanPlugin::nbInputs() const
@@ -75,6 +87,8 @@ int32_t SelectiveScanPlugin::getOutputDataTypes(
         // fused Q/DQ pairs, and the gate multiply after the node is fp32, which a strongly typed network, always the
         // case in TensorRT 11, requires to match). A weakly typed build may still pick fp16 (supportsFormatCombination).
         outputTypes[0] = inputTypes[kU] == DataType::kHALF ? DataType::kHALF : DataType::kFLOAT;
+        if (mAttrs.getInt("has_z")) // y takes z's type (supportsFormatCombination)
+            outputTypes[0] = inputTypes[7];
         outputTypes[1] = DataType::kFLOAT;
         return 0;
     });
@@ -112,8 +126,11 @@ bool SelectiveScanPlugin::supportsFormatCombination(
         bool const hasZ = mAttrs.getInt("has_z") != 0;
         int32_t const zPos = hasZ ? 7 : -1;
         int32_t const h0Pos = mAttrs.getInt("has_initial_state") ? (hasZ ? 8 : 7) : -1;
+        // int8 only where the node carries the four scales (> 0): a float graph's node (scales 0) offered int8 would
+        // be given it by an implicitly quantized build (trtexec --int8 with a calibrator or dynamic ranges), whose
+        // scales come in PluginTensorDesc::scale, which the kernel does not read: it would dequantize at 0
         if (pos == kU)
-            return in == DataType::kFLOAT || in == DataType::kHALF || in == DataType::kINT8;
+            return in == DataType::kFLOAT || in == DataType::kHALF || (in == DataType::kINT8 && int8Scales());
         if (pos == kDELTA || pos == kB || pos == kC)
             return d.type == in;
         if (pos == kA || pos == kDSKIP || pos == kBIAS || pos == h0Pos)
@@ -132,10 +149,11 @@ int32_t SelectiveScanPlugin::configurePlugin(DynamicPluginTensorDesc const* in, 
     return guard<int32_t>("SelectiveScan::configurePlugin", -1, [&] {
         require(nbInputs == this->nbInputs() && nbOutputs == 2, "wrong number of inputs/outputs");
         // int8 u, delta, Bm, Cm (one type: supportsFormatCombination) are dequantized with their scale fields; one the
-        // node did not carry (the ONNX parser skips a missing field, and drops a misspelt one) would run at 1.0
+        // node did not carry (the ONNX parser skips a missing field, and drops a misspelt one) would run at 0
         if (in[kU].desc.type == DataType::kINT8)
-            for (char const* s : {"u_scale", "delta_scale", "B_scale", "C_scale"})
-                require(mAttrs.isSet(s), std::string("int8 inputs need attribute ") + s + " (the node does not set it)");
+            for (char const* s : kScales)
+                require(mAttrs.isSet(s) && mAttrs.getFloat(s) > 0.f,
+                    std::string("int8 inputs need attribute ") + s + " > 0 (the node does not set it)");
         // shapes the kernel indexes by u's (B, L, D) and A's N; -1 (dynamic) dims are checked where both are known
         auto const same = [](int64_t a, int64_t b) { return a < 0 || b < 0 || a == b; };
         Dims const& u = in[kU].desc.dims;
@@ -230,9 +248,9 @@ char const* SelectiveScanPluginCreator::getPluginVersion() const noexcept { retu
 char const* SelectiveScanPluginCreator::getPluginNamespace() const noexcept { return kNAMESPACE; }
 PluginFieldCollection const* SelectiveScanPluginCreator::getFieldNames() noexcept { return mAttrs.declared(); }
 
-IPluginV3* SelectiveScanPluginCreator::createPlugin(char const*, PluginFieldCollection const* fc, TensorRTPhase) noexcept
+IPluginV3* SelectiveScanPluginCreator::createPlugin(char const* name, PluginFieldCollection const* fc, TensorRTPhase) noexcept
 {
-    return guard<IPluginV3*>("SelectiveScan::createPlugin", nullptr, [&] {
+    return guard<IPluginV3*>(creatorWhere(kNAME, name).c_str(), nullptr, [&] {
         Attrs a = selectiveScanAttrs();
         a.parse(fc);
         return new SelectiveScanPlugin(std::move(a));

@@ -3,8 +3,9 @@
 // Inputs: u, delta, A, Bm, Cm, Dskip, delta_bias [, z if has_z] [, h0 if has_initial_state]
 // Outputs: y (B, L, D), last_state (B, D, N) fp32.
 // Types: u/delta/Bm/Cm all fp32, all fp16, or all int8 (per-tensor scales from the attributes
-// u_scale, delta_scale, B_scale, C_scale — the scales of the Q nodes in front of the plugin; with int8
-// inputs, configurePlugin refuses a scale the node did not set rather than run at the default 1.0);
+// u_scale, delta_scale, B_scale, C_scale — the scales of the Q nodes in front of the plugin; 0, the default, on a
+// float graph's node, which then offers no int8 formats; with int8 inputs, configurePlugin refuses a scale the node
+// did not set rather than run at the default);
 // y is fp16 for fp16 inputs, fp32 for fp32 and int8 inputs (the quantized graph gates in fp32); z has y's type;
 // A, Dskip, delta_bias, h0 are fp32.
 #pragma once
@@ -54,6 +55,7 @@ public:
 
 private:
     int32_t nbInputs() const;
+    bool int8Scales() const; //!< the node carries the four int8 scales (> 0)
     Attrs mAttrs;
 };
 

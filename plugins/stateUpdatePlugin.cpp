@@ -167,9 +167,9 @@ char const* StateUpdatePluginCreator::getPluginVersion() const noexcept { return
 char const* StateUpdatePluginCreator::getPluginNamespace() const noexcept { return kNAMESPACE; }
 PluginFieldCollection const* StateUpdatePluginCreator::getFieldNames() noexcept { return mAttrs.declared(); }
 
-IPluginV3* StateUpdatePluginCreator::createPlugin(char const*, PluginFieldCollection const* fc, TensorRTPhase) noexcept
+IPluginV3* StateUpdatePluginCreator::createPlugin(char const* name, PluginFieldCollection const* fc, TensorRTPhase) noexcept
 {
-    return guard<IPluginV3*>("SelectiveStateUpdate::createPlugin", nullptr, [&] {
+    return guard<IPluginV3*>(creatorWhere(kNAME, name).c_str(), nullptr, [&] {
         Attrs a = stateUpdateAttrs();
         a.parse(fc);
         return new StateUpdatePlugin(std::move(a));

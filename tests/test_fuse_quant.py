@@ -16,7 +16,7 @@ from mq_deploy.graph.builder import OPSET
 from mq_deploy.errors import UserError
 from mq_deploy.graph.follow import follow_name, follower, fused_code_differences, quantized_tensors, quantizer_params
 from mq_deploy.graph.fuse_scan_quant import (dequantize_hadamard_codes, float_twin, fuse_hadamard_quant,
-                                              unfuse_hadamard_quant)
+                                              fuse_scan_quant, unfuse_for_cpu, unfuse_hadamard_quant)
 from mq_deploy.ops.ort_kernels import PLUGIN_DOMAIN
 from mq_deploy.loaders import BUNDLED_DIR
 from mq_deploy.ops.plugin_fields import FIELDS, fields_of, node_attrs
@@ -121,6 +121,54 @@ def test_leaves_per_channel_zero_and_missing_parameters():
     m = _graph()
     _by_name(m)["g/Q"].attribute.append(helper.make_attribute("output_dtype", int(TensorProto.INT8)))  # opset 21
     assert not _g_fused(m)
+
+
+def _scan_graph(zp_u=np.int8(0), dq_scale_u=0.1, q_zero_point_u=True) -> onnx.ModelProto:
+    """A SelectiveScan (float node: scales 0) whose u, delta, Bm, Cm each come through QuantizeLinear → DequantizeLinear
+    (scale 0.1 / 0.2 / 0.3 / 0.4, int8 zero point 0), with u's pair varied by the arguments."""
+    inits, nodes = [], []
+    inputs = []
+    for k, name in enumerate(("u", "delta", "Bm", "Cm")):
+        s = 0.1 * (k + 1)
+        inits += [numpy_helper.from_array(np.asarray(s, np.float32), f"{name}/s"),
+                  numpy_helper.from_array(np.asarray(zp_u if name == "u" else np.int8(0)), f"{name}/zp"),
+                  numpy_helper.from_array(np.asarray(dq_scale_u if name == "u" else s, np.float32), f"{name}/s_dq"),
+                  numpy_helper.from_array(np.asarray(np.int8(0)), f"{name}/zp_dq")]
+        q_in = [name, f"{name}/s", f"{name}/zp"] if name != "u" or q_zero_point_u else [name, f"{name}/s"]
+        nodes += [helper.make_node("QuantizeLinear", q_in, [f"{name}/q"], name=f"{name}/Q"),
+                  helper.make_node("DequantizeLinear", [f"{name}/q", f"{name}/s_dq", f"{name}/zp_dq"], [f"{name}/dq"],
+                                   name=f"{name}/DQ")]
+        inputs.append(f"{name}/dq")
+    ins = [inputs[0], inputs[1], "A", inputs[2], inputs[3], "D", "bias"]
+    nodes.append(helper.make_node("SelectiveScan", ins, ["y", "h"], name="scan", domain=PLUGIN_DOMAIN,
+                                  **node_attrs("SelectiveScan")))
+    vi = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)  # noqa: E731
+    g = helper.make_graph(nodes, "t", [vi("u", ["B", "L", 8]), vi("delta", ["B", "L", 8]), vi("A", [8, 4]),
+                                       vi("Bm", ["B", "L", 4]), vi("Cm", ["B", "L", 4]), vi("D", [8]), vi("bias", [8])],
+                          [vi("y", ["B", "L", 8]), vi("h", ["B", 8, 4])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(PLUGIN_DOMAIN, 1)])
+
+
+def test_scan_inputs_fuse_only_symmetric_int8_pairs_of_one_scale():
+    """fuse_scan_quant hands the plugin a Q's int8 codes with the scale as its attribute only where the kernel's
+    x = q·scale is what Q → DQ computes: int8 zero point 0 on both, one scale. A float node's scales are 0 (the
+    plugin then offers TensorRT no int8 formats), and unfuse_for_cpu sets them back to 0."""
+    scan = lambda m: _by_name(m)["scan"]  # noqa: E731
+    assert [fields_of(scan(_scan_graph()))[s] for s in ("u_scale", "delta_scale", "B_scale", "C_scale")] == [0.0] * 4
+    f = fuse_scan_quant(_scan_graph())
+    assert list(scan(f).input[:5]) == ["u/q", "delta/q", "A", "Bm/q", "Cm/q"]
+    assert [fields_of(scan(f))[s] for s in ("u_scale", "delta_scale", "B_scale", "C_scale")] == \
+        pytest.approx([0.1, 0.2, 0.3, 0.4])
+    unfuse_for_cpu(f)
+    assert [fields_of(scan(f))[s] for s in ("u_scale", "delta_scale", "B_scale", "C_scale")] == [0.0] * 4
+    assert all(_by_name(f)[i.removesuffix("_dq") + "_DQ"].op_type == "DequantizeLinear"
+               for i in scan(f).input[:5] if i != "A")
+    # u's pair unlike what the kernel computes: uint8 or nonzero zero point, no zero point (uint8), another DQ scale
+    for m in (_scan_graph(zp_u=np.uint8(0)), _scan_graph(zp_u=np.int8(2)), _scan_graph(q_zero_point_u=False),
+              _scan_graph(dq_scale_u=0.11)):
+        f = fuse_scan_quant(m)
+        assert scan(f).input[0] == "u/dq" and fields_of(scan(f))["u_scale"] == 0.0
+        assert scan(f).input[1] == "delta/q" and fields_of(scan(f))["delta_scale"] == pytest.approx(0.2)
 
 
 def test_leaves_a_hadamard_with_a_second_reader():

@@ -139,7 +139,7 @@ GRAPHS = [("w8", "model.onnx"), ("w8", "model.prefill.onnx"), ("w8", "model.deco
 def test_declarations_are_read():
     d = declared_fields()
     assert set(d) == {"SelectiveScan", "SelectiveStateUpdate", "Hadamard"}
-    assert d["SelectiveScan"]["fields"]["B_scale"] == ("kFLOAT32", 1.0)
+    assert d["SelectiveScan"]["fields"]["B_scale"] == ("kFLOAT32", 0.0)
     assert d["Hadamard"]["fields"]["n"][0] == "kINT32"
     assert d["SelectiveScan"]["version"] == "1" and d["SelectiveScan"]["namespace"] == "mq_deploy"
 
@@ -153,11 +153,11 @@ def test_plugin_nodes_match_creator_fields(outdirs, outdir, name):
     assert kinds >= ({"Hadamard"} if outdir != "fp32" else set()) | \
         ({"SelectiveStateUpdate"} if "decode" in name else {"SelectiveScan"})
     assert mismatches(m, declared_fields()) == []
-    for n in m.graph.node:  # int8 into the scan: every scale set from its Q; float input: the default 1.0
+    for n in m.graph.node:  # int8 into the scan: every scale set from its Q (> 0); float input: 0 (no int8 formats)
         if n.op_type == "SelectiveScan":
             a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
             scales = [a.get(s) for s in ("u_scale", "delta_scale", "B_scale", "C_scale")]
-            assert all(s != 1.0 for s in scales) if outdir != "fp32" else scales == [1.0] * 4, (n.name, scales)
+            assert all(s > 0 and s != 1.0 for s in scales) if outdir != "fp32" else scales == [0.0] * 4, (n.name, scales)
 
 
 def test_python_field_table_matches_the_sources():

@@ -398,6 +398,26 @@ def tests():
             record("hadamard", case.replace("->fp16", "->int8 (|dq|<=1, mismatches)"), "frac", frac, 0.01,
                    ok=float(diff.max()) <= 1 and frac <= 0.01)
     LIB.mq_hadamard_set_tuning(-1, -1)
+
+    # empty tensors (a profile's zero batch or length), for which TensorRT may pass null pointers: success, no launch;
+    # a non-empty call with a null pointer is still refused (cudaErrorInvalidValue = 1)
+    null = None
+    empty = {
+        "scan B0": LIB.mq_selective_scan(0, 10, 64, 16, 1, F32, F32, 0, 0, 0, 0, *[null] * 11, 0, -1, null, 0, null),
+        "scan L0 without a state": LIB.mq_selective_scan(2, 0, 64, 16, 1, F32, F32, 0, 0, 0, 0, *[null] * 11, 0, -1, null, 0, null),
+        "state update B0": LIB.mq_state_update(0, 64, 16, 1, F32, *[null] * 11, null),
+        "hadamard rows 0": LIB.mq_hadamard(0, 768, 12, F16, F16, 1.0, null, null, null, null),
+    }
+    refused = {
+        "scan B1 null u": LIB.mq_selective_scan(1, 10, 64, 16, 1, F32, F32, 0, 0, 0, 0, *[null] * 11, 0, -1, null, 0, null),
+        "state update B1 null": LIB.mq_state_update(1, 64, 16, 1, F32, *[null] * 11, null),
+        "hadamard rows 3 null": LIB.mq_hadamard(3, 768, 12, F16, F16, 1.0, null, null, null, null),
+    }
+    for case, rc in empty.items():
+        record("empty", case + " with null pointers: cudaSuccess", "rc", float(rc), 0.0, ok=rc == 0)
+    for case, rc in refused.items():
+        record("empty", case + ": cudaErrorInvalidValue", "rc", float(rc), 1.0, ok=rc == 1)
+    torch.cuda.synchronize()
     return record.rows, record.failures
 
 

@@ -791,16 +791,16 @@ size_t hadamardSharedBytes(int32_t n, int32_t m)
 
 cudaError_t launchHadamard(HadamardParams const& p, cudaStream_t stream)
 {
-    if (p.n < 1 || p.m < 1 || p.n % p.m != 0 || p.x == nullptr || p.y == nullptr || (p.m > 1 && p.baseMatrix == nullptr))
+    if (p.n < 1 || p.m < 1 || p.n % p.m != 0 || p.rows < 0)
         return cudaErrorInvalidValue;
     int32_t const P = p.n / p.m;
     if ((P & (P - 1)) != 0)
         return cudaErrorInvalidValue;
-    if (hadamardSharedBytes(p.n, p.m) > 200 * 1024)
+    if (hadamardSharedBytes(p.n, p.m) > kHadamardMaxSharedBytes)
         return cudaErrorInvalidValue;
-    if (p.rows == 0)
+    if (p.rows == 0) // empty tensors (TensorRT may pass null for them): nothing to do
         return cudaSuccess;
-    if (p.rows > 0x7fffffff)
+    if (p.rows > 0x7fffffff || p.x == nullptr || p.y == nullptr || (p.m > 1 && p.baseMatrix == nullptr))
         return cudaErrorInvalidValue;
     int32_t logP = 0;
     while ((1 << logP) < P)

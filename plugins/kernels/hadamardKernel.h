@@ -43,8 +43,11 @@ bool hadamardSplit(int32_t n, int32_t& m, int32_t& k);
 //! Host port of quant/hadamard.py:base_matrix (row-major m×m, ±1); empty if none is known.
 std::vector<float> hadamardBaseMatrix(int32_t m);
 
-//! Shared memory the kernel needs for one row (bytes).
+//! Shared memory the kernel needs for one row (bytes): what the one-block-a-row schedule of the sizes the faster ones do
+//! not take (n % 256 != 0 or n > 8192) allocates. At most kHadamardMaxSharedBytes, and at most what the device allows a
+//! block (cudaDevAttrMaxSharedMemoryPerBlockOptin: ~99 KB on sm_86 / sm_89, ~163 KB on sm_80 / sm_87, ~227 KB on sm_90).
 size_t hadamardSharedBytes(int32_t n, int32_t m);
+constexpr size_t kHadamardMaxSharedBytes = 200 * 1024;
 
 cudaError_t launchHadamard(HadamardParams const& p, cudaStream_t stream);
 

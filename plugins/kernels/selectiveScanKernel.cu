@@ -744,8 +744,6 @@ cudaError_t dispatch(SelectiveScanParams const& p, SelectiveScanPlan const& plan
 
 std::atomic<int32_t> gSchedule{0}, gSegLanes{0}, gSegGroups{0};
 
-//! The most chunks the automatic plan makes for L tokens: chunks of at least 128 tokens.
-int32_t maxAutoChunks(int32_t seqLen) { return std::max(1, seqLen / 128); }
 
 //! Workspace of `chunks` chunks (hChunk (B, C, D, N), then sumDelta (B, C, D), fp32); none for one chunk.
 size_t workspaceBytes(int32_t batch, int32_t chunks, int32_t dim, int32_t dState)
@@ -758,6 +756,13 @@ size_t workspaceBytes(int32_t batch, int32_t chunks, int32_t dim, int32_t dState
 //! Chunk counts the automatic plan considers (each ≤ maxAutoChunks(L); after chunkGeometry's rounding, each distinct
 //! count once): the grid it was fitted and checked on (benchmarks/gpu/edge_sms.cu times exactly these).
 constexpr int32_t kPlanChunks[] = {1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 32};
+
+//! The most chunks the automatic plan makes for L tokens: chunks of at least 128 tokens, and no more than the last
+//! count of kPlanChunks (which bounds the workspace the plugin asks TensorRT for: B8 L32768 D5120 89 MB, not 713).
+int32_t maxAutoChunks(int32_t seqLen)
+{
+    return std::max(1, std::min(seqLen / 128, kPlanChunks[sizeof(kPlanChunks) / sizeof(kPlanChunks[0]) - 1]));
+}
 constexpr double kPlanMargin = 0.01; //!< selectiveScanPlan takes the fewest chunks within 1 % of the least modelled time
 
 //! Modelled time (ns) of the token-serial schedule with `split` threads a channel and chunk geometry g on `sms` SMs; the
@@ -918,12 +923,11 @@ size_t selectiveScanMaxWorkspaceSize(int32_t maxBatch, int32_t maxSeqLen, int32_
 
 cudaError_t launchSelectiveScan(SelectiveScanParams const& p, void* workspace, size_t workspaceSize, cudaStream_t stream)
 {
-    if (p.batch < 0 || p.seqLen < 0 || p.dim < 0 || p.dState < 1 || p.dState > kN || p.u == nullptr
-        || p.delta == nullptr || p.A == nullptr || p.Bm == nullptr || p.Cm == nullptr || p.y == nullptr)
+    if (p.batch < 0 || p.seqLen < 0 || p.dim < 0 || p.dState < 1 || p.dState > kN)
         return cudaErrorInvalidValue;
-    if (p.batch == 0 || p.dim == 0)
+    if (p.batch == 0 || p.dim == 0) // empty tensors (TensorRT may pass null for them): nothing to do
         return cudaSuccess;
-    if (p.seqLen == 0)
+    if (p.seqLen == 0) // only the state: u, delta, Bm, Cm, y are empty
     {
         if (p.lastState == nullptr)
             return cudaSuccess;
@@ -931,6 +935,8 @@ cudaError_t launchSelectiveScan(SelectiveScanParams const& p, void* workspace, s
         return p.h0 != nullptr ? cudaMemcpyAsync(p.lastState, p.h0, bytes, cudaMemcpyDeviceToDevice, stream)
                                : cudaMemsetAsync(p.lastState, 0, bytes, stream);
     }
+    if (p.u == nullptr || p.delta == nullptr || p.A == nullptr || p.Bm == nullptr || p.Cm == nullptr || p.y == nullptr)
+        return cudaErrorInvalidValue;
     if (static_cast<int64_t>(kMaxTile) * p.dim > INT32_MAX / 2)
         return cudaErrorInvalidValue; // in-tile offsets i·D are 32-bit
     SelectiveScanPlan const plan = selectiveScanPlan(p);

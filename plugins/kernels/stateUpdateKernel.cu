@@ -186,11 +186,13 @@ cudaError_t launchLanes(StateUpdateParams const& p, cudaStream_t stream)
 
 cudaError_t launchStateUpdate(StateUpdateParams const& p, cudaStream_t stream)
 {
-    if (p.batch < 0 || p.dim < 0 || p.dState < 1 || p.stateIn == nullptr || p.stateOut == nullptr || p.x == nullptr
-        || p.dt == nullptr || p.A == nullptr || p.Bm == nullptr || p.Cm == nullptr || p.y == nullptr)
+    if (p.batch < 0 || p.dim < 0 || p.dState < 1)
         return cudaErrorInvalidValue;
-    if (static_cast<int64_t>(p.batch) * p.dim == 0)
+    if (static_cast<int64_t>(p.batch) * p.dim == 0) // empty tensors (TensorRT may pass null for them): nothing to do
         return cudaSuccess;
+    if (p.stateIn == nullptr || p.stateOut == nullptr || p.x == nullptr || p.dt == nullptr || p.A == nullptr
+        || p.Bm == nullptr || p.Cm == nullptr || p.y == nullptr)
+        return cudaErrorInvalidValue;
     cudaError_t const e = p.type == DType::kFLOAT ? launchLanes<float>(p, stream)
         : p.type == DType::kHALF                  ? launchLanes<__half>(p, stream)
                                                   : cudaErrorInvalidValue;

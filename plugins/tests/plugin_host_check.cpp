@@ -161,6 +161,54 @@ void selectiveScan()
     auto fp32 = io(DataType::kFLOAT, DataType::kFLOAT, 16, 384, 16);
     check(build(pNoB)->configurePlugin(fp32.data(), 7, fp32.data() + 7, 2) == 0,
         "SelectiveScan configurePlugin accepts fp32 inputs with default scales");
+    check(!build(pNoB)->supportsFormatCombination(0, good.data(), 7, 2) && build(pNoB)->supportsFormatCombination(0, fp32.data(), 7, 2),
+        "SelectiveScan without B_scale offers no int8 formats (fp32 still)");
+    {
+        // a float graph's node: every field written, the scales 0 (ops/plugin_fields.py), as TensorRT's ONNX parser
+        // passes them. An implicitly quantized build (trtexec --int8 with a calibrator) must not be offered int8 u:
+        // its scales would come in PluginTensorDesc::scale, which the kernel does not read
+        float zero = 0.f;
+        std::vector<PluginField> fz = {f[0], {"u_scale", &zero, PluginFieldType::kFLOAT32, 1},
+            {"delta_scale", &zero, PluginFieldType::kFLOAT32, 1}, {"B_scale", &zero, PluginFieldType::kFLOAT32, 1},
+            {"C_scale", &zero, PluginFieldType::kFLOAT32, 1}};
+        for (auto const& fc : {PluginFieldCollection{static_cast<int32_t>(fz.size()), fz.data()}, PluginFieldCollection{0, nullptr}})
+        {
+            IPluginV3* pf = create("SelectiveScan", fc, "SelectiveScan createPlugin of a float node (scales 0 / defaults)");
+            if (pf == nullptr)
+                continue;
+            auto half = io(DataType::kHALF, DataType::kHALF, 16, 384, 16);
+            check(!build(pf)->supportsFormatCombination(0, good.data(), 7, 2)
+                    && build(pf)->supportsFormatCombination(0, fp32.data(), 7, 2)
+                    && build(pf)->supportsFormatCombination(0, half.data(), 7, 2),
+                "SelectiveScan float node (scales 0) offers fp32 / fp16 u, no int8");
+            check(build(pf)->configurePlugin(good.data(), 7, good.data() + 7, 2) != 0,
+                "SelectiveScan float node (scales 0) refuses int8 inputs in configurePlugin");
+            delete pf;
+        }
+        float neg = -0.5f;
+        std::vector<PluginField> fn = {f[0], {"u_scale", &neg, PluginFieldType::kFLOAT32, 1}};
+        PluginFieldCollection const fcNeg{static_cast<int32_t>(fn.size()), fn.data()};
+        IPluginCreatorV3One* c = creator("SelectiveScan");
+        IPluginV3* pn = c != nullptr ? c->createPlugin("scan_neg", &fcNeg, TensorRTPhase::kBUILD) : nullptr;
+        check(c != nullptr && pn == nullptr, "SelectiveScan createPlugin refuses u_scale < 0");
+        delete pn;
+    }
+    {
+        // has_z: y takes z's type (int8 u with an fp16 z gives fp16 y: the type supportsFormatCombination allows)
+        std::vector<PluginField> fzg = f;
+        fzg.push_back({"has_z", &one, PluginFieldType::kINT32, 1});
+        IPluginV3* pz = create("SelectiveScan", PluginFieldCollection{static_cast<int32_t>(fzg.size()), fzg.data()},
+            "SelectiveScan createPlugin with has_z");
+        if (pz != nullptr)
+        {
+            DataType in[8] = {DataType::kINT8, DataType::kINT8, DataType::kFLOAT, DataType::kINT8, DataType::kINT8,
+                DataType::kFLOAT, DataType::kFLOAT, DataType::kHALF};
+            DataType out[2];
+            check(build(pz)->getOutputDataTypes(out, 2, in, 8) == 0 && out[0] == DataType::kHALF && out[1] == DataType::kFLOAT,
+                "SelectiveScan with has_z: y has z's type (int8 u, fp16 z -> fp16 y)");
+            delete pz;
+        }
+    }
     IPluginV3* cloned = pNoB->clone(); // the clone keeps which fields were set
     check(cloned != nullptr && build(cloned)->configurePlugin(good.data(), 7, good.data() + 7, 2) != 0,
         "SelectiveScan clone still refuses int8 inputs without B_scale");
@@ -170,6 +218,12 @@ void selectiveScan()
     // workspace of a profile with max B 1, max L 4100: every shape's plan fits in max(1, 4100 / 128) = 32 chunks
     size_t const ws = b->getWorkspaceSize(good.data(), 7, good.data() + 7, 2);
     check(ws == size_t{1} * 32 * 384 * 17 * sizeof(float), "SelectiveScan workspace = max B x 32 chunks x D x (N + 1) floats");
+    // a longer profile (max B 8, max L 32768) still needs at most 32 chunks: the plan never makes more (kPlanChunks)
+    auto longer = good;
+    longer[0].max.d[0] = 8;
+    longer[0].max.d[1] = 32768;
+    size_t const wsLong = b->getWorkspaceSize(longer.data(), 7, longer.data() + 7, 2);
+    check(wsLong == size_t{8} * 32 * 384 * 17 * sizeof(float), "SelectiveScan workspace at max L 32768 = max B x 32 chunks x D x (N + 1) floats");
 
     // output shapes: y = u's (B, L, D), last_state = (B, D, N) from u and A
     std::vector<Expr> u(3), a(2), bm(3), vec(1);

@@ -109,7 +109,7 @@ int main()
     for (mq::DType out : {h, f})
     for (int sms : {8, 16, 132})
         for (int d : {64, 384, 1536, 5120})
-            for (int maxL : {100, 129, 255, 2000, 4096, 4100})
+            for (int maxL : {100, 129, 255, 2000, 4096, 4100, 32768})
                 for (int maxB : {1, 3, 8})
                 {
                     size_t const cap = mq::selectiveScanMaxWorkspaceSize(maxB, maxL, d, 16);
@@ -126,6 +126,30 @@ int main()
                 }
     std::printf("%s workspace bound over the profile grid (%d shapes over it)\n", wsFailures ? "FAIL" : "PASS", wsFailures);
     failures += wsFailures;
+    // ... and no larger than the most chunks the plan makes (32): B8 L32768 D5120 89 MB, not 256 chunks' 713 MB
+    int capFailures = 0;
+    for (int maxL : {4096, 4223, 8192, 32768, 1 << 20})
+        capFailures += mq::selectiveScanMaxWorkspaceSize(8, maxL, 5120, 16) != size_t{8} * 32 * 5120 * 17 * sizeof(float);
+    capFailures += mq::selectiveScanMaxWorkspaceSize(8, 2000, 5120, 16) != size_t{8} * 15 * 5120 * 17 * sizeof(float);
+    std::printf("%s workspace bound at most 32 chunks (%d wrong)\n", capFailures ? "FAIL" : "PASS", capFailures);
+    failures += capFailures;
+    // empty tensors (a profile's zero batch or length): TensorRT may hand null pointers for them; nothing to launch
+    int emptyFailures = 0;
+    {
+        mq::SelectiveScanParams e;
+        e.dim = 64, e.dState = 16, e.seqLen = 10, e.batch = 0;
+        emptyFailures += mq::launchSelectiveScan(e, nullptr, 0, nullptr) != cudaSuccess;
+        e.batch = 2, e.dim = 0;
+        emptyFailures += mq::launchSelectiveScan(e, nullptr, 0, nullptr) != cudaSuccess;
+        e.dim = 64, e.seqLen = 0; // no tokens, no state asked for: nothing
+        emptyFailures += mq::launchSelectiveScan(e, nullptr, 0, nullptr) != cudaSuccess;
+        e.seqLen = 10; // tokens but no inputs: refused before any launch
+        emptyFailures += mq::launchSelectiveScan(e, nullptr, 0, nullptr) != cudaErrorInvalidValue;
+        e.batch = -1;
+        emptyFailures += mq::launchSelectiveScan(e, nullptr, 0, nullptr) != cudaErrorInvalidValue;
+    }
+    std::printf("%s empty scans with null pointers (%d wrong)\n", emptyFailures ? "FAIL" : "PASS", emptyFailures);
+    failures += emptyFailures;
     // the scan's ALU int8 → fp32 conversion is exact: equal to the cast for every int8 value (both forms, host side)
     int cvtFailures = 0;
     for (int q = -128; q <= 127; ++q)

@@ -2,7 +2,8 @@
 
 Scan inputs (`fuse_scan_quant`): for each of u, delta, Bm, Cm that arrives as QuantizeLinear → DequantizeLinear →
 SelectiveScan, the plugin input becomes the int8 output of the QuantizeLinear and the scale moves into the plugin
-attribute `u_scale` / `delta_scale` / `B_scale` / `C_scale` (1.0, ignored, on a float input); the kernel dequantizes
+attribute `u_scale` / `delta_scale` / `B_scale` / `C_scale` (0 on a float input: the plugin then offers TensorRT no int8
+formats); only a per-tensor int8 pair at zero point 0 with one scale is fused. The kernel dequantizes
 in registers (x = q·scale), so the function is unchanged. A DequantizeLinear left without consumers is removed (u's
 stays: x_proj reads it).
 
@@ -37,6 +38,18 @@ from ..ops.plugin_fields import fields_of, set_field
 SCALE_ATTRS = {0: "u_scale", 1: "delta_scale", 3: "B_scale", 4: "C_scale"}
 
 
+def _symmetric_int8_pair(q: onnx.NodeProto, dq: onnx.NodeProto, inits: dict) -> bool:
+    """Whether QuantizeLinear q → DequantizeLinear dq is per-tensor int8 at zero point 0 with one scale > 0 for both
+    (what a plugin reading q's codes as int8 with that scale computes: anything else stays unfused)."""
+    if any(a.name == "output_dtype" for n in (q, dq) for a in n.attribute):  # opset 21: the zero point decides here
+        return False
+    for n in (q, dq):
+        if len(n.input) < 3 or n.input[1] not in inits or n.input[2] not in inits or not _int8_zero(inits[n.input[2]]):
+            return False
+    sq, sdq = (numpy_helper.to_array(inits[n.input[1]]) for n in (q, dq))
+    return sq.size == 1 and sdq.size == 1 and float(sq.ravel()[0]) > 0 and float(sq.ravel()[0]) == float(sdq.ravel()[0])
+
+
 def fuse_scan_quant(model: onnx.ModelProto) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -51,8 +64,8 @@ def fuse_scan_quant(model: onnx.ModelProto) -> onnx.ModelProto:
             if dq is None or dq.op_type != "DequantizeLinear":
                 continue
             q = producer.get(dq.input[0])
-            if q is None or q.op_type != "QuantizeLinear" or dq.input[1] not in inits:
-                continue
+            if q is None or q.op_type != "QuantizeLinear" or not _symmetric_int8_pair(q, dq, inits):
+                continue  # (the kernel reads the codes as int8 at zero point 0 and one scale)
             scale = float(numpy_helper.to_array(inits[dq.input[1]]).ravel()[0])
             node.input[idx] = q.output[0]
             set_field(node, attr, scale)
@@ -207,7 +220,7 @@ def dequantize_hadamard_codes(model: onnx.ModelProto) -> int:
 
 def unfuse_for_cpu(model: onnx.ModelProto) -> None:
     """In place: put a DequantizeLinear back in front of every int8 plugin input (one a QuantizeLinear produces;
-    scale from the attribute, which goes back to 1.0: the input is float again), and a QuantizeLinear behind every
+    scale from the attribute, which goes back to 0: the input is float again), and a QuantizeLinear behind every
     int8 Hadamard output (unfuse_hadamard_quant)."""
     unfuse_hadamard_quant(model)
     g = model.graph
@@ -227,7 +240,7 @@ def unfuse_for_cpu(model: onnx.ModelProto) -> None:
                     new_nodes.append(helper.make_node("DequantizeLinear", [node.input[idx], base, base + "_zp"],
                                                       [base + "_dq"], name=base + "_DQ"))
                     node.input[idx] = base + "_dq"
-                    set_field(node, attr, 1.0)
+                    set_field(node, attr, 0.0)
         new_nodes.append(node)
     del g.node[:]
     g.node.extend(new_nodes)

@@ -14,7 +14,7 @@ Meanings (the C++ reads them so):
 | SelectiveScan | delta_softplus | 1: Δ = softplus(delta + delta_bias) |
 | | has_z | 1: an 8th input z gates y inside the plugin (our graphs gate outside: 0) |
 | | has_initial_state | 1: a last input h0 (our graphs start from zero: 0) |
-| | u_scale, delta_scale, B_scale, C_scale | dequantization scale of an int8 input; ignored for float input (1.0) |
+| | u_scale, delta_scale, B_scale, C_scale | dequantization scale of an int8 input; 0 on a float node, which then offers no int8 formats (an implicitly quantized build would otherwise give it int8 with scales it does not read) |
 | SelectiveStateUpdate | dt_softplus | 1: Δ = softplus(dt + dt_bias) |
 | | has_z | 1: a 9th input z (0) |
 | Hadamard | n | transform size (last axis); no default |
@@ -33,8 +33,8 @@ from .selective_scan import PLUGIN_NAMESPACE, PLUGIN_VERSION  # one kVERSION / k
 #: {plugin: {field: (type, default)}}; default None: every node sets it
 FIELDS: dict[str, dict[str, tuple[type, Optional[float]]]] = {
     "SelectiveScan": {"delta_softplus": (int, 1), "has_z": (int, 0), "has_initial_state": (int, 0),
-                      "u_scale": (float, 1.0), "delta_scale": (float, 1.0), "B_scale": (float, 1.0),
-                      "C_scale": (float, 1.0)},
+                      "u_scale": (float, 0.0), "delta_scale": (float, 0.0), "B_scale": (float, 0.0),
+                      "C_scale": (float, 0.0)},
     "SelectiveStateUpdate": {"dt_softplus": (int, 1), "has_z": (int, 0)},
     "Hadamard": {"n": (int, None), "out_scale": (float, 0.0)},
 }

@@ -57,9 +57,57 @@ def test_missing_and_bad_tokenizer_files(tmp_path):
         TextTokenizer(tmp_path / "empty_dir_without_tokenizer")
 
 
-def test_tokenizer_without_endoftext_is_a_user_error():
-    from tokenizers import Tokenizer, models
+def test_tokenizer_without_an_end_of_text_token_serves_what_does_not_need_one():
+    """No end-of-text token: encoding (perplexity, calibration) works and padding takes id 0; what needs the token
+    (zero-shot's empty context, generation's stop) is one error naming the tokens looked for. `</s>` and the other
+    names of EOT_TOKENS are found too."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
-    tok = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
-    with pytest.raises(UserError, match="endoftext"):
-        TextTokenizer.from_tokenizer(tok)
+    tok = Tokenizer(models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    t = TextTokenizer.from_tokenizer(tok)
+    assert t.encode("a b a") == [0, 1, 0] and t.pad_id == 0
+    with pytest.raises(UserError, match=r"has no end-of-text token \(<\|endoftext\|>, </s>, .*perplexity and "
+                                        r"calibration do not"):
+        t.eot_id
+    tok.add_special_tokens(["</s>"])
+    t = TextTokenizer.from_tokenizer(tok)
+    assert t.eot_id == 3 and t.pad_id == 3
+
+
+def test_ids_outside_the_models_vocabulary_are_one_error():
+    """for_model(V): every encode refuses an id >= V, naming it (another model's tokenizer); below V, nothing."""
+    tok = TextTokenizer(BUNDLED)
+    ids = tok.encode("The cat sat on the mat.")
+    assert tok.for_model(max(ids) + 1).encode("The cat sat on the mat.") == ids
+    tok.for_model(max(ids))
+    with pytest.raises(UserError, match=f"gives token id {max(ids)} .*outside the model's vocabulary of {max(ids)} "
+                                        "ids: it is not this model's tokenizer"):
+        tok.encode_batch(["x", "The cat sat on the mat."])
+    assert tok.for_model(None).encode("The cat sat on the mat.") == ids
+
+
+def test_eval_with_another_models_tokenizer_is_one_line(tmp_path):
+    """`mq-deploy eval` of a checkpoint (torch) and of an OUTDIR's graph (onnxruntime) with a tokenizer whose ids pass
+    the model's vocabulary: one error line, no Gather / IndexError traceback."""
+    import subprocess
+    import sys
+
+    from mq_deploy.model import MambaConfig, random_model
+
+    from .helpers import write_hf_checkpoint
+
+    ck = write_hf_checkpoint(random_model(MambaConfig(d_model=32, n_layer=1, vocab_size=500), seed=1), tmp_path / "ck")
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "mq_deploy", *map(str, a)], capture_output=True,  # noqa
+                                    text=True, timeout=300)
+    r = run("compile", ck, "-o", tmp_path / "out", "-q", "--tokenizer", BUNDLED)  # copied, with a warning
+    assert r.returncode == 0 and r.stderr.strip() == (f"warning: tokenizer {BUNDLED} has 8192 ids, the model's "
+                                                      "vocabulary 500: is it this model's tokenizer? (eval and "
+                                                      "generate refuse text with ids outside the vocabulary)")
+    for target in (ck, tmp_path / "out", tmp_path / "out" / "model.onnx"):
+        r = run("eval", target, "--tokenizer", BUNDLED, "--task", "text", "--data", text, "--seq-len", 32, "--limit", 1)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (target, r.stderr)
+        (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("mq-deploy: error: ")]
+        assert "outside the model's vocabulary of 500 ids" in line, (target, line)

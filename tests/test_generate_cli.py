@@ -67,6 +67,18 @@ def test_generate_bad_input(outdir, args, fragments):
     assert_user_error(run_cli("generate", outdir, *args), *fragments)
 
 
+def test_generate_refuses_ids_outside_the_vocabulary_before_printing(outdir, tmp_path):
+    """A tokenizer that gives an id past the model's vocabulary (here the model's own with one token added): one
+    error line, and the prompt is not echoed first."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(outdir / "tokenizer.json"))
+    tok.add_tokens(["zqxjv"])  # id 8192, the vocabulary's size
+    tok.save(str(tmp_path / "tokenizer.json"))
+    assert_user_error(run_cli("generate", outdir, "--prompt", "a zqxjv b", "--tokenizer", tmp_path / "tokenizer.json"),
+                      "gives token id 8192 ('zqxjv'), outside the model's vocabulary of 8192 ids")
+
+
 def test_generate_outdir_without_decode_graphs(outdir, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(outdir, old)

@@ -86,6 +86,15 @@ def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads
     return runner, tok, desc
 
 
+def _runner_vocab(runner) -> Optional[int]:
+    """The vocabulary size of an eval target: its logits' last dimension (an ONNX graph) or its config (torch)."""
+    dims = (getattr(runner, "outputs", None) or {}).get("logits")
+    if dims and isinstance(dims[-1], int):
+        return dims[-1]
+    config = getattr(getattr(runner, "model", None), "config", None)
+    return getattr(config, "vocab_size", None)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import run_task
     from .eval.tokenizer import TextTokenizer
@@ -107,7 +116,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(r) if args.json else f"fashion_mnist: top1={r['top1']:.4f}, n={r['n']}", flush=True)
         return 0
     runner, tok_path, desc = resolve_eval_target(args.model, args.tokenizer, args.threads)
-    tok = TextTokenizer(tok_path)
+    tok = TextTokenizer(tok_path).for_model(_runner_vocab(runner))
     kw = {} if args.seq_len is None else {"seq_len": args.seq_len}
     results = []
     for task in args.task:
@@ -127,6 +136,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # -- generate -------------------------------------------------------------------------------------
 def cmd_generate(args: argparse.Namespace) -> int:
     from .eval.tokenizer import TextTokenizer
+    from .outdir import read_manifest
     from .generate import (EngineSession, Sampling, StatefulSession, TextStream, check_outdir, check_request, generate,
                            outdir_graphs)
 
@@ -159,6 +169,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise UserError(f"the engines hold mq-deploy plugins: pass --plugins LIB or set {PLUGINS_ENV} "
                             f"({PLUGIN_BUILD_HINT})")
     tok = TextTokenizer(Path(args.tokenizer) if args.tokenizer else out / "tokenizer.json")
+    tok.for_model(read_manifest(out).get("model", {}).get("config", {}).get("vocab_size"))  # before anything is printed
     prompts = tok.encode_batch(args.prompt)
     check_request(prompts, args.max_new_tokens, args.max_prompt_tokens)  # before anything is printed
     session = EngineSession(*graphs, plugin_lib=lib) if args.flavour == "tensorrt" else \

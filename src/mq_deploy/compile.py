@@ -35,6 +35,7 @@ from .graph.stateful import self_check as stateful_self_check
 from .graph.weights import WeightStore
 from .memory import release
 from .loaders import load_model, resolve_model_dir
+from .trt import d_state_note
 from .model import MambaModel
 from .ops import selective_scan as ss
 from .ops import state_update as su
@@ -236,6 +237,21 @@ def default_calib_path() -> Path:
     return p
 
 
+def _check_tokenizer(path, vocab_size: int, warn: Callable[[str], None]) -> None:
+    """Warn when the tokenizer copied into OUTDIR cannot serve the model: unreadable, or more ids than its vocabulary
+    (eval and generate refuse the text whose ids fall outside it)."""
+    from .eval.tokenizer import TextTokenizer
+
+    try:
+        n = TextTokenizer(path).vocab_size
+    except UserError as e:
+        warn(f"{e} (copied into OUTDIR as it is; eval and generate need a readable one)")
+        return
+    if n > vocab_size:
+        warn(f"tokenizer {path} has {n} ids, the model's vocabulary {vocab_size}: is it this model's tokenizer? (eval "
+             "and generate refuse text with ids outside the vocabulary)")
+
+
 def calibration_data(model, recipe: Recipe, calib: Optional[str], tokenizer: Optional[str], samples: Optional[int],
                      seq_len: Optional[int]) -> tuple[np.ndarray, dict]:
     """Token windows for calibration and a description of them for the manifest."""
@@ -291,10 +307,19 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, force=force, warn=warn) as tmp:
         log(f"loading {'the bundled model' if model_path is None else model_path}")
-        model = load_model(model_path)
+        model = load_model(model_path, warn=warn)
         c = model.config
         log(f"  Mamba d_model={c.d_model} layers={c.n_layer} d_inner={c.d_inner} d_state={c.d_state} "
             f"dt_rank={c.dt_rank} vocab={c.vocab_size} ({model.source['format']})")
+        if d_state_note(c.d_state):
+            warn(d_state_note(c.d_state))
+        if any(name == "online_hadamard" for name, _ in recipe.passes):
+            from .quant.hadamard import is_supported
+
+            if not is_supported(c.d_inner):  # before calibration, which would come first
+                raise UserError(f"recipe {recipe.name} runs online_hadamard, a Hadamard transform of size d_inner = "
+                                f"{c.d_inner}, which has none (n = m·2^k with m in 1, 12, 20, 28, ...): use a recipe "
+                                "without it, e.g. rtn-w8a8, smoothquant-w8a8 or gptq-w8a8")
         plan, calib_info, stats_runs, trace = None, None, [], []
         if recipe.passes or recipe.quantized or recipe.precision == "fp16":
             from .quantize import prepare
@@ -399,6 +424,7 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             files[p.name] = {"what": "calibration statistics"}
         tok_src = tokenizer or source.get("tokenizer")
         if tok_src:
+            _check_tokenizer(tok_src, c.vocab_size, warn)
             shutil.copyfile(tok_src, tmp / "tokenizer.json")
             files["tokenizer.json"] = {"source": str(Path(tok_src).resolve())}
         manifest = {

@@ -39,6 +39,17 @@ _LOADED_PLUGIN_LIBS: set[str] = set()  # IPluginRegistry.load_library fails for 
 
 BATCH, SEQUENCE = "batch", "sequence"  # the dynamic dimensions of every graph mq-deploy compile writes
 GRAPHS = {"model": "model.onnx", "prefill": "model.prefill.onnx", "decode": "model.decode.onnx"}  # build --graph
+#: the largest d_state the SelectiveScan / SelectiveStateUpdate plugins take (plugins/kernels: N ≤ 16, a thread's
+#: states in registers; every published Mamba-1 model has 16)
+PLUGIN_MAX_D_STATE = 16
+
+
+def d_state_note(d_state: int) -> Optional[str]:
+    """Why a model of this d_state has no TensorRT engine, or None."""
+    if d_state <= PLUGIN_MAX_D_STATE:
+        return None
+    return (f"d_state is {d_state}, and the TensorRT plugins take d_state <= {PLUGIN_MAX_D_STATE}: onnxruntime runs "
+            "the compiled graphs, `mq-deploy build` cannot make an engine of them")
 ENGINES = {"model": "model.engine", "prefill": "model.prefill.engine", "decode": "model.decode.engine"}
 # `mq-deploy build --validation-engine [--graph G]`'s default file names
 VALIDATION_ENGINES = {"model": "model.validate.engine", "prefill": "model.prefill.validate.engine",
@@ -490,6 +501,9 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
     if graph not in GRAPHS:
         raise UserError(f"--graph must be one of {', '.join(GRAPHS)}, not {graph!r}")
     onnx_path, manifest = read_outdir(outdir)
+    too_wide = d_state_note(int(manifest.get("model", {}).get("config", {}).get("d_state") or 0))
+    if too_wide:
+        raise UserError(f"{outdir}: {too_wide}")
     if graph != "model":
         onnx_path = onnx_path.with_name(GRAPHS[graph])
         if not onnx_path.is_file() and manifest_input(manifest)[0] == "pixel_values":

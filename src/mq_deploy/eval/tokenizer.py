@@ -9,11 +9,13 @@ JSON file are switched off so that long texts are encoded whole.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 from mq_deploy.errors import UserError
 
 EOT_TOKEN = "<|endoftext|>"
+#: end-of-text tokens looked for, in order (GPT-NeoX's first; SentencePiece / Llama-style names after it)
+EOT_TOKENS = (EOT_TOKEN, "</s>", "<|end_of_text|>", "<eos>")
 PAD_TOKEN = "<|padding|>"
 
 
@@ -23,9 +25,13 @@ class TextTokenizer:
     `path` is a tokenizer.json file, or a directory that holds one.
 
     Attributes:
-        eot_id: id of `<|endoftext|>` (the prefix token for an empty context).
-        pad_id: id of `<|padding|>` if the vocabulary has it, else `eot_id`.
+        eot_id: id of the end-of-text token, `<|endoftext|>` or the first of `EOT_TOKENS` the vocabulary has (the
+            prefix token for an empty context, generation's stop token); a tokenizer without one is refused when
+            this is read (perplexity and calibration do not need it).
+        pad_id: id of `<|padding|>` if the vocabulary has it, else the end-of-text token's, else 0 (padding is
+            masked out wherever it is used).
         vocab_size: number of ids, added tokens included.
+        model_vocab: None, or the model's vocabulary size (`for_model`): `encode` then refuses ids at or above it.
     """
 
     def __init__(self, path: str | Path):
@@ -59,27 +65,44 @@ class TextTokenizer:
         tok.no_truncation()
         self._tok = tok
         self.path = name
-        eot = tok.token_to_id(EOT_TOKEN)
-        if eot is None:
-            raise UserError(
-                f"tokenizer {name} has no {EOT_TOKEN} token; evaluation needs it as the "
-                "end-of-text / empty-context token (GPT-NeoX style tokenizers have it as id 0)"
-            )
+        eot = next((i for i in map(tok.token_to_id, EOT_TOKENS) if i is not None), None)
         pad = tok.token_to_id(PAD_TOKEN)
-        self.eot_id: int = int(eot)
-        self.pad_id: int = int(pad) if pad is not None else self.eot_id
+        self._eot_id: Optional[int] = None if eot is None else int(eot)
+        self.pad_id: int = int(pad) if pad is not None else (self._eot_id or 0)
         self.vocab_size: int = int(tok.get_vocab_size(with_added_tokens=True))
+        self.model_vocab: Optional[int] = None
+
+    @property
+    def eot_id(self) -> int:
+        if self._eot_id is None:
+            raise UserError(f"tokenizer {self.path} has no end-of-text token ({', '.join(EOT_TOKENS)}): zero-shot "
+                            "tasks (the empty context's token) and generation (its stop token) need one; perplexity "
+                            "and calibration do not")
+        return self._eot_id
+
+    def for_model(self, vocab_size: Optional[int]) -> "TextTokenizer":
+        """Refuse, from now on, token ids at or above the model's vocabulary `vocab_size` (None: unknown)."""
+        self.model_vocab = None if vocab_size is None else int(vocab_size)
+        return self
+
+    def _checked(self, ids: list[int]) -> list[int]:
+        if self.model_vocab is not None and ids and max(ids) >= self.model_vocab:
+            bad = max(ids)
+            raise UserError(f"tokenizer {self.path} gives token id {bad} ({self._tok.id_to_token(bad)!r}), outside the "
+                            f"model's vocabulary of {self.model_vocab} ids: it is not this model's tokenizer (pass the "
+                            "model's with --tokenizer)")
+        return ids
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, with no special tokens added."""
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
+        return self._checked(list(self._tok.encode(text, add_special_tokens=False).ids))
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """`encode` for many texts at once (parallel inside `tokenizers`)."""
         if not texts:
             return []
         encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
-        return [list(e.ids) for e in encs]
+        return [self._checked(list(e.ids)) for e in encs]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`; special tokens are kept so that decode(encode(s)) == s."""
@@ -88,5 +111,5 @@ class TextTokenizer:
     def __repr__(self) -> str:
         return (
             f"TextTokenizer({self.path!r}, vocab_size={self.vocab_size}, "
-            f"eot_id={self.eot_id}, pad_id={self.pad_id})"
+            f"eot_id={self._eot_id}, pad_id={self.pad_id})"
         )

@@ -10,8 +10,9 @@ The format is recognised from config.json; naming differences are adapter tables
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ..errors import UserError
 from ..model import MambaModel
@@ -40,14 +41,19 @@ def resolve_model_dir(path: Optional[str | Path]) -> Path:
     return p
 
 
-def load_model(path: Optional[str | Path] = None) -> MambaModel:
-    """Load a Mamba-1 checkpoint directory (None: the bundled model) into fp32 numpy weights."""
+def _stderr_warning(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def load_model(path: Optional[str | Path] = None, warn: Callable[[str], None] = _stderr_warning) -> MambaModel:
+    """Load a Mamba-1 checkpoint directory (None: the bundled model) into fp32 numpy weights. `warn` gets what the
+    loader noticed and did not refuse (tensors the config does not use)."""
     model_dir = resolve_model_dir(path)
     raw = read_config(model_dir / "config.json")
     fmt = FORMATS[detect_format(raw, model_dir / "config.json")]
     config = fmt.parse_config(raw)
-    tensors = read_tensors(model_dir, fmt.weight_files)
-    model = fmt.build(config, tensors)
+    tensors = fmt.canonical_names(read_tensors(model_dir, fmt.weight_files))
+    model = fmt.build(config, tensors, warn=warn)
     model.source = {
         "path": str(model_dir.resolve()),
         "format": fmt.name,

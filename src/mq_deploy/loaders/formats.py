@@ -47,9 +47,24 @@ def read_config(path: Path) -> dict:
     return raw
 
 
+# Hugging Face architectures that are not Mamba-1 but may carry model_type "mamba" in a relabelled config
+_NOT_MAMBA1_KEYS = {"mixer_rms_eps": "falcon_mamba (RMS norms on B, C and Δ inside the mixer)"}
+
+
 def detect_format(raw: dict, path: Path) -> str:
     mt = raw.get("model_type")
     if mt == "mamba":
+        arch = [a for a in raw.get("architectures") or [] if isinstance(a, str) and not a.startswith("Mamba")]
+        if arch:
+            raise UserError(f"{path}: model_type is 'mamba' but architectures names {arch[0]}; mq-deploy compiles "
+                            "Mamba-1 checkpoints (MambaForCausalLM)")
+        for key, what in _NOT_MAMBA1_KEYS.items():
+            if key in raw:
+                raise UserError(f"{path}: '{key}' is a key of {what}, which is not Mamba-1 and is not supported")
+        act = raw.get("hidden_act", "silu")
+        if act != "silu":
+            raise UserError(f"{path}: hidden_act is {act!r}; Mamba-1 graphs use SiLU (the conv output and the gate), "
+                            "other activations are not supported")
         return "hf"
     if mt is not None:
         raise UserError(f"{path}: model_type is '{mt}', not a Mamba-1 model ('mamba'); mq-deploy compiles Mamba-1 checkpoints")
@@ -65,6 +80,15 @@ def _get(raw: dict, key: str, default=None, *, path: str = "config.json"):
     return v
 
 
+def _rank(R):
+    """time_step_rank / dt_rank: "auto" → 0 (ceil(d_model / 16)), an integer or its decimal string → that integer."""
+    if R == "auto":
+        return 0
+    if isinstance(R, str) and R.strip().isdigit():
+        return int(R)
+    return R
+
+
 def _hf_config(raw: dict) -> MambaConfig:
     R = raw.get("time_step_rank", "auto")
     d = _get(raw, "hidden_size")
@@ -76,8 +100,7 @@ def _hf_config(raw: dict) -> MambaConfig:
             d_state=raw.get("state_size", 16),
             d_conv=raw.get("conv_kernel", 4),
             expand=raw.get("expand", 2),
-            dt_rank=0 if R == "auto" else R,
-            d_inner=raw.get("intermediate_size") or 0,
+            dt_rank=_rank(R),  # (intermediate_size is not read: transformers sets it to expand · hidden_size)
             norm_eps=float(raw.get("layer_norm_epsilon", 1e-5)),
             conv_bias=bool(raw.get("use_conv_bias", True)),
             proj_bias=bool(raw.get("use_bias", False)),
@@ -112,7 +135,7 @@ def _ss_config(raw: dict) -> MambaConfig:
             d_state=ssm.get("d_state", 16),
             d_conv=ssm.get("d_conv", 4),
             expand=ssm.get("expand", 2),
-            dt_rank=0 if R == "auto" else R,
+            dt_rank=_rank(R),
             norm_eps=float(raw.get("norm_epsilon", 1e-5)),
             conv_bias=bool(ssm.get("conv_bias", True)),
             proj_bias=bool(ssm.get("bias", False)),
@@ -129,36 +152,73 @@ class Format:
     weight_files: tuple[str, ...]
     embedding_key: str
     parse_config: Callable[[dict], MambaConfig]
+    tie_key: str  # the config key that ties the head to the embedding
+    tie_default: str  # how a config without it reads, for messages
 
-    def build(self, config: MambaConfig, t: dict[str, np.ndarray]) -> MambaModel:
+    def build(self, config: MambaConfig, t: dict[str, np.ndarray], warn: Callable[[str], None] = lambda s: None
+              ) -> MambaModel:
+        """The model from checkpoint tensors `t` (names as `self` stores them; see `canonical_names`). Tensors the
+        config does not use (biases it says the model has none of, layers past n_layer, anything else) are named in
+        one `warn` line, as transformers' load report does: they are not part of the function."""
+        used: set[str] = set()
+
         def need(key: str) -> np.ndarray:
             if key not in t:
                 raise UserError(f"checkpoint is missing tensor '{key}' (is this a {self.name} Mamba checkpoint?)")
+            used.add(key)
             return t[key]
 
+        taken = {"in_proj_bias": config.proj_bias, "out_proj_bias": config.proj_bias, "conv_bias": config.conv_bias}
         layers = []
         for i in range(config.n_layer):
             p = f"backbone.layers.{i}."
             fields = {}
             for canon, suffix in LAYER_KEYS.items():
-                optional = canon.endswith("_bias") and canon != "dt_proj_bias"
-                if optional:
-                    fields[canon] = t.get(p + suffix)
+                if canon in taken:  # optional: only where the config says the model has it (validate checks it)
+                    fields[canon] = need(p + suffix) if taken[canon] and p + suffix in t else None
                 else:
                     fields[canon] = need(p + suffix)
             layers.append(MambaLayer(**fields))
         emb = need(self.embedding_key)
-        head = t.get("lm_head.weight")
+        stored = t.get("lm_head.weight")
+        head = None
         if config.tie_embeddings:
-            head = None  # tied: the checkpoint's lm_head (if stored) is the embedding
-        elif head is None:
+            if stored is not None and not np.array_equal(stored, emb):
+                raise UserError(f"config.json ties the head to the embedding ({self.tie_key} true{self.tie_default}) "
+                                "but the checkpoint stores an lm_head.weight that differs from it: set "
+                                f"{self.tie_key} to false to use the stored head, or remove lm_head.weight")
+            used.add("lm_head.weight")
+        elif stored is None:
             raise UserError("config says embeddings are not tied but the checkpoint has no lm_head.weight")
-        return MambaModel(config, emb, layers, need("backbone.norm_f.weight"), head)
+        else:
+            head = need("lm_head.weight")
+        model = MambaModel(config, emb, layers, need("backbone.norm_f.weight"), head)
+        unused = sorted(set(t) - used)
+        if unused:
+            shown = ", ".join(unused[:4]) + (f", ... ({len(unused)} in all)" if len(unused) > 4 else "")
+            warn(f"{len(unused)} tensor(s) of the checkpoint are not used by the model its config.json describes "
+                 f"({config.n_layer} layers, use_bias / conv bias {config.proj_bias} / {config.conv_bias}): {shown}")
+        return model
+
+    def canonical_names(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`t` under this format's names: wrapper prefixes (DDP's `module.`, torch.compile's `_orig_mod.`) dropped, a
+        base model's tensors (MambaModel.save_pretrained: `layers.…`, no `backbone.`) put under `backbone.`, and a
+        tied checkpoint that stores only the head given its embedding."""
+        for prefix in ("module.", "_orig_mod."):
+            if t and all(k.startswith(prefix) for k in t):
+                t = {k[len(prefix):]: v for k, v in t.items()}
+        if not any(k.startswith("backbone.") for k in t) and any(k.startswith("layers.") for k in t):
+            t = {(k if k == "lm_head.weight" else "backbone." + k): v for k, v in t.items()}
+        if self.embedding_key not in t and "lm_head.weight" in t:
+            t = dict(t)
+            t[self.embedding_key] = t["lm_head.weight"]
+        return t
 
 
 FORMATS = {
     "hf": Format("hf", ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
-                        "pytorch_model.bin"), "backbone.embeddings.weight", _hf_config),
+                        "pytorch_model.bin"), "backbone.embeddings.weight", _hf_config, "tie_word_embeddings",
+                 ", or absent: its default"),
     "state-spaces": Format("state-spaces", ("pytorch_model.bin", "model.safetensors"), "backbone.embedding.weight",
-                           _ss_config),
+                           _ss_config, "tie_embeddings", ", or absent: its default"),
 }

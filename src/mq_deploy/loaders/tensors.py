@@ -33,7 +33,12 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"could not read weights file {path}: {e}") from None
+        if "weights only load failed" in str(e).lower():  # torch's several-line advice does not apply here
+            raise UserError(f"weights file {path} holds pickled Python objects (a whole model?), not only tensors, and "
+                            "is not loaded (that would run code from the file): save the model's state_dict() with "
+                            "torch.save, or as model.safetensors") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"could not read weights file {path}: {first}") from None
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]
     if not isinstance(sd, dict) or not all(hasattr(v, "shape") for v in sd.values()):

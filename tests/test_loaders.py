@@ -1,0 +1,202 @@
+"""Checkpoints as users bring them: what the loader takes (as transformers does), what it refuses in one line, and what
+it names without refusing (tensors the config does not use)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mq_deploy.errors import UserError
+from mq_deploy.loaders import load_model
+from mq_deploy.model import MambaConfig, random_model
+
+from .helpers import write_hf_checkpoint
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tied random model (d_model 48, 2 layers, vocab 70) written by transformers' save_pretrained."""
+    m = random_model(MambaConfig(d_model=48, n_layer=2, vocab_size=70), seed=11)
+    return m, write_hf_checkpoint(m, tmp_path_factory.mktemp("ckpt") / "hf")
+
+
+def _variant(base_dir: Path, dst: Path, tensors=None, config=None, drop=()) -> Path:
+    """A copy of the checkpoint in `base_dir` with `tensors(t)` applied to its tensors (a dict it may edit or replace)
+    and `config` keys set (None deletes one), `drop` config keys removed."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    dst.mkdir(parents=True)
+    t = load_file(str(base_dir / "model.safetensors"))
+    if tensors is not None:
+        t = tensors(t) or t
+    save_file({k: v.contiguous() for k, v in t.items()}, str(dst / "model.safetensors"))
+    cfg = json.loads((base_dir / "config.json").read_text())
+    for k, v in (config or {}).items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    for k in drop:
+        cfg.pop(k, None)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    assert torch is not None
+    return dst
+
+
+def _load(path):
+    warnings = []
+    return load_model(path, warn=warnings.append), warnings
+
+
+def _same(a, b):
+    np.testing.assert_array_equal(a.embedding, b.embedding)
+    np.testing.assert_array_equal(a.head, b.head)
+    for la, lb in zip(a.layers, b.layers):
+        for f in ("in_proj", "conv_weight", "x_proj", "dt_proj", "A_log", "D", "out_proj"):
+            np.testing.assert_array_equal(getattr(la, f), getattr(lb, f))
+
+
+def test_a_stored_head_that_differs_from_a_tied_embedding_is_refused(base, tmp_path):
+    """config ties the head (tie_word_embeddings true, or absent: transformers' default) but the checkpoint stores
+    another lm_head: which one the model uses differs between transformers versions, so neither is guessed."""
+    import torch
+
+    m, d = base
+    ref, warnings = _load(d)
+    assert warnings == [] and ref.lm_head is None
+
+    def other_head(t):
+        t["lm_head.weight"] = t["backbone.embeddings.weight"] * 1.5
+
+    for name, cfg in (("tied", {"tie_word_embeddings": True}), ("no_key", {"tie_word_embeddings": None})):
+        with pytest.raises(UserError, match="tie_word_embeddings true.*stores an lm_head.weight that differs"):
+            load_model(_variant(d, tmp_path / name, other_head, cfg))
+    # the same values stored twice (a .bin of a tied model): fine; untied in the config: the stored head
+    same, warnings = _load(_variant(d, tmp_path / "same", lambda t: t.__setitem__(
+        "lm_head.weight", t["backbone.embeddings.weight"].clone())))
+    assert warnings == [] and same.lm_head is None
+    untied, _ = _load(_variant(d, tmp_path / "untied", other_head, {"tie_word_embeddings": False}))
+    np.testing.assert_array_equal(untied.lm_head, ref.embedding * np.float32(1.5))
+    assert torch is not None
+
+
+def test_tensors_the_config_does_not_use_are_left_out_and_named(base, tmp_path):
+    """Biases the config says the model has none of (use_bias / use_conv_bias false) and layers past
+    num_hidden_layers are not part of the function (transformers ignores them too): the model loads without them,
+    one warning names them. A stray bias of the wrong shape is no traceback either."""
+    import torch
+
+    m, d = base
+    di = m.config.d_inner
+
+    def stray(t):
+        t["backbone.layers.0.mixer.in_proj.bias"] = torch.ones(2 * di)
+        t["backbone.layers.1.mixer.out_proj.bias"] = torch.ones(7)  # wrong shape
+        for k in [k for k in t if k.startswith("backbone.layers.1.")]:
+            t[k.replace("layers.1.", "layers.2.")] = t[k].clone()  # 11 tensors, its stray bias too
+
+    got, warnings = _load(_variant(d, tmp_path / "stray", stray))
+    _same(got, load_model(d))
+    assert all(L.in_proj_bias is None and L.out_proj_bias is None for L in got.layers) and len(got.layers) == 2
+    (w,) = warnings
+    assert w.startswith("13 tensor(s) of the checkpoint are not used by the model its config.json describes (2 layers")
+    assert "backbone.layers.0.mixer.in_proj.bias" in w and "(13 in all)" in w
+
+    def no_conv_bias(t):  # the checkpoint has conv biases, the config says it has none
+        pass
+
+    got, warnings = _load(_variant(d, tmp_path / "noconv", no_conv_bias, {"use_conv_bias": False}))
+    assert all(L.conv_bias is None for L in got.layers)
+    assert len(warnings) == 1 and "backbone.layers.0.mixer.conv1d.bias" in warnings[0]
+
+
+def test_name_variants_of_one_checkpoint_load_alike(base, tmp_path):
+    """A base model's save_pretrained (no `backbone.` prefix), DDP's `module.` and torch.compile's `_orig_mod.`
+    prefixes, and a tied checkpoint that stores only the head all give the same model."""
+    m, d = base
+    ref = load_model(d)
+
+    def no_backbone(t):
+        return {k.removeprefix("backbone."): v for k, v in t.items()}
+
+    def prefixed(p):
+        return lambda t: {p + k: v for k, v in t.items()}
+
+    def head_only(t):
+        t["lm_head.weight"] = t.pop("backbone.embeddings.weight")
+
+    for name, edit in (("base_model", no_backbone), ("ddp", prefixed("module.")), ("compiled", prefixed("_orig_mod.")),
+                       ("head_only", head_only)):
+        got, warnings = _load(_variant(d, tmp_path / name, edit))
+        _same(got, ref)
+        assert warnings == [], name
+
+
+@pytest.mark.parametrize("key,value,expect", [
+    ("hidden_act", "gelu", "hidden_act is 'gelu'; Mamba-1 graphs use SiLU"),
+    ("architectures", ["FalconMambaForCausalLM"], "architectures names FalconMambaForCausalLM"),
+    ("mixer_rms_eps", 1e-6, "'mixer_rms_eps' is a key of falcon_mamba"),
+    ("conv_kernel", 1, "d_conv (conv_kernel) is 1; mq-deploy needs a causal convolution of at least 2 taps"),
+])
+def test_configs_of_other_architectures_are_refused(base, tmp_path, key, value, expect):
+    """What would compile to silently different numbers (another activation, falcon_mamba's mixer norms under
+    model_type "mamba") or a broken decode state (no convolution) is one error."""
+    with pytest.raises(UserError) as e:
+        load_model(_variant(base[1], tmp_path / "v", config={key: value}))
+    assert expect in str(e.value) and "\n" not in str(e.value)
+
+
+def test_config_spellings_transformers_accepts(base, tmp_path):
+    """time_step_rank as a decimal string; an intermediate_size that disagrees with expand · hidden_size (transformers
+    sets it from expand and ignores the key)."""
+    m, d = base
+    got = load_model(_variant(d, tmp_path / "rank", config={"time_step_rank": str(m.config.dt_rank),
+                                                             "intermediate_size": 12345}))
+    assert got.config.dt_rank == m.config.dt_rank and got.config.d_inner == m.config.d_inner
+
+
+def test_a_pickled_model_is_one_line(base, tmp_path):
+    """A whole nn.Module saved with torch.save: torch's weights-only refusal is several lines of advice that does not
+    apply here; mq-deploy says what the file is and what to save instead."""
+    import torch
+
+    d = tmp_path / "pickled"
+    d.mkdir()
+    (d / "config.json").write_text((base[1] / "config.json").read_text())
+    torch.save(torch.nn.Linear(3, 4), d / "pytorch_model.bin")
+    with pytest.raises(UserError) as e:
+        load_model(d)
+    assert "holds pickled Python objects" in str(e.value) and "\n" not in str(e.value)
+    assert "\x1b" not in str(e.value)
+
+
+def test_compile_names_a_d_state_the_plugins_do_not_take_and_build_refuses_it(tmp_path):
+    """d_state 32 compiles (onnxruntime runs it) with a warning; `build` refuses the OUTDIR before TensorRT."""
+    from mq_deploy.compile import compile_model
+    from mq_deploy.trt import plan_build
+
+    m = random_model(MambaConfig(d_model=32, n_layer=1, vocab_size=40, d_state=32), seed=2)
+    warnings = []
+    compile_model(str(write_hf_checkpoint(m, tmp_path / "ck")), "fp32", tmp_path / "out", progress=False,
+                  report_passes=False, warn=warnings.append)
+    assert warnings == ["d_state is 32, and the TensorRT plugins take d_state <= 16: onnxruntime runs the compiled "
+                        "graphs, `mq-deploy build` cannot make an engine of them"]
+    for graph in ("model", "prefill", "decode"):
+        with pytest.raises(UserError, match="d_state is 32, and the TensorRT plugins take d_state <= 16"):
+            plan_build(tmp_path / "out", require_plugin_lib=False, graph=graph)
+
+
+def test_a_recipe_needing_a_hadamard_of_d_inner_is_refused_before_calibration(tmp_path):
+    """mambaquant's online Hadamard of d_inner = 100 (no Hadamard matrix): one error before any calibration work."""
+    m = random_model(MambaConfig(d_model=50, n_layer=1, vocab_size=40), seed=2)
+    ck = write_hf_checkpoint(m, tmp_path / "ck")
+    r = subprocess.run([sys.executable, "-m", "mq_deploy", "compile", str(ck), "--recipe", "mambaquant-w8a8", "-o",
+                        str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "runs online_hadamard, a Hadamard transform of size d_inner = 100, which has none" in r.stderr
+    assert "calibration" not in r.stderr.replace("before calibration", "")  # no calibration line came first
+    assert not (tmp_path / "out").exists()

@@ -152,11 +152,15 @@ def test_configs_of_other_architectures_are_refused(base, tmp_path, key, value, 
 
 def test_config_spellings_transformers_accepts(base, tmp_path):
     """time_step_rank as a decimal string; an intermediate_size that disagrees with expand · hidden_size (transformers
-    sets it from expand and ignores the key)."""
+    sets it from expand and ignores the key); no model_type but architectures MambaForCausalLM."""
     m, d = base
     got = load_model(_variant(d, tmp_path / "rank", config={"time_step_rank": str(m.config.dt_rank),
                                                              "intermediate_size": 12345}))
     assert got.config.dt_rank == m.config.dt_rank and got.config.d_inner == m.config.d_inner
+    # an older save without model_type, recognised by its architectures
+    got = load_model(_variant(d, tmp_path / "no_type", config={"model_type": None,
+                                                                "architectures": ["MambaForCausalLM"]}))
+    _same(got, load_model(d))
 
 
 def test_a_pickled_model_is_one_line(base, tmp_path):

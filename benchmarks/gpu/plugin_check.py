@@ -219,16 +219,25 @@ def hadamard_checks(record):
                     record("hadamard plugin", case + " (|dq|<=1, mismatches)", "frac", frac, 0.01, ok=float(diff.max()) <= 1 and frac <= 0.01)
 
 
+def _int8_scan():
+    """A SelectiveScan's inputs with int8 u, delta, Bm, Cm (B1 L8 D64 N16; zeros)."""
+    return ([torch.zeros(1, 8, 64, dtype=torch.int8, device=DEV)] * 2 + [torch.zeros(64, 16, device=DEV)]
+            + [torch.zeros(1, 8, 16, dtype=torch.int8, device=DEV)] * 2 + [torch.zeros(64, device=DEV)] * 2)
+
+
 def refusal_checks(record):
     """The plugins' own errors reach the caller (through the ILogger this runtime hands them) and stop the run."""
     x = torch.randn(4, 1024, device=DEV)
     cases = (("Hadamard", {"n": 1536, "out_scale": 0.0}, [x], [torch.empty_like(x)], "last axis must be n"),  # configurePlugin
              ("Hadamard", {"n": 1536, "out_scale": 0.0}, [x], [torch.empty_like(x)], "last axis must be n"),  # onShapeChange
              ("Hadamard", {"n": 105, "out_scale": 0.0}, [x], [torch.empty_like(x)], "is not m*2^k"),
-             ("SelectiveScan", {"delta_softplus": 1, "u_scale": 0.1, "delta_scale": 0.1, "C_scale": 0.1},
-              [torch.zeros(1, 8, 64, dtype=torch.int8, device=DEV)] * 2 + [torch.zeros(64, 16, device=DEV)]
-              + [torch.zeros(1, 8, 16, dtype=torch.int8, device=DEV)] * 2 + [torch.zeros(64, device=DEV)] * 2,
-              [torch.empty(1, 8, 64, device=DEV), torch.empty(1, 64, 16, device=DEV)], "need attribute B_scale"))
+             # int8 inputs for a node without B_scale, and for a float graph's node (scales 0): not offered at all
+             ("SelectiveScan", {"delta_softplus": 1, "u_scale": 0.1, "delta_scale": 0.1, "C_scale": 0.1}, _int8_scan(),
+              [torch.empty(1, 8, 64, device=DEV), torch.empty(1, 64, 16, device=DEV)],
+              "supportsFormatCombination refuses position 0"),
+             ("SelectiveScan", scan_fields(False, False, True, (0.0,) * 4), _int8_scan(),
+              [torch.empty(1, 8, 64, device=DEV), torch.empty(1, 64, 16, device=DEV)],
+              "supportsFormatCombination refuses position 0"))
     for i, (name, fields, ins, outs, want) in enumerate(cases):
         try:
             run_plugin(name, fields, ins, outs, build_dims=i != 1)  # the second: -1 dims, so onShapeChange refuses

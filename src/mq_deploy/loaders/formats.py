@@ -53,6 +53,8 @@ _NOT_MAMBA1_KEYS = {"mixer_rms_eps": "falcon_mamba (RMS norms on B, C and Δ ins
 
 def detect_format(raw: dict, path: Path) -> str:
     mt = raw.get("model_type")
+    if mt is None and "MambaForCausalLM" in (raw.get("architectures") or []) and "hidden_size" in raw:
+        mt = "mamba"  # an older save without model_type
     if mt == "mamba":
         arch = [a for a in raw.get("architectures") or [] if isinstance(a, str) and not a.startswith("Mamba")]
         if arch:
@@ -153,7 +155,7 @@ class Format:
     embedding_key: str
     parse_config: Callable[[dict], MambaConfig]
     tie_key: str  # the config key that ties the head to the embedding
-    tie_default: str  # how a config without it reads, for messages
+    title: str  # the family's name in messages
 
     def build(self, config: MambaConfig, t: dict[str, np.ndarray], warn: Callable[[str], None] = lambda s: None
               ) -> MambaModel:
@@ -164,7 +166,7 @@ class Format:
 
         def need(key: str) -> np.ndarray:
             if key not in t:
-                raise UserError(f"checkpoint is missing tensor '{key}' (is this a {self.name} Mamba checkpoint?)")
+                raise UserError(f"checkpoint is missing tensor '{key}' (is this a {self.title} Mamba checkpoint?)")
             used.add(key)
             return t[key]
 
@@ -184,7 +186,7 @@ class Format:
         head = None
         if config.tie_embeddings:
             if stored is not None and not np.array_equal(stored, emb):
-                raise UserError(f"config.json ties the head to the embedding ({self.tie_key} true{self.tie_default}) "
+                raise UserError(f"config.json ties the head to the embedding ({self.tie_key} true, or absent: its default) "
                                 "but the checkpoint stores an lm_head.weight that differs from it: set "
                                 f"{self.tie_key} to false to use the stored head, or remove lm_head.weight")
             used.add("lm_head.weight")
@@ -218,7 +220,7 @@ class Format:
 FORMATS = {
     "hf": Format("hf", ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
                         "pytorch_model.bin"), "backbone.embeddings.weight", _hf_config, "tie_word_embeddings",
-                 ", or absent: its default"),
+                 "Hugging Face"),
     "state-spaces": Format("state-spaces", ("pytorch_model.bin", "model.safetensors"), "backbone.embedding.weight",
-                           _ss_config, "tie_embeddings", ", or absent: its default"),
+                           _ss_config, "tie_embeddings", "state-spaces (mamba-ssm)"),
 }

@@ -63,9 +63,6 @@ class MambaConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
                 raise UserError(f"model config: {name} must be a positive integer, got {v!r}")
-        if self.d_conv < 2:
-            raise UserError(f"model config: d_conv (conv_kernel) is {self.d_conv}; mq-deploy needs a causal convolution of "
-                            "at least 2 taps (the decode step carries the last d_conv - 1 inputs as its state)")
         if not self.norm_eps > 0:
             raise UserError(f"model config: norm epsilon must be > 0, got {self.norm_eps!r}")
 

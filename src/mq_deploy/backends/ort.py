@@ -134,8 +134,12 @@ class OrtRunner:
         outs = self.session.run(None, feeds)
         return dict(zip(self.output_names, outs))
 
-    def __call__(self, input_ids: np.ndarray) -> np.ndarray:
-        return self.run({"input_ids": np.asarray(input_ids, dtype=np.int64)})["logits"]
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """logits of the graph's one input: input_ids (int64 [B, L]) of a language model, pixel_values (float32
+        [B, C, H, W]) of a Vim."""
+        if "pixel_values" in self.inputs:
+            return self.run({"pixel_values": np.asarray(x, dtype=np.float32)})["logits"]
+        return self.run({"input_ids": np.asarray(x, dtype=np.int64)})["logits"]
 
 
 def _with_outputs(model: onnx.ModelProto, names: Sequence[str], only: bool = False) -> onnx.ModelProto:

@@ -52,6 +52,9 @@ def load_model(path: Optional[str | Path] = None, warn: Callable[[str], None] = 
     raw = read_config(model_dir / "config.json")
     fmt = FORMATS[detect_format(raw, model_dir / "config.json")]
     config = fmt.parse_config(raw)
+    if config.d_conv < 2:  # (a Vim has no decode step: vision/ takes any d_conv)
+        raise UserError(f"model config: d_conv (conv_kernel) is {config.d_conv}; mq-deploy needs a causal convolution "
+                        "of at least 2 taps (the decode step carries the last d_conv - 1 inputs as its state)")
     tensors = fmt.canonical_names(read_tensors(model_dir, fmt.weight_files))
     model = fmt.build(config, tensors, warn=warn)
     model.source = {

@@ -53,6 +53,9 @@ _NOT_MAMBA1_KEYS = {"mixer_rms_eps": "falcon_mamba (RMS norms on B, C and Δ ins
 
 def detect_format(raw: dict, path: Path) -> str:
     mt = raw.get("model_type")
+    if mt is None and any(k in raw for k in ("img_size", "patch_size", "in_chans")):
+        raise UserError(f"{path} looks like a Vision Mamba config (image and patch sizes) but has no model_type: add "
+                        '"model_type": "vim" to compile it as a Vim')
     if mt is None and "MambaForCausalLM" in (raw.get("architectures") or []) and "hidden_size" in raw:
         mt = "mamba"  # an older save without model_type
     if mt == "mamba":
@@ -148,6 +151,14 @@ def _ss_config(raw: dict) -> MambaConfig:
         raise UserError(f"config.json: {e}") from None
 
 
+def strip_wrappers(t: dict) -> dict:
+    """`t` without the prefix every name has when a wrapper saved it: DDP's `module.`, torch.compile's `_orig_mod.`."""
+    for prefix in ("module.", "_orig_mod."):
+        if t and all(k.startswith(prefix) for k in t):
+            t = {k[len(prefix):]: v for k, v in t.items()}
+    return t
+
+
 @dataclass(frozen=True)
 class Format:
     name: str
@@ -206,9 +217,7 @@ class Format:
         """`t` under this format's names: wrapper prefixes (DDP's `module.`, torch.compile's `_orig_mod.`) dropped, a
         base model's tensors (MambaModel.save_pretrained: `layers.…`, no `backbone.`) put under `backbone.`, and a
         tied checkpoint that stores only the head given its embedding."""
-        for prefix in ("module.", "_orig_mod."):
-            if t and all(k.startswith(prefix) for k in t):
-                t = {k[len(prefix):]: v for k, v in t.items()}
+        t = strip_wrappers(t)
         if not any(k.startswith("backbone.") for k in t) and any(k.startswith("layers.") for k in t):
             t = {(k if k == "lm_head.weight" else "backbone." + k): v for k, v in t.items()}
         if self.embedding_key not in t and "lm_head.weight" in t:

@@ -30,8 +30,15 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     import torch
 
+    import argparse
+    import contextlib
+
+    # a training checkpoint ({"model": state dict, "optimizer": ..., "args": argparse.Namespace}, as DeiT / Vim save
+    # them) holds one plain container type besides tensors; allowing it runs no code from the file
+    allowed = getattr(torch.serialization, "safe_globals", None)
     try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        with allowed([argparse.Namespace]) if allowed is not None else contextlib.nullcontext():
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         if "weights only load failed" in str(e).lower():  # torch's several-line advice does not apply here
             raise UserError(f"weights file {path} holds pickled Python objects (a whole model?), not only tensors, and "

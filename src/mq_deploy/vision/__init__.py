@@ -10,6 +10,6 @@ script runs on a machine without onnx):
 | `graph` | ONNX builder: pixel_values → logits, two SelectiveScan plugin nodes per block |
 | `passes` | the recipe passes for two scan directions sharing in_proj / out_proj |
 | `quantize` | calibration on images → passes → integer weights + static scales |
-| `simulate` | numpy fake-quant forward (the reference the QDQ graph must match) |
+| `compile`, `compare`, `evaluate` | `mq-deploy compile` / `compare` / `eval --task fashion_mnist` of a Vim |
 | `data` | Fashion-MNIST reader and top-1 evaluation |
 """

@@ -34,7 +34,8 @@ def compare_vim(model_dir: str, recipes: Sequence[str], tasks: Sequence[str], li
     c = model.config
     t0 = time.time()
     log("fp32")
-    fp = evaluate_top1(VimRunner(build_vim_graph(model)), c.channels, limit, path=data, progress=progress)
+    fp = evaluate_top1(VimRunner(build_vim_graph(model)), c.channels, limit, path=data, progress=progress,
+                       img_size=c.img_size)
     ref = fp.pop("predictions")
     rows = [{"recipe": "fp32", TASK: {"acc": fp["top1"], "agreement": 1.0, "n": fp["n"]},
              "seconds": round(time.time() - t0, 1)}]
@@ -45,7 +46,7 @@ def compare_vim(model_dir: str, recipes: Sequence[str], tasks: Sequence[str], li
         t0 = time.time()
         log(f"recipe {recipe.name}")
         seed = recipe.calibration["seed"]
-        imgs = calibration_images(recipe.calibration["samples"], c.channels, seed, path=data)
+        imgs = calibration_images(recipe.calibration["samples"], c.channels, seed, path=data, img_size=c.img_size)
         key = (recipe.calibration["samples"], seed)
         if recipe.passes and key not in stats0:
             stats0[key] = fp32_stats(model, imgs, seed)

@@ -54,15 +54,19 @@ def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force
                 calib: Optional[str] = None, calib_samples: Optional[int] = None,
                 log: Callable[[str], None] = lambda s: None, warn: Optional[Callable[[str], None]] = None) -> dict:
     from ..compile import _versions, manifest_head, save_onnx
+    from ..trt import d_state_note
 
     t0 = time.time()
     recipe = load_recipe(recipe_name)
     check_family(recipe, vim=True)
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir, force=force, warn=log if warn is None else warn) as tmp:
+    warn = log if warn is None else warn
+    with atomic_dir(out_dir, force=force, warn=warn) as tmp:
         log(f"loading Vim checkpoint {model_path}")
-        model = load_vim(model_path)
+        model = load_vim(model_path, warn=warn)
         c = model.config
+        if d_state_note(c.d_state):
+            warn(d_state_note(c.d_state))
         plan, stats_runs, calib_info = None, [], None
         if recipe.passes or recipe.quantized or recipe.precision == "fp16":
             images = None
@@ -70,7 +74,7 @@ def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force
                 n = calib_samples or recipe.calibration["samples"]
                 if n < 1:
                     raise UserError("--calib-samples must be >= 1")
-                images = calibration_images(n, c.channels, recipe.calibration["seed"], calib)
+                images = calibration_images(n, c.channels, recipe.calibration["seed"], calib, img_size=c.img_size)
                 calib_info = {"dataset": "fashion_mnist train", "path": calib, "samples": int(len(images)),
                               "seed": recipe.calibration["seed"]}
                 log(f"calibration: {len(images)} training images")

@@ -19,6 +19,7 @@ from ..errors import UserError
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 MEAN, STD = 0.2860, 0.3530
+SIZE = 28  # Fashion-MNIST's images are SIZE×SIZE, grey
 LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -73,17 +74,30 @@ def normalize(images: np.ndarray, channels: int = 1) -> np.ndarray:
     return np.repeat(x[:, None], channels, axis=1)
 
 
-def calibration_images(n: int, channels: int = 1, seed: int = 0, path=None) -> np.ndarray:
-    """`n` normalised training images picked at random (calibration never sees the test set)."""
+def check_image_size(img_size: Optional[int], what: str) -> None:
+    """Fashion-MNIST's images are 28×28: one error for a model that takes another size (its patch grid and position
+    embedding are fixed), before `what` runs on images it was not made for."""
+    if img_size is not None and img_size != SIZE:
+        raise UserError(f"the model takes {img_size}×{img_size} images and Fashion-MNIST's are {SIZE}×{SIZE}: {what} "
+                        "needs images of the model's size (mq-deploy's Vim data is Fashion-MNIST only)")
+
+
+def calibration_images(n: int, channels: int = 1, seed: int = 0, path=None, img_size: Optional[int] = None
+                       ) -> np.ndarray:
+    """`n` normalised training images picked at random (calibration never sees the test set); `img_size`: the
+    model's, checked against the data set's."""
+    check_image_size(img_size, "calibration")
     imgs, _ = load_split("train", path)
     pick = np.sort(np.random.default_rng(seed).choice(len(imgs), size=min(n, len(imgs)), replace=False))
     return normalize(imgs[pick], channels)
 
 
 def evaluate_top1(logits_fn: Callable[[np.ndarray], np.ndarray], channels: int = 1, limit: Optional[int] = None,
-                  batch_size: int = 256, path=None, progress: bool = False, reference=None) -> dict:
+                  batch_size: int = 256, path=None, progress: bool = False, reference=None,
+                  img_size: Optional[int] = None) -> dict:
     """Top-1 accuracy on the 10k test images (the first `limit`); with `reference` (predictions of
-    another model), also the agreement with it."""
+    another model), also the agreement with it. `img_size`: the model's, checked against the data set's."""
+    check_image_size(img_size, "evaluation")
     imgs, labels = load_split("test", path)
     if limit is not None:
         if limit < 1:

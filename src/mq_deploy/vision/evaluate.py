@@ -13,7 +13,7 @@ TASK = "fashion_mnist"
 
 
 def resolve_vision_target(target: Optional[str], threads: Optional[int] = None):
-    """MODEL → (logits_fn, channels, description)."""
+    """MODEL → (logits_fn, channels, image size, description)."""
     import onnx
 
     from ..graph.lower import lower_selective_scan
@@ -25,7 +25,8 @@ def resolve_vision_target(target: Optional[str], threads: Optional[int] = None):
     p = Path(target)
     if p.is_dir() and is_vim_dir(p):
         m = load_vim(p)
-        return VimRunner(lower_selective_scan(build_vim_graph(m)), threads=threads), m.config.channels, f"onnxruntime(fp32):{p}"
+        return (VimRunner(lower_selective_scan(build_vim_graph(m)), threads=threads), m.config.channels,
+                m.config.img_size, f"onnxruntime(fp32):{p}")
     if p.is_dir() and (p / "model.portable.onnx").is_file():
         p = p / "model.portable.onnx"
     if p.is_file() and p.suffix == ".onnx":
@@ -33,16 +34,17 @@ def resolve_vision_target(target: Optional[str], threads: Optional[int] = None):
         ins = {i.name: i for i in g.graph.input}
         if INPUT not in ins:
             raise UserError(f"{p} has no '{INPUT}' input: it is not a Vim graph")
-        channels = ins[INPUT].type.tensor_type.shape.dim[1].dim_value
-        return VimRunner(g, threads=threads), channels, f"onnxruntime:{p}"
+        dims = ins[INPUT].type.tensor_type.shape.dim
+        channels, size = dims[1].dim_value, dims[2].dim_value or None
+        return VimRunner(g, threads=threads), channels, size, f"onnxruntime:{p}"
     raise UserError(f"{p} is not a Vim checkpoint directory (config.json with model_type \"vim\"), "
                     "a Vim .onnx file or a compile OUTDIR")
 
 
 def run_fashion_mnist(target: Optional[str], data: Optional[str] = None, limit: Optional[int] = None,
                       batch_size: int = 64, threads: Optional[int] = None, progress: bool = True) -> dict:
-    fn, channels, desc = resolve_vision_target(target, threads)
-    r = evaluate_top1(fn, channels, limit, batch_size=batch_size, path=data, progress=progress)
+    fn, channels, size, desc = resolve_vision_target(target, threads)
+    r = evaluate_top1(fn, channels, limit, batch_size=batch_size, path=data, progress=progress, img_size=size)
     r.pop("predictions")
     r["model"] = desc
     return r

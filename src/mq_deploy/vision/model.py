@@ -34,7 +34,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -112,19 +112,59 @@ class VimConfig:
 
     @staticmethod
     def from_dict(raw: dict) -> "VimConfig":
+        """The config of a Vim checkpoint: our keys or the official `VisionMamba` arguments (embed_dim, in_chans,
+        if_divide_out, norm_epsilon, ssm_cfg, ...). Official options this compiler does not implement are refused
+        when set to anything but the value it computes (silently ignoring them would compile another function);
+        other keys (training settings) are ignored."""
         if not isinstance(raw, dict):
             raise UserError("Vim config.json must hold a JSON object")
-        known = {f.name for f in dataclasses.fields(VimConfig)}
-        aliases = {"embed_dim": "d_model", "in_chans": "channels", "n_layer": "depth"}
+        for key, (ok, what) in _UNSUPPORTED.items():
+            if key in raw and not ok(raw[key], raw):
+                raise UserError(f"Vim config.json: {key} = {raw[key]!r} ({what}) is not supported")
+        fields = {f.name: f for f in dataclasses.fields(VimConfig)}
         kw = {}
-        for k, v in raw.items():
-            k = aliases.get(k, k)
-            if k in known:
-                kw[k] = v
+        ssm = raw.get("ssm_cfg") or {}
+        if not isinstance(ssm, dict):
+            raise UserError("Vim config.json: ssm_cfg must be an object")
+        items = list(raw.items()) + [(_SSM_KEYS[k], v) for k, v in ssm.items() if k in _SSM_KEYS]
+        for k, v in items:
+            k = _ALIASES.get(k, k)
+            if k not in fields:
+                continue
+            if k in ("img_size", "patch_size", "stride") and isinstance(v, (list, tuple)):
+                if len(v) != 2 or v[0] != v[1]:
+                    raise UserError(f"Vim config.json: {k} = {v!r}: only square images and patches are supported")
+                v = v[0]
+            if k == "dt_rank" and v == "auto":
+                v = 0
+            if fields[k].type in ("bool", bool) and not isinstance(v, bool):
+                raise UserError(f"Vim config.json: {k} must be true or false, got {v!r}")
+            if k in kw and kw[k] != v:
+                raise UserError(f"Vim config.json gives {k} twice, {kw[k]!r} and {v!r} (ssm_cfg or another spelling)")
+            kw[k] = v
         missing = {"d_model", "depth", "num_classes"} - set(kw)
         if missing:
             raise UserError(f"Vim config.json is missing {sorted(missing)}")
         return VimConfig(**kw)
+
+
+_ALIASES = {"embed_dim": "d_model", "in_chans": "channels", "n_layer": "depth", "if_divide_out": "if_devide_out",
+            "norm_epsilon": "norm_eps"}
+_SSM_KEYS = {"d_state": "d_state", "d_conv": "d_conv", "expand": "expand", "dt_rank": "dt_rank",
+             "conv_bias": "conv_bias", "bias": "proj_bias"}  # ssm_cfg (the official Mamba block's arguments)
+#: official VisionMamba options whose other settings compute another function: key -> (accepted(value, raw), meaning)
+_UNSUPPORTED = {
+    "bimamba_type": (lambda v, r: v == "v2", "only the v2 bidirectional block"),
+    "if_bimamba": (lambda v, r: v is False, "the v1 bidirectional block"),
+    "if_bidirectional": (lambda v, r: v is False, "a second, reversed pass over every layer"),
+    "if_rope": (lambda v, r: v is False, "rotary position embedding"),
+    "if_abs_pos_embed": (lambda v, r: v is True, "models without an absolute position embedding"),
+    "use_double_cls_token": (lambda v, r: v is False, "two class tokens"),
+    "rms_norm": (lambda v, r: v is True, "LayerNorm blocks; only RMSNorm is"),
+    "init_layer_scale": (lambda v, r: v is None, "layer scale (gamma)"),
+    "final_pool_type": (lambda v, r: v == "mean" or r.get("if_cls_token", True) is True,
+                        "without a class token only mean pooling"),
+}
 
 
 @dataclass
@@ -175,6 +215,8 @@ class VimModel:
             p = f"layers.{i}.mixer."
             exp += [(f"layers.{i}.norm.weight", L.norm, (d,)), (p + "in_proj.weight", L.in_proj, (2 * di, d)),
                     (p + "out_proj.weight", L.out_proj, (d, di))]
+            if c.proj_bias:
+                exp += [(p + "in_proj.bias", L.in_proj_bias, (2 * di,)), (p + "out_proj.bias", L.out_proj_bias, (d,))]
             for s in ("", "_b"):
                 exp += [(p + f"conv1d{s}.weight", getattr(L, "conv_weight" + s), (di, 1, K)),
                         (p + f"x_proj{s}.weight", getattr(L, "x_proj" + s), (R + 2 * N, di)),
@@ -205,8 +247,18 @@ _LAYER_NAMES = {  # field -> name under layers.{i}.
 }
 
 
-def from_state_dict(config: VimConfig, sd: dict, source: Optional[dict] = None) -> VimModel:
-    f = lambda k: None if k not in sd else np.asarray(sd[k], np.float32)  # noqa: E731
+def from_state_dict(config: VimConfig, sd: dict, source: Optional[dict] = None,
+                    warn: Optional[Callable[[str], None]] = None) -> VimModel:
+    """The model from official state-dict names; `warn` (when given) gets one line naming the tensors the config does
+    not use (layers past depth, head_dist, ...)."""
+    used: set = set()
+
+    def f(k):
+        if k not in sd:
+            return None
+        used.add(k)
+        return np.asarray(sd[k], np.float32)
+
     layers = []
     for i in range(config.depth):
         layers.append(VimLayer(**{fld: f(f"layers.{i}.{n}") for fld, n in _LAYER_NAMES.items()}))
@@ -216,6 +268,19 @@ def from_state_dict(config: VimConfig, sd: dict, source: Optional[dict] = None) 
                  None if cls is None else cls.reshape(-1), None if pos is None else pos.reshape(-1, config.d_model),
                  layers, f("norm_f.weight"), f("head.weight"), f("head.bias"), source=dict(source or {}))
     m.validate()
+    if not config.proj_bias:  # (read above only to be named here: the config says the model has none)
+        used -= {k for k in sd if k.endswith(("in_proj.bias", "out_proj.bias"))}
+        for L in m.layers:
+            L.in_proj_bias = L.out_proj_bias = None
+    if not config.conv_bias:
+        used -= {k for k in sd if ".conv1d" in k and k.endswith(".bias")}
+        for L in m.layers:
+            L.conv_bias = L.conv_bias_b = None
+    unused = sorted(set(sd) - used)
+    if unused and warn is not None:
+        shown = ", ".join(unused[:4]) + (f", ... ({len(unused)} in all)" if len(unused) > 4 else "")
+        warn(f"{len(unused)} tensor(s) of the checkpoint are not used by the Vim its config.json describes (depth "
+             f"{config.depth}): {shown}")
     return m
 
 
@@ -244,9 +309,29 @@ def is_vim_dir(path) -> bool:
         return False
 
 
-def load_vim(path) -> VimModel:
-    """A Vim checkpoint directory: config.json (model_type "vim") + *.safetensors (or pytorch_model.bin)."""
-    from ..loaders.tensors import _read_safetensors, _read_torch_bin
+def _weight_files(p: Path) -> tuple[str, ...]:
+    """The weights of a Vim directory, in read_tensors' order: a sharded index, model.safetensors, pytorch_model.bin,
+    else the one *.safetensors / *.pth / *.bin file there is (several: which one is meant is not guessed)."""
+    named = [n for n in ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+                         "pytorch_model.bin") if (p / n).is_file()]
+    if named:
+        return tuple(named)
+    files = sorted(f.name for ext in ("*.safetensors", "*.pth", "*.bin") for f in p.glob(ext))
+    if len(files) > 1:
+        raise UserError(f"{p} has several weight files ({', '.join(files)}) and no model.safetensors / "
+                        "pytorch_model.bin / index: keep only the model's, or name it model.safetensors")
+    if not files:
+        raise UserError(f"{p} has no weights (model.safetensors, pytorch_model.bin, a sharded index, or one *.pth)")
+    return tuple(files)
+
+
+def load_vim(path, warn: Optional[Callable[[str], None]] = None) -> VimModel:
+    """A Vim checkpoint directory: config.json (model_type "vim") + weights (`_weight_files`; an official training
+    checkpoint's {"model": state dict, ...} too). `warn` gets what the loader noticed and did not refuse (default:
+    stderr)."""
+    from ..loaders import _stderr_warning
+    from ..loaders.formats import strip_wrappers
+    from ..loaders.tensors import read_tensors
 
     p = Path(path)
     try:
@@ -254,16 +339,9 @@ def load_vim(path) -> VimModel:
     except (OSError, ValueError) as e:
         raise UserError(f"could not read {p / 'config.json'}: {e}") from None
     config = VimConfig.from_dict(raw)
-    files = sorted(p.glob("*.safetensors"))
-    sd: dict = {}
-    if files:
-        for fp in files:
-            sd.update(_read_safetensors(fp))
-    elif (p / "pytorch_model.bin").is_file():
-        sd = _read_torch_bin(p / "pytorch_model.bin")
-    else:
-        raise UserError(f"{p} has no *.safetensors or pytorch_model.bin weights")
-    return from_state_dict(config, sd, {"path": str(p.resolve()), "format": "vim", "bundled": False, "tokenizer": None})
+    sd = strip_wrappers(read_tensors(p, _weight_files(p)))
+    return from_state_dict(config, sd, {"path": str(p.resolve()), "format": "vim", "bundled": False, "tokenizer": None},
+                           warn=_stderr_warning if warn is None else warn)
 
 
 def random_vim(config: VimConfig, seed: int = 0) -> VimModel:

@@ -153,7 +153,7 @@ int32_t SelectiveScanPlugin::configurePlugin(DynamicPluginTensorDesc const* in, 
         if (in[kU].desc.type == DataType::kINT8)
             for (char const* s : kScales)
                 require(mAttrs.isSet(s) && mAttrs.getFloat(s) > 0.f,
-                    std::string("int8 inputs need attribute ") + s + " > 0 (the node does not set it)");
+                    std::string("int8 inputs need attribute ") + s + " > 0 (the node leaves it unset or 0)");
         // shapes the kernel indexes by u's (B, L, D) and A's N; -1 (dynamic) dims are checked where both are known
         auto const same = [](int64_t a, int64_t b) { return a < 0 || b < 0 || a == b; };
         Dims const& u = in[kU].desc.dims;
@@ -225,7 +225,7 @@ int32_t SelectiveScanPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTe
         p.y = outputs[0];
         p.lastState = static_cast<float*>(outputs[1]);
         // p.chunks stays 0: the automatic plan (threads a channel and chunks) makes at most max(1, L / 128)
-        // chunks, which getWorkspaceSize (selectiveScanMaxWorkspaceSize) covers for every shape of the profile
+        // chunks, and no more than 32, which getWorkspaceSize (selectiveScanMaxWorkspaceSize) covers for every shape of the profile
         // (setting it here would also pin 2 threads a channel)
         size_t const ws = selectiveScanWorkspaceSize(p);
         cudaError_t const e = launchSelectiveScan(p, workspace, ws, stream);

@@ -53,11 +53,17 @@ def _load(path):
 
 
 def _same(a, b):
+    assert a.config == b.config
     np.testing.assert_array_equal(a.embedding, b.embedding)
     np.testing.assert_array_equal(a.head, b.head)
+    np.testing.assert_array_equal(a.norm_f, b.norm_f)
     for la, lb in zip(a.layers, b.layers):
-        for f in ("in_proj", "conv_weight", "x_proj", "dt_proj", "A_log", "D", "out_proj"):
-            np.testing.assert_array_equal(getattr(la, f), getattr(lb, f))
+        for f in ("norm", "in_proj", "conv_weight", "conv_bias", "x_proj", "dt_proj", "dt_proj_bias", "A_log", "D",
+                  "out_proj", "in_proj_bias", "out_proj_bias"):
+            x, y = getattr(la, f), getattr(lb, f)
+            assert (x is None) == (y is None), f
+            if x is not None:
+                np.testing.assert_array_equal(x, y)
 
 
 def test_a_stored_head_that_differs_from_a_tied_embedding_is_refused(base, tmp_path):
@@ -103,7 +109,8 @@ def test_tensors_the_config_does_not_use_are_left_out_and_named(base, tmp_path):
     _same(got, load_model(d))
     assert all(L.in_proj_bias is None and L.out_proj_bias is None for L in got.layers) and len(got.layers) == 2
     (w,) = warnings
-    assert w.startswith("13 tensor(s) of the checkpoint are not used by the model its config.json describes (2 layers")
+    assert w.startswith("13 tensor(s) of the checkpoint are not used by the model its config.json describes (2 layers, "
+                        "no projection biases, conv biases): ")
     assert "backbone.layers.0.mixer.in_proj.bias" in w and "(13 in all)" in w
 
     def no_conv_bias(t):  # the checkpoint has conv biases, the config says it has none
@@ -128,12 +135,16 @@ def test_name_variants_of_one_checkpoint_load_alike(base, tmp_path):
 
     def head_only(t):
         t["lm_head.weight"] = t.pop("backbone.embeddings.weight")
+        return t
 
     for name, edit in (("base_model", no_backbone), ("ddp", prefixed("module.")), ("compiled", prefixed("_orig_mod.")),
                        ("head_only", head_only)):
         got, warnings = _load(_variant(d, tmp_path / name, edit))
         _same(got, ref)
         assert warnings == [], name
+    # an untied checkpoint without its embedding is missing it (its head is not the embedding)
+    with pytest.raises(UserError, match="missing tensor 'backbone.embeddings.weight'"):
+        load_model(_variant(d, tmp_path / "untied_head_only", head_only, {"tie_word_embeddings": False}))
 
 
 @pytest.mark.parametrize("key,value,expect", [
@@ -150,13 +161,18 @@ def test_configs_of_other_architectures_are_refused(base, tmp_path, key, value, 
     assert expect in str(e.value) and "\n" not in str(e.value)
 
 
-def test_config_spellings_transformers_accepts(base, tmp_path):
-    """time_step_rank as a decimal string; an intermediate_size that disagrees with expand · hidden_size (transformers
-    sets it from expand and ignores the key); no model_type but architectures MambaForCausalLM."""
+def test_config_spellings(base, tmp_path):
+    """time_step_rank as a decimal string (mq-deploy is more lenient than transformers here); intermediate_size is
+    d_inner (transformers reads it too: one that disagrees with the weights is refused); hidden_act "swish" (SiLU);
+    no model_type but architectures MambaForCausalLM."""
     m, d = base
     got = load_model(_variant(d, tmp_path / "rank", config={"time_step_rank": str(m.config.dt_rank),
-                                                             "intermediate_size": 12345}))
+                                                             "hidden_act": "swish"}))
     assert got.config.dt_rank == m.config.dt_rank and got.config.d_inner == m.config.d_inner
+    with pytest.raises(UserError, match=r"weight 'layers.0.in_proj' has shape \(192, 48\), expected \(24690, 48\)"):
+        load_model(_variant(d, tmp_path / "inner", config={"intermediate_size": 12345}))
+    wide = random_model(MambaConfig(d_model=48, n_layer=1, vocab_size=70, d_inner=80), seed=4)  # not expand · d
+    assert load_model(write_hf_checkpoint(wide, tmp_path / "wide")).config.d_inner == 80
     # an older save without model_type, recognised by its architectures
     got = load_model(_variant(d, tmp_path / "no_type", config={"model_type": None,
                                                                 "architectures": ["MambaForCausalLM"]}))

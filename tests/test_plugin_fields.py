@@ -4,7 +4,8 @@ and types (CPU only: the declarations are read from the C++ sources, not from a 
 TensorRT's ONNX parser hands createPlugin only the fields named by the creator's getFieldNames() (the `Attrs` list
 of each plugins/*Plugin.cpp), converted by ONNX attribute type (INT -> kINT32, FLOAT -> kFLOAT32, STRING -> kCHAR).
 A node attribute the creator does not declare is dropped without a word, and a declared field the node lacks only
-warns and keeps the C++ default: a renamed field (`B_scale` vs `b_scale`) would run int8 inputs at scale 1.0.
+warns and keeps the C++ default: a renamed field (`B_scale` vs `b_scale`) would leave int8 inputs without their scale
+(the plugin then refuses them: no int8 format is offered without all four scales).
 """
 
 import re

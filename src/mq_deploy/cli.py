@@ -172,9 +172,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     tok.for_model(read_manifest(out).get("model", {}).get("config", {}).get("vocab_size"))  # before anything is printed
     prompts = tok.encode_batch(args.prompt)
     check_request(prompts, args.max_new_tokens, args.max_prompt_tokens)  # before anything is printed
+    eos = tok.eot_id  # (a tokenizer without one: before the sessions load)
     session = EngineSession(*graphs, plugin_lib=lib) if args.flavour == "tensorrt" else \
         StatefulSession(*graphs, threads=args.threads)
-    eos = tok.eot_id
     streams = [TextStream(tok.decode, skip=[eos]) for _ in prompts]
     single = len(prompts) == 1
     if single:

@@ -41,8 +41,14 @@ def resolve_model_dir(path: Optional[str | Path]) -> Path:
     return p
 
 
+_warned: set = set()
+
+
 def _stderr_warning(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
+    """The default `warn` of the loaders: stderr, each message once a process (validate loads a checkpoint twice)."""
+    if msg not in _warned:
+        _warned.add(msg)
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
 def load_model(path: Optional[str | Path] = None, warn: Callable[[str], None] = _stderr_warning) -> MambaModel:

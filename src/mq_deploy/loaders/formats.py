@@ -59,7 +59,7 @@ def detect_format(raw: dict, path: Path) -> str:
     if mt is None and "MambaForCausalLM" in (raw.get("architectures") or []) and "hidden_size" in raw:
         mt = "mamba"  # an older save without model_type
     if mt == "mamba":
-        arch = [a for a in raw.get("architectures") or [] if isinstance(a, str) and not a.startswith("Mamba")]
+        arch = [a for a in raw.get("architectures") or [] if a not in ("MambaForCausalLM", "MambaModel")]
         if arch:
             raise UserError(f"{path}: model_type is 'mamba' but architectures names {arch[0]}; mq-deploy compiles "
                             "Mamba-1 checkpoints (MambaForCausalLM)")
@@ -67,7 +67,7 @@ def detect_format(raw: dict, path: Path) -> str:
             if key in raw:
                 raise UserError(f"{path}: '{key}' is a key of {what}, which is not Mamba-1 and is not supported")
         act = raw.get("hidden_act", "silu")
-        if act != "silu":
+        if act not in ("silu", "swish"):  # (transformers' swish is SiLU)
             raise UserError(f"{path}: hidden_act is {act!r}; Mamba-1 graphs use SiLU (the conv output and the gate), "
                             "other activations are not supported")
         return "hf"
@@ -105,7 +105,8 @@ def _hf_config(raw: dict) -> MambaConfig:
             d_state=raw.get("state_size", 16),
             d_conv=raw.get("conv_kernel", 4),
             expand=raw.get("expand", 2),
-            dt_rank=_rank(R),  # (intermediate_size is not read: transformers sets it to expand · hidden_size)
+            dt_rank=_rank(R),
+            d_inner=raw.get("intermediate_size") or 0,
             norm_eps=float(raw.get("layer_norm_epsilon", 1e-5)),
             conv_bias=bool(raw.get("use_conv_bias", True)),
             proj_bias=bool(raw.get("use_bias", False)),
@@ -192,6 +193,8 @@ class Format:
                 else:
                     fields[canon] = need(p + suffix)
             layers.append(MambaLayer(**fields))
+        if config.tie_embeddings and self.embedding_key not in t and "lm_head.weight" in t:
+            t = {**t, self.embedding_key: t["lm_head.weight"]}  # a tied checkpoint that stores only the head
         emb = need(self.embedding_key)
         stored = t.get("lm_head.weight")
         head = None
@@ -210,19 +213,17 @@ class Format:
         if unused:
             shown = ", ".join(unused[:4]) + (f", ... ({len(unused)} in all)" if len(unused) > 4 else "")
             warn(f"{len(unused)} tensor(s) of the checkpoint are not used by the model its config.json describes "
-                 f"({config.n_layer} layers, use_bias / conv bias {config.proj_bias} / {config.conv_bias}): {shown}")
+                 f"({config.n_layer} layers, {'' if config.proj_bias else 'no '}projection biases, "
+                 f"{'' if config.conv_bias else 'no '}conv biases): {shown}")
         return model
 
     def canonical_names(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """`t` under this format's names: wrapper prefixes (DDP's `module.`, torch.compile's `_orig_mod.`) dropped, a
-        base model's tensors (MambaModel.save_pretrained: `layers.…`, no `backbone.`) put under `backbone.`, and a
-        tied checkpoint that stores only the head given its embedding."""
+        base model's tensors (MambaModel.save_pretrained: `layers.…`, no `backbone.`) put under `backbone.` (`build`
+        gives a tied checkpoint that stores only the head its embedding)."""
         t = strip_wrappers(t)
         if not any(k.startswith("backbone.") for k in t) and any(k.startswith("layers.") for k in t):
             t = {(k if k == "lm_head.weight" else "backbone." + k): v for k, v in t.items()}
-        if self.embedding_key not in t and "lm_head.weight" in t:
-            t = dict(t)
-            t[self.embedding_key] = t["lm_head.weight"]
         return t
 
 

@@ -354,3 +354,22 @@ def test_vim_graphs_fuse_where_the_quantizer_reads_the_hadamard(tmp_path):
         a = VimRunner(str(out / "model.onnx"))(imgs)
         b = VimRunner(str(out / "model.portable.onnx"))(imgs)
         assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max(), recipe
+
+
+def test_lint_flags_a_float_scan_with_int8_scales(tmp_path):
+    """Rule scan-scales: a float graph's SelectiveScan carries scales 0 (what compile writes: clean); with 1.0 there,
+    as OUTDIRs compiled before 2026-12-01 have, it is reported (TensorRT could give it int8 in an implicitly quantized
+    build); a quantized graph's fused scans (int8 from QuantizeLinear) are not this rule's."""
+    from mq_deploy.compile import compile_model
+    from mq_deploy.lint import lint_model
+    from mq_deploy.ops.plugin_fields import set_field
+
+    compile_model(None, "fp32", tmp_path / "fp", progress=False, report_passes=False)
+    m = onnx.load(str(tmp_path / "fp" / "model.onnx"), load_external_data=False)
+    assert lint_model(m) == []
+    scans = [n for n in m.graph.node if n.op_type == "SelectiveScan"]
+    set_field(scans[1], "u_scale", 1.0)
+    set_field(scans[1], "C_scale", 1.0)
+    (v,) = lint_model(m)
+    assert v["rule"] == "scan-scales" and v["node"] == scans[1].name and "u_scale, C_scale != 0" in v["message"]
+

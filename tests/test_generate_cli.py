@@ -145,7 +145,7 @@ def test_cli_flag_errors_name_the_flag(outdir, tmp_path):
                       "--min-shapes gives a batch only (e.g. --min-shapes 1,1)")
     assert_user_error(run_cli("generate", outdir, "--prompt", "hi", "--temperature", "0"), "--temperature must be > 0")
     assert_user_error(run_cli("lint", outdir / "manifest.json"), "could not read ONNX file")  # one line, not protobuf's
-    r = run_cli("lint", outdir)  # a float OUTDIR: passes, and says there was nothing to check
+    r = run_cli("lint", outdir)  # a float OUTDIR: passes, and says only scan-scales applied
     assert r.returncode == 0 and r.stderr.count("violation(s) (a float graph, no quantization nodes") == 3, r.stderr
 
 

@@ -220,3 +220,18 @@ def test_a_recipe_needing_a_hadamard_of_d_inner_is_refused_before_calibration(tm
     assert "runs online_hadamard, a Hadamard transform of size d_inner = 100, which has none" in r.stderr
     assert "calibration" not in r.stderr.replace("before calibration", "")  # no calibration line came first
     assert not (tmp_path / "out").exists()
+
+
+def test_the_default_warning_is_printed_once_a_process(base, tmp_path, capsys):
+    """validate loads a checkpoint twice (the torch reference, the re-derivation): the loader's stderr warning comes
+    once."""
+    import torch
+
+    def stray(t):
+        t["backbone.extra"] = torch.ones(3)
+
+    d = _variant(base[1], tmp_path / "stray", stray)
+    load_model(d)
+    load_model(d)
+    err = capsys.readouterr().err
+    assert err.count("warning: 1 tensor(s) of the checkpoint are not used") == 1 and "backbone.extra" in err

@@ -257,14 +257,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _float_note(path: Path) -> str:
-    """' (no quantization nodes: nothing to check)' for a graph without QuantizeLinear or int8-writing Hadamard."""
+    """A note for a graph without QuantizeLinear or int8-writing Hadamard: only scan-scales applied to it."""
     import onnx
 
     from .graph.fuse_scan_quant import hadamard_out_scale
 
     nodes = onnx.load(str(path), load_external_data=False).graph.node
     quantized = any(n.op_type == "QuantizeLinear" or hadamard_out_scale(n) for n in nodes)
-    return "" if quantized else " (a float graph, no quantization nodes: the rules had nothing to check)"
+    return "" if quantized else " (a float graph, no quantization nodes: only rule scan-scales applies)"
 
 
 def cmd_lint(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """QDQ lint: TensorRT explicit-quantization placement rules, reported by node name.
 
-Rules (a graph with no QuantizeLinear is fp and has nothing to check):
+Rules (a graph with no QuantizeLinear is fp: only scan-scales applies to it):
   weight-dq      a quantized linear's weight is DequantizeLinear(INT8/INT4 initializer, scale[out], axis=1)
                  or, INT4 only, blocked: scale[K / block_size, out], axis=0, block_size dividing K,
                  zero-point absent or 0, scales finite and > 0
@@ -11,6 +11,9 @@ Rules (a graph with no QuantizeLinear is fp and has nothing to check):
   scan-inputs    SelectiveScan's u, delta, Bm, Cm come from DequantizeLinear when the graph is quantized
   hadamard-out   a Hadamard that writes int8 (out_scale > 0, its QuantizeLinear fused) feeds only DequantizeLinear
                  nodes with that scale and an int8 zero-point 0; out_scale is finite and >= 0
+  scan-scales    (every graph) a SelectiveScan whose u, delta, Bm, Cm are float (none from a QuantizeLinear) carries
+                 scales 0: with int8 scales it would offer TensorRT int8 inputs in an implicitly quantized build
+                 (OUTDIRs compiled before 2026-12-01 wrote 1.0 there: recompile them)
   token-scale    a token given its own scale (Vim class token: Mul by a constant [1, T, 1] before a
                  QuantizeLinear, or before the Hadamard that feeds one or writes int8 itself, whose
                  DequantizeLinear feeds a MatMul) is rescaled back right after that MatMul by the
@@ -51,6 +54,13 @@ def lint_model(model: onnx.ModelProto, base_dir: str = "") -> list[dict]:
         if n.op_type == hadamard_op.PLUGIN_NAME and not hadamard_out_scale(n) and fields_of(n)["out_scale"] != 0:
             out.append(_violation(n.name, "hadamard-out", f"out_scale must be finite and >= 0, not "
                                                           f"{fields_of(n)['out_scale']}"))
+        if n.op_type == ss.PLUGIN_NAME and not any(producer.get(n.input[i]) is not None
+                                                   and producer[n.input[i]].op_type == "QuantizeLinear"
+                                                   for i in (0, 1, 3, 4)):
+            nonzero = [k for k in ("u_scale", "delta_scale", "B_scale", "C_scale") if fields_of(n).get(k, 0.0) != 0]
+            if nonzero:
+                out.append(_violation(n.name, "scan-scales", f"float inputs with {', '.join(nonzero)} != 0: "
+                                                             "recompile (an OUTDIR from before 2026-12-01)"))
     if not any(n.op_type == "QuantizeLinear" or hadamard_out_scale(n) for n in g.node):
         return out
 

@@ -155,6 +155,13 @@ def test_images_of_another_size_are_one_error(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "mq_deploy", *map(str, a)], capture_output=True,  # noqa
                                     text=True, timeout=300)
     assert run("compile", d, "-o", tmp_path / "out", "-q").returncode == 0
+    from mq_deploy.backends.ort import OrtRunner  # OrtRunner(x) takes a Vim's pixel_values (README)
+
+    x = np.random.default_rng(0).standard_normal((2, 1, 16, 16)).astype(np.float32)
+    for name in ("model.onnx", "model.portable.onnx"):
+        r = OrtRunner(tmp_path / "out" / name)
+        np.testing.assert_array_equal(r(x), r.run({"pixel_values": x})["logits"])
+        assert r(x).shape == (2, 5)
     for args in (["eval", d, "--task", "fashion_mnist", "--limit", "4"],
                  ["eval", tmp_path / "out", "--task", "fashion_mnist", "--limit", "4"],
                  ["compile", d, "--recipe", "vim-rtn-w8a8", "-o", tmp_path / "q"]):

@@ -144,14 +144,32 @@ def test_compare_table(tmp_path):
     calib = need(DATA_DIR / "text" / "wikitext2_val_sample.jsonl")
     heldout = need(DATA_DIR / "text" / "ref_corpus_heldout.txt")
     r = run_cli("compare", "--recipes", "rtn-w8a8,mambaquant-w8a8", "--tasks", "text", "--data", f"text={heldout}",
-                "--calib", calib, "--calib-samples", "4", "--limit", "2", "-o", tmp_path, "-q")
+                "--calib", calib, "--calib-samples", "4", "--limit", "2", "-o", tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert lines[0].startswith("| recipe | text perplexity") and len(lines) == 5  # header, rule, fp32 + 2 recipes
-    rows = json.loads((tmp_path / "compare.json").read_text())["rows"]
+    assert lines[0].startswith("| recipe | text perplexity") and len(lines) == 7  # header, rule, fp32 + 2 recipes,
+    assert lines[5] == "" and lines[6].startswith("scored: each recipe's TensorRT-flavour graph (model.onnx")  # note
+    assert "sequence length 512" in lines[6] and "eval OUTDIR/model.onnx --seq-len 512" in lines[6]
+    saved = json.loads((tmp_path / "compare.json").read_text())
+    rows = saved["rows"]
     assert [x["recipe"] for x in rows] == ["fp32", "rtn-w8a8", "mambaquant-w8a8"]
     assert rows[0]["text"]["kl"] == 0.0 and rows[1]["text"]["kl"] > 0
-    assert (tmp_path / "compare.md").read_text().startswith("| recipe |")
+    assert saved["meta"]["scored"] == lines[6]
+    md = (tmp_path / "compare.md").read_text()
+    assert md.startswith("| recipe |") and md.endswith(lines[6] + "\n")
+    # the statistics run's log line says how many windows it used (stats_samples 32, but only 4 windows exist)
+    assert "calibrating the fp32 graph on 4 windows (statistics for the passes of every recipe with stats_samples=32)" \
+        in r.stderr
+
+
+def test_compare_table_averages_acc():
+    """The avg acc column is the mean of each zero-shot task's acc (every task has one), not of acc and acc_norm."""
+    from mq_deploy.compare import markdown_table
+
+    rows = [{"recipe": "fp32", "piqa": {"acc": 0.5, "acc_norm": 0.4, "n": 8}, "arc_easy": {"acc": 0.3, "acc_norm": 0.1,
+                                                                                            "n": 8}}]
+    table = markdown_table(rows, ["piqa", "arc_easy"])
+    assert table.splitlines()[0].endswith("| avg acc |") and table.splitlines()[2].endswith("| 0.4000 |"), table
 
 
 def test_compare_task_errors_name_its_own_flag(tmp_path):

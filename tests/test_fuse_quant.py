@@ -269,6 +269,9 @@ def test_manifest_lists_every_plugin_each_graph_needs(w8):
     model.prefill.onnx a SelectiveScan and a Hadamard a layer, model.decode.onnx a SelectiveStateUpdate and a Hadamard
     (the stateful section lists those two graphs' again); portable graphs none."""
     man = json.loads((w8 / "manifest.json").read_text())
+    # (and the recipe block is the recipe as run: compile_small_w8's --calib-samples 2 --calib-seq-len 32)
+    assert {k: man["recipe"]["calibration"][k] for k in ("samples", "seq_len")} == \
+        {k: man["calibration"][k] for k in ("samples", "seq_len")} == {"samples": 2, "seq_len": 32}
     layers = man["model"]["config"]["n_layer"]
     want = {"model.onnx": ["SelectiveScan", "Hadamard"], "model.prefill.onnx": ["SelectiveScan", "Hadamard"],
             "model.decode.onnx": ["SelectiveStateUpdate", "Hadamard"]}

@@ -203,7 +203,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 # -- compare / lint -------------------------------------------------------------------------------
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare, markdown_table, save
+    from .compare import SCORED, compare, markdown_table, save
     from .compile import calibration_data
     from .eval.tokenizer import TextTokenizer
     from .loaders import load_model, resolve_model_dir
@@ -245,13 +245,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                            args.calib_samples, args.calib_seq_len)
     rows = compare(model, recipes, tasks, tok, windows, data=data, seq_len=args.seq_len, limit=args.limit,
                    windows=args.windows, progress=not args.quiet, log=log)
+    note = SCORED.format(seq_len=args.seq_len)
     meta = {"model": model.source, "calibration": calib_info, "tasks": tasks, "seq_len": args.seq_len,
-            "limit": args.limit, "windows": args.windows, "data": data, "command": " ".join(sys.argv)}
-    md, js = save(rows, tasks, Path(args.output), meta)
+            "limit": args.limit, "windows": args.windows, "data": data, "scored": note, "command": " ".join(sys.argv)}
+    md, js = save(rows, tasks, Path(args.output), meta, note)
     if args.json:
         print(json.dumps(rows))
     else:
-        print(markdown_table(rows, tasks), end="")
+        print(markdown_table(rows, tasks) + f"\n{note}")
     log(f"wrote {md} and {js}")
     return 0
 

@@ -78,8 +78,10 @@ def compare(model, recipes: Sequence[str], tasks: Sequence[str], tokenizer, cali
         if recipe.passes:
             k = recipe.calibration.get("stats_samples", len(calib_windows))
             if k not in stats0:
-                log(f"calibrating the fp32 graph (statistics for the passes of every recipe with stats_samples={k})")
-                stats0[k] = fp32_stats(model, stats_windows(calib_windows, k), progress=progress)
+                sw = stats_windows(calib_windows, k)
+                log(f"calibrating the fp32 graph on {len(sw)} windows (statistics for the passes of every recipe with "
+                    f"stats_samples={k})")
+                stats0[k] = fp32_stats(model, sw, progress=progress)
             st = stats0[k]
         m2, plan, _ = prepare(model, recipe, calib_windows, progress=progress, stats0=st, log=log)
         runner = OrtRunner(build_lm_graph(m2, plan))
@@ -112,7 +114,7 @@ def markdown_table(rows: list[dict], tasks: Sequence[str]) -> str:
             cols += [(t, "perplexity", "{:.2f}"), (t, "kl", "{:.4f}"), (t, "top1_agree", "{:.3f}")]
         else:
             cols += [(t, k, "{:.4f}") for k in ("acc", "acc_norm", "agreement") if k in m]
-    acc_cols = [c for c in cols if c[1] in ("acc", "acc_norm")]
+    acc_cols = [c for c in cols if c[1] == "acc"]  # (every zero-shot task has acc; acc_norm only some)
     head = "| recipe | " + " | ".join(f"{t} {k}" for t, k, _ in cols) + (" | avg acc |" if acc_cols else " |")
     sep = "|---" * (len(cols) + 1 + (1 if acc_cols else 0)) + "|"
     lines = [head, sep]
@@ -131,9 +133,16 @@ def markdown_table(rows: list[dict], tasks: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(rows: list[dict], tasks: Sequence[str], out_dir: Path, meta: dict) -> tuple[Path, Path]:
+#: what `compare` of a language model scores, under its table (compare.md, stdout) and in compare.json's meta
+SCORED = ("scored: each recipe's TensorRT-flavour graph (model.onnx: plugin nodes on mq-deploy's CPU kernels) in "
+          "onnxruntime, sequence length {seq_len}; `mq-deploy eval OUTDIR` scores model.portable.onnx, which can "
+          "differ by int8 rounding-boundary flips (`eval OUTDIR/model.onnx --seq-len {seq_len}` gives these numbers)")
+
+
+def save(rows: list[dict], tasks: Sequence[str], out_dir: Path, meta: dict, note: str = "") -> tuple[Path, Path]:
+    """compare.md (the table, then `note` when given) and compare.json (meta and rows)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md, js = out_dir / "compare.md", out_dir / "compare.json"
-    md.write_text(markdown_table(rows, tasks))
+    md.write_text(markdown_table(rows, tasks) + (f"\n{note}\n" if note else ""))
     js.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     return md, js

@@ -237,6 +237,15 @@ def default_calib_path() -> Path:
     return p
 
 
+def _effective(recipe: dict, calib_info: Optional[dict]) -> dict:
+    """The recipe as run: its calibration block with the sizes --calib-samples / --calib-seq-len gave (the manifest's
+    `calibration` says how many windows there were)."""
+    if not calib_info:
+        return recipe
+    return {**recipe, "calibration": {**recipe["calibration"], "samples": calib_info["samples"],
+                                      "seq_len": calib_info["seq_len"]}}
+
+
 def _check_tokenizer(path, vocab_size: int, warn: Callable[[str], None]) -> None:
     """Warn when the tokenizer copied into OUTDIR cannot serve the model: unreadable, or more ids than its vocabulary
     (eval and generate refuse the text whose ids fall outside it)."""
@@ -430,7 +439,7 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         manifest = {
             **manifest_head(tmp, files),
             "model": {**source, "config": c.to_dict(), "parameters": n_params},
-            "recipe": recipe.to_dict(),
+            "recipe": _effective(recipe.to_dict(), calib_info),
             "calibration": calib_info,
             "quantization": None if plan is None or plan.quant is None else {
                 "weight_bits": plan.quant.weight_bits, "act_bits": plan.quant.act_bits,

@@ -152,6 +152,12 @@ def _ss_config(raw: dict) -> MambaConfig:
         raise UserError(f"config.json: {e}") from None
 
 
+def unused_tensors_note(unused: list[str], model: str) -> str:
+    """One warning line naming checkpoint tensors that `model` (its description) does not use: the first four."""
+    shown = ", ".join(unused[:4]) + (f", ... ({len(unused)} in all)" if len(unused) > 4 else "")
+    return f"{len(unused)} tensor(s) of the checkpoint are not used by {model}: {shown}"
+
+
 def strip_wrappers(t: dict) -> dict:
     """`t` without the prefix every name has when a wrapper saved it: DDP's `module.`, torch.compile's `_orig_mod.`."""
     for prefix in ("module.", "_orig_mod."):
@@ -211,10 +217,9 @@ class Format:
         model = MambaModel(config, emb, layers, need("backbone.norm_f.weight"), head)
         unused = sorted(set(t) - used)
         if unused:
-            shown = ", ".join(unused[:4]) + (f", ... ({len(unused)} in all)" if len(unused) > 4 else "")
-            warn(f"{len(unused)} tensor(s) of the checkpoint are not used by the model its config.json describes "
-                 f"({config.n_layer} layers, {'' if config.proj_bias else 'no '}projection biases, "
-                 f"{'' if config.conv_bias else 'no '}conv biases): {shown}")
+            warn(unused_tensors_note(unused, f"the model its config.json describes ({config.n_layer} layers, "
+                                             f"{'' if config.proj_bias else 'no '}projection biases, "
+                                             f"{'' if config.conv_bias else 'no '}conv biases)"))
         return model
 
     def canonical_names(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

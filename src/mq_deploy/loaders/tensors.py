@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 from pathlib import Path
 
@@ -29,9 +31,6 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     import torch
-
-    import argparse
-    import contextlib
 
     # a training checkpoint ({"model": state dict, "optimizer": ..., "args": argparse.Namespace}, as DeiT / Vim save
     # them) holds one plain container type besides tensors; allowing it runs no code from the file

@@ -259,28 +259,24 @@ def from_state_dict(config: VimConfig, sd: dict, source: Optional[dict] = None,
         used.add(k)
         return np.asarray(sd[k], np.float32)
 
+    # biases the config says the model has none of are not read (and so named as unused below)
+    skip = set(() if config.proj_bias else ("in_proj_bias", "out_proj_bias")) | \
+        set(() if config.conv_bias else ("conv_bias", "conv_bias_b"))
     layers = []
     for i in range(config.depth):
-        layers.append(VimLayer(**{fld: f(f"layers.{i}.{n}") for fld, n in _LAYER_NAMES.items()}))
+        layers.append(VimLayer(**{fld: None if fld in skip else f(f"layers.{i}.{n}")
+                                  for fld, n in _LAYER_NAMES.items()}))
     cls = f("cls_token")
     pos = f("pos_embed")
     m = VimModel(config, f("patch_embed.proj.weight"), f("patch_embed.proj.bias"),
                  None if cls is None else cls.reshape(-1), None if pos is None else pos.reshape(-1, config.d_model),
                  layers, f("norm_f.weight"), f("head.weight"), f("head.bias"), source=dict(source or {}))
     m.validate()
-    if not config.proj_bias:  # (read above only to be named here: the config says the model has none)
-        used -= {k for k in sd if k.endswith(("in_proj.bias", "out_proj.bias"))}
-        for L in m.layers:
-            L.in_proj_bias = L.out_proj_bias = None
-    if not config.conv_bias:
-        used -= {k for k in sd if ".conv1d" in k and k.endswith(".bias")}
-        for L in m.layers:
-            L.conv_bias = L.conv_bias_b = None
     unused = sorted(set(sd) - used)
     if unused and warn is not None:
-        shown = ", ".join(unused[:4]) + (f", ... ({len(unused)} in all)" if len(unused) > 4 else "")
-        warn(f"{len(unused)} tensor(s) of the checkpoint are not used by the Vim its config.json describes (depth "
-             f"{config.depth}): {shown}")
+        from ..loaders.formats import unused_tensors_note
+
+        warn(unused_tensors_note(unused, f"the Vim its config.json describes (depth {config.depth})"))
     return m
 
 
@@ -312,8 +308,9 @@ def is_vim_dir(path) -> bool:
 def _weight_files(p: Path) -> tuple[str, ...]:
     """The weights of a Vim directory, in read_tensors' order: a sharded index, model.safetensors, pytorch_model.bin,
     else the one *.safetensors / *.pth / *.bin file there is (several: which one is meant is not guessed)."""
-    named = [n for n in ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
-                         "pytorch_model.bin") if (p / n).is_file()]
+    from ..loaders.formats import FORMATS
+
+    named = [n for n in FORMATS["hf"].weight_files if (p / n).is_file()]
     if named:
         return tuple(named)
     files = sorted(f.name for ext in ("*.safetensors", "*.pth", "*.bin") for f in p.glob(ext))

@@ -19,6 +19,7 @@ import onnx
 import pytest
 
 from mq_deploy import trt as mtrt
+from mq_deploy import trt_progress
 from mq_deploy import validate as mval
 from mq_deploy.backends.ort import OrtRunner
 from mq_deploy.cli import main
@@ -202,6 +203,12 @@ class _FakeTRT(types.ModuleType):
         self.log = log
         self.drop_tensors = set()  # tensors the fake parser leaves out
         self.parse_errors, self.build_fails, self.no_cache = [], False, False  # failures to stage
+        # the build's progress callbacks (TensorRT 10's IProgressMonitor): (phase, parent, steps) in start order,
+        # each child run between two steps of its parent; `interrupt` = (phase, step): Ctrl-C arrives while the
+        # monitor handles that step (the name it is given raises KeyboardInterrupt when read)
+        self.phases = [("Building engine", None, 3), ("Tactic selection", "Building engine", 5)]
+        self.interrupt = None
+        self.IProgressMonitor = type("IProgressMonitor", (), {"__init__": lambda s: None})  # unchecked runs
         ns = types.SimpleNamespace
         self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, sev=None: None})
         self.BuilderFlag = ns(INT8="INT8", FP16="FP16", PREFER_PRECISION_CONSTRAINTS="PREFER_PRECISION_CONSTRAINTS")
@@ -258,6 +265,8 @@ class _FakeTRT(types.ModuleType):
             def get_timing_cache(self):
                 return self.cache
 
+            progress_monitor = None
+
         class Tensor:
             def __init__(self, name):
                 self.name = name
@@ -304,6 +313,9 @@ class _FakeTRT(types.ModuleType):
                 return Profile()
 
             def build_serialized_network(self, network, config):
+                if config.progress_monitor is not None and not fake.report(config.progress_monitor):
+                    fake.log["cancelled"] = True
+                    return None  # TensorRT: the build was cancelled
                 return None if fake.build_fails else b"ENGINE"
 
         class ParserError:
@@ -342,8 +354,39 @@ class _FakeTRT(types.ModuleType):
     def init_libnvinfer_plugins(self, logger, ns):
         pass
 
+    def report(self, monitor) -> bool:
+        """The progress callbacks of a build, as TensorRT makes them; False once step_complete asked to cancel.
+        TensorRT calls them from noexcept C++: its bindings print an exception out of one and cancel the build, so
+        the exception itself would be lost, and mq-deploy's monitor must keep it."""
+        def call(fn, *args):
+            try:
+                return fn(*args)
+            except BaseException as e:  # noqa: BLE001
+                raise AssertionError(f"{fn.__name__} raised {e!r}: TensorRT would print it and cancel the build") from e
+
+        def run(name, parent, n):
+            call(monitor.phase_start, name, parent, n)
+            for step in range(1, n + 1):
+                for sub, m in ((c, m) for c, p, m in self.phases if p == name and step == 1):
+                    if not run(sub, name, m):
+                        return False
+                arg = _Interrupting(name) if self.interrupt == (name, step) else name
+                if not call(monitor.step_complete, arg, step):
+                    return False
+            call(monitor.phase_finish, name)
+            return True
+
+        return all(run(name, None, n) for name, p, n in self.phases if p is None)
+
     def get_plugin_registry(self):
         return self._registry
+
+
+class _Interrupting(str):
+    """A phase name that raises KeyboardInterrupt when read: Ctrl-C arriving while the progress monitor runs."""
+
+    def __str__(self):
+        raise KeyboardInterrupt
 
 
 def test_build_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, capsys):
@@ -361,6 +404,9 @@ def test_build_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, capsys):
     assert rc == 0, cap.err
     assert cap.out.strip() == str(engine) and engine.read_bytes() == b"ENGINE" and cache.read_bytes() == b"cache"
     assert "equivalent: trtexec" in cap.err and "--int8 --fp16" in cap.err
+    # TensorRT's build phases as they start and end (a quick build: no running line in a log)
+    assert "\nTensorRT: Building engine\n" in cap.err and "\nTensorRT: Building engine: done in " in cap.err
+    assert "Tactic selection" not in cap.err
     assert log["plugins"] == str(lib.resolve()) and log["onnx"] == str(w8_out / "model.onnx")
     assert log["profile"] == ("input_ids", (1, 4), (2, 64), (4, 256))
     assert log["flags"] == ["INT8", "FP16", "PREFER_PRECISION_CONSTRAINTS"]
@@ -369,8 +415,40 @@ def test_build_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, capsys):
     assert "--layerPrecisions=" in cap.err and "head/sq:fp32" in cap.err
     assert sorted(os.listdir(engine.parent)) == ["m.engine"]  # written atomically: no temporary left
     # a second build in the same process: the library's plugins are registered already, not loaded again
-    assert main(["build", str(w8_out), "-q", "--plugins", str(lib), "-o", str(engine)]) == 0, capsys.readouterr().err
+    assert main(["build", str(w8_out), "-q", "--plugins", str(lib), "-o", str(engine)]) == 0
+    assert "TensorRT" not in capsys.readouterr().err  # -q: no progress
     assert log["load_library_calls"] == 1
+
+
+def test_build_progress_and_ctrl_c(w8_out, tmp_path, monkeypatch, capsys):
+    """Without -q, build shows TensorRT's build phases (in a log the running one every LOG_INTERVAL_S, here every
+    step); Ctrl-C during the build cancels it through the progress monitor: exit 130, and neither the engine nor the
+    timing cache written. A TensorRT without IProgressMonitor builds without progress."""
+    fake = _FakeTRT(log := {})
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(fake))
+    monkeypatch.setattr(trt_progress, "LOG_INTERVAL_S", 0.0)
+    lib = tmp_path / "libmq_trt_plugins.so"
+    lib.write_bytes(b"")
+    engine, cache = tmp_path / "e" / "m.engine", tmp_path / "timing.cache"
+    args = ["build", str(w8_out), "--plugins", str(lib), "--timing-cache", str(cache), "-o", str(engine)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    for k in range(1, 6):
+        assert f"\nTensorRT: Building engine > Tactic selection {k}/5 (" in err
+    assert "\nTensorRT: Building engine 3/3 (" in err and err.index("Tactic selection 5/5") < err.index("done in")
+    engine.unlink()
+    cache.unlink()
+    fake.interrupt = ("Tactic selection", 3)
+    assert main(args) == 130
+    cap = capsys.readouterr()
+    assert cap.err.rstrip().endswith("\nmq-deploy: interrupted") and cap.out == ""
+    assert "Tactic selection 2/5" in cap.err and "Tactic selection 3/5" not in cap.err and "done in" not in cap.err
+    assert log["cancelled"] and not cache.exists() and os.listdir(engine.parent) == []  # nothing written, no temp
+    bare = _FakeTRT({})
+    del bare.IProgressMonitor  # unchecked: a TensorRT without the class
+    monkeypatch.setitem(sys.modules, "tensorrt", bare)
+    assert main(args) == 0 and engine.read_bytes() == b"ENGINE"
+    assert "TensorRT: " not in capsys.readouterr().err
 
 
 def test_build_prefill_and_decode_graphs(w8_out, tmp_path, monkeypatch, capsys):

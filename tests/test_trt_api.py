@@ -154,3 +154,41 @@ def test_tensorrt_10_and_11_differ_where_mq_deploy_branches():
     assert getattr(t11.BuilderFlag, "INT8", None) is None  # mq_deploy.trt._flag's test for TensorRT 11
     assert int(t11.NetworkDefinitionCreationFlag.STRONGLY_TYPED) == 0  # deprecated and ignored: always strongly typed
     assert "precision" not in trt_api.spec_for(11)["classes"]["ILayer"]["properties"]
+
+
+@pytest.mark.parametrize("major", [10, 11])
+def test_checked_overrides_of_tensorrt_callbacks(major):
+    """A Python subclass of a TensorRT callback class (IProgressMonitor, which `mq-deploy build` sets on the builder
+    config) is checked as pybind11 and TensorRT would take it: the base __init__ must run, each override must take
+    TensorRT's arguments and return its declared type, and a method left out is a pure virtual call."""
+    from mq_deploy.trt_progress import BuildProgress, monitor_class
+
+    trt = trt_api.checked(_Impl(), _spec(major))
+    config = trt.Builder(trt.Logger(trt.Logger.WARNING)).create_builder_config()
+    shown = BuildProgress(__import__("io").StringIO())
+    monitor = monitor_class(trt)(shown)  # mq-deploy's monitor
+    config.progress_monitor = monitor
+    assert monitor.step_complete("Building engine", 1) is True
+    with pytest.raises(TypeError, match="takes IProgressMonitor"):
+        config.progress_monitor = shown  # not a TensorRT IProgressMonitor
+
+    class NoInit(trt.IProgressMonitor):
+        def __init__(self):
+            pass
+
+    with pytest.raises(TypeError, match=r"IProgressMonitor.__init__\(\) must be called"):
+        NoInit()
+    with pytest.raises(TypeError, match="cannot take the arguments"):
+        class Arity(trt.IProgressMonitor):
+            def phase_start(self, phase_name, num_steps):  # parent_phase missing
+                pass
+
+    class NoBool(trt.IProgressMonitor):
+        def step_complete(self, phase_name, step):
+            pass  # None for TensorRT's bool
+
+    m = NoBool()
+    with pytest.raises(TypeError, match="must return bool"):
+        m.step_complete("p", 1)
+    with pytest.raises(RuntimeError, match="pure virtual function"):
+        m.phase_finish("p")

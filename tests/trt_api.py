@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import inspect
 import json
 import os
 import re
@@ -324,6 +325,10 @@ class _Class:
         api._check_call(f"{name}()", sigs, args, kwargs)
         return Checked(api, name, impl_cls(*api._unwrap(args), **api._unwrap(kwargs)))
 
+    def __mro_entries__(self, bases):
+        """`class M(trt.IProgressMonitor)`: a Python class that overrides TensorRT's virtual methods (_Override)."""
+        return (self._api._override_base(self._name),)
+
     def __getattr__(self, attr):
         found = self._api._member(self._name, attr)
         if found is None or found[0] != "attr":
@@ -332,12 +337,75 @@ class _Class:
         return self._api._attr(found[1])
 
 
+class _Override:
+    """Base of the classes `CheckedModule._override_base` makes: a Python subclass of a TensorRT class whose virtual
+    methods TensorRT calls back (IProgressMonitor, ILogger, ...), checked as pybind11 would: the base __init__ must
+    run, an override must take TensorRT's arguments and return what TensorRT declares, and a method not overridden
+    is a pure virtual call."""
+
+    _trt_cls: str = ""
+    _trt_api: "CheckedModule"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        api, name = cls._trt_api, cls._trt_cls
+        for meth, sigs in api._spec["classes"][name]["methods"].items():
+            fn = cls.__dict__.get(meth)
+            if fn is None or meth.startswith("_"):
+                continue
+            params, ret = _parse(sigs[0])
+            args = [p for p in params if p[0] != "self"]
+            try:
+                inspect.signature(fn).bind(None, *[None] * len(args))
+            except TypeError:
+                raise TypeError(f"{cls.__name__}.{meth} cannot take the arguments TensorRT {api.__version__} passes: "
+                                f"{sigs[0]}") from None
+            setattr(cls, meth, _returns_checked(api, f"{name}.{meth}", fn, ret))
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            @functools.wraps(init)
+            def checked_init(self, *a, **k):
+                init(self, *a, **k)
+                if type(self).__init__ is checked_init and not self.__dict__.get("_trt_base_init"):
+                    raise TypeError(f"tensorrt.{name}.__init__() must be called when overriding __init__")
+            cls.__init__ = checked_init
+
+
+def _returns_checked(api: "CheckedModule", what: str, fn, ret: str):
+    @functools.wraps(fn)
+    def call(self, *args):
+        value = fn(self, *args)
+        if not api._accepts(value, ret, False) or (ret == "bool" and not isinstance(value, bool)):
+            raise TypeError(f"{what} must return {ret} to TensorRT {api.__version__}, returned {value!r}")
+        return value
+    return call
+
+
 class CheckedModule(types.ModuleType):
     def __init__(self, impl, spec: dict):
         super().__init__("tensorrt")
         self._impl, self._spec = impl, spec
         self.__version__ = spec["version"]
         self._enums = {name: _Enum(name.rpartition(".")[2], members) for name, members in spec["enums"].items()}
+        self._override_bases: dict[str, type] = {}
+
+    def _override_base(self, name: str) -> type:
+        """The class a Python subclass of TensorRT class `name` derives from (one per name)."""
+        if name not in self._override_bases:
+            api, spec = self, self._spec["classes"][name]
+
+            def __init__(obj, *args, **kwargs):
+                api._check_call(f"{name}.__init__", spec["init"], args, kwargs)
+                obj.__dict__["_trt_base_init"] = True
+
+            ns: dict[str, Any] = {"__init__": __init__, "_trt_cls": name, "_trt_api": self}
+            for meth in spec["methods"]:
+                if not meth.startswith("_"):
+                    def pure(obj, *args, _m=meth, **kwargs):
+                        raise RuntimeError(f'Tried to call pure virtual function "{name}::{_m}"')
+                    ns[meth] = pure
+            self._override_bases[name] = type(name, (_Override,), ns)
+        return self._override_bases[name]
 
     # module attributes: classes, enums, functions, values (float32, Logger.Severity aliases)
     def __getattr__(self, name):
@@ -422,6 +490,8 @@ class CheckedModule(types.ModuleType):
         if t in self._spec["enums"]:
             return isinstance(value, _Enum) and value.__class__ is self._enums[t]
         if t in self._spec["classes"]:
+            if isinstance(value, _Override):
+                return self._is_a(value._trt_cls, t)
             return isinstance(value, Checked) and self._is_a(value._cls, t)
         if re.fullmatch(r"(?:typing\.|collections\.abc\.)?(?:List|Sequence|list)\[.+\]", t):
             return isinstance(value, (list, tuple))

@@ -346,7 +346,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             print(cmds["trtexec"])
         return 0
     log = (lambda s: None) if args.quiet else _log
-    engine = build_outdir(plan, log=log, warn=lambda s: _log(f"warning: {s}"))  # warnings even with -q
+    engine = build_outdir(plan, log=log, warn=lambda s: _log(f"warning: {s}"),  # warnings even with -q
+                          progress=None if args.quiet else sys.stderr)
     log(f"equivalent: {cmds['trtexec']}")
     print(engine)
     return 0
@@ -521,7 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "run of model.portable.onnx that saves inputs and outputs, then a TensorRT run of model.onnx "
                         "with the plugins (libmq_trt_plugins_register.so beside the plugin library) compared "
                         "against them")
-    b.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    b.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress messages (without -q TensorRT's build phases are shown as it goes, and Ctrl-C "
+                        "cancels the build between its steps; warnings are shown either way)")
     b.set_defaults(func=cmd_build)
 
     v = sub.add_parser("validate", help="compare a compile OUTDIR's graphs (and TensorRT engine) on the same input",

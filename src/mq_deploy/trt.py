@@ -15,8 +15,9 @@ import shlex
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, TextIO
 
+from . import trt_progress
 from .errors import UserError
 from .outdir import missing_file, read_manifest
 from .ops import selective_scan as ss
@@ -301,7 +302,7 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
                  input_name: str = "input_ids", workspace_gib: float = 4.0, fixed_dims: tuple = (),
                  warn: Callable[[str], None] = lambda s: None, strongly_typed: bool = False,
                  mark: Sequence[str] = (), fp32: Sequence[str] = (), hadamard_codes: bool = False,
-                 profile: Sequence[tuple] = ()) -> str:
+                 profile: Sequence[tuple] = (), progress: Optional[TextIO] = None) -> str:
     """Parse onnx_path, load the plugin library, build and write a serialized engine to out_path
     (`fixed_dims`: the input's dimensions after the batch when only the batch is dynamic, e.g. Vim's C, H, W;
     `profile`: ((name, min, opt, max), ...) of every input instead of `input_name` / `fixed_dims` / `shapes`, for a
@@ -313,7 +314,8 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
     RMSNorm layers of graph/precision.py; `hadamard_codes`: parse a copy of the graph in which each Hadamard that
     writes int8 (its QuantizeLinear fused, as deployed) also has its codes dequantized into a float tensor named as
     the node and a float twin beside it (graph/fuse_scan_quant.py, dequantize_hadamard_codes), as a validation engine
-    of such a graph marks both)."""
+    of such a graph marks both); `progress`: TensorRT's build phases are shown there (trt_progress; Ctrl-C then
+    cancels the build between its steps, as KeyboardInterrupt)."""
     _check_strongly_typed(strongly_typed, int8, fp16)
     profile = tuple(profile) or ((input_name, *shapes.dims(fixed_dims)),)
     if not os.path.isfile(onnx_path):
@@ -348,7 +350,9 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
     config.add_optimization_profile(opt_profile)
     if timing_cache is not None:
         _set_timing_cache(config, timing_cache, warn)
+    shown = trt_progress.attach(trt, config, progress)
     engine = builder.build_serialized_network(network, config)
+    trt_progress.finish(shown)  # a cancelled build (Ctrl-C): KeyboardInterrupt, before "failed" below
     if engine is None:
         raise UserError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
     atomic_write_bytes(out_path, engine)
@@ -545,8 +549,9 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
 
 
 def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
-                 warn: Callable[[str], None] = lambda s: None) -> str:
-    """Build plan.engine from plan.onnx (the plugin library is required when the graph has plugin nodes)."""
+                 warn: Callable[[str], None] = lambda s: None, progress: Optional[TextIO] = None) -> str:
+    """Build plan.engine from plan.onnx (the plugin library is required when the graph has plugin nodes);
+    `progress`: where TensorRT's build phases are shown (None: nowhere)."""
     trt = import_tensorrt()
     n = plan.plugin_nodes
     if plan.plugin_lib is None and n:
@@ -572,7 +577,8 @@ def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
     return build_engine(plan.onnx, plan.engine, plan.plugin_lib, int8=plan.int8, fp16=plan.fp16, shapes=plan.shapes,
                         timing_cache=plan.timing_cache, input_name=plan.input_name, fixed_dims=plan.fixed_dims,
                         warn=warn, strongly_typed=plan.strongly_typed, mark=plan.mark,
-                        fp32=tuple(t for _, t in plan.fp32), hadamard_codes=plan.hadamard_codes, profile=plan.profile)
+                        fp32=tuple(t for _, t in plan.fp32), hadamard_codes=plan.hadamard_codes, profile=plan.profile,
+                        progress=progress)
 
 
 def _trtexec_shape(name: str, s: tuple) -> str:

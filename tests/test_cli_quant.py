@@ -162,6 +162,73 @@ def test_compare_table(tmp_path):
         in r.stderr
 
 
+def test_compare_saves_as_it_goes_and_resumes(tmp_path, monkeypatch, capsys):
+    """compare.json / compare.md are saved after every recipe, marked partial until the last: a run stopped by Ctrl-C
+    keeps its rows, and `--resume` runs only the recipes left, giving the table a run without a stop gives. Other
+    settings, a changed recipe, a corrupt file and a recipe named twice are each said."""
+    import mq_deploy.compare as cmp
+    from mq_deploy.cli import main
+
+    calib = need(DATA_DIR / "text" / "wikitext2_val_sample.jsonl")
+    heldout = need(DATA_DIR / "text" / "ref_corpus_heldout.txt")
+    args = ["compare", "--recipes", "rtn-w8a8,smoothquant-w8a8", "--tasks", "text", "--data", f"text={heldout}",
+            "--calib", str(calib), "--calib-samples", "4", "--limit", "2"]
+    prepared, real = [], cmp.prepare
+
+    def prepare(model, recipe, *a, **k):
+        prepared.append(recipe.name)
+        if recipe.name == stop_at:
+            raise KeyboardInterrupt
+        return real(model, recipe, *a, **k)
+
+    monkeypatch.setattr(cmp, "prepare", prepare)
+    stop_at, out = "smoothquant-w8a8", tmp_path / "run"
+    assert main(args + ["-o", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith("mq-deploy: interrupted")
+    assert f"compare: 2 of 3 recipes are saved in {out / 'compare.json'}; add --resume to the same command" in err
+    saved = json.loads((out / "compare.json").read_text())
+    assert [r["recipe"] for r in saved["rows"]] == ["fp32", "rtn-w8a8"] and saved["meta"]["complete"] is False
+    md = (out / "compare.md").read_text()
+    assert "| rtn-w8a8 |" in md and "partial: 2 of 3 recipes (the run stopped, or is still going; add --resume" in md
+    assert sorted(os.listdir(out)) == ["compare.json", "compare.md"]  # written whole: no temporary left
+    prepared.clear()
+    stop_at = None
+    assert main(args + ["-o", str(out), "--resume", "--json"]) == 0
+    cap = capsys.readouterr()
+    assert prepared == ["smoothquant-w8a8"]  # fp32 and rtn-w8a8 from the file (fp32 prepares nothing anyway)
+    assert "--resume: 2 of 3 recipes from" in cap.err and "recipe rtn-w8a8: the earlier run's row (--resume)" in cap.err
+    rows = json.loads(cap.out)
+    again = json.loads((out / "compare.json").read_text())
+    assert again["rows"] == rows and again["meta"]["complete"] is True and rows[:2] == saved["rows"]
+    assert "partial" not in (out / "compare.md").read_text()
+    # the same table as a run that did not stop (the `seconds` aside)
+    assert main(args + ["-o", str(tmp_path / "whole"), "--json", "-q"]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in whole]
+    # a finished run resumed: nothing is run again
+    prepared.clear()
+    assert main(args + ["-o", str(out), "--resume", "-q"]) == 0 and prepared == []
+    capsys.readouterr()
+    # other settings: refused, naming them; the file is left as it was
+    assert main(args + ["-o", str(out), "--resume", "--seq-len", "256"]) == 2
+    assert "was made with other settings (seq_len differ)" in capsys.readouterr().err
+    assert json.loads((out / "compare.json").read_text()) == again
+    # a recipe whose definition changed is run again (its fingerprint is the whole recipe)
+    edited = json.loads((out / "compare.json").read_text())
+    edited["meta"]["recipes"]["rtn-w8a8"] = "0" * 16
+    (out / "compare.json").write_text(json.dumps(edited))
+    assert main(args + ["-o", str(out), "--resume"]) == 0 and prepared == ["rtn-w8a8"]
+    assert "(rtn-w8a8 changed since: run again)" in capsys.readouterr().err
+    (out / "compare.json").write_text("{not json")
+    assert main(args + ["-o", str(out), "--resume"]) == 2
+    assert "is not a compare.json this mq-deploy can continue" in capsys.readouterr().err
+    assert main(["compare", "--recipes", "rtn-w8a8,rtn-w8a8", "-o", str(tmp_path / "twice")]) == 2
+    assert "--recipes names rtn-w8a8 more than once" in capsys.readouterr().err
+    assert not (tmp_path / "twice").exists()
+
+
 def test_compare_table_averages_acc():
     """The avg acc column is the mean of each zero-shot task's acc (every task has one), not of acc and acc_norm."""
     from mq_deploy.compare import markdown_table

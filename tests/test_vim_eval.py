@@ -86,6 +86,44 @@ def test_compile_vim_checkpoint_fp32_and_w8a8(tmp_path):
 
 
 @needs_data
+def test_compare_vision_resumes(tmp_path, monkeypatch, capsys):
+    """A Vim compare stopped half-way keeps its rows (partial), and --resume runs the recipes left (fp32 again, for
+    the predictions the agreement needs), with the rows a run without a stop gives."""
+    import mq_deploy.vision.compare as vcmp
+    from mq_deploy.cli import main
+
+    _save(tmp_path)
+    prepared, real = [], vcmp.prepare_vim
+
+    def prepare(model, recipe, *a, **k):
+        prepared.append(recipe.name)
+        if recipe.name == stop_at:
+            raise KeyboardInterrupt
+        return real(model, recipe, *a, **k)
+
+    monkeypatch.setattr(vcmp, "prepare_vim", prepare)
+    args = ["compare", str(tmp_path), "--recipes", "vim-rtn-w8a8,vim-quarot-w4a8", "--limit", "16", "--json", "-q"]
+    stop_at, out = "vim-quarot-w4a8", tmp_path / "cmp"
+    assert main(args + ["-o", str(out)]) == 130
+    saved = json.loads((out / "compare.json").read_text())
+    assert [r["recipe"] for r in saved["rows"]] == ["fp32", "vim-rtn-w8a8"] and saved["meta"]["complete"] is False
+    assert "partial: 2 of 3 recipes" in (out / "compare.md").read_text()
+    capsys.readouterr()
+    stop_at, prepared[:] = None, []
+    assert main(args + ["-o", str(out), "--resume"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert prepared == ["vim-quarot-w4a8"] and rows[:2] == saved["rows"]
+    meta = json.loads((out / "compare.json").read_text())["meta"]
+    assert meta["complete"] is True and meta["model"]["config"]["d_model"] > 0
+    assert main(args + ["-o", str(tmp_path / "whole")]) == 0
+    whole = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in rows] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in whole]
+    prepared.clear()
+    assert main(args + ["-o", str(out), "--resume"]) == 0 and prepared == []  # all done: nothing run
+
+
+@needs_data
 def test_compare_cli_vision_mode(tmp_path, capsys):
     """`compare` on a Vim directory: fp32 + recipes, top-1 and agreement per row; language tasks and
     language-model recipes are refused with one clear error."""

@@ -203,7 +203,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 # -- compare / lint -------------------------------------------------------------------------------
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import SCORED, compare, markdown_table, save
+    from . import __version__
+    from .compare import SCORED, RunFiles, compare, markdown_table, model_files, recipe_fingerprint
     from .compile import calibration_data
     from .eval.tokenizer import TextTokenizer
     from .loaders import load_model, resolve_model_dir
@@ -224,36 +225,60 @@ def cmd_compare(args: argparse.Namespace) -> int:
         t, p = d.split("=", 1)
         data[t] = p
     log = (lambda s: None) if args.quiet else _log
-    for r in recipes:  # every name and its model family before any work
-        check_family(load_recipe(r), vim)
+    recs = [load_recipe(r) for r in recipes]
+    for r in recs:  # every name and its model family before any work
+        check_family(r, vim)
+    twice = sorted({r.name for r in recs if [x.name for x in recs].count(r.name) > 1})
+    if twice:
+        raise UserError(f"--recipes names {', '.join(twice)} more than once (a row per recipe)")
+    fingerprints = {r.name: recipe_fingerprint(r) for r in [load_recipe("fp32")] + [x for x in recs if x.name != "fp32"]}
+    command = " ".join(sys.argv)
     if vim:  # Vision Mamba: top-1 on Fashion-MNIST per recipe
         from .vision.compare import compare_vim
 
-        rows, model_info = compare_vim(args.model, recipes, tasks, limit=args.limit, data=data.get("fashion_mnist"),
-                                       progress=not args.quiet, log=log)
-        meta = {"model": model_info, "tasks": tasks, "limit": args.limit, "command": " ".join(sys.argv)}
-        md, js = save(rows, tasks, Path(args.output), meta)
+        settings = {"model": str(Path(args.model).resolve()), "model_files": model_files(args.model), "tasks": tasks,
+                    "limit": args.limit, "data": data.get("fashion_mnist"), "version": __version__}
+        files = RunFiles(Path(args.output), tasks, {"model": {"path": str(args.model), "format": "vim"}, "tasks": tasks,
+                                                     "limit": args.limit, "command": command}, settings, fingerprints)
+        done = files.earlier(log) if args.resume else {}
+        try:
+            rows, model_info = compare_vim(args.model, recipes, tasks, limit=args.limit, data=data.get("fashion_mnist"),
+                                           progress=not args.quiet, log=log, done=done, on_row=files.update)
+        except BaseException:
+            files.stopped(log)
+            raise
+        files.meta["model"] = model_info
+        files.update(rows)
         print(json.dumps(rows) if args.json else markdown_table(rows, tasks), end="\n" if args.json else "")
-        log(f"wrote {md} and {js}")
+        log(f"wrote {files.out_dir / 'compare.md'} and {files.json_path}")
         return 0
     model = load_model(args.model)
     tok_path = args.tokenizer or model.source.get("tokenizer")
     if not tok_path:
         raise UserError("pass --tokenizer PATH/tokenizer.json (the model directory has none)")
     tok = TextTokenizer(tok_path)
-    windows, calib_info = calibration_data(model, load_recipe(recipes[0]), args.calib, tok_path,
-                                           args.calib_samples, args.calib_seq_len)
-    rows = compare(model, recipes, tasks, tok, windows, data=data, seq_len=args.seq_len, limit=args.limit,
-                   windows=args.windows, progress=not args.quiet, log=log)
+    windows, calib_info = calibration_data(model, recs[0], args.calib, tok_path, args.calib_samples,
+                                           args.calib_seq_len)
     note = SCORED.format(seq_len=args.seq_len)
     meta = {"model": model.source, "calibration": calib_info, "tasks": tasks, "seq_len": args.seq_len,
-            "limit": args.limit, "windows": args.windows, "data": data, "scored": note, "command": " ".join(sys.argv)}
-    md, js = save(rows, tasks, Path(args.output), meta, note)
+            "limit": args.limit, "windows": args.windows, "data": data, "scored": note, "command": command}
+    settings = {"model": model.source, "model_files": model_files(model.source.get("path", "")),
+                "calibration": calib_info, "tasks": tasks, "seq_len": args.seq_len, "limit": args.limit,
+                "windows": args.windows, "data": {t: str(Path(p).resolve()) for t, p in data.items()},
+                "tokenizer": str(Path(tok_path).resolve()), "version": __version__}
+    files = RunFiles(Path(args.output), tasks, meta, settings, fingerprints, note)
+    done = files.earlier(log) if args.resume else {}
+    try:
+        rows = compare(model, recipes, tasks, tok, windows, data=data, seq_len=args.seq_len, limit=args.limit,
+                       windows=args.windows, progress=not args.quiet, log=log, done=done, on_row=files.update)
+    except BaseException:
+        files.stopped(log)
+        raise
     if args.json:
         print(json.dumps(rows))
     else:
         print(markdown_table(rows, tasks) + f"\n{note}")
-    log(f"wrote {md} and {js}")
+    log(f"wrote {files.out_dir / 'compare.md'} and {files.json_path}")
     return 0
 
 
@@ -417,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("-o", "--output", default="compare-out", help="folder for compare.md / compare.json (default "
                                                                  "./compare-out)")
     k.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
+    k.add_argument("--resume", action="store_true",
+                   help="continue a run that stopped: compare.json / compare.md are saved after every recipe, and "
+                        "with --resume the recipes whose rows OUTPUT/compare.json already has (same model files, "
+                        "calibration, tasks, lengths, data and recipe definition) are not run again")
     k.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     k.set_defaults(func=cmd_compare)
 

@@ -8,6 +8,7 @@ agreement over the same windows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -50,8 +51,11 @@ def perplexity_and_drift(ref_fn, fn, windows: np.ndarray, batch_size: int = 2) -
 def compare(model, recipes: Sequence[str], tasks: Sequence[str], tokenizer, calib_windows: np.ndarray, *,
             data: Optional[dict] = None, seq_len: int = 512, limit: Optional[int] = None,
             windows: Optional[int] = None, batch_size: int = 2,
-            progress: bool = True, log: Callable[[str], None] = lambda s: None) -> list[dict]:
-    """Rows of {"recipe", <task>: {metrics}} for each recipe (the fp32 model first, as 'fp32')."""
+            progress: bool = True, log: Callable[[str], None] = lambda s: None,
+            done: Optional[dict] = None, on_row: Callable[[list], None] = lambda rows: None) -> list[dict]:
+    """Rows of {"recipe", <task>: {metrics}} for each recipe (the fp32 model first, as 'fp32'). `done`: rows of an
+    earlier run by recipe name, taken as they are (`--resume`); `on_row(rows)`: after each row (RunFiles saves)."""
+    done = done or {}
     data = data or {}
     recs = [load_recipe(r) for r in recipes]  # validate all names before any work
     for r in recs:
@@ -73,6 +77,11 @@ def compare(model, recipes: Sequence[str], tasks: Sequence[str], tokenizer, cali
     for recipe in [load_recipe("fp32")] + [x for x in recs if x.name != "fp32"]:
         t0 = time.time()
         r = recipe.name
+        if r in done:
+            rows.append(done[r])
+            log(f"recipe {r}: the earlier run's row (--resume)")
+            on_row(rows)
+            continue
         log(f"recipe {r}")
         st = None
         if recipe.passes:
@@ -96,6 +105,7 @@ def compare(model, recipes: Sequence[str], tasks: Sequence[str], tokenizer, cali
         row["seconds"] = round(time.time() - t0, 1)
         rows.append(row)
         log(f"  {json.dumps({k: v for k, v in row.items() if k != 'recipe'})}")
+        on_row(rows)
     return rows
 
 
@@ -140,9 +150,84 @@ SCORED = ("scored: each recipe's TensorRT-flavour graph (model.onnx: plugin node
 
 
 def save(rows: list[dict], tasks: Sequence[str], out_dir: Path, meta: dict, note: str = "") -> tuple[Path, Path]:
-    """compare.md (the table, then `note` when given) and compare.json (meta and rows)."""
+    """compare.md (the table, then `note` when given) and compare.json (meta and rows), each written whole (a
+    temporary file renamed over it: a reader, or a stop half-way, never sees part of one)."""
+    from .trt import atomic_write_bytes
+
     out_dir.mkdir(parents=True, exist_ok=True)
     md, js = out_dir / "compare.md", out_dir / "compare.json"
-    md.write_text(markdown_table(rows, tasks) + (f"\n{note}\n" if note else ""))
-    js.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    atomic_write_bytes(js, (json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n").encode())
+    atomic_write_bytes(md, (markdown_table(rows, tasks) + (f"\n{note}\n" if note else "")).encode())
     return md, js
+
+
+def recipe_fingerprint(recipe) -> str:
+    """What a row of this recipe depends on in the recipe: its whole definition (a changed YAML file reruns it)."""
+    return hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_files(path) -> list:
+    """[name, bytes, mtime_ns] of the files of a model directory: a checkpoint replaced in place changes them."""
+    d = Path(path)
+    if not d.is_dir():
+        return []
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(d.iterdir()) if f.is_file()]
+
+
+class RunFiles:
+    """compare's output folder while it runs: compare.json / compare.md rewritten after every recipe, marked partial
+    (meta "complete": false, a line under the table) until the last, so that a stop (Ctrl-C, a crash, a recipe that
+    fails) keeps the rows done; `earlier` reads them back for `--resume`. `settings`: everything a row depends on
+    besides its recipe (model and its files, calibration, tasks, lengths, data, version); `recipes`: the run's recipe
+    names (fp32 first) and their fingerprints."""
+
+    def __init__(self, out_dir: Path, tasks: Sequence[str], meta: dict, settings: dict, recipes: dict,
+                 note: str = "", resume_hint: str = "add --resume to the same command"):
+        self.out_dir, self.tasks, self.note, self.hint = Path(out_dir), list(tasks), note, resume_hint
+        self.meta = {**meta, "settings": settings, "recipes": recipes}
+        self.saved = 0  # rows now in compare.json
+
+    @property
+    def json_path(self) -> Path:
+        return self.out_dir / "compare.json"
+
+    def earlier(self, log: Callable[[str], None] = lambda s: None) -> dict:
+        """Rows of compare.json by recipe name that this run can take as they are: same settings, same recipe
+        fingerprint. Another run's settings are an error (naming what differs); no file, nothing to take."""
+        js = self.json_path
+        if not js.is_file():
+            log(f"--resume: no {js} yet; running every recipe")
+            return {}
+        try:
+            old = json.loads(js.read_text())
+            meta, rows = old["meta"], old["rows"]
+            settings, recipes = meta["settings"], meta["recipes"]
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"--resume: {js} is not a compare.json this mq-deploy can continue (written by an "
+                            "older version, or edited); drop --resume, or pass another -o") from None
+        mine = self.meta["settings"]
+        differ = sorted(k for k in set(settings) | set(mine) if settings.get(k) != mine.get(k))
+        if differ:
+            raise UserError(f"--resume: {js} was made with other settings ({', '.join(differ)} differ): drop --resume "
+                            "to start afresh, or pass another -o")
+        take = {r["recipe"]: r for r in rows if recipes.get(r.get("recipe")) == self.meta["recipes"].get(r.get("recipe"))}
+        changed = sorted({r["recipe"] for r in rows} & set(self.meta["recipes"]) - set(take))
+        log(f"--resume: {len(take)} of {len(self.meta['recipes'])} recipes from {js}"
+            + (f" ({', '.join(changed)} changed since: run again)" if changed else ""))
+        return take
+
+    def update(self, rows: list) -> None:
+        """Save the rows so far (complete once every recipe has its row)."""
+        left = len(self.meta["recipes"]) - len(rows)
+        note = self.note
+        if left:
+            note = (f"partial: {len(rows)} of {len(self.meta['recipes'])} recipes (the run stopped, or is still "
+                    f"going; {self.hint} to continue it)" + (f"\n\n{note}" if note else ""))
+        save(rows, self.tasks, self.out_dir, {**self.meta, "complete": not left}, note)
+        self.saved = len(rows)
+
+    def stopped(self, log: Callable[[str], None]) -> None:
+        """Say what a stopped run left (the rows saved so far)."""
+        if self.saved:
+            log(f"compare: {self.saved} of {len(self.meta['recipes'])} recipes are saved in {self.json_path}; "
+                f"{self.hint} to run the rest")

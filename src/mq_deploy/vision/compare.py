@@ -23,25 +23,42 @@ TASK = "fashion_mnist"
 
 def compare_vim(model_dir: str, recipes: Sequence[str], tasks: Sequence[str], limit: Optional[int] = None,
                 data: Optional[str] = None, progress: bool = True,
-                log: Callable[[str], None] = lambda s: None) -> tuple[list[dict], dict]:
-    """Rows [{recipe, fashion_mnist: {acc, agreement, n}, seconds}] (fp32 first) and the model's description."""
+                log: Callable[[str], None] = lambda s: None, done: Optional[dict] = None,
+                on_row: Callable[[list], None] = lambda rows: None) -> tuple[list[dict], dict]:
+    """Rows [{recipe, fashion_mnist: {acc, agreement, n}, seconds}] (fp32 first) and the model's description.
+    `done`: rows of an earlier run by recipe name, taken as they are (`--resume`; fp32 is still run when any recipe
+    is left, for the predictions the agreement compares with); `on_row(rows)`: after each row."""
     if list(tasks) != [TASK]:
         raise UserError(f"a Vision Mamba model is compared on --tasks {TASK} only (got {','.join(tasks)})")
     recs = [load_recipe(r) for r in recipes]  # unknown names fail before any work
     for r in recs:
         check_family(r, vim=True)
+    done = done or {}
     model = load_vim(model_dir)
     c = model.config
+    info = {"path": str(model_dir), "format": "vim", "config": c.to_dict()}
+    names = [x.name for x in recs if x.name != "fp32"]
+    if "fp32" in done and all(n in done for n in names):
+        rows = [done["fp32"]] + [done[n] for n in names]
+        log("--resume: every recipe's row is from the earlier run")
+        on_row(rows)
+        return rows, info
     t0 = time.time()
     log("fp32")
     fp = evaluate_top1(VimRunner(build_vim_graph(model)), c.channels, limit, path=data, progress=progress,
                        img_size=c.img_size)
     ref = fp.pop("predictions")
-    rows = [{"recipe": "fp32", TASK: {"acc": fp["top1"], "agreement": 1.0, "n": fp["n"]},
-             "seconds": round(time.time() - t0, 1)}]
+    rows = [done.get("fp32") or {"recipe": "fp32", TASK: {"acc": fp["top1"], "agreement": 1.0, "n": fp["n"]},
+                                 "seconds": round(time.time() - t0, 1)}]  # (the earlier row: the same numbers)
+    on_row(rows)
     stats0: dict = {}
     for recipe in recs:
         if recipe.name == "fp32":
+            continue
+        if recipe.name in done:
+            rows.append(done[recipe.name])
+            log(f"recipe {recipe.name}: the earlier run's row (--resume)")
+            on_row(rows)
             continue
         t0 = time.time()
         log(f"recipe {recipe.name}")
@@ -56,4 +73,5 @@ def compare_vim(model_dir: str, recipes: Sequence[str], tasks: Sequence[str], li
         rows.append({"recipe": recipe.name, TASK: {"acc": r["top1"], "agreement": r["agreement"], "n": r["n"]},
                      "seconds": round(time.time() - t0, 1)})
         log(f"  top1 {r['top1']:.4f}, agreement with fp32 {r['agreement']:.4f} ({rows[-1]['seconds']} s)")
-    return rows, {"path": str(model_dir), "format": "vim", "config": c.to_dict()}
+        on_row(rows)
+    return rows, info

@@ -184,6 +184,7 @@ class RunFiles:
     def __init__(self, out_dir: Path, tasks: Sequence[str], meta: dict, settings: dict, recipes: dict,
                  note: str = "", resume_hint: str = "add --resume to the same command"):
         self.out_dir, self.tasks, self.note, self.hint = Path(out_dir), list(tasks), note, resume_hint
+        settings = json.loads(json.dumps(settings))  # as compare.json will hold it (tuples as lists) for `earlier`
         self.meta = {**meta, "settings": settings, "recipes": recipes}
         self.saved = 0  # rows now in compare.json
 

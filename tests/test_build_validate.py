@@ -9,8 +9,10 @@ import builtins
 import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -207,7 +209,7 @@ class _FakeTRT(types.ModuleType):
         # each child run between two steps of its parent; `interrupt` = (phase, step): Ctrl-C arrives while the
         # monitor handles that step (the name it is given raises KeyboardInterrupt when read)
         self.phases = [("Building engine", None, 3), ("Tactic selection", "Building engine", 5)]
-        self.interrupt = None
+        self.interrupt, self.interrupts = None, 1
         self.IProgressMonitor = type("IProgressMonitor", (), {"__init__": lambda s: None})  # unchecked runs
         ns = types.SimpleNamespace
         self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, sev=None: None})
@@ -313,6 +315,10 @@ class _FakeTRT(types.ModuleType):
                 return Profile()
 
             def build_serialized_network(self, network, config):
+                if config.progress_monitor is None and fake.interrupt:  # no monitor: Ctrl-C during the build
+                    for _ in range(fake.interrupts):
+                        signal.raise_signal(signal.SIGINT)
+                        time.sleep(4 * trt_progress.WAIT_S)
                 if config.progress_monitor is not None and not fake.report(config.progress_monitor):
                     fake.log["cancelled"] = True
                     return None  # TensorRT: the build was cancelled
@@ -355,38 +361,39 @@ class _FakeTRT(types.ModuleType):
         pass
 
     def report(self, monitor) -> bool:
-        """The progress callbacks of a build, as TensorRT makes them; False once step_complete asked to cancel.
-        TensorRT calls them from noexcept C++: its bindings print an exception out of one and cancel the build, so
-        the exception itself would be lost, and mq-deploy's monitor must keep it."""
+        """The progress callbacks of a build as TensorRT makes them (here from run_build's worker thread): steps
+        counted from 0, phase_finish for every phase also after a cancel, and an exception out of a callback printed
+        and dropped as TensorRT's bindings do (from step_complete it also cancels). `interrupt` = (phase, step): Ctrl-C
+        (SIGINT to the process) while TensorRT works on that step, `interrupts` times. False: cancelled."""
         def call(fn, *args):
             try:
                 return fn(*args)
-            except BaseException as e:  # noqa: BLE001
-                raise AssertionError(f"{fn.__name__} raised {e!r}: TensorRT would print it and cancel the build") from e
+            except Exception as e:  # noqa: BLE001
+                print(f"[ERROR] Exception caught in {fn.__name__}(): {e!r}", file=sys.stderr)
+                self.log.setdefault("callback_errors", []).append(repr(e))
+                return False
 
         def run(name, parent, n):
             call(monitor.phase_start, name, parent, n)
-            for step in range(1, n + 1):
-                for sub, m in ((c, m) for c, p, m in self.phases if p == name and step == 1):
-                    if not run(sub, name, m):
+            try:
+                for step in range(n):
+                    for sub, m in ((c, m) for c, p, m in self.phases if p == name and step == 0):
+                        if not run(sub, name, m):
+                            return False
+                    if self.interrupt == (name, step):
+                        for _ in range(self.interrupts):
+                            signal.raise_signal(signal.SIGINT)
+                            time.sleep(4 * trt_progress.WAIT_S)  # the main thread looks every WAIT_S
+                    if not call(monitor.step_complete, name, step):
                         return False
-                arg = _Interrupting(name) if self.interrupt == (name, step) else name
-                if not call(monitor.step_complete, arg, step):
-                    return False
-            call(monitor.phase_finish, name)
-            return True
+                return True
+            finally:
+                call(monitor.phase_finish, name)
 
         return all(run(name, None, n) for name, p, n in self.phases if p is None)
 
     def get_plugin_registry(self):
         return self._registry
-
-
-class _Interrupting(str):
-    """A phase name that raises KeyboardInterrupt when read: Ctrl-C arriving while the progress monitor runs."""
-
-    def __str__(self):
-        raise KeyboardInterrupt
 
 
 def test_build_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, capsys):
@@ -422,8 +429,11 @@ def test_build_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, capsys):
 
 def test_build_progress_and_ctrl_c(w8_out, tmp_path, monkeypatch, capsys):
     """Without -q, build shows TensorRT's build phases (in a log the running one every LOG_INTERVAL_S, here every
-    step); Ctrl-C during the build cancels it through the progress monitor: exit 130, and neither the engine nor the
-    timing cache written. A TensorRT without IProgressMonitor builds without progress."""
+    step; TensorRT counts steps from 0). Ctrl-C during the build (SIGINT while TensorRT works in run_build's worker
+    thread) cancels it at TensorRT's next step, also with -q: exit 130, neither engine nor timing cache written. A
+    second Ctrl-C, or the first where TensorRT has no IProgressMonitor, exits at once."""
+    import threading
+
     fake = _FakeTRT(log := {})
     monkeypatch.setitem(sys.modules, "tensorrt", _trt(fake))
     monkeypatch.setattr(trt_progress, "LOG_INTERVAL_S", 0.0)
@@ -436,19 +446,57 @@ def test_build_progress_and_ctrl_c(w8_out, tmp_path, monkeypatch, capsys):
     for k in range(1, 6):
         assert f"\nTensorRT: Building engine > Tactic selection {k}/5 (" in err
     assert "\nTensorRT: Building engine 3/3 (" in err and err.index("Tactic selection 5/5") < err.index("done in")
+    assert "0/5" not in err.replace("Tactic selection 0/5 (0.0 s)", "") and "6/5" not in err
     engine.unlink()
     cache.unlink()
-    fake.interrupt = ("Tactic selection", 3)
-    assert main(args) == 130
-    cap = capsys.readouterr()
-    assert cap.err.rstrip().endswith("\nmq-deploy: interrupted") and cap.out == ""
-    assert "Tactic selection 2/5" in cap.err and "Tactic selection 3/5" not in cap.err and "done in" not in cap.err
-    assert log["cancelled"] and not cache.exists() and os.listdir(engine.parent) == []  # nothing written, no temp
+
+    def nothing_written():
+        return not cache.exists() and os.listdir(engine.parent) == []  # no engine, no temporary file
+
+    fake.interrupt = ("Tactic selection", 2)  # Ctrl-C while TensorRT works on the third step
+    for quiet in ([], ["-q"]):
+        log.clear()
+        assert main(args + quiet) == 130
+        err = capsys.readouterr().err
+        assert "\nmq-deploy: cancelling the TensorRT build at its next step (Ctrl-C again to quit at once)\n" in err
+        assert err.rstrip().endswith("\nmq-deploy: interrupted") and log["cancelled"] and nothing_written()
+        assert "callback_errors" not in log  # the monitor raised nothing into TensorRT
+        if not quiet:
+            assert "Tactic selection 2/5" in err and "Tactic selection 4/5" not in err
+            assert "\nTensorRT: Building engine: cancelled after " in err and "done in" not in err
+        else:
+            assert "TensorRT: " not in err
+
+    exits = []
+
+    def hard_exit(code):
+        exits.append(code)
+        raise SystemExit(code)
+
+    def second_ctrl_c(trt_module, interrupts):
+        fake_ = trt_module
+        fake_.interrupt, fake_.interrupts = ("Tactic selection", 2), interrupts
+        with pytest.raises(SystemExit):
+            main(args)
+        for t in threading.enumerate():  # the abandoned build ends by itself (the fake's does)
+            if t.name == "tensorrt-build":
+                t.join(10)
+        err = capsys.readouterr().err
+        assert "mq-deploy: interrupted (the TensorRT build did not stop; nothing was written)" in err
+        assert nothing_written()
+
+    monkeypatch.setattr(trt_progress, "_hard_exit", hard_exit)
+    second_ctrl_c(fake, 2)
+    assert exits == [130]
     bare = _FakeTRT({})
     del bare.IProgressMonitor  # unchecked: a TensorRT without the class
     monkeypatch.setitem(sys.modules, "tensorrt", bare)
     assert main(args) == 0 and engine.read_bytes() == b"ENGINE"
     assert "TensorRT: " not in capsys.readouterr().err
+    engine.unlink()
+    cache.unlink()
+    second_ctrl_c(bare, 1)  # no monitor to cancel through: the first Ctrl-C exits
+    assert exits == [130, 130]
 
 
 def test_build_prefill_and_decode_graphs(w8_out, tmp_path, monkeypatch, capsys):

@@ -220,7 +220,27 @@ def test_compare_saves_as_it_goes_and_resumes(tmp_path, monkeypatch, capsys):
     edited["meta"]["recipes"]["rtn-w8a8"] = "0" * 16
     (out / "compare.json").write_text(json.dumps(edited))
     assert main(args + ["-o", str(out), "--resume"]) == 0 and prepared == ["rtn-w8a8"]
-    assert "(rtn-w8a8 changed since: run again)" in capsys.readouterr().err
+    assert "; rtn-w8a8 changed since: run again" in capsys.readouterr().err
+    # a resumed run of fewer recipes says which rows it leaves out; a run without --resume says what it replaces
+    prepared.clear()
+    assert main(args[:2] + ["rtn-w8a8"] + args[3:] + ["-o", str(out), "--resume"]) == 0 and prepared == []
+    assert "--resume: 2 of 2 recipes from" in (err := capsys.readouterr().err) and \
+        "; smoothquant-w8a8 not in this run: left out of the new table" in err
+    assert [r["recipe"] for r in json.loads((out / "compare.json").read_text())["rows"]] == ["fp32", "rtn-w8a8"]
+    assert main(args + ["-o", str(out), "-q"]) == 0  # -q: nothing said
+    assert capsys.readouterr().err == ""
+    assert main(args + ["-o", str(out)]) == 0
+    assert f"{out / 'compare.json'} exists (3 rows): this run replaces it as it goes" in capsys.readouterr().err
+    # a recipe file elsewhere with the same definition is the same recipe; its description does not count
+    from mq_deploy.compare import recipe_fingerprint
+    from mq_deploy.recipes import RECIPE_DIR, load_recipe
+
+    moved = tmp_path / "elsewhere.yaml"
+    moved.write_text((RECIPE_DIR / "rtn-w8a8.yaml").read_text().replace("description:", "description: moved,"))
+    assert recipe_fingerprint(load_recipe(str(moved))) == recipe_fingerprint(load_recipe("rtn-w8a8"))
+    (tmp_path / "afile").write_text("")
+    assert main(args + ["-o", str(tmp_path / "afile"), "--resume"]) == 2
+    assert "is a file, not a folder for compare.md / compare.json" in capsys.readouterr().err
     (out / "compare.json").write_text("{not json")
     assert main(args + ["-o", str(out), "--resume"]) == 2
     assert "is not a compare.json this mq-deploy can continue" in capsys.readouterr().err

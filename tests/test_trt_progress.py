@@ -1,7 +1,10 @@
 """`mq-deploy build`'s view of TensorRT's build phases (mq_deploy.trt_progress): what a terminal and a log show, and
-how Ctrl-C and errors in the callbacks (which TensorRT calls from noexcept C++) end the build."""
+how Ctrl-C, errors and TensorRT's threads are handled (run_build, the monitor's callbacks)."""
 
 import io
+import signal
+import threading
+import time
 
 import pytest
 
@@ -26,16 +29,17 @@ class _Clock:
 
 
 def _build(p, clock, steps=5, dt=10.0):
-    """Building engine (2 steps) with Tactic selection (`steps` steps, dt seconds each) inside its first step."""
+    """Building engine (2 steps) with Tactic selection (`steps` steps, dt seconds each) inside its first step; steps
+    counted from 0, as TensorRT does."""
     p.phase_start("Building engine", None, 2)
     p.phase_start("Tactic selection", "Building engine", steps)
-    for i in range(1, steps + 1):
+    for i in range(steps):
         clock.t += dt
         assert p.step_complete("Tactic selection", i) is True
     p.phase_finish("Tactic selection")
-    assert p.step_complete("Building engine", 1) is True
+    assert p.step_complete("Building engine", 0) is True
     clock.t += 5.0
-    assert p.step_complete("Building engine", 2) is True
+    assert p.step_complete("Building engine", 1) is True
     p.phase_finish("Building engine")
 
 
@@ -44,7 +48,7 @@ def test_log_lines_at_most_every_interval():
     p = tp.BuildProgress(out, clock=clock)
     assert not p.tty
     _build(p, clock, steps=7, dt=10.0)
-    tp.finish(p)
+    p.close()
     lines = out.getvalue().splitlines()
     # 70 s of tactic selection: the running line after 30 s and 60 s (not every step), then the end with its time
     assert lines == ["TensorRT: Building engine",
@@ -56,6 +60,11 @@ def test_log_lines_at_most_every_interval():
     p = tp.BuildProgress(out, clock=clock)
     _build(p, clock, steps=3, dt=1.0)
     assert out.getvalue().splitlines() == ["TensorRT: Building engine", "TensorRT: Building engine: done in 8.0 s"]
+    # nowhere to show (-q): nothing written, the monitor still cancels
+    p = tp.BuildProgress(None, clock=clock)
+    _build(p, clock)
+    p.cancel()
+    assert p.step_complete("x", 0) is False and p.display_error is None
 
 
 def test_terminal_line_redrawn_and_cleared():
@@ -63,7 +72,7 @@ def test_terminal_line_redrawn_and_cleared():
     p = tp.BuildProgress(out, clock=clock)
     assert p.tty
     _build(p, clock, steps=3, dt=0.04)  # steps closer than TTY_INTERVAL_S are not all drawn
-    tp.finish(p)
+    p.close()
     text = out.getvalue()
     w = len("TensorRT: Building engine > Tactic selection 3/3 (0.1 s)")
     assert text.split("\r") == [
@@ -86,34 +95,24 @@ def test_terminal_line_redrawn_and_cleared():
     assert len(running) == 99 and running.endswith("x...")  # the running line fits the terminal's 100 columns
 
 
-def test_ctrl_c_and_errors_cancel_the_build():
-    class Interrupting(str):
-        def __str__(self):
-            raise KeyboardInterrupt
-
-    p = tp.BuildProgress(_Stream(False), clock=_Clock())
-    p.phase_start("Building engine", None, 3)
-    assert p.step_complete("Building engine", 1) is True
-    assert p.step_complete(Interrupting("Building engine"), 2) is False  # Ctrl-C inside the callback: cancel
-    assert p.step_complete("Building engine", 3) is False  # and every later step too
-    with pytest.raises(KeyboardInterrupt):
-        tp.finish(p)
-
+def test_display_errors_stop_the_display_not_the_build():
     class Broken(_Stream):
         def write(self, s):
             raise OSError(32, "Broken pipe")
 
     p = tp.BuildProgress(Broken(False), clock=_Clock())
     p.phase_start("Building engine", None, 1)  # the write fails inside TensorRT's call: kept, nothing raised
-    assert p.step_complete("Building engine", 1) is False
-    with pytest.raises(OSError, match="Broken pipe"):
-        tp.finish(p)
-    tp.finish(None)  # no monitor (-q, or a TensorRT without IProgressMonitor)
+    assert p.step_complete("Building engine", 0) is True and not p.cancelled
+    p.phase_finish("Building engine")
+    assert isinstance(p.display_error, OSError) and p.stream is None
+    warned = []
+    assert tp.run_build(lambda: b"ENGINE", p, warn=warned.append) == b"ENGINE"
+    assert warned == ["the build's progress display stopped: BrokenPipeError(32, 'Broken pipe')"]
 
 
 def test_phases_out_of_order():
     """A parent ending before its children takes them along; an unknown parent makes a top-level phase; steps of
-    unknown phases are ignored."""
+    unknown phases are ignored; a cancelled build's phases end as cancelled."""
     out, clock = _Stream(False), _Clock()
     p = tp.BuildProgress(out, clock=clock)
     p.phase_start("A", None, 1)
@@ -121,15 +120,97 @@ def test_phases_out_of_order():
     p.phase_start("C", "B", 4)
     p.phase_finish("A")
     assert p.phases == {}
-    p.phase_start("D", "nobody", 0)
-    assert p.step_complete("E", 1) is True
+    p.phase_start("D", "nobody", 1)
+    assert p.step_complete("E", 0) is True
     clock.t += 31
-    assert p.step_complete("D", 1) is True
+    assert p.step_complete("D", 0) is True
     p.phase_finish("D")
     p.phase_finish("D")
+    p.phase_start("F", None, 2)
+    p.cancel()
+    assert p.step_complete("F", 0) is False
+    p.phase_finish("F")
     assert out.getvalue().splitlines() == ["TensorRT: A", "TensorRT: A: done in 0.0 s", "TensorRT: D",
-                                           "TensorRT: D (31.0 s)", "TensorRT: D: done in 31.0 s"]
-    assert p.error is None and not p.cancelled
+                                           "TensorRT: D 1/1 (31.0 s)", "TensorRT: D: done in 31.0 s", "TensorRT: F",
+                                           "TensorRT: F: cancelled after 0.0 s"]
+    assert p.display_error is None
+
+
+def test_callbacks_from_several_threads():
+    """TensorRT may call the monitor from several threads at once: no error, and every phase accounted for."""
+    out = _Stream(True)
+    p = tp.BuildProgress(out)
+    p.phase_start("Building engine", None, 1)
+
+    def worker(k):
+        for i in range(200):
+            name = f"phase {k}.{i}"
+            p.phase_start(name, "Building engine", 3)
+            for s in range(3):
+                p.step_complete(name, s)
+            p.phase_finish(name)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    p.phase_finish("Building engine")
+    assert p.display_error is None and p.phases == {} and not p.cancelled
+    text = out.getvalue()
+    assert text.count("\n") == 2 and text.startswith("TensorRT: Building engine\n")  # the two lines that stay
+    assert text.rsplit("\r", 1)[1].startswith("TensorRT: Building engine: done in ")
+
+
+def test_run_build_ctrl_c(monkeypatch, capsys):
+    """run_build: the build in a worker thread; a Ctrl-C (SIGINT to the process) asks TensorRT to stop at its next
+    step and ends in KeyboardInterrupt; a second one, or the first with no monitor, exits at once; the build's own
+    error is raised in the caller's thread."""
+    p = tp.BuildProgress(None)
+    steps = []
+
+    def build(interrupts=1, monitor=p):
+        for s in range(50):
+            if s == 3:
+                for _ in range(interrupts):
+                    signal.raise_signal(signal.SIGINT)
+                    time.sleep(4 * tp.WAIT_S)
+            if monitor is not None and not monitor.step_complete("Building engine", s):
+                steps.append(s)
+                return None  # TensorRT's cancelled build
+        return b"ENGINE"
+
+    with pytest.raises(KeyboardInterrupt):
+        tp.run_build(build, p)
+    assert steps == [3] and p.cancelled
+    assert "cancelling the TensorRT build at its next step" in capsys.readouterr().err
+    exits = []
+
+    def hard_exit(code):
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(tp, "_hard_exit", hard_exit)
+    for kw, progress in (({"interrupts": 2, "monitor": (q := tp.BuildProgress(None))}, q), ({"monitor": None}, None)):
+        with pytest.raises(SystemExit):
+            tp.run_build(lambda: build(**kw), progress)
+        _wait_for_builds()
+        assert "interrupted (the TensorRT build did not stop; nothing was written)" in capsys.readouterr().err
+    assert exits == [130, 130]
+
+    def failing():
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        tp.run_build(failing, tp.BuildProgress(None))
+    assert tp.run_build(lambda: None, None) is None  # a failed build: the caller says so
+
+
+def _wait_for_builds():
+    """Let a build abandoned by a (simulated) second Ctrl-C end: it runs on in its thread, as TensorRT's would."""
+    for t in threading.enumerate():
+        if t.name == "tensorrt-build":
+            t.join(10)
 
 
 def test_seconds_text():

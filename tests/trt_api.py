@@ -376,7 +376,8 @@ def _returns_checked(api: "CheckedModule", what: str, fn, ret: str):
     def call(self, *args):
         value = fn(self, *args)
         if not api._accepts(value, ret, False) or (ret == "bool" and not isinstance(value, bool)):
-            raise TypeError(f"{what} must return {ret} to TensorRT {api.__version__}, returned {value!r}")
+            raise TypeError(f"{what} must return {ret} to TensorRT {api.__version__}, returned {value!r} (pybind11 "
+                            "would convert it as it can: None from step_complete reads as False and cancels the build)")
         return value
     return call
 

@@ -203,9 +203,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 # -- compare / lint -------------------------------------------------------------------------------
 def cmd_compare(args: argparse.Namespace) -> int:
+    from collections import Counter
+
     from . import __version__
-    from .compare import SCORED, RunFiles, compare, markdown_table, model_files, recipe_fingerprint
+    from .compare import SCORED, RunFiles, compare, file_stamp, markdown_table, recipe_fingerprint
     from .compile import calibration_data
+    from .eval.data import TASKS, resolve_data_path
     from .eval.tokenizer import TextTokenizer
     from .loaders import load_model, resolve_model_dir
     from .recipes import check_family, load_recipe
@@ -228,25 +231,39 @@ def cmd_compare(args: argparse.Namespace) -> int:
     recs = [load_recipe(r) for r in recipes]
     for r in recs:  # every name and its model family before any work
         check_family(r, vim)
-    twice = sorted({r.name for r in recs if [x.name for x in recs].count(r.name) > 1})
+    twice = sorted(n for n, k in Counter(r.name for r in recs).items() if k > 1)
     if twice:
         raise UserError(f"--recipes names {', '.join(twice)} more than once (a row per recipe)")
-    fingerprints = {r.name: recipe_fingerprint(r) for r in [load_recipe("fp32")] + [x for x in recs if x.name != "fp32"]}
+    runs = [load_recipe("fp32")] + [x for x in recs if x.name != "fp32"]
+    fingerprints = {r.name: recipe_fingerprint(r) for r in runs}
     command = " ".join(sys.argv)
-    if vim:  # Vision Mamba: top-1 on Fashion-MNIST per recipe
-        from .vision.compare import compare_vim
 
-        settings = {"model": str(Path(args.model).resolve()), "model_files": model_files(args.model), "tasks": tasks,
-                    "limit": args.limit, "data": data.get("fashion_mnist"), "version": __version__}
-        files = RunFiles(Path(args.output), tasks, {"model": {"path": str(args.model), "format": "vim"}, "tasks": tasks,
-                                                     "limit": args.limit, "command": command}, settings, fingerprints)
-        done = files.earlier(log) if args.resume else {}
+    def run(files: RunFiles, go):
+        """go(done, on_row) with the rows of an earlier run (--resume), saving as it goes; what stopped it says
+        what was kept."""
+        if args.resume:
+            done = files.earlier(log)
+        else:
+            files.check_fresh(log)
+            done = {}
         try:
-            rows, model_info = compare_vim(args.model, recipes, tasks, limit=args.limit, data=data.get("fashion_mnist"),
-                                           progress=not args.quiet, log=log, done=done, on_row=files.update)
+            return go(done, files.update)
         except BaseException:
             files.stopped(log)
             raise
+
+    if vim:  # Vision Mamba: top-1 on Fashion-MNIST per recipe
+        from .vision.compare import compare_vim
+        from .vision.data import data_dir
+
+        images = data.get("fashion_mnist")
+        settings = {"model": file_stamp(args.model), "tasks": tasks, "limit": args.limit,
+                    "data": file_stamp(data_dir(images)), "version": __version__}
+        files = RunFiles(Path(args.output), tasks, {"model": {"path": str(args.model), "format": "vim"}, "tasks": tasks,
+                                                     "limit": args.limit, "command": command}, settings, fingerprints)
+        rows, model_info = run(files, lambda done, on_row: compare_vim(
+            args.model, recipes, tasks, limit=args.limit, data=images, progress=not args.quiet, log=log, done=done,
+            on_row=on_row))
         files.meta["model"] = model_info
         files.update(rows)
         print(json.dumps(rows) if args.json else markdown_table(rows, tasks), end="\n" if args.json else "")
@@ -262,18 +279,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     note = SCORED.format(seq_len=args.seq_len)
     meta = {"model": model.source, "calibration": calib_info, "tasks": tasks, "seq_len": args.seq_len,
             "limit": args.limit, "windows": args.windows, "data": data, "scored": note, "command": command}
-    settings = {"model": model.source, "model_files": model_files(model.source.get("path", "")),
-                "calibration": calib_info, "tasks": tasks, "seq_len": args.seq_len, "limit": args.limit,
-                "windows": args.windows, "data": {t: str(Path(p).resolve()) for t, p in data.items()},
-                "tokenizer": str(Path(tok_path).resolve()), "version": __version__}
+    task_files = {t: file_stamp(resolve_data_path(t, data.get(t), flag=f"--data {t}=PATH"))
+                  for t in tasks if t in TASKS}  # (other names: compare's own errors)
+    settings = {"model": file_stamp(model.source.get("path") or "."), "format": model.source.get("format"),
+                "calibration": {**calib_info, "tokenizer": file_stamp(calib_info["tokenizer"])}, "tasks": tasks,
+                "seq_len": args.seq_len, "limit": args.limit, "windows": args.windows, "data": task_files,
+                "tokenizer": file_stamp(tok_path), "version": __version__}
     files = RunFiles(Path(args.output), tasks, meta, settings, fingerprints, note)
-    done = files.earlier(log) if args.resume else {}
-    try:
-        rows = compare(model, recipes, tasks, tok, windows, data=data, seq_len=args.seq_len, limit=args.limit,
-                       windows=args.windows, progress=not args.quiet, log=log, done=done, on_row=files.update)
-    except BaseException:
-        files.stopped(log)
-        raise
+    rows = run(files, lambda done, on_row: compare(
+        model, recipes, tasks, tok, windows, data=data, seq_len=args.seq_len, limit=args.limit, windows=args.windows,
+        progress=not args.quiet, log=log, done=done, on_row=on_row))
     if args.json:
         print(json.dumps(rows))
     else:
@@ -444,8 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
     k.add_argument("--resume", action="store_true",
                    help="continue a run that stopped: compare.json / compare.md are saved after every recipe, and "
-                        "with --resume the recipes whose rows OUTPUT/compare.json already has (same model files, "
-                        "calibration, tasks, lengths, data and recipe definition) are not run again")
+                        "with --resume the recipes whose rows OUTPUT/compare.json already has are not run again (the "
+                        "same model files, calibration, tasks in order, lengths, data files, tokenizer, mq-deploy "
+                        "version and recipe definition; other settings are refused)")
     k.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     k.set_defaults(func=cmd_compare)
 
@@ -552,8 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "with the plugins (libmq_trt_plugins_register.so beside the plugin library) compared "
                         "against them")
     b.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress messages (without -q TensorRT's build phases are shown as it goes, and Ctrl-C "
-                        "cancels the build between its steps; warnings are shown either way)")
+                   help="no progress messages (without -q TensorRT's build phases are shown as it goes; warnings "
+                        "are shown either way; Ctrl-C cancels the build at TensorRT's next step either way)")
     b.set_defaults(func=cmd_build)
 
     v = sub.add_parser("validate", help="compare a compile OUTDIR's graphs (and TensorRT engine) on the same input",

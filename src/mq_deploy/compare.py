@@ -18,6 +18,7 @@ import numpy as np
 
 from .backends.ort import OrtRunner
 from .errors import UserError
+from .outdir import atomic_write_bytes
 from .eval import run_task
 from .eval.data import TASKS, load_task_data, resolve_data_path
 from .eval.perplexity import token_windows
@@ -77,10 +78,7 @@ def compare(model, recipes: Sequence[str], tasks: Sequence[str], tokenizer, cali
     for recipe in [load_recipe("fp32")] + [x for x in recs if x.name != "fp32"]:
         t0 = time.time()
         r = recipe.name
-        if r in done:
-            rows.append(done[r])
-            log(f"recipe {r}: the earlier run's row (--resume)")
-            on_row(rows)
+        if reuse_row(rows, done, r, log, on_row):
             continue
         log(f"recipe {r}")
         st = None
@@ -152,8 +150,6 @@ SCORED = ("scored: each recipe's TensorRT-flavour graph (model.onnx: plugin node
 def save(rows: list[dict], tasks: Sequence[str], out_dir: Path, meta: dict, note: str = "") -> tuple[Path, Path]:
     """compare.md (the table, then `note` when given) and compare.json (meta and rows), each written whole (a
     temporary file renamed over it: a reader, or a stop half-way, never sees part of one)."""
-    from .trt import atomic_write_bytes
-
     out_dir.mkdir(parents=True, exist_ok=True)
     md, js = out_dir / "compare.md", out_dir / "compare.json"
     atomic_write_bytes(js, (json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n").encode())
@@ -162,59 +158,97 @@ def save(rows: list[dict], tasks: Sequence[str], out_dir: Path, meta: dict, note
 
 
 def recipe_fingerprint(recipe) -> str:
-    """What a row of this recipe depends on in the recipe: its whole definition (a changed YAML file reruns it)."""
-    return hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    """What a row of this recipe depends on in the recipe: every field that changes the computation (not where its
+    file is, nor its description), so that an edited recipe is run again and a moved checkout is not."""
+    d = {k: v for k, v in recipe.to_dict().items() if k not in ("source", "sha256", "description")}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def model_files(path) -> list:
-    """[name, bytes, mtime_ns] of the files of a model directory: a checkpoint replaced in place changes them."""
-    d = Path(path)
-    if not d.is_dir():
-        return []
-    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(d.iterdir()) if f.is_file()]
+def file_stamp(path) -> list:
+    """[resolved path, bytes, mtime_ns] of a file, or of each file of a directory (sorted): what tells a file replaced
+    in place, without reading it."""
+    p = Path(path).resolve()
+    if p.is_dir():
+        return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(p.iterdir()) if f.is_file()]
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns]] if p.is_file() else [[str(p), None, None]]
+
+
+def reuse_row(rows: list, done: dict, name: str, log: Callable[[str], None], on_row: Callable[[list], None]) -> bool:
+    """Take recipe `name`'s row from an earlier run (`--resume`) if `done` has it."""
+    if name not in done:
+        return False
+    rows.append(done[name])
+    log(f"recipe {name}: the earlier run's row (--resume)")
+    on_row(rows)
+    return True
 
 
 class RunFiles:
     """compare's output folder while it runs: compare.json / compare.md rewritten after every recipe, marked partial
     (meta "complete": false, a line under the table) until the last, so that a stop (Ctrl-C, a crash, a recipe that
     fails) keeps the rows done; `earlier` reads them back for `--resume`. `settings`: everything a row depends on
-    besides its recipe (model and its files, calibration, tasks, lengths, data, version); `recipes`: the run's recipe
-    names (fp32 first) and their fingerprints."""
+    besides its recipe (model files, calibration, tasks, lengths, data files, tokenizer, version); `recipes`: the
+    run's recipe names (fp32 first) and their fingerprints."""
 
     def __init__(self, out_dir: Path, tasks: Sequence[str], meta: dict, settings: dict, recipes: dict,
                  note: str = "", resume_hint: str = "add --resume to the same command"):
         self.out_dir, self.tasks, self.note, self.hint = Path(out_dir), list(tasks), note, resume_hint
         settings = json.loads(json.dumps(settings))  # as compare.json will hold it (tuples as lists) for `earlier`
         self.meta = {**meta, "settings": settings, "recipes": recipes}
-        self.saved = 0  # rows now in compare.json
+        self.saved = 0  # rows of this run now in compare.json
 
     @property
     def json_path(self) -> Path:
         return self.out_dir / "compare.json"
 
-    def earlier(self, log: Callable[[str], None] = lambda s: None) -> dict:
-        """Rows of compare.json by recipe name that this run can take as they are: same settings, same recipe
-        fingerprint. Another run's settings are an error (naming what differs); no file, nothing to take."""
+    def _read(self) -> Optional[dict]:
         js = self.json_path
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise UserError(f"-o {self.out_dir} is a file, not a folder for compare.md / compare.json")
         if not js.is_file():
-            log(f"--resume: no {js} yet; running every recipe")
-            return {}
+            return None
         try:
             old = json.loads(js.read_text())
             meta, rows = old["meta"], old["rows"]
-            settings, recipes = meta["settings"], meta["recipes"]
-        except (ValueError, KeyError, TypeError):
+            ok = isinstance(meta.get("settings"), dict) and isinstance(meta.get("recipes"), dict) \
+                and all(isinstance(r, dict) and isinstance(r.get("recipe"), str) for r in rows)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            ok = False
+        return old if ok else {}  # {}: there, but not one `earlier` can read
+
+    def check_fresh(self, log: Callable[[str], None]) -> None:
+        """A run without --resume: say what an earlier compare.json in the folder will lose."""
+        old = self._read()
+        if old is None:
+            return
+        n = len(old.get("rows", [])) if isinstance(old, dict) else 0
+        log(f"{self.json_path} exists{f' ({n} rows)' if n else ''}: this run replaces it as it goes "
+            "(--resume would keep the rows it can)")
+
+    def earlier(self, log: Callable[[str], None] = lambda s: None) -> dict:
+        """Rows of compare.json by recipe name that this run can take as they are: same settings, same recipe
+        fingerprint. Another run's settings are an error (naming what differs); no file, nothing to take."""
+        js, old = self.json_path, self._read()
+        if old is None:
+            log(f"--resume: no {js} yet; running every recipe")
+            return {}
+        if not old:
             raise UserError(f"--resume: {js} is not a compare.json this mq-deploy can continue (written by an "
-                            "older version, or edited); drop --resume, or pass another -o") from None
+                            "older version, or edited); drop --resume, or pass another -o")
+        meta, rows = old["meta"], old["rows"]
         mine = self.meta["settings"]
-        differ = sorted(k for k in set(settings) | set(mine) if settings.get(k) != mine.get(k))
+        differ = sorted(k for k in set(meta["settings"]) | set(mine) if meta["settings"].get(k) != mine.get(k))
         if differ:
             raise UserError(f"--resume: {js} was made with other settings ({', '.join(differ)} differ): drop --resume "
                             "to start afresh, or pass another -o")
-        take = {r["recipe"]: r for r in rows if recipes.get(r.get("recipe")) == self.meta["recipes"].get(r.get("recipe"))}
-        changed = sorted({r["recipe"] for r in rows} & set(self.meta["recipes"]) - set(take))
-        log(f"--resume: {len(take)} of {len(self.meta['recipes'])} recipes from {js}"
-            + (f" ({', '.join(changed)} changed since: run again)" if changed else ""))
+        want = self.meta["recipes"]
+        take = {r["recipe"]: r for r in rows if meta["recipes"].get(r["recipe"]) == want.get(r["recipe"])}
+        changed = sorted({r["recipe"] for r in rows} & set(want) - set(take))
+        dropped = sorted({r["recipe"] for r in rows} - set(want))
+        log(f"--resume: {len(take)} of {len(want)} recipes from {js}"
+            + (f"; {', '.join(changed)} changed since: run again" if changed else "")
+            + (f"; {', '.join(dropped)} not in this run: left out of the new table" if dropped else ""))
+        self.saved = len(take)
         return take
 
     def update(self, rows: list) -> None:

@@ -50,6 +50,26 @@ def check_target(out_dir: Path, force: bool) -> None:
                         "choose another -o or pass --force to replace it")
 
 
+def atomic_write_bytes(path: str | Path, data) -> None:
+    """Write to a temporary sibling and rename: readers never see a partial engine."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private; the result should look like open(..., "wb")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(memoryview(data))
+            fh.flush()
+            os.fsync(fh.fileno())  # the data is on disk before the rename makes it the file
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_dir(out_dir: str | Path, force: bool = False, warn: Callable[[str], None] = lambda s: None):
     """Yield a temporary directory; on success it replaces `out_dir` (`warn` is told the files of the old one the new

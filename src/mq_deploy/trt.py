@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence, TextIO
 
 from . import trt_progress
 from .errors import UserError
-from .outdir import missing_file, read_manifest
+from .outdir import atomic_write_bytes, missing_file, read_manifest
 from .ops import selective_scan as ss
 
 PLUGINS_ENV = "MQ_DEPLOY_PLUGINS"  # default plugin library when --plugins is not given
@@ -228,26 +228,6 @@ def _dlopen(lib: str):
     return ctypes.CDLL(lib)
 
 
-def atomic_write_bytes(path: str | Path, data) -> None:
-    """Write to a temporary sibling and rename: readers never see a partial engine."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private; the result should look like open(..., "wb")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(memoryview(data))
-            fh.flush()
-            os.fsync(fh.fileno())  # the data is on disk before the rename makes it the file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _flag(trt, name: str):
     """BuilderFlag.INT8 / FP16, or None on TensorRT versions without precision flags (11: strong typing only)."""
     return getattr(trt.BuilderFlag, name, None)
@@ -314,8 +294,8 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
     RMSNorm layers of graph/precision.py; `hadamard_codes`: parse a copy of the graph in which each Hadamard that
     writes int8 (its QuantizeLinear fused, as deployed) also has its codes dequantized into a float tensor named as
     the node and a float twin beside it (graph/fuse_scan_quant.py, dequantize_hadamard_codes), as a validation engine
-    of such a graph marks both); `progress`: TensorRT's build phases are shown there (trt_progress; Ctrl-C then
-    cancels the build between its steps, as KeyboardInterrupt)."""
+    of such a graph marks both); `progress`: TensorRT's build phases are shown there (trt_progress). Ctrl-C during
+    the build cancels it at TensorRT's next step (KeyboardInterrupt, nothing written); a second one exits at once."""
     _check_strongly_typed(strongly_typed, int8, fp16)
     profile = tuple(profile) or ((input_name, *shapes.dims(fixed_dims)),)
     if not os.path.isfile(onnx_path):
@@ -350,9 +330,8 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
     config.add_optimization_profile(opt_profile)
     if timing_cache is not None:
         _set_timing_cache(config, timing_cache, warn)
-    shown = trt_progress.attach(trt, config, progress)
-    engine = builder.build_serialized_network(network, config)
-    trt_progress.finish(shown)  # a cancelled build (Ctrl-C): KeyboardInterrupt, before "failed" below
+    monitor = trt_progress.attach(trt, config, progress)  # also with no progress shown: Ctrl-C cancels through it
+    engine = trt_progress.run_build(lambda: builder.build_serialized_network(network, config), monitor, warn)
     if engine is None:
         raise UserError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
     atomic_write_bytes(out_path, engine)

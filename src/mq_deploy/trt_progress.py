@@ -1,27 +1,36 @@
-"""Progress of a TensorRT engine build (`mq-deploy build`), through TensorRT's IProgressMonitor.
+"""Progress of a TensorRT engine build (`mq-deploy build`), and Ctrl-C during it.
 
 An engine build takes minutes on a Jetson and says nothing at TensorRT's WARNING log level, so `build` shows
-TensorRT's own build phases: a line when a top-level phase starts and when it ends (with its time); in between, on
-a terminal, one line redrawn in place with the innermost running phase and its steps, and in a log (not a
-terminal) that line at most every `LOG_INTERVAL_S` seconds. Ctrl-C cancels the build through the monitor (its
-step_complete returns False), which TensorRT honours between steps; the caller turns the cancelled build into
-KeyboardInterrupt.
+TensorRT's own build phases (its IProgressMonitor): a line when a top-level phase starts and when it ends (with its
+time); in between, on a terminal, one line redrawn in place with the innermost running phase and its completed steps,
+and in a log (not a terminal) that line at most every `LOG_INTERVAL_S` seconds.
 
-TensorRT calls the monitor from C++ functions declared noexcept; its Python bindings catch an exception that
-leaves a callback, print it as `[ERROR] Exception caught in step_complete()` and cancel the build, and the exception
-itself is lost. So every callback catches everything itself: KeyboardInterrupt cancels the build, any other exception
-is kept, cancels the build, and is raised again by `raise_pending` once TensorRT has returned. (A Ctrl-C that lands
-in the few instructions before a callback's own handler is the bindings' case: the build is cancelled and
-`build_engine` reports it as failed.)
+What TensorRT (10.3 and later) does with the monitor, from its headers and Python bindings:
+- `phase_start(name, parent, num_steps)`: parent is None for a top-level phase; `step_complete(name, step)` with
+  step in [0, num_steps), returning False cancels the build; `phase_finish(name)` also after a cancel.
+- The callbacks may come from several of TensorRT's threads (the monitor must be thread-safe), and
+  `build_serialized_network` releases the GIL.
+- An exception out of a callback is printed by the bindings (`[ERROR] Exception caught in step_complete()`) and
+  lost; from step_complete it also cancels the build.
+
+Hence `run_build`: the build runs in a worker thread while the main thread waits, so that Ctrl-C (which Python
+delivers to the main thread only) is seen at once whatever thread TensorRT calls back from. The first Ctrl-C asks
+TensorRT to stop at its next step (step_complete returns False) and the build then ends in KeyboardInterrupt; a
+second one, or the first where there is no monitor to cancel through, exits the process at once. Nothing has been
+written then: the engine is written after the build returns. The callbacks keep their own exceptions: a failure
+to show progress stops the display and is reported after the build, and never cancels it.
 """
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import time
 from typing import Callable, Optional, TextIO
 
 LOG_INTERVAL_S = 30.0  # in a log: the running phase's line at most this often
 TTY_INTERVAL_S = 0.1  # on a terminal: redraws at most this often
+WAIT_S = 0.2  # the main thread's wait between looks for Ctrl-C
 PREFIX = "TensorRT: "
 
 
@@ -38,17 +47,20 @@ def seconds_text(s: float) -> str:
 
 class BuildProgress:
     """What the monitor shows and decides, apart from TensorRT: IProgressMonitor's methods, in its Python names
-    (`monitor_class`'s subclass of TensorRT's IProgressMonitor hands its calls here)."""
+    (`monitor_class`'s subclass of TensorRT's IProgressMonitor hands its calls here). `stream` None: nothing is
+    shown, the monitor only cancels."""
 
-    def __init__(self, stream: TextIO, tty: Optional[bool] = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, stream: Optional[TextIO], tty: Optional[bool] = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.stream, self.clock = stream, clock
         self.tty = bool(getattr(stream, "isatty", lambda: False)()) if tty is None else tty
         self.phases: dict[str, dict] = {}  # running phases in start order: parent, steps, num_steps, start
-        self.cancelled = False  # Ctrl-C (or an error in a callback): the build was asked to stop
-        self.error: Optional[BaseException] = None
+        self.cancelled = False  # Ctrl-C: TensorRT is asked to stop at its next step
+        self.display_error: Optional[BaseException] = None  # what stopped the display
+        self._lock = threading.Lock()  # TensorRT may call from several threads
         self._last = None  # when the running line was last written
         self._drawn = 0  # characters of the running line now on the terminal
-        self.monitor = None  # the TensorRT object that calls this one (`attach`), kept alive through the build
+        self.monitor = None  # the TensorRT object that calls this one (`attach`)
 
     # -- IProgressMonitor ----------------------------------------------------------------------
     def phase_start(self, phase_name, parent_phase, num_steps):
@@ -61,16 +73,18 @@ class BuildProgress:
     def phase_finish(self, phase_name):
         self._guard(self._finish, phase_name)
 
+    def cancel(self):
+        self.cancelled = True
+
     # -- what they do ---------------------------------------------------------------------------
     def _guard(self, fn, *args):
-        try:
-            fn(*args)
-        except KeyboardInterrupt:
-            self.cancelled = True
-        except BaseException as e:  # noqa: BLE001 (kept: TensorRT's bindings would print it and drop it)
-            self.cancelled = True
-            if self.error is None:
-                self.error = e
+        with self._lock:
+            try:
+                fn(*args)
+            except BaseException as e:  # noqa: BLE001 (TensorRT's bindings would print it and drop it)
+                if self.display_error is None:
+                    self.display_error = e
+                self.stream = None  # stop showing; the build goes on
 
     def _start(self, name, parent, num_steps):
         name = str(name)
@@ -83,7 +97,7 @@ class BuildProgress:
     def _step(self, name, step):
         p = self.phases.get(str(name))
         if p is not None:
-            p["steps"] = int(step)
+            p["steps"] = int(step) + 1  # TensorRT counts steps from 0: step k done is k + 1 of num_steps
         self._running()
 
     def _finish(self, name):
@@ -98,7 +112,8 @@ class BuildProgress:
                 gone.add(k)
                 del self.phases[k]
         if p["parent"] is None:
-            self._line(f"{PREFIX}{name}: done in {seconds_text(self.clock() - p['start'])}")
+            how = "cancelled after" if self.cancelled else "done in"
+            self._line(f"{PREFIX}{name}: {how} {seconds_text(self.clock() - p['start'])}")
         else:
             self._running(force=self.tty)
 
@@ -108,15 +123,16 @@ class BuildProgress:
             return ""
         name = next(reversed(self.phases))
         chain = []
-        while name is not None:
+        while name in self.phases:
             chain.append(name)
             name = self.phases[name]["parent"]
-        inner = self.phases[chain[0]]
-        top = self.phases[chain[-1]]
+        inner, top = self.phases[chain[0]], self.phases[chain[-1]]
         steps = f" {inner['steps']}/{inner['num_steps']}" if inner["num_steps"] > 0 else ""
         return f"{PREFIX}{' > '.join(reversed(chain))}{steps} ({seconds_text(self.clock() - top['start'])})"
 
     def _running(self, force: bool = False):
+        if self.stream is None:
+            return
         now = self.clock()
         every = TTY_INTERVAL_S if self.tty else LOG_INTERVAL_S
         if self._last is None:
@@ -138,23 +154,21 @@ class BuildProgress:
 
     def _line(self, text: str):
         """A line that stays (over the running line, if one is drawn)."""
-        self.close()
+        if self.stream is None:
+            return
+        self._clear()
         self.stream.write(text + "\n")
         self.stream.flush()
 
-    def close(self):
-        """Clear the running line (before a line that stays, and once the build returned)."""
-        if self.tty and self._drawn:
+    def _clear(self):
+        if self.stream is not None and self.tty and self._drawn:
             self.stream.write("\r" + " " * self._drawn + "\r")
             self.stream.flush()
-            self._drawn = 0
+        self._drawn = 0
 
-    def raise_pending(self):
-        """After TensorRT returned: an error a callback kept, else KeyboardInterrupt for a cancelled build."""
-        if self.error is not None:
-            raise self.error
-        if self.cancelled:
-            raise KeyboardInterrupt
+    def close(self):
+        """Clear the running line (the build returned)."""
+        self._guard(self._clear)
 
 
 def _columns(stream) -> int:
@@ -189,23 +203,66 @@ def monitor_class(trt):
 
 
 def attach(trt, config, stream: Optional[TextIO]) -> Optional[BuildProgress]:
-    """Show the build's progress on `stream`: a monitor set on the builder config (None: no stream, or a TensorRT
-    without IProgressMonitor). Keep what it returns until the build returned (it holds the monitor TensorRT calls)."""
-    if stream is None:
-        return None
+    """A monitor on the builder config, showing the build on `stream` (None: shown nowhere, but Ctrl-C still
+    cancels through it); None where this TensorRT has no IProgressMonitor."""
     cls = monitor_class(trt)
     if cls is None:
         return None
     progress = BuildProgress(stream)
     progress.monitor = cls(progress)
-    config.progress_monitor = progress.monitor
+    config.progress_monitor = progress.monitor  # (the property keeps the monitor alive as long as the config)
     return progress
 
 
-def finish(progress: Optional[BuildProgress]) -> None:
-    """After build_serialized_network: clear the running line; raise what a callback kept, or KeyboardInterrupt if
-    the build was cancelled."""
-    if progress is None:
-        return
-    progress.close()
-    progress.raise_pending()
+def _hard_exit(code: int):  # the second Ctrl-C (tests replace it)
+    os._exit(code)
+
+
+def run_build(build: Callable[[], object], progress: Optional[BuildProgress],
+              warn: Callable[[str], None] = lambda s: None):
+    """`build()` (TensorRT's build_serialized_network) in a worker thread, the main thread waiting for Ctrl-C (see
+    the module's docstring); its result, or KeyboardInterrupt when the build was cancelled. `warn`: told when the
+    progress display failed."""
+    out: dict = {}
+    finished = threading.Event()
+
+    def work():
+        try:
+            out["engine"] = build()
+        except BaseException as e:  # noqa: BLE001 (raised again in the main thread)
+            out["error"] = e
+        finally:
+            finished.set()
+
+    # (the builder takes the thread's current CUDA device: the default one, as in the main thread of this process.
+    # The main thread waits on an Event, not Thread.join: a KeyboardInterrupt inside join(timeout) makes Python 3.11
+    # mark the still-running thread as stopped.)
+    worker = threading.Thread(target=work, name="tensorrt-build", daemon=True)
+    started = False
+    while True:
+        try:
+            if not started:
+                started = True
+                worker.start()
+            while not finished.wait(WAIT_S):
+                pass
+            break
+        except KeyboardInterrupt:
+            if progress is None or progress.cancelled:
+                sys.stderr.write("\nmq-deploy: interrupted (the TensorRT build did not stop; nothing was written)\n")
+                sys.stderr.flush()
+                _hard_exit(130)
+                raise
+            progress.cancel()
+            sys.stderr.write("\nmq-deploy: cancelling the TensorRT build at its next step (Ctrl-C again to quit "
+                             "at once)\n")
+            sys.stderr.flush()
+    if progress is not None:
+        progress.close()
+        if progress.display_error is not None:
+            warn(f"the build's progress display stopped: {progress.display_error!r}")
+    if "error" in out:
+        raise out["error"]
+    if progress is not None and progress.cancelled:
+        raise KeyboardInterrupt
+    return out.get("engine")

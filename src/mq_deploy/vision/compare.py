@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional, Sequence
 
+from ..compare import reuse_row
 from ..errors import UserError
 from ..recipes import check_family, load_recipe
 from .data import calibration_images, evaluate_top1
@@ -55,10 +56,7 @@ def compare_vim(model_dir: str, recipes: Sequence[str], tasks: Sequence[str], li
     for recipe in recs:
         if recipe.name == "fp32":
             continue
-        if recipe.name in done:
-            rows.append(done[recipe.name])
-            log(f"recipe {recipe.name}: the earlier run's row (--resume)")
-            on_row(rows)
+        if reuse_row(rows, done, recipe.name, log, on_row):
             continue
         t0 = time.time()
         log(f"recipe {recipe.name}")

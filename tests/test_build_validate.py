@@ -425,6 +425,11 @@ def test_build_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, capsys):
     assert main(["build", str(w8_out), "-q", "--plugins", str(lib), "-o", str(engine)]) == 0
     assert "TensorRT" not in capsys.readouterr().err  # -q: no progress
     assert log["load_library_calls"] == 1
+    # an engine or timing cache that cannot be written: one line before the build, not a traceback after it
+    log.clear()
+    for bad in (["-o", str(lib / "m.engine")], ["--timing-cache", str(lib / "t.cache")]):
+        assert main(["build", str(w8_out), "--plugins", str(lib), *bad]) == 2
+        assert "mq-deploy: error: cannot write the " in capsys.readouterr().err and "onnx" not in log
 
 
 def test_build_progress_and_ctrl_c(w8_out, tmp_path, monkeypatch, capsys):

@@ -239,8 +239,12 @@ def test_compare_saves_as_it_goes_and_resumes(tmp_path, monkeypatch, capsys):
     moved.write_text((RECIPE_DIR / "rtn-w8a8.yaml").read_text().replace("description:", "description: moved,"))
     assert recipe_fingerprint(load_recipe(str(moved))) == recipe_fingerprint(load_recipe("rtn-w8a8"))
     (tmp_path / "afile").write_text("")
+    prepared.clear()
     assert main(args + ["-o", str(tmp_path / "afile"), "--resume"]) == 2
     assert "is a file, not a folder for compare.md / compare.json" in capsys.readouterr().err
+    assert main(args + ["-o", str(tmp_path / "afile" / "sub")]) == 2  # cannot be made: said before any recipe runs
+    assert f"cannot write compare's results {tmp_path / 'afile' / 'sub' / 'compare.json'}: " in capsys.readouterr().err
+    assert prepared == []
     (out / "compare.json").write_text("{not json")
     assert main(args + ["-o", str(out), "--resume"]) == 2
     assert "is not a compare.json this mq-deploy can continue" in capsys.readouterr().err

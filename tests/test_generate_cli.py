@@ -173,3 +173,27 @@ def test_a_manifest_of_another_format_is_one_line_everywhere(outdir, tmp_path):
             assert_user_error(r, str(other / "manifest.json"), *fragments)
             if "format" in fragments[0]:
                 assert "this mq-deploy reads 'mq-deploy/1'" in r.stderr and "compile" in r.stderr
+
+
+def test_generate_ctrl_c_ends_the_streamed_line(outdir, monkeypatch, capsys):
+    """Ctrl-C while tokens stream: the streamed text ends with a newline, so `mq-deploy: interrupted` is a line of its
+    own; exit 130."""
+    import mq_deploy.generate as gen
+    from mq_deploy.cli import main
+
+    real = gen.generate
+
+    def interrupted(session, prompts, **kw):
+        stop = kw["on_token"]
+
+        def on_token(row, t):
+            stop(row, t)
+            raise KeyboardInterrupt
+
+        return real(session, prompts, **{**kw, "on_token": on_token})
+
+    monkeypatch.setattr(gen, "generate", interrupted)
+    assert main(["generate", str(outdir), "--prompt", "The river", "--max-new-tokens", "8"]) == 130
+    cap = capsys.readouterr()
+    assert cap.out.startswith("The river") and cap.out.endswith("\n") and cap.out.count("\n") == 1
+    assert cap.err.endswith("mq-deploy: interrupted\n")

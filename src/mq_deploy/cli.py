@@ -177,6 +177,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         StatefulSession(*graphs, threads=args.threads)
     streams = [TextStream(tok.decode, skip=[eos]) for _ in prompts]
     single = len(prompts) == 1
+    line_open = [single]  # the streamed line has no newline yet
     if single:
         print(args.prompt[0], end="", flush=True)
 
@@ -188,12 +189,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     def on_finish(row: int, ids: list) -> None:
         if single:
             print(flush=True)
+            line_open[0] = False
         else:
             print(f"[{row + 1}] {args.prompt[row]}{tok.decode([t for t in ids if t != eos])}", flush=True)
 
-    res = generate(session, prompts, max_new_tokens=args.max_new_tokens, sampling=sampling, eos_id=eos,
-                   pad_id=tok.pad_id, max_prompt_tokens=args.max_prompt_tokens, on_token=on_token,
-                   on_finish=on_finish)
+    try:
+        res = generate(session, prompts, max_new_tokens=args.max_new_tokens, sampling=sampling, eos_id=eos,
+                       pad_id=tok.pad_id, max_prompt_tokens=args.max_prompt_tokens, on_token=on_token,
+                       on_finish=on_finish)
+    except KeyboardInterrupt:
+        if line_open[0]:
+            print(flush=True)  # end the streamed line: the interruption is said on a line of its own
+        raise
     n_prompt = sum(res.prompt_tokens)
     _log(f"prefill: {len(prompts)} prompt(s), {n_prompt} tokens in {res.prefill_seconds * 1e3:.1f} ms; "
          f"decode: {res.decode_steps} steps x {len(prompts)} = {res.decode_steps * len(prompts)} tokens in "
@@ -240,7 +247,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     def run(files: RunFiles, go):
         """go(done, on_row) with the rows of an earlier run (--resume), saving as it goes; what stopped it says
-        what was kept."""
+        what was kept (also with -q: it says how to go on)."""
+        files.prepare()
         if args.resume:
             done = files.earlier(log)
         else:
@@ -249,7 +257,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         try:
             return go(done, files.update)
         except BaseException:
-            files.stopped(log)
+            files.stopped(_log)
             raise
 
     if vim:  # Vision Mamba: top-1 on Fashion-MNIST per recipe
@@ -653,12 +661,26 @@ def _attach_dash_values(argv: list[str]) -> list[str]:
     return out
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, `docker stop`, a batch system): raised like Ctrl-C's KeyboardInterrupt, so that the same
+    clean-up runs (temporary OUTDIRs removed, compare's rows kept)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    import signal
+    import threading
+
     ap = build_parser()
     args = ap.parse_args(_attach_dash_values(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "func", None):
         ap.print_help()
         return 2
+    main_thread = threading.current_thread() is threading.main_thread()  # (signal handlers: the main thread only)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         if getattr(args, "threads", None) is not None and args.threads < 0:
             raise UserError(f"--threads must be 0 (all) or more, not {args.threads}")
@@ -666,9 +688,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     except UserError as e:
         print(f"mq-deploy: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("mq-deploy: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        if argv is None and main_thread:  # the program (not a caller's main([...])): exiting now
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C while Python shuts down: no traceback
+        terminated = isinstance(e, Terminated)
+        print(f"mq-deploy: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
+    except BrokenPipeError:  # `mq-deploy ... | head`: the reader is gone; say nothing more
+        try:  # (else Python reports the failed flush of stdout at exit)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # io.UnsupportedOperation: stdout is not a file (a caller's main([...]))
+            pass
+        return 141
+    except OSError as e:  # no space left, permission denied, ...: one line, not a traceback
+        print(f"mq-deploy: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import numpy as np
 
 from .backends.ort import OrtRunner
 from .errors import UserError
-from .outdir import atomic_write_bytes
+from .outdir import atomic_write_bytes, check_writable
 from .eval import run_task
 from .eval.data import TASKS, load_task_data, resolve_data_path
 from .eval.perplexity import token_windows
@@ -200,6 +200,13 @@ class RunFiles:
     @property
     def json_path(self) -> Path:
         return self.out_dir / "compare.json"
+
+    def prepare(self) -> None:
+        """The output folder made and written to once before any work: a bad -o is one line now, not a traceback
+        after the first recipe."""
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise UserError(f"-o {self.out_dir} is a file, not a folder for compare.md / compare.json")
+        check_writable(self.json_path, "compare's results")
 
     def _read(self) -> Optional[dict]:
         js = self.json_path

@@ -4,8 +4,10 @@ so a failed or interrupted compile never leaves a partial OUTDIR (and never half
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -50,11 +52,57 @@ def check_target(out_dir: Path, force: bool) -> None:
                         "choose another -o or pass --force to replace it")
 
 
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: there
+        return True
+    return True
+
+
+def remove_leftovers(target: Path) -> list[str]:
+    """Remove `.NAME.tmp-PID-*` / `.NAME.old-PID` beside `target` that a killed mq-deploy left (SIGKILL, the OOM
+    killer, a power cut: no clean-up ran), i.e. those whose process is gone; the names removed. Another run's live
+    temporaries, and names without a pid (earlier versions), are left."""
+    parent, name = target.parent, target.name
+    gone = []
+    for p in list(parent.glob(f".{glob.escape(name)}.tmp-*")) + list(parent.glob(f".{glob.escape(name)}.old-*")):
+        m = re.fullmatch(rf"\.{re.escape(name)}\.(?:tmp|old)-(\d+)(?:-.*)?", p.name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        gone.append(p.name)
+    return gone
+
+
+def check_writable(path: str | Path, what: str) -> None:
+    """`path`'s folder made and written to once (a file tried there and removed), so that an output that cannot be
+    written is one line before long work rather than a traceback after it; `what` names it in the message."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.write-check-"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write {what} {path}: {e.strerror or e}") from None
+
+
 def atomic_write_bytes(path: str | Path, data) -> None:
     """Write to a temporary sibling and rename: readers never see a partial engine."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    remove_leftovers(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -79,7 +127,10 @@ def atomic_dir(out_dir: str | Path, force: bool = False, warn: Callable[[str], N
     parent = out_dir.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
+        left = remove_leftovers(parent / out_dir.name)
+        if left:
+            warn(f"removed what killed runs left beside {out_dir}: {', '.join(sorted(left))}")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=parent))
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should look like a mkdir

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Callable, Optional
 
 import numpy as np
@@ -123,7 +124,10 @@ def prepare(model: MambaModel, recipe: Recipe, windows: Optional[np.ndarray], *,
     bs = wcfg.get("block_size", 0)
     log(f"quantizing weights ({wcfg['method']}, int{wcfg['bits']} per "
         + (f"block of {bs} input rows per output channel" if bs else "output channel") + ")")
-    for i, L in enumerate(model.layers):
+    from tqdm import tqdm
+
+    for i, L in enumerate(tqdm(model.layers, desc="quantizing weights", unit="layer", disable=not progress,
+                               leave=not sys.stderr.isatty())):  # GPTQ: seconds a layer on a large model
         for lin in LINEARS:
             name = f"layers.{i}.{lin}"
             w = getattr(L, lin).T

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence, TextIO
 
 from . import trt_progress
 from .errors import UserError
-from .outdir import atomic_write_bytes, missing_file, read_manifest
+from .outdir import atomic_write_bytes, check_writable, missing_file, read_manifest
 from .ops import selective_scan as ss
 
 PLUGINS_ENV = "MQ_DEPLOY_PLUGINS"  # default plugin library when --plugins is not given
@@ -302,6 +302,9 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
         raise UserError(f"ONNX model {onnx_path!r} not found (run `mq-deploy compile` first)")
     lib = check_plugin_lib(plugin_lib)
     trt = import_tensorrt()
+    check_writable(out_path, "the engine")  # before a build of minutes, not after it
+    if timing_cache is not None:
+        check_writable(timing_cache, "the timing cache")
     logger = trt_logger(trt)
     load_plugins(trt, logger, lib)
     if fp16 and _flag(trt, "FP16") is None:

@@ -90,3 +90,19 @@ def cuda_on_cpu(monkeypatch, torch, stream_id: int = 7) -> dict:
     monkeypatch.setattr(torch.cuda, "stream", StreamContext)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda: Stream())
     return seen
+
+
+class StopAt:
+    """A compare's prepare function (`module.attr`) wrapped: the recipes it was asked for, in `prepared`, and
+    Ctrl-C (KeyboardInterrupt) when it reaches recipe `recipe` (None: never)."""
+
+    def __init__(self, monkeypatch, module, attr: str, recipe=None):
+        self.prepared, self.recipe, real = [], recipe, getattr(module, attr)
+
+        def prepare(model, rec, *a, **k):
+            self.prepared.append(rec.name)
+            if rec.name == self.recipe:
+                raise KeyboardInterrupt
+            return real(model, rec, *a, **k)
+
+        monkeypatch.setattr(module, attr, prepare)

@@ -11,6 +11,7 @@ import onnx
 import pytest
 
 from .conftest import DATA_DIR, need
+from .helpers import StopAt
 
 VIM_DIR = Path(__file__).resolve().parents[1] / "src" / "mq_deploy" / "assets" / "vim-fmnist"
 
@@ -173,16 +174,8 @@ def test_compare_saves_as_it_goes_and_resumes(tmp_path, monkeypatch, capsys):
     heldout = need(DATA_DIR / "text" / "ref_corpus_heldout.txt")
     args = ["compare", "--recipes", "rtn-w8a8,smoothquant-w8a8", "--tasks", "text", "--data", f"text={heldout}",
             "--calib", str(calib), "--calib-samples", "4", "--limit", "2"]
-    prepared, real = [], cmp.prepare
-
-    def prepare(model, recipe, *a, **k):
-        prepared.append(recipe.name)
-        if recipe.name == stop_at:
-            raise KeyboardInterrupt
-        return real(model, recipe, *a, **k)
-
-    monkeypatch.setattr(cmp, "prepare", prepare)
-    stop_at, out = "smoothquant-w8a8", tmp_path / "run"
+    stop, out = StopAt(monkeypatch, cmp, "prepare", "smoothquant-w8a8"), tmp_path / "run"
+    prepared = stop.prepared
     assert main(args + ["-o", str(out)]) == 130
     err = capsys.readouterr().err
     assert err.rstrip().endswith("mq-deploy: interrupted")
@@ -193,7 +186,7 @@ def test_compare_saves_as_it_goes_and_resumes(tmp_path, monkeypatch, capsys):
     assert "| rtn-w8a8 |" in md and "partial: 2 of 3 recipes (the run stopped, or is still going; add --resume" in md
     assert sorted(os.listdir(out)) == ["compare.json", "compare.md"]  # written whole: no temporary left
     prepared.clear()
-    stop_at = None
+    stop.recipe = None
     assert main(args + ["-o", str(out), "--resume", "--json"]) == 0
     cap = capsys.readouterr()
     assert prepared == ["smoothquant-w8a8"]  # fp32 and rtn-w8a8 from the file (fp32 prepares nothing anyway)

@@ -9,6 +9,8 @@ import pytest
 from mq_deploy.vision import data as vdata
 from mq_deploy.vision.model import VimConfig, random_vim, to_state_dict
 
+from .helpers import StopAt
+
 CFG = VimConfig(d_model=16, depth=1, num_classes=10, img_size=28, patch_size=7, channels=1)
 
 needs_data = pytest.mark.skipif(not (vdata.DEFAULT_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
@@ -93,23 +95,17 @@ def test_compare_vision_resumes(tmp_path, monkeypatch, capsys):
     from mq_deploy.cli import main
 
     _save(tmp_path)
-    prepared, real = [], vcmp.prepare_vim
-
-    def prepare(model, recipe, *a, **k):
-        prepared.append(recipe.name)
-        if recipe.name == stop_at:
-            raise KeyboardInterrupt
-        return real(model, recipe, *a, **k)
-
-    monkeypatch.setattr(vcmp, "prepare_vim", prepare)
+    stop = StopAt(monkeypatch, vcmp, "prepare_vim", "vim-quarot-w4a8")
+    prepared = stop.prepared
     args = ["compare", str(tmp_path), "--recipes", "vim-rtn-w8a8,vim-quarot-w4a8", "--limit", "16", "--json", "-q"]
-    stop_at, out = "vim-quarot-w4a8", tmp_path / "cmp"
+    out = tmp_path / "cmp"
     assert main(args + ["-o", str(out)]) == 130
     saved = json.loads((out / "compare.json").read_text())
     assert [r["recipe"] for r in saved["rows"]] == ["fp32", "vim-rtn-w8a8"] and saved["meta"]["complete"] is False
     assert "partial: 2 of 3 recipes" in (out / "compare.md").read_text()
     capsys.readouterr()
-    stop_at, prepared[:] = None, []
+    stop.recipe = None
+    prepared.clear()
     assert main(args + ["-o", str(out), "--resume"]) == 0
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert prepared == ["vim-quarot-w4a8"] and rows[:2] == saved["rows"]

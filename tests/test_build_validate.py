@@ -209,7 +209,7 @@ class _FakeTRT(types.ModuleType):
         # each child run between two steps of its parent; `interrupt` = (phase, step): Ctrl-C arrives while the
         # monitor handles that step (the name it is given raises KeyboardInterrupt when read)
         self.phases = [("Building engine", None, 3), ("Tactic selection", "Building engine", 5)]
-        self.interrupt, self.interrupts = None, 1
+        self.interrupt, self.interrupts, self.signal = None, 1, signal.SIGINT
         self.IProgressMonitor = type("IProgressMonitor", (), {"__init__": lambda s: None})  # unchecked runs
         ns = types.SimpleNamespace
         self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, sev=None: None})
@@ -382,7 +382,7 @@ class _FakeTRT(types.ModuleType):
                             return False
                     if self.interrupt == (name, step):
                         for _ in range(self.interrupts):
-                            signal.raise_signal(signal.SIGINT)
+                            signal.raise_signal(self.signal)
                             time.sleep(4 * trt_progress.WAIT_S)  # the main thread looks every WAIT_S
                     if not call(monitor.step_complete, name, step):
                         return False
@@ -471,6 +471,10 @@ def test_build_progress_and_ctrl_c(w8_out, tmp_path, monkeypatch, capsys):
             assert "\nTensorRT: Building engine: cancelled after " in err and "done in" not in err
         else:
             assert "TensorRT: " not in err
+    fake.signal = signal.SIGTERM  # `docker stop`, `timeout`: the same cancel, said as terminated (143)
+    assert main(args + ["-q"]) == 143
+    assert capsys.readouterr().err.rstrip().endswith("\nmq-deploy: terminated") and nothing_written()
+    fake.signal = signal.SIGINT
 
     exits = []
 

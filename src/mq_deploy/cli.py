@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import __version__
-from .errors import UserError
+from .errors import Terminated, UserError
 
 
 def _log(msg: str) -> None:
@@ -659,11 +659,6 @@ def _attach_dash_values(argv: list[str]) -> list[str]:
         out.append(a)
         i += 1
     return out
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (`timeout`, `docker stop`, a batch system): raised like Ctrl-C's KeyboardInterrupt, so that the same
-    clean-up runs (temporary OUTDIRs removed, compare's rows kept)."""
 
 
 def _on_sigterm(signum, frame):

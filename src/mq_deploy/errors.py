@@ -1,4 +1,4 @@
-"""The two kinds of failure: the user's input is wrong, or we have a bug."""
+"""The two kinds of failure: the user's input is wrong, or we have a bug; and the system stopping us."""
 
 
 class UserError(Exception):
@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class InternalError(RuntimeError):
     """A bug in mq-deploy (an invariant that should always hold did not)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, `docker stop`, a batch system): raised like Ctrl-C's KeyboardInterrupt, so that the same
+    clean-up runs (temporary OUTDIRs removed, compare's rows kept); the CLI exits 143."""

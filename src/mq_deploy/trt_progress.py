@@ -28,6 +28,8 @@ import threading
 import time
 from typing import Callable, Optional, TextIO
 
+from .errors import Terminated
+
 LOG_INTERVAL_S = 30.0  # in a log: the running phase's line at most this often
 TTY_INTERVAL_S = 0.1  # on a terminal: redraws at most this often
 WAIT_S = 0.2  # the main thread's wait between looks for Ctrl-C
@@ -238,7 +240,7 @@ def run_build(build: Callable[[], object], progress: Optional[BuildProgress],
     # The main thread waits on an Event, not Thread.join: a KeyboardInterrupt inside join(timeout) makes Python 3.11
     # mark the still-running thread as stopped.)
     worker = threading.Thread(target=work, name="tensorrt-build", daemon=True)
-    started = False
+    started, stop = False, None
     while True:
         try:
             if not started:
@@ -247,11 +249,14 @@ def run_build(build: Callable[[], object], progress: Optional[BuildProgress],
             while not finished.wait(WAIT_S):
                 pass
             break
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:  # (or Terminated, SIGTERM's: raised again as it came)
+            stop = stop or e
             if progress is None or progress.cancelled:
-                sys.stderr.write("\nmq-deploy: interrupted (the TensorRT build did not stop; nothing was written)\n")
+                term = isinstance(e, Terminated)
+                sys.stderr.write(f"\nmq-deploy: {'terminated' if term else 'interrupted'} (the TensorRT build did not "
+                                 "stop; nothing was written)\n")
                 sys.stderr.flush()
-                _hard_exit(130)
+                _hard_exit(143 if term else 130)
                 raise
             progress.cancel()
             sys.stderr.write("\nmq-deploy: cancelling the TensorRT build at its next step (Ctrl-C again to quit "
@@ -264,5 +269,5 @@ def run_build(build: Callable[[], object], progress: Optional[BuildProgress],
     if "error" in out:
         raise out["error"]
     if progress is not None and progress.cancelled:
-        raise KeyboardInterrupt
+        raise stop or KeyboardInterrupt()
     return out.get("engine")

@@ -20,3 +20,17 @@ def need(path: Path) -> Path:
 def _data_dir(monkeypatch):
     if DATA_DIR.is_dir():
         monkeypatch.setenv("MQ_DEPLOY_DATA_DIR", str(DATA_DIR))
+
+
+@pytest.fixture
+def signals_as_a_terminal_gives_them():
+    """Ctrl-C raising KeyboardInterrupt and SIGTERM at its default, whatever this process inherited: a background job
+    of a non-interactive shell (as a CI script may start the tests) begins with SIGINT ignored, and Python then leaves
+    it ignored, so a test's SIGINT would do nothing."""
+    import signal
+
+    prev = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+            signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL)}
+    yield
+    for s, h in prev.items():
+        signal.signal(s, h)

@@ -432,7 +432,8 @@ def test_build_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, capsys):
         assert "mq-deploy: error: cannot write the " in capsys.readouterr().err and "onnx" not in log
 
 
-def test_build_progress_and_ctrl_c(w8_out, tmp_path, monkeypatch, capsys):
+def test_build_progress_and_ctrl_c(w8_out, tmp_path, monkeypatch, capsys,
+                                   signals_as_a_terminal_gives_them):
     """Without -q, build shows TensorRT's build phases (in a log the running one every LOG_INTERVAL_S, here every
     step; TensorRT counts steps from 0). Ctrl-C during the build (SIGINT while TensorRT works in run_build's worker
     thread) cancels it at TensorRT's next step, also with -q: exit 130, neither engine nor timing cache written. A

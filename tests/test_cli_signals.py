@@ -7,21 +7,15 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from mq_deploy import cli
-from mq_deploy.outdir import atomic_dir, atomic_write_bytes, remove_leftovers
+from mq_deploy.outdir import LOCK, atomic_dir, atomic_write_bytes, remove_leftovers, signals_deferred
 
 
-def _dead_pid() -> int:
-    """A pid no process has now (a child that has exited and been reaped)."""
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
-
-
-def test_sigterm_cleans_up_like_ctrl_c(tmp_path, monkeypatch, capsys):
+def test_sigterm_cleans_up_like_ctrl_c(tmp_path, monkeypatch, capsys, signals_as_a_terminal_gives_them):
     out = tmp_path / "out"
     seen = []
 
@@ -40,35 +34,79 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path, monkeypatch, capsys):
     assert signal.getsignal(signal.SIGTERM) is before  # main() put the handler back
 
 
-def test_leftovers_of_killed_runs_removed(tmp_path, capsys):
-    dead, live = _dead_pid(), os.getpid()
-    left = [tmp_path / f".out.tmp-{dead}-k3j2", tmp_path / f".out.old-{dead}"]
-    for d in left:
+def test_leftovers_of_killed_runs_removed(tmp_path):
+    """A temporary whose lock nobody holds is a killed run's and goes; a held one (a live run's, in any process,
+    container or PID namespace: the kernel keeps the lock) stays, as do look-alikes and lock-less directories."""
+    import fcntl
+
+    def tmpdir(name, lock=True):
+        d = tmp_path / name
         d.mkdir()
         (d / "weights.bin").write_bytes(b"x")
-    mine = tmp_path / f".out.tmp-{live}-zz"  # a live run's (here: this process's own)
-    mine.mkdir()
-    other = tmp_path / ".other.tmp-1-a"  # another output's
-    other.mkdir()
-    engine_tmp = tmp_path / f".m.engine.tmp-{dead}-q1"
-    engine_tmp.write_bytes(b"half an engine")
-    warned = []
-    with atomic_dir(tmp_path / "out", warn=warned.append) as tmp:
-        (tmp / "manifest.json").write_text("{}")
-    assert warned == [f"removed what killed runs left beside {tmp_path / 'out'}: .out.old-{dead}, .out.tmp-{dead}-k3j2"]
-    assert sorted(os.listdir(tmp_path)) == sorted([mine.name, other.name, engine_tmp.name, "out"])
-    atomic_write_bytes(tmp_path / "m.engine", b"ENGINE")
-    assert not engine_tmp.exists() and (tmp_path / "m.engine").read_bytes() == b"ENGINE"
-    assert remove_leftovers(tmp_path / "out") == []  # nothing more to remove; the live one stays
-    assert mine.is_dir()
+        if lock:
+            (d / LOCK).write_bytes(b"")
+        return d
+
+    dead = tmpdir(".out.tmp-4242-k3j2abcd")
+    live = tmpdir(".out.tmp-1-zzzz0000")
+    held = os.open(live / LOCK, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # another open file description: as another process's would be
+    keep = [live, tmpdir(".out.tmp-7-nolock00", lock=False), tmpdir(".outx.tmp-5-abcdefgh"), tmpdir(".out.tmp-5"),
+            tmpdir(".out.old-9-abcdefgh")]
+    engine_dead, engine_live = tmp_path / ".m.engine.tmp-8-q1w2e3r4", tmp_path / ".m.engine.tmp-9-a1s2d3f4"
+    engine_dead.write_bytes(b"half an engine")
+    engine_live.write_bytes(b"being written")
+    held_file = os.open(engine_live, os.O_RDONLY)
+    fcntl.flock(held_file, fcntl.LOCK_EX)
+    try:
+        warned = []
+        with atomic_dir(tmp_path / "out", warn=warned.append) as tmp:
+            assert (tmp / LOCK).is_file()  # held while the run lasts
+            (tmp / "manifest.json").write_text("{}")
+        assert warned == [f"removed what killed runs left beside {tmp_path / 'out'}: {dead.name}"]
+        assert not dead.exists() and all(k.is_dir() for k in keep)
+        assert sorted(os.listdir(tmp_path / "out")) == ["manifest.json"]  # the lock file is not part of the output
+        atomic_write_bytes(tmp_path / "m.engine", b"ENGINE")
+        assert not engine_dead.exists() and engine_live.exists() and (tmp_path / "m.engine").read_bytes() == b"ENGINE"
+    finally:
+        os.close(held)
+        os.close(held_file)
+    assert remove_leftovers(tmp_path / "out") == [live.name]  # its holder gone: now it is a leftover
+
+
+def test_leftover_of_a_killed_process(tmp_path):
+    """The real thing: a run in another process holds its temporary; SIGKILL it, and the next run removes it."""
+    code = ("import sys, time; from mq_deploy.outdir import atomic_dir\n"
+            "with atomic_dir(sys.argv[1]) as tmp:\n"
+            "    print(tmp, flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "out")], stdout=subprocess.PIPE, text=True)
+    try:
+        tmp = Path(proc.stdout.readline().strip())
+        assert tmp.is_dir() and remove_leftovers(tmp_path / "out") == []  # alive: left alone
+    finally:
+        proc.kill()
+        proc.wait()
+    assert tmp.is_dir() and remove_leftovers(tmp_path / "out") == [tmp.name] and not tmp.exists()
+
+
+def test_the_swap_is_not_cut_in_half(signals_as_a_terminal_gives_them):
+    """Ctrl-C or SIGTERM during the swap of an OUTDIR arrives after it."""
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            signal.raise_signal(signal.SIGINT)
+            done.append("swap")
+    assert done == ["swap"]
 
 
 @pytest.mark.parametrize("exc,rc,err", [
     (OSError(errno.ENOSPC, "No space left on device", "/data/out/weights.bin"), 1,
-     "mq-deploy: error: [Errno 28] No space left on device: '/data/out/weights.bin'\n"),
-    (PermissionError(errno.EACCES, "Permission denied", "/data/out"), 1,
-     "mq-deploy: error: [Errno 13] Permission denied: '/data/out'\n"),
-    (BrokenPipeError(errno.EPIPE, "Broken pipe"), 141, ""),  # `mq-deploy ... | head`: nothing more said
+     "mq-deploy: error: [Errno 28] No space left on device: '/data/out/weights.bin' (MQ_DEPLOY_TRACEBACK=1 shows "
+     "where)\n"),
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/x"), 1,
+     "mq-deploy: error: [Errno 2] No such file or directory: '/data/x' (MQ_DEPLOY_TRACEBACK=1 shows where)\n"),
+    (BrokenPipeError(errno.EPIPE, "Broken pipe"), 1,  # not stdout's (stdout is fine): an error like any other
+     "mq-deploy: error: [Errno 32] Broken pipe (MQ_DEPLOY_TRACEBACK=1 shows where)\n"),
 ])
 def test_os_errors_are_one_line(monkeypatch, capsys, exc, rc, err):
     def fail(args):
@@ -77,6 +115,9 @@ def test_os_errors_are_one_line(monkeypatch, capsys, exc, rc, err):
     monkeypatch.setattr(cli, "cmd_lint", fail)
     assert cli.main(["lint", "x.onnx"]) == rc
     assert capsys.readouterr().err == err
+    monkeypatch.setenv("MQ_DEPLOY_TRACEBACK", "1")  # for a bug report: the traceback
+    with pytest.raises(type(exc)):
+        cli.main(["lint", "x.onnx"])
 
 
 def test_broken_pipe_of_a_real_run(tmp_path):
@@ -89,6 +130,6 @@ def test_broken_pipe_of_a_real_run(tmp_path):
             "cli.cmd_lint = loud\n"
             "sys.argv = ['mq-deploy', 'lint', 'x.onnx']\n"
             "sys.exit(cli.main())\n")
-    r = subprocess.run(f"{sys.executable} -c \"$CODE\" | head -c 10", shell=True, capture_output=True, text=True,
-                       env={**os.environ, "CODE": code})
-    assert r.stdout == "x" * 10 and r.stderr == "", r.stderr
+    r = subprocess.run(f"{sys.executable} -c \"$CODE\" | head -c 10; echo \" rc=${{PIPESTATUS[0]}}\"", shell=True,
+                       executable="/bin/bash", capture_output=True, text=True, env={**os.environ, "CODE": code})
+    assert r.stdout == "x" * 10 + " rc=141\n" and r.stderr == "", (r.stdout[-40:], r.stderr)

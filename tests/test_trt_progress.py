@@ -162,7 +162,7 @@ def test_callbacks_from_several_threads():
     assert text.rsplit("\r", 1)[1].startswith("TensorRT: Building engine: done in ")
 
 
-def test_run_build_ctrl_c(monkeypatch, capsys):
+def test_run_build_ctrl_c(monkeypatch, capsys, signals_as_a_terminal_gives_them):
     """run_build: the build in a worker thread; a Ctrl-C (SIGINT to the process) asks TensorRT to stop at its next
     step and ends in KeyboardInterrupt; a second one, or the first with no monitor, exits at once; the build's own
     error is raised in the caller's thread."""

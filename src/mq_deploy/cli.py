@@ -661,8 +661,27 @@ def _attach_dash_values(argv: list[str]) -> list[str]:
     return out
 
 
+TRACEBACK_ENV = "MQ_DEPLOY_TRACEBACK"  # set to 1: a system error's traceback instead of its one line (bug reports)
+
+
 def _on_sigterm(signum, frame):
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM does not cut the clean-up short
     raise Terminated
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout's reader has gone (the BrokenPipeError is stdout's, not some other pipe's): poll reports an
+    error on the write end of a pipe nobody reads."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # stdout not a file (a caller's main([...])), no poll
+        return False
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -674,8 +693,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not getattr(args, "func", None):
         ap.print_help()
         return 2
-    main_thread = threading.current_thread() is threading.main_thread()  # (signal handlers: the main thread only)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    # SIGTERM as Ctrl-C, in the main thread, unless the caller ignores it (`trap '' TERM`, nohup-like launchers) or
+    # set a handler outside Python (getsignal None: not ours to replace)
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    ours = previous is not None and previous is not signal.SIG_IGN
+    if ours:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if getattr(args, "threads", None) is not None and args.threads < 0:
             raise UserError(f"--threads must be 0 (all) or more, not {args.threads}")
@@ -684,22 +707,25 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"mq-deploy: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        if argv is None and main_thread:  # the program (not a caller's main([...])): exiting now
+        if argv is None and previous is not None:  # the program (not a caller's main([...])): exiting now
             signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C while Python shuts down: no traceback
         terminated = isinstance(e, Terminated)
         print(f"mq-deploy: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
-    except BrokenPipeError:  # `mq-deploy ... | head`: the reader is gone; say nothing more
-        try:  # (else Python reports the failed flush of stdout at exit)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):  # io.UnsupportedOperation: stdout is not a file (a caller's main([...]))
-            pass
-        return 141
-    except OSError as e:  # no space left, permission denied, ...: one line, not a traceback
-        print(f"mq-deploy: error: {e}", file=sys.stderr)
+    except OSError as e:
+        if isinstance(e, BrokenPipeError) and _stdout_gone():  # `mq-deploy ... | head`: say nothing more
+            try:  # (else Python reports the failed flush of stdout at exit)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):  # io.UnsupportedOperation: stdout is not a file (a caller's main([...]))
+                pass
+            return 141
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        # no space left, a file that vanished, ...: one line, not a traceback
+        print(f"mq-deploy: error: {e} ({TRACEBACK_ENV}=1 shows where)", file=sys.stderr)
         return 1
     finally:
-        if main_thread:
+        if ours:
             signal.signal(signal.SIGTERM, previous)
 
 

@@ -4,6 +4,7 @@ so a failed or interrupted compile never leaves a partial OUTDIR (and never half
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import json
 import os
@@ -52,58 +53,99 @@ def check_target(out_dir: Path, force: bool) -> None:
                         "choose another -o or pass --force to replace it")
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+LOCK = ".mq-deploy.lock"  # inside a temporary OUTDIR: held (flock) by the run that writes it, for as long as it lives
+
+
+def _hold(fd: int) -> bool:
+    """flock `fd` without waiting: True if we now hold it (no live process does)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
         return False
-    except OSError:  # another user's process: there
-        return True
     return True
 
 
 def remove_leftovers(target: Path) -> list[str]:
-    """Remove `.NAME.tmp-PID-*` / `.NAME.old-PID` beside `target` that a killed mq-deploy left (SIGKILL, the OOM
-    killer, a power cut: no clean-up ran), i.e. those whose process is gone; the names removed. Another run's live
-    temporaries, and names without a pid (earlier versions), are left."""
+    """Remove the temporaries `.NAME.tmp-*` beside `target` that a killed run left (SIGKILL, the OOM killer, a power
+    cut: no clean-up ran); the names removed. A temporary is a killed run's when nobody holds its lock: the kernel
+    drops a dead process's flock, whichever host process, container or PID namespace it was, so a live run's (which
+    holds it) is never touched. A temporary OUTDIR without a lock file (an earlier version's, or a run in its first
+    instant) is left."""
     parent, name = target.parent, target.name
     gone = []
-    for p in list(parent.glob(f".{glob.escape(name)}.tmp-*")) + list(parent.glob(f".{glob.escape(name)}.old-*")):
-        m = re.fullmatch(rf"\.{re.escape(name)}\.(?:tmp|old)-(\d+)(?:-.*)?", p.name)
-        if m is None or _alive(int(m.group(1))):
+    for p in parent.glob(f".{glob.escape(name)}.tmp-*"):
+        if p.is_symlink() or not re.fullmatch(rf"\.{re.escape(name)}\.tmp-[0-9]+-[A-Za-z0-9_]+", p.name):
             continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                p.unlink()
-        gone.append(p.name)
+        lock = p / LOCK if p.is_dir() else p  # a temporary file (engine, compare.json) is its own lock
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if not _hold(fd):
+                continue
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+        finally:
+            os.close(fd)
+        if not p.exists():
+            gone.append(p.name)
     return gone
 
 
 def check_writable(path: str | Path, what: str) -> None:
-    """`path`'s folder made and written to once (a file tried there and removed), so that an output that cannot be
-    written is one line before long work rather than a traceback after it; `what` names it in the message."""
+    """Whether `path` can be written, before long work: a file tried (and removed) in its folder, or in the nearest
+    folder above it that exists (nothing is created); a UserError, one line, if not. `what` names it."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {path} is a directory")
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"cannot write {what} {path}: {folder} is a file, not a directory")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.write-check-"):
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".mq-deploy.write-check-"):
             pass
     except OSError as e:
         raise UserError(f"cannot write {what} {path}: {e.strerror or e}") from None
 
 
+@contextlib.contextmanager
+def signals_deferred():
+    """Ctrl-C and SIGTERM held back (in the main thread) until the block is done, then delivered: for the few
+    system calls that swap an output into place, which must not stop half-way."""
+    import signal
+    import threading
+
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    prev = {s: signal.getsignal(s) for s in sigs} if threading.current_thread() is threading.main_thread() else {}
+    if any(h is None for h in prev.values()):  # a handler from outside Python: not ours to swap
+        prev = {}
+    got = []
+    for s in prev:
+        signal.signal(s, lambda n, f: got.append(n))
+    try:
+        yield
+    finally:
+        for s, h in prev.items():
+            signal.signal(s, h)
+        for n in got:
+            signal.raise_signal(n)  # now, to the handler it was meant for
+
+
 def atomic_write_bytes(path: str | Path, data) -> None:
-    """Write to a temporary sibling and rename: readers never see a partial engine."""
+    """Write to a temporary sibling (locked while written: `remove_leftovers`) and rename: readers never see a
+    partial engine."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private; the result should look like open(..., "wb")
@@ -111,7 +153,7 @@ def atomic_write_bytes(path: str | Path, data) -> None:
             fh.write(memoryview(data))
             fh.flush()
             os.fsync(fh.fileno())  # the data is on disk before the rename makes it the file
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # (still locked: the lock goes with the file descriptor)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -121,16 +163,21 @@ def atomic_write_bytes(path: str | Path, data) -> None:
 @contextlib.contextmanager
 def atomic_dir(out_dir: str | Path, force: bool = False, warn: Callable[[str], None] = lambda s: None):
     """Yield a temporary directory; on success it replaces `out_dir` (`warn` is told the files of the old one the new
-    one does not have, such as engines built from it, which go with it), on failure it is removed."""
+    one does not have, such as engines built from it, which go with it), on failure it is removed. The temporary
+    holds a lock for as long as this runs, so that a later run can tell a killed run's leftover from a live one's
+    (`remove_leftovers`, which `warn` is told about)."""
     out_dir = Path(out_dir).expanduser()
     check_target(out_dir, force)
     parent = out_dir.resolve().parent
+    lock_fd = None
     try:
         parent.mkdir(parents=True, exist_ok=True)
         left = remove_leftovers(parent / out_dir.name)
         if left:
             warn(f"removed what killed runs left beside {out_dir}: {', '.join(sorted(left))}")
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=parent))
+        lock_fd = os.open(tmp / LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should look like a mkdir
@@ -140,21 +187,31 @@ def atomic_dir(out_dir: str | Path, force: bool = False, warn: Callable[[str], N
         raise UserError(f"cannot write output directory {out_dir}: {why}") from None
     try:
         yield tmp
-        old = None
-        gone = sorted(set(os.listdir(out_dir)) - set(os.listdir(tmp))) if out_dir.is_dir() else []
+        gone = sorted(set(os.listdir(out_dir)) - set(os.listdir(tmp)) - {LOCK}) if out_dir.is_dir() else []
         if gone:
             shown = ", ".join(gone[:6]) + (f" and {len(gone) - 6} more" if len(gone) > 6 else "")
             warn(f"replacing {out_dir} removes {shown}, which this compile did not write (engines and files made "
                  "from the old graphs: build them again)")
-        if out_dir.exists():
-            old = parent / f".{out_dir.name}.old-{os.getpid()}"
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
+        old = None
+        with signals_deferred():  # the old OUTDIR out of the way and the new one in: both, or neither
+            os.unlink(tmp / LOCK)  # (the lock stays held through the descriptor until the swap is done)
+            if out_dir.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-{os.getpid()}-", dir=parent))
+                os.replace(out_dir, old)
+            try:
+                os.replace(tmp, out_dir)
+            except BaseException:
+                if old is not None:
+                    os.replace(old, out_dir)  # the old OUTDIR back
+                raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)
 
 
 def missing_file(out_dir: str | Path, manifest: dict, name: str, what: str = "") -> UserError:

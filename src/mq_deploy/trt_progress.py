@@ -259,8 +259,9 @@ def run_build(build: Callable[[], object], progress: Optional[BuildProgress],
                 _hard_exit(143 if term else 130)
                 raise
             progress.cancel()
-            sys.stderr.write("\nmq-deploy: cancelling the TensorRT build at its next step (Ctrl-C again to quit "
-                             "at once)\n")
+            why = "terminated; " if isinstance(e, Terminated) else ""
+            sys.stderr.write(f"\nmq-deploy: cancelling the TensorRT build at its next step ({why}Ctrl-C again to "
+                             "quit at once)\n")
             sys.stderr.flush()
     if progress is not None:
         progress.close()

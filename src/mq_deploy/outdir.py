@@ -56,10 +56,11 @@ def check_target(out_dir: Path, force: bool) -> None:
 LOCK = ".mq-deploy.lock"  # inside a temporary OUTDIR: held (flock) by the run that writes it, for as long as it lives
 
 
-def _hold(fd: int) -> bool:
-    """flock `fd` without waiting: True if we now hold it (no live process does)."""
+def _hold(fd: int, wait: bool = False) -> bool:
+    """flock `fd` (without waiting unless `wait`): True if we now hold it (no live process does). False also where
+    the filesystem has no locks (some FUSE and network mounts): there a temporary is never taken for a leftover."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except OSError:
         return False
     return True
@@ -145,7 +146,7 @@ def atomic_write_bytes(path: str | Path, data) -> None:
     remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _hold(fd, wait=True)
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private; the result should look like open(..., "wb")
@@ -177,7 +178,7 @@ def atomic_dir(out_dir: str | Path, force: bool = False, warn: Callable[[str], N
             warn(f"removed what killed runs left beside {out_dir}: {', '.join(sorted(left))}")
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=parent))
         lock_fd = os.open(tmp / LOCK, os.O_CREAT | os.O_RDWR, 0o600)
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        _hold(lock_fd, wait=True)  # (a new file: nobody else holds it)
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should look like a mkdir

@@ -133,3 +133,18 @@ def test_broken_pipe_of_a_real_run(tmp_path):
     r = subprocess.run(f"{sys.executable} -c \"$CODE\" | head -c 10; echo \" rc=${{PIPESTATUS[0]}}\"", shell=True,
                        executable="/bin/bash", capture_output=True, text=True, env={**os.environ, "CODE": code})
     assert r.stdout == "x" * 10 + " rc=141\n" and r.stderr == "", (r.stdout[-40:], r.stderr)
+
+
+def test_a_replaced_outdir_that_cannot_be_removed_is_said(tmp_path, monkeypatch):
+    import mq_deploy.outdir as od
+
+    out = tmp_path / "out"
+    for text in ("old", "new"):
+        warned = []
+        with atomic_dir(out, warn=warned.append) as tmp:
+            (tmp / "manifest.json").write_text(text)
+        monkeypatch.setattr(od.shutil, "rmtree", lambda p, ignore_errors=False: None)  # e.g. another user's files
+    assert (out / "manifest.json").read_text() == "new"
+    left = [n for n in os.listdir(tmp_path) if n.startswith(".out.old-")]
+    assert len(left) == 1 and warned == [f"the replaced {out} could not be removed completely; what is left is "
+                                         f"{tmp_path / left[0]}: remove it by hand"]

@@ -207,6 +207,9 @@ def atomic_dir(out_dir: str | Path, force: bool = False, warn: Callable[[str], N
                 raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+            if old.exists():  # e.g. read-only files of another user inside it
+                warn(f"the replaced {out_dir} could not be removed completely; what is left is {old}: remove it "
+                     "by hand")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

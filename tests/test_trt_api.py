@@ -192,3 +192,27 @@ def test_checked_overrides_of_tensorrt_callbacks(major):
         m.step_complete("p", 1)
     with pytest.raises(RuntimeError, match="pure virtual function"):
         m.phase_finish("p")
+
+
+@pytest.mark.parametrize("major", [10, 11])
+def test_tensorrt_messages_go_to_stderr(major, capsys, monkeypatch):
+    """mq-deploy's TensorRT logger is a Python ILogger (TensorRT's trt.Logger prints on stdout, where the engine path
+    and --json rows go): TensorRT's classes take it, and it prints WARNING and worse on stderr only."""
+    from mq_deploy import trt as mtrt
+
+    impl = _Impl()
+    impl.Runtime = lambda logger: object()
+    impl.init_libnvinfer_plugins = lambda logger, ns: True
+    trt = trt_api.checked(impl, _spec(major))
+    monkeypatch.setattr(mtrt, "_LOGGER", [])
+    logger = mtrt.trt_logger(trt)
+    assert mtrt.trt_logger(trt) is logger  # one a process
+    trt.Builder(logger)
+    trt.Runtime(logger)
+    trt.init_libnvinfer_plugins(logger, "")
+    sev = trt.ILogger.Severity
+    for level in ("VERBOSE", "INFO", "WARNING", "ERROR", "INTERNAL_ERROR"):
+        logger.log(getattr(sev, level), f"a {level.lower()} message")
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err == ("[TensorRT] WARNING: a warning message\n[TensorRT] ERROR: a error message\n"
+                                         "[TensorRT] INTERNAL_ERROR: a internal_error message\n")

@@ -206,6 +206,20 @@ def test_run_build_ctrl_c(monkeypatch, capsys, signals_as_a_terminal_gives_them)
     assert tp.run_build(lambda: None, None) is None  # a failed build: the caller says so
 
 
+def test_tensorrt_log_lines_go_over_the_running_line(monkeypatch, capsys):
+    out = _Stream(True)
+    p = tp.BuildProgress(out, clock=_Clock())
+    monkeypatch.setattr(tp, "_ACTIVE", [p])
+    p.phase_start("Building engine", None, 2)
+    drawn = p._drawn
+    assert drawn > 0
+    tp.log_line("[TensorRT] WARNING: something")
+    assert out.getvalue().endswith("\r" + " " * drawn + "\r[TensorRT] WARNING: something\n") and p._drawn == 0
+    monkeypatch.setattr(tp, "_ACTIVE", [])
+    tp.log_line("[TensorRT] ERROR: no build running")
+    assert capsys.readouterr().err == "[TensorRT] ERROR: no build running\n"
+
+
 def _wait_for_builds():
     """Let a build abandoned by a (simulated) second Ctrl-C end: it runs on in its thread, as TensorRT's would."""
     for t in threading.enumerate():

@@ -477,6 +477,8 @@ class CheckedModule(types.ModuleType):
         if t == "str":
             return isinstance(value, str)
         if t in ("capsule", "typing_extensions.CapsuleType"):  # init_libnvinfer_plugins: a logger, or a capsule
+            if isinstance(value, _Override):  # a Python ILogger: pybind11 passes its C++ object
+                return self._is_a(value._trt_cls, "ILogger")
             return isinstance(value, Checked) and self._is_a(value._cls, "ILogger")
         if t in ("buffer", "typing_extensions.Buffer", "collections.abc.Buffer"):
             try:

@@ -130,10 +130,33 @@ def tensorrt_major() -> Optional[int]:
 
 
 def trt_logger(trt):
-    """The process's one trt.Logger (WARNING), shared by the builder, the runtime and the plugin registry."""
+    """The process's one TensorRT logger (WARNING and worse), shared by the builder, the runtime and the plugin
+    registry. TensorRT's own trt.Logger prints on stdout, where mq-deploy's results go (the engine path, --json
+    rows); this one prints `[TensorRT] WARNING: ...` on stderr, over a drawn progress line (trt_progress.log_line).
+    A TensorRT module without ILogger (a test's fake) gets its trt.Logger."""
     if not _LOGGER or _LOGGER[0][0] is not trt:
-        _LOGGER[:] = [(trt, trt.Logger(trt.Logger.WARNING))]
+        _LOGGER[:] = [(trt, _stderr_logger(trt))]
     return _LOGGER[0][1]
+
+
+def _stderr_logger(trt):
+    base = getattr(trt, "ILogger", None)
+    if base is None:
+        return trt.Logger(trt.Logger.WARNING)
+    worst = int(trt.ILogger.Severity.WARNING)  # INTERNAL_ERROR 0 ... VERBOSE 4: lower is worse
+
+    class StderrLogger(base):
+        def __init__(self):
+            super().__init__()  # pybind11: the C++ side exists only once the base __init__ ran
+
+        def log(self, severity, msg):  # TensorRT calls this from its threads, for every message of every level
+            try:
+                if int(severity) <= worst:
+                    trt_progress.log_line(f"[TensorRT] {getattr(severity, 'name', severity)}: {msg}")
+            except Exception:  # noqa: BLE001 (never into TensorRT's noexcept caller)
+                pass
+
+    return StderrLogger()
 
 
 def parse_shape(text: str, what: str = "shape") -> tuple[int, int]:

@@ -59,7 +59,7 @@ class BuildProgress:
         self.phases: dict[str, dict] = {}  # running phases in start order: parent, steps, num_steps, start
         self.cancelled = False  # Ctrl-C: TensorRT is asked to stop at its next step
         self.display_error: Optional[BaseException] = None  # what stopped the display
-        self._lock = threading.Lock()  # TensorRT may call from several threads
+        self._lock = threading.RLock()  # TensorRT may call (and log) from several threads
         self._last = None  # when the running line was last written
         self._drawn = 0  # characters of the running line now on the terminal
         self.monitor = None  # the TensorRT object that calls this one (`attach`)
@@ -173,6 +173,23 @@ class BuildProgress:
         self._guard(self._clear)
 
 
+_ACTIVE: list = []  # [the BuildProgress of the build now running], whose running line a log line goes over
+
+
+def log_line(text: str) -> None:
+    """A line of TensorRT's log on stderr: over the running progress line where one is drawn (it is drawn again at
+    the next step), whichever thread TensorRT logs from."""
+    progress = _ACTIVE[0] if _ACTIVE else None
+    if progress is None or progress.stream is None:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+        return
+    with progress._lock:
+        progress._clear()
+        progress.stream.write(text + "\n")
+        progress.stream.flush()
+
+
 def _columns(stream) -> int:
     try:
         return os.get_terminal_size(stream.fileno()).columns
@@ -213,6 +230,7 @@ def attach(trt, config, stream: Optional[TextIO]) -> Optional[BuildProgress]:
     progress = BuildProgress(stream)
     progress.monitor = cls(progress)
     config.progress_monitor = progress.monitor  # (the property keeps the monitor alive as long as the config)
+    _ACTIVE[:] = [progress]  # (until run_build returns)
     return progress
 
 
@@ -263,6 +281,7 @@ def run_build(build: Callable[[], object], progress: Optional[BuildProgress],
             sys.stderr.write(f"\nmq-deploy: cancelling the TensorRT build at its next step ({why}Ctrl-C again to "
                              "quit at once)\n")
             sys.stderr.flush()
+    _ACTIVE[:] = []
     if progress is not None:
         progress.close()
         if progress.display_error is not None:

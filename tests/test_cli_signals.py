@@ -148,3 +148,39 @@ def test_a_replaced_outdir_that_cannot_be_removed_is_said(tmp_path, monkeypatch)
     left = [n for n in os.listdir(tmp_path) if n.startswith(".out.old-")]
     assert len(left) == 1 and warned == [f"the replaced {out} could not be removed completely; what is left is "
                                          f"{tmp_path / left[0]}: remove it by hand"]
+
+
+def test_ctrl_c_inside_a_tensorrt_callback_is_kept(monkeypatch, capsys, signals_as_a_terminal_gives_them):
+    """TensorRT calls mq-deploy's logger from C++ on the main thread (parsing, deserializing): a Ctrl-C landing in it
+    would be raised there, and TensorRT's bindings would print and drop it. The handler keeps it instead and it is
+    raised once TensorRT has returned: at the next `raise_pending`, at the end of the command at the latest."""
+    from mq_deploy import signals
+    from mq_deploy import trt as mtrt
+    from mq_deploy import trt_progress
+
+    class FakeTRT:  # only what the logger needs
+        class ILogger:
+            class Severity:
+                WARNING = 2
+
+            def __init__(self):
+                pass
+
+    monkeypatch.setattr(mtrt, "_LOGGER", [])
+    logger = mtrt.trt_logger(FakeTRT)
+
+    def tensorrt_parses(args):
+        monkeypatch.setattr(trt_progress, "log_line", lambda text: signal.raise_signal(signal.SIGINT))
+        logger.log(1, "a message")  # as TensorRT would call it, the signal landing inside
+        assert signals.PENDING  # kept, not raised in the callback
+        ran.append("after the call")  # the command goes on until TensorRT returns
+        return 0
+
+    ran = []
+    monkeypatch.setattr(cli, "cmd_lint", tensorrt_parses)
+    assert cli.main(["lint", "x.onnx"]) == 130 and ran == ["after the call"]
+    assert capsys.readouterr().err == "mq-deploy: interrupted\n" and not signals.PENDING
+    # outside a callback a signal is raised where it lands, as always
+    with signals.installed():
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)

@@ -205,6 +205,7 @@ def test_tensorrt_messages_go_to_stderr(major, capsys, monkeypatch):
     impl.init_libnvinfer_plugins = lambda logger, ns: True
     trt = trt_api.checked(impl, _spec(major))
     monkeypatch.setattr(mtrt, "_LOGGER", [])
+    monkeypatch.setattr(mtrt.trt_progress, "_ACTIVE", [])  # no build running
     logger = mtrt.trt_logger(trt)
     assert mtrt.trt_logger(trt) is logger  # one a process
     trt.Builder(logger)

@@ -664,13 +664,6 @@ def _attach_dash_values(argv: list[str]) -> list[str]:
 TRACEBACK_ENV = "MQ_DEPLOY_TRACEBACK"  # set to 1: a system error's traceback instead of its one line (bug reports)
 
 
-def _on_sigterm(signum, frame):
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM does not cut the clean-up short
-    raise Terminated
-
-
 def _stdout_gone() -> bool:
     """Whether stdout's reader has gone (the BrokenPipeError is stdout's, not some other pipe's): poll reports an
     error on the write end of a pipe nobody reads."""
@@ -684,31 +677,20 @@ def _stdout_gone() -> bool:
         return False
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    import signal
-    import threading
+def _run(args: argparse.Namespace) -> int:
+    """The command, its failures as one line and an exit status."""
+    from . import signals
 
-    ap = build_parser()
-    args = ap.parse_args(_attach_dash_values(list(sys.argv[1:] if argv is None else argv)))
-    if not getattr(args, "func", None):
-        ap.print_help()
-        return 2
-    # SIGTERM as Ctrl-C, in the main thread, unless the caller ignores it (`trap '' TERM`, nohup-like launchers) or
-    # set a handler outside Python (getsignal None: not ours to replace)
-    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
-    ours = previous is not None and previous is not signal.SIG_IGN
-    if ours:
-        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if getattr(args, "threads", None) is not None and args.threads < 0:
             raise UserError(f"--threads must be 0 (all) or more, not {args.threads}")
-        return args.func(args)
+        rc = args.func(args)
+        signals.raise_pending()  # a Ctrl-C kept while TensorRT called back, not raised since
+        return rc
     except UserError as e:
         print(f"mq-deploy: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:
-        if argv is None and previous is not None:  # the program (not a caller's main([...])): exiting now
-            signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C while Python shuts down: no traceback
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as Terminated (signals.py)
         terminated = isinstance(e, Terminated)
         print(f"mq-deploy: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
@@ -724,9 +706,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         # no space left, a file that vanished, ...: one line, not a traceback
         print(f"mq-deploy: error: {e} ({TRACEBACK_ENV}=1 shows where)", file=sys.stderr)
         return 1
-    finally:
-        if ours:
-            signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import signal
+    import threading
+
+    from . import signals
+
+    ap = build_parser()
+    args = ap.parse_args(_attach_dash_values(list(sys.argv[1:] if argv is None else argv)))
+    if not getattr(args, "func", None):
+        ap.print_help()
+        return 2
+    with signals.installed():
+        rc = _run(args)
+    if rc in (130, 143) and argv is None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # the program is exiting: a second Ctrl-C, no traceback
+    return rc
 
 
 if __name__ == "__main__":

@@ -78,10 +78,13 @@ def remove_leftovers(target: Path) -> list[str]:
         if p.is_symlink() or not re.fullmatch(rf"\.{re.escape(name)}\.tmp-[0-9]+-[A-Za-z0-9_]+", p.name):
             continue
         lock = p / LOCK if p.is_dir() else p  # a temporary file (engine, compare.json) is its own lock
-        try:
-            fd = os.open(lock, os.O_RDONLY)
+        try:  # (read-write where it can: NFS emulates flock with fcntl locks, which want a writable descriptor)
+            fd = os.open(lock, os.O_RDWR)
         except OSError:
-            continue
+            try:
+                fd = os.open(lock, os.O_RDONLY)
+            except OSError:
+                continue
         try:
             if not _hold(fd):
                 continue

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TextIO
 
-from . import trt_progress
+from . import signals, trt_progress
 from .errors import UserError
 from .outdir import atomic_write_bytes, check_writable, missing_file, read_manifest
 from .ops import selective_scan as ss
@@ -149,11 +149,12 @@ def _stderr_logger(trt):
         def __init__(self):
             super().__init__()  # pybind11: the C++ side exists only once the base __init__ ran
 
+        @signals.defer_in  # a Ctrl-C landing here is kept until TensorRT returns (TensorRT would drop it)
         def log(self, severity, msg):  # TensorRT calls this from its threads, for every message of every level
             try:
                 if int(severity) <= worst:
                     trt_progress.log_line(f"[TensorRT] {getattr(severity, 'name', severity)}: {msg}")
-            except Exception:  # noqa: BLE001 (never into TensorRT's noexcept caller)
+            except Exception:  # noqa: BLE001 (TensorRT's bindings would print it and drop it)
                 pass
 
     return StderrLogger()
@@ -336,8 +337,11 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger)
+    signals.raise_pending()  # (a Ctrl-C while TensorRT logged on this thread: see signals.py)
     with _codes_copy(onnx_path) if hadamard_codes else contextlib.nullcontext(onnx_path) as parse_path:
-        if not parser.parse_from_file(parse_path):
+        parsed = parser.parse_from_file(parse_path)
+        signals.raise_pending()
+        if not parsed:
             errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise UserError(f"TensorRT could not parse {onnx_path}: {errs}")
     if mark:
@@ -358,6 +362,7 @@ def build_engine(onnx_path: str, out_path: str, plugin_lib: Optional[str] = None
         _set_timing_cache(config, timing_cache, warn)
     monitor = trt_progress.attach(trt, config, progress)  # also with no progress shown: Ctrl-C cancels through it
     engine = trt_progress.run_build(lambda: builder.build_serialized_network(network, config), monitor, warn)
+    signals.raise_pending()
     if engine is None:
         raise UserError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
     atomic_write_bytes(out_path, engine)

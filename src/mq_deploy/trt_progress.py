@@ -180,14 +180,18 @@ def log_line(text: str) -> None:
     """A line of TensorRT's log on stderr: over the running progress line where one is drawn (it is drawn again at
     the next step), whichever thread TensorRT logs from."""
     progress = _ACTIVE[0] if _ACTIVE else None
-    if progress is None or progress.stream is None:
-        sys.stderr.write(text + "\n")
-        sys.stderr.flush()
-        return
-    with progress._lock:
-        progress._clear()
-        progress.stream.write(text + "\n")
-        progress.stream.flush()
+    if progress is not None:
+        with progress._lock:
+            if progress.stream is not None:
+                try:
+                    progress._clear()
+                    progress.stream.write(text + "\n")
+                    progress.stream.flush()
+                    return
+                except Exception:  # noqa: BLE001 (the display's stream failed: stderr below)
+                    progress.stream = None
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def _columns(stream) -> int:
@@ -259,29 +263,31 @@ def run_build(build: Callable[[], object], progress: Optional[BuildProgress],
     # mark the still-running thread as stopped.)
     worker = threading.Thread(target=work, name="tensorrt-build", daemon=True)
     started, stop = False, None
-    while True:
-        try:
-            if not started:
-                started = True
-                worker.start()
-            while not finished.wait(WAIT_S):
-                pass
-            break
-        except KeyboardInterrupt as e:  # (or Terminated, SIGTERM's: raised again as it came)
-            stop = stop or e
-            if progress is None or progress.cancelled:
-                term = isinstance(e, Terminated)
-                sys.stderr.write(f"\nmq-deploy: {'terminated' if term else 'interrupted'} (the TensorRT build did not "
-                                 "stop; nothing was written)\n")
+    try:
+        while True:
+            try:
+                if not started:
+                    started = True
+                    worker.start()
+                while not finished.wait(WAIT_S):
+                    pass
+                break
+            except KeyboardInterrupt as e:  # (or Terminated, SIGTERM's: raised again as it came)
+                stop = stop or e
+                if progress is None or progress.cancelled:
+                    term = isinstance(e, Terminated)
+                    sys.stderr.write(f"\nmq-deploy: {'terminated' if term else 'interrupted'} (the TensorRT build did "
+                                     "not stop; nothing was written)\n")
+                    sys.stderr.flush()
+                    _hard_exit(143 if term else 130)
+                    raise
+                progress.cancel()
+                why = "terminated; " if isinstance(e, Terminated) else ""
+                sys.stderr.write(f"\nmq-deploy: cancelling the TensorRT build at its next step ({why}Ctrl-C again to "
+                                 "quit at once)\n")
                 sys.stderr.flush()
-                _hard_exit(143 if term else 130)
-                raise
-            progress.cancel()
-            why = "terminated; " if isinstance(e, Terminated) else ""
-            sys.stderr.write(f"\nmq-deploy: cancelling the TensorRT build at its next step ({why}Ctrl-C again to "
-                             "quit at once)\n")
-            sys.stderr.flush()
-    _ACTIVE[:] = []
+    finally:
+        _ACTIVE[:] = []  # (also when a second Ctrl-C leaves)
     if progress is not None:
         progress.close()
         if progress.display_error is not None:

@@ -17,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 
+from .. import signals
 from ..errors import UserError
 
 
@@ -48,6 +49,7 @@ class TrtEngine:
         logger = mtrt.trt_logger(trt)
         mtrt.load_plugins(trt, logger, plugin_lib)
         engine = trt.Runtime(logger).deserialize_cuda_engine(Path(self.path).read_bytes())
+        signals.raise_pending()  # (a Ctrl-C while TensorRT logged on this thread: see signals.py)
         if engine is None:
             raise UserError(f"TensorRT could not deserialize {self.path} (built with another TensorRT version or GPU?)")
         self.engine, self.ctx = engine, engine.create_execution_context()
@@ -103,6 +105,7 @@ class TrtEngine:
             if not ctx.execute_async_v3(stream.cuda_stream):
                 raise UserError(f"TensorRT failed to run {self.path} (see the log above)")
         stream.synchronize()
+        signals.raise_pending()
         return {n: bufs[n] for n in self.outputs}
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from mq_deploy import cli
-from mq_deploy.outdir import LOCK, atomic_dir, atomic_write_bytes, remove_leftovers, signals_deferred
+from mq_deploy.outdir import LOCK, atomic_dir, atomic_write_bytes, remove_leftovers
+from mq_deploy.signals import deferred
 
 
 def test_sigterm_cleans_up_like_ctrl_c(tmp_path, monkeypatch, capsys, signals_as_a_terminal_gives_them):
@@ -93,7 +94,7 @@ def test_the_swap_is_not_cut_in_half(signals_as_a_terminal_gives_them):
     """Ctrl-C or SIGTERM during the swap of an OUTDIR arrives after it."""
     done = []
     with pytest.raises(KeyboardInterrupt):
-        with signals_deferred():
+        with deferred():
             signal.raise_signal(signal.SIGINT)
             done.append("swap")
     assert done == ["swap"]

@@ -245,21 +245,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     fingerprints = {r.name: recipe_fingerprint(r) for r in runs}
     command = " ".join(sys.argv)
 
-    def run(files: RunFiles, go):
-        """go(done, on_row) with the rows of an earlier run (--resume), saving as it goes; what stopped it says
-        what was kept (also with -q: it says how to go on)."""
-        files.prepare()
-        if args.resume:
-            done = files.earlier(log)
-        else:
-            files.check_fresh(log)
-            done = {}
-        try:
-            return go(done, files.update)
-        except BaseException:
-            files.stopped(_log)
-            raise
-
     if vim:  # Vision Mamba: top-1 on Fashion-MNIST per recipe
         from .vision.compare import compare_vim
         from .vision.data import data_dir
@@ -269,7 +254,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                     "data": file_stamp(data_dir(images)), "version": __version__}
         files = RunFiles(Path(args.output), tasks, {"model": {"path": str(args.model), "format": "vim"}, "tasks": tasks,
                                                      "limit": args.limit, "command": command}, settings, fingerprints)
-        rows, model_info = run(files, lambda done, on_row: compare_vim(
+        rows, model_info = files.run(args.resume, log, _log, lambda done, on_row: compare_vim(
             args.model, recipes, tasks, limit=args.limit, data=images, progress=not args.quiet, log=log, done=done,
             on_row=on_row))
         files.meta["model"] = model_info
@@ -294,7 +279,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 "seq_len": args.seq_len, "limit": args.limit, "windows": args.windows, "data": task_files,
                 "tokenizer": file_stamp(tok_path), "version": __version__}
     files = RunFiles(Path(args.output), tasks, meta, settings, fingerprints, note)
-    rows = run(files, lambda done, on_row: compare(
+    rows = files.run(args.resume, log, _log, lambda done, on_row: compare(
         model, recipes, tasks, tok, windows, data=data, seq_len=args.seq_len, limit=args.limit, windows=args.windows,
         progress=not args.quiet, log=log, done=done, on_row=on_row))
     if args.json:

@@ -190,9 +190,11 @@ class RunFiles:
     besides its recipe (model files, calibration, tasks, lengths, data files, tokenizer, version); `recipes`: the
     run's recipe names (fp32 first) and their fingerprints."""
 
+    HINT = "add --resume to the same command"
+
     def __init__(self, out_dir: Path, tasks: Sequence[str], meta: dict, settings: dict, recipes: dict,
-                 note: str = "", resume_hint: str = "add --resume to the same command"):
-        self.out_dir, self.tasks, self.note, self.hint = Path(out_dir), list(tasks), note, resume_hint
+                 note: str = ""):
+        self.out_dir, self.tasks, self.note = Path(out_dir), list(tasks), note
         settings = json.loads(json.dumps(settings))  # as compare.json will hold it (tuples as lists) for `earlier`
         self.meta = {**meta, "settings": settings, "recipes": recipes}
         self.saved = 0  # rows of this run now in compare.json
@@ -209,9 +211,7 @@ class RunFiles:
         check_writable(self.json_path, "compare's results")
 
     def _read(self) -> Optional[dict]:
-        js = self.json_path
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise UserError(f"-o {self.out_dir} is a file, not a folder for compare.md / compare.json")
+        js = self.json_path  # (prepare() has checked the folder)
         if not js.is_file():
             return None
         try:
@@ -228,7 +228,7 @@ class RunFiles:
         old = self._read()
         if old is None:
             return
-        n = len(old.get("rows", [])) if isinstance(old, dict) else 0
+        n = len(old.get("rows", []))
         log(f"{self.json_path} exists{f' ({n} rows)' if n else ''}: this run replaces it as it goes "
             "(--resume would keep the rows it can)")
 
@@ -264,12 +264,27 @@ class RunFiles:
         note = self.note
         if left:
             note = (f"partial: {len(rows)} of {len(self.meta['recipes'])} recipes (the run stopped, or is still "
-                    f"going; {self.hint} to continue it)" + (f"\n\n{note}" if note else ""))
+                    f"going; {self.HINT} to continue it)" + (f"\n\n{note}" if note else ""))
         save(rows, self.tasks, self.out_dir, {**self.meta, "complete": not left}, note)
         self.saved = len(rows)
+
+    def run(self, resume: bool, log: Callable[[str], None], say: Callable[[str], None], go):
+        """go(done, on_row): the comparison, with the rows of an earlier run (`resume`), saved as it goes; a stop is
+        told what was kept through `say` (shown also with -q: it says how to go on)."""
+        self.prepare()
+        if resume:
+            done = self.earlier(log)
+        else:
+            self.check_fresh(log)
+            done = {}
+        try:
+            return go(done, self.update)
+        except BaseException:
+            self.stopped(say)
+            raise
 
     def stopped(self, log: Callable[[str], None]) -> None:
         """Say what a stopped run left (the rows saved so far)."""
         if self.saved:
             log(f"compare: {self.saved} of {len(self.meta['recipes'])} recipes are saved in {self.json_path}; "
-                f"{self.hint} to run the rest")
+                f"{self.HINT} to run the rest")

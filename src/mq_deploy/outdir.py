@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from . import signals
 from .errors import UserError
 
 MARKER = "manifest.json"  # a directory holding this was written by mq-deploy and may be replaced
@@ -118,29 +119,6 @@ def check_writable(path: str | Path, what: str) -> None:
         raise UserError(f"cannot write {what} {path}: {e.strerror or e}") from None
 
 
-@contextlib.contextmanager
-def signals_deferred():
-    """Ctrl-C and SIGTERM held back (in the main thread) until the block is done, then delivered: for the few
-    system calls that swap an output into place, which must not stop half-way."""
-    import signal
-    import threading
-
-    sigs = (signal.SIGINT, signal.SIGTERM)
-    prev = {s: signal.getsignal(s) for s in sigs} if threading.current_thread() is threading.main_thread() else {}
-    if any(h is None for h in prev.values()):  # a handler from outside Python: not ours to swap
-        prev = {}
-    got = []
-    for s in prev:
-        signal.signal(s, lambda n, f: got.append(n))
-    try:
-        yield
-    finally:
-        for s, h in prev.items():
-            signal.signal(s, h)
-        for n in got:
-            signal.raise_signal(n)  # now, to the handler it was meant for
-
-
 def atomic_write_bytes(path: str | Path, data) -> None:
     """Write to a temporary sibling (locked while written: `remove_leftovers`) and rename: readers never see a
     partial engine."""
@@ -197,7 +175,7 @@ def atomic_dir(out_dir: str | Path, force: bool = False, warn: Callable[[str], N
             warn(f"replacing {out_dir} removes {shown}, which this compile did not write (engines and files made "
                  "from the old graphs: build them again)")
         old = None
-        with signals_deferred():  # the old OUTDIR out of the way and the new one in: both, or neither
+        with signals.deferred():  # the old OUTDIR out of the way and the new one in: both, or neither
             os.unlink(tmp / LOCK)  # (the lock stays held through the descriptor until the swap is done)
             if out_dir.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-{os.getpid()}-", dir=parent))

@@ -7,10 +7,12 @@ Python runs a signal handler at the next bytecode of the main thread, which can 
 before any `try` in it; TensorRT's bindings then print the exception and drop it, and the Ctrl-C is lost. So the
 handler looks at the Python stack it interrupts: inside such a callback (code registered with `defer_in`) it keeps
 the exception in `PENDING` instead, and `raise_pending()` raises it once TensorRT has returned (after the TensorRT
-calls that log on the main thread, and at the end of the command at the latest).
+calls that log on the main thread, and at the end of the command at the latest). `deferred()` holds both signals
+back for a few system calls that must not be cut in half (the swap of an OUTDIR).
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 
@@ -73,3 +75,23 @@ class installed:
         for s, h in self.prev.items():
             signal.signal(s, h)
         return False
+
+
+@contextlib.contextmanager
+def deferred():
+    """Ctrl-C and SIGTERM held back (in the main thread) until the block is done, then delivered to the handlers they
+    were meant for: for the few system calls that swap an output into place, which must not stop half-way."""
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    prev = {s: signal.getsignal(s) for s in sigs} if threading.current_thread() is threading.main_thread() else {}
+    if any(h is None for h in prev.values()):  # a handler from outside Python: not ours to swap
+        prev = {}
+    got = []
+    for s in prev:
+        signal.signal(s, lambda n, f: got.append(n))
+    try:
+        yield
+    finally:
+        for s, h in prev.items():
+            signal.signal(s, h)
+        for n in got:
+            signal.raise_signal(n)

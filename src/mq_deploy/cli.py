@@ -414,10 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "calib.json / calib.npz and report.html (README: the OUTDIR table). A Vision Mamba "
                                    "(Vim) directory takes fp32, fp16 or the vim-* recipes.")
     c.add_argument("model", nargs="?", default=None,
-                   help="Hugging Face or state-spaces Mamba directory (default: the bundled model)")
+                   help="Hugging Face or state-spaces Mamba directory, or a Hugging Face Hub id owner/name[@REVISION] "
+                        "(fetched into the Hugging Face cache; default: the bundled model)")
     c.add_argument("--recipe", default="fp32", help="recipe name from export_configs/ or a .yaml path (default: fp32)")
     c.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
-    c.add_argument("--tokenizer", help="tokenizer.json to copy into OUTDIR (default: the model directory's)")
+    c.add_argument("--tokenizer", help="tokenizer.json to copy into OUTDIR, or a Hub id whose tokenizer.json to take "
+                                       "(default: the model directory's)")
     c.add_argument("--force", action="store_true", help="replace a non-empty OUTDIR not written by mq-deploy")
     c.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
     c.add_argument("--calib", help="calibration text for quantized recipes (plain text, .jsonl of {\"text\"}, "
@@ -435,12 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "also report KL(fp32 || recipe) and top-1 agreement with fp32. A Vision Mamba "
                                    "directory is compared with the vim-* recipes on --tasks fashion_mnist (top-1 and "
                                    "agreement with fp32 on the 10k test images, or the first --limit).")
-    k.add_argument("model", nargs="?", default=None, help="model directory (default: the bundled model)")
+    k.add_argument("model", nargs="?", default=None, help="model directory or Hugging Face Hub id owner/name[@REVISION] "
+                                                          "(default: the bundled model)")
     k.add_argument("--recipes", required=True, help="comma-separated recipe names or .yaml paths")
     k.add_argument("--tasks", default=None, help="comma-separated tasks (default wikitext2; fashion_mnist for a Vim "
                                                  "model)")
     k.add_argument("--data", action="append", default=[], metavar="TASK=PATH", help="data file for a task (repeatable)")
-    k.add_argument("--tokenizer", help="tokenizer.json (default: the model directory's)")
+    k.add_argument("--tokenizer", help="tokenizer.json or a Hub id (default: the model directory's)")
     k.add_argument("--calib", help="calibration text (default $MQ_DEPLOY_DATA_DIR/text/wikitext2_val_sample.jsonl)")
     k.add_argument("--calib-samples", type=int, default=128, help="calibration windows for every recipe (default 128)")
     k.add_argument("--calib-seq-len", type=int, default=512, help="tokens a calibration window (default 512)")
@@ -472,11 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate a model: a checkpoint directory (torch, Hugging Face MambaForCausalLM), "
                                    "an .onnx file or a compile OUTDIR (onnxruntime, model.portable.onnx).")
     e.add_argument("model", nargs="?", default=None, metavar="MODEL_OR_ONNX",
-                   help="model directory, .onnx file or compile output directory (default: the bundled model)")
+                   help="model directory, .onnx file, compile output directory, or Hugging Face Hub id "
+                        "owner/name[@REVISION] (default: the bundled model)")
     e.add_argument("--task", required=True, action="append", choices=TASK_NAMES + ("fashion_mnist",),
                    help="task to run (repeatable): " + ", ".join(TASK_NAMES + ("fashion_mnist",)))
     e.add_argument("--data", help="data file for the task (default: $MQ_DEPLOY_DATA_DIR/<standard path>)")
-    e.add_argument("--tokenizer", help="tokenizer.json (default: the one beside the model)")
+    e.add_argument("--tokenizer", help="tokenizer.json or a Hub id (default: the one beside the model)")
     e.add_argument("--seq-len", type=int, default=None, help="window length for perplexity / max length (default 2048)")
     e.add_argument("--limit", type=int, default=None, help="only the first N windows / items")
     e.add_argument("--batch-size", type=int, default=2, help="sequences per forward pass (default 2; logits are batch x seq x vocab floats)")
@@ -662,6 +666,26 @@ def _stdout_gone() -> bool:
         return False
 
 
+def _fetch_from_hub(args: argparse.Namespace) -> None:
+    """A MODEL or --tokenizer that is not a local path but a Hugging Face Hub id (owner/name[@revision]) becomes the
+    files it names, fetched into the Hugging Face cache (hub.py)."""
+    from . import hub
+
+    quiet = bool(getattr(args, "quiet", False))
+    model = getattr(args, "model", None) if args.command in ("compile", "compare", "eval") else None
+    if model is not None and hub.parse_id(model) is not None:
+        from .recipes import load_recipe
+
+        for name in [args.recipe] if args.command == "compile" else getattr(args, "recipes", "").split(","):
+            if name:
+                load_recipe(name)  # a mistyped recipe before the download, not after it
+        args.model = hub.fetch_model(model, quiet=quiet, log=(lambda s: None) if quiet else _log,
+                                     warn=lambda s: _log(f"warning: {s}"))
+    tokenizer = getattr(args, "tokenizer", None)
+    if tokenizer is not None and hub.parse_id(tokenizer) is not None:
+        args.tokenizer = hub.fetch_tokenizer(tokenizer)
+
+
 def _run(args: argparse.Namespace) -> int:
     """The command, its failures as one line and an exit status."""
     from . import signals
@@ -669,6 +693,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "threads", None) is not None and args.threads < 0:
             raise UserError(f"--threads must be 0 (all) or more, not {args.threads}")
+        _fetch_from_hub(args)
         rc = args.func(args)
         signals.raise_pending()  # a Ctrl-C kept while TensorRT called back, not raised since
         return rc

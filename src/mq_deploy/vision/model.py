@@ -39,6 +39,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import UserError
+from ..hub import origin
 from ..model import MambaConfig, MambaLayer
 
 MODEL_TYPE = "vim"
@@ -337,7 +338,11 @@ def load_vim(path, warn: Optional[Callable[[str], None]] = None) -> VimModel:
         raise UserError(f"could not read {p / 'config.json'}: {e}") from None
     config = VimConfig.from_dict(raw)
     sd = strip_wrappers(read_tensors(p, _weight_files(p)))
-    return from_state_dict(config, sd, {"path": str(p.resolve()), "format": "vim", "bundled": False, "tokenizer": None},
+    source = {"path": str(p.resolve()), "format": "vim", "bundled": False, "tokenizer": None}
+    hub = origin(p)
+    if hub is not None:  # a snapshot in the Hugging Face cache: which repository and commit
+        source["hub"] = hub
+    return from_state_dict(config, sd, source,
                            warn=_stderr_warning if warn is None else warn)
 
 

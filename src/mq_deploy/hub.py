@@ -1,0 +1,209 @@
+"""Models and tokenizers named by their Hugging Face Hub id: `owner/name`, or `owner/name@REVISION` (a branch, tag or
+commit).
+
+A MODEL argument that is not a local path but has that form is fetched into the Hugging Face cache
+(~/.cache/huggingface/hub; HF_HOME / HF_HUB_CACHE move it) with huggingface_hub, and the command runs on the cached
+snapshot. Only what mq-deploy reads is downloaded: config.json, the weights the loader would take (one file, or a
+sharded index and its shards; a repository that holds both model.safetensors and pytorch_model.bin costs one of
+them), and tokenizer.json where the repository has one. `--tokenizer owner/name` takes that repository's
+tokenizer.json the same way (state-spaces checkpoints ship none: `--tokenizer EleutherAI/gpt-neox-20b`).
+
+HF_HUB_OFFLINE=1 uses the cache only. When the Hub cannot be reached, a snapshot already in the cache is used with a
+warning. A private or gated model needs a token (`hf auth login`, or HF_TOKEN).
+"""
+from __future__ import annotations
+
+import json
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from .errors import UserError
+
+# owner/name[@revision]: what the Hub accepts as a model id (its own validation has the last word)
+_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*)(?:@(?P<rev>[A-Za-z0-9_./-]+))?$")
+# a snapshot in the Hugging Face cache: .../models--OWNER--NAME/snapshots/COMMIT
+_SNAPSHOT = re.compile(r"models--(?P<owner>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<sha>[0-9a-f]{40})/?$")
+
+
+def parse_id(arg: Optional[str | Path]) -> Optional[tuple[str, Optional[str]]]:
+    """(repo id, revision or None) when `arg` names a Hub model rather than a local path, else None. An argument that
+    exists on disk, or whose first component does (a mistyped local path), is a path."""
+    if arg is None or isinstance(arg, Path):
+        return None
+    m = _ID.match(arg)
+    if m is None or arg.endswith((".onnx", ".json")) or Path(arg).expanduser().exists():
+        return None
+    if Path(arg.split("/", 1)[0]).exists():
+        return None
+    return m["repo"], m["rev"]
+
+
+def origin(model_dir: str | Path) -> Optional[dict]:
+    """{"repo", "revision"} when `model_dir` is a snapshot in the Hugging Face cache (what fetch_model returns)."""
+    m = _SNAPSHOT.search(Path(model_dir).resolve().as_posix())
+    return {"repo": f"{m['owner']}/{m['name']}", "revision": m["sha"]} if m else None
+
+
+def _hub():
+    try:
+        import huggingface_hub
+    except ImportError:  # (a dependency of tokenizers / transformers, so normally there)
+        raise UserError("fetching a model from the Hugging Face Hub needs huggingface_hub: pip install huggingface_hub") from None
+    return huggingface_hub
+
+
+def _offline() -> bool:
+    _hub()
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+@contextmanager
+def _hub_errors(what: str, repo: str, revision: Optional[str]) -> Iterator[None]:
+    """The Hub's definite answers as one-line UserErrors; anything else (no network, a server error) propagates."""
+    from huggingface_hub import errors as e
+
+    at = f" at revision {revision!r}" if revision else ""
+    try:
+        yield
+    except e.GatedRepoError:
+        raise UserError(f"{repo} is gated on the Hugging Face Hub: accept its terms on huggingface.co/{repo} and log in "
+                        "(`hf auth login`, or set HF_TOKEN)") from None
+    except e.RepositoryNotFoundError:
+        raise UserError(f"{what} {repo}: not a local path, and the Hugging Face Hub has no model {repo} (or it is "
+                        "private: log in with `hf auth login`, or set HF_TOKEN)") from None
+    except e.RevisionNotFoundError:
+        raise UserError(f"{repo} on the Hugging Face Hub has no revision {revision!r}") from None
+    except e.HFValidationError as x:
+        raise UserError(f"{what} {repo}: not a local path, nor a valid Hugging Face Hub id ({x})") from None
+    except e.LocalEntryNotFoundError:
+        raise UserError(f"{what} {repo}{at} is not in the Hugging Face cache, and the Hub could not be reached (or "
+                        "HF_HUB_OFFLINE is set); check the network, or pass a local path") from None
+
+
+def _cached_or_fail(what: str, repo: str, revision: Optional[str], fetch: Callable[[], str], err: Exception,
+                    warn: Callable[[str], None]) -> str:
+    """After the Hub could not be reached: what the cache holds (with a warning), else one line naming both."""
+    from huggingface_hub import errors as e
+
+    try:
+        path = fetch()
+    except (e.LocalEntryNotFoundError, FileNotFoundError):
+        raise UserError(f"could not reach the Hugging Face Hub for {what} {repo} ({_first_line(err)}), and "
+                        "it is not in the Hugging Face cache; check the network or pass a local path") from None
+    warn(f"could not reach the Hugging Face Hub ({_first_line(err)}); using the cached {repo}: {path}")
+    return path
+
+
+def _weights(repo: str, config: dict, files: set[str]) -> list[str]:
+    """The weight files mq-deploy's loader would read in a repository holding `files`, by its config."""
+    from .loaders.formats import FORMATS, detect_format
+
+    where = f"{repo} (Hugging Face Hub)"
+    if config.get("model_type") == "vim":  # as vision.model._weight_files reads a directory
+        named = [n for n in FORMATS["hf"].weight_files if n in files]
+        if named:
+            return named[:1]
+        loose = sorted(f for f in files if f.endswith((".safetensors", ".pth", ".bin")))
+        if len(loose) != 1:
+            raise UserError(f"{where} has {'several weight files (' + ', '.join(loose) + ')' if loose else 'no weights'}"
+                            "; mq-deploy reads model.safetensors, pytorch_model.bin, a sharded index, or one *.pth")
+        return loose
+    fmt = FORMATS[detect_format(config, Path(where) / "config.json")]
+    named = [n for n in fmt.weight_files if n in files]
+    if not named:
+        raise UserError(f"{where} has no weight file mq-deploy reads: looked for {', '.join(fmt.weight_files)}")
+    return named[:1]
+
+
+def fetch_model(spec: str, *, quiet: bool = False, log: Callable[[str], None] = lambda s: None,
+                warn: Callable[[str], None] = lambda s: None) -> str:
+    """The local snapshot directory of Hub model `spec` (owner/name[@revision]), downloaded as needed."""
+    parsed = parse_id(spec)
+    if parsed is None:
+        raise UserError(f"{spec} is not a Hugging Face Hub id (owner/name or owner/name@revision)")
+    repo, revision = parsed
+    hf = _hub()
+    if quiet:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    cached = lambda: hf.snapshot_download(repo, revision=revision, local_files_only=True)  # noqa: E731
+    with _hub_errors("model", repo, revision):
+        if _offline():
+            return cached()
+        log(f"{spec} is not a local path: fetching it from the Hugging Face Hub into the cache")
+        try:
+            info = hf.HfApi().model_info(repo, revision=revision)
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - no network, a timeout, a server error: the cache may serve
+            if _is_definite(err):
+                raise
+            return _cached_or_fail("model", repo, revision, cached, err, warn)
+        files = {s.rfilename for s in info.siblings or [] if "/" not in s.rfilename}
+        if "config.json" not in files:
+            raise UserError(f"{repo} (Hugging Face Hub) has no config.json; mq-deploy compiles Mamba-1 checkpoints "
+                            "(Hugging Face or state-spaces) and Vision Mamba")
+        # config.json at the asked revision (the cache then maps that branch or tag to its commit, for offline use);
+        # the other files at the commit it resolved to (its snapshot folder's name), not at a branch that may move
+        config_path = hf.hf_hub_download(repo, "config.json", revision=revision)
+        sha = Path(config_path).parent.name
+        config = _read_json(config_path, f"{repo}: config.json")
+        want = _weights(repo, config, files)
+        if want[0].endswith(".index.json"):
+            index = _read_json(hf.hf_hub_download(repo, want[0], revision=sha), f"{repo}: {want[0]}")
+            try:
+                want += sorted(set(index["weight_map"].values()))
+            except (KeyError, TypeError, AttributeError):
+                raise UserError(f"{repo}: {want[0]} is not a valid sharded index (no 'weight_map' object)") from None
+        if "tokenizer.json" in files:
+            want.append("tokenizer.json")
+        for f in want:  # into the snapshot folder of commit `sha` (a file already there is not downloaded again)
+            hf.hf_hub_download(repo, f, revision=sha)
+        return str(Path(config_path).parent)
+
+
+def fetch_tokenizer(spec: str) -> str:
+    """The local path of Hub repository `spec`'s tokenizer.json (owner/name[@revision]), downloaded as needed
+    (huggingface_hub itself falls back to the cache when the Hub cannot be reached)."""
+    parsed = parse_id(spec)
+    if parsed is None:
+        raise UserError(f"{spec} is not a Hugging Face Hub id (owner/name or owner/name@revision)")
+    repo, revision = parsed
+    hf = _hub()
+    from huggingface_hub import errors
+
+    with _hub_errors("tokenizer", repo, revision):
+        try:
+            return hf.hf_hub_download(repo, "tokenizer.json", revision=revision)
+        except errors.EntryNotFoundError as err:
+            if isinstance(err, errors.LocalEntryNotFoundError):
+                raise
+            raise UserError(f"{repo} on the Hugging Face Hub has no tokenizer.json (mq-deploy reads the tokenizers "
+                            "library's format); pass --tokenizer PATH/tokenizer.json") from None
+
+
+def _is_definite(err: Exception) -> bool:
+    """A Hub answer `_hub_errors` turns into a message (not a reason to try the cache)."""
+    from huggingface_hub import errors as e
+
+    return isinstance(err, (e.RepositoryNotFoundError, e.RevisionNotFoundError, e.HFValidationError,
+                            e.LocalEntryNotFoundError))
+
+
+def _read_json(path: str, what: str) -> dict:
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as x:
+        raise UserError(f"{what} is not readable JSON ({x})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{what} must hold a JSON object")
+    return raw
+
+
+def _first_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"

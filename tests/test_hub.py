@@ -1,0 +1,202 @@
+"""Models and tokenizers named by Hugging Face Hub id (hub.py), through the real huggingface_hub client against a
+stand-in Hub on 127.0.0.1 (tests/hub_server.py; HF_ENDPOINT points the client there, HF_HUB_CACHE at a fresh cache)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .hub_server import FakeHub, repo_files
+from mq_deploy import hub
+from mq_deploy.errors import UserError
+from mq_deploy.loaders import BUNDLED_DIR
+
+VIM_DIR = BUNDLED_DIR.parent / "vim-fmnist"
+
+
+def _sharded(folder: Path, scratch: Path) -> dict[str, bytes]:
+    """The bundled model's weights as two safetensors shards and their index (as save_pretrained shards them)."""
+    from safetensors.numpy import load_file, save_file
+
+    t = load_file(str(folder / "model.safetensors"))
+    names = sorted(t)
+    parts = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    out = {"config.json": (folder / "config.json").read_bytes()}
+    for shard, keys in parts.items():
+        save_file({k: t[k] for k in keys}, str(scratch / shard))
+        out[shard] = (scratch / shard).read_bytes()
+    out["model.safetensors.index.json"] = json.dumps(
+        {"metadata": {}, "weight_map": {k: s for s, keys in parts.items() for k in keys}}).encode()
+    return out
+
+
+@pytest.fixture(scope="module")
+def fake_hub(tmp_path_factory):
+    tiny = repo_files(BUNDLED_DIR)
+    tiny["pytorch_model.bin"] = b"the same weights again: never downloaded, model.safetensors is read"
+    repos = {"acme/tiny-mamba": tiny,
+             "acme/sharded": _sharded(BUNDLED_DIR, tmp_path_factory.mktemp("shards")),
+             "acme/tok": {"tokenizer.json": tiny["tokenizer.json"]},
+             "acme/no-tok": {"config.json": tiny["config.json"]},
+             "acme/gated": tiny,
+             "acme/vim": repo_files(VIM_DIR, ("config.json", "model.safetensors"))}
+    with FakeHub(repos, gated=("acme/gated",)) as h:
+        yield h
+
+
+def run_cli(*args, env):
+    return subprocess.run([sys.executable, "-m", "mq_deploy", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+def hub_env(fake_hub, cache: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=fake_hub.url, HF_HUB_CACHE=str(cache), HF_HUB_DISABLE_TELEMETRY="1", HF_TOKEN="")
+    env.update(extra)
+    return env
+
+
+def test_compile_fetches_only_what_it_reads(fake_hub, tmp_path):
+    env = hub_env(fake_hub, tmp_path / "cache")
+    ref = run_cli("compile", "-q", "-o", tmp_path / "bundled", env=env)
+    assert ref.returncode == 0, ref.stderr
+    start = len(fake_hub.requests)
+    r = run_cli("compile", "acme/tiny-mamba", "-o", tmp_path / "out", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "acme/tiny-mamba is not a local path: fetching it from the Hugging Face Hub" in r.stderr
+    got = fake_hub.downloaded()
+    # config.json, the one weight file the loader reads (not pytorch_model.bin beside it), the tokenizer; nothing else
+    assert got == ["config.json", "model.safetensors", "tokenizer.json"], got
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    sha = fake_hub.sha["acme/tiny-mamba"]
+    assert m["model"]["hub"] == {"repo": "acme/tiny-mamba", "revision": sha}
+    assert m["model"]["path"] == str((tmp_path / "cache" / "models--acme--tiny-mamba" / "snapshots" / sha).resolve())
+    # the same model as the bundled one: the same weights, the same tokenizer
+    assert (tmp_path / "out" / "weights.bin").read_bytes() == (tmp_path / "bundled" / "weights.bin").read_bytes()
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (BUNDLED_DIR / "tokenizer.json").read_bytes()
+    assert len(fake_hub.requests) > start
+
+    # again: from the cache (the client checks the revision, downloads nothing)
+    r = run_cli("compile", "-q", "acme/tiny-mamba", "-o", tmp_path / "again", env=env)
+    assert r.returncode == 0, r.stderr
+    assert fake_hub.downloaded() == got
+    # offline: no request at all
+    n = len(fake_hub.requests)
+    r = run_cli("compile", "-q", "acme/tiny-mamba@main", "-o", tmp_path / "offline", env={**env, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    assert len(fake_hub.requests) == n
+    # the Hub unreachable (nothing listens on that port): the cached snapshot, with a warning
+    down = {**env, "HF_ENDPOINT": "http://127.0.0.1:9"}
+    r = run_cli("compile", "-q", "acme/tiny-mamba", "-o", tmp_path / "down", env=down)
+    assert r.returncode == 0, r.stderr
+    assert "warning: could not reach the Hugging Face Hub (" in r.stderr and "using the cached acme/tiny-mamba" in r.stderr
+    r = run_cli("compile", "-q", "acme/sharded", "-o", tmp_path / "down2", env=down)
+    assert r.returncode == 2
+    assert "could not reach the Hugging Face Hub for model acme/sharded" in r.stderr
+    assert "not in the Hugging Face cache" in r.stderr and "Traceback" not in r.stderr
+
+    # eval takes a Hub id too (torch on the cached checkpoint)
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    r = run_cli("eval", "acme/tiny-mamba", "--task", "text", "--data", text, "--seq-len", "64", "--limit", "2",
+                "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout.strip().splitlines()[-1])
+    assert np.isfinite(row["perplexity"]) and row["model"].startswith("torch:")
+
+
+def test_sharded_checkpoint_and_hub_tokenizer(fake_hub, tmp_path):
+    env = hub_env(fake_hub, tmp_path / "cache")
+    before = len(fake_hub.downloaded())
+    r = run_cli("compile", "-q", "acme/sharded", "--tokenizer", "acme/tok", "-o", tmp_path / "out", env=env)
+    assert r.returncode == 0, r.stderr
+    got = fake_hub.downloaded()[before:]
+    assert sorted(got) == sorted(["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+                                  "model-00002-of-00002.safetensors", "tokenizer.json"]), got
+    ref = run_cli("compile", "-q", "-o", tmp_path / "bundled", env=env)
+    assert ref.returncode == 0, ref.stderr
+    assert (tmp_path / "out" / "weights.bin").read_bytes() == (tmp_path / "bundled" / "weights.bin").read_bytes()
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    tok_src = m["files"]["tokenizer.json"]["source"]
+    assert "models--acme--tok" in tok_src and (tmp_path / "out" / "tokenizer.json").is_file()
+
+    # a Vision Mamba from the Hub
+    r = run_cli("compile", "-q", "acme/vim", "-o", tmp_path / "vim", env=env)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "vim" / "manifest.json").read_text())
+    assert m["model"]["family"] == "vim" and m["model"]["hub"]["repo"] == "acme/vim"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("compile", "acme/nope"), "model acme/nope: not a local path, and the Hugging Face Hub has no model acme/nope"),
+    (("compile", "acme/tiny-mamba@v9"), "acme/tiny-mamba on the Hugging Face Hub has no revision 'v9'"),
+    (("compile", "acme/gated"), "acme/gated is gated on the Hugging Face Hub"),
+    (("compile", "--tokenizer", "acme/no-tok"), "acme/no-tok on the Hugging Face Hub has no tokenizer.json"),
+    (("compile", "--tokenizer", "acme/nope"), "tokenizer acme/nope: not a local path"),
+    (("compile", "acme/tiny-mamba", "--recipe", "mambaquant-w9a9"), "mambaquant-w9a9"),
+    (("compare", "acme/tiny-mamba", "--recipes", "fp32,rtn-w9a9"), "rtn-w9a9"),
+])
+def test_hub_errors_are_one_line(fake_hub, tmp_path, args, message):
+    env = hub_env(fake_hub, tmp_path / "cache")
+    before = len(fake_hub.downloaded())
+    out = ("-o", tmp_path / "out")
+    r = run_cli(*args, *out, env=env)
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("mq-deploy: error: ") and message in last, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
+    assert fake_hub.downloaded()[before:] == []  # nothing fetched (a mistyped recipe: not even the model)
+
+
+def test_offline_and_not_cached(fake_hub, tmp_path):
+    env = hub_env(fake_hub, tmp_path / "cache", HF_HUB_OFFLINE="1")
+    n = len(fake_hub.requests)
+    r = run_cli("compile", "acme/tiny-mamba", "-o", tmp_path / "out", env=env)
+    assert r.returncode == 2
+    assert "model acme/tiny-mamba is not in the Hugging Face cache" in r.stderr.strip().splitlines()[-1]
+    assert len(fake_hub.requests) == n
+
+
+def test_parse_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    assert hub.parse_id("state-spaces/mamba-130m-hf") == ("state-spaces/mamba-130m-hf", None)
+    assert hub.parse_id("acme/m@v1.0") == ("acme/m", "v1.0")
+    assert hub.parse_id("acme/m@refs/pr/3") == ("acme/m", "refs/pr/3")
+    assert hub.parse_id("out/tiny") is None  # a mistyped local path: "out" exists here
+    assert hub.parse_id("out") is None and hub.parse_id(None) is None
+    assert hub.parse_id("acme/model.onnx") is None and hub.parse_id("acme/tok.json") is None
+    assert hub.parse_id("/abs/path") is None and hub.parse_id("./acme/m") is None and hub.parse_id("a/b/c") is None
+    assert hub.parse_id(Path("acme/m")) is None  # a Path is a path
+    (tmp_path / "acme").mkdir()
+    assert hub.parse_id("acme/m") is None
+
+
+def test_weight_choice():
+    hf_cfg = json.loads((BUNDLED_DIR / "config.json").read_text())
+    both = {"config.json", "model.safetensors", "pytorch_model.bin"}
+    assert hub._weights("a/b", hf_cfg, both) == ["model.safetensors"]
+    assert hub._weights("a/b", hf_cfg, both | {"model.safetensors.index.json"}) == ["model.safetensors.index.json"]
+    ss_cfg = {"d_model": 64, "n_layer": 2, "vocab_size": 100}
+    assert hub._weights("a/b", ss_cfg, both) == ["pytorch_model.bin"]  # state-spaces: its loader's order
+    with pytest.raises(UserError, match="has no weight file mq-deploy reads"):
+        hub._weights("a/b", hf_cfg, {"config.json", "weights.pt"})
+    with pytest.raises(UserError, match="model_type is 'mamba2'"):
+        hub._weights("a/b", {"model_type": "mamba2"}, both)
+    vim = {"model_type": "vim"}
+    assert hub._weights("a/b", vim, {"config.json", "vim_t.pth"}) == ["vim_t.pth"]
+    assert hub._weights("a/b", vim, {"config.json", "vim_t.pth", "model.safetensors"}) == ["model.safetensors"]
+    with pytest.raises(UserError, match=r"several weight files \(a.pth, b.pth\)"):
+        hub._weights("a/b", vim, {"config.json", "a.pth", "b.pth"})
+    with pytest.raises(UserError, match="has no weights"):
+        hub._weights("a/b", vim, {"config.json"})
+
+
+def test_origin_of_a_cache_snapshot(tmp_path):
+    snap = tmp_path / "models--acme--tiny-mamba" / "snapshots" / ("ab" * 20)
+    snap.mkdir(parents=True)
+    assert hub.origin(snap) == {"repo": "acme/tiny-mamba", "revision": "ab" * 20}
+    assert hub.origin(tmp_path) is None and hub.origin(BUNDLED_DIR) is None

@@ -98,6 +98,23 @@ def test_compile_fetches_only_what_it_reads(fake_hub, tmp_path):
     assert "could not reach the Hugging Face Hub for model acme/sharded" in r.stderr
     assert "not in the Hugging Face cache" in r.stderr and "Traceback" not in r.stderr
 
+    # validate on another machine (a fresh cache): the checkpoint fetched again, at the commit the manifest records
+    other = hub_env(fake_hub, tmp_path / "device-cache")
+    (tmp_path / "cache").rename(tmp_path / "host-cache")  # the manifest's path: not on the device
+    before = len(fake_hub.downloaded())
+    r = run_cli("validate", tmp_path / "out", "--torch", "--seq", "8", env=other)
+    assert r.returncode == 0, r.stderr
+    assert "is not on this machine: taking acme/tiny-mamba@" + sha in r.stderr and "torch-fp32" in r.stdout
+    assert fake_hub.downloaded()[before:] == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert any(p.endswith(f"/resolve/{sha}/model.safetensors") for m, p in fake_hub.requests if m == "GET")
+    r = run_cli("validate", tmp_path / "out", "--model", "acme/tiny-mamba", "--seq", "8", "-q", env=other)
+    assert r.returncode == 0, r.stderr
+    assert fake_hub.downloaded()[before + 3:] == []  # (cached now)
+    r = run_cli("validate", tmp_path / "out", "--torch", "--seq", "8", env={**other, "HF_HUB_CACHE": str(tmp_path / "c3"),
+                                                                         "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2 and "is not in the Hugging Face cache" in r.stderr.strip().splitlines()[-1]
+
+    (tmp_path / "host-cache").rename(tmp_path / "cache")
     # eval takes a Hub id too (torch on the cached checkpoint)
     text = tmp_path / "t.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 40)

@@ -601,7 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "calibration file (repeats the compile's calibration); for a quantized OUTDIR also the "
                         "simulation following each graph's boundary roundings (rows simulation~, held to 1e-4)")
     v.add_argument("--torch", action="store_true", help="add the torch fp32 reference of the original checkpoint")
-    v.add_argument("--model", metavar="DIR", help="the checkpoint (default: the manifest's); implies --torch")
+    v.add_argument("--model", metavar="DIR", help="the checkpoint directory or Hugging Face Hub id (default: the "
+                                                  "manifest's; compiled from the Hub and not on this machine: fetched "
+                                                  "again at the recorded commit); implies --torch")
     v.add_argument("--calib", metavar="FILE", help="calibration file for --simulate (default: the manifest's)")
     v.add_argument("--tol", type=float, help="max rel limit between portable / plugin / simulation (default 1e-4); "
                                              "for quantized recipes it gates the plugin~ / simulation~ rows, which "
@@ -672,7 +674,7 @@ def _fetch_from_hub(args: argparse.Namespace) -> None:
     from . import hub
 
     quiet = bool(getattr(args, "quiet", False))
-    model = getattr(args, "model", None) if args.command in ("compile", "compare", "eval") else None
+    model = getattr(args, "model", None) if args.command in ("compile", "compare", "eval", "validate") else None
     if model is not None and hub.parse_id(model) is not None:
         from .recipes import load_recipe
 

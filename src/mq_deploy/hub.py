@@ -167,6 +167,22 @@ def fetch_model(spec: str, *, quiet: bool = False, log: Callable[[str], None] = 
         return str(Path(config_path).parent)
 
 
+def compiled_from(source: dict, log: Callable[[str], None] = lambda s: None,
+                  warn: Callable[[str], None] = lambda s: None) -> Optional[str]:
+    """The checkpoint an OUTDIR's manifest names (`model` section): None for the bundled model, its path where that
+    exists, else, for a model compiled from the Hub (`hub`: repository and commit), that commit fetched into this
+    machine's cache (an OUTDIR copied to a device); otherwise the recorded path (the loader then says it is missing)."""
+    if source.get("bundled"):
+        return None
+    path = source.get("path")
+    origin_ = source.get("hub")
+    if path and Path(path).exists() or not isinstance(origin_, dict) or not origin_.get("repo"):
+        return path
+    spec = f"{origin_['repo']}@{origin_['revision']}" if origin_.get("revision") else str(origin_["repo"])
+    log(f"the checkpoint {path} is not on this machine: taking {spec} from the Hugging Face Hub")
+    return fetch_model(spec, log=log, warn=warn)
+
+
 def fetch_tokenizer(spec: str) -> str:
     """The local path of Hub repository `spec`'s tokenizer.json (owner/name[@revision]), downloaded as needed
     (huggingface_hub itself falls back to the cache when the Hub cannot be reached)."""

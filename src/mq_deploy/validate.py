@@ -56,6 +56,7 @@ import numpy as np
 from . import trt as mtrt
 from .errors import UserError
 from .graph.follow import ENGINE_FOLLOW_STEPS, TWIN_REL
+from .hub import compiled_from
 from .outdir import missing_file
 
 # Limits on max_rel. Quantized OUTDIRs: two fp32 implementations of the same Q/DQ graph (and the simulation)
@@ -201,7 +202,7 @@ def _rederive(manifest: dict, outdir: Path, model_dir: Optional[str], calib: Opt
     if not manifest:
         raise UserError(f"{outdir} has no manifest.json: --simulate needs it to re-derive the plan")
     src = manifest["model"]
-    model = load_model(model_dir if model_dir else (None if src.get("bundled") else src["path"]))
+    model = load_model(model_dir if model_dir else compiled_from(src))
     if model.config.to_dict() != src["config"]:
         raise UserError(f"the checkpoint {model.source['path']} is not the one {outdir} was compiled from "
                         "(config differs); pass --model DIR")
@@ -268,6 +269,8 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
     if vim and simulate:
         raise UserError("--simulate is for language-model OUTDIRs; a Vim OUTDIR is checked as portable vs plugin "
                         "(and --torch / the engine)")
+    if model_dir is None and (torch_ref or simulate):  # once: a checkpoint compiled from the Hub may be fetched here
+        model_dir = compiled_from(manifest.get("model", {}), log=log, warn=log)  # (None: the bundled model)
     if vim and (torch_ref or model_dir):
         try:
             import torch
@@ -276,7 +279,7 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
             from .vision.torch_ref import VimTorch
         except ImportError as e:
             raise UserError(f"--torch needs torch ({e}); pip install torch") from None
-        path = model_dir or manifest.get("model", {}).get("path")
+        path = model_dir
         if not path:
             raise UserError(f"{outdir}/manifest.json names no checkpoint: pass --model DIR")
         vm = load_vim(path)

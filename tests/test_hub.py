@@ -11,6 +11,7 @@ import pytest
 
 from .hub_server import FakeHub, repo_files
 from mq_deploy import hub
+from mq_deploy.compare import file_stamp, model_stamp
 from mq_deploy.errors import UserError
 from mq_deploy.loaders import BUNDLED_DIR
 
@@ -42,8 +43,10 @@ def fake_hub(tmp_path_factory):
              "acme/tok": {"tokenizer.json": tiny["tokenizer.json"]},
              "acme/no-tok": {"config.json": tiny["config.json"]},
              "acme/gated": tiny,
+             "acme/private": tiny,
+             "acme/dropped": tiny,
              "acme/vim": repo_files(VIM_DIR, ("config.json", "model.safetensors"))}
-    with FakeHub(repos, gated=("acme/gated",)) as h:
+    with FakeHub(repos, gated=("acme/gated",), private=("acme/private",), tags={"v1": "acme/tiny-mamba"}) as h:
         yield h
 
 
@@ -53,8 +56,10 @@ def run_cli(*args, env):
 
 
 def hub_env(fake_hub, cache: Path, **extra) -> dict:
+    """The stand-in Hub, a fresh cache, no token (HF_HOME holds none), no other HF_ setting of this machine."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(HF_ENDPOINT=fake_hub.url, HF_HUB_CACHE=str(cache), HF_HUB_DISABLE_TELEMETRY="1", HF_TOKEN="")
+    env.update(HF_ENDPOINT=fake_hub.url, HF_HUB_CACHE=str(cache), HF_HOME=str(cache.parent / "hf-home"),
+               HF_HUB_DISABLE_TELEMETRY="1")
     env.update(extra)
     return env
 
@@ -63,58 +68,69 @@ def test_compile_fetches_only_what_it_reads(fake_hub, tmp_path):
     env = hub_env(fake_hub, tmp_path / "cache")
     ref = run_cli("compile", "-q", "-o", tmp_path / "bundled", env=env)
     assert ref.returncode == 0, ref.stderr
-    start = len(fake_hub.requests)
+    before = len(fake_hub.downloaded())
     r = run_cli("compile", "acme/tiny-mamba", "-o", tmp_path / "out", env=env)
     assert r.returncode == 0, r.stderr
-    assert "acme/tiny-mamba is not a local path: fetching it from the Hugging Face Hub" in r.stderr
-    got = fake_hub.downloaded()
-    # config.json, the one weight file the loader reads (not pytorch_model.bin beside it), the tokenizer; nothing else
-    assert got == ["config.json", "model.safetensors", "tokenizer.json"], got
+    assert "looking up acme/tiny-mamba on the Hugging Face Hub" in r.stderr
+    assert "downloading acme/tiny-mamba: model.safetensors" in r.stderr
+    got = fake_hub.downloaded()[before:]
+    # config.json, the tokenizer and the one weight file the loader reads (not pytorch_model.bin beside it); no more
+    assert got == ["config.json", "tokenizer.json", "model.safetensors"], got
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     sha = fake_hub.sha["acme/tiny-mamba"]
     assert m["model"]["hub"] == {"repo": "acme/tiny-mamba", "revision": sha}
-    assert m["model"]["path"] == str((tmp_path / "cache" / "models--acme--tiny-mamba" / "snapshots" / sha).resolve())
+    snap = tmp_path / "cache" / "models--acme--tiny-mamba" / "snapshots" / sha
+    assert m["model"]["path"] == str(snap.resolve())
     # the same model as the bundled one: the same weights, the same tokenizer
     assert (tmp_path / "out" / "weights.bin").read_bytes() == (tmp_path / "bundled" / "weights.bin").read_bytes()
     assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (BUNDLED_DIR / "tokenizer.json").read_bytes()
-    assert len(fake_hub.requests) > start
 
-    # again: from the cache (the client checks the revision, downloads nothing)
-    r = run_cli("compile", "-q", "acme/tiny-mamba", "-o", tmp_path / "again", env=env)
-    assert r.returncode == 0, r.stderr
-    assert fake_hub.downloaded() == got
-    # offline: no request at all
+    # again, and by a tag: from the cache (the client checks the revision, downloads nothing)
+    for spec in ("acme/tiny-mamba", "acme/tiny-mamba@v1"):
+        r = run_cli("compile", "-q", spec, "-o", tmp_path / "again", env=env)
+        assert r.returncode == 0, r.stderr
+        assert json.loads((tmp_path / "again" / "manifest.json").read_text())["model"]["hub"]["revision"] == sha
+    assert fake_hub.downloaded()[before:] == got
+    # another tool fetched a file mq-deploy does not read into the same snapshot, listing the commit's files
+    # (huggingface_hub then knows of pytorch_model.bin, which mq-deploy never fetched): offline still works
+    other = subprocess.run([sys.executable, "-c", "import huggingface_hub as h; "
+                            "h.snapshot_download('acme/tiny-mamba', allow_patterns=['generation_config.json'])"],
+                           env=env, capture_output=True, text=True)
+    assert other.returncode == 0, other.stderr
+    assert (snap / "generation_config.json").is_file() and not (snap / "pytorch_model.bin").exists()
     n = len(fake_hub.requests)
-    r = run_cli("compile", "-q", "acme/tiny-mamba@main", "-o", tmp_path / "offline", env={**env, "HF_HUB_OFFLINE": "1"})
-    assert r.returncode == 0, r.stderr
-    assert len(fake_hub.requests) == n
+    for spec in ("acme/tiny-mamba@main", "acme/tiny-mamba@v1", f"acme/tiny-mamba@{sha}"):
+        r = run_cli("compile", "-q", spec, "-o", tmp_path / "offline", env={**env, "HF_HUB_OFFLINE": "1"})
+        assert r.returncode == 0, (spec, r.stderr)
+    assert len(fake_hub.requests) == n  # no request at all
     # the Hub unreachable (nothing listens on that port): the cached snapshot, with a warning
     down = {**env, "HF_ENDPOINT": "http://127.0.0.1:9"}
     r = run_cli("compile", "-q", "acme/tiny-mamba", "-o", tmp_path / "down", env=down)
     assert r.returncode == 0, r.stderr
-    assert "warning: could not reach the Hugging Face Hub (" in r.stderr and "using the cached acme/tiny-mamba" in r.stderr
+    assert "warning: the Hugging Face Hub did not answer (" in r.stderr
+    assert "using the cached acme/tiny-mamba" in r.stderr
     r = run_cli("compile", "-q", "acme/sharded", "-o", tmp_path / "down2", env=down)
     assert r.returncode == 2
     assert "could not reach the Hugging Face Hub for model acme/sharded" in r.stderr
     assert "not in the Hugging Face cache" in r.stderr and "Traceback" not in r.stderr
 
     # validate on another machine (a fresh cache): the checkpoint fetched again, at the commit the manifest records
-    other = hub_env(fake_hub, tmp_path / "device-cache")
+    device = hub_env(fake_hub, tmp_path / "device-cache")
     (tmp_path / "cache").rename(tmp_path / "host-cache")  # the manifest's path: not on the device
     before = len(fake_hub.downloaded())
-    r = run_cli("validate", tmp_path / "out", "--torch", "--seq", "8", env=other)
+    r = run_cli("validate", tmp_path / "out", "--torch", "--seq", "8", env=device)
     assert r.returncode == 0, r.stderr
     assert "is not on this machine: taking acme/tiny-mamba@" + sha in r.stderr and "torch-fp32" in r.stdout
-    assert fake_hub.downloaded()[before:] == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert fake_hub.downloaded()[before:] == got
     assert any(p.endswith(f"/resolve/{sha}/model.safetensors") for m, p in fake_hub.requests if m == "GET")
-    r = run_cli("validate", tmp_path / "out", "--model", "acme/tiny-mamba", "--seq", "8", "-q", env=other)
+    r = run_cli("validate", tmp_path / "out", "--model", "acme/tiny-mamba", "--seq", "8", "-q", env=device)
     assert r.returncode == 0, r.stderr
-    assert fake_hub.downloaded()[before + 3:] == []  # (cached now)
-    r = run_cli("validate", tmp_path / "out", "--torch", "--seq", "8", env={**other, "HF_HUB_CACHE": str(tmp_path / "c3"),
-                                                                         "HF_HUB_OFFLINE": "1"})
+    assert fake_hub.downloaded()[before + len(got):] == []  # (cached now)
+    r = run_cli("validate", tmp_path / "out", "--torch", "--seq", "8",
+                env={**device, "HF_HUB_CACHE": str(tmp_path / "c3"), "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 2 and "is not in the Hugging Face cache" in r.stderr.strip().splitlines()[-1]
-
     (tmp_path / "host-cache").rename(tmp_path / "cache")
+
     # eval takes a Hub id too (torch on the cached checkpoint)
     text = tmp_path / "t.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
@@ -123,6 +139,14 @@ def test_compile_fetches_only_what_it_reads(fake_hub, tmp_path):
     assert r.returncode == 0, r.stderr
     row = json.loads(r.stdout.strip().splitlines()[-1])
     assert np.isfinite(row["perplexity"]) and row["model"].startswith("torch:")
+
+    # a snapshot whose weights are missing (a download that stopped): offline says so; online fetches them again
+    (snap / "model.safetensors").unlink()
+    r = run_cli("compile", "-q", "acme/tiny-mamba", "-o", tmp_path / "partial", env={**env, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2 and "holds no weights (a download that stopped)" in r.stderr
+    r = run_cli("compile", "-q", "acme/tiny-mamba", "-o", tmp_path / "partial", env=env)
+    assert r.returncode == 0, r.stderr
+    assert (snap / "model.safetensors").is_file()
 
 
 def test_sharded_checkpoint_and_hub_tokenizer(fake_hub, tmp_path):
@@ -139,6 +163,12 @@ def test_sharded_checkpoint_and_hub_tokenizer(fake_hub, tmp_path):
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     tok_src = m["files"]["tokenizer.json"]["source"]
     assert "models--acme--tok" in tok_src and (tmp_path / "out" / "tokenizer.json").is_file()
+    r = run_cli("compile", "-q", "acme/sharded", "-o", tmp_path / "offline", env={**env, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr  # index and shards checked in the cache
+    sha = fake_hub.sha["acme/sharded"]
+    (tmp_path / "cache" / "models--acme--sharded" / "snapshots" / sha / "model-00002-of-00002.safetensors").unlink()
+    r = run_cli("compile", "-q", "acme/sharded", "-o", tmp_path / "offline", env={**env, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2 and "lacks model-00002-of-00002.safetensors (a download that stopped)" in r.stderr
 
     # a Vision Mamba from the Hub
     r = run_cli("compile", "-q", "acme/vim", "-o", tmp_path / "vim", env=env)
@@ -147,25 +177,59 @@ def test_sharded_checkpoint_and_hub_tokenizer(fake_hub, tmp_path):
     assert m["model"]["family"] == "vim" and m["model"]["hub"]["repo"] == "acme/vim"
 
 
-@pytest.mark.parametrize("args, message", [
-    (("compile", "acme/nope"), "model acme/nope: not a local path, and the Hugging Face Hub has no model acme/nope"),
-    (("compile", "acme/tiny-mamba@v9"), "acme/tiny-mamba on the Hugging Face Hub has no revision 'v9'"),
-    (("compile", "acme/gated"), "acme/gated is gated on the Hugging Face Hub"),
-    (("compile", "--tokenizer", "acme/no-tok"), "acme/no-tok on the Hugging Face Hub has no tokenizer.json"),
-    (("compile", "--tokenizer", "acme/nope"), "tokenizer acme/nope: not a local path"),
-    (("compile", "acme/tiny-mamba", "--recipe", "mambaquant-w9a9"), "mambaquant-w9a9"),
-    (("compare", "acme/tiny-mamba", "--recipes", "fp32,rtn-w9a9"), "rtn-w9a9"),
-])
-def test_hub_errors_are_one_line(fake_hub, tmp_path, args, message):
+def test_connection_lost_mid_download(fake_hub, tmp_path):
     env = hub_env(fake_hub, tmp_path / "cache")
-    before = len(fake_hub.downloaded())
-    out = ("-o", tmp_path / "out")
-    r = run_cli(*args, *out, env=env)
-    assert r.returncode == 2, r.stderr
+    fake_hub.drop.add("model.safetensors")
+    try:
+        r = run_cli("compile", "acme/dropped", "-o", tmp_path / "out", env=env)
+    finally:
+        fake_hub.drop.clear()
+    assert r.returncode == 1, r.stderr
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("mq-deploy: error: ") and message in last, r.stderr
-    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
-    assert fake_hub.downloaded()[before:] == []  # nothing fetched (a mistyped recipe: not even the model)
+    assert last.startswith("mq-deploy: error: fetching model acme/dropped from the Hugging Face Hub failed ("), last
+    assert "run the command again: the download resumes" in last and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+    r = run_cli("compile", "-q", "acme/dropped", "-o", tmp_path / "out", env=env)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("args, extra_env, message", [
+    (("compile", "acme/nope"), {}, "model acme/nope: not a local path, and the Hugging Face Hub has no model acme/nope"),
+    (("compile", "acme/private"), {}, "the Hugging Face Hub has no model acme/private (or it is private"),
+    (("compile", "acme/tiny-mamba"), {"HF_TOKEN": "hf_not_a_token"}, "the Hugging Face Hub refused the token"),
+    (("compile", "acme/tiny-mamba@v9"), {}, "acme/tiny-mamba on the Hugging Face Hub has no revision 'v9'"),
+    (("compile", "acme/gated"), {}, "acme/gated is gated on the Hugging Face Hub"),
+    (("compile", "--tokenizer", "acme/no-tok"), {}, "acme/no-tok on the Hugging Face Hub has no tokenizer.json"),
+    (("compile", "--tokenizer", "acme/nope"), {}, "tokenizer acme/nope: not a local path"),
+    # refused before any download
+    (("compile", "acme/tiny-mamba", "--recipe", "mambaquant-w9a9"), {}, "mambaquant-w9a9"),
+    (("compare", "acme/tiny-mamba", "--recipes", "fp32,rtn-w9a9"), {}, "rtn-w9a9"),
+    (("compile", "acme/tiny-mamba", "--recipe", "rtn-w8a8", "--calib", "/no/such/calib.txt"), {},
+     "calibration file not found: /no/such/calib.txt"),
+    (("compile", "acme/tiny-mamba", "--recipe", "rtn-w8a8"), {"MQ_DEPLOY_DATA_DIR": "/no/such/dir"},
+     "this recipe needs calibration text: pass --calib FILE"),
+])
+def test_hub_errors_are_one_line(fake_hub, tmp_path, args, extra_env, message):
+    env = hub_env(fake_hub, tmp_path / "cache", **extra_env)
+    before = len(fake_hub.downloaded())
+    r = run_cli(*args, "-o", tmp_path / "out", env=env)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("mq-deploy: error: ") and message in lines[-1], r.stderr
+    assert all(x.startswith("looking up ") for x in lines[:-1]), r.stderr  # nothing else: no traceback, no retries
+    assert not (tmp_path / "out").exists()
+    assert fake_hub.downloaded()[before:] == []  # nothing fetched (refused before the download, or by the Hub)
+
+
+def test_nothing_fetched_for_an_output_compile_would_refuse(fake_hub, tmp_path):
+    env = hub_env(fake_hub, tmp_path / "cache")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not an OUTDIR")
+    n = len(fake_hub.requests)
+    r = run_cli("compile", "acme/tiny-mamba", "-o", foreign, env=env)
+    assert r.returncode == 2 and "is not empty and was not written by mq-deploy" in r.stderr
+    assert len(fake_hub.requests) == n and (foreign / "notes.txt").is_file()
 
 
 def test_offline_and_not_cached(fake_hub, tmp_path):
@@ -186,6 +250,8 @@ def test_parse_id(tmp_path, monkeypatch):
     assert hub.parse_id("out/tiny") is None  # a mistyped local path: "out" exists here
     assert hub.parse_id("out") is None and hub.parse_id(None) is None
     assert hub.parse_id("acme/model.onnx") is None and hub.parse_id("acme/tok.json") is None
+    assert hub.parse_id("ckpt/model.safetensors") is None and hub.parse_id("x/model.ONNX") is None
+    assert hub.parse_id("x/vocab.txt") is None and hub.parse_id("acme/mamba-2.8b-hf") == ("acme/mamba-2.8b-hf", None)
     assert hub.parse_id("/abs/path") is None and hub.parse_id("./acme/m") is None and hub.parse_id("a/b/c") is None
     assert hub.parse_id(Path("acme/m")) is None  # a Path is a path
     (tmp_path / "acme").mkdir()
@@ -217,3 +283,8 @@ def test_origin_of_a_cache_snapshot(tmp_path):
     snap.mkdir(parents=True)
     assert hub.origin(snap) == {"repo": "acme/tiny-mamba", "revision": "ab" * 20}
     assert hub.origin(tmp_path) is None and hub.origin(BUNDLED_DIR) is None
+    # compare --resume knows such a snapshot by its commit: another tool adding a file to it changes nothing
+    stamp = model_stamp(snap)
+    (snap / "README.md").write_text("added by another tool")
+    assert model_stamp(snap) == stamp == [["hub", "acme/tiny-mamba", "ab" * 20]]
+    assert model_stamp(BUNDLED_DIR) == file_stamp(BUNDLED_DIR)

@@ -213,7 +213,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from . import __version__
-    from .compare import SCORED, RunFiles, compare, file_stamp, markdown_table, recipe_fingerprint
+    from .compare import SCORED, RunFiles, compare, file_stamp, markdown_table, model_stamp, recipe_fingerprint
     from .compile import calibration_data
     from .eval.data import TASKS, resolve_data_path
     from .eval.tokenizer import TextTokenizer
@@ -250,7 +250,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from .vision.data import data_dir
 
         images = data.get("fashion_mnist")
-        settings = {"model": file_stamp(args.model), "tasks": tasks, "limit": args.limit,
+        settings = {"model": model_stamp(args.model), "tasks": tasks, "limit": args.limit,
                     "data": file_stamp(data_dir(images)), "version": __version__}
         files = RunFiles(Path(args.output), tasks, {"model": {"path": str(args.model), "format": "vim"}, "tasks": tasks,
                                                      "limit": args.limit, "command": command}, settings, fingerprints)
@@ -274,7 +274,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "limit": args.limit, "windows": args.windows, "data": data, "scored": note, "command": command}
     task_files = {t: file_stamp(resolve_data_path(t, data.get(t), flag=f"--data {t}=PATH"))
                   for t in tasks if t in TASKS}  # (other names: compare's own errors)
-    settings = {"model": file_stamp(model.source.get("path") or "."), "format": model.source.get("format"),
+    settings = {"model": model_stamp(model.source.get("path") or "."), "format": model.source.get("format"),
                 "calibration": {**calib_info, "tokenizer": file_stamp(calib_info["tokenizer"])}, "tasks": tasks,
                 "seq_len": args.seq_len, "limit": args.limit, "windows": args.windows, "data": task_files,
                 "tokenizer": file_stamp(tok_path), "version": __version__}
@@ -670,22 +670,43 @@ def _stdout_gone() -> bool:
 
 def _fetch_from_hub(args: argparse.Namespace) -> None:
     """A MODEL or --tokenizer that is not a local path but a Hugging Face Hub id (owner/name[@revision]) becomes the
-    files it names, fetched into the Hugging Face cache (hub.py)."""
+    files it names, fetched into the Hugging Face cache (hub.py); what the command would refuse anyway (a recipe, the
+    output, the calibration file) is checked before the download."""
     from . import hub
 
+    if args.command not in ("compile", "compare", "eval", "validate"):
+        return
     quiet = bool(getattr(args, "quiet", False))
-    model = getattr(args, "model", None) if args.command in ("compile", "compare", "eval", "validate") else None
+    model = getattr(args, "model", None)
     if model is not None and hub.parse_id(model) is not None:
-        from .recipes import load_recipe
-
-        for name in [args.recipe] if args.command == "compile" else getattr(args, "recipes", "").split(","):
-            if name:
-                load_recipe(name)  # a mistyped recipe before the download, not after it
+        _check_before_download(args)
         args.model = hub.fetch_model(model, quiet=quiet, log=(lambda s: None) if quiet else _log,
                                      warn=lambda s: _log(f"warning: {s}"))
     tokenizer = getattr(args, "tokenizer", None)
     if tokenizer is not None and hub.parse_id(tokenizer) is not None:
         args.tokenizer = hub.fetch_tokenizer(tokenizer)
+
+
+def _check_before_download(args: argparse.Namespace) -> None:
+    """compile's / compare's cheap refusals, made before a download of gigabytes rather than after it."""
+    from .outdir import check_target, check_writable
+    from .recipes import load_recipe
+
+    if args.command == "compile":
+        recipes = [load_recipe(args.recipe)]
+        check_target(Path(args.output), args.force)
+    elif args.command == "compare":
+        recipes = [load_recipe(n) for n in args.recipes.split(",") if n]
+        check_writable(Path(args.output) / "compare.json", "compare's results")
+    else:
+        return
+    from .compile import calibrates, default_calib_path
+
+    if any(calibrates(r) for r in recipes) and not any(r.name.startswith("vim-") for r in recipes):
+        if args.calib is None:
+            default_calib_path()  # (its error says to pass --calib)
+        elif not Path(args.calib).is_file():
+            raise UserError(f"calibration file not found: {args.calib}")
 
 
 def _run(args: argparse.Namespace) -> int:

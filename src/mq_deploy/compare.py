@@ -173,6 +173,15 @@ def file_stamp(path) -> list:
     return [[str(p), p.stat().st_size, p.stat().st_mtime_ns]] if p.is_file() else [[str(p), None, None]]
 
 
+def model_stamp(path) -> list:
+    """`file_stamp` of a checkpoint folder; a snapshot in the Hugging Face cache by its repository and commit instead
+    (a commit's files do not change, and other tools add files to the same snapshot folder)."""
+    from .hub import origin
+
+    hub = origin(path)
+    return [["hub", hub["repo"], hub["revision"]]] if hub else file_stamp(path)
+
+
 def reuse_row(rows: list, done: dict, name: str, log: Callable[[str], None], on_row: Callable[[list], None]) -> bool:
     """Take recipe `name`'s row from an earlier run (`--resume`) if `done` has it."""
     if name not in done:

@@ -226,6 +226,12 @@ def _act_scales(g: onnx.ModelProto) -> dict:
             if t.name.endswith(".scale") and not t.dims}
 
 
+def calibrates(recipe: Recipe) -> bool:
+    """Whether compiling a language model with `recipe` needs calibration text (quantization, or a pass that
+    takes statistics)."""
+    return recipe.quantized or any(dict(p).get("klt") or REGISTRY[n].needs_stats for n, p in recipe.passes)
+
+
 def default_calib_path() -> Path:
     import os
 
@@ -334,7 +340,7 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             from .quantize import prepare
 
             windows = None
-            if recipe.quantized or any(dict(p).get("klt") or REGISTRY[n].needs_stats for n, p in recipe.passes):
+            if calibrates(recipe):
                 windows, calib_info = calibration_data(model, recipe, calib, tokenizer, calib_samples, calib_seq_len)
                 log(f"calibration: {calib_info['samples']} x {calib_info['seq_len']} tokens from {calib_info['file']}")
             # per-pass statistics for report.html cost one small calibration per pass: on by default for

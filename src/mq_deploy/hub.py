@@ -3,13 +3,14 @@ commit).
 
 A MODEL argument that is not a local path but has that form is fetched into the Hugging Face cache
 (~/.cache/huggingface/hub; HF_HOME / HF_HUB_CACHE move it) with huggingface_hub, and the command runs on the cached
-snapshot. Only what mq-deploy reads is downloaded: config.json, the weights the loader would take (one file, or a
-sharded index and its shards; a repository that holds both model.safetensors and pytorch_model.bin costs one of
-them), and tokenizer.json where the repository has one. `--tokenizer owner/name` takes that repository's
+snapshot. Only what mq-deploy reads is downloaded: config.json, tokenizer.json where the repository has one, and the
+weights the loader would take (one file, or a sharded index and its shards; a repository that holds both
+model.safetensors and pytorch_model.bin costs one of them). `--tokenizer owner/name` takes that repository's
 tokenizer.json the same way (state-spaces checkpoints ship none: `--tokenizer EleutherAI/gpt-neox-20b`).
 
-HF_HUB_OFFLINE=1 uses the cache only. When the Hub cannot be reached, a snapshot already in the cache is used with a
-warning. A private or gated model needs a token (`hf auth login`, or HF_TOKEN).
+HF_HUB_OFFLINE=1 uses the cache only. When the Hub cannot be reached (or fails), a snapshot already in the cache is
+used with a warning. A private or gated model needs a token (`hf auth login`, or HF_TOKEN). An argument whose first
+folder exists, or that names a file (model.onnx, tokenizer.json, ...), is always a local path; `./x/y` too.
 """
 from __future__ import annotations
 
@@ -25,15 +26,18 @@ from .errors import UserError
 _ID = re.compile(r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*)(?:@(?P<rev>[A-Za-z0-9_./-]+))?$")
 # a snapshot in the Hugging Face cache: .../models--OWNER--NAME/snapshots/COMMIT
 _SNAPSHOT = re.compile(r"models--(?P<owner>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<sha>[0-9a-f]{40})/?$")
+# names of files, not of Hub models (a mistyped path to one stays a path)
+_FILE_SUFFIXES = (".onnx", ".json", ".jsonl", ".safetensors", ".bin", ".pth", ".pt", ".npz", ".txt", ".yaml", ".yml",
+                  ".engine", ".gz", ".xz", ".bz2", ".so")
 
 
 def parse_id(arg: Optional[str | Path]) -> Optional[tuple[str, Optional[str]]]:
     """(repo id, revision or None) when `arg` names a Hub model rather than a local path, else None. An argument that
-    exists on disk, or whose first component does (a mistyped local path), is a path."""
+    exists on disk, whose first folder does (a mistyped local path), or that names a file, is a path."""
     if arg is None or isinstance(arg, Path):
         return None
     m = _ID.match(arg)
-    if m is None or arg.endswith((".onnx", ".json")) or Path(arg).expanduser().exists():
+    if m is None or m["repo"].lower().endswith(_FILE_SUFFIXES) or Path(arg).expanduser().exists():
         return None
     if Path(arg.split("/", 1)[0]).exists():
         return None
@@ -54,21 +58,34 @@ def _hub():
     return huggingface_hub
 
 
-def _offline() -> bool:
-    _hub()
-    from huggingface_hub import constants
+def _first_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
 
-    return bool(constants.HF_HUB_OFFLINE)
+
+def _status(err: BaseException) -> Optional[int]:
+    return getattr(getattr(err, "response", None), "status_code", None)
+
+
+def _is_definite(err: BaseException) -> bool:
+    """A Hub answer about the request itself (no such repository or revision, access refused, a bad id), which a
+    cached copy must not hide; other failures (no network, a timeout, a server error) leave the cache to serve."""
+    from huggingface_hub import errors as e
+
+    return (isinstance(err, (e.RepositoryNotFoundError, e.RevisionNotFoundError, e.HFValidationError))
+            or isinstance(err, e.HfHubHTTPError) and _status(err) in (401, 403))
 
 
 @contextmanager
 def _hub_errors(what: str, repo: str, revision: Optional[str]) -> Iterator[None]:
-    """The Hub's definite answers as one-line UserErrors; anything else (no network, a server error) propagates."""
+    """The Hub's answers as one-line UserErrors (exit 2); a failed transfer (the connection lost, a server error) as
+    one OSError line (exit 1: run again, the download resumes); Ctrl-C and local OSErrors (disk full) as they are."""
     from huggingface_hub import errors as e
 
     at = f" at revision {revision!r}" if revision else ""
     try:
         yield
+    except (UserError, KeyboardInterrupt):
+        raise
     except e.GatedRepoError:
         raise UserError(f"{repo} is gated on the Hugging Face Hub: accept its terms on huggingface.co/{repo} and log in "
                         "(`hf auth login`, or set HF_TOKEN)") from None
@@ -82,41 +99,80 @@ def _hub_errors(what: str, repo: str, revision: Optional[str]) -> Iterator[None]
     except e.LocalEntryNotFoundError:
         raise UserError(f"{what} {repo}{at} is not in the Hugging Face cache, and the Hub could not be reached (or "
                         "HF_HUB_OFFLINE is set); check the network, or pass a local path") from None
+    except Exception as x:  # noqa: BLE001
+        if isinstance(x, e.HfHubHTTPError) and _status(x) == 401:
+            raise UserError(f"the Hugging Face Hub refused the token for {repo} (401): log in again (`hf auth login`) "
+                            "or correct HF_TOKEN") from None
+        if isinstance(x, OSError) and not isinstance(x, e.HfHubHTTPError):
+            raise  # a local failure (no space left, ...): the CLI's one line
+        raise OSError(f"fetching {what} {repo} from the Hugging Face Hub failed ({_first_line(x)}); run the command "
+                      "again: the download resumes where it stopped") from None
 
 
-def _cached_or_fail(what: str, repo: str, revision: Optional[str], fetch: Callable[[], str], err: Exception,
-                    warn: Callable[[str], None]) -> str:
-    """After the Hub could not be reached: what the cache holds (with a warning), else one line naming both."""
-    from huggingface_hub import errors as e
+@contextmanager
+def _progress(quiet: bool) -> Iterator[None]:
+    """huggingface_hub's download bars off while a quiet fetch runs (and back as they were)."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
+    was = are_progress_bars_disabled()
+    if quiet and not was:
+        disable_progress_bars()
     try:
-        path = fetch()
-    except (e.LocalEntryNotFoundError, FileNotFoundError):
-        raise UserError(f"could not reach the Hugging Face Hub for {what} {repo} ({_first_line(err)}), and "
-                        "it is not in the Hugging Face cache; check the network or pass a local path") from None
-    warn(f"could not reach the Hugging Face Hub ({_first_line(err)}); using the cached {repo}: {path}")
-    return path
+        yield
+    finally:
+        if quiet and not was:
+            enable_progress_bars()
 
 
 def _weights(repo: str, config: dict, files: set[str]) -> list[str]:
     """The weight files mq-deploy's loader would read in a repository holding `files`, by its config."""
     from .loaders.formats import FORMATS, detect_format
 
-    where = f"{repo} (Hugging Face Hub)"
     if config.get("model_type") == "vim":  # as vision.model._weight_files reads a directory
         named = [n for n in FORMATS["hf"].weight_files if n in files]
         if named:
             return named[:1]
         loose = sorted(f for f in files if f.endswith((".safetensors", ".pth", ".bin")))
         if len(loose) != 1:
-            raise UserError(f"{where} has {'several weight files (' + ', '.join(loose) + ')' if loose else 'no weights'}"
+            raise UserError(f"{repo} has {'several weight files (' + ', '.join(loose) + ')' if loose else 'no weights'}"
                             "; mq-deploy reads model.safetensors, pytorch_model.bin, a sharded index, or one *.pth")
         return loose
-    fmt = FORMATS[detect_format(config, Path(where) / "config.json")]
+    fmt = FORMATS[detect_format(config, Path(repo) / "config.json")]
     named = [n for n in fmt.weight_files if n in files]
     if not named:
-        raise UserError(f"{where} has no weight file mq-deploy reads: looked for {', '.join(fmt.weight_files)}")
+        raise UserError(f"{repo} has no weight file mq-deploy reads: looked for {', '.join(fmt.weight_files)}")
     return named[:1]
+
+
+def _shards(repo: str, index_path: str, name: str) -> list[str]:
+    index = _read_json(index_path, f"{repo}: {name}")
+    try:
+        return sorted(set(index["weight_map"].values()))
+    except (KeyError, TypeError, AttributeError):
+        raise UserError(f"{repo}: {name} is not a valid sharded index (no 'weight_map' object)") from None
+
+
+def _cached(repo: str, revision: Optional[str]) -> str:
+    """The cached snapshot of `repo` at `revision` (a branch or tag the cache has seen, or a commit), checked to hold
+    config.json and the weights; not the Hub's file listing, which also names what mq-deploy never fetches."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import errors as e
+
+    config_path = try_to_load_from_cache(repo, "config.json", revision=revision)
+    if not isinstance(config_path, str):
+        raise e.LocalEntryNotFoundError(f"{repo} is not cached")
+    snap = Path(config_path).parent
+    files = {p.name for p in snap.iterdir() if p.is_file()}
+    stopped = "(a download that stopped); run the command once with the Hub reachable"
+    if not any(f.endswith((".safetensors", ".bin", ".pth", ".index.json")) for f in files):
+        raise UserError(f"the cached snapshot of {repo} ({snap}) holds no weights {stopped}")
+    want = _weights(repo, _read_json(config_path, f"{repo}: config.json"), files)
+    if want[0].endswith(".index.json") and want[0] in files:
+        want += _shards(repo, str(snap / want[0]), want[0])
+    missing = [f for f in want if not (snap / f).is_file()]
+    if missing:
+        raise UserError(f"the cached snapshot of {repo} ({snap}) lacks {', '.join(missing)} {stopped}")
+    return str(snap)
 
 
 def fetch_model(spec: str, *, quiet: bool = False, log: Callable[[str], None] = lambda s: None,
@@ -127,43 +183,45 @@ def fetch_model(spec: str, *, quiet: bool = False, log: Callable[[str], None] = 
         raise UserError(f"{spec} is not a Hugging Face Hub id (owner/name or owner/name@revision)")
     repo, revision = parsed
     hf = _hub()
-    if quiet:
-        from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub import constants, try_to_load_from_cache
 
-        disable_progress_bars()
-    cached = lambda: hf.snapshot_download(repo, revision=revision, local_files_only=True)  # noqa: E731
-    with _hub_errors("model", repo, revision):
-        if _offline():
-            return cached()
-        log(f"{spec} is not a local path: fetching it from the Hugging Face Hub into the cache")
+    with _hub_errors("model", repo, revision), _progress(quiet):
+        if constants.HF_HUB_OFFLINE:
+            return _cached(repo, revision)
+        log(f"looking up {spec} on the Hugging Face Hub (there is no local path of that name)")
         try:
             info = hf.HfApi().model_info(repo, revision=revision)
-        except UserError:
-            raise
         except Exception as err:  # noqa: BLE001 - no network, a timeout, a server error: the cache may serve
-            if _is_definite(err):
+            if _is_definite(err) or isinstance(err, (UserError, OSError)) and not isinstance(err, hf.errors.HfHubHTTPError):
                 raise
-            return _cached_or_fail("model", repo, revision, cached, err, warn)
+            try:
+                path = _cached(repo, revision)
+            except hf.errors.LocalEntryNotFoundError:
+                raise UserError(f"could not reach the Hugging Face Hub for model {repo} ({_first_line(err)}), and it "
+                                "is not in the Hugging Face cache; check the network, or pass a local path") from None
+            warn(f"the Hugging Face Hub did not answer ({_first_line(err)}); using the cached {repo}: {path}")
+            return path
         files = {s.rfilename for s in info.siblings or [] if "/" not in s.rfilename}
         if "config.json" not in files:
-            raise UserError(f"{repo} (Hugging Face Hub) has no config.json; mq-deploy compiles Mamba-1 checkpoints "
-                            "(Hugging Face or state-spaces) and Vision Mamba")
+            raise UserError(f"{repo} on the Hugging Face Hub has no config.json; mq-deploy compiles Mamba-1 "
+                            "checkpoints (Hugging Face or state-spaces) and Vision Mamba")
         # config.json at the asked revision (the cache then maps that branch or tag to its commit, for offline use);
         # the other files at the commit it resolved to (its snapshot folder's name), not at a branch that may move
         config_path = hf.hf_hub_download(repo, "config.json", revision=revision)
         sha = Path(config_path).parent.name
-        config = _read_json(config_path, f"{repo}: config.json")
-        want = _weights(repo, config, files)
+
+        def get(name: str) -> str:
+            if not quiet and not isinstance(try_to_load_from_cache(repo, name, revision=sha), str):
+                log(f"downloading {repo}: {name}")
+            return hf.hf_hub_download(repo, name, revision=sha)
+
+        if "tokenizer.json" in files:  # before the weights: a snapshot with weights has its tokenizer
+            get("tokenizer.json")
+        want = _weights(repo, _read_json(config_path, f"{repo}: config.json"), files)
         if want[0].endswith(".index.json"):
-            index = _read_json(hf.hf_hub_download(repo, want[0], revision=sha), f"{repo}: {want[0]}")
-            try:
-                want += sorted(set(index["weight_map"].values()))
-            except (KeyError, TypeError, AttributeError):
-                raise UserError(f"{repo}: {want[0]} is not a valid sharded index (no 'weight_map' object)") from None
-        if "tokenizer.json" in files:
-            want.append("tokenizer.json")
-        for f in want:  # into the snapshot folder of commit `sha` (a file already there is not downloaded again)
-            hf.hf_hub_download(repo, f, revision=sha)
+            want = _shards(repo, get(want[0]), want[0])
+        for name in want:  # (a file already in the snapshot is not downloaded again)
+            get(name)
         return str(Path(config_path).parent)
 
 
@@ -203,14 +261,6 @@ def fetch_tokenizer(spec: str) -> str:
                             "library's format); pass --tokenizer PATH/tokenizer.json") from None
 
 
-def _is_definite(err: Exception) -> bool:
-    """A Hub answer `_hub_errors` turns into a message (not a reason to try the cache)."""
-    from huggingface_hub import errors as e
-
-    return isinstance(err, (e.RepositoryNotFoundError, e.RevisionNotFoundError, e.HFValidationError,
-                            e.LocalEntryNotFoundError))
-
-
 def _read_json(path: str, what: str) -> dict:
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -219,7 +269,3 @@ def _read_json(path: str, what: str) -> dict:
     if not isinstance(raw, dict):
         raise UserError(f"{what} must hold a JSON object")
     return raw
-
-
-def _first_line(err: Exception) -> str:
-    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"

@@ -8,7 +8,9 @@
 # Environment (all optional):
 #   OUT            where OUTDIRs go (default /work/out; mount a host folder there to keep them)
 #   RECIPE         compile recipe (default fp32); quantized recipes need CALIB
-#   MODEL          checkpoint directory (default: the bundled model); a Vision Mamba (Vim) directory takes
+#   MODEL          checkpoint directory or Hugging Face Hub id owner/name[@REVISION] (default: the bundled model;
+#                  a Hub id needs network in the container: mount a host folder on /root/.cache/huggingface to keep
+#                  the download); a Vision Mamba (Vim) directory takes
 #                  the vim-* recipes, e.g. MODEL=/opt/mq-deploy/src/mq_deploy/assets/vim-fmnist RECIPE=vim-mambaquant-w8a8
 #                  (in the images; a path relative to the working directory, /work there)
 #   CALIB          calibration text for quantized recipes; CALIB_SAMPLES windows (default 16). Vim: the
@@ -34,11 +36,6 @@ VIM=0
 if [ -n "${MODEL:-}" ] && python3 -c "import sys; from mq_deploy.vision.model import is_vim_dir; sys.exit(0 if is_vim_dir(sys.argv[1]) else 1)" "$MODEL"; then
   VIM=1
 fi
-if [ "$VIM" = 1 ]; then
-  MIN_SHAPES="${MIN_SHAPES:-1}" OPT_SHAPES="${OPT_SHAPES:-4}" MAX_SHAPES="${MAX_SHAPES:-32}"
-else
-  MIN_SHAPES="${MIN_SHAPES:-1,1}" OPT_SHAPES="${OPT_SHAPES:-1,128}" MAX_SHAPES="${MAX_SHAPES:-4,512}"
-fi
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
@@ -51,6 +48,15 @@ if [ -n "${CALIB:-}" ]; then
 fi
 step "${compile[*]}"
 "${compile[@]}"
+# (a Hugging Face Hub id as MODEL is a Vim or not by what compile fetched: its manifest says)
+if python3 -c "import json, sys; sys.exit(0 if json.load(open(sys.argv[1])).get('model', {}).get('family') == 'vim' else 1)" "$DIR/manifest.json"; then
+  VIM=1
+fi
+if [ "$VIM" = 1 ]; then
+  MIN_SHAPES="${MIN_SHAPES:-1}" OPT_SHAPES="${OPT_SHAPES:-4}" MAX_SHAPES="${MAX_SHAPES:-32}"
+else
+  MIN_SHAPES="${MIN_SHAPES:-1,1}" OPT_SHAPES="${OPT_SHAPES:-1,128}" MAX_SHAPES="${MAX_SHAPES:-4,512}"
+fi
 
 build=(mq-deploy build "$DIR" --plugins "$MQ_DEPLOY_PLUGINS" --min-shapes "$MIN_SHAPES" --opt-shapes "$OPT_SHAPES"
        --max-shapes "$MAX_SHAPES" --timing-cache "$OUT/timing.cache")

@@ -13,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# `mq-deploy compile ... -o DIR` writes DIR/manifest.json, quantized unless the recipe is fp32; `validate` exits
+# `mq-deploy compile ... -o DIR` writes DIR/manifest.json, quantized unless the recipe is fp32, a Vim's when the model
+# argument names one (as a Hugging Face Hub id would, which is no local directory); `validate` exits
 # $FAIL_VALIDATE_GRAPH's status for that --graph; every call is appended to $LOG
 STUB = r"""#!/usr/bin/env bash
 printf '%s\n' "$*" >> "$LOG"
@@ -22,12 +23,13 @@ if [ "$1" = compile ]; then
     case "$1" in
       --recipe) recipe="$2"; shift ;;
       -o) dir="$2"; shift ;;
+      *vim*) family=vim ;;
     esac
     shift
   done
   mkdir -p "$dir"
-  if [ "$recipe" = fp32 ]; then echo '{"quantization": null}' > "$dir/manifest.json"
-  else echo '{"quantization": {"w_bits": 8}}' > "$dir/manifest.json"; fi
+  if [ "$recipe" = fp32 ]; then q=null; else q='{"w_bits": 8}'; fi
+  echo "{\"quantization\": $q, \"model\": {\"family\": \"${family:-mamba}\"}}" > "$dir/manifest.json"
 elif [ "$1" = validate ] && [ -n "${FAIL_VALIDATE_GRAPH:-}" ] && [[ " $* " == *" --graph $FAIL_VALIDATE_GRAPH "* ]]; then
   echo "validate: FAILED"; exit 1
 elif [ "$1" = validate ]; then
@@ -105,3 +107,18 @@ def test_pipeline_stops_at_a_failing_validate(tmp_path):
     d = tmp_path / "out" / "rtn-w8a8"
     assert "FAILED" in (d / "validate.prefill.txt").read_text()
     assert json.loads((d / "manifest.json").read_text())["quantization"]
+
+
+def test_pipeline_vim_named_by_hub_id(tmp_path):
+    # no local directory to look into before compile: the compiled manifest says it is a Vim
+    rc, calls, err = _run(tmp_path, RECIPE="fp32", MODEL="acme/vim-tiny")
+    assert rc == 0, err
+    d = tmp_path / "out" / "fp32"
+    assert calls == [
+        f"compile acme/vim-tiny --recipe fp32 -o {d}",
+        f"build {d} --plugins /opt/lib/libmq_trt_plugins.so --min-shapes 1 --opt-shapes 4 --max-shapes 32 "
+        f"--timing-cache {tmp_path / 'out' / 'timing.cache'}",
+        f"validate {d} --plugins /opt/lib/libmq_trt_plugins.so --batch 2 --torch"]
+    rc, calls, err = _run(tmp_path, RECIPE="fp32", MODEL="acme/mamba-tiny")
+    assert rc == 0, err
+    assert "--min-shapes 1,1 --opt-shapes 1,128 --max-shapes 4,512" in calls[1] and len(calls) == 7

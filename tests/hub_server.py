@@ -106,7 +106,7 @@ class FakeHub:
                 return self._send(h, 200, json.dumps(items).encode(), body, json_type)
             info = {"id": repo, "modelId": repo, "sha": self.sha[repo], "private": repo in self.private,
                     "gated": "manual" if repo in self.gated else False,
-                    "siblings": [{"rfilename": f} for f in sorted(files)]}
+                    "siblings": [{"rfilename": f, "size": len(b)} for f, b in sorted(files.items())]}
             return self._send(h, 200, json.dumps(info).encode(), body, json_type)
         if len(parts) >= 5 and parts[2] == "resolve":
             repo, rev, name = "/".join(parts[:2]), parts[3], "/".join(parts[4:])

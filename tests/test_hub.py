@@ -72,7 +72,8 @@ def test_compile_fetches_only_what_it_reads(fake_hub, tmp_path):
     r = run_cli("compile", "acme/tiny-mamba", "-o", tmp_path / "out", env=env)
     assert r.returncode == 0, r.stderr
     assert "looking up acme/tiny-mamba on the Hugging Face Hub" in r.stderr
-    assert "downloading acme/tiny-mamba: model.safetensors" in r.stderr
+    mb = len(fake_hub.repos["acme/tiny-mamba"]["model.safetensors"]) / 1e6
+    assert f"downloading acme/tiny-mamba: model.safetensors ({mb:.1f} MB)" in r.stderr
     got = fake_hub.downloaded()[before:]
     # config.json, the tokenizer and the one weight file the loader reads (not pytorch_model.bin beside it); no more
     assert got == ["config.json", "tokenizer.json", "model.safetensors"], got

@@ -190,7 +190,7 @@ def fetch_model(spec: str, *, quiet: bool = False, log: Callable[[str], None] = 
             return _cached(repo, revision)
         log(f"looking up {spec} on the Hugging Face Hub (there is no local path of that name)")
         try:
-            info = hf.HfApi().model_info(repo, revision=revision)
+            info = hf.HfApi().model_info(repo, revision=revision, files_metadata=True)
         except Exception as err:  # noqa: BLE001 - no network, a timeout, a server error: the cache may serve
             if _is_definite(err) or isinstance(err, (UserError, OSError)) and not isinstance(err, hf.errors.HfHubHTTPError):
                 raise
@@ -202,6 +202,7 @@ def fetch_model(spec: str, *, quiet: bool = False, log: Callable[[str], None] = 
             warn(f"the Hugging Face Hub did not answer ({_first_line(err)}); using the cached {repo}: {path}")
             return path
         files = {s.rfilename for s in info.siblings or [] if "/" not in s.rfilename}
+        sizes = {s.rfilename: getattr(s, "size", None) for s in info.siblings or []}
         if "config.json" not in files:
             raise UserError(f"{repo} on the Hugging Face Hub has no config.json; mq-deploy compiles Mamba-1 "
                             "checkpoints (Hugging Face or state-spaces) and Vision Mamba")
@@ -212,7 +213,8 @@ def fetch_model(spec: str, *, quiet: bool = False, log: Callable[[str], None] = 
 
         def get(name: str) -> str:
             if not quiet and not isinstance(try_to_load_from_cache(repo, name, revision=sha), str):
-                log(f"downloading {repo}: {name}")
+                size = sizes.get(name)
+                log(f"downloading {repo}: {name}" + (f" ({size / 1e6:.1f} MB)" if size else ""))
             return hf.hf_hub_download(repo, name, revision=sha)
 
         if "tokenizer.json" in files:  # before the weights: a snapshot with weights has its tokenizer

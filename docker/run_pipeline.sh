@@ -44,7 +44,8 @@ compile=(mq-deploy compile)
 compile+=(--recipe "$RECIPE" -o "$DIR")
 if [ -n "${CALIB:-}" ]; then
   compile+=(--calib "$CALIB")
-  [ "$VIM" = 1 ] || compile+=(--calib-samples "${CALIB_SAMPLES:-16}")
+  # (a Vim's calibration is its images: by the model, or by the recipe where MODEL is a Hub id)
+  [ "$VIM" = 1 ] || [[ "$(basename "$RECIPE")" == vim-* ]] || compile+=(--calib-samples "${CALIB_SAMPLES:-16}")
 fi
 step "${compile[*]}"
 "${compile[@]}"

@@ -111,7 +111,7 @@ def test_compile_fetches_only_what_it_reads(fake_hub, tmp_path):
     assert "warning: the Hugging Face Hub did not answer (" in r.stderr
     assert "using the cached acme/tiny-mamba" in r.stderr
     r = run_cli("compile", "-q", "acme/sharded", "-o", tmp_path / "down2", env=down)
-    assert r.returncode == 2
+    assert r.returncode == 1  # (a system error: run again when the network is back)
     assert "could not reach the Hugging Face Hub for model acme/sharded" in r.stderr
     assert "not in the Hugging Face cache" in r.stderr and "Traceback" not in r.stderr
 
@@ -188,16 +188,21 @@ def test_connection_lost_mid_download(fake_hub, tmp_path):
     assert r.returncode == 1, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("mq-deploy: error: fetching model acme/dropped from the Hugging Face Hub failed ("), last
-    assert "run the command again: the download resumes" in last and "Traceback" not in r.stderr
+    assert "run the command again: a download resumes where it stopped" in last and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()
     r = run_cli("compile", "-q", "acme/dropped", "-o", tmp_path / "out", env=env)
     assert r.returncode == 0, r.stderr
 
 
+REFUSED_BEFORE_ASKING = ("mambaquant-w9a9", "rtn-w9a9", "calibration file not found: /no/such/calib.txt",
+                         "this recipe needs calibration text: pass --calib FILE")
+
+
 @pytest.mark.parametrize("args, extra_env, message", [
     (("compile", "acme/nope"), {}, "model acme/nope: not a local path, and the Hugging Face Hub has no model acme/nope"),
     (("compile", "acme/private"), {}, "the Hugging Face Hub has no model acme/private (or it is private"),
-    (("compile", "acme/tiny-mamba"), {"HF_TOKEN": "hf_not_a_token"}, "the Hugging Face Hub refused the token"),
+    (("compile", "acme/tiny-mamba"), {"HF_TOKEN": "hf_not_a_token"},
+     "the Hugging Face Hub refused access to acme/tiny-mamba (401)"),
     (("compile", "acme/tiny-mamba@v9"), {}, "acme/tiny-mamba on the Hugging Face Hub has no revision 'v9'"),
     (("compile", "acme/gated"), {}, "acme/gated is gated on the Hugging Face Hub"),
     (("compile", "--tokenizer", "acme/no-tok"), {}, "acme/no-tok on the Hugging Face Hub has no tokenizer.json"),
@@ -212,7 +217,7 @@ def test_connection_lost_mid_download(fake_hub, tmp_path):
 ])
 def test_hub_errors_are_one_line(fake_hub, tmp_path, args, extra_env, message):
     env = hub_env(fake_hub, tmp_path / "cache", **extra_env)
-    before = len(fake_hub.downloaded())
+    before, asked = len(fake_hub.downloaded()), len(fake_hub.requests)
     r = run_cli(*args, "-o", tmp_path / "out", env=env)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
@@ -220,6 +225,8 @@ def test_hub_errors_are_one_line(fake_hub, tmp_path, args, extra_env, message):
     assert all(x.startswith("looking up ") for x in lines[:-1]), r.stderr  # nothing else: no traceback, no retries
     assert not (tmp_path / "out").exists()
     assert fake_hub.downloaded()[before:] == []  # nothing fetched (refused before the download, or by the Hub)
+    if message in REFUSED_BEFORE_ASKING:
+        assert len(fake_hub.requests) == asked  # not one request to the Hub
 
 
 def test_nothing_fetched_for_an_output_compile_would_refuse(fake_hub, tmp_path):
@@ -289,3 +296,46 @@ def test_origin_of_a_cache_snapshot(tmp_path):
     (snap / "README.md").write_text("added by another tool")
     assert model_stamp(snap) == stamp == [["hub", "acme/tiny-mamba", "ab" * 20]]
     assert model_stamp(BUNDLED_DIR) == file_stamp(BUNDLED_DIR)
+
+
+def test_validate_simulate_adds_no_torch_reference(fake_hub, tmp_path):
+    """--simulate re-derives from the checkpoint, which for a Hub model may be fetched; it is not --torch."""
+    env = hub_env(fake_hub, tmp_path / "cache")
+    calib = tmp_path / "calib.txt"
+    calib.write_text(" ".join(["The quick brown fox jumps over the lazy dog, then naps in the sun."] * 100))
+    r = run_cli("compile", "-q", "acme/tiny-mamba", "--recipe", "rtn-w8a8", "--calib", calib, "--calib-samples", "2",
+                "--calib-seq-len", "32", "-o", tmp_path / "w8", env=env)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "cache").rename(tmp_path / "gone")  # validate on another machine
+    r = run_cli("validate", tmp_path / "w8", "--simulate", "--seq", "8", env=hub_env(fake_hub, tmp_path / "c2"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "is not on this machine: taking acme/tiny-mamba@" in r.stderr
+    assert "simulation" in r.stdout and "torch-fp32" not in r.stdout
+
+
+def test_checks_before_a_download(tmp_path, monkeypatch):
+    """What compile / compare would refuse, refused before the model is fetched; a recipe file of one's own (it may be
+    a Vim's, whose calibration is images) is not held to the language models' calibration text."""
+    import argparse
+    import shutil
+
+    from mq_deploy.cli import _check_before_download
+    from mq_deploy.recipes import RECIPE_DIR
+
+    monkeypatch.delenv("MQ_DEPLOY_DATA_DIR", raising=False)
+    mine = tmp_path / "myvim.yaml"
+    shutil.copy(RECIPE_DIR / "vim-rtn-w8a8.yaml", mine)
+    ns = lambda **kw: argparse.Namespace(**{"force": False, "calib": None, "output": str(tmp_path / "o"), **kw})  # noqa: E731
+    _check_before_download(ns(command="compile", recipe=str(mine)))
+    _check_before_download(ns(command="compile", recipe="vim-rtn-w8a8"))
+    _check_before_download(ns(command="compile", recipe="fp32"))
+    _check_before_download(ns(command="compare", recipes="fp32,fp16"))
+    _check_before_download(ns(command="eval"))
+    with pytest.raises(UserError, match="this recipe needs calibration text"):
+        _check_before_download(ns(command="compile", recipe="rtn-w8a8"))
+    with pytest.raises(UserError, match="this recipe needs calibration text"):
+        _check_before_download(ns(command="compare", recipes="fp32,gptq-w8a8"))
+    with pytest.raises(UserError, match="calibration file not found"):
+        _check_before_download(ns(command="compile", recipe="rtn-w8a8", calib=str(tmp_path / "none.txt")))
+    (tmp_path / "c.txt").write_text("text")
+    _check_before_download(ns(command="compile", recipe="rtn-w8a8", calib=str(tmp_path / "c.txt")))

@@ -122,3 +122,7 @@ def test_pipeline_vim_named_by_hub_id(tmp_path):
     rc, calls, err = _run(tmp_path, RECIPE="fp32", MODEL="acme/mamba-tiny")
     assert rc == 0, err
     assert "--min-shapes 1,1 --opt-shapes 1,128 --max-shapes 4,512" in calls[1] and len(calls) == 7
+    # a Vim recipe: the calibration is the images (the recipe's count), not language-model windows
+    rc, calls, err = _run(tmp_path, RECIPE="vim-rtn-w8a8", MODEL="acme/vim-tiny", CALIB="/data/fmnist")
+    assert rc == 0, err
+    assert calls[0] == f"compile acme/vim-tiny --recipe vim-rtn-w8a8 -o {tmp_path / 'out' / 'vim-rtn-w8a8'} --calib /data/fmnist"

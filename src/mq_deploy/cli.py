@@ -688,21 +688,26 @@ def _fetch_from_hub(args: argparse.Namespace) -> None:
 
 
 def _check_before_download(args: argparse.Namespace) -> None:
-    """compile's / compare's cheap refusals, made before a download of gigabytes rather than after it."""
+    """compile's / compare's cheap refusals, made before a download of gigabytes rather than after it. Whether the
+    model is a Vim is not known before it is fetched: the calibration text is checked only where the recipes say it is
+    a language model (a bundled one, not vim-*, fp32 or fp16)."""
+    from .compile import calibrates, default_calib_path
     from .outdir import check_target, check_writable
-    from .recipes import load_recipe
+    from .recipes import RECIPE_DIR, load_recipe
 
     if args.command == "compile":
         recipes = [load_recipe(args.recipe)]
         check_target(Path(args.output), args.force)
+        needs_text = any(calibrates(r) for r in recipes)
     elif args.command == "compare":
         recipes = [load_recipe(n) for n in args.recipes.split(",") if n]
         check_writable(Path(args.output) / "compare.json", "compare's results")
+        needs_text = True  # (a language model's compare calibrates, even for fp32 alone)
     else:
         return
-    from .compile import calibrates, default_calib_path
-
-    if any(calibrates(r) for r in recipes) and not any(r.name.startswith("vim-") for r in recipes):
+    lm = any(r.source and Path(r.source).parent == RECIPE_DIR and r.name not in ("fp32", "fp16")
+             and not r.name.startswith("vim-") for r in recipes)
+    if lm and needs_text:
         if args.calib is None:
             default_calib_path()  # (its error says to pass --calib)
         elif not Path(args.calib).is_file():

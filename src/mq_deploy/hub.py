@@ -75,38 +75,58 @@ def _is_definite(err: BaseException) -> bool:
             or isinstance(err, e.HfHubHTTPError) and _status(err) in (401, 403))
 
 
+# the libraries a download goes through: their exceptions are the transfer's (huggingface_hub 0.x uses requests,
+# 1.x httpx; large files go through hf_xet), not this machine's (a full disk) nor a bug
+_TRANSFER_MODULES = ("httpx", "httpx2", "requests", "urllib3", "hf_xet", "huggingface_hub", "http", "ssl", "socket")
+
+
+def _transfer_failure(err: BaseException) -> bool:
+    return (type(err).__module__ or "").split(".")[0] in _TRANSFER_MODULES or isinstance(err, (ConnectionError, TimeoutError))
+
+
 @contextmanager
 def _hub_errors(what: str, repo: str, revision: Optional[str]) -> Iterator[None]:
-    """The Hub's answers as one-line UserErrors (exit 2); a failed transfer (the connection lost, a server error) as
-    one OSError line (exit 1: run again, the download resumes); Ctrl-C and local OSErrors (disk full) as they are."""
+    """The Hub's answers as one-line UserErrors (exit 2); a failed transfer (no network, the connection lost, a server
+    error) as one OSError line (exit 1: run again, a download resumes); Ctrl-C, this machine's OSErrors (disk full)
+    and anything else as they are."""
+    from huggingface_hub import constants
     from huggingface_hub import errors as e
 
     at = f" at revision {revision!r}" if revision else ""
+    login = "log in with `hf auth login` (or `huggingface-cli login`), or set HF_TOKEN"
     try:
         yield
     except (UserError, KeyboardInterrupt):
         raise
     except e.GatedRepoError:
-        raise UserError(f"{repo} is gated on the Hugging Face Hub: accept its terms on huggingface.co/{repo} and log in "
-                        "(`hf auth login`, or set HF_TOKEN)") from None
+        raise UserError(f"{repo} is gated on the Hugging Face Hub: accept its terms on huggingface.co/{repo}, then "
+                        f"{login}") from None
     except e.RepositoryNotFoundError:
         raise UserError(f"{what} {repo}: not a local path, and the Hugging Face Hub has no model {repo} (or it is "
-                        "private: log in with `hf auth login`, or set HF_TOKEN)") from None
+                        f"private: {login})") from None
     except e.RevisionNotFoundError:
         raise UserError(f"{repo} on the Hugging Face Hub has no revision {revision!r}") from None
     except e.HFValidationError as x:
         raise UserError(f"{what} {repo}: not a local path, nor a valid Hugging Face Hub id ({x})") from None
-    except e.LocalEntryNotFoundError:
-        raise UserError(f"{what} {repo}{at} is not in the Hugging Face cache, and the Hub could not be reached (or "
-                        "HF_HUB_OFFLINE is set); check the network, or pass a local path") from None
-    except Exception as x:  # noqa: BLE001
-        if isinstance(x, e.HfHubHTTPError) and _status(x) == 401:
-            raise UserError(f"the Hugging Face Hub refused the token for {repo} (401): log in again (`hf auth login`) "
-                            "or correct HF_TOKEN") from None
-        if isinstance(x, OSError) and not isinstance(x, e.HfHubHTTPError):
-            raise  # a local failure (no space left, ...): the CLI's one line
+    except e.LocalEntryNotFoundError as x:
+        if constants.HF_HUB_OFFLINE:
+            raise UserError(f"{what} {repo}{at} is not in the Hugging Face cache, and HF_HUB_OFFLINE is set: unset it "
+                            "to download it, or pass a local path") from None
+        raise OSError(f"{what} {repo}{at} is not in the Hugging Face cache, and the Hub could not be reached; check "
+                      "the network and run the command again, or pass a local path") from x
+    except e.EntryNotFoundError as x:
+        raise UserError(f"{repo} on the Hugging Face Hub lacks a file mq-deploy needs ({_first_line(x)})") from None
+    except e.HfHubHTTPError as x:
+        if _status(x) in (401, 403):
+            raise UserError(f"the Hugging Face Hub refused access to {repo} ({_status(x)}): {login}, with a token "
+                            "that may read it") from None
         raise OSError(f"fetching {what} {repo} from the Hugging Face Hub failed ({_first_line(x)}); run the command "
-                      "again: the download resumes where it stopped") from None
+                      "again: a download resumes where it stopped") from x
+    except Exception as x:  # noqa: BLE001 - the transfer's exceptions: one line; anything else (a bug) as it is
+        if not _transfer_failure(x):  # (a full disk: the CLI's one OSError line; a bug: its traceback)
+            raise
+        raise OSError(f"fetching {what} {repo} from the Hugging Face Hub failed ({_first_line(x)}); run the command "
+                      "again: a download resumes where it stopped") from x
 
 
 @contextmanager
@@ -192,13 +212,14 @@ def fetch_model(spec: str, *, quiet: bool = False, log: Callable[[str], None] = 
         try:
             info = hf.HfApi().model_info(repo, revision=revision, files_metadata=True)
         except Exception as err:  # noqa: BLE001 - no network, a timeout, a server error: the cache may serve
-            if _is_definite(err) or isinstance(err, (UserError, OSError)) and not isinstance(err, hf.errors.HfHubHTTPError):
+            if _is_definite(err) or not _transfer_failure(err):
                 raise
             try:
                 path = _cached(repo, revision)
             except hf.errors.LocalEntryNotFoundError:
-                raise UserError(f"could not reach the Hugging Face Hub for model {repo} ({_first_line(err)}), and it "
-                                "is not in the Hugging Face cache; check the network, or pass a local path") from None
+                raise OSError(f"could not reach the Hugging Face Hub for model {repo} ({_first_line(err)}), and it is "
+                              "not in the Hugging Face cache; check the network and run the command again, or pass a "
+                              "local path") from err
             warn(f"the Hugging Face Hub did not answer ({_first_line(err)}); using the cached {repo}: {path}")
             return path
         files = {s.rfilename for s in info.siblings or [] if "/" not in s.rfilename}
@@ -237,6 +258,8 @@ def compiled_from(source: dict, log: Callable[[str], None] = lambda s: None,
     path = source.get("path")
     origin_ = source.get("hub")
     if path and Path(path).exists() or not isinstance(origin_, dict) or not origin_.get("repo"):
+        if not path:
+            raise UserError("the manifest names no checkpoint: pass --model DIR")
         return path
     spec = f"{origin_['repo']}@{origin_['revision']}" if origin_.get("revision") else str(origin_["repo"])
     log(f"the checkpoint {path} is not on this machine: taking {spec} from the Hugging Face Hub")

@@ -202,7 +202,7 @@ def _rederive(manifest: dict, outdir: Path, model_dir: Optional[str], calib: Opt
     if not manifest:
         raise UserError(f"{outdir} has no manifest.json: --simulate needs it to re-derive the plan")
     src = manifest["model"]
-    model = load_model(model_dir if model_dir else compiled_from(src))
+    model = load_model(model_dir)  # (collect_references resolved it: None is the bundled model)
     if model.config.to_dict() != src["config"]:
         raise UserError(f"the checkpoint {model.source['path']} is not the one {outdir} was compiled from "
                         "(config differs); pass --model DIR")
@@ -269,8 +269,9 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
     if vim and simulate:
         raise UserError("--simulate is for language-model OUTDIRs; a Vim OUTDIR is checked as portable vs plugin "
                         "(and --torch / the engine)")
-    if model_dir is None and (torch_ref or simulate):  # once: a checkpoint compiled from the Hub may be fetched here
-        model_dir = compiled_from(manifest.get("model", {}), log=log, warn=log)  # (None: the bundled model)
+    checkpoint = model_dir  # the checkpoint --torch / --simulate load (None: the bundled model), resolved once: one
+    if checkpoint is None and (torch_ref or simulate) and manifest:  # compiled from the Hub may be fetched here
+        checkpoint = compiled_from(manifest.get("model", {}), log=log, warn=log)
     if vim and (torch_ref or model_dir):
         try:
             import torch
@@ -279,7 +280,7 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
             from .vision.torch_ref import VimTorch
         except ImportError as e:
             raise UserError(f"--torch needs torch ({e}); pip install torch") from None
-        path = model_dir
+        path = checkpoint
         if not path:
             raise UserError(f"{outdir}/manifest.json names no checkpoint: pass --model DIR")
         vm = load_vim(path)
@@ -301,7 +302,7 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
         except ImportError as e:
             raise UserError(f"--torch needs torch and transformers ({e}); pip install torch transformers") from None
         src = manifest.get("model", {})
-        path = model_dir or (None if src.get("bundled", True) else src.get("path"))
+        path = checkpoint
         model = load_model(path)
         want = src.get("config") or {}
         got = model.config.to_dict()
@@ -317,7 +318,7 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
         from .quant.simulate import forward
 
         log("re-deriving the transformed model and plan from the manifest (checkpoint, recipe, calibration)")
-        model, plan = _rederive(manifest, outdir, model_dir, calib)
+        model, plan = _rederive(manifest, outdir, checkpoint, calib)
         sim = Reference("simulation", "numpy fake-quant simulation (mq_deploy.quant.simulate) of the plan "
                                       "re-derived from the manifest (activation scales match it)",
                         run=lambda ids: {"logits": forward(model, plan, ids)})

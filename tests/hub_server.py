@@ -9,7 +9,7 @@
   error code, an unknown revision 404 RevisionNotFound, a missing file 404 EntryNotFound (with the commit).
 
 Every request is recorded, so that tests can say what was downloaded; `drop` makes the GETs of a file end mid-body
-(a connection lost during a download)."""
+(a connection lost during a download), `portal` answers everything with an HTML page (a captive portal)."""
 from __future__ import annotations
 
 import hashlib
@@ -32,6 +32,7 @@ class FakeHub:
         self.gated, self.private = set(gated), set(private)
         self.tags = dict(tags or {})  # tag -> repo whose commit it names
         self.drop: set[str] = set()  # file names whose GET is cut off after a few bytes
+        self.portal = False  # every request answered 200 with an HTML page (a captive portal, a proxy's login)
         self.requests: list[tuple[str, str]] = []
         self.sha = {r: hashlib.sha1(r.encode()).hexdigest() for r in repos}
         hub = self
@@ -93,6 +94,9 @@ class FakeHub:
     def _serve(self, h: BaseHTTPRequestHandler, body: bool) -> None:
         path = unquote(h.path.split("?", 1)[0])
         self.requests.append((h.command, path))
+        if self.portal:
+            return self._send(h, 200, b"<html><body>Sign in to the network</body></html>", body,
+                              {"Content-Type": "text/html"})
         parts = path.strip("/").split("/")
         json_type = {"Content-Type": "application/json"}
         if parts[:2] == ["api", "models"] and len(parts) >= 4:

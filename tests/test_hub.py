@@ -178,6 +178,32 @@ def test_sharded_checkpoint_and_hub_tokenizer(fake_hub, tmp_path):
     assert m["model"]["family"] == "vim" and m["model"]["hub"]["repo"] == "acme/vim"
 
 
+def test_not_the_hub_answering(fake_hub, tmp_path):
+    """A captive portal's page instead of the Hub's JSON: the cache serves (with a warning), else one line."""
+    env = hub_env(fake_hub, tmp_path / "cache")
+    r = run_cli("compile", "-q", "acme/tiny-mamba", "-o", tmp_path / "first", env=env)
+    assert r.returncode == 0, r.stderr
+    fake_hub.portal = True
+    try:
+        cached = run_cli("compile", "-q", "acme/tiny-mamba", "-o", tmp_path / "out", env=env)
+        missing = run_cli("compile", "-q", "acme/vim", "-o", tmp_path / "vim", env=env)
+    finally:
+        fake_hub.portal = False
+    assert cached.returncode == 0, cached.stderr
+    assert "did not answer (JSONDecodeError" in cached.stderr and "using the cached acme/tiny-mamba" in cached.stderr
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "could not reach the Hugging Face Hub for model acme/vim (JSONDecodeError" in missing.stderr
+
+
+def test_closed_output_pipe_while_fetching(fake_hub, tmp_path):
+    """`mq-deploy compile owner/name 2>&1 | head`: the closed pipe ends it quietly (141), not as a failed download."""
+    env = hub_env(fake_hub, tmp_path / "cache")
+    r = subprocess.run(f"{sys.executable} -m mq_deploy compile acme/tiny-mamba -o {tmp_path / 'out'} 2>&1 | true; "
+                       "echo \"rc=${PIPESTATUS[0]}\"", shell=True, executable="/bin/bash", capture_output=True,
+                       text=True, env=env)
+    assert r.stdout.strip() == "rc=141", (r.stdout, r.stderr)
+
+
 def test_connection_lost_mid_download(fake_hub, tmp_path):
     env = hub_env(fake_hub, tmp_path / "cache")
     fake_hub.drop.add("model.safetensors")
@@ -284,6 +310,18 @@ def test_weight_choice():
         hub._weights("a/b", vim, {"config.json", "a.pth", "b.pth"})
     with pytest.raises(UserError, match="has no weights"):
         hub._weights("a/b", vim, {"config.json"})
+
+
+def test_revision_and_manifest_edges(tmp_path):
+    with pytest.raises(UserError, match=r"acme/m@\.\./x: not a valid revision"):
+        hub.fetch_model("acme/m@../x")
+    with pytest.raises(UserError, match="not a valid revision"):
+        hub.fetch_tokenizer("acme/m@a//b")
+    assert hub.compiled_from({"bundled": True, "path": "/elsewhere"}) is None
+    assert hub.compiled_from({"config": {}}) is None  # (a manifest naming no checkpoint: the bundled model)
+    assert hub.compiled_from({"bundled": False, "path": str(tmp_path)}) == str(tmp_path)
+    gone = str(tmp_path / "gone")
+    assert hub.compiled_from({"bundled": False, "path": gone}) == gone  # no Hub origin: the loader says it is missing
 
 
 def test_origin_of_a_cache_snapshot(tmp_path):

@@ -702,7 +702,8 @@ def _check_before_download(args: argparse.Namespace) -> None:
     elif args.command == "compare":
         recipes = [load_recipe(n) for n in args.recipes.split(",") if n]
         check_writable(Path(args.output) / "compare.json", "compare's results")
-        needs_text = True  # (a language model's compare calibrates, even for fp32 alone)
+        needs_text = True  # (a language model's compare calibrates even for fp32 alone; but with only fp32 / fp16,
+        # which a Vim takes too, the family is unknown before the download)
     else:
         return
     lm = any(r.source and Path(r.source).parent == RECIPE_DIR and r.name not in ("fp32", "fp16")

@@ -31,6 +31,11 @@ _FILE_SUFFIXES = (".onnx", ".json", ".jsonl", ".safetensors", ".bin", ".pth", ".
                   ".engine", ".gz", ".xz", ".bz2", ".so")
 
 
+def _check_revision(repo: str, revision: Optional[str]) -> None:
+    if revision is not None and any(seg in ("", ".", "..") for seg in revision.split("/")):
+        raise UserError(f"{repo}@{revision}: not a valid revision (a branch, tag or commit)")
+
+
 def parse_id(arg: Optional[str | Path]) -> Optional[tuple[str, Optional[str]]]:
     """(repo id, revision or None) when `arg` names a Hub model rather than a local path, else None. An argument that
     exists on disk, whose first folder does (a mistyped local path), or that names a file, is a path."""
@@ -81,7 +86,12 @@ _TRANSFER_MODULES = ("httpx", "httpx2", "requests", "urllib3", "hf_xet", "huggin
 
 
 def _transfer_failure(err: BaseException) -> bool:
-    return (type(err).__module__ or "").split(".")[0] in _TRANSFER_MODULES or isinstance(err, (ConnectionError, TimeoutError))
+    """An exception of the download's libraries, a network error, or an answer that is not JSON (a proxy's or captive
+    portal's page): not the Hub answering. A closed stdout / stderr (BrokenPipeError) is not one."""
+    if isinstance(err, BrokenPipeError):
+        return False
+    return ((type(err).__module__ or "").split(".")[0] in _TRANSFER_MODULES
+            or isinstance(err, (ConnectionError, TimeoutError, json.JSONDecodeError)))
 
 
 @contextmanager
@@ -202,6 +212,7 @@ def fetch_model(spec: str, *, quiet: bool = False, log: Callable[[str], None] = 
     if parsed is None:
         raise UserError(f"{spec} is not a Hugging Face Hub id (owner/name or owner/name@revision)")
     repo, revision = parsed
+    _check_revision(repo, revision)
     hf = _hub()
     from huggingface_hub import constants, try_to_load_from_cache
 
@@ -253,13 +264,11 @@ def compiled_from(source: dict, log: Callable[[str], None] = lambda s: None,
     """The checkpoint an OUTDIR's manifest names (`model` section): None for the bundled model, its path where that
     exists, else, for a model compiled from the Hub (`hub`: repository and commit), that commit fetched into this
     machine's cache (an OUTDIR copied to a device); otherwise the recorded path (the loader then says it is missing)."""
-    if source.get("bundled"):
-        return None
     path = source.get("path")
     origin_ = source.get("hub")
+    if source.get("bundled") or not path and not origin_:  # (a manifest naming neither: the bundled model, as before)
+        return None
     if path and Path(path).exists() or not isinstance(origin_, dict) or not origin_.get("repo"):
-        if not path:
-            raise UserError("the manifest names no checkpoint: pass --model DIR")
         return path
     spec = f"{origin_['repo']}@{origin_['revision']}" if origin_.get("revision") else str(origin_["repo"])
     log(f"the checkpoint {path} is not on this machine: taking {spec} from the Hugging Face Hub")
@@ -273,6 +282,7 @@ def fetch_tokenizer(spec: str) -> str:
     if parsed is None:
         raise UserError(f"{spec} is not a Hugging Face Hub id (owner/name or owner/name@revision)")
     repo, revision = parsed
+    _check_revision(repo, revision)
     hf = _hub()
     from huggingface_hub import errors
 

@@ -31,9 +31,15 @@ _FILE_SUFFIXES = (".onnx", ".json", ".jsonl", ".safetensors", ".bin", ".pth", ".
                   ".engine", ".gz", ".xz", ".bz2", ".so")
 
 
-def _check_revision(repo: str, revision: Optional[str]) -> None:
+def _repo_revision(spec: str) -> tuple[str, Optional[str]]:
+    """`spec`'s repository and revision, or a UserError when it is no Hub id or its revision no valid name."""
+    parsed = parse_id(spec)
+    if parsed is None:
+        raise UserError(f"{spec} is not a Hugging Face Hub id (owner/name or owner/name@revision)")
+    repo, revision = parsed
     if revision is not None and any(seg in ("", ".", "..") for seg in revision.split("/")):
         raise UserError(f"{repo}@{revision}: not a valid revision (a branch, tag or commit)")
+    return repo, revision
 
 
 def parse_id(arg: Optional[str | Path]) -> Optional[tuple[str, Optional[str]]]:
@@ -208,11 +214,7 @@ def _cached(repo: str, revision: Optional[str]) -> str:
 def fetch_model(spec: str, *, quiet: bool = False, log: Callable[[str], None] = lambda s: None,
                 warn: Callable[[str], None] = lambda s: None) -> str:
     """The local snapshot directory of Hub model `spec` (owner/name[@revision]), downloaded as needed."""
-    parsed = parse_id(spec)
-    if parsed is None:
-        raise UserError(f"{spec} is not a Hugging Face Hub id (owner/name or owner/name@revision)")
-    repo, revision = parsed
-    _check_revision(repo, revision)
+    repo, revision = _repo_revision(spec)
     hf = _hub()
     from huggingface_hub import constants, try_to_load_from_cache
 
@@ -278,11 +280,7 @@ def compiled_from(source: dict, log: Callable[[str], None] = lambda s: None,
 def fetch_tokenizer(spec: str) -> str:
     """The local path of Hub repository `spec`'s tokenizer.json (owner/name[@revision]), downloaded as needed
     (huggingface_hub itself falls back to the cache when the Hub cannot be reached)."""
-    parsed = parse_id(spec)
-    if parsed is None:
-        raise UserError(f"{spec} is not a Hugging Face Hub id (owner/name or owner/name@revision)")
-    repo, revision = parsed
-    _check_revision(repo, revision)
+    repo, revision = _repo_revision(spec)
     hf = _hub()
     from huggingface_hub import errors
 

@@ -217,6 +217,7 @@ def fetch_model(spec: str, *, quiet: bool = False, log: Callable[[str], None] = 
     repo, revision = _repo_revision(spec)
     hf = _hub()
     from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     with _hub_errors("model", repo, revision), _progress(quiet):
         if constants.HF_HUB_OFFLINE:
@@ -229,7 +230,7 @@ def fetch_model(spec: str, *, quiet: bool = False, log: Callable[[str], None] = 
                 raise
             try:
                 path = _cached(repo, revision)
-            except hf.errors.LocalEntryNotFoundError:
+            except LocalEntryNotFoundError:
                 raise OSError(f"could not reach the Hugging Face Hub for model {repo} ({_first_line(err)}), and it is "
                               "not in the Hugging Face cache; check the network and run the command again, or pass a "
                               "local path") from err

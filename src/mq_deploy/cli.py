@@ -693,7 +693,7 @@ def _check_before_download(args: argparse.Namespace) -> None:
     a language model (a bundled one, not vim-*, fp32 or fp16)."""
     from .compile import calibrates, default_calib_path
     from .outdir import check_target, check_writable
-    from .recipes import RECIPE_DIR, load_recipe
+    from .recipes import family, load_recipe
 
     if args.command == "compile":
         recipes = [load_recipe(args.recipe)]
@@ -706,9 +706,7 @@ def _check_before_download(args: argparse.Namespace) -> None:
         # which a Vim takes too, the family is unknown before the download)
     else:
         return
-    lm = any(r.source and Path(r.source).parent == RECIPE_DIR and r.name not in ("fp32", "fp16")
-             and not r.name.startswith("vim-") for r in recipes)
-    if lm and needs_text:
+    if needs_text and any(family(r) == "lm" for r in recipes):
         if args.calib is None:
             default_calib_path()  # (its error says to pass --calib)
         elif not Path(args.calib).is_file():

@@ -61,6 +61,12 @@ def origin(model_dir: str | Path) -> Optional[dict]:
     return {"repo": f"{m['owner']}/{m['name']}", "revision": m["sha"]} if m else None
 
 
+def provenance(model_dir: str | Path) -> dict:
+    """{"hub": origin} for a model source read from a Hugging Face cache snapshot, else {}."""
+    hub = origin(model_dir)
+    return {"hub": hub} if hub else {}
+
+
 def _hub():
     try:
         import huggingface_hub

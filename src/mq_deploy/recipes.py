@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
@@ -58,14 +59,20 @@ def available_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 
 
+def family(recipe: Recipe) -> Optional[str]:
+    """"vim" for a bundled vim-* recipe, "lm" for the other bundled ones but fp32 / fp16; None where the recipe says
+    nothing of the model (fp32, fp16, a recipe file of one's own)."""
+    if recipe.name in ("fp32", "fp16") or not recipe.source or Path(recipe.source).parent != RECIPE_DIR:
+        return None
+    return "vim" if recipe.name.startswith("vim-") else "lm"
+
+
 def check_family(recipe: Recipe, vim: bool) -> None:
     """A bundled recipe named vim-* is for Vision Mamba (Vim) models, every other bundled one but fp32 / fp16 for
     language models (their passes and calibration differ): one UserError when `recipe` does not fit the model. A
     recipe file of one's own is not judged by its name; what does not fit in it is an error where it is used (a Vim
     pass parameter, cls_token on a language model)."""
-    if recipe.name in ("fp32", "fp16") or not recipe.source or Path(recipe.source).parent != RECIPE_DIR:
-        return
-    if recipe.name.startswith("vim-") == vim:
+    if family(recipe) in (None, "vim" if vim else "lm"):
         return
     if vim:
         raise UserError(f"recipe {recipe.name} is a language-model recipe; use fp32, fp16 or the vim-* recipes for a "

@@ -269,8 +269,10 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
     if vim and simulate:
         raise UserError("--simulate is for language-model OUTDIRs; a Vim OUTDIR is checked as portable vs plugin "
                         "(and --torch / the engine)")
-    checkpoint = model_dir  # the checkpoint --torch / --simulate load (None: the bundled model), resolved once: one
-    if checkpoint is None and (torch_ref or simulate) and manifest:  # compiled from the Hub may be fetched here
+    # the checkpoint --torch / --simulate load (None: the bundled model), resolved once: the manifest's, which for a
+    # model compiled from the Hub may be fetched here
+    checkpoint = model_dir
+    if checkpoint is None and (torch_ref or simulate) and manifest:
         checkpoint = compiled_from(manifest.get("model", {}), log=log, warn=log)
     if vim and (torch_ref or model_dir):
         try:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import UserError
-from ..hub import origin
+from ..hub import provenance
 from ..model import MambaModel
 from .formats import FORMATS, read_config, detect_format
 from .tensors import read_tensors
@@ -69,10 +69,8 @@ def load_model(path: Optional[str | Path] = None, warn: Callable[[str], None] = 
         "format": fmt.name,
         "bundled": path is None,
         "tokenizer": str(model_dir / "tokenizer.json") if (model_dir / "tokenizer.json").is_file() else None,
+        **provenance(model_dir),  # (a Hugging Face cache snapshot: its repository and commit)
     }
-    hub = origin(model_dir)
-    if hub is not None:  # a snapshot in the Hugging Face cache: which repository and commit
-        model.source["hub"] = hub
     model.validate()
     return model
 

@@ -39,7 +39,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import UserError
-from ..hub import origin
+from ..hub import provenance
 from ..model import MambaConfig, MambaLayer
 
 MODEL_TYPE = "vim"
@@ -338,12 +338,8 @@ def load_vim(path, warn: Optional[Callable[[str], None]] = None) -> VimModel:
         raise UserError(f"could not read {p / 'config.json'}: {e}") from None
     config = VimConfig.from_dict(raw)
     sd = strip_wrappers(read_tensors(p, _weight_files(p)))
-    source = {"path": str(p.resolve()), "format": "vim", "bundled": False, "tokenizer": None}
-    hub = origin(p)
-    if hub is not None:  # a snapshot in the Hugging Face cache: which repository and commit
-        source["hub"] = hub
-    return from_state_dict(config, sd, source,
-                           warn=_stderr_warning if warn is None else warn)
+    source = {"path": str(p.resolve()), "format": "vim", "bundled": False, "tokenizer": None, **provenance(p)}
+    return from_state_dict(config, sd, source, warn=_stderr_warning if warn is None else warn)
 
 
 def random_vim(config: VimConfig, seed: int = 0) -> VimModel:

@@ -1,5 +1,6 @@
 """Models and tokenizers named by Hugging Face Hub id (hub.py), through the real huggingface_hub client against a
 stand-in Hub on 127.0.0.1 (tests/hub_server.py; HF_ENDPOINT points the client there, HF_HUB_CACHE at a fresh cache)."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -377,3 +378,26 @@ def test_checks_before_a_download(tmp_path, monkeypatch):
         _check_before_download(ns(command="compile", recipe="rtn-w8a8", calib=str(tmp_path / "none.txt")))
     (tmp_path / "c.txt").write_text("text")
     _check_before_download(ns(command="compile", recipe="rtn-w8a8", calib=str(tmp_path / "c.txt")))
+
+
+def test_which_failures_a_rerun_mends():
+    """A transfer's failure says "run the command again"; huggingface_hub's other errors (no stored token, a corrupted
+    cache) and this machine's own OSErrors are not dressed up as one."""
+    from huggingface_hub import errors as e
+
+    httpx = pytest.importorskip("httpx2" if importlib.util.find_spec("httpx2") else "httpx")
+    transfer = [httpx.ConnectError("no route"), e.FileMetadataError("no etag"), ConnectionResetError("reset"),
+                TimeoutError("slow"), json.JSONDecodeError("portal", "<html>", 0)]
+    if hasattr(e, "XetDownloadError"):
+        transfer.append(e.XetDownloadError("xet"))
+    for err in transfer:
+        assert hub._transfer_failure(err), err
+    for err in (e.LocalTokenNotFoundError("no token"), e.CorruptedCacheException("bad refs"), BrokenPipeError(),
+                PermissionError("read-only cache"), ValueError("a bug")):
+        assert not hub._transfer_failure(err), err
+        with pytest.raises(type(err)) as raised, hub._hub_errors("model", "acme/m", None):
+            raise err
+        assert raised.value is err  # as it is: not the "run the command again" line
+    with pytest.raises(OSError, match="failed .*FileMetadataError: no etag.*run the command again"), \
+            hub._hub_errors("model", "acme/m", None):
+        raise e.FileMetadataError("no etag")

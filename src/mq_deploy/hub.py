@@ -94,7 +94,12 @@ def _is_definite(err: BaseException) -> bool:
 
 # the libraries a download goes through: their exceptions are the transfer's (huggingface_hub 0.x uses requests,
 # 1.x httpx; large files go through hf_xet), not this machine's (a full disk) nor a bug
-_TRANSFER_MODULES = ("httpx", "httpx2", "requests", "urllib3", "hf_xet", "huggingface_hub", "http", "ssl", "socket")
+_TRANSFER_MODULES = ("httpx", "httpx2", "requests", "urllib3", "hf_xet", "http", "ssl", "socket")
+# huggingface_hub's own exceptions that are a transfer's: an HTTP failure, a response without the Hub's headers (a
+# proxy's), Xet's download errors. Its others (no stored token, a corrupted cache, a dry run) are not: running the
+# command again would not mend them.
+_HUB_TRANSFER_ERRORS = ("HTTPError", "FileMetadataError", "XetDownloadError", "XetRefreshTokenError",
+                        "XetAuthorizationError")
 
 
 def _transfer_failure(err: BaseException) -> bool:
@@ -102,6 +107,8 @@ def _transfer_failure(err: BaseException) -> bool:
     portal's page): not the Hub answering. A closed stdout / stderr (BrokenPipeError) is not one."""
     if isinstance(err, BrokenPipeError):
         return False
+    if (type(err).__module__ or "").split(".")[0] == "huggingface_hub":
+        return any(c.__name__ in _HUB_TRANSFER_ERRORS for c in type(err).__mro__)
     return ((type(err).__module__ or "").split(".")[0] in _TRANSFER_MODULES
             or isinstance(err, (ConnectionError, TimeoutError, json.JSONDecodeError)))
 

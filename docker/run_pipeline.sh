@@ -13,8 +13,11 @@
 #                  the download); a Vision Mamba (Vim) directory takes
 #                  the vim-* recipes, e.g. MODEL=/opt/mq-deploy/src/mq_deploy/assets/vim-fmnist RECIPE=vim-mambaquant-w8a8
 #                  (in the images; a path relative to the working directory, /work there)
-#   CALIB          calibration text for quantized recipes; CALIB_SAMPLES windows (default 16). Vim: the
-#                  Fashion-MNIST folder (default: the dataset-fashion-mnist package's)
+#   CALIB          calibration text for quantized recipes. Vim: the Fashion-MNIST folder (default: the
+#                  dataset-fashion-mnist package's)
+#   CALIB_SAMPLES  calibration windows (Vim: images); default: 16 windows where CALIB is set, else the recipe's
+#   TOKENIZER      tokenizer.json (path or Hub id) for a checkpoint without one, e.g. a state-spaces checkpoint:
+#                  TOKENIZER=EleutherAI/gpt-neox-20b (or a mounted file)
 #   MQ_DEPLOY_PLUGINS   the plugin library (the images set it)
 #   MIN_SHAPES OPT_SHAPES MAX_SHAPES   engine profile as B,L (default 1,1 / 1,128 / 4,512); Vim: batch only
 #                  (default 1 / 4 / 32)
@@ -42,10 +45,14 @@ step() { printf '\n== %s\n' "$*" >&2; }
 compile=(mq-deploy compile)
 [ -n "${MODEL:-}" ] && compile+=("$MODEL")
 compile+=(--recipe "$RECIPE" -o "$DIR")
-if [ -n "${CALIB:-}" ]; then
-  compile+=(--calib "$CALIB")
-  # (a Vim's calibration is its images: by the model, or by the recipe where MODEL is a Hub id)
-  [ "$VIM" = 1 ] || [[ "$(basename "$RECIPE")" == vim-* ]] || compile+=(--calib-samples "${CALIB_SAMPLES:-16}")
+[ -n "${TOKENIZER:-}" ] && compile+=(--tokenizer "$TOKENIZER")
+[ -n "${CALIB:-}" ] && compile+=(--calib "$CALIB")
+if [ -n "${CALIB_SAMPLES:-}" ]; then
+  compile+=(--calib-samples "$CALIB_SAMPLES")
+elif [ -n "${CALIB:-}" ] && [ "$VIM" = 0 ] && [[ "$(basename "$RECIPE")" != vim-* ]]; then
+  # (a Vim's calibration is its images, as many as its recipe says: Vim by the model, or by the recipe where MODEL
+  # is a Hub id)
+  compile+=(--calib-samples 16)
 fi
 step "${compile[*]}"
 "${compile[@]}"

@@ -37,7 +37,7 @@ elif [ "$1" = validate ]; then
 fi
 """
 # every variable run_pipeline.sh reads: none may leak in from the calling environment
-SCRIPT_ENV = ("OUT", "RECIPE", "MODEL", "CALIB", "CALIB_SAMPLES", "MQ_DEPLOY_PLUGINS", "MIN_SHAPES", "OPT_SHAPES",
+SCRIPT_ENV = ("OUT", "RECIPE", "MODEL", "CALIB", "CALIB_SAMPLES", "TOKENIZER", "MQ_DEPLOY_PLUGINS", "MIN_SHAPES", "OPT_SHAPES",
               "MAX_SHAPES", "FP16", "STRONGLY_TYPED", "BATCH", "SEQ", "STATEFUL", "BENCH", "FAIL_VALIDATE_GRAPH")
 
 
@@ -126,3 +126,22 @@ def test_pipeline_vim_named_by_hub_id(tmp_path):
     rc, calls, err = _run(tmp_path, RECIPE="vim-rtn-w8a8", MODEL="acme/vim-tiny", CALIB="/data/fmnist")
     assert rc == 0, err
     assert calls[0] == f"compile acme/vim-tiny --recipe vim-rtn-w8a8 -o {tmp_path / 'out' / 'vim-rtn-w8a8'} --calib /data/fmnist"
+
+
+def test_pipeline_tokenizer_and_calibration_size(tmp_path):
+    # a state-spaces checkpoint has no tokenizer.json: TOKENIZER reaches compile (validate reads OUTDIR's copy)
+    rc, calls, err = _run(tmp_path, RECIPE="rtn-w8a8", MODEL="/models/mamba-130m", TOKENIZER="EleutherAI/gpt-neox-20b",
+                          CALIB="/data/c.jsonl")
+    assert rc == 0, err
+    d = tmp_path / "out" / "rtn-w8a8"
+    assert calls[0] == (f"compile /models/mamba-130m --recipe rtn-w8a8 -o {d} --tokenizer EleutherAI/gpt-neox-20b "
+                        "--calib /data/c.jsonl --calib-samples 16")
+    assert not any("--tokenizer" in c for c in calls[1:])
+    # CALIB_SAMPLES is passed as set, with or without CALIB, and for a Vim (its images) too
+    rc, calls, err = _run(tmp_path, RECIPE="rtn-w8a8", CALIB_SAMPLES="4")
+    assert rc == 0, err
+    assert calls[0] == f"compile --recipe rtn-w8a8 -o {d} --calib-samples 4"
+    rc, calls, err = _run(tmp_path, RECIPE="vim-rtn-w8a8", MODEL="acme/vim-tiny", CALIB="/data/fmnist", CALIB_SAMPLES="32")
+    assert rc == 0, err
+    assert calls[0] == (f"compile acme/vim-tiny --recipe vim-rtn-w8a8 -o {tmp_path / 'out' / 'vim-rtn-w8a8'} "
+                        "--calib /data/fmnist --calib-samples 32")

@@ -155,7 +155,8 @@ def test_build_polygraphy_prints_the_two_runs(w8_out, no_tensorrt, tmp_path, cap
                  "--opt-shapes", "2,64"]) == 0
     io = capsys.readouterr()
     ref, trt = io.out.strip().splitlines()
-    assert ref.startswith(f"polygraphy run {w8_out}/model.portable.onnx --onnxrt --input-shapes 'input_ids:[2,64]'")
+    assert ref.startswith(f"polygraphy run {w8_out}/model.portable.onnx --onnxrt --graph-optimization-level "
+                          "ORT_ENABLE_BASIC --input-shapes 'input_ids:[2,64]'")  # (the Q/DQ nodes as written)
     assert f"--save-outputs {w8_out}/polygraphy_ort_outputs.json" in ref
     assert trt.startswith(f"polygraphy run {w8_out}/model.onnx --trt --plugins "
                           "build/plugins/libmq_trt_plugins_register.so --trt-min-shapes")
@@ -719,6 +720,36 @@ def test_build_command_lines_follow_the_tensorrt_version(w8_out, tmp_path, monke
     assert "flags" not in log and log["network_flags"] == 0  # no INT8 flag: the Q/DQ nodes decide
     assert main(["build", str(w8_out), "--dry-run", "--plugins", str(lib), "--fp16"]) == 2
     assert "TensorRT 11 has no FP16 builder flag" in capsys.readouterr().err
+
+
+def test_polygraphy_reference_of_a_quantized_outdir_runs_its_qdq_nodes_as_written(w8_out, fp32_out, tmp_path, capsys):
+    """At onnxruntime's default level the reference would run fused int8 kernels (MatMulIntegerToFloat), which saturate
+    at int16 on x86-64 CPUs without VNNI: the printed line asks for the basic level, which keeps the Q/DQ nodes."""
+    import argparse
+    import shlex
+
+    import onnxruntime as ort
+
+    run = pytest.importorskip("polygraphy.tools.run.run")
+    ap = argparse.ArgumentParser()
+    run.Run().setup_parser(ap.add_subparsers())
+    lines = {}
+    for name, out in (("w8", w8_out), ("fp32", fp32_out)):
+        assert main(["build", str(out), "--polygraphy", "--plugins", "/x/libmq_trt_plugins.so"]) == 0
+        (ref,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("polygraphy run")
+                  and "--onnxrt" in ln]
+        lines[name] = ap.parse_args(shlex.split(ref)[1:])
+    assert lines["w8"].graph_optimization_level == "ORT_ENABLE_BASIC"
+    assert lines["fp32"].graph_optimization_level is None  # a float graph: onnxruntime's default
+    kinds = {}
+    for level in ("ORT_ENABLE_ALL", lines["w8"].graph_optimization_level):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        so.optimized_model_filepath = str(tmp_path / f"{level}.onnx")
+        ort.InferenceSession(lines["w8"].model_file, so, providers=["CPUExecutionProvider"])
+        kinds[level] = {n.op_type for n in onnx.load(so.optimized_model_filepath, load_external_data=False).graph.node}
+    assert "MatMulIntegerToFloat" in kinds["ORT_ENABLE_ALL"]  # what the line avoids (the premise of this test)
+    assert "MatMulIntegerToFloat" not in kinds["ORT_ENABLE_BASIC"] and "DequantizeLinear" in kinds["ORT_ENABLE_BASIC"]
 
 
 def test_build_strongly_typed_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, capsys):

@@ -476,13 +476,14 @@ class BuildPlan:
     graph: str = "model"  # which graph of the OUTDIR (GRAPHS): model.onnx, or the prefill / decode-step graph
     profile: tuple = ()  # ((input, min, opt, max), ...) of every input of the graph (Shapes.profile)
     plugin_nodes: int = 0  # plugin nodes in the graph (the library is required when there are any)
+    quantized: bool = False  # a QDQ graph (the manifest's quantization)
 
     def command_lines(self, trt_major: Optional[int] = None) -> dict[str, str]:
         return command_lines(self.onnx, self.engine, self.plugin_lib or LIB_PLACEHOLDER, int8=self.int8,
                              fp16=self.fp16, shapes=self.shapes, timing_cache=self.timing_cache, vocab=self.vocab,
                              input_name=self.input_name, fixed_dims=self.fixed_dims, trt_major=trt_major,
                              strongly_typed=self.strongly_typed, fp32_layers=tuple(n for n, _ in self.fp32),
-                             profile=self.profile)
+                             profile=self.profile, quantized=self.quantized)
 
 
 def manifest_input(manifest: dict) -> tuple[str, tuple]:
@@ -555,7 +556,8 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
                      int8=(int8 or manifest_quantized(manifest)) and not strongly_typed, fp16=fp16, shapes=shapes,
                      timing_cache=timing_cache, vocab=vocab, input_name=name, fixed_dims=fixed,
                      strongly_typed=strongly_typed, mark=mark, fp32=fp32, hadamard_codes=codes, graph=graph,
-                     profile=profile, plugin_nodes=sum(p["count"] for p in plugin_inventory(model)))
+                     profile=profile, plugin_nodes=sum(p["count"] for p in plugin_inventory(model)),
+                     quantized=manifest_quantized(manifest))
 
 
 def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
@@ -607,7 +609,7 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
                   timing_cache: Optional[str] = None, vocab: Optional[int] = None,
                   fixed_dims: tuple = (), trt_major: Optional[int] = None,
                   strongly_typed: bool = False, fp32_layers: Sequence[str] = (),
-                  profile: Sequence[tuple] = ()) -> dict[str, str]:
+                  profile: Sequence[tuple] = (), quantized: bool = False) -> dict[str, str]:
     """The trtexec build and polygraphy comparison command lines equivalent to build_engine / validate, for
     TensorRT `trt_major` (None: not known here, 10.x assumed). TensorRT 10 takes INT8 / FP16 as builder flags
     (`--int8`, `--fp16`), or `strongly_typed` (`--stronglyTyped` / `--strongly-typed`, no precision flags);
@@ -624,6 +626,12 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
     With fp16, `fp32_layers` (the RMSNorm layers, graph/precision.py) are kept in fp32 as build_engine keeps
     them: trtexec `--precisionConstraints=prefer --layerPrecisions --layerOutputTypes`; polygraphy has no
     option for layer output types, so its line sets the layer precisions only.
+
+    A `quantized` graph's reference runs at onnxruntime's basic optimization level
+    (`--graph-optimization-level ORT_ENABLE_BASIC`, polygraphy 0.53.6): its QuantizeLinear / DequantizeLinear nodes as
+    written, in fp32, as mq-deploy's own onnxruntime sessions run them where the int8 kernels would not be exact
+    (backends/ort.py, `int8_fusion_exact`): at its default level onnxruntime fuses them into int8 kernels, which on an
+    x86-64 CPU without VNNI saturate at int16 and would move the reference by more than the comparison's tolerance.
 
     `profile` ((name, min, opt, max), ...; `Shapes.profile`) gives every input's shapes instead of `input_name`,
     `fixed_dims` and `shapes` (the prefill and decode-step graphs); the polygraphy reference then runs that graph's
@@ -656,7 +664,10 @@ def command_lines(onnx_path: str, engine_path: str, plugin_lib: str, int8: bool 
     tag = stem.split(".", 1)[1] + "_" if "." in stem else ""  # model.decode → decode_
     inputs, outputs = (str(path.with_name(f"polygraphy_{tag}inputs.json")),
                        str(path.with_name(f"polygraphy_{tag}ort_outputs.json")))
-    ref = [f"polygraphy run {q(portable)} --onnxrt --input-shapes {pshape['opt']}"]
+    ref = [f"polygraphy run {q(portable)} --onnxrt"]
+    if quantized:  # the Q/DQ nodes as written (see above)
+        ref.append("--graph-optimization-level ORT_ENABLE_BASIC")
+    ref.append(f"--input-shapes {pshape['opt']}")
     ranges = [f"{p[0]}:[0,{vocab - 1}]" for p in profile if vocab and p[0] == "input_ids"] + \
         [f"{p[0]}:[1,1]" for p in profile if p[0] == "attention_mask"]  # no padding in the check's input
     if ranges:

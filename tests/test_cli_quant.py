@@ -132,7 +132,14 @@ def test_quantized_recipe_without_calibration_data_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "--calib" in r.stderr and not (tmp_path / "out").exists()
     r = run_cli("compile", "--recipe", "rtn-w8a8", "--calib", tmp_path / "missing.txt", "-o", tmp_path / "out")
     assert r.returncode == 2 and "calibration file not found" in r.stderr
+    # the other family's kind of calibration data: named as such (a Vim's is a folder, a language model's a file)
+    r = run_cli("compile", "--recipe", "rtn-w8a8", "--calib", tmp_path, "-o", tmp_path / "out")
+    assert r.returncode == 2 and f"calibration file {tmp_path} is a folder" in r.stderr
+    assert "Fashion-MNIST files calibrates a Vision Mamba" in r.stderr and not (tmp_path / "out").exists()
     calib = need(DATA_DIR / "text" / "wikitext2_val_sample.jsonl")
+    r = run_cli("compile", VIM_DIR, "--recipe", "vim-rtn-w8a8", "--calib", calib, "-o", tmp_path / "out")
+    assert r.returncode == 2 and f"{calib} is a file: a Vision Mamba's data is a folder" in r.stderr
+    assert not (tmp_path / "out").exists()
     for flag in ("--calib-samples", "--calib-seq-len"):  # 0 is refused, not taken as "the recipe's default"
         r = run_cli("compile", "--recipe", "rtn-w8a8", "--calib", calib, flag, "0", "-o", tmp_path / "out")
         assert r.returncode == 2 and "--calib-samples must be >= 1" in r.stderr and not (tmp_path / "out").exists()

@@ -235,3 +235,21 @@ def test_the_default_warning_is_printed_once_a_process(base, tmp_path, capsys):
     load_model(d)
     err = capsys.readouterr().err
     assert err.count("warning: 1 tensor(s) of the checkpoint are not used") == 1 and "backbone.extra" in err
+
+
+def test_a_state_spaces_embedding_without_the_vocabulary_padding_is_named(tmp_path):
+    """mamba-ssm pads vocab_size to a multiple of pad_vocab_size_multiple (8) when it builds the model; a checkpoint
+    saved without that padding gets a message that names it, and loads with pad_vocab_size_multiple 1."""
+    from .helpers import write_state_spaces_checkpoint
+
+    m = random_model(MambaConfig(d_model=32, n_layer=1, vocab_size=67), seed=3)  # 67: not a multiple of 8
+    d = write_state_spaces_checkpoint(m, tmp_path / "ss")
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["pad_vocab_size_multiple"] == 8
+    with pytest.raises(UserError, match=r"embedding has 67 rows, the model 72: config.json's vocab_size padded .*"
+                                        r"set pad_vocab_size_multiple to 1"):
+        load_model(d)
+    (d / "config.json").write_text(json.dumps({**cfg, "pad_vocab_size_multiple": 1}))
+    got = load_model(d)
+    assert got.config.vocab_size == 67
+    np.testing.assert_array_equal(got.embedding, m.embedding)

@@ -28,10 +28,19 @@ SAMPLE_PER_POINT = 1 << 17  # |x| values kept per point for percentile / MSE / e
 OUTPUT_BUDGET = 256 << 20  # bytes of marked intermediate outputs per onnxruntime call
 
 
-def read_calib_text(path: str | Path, max_chars: int) -> str:
+def check_calib_file(path: str | Path) -> Path:
+    """A language model's calibration text file, or a UserError that says what `path` is instead."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"calibration file {p} is a folder: a language model calibrates on a text file (.txt, .jsonl, "
+                        "compressed too); a folder of Fashion-MNIST files calibrates a Vision Mamba (Vim)")
     if not p.is_file():
         raise UserError(f"calibration file not found: {p}")
+    return p
+
+
+def read_calib_text(path: str | Path, max_chars: int) -> str:
+    p = check_calib_file(path)
     opener = {".xz": lzma.open, ".bz2": bz2.open, ".gz": gzip.open}.get(p.suffix, open)
     try:
         with opener(p, "rt", encoding="utf-8") as f:

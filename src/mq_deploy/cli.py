@@ -691,6 +691,7 @@ def _check_before_download(args: argparse.Namespace) -> None:
     """compile's / compare's cheap refusals, made before a download of gigabytes rather than after it. Whether the
     model is a Vim is not known before it is fetched: the calibration text is checked only where the recipes say it is
     a language model (a bundled one, not vim-*, fp32 or fp16)."""
+    from .calibrate import check_calib_file
     from .compile import calibrates, default_calib_path
     from .outdir import check_target, check_writable
     from .recipes import family, load_recipe
@@ -709,8 +710,8 @@ def _check_before_download(args: argparse.Namespace) -> None:
     if needs_text and any(family(r) == "lm" for r in recipes):
         if args.calib is None:
             default_calib_path()  # (its error says to pass --calib)
-        elif not Path(args.calib).is_file():
-            raise UserError(f"calibration file not found: {args.calib}")
+        else:
+            check_calib_file(args.calib)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -317,8 +317,10 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         raise UserError(f"recipe {recipe.name}: activations.cls_token applies to Vision Mamba (Vim) models only")
     if tokenizer is not None and not Path(tokenizer).is_file():
         raise UserError(f"tokenizer file not found: {tokenizer}")
-    if calib is not None and not Path(calib).is_file():
-        raise UserError(f"calibration file not found: {calib}")
+    if calib is not None:
+        from .calibrate import check_calib_file
+
+        check_calib_file(calib)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, force=force, warn=warn) as tmp:
         log(f"loading {'the bundled model' if model_path is None else model_path}")

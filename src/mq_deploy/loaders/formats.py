@@ -202,6 +202,11 @@ class Format:
         if config.tie_embeddings and self.embedding_key not in t and "lm_head.weight" in t:
             t = {**t, self.embedding_key: t["lm_head.weight"]}  # a tied checkpoint that stores only the head
         emb = need(self.embedding_key)
+        if self.name == "state-spaces" and emb.ndim == 2 and emb.shape[0] < config.vocab_size:
+            raise UserError(f"the checkpoint's embedding has {emb.shape[0]} rows, the model {config.vocab_size}: "
+                            "config.json's vocab_size padded to a multiple of pad_vocab_size_multiple (default 8), "
+                            "as mamba-ssm builds it; for a checkpoint saved without that padding set "
+                            "pad_vocab_size_multiple to 1 in config.json")
         stored = t.get("lm_head.weight")
         head = None
         if config.tie_embeddings:

@@ -35,6 +35,9 @@ def data_dir(path: Optional[str | Path] = None) -> Path:
         raise UserError("Fashion-MNIST not found: `apt-get install dataset-fashion-mnist` (files under "
                         f"{DEFAULT_DIR}) or pass --data DIR with the four idx(.gz) files")
     p = Path(path)
+    if p.is_file():
+        raise UserError(f"{p} is a file: a Vision Mamba's data is a folder holding the four Fashion-MNIST idx(.gz) "
+                        "files (a text file calibrates a language model)")
     if not p.is_dir():
         raise UserError(f"Fashion-MNIST directory not found: {p}")
     return p

@@ -26,6 +26,7 @@ from mq_deploy import validate as mval
 from mq_deploy.backends.ort import OrtRunner
 from mq_deploy.cli import main
 from mq_deploy.errors import UserError
+from mq_deploy.loaders import BUNDLED_DIR
 from mq_deploy.graph.follow import fp16_stand_in, quantized_tensors, quantizer_params, validation_marks
 from mq_deploy.graph.fuse_scan_quant import hadamard_out_scale
 from mq_deploy.graph.precision import rms_norm_nodes
@@ -1397,6 +1398,10 @@ def test_validate_errors(fp32_out, tmp_path, capsys):
     assert main(["validate", str(fp32_out), "--model", str(other)]) == 2  # another checkpoint: said before it runs
     assert f"the checkpoint {other} is not the one {fp32_out} was compiled from (d_model 32 here, 192 there, " in (
         capsys.readouterr().err)
+    vim = BUNDLED_DIR.parent / "vim-fmnist"
+    assert main(["validate", str(fp32_out), "--model", str(vim)]) == 2
+    assert (f"{vim} is a Vision Mamba (Vim) checkpoint, but {fp32_out} was compiled from a language model"
+            in capsys.readouterr().err)
     for flag, v in (("--engine-step-tol", "0"), ("--engine-gain-tol", "0"), ("--engine-tol", "-1"), ("--tol", "nan")):
         assert main(["validate", str(fp32_out), flag, v]) == 2
         assert f"mq-deploy: error: {flag} must be a number above 0" in capsys.readouterr().err

@@ -53,6 +53,11 @@ def test_validate_vim_outdir(vim_out, capsys):
     assert any(s["name"] == "tensorrt" for s in rep["skipped"])
     assert main(["validate", str(out), "--simulate"]) == 2
     assert "--simulate is for language-model OUTDIRs" in capsys.readouterr().err
+    lm = BUNDLED_VIM.parent / "mamba-tiny"  # a checkpoint of the other family: said so, not a missing Vim key
+    assert (lm / "config.json").is_file()
+    assert main(["validate", str(out), "--model", str(lm)]) == 2
+    assert (f"{lm} is a language-model checkpoint, but {out} was compiled from a Vision Mamba (Vim): pass --model DIR"
+            in capsys.readouterr().err)
 
 
 def test_validate_vim_follows_a_validation_engine(vim_out, tmp_path, monkeypatch):

@@ -274,6 +274,14 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
     checkpoint = model_dir
     if checkpoint is None and (torch_ref or simulate) and manifest:
         checkpoint = compiled_from(manifest.get("model", {}), log=log, warn=log)
+    if checkpoint is not None and (Path(checkpoint) / "config.json").is_file():
+        from .vision.model import is_vim_dir
+
+        if is_vim_dir(checkpoint) != vim:  # (each loader's own message would name the wrong problem)
+            kinds = ("a language-model checkpoint", "a Vision Mamba (Vim)") if vim else \
+                ("a Vision Mamba (Vim) checkpoint", "a language model")
+            raise UserError(f"{checkpoint} is {kinds[0]}, but {outdir} was compiled from {kinds[1]}: pass --model "
+                            "DIR, the checkpoint it was compiled from")
     if vim and (torch_ref or model_dir):
         try:
             import torch

@@ -235,13 +235,19 @@ def test_compile_vim_with_the_extras_and_lm_refusal(tmp_path):
     own = tmp_path / "vim-own.yaml"
     own.write_text(Path(load_recipe("vim-rtn-w8a8").source).read_text().replace("name: vim-rtn-w8a8", "name: vim-own")
                    .replace("passes: []", "passes:\n  - {name: fold_norms, keep_tied: true}"))
+    logs = []
     with pytest.raises(UserError, match="pass 'fold_norms' takes no keep_tied on a Vim model"):
-        compile_model(str(d), str(own), tmp_path / "wrong", calib_samples=8)
+        compile_model(str(d), str(own), tmp_path / "wrong", calib_samples=8, log=logs.append)
     assert not (tmp_path / "wrong").exists()
+    assert logs == []  # before the checkpoint is loaded and calibrated
     # a recipe file of one's own is not judged by its name: a Vim recipe called anything compiles a Vim model
     mine = tmp_path / "mine.yaml"
     mine.write_text(Path(load_recipe("vim-rtn-w8a8").source).read_text().replace("name: vim-rtn-w8a8", "name: mine"))
-    assert compile_model(str(d), str(mine), tmp_path / "mine", calib_samples=8)["recipe"]["name"] == "mine"
+    warned = []
+    assert compile_model(str(d), str(mine), tmp_path / "mine", calib_samples=8, tokenizer="/no/tokenizer.json",
+                         calib_seq_len=4096, warn=warned.append)["recipe"]["name"] == "mine"
+    assert warned == ["--tokenizer and --calib-seq-len are for language models; a Vision Mamba (Vim) takes images: "
+                      "ignored"]  # (not silently)
     with pytest.raises(UserError, match="cls_token must be"):
         bad = tmp_path / "bad.yaml"
         bad.write_text(Path(rec.source).read_text().replace("cls_token: separate", "cls_token: own"))

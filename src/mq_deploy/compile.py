@@ -308,6 +308,11 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         if is_vim_dir(model_path):  # Vision Mamba: pixel_values -> logits
             from .vision.compile import compile_vim
 
+            unused = [f for f, v in (("--tokenizer", tokenizer), ("--calib-seq-len", calib_seq_len)) if v is not None]
+            if unused:  # (said, not silently dropped)
+                warn(f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} for language models; a Vision "
+                     "Mamba (Vim) takes images: ignored")
+
             return compile_vim(model_path, recipe_name, out_dir, force=force, calib=calib, warn=warn,
                                calib_samples=calib_samples, log=log)
     t0 = time.time()

@@ -23,6 +23,7 @@ from ..recipes import check_family, load_recipe
 from .data import calibration_images
 from .graph import INPUT, OUTPUT, VimRunner, build_vim_graph
 from .model import load_vim
+from .passes import check_vim_passes
 from .quantize import prepare_vim
 
 
@@ -59,6 +60,7 @@ def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force
     t0 = time.time()
     recipe = load_recipe(recipe_name)
     check_family(recipe, vim=True)
+    check_vim_passes(recipe.passes)  # (a language-model recipe file of one's own: before the calibration)
     out_dir = Path(out_dir)
     warn = log if warn is None else warn
     with atomic_dir(out_dir, force=force, warn=warn) as tmp:

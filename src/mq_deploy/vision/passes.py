@@ -176,9 +176,9 @@ def shift_delta(model, plan, stats):
     return model, plan
 
 
-def run_vim_passes(model, plan, passes, stats=None, log=lambda s: None):
-    """Apply [(name, params)] in order (names as in `mq_deploy.passes`); a failure names the pass."""
-    done = []
+def check_vim_passes(passes) -> None:
+    """One UserError for a pass of [(name, params)] that has no Vim version or takes other parameters on a Vim (a
+    language-model recipe file): said before the calibration that the passes need."""
     for name, params in passes:
         fn = VIM_PASSES.get(name)
         if fn is None:
@@ -188,6 +188,14 @@ def run_vim_passes(model, plan, passes, stats=None, log=lambda s: None):
         if bad and not any(v.kind is inspect.Parameter.VAR_KEYWORD for v in sig.values()):
             raise UserError(f"pass '{name}' takes no {', '.join(bad)} on a Vim model (a language-model recipe? use the "
                             "vim-* recipes)")
+
+
+def run_vim_passes(model, plan, passes, stats=None, log=lambda s: None):
+    """Apply [(name, params)] in order (names as in `mq_deploy.passes`); a failure names the pass."""
+    check_vim_passes(passes)
+    done = []
+    for name, params in passes:
+        fn = VIM_PASSES[name]
         log(f"  pass {name} {dict(params) if params else ''}")
         try:
             model, plan = fn(model, plan, stats, **dict(params))

@@ -143,6 +143,26 @@ def test_refuses_to_replace_foreign_directory(tiny, tmp_path):
     assert (out / "precious.txt").read_text() == "keep me"
 
 
+def test_refuses_an_output_that_is_or_holds_an_input(tiny, tmp_path):
+    """-o naming the checkpoint, or a folder holding it or the calibration text, is refused even with --force:
+    replacing it would delete what the compile reads."""
+    import shutil
+
+    ckpt = tmp_path / "parent" / "ckpt"
+    shutil.copytree(tiny[1], ckpt)
+    before = sorted(p.name for p in ckpt.iterdir())
+    for out, verb in ((ckpt, "is"), (ckpt.parent, "holds")):
+        r = run_cli("compile", ckpt, "-o", out, "--force")
+        assert r.returncode == 2, r.stderr
+        assert f"output directory {out} {verb} the checkpoint ({ckpt}), which writing it would delete" in r.stderr
+        assert sorted(p.name for p in ckpt.iterdir()) == before
+    calib = tmp_path / "data" / "calib.txt"
+    calib.parent.mkdir()
+    calib.write_text("some text " * 100)
+    r = run_cli("compile", ckpt, "--recipe", "rtn-w8a8", "--calib", calib, "-o", calib.parent, "--force")
+    assert r.returncode == 2 and f"holds the calibration data ({calib})" in r.stderr and calib.is_file()
+
+
 def test_recompiling_says_what_the_old_outdir_loses(tiny, tmp_path):
     """Compiling into an OUTDIR of an earlier compile replaces it whole: engines built from it go too (they would be
     stale), and one warning line names them, even with -q; a recompile that drops nothing says nothing."""

@@ -12,7 +12,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from . import signals
 from .errors import UserError
@@ -52,6 +52,19 @@ def check_target(out_dir: Path, force: bool) -> None:
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file() and not force:
         raise UserError(f"output directory {out_dir} is not empty and was not written by mq-deploy; "
                         "choose another -o or pass --force to replace it")
+
+
+def check_inputs_outside(out_dir: str | Path, inputs: dict[str, Optional[str | Path]]) -> None:
+    """A UserError when OUTDIR is one of the command's inputs ({what: path}) or a folder holding one: replacing it
+    would delete what the command reads (a checkpoint, the calibration text)."""
+    out = Path(out_dir).resolve()
+    for what, path in inputs.items():
+        if path is None:
+            continue
+        p = Path(path).resolve()
+        if p == out or out in p.parents:
+            raise UserError(f"output directory {out_dir} {'is' if p == out else 'holds'} the {what} ({path}), which "
+                            "writing it would delete: choose another -o")
 
 
 LOCK = ".mq-deploy.lock"  # inside a temporary OUTDIR: held (flock) by the run that writes it, for as long as it lives

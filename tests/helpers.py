@@ -52,6 +52,16 @@ def compile_small_w8(root: Path, name: str = "w8") -> Path:
     return root / name
 
 
+def as_compiled(outdir: Path, manifest: dict, *names: str) -> dict:
+    """`manifest` with the size and sha256 of OUTDIR's files `names` as they are now: what a compile that wrote them
+    would list (a test's stand-in for a compiler bug, not a corrupted copy, which commands refuse)."""
+    from mq_deploy.outdir import sha256_file
+
+    for name in names:
+        manifest["files"][name].update(bytes=(outdir / name).stat().st_size, sha256=sha256_file(outdir / name))
+    return manifest
+
+
 def cuda_on_cpu(monkeypatch, torch, stream_id: int = 7) -> dict:
     """torch's CUDA calls that backends/trt_engine.py makes, kept on the CPU (tensors stay host tensors, so a fake
     TensorRT engine can read and write them at their addresses): `.cuda()` is the identity but records the tensors it

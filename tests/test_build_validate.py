@@ -1407,6 +1407,43 @@ def test_validate_errors(fp32_out, tmp_path, capsys):
         assert f"mq-deploy: error: {flag} must be a number above 0" in capsys.readouterr().err
 
 
+def test_a_damaged_copy_of_an_outdir_is_named(fp32_out, tmp_path, capsys):
+    """A copy to the device that stopped, or corrupted bytes: the two graphs share weights.bin, so they would agree
+    on wrong weights. Sizes are checked by every command that reads the OUTDIR, the sha256 by validate; a missing
+    weights.bin is named with what to do, not onnx's message."""
+    import shutil
+
+    from mq_deploy.generate import outdir_graphs
+
+    cp = tmp_path / "copy"
+    shutil.copytree(fp32_out, cp)
+    weights = cp / "weights.bin"
+    data = bytearray(weights.read_bytes())
+    data[4096:8192] = bytes(4096)  # same size, other bytes
+    weights.write_bytes(bytes(data))
+    assert main(["validate", str(cp)]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights} differs from the file `mq-deploy compile` wrote (its sha256 is not the one manifest.json " \
+           "lists): a corrupted or changed copy; copy it again" in err
+    weights.write_bytes(bytes(data[:1000]))  # a copy that stopped
+    size = len(data)
+    for args in (["validate", str(cp)], ["build", str(cp), "--dry-run", "--plugins", str(tmp_path / "lib.so")],
+                 ["eval", str(cp), "--task", "text", "--data", str(tmp_path / "t.txt")]):
+        assert main(args) == 2, args
+        assert f"{weights} has 1000 bytes, its manifest.json {size}: a partial or changed copy" in capsys.readouterr().err
+    with pytest.raises(UserError, match="has 1000 bytes"):
+        outdir_graphs(cp)  # generate's first step
+    weights.unlink()
+    for args in (["validate", str(cp)], ["lint", str(cp / "model.onnx")]):
+        assert main(args) == 2, args
+        assert (f"{cp / 'model.portable.onnx' if args[0] == 'validate' else cp / 'model.onnx'} keeps its weights in "
+                "weights.bin beside it, which is missing: copy it from the directory `mq-deploy compile` wrote (with "
+                "the other files its manifest.json lists)") in capsys.readouterr().err
+    shutil.copyfile(fp32_out / "weights.bin", weights)  # the file restored: the copy validates
+    (cp / "report.html").unlink(missing_ok=True)  # (files a device does not need may be left behind)
+    assert main(["validate", str(cp), "-q"]) == 0
+
+
 def test_validate_tolerance_failure_exits_1(fp32_out, capsys):
     assert main(["validate", str(fp32_out), "-q", "--tol", "1e-12"]) == 1
     assert "FAIL" in capsys.readouterr().out

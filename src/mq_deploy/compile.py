@@ -13,7 +13,6 @@ Writes into OUTDIR (atomically):
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import platform
 import shutil
@@ -40,19 +39,11 @@ from .model import MambaModel
 from .ops import selective_scan as ss
 from .ops import state_update as su
 from .ops.plugin_fields import plugin_inventory
-from .outdir import FORMAT, atomic_dir, check_inputs_outside
+from .outdir import FORMAT, atomic_dir, check_inputs_outside, sha256_file
 from .passes import REGISTRY
 from .recipes import Recipe, check_family, load_recipe
 
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit: larger graphs keep weights beside the .onnx
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_onnx(model: onnx.ModelProto, path: Path) -> list[Path]:

@@ -177,14 +177,10 @@ def lint_model(model: onnx.ModelProto, base_dir: str = "") -> list[dict]:
 
 
 def lint_file(path: str | Path) -> list[dict]:
+    from .outdir import read_onnx
+
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"ONNX file not found: {p}")
-    try:
-        model = onnx.load(str(p), load_external_data=False)  # scales are read one by one
-    except Exception as e:
-        raise UserError(f"could not read ONNX file {p}: "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    model = read_onnx(p, weights=False)  # scales are read one by one
     try:
         return lint_model(model, base_dir=str(p.parent))
     except onnx.checker.ValidationError as e:  # external data missing or unreadable

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
+import hashlib
 import json
 import os
 import re
@@ -21,9 +22,41 @@ MARKER = "manifest.json"  # a directory holding this was written by mq-deploy an
 FORMAT = "mq-deploy/1"  # manifest.json's "format": what this mq-deploy writes and reads
 
 
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_files(out_dir: str | Path, manifest: dict, hashes: bool = False,
+                log: Callable[[str], None] = lambda s: None) -> None:
+    """A UserError when a file OUTDIR holds of those its manifest lists differs from what the compile wrote: its size
+    (a copy that stopped), and with `hashes` its sha256 (a corrupted copy). Files not there are left to the command
+    that needs them (missing_file: a device needs no calib.* or report.html)."""
+    out = Path(out_dir)
+    listed = [(name, info) for name, info in (manifest.get("files") or {}).items()
+              if isinstance(info, dict) and "bytes" in info and (out / name).is_file()]
+    again = "copy it again from the directory `mq-deploy compile` wrote"
+    for name, info in listed:
+        size = (out / name).stat().st_size
+        if size != info["bytes"]:
+            raise UserError(f"{out / name} has {size} bytes, its manifest.json {info['bytes']}: a partial or changed "
+                            f"copy; {again}")
+    if hashes:
+        todo = [(name, info) for name, info in listed if info.get("sha256")]
+        log(f"checking {len(todo)} files ({sum(i['bytes'] for _, i in todo) / 1e6:.1f} MB) against manifest.json's "
+            "sha256")
+        for name, info in todo:
+            if sha256_file(out / name) != info["sha256"]:
+                raise UserError(f"{out / name} differs from the file `mq-deploy compile` wrote (its sha256 is not the "
+                                f"one manifest.json lists): a corrupted or changed copy; {again}")
+
+
 def read_manifest(out_dir: str | Path) -> dict:
     """OUTDIR/manifest.json as a dict; a UserError, one line, when it is missing, not JSON, or of another format than
-    this mq-deploy reads."""
+    this mq-deploy reads, or when a file it lists has another size than the compile wrote (check_files)."""
     out = Path(out_dir)
     path = out / MARKER
     if not path.is_file():
@@ -43,6 +76,7 @@ def read_manifest(out_dir: str | Path) -> dict:
         what = f"format {fmt!r}" if fmt is not None else "no \"format\""
         raise UserError(f"{path} has {what}; this mq-deploy reads {FORMAT!r}: compile the checkpoint again with "
                         "this version (`mq-deploy compile`)")
+    check_files(out, manifest)
     return manifest
 
 
@@ -52,6 +86,39 @@ def check_target(out_dir: Path, force: bool) -> None:
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file() and not force:
         raise UserError(f"output directory {out_dir} is not empty and was not written by mq-deploy; "
                         "choose another -o or pass --force to replace it")
+
+
+def read_onnx(path: str | Path, weights: bool = True):
+    """The ONNX graph at `path` (a UserError when it is missing or unreadable), with its external data (weights.bin
+    beside it) when `weights`. A missing external-data file is named, with what to do, before onnx's own error."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"ONNX file not found: {p}")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - onnx's parse errors have no common class
+        raise UserError(f"could not read ONNX file {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+            from None
+    files = sorted({e.value for t in model.graph.initializer if uses_external_data(t)
+                    for e in t.external_data if e.key == "location"})
+    missing = [f for f in files if not (p.parent / f).is_file()]
+    if missing:
+        one = len(missing) == 1
+        also = " (with the other files its manifest.json lists)" if (p.parent / MARKER).is_file() else ""
+        raise UserError(f"{p} keeps its weights in {', '.join(missing)} beside it, which {'is' if one else 'are'} "
+                        f"missing: copy {'it' if one else 'them'} from the directory `mq-deploy compile` wrote{also}")
+    if weights and files:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        try:
+            load_external_data_for_model(model, str(p.parent))
+        except Exception as e:  # noqa: BLE001 - a truncated or unreadable weights file
+            raise UserError(f"could not read the weights of {p} ({', '.join(files)}): "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return model
 
 
 def check_inputs_outside(out_dir: str | Path, inputs: dict[str, Optional[str | Path]]) -> None:

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence, TextIO
 
 from . import signals, trt_progress
 from .errors import UserError
-from .outdir import atomic_write_bytes, check_writable, missing_file, read_manifest
+from .outdir import atomic_write_bytes, check_writable, missing_file, read_manifest, read_onnx
 from .ops import selective_scan as ss
 
 PLUGINS_ENV = "MQ_DEPLOY_PLUGINS"  # default plugin library when --plugins is not given
@@ -510,8 +510,6 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
     stateful graphs of `mq-deploy generate`; default engine OUTDIR/model.prefill.engine / model.decode.engine),
     whose optimization profile covers every input: the decode step's input_ids [batch, 1] and states [batch, ...]
     take the batch of `shapes` only."""
-    import onnx
-
     _check_strongly_typed(strongly_typed, int8, fp16)
     if graph not in GRAPHS:
         raise UserError(f"--graph must be one of {', '.join(GRAPHS)}, not {graph!r}")
@@ -537,7 +535,7 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
     from .graph.precision import rms_norm_nodes
     from .ops.plugin_fields import plugin_inventory
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    model = read_onnx(onnx_path, weights=False)  # (its weights file must be there: TensorRT's parser reads it)
     # a validation engine marks the value before every QuantizeLinear; a Hadamard that quantizes its own output
     # (the deployed fused kernel) keeps doing so, and in the copy the engine is built from (_codes_copy) its codes,
     # dequantized under the node's name, and the output of a float twin are marked (validate checks the layer on the

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
+from ..outdir import read_onnx
 from .data import evaluate_top1
 
 TASK = "fashion_mnist"
@@ -14,8 +15,6 @@ TASK = "fashion_mnist"
 
 def resolve_vision_target(target: Optional[str], threads: Optional[int] = None):
     """MODEL → (logits_fn, channels, image size, description)."""
-    import onnx
-
     from ..graph.lower import lower_selective_scan
     from .graph import INPUT, VimRunner, build_vim_graph
     from .model import is_vim_dir, load_vim
@@ -30,7 +29,7 @@ def resolve_vision_target(target: Optional[str], threads: Optional[int] = None):
     if p.is_dir() and (p / "model.portable.onnx").is_file():
         p = p / "model.portable.onnx"
     if p.is_file() and p.suffix == ".onnx":
-        g = onnx.load(str(p))
+        g = read_onnx(p)
         ins = {i.name: i for i in g.graph.input}
         if INPUT not in ins:
             raise UserError(f"{p} has no '{INPUT}' input: it is not a Vim graph")

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
+from mq_deploy.backends import ort as ort_backend
 from mq_deploy.backends.ort import INT8_FUSION_ENV, OrtRunner, _session_options, int8_fusion_exact
 from mq_deploy.compile import simulation_check
 from mq_deploy.errors import UserError
@@ -175,8 +176,12 @@ ABLATION = Path(__file__).resolve().parent.parent / "benchmarks" / "ablation"
 def test_int8_fusion_only_where_the_cpu_computes_it_exactly(monkeypatch):
     monkeypatch.delenv(INT8_FUSION_ENV, raising=False)
     assert int8_fusion_exact("x86_64", {"avx2", "fma", "avx512f"}) is False  # VPMADDUBSW saturates: QDQ runs as written
+    assert int8_fusion_exact("x86_64", {"avx2", "avx512_vnni"}, probe=False) is True
+    assert int8_fusion_exact("AMD64", {"avx2", "avx_vnni"}, probe=False) is True
+    monkeypatch.setattr(ort_backend, "_fusion_probe", lambda: False)  # an onnxruntime whose fused kernel is wrong
+    assert int8_fusion_exact("x86_64", {"avx2", "avx512_vnni"}) is False
+    monkeypatch.setattr(ort_backend, "_fusion_probe", lambda: True)
     assert int8_fusion_exact("x86_64", {"avx2", "avx512_vnni"}) is True
-    assert int8_fusion_exact("AMD64", {"avx2", "avx_vnni"}) is True
     assert int8_fusion_exact("aarch64", {"asimddp"}) is False  # not checked there: exact path
     assert int8_fusion_exact("x86_64", set()) is False  # flags unknown
     monkeypatch.setenv(INT8_FUSION_ENV, "1")
@@ -187,6 +192,37 @@ def test_int8_fusion_only_where_the_cpu_computes_it_exactly(monkeypatch):
     monkeypatch.setenv(INT8_FUSION_ENV, "0")
     assert int8_fusion_exact("x86_64", {"avx512_vnni"}) is False
     assert _session_options(None, False).get_session_config_entry("session.disable_quant_qdq") == "1"
+
+
+def test_the_fusion_probe_finds_a_fused_kernel_that_computes_other_numbers(monkeypatch):
+    """_fusion_probe runs its QDQ MatMuls with and without onnxruntime's int8 fusion: onnxruntime 1.23.2 on an AMX CPU
+    returned garbage for 24 output columns, and an AVX2-only CPU saturates; a fused result off by more than fp32
+    rounding turns the fusion off."""
+    import onnxruntime as ort
+
+    ort_backend._fusion_probe.cache_clear()
+    real = ort_backend._fusion_probe()  # this machine's onnxruntime: its two sessions run (the answer is the CPU's)
+    assert isinstance(real, bool)
+    made = []
+
+    class Session(ort.InferenceSession):
+        def __init__(self, model, so, **kw):
+            super().__init__(model, so, **kw)
+            self.fused = so.get_session_config_entry("session.disable_quant_qdq") == "0"
+            made.append(self.fused)
+
+        def run(self, names, feed):
+            out = super().run(names, feed)
+            if self.fused:  # one output a little off: a wrong kernel for one shape
+                out[5] = out[5] * np.float32(1 + 1e-4)
+            return out
+
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    ort_backend._fusion_probe.cache_clear()
+    try:
+        assert ort_backend._fusion_probe() is False and made == [True, False]
+    finally:
+        ort_backend._fusion_probe.cache_clear()
 
 
 def test_qdq_graph_matches_simulation_with_int8_fusion_off(tiny, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -18,7 +19,8 @@ INT8_FUSION_ENV = "MQ_DEPLOY_ORT_INT8_FUSION"
 _VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
-def int8_fusion_exact(machine: Optional[str] = None, cpu_flags: Optional[set] = None) -> bool:
+def int8_fusion_exact(machine: Optional[str] = None, cpu_flags: Optional[set] = None,
+                      probe: Optional[bool] = None) -> bool:
     """Whether onnxruntime may fuse the graphs' QuantizeLinear/DequantizeLinear pairs into its int8 kernels here.
 
     Those kernels compute a QDQ graph exactly (int32 accumulation) only where the CPU multiplies int8 by int8 without
@@ -26,7 +28,9 @@ def int8_fusion_exact(machine: Optional[str] = None, cpu_flags: Optional[set] = 
     u8×s8 kernel (VPMADDUBSW) saturates pairs of products at int16, a documented onnxruntime limitation: on an
     AVX2-only AMD EPYC the W8A8 logits of the test models then moved by a median 4 % relative, far outside the
     quantization the graph describes. Elsewhere (other CPUs, unknown flags) the QDQ nodes run as written, in fp32.
-    MQ_DEPLOY_ORT_INT8_FUSION=1 / 0 forces either."""
+    Where the flags allow it, the installed onnxruntime must also pass `_fusion_probe` (by default; `probe`: whether
+    to run it): onnxruntime 1.23.2 on an AMX CPU returned garbage for some shapes (N 24). MQ_DEPLOY_ORT_INT8_FUSION=1
+    / 0 forces either."""
     forced = os.environ.get(INT8_FUSION_ENV, "").strip()
     if forced in ("0", "1"):
         return forced == "1"
@@ -35,7 +39,53 @@ def int8_fusion_exact(machine: Optional[str] = None, cpu_flags: Optional[set] = 
         return False
     if cpu_flags is None:
         cpu_flags = _cpu_flags()
-    return bool(_VNNI_FLAGS & cpu_flags)
+    if not _VNNI_FLAGS & cpu_flags:
+        return False
+    return _fusion_probe() if probe is None or probe else True
+
+
+# (M, K, N) of the probe's MatMuls: rows of one token and of several tile widths, inner sizes below / above / off a
+# kernel's block, and output widths that are and are not multiples of 16 (1.23.2's failures: N 24 from M 16 on)
+_PROBE_SHAPES = tuple((m, k, n) for m in (1, 17, 33) for k in (8, 48, 96) for n in (8, 24, 40, 64))
+
+
+@functools.lru_cache(maxsize=None)
+def _fusion_probe() -> bool:
+    """Whether this onnxruntime's fused int8 MatMul (MatMulIntegerToFloat) computes QDQ MatMuls as the graph says:
+    one graph of QuantizeLinear → DequantizeLinear → MatMul branches (_PROBE_SHAPES; int8 weights and activations
+    over their whole range, extremes included, where int16 pair sums would saturate), run with the fusion and with
+    `session.disable_quant_qdq`; both must agree to fp32 rounding. Once a process (~0.1 s)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.asarray(0.01, np.float32), "ws"),
+             numpy_helper.from_array(np.asarray(0.05, np.float32), "xs"), numpy_helper.from_array(np.asarray(0, np.int8), "z")]
+    nodes, ins, outs, feed = [], [], [], {}
+    for i, (m, k, n) in enumerate(_PROBE_SHAPES):
+        w = rng.integers(-128, 128, (k, n)).astype(np.int8)
+        w[0, :], w[1, :] = -128, 127  # extremes: where a pair of products overflows int16
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes += [helper.make_node("QuantizeLinear", [f"x{i}", "xs", "z"], [f"xq{i}"]),
+                  helper.make_node("DequantizeLinear", [f"xq{i}", "xs", "z"], [f"xd{i}"]),
+                  helper.make_node("DequantizeLinear", [f"w{i}", "ws", "z"], [f"wd{i}"]),
+                  helper.make_node("MatMul", [f"xd{i}", f"wd{i}"], [f"y{i}"])]
+        ins.append(helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, [2, m, k]))
+        outs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [2, m, n]))
+        x = rng.uniform(-6.4, 6.35, (2, m, k)).astype(np.float32)
+        x[..., :2] = (-6.4, 6.35)  # codes -128 and 127
+        feed[f"x{i}"] = x
+    model = helper.make_model(helper.make_graph(nodes, "int8_fusion_probe", ins, outs, inits),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    got = []
+    for disable in ("0", "1"):
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.add_session_config_entry("session.disable_quant_qdq", disable)
+        got.append(ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+                   .run(None, feed))
+    return all(np.abs(a - b).max() <= 1e-5 * max(float(np.abs(b).max()), 1e-30) for a, b in zip(*got))
 
 
 def _cpu_flags() -> set:
@@ -84,14 +134,9 @@ class OrtRunner:
         from ..ops.ort_kernels import prepare_plugin_model
 
         if isinstance(model, (str, Path)):
-            path = Path(model)
-            if not path.is_file():
-                raise UserError(f"ONNX file not found: {path}")
-            try:
-                proto = onnx.load(str(path))
-            except Exception as e:
-                raise UserError(f"could not read ONNX file {path}: "
-                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            from ..outdir import read_onnx
+
+            proto = read_onnx(model)
         else:
             proto = model
         inits = {t.name for t in proto.graph.initializer}  # (older exporters list initializers as inputs too)

@@ -16,6 +16,8 @@ from mq_deploy.model import MambaConfig, random_model
 from mq_deploy.quantize import prepare
 from mq_deploy.recipes import load_recipe
 
+from .helpers import IR_VERSION
+
 
 def _qdq_graph(scale: float) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
@@ -24,7 +26,7 @@ def _qdq_graph(scale: float) -> onnx.ModelProto:
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="p/Q"),
              helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="p/DQ")]
     return helper.make_model(helper.make_graph(nodes, "qdq", [x], [y], inits),
-                             opset_imports=[helper.make_opsetid("", 17)])
+                             opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
 
 
 def test_follower_takes_the_other_side_within_a_thousandth_of_a_step_only():

@@ -22,7 +22,7 @@ from mq_deploy.loaders import BUNDLED_DIR
 from mq_deploy.ops.plugin_fields import FIELDS, fields_of, node_attrs
 from mq_deploy.vision import data as vdata
 
-from .helpers import compile_small_w8
+from .helpers import IR_VERSION, compile_small_w8
 
 N = 48  # 12·2^2
 
@@ -45,7 +45,8 @@ def _graph(zero_point=np.int8(0), h_name="h") -> onnx.ModelProto:
              helper.make_node("DequantizeLinear", ["g/q", "s_g", "zp_g"], ["z"], name="g/DQ")]
     io = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["B", "L", N])  # noqa: E731
     g = helper.make_graph(nodes, "t", [io("x")], [io("y"), io("z"), io("g")], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(PLUGIN_DOMAIN, 1)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(PLUGIN_DOMAIN, 1)],
+                             ir_version=IR_VERSION)
 
 
 def _run(m, x, plugins):
@@ -146,7 +147,8 @@ def _scan_graph(zp_u=np.int8(0), dq_scale_u=0.1, q_zero_point_u=True) -> onnx.Mo
     g = helper.make_graph(nodes, "t", [vi("u", ["B", "L", 8]), vi("delta", ["B", "L", 8]), vi("A", [8, 4]),
                                        vi("Bm", ["B", "L", 4]), vi("Cm", ["B", "L", 4]), vi("D", [8]), vi("bias", [8])],
                           [vi("y", ["B", "L", 8]), vi("h", ["B", 8, 4])], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(PLUGIN_DOMAIN, 1)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(PLUGIN_DOMAIN, 1)],
+                             ir_version=IR_VERSION)
 
 
 def test_scan_inputs_fuse_only_symmetric_int8_pairs_of_one_scale():
@@ -331,7 +333,8 @@ def test_vim_graphs_fuse_where_the_quantizer_reads_the_hadamard(tmp_path):
     never-fused portable graph does."""
     from mq_deploy.compile import compile_model
     from mq_deploy.lint import lint_model
-    from mq_deploy.vision.graph import VimRunner
+    from mq_deploy.graph.follow import compare_following
+    from mq_deploy.vision.graph import INPUT, OUTPUT
 
     ckpt = BUNDLED_DIR.parent / "vim-fmnist"
     imgs = np.random.default_rng(3).standard_normal((2, 1, 28, 28)).astype(np.float32)
@@ -354,9 +357,11 @@ def test_vim_graphs_fuse_where_the_quantizer_reads_the_hadamard(tmp_path):
             g.node.remove(mul)
             assert [(v["node"], v["rule"]) for v in lint_model(m, base_dir=str(out))] == [
                 ("layers.0/out_hadamard", "token-scale")]
-        a = VimRunner(str(out / "model.onnx"))(imgs)
-        b = VimRunner(str(out / "model.portable.onnx"))(imgs)
-        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max(), recipe
+        # (following the portable graph's roundings on boundary cases, as validate does: where onnxruntime runs the
+        # QDQ nodes in fp32 — no VNNI, or MQ_DEPLOY_ORT_INT8_FUSION=0 — two summation orders may round apart, and the
+        # directly compared logits then moved by ~1 %)
+        f = compare_following(out / "model.portable.onnx", onnx.load(str(out / "model.onnx")), {INPUT: imgs}, OUTPUT)
+        assert f["max_rel"] <= 1e-5, (recipe, f["max_rel"], f["roundings_taken"])
 
 
 def test_lint_flags_a_float_scan_with_int8_scales(tmp_path):

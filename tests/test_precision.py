@@ -11,6 +11,8 @@ from mq_deploy.model import MambaConfig, random_model
 from mq_deploy.vision.graph import build_vim_graph
 from mq_deploy.vision.model import VimConfig, random_vim
 
+from .helpers import IR_VERSION
+
 CHAIN = ["Mul", "ReduceMean", "Add", "Sqrt", "Div"]
 
 
@@ -44,7 +46,7 @@ def _norm_graph(div_input: str) -> onnx.ModelProto:
              helper.make_node("Neg", ["x"], ["other"])]
     eps = helper.make_tensor("eps", TensorProto.FLOAT, [], [1e-5])
     return helper.make_model(helper.make_graph(nodes, "norm", [x], [y], [eps]),
-                             opset_imports=[helper.make_opsetid("", 17)])
+                             opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
 
 
 def test_only_a_division_of_the_same_x_is_a_norm():

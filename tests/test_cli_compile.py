@@ -163,6 +163,31 @@ def test_refuses_an_output_that_is_or_holds_an_input(tiny, tmp_path):
     assert r.returncode == 2 and f"holds the calibration data ({calib})" in r.stderr and calib.is_file()
 
 
+def test_tokenizer_checks_before_the_work(tiny, tmp_path):
+    """A --tokenizer that is no tokenizer, and a calibration without any, are refused before the checkpoint is loaded;
+    an OUTDIR without a tokenizer is said to be one; a tokenizer of far fewer ids than the vocabulary is warned of."""
+    _, hf_dir, ss_dir = tiny
+    bundled_tok = Path(__file__).resolve().parents[1] / "src" / "mq_deploy" / "assets" / "mamba-tiny" / "tokenizer.json"
+    calib = tmp_path / "calib.txt"
+    calib.write_text("words and more words " * 200)
+    notes = tmp_path / "README.md"
+    notes.write_text("# not a tokenizer")
+    for args, message in (
+            (["--tokenizer", notes], f"{notes} is not a Hugging Face `tokenizers` JSON file"),
+            (["--recipe", "rtn-w8a8", "--calib", calib], f"calibration needs the model's tokenizer, and {ss_dir} has "
+                                                        "no tokenizer.json (a state-spaces checkpoint has none)")):
+        r = run_cli("compile", ss_dir, *args, "-o", tmp_path / "o")
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+        assert "loading" not in r.stderr and not (tmp_path / "o").exists()
+    r = run_cli("compile", hf_dir, "-o", tmp_path / "notok")
+    assert r.returncode == 0 and "no tokenizer.json (the model directory has none): eval and generate of OUTDIR will " \
+        "need --tokenizer" in r.stderr
+    big = write_hf_checkpoint(random_model(MambaConfig(d_model=16, n_layer=1, vocab_size=9600), seed=1), tmp_path / "b")
+    r = run_cli("compile", big, "--tokenizer", bundled_tok, "-o", tmp_path / "big")
+    assert r.returncode == 0 and f"tokenizer {bundled_tok} has 8192 ids, the model's vocabulary 9600: is it this " \
+        "model's tokenizer?" in r.stderr
+
+
 def test_recompiling_says_what_the_old_outdir_loses(tiny, tmp_path):
     """Compiling into an OUTDIR of an earlier compile replaces it whole: engines built from it go too (they would be
     stale), and one warning line names them, even with -q; a recompile that drops nothing says nothing."""

@@ -256,6 +256,9 @@ def _check_tokenizer(path, vocab_size: int, warn: Callable[[str], None]) -> None
     if n > vocab_size:
         warn(f"tokenizer {path} has {n} ids, the model's vocabulary {vocab_size}: is it this model's tokenizer? (eval "
              "and generate refuse text with ids outside the vocabulary)")
+    elif n < 0.9 * vocab_size:  # (a vocabulary padded to a multiple of 8 to 128 leaves a few ids unused, not 10 %)
+        warn(f"tokenizer {path} has {n} ids, the model's vocabulary {vocab_size}: is it this model's tokenizer? (its "
+             "ids are valid here, but would mean other tokens than the model learnt)")
 
 
 def calibration_data(model, recipe: Recipe, calib: Optional[str], tokenizer: Optional[str], samples: Optional[int],
@@ -314,10 +317,20 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         raise UserError(f"recipe {recipe.name}: activations.cls_token applies to Vision Mamba (Vim) models only")
     if tokenizer is not None and not Path(tokenizer).is_file():
         raise UserError(f"tokenizer file not found: {tokenizer}")
+    if tokenizer is not None:  # one that cannot be read: said before the work, not copied into OUTDIR after it
+        from .eval.tokenizer import TextTokenizer
+
+        TextTokenizer(tokenizer)
     if calib is not None:
         from .calibrate import check_calib_file
 
         check_calib_file(calib)
+    elif calibrates(recipe):
+        default_calib_path()  # (no --calib and no default text: said before the model is loaded)
+    if calibrates(recipe) and tokenizer is None and not (resolve_model_dir(model_path) / "tokenizer.json").is_file():
+        raise UserError(f"calibration needs the model's tokenizer, and {resolve_model_dir(model_path)} has no "
+                        "tokenizer.json (a state-spaces checkpoint has none): pass --tokenizer PATH/tokenizer.json "
+                        "or a Hub id, e.g. --tokenizer EleutherAI/gpt-neox-20b")
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, force=force, warn=warn) as tmp:
         log(f"loading {'the bundled model' if model_path is None else model_path}")
@@ -437,6 +450,9 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         for p in calib_files:
             files[p.name] = {"what": "calibration statistics"}
         tok_src = tokenizer or source.get("tokenizer")
+        if not tok_src:
+            log("no tokenizer.json (the model directory has none): eval and generate of OUTDIR will need --tokenizer; "
+                "compile with --tokenizer PATH (or a Hub id) to include one")
         if tok_src:
             _check_tokenizer(tok_src, c.vocab_size, warn)
             shutil.copyfile(tok_src, tmp / "tokenizer.json")

@@ -843,6 +843,9 @@ def test_error_stats():
     x[0, 1, 3] = 3.0  # argmax flips at one of two positions
     s = mval.error_stats(ref, x)
     assert s["max_abs"] == 3.0 and s["max_rel"] == 1.5 and s["mean_abs"] == 3.0 / 8 and s["top1"] == 0.5
+    x[0, 0, :] = np.nan  # a row of NaN: no agreement (its argmax, 0, would be counted as one)
+    ref[0, 0, :] = 0.0
+    assert mval.error_stats(ref, x)["top1"] == 0.0
 
 
 def test_validate_fp32(fp32_out, no_tensorrt, capsys):

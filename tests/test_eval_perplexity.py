@@ -144,3 +144,11 @@ def test_bad_model_output_and_vocab_mismatch():
         score_requests(lambda ids: np.zeros(ids.shape + (3,), np.float32), reqs, 0)
     with pytest.raises(UserError):
         score_requests(uniform_model, reqs, 0, batch_size=0)
+    for bad in (np.nan, np.inf):  # a broken model's logits: an error, not a perplexity of nan
+        def broken(ids, bad=bad):
+            out = uniform_model(ids)
+            out[..., 0, 5] = bad  # (a position whose logits score a target)
+            return out
+
+        with pytest.raises(UserError, match=r"logits are not finite \(NaN or Inf\) while scoring"):
+            score_requests(broken, reqs, 0)

@@ -133,6 +133,11 @@ def score_requests(
                             f"{logits.shape[-1]}: the tokenizer does not match the model"
                         )
                     lp, gr = target_logprobs(logits[b, r.start : r.start + len(tg)], tg)
+                    if not np.all(np.isfinite(lp)):  # (a perplexity of nan would read as a result)
+                        raise UserError(
+                            f"the model's logits are not finite (NaN or Inf) while {desc}: its weights or graph "
+                            "are broken (an OUTDIR's files: `mq-deploy validate OUTDIR` checks them)"
+                        )
                     results[i] = TokenScores(lp, gr)
                     done += 1
             bar.update(done)

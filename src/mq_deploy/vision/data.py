@@ -111,7 +111,11 @@ def evaluate_top1(logits_fn: Callable[[np.ndarray], np.ndarray], channels: int =
 
     for s in tqdm(range(0, len(imgs), batch_size), desc="fashion_mnist", disable=not progress,
                   leave=not sys.stderr.isatty()):  # in a log, the finished bar ends its line
-        preds.append(np.asarray(logits_fn(normalize(imgs[s:s + batch_size], channels))).argmax(-1))
+        logits = np.asarray(logits_fn(normalize(imgs[s:s + batch_size], channels)))
+        if not np.all(np.isfinite(logits)):  # (argmax would pick class 0 for a row of NaN)
+            raise UserError("the model's logits are not finite (NaN or Inf): its weights or graph are broken (an "
+                            "OUTDIR's files: `mq-deploy validate OUTDIR` checks them)")
+        preds.append(logits.argmax(-1))
     pred = np.concatenate(preds)
     out = {"task": "fashion_mnist", "top1": float((pred == labels).mean()), "n": int(len(labels))}
     if reference is not None:

@@ -1,5 +1,6 @@
 """`mq-deploy generate` as a user runs it: streaming output, timings on stderr, and clean failures."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -140,7 +141,17 @@ def test_cli_flag_errors_name_the_flag(outdir, tmp_path):
     for cmd in (["validate", outdir], ["generate", outdir, "--prompt", "hi"], ["eval", outdir, "--task", "text"]):
         assert_user_error(run_cli(*cmd, "--threads", "-1"), "--threads must be 0 (all) or more, not -1")
     assert_user_error(run_cli("eval", outdir, "--task", "text", "--task", "arc_easy", "--data", tmp_path / "t.txt"),
-                      "--data names one task's file", "compare --data TASK=PATH")
+                      "--data names one task's file", "give each its file as --data TASK=PATH")
+    assert_user_error(run_cli("eval", outdir, "--task", "text", "--data", f"arc_easy={tmp_path / 't.txt'}"),
+                      f"--data arc_easy={tmp_path / 't.txt'}: no --task arc_easy asks for it")
+    # as compare takes it: TASK=PATH, one for each of several tasks
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    r = run_cli("eval", outdir, "--task", "text", "--task", "wikitext2", "--data", f"text={text}", "--data",
+                f"wikitext2={text}", "--seq-len", "32", "--limit", "1", "--json", "-q")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(x["task"], x["data"]) for x in rows] == [("text", str(text)), ("wikitext2", str(text))]
     assert_user_error(run_cli("build", outdir, "--graph", "prefill", "--min-shapes", "1", "--dry-run"),
                       "--min-shapes gives a batch only (e.g. --min-shapes 1,1)")
     assert_user_error(run_cli("generate", outdir, "--prompt", "hi", "--temperature", "0"), "--temperature must be > 0")

@@ -42,6 +42,29 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 # -- eval -----------------------------------------------------------------------------------------
+def _eval_data(values: list[str], tasks: list[str]) -> dict[str, str]:
+    """eval's --data values ("PATH" for the one task, or "TASK=PATH" as compare takes them) → {task: path}."""
+    from .eval import TASK_NAMES
+
+    named, bare = {}, []
+    for v in values:
+        task, _, path = v.partition("=")
+        if path and task in tasks:
+            named[task] = path
+        elif path and task in TASK_NAMES + ("fashion_mnist",):
+            raise UserError(f"--data {v}: no --task {task} asks for it")
+        else:
+            bare.append(v)
+    if bare and (len(bare) > 1 or len(set(tasks)) > 1):
+        raise UserError("--data names one task's file; with several --task, give each its file as --data TASK=PATH "
+                        "(as `mq-deploy compare --data TASK=PATH` takes it)")
+    if bare:
+        if named:
+            raise UserError(f"--data {bare[0]} and --data {next(iter(named))}=...: one file for one task")
+        named[tasks[0]] = bare[0]
+    return named
+
+
 def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads: Optional[int]):
     """MODEL_OR_ONNX → (logits_fn, tokenizer path, description)."""
     from .backends.ort import OrtRunner
@@ -105,13 +128,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("--limit must be at least 1")
     if "fashion_mnist" in args.task and len(set(args.task)) > 1:
         raise UserError("--task fashion_mnist cannot be combined with language-model tasks")
-    if args.data is not None and len(set(args.task)) > 1:
-        raise UserError("--data names one task's file; with several --task, run eval once per task (or `mq-deploy "
-                        "compare --data TASK=PATH`)")
+    data = _eval_data(args.data, args.task)
     if "fashion_mnist" in args.task:  # image classification (Vim): no tokenizer
         from .vision.evaluate import run_fashion_mnist
 
-        r = run_fashion_mnist(args.model, args.data, args.limit, max(args.batch_size, 64), args.threads,
+        r = run_fashion_mnist(args.model, data.get("fashion_mnist"), args.limit, max(args.batch_size, 64), args.threads,
                               progress=not args.quiet)
         print(json.dumps(r) if args.json else f"fashion_mnist: top1={r['top1']:.4f}, n={r['n']}", flush=True)
         return 0
@@ -120,7 +141,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     kw = {} if args.seq_len is None else {"seq_len": args.seq_len}
     results = []
     for task in args.task:
-        r = run_task(task, runner, tok, data_path=args.data, limit=args.limit, batch_size=args.batch_size,
+        r = run_task(task, runner, tok, data_path=data.get(task), limit=args.limit, batch_size=args.batch_size,
                      progress=not args.quiet, **kw)
         r["model"] = desc
         results.append(r)
@@ -479,7 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "owner/name[@REVISION] (default: the bundled model)")
     e.add_argument("--task", required=True, action="append", choices=TASK_NAMES + ("fashion_mnist",),
                    help="task to run (repeatable): " + ", ".join(TASK_NAMES + ("fashion_mnist",)))
-    e.add_argument("--data", help="data file for the task (default: $MQ_DEPLOY_DATA_DIR/<standard path>)")
+    e.add_argument("--data", action="append", default=[], metavar="PATH or TASK=PATH",
+                   help="data file for the task, or TASK=PATH for one of several (repeatable; default: "
+                        "$MQ_DEPLOY_DATA_DIR/<standard path>)")
     e.add_argument("--tokenizer", help="tokenizer.json or a Hub id (default: the one beside the model)")
     e.add_argument("--seq-len", type=int, default=None, help="window length for perplexity / max length (default 2048)")
     e.add_argument("--limit", type=int, default=None, help="only the first N windows / items")

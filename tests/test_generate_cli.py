@@ -144,6 +144,11 @@ def test_cli_flag_errors_name_the_flag(outdir, tmp_path):
                       "--data names one task's file", "give each its file as --data TASK=PATH")
     assert_user_error(run_cli("eval", outdir, "--task", "text", "--data", f"arc_easy={tmp_path / 't.txt'}"),
                       f"--data arc_easy={tmp_path / 't.txt'}: no --task arc_easy asks for it")
+    copy = tmp_path / "copy"  # an OUTDIR copied without its manifest: said so, not "no config.json"
+    copy.mkdir()
+    shutil.copyfile(outdir / "model.portable.onnx", copy / "model.portable.onnx")
+    assert_user_error(run_cli("eval", copy, "--task", "text", "--data", tmp_path / "t.txt"),
+                      f"{copy} holds model.portable.onnx but no manifest.json: copy it")
     # as compare takes it: TASK=PATH, one for each of several tasks
     text = tmp_path / "t.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 40)

@@ -88,6 +88,11 @@ def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads
     else:
         from .backends.torch_hf import TorchRunner
 
+        here = Path(target) if target is not None else None
+        graphs = [g for g in ("model.portable.onnx", "model.onnx") if here is not None and (here / g).is_file()]
+        if graphs and not (here / "config.json").is_file():  # (not a checkpoint: an OUTDIR's copy)
+            raise UserError(f"{target} holds {graphs[0]} but no manifest.json: copy it from the directory `mq-deploy "
+                            f"compile` wrote, or evaluate the graph itself ({Path(target) / graphs[0]})")
         if target is not None and is_vim_dir(target):
             raise vim
         model_dir = resolve_model_dir(target)

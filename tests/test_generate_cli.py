@@ -149,6 +149,12 @@ def test_cli_flag_errors_name_the_flag(outdir, tmp_path):
     shutil.copyfile(outdir / "model.portable.onnx", copy / "model.portable.onnx")
     assert_user_error(run_cli("eval", copy, "--task", "text", "--data", tmp_path / "t.txt"),
                       f"{copy} holds model.portable.onnx but no manifest.json: copy it")
+    notok = tmp_path / "notok"  # no tokenizer: the hint fits the model's vocabulary (8192 ids: not GPT-NeoX's)
+    shutil.copytree(outdir, notok)
+    (notok / "tokenizer.json").unlink()
+    r = run_cli("eval", notok, "--task", "text", "--data", tmp_path / "t.txt")
+    assert_user_error(r, "pass --tokenizer PATH/tokenizer.json or a Hub id (the tokenizer this model of 8192 ids")
+    assert "GPT-NeoX" not in r.stderr
     # as compare takes it: TASK=PATH, one for each of several tasks
     text = tmp_path / "t.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 40)

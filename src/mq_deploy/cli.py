@@ -109,8 +109,11 @@ def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads
     tok = Path(tokenizer) if tokenizer else tok_default
     if not tok.is_file():
         hint = Path(os.environ.get("MQ_DEPLOY_DATA_DIR") or "../shared/data") / "tokenizer" / "gpt-neox-20b.json"
-        raise UserError(f"no tokenizer: {tok} does not exist; pass --tokenizer PATH/tokenizer.json "
-                        f"(the reference models use the GPT-NeoX tokenizer: {hint})")
+        vocab = _runner_vocab(runner)  # (GPT-NeoX's 50 277 ids, padded: a model of another vocabulary has another)
+        neox = vocab is None or 50277 <= vocab <= 50432
+        raise UserError(f"no tokenizer: {tok} does not exist; pass --tokenizer PATH/tokenizer.json or a Hub id"
+                        + (f" (the reference models use the GPT-NeoX tokenizer: {hint})" if neox else
+                           f" (the tokenizer this model of {vocab} ids was trained with)"))
     return runner, tok, desc
 
 

@@ -164,7 +164,8 @@ def test_refuses_an_output_that_is_or_holds_an_input(tiny, tmp_path):
 
 
 def test_tokenizer_checks_before_the_work(tiny, tmp_path):
-    """A --tokenizer that is no tokenizer, and a calibration without any, are refused before the checkpoint is loaded;
+    """A --tokenizer that is no tokenizer is refused before the checkpoint is loaded, a calibration without any before
+    the calibration;
     an OUTDIR without a tokenizer is said to be one; a tokenizer of far fewer ids than the vocabulary is warned of."""
     _, hf_dir, ss_dir = tiny
     bundled_tok = Path(__file__).resolve().parents[1] / "src" / "mq_deploy" / "assets" / "mamba-tiny" / "tokenizer.json"
@@ -172,13 +173,14 @@ def test_tokenizer_checks_before_the_work(tiny, tmp_path):
     calib.write_text("words and more words " * 200)
     notes = tmp_path / "README.md"
     notes.write_text("# not a tokenizer")
-    for args, message in (
-            (["--tokenizer", notes], f"{notes} is not a Hugging Face `tokenizers` JSON file"),
+    for args, message, before in (
+            (["--tokenizer", notes], f"{notes} is not a Hugging Face `tokenizers` JSON file", "loading"),
             (["--recipe", "rtn-w8a8", "--calib", calib], f"calibration needs the model's tokenizer, and {ss_dir} has "
-                                                        "no tokenizer.json (a state-spaces checkpoint has none)")):
+                                                        "no tokenizer.json (state-spaces checkpoints have none)",
+             "calibration:")):
         r = run_cli("compile", ss_dir, *args, "-o", tmp_path / "o")
         assert r.returncode == 2 and message in r.stderr, r.stderr
-        assert "loading" not in r.stderr and not (tmp_path / "o").exists()
+        assert before not in r.stderr and not (tmp_path / "o").exists()  # refused before that step
     r = run_cli("compile", hf_dir, "-o", tmp_path / "notok")
     assert r.returncode == 0 and "no tokenizer.json (the model directory has none): eval and generate of OUTDIR will " \
         "need --tokenizer" in r.stderr

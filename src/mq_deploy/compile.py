@@ -274,7 +274,9 @@ def calibration_data(model, recipe: Recipe, calib: Optional[str], tokenizer: Opt
     path = Path(calib) if calib else default_calib_path()
     tok_path = tokenizer or model.source.get("tokenizer")
     if not tok_path:
-        raise UserError("calibration needs the model's tokenizer: pass --tokenizer PATH/tokenizer.json")
+        where = model.source.get("path", "the model directory")
+        raise UserError(f"calibration needs the model's tokenizer, and {where} has no tokenizer.json (state-spaces checkpoints have none): pass --tokenizer "
+                        "PATH/tokenizer.json or a Hub id, e.g. --tokenizer EleutherAI/gpt-neox-20b")
     tok = TextTokenizer(tok_path)
     text = read_calib_text(path, max_chars=samples * seq_len * 12)
     ids = np.asarray(tok.encode(text), dtype=np.int64)
@@ -327,10 +329,6 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         check_calib_file(calib)
     elif calibrates(recipe):
         default_calib_path()  # (no --calib and no default text: said before the model is loaded)
-    if calibrates(recipe) and tokenizer is None and not (resolve_model_dir(model_path) / "tokenizer.json").is_file():
-        raise UserError(f"calibration needs the model's tokenizer, and {resolve_model_dir(model_path)} has no "
-                        "tokenizer.json (a state-spaces checkpoint has none): pass --tokenizer PATH/tokenizer.json "
-                        "or a Hub id, e.g. --tokenizer EleutherAI/gpt-neox-20b")
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, force=force, warn=warn) as tmp:
         log(f"loading {'the bundled model' if model_path is None else model_path}")

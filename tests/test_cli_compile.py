@@ -161,6 +161,14 @@ def test_refuses_an_output_that_is_or_holds_an_input(tiny, tmp_path):
     calib.write_text("some text " * 100)
     r = run_cli("compile", ckpt, "--recipe", "rtn-w8a8", "--calib", calib, "-o", calib.parent, "--force")
     assert r.returncode == 2 and f"holds the calibration data ({calib})" in r.stderr and calib.is_file()
+    # its own tokenizer.json: copied into the new OUTDIR before the swap, so recompiling with it is allowed
+    out = tmp_path / "out"
+    assert run_cli("compile", ckpt, "-o", out).returncode == 0
+    tok = Path(__file__).resolve().parents[1] / "src" / "mq_deploy" / "assets" / "mamba-tiny" / "tokenizer.json"
+    shutil.copyfile(tok, out / "tokenizer.json")  # (tiny has none of its own)
+    r = run_cli("compile", ckpt, "--tokenizer", out / "tokenizer.json", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert (out / "tokenizer.json").read_bytes() == tok.read_bytes()
 
 
 def test_tokenizer_checks_before_the_work(tiny, tmp_path):

@@ -298,7 +298,8 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
     if calib_samples is not None and calib_samples < 1 or calib_seq_len is not None and calib_seq_len < 2:
         raise UserError("--calib-samples must be >= 1 and --calib-seq-len >= 2")  # whether the recipe calibrates or not
     resolve_model_dir(model_path)  # a missing or wrong directory first: one line, before any recipe check or progress
-    check_inputs_outside(out_dir, {"checkpoint": model_path, "calibration data": calib, "tokenizer": tokenizer})
+    # (a tokenizer there is copied into the new OUTDIR before the swap: recompiling with OUTDIR/tokenizer.json is fine)
+    check_inputs_outside(out_dir, {"checkpoint": model_path, "calibration data": calib})
     if model_path is not None:
         from .vision.model import is_vim_dir
 

@@ -122,13 +122,14 @@ def read_onnx(path: str | Path, weights: bool = True):
 
 
 def check_inputs_outside(out_dir: str | Path, inputs: dict[str, Optional[str | Path]]) -> None:
-    """A UserError when OUTDIR is one of the command's inputs ({what: path}) or a folder holding one: replacing it
-    would delete what the command reads (a checkpoint, the calibration text)."""
-    out = Path(out_dir).resolve()
+    """A UserError when OUTDIR is one of the command's inputs ({what: path}) or a folder holding one: the swap at the
+    end would delete what the command read (a checkpoint, the calibration text). Paths that do not exist are left to
+    the checks of those inputs."""
+    out = Path(out_dir).expanduser().resolve()
     for what, path in inputs.items():
-        if path is None:
+        if path is None or not Path(path).expanduser().exists():
             continue
-        p = Path(path).resolve()
+        p = Path(path).expanduser().resolve()
         if p == out or out in p.parents:
             raise UserError(f"output directory {out_dir} {'is' if p == out else 'holds'} the {what} ({path}), which "
                             "writing it would delete: choose another -o")

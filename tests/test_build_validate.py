@@ -1410,7 +1410,7 @@ def test_validate_errors(fp32_out, tmp_path, capsys):
         assert f"mq-deploy: error: {flag} must be a number above 0" in capsys.readouterr().err
 
 
-def test_a_damaged_copy_of_an_outdir_is_named(fp32_out, tmp_path, capsys):
+def test_a_damaged_copy_of_an_outdir_is_named(fp32_out, tmp_path, capsys, monkeypatch):
     """A copy to the device that stopped, or corrupted bytes: the two graphs share weights.bin, so they would agree
     on wrong weights. Sizes are checked by every command that reads the OUTDIR, the sha256 by validate; a missing
     weights.bin is named with what to do, not onnx's message."""
@@ -1437,13 +1437,27 @@ def test_a_damaged_copy_of_an_outdir_is_named(fp32_out, tmp_path, capsys):
     with pytest.raises(UserError, match="has 1000 bytes"):
         outdir_graphs(cp)  # generate's first step
     weights.unlink()
-    for args in (["validate", str(cp)], ["lint", str(cp / "model.onnx")]):
+    lib = tmp_path / "libmq_trt_plugins.so"
+    lib.write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT({})))
+    for args in (["validate", str(cp)], ["lint", str(cp / "model.onnx")],
+                 ["build", str(cp), "--plugins", str(lib), "-o", str(tmp_path / "m.engine")]):
         assert main(args) == 2, args
         assert (f"{cp / 'model.portable.onnx' if args[0] == 'validate' else cp / 'model.onnx'} keeps its weights in "
                 "weights.bin beside it, which is missing: copy it from the directory `mq-deploy compile` wrote (with "
                 "the other files its manifest.json lists)") in capsys.readouterr().err
+    assert not (tmp_path / "m.engine").exists()
+    lone = tmp_path / "lone"  # a graph copied without anything: no compile directory to point at
+    lone.mkdir()
+    shutil.copyfile(cp / "model.onnx", lone / "model.onnx")
+    assert main(["lint", str(lone / "model.onnx")]) == 2
+    assert (f"{lone / 'model.onnx'} keeps its weights in weights.bin beside it, which is missing: copy it next to the "
+            "graph") in capsys.readouterr().err
+    assert main(["build", str(cp), "--dry-run", "--plugins", str(lib)]) == 0  # the command lines need no weights
+    assert "trtexec --onnx=" in capsys.readouterr().out
     shutil.copyfile(fp32_out / "weights.bin", weights)  # the file restored: the copy validates
-    (cp / "report.html").unlink(missing_ok=True)  # (files a device does not need may be left behind)
+    (cp / "report.html").unlink(missing_ok=True)  # files no graph reads may be missing or changed
+    (cp / "tokenizer.json").write_text(" " + (fp32_out / "tokenizer.json").read_text())
     assert main(["validate", str(cp), "-q"]) == 0
 
 

@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from . import signals
 from .errors import UserError
@@ -30,14 +30,29 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def check_files(out_dir: str | Path, manifest: dict, hashes: bool = False,
+_GRAPH_SUFFIXES = (".onnx", ".bin", ".data")  # the graphs and their weights (weights.bin, a large graph's .data)
+
+
+def graph_files(manifest: dict, graphs: Optional[Sequence[str]] = None) -> list[str]:
+    """The files manifest.json lists that hold graphs or their weights; with `graphs` (names like "model.onnx"), only
+    those and the weights they share (weights.bin) or keep beside them (NAME.data)."""
+    names = [n for n in (manifest.get("files") or {}) if n.endswith(_GRAPH_SUFFIXES)]
+    if graphs is None:
+        return names
+    return [n for n in names if n in graphs or not n.endswith(".onnx") and
+            (n == "weights.bin" or any(n.startswith(g + ".") for g in graphs))]
+
+
+def check_files(out_dir: str | Path, manifest: dict, names: Optional[Sequence[str]] = None, hashes: bool = False,
                 log: Callable[[str], None] = lambda s: None) -> None:
-    """A UserError when a file OUTDIR holds of those its manifest lists differs from what the compile wrote: its size
-    (a copy that stopped), and with `hashes` its sha256 (a corrupted copy). Files not there are left to the command
-    that needs them (missing_file: a device needs no calib.* or report.html)."""
+    """A UserError when a graph or weights file OUTDIR holds (`names`, default graph_files) differs from what the
+    compile wrote by its manifest: its size (a copy that stopped), and with `hashes` its sha256 (a corrupted copy).
+    Files not there are left to the command that needs them (missing_file); the tokenizer, calib.* and report.html
+    are not checked (no graph reads them)."""
     out = Path(out_dir)
-    listed = [(name, info) for name, info in (manifest.get("files") or {}).items()
-              if isinstance(info, dict) and "bytes" in info and (out / name).is_file()]
+    files = manifest.get("files") or {}
+    listed = [(name, files[name]) for name in (graph_files(manifest) if names is None else names)
+              if isinstance(files.get(name), dict) and "bytes" in files[name] and (out / name).is_file()]
     again = "copy it again from the directory `mq-deploy compile` wrote"
     for name, info in listed:
         size = (out / name).stat().st_size
@@ -46,8 +61,8 @@ def check_files(out_dir: str | Path, manifest: dict, hashes: bool = False,
                             f"copy; {again}")
     if hashes:
         todo = [(name, info) for name, info in listed if info.get("sha256")]
-        log(f"checking {len(todo)} files ({sum(i['bytes'] for _, i in todo) / 1e6:.1f} MB) against manifest.json's "
-            "sha256")
+        log(f"checking {', '.join(n for n, _ in todo)} ({sum(i['bytes'] for _, i in todo) / 1e6:.1f} MB) against "
+            "manifest.json's sha256")
         for name, info in todo:
             if sha256_file(out / name) != info["sha256"]:
                 raise UserError(f"{out / name} differs from the file `mq-deploy compile` wrote (its sha256 is not the "
@@ -56,7 +71,8 @@ def check_files(out_dir: str | Path, manifest: dict, hashes: bool = False,
 
 def read_manifest(out_dir: str | Path) -> dict:
     """OUTDIR/manifest.json as a dict; a UserError, one line, when it is missing, not JSON, or of another format than
-    this mq-deploy reads, or when a file it lists has another size than the compile wrote (check_files)."""
+    this mq-deploy reads, or when a graph or weights file it lists has another size than the compile wrote
+    (check_files)."""
     out = Path(out_dir)
     path = out / MARKER
     if not path.is_file():
@@ -88,9 +104,10 @@ def check_target(out_dir: Path, force: bool) -> None:
                         "choose another -o or pass --force to replace it")
 
 
-def read_onnx(path: str | Path, weights: bool = True):
+def read_onnx(path: str | Path, weights: bool = True, require_weights: bool = True):
     """The ONNX graph at `path` (a UserError when it is missing or unreadable), with its external data (weights.bin
-    beside it) when `weights`. A missing external-data file is named, with what to do, before onnx's own error."""
+    beside it) when `weights`. A missing external-data file is named, with what to do, before onnx's own error (unless
+    not `require_weights`: the graph alone is read)."""
     import onnx
     from onnx.external_data_helper import uses_external_data
 
@@ -105,11 +122,12 @@ def read_onnx(path: str | Path, weights: bool = True):
     files = sorted({e.value for t in model.graph.initializer if uses_external_data(t)
                     for e in t.external_data if e.key == "location"})
     missing = [f for f in files if not (p.parent / f).is_file()]
-    if missing:
+    if missing and (weights or require_weights):
         one = len(missing) == 1
-        also = " (with the other files its manifest.json lists)" if (p.parent / MARKER).is_file() else ""
+        where = ("from the directory `mq-deploy compile` wrote (with the other files its manifest.json lists)"
+                 if (p.parent / MARKER).is_file() else "next to the graph")
         raise UserError(f"{p} keeps its weights in {', '.join(missing)} beside it, which {'is' if one else 'are'} "
-                        f"missing: copy {'it' if one else 'them'} from the directory `mq-deploy compile` wrote{also}")
+                        f"missing: copy {'it' if one else 'them'} {where}")
     if weights and files:
         from onnx.external_data_helper import load_external_data_for_model
 

@@ -535,7 +535,7 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
     from .graph.precision import rms_norm_nodes
     from .ops.plugin_fields import plugin_inventory
 
-    model = read_onnx(onnx_path, weights=False)  # (its weights file must be there: TensorRT's parser reads it)
+    model = read_onnx(onnx_path, weights=False, require_weights=False)  # (--dry-run prints lines without them)
     # a validation engine marks the value before every QuantizeLinear; a Hadamard that quantizes its own output
     # (the deployed fused kernel) keeps doing so, and in the copy the engine is built from (_codes_copy) its codes,
     # dequantized under the node's name, and the output of a float twin are marked (validate checks the layer on the
@@ -563,6 +563,7 @@ def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
     """Build plan.engine from plan.onnx (the plugin library is required when the graph has plugin nodes);
     `progress`: where TensorRT's build phases are shown (None: nowhere)."""
     trt = import_tensorrt()
+    read_onnx(plan.onnx, weights=False)  # its weights file named if missing (TensorRT's parser would fail on it)
     n = plan.plugin_nodes
     if plan.plugin_lib is None and n:
         raise UserError(f"{plan.onnx} has {n} TensorRT plugin node(s): pass --plugins LIB or set {PLUGINS_ENV} "

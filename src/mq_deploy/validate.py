@@ -57,7 +57,7 @@ from . import trt as mtrt
 from .errors import UserError
 from .graph.follow import ENGINE_FOLLOW_STEPS, TWIN_REL
 from .hub import compiled_from
-from .outdir import check_files, missing_file
+from .outdir import check_files, graph_files, missing_file
 
 # Limits on max_rel. Quantized OUTDIRs: two fp32 implementations of the same Q/DQ graph (and the simulation)
 # sum in different orders, so now and then an activation sits within ~1e-7 of a rounding boundary and lands one
@@ -468,7 +468,10 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
     _check_memory(manifest, batch, seq)  # (the decode step's states come from a prefill of that prompt)
     if engine:  # an engine asked for by name must run here: said before any other work
         _check_named_engine(Path(engine))
-    check_files(out, manifest, hashes=True, log=log)  # a corrupted copy (the graphs would agree on its weights)
+    # a corrupted copy of what this validate reads (its two graphs would agree on the same wrong weights)
+    plugin_graph = mtrt.GRAPHS.get(graph, "model.onnx")
+    check_files(out, manifest, graph_files(manifest, [plugin_graph, plugin_graph.replace(".onnx", ".portable.onnx")]),
+                hashes=True, log=log)
     if graph != "model":
         if graph not in mtrt.GRAPHS:
             raise UserError(f"--graph must be one of {', '.join(mtrt.GRAPHS)}, not {graph!r}")

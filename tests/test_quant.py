@@ -194,15 +194,19 @@ def test_int8_fusion_only_where_the_cpu_computes_it_exactly(monkeypatch):
     assert _session_options(None, False).get_session_config_entry("session.disable_quant_qdq") == "1"
 
 
-def test_the_fusion_probe_finds_a_fused_kernel_that_computes_other_numbers(monkeypatch):
+def test_the_fusion_probe_finds_a_fused_kernel_that_computes_other_numbers(monkeypatch, tmp_path):
     """_fusion_probe runs its QDQ MatMuls with and without onnxruntime's int8 fusion: onnxruntime 1.23.2 on an AMX CPU
     returned garbage for 24 output columns, and an AVX2-only CPU saturates; a fused result off by more than fp32
     rounding turns the fusion off."""
     import onnxruntime as ort
 
-    ort_backend._fusion_probe.cache_clear()
-    real = ort_backend._fusion_probe()  # this machine's onnxruntime: its two sessions run (the answer is the CPU's)
-    assert isinstance(real, bool)
+    # the probe's graph is what onnxruntime fuses (both kernels the compiled graphs get), else it would prove nothing
+    model, feed = ort_backend._probe_model()
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "probe.onnx")
+    ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    kinds = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    assert kinds.count("MatMulIntegerToFloat") == 24 and kinds.count("QLinearMatMul") == 12, sorted(set(kinds))
     made = []
 
     class Session(ort.InferenceSession):

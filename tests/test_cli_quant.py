@@ -214,7 +214,7 @@ def test_compare_saves_as_it_goes_and_resumes(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     # other settings: refused, naming them; the file is left as it was
     assert main(args + ["-o", str(out), "--resume", "--seq-len", "256"]) == 2
-    assert "was made with other settings (seq_len differ)" in capsys.readouterr().err
+    assert "was made with other settings (seq_len 512 there, 256 now)" in capsys.readouterr().err
     assert json.loads((out / "compare.json").read_text()) == again
     # a recipe whose definition changed is run again (its fingerprint is the whole recipe)
     edited = json.loads((out / "compare.json").read_text())
@@ -252,6 +252,11 @@ def test_compare_saves_as_it_goes_and_resumes(tmp_path, monkeypatch, capsys):
     assert main(["compare", "--recipes", "rtn-w8a8,rtn-w8a8", "-o", str(tmp_path / "twice")]) == 2
     assert "--recipes names rtn-w8a8 more than once" in capsys.readouterr().err
     assert not (tmp_path / "twice").exists()
+    named = tmp_path / "q-fp32.yaml"  # a quantized recipe of one's own named fp32: refused, not taken for the reference
+    named.write_text((RECIPE_DIR / "rtn-w8a8.yaml").read_text().replace("name: rtn-w8a8", "name: fp32"))
+    assert main(["compare", "--recipes", str(named), "-o", str(tmp_path / "named")]) == 2
+    assert f"recipe {named} is named fp32, the name of the reference row" in capsys.readouterr().err
+    assert prepared == [] and not (tmp_path / "named").exists()
 
 
 def test_compare_table_averages_acc():

@@ -270,7 +270,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     twice = sorted(n for n, k in Counter(r.name for r in recs).items() if k > 1)
     if twice:
         raise UserError(f"--recipes names {', '.join(twice)} more than once (a row per recipe)")
-    runs = [load_recipe("fp32")] + [x for x in recs if x.name != "fp32"]
+    reference = load_recipe("fp32")
+    for r in recs:  # a recipe file of one's own named fp32 would be taken for the reference row and not run
+        if r.name == "fp32" and recipe_fingerprint(r) != recipe_fingerprint(reference):
+            raise UserError(f"recipe {r.source} is named fp32, the name of the reference row every comparison has: "
+                            "give it another name")
+    runs = [reference] + [x for x in recs if x.name != "fp32"]
     fingerprints = {r.name: recipe_fingerprint(r) for r in runs}
     command = " ".join(sys.argv)
 

@@ -255,8 +255,13 @@ class RunFiles:
         mine = self.meta["settings"]
         differ = sorted(k for k in set(meta["settings"]) | set(mine) if meta["settings"].get(k) != mine.get(k))
         if differ:
-            raise UserError(f"--resume: {js} was made with other settings ({', '.join(differ)} differ): drop --resume "
-                            "to start afresh, or pass another -o")
+            def short(v) -> str:
+                t = json.dumps(v)
+                return t if len(t) <= 60 else t[:57] + "..."
+
+            said = "; ".join(f"{k} {short(meta['settings'].get(k))} there, {short(mine.get(k))} now" for k in differ)
+            raise UserError(f"--resume: {js} was made with other settings ({said}): drop --resume to start afresh, or "
+                            "pass another -o")
         want = self.meta["recipes"]
         take = {r["recipe"]: r for r in rows if meta["recipes"].get(r["recipe"]) == want.get(r["recipe"])}
         changed = sorted({r["recipe"] for r in rows} & set(want) - set(take))

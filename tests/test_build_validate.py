@@ -1456,6 +1456,28 @@ def test_a_damaged_copy_of_an_outdir_is_named(fp32_out, tmp_path, capsys, monkey
     assert main(["build", str(cp), "--dry-run", "--plugins", str(lib)]) == 0  # the command lines need no weights
     assert "trtexec --onnx=" in capsys.readouterr().out
     shutil.copyfile(fp32_out / "weights.bin", weights)  # the file restored: the copy validates
+    # a device copy without one of the files a command reads: named, with what to do
+    (cp / "model.onnx").rename(cp / "aside.onnx")
+    assert main(["validate", str(cp)]) == 2
+    assert f"{cp} has no model.onnx (the plugin graph), which its manifest.json lists: copy it" in capsys.readouterr().err
+    (cp / "aside.onnx").rename(cp / "model.onnx")
+    (cp / "model.portable.onnx").rename(cp / "aside.onnx")
+    assert main(["eval", str(cp), "--task", "text", "--data", str(tmp_path / "t.txt")]) == 2
+    assert f"{cp} has no model.portable.onnx (the graph eval runs), which its manifest.json lists: copy it" in (
+        capsys.readouterr().err)
+    (cp / "aside.onnx").rename(cp / "model.portable.onnx")
+    (cp / "tokenizer.json").rename(cp / "aside.json")
+    assert main(["generate", str(cp), "--prompt", "hi"]) == 2
+    assert (f"{cp} has no tokenizer.json, which its manifest.json lists: copy it from the directory `mq-deploy "
+            "compile` wrote, or pass --tokenizer PATH/tokenizer.json") in capsys.readouterr().err
+    (cp / "aside.json").rename(cp / "tokenizer.json")
+    manifest = json.loads((cp / "manifest.json").read_text())  # compiled from a checkpoint this machine lacks
+    manifest["model"].update(bundled=False, path=str(tmp_path / "elsewhere" / "ckpt"))
+    (cp / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["validate", str(cp), "--torch"]) == 2
+    assert (f"--torch needs the checkpoint {cp} was compiled from, {tmp_path / 'elsewhere' / 'ckpt'} (its "
+            "manifest.json), which is not on this machine: pass --model DIR (a copy of it), or leave out --torch") in (
+        capsys.readouterr().err)
     (cp / "report.html").unlink(missing_ok=True)  # files no graph reads may be missing or changed
     (cp / "tokenizer.json").write_text(" " + (fp32_out / "tokenizer.json").read_text())
     assert main(["validate", str(cp), "-q"]) == 0

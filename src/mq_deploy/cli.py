@@ -78,12 +78,15 @@ def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads
             raise UserError(f"{p} is neither an .onnx file nor a model directory")
         runner, tok_default, desc = OrtRunner(p, threads=threads), p.with_name("tokenizer.json"), f"onnxruntime:{p}"
     elif target is not None and Path(target).is_dir() and (Path(target) / "manifest.json").is_file():
-        from .outdir import read_manifest
+        from .outdir import missing_file, read_manifest
         from .trt import manifest_input
 
-        if manifest_input(read_manifest(target))[0] == "pixel_values":
+        manifest = read_manifest(target)
+        if manifest_input(manifest)[0] == "pixel_values":
             raise vim
         p = Path(target) / "model.portable.onnx"
+        if not p.is_file():
+            raise missing_file(target, manifest, p.name, "the graph eval runs")
         runner, tok_default, desc = OrtRunner(p, threads=threads), Path(target) / "tokenizer.json", f"onnxruntime:{p}"
     else:
         from .backends.torch_hf import TorchRunner
@@ -197,6 +200,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if lib is None:
             raise UserError(f"the engines hold mq-deploy plugins: pass --plugins LIB or set {PLUGINS_ENV} "
                             f"({PLUGIN_BUILD_HINT})")
+    if not args.tokenizer and not (out / "tokenizer.json").is_file():
+        if "tokenizer.json" in (read_manifest(out).get("files") or {}):
+            raise UserError(f"{out} has no tokenizer.json, which its manifest.json lists: copy it from the directory "
+                            "`mq-deploy compile` wrote, or pass --tokenizer PATH/tokenizer.json")
+        raise UserError(f"{out} has no tokenizer.json (compiled without one): pass --tokenizer PATH/tokenizer.json")
     tok = TextTokenizer(Path(args.tokenizer) if args.tokenizer else out / "tokenizer.json")
     tok.for_model(read_manifest(out).get("model", {}).get("config", {}).get("vocab_size"))  # before anything is printed
     prompts = tok.encode_batch(args.prompt)

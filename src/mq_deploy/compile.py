@@ -284,7 +284,8 @@ def calibration_data(model, recipe: Recipe, calib: Optional[str], tokenizer: Opt
         raise UserError(f"tokenizer {tok_path} produces ids beyond the model's vocabulary ({model.config.vocab_size})")
     windows = calibration_windows(ids, samples, seq_len, recipe.calibration["seed"])
     return windows, {"file": str(path.resolve()), "sha256": sha256_file(path), "samples": int(len(windows)),
-                     "seq_len": int(seq_len), "seed": recipe.calibration["seed"], "tokenizer": str(tok_path)}
+                     "seq_len": int(seq_len), "seed": recipe.calibration["seed"],
+                     "tokenizer": str(Path(tok_path).resolve())}  # (absolute: validate --simulate runs elsewhere)
 
 
 def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Path, *,
@@ -447,7 +448,7 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         del unfused
         files[store.name] = {"what": "weights of every graph above (ONNX external data)"}
         for p in calib_files:
-            files[p.name] = {"what": "calibration statistics"}
+            files[p.name] = {"what": "quantization report" if p.suffix == ".html" else "calibration statistics"}
         tok_src = tokenizer or source.get("tokenizer")
         if not tok_src:
             log("no tokenizer.json (the model directory has none): eval and generate of OUTDIR will need --tokenizer; "

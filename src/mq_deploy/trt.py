@@ -443,6 +443,8 @@ def read_outdir(outdir: str | Path) -> tuple[Path, dict]:
     if not out.is_dir():
         raise UserError(f"{out} is not a directory; pass the output directory of `mq-deploy compile`")
     onnx_path = out / "model.onnx"
+    if not onnx_path.is_file() and (out / "manifest.json").is_file():  # an OUTDIR copied without it
+        raise missing_file(out, read_manifest(out), onnx_path.name, "the plugin graph")
     if not onnx_path.is_file():
         raise UserError(f"{out} has no model.onnx; pass the output directory of `mq-deploy compile -o OUTDIR`")
     return onnx_path, read_manifest(out)

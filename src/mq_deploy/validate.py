@@ -276,6 +276,11 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
     checkpoint = model_dir
     if checkpoint is None and (torch_ref or simulate) and manifest:
         checkpoint = compiled_from(manifest.get("model", {}), log=log, warn=log)
+        if checkpoint is not None and not Path(checkpoint).is_dir():  # (a device the OUTDIR was copied to)
+            flags = " and ".join(f for f, on in (("--torch", torch_ref), ("--simulate", simulate)) if on)
+            raise UserError(f"{flags} need{'s' if ' and ' not in flags else ''} the checkpoint {outdir} was compiled "
+                            f"from, {checkpoint} (its manifest.json), which is not on this machine: pass --model DIR "
+                            f"(a copy of it), or leave out {flags}")
     if checkpoint is not None and (Path(checkpoint) / "config.json").is_file():
         from .vision.model import is_vim_dir
 

@@ -219,3 +219,32 @@ def test_generate_ctrl_c_ends_the_streamed_line(outdir, monkeypatch, capsys):
     cap = capsys.readouterr()
     assert cap.out.startswith("The river") and cap.out.endswith("\n") and cap.out.count("\n") == 1
     assert cap.err.endswith("mq-deploy: interrupted\n")
+
+
+def test_generate_stopped_keeps_the_rows_so_far(outdir, monkeypatch, capsys):
+    """Several prompts print each row when it finishes; Ctrl-C or SIGTERM prints the rows still running as far as they
+    got, marked [stopped], instead of throwing them away (a row that finished is printed once)."""
+    import mq_deploy.generate as gen
+    from mq_deploy.cli import main
+    from mq_deploy.errors import Terminated
+
+    real = gen.generate
+    for stop_with, code in ((KeyboardInterrupt, 130), (Terminated, 143)):
+        def interrupted(session, prompts, **kw):
+            seen = []
+
+            def on_token(row, t):
+                kw["on_token"](row, t)
+                seen.append(row)
+                if len(seen) == 6:  # three tokens of each of the two rows
+                    raise stop_with
+
+            return real(session, prompts, **{**kw, "on_token": on_token})
+
+        monkeypatch.setattr(gen, "generate", interrupted)
+        args = ["generate", str(outdir), "--prompt", "The river", "--prompt", "Once upon", "--max-new-tokens", "50"]
+        assert main(args) == code
+        out = capsys.readouterr().out.splitlines()
+        assert [ln.split("] ")[0] for ln in out] == ["[1", "[2"] and all(ln.endswith(" [stopped]") for ln in out)
+        assert out[0].startswith("[1] The river") and len(out[0]) > len("[1] The river [stopped]")
+        assert out[1].startswith("[2] Once upon") and len(out[1]) > len("[2] Once upon [stopped]")

@@ -218,12 +218,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if single:
         print(args.prompt[0], end="", flush=True)
 
+    texts = [""] * len(prompts)  # (several prompts: each row's text so far, printed as it is if stopped)
+    pending = set(range(len(prompts)))  # rows not printed yet
+
     def on_token(row: int, t: int) -> None:
         piece = streams[row].push(t)
         if single and piece:
             print(piece, end="", flush=True)
+        texts[row] += piece
 
     def on_finish(row: int, ids: list) -> None:
+        pending.discard(row)
         if single:
             print(flush=True)
             line_open[0] = False
@@ -237,6 +242,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if line_open[0]:
             print(flush=True)  # end the streamed line: the interruption is said on a line of its own
+        if not single:  # Ctrl-C / SIGTERM: the rows still running, as far as they got (not thrown away)
+            for row in sorted(pending):
+                print(f"[{row + 1}] {args.prompt[row]}{texts[row]} [stopped]", flush=True)
         raise
     n_prompt = sum(res.prompt_tokens)
     _log(f"prefill: {len(prompts)} prompt(s), {n_prompt} tokens in {res.prefill_seconds * 1e3:.1f} ms; "

@@ -1433,7 +1433,8 @@ def test_a_damaged_copy_of_an_outdir_is_named(fp32_out, tmp_path, capsys, monkey
     for args in (["validate", str(cp)], ["build", str(cp), "--dry-run", "--plugins", str(tmp_path / "lib.so")],
                  ["eval", str(cp), "--task", "text", "--data", str(tmp_path / "t.txt")]):
         assert main(args) == 2, args
-        assert f"{weights} has 1000 bytes, its manifest.json {size}: a partial or changed copy" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f"{weights} has 1000 bytes, its manifest.json {size}: a partial or changed copy" in err
     with pytest.raises(UserError, match="has 1000 bytes"):
         outdir_graphs(cp)  # generate's first step
     weights.unlink()
@@ -1459,7 +1460,8 @@ def test_a_damaged_copy_of_an_outdir_is_named(fp32_out, tmp_path, capsys, monkey
     # a device copy without one of the files a command reads: named, with what to do
     (cp / "model.onnx").rename(cp / "aside.onnx")
     assert main(["validate", str(cp)]) == 2
-    assert f"{cp} has no model.onnx (the plugin graph), which its manifest.json lists: copy it" in capsys.readouterr().err
+    assert f"{cp} has no model.onnx (the plugin graph), which its manifest.json lists: copy it" in (
+        capsys.readouterr().err)
     (cp / "aside.onnx").rename(cp / "model.onnx")
     (cp / "model.portable.onnx").rename(cp / "aside.onnx")
     assert main(["eval", str(cp), "--task", "text", "--data", str(tmp_path / "t.txt")]) == 2

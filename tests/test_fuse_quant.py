@@ -357,9 +357,9 @@ def test_vim_graphs_fuse_where_the_quantizer_reads_the_hadamard(tmp_path):
             g.node.remove(mul)
             assert [(v["node"], v["rule"]) for v in lint_model(m, base_dir=str(out))] == [
                 ("layers.0/out_hadamard", "token-scale")]
-        # (following the portable graph's roundings on boundary cases, as validate does: where onnxruntime runs the
-        # QDQ nodes in fp32 — no VNNI, or MQ_DEPLOY_ORT_INT8_FUSION=0 — two summation orders may round apart, and the
-        # directly compared logits then moved by ~1 %)
+        # (following the portable graph's roundings on boundary cases, as validate does: where onnxruntime runs
+        # the QDQ nodes in fp32 — no VNNI, or MQ_DEPLOY_ORT_INT8_FUSION=0 — two summation orders may round apart,
+        # and the directly compared logits then moved by ~1 %)
         f = compare_following(out / "model.portable.onnx", onnx.load(str(out / "model.onnx")), {INPUT: imgs}, OUTPUT)
         assert f["max_rel"] <= 1e-5, (recipe, f["max_rel"], f["roundings_taken"])
 

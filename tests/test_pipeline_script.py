@@ -37,8 +37,8 @@ elif [ "$1" = validate ]; then
 fi
 """
 # every variable run_pipeline.sh reads: none may leak in from the calling environment
-SCRIPT_ENV = ("OUT", "RECIPE", "MODEL", "CALIB", "CALIB_SAMPLES", "TOKENIZER", "MQ_DEPLOY_PLUGINS", "MIN_SHAPES", "OPT_SHAPES",
-              "MAX_SHAPES", "FP16", "STRONGLY_TYPED", "BATCH", "SEQ", "STATEFUL", "BENCH", "FAIL_VALIDATE_GRAPH")
+SCRIPT_ENV = ("OUT", "RECIPE", "MODEL", "CALIB", "CALIB_SAMPLES", "TOKENIZER", "MQ_DEPLOY_PLUGINS", "MIN_SHAPES",
+              "OPT_SHAPES", "MAX_SHAPES", "FP16", "STRONGLY_TYPED", "BATCH", "SEQ", "STATEFUL", "BENCH", "FAIL_VALIDATE_GRAPH")
 
 
 def _run(tmp_path: Path, **env) -> tuple[int, list[str], str]:
@@ -141,7 +141,8 @@ def test_pipeline_tokenizer_and_calibration_size(tmp_path):
     rc, calls, err = _run(tmp_path, RECIPE="rtn-w8a8", CALIB_SAMPLES="4")
     assert rc == 0, err
     assert calls[0] == f"compile --recipe rtn-w8a8 -o {d} --calib-samples 4"
-    rc, calls, err = _run(tmp_path, RECIPE="vim-rtn-w8a8", MODEL="acme/vim-tiny", CALIB="/data/fmnist", CALIB_SAMPLES="32")
+    rc, calls, err = _run(tmp_path, RECIPE="vim-rtn-w8a8", MODEL="acme/vim-tiny", CALIB="/data/fmnist",
+                          CALIB_SAMPLES="32")
     assert rc == 0, err
     assert calls[0] == (f"compile acme/vim-tiny --recipe vim-rtn-w8a8 -o {tmp_path / 'out' / 'vim-rtn-w8a8'} "
                         "--calib /data/fmnist --calib-samples 32")

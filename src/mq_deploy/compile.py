@@ -275,8 +275,9 @@ def calibration_data(model, recipe: Recipe, calib: Optional[str], tokenizer: Opt
     tok_path = tokenizer or model.source.get("tokenizer")
     if not tok_path:
         where = model.source.get("path", "the model directory")
-        raise UserError(f"calibration needs the model's tokenizer, and {where} has no tokenizer.json (state-spaces checkpoints have none): pass --tokenizer "
-                        "PATH/tokenizer.json or a Hub id, e.g. --tokenizer EleutherAI/gpt-neox-20b")
+        raise UserError(f"calibration needs the model's tokenizer, and {where} has no tokenizer.json (state-spaces "
+                        "checkpoints have none): pass --tokenizer PATH/tokenizer.json or a Hub id, e.g. --tokenizer "
+                        "EleutherAI/gpt-neox-20b")
     tok = TextTokenizer(tok_path)
     text = read_calib_text(path, max_chars=samples * seq_len * 12)
     ids = np.asarray(tok.encode(text), dtype=np.int64)

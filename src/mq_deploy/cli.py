@@ -95,7 +95,7 @@ def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads
         graphs = [g for g in ("model.portable.onnx", "model.onnx") if here is not None and (here / g).is_file()]
         if graphs and not (here / "config.json").is_file():  # (not a checkpoint: an OUTDIR's copy)
             raise UserError(f"{target} holds {graphs[0]} but no manifest.json: copy it from the directory `mq-deploy "
-                            f"compile` wrote, or evaluate the graph itself ({Path(target) / graphs[0]})")
+                            f"compile` wrote, or evaluate the graph itself ({here / graphs[0]})")
         if target is not None and is_vim_dir(target):
             raise vim
         model_dir = resolve_model_dir(target)
@@ -143,8 +143,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if "fashion_mnist" in args.task:  # image classification (Vim): no tokenizer
         from .vision.evaluate import run_fashion_mnist
 
-        r = run_fashion_mnist(args.model, data.get("fashion_mnist"), args.limit, max(args.batch_size, 64), args.threads,
-                              progress=not args.quiet)
+        r = run_fashion_mnist(args.model, data.get("fashion_mnist"), args.limit, max(args.batch_size, 64),
+                              args.threads, progress=not args.quiet)
         print(json.dumps(r) if args.json else f"fashion_mnist: top1={r['top1']:.4f}, n={r['n']}", flush=True)
         return 0
     runner, tok_path, desc = resolve_eval_target(args.model, args.tokenizer, args.threads)

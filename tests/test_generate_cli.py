@@ -12,9 +12,9 @@ from mq_deploy.loaders import BUNDLED_DIR
 from .conftest import need
 
 
-def run_cli(*args):
+def run_cli(*args, stdin=None):
     return subprocess.run([sys.executable, "-m", "mq_deploy", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, input=stdin)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,8 @@ def test_generate_batch_and_plugin_flavour(outdir):
 
 @pytest.mark.parametrize("args,fragments", [
     (["--prompt", ""], ["prompt 1 is empty"]),
-    (["--prompt", "fine", "--prompt", "   "], ["prompt 2 is empty"]),
+    (["--prompt", "fine", "--prompt", ""], ["prompt 2 is empty"]),
+    (["--prompt", "-", "--prompt", "-"], ["--prompt - (read the prompt from stdin) can be given once"]),
     (["--prompt", "one two three four five six", "--max-prompt-tokens", "3"], ["prompt 1 has", "maximum of 3"]),
     (["--prompt", "hi", "--max-new-tokens", "0"], ["max-new-tokens must be at least 1"]),
     (["--prompt", "hi", "--greedy", "--temperature", "0.5"], ["--greedy cannot be combined"]),
@@ -66,6 +67,37 @@ def test_generate_batch_and_plugin_flavour(outdir):
 ])
 def test_generate_bad_input(outdir, args, fragments):
     assert_user_error(run_cli("generate", outdir, *args), *fragments)
+
+
+def test_generate_prompt_from_stdin_whitespace_and_unused_seed(outdir):
+    """`--prompt -` reads the prompt from stdin (its final newline dropped) and generates what `--prompt TEXT` does;
+    empty stdin is refused; a prompt of spaces is text like any other; --seed with greedy decoding is said unused."""
+    text = "Once upon a time"
+    ref = run_cli("generate", outdir, "--prompt", text, "--max-new-tokens", "5")
+    assert ref.returncode == 0, ref.stderr
+    r = run_cli("generate", outdir, "--prompt", "-", "--max-new-tokens", "5", stdin=text + "\n")
+    assert r.returncode == 0 and r.stdout == ref.stdout, (r.stdout, ref.stdout, r.stderr)
+    assert "unused" not in r.stderr
+    assert_user_error(run_cli("generate", outdir, "--prompt", "-", stdin=""), "prompt 1 (stdin) is empty")
+    two = run_cli("generate", outdir, "--prompt", "A line.", "--prompt", "-", "--max-new-tokens", "3",
+                  stdin="Two\nlines\n")
+    assert two.returncode == 0 and "\n[2] Two\n    lines" in "\n" + two.stdout, two.stdout
+    r = run_cli("generate", outdir, "--prompt", "   ", "--max-new-tokens", "3", "--seed", "7")
+    assert r.returncode == 0 and r.stdout.startswith("   ") and len(r.stdout) > 4, (r.stdout, r.stderr)
+    assert "warning: --seed is unused: decoding is greedy" in r.stderr
+
+
+def test_generate_batch_rows_and_decode_count():
+    """A batch row's further lines are indented under `[k] `; the decode count is the tokens the steps produced (each
+    row's first comes from the prefill, a finished row's idle steps produce none)."""
+    from mq_deploy.cli import _row
+    from mq_deploy.generate import Generation
+
+    assert _row(0, "one") == "[1] one"
+    assert _row(11, "a\nb\n") == "[12] a\n     b\n     "
+    res = Generation([[5, 6, 0], [7, 8, 9, 10, 11, 12]], [3, 4], decode_seconds=2.0, decode_steps=5)
+    assert res.decode_tokens == 2 + 5 and res.decode_tokens_per_second == 3.5
+    assert Generation([[], [1]], [1, 1]).decode_tokens == 0
 
 
 def test_generate_refuses_ids_outside_the_vocabulary_before_printing(outdir, tmp_path):

@@ -166,6 +166,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # -- generate -------------------------------------------------------------------------------------
+def _row(row: int, text: str) -> str:
+    """One row of a batch's output: `[k] text`, the lines of a text that holds newlines indented under the first."""
+    head = f"[{row + 1}] "
+    return head + text.replace("\n", "\n" + " " * len(head))
+
+
+def _prompts(given: list, read_stdin: bool = True) -> list:
+    """generate's --prompt values with `-` replaced by the text read from stdin (its one final newline dropped);
+    UserError for an empty prompt or `-` given twice."""
+    if given.count("-") > 1:
+        raise UserError("--prompt - (read the prompt from stdin) can be given once")
+    prompts = []
+    for k, text in enumerate(given):
+        if text == "-" and read_stdin:
+            if sys.stdin.isatty():
+                _log("reading the prompt from stdin (end it with Ctrl-D)")
+            text = sys.stdin.read()
+            text = text[:-1] if text.endswith("\n") else text
+            text = text[:-1] if text.endswith("\r") else text
+        if not text:
+            raise UserError(f"prompt {k + 1}{' (stdin)' if given[k] == '-' else ''} is empty; give some text to "
+                            "continue")
+        prompts.append(text)
+    return prompts
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from .eval.tokenizer import TextTokenizer
     from .outdir import read_manifest
@@ -179,13 +205,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     sampling = Sampling(greedy=args.temperature is None and args.top_p is None,
                         temperature=1.0 if args.temperature is None else args.temperature,
                         top_p=1.0 if args.top_p is None else args.top_p, seed=args.seed)
-    for k, text in enumerate(args.prompt):
-        if not text.strip():
-            raise UserError(f"prompt {k + 1} is empty; give some text to continue")
+    if sampling.greedy and args.seed is not None:
+        _log("warning: --seed is unused: decoding is greedy (give --temperature and/or --top-p to sample)")
     out = Path(args.outdir)
     if args.plugins is not None and args.flavour != "tensorrt":
         raise UserError("--plugins is for --flavour tensorrt (the other flavours run the plugin nodes on mq-deploy's "
                         "CPU kernels)")
+    _prompts(args.prompt, read_stdin=False)  # the texts given: checked now, stdin's after the other checks
     check_outdir(out)
     if args.flavour == "tensorrt":  # TensorRT before the engines: their build needs it too
         from .trt import import_tensorrt
@@ -205,6 +231,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise UserError(f"{out} has no tokenizer.json, which its manifest.json lists: copy it from the directory "
                             "`mq-deploy compile` wrote, or pass --tokenizer PATH/tokenizer.json")
         raise UserError(f"{out} has no tokenizer.json (compiled without one): pass --tokenizer PATH/tokenizer.json")
+    args.prompt = _prompts(args.prompt)
     tok = TextTokenizer(Path(args.tokenizer) if args.tokenizer else out / "tokenizer.json")
     tok.for_model(read_manifest(out).get("model", {}).get("config", {}).get("vocab_size"))  # before anything is printed
     prompts = tok.encode_batch(args.prompt)
@@ -233,7 +260,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(flush=True)
             line_open[0] = False
         else:
-            print(f"[{row + 1}] {args.prompt[row]}{tok.decode([t for t in ids if t != eos])}", flush=True)
+            print(_row(row, args.prompt[row] + tok.decode([t for t in ids if t != eos])), flush=True)
 
     try:
         res = generate(session, prompts, max_new_tokens=args.max_new_tokens, sampling=sampling, eos_id=eos,
@@ -244,12 +271,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(flush=True)  # end the streamed line: the interruption is said on a line of its own
         if not single:  # Ctrl-C / SIGTERM: the rows still running, as far as they got (not thrown away)
             for row in sorted(pending):
-                print(f"[{row + 1}] {args.prompt[row]}{texts[row]} [stopped]", flush=True)
+                print(_row(row, f"{args.prompt[row]}{texts[row]} [stopped]"), flush=True)
         raise
     n_prompt = sum(res.prompt_tokens)
+    padded = res.decode_steps * len(prompts) - res.decode_tokens  # steps of rows that had finished
     _log(f"prefill: {len(prompts)} prompt(s), {n_prompt} tokens in {res.prefill_seconds * 1e3:.1f} ms; "
-         f"decode: {res.decode_steps} steps x {len(prompts)} = {res.decode_steps * len(prompts)} tokens in "
-         f"{res.decode_seconds:.2f} s ({res.decode_tokens_per_second:.1f} tokens/s) [{args.flavour}]")
+         f"decode: {res.decode_steps} steps, {res.decode_tokens} tokens in {res.decode_seconds:.2f} s "
+         f"({res.decode_tokens_per_second:.1f} tokens/s{f'; {padded} idle row-steps of finished rows' if padded else ''})"
+         f" [{args.flavour}]")
     return 0
 
 
@@ -549,7 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "per token, streaming to stdout; timings go to stderr. Several --prompt values "
                                    "run as one left-padded batch.")
     g.add_argument("outdir", metavar="OUTDIR", help="output directory of `mq-deploy compile`")
-    g.add_argument("--prompt", required=True, action="append", help="prompt text (repeatable: one batch)")
+    g.add_argument("--prompt", required=True, action="append", help="prompt text (repeatable: one batch); - reads "
+                                                                     "one prompt from stdin")
     g.add_argument("--max-new-tokens", type=int, default=64, help="stop after N new tokens (default 64)")
     g.add_argument("--greedy", action="store_true", help="argmax decoding (the default without --temperature / "
                                                           "--top-p)")
@@ -557,7 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "--top-p alone is given)")
     g.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (default 1.0 when --temperature "
                                                              "alone is given)")
-    g.add_argument("--seed", type=int, default=None, help="random seed for sampling (default: a fresh one each run)")
+    g.add_argument("--seed", type=int, default=None, help="random seed for sampling (default: a fresh one each run; "
+                                                          "unused with greedy decoding)")
     g.add_argument("--flavour", choices=["portable", "plugin", "tensorrt"], default="portable",
                    help="what runs (default portable): portable (standard ONNX ops) or plugin (plugin nodes on CPU kernels) in "
                         "onnxruntime, or tensorrt: the engines OUTDIR/model.prefill.engine and model.decode.engine "

@@ -249,10 +249,15 @@ class Generation:
     finished: list[bool] = field(default_factory=list)
 
     @property
+    def decode_tokens(self) -> int:
+        """New tokens the decode steps produced, all rows together (each row's first comes from the prefill; a
+        finished row's further steps produce none)."""
+        return sum(max(len(t) - 1, 0) for t in self.tokens)
+
+    @property
     def decode_tokens_per_second(self) -> float:
-        """Tokens produced by decode steps per second, all rows together."""
-        n = self.decode_steps * len(self.tokens)
-        return n / self.decode_seconds if self.decode_seconds > 0 else float("nan")
+        """decode_tokens per second of decoding."""
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds > 0 else float("nan")
 
 
 def check_request(prompts: Sequence[Sequence[int]], max_new_tokens: int,
@@ -288,6 +293,7 @@ def generate(session: StatefulSession, prompts: Sequence[Sequence[int]], max_new
     logits, states = session.prefill(ids, mask)
     res.prefill_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
+    nxt = None  # (the tokens of the step before)
     for n in range(max_new_tokens):
         if n > 0:
             logits, states = session.step(nxt, states)

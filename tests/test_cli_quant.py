@@ -167,8 +167,8 @@ def test_compare_table(tmp_path):
     md = (tmp_path / "compare.md").read_text()
     assert md.startswith("| recipe |") and md.endswith(lines[6] + "\n")
     # the statistics run's log line says how many windows it used (stats_samples 32, but only 4 windows exist)
-    assert "calibrating the fp32 graph on 4 windows (statistics for the passes of every recipe with stats_samples=32)" \
-        in r.stderr
+    assert "calibrating the fp32 graph on 4 windows (statistics shared by the passes of every recipe with " \
+        "stats_samples 32: all the calibration windows there are)" in r.stderr
 
 
 def test_compare_saves_as_it_goes_and_resumes(tmp_path, monkeypatch, capsys):
@@ -216,6 +216,13 @@ def test_compare_saves_as_it_goes_and_resumes(tmp_path, monkeypatch, capsys):
     assert main(args + ["-o", str(out), "--resume", "--seq-len", "256"]) == 2
     assert "was made with other settings (seq_len 512 there, 256 now)" in capsys.readouterr().err
     assert json.loads((out / "compare.json").read_text()) == again
+    # rows of other code (a `git pull` keeps __version__): refused, naming the stamps
+    older = json.loads((out / "compare.json").read_text())
+    older["meta"]["settings"]["version"] = "0.1.0"
+    (out / "compare.json").write_text(json.dumps(older))
+    assert main(args + ["-o", str(out), "--resume"]) == 2
+    assert f'version "0.1.0" there, "{cmp.code_stamp()}" now' in capsys.readouterr().err
+    (out / "compare.json").write_text(json.dumps(again))
     # a recipe whose definition changed is run again (its fingerprint is the whole recipe)
     edited = json.loads((out / "compare.json").read_text())
     edited["meta"]["recipes"]["rtn-w8a8"] = "0" * 16
@@ -267,6 +274,33 @@ def test_compare_table_averages_acc():
                                                                                             "n": 8}}]
     table = markdown_table(rows, ["piqa", "arc_easy"])
     assert table.splitlines()[0].endswith("| avg acc |") and table.splitlines()[2].endswith("| 0.4000 |"), table
+
+
+def test_compare_table_shows_lambada_perplexity():
+    """A zero-shot task that also has a perplexity (LAMBADA) shows it after its accuracy, with the change against fp32;
+    the avg acc column stays the accuracies' mean."""
+    from mq_deploy.compare import markdown_table
+
+    rows = [{"recipe": "fp32", "lambada_openai": {"acc": 0.5, "perplexity": 20.0, "n": 8}},
+            {"recipe": "q", "lambada_openai": {"acc": 0.25, "perplexity": 25.0, "n": 8}}]
+    lines = markdown_table(rows, ["lambada_openai"]).splitlines()
+    assert lines[0] == "| recipe | lambada_openai acc | lambada_openai perplexity | avg acc |", lines[0]
+    assert lines[2] == "| fp32 | 0.5000 | 20.00 | 0.5000 |" and lines[3] == "| q | 0.2500 | 25.00 (+25.00%) | 0.2500 |"
+
+
+def test_code_stamp_follows_the_files(tmp_path):
+    """compare --resume's code stamp: the version and a digest of the package's files, which any edit changes."""
+    from mq_deploy import __version__
+    from mq_deploy.compare import code_stamp
+
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "sub" / "b.yaml").write_text("k: v\n")
+    first = code_stamp(tmp_path / "pkg")
+    assert first.startswith(__version__ + "+") and code_stamp(tmp_path / "pkg") == first
+    (tmp_path / "pkg" / "sub" / "b.yaml").write_text("k: w\n")
+    assert code_stamp(tmp_path / "pkg") != first
+    assert code_stamp() == code_stamp() != first
 
 
 def test_compare_task_errors_name_its_own_flag(tmp_path):

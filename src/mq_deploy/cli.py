@@ -286,8 +286,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from . import __version__
-    from .compare import SCORED, RunFiles, compare, file_stamp, markdown_table, model_stamp, recipe_fingerprint
+    from .compare import (SCORED, RunFiles, code_stamp, compare, file_stamp, markdown_table, model_stamp,
+                          recipe_fingerprint)
     from .compile import calibration_data
     from .eval.data import TASKS, resolve_data_path
     from .eval.tokenizer import TextTokenizer
@@ -330,7 +330,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         images = data.get("fashion_mnist")
         settings = {"model": model_stamp(args.model), "tasks": tasks, "limit": args.limit,
-                    "data": file_stamp(data_dir(images)), "version": __version__}
+                    "data": file_stamp(data_dir(images)), "version": code_stamp()}
         files = RunFiles(Path(args.output), tasks, {"model": {"path": str(args.model), "format": "vim"}, "tasks": tasks,
                                                      "limit": args.limit, "command": command}, settings, fingerprints)
         rows, model_info = files.run(args.resume, log, _log, lambda done, on_row: compare_vim(
@@ -356,7 +356,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     settings = {"model": model_stamp(model.source.get("path") or "."), "format": model.source.get("format"),
                 "calibration": {**calib_info, "tokenizer": file_stamp(calib_info["tokenizer"])}, "tasks": tasks,
                 "seq_len": args.seq_len, "limit": args.limit, "windows": args.windows, "data": task_files,
-                "tokenizer": file_stamp(tok_path), "version": __version__}
+                "tokenizer": file_stamp(tok_path), "version": code_stamp()}
     files = RunFiles(Path(args.output), tasks, meta, settings, fingerprints, note)
     rows = files.run(args.resume, log, _log, lambda done, on_row: compare(
         model, recipes, tasks, tok, windows, data=data, seq_len=args.seq_len, limit=args.limit, windows=args.windows,

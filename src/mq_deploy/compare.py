@@ -86,8 +86,8 @@ def compare(model, recipes: Sequence[str], tasks: Sequence[str], tokenizer, cali
             k = recipe.calibration.get("stats_samples", len(calib_windows))
             if k not in stats0:
                 sw = stats_windows(calib_windows, k)
-                log(f"calibrating the fp32 graph on {len(sw)} windows (statistics for the passes of every recipe with "
-                    f"stats_samples={k})")
+                log(f"calibrating the fp32 graph on {len(sw)} windows (statistics shared by the passes of every recipe "
+                    f"with stats_samples {k}{'' if len(sw) == k else ': all the calibration windows there are'})")
                 stats0[k] = fp32_stats(model, sw, progress=progress)
             st = stats0[k]
         m2, plan, _ = prepare(model, recipe, calib_windows, progress=progress, stats0=st, log=log)
@@ -120,8 +120,9 @@ def markdown_table(rows: list[dict], tasks: Sequence[str]) -> str:
         m = rows[0][t]
         if "kl" in m:
             cols += [(t, "perplexity", "{:.2f}"), (t, "kl", "{:.4f}"), (t, "top1_agree", "{:.3f}")]
-        else:
+        else:  # (a zero-shot task with a perplexity too, LAMBADA's: after its accuracy)
             cols += [(t, k, "{:.4f}") for k in ("acc", "acc_norm", "agreement") if k in m]
+            cols += [(t, "perplexity", "{:.2f}")] if "perplexity" in m else []
     acc_cols = [c for c in cols if c[1] == "acc"]  # (every zero-shot task has acc; acc_norm only some)
     head = "| recipe | " + " | ".join(f"{t} {k}" for t, k, _ in cols) + (" | avg acc |" if acc_cols else " |")
     sep = "|---" * (len(cols) + 1 + (1 if acc_cols else 0)) + "|"
@@ -162,6 +163,19 @@ def recipe_fingerprint(recipe) -> str:
     file is, nor its description), so that an edited recipe is run again and a moved checkout is not."""
     d = {k: v for k, v in recipe.to_dict().items() if k not in ("source", "sha256", "description")}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def code_stamp(root: Optional[Path] = None) -> str:
+    """mq-deploy's version and a digest of its own files (sources, recipes, assets): what a row depends on in the
+    code, so that `--resume` after a `git pull` of an editable install (the version string unchanged) runs again."""
+    from . import __version__
+
+    root = Path(__file__).resolve().parent if root is None else Path(root)
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*")):
+        if f.is_file() and "__pycache__" not in f.parts and f.suffix not in (".pyc", ".so"):
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return f"{__version__}+{h.hexdigest()[:12]}"
 
 
 def file_stamp(path) -> list:

@@ -27,8 +27,8 @@
 #                  OUTDIR/model.prefill.engine and model.decode.engine, `mq-deploy build --graph`, for generation,
 #                  and validate each: validate.<graph>.txt; a quantized recipe's also on its validation engine,
 #                  model.<graph>.validate.engine: validate.<graph>.layers.txt)
-#   BENCH=1        time the engine with trtexec afterwards (if trtexec is on the PATH), and one decode step of
-#                  model.decode.engine where it was built
+#   BENCH=1        time the engine with trtexec afterwards, and one decode step of model.decode.engine where it
+#                  was built (trtexec: TRTEXEC=PATH, else the PATH, /opt/tensorrt/bin, /usr/src/tensorrt/bin)
 set -euo pipefail
 
 OUT="${OUT:-/work/out}"
@@ -108,20 +108,30 @@ if [ "$VIM" = 0 ] && [ "${STATEFUL:-1}" = 1 ]; then  # the graphs `mq-deploy gen
   done
 fi
 
-if [ "${BENCH:-0}" = 1 ] && command -v trtexec >/dev/null; then
+# trtexec: $TRTEXEC, else the PATH, else where the NGC container (/opt/tensorrt/bin) and JetPack (/usr/src/tensorrt/bin)
+# keep it
+trtexec="${TRTEXEC:-}"
+if [ -z "$trtexec" ] && [ "${BENCH:-0}" = 1 ]; then
+  for t in "$(command -v trtexec || true)" /opt/tensorrt/bin/trtexec /usr/src/tensorrt/bin/trtexec; do
+    if [ -n "$t" ] && [ -x "$t" ]; then trtexec="$t"; break; fi
+  done
+  [ -n "$trtexec" ] || echo "run_pipeline.sh: BENCH=1, but no trtexec on the PATH, in /opt/tensorrt/bin or" \
+    "/usr/src/tensorrt/bin (set TRTEXEC=PATH): no timing" >&2
+fi
+if [ "${BENCH:-0}" = 1 ] && [ -n "$trtexec" ]; then
   if [ "$VIM" = 1 ]; then  # pixel_values BxCxHxW from the manifest
     shape="pixel_values:$(python3 -c "import json, sys; s = json.load(open(sys.argv[1]))['io']['inputs'][0]['shape']; print('x'.join(map(str, [sys.argv[2].split(',')[0]] + s[1:])))" "$DIR/manifest.json" "$OPT_SHAPES")"
   else
     shape="input_ids:${OPT_SHAPES/,/x}"
   fi
   step "trtexec timing of $DIR/model.engine at $shape"
-  trtexec --loadEngine="$DIR/model.engine" --dynamicPlugins="$MQ_DEPLOY_PLUGINS" \
+  "$trtexec" --loadEngine="$DIR/model.engine" --dynamicPlugins="$MQ_DEPLOY_PLUGINS" \
           --shapes="$shape" --warmUp=200 --duration=5
   if [ -f "$DIR/model.decode.engine" ]; then  # one decode step (a token per sequence) at the opt batch, every state
     shape="$(mq-deploy build "$DIR" --graph decode --dry-run --plugins "$MQ_DEPLOY_PLUGINS" --min-shapes "$MIN_SHAPES" \
              --opt-shapes "$OPT_SHAPES" --max-shapes "$MAX_SHAPES" 2>/dev/null | grep -o -- '--optShapes=[^ ]*' | cut -d= -f2)"
     step "trtexec timing of $DIR/model.decode.engine (one decode step, batch ${OPT_SHAPES%%,*})"
-    trtexec --loadEngine="$DIR/model.decode.engine" --dynamicPlugins="$MQ_DEPLOY_PLUGINS" \
+    "$trtexec" --loadEngine="$DIR/model.decode.engine" --dynamicPlugins="$MQ_DEPLOY_PLUGINS" \
             --shapes="$shape" --warmUp=200 --duration=5
   fi
 fi

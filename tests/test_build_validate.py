@@ -792,18 +792,38 @@ def test_build_strongly_typed_on_tensorrt_11(w8_out, tmp_path, monkeypatch, caps
     assert "equivalent: trtexec" in cap.err and "--stronglyTyped" not in cap.err  # the 11 line needs no option
 
 
-def test_build_strongly_typed_needs_the_creation_flag(w8_out, tmp_path, monkeypatch, capsys):
+def test_build_strongly_typed_needs_the_creation_flag():
+    from mq_deploy.trt import _network_flags
+
+    fake = _FakeTRT({})
+    fake.__version__ = "9.0.0-fake"  # precision flags, and no NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    del fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    from mq_deploy.errors import UserError
+
+    with pytest.raises(UserError, match="TensorRT 9.0.0-fake cannot build strongly typed networks"):
+        _network_flags(fake, True)
+    assert _network_flags(fake, False) == 0
+
+
+@pytest.mark.parametrize("command", ["build", "generate", "validate"])
+def test_tensorrt_before_10_is_named(w8_out, tmp_path, monkeypatch, capsys, command):
+    """JetPack 6.0's TensorRT 8.6 (the plugins are TensorRT 10's IPluginV3): one error naming the version found and
+    JetPack 6.1 / 6.2, before anything is built or loaded."""
     log = {}
     fake = _FakeTRT(log)
-    fake.__version__ = "8.6.1-fake"  # precision flags, and no NetworkDefinitionCreationFlag.STRONGLY_TYPED
-    del fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    fake.__version__ = "8.6.2.3"
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     lib, engine = tmp_path / "libmq_trt_plugins.so", tmp_path / "m.engine"
     lib.write_bytes(b"")
-    assert main(["build", str(w8_out), "-q", "--plugins", str(lib), "--strongly-typed", "-o", str(engine)]) == 2
+    args = {"build": ["build", str(w8_out), "-q", "--plugins", str(lib), "-o", str(engine)],
+            "generate": ["generate", str(w8_out), "--prompt", "hi", "--flavour", "tensorrt", "--plugins", str(lib)],
+            "validate": ["validate", str(w8_out), "--engine", str(engine), "--plugins", str(lib)]}[command]
+    engine.write_bytes(b"ENGINE") if command == "validate" else None
+    assert main(args) == 2
     (line,) = _errors(capsys.readouterr().err)
-    assert "TensorRT 8.6.1-fake cannot build strongly typed networks" in line and line.startswith("mq-deploy: error:")
-    assert "network_flags" not in log and not engine.exists()
+    assert "TensorRT 8.6.2.3 is installed; mq-deploy's plugins are TensorRT 10 plugins (IPluginV3)" in line, line
+    assert "JetPack 6.1 or 6.2 (TensorRT 10.3; JetPack 6.0 has TensorRT 8.6)" in line
+    assert not log and (command == "validate" or not engine.exists())
 
 
 @pytest.mark.parametrize("given", [["--int8"], ["--fp16"], ["--int8", "--fp16"]])

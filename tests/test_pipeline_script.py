@@ -38,7 +38,8 @@ fi
 """
 # every variable run_pipeline.sh reads: none may leak in from the calling environment
 SCRIPT_ENV = ("OUT", "RECIPE", "MODEL", "CALIB", "CALIB_SAMPLES", "TOKENIZER", "MQ_DEPLOY_PLUGINS", "MIN_SHAPES",
-              "OPT_SHAPES", "MAX_SHAPES", "FP16", "STRONGLY_TYPED", "BATCH", "SEQ", "STATEFUL", "BENCH", "FAIL_VALIDATE_GRAPH")
+              "OPT_SHAPES", "MAX_SHAPES", "FP16", "STRONGLY_TYPED", "BATCH", "SEQ", "STATEFUL", "BENCH", "TRTEXEC",
+              "FAIL_VALIDATE_GRAPH")
 
 
 def _run(tmp_path: Path, **env) -> tuple[int, list[str], str]:
@@ -146,3 +147,25 @@ def test_pipeline_tokenizer_and_calibration_size(tmp_path):
     assert rc == 0, err
     assert calls[0] == (f"compile acme/vim-tiny --recipe vim-rtn-w8a8 -o {tmp_path / 'out' / 'vim-rtn-w8a8'} "
                         "--calib /data/fmnist --calib-samples 32")
+
+
+def test_pipeline_bench_finds_trtexec_or_says_it_did_not(tmp_path):
+    """BENCH=1 times both engines with $TRTEXEC (else the PATH, /opt/tensorrt/bin, /usr/src/tensorrt/bin); with no
+    trtexec anywhere it says so instead of skipping the timing silently."""
+    trtexec = tmp_path / "bin2" / "my-trtexec"
+    trtexec.parent.mkdir()
+    trtexec.write_text('#!/usr/bin/env bash\nprintf \'trtexec %s\\n\' "$*" >> "$LOG"\n')
+    trtexec.chmod(0o755)
+    rc, calls, err = _run(tmp_path, RECIPE="fp32", BENCH="1", TRTEXEC=str(trtexec))
+    assert rc == 0, err
+    d = tmp_path / "out" / "fp32"
+    timed = [c for c in calls if c.startswith("trtexec ")]
+    assert timed[0] == (f"trtexec --loadEngine={d}/model.engine --dynamicPlugins=/opt/lib/libmq_trt_plugins.so "
+                        "--shapes=input_ids:1x128 --warmUp=200 --duration=5"), timed
+    assert len(timed) == 1 or timed[1].startswith(f"trtexec --loadEngine={d}/model.decode.engine"), timed
+    if shutil.which("trtexec") or any(os.access(p, os.X_OK) for p in ("/opt/tensorrt/bin/trtexec",
+                                                                          "/usr/src/tensorrt/bin/trtexec")):
+        return  # (a machine with TensorRT: the fallback finds it)
+    rc, calls, err = _run(tmp_path, RECIPE="fp32", BENCH="1")
+    assert rc == 0 and "BENCH=1, but no trtexec on the PATH, in /opt/tensorrt/bin or /usr/src/tensorrt/bin" in err, err
+    assert not any(c.startswith("trtexec ") for c in calls)

@@ -43,3 +43,27 @@ def test_cmake_looks_for_tensorrt_in_tensorrt_root_only(tmp_path):
     r = configure("kernels")
     assert r.returncode == 0, r.stdout + r.stderr  # (a machine with TensorRT in its system paths builds the plugins)
     assert "building the kernels library only" in r.stdout or "building mq_trt_plugins" in r.stdout, r.stdout
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None or shutil.which("cmake") is None, reason="nvcc or cmake not installed")
+def test_cmake_refuses_tensorrt_before_10(tmp_path):
+    """TensorRT 8.6 (JetPack 6.0's) is a configure error naming the version and JetPack 6.1 / 6.2: the plugins are
+    IPluginV3. NvInferVersion.h as TensorRT 8 / 10 write it (a number) and as 11 does (through TRT_MAJOR_ENTERPRISE)."""
+    headers = {"8": "#define NV_TENSORRT_MAJOR 8 //!< TensorRT major version.\n",
+               "10": "#define NV_TENSORRT_MAJOR 10 //!< TensorRT major version.\n",
+               "11": "#define TRT_MAJOR_ENTERPRISE 11\n#define NV_TENSORRT_MAJOR TRT_MAJOR_ENTERPRISE //!< major\n"}
+    for major, text in headers.items():
+        root = tmp_path / f"trt{major}"
+        for f in ("include/NvInferRuntime.h", "lib/libnvinfer.so"):
+            (root / f).parent.mkdir(parents=True, exist_ok=True)
+            (root / f).write_text("")
+        (root / "include" / "NvInferVersion.h").write_text(text)
+        r = subprocess.run(["cmake", "-S", os.path.join(ROOT, "plugins"), "-B", str(tmp_path / f"b{major}"),
+                            "-DCMAKE_CUDA_ARCHITECTURES=90", f"-DCMAKE_CUDA_COMPILER={shutil.which('nvcc')}",
+                            f"-DTENSORRT_ROOT={root}"], capture_output=True, text=True, timeout=300)
+        if major == "8":
+            err = " ".join(r.stderr.split())
+            assert r.returncode != 0 and "TensorRT 8 at" in err and "need TensorRT 10 or later" in err, r.stderr
+            assert "JetPack 6.1 or 6.2" in err
+        else:
+            assert r.returncode == 0 and "building mq_trt_plugins" in r.stdout, r.stdout + r.stderr

@@ -30,9 +30,11 @@ PLUGIN_BUILD_HINT = ("build it with `cmake -S plugins -B build/plugins -DTENSORR
                      "cmake --build build/plugins` (it is build/plugins/libmq_trt_plugins.so)")
 INSTALL_HINT = ("TensorRT's Python package is not installed. Install the version whose headers the plugins "
                 "are built against, e.g. `pip install tensorrt-cu12==10.3.*` (x86-64; plain `tensorrt` is now "
-                "TensorRT 11), use the NGC container nvcr.io/nvidia/tensorrt, or on Jetson the JetPack 6 package "
-                "`python3-libnvinfer` (TensorRT 10.3). Then build the plugins: `cmake -S plugins -B build/plugins "
-                "-DTENSORRT_ROOT=<tensorrt> && cmake --build build/plugins`.")
+                "TensorRT 11), use the NGC container nvcr.io/nvidia/tensorrt, or on Jetson JetPack 6.1 or 6.2's package "
+                "`python3-libnvinfer` (TensorRT 10.3; JetPack 6.0 has TensorRT 8.6). Then build the plugins: `cmake "
+                "-S plugins -B build/plugins -DTENSORRT_ROOT=<tensorrt> && cmake --build build/plugins`.")
+#: the oldest TensorRT the plugins (IPluginV3, the getCreators entry point) and the builder calls are written for
+MIN_TENSORRT_MAJOR = 10
 
 _LOGGER: list = []  # [(tensorrt module, its one Logger)]: TensorRT wants one logger per process
 _LOADED_PLUGIN_LIBS: set[str] = set()  # IPluginRegistry.load_library fails for a library already registered
@@ -118,6 +120,12 @@ def import_tensorrt():
         import tensorrt  # noqa: PLC0415
     except ImportError as e:
         raise UserError(f"{INSTALL_HINT} (import tensorrt failed: {e})") from None
+    version = str(getattr(tensorrt, "__version__", ""))
+    major = version.split(".")[0]
+    if major.isdigit() and int(major) < MIN_TENSORRT_MAJOR:
+        raise UserError(f"TensorRT {version} is installed; mq-deploy's plugins are TensorRT {MIN_TENSORRT_MAJOR} "
+                        "plugins (IPluginV3): install TensorRT 10 or later, e.g. `pip install tensorrt-cu12==10.3.*`, "
+                        "or on Jetson move to JetPack 6.1 or 6.2 (TensorRT 10.3; JetPack 6.0 has TensorRT 8.6)")
     return tensorrt
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import onnx
 import pytest
 
+from mq_deploy.loaders import BUNDLED_DIR
+
 from .conftest import DATA_DIR, need
 from .helpers import StopAt, as_compiled
 
@@ -92,6 +94,13 @@ def test_lint_clean_and_both_flavours_run(w8, tmp_path):
         assert 0 <= p["roundings_taken_from_graph"] <= 10, p  # a handful of boundary cases, not a systematic shift
     assert pairs[("portable", "plugin")]["limit"] is None and pairs[("portable", "plugin")]["top1"] >= 0.95
     assert pairs[("portable", "plugin~")]["max_rel"] < 1e-5 and pairs[("portable", "plugin~")]["ok"]
+    # --model with --simulate names the checkpoint of the simulation (a device with a copy of it), no torch rows
+    # unless --torch is given too; alone, --model implies --torch
+    for extra, torch_rows in (([], False), (["--torch"], True)):
+        r = run_cli("validate", w8, "--simulate", "--model", BUNDLED_DIR, *extra, "--seq", "9", "--json", "-q")
+        assert r.returncode == 0, r.stdout + r.stderr
+        names = {n for p in json.loads(r.stdout)["pairs"] for n in (p["reference"], p["test"])}
+        assert "simulation~" in names and ("torch-fp32" in names) == torch_rows, names
 
 
 def test_validate_catches_a_one_percent_scale_error_in_the_plugin_graph(w8, tmp_path):

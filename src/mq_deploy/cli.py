@@ -686,7 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--torch", action="store_true", help="add the torch fp32 reference of the original checkpoint")
     v.add_argument("--model", metavar="DIR", help="the checkpoint directory or Hugging Face Hub id (default: the "
                                                   "manifest's; compiled from the Hub and not on this machine: fetched "
-                                                  "again at the recorded commit); implies --torch")
+                                                  "again at the recorded commit); implies --torch, "
+                                                  "except with --simulate (add --torch for both)")
     v.add_argument("--calib", metavar="FILE", help="calibration file for --simulate (default: the manifest's)")
     v.add_argument("--tol", type=float, help="max rel limit between portable / plugin / simulation (default 1e-4); "
                                              "for quantized recipes it gates the plugin~ / simulation~ rows, which "

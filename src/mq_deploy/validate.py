@@ -267,6 +267,7 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
     from .backends.ort import OrtRunner
 
     refs, skipped = [], []
+    torch_ref = torch_ref or (model_dir is not None and not simulate)  # --model alone implies --torch
     vim = mtrt.manifest_input(manifest)[0] == "pixel_values"
     if vim and simulate:
         raise UserError("--simulate is for language-model OUTDIRs; a Vim OUTDIR is checked as portable vs plugin "
@@ -289,7 +290,7 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
                 ("a Vision Mamba (Vim) checkpoint", "a language model")
             raise UserError(f"{checkpoint} is {kinds[0]}, but {outdir} was compiled from {kinds[1]}: pass --model "
                             "DIR, the checkpoint it was compiled from")
-    if vim and (torch_ref or model_dir):
+    if vim and torch_ref:
         try:
             import torch
 
@@ -312,7 +313,7 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
 
         refs.append(Reference("torch-fp32", f"torch fp32 Vim on the original checkpoint ({path}; no recipe applied)",
                               run=run_vim))
-    elif torch_ref or model_dir:
+    elif torch_ref:
         try:
             from .backends.torch_hf import TorchRunner
             from .loaders import load_model

@@ -1500,6 +1500,17 @@ def test_a_damaged_copy_of_an_outdir_is_named(fp32_out, tmp_path, capsys, monkey
     assert (f"--torch needs the checkpoint {cp} was compiled from, {tmp_path / 'elsewhere' / 'ckpt'} (its "
             "manifest.json), which is not on this machine: pass --model DIR (a copy of it), or leave out --torch") in (
         capsys.readouterr().err)
+    # weights.bin as a symbolic link (onnx refuses to read through one): said plainly, before any hashing
+    (cp / "weights.bin").rename(tmp_path / "w.bin")
+    (cp / "weights.bin").symlink_to(tmp_path / "w.bin")
+    for args in (["validate", str(cp)], ["eval", str(cp), "--task", "text", "--data", str(tmp_path / "t.txt")],
+                 ["generate", str(cp), "--prompt", "hi"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"{cp / 'weights.bin'} is a symbolic link (to {tmp_path / 'w.bin'}), which onnx does not read " in err
+        assert "sha256" not in err and "cp --remove-destination" in err
+    (cp / "weights.bin").unlink()
+    (tmp_path / "w.bin").rename(cp / "weights.bin")
     (cp / "report.html").unlink(missing_ok=True)  # files no graph reads may be missing or changed
     (cp / "tokenizer.json").write_text(" " + (fp32_out / "tokenizer.json").read_text())
     assert main(["validate", str(cp), "-q"]) == 0

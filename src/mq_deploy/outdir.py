@@ -60,6 +60,7 @@ def check_files(out_dir: str | Path, manifest: dict, names: Optional[Sequence[st
             raise UserError(f"{out / name} has {size} bytes, its manifest.json {info['bytes']}: a partial or changed "
                             f"copy; {again}")
     if hashes:
+        refuse_linked_weights(out, [name for name, _ in listed if not name.endswith(".onnx")])  # (before hashing)
         todo = [(name, info) for name, info in listed if info.get("sha256")]
         log(f"checking {', '.join(n for n, _ in todo)} ({sum(i['bytes'] for _, i in todo) / 1e6:.1f} MB) against "
             "manifest.json's sha256")
@@ -67,6 +68,16 @@ def check_files(out_dir: str | Path, manifest: dict, names: Optional[Sequence[st
             if sha256_file(out / name) != info["sha256"]:
                 raise UserError(f"{out / name} differs from the file `mq-deploy compile` wrote (its sha256 is not the "
                                 f"one manifest.json lists): a corrupted or changed copy; {again}")
+
+
+def refuse_linked_weights(folder: Path, names: Sequence[str]) -> None:
+    """A UserError when one of a graph's external-data files is a symbolic link: onnx refuses to read those (its rule
+    against weights outside the graph's directory), so say it plainly and what to do, before any work."""
+    linked = [n for n in names if (Path(folder) / n).is_symlink()]
+    if linked:
+        raise UserError(f"{Path(folder) / linked[0]} is a symbolic link (to {os.readlink(Path(folder) / linked[0])}), "
+                        "which onnx does not read external weights through: put the file itself there (e.g. `cp "
+                        f"--remove-destination \"$(readlink -f {Path(folder) / linked[0]})\" {Path(folder) / linked[0]}`)")
 
 
 def read_manifest(out_dir: str | Path) -> dict:
@@ -130,6 +141,8 @@ def read_onnx(path: str | Path, weights: bool = True, require_weights: bool = Tr
                         f"missing: copy {'it' if one else 'them'} {where}")
     if weights and files:
         from onnx.external_data_helper import load_external_data_for_model
+
+        refuse_linked_weights(p.parent, files)
 
         try:
             load_external_data_for_model(model, str(p.parent))

@@ -1,5 +1,6 @@
 """Quantization math, Hadamard matrices, recipes, QDQ emission vs the fake-quant simulation, lint."""
 
+import json
 import copy
 from pathlib import Path
 
@@ -319,3 +320,20 @@ def test_lint_blocked_int4_weights(tiny):
                 if a.name == "block_size":
                     a.i = 48  # 192 rows / 48 ≠ the 3 scale rows
     assert [(v["node"], v["rule"]) for v in lint_model(g)] == [("layers.1/layers.1.out_proj/weight_DQ", "weight-dq")]
+
+
+def test_calib_artifact_keeps_per_channel_statistics_not_covariances(tmp_path):
+    """calib.npz holds absmax, per-channel max and variance and the |x| sample of each point; not XᵀX (a GPTQ recipe's
+    are GBs for a large model, and nothing reads them back)."""
+    from mq_deploy.calibrate import Stats
+
+    x = np.random.default_rng(0).normal(size=(50, 6)) * np.arange(1, 7)
+    st = Stats(absmax={"p": float(np.abs(x).max())}, chan={"p": np.abs(x).max(0)}, sample={"p": np.abs(x[:5, 0])},
+               second={"p": x.T @ x / len(x)}, chan_sum={"p": x.sum(0)}, chan_sumsq={"p": (x ** 2).sum(0)},
+               count={"p": len(x)}, meta={"stage": "test"})
+    files = st.save(tmp_path)
+    z = np.load(files[0])
+    assert sorted(z.files) == ["p/absmax", "p/chan", "p/sample", "p/var"]
+    np.testing.assert_allclose(z["p/var"], x.var(0), rtol=1e-10)
+    np.testing.assert_array_equal(z["p/chan"], np.abs(x).max(0))
+    assert json.loads(files[1].read_text())["points"] == ["p"]

@@ -103,8 +103,12 @@ class Stats:
         return self.chan[pt]
 
     def save(self, out_dir: Path) -> list[Path]:
+        """calib.npz (per point: `absmax`, per-channel max |x| `chan` and variance `var`, the |x| `sample`) and
+        calib.json. XᵀX is not kept: nothing reads it back, and a GPTQ recipe's are GBs (fp64, ~30 GB for
+        mamba-2.8b), written and compressed for minutes."""
         arrays = {}
-        for kind, d in (("absmax", self.absmax), ("chan", self.chan), ("sample", self.sample), ("second", self.second)):
+        var = {pt: self.chan_var(pt) for pt in self.chan_sum if self.count.get(pt)}
+        for kind, d in (("absmax", self.absmax), ("chan", self.chan), ("var", var), ("sample", self.sample)):
             for pt, v in d.items():
                 arrays[f"{pt}/{kind}"] = np.asarray(v)
         np.savez_compressed(out_dir / "calib.npz", **arrays)

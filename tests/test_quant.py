@@ -1,7 +1,7 @@
 """Quantization math, Hadamard matrices, recipes, QDQ emission vs the fake-quant simulation, lint."""
 
-import json
 import copy
+import json
 from pathlib import Path
 
 import numpy as np

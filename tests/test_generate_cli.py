@@ -1,6 +1,7 @@
 """`mq-deploy generate` as a user runs it: streaming output, timings on stderr, and clean failures."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -79,6 +80,12 @@ def test_generate_prompt_from_stdin_whitespace_and_unused_seed(outdir):
     assert r.returncode == 0 and r.stdout == ref.stdout, (r.stdout, ref.stdout, r.stderr)
     assert "unused" not in r.stderr
     assert_user_error(run_cli("generate", outdir, "--prompt", "-", stdin=""), "prompt 1 (stdin) is empty")
+    for utf8_mode in ("0", "1"):  # stdin strict / surrogateescape
+        bad = subprocess.run([sys.executable, "-m", "mq_deploy", "generate", str(outdir), "--prompt", "-"],
+                             input=b"caf\xe9\n", capture_output=True, timeout=300,
+                             env={**os.environ, "PYTHONUTF8": utf8_mode, "LC_ALL": "C.UTF-8"})
+        assert bad.returncode == 2 and b"the prompt on stdin is not text of its encoding, utf-8" in bad.stderr, \
+            bad.stderr
     two = run_cli("generate", outdir, "--prompt", "A line.", "--prompt", "-", "--max-new-tokens", "3",
                   stdin="Two\nlines\n")
     assert two.returncode == 0 and "\n[2] Two\n    lines" in "\n" + two.stdout, two.stdout

@@ -182,7 +182,13 @@ def _prompts(given: list, read_stdin: bool = True) -> list:
         if text == "-" and read_stdin:
             if sys.stdin.isatty():
                 _log("reading the prompt from stdin (end it with Ctrl-D)")
-            text = sys.stdin.read()
+            try:
+                text = sys.stdin.read()
+                text.encode("utf-8")  # (stdin's surrogateescape, e.g. in Python's UTF-8 mode, lets bad bytes through)
+            except (UnicodeDecodeError, UnicodeEncodeError) as e:
+                raise UserError(f"the prompt on stdin is not text of its encoding, {sys.stdin.encoding} ({e.reason} "
+                                f"at {'byte' if isinstance(e, UnicodeDecodeError) else 'character'} {e.start})") \
+                    from None
             text = text[:-1] if text.endswith("\n") else text
             text = text[:-1] if text.endswith("\r") else text
         if not text:

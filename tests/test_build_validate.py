@@ -9,6 +9,7 @@ import builtins
 import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -883,11 +884,31 @@ def test_validate_fp32(fp32_out, no_tensorrt, capsys):
     assert rep["skipped"][0]["name"] == "tensorrt"
 
 
-def test_validate_fp32_torch_reference(fp32_out, capsys):
+def test_validate_fp32_torch_reference(fp32_out, w8_out, tmp_path, capsys):
+    """The torch reference is transformers' own from_pretrained of the checkpoint (not mq-deploy's loader again), and
+    against an fp32 recipe's graphs it is gated at fp32 rounding: a checkpoint whose weights changed since the
+    compile fails. Against a quantized OUTDIR's graphs it is reported (what quantization changes)."""
+    from safetensors.torch import load_file, save_file
+
+    from mq_deploy.loaders import BUNDLED_DIR
+
     assert main(["validate", str(fp32_out), "-q", "--json", "--torch"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    p = _pairs(rep)
+    assert p[("torch-fp32", "portable")]["max_rel"] < 1e-5 and p[("torch-fp32", "plugin")]["max_rel"] < 1e-5
+    assert p[("torch-fp32", "portable")]["limit"] == mval.FP32_TOL and p[("torch-fp32", "portable")]["ok"]
+    assert "transformers' MambaForCausalLM.from_pretrained" in rep["references"][0]["what"]
+    changed = tmp_path / "changed"
+    shutil.copytree(BUNDLED_DIR, changed)
+    t = load_file(str(changed / "model.safetensors"))
+    t["backbone.layers.0.mixer.D"] = t["backbone.layers.0.mixer.D"] * 2
+    save_file(t, str(changed / "model.safetensors"))
+    assert main(["validate", str(fp32_out), "-q", "--json", "--model", str(changed)]) == 1
     p = _pairs(json.loads(capsys.readouterr().out))
-    assert p[("torch-fp32", "portable")]["max_rel"] < 1e-4 and p[("torch-fp32", "plugin")]["max_rel"] < 1e-4
-    assert p[("torch-fp32", "portable")]["limit"] is None  # reported, not gated
+    assert not p[("torch-fp32", "portable")]["ok"] and p[("torch-fp32", "portable")]["max_rel"] > 1e-2
+    assert main(["validate", str(w8_out), "-q", "--json", "--torch"]) == 0
+    p = _pairs(json.loads(capsys.readouterr().out))
+    assert p[("torch-fp32", "portable")]["limit"] is None and p[("torch-fp32", "portable")]["ok"] is None
 
 
 def test_validate_quantized_with_simulation(w8_out, no_tensorrt, capsys):

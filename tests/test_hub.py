@@ -297,7 +297,10 @@ def test_weight_choice():
     hf_cfg = json.loads((BUNDLED_DIR / "config.json").read_text())
     both = {"config.json", "model.safetensors", "pytorch_model.bin"}
     assert hub._weights("a/b", hf_cfg, both) == ["model.safetensors"]
-    assert hub._weights("a/b", hf_cfg, both | {"model.safetensors.index.json"}) == ["model.safetensors.index.json"]
+    assert hub._weights("a/b", hf_cfg, both | {"model.safetensors.index.json"}) == ["model.safetensors"]  # as
+    # transformers' from_pretrained: the single file before an index
+    assert hub._weights("a/b", hf_cfg, {"config.json", "model.safetensors.index.json", "pytorch_model.bin"}) == [
+        "model.safetensors.index.json"]
     ss_cfg = {"d_model": 64, "n_layer": 2, "vocab_size": 100}
     assert hub._weights("a/b", ss_cfg, both) == ["pytorch_model.bin"]  # state-spaces: its loader's order
     with pytest.raises(UserError, match="has no weight file mq-deploy reads"):

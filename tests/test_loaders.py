@@ -253,3 +253,50 @@ def test_a_state_spaces_embedding_without_the_vocabulary_padding_is_named(tmp_pa
     got = load_model(d)
     assert got.config.vocab_size == 67
     np.testing.assert_array_equal(got.embedding, m.embedding)
+
+
+def test_a_folder_with_a_single_file_and_a_sharded_index_loads_what_transformers_loads(base, tmp_path):
+    """model.safetensors beside model.safetensors.index.json (an older export left in place): transformers'
+    from_pretrained takes the single file, so must the compile, or its numbers are of other weights."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import MambaForCausalLM
+
+    m, src = base
+    d = _variant(src, tmp_path / "both")
+    t = load_file(str(d / "model.safetensors"))
+    names = sorted(t)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in shards.items():
+        save_file({k: t[k].contiguous() for k in keys}, str(d / shard))
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: s for s, keys in shards.items() for k in keys}}))
+    key = "backbone.layers.0.mixer.D"
+    t[key] = t[key] * 3  # the single file differs from the shards
+    save_file({k: v.contiguous() for k, v in t.items()}, str(d / "model.safetensors"))
+    hf = MambaForCausalLM.from_pretrained(str(d), dtype=torch.float32)
+    got, _ = _load(d)
+    np.testing.assert_array_equal(got.layers[0].D, hf.backbone.layers[0].mixer.D.detach().numpy())
+    np.testing.assert_array_equal(got.layers[0].D, 3 * m.layers[0].D)
+    (d / "model.safetensors").unlink()  # the index alone: the shards
+    np.testing.assert_array_equal(_load(d)[0].layers[0].D, m.layers[0].D)
+
+
+def test_the_torch_reference_is_transformers_own_where_it_reads_the_checkpoint(base, tmp_path):
+    """validate --torch / eval CHECKPOINT: transformers' from_pretrained for a checkpoint it reads whole; names only
+    mq-deploy's loader maps (DDP's `module.` prefix: transformers would initialise those tensors at random) fall back
+    to the model that loader reads, which computes the same logits."""
+    from mq_deploy.backends.torch_hf import checkpoint_runner
+
+    _, src = base
+    ids = np.arange(12, dtype=np.int64).reshape(2, 6) % 70
+    plain, how = checkpoint_runner(src)
+    assert how == "transformers' MambaForCausalLM.from_pretrained"
+    wrapped = _variant(src, tmp_path / "ddp", tensors=lambda t: {"module." + k: v for k, v in t.items()})
+    other, how2 = checkpoint_runner(wrapped)
+    assert how2.startswith("MambaForCausalLM built by mq-deploy's loader (transformers' from_pretrained does not read")
+    np.testing.assert_allclose(other(ids), plain(ids), rtol=0, atol=1e-5)
+    seen = []
+    with pytest.raises(UserError, match="stop"):
+        checkpoint_runner(src, check_config=lambda c: seen.append(c) or (_ for _ in ()).throw(UserError("stop")))
+    assert seen[0]["d_model"] == 48

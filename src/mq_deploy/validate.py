@@ -315,21 +315,21 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
                               run=run_vim))
     elif torch_ref:
         try:
-            from .backends.torch_hf import TorchRunner
-            from .loaders import load_model
+            from .backends.torch_hf import checkpoint_runner
         except ImportError as e:
             raise UserError(f"--torch needs torch and transformers ({e}); pip install torch transformers") from None
-        src = manifest.get("model", {})
+        want = manifest.get("model", {}).get("config") or {}
         path = checkpoint
-        model = load_model(path)
-        want = src.get("config") or {}
-        got = model.config.to_dict()
-        if any(k in got and got[k] != v for k, v in want.items()):  # before the comparison runs
-            diff = ", ".join(f"{k} {got[k]} here, {v} there" for k, v in want.items() if k in got and got[k] != v)
-            raise UserError(f"{'the bundled model' if path is None else f'the checkpoint {path}'} is not the one "
-                            f"{outdir} was compiled from ({diff}): pass --model DIR, the checkpoint it was compiled from")
-        runner = TorchRunner(model, threads=threads)
-        refs.append(Reference("torch-fp32", f"torch fp32 MambaForCausalLM on the original checkpoint "
+
+        def same_config(got: dict) -> None:  # before any weight is read
+            if any(k in got and got[k] != v for k, v in want.items()):
+                diff = ", ".join(f"{k} {got[k]} here, {v} there" for k, v in want.items() if k in got and got[k] != v)
+                raise UserError(f"{'the bundled model' if path is None else f'the checkpoint {path}'} is not the one "
+                                f"{outdir} was compiled from ({diff}): pass --model DIR, the checkpoint it was compiled "
+                                "from")
+
+        runner, how = checkpoint_runner(path, threads, check_config=same_config)
+        refs.append(Reference("torch-fp32", f"torch fp32, {how}, on the original checkpoint "
                                             f"({'bundled model' if path is None else path}; no recipe applied)",
                               run=lambda ids: {"logits": runner(ids)}))
     if simulate:
@@ -444,9 +444,10 @@ def run_references(refs: list[Reference], feed: dict, use_polygraphy: bool) -> d
 
 
 def _limit(a: str, b: str, quantized: bool, tol: Optional[float], engine_tol: Optional[float],
-           engine_followed: bool = False) -> Optional[float]:
-    if "torch-fp32" in (a, b):
-        return None
+           engine_followed: bool = False, fp32: bool = False) -> Optional[float]:
+    if "torch-fp32" in (a, b):  # the checkpoint against an fp32 recipe's graphs: fp32 rounding; otherwise what the
+        # recipe changes, reported (compare / eval measure it)
+        return (tol if tol is not None else FP32_TOL) if fp32 and not quantized and "tensorrt" not in (a, b) else None
     if "tensorrt" in (a, b):  # with a validation engine the gate is on portable= vs tensorrt and the per-layer line
         return None if engine_followed else (engine_tol if engine_tol is not None else ENGINE_TOL)
     if quantized:  # boundary roundings: reported; the gate is on the plugin~ / simulation~ rows
@@ -500,6 +501,7 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
         ids = np.random.default_rng(seed).integers(0, vocab, size=(batch, seq), dtype=np.int64)
         feed, what = {"input_ids": ids}, f"random input_ids {batch}x{seq}, seed {seed}"
     quantized = mtrt.manifest_quantized(manifest)
+    fp32 = manifest.get("recipe", {}).get("precision", "fp32") == "fp32"  # (float graphs: every recipe unquantized)
     refs, skipped = collect_references(out, manifest, simulate=simulate, torch_ref=torch_ref, model_dir=model_dir,
                                        calib=calib, engine=engine, plugin_lib=plugin_lib, threads=threads, log=log)
     use_polygraphy = have_polygraphy() if use_polygraphy is None else use_polygraphy
@@ -517,7 +519,7 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
     engine_followed = quantized and bool(marked)
     for a, b in itertools.combinations([r.name for r in refs], 2):
         for o in [k for k in outs[a] if k in outs[b]]:
-            row(a, b, o, outs[a][o], outs[b][o], _limit(a, b, quantized, tol, engine_tol, engine_followed))
+            row(a, b, o, outs[a][o], outs[b][o], _limit(a, b, quantized, tol, engine_tol, engine_followed, fp32))
     if engine_followed:
         def rows(a: str, ref: dict, lim: Optional[float], **extra) -> None:
             for o in [k for k in outs["tensorrt"] if k in ref]:

@@ -44,14 +44,10 @@ def state_dict(model: MambaModel) -> dict:
 
 def build_hf_model(model: MambaModel):
     """An fp32 `transformers.MambaForCausalLM` holding exactly `model`'s weights, in eval mode."""
-    import logging
-
     import torch
     from transformers import MambaForCausalLM
 
-    # its warnings that the fused CUDA kernels are absent and the reference path runs: expected here (a CPU reference)
-    for name in ("transformers.models.mamba.modeling_mamba", "transformers.integrations.hub_kernels"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    _quiet_hf_logs()
     with torch.device("meta"):
         hf = MambaForCausalLM(hf_config(model))
     hf.load_state_dict(state_dict(model), assign=True, strict=True)
@@ -60,15 +56,69 @@ def build_hf_model(model: MambaModel):
     return hf.float().eval()
 
 
-class TorchRunner:
-    """`runner(input_ids) -> logits` through Hugging Face `MambaForCausalLM` in fp32."""
+def _quiet_hf_logs() -> None:
+    import logging
 
-    def __init__(self, model: MambaModel, threads: int | None = None):
+    # its warnings that the fused CUDA kernels are absent and the reference path runs: expected here (a CPU reference)
+    for name in ("transformers.models.mamba.modeling_mamba", "transformers.integrations.hub_kernels"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def from_pretrained(model_dir) -> object | None:
+    """transformers' own `MambaForCausalLM.from_pretrained` of a Hugging Face-format checkpoint directory, in fp32 and
+    eval mode: a reference that does not go through mq-deploy's loader (which file it takes, how it names and converts
+    the tensors). None where transformers does not read the checkpoint whole (a tensor it would initialise at random:
+    names only mq-deploy's loader maps, such as DDP's `module.` prefix) or cannot read it at all."""
+    try:
+        from transformers import MambaForCausalLM
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return None
+    _quiet_hf_logs()
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # (its own report of missing keys: judged below)
+    try:
+        hf, info = MambaForCausalLM.from_pretrained(str(model_dir), output_loading_info=True, use_mambapy=False)
+    except Exception:  # noqa: BLE001 - whatever transformers cannot read, mq-deploy's loader says why
+        return None
+    finally:
+        hf_logging.set_verbosity(level)
+    missing = [k for k in info.get("missing_keys") or () if not (k == "lm_head.weight" and hf.config.tie_word_embeddings)]
+    if missing or info.get("mismatched_keys"):
+        return None
+    return hf.float().eval()
+
+
+def checkpoint_runner(path=None, threads: int | None = None, check_config=None) -> tuple["TorchRunner", str]:
+    """The torch fp32 reference of a checkpoint directory (None: the bundled model) and how it was made: transformers'
+    own `from_pretrained` for a Hugging Face-format checkpoint it reads whole, else the model mq-deploy's loader reads
+    (a state-spaces checkpoint, or names only that loader maps). `check_config(config dict)` runs on the parsed
+    config before any weight is read (it raises to refuse)."""
+    from ..loaders import load_model, resolve_model_dir
+    from ..loaders.formats import FORMATS, detect_format, read_config
+
+    model_dir = resolve_model_dir(path)
+    raw = read_config(model_dir / "config.json")
+    fmt = detect_format(raw, model_dir / "config.json")
+    if check_config is not None:
+        check_config(FORMATS[fmt].parse_config(raw).to_dict())
+    hf = from_pretrained(model_dir) if fmt == "hf" else None
+    if hf is not None:
+        return TorchRunner(threads=threads, hf=hf), "transformers' MambaForCausalLM.from_pretrained"
+    why = "a state-spaces checkpoint" if fmt != "hf" else "transformers' from_pretrained does not read it whole"
+    return TorchRunner(load_model(path), threads=threads), f"MambaForCausalLM built by mq-deploy's loader ({why})"
+
+
+class TorchRunner:
+    """`runner(input_ids) -> logits` through Hugging Face `MambaForCausalLM` in fp32: built from `model`, or `hf` (a
+    `from_pretrained` model) as it is."""
+
+    def __init__(self, model: MambaModel | None = None, threads: int | None = None, hf=None):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
-        self.model = build_hf_model(model)
+        self.model = hf if hf is not None else build_hf_model(model)
 
     def __call__(self, input_ids: np.ndarray) -> np.ndarray:
         import torch

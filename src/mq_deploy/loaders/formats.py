@@ -2,7 +2,7 @@
 
 | family | recognised by | embedding key | weights |
 |---|---|---|---|
-| hf (transformers `MambaForCausalLM`) | `model_type == "mamba"` | `backbone.embeddings.weight` | model.safetensors[.index.json] or pytorch_model.bin |
+| hf (transformers `MambaForCausalLM`) | `model_type == "mamba"` | `backbone.embeddings.weight` | model.safetensors, its .index.json, pytorch_model.bin or its .index.json (transformers' order) |
 | state-spaces (mamba-ssm `MambaLMHeadModel`) | `d_model` and `n_layer` keys | `backbone.embedding.weight` | pytorch_model.bin or model.safetensors |
 
 Both name the per-layer tensors `backbone.layers.{i}.mixer.{in_proj.weight, conv1d.weight, ...}`.
@@ -238,8 +238,10 @@ class Format:
 
 
 FORMATS = {
-    "hf": Format("hf", ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
-                        "pytorch_model.bin"), "backbone.embeddings.weight", _hf_config, "tie_word_embeddings",
+    # transformers' from_pretrained order: a single file before its sharded index, safetensors before .bin (a folder
+    # holding both a model.safetensors and an index compiles the weights transformers loads)
+    "hf": Format("hf", ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                        "pytorch_model.bin.index.json"), "backbone.embeddings.weight", _hf_config, "tie_word_embeddings",
                  "Hugging Face"),
     "state-spaces": Format("state-spaces", ("pytorch_model.bin", "model.safetensors"), "backbone.embedding.weight",
                            _ss_config, "tie_embeddings", "state-spaces (mamba-ssm)"),

@@ -171,6 +171,26 @@ def test_refuses_an_output_that_is_or_holds_an_input(tiny, tmp_path):
     assert (out / "tokenizer.json").read_bytes() == tok.read_bytes()
 
 
+def test_output_through_a_link_and_the_current_directory(tiny, tmp_path):
+    """-o a symbolic link to a folder writes the OUTDIR where it points (the link then names it; it used to fail at
+    the final swap, after the work, leaving an empty .old folder); -o the current directory, or one holding it, is
+    refused before any work; no `.old` placeholder is left behind."""
+    _, hf_dir, _ = tiny
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    for _ in range(2):  # into the empty folder, then over the OUTDIR it holds
+        r = run_cli("compile", hf_dir, "-o", tmp_path / "link", "-q")
+        assert r.returncode == 0, r.stderr
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "manifest.json").is_file()
+    work = tmp_path / "work"
+    work.mkdir()
+    for out, extra in ((".", ""), ("..", " (or holds it)"), ("", "")):
+        r = run_cli("compile", hf_dir, "-o", out, cwd=work)
+        assert r.returncode == 2 and "is the current directory" + extra + ", which the compile cannot replace" in \
+            r.stderr, r.stderr
+    assert os.listdir(work) == [] and not [p for p in os.listdir(tmp_path) if ".old-" in p or ".tmp-" in p]
+
+
 def test_tokenizer_checks_before_the_work(tiny, tmp_path):
     """A --tokenizer that is no tokenizer is refused before the checkpoint is loaded, a calibration without any before
     the calibration;

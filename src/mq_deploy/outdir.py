@@ -107,7 +107,24 @@ def read_manifest(out_dir: str | Path) -> dict:
     return manifest
 
 
+def output_dir(out_dir: str | Path) -> Path:
+    """An OUTDIR as the swap at the end of a compile can replace it: `~` expanded, a symbolic link replaced by what it
+    points to (the link then names the new OUTDIR); a UserError for an empty path and for the current directory or
+    one holding it (a directory cannot be swapped while it is a process's working directory)."""
+    if not str(out_dir).strip():
+        raise UserError("-o needs a directory path (it is empty)")
+    out = Path(out_dir).expanduser()
+    if out.is_symlink():
+        out = out.resolve()
+    real, here = out.resolve(), Path.cwd().resolve()
+    if real == here or real in here.parents:
+        raise UserError(f"output directory {out_dir} is the current directory{' (or holds it)' if real != here else ''}"
+                        ", which the compile cannot replace: pass a new folder, e.g. -o out")
+    return out
+
+
 def check_target(out_dir: Path, force: bool) -> None:
+    out_dir = output_dir(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output path {out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file() and not force:
@@ -260,7 +277,7 @@ def atomic_dir(out_dir: str | Path, force: bool = False, warn: Callable[[str], N
     one does not have, such as engines built from it, which go with it), on failure it is removed. The temporary
     holds a lock for as long as this runs, so that a later run can tell a killed run's leftover from a live one's
     (`remove_leftovers`, which `warn` is told about)."""
-    out_dir = Path(out_dir).expanduser()
+    out_dir = output_dir(out_dir)
     check_target(out_dir, force)
     parent = out_dir.resolve().parent
     lock_fd = None
@@ -291,7 +308,11 @@ def atomic_dir(out_dir: str | Path, force: bool = False, warn: Callable[[str], N
             os.unlink(tmp / LOCK)  # (the lock stays held through the descriptor until the swap is done)
             if out_dir.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-{os.getpid()}-", dir=parent))
-                os.replace(out_dir, old)
+                try:
+                    os.replace(out_dir, old)
+                except BaseException:
+                    old.rmdir()  # (still the empty placeholder)
+                    raise
             try:
                 os.replace(tmp, out_dir)
             except BaseException:

@@ -111,11 +111,19 @@ def test_build_missing_outdir_and_missing_model(tmp_path, capsys):
     assert "has no model.onnx" in capsys.readouterr().err
 
 
-def test_build_missing_plugin_library(fp32_out, tmp_path, capsys):
-    assert main(["build", str(fp32_out), "--plugins", str(tmp_path / "libmq_trt_plugins.so")]) == 2
+def test_build_missing_plugin_library(fp32_out, tmp_path, monkeypatch, capsys):
+    """With TensorRT, a missing plugin library is named with how to build it; without TensorRT, TensorRT is named
+    first (building the library needs it: the library's hint alone would send the user in a circle)."""
+    args = ["build", str(fp32_out), "--plugins", str(tmp_path / "libmq_trt_plugins.so")]
+    if not _has_tensorrt():
+        assert main(args) == 2
+        (line,) = _errors(capsys.readouterr().err)
+        assert "TensorRT's Python package is not installed" in line and "not found" not in line
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT(log := {})))
+    assert main(args) == 2
     lines = _errors(capsys.readouterr().err)
     assert len(lines) == 1 and "not found" in lines[0] and "cmake -S plugins" in lines[0]
-    assert not (fp32_out / "model.engine").exists()
+    assert not (fp32_out / "model.engine").exists() and not log
 
 
 def test_build_bad_shapes(fp32_out, capsys):

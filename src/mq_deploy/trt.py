@@ -555,10 +555,13 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
     made = {o for n in model.graph.node for o in n.output} | fused | {float_twin(t) for t in fused}  # (not an input)
     mark = tuple(t for t in validation_marks(model) if t in made) if validation else ()
     fp32 = tuple((n.name, n.output[0]) for n in rms_norm_nodes(model)) if fp16 else ()
-    lib = resolve_plugin_lib(plugin_lib, must_exist=require_plugin_lib)
+    lib = resolve_plugin_lib(plugin_lib, must_exist=False)
     vocab = manifest.get("model", {}).get("config", {}).get("vocab_size")
     name, fixed = manifest_input(manifest)
     profile = shapes.profile(graph_inputs(model))  # a language model needs BATCH,SEQUENCE
+    if require_plugin_lib:  # a real build: TensorRT before the library, whose hint (build it against TensorRT) would
+        import_tensorrt()   # send a machine without TensorRT in a circle
+        lib = check_plugin_lib(lib)
     default = (VALIDATION_ENGINES if validation else ENGINES)[graph]
     return BuildPlan(onnx=str(onnx_path), engine=str(engine or Path(outdir) / default), plugin_lib=lib,
                      int8=(int8 or manifest_quantized(manifest)) and not strongly_typed, fp16=fp16, shapes=shapes,

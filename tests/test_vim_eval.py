@@ -143,3 +143,18 @@ def test_compare_cli_vision_mode(tmp_path, capsys):
                      (["--recipes", "vim-rtn-w8a8", "--tasks", ""], "at least one name")):
         assert main(["compare", str(tmp_path), *bad, "--limit", "8", "-o", str(out), "-q"]) == 2
         assert msg in capsys.readouterr().err
+
+
+def test_missing_fashion_mnist_names_each_commands_flag(tmp_path, monkeypatch):
+    """Without the data set, the error names how each command takes its folder (compile's is --calib: it has no
+    --data), so the hint works whichever command gave it."""
+    import mq_deploy.vision.data as vdata
+    from mq_deploy.errors import UserError
+
+    monkeypatch.setattr(vdata, "DEFAULT_DIR", tmp_path / "none")
+    monkeypatch.setenv("MQ_DEPLOY_DATA_DIR", str(tmp_path))
+    with pytest.raises(UserError) as e:
+        vdata.data_dir()
+    for hint in ("$MQ_DEPLOY_DATA_DIR/fashion-mnist", "compile --calib DIR", "eval --data DIR",
+                 "compare --data fashion_mnist=DIR"):
+        assert hint in str(e.value)

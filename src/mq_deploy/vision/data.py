@@ -33,7 +33,8 @@ def data_dir(path: Optional[str | Path] = None) -> Path:
             if (c / (FILES["test"][0] + ".gz")).is_file() or (c / FILES["test"][0]).is_file():
                 return c
         raise UserError("Fashion-MNIST not found: `apt-get install dataset-fashion-mnist` (files under "
-                        f"{DEFAULT_DIR}) or pass --data DIR with the four idx(.gz) files")
+                        f"{DEFAULT_DIR}), put the four idx(.gz) files in $MQ_DEPLOY_DATA_DIR/fashion-mnist, or name "
+                        "their folder: compile --calib DIR, eval --data DIR, compare --data fashion_mnist=DIR")
     p = Path(path)
     if p.is_file():
         raise UserError(f"{p} is a file: a Vision Mamba's data is a folder holding the four Fashion-MNIST idx(.gz) "

@@ -281,10 +281,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise
     n_prompt = sum(res.prompt_tokens)
     padded = res.decode_steps * len(prompts) - res.decode_tokens  # steps of rows that had finished
+    idle = f"; {padded} idle row-steps of finished rows" if padded else ""
     _log(f"prefill: {len(prompts)} prompt(s), {n_prompt} tokens in {res.prefill_seconds * 1e3:.1f} ms; "
          f"decode: {res.decode_steps} steps, {res.decode_tokens} tokens in {res.decode_seconds:.2f} s "
-         f"({res.decode_tokens_per_second:.1f} tokens/s{f'; {padded} idle row-steps of finished rows' if padded else ''})"
-         f" [{args.flavour}]")
+         f"({res.decode_tokens_per_second:.1f} tokens/s{idle}) [{args.flavour}]")
     return 0
 
 
@@ -576,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)
 
-    from .generate import DEFAULT_MAX_PROMPT_TOKENS
+    from .generate import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_PROMPT_TOKENS
 
     g = sub.add_parser("generate", help="generate text with the prefill and decode-step graphs in onnxruntime (or "
                                         "their TensorRT engines)",
@@ -586,7 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("outdir", metavar="OUTDIR", help="output directory of `mq-deploy compile`")
     g.add_argument("--prompt", required=True, action="append", help="prompt text (repeatable: one batch); - reads "
                                                                      "one prompt from stdin")
-    g.add_argument("--max-new-tokens", type=int, default=64, help="stop after N new tokens (default 64)")
+    g.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                   help=f"stop after N new tokens (default {DEFAULT_MAX_NEW_TOKENS})")
     g.add_argument("--greedy", action="store_true", help="argmax decoding (the default without --temperature / "
                                                           "--top-p)")
     g.add_argument("--temperature", type=float, default=None, help="sample with this temperature (default 1.0 when "

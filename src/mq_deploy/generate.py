@@ -30,6 +30,7 @@ from .outdir import missing_file, read_manifest
 
 FLAVOURS = {"portable": ".portable.onnx", "plugin": ".onnx", "tensorrt": ".engine"}
 DEFAULT_MAX_PROMPT_TOKENS = 2048
+DEFAULT_MAX_NEW_TOKENS = 64  # (the CLI's --max-new-tokens default too)
 
 
 def graph_files(flavour: str) -> tuple[str, str]:
@@ -278,7 +279,7 @@ def check_request(prompts: Sequence[Sequence[int]], max_new_tokens: int,
         raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
 
 
-def generate(session: StatefulSession, prompts: Sequence[Sequence[int]], max_new_tokens: int = 20,
+def generate(session: StatefulSession, prompts: Sequence[Sequence[int]], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
              sampling: Sampling = Sampling(), eos_id: Optional[int] = 0, pad_id: int = 0,
              max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
              on_token: Optional[Callable[[int, int], None]] = None,

@@ -73,11 +73,11 @@ def check_files(out_dir: str | Path, manifest: dict, names: Optional[Sequence[st
 def refuse_linked_weights(folder: Path, names: Sequence[str]) -> None:
     """A UserError when one of a graph's external-data files is a symbolic link: onnx refuses to read those (its rule
     against weights outside the graph's directory), so say it plainly and what to do, before any work."""
-    linked = [n for n in names if (Path(folder) / n).is_symlink()]
+    linked = [Path(folder) / n for n in names if (Path(folder) / n).is_symlink()]
     if linked:
-        raise UserError(f"{Path(folder) / linked[0]} is a symbolic link (to {os.readlink(Path(folder) / linked[0])}), "
-                        "which onnx does not read external weights through: put the file itself there (e.g. `cp "
-                        f"--remove-destination \"$(readlink -f {Path(folder) / linked[0]})\" {Path(folder) / linked[0]}`)")
+        f = linked[0]
+        raise UserError(f"{f} is a symbolic link (to {os.readlink(f)}), which onnx does not read external weights "
+                        f"through: put the file itself there (e.g. `cp --remove-destination \"$(readlink -f {f})\" {f}`)")
 
 
 def read_manifest(out_dir: str | Path) -> dict:

@@ -83,7 +83,8 @@ def from_pretrained(model_dir) -> object | None:
         return None
     finally:
         hf_logging.set_verbosity(level)
-    missing = [k for k in info.get("missing_keys") or () if not (k == "lm_head.weight" and hf.config.tie_word_embeddings)]
+    tied = hf.config.tie_word_embeddings
+    missing = [k for k in info.get("missing_keys") or () if not (k == "lm_head.weight" and tied)]
     if missing or info.get("mismatched_keys"):
         return None
     return hf.float().eval()

@@ -213,9 +213,13 @@ def test_tokenizer_checks_before_the_work(tiny, tmp_path):
     assert r.returncode == 0 and "no tokenizer.json (the model directory has none): eval and generate of OUTDIR will " \
         "need --tokenizer" in r.stderr
     big = write_hf_checkpoint(random_model(MambaConfig(d_model=16, n_layer=1, vocab_size=9600), seed=1), tmp_path / "b")
-    r = run_cli("compile", big, "--tokenizer", bundled_tok, "-o", tmp_path / "big")
+    r = run_cli("compile", big, "--tokenizer", bundled_tok.parent, "-o", tmp_path / "big")  # (a folder holding one)
     assert r.returncode == 0 and f"tokenizer {bundled_tok} has 8192 ids, the model's vocabulary 9600: is it this " \
         "model's tokenizer?" in r.stderr
+    assert (tmp_path / "big" / "tokenizer.json").read_bytes() == bundled_tok.read_bytes()
+    r = run_cli("compile", big, "--tokenizer", tmp_path, "-o", tmp_path / "big2")  # a folder without one
+    assert r.returncode == 2 and f"tokenizer file not found: {tmp_path / 'tokenizer.json'}; pass a Hugging Face " \
+        "tokenizer.json (or the folder that holds one)" in r.stderr
 
 
 def test_recompiling_says_what_the_old_outdir_loses(tiny, tmp_path):

@@ -320,8 +320,11 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
     check_family(recipe, vim=False)
     if recipe.activations.get("cls_token", "shared") != "shared":
         raise UserError(f"recipe {recipe.name}: activations.cls_token applies to Vision Mamba (Vim) models only")
+    if tokenizer is not None and Path(tokenizer).is_dir():  # a folder holding one (as eval and compare take it)
+        tokenizer = str(Path(tokenizer) / "tokenizer.json")
     if tokenizer is not None and not Path(tokenizer).is_file():
-        raise UserError(f"tokenizer file not found: {tokenizer}")
+        raise UserError(f"tokenizer file not found: {tokenizer}; pass a Hugging Face tokenizer.json (or the folder "
+                        "that holds one)")
     if tokenizer is not None:  # one that cannot be read: said before the work, not copied into OUTDIR after it
         from .eval.tokenizer import TextTokenizer
 

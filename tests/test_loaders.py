@@ -177,6 +177,9 @@ def test_config_spellings(base, tmp_path):
     got = load_model(_variant(d, tmp_path / "no_type", config={"model_type": None,
                                                                 "architectures": ["MambaForCausalLM"]}))
     _same(got, load_model(d))
+    # a boolean written as a string: bool("false") is True, so it is refused (as transformers refuses it)
+    with pytest.raises(UserError, match='config.json: .use_conv_bias. must be true or false, not "false"'):
+        load_model(_variant(d, tmp_path / "strbool", config={"use_conv_bias": "false"}))
 
 
 def test_a_pickled_model_is_one_line(base, tmp_path):

@@ -94,6 +94,16 @@ def _rank(R):
     return R
 
 
+def _flag(raw: dict, key: str, default: bool, where: str = "") -> bool:
+    """A boolean config value; UserError for anything else (a string "false" is true to bool(), and transformers
+    refuses it too)."""
+    v = raw.get(key)
+    v = default if v is None else v
+    if not isinstance(v, bool):
+        raise UserError(f"config.json: '{where}{key}' must be true or false, not {json.dumps(v)}")
+    return v
+
+
 def _hf_config(raw: dict) -> MambaConfig:
     R = raw.get("time_step_rank", "auto")
     d = _get(raw, "hidden_size")
@@ -108,10 +118,10 @@ def _hf_config(raw: dict) -> MambaConfig:
             dt_rank=_rank(R),
             d_inner=raw.get("intermediate_size") or 0,
             norm_eps=float(raw.get("layer_norm_epsilon", 1e-5)),
-            conv_bias=bool(raw.get("use_conv_bias", True)),
-            proj_bias=bool(raw.get("use_bias", False)),
-            tie_embeddings=bool(raw.get("tie_word_embeddings", True)),
-            residual_in_fp32=bool(raw.get("residual_in_fp32", True)),
+            conv_bias=_flag(raw, "use_conv_bias", True),
+            proj_bias=_flag(raw, "use_bias", False),
+            tie_embeddings=_flag(raw, "tie_word_embeddings", True),
+            residual_in_fp32=_flag(raw, "residual_in_fp32", True),
         )
     except TypeError as e:
         raise UserError(f"config.json: {e}") from None
@@ -143,10 +153,10 @@ def _ss_config(raw: dict) -> MambaConfig:
             expand=ssm.get("expand", 2),
             dt_rank=_rank(R),
             norm_eps=float(raw.get("norm_epsilon", 1e-5)),
-            conv_bias=bool(ssm.get("conv_bias", True)),
-            proj_bias=bool(ssm.get("bias", False)),
-            tie_embeddings=bool(raw.get("tie_embeddings", True)),
-            residual_in_fp32=bool(raw.get("residual_in_fp32", True)),
+            conv_bias=_flag(ssm, "conv_bias", True, "ssm_cfg."),
+            proj_bias=_flag(ssm, "bias", False, "ssm_cfg."),
+            tie_embeddings=_flag(raw, "tie_embeddings", True),
+            residual_in_fp32=_flag(raw, "residual_in_fp32", True),
         )
     except TypeError as e:
         raise UserError(f"config.json: {e}") from None

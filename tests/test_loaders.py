@@ -147,6 +147,27 @@ def test_name_variants_of_one_checkpoint_load_alike(base, tmp_path):
         load_model(_variant(d, tmp_path / "untied_head_only", head_only, {"tie_word_embeddings": False}))
 
 
+def test_training_checkpoints_in_pytorch_model_bin(base, tmp_path):
+    """pytorch_model.bin holding a training checkpoint: the state dict under "model" (DeiT / Vim) or "state_dict"
+    (PyTorch Lightning) beside other entries loads; anything else names what the file holds."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    m, d = base
+    sd = load_file(str(d / "model.safetensors"))
+    for key in ("model", "state_dict"):
+        ck = tmp_path / key
+        ck.mkdir()
+        shutil.copy(d / "config.json", ck / "config.json")
+        torch.save({key: sd, "epoch": 3}, str(ck / "pytorch_model.bin"))
+        _same(load_model(ck), load_model(d))
+    torch.save({"weights": sd, "epoch": 3}, str(ck / "pytorch_model.bin"))
+    with pytest.raises(UserError, match=r"does not hold a state dict of tensors \(it holds 'weights', 'epoch'\)"):
+        load_model(ck)
+
+
 @pytest.mark.parametrize("key,value,expect", [
     ("hidden_act", "gelu", "hidden_act is 'gelu'; Mamba-1 graphs use SiLU"),
     ("architectures", ["FalconMambaForCausalLM"], "architectures names FalconMambaForCausalLM"),

@@ -45,10 +45,14 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
                             "torch.save, or as model.safetensors") from None
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"could not read weights file {path}: {first}") from None
-    if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
-        sd = sd["model"]
+    for key in ("model", "state_dict"):  # a training checkpoint's: DeiT / Vim, PyTorch Lightning
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+            break
     if not isinstance(sd, dict) or not all(hasattr(v, "shape") for v in sd.values()):
-        raise UserError(f"weights file {path} does not hold a state dict of tensors")
+        held = ", ".join(repr(k) for k in list(sd)[:6]) if isinstance(sd, dict) else type(sd).__name__
+        raise UserError(f"weights file {path} does not hold a state dict of tensors (it holds {held}): save the "
+                        "model's state_dict() itself")
     return {k: _to_numpy(v) for k, v in sd.items()}
 
 

@@ -337,3 +337,21 @@ def test_calib_artifact_keeps_per_channel_statistics_not_covariances(tmp_path):
     np.testing.assert_allclose(z["p/var"], x.var(0), rtol=1e-10)
     np.testing.assert_array_equal(z["p/chan"], np.abs(x).max(0))
     assert json.loads(files[1].read_text())["points"] == ["p"]
+
+
+@pytest.mark.parametrize("recipe,where", [("fp16", "layers.1.out_proj"), ("rtn-w8a8", "norm_f")])
+def test_a_weight_beyond_fp16_is_named(recipe, where):
+    """A weight the recipe deploys in fp16 holding a value past 65504: one error naming it (it became inf, and the
+    compile's self-check failed on NaN logits, an internal error)."""
+    cfg = MambaConfig(d_model=48, n_layer=2, vocab_size=64)
+    m = random_model(cfg, seed=2)
+    if where == "norm_f":
+        m.norm_f[3] = 1e5
+    else:
+        m.layers[1].out_proj[0, 0] = -1e5
+    windows = np.random.default_rng(0).integers(0, 64, size=(2, 16))
+    with pytest.raises(UserError, match=rf"weight {where} holds \|w\| = 100000, beyond fp16's range \(65504\), in "
+                                        rf"which recipe {recipe} deploys it: compile with --recipe fp32"):
+        prepare(m, load_recipe(recipe), windows, progress=False)
+    model, _, _ = prepare(random_model(cfg, seed=2), load_recipe(recipe), windows, progress=False)  # in range: fine
+    assert np.isfinite(model.norm_f).all()

@@ -24,6 +24,7 @@ from .model import MambaModel
 from .passes import REGISTRY, run_passes
 from .quant.gptq import gptq_quantize
 from .quant.qparams import act_scale, quantize_weight
+from .quant.qparams import round_fp16 as round_fp16_weight
 from .recipes import Recipe
 
 
@@ -45,19 +46,16 @@ def calibrate(model: MambaModel, plan: GraphPlan, windows: np.ndarray, cov_point
                    progress=progress, gamma=[L.norm.copy() for L in model.layers], meta=meta)
 
 
-def round_fp16(model: MambaModel, everything: bool) -> MambaModel:
-    """Round weights to fp16 precision: all of them (fp16 recipe) or those deployed in fp16 beside int8 linears."""
-    f = lambda a: None if a is None else a.astype(np.float16).astype(np.float32)  # noqa: E731
-    model.embedding = f(model.embedding)
-    model.lm_head = f(model.lm_head)
-    model.norm_f = f(model.norm_f)
-    model.head_mix = f(model.head_mix)
-    for L in model.layers:
-        L.norm, L.conv_weight, L.conv_bias = f(L.norm), f(L.conv_weight), f(L.conv_bias)
-        if everything:
-            for name in ("in_proj", "x_proj", "dt_proj", "out_proj", "dt_proj_bias", "D", "in_proj_bias",
-                         "out_proj_bias"):
-                setattr(L, name, f(getattr(L, name)))
+def round_fp16(model: MambaModel, everything: bool, recipe: str = "fp16") -> MambaModel:
+    """Round weights to fp16 precision: all of them (fp16 recipe) or those deployed in fp16 beside int8 linears; a
+    UserError naming a weight beyond fp16's range."""
+    for name in ("embedding", "lm_head", "norm_f", "head_mix"):
+        setattr(model, name, round_fp16_weight(getattr(model, name), name, recipe))
+    for i, L in enumerate(model.layers):
+        names = ("norm", "conv_weight", "conv_bias") + (("in_proj", "x_proj", "dt_proj", "out_proj", "dt_proj_bias",
+                                                         "D", "in_proj_bias", "out_proj_bias") if everything else ())
+        for name in names:
+            setattr(L, name, round_fp16_weight(getattr(L, name), f"layers.{i}.{name}", recipe))
     return model
 
 
@@ -110,12 +108,12 @@ def prepare(model: MambaModel, recipe: Recipe, windows: Optional[np.ndarray], *,
 
         model = copy.deepcopy(model)
     if recipe.precision == "fp16":
-        return round_fp16(model, everything=True), plan, stats_runs
+        return round_fp16(model, everything=True, recipe=recipe.name), plan, stats_runs
     if not recipe.quantized:
         return model, plan, stats_runs
 
     wcfg, acfg = recipe.weights, recipe.activations
-    model = round_fp16(model, everything=False)
+    model = round_fp16(model, everything=False, recipe=recipe.name)
     log("calibrating the transformed graph (activation scales" + (", GPTQ Hessians)" if wcfg["method"] == "gptq" else ")"))
     cov = [f"layers.{i}.{lin}.input" for i in range(n) for lin in LINEARS] if wcfg["method"] == "gptq" else []
     stats1 = calibrate(model, plan, windows, cov, batch_size, seed, progress, meta={"stage": "transformed"})

@@ -6,6 +6,8 @@ Pure array functions: no graphs, no models.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from ..errors import UserError
@@ -91,6 +93,22 @@ def act_scale(sample_abs: np.ndarray, absmax: float, bits: int, method: str, per
     else:
         raise UserError(f"unknown activation scale method '{method}'; choose one of {', '.join(ACT_METHODS)}")
     return float(clip / qmax)
+
+
+FP16_MAX = 65504.0
+
+
+def round_fp16(a: Optional[np.ndarray], name: str, recipe: str) -> Optional[np.ndarray]:
+    """`a` rounded to fp16 precision (kept as fp32), as `recipe` deploys it; a UserError naming the weight when a value
+    lies beyond fp16's range (it would become inf, and the graph NaN)."""
+    if a is None:
+        return None
+    big = float(np.max(np.abs(a), initial=0.0))
+    if big > FP16_MAX:
+        raise UserError(f"weight {name} holds |w| = {big:g}, beyond fp16's range ({FP16_MAX:g}), in which recipe "
+                        f"{recipe} deploys it: compile with --recipe fp32, or with a recipe whose passes fold this "
+                        "weight into the next linear")
+    return a.astype(np.float16).astype(np.float32)
 
 
 def sqnr_db(ref: np.ndarray, x: np.ndarray) -> float:

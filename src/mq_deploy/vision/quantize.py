@@ -15,6 +15,7 @@ import numpy as np
 from ..calibrate import Stats, collect
 from ..graph.plan import GraphPlan, QuantSpec, point
 from ..passes import REGISTRY
+from ..quant.qparams import round_fp16 as round_fp16_weight
 from ..quant.gptq import gptq_quantize
 from ..quant.qparams import act_scale, quantize_weight
 from ..recipes import Recipe
@@ -58,17 +59,15 @@ def fp32_stats(model: VimModel, images: np.ndarray, seed: int = 0) -> Stats:
     return calibrate(model, plain_plan(n), images, cov, seed=seed, meta={"stage": "fp32"})
 
 
-def round_fp16(model: VimModel, everything: bool) -> VimModel:
-    f = lambda a: None if a is None else a.astype(np.float16).astype(np.float32)  # noqa: E731
+def round_fp16(model: VimModel, everything: bool, recipe: str = "vim-fp16") -> VimModel:
     for name in ("patch_weight", "patch_bias", "cls_token", "pos_embed", "norm_f", "head", "head_bias"):
-        setattr(model, name, f(getattr(model, name)))
-    for L in model.layers:
-        for name in ("norm", "conv_weight", "conv_bias", "conv_weight_b", "conv_bias_b"):
-            setattr(L, name, f(getattr(L, name)))
-        if everything:
-            for name in ("in_proj", "out_proj", "x_proj", "dt_proj", "dt_proj_bias", "D", "x_proj_b", "dt_proj_b",
-                         "dt_proj_bias_b", "D_b", "in_proj_bias", "out_proj_bias"):
-                setattr(L, name, f(getattr(L, name)))
+        setattr(model, name, round_fp16_weight(getattr(model, name), name, recipe))
+    for i, L in enumerate(model.layers):
+        names = ("norm", "conv_weight", "conv_bias", "conv_weight_b", "conv_bias_b") + (
+            ("in_proj", "out_proj", "x_proj", "dt_proj", "dt_proj_bias", "D", "x_proj_b", "dt_proj_b", "dt_proj_bias_b",
+             "D_b", "in_proj_bias", "out_proj_bias") if everything else ())
+        for name in names:
+            setattr(L, name, round_fp16_weight(getattr(L, name), f"layers.{i}.{name}", recipe))
     return model
 
 
@@ -88,11 +87,11 @@ def prepare_vim(model: VimModel, recipe: Recipe, images: Optional[np.ndarray], *
     model, plan = run_vim_passes(model, plan, recipe.passes, stats0, log=log) if recipe.passes else (
         copy.deepcopy(model), plan)
     if recipe.precision == "fp16":
-        return round_fp16(model, everything=True), plan, runs
+        return round_fp16(model, everything=True, recipe=recipe.name), plan, runs
     if not recipe.quantized:
         return model, plan, runs
     wcfg, acfg = recipe.weights, recipe.activations
-    model = round_fp16(model, everything=False)
+    model = round_fp16(model, everything=False, recipe=recipe.name)
     cov = [f"layers.{i}.{lin}.input" for i in range(n) for lin in LINEARS] if wcfg["method"] == "gptq" else []
     split = cls_token_index(model) if acfg["cls_token"] == "separate" else {}
     log("calibrating the transformed graph")

@@ -899,6 +899,7 @@ def test_validate_fp32_torch_reference(fp32_out, w8_out, tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 
     from mq_deploy.loaders import BUNDLED_DIR
+    from mq_deploy.outdir import sha256_file
 
     assert main(["validate", str(fp32_out), "-q", "--json", "--torch"]) == 0
     rep = json.loads(capsys.readouterr().out)
@@ -911,7 +912,20 @@ def test_validate_fp32_torch_reference(fp32_out, w8_out, tmp_path, capsys):
     t = load_file(str(changed / "model.safetensors"))
     t["backbone.layers.0.mixer.D"] = t["backbone.layers.0.mixer.D"] * 2
     save_file(t, str(changed / "model.safetensors"))
-    assert main(["validate", str(fp32_out), "-q", "--json", "--model", str(changed)]) == 1
+    man = json.loads((fp32_out / "manifest.json").read_text())
+    assert man["model"]["weights"] == {"model.safetensors": sha256_file(BUNDLED_DIR / "model.safetensors")}
+    # the manifest's sha256 of the checkpoint's weights: a changed file is named before anything runs
+    assert main(["validate", str(fp32_out), "-q", "--model", str(changed)]) == 2
+    assert (f"the checkpoint {changed} is not the one {fp32_out} was compiled from: model.safetensors differs from "
+            "the file compiled (sha256); pass --model DIR") in capsys.readouterr().err
+    assert main(["validate", str(fp32_out), "-q", "--simulate", "--model", str(changed)]) == 2
+    capsys.readouterr()
+    # an OUTDIR of an older compile (no sha256 listed): the gated torch rows catch it
+    older = tmp_path / "older"
+    shutil.copytree(fp32_out, older)
+    del man["model"]["weights"]
+    (older / "manifest.json").write_text(json.dumps(man))
+    assert main(["validate", str(older), "-q", "--json", "--model", str(changed)]) == 1
     p = _pairs(json.loads(capsys.readouterr().out))
     assert not p[("torch-fp32", "portable")]["ok"] and p[("torch-fp32", "portable")]["max_rel"] > 1e-2
     assert main(["validate", str(w8_out), "-q", "--json", "--torch"]) == 0

@@ -302,8 +302,11 @@ def test_a_folder_with_a_single_file_and_a_sharded_index_loads_what_transformers
     got, _ = _load(d)
     np.testing.assert_array_equal(got.layers[0].D, hf.backbone.layers[0].mixer.D.detach().numpy())
     np.testing.assert_array_equal(got.layers[0].D, 3 * m.layers[0].D)
+    assert got.source["weights"] == ["model.safetensors"]  # (what compile records the sha256 of)
     (d / "model.safetensors").unlink()  # the index alone: the shards
-    np.testing.assert_array_equal(_load(d)[0].layers[0].D, m.layers[0].D)
+    got, _ = _load(d)
+    np.testing.assert_array_equal(got.layers[0].D, m.layers[0].D)
+    assert got.source["weights"] == ["model.safetensors.index.json", *sorted(shards)]
 
 
 def test_the_torch_reference_is_transformers_own_where_it_reads_the_checkpoint(base, tmp_path):

@@ -243,6 +243,15 @@ def _effective(recipe: dict, calib_info: Optional[dict]) -> dict:
                                       "seq_len": calib_info["seq_len"]}}
 
 
+def checkpoint_hashes(source: dict) -> dict:
+    """{file: sha256} of the checkpoint files the model was read from (`validate --torch / --simulate` check that the
+    checkpoint they load is still that one)."""
+    from .outdir import sha256_file
+
+    root = Path(source.get("path") or ".")
+    return {name: sha256_file(root / name) for name in source.get("weights") or () if (root / name).is_file()}
+
+
 def _check_tokenizer(path, vocab_size: int, warn: Callable[[str], None]) -> None:
     """Warn when the tokenizer copied into OUTDIR cannot serve the model: unreadable, or more ids than its vocabulary
     (eval and generate refuse the text whose ids fall outside it)."""
@@ -463,7 +472,8 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             files["tokenizer.json"] = {"source": str(Path(tok_src).resolve())}
         manifest = {
             **manifest_head(tmp, files),
-            "model": {**source, "config": c.to_dict(), "parameters": n_params},
+            "model": {**source, "config": c.to_dict(), "parameters": n_params,
+                      "weights": checkpoint_hashes(source)},
             "recipe": _effective(recipe.to_dict(), calib_info),
             "calibration": calib_info,
             "quantization": None if plan is None or plan.quant is None else {

@@ -260,6 +260,26 @@ def _follower(model, plan, points: dict, threads: Optional[int]) -> Callable[[np
     return follow
 
 
+def _same_checkpoint(outdir: Path, manifest: dict, checkpoint: Optional[str], log: Callable[[str], None]) -> None:
+    """A UserError when a weight file the compile read (manifest model.weights: {file: sha256}) is missing from the
+    checkpoint --torch / --simulate load, or differs: its weights changed since, and every row against it would
+    measure that instead. Manifests of older compiles list none: nothing to check."""
+    from .loaders import resolve_model_dir
+    from .outdir import sha256_file
+
+    want = (manifest.get("model") or {}).get("weights")
+    if not isinstance(want, dict) or not want:
+        return
+    root = resolve_model_dir(checkpoint)
+    log(f"checking {', '.join(want)} of {root} against manifest.json's sha256")
+    for name, sha in want.items():
+        f = root / name
+        if not f.is_file() or sha256_file(f) != sha:
+            why = "is missing there" if not f.is_file() else "differs from the file compiled (sha256)"
+            raise UserError(f"the checkpoint {root} is not the one {outdir} was compiled from: {name} {why}; pass "
+                            "--model DIR, the checkpoint it was compiled from (or compile again)")
+
+
 def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, torch_ref: bool = False,
                        model_dir: Optional[str] = None, calib: Optional[str] = None, engine: Optional[str] = None,
                        plugin_lib: Optional[str] = None, threads: Optional[int] = None,
@@ -282,6 +302,8 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
             raise UserError(f"{flags} need{'s' if ' and ' not in flags else ''} the checkpoint {outdir} was compiled "
                             f"from, {checkpoint} (its manifest.json), which is not on this machine: pass --model DIR "
                             f"(a copy of it), or leave out {flags}")
+    if (torch_ref or simulate) and not vim:
+        _same_checkpoint(outdir, manifest, checkpoint, log)
     if checkpoint is not None and (Path(checkpoint) / "config.json").is_file():
         from .vision.model import is_vim_dir
 

@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..hub import provenance
 from ..model import MambaModel
 from .formats import FORMATS, read_config, detect_format
-from .tensors import read_tensors
+from .tensors import read_tensors, weight_files
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "assets" / "mamba-tiny"
 
@@ -69,6 +69,7 @@ def load_model(path: Optional[str | Path] = None, warn: Callable[[str], None] = 
         "format": fmt.name,
         "bundled": path is None,
         "tokenizer": str(model_dir / "tokenizer.json") if (model_dir / "tokenizer.json").is_file() else None,
+        "weights": weight_files(model_dir, fmt.weight_files),  # (compile records their sha256)
         **provenance(model_dir),  # (a Hugging Face cache snapshot: its repository and commit)
     }
     model.validate()

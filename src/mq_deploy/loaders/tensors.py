@@ -56,6 +56,20 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     return {k: _to_numpy(v) for k, v in sd.items()}
 
 
+def weight_files(model_dir: Path, candidates: tuple[str, ...]) -> list[str]:
+    """The files `read_tensors` reads: the first of `candidates` in `model_dir`, and a sharded index's shards ([] if
+    none is there, or the index cannot be read: read_tensors says why)."""
+    for name in candidates:
+        if (Path(model_dir) / name).is_file():
+            if not name.endswith(".index.json"):
+                return [name]
+            try:
+                return [name] + sorted(set(json.loads((Path(model_dir) / name).read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError, OSError):
+                return []
+    return []
+
+
 def read_tensors(model_dir: Path, candidates: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Read the first weight file (or sharded index) of `candidates` that exists in `model_dir`."""
     for name in candidates:

@@ -35,6 +35,20 @@ OUT="${OUT:-/work/out}"
 RECIPE="${RECIPE:-fp32}"
 DIR="$OUT/$(basename "$RECIPE" .yaml)"
 : "${MQ_DEPLOY_PLUGINS:?set MQ_DEPLOY_PLUGINS to libmq_trt_plugins.so (cmake -S plugins -B build/plugins)}"
+# trtexec: $TRTEXEC, else the PATH, else where the NGC container (/opt/tensorrt/bin) and JetPack (/usr/src/tensorrt/bin)
+# keep it
+trtexec="${TRTEXEC:-}"
+if [ -n "$trtexec" ] && [ "${BENCH:-0}" = 1 ] && ! command -v "$trtexec" >/dev/null; then
+  echo "run_pipeline.sh: TRTEXEC=$trtexec is not an executable" >&2
+  exit 2
+fi
+if [ -z "$trtexec" ] && [ "${BENCH:-0}" = 1 ]; then
+  for t in "$(command -v trtexec || true)" /opt/tensorrt/bin/trtexec /usr/src/tensorrt/bin/trtexec; do
+    if [ -n "$t" ] && [ -x "$t" ]; then trtexec="$t"; break; fi
+  done
+  [ -n "$trtexec" ] || echo "run_pipeline.sh: BENCH=1, but no trtexec on the PATH, in /opt/tensorrt/bin or" \
+    "/usr/src/tensorrt/bin (set TRTEXEC=PATH): no timing" >&2
+fi
 VIM=0
 if [ -n "${MODEL:-}" ] && python3 -c "import sys; from mq_deploy.vision.model import is_vim_dir; sys.exit(0 if is_vim_dir(sys.argv[1]) else 1)" "$MODEL"; then
   VIM=1
@@ -108,16 +122,6 @@ if [ "$VIM" = 0 ] && [ "${STATEFUL:-1}" = 1 ]; then  # the graphs `mq-deploy gen
   done
 fi
 
-# trtexec: $TRTEXEC, else the PATH, else where the NGC container (/opt/tensorrt/bin) and JetPack (/usr/src/tensorrt/bin)
-# keep it
-trtexec="${TRTEXEC:-}"
-if [ -z "$trtexec" ] && [ "${BENCH:-0}" = 1 ]; then
-  for t in "$(command -v trtexec || true)" /opt/tensorrt/bin/trtexec /usr/src/tensorrt/bin/trtexec; do
-    if [ -n "$t" ] && [ -x "$t" ]; then trtexec="$t"; break; fi
-  done
-  [ -n "$trtexec" ] || echo "run_pipeline.sh: BENCH=1, but no trtexec on the PATH, in /opt/tensorrt/bin or" \
-    "/usr/src/tensorrt/bin (set TRTEXEC=PATH): no timing" >&2
-fi
 if [ "${BENCH:-0}" = 1 ] && [ -n "$trtexec" ]; then
   if [ "$VIM" = 1 ]; then  # pixel_values BxCxHxW from the manifest
     shape="pixel_values:$(python3 -c "import json, sys; s = json.load(open(sys.argv[1]))['io']['inputs'][0]['shape']; print('x'.join(map(str, [sys.argv[2].split(',')[0]] + s[1:])))" "$DIR/manifest.json" "$OPT_SHAPES")"

@@ -184,10 +184,15 @@ def test_output_through_a_link_and_the_current_directory(tiny, tmp_path):
     assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "manifest.json").is_file()
     work = tmp_path / "work"
     work.mkdir()
-    for out, extra in ((".", ""), ("..", " (or holds it)"), ("", "")):
+    for out, said in ((".", "is the current directory, which the compile cannot replace"),
+                      ("..", "is the current directory (or holds it), which the compile cannot replace"),
+                      ("", "-o needs a directory path (it is empty)")):
         r = run_cli("compile", hf_dir, "-o", out, cwd=work)
-        assert r.returncode == 2 and "is the current directory" + extra + ", which the compile cannot replace" in \
-            r.stderr, r.stderr
+        assert r.returncode == 2 and said in r.stderr, r.stderr
+    (tmp_path / "loop1").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop1")
+    r = run_cli("compile", hf_dir, "-o", tmp_path / "loop1")
+    assert r.returncode == 2 and f"cannot use output directory {tmp_path / 'loop1'}: " in r.stderr, r.stderr
     assert os.listdir(work) == [] and not [p for p in os.listdir(tmp_path) if ".old-" in p or ".tmp-" in p]
 
 

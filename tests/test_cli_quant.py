@@ -298,17 +298,24 @@ def test_compare_table_shows_lambada_perplexity():
 
 
 def test_code_stamp_follows_the_files(tmp_path):
-    """compare --resume's code stamp: the version and a digest of the package's files, which any edit changes."""
+    """compare --resume's code stamp: the version and a digest of the package's code, which any edit of it changes;
+    recipes and bundled models are left to their own stamps (an edited recipe reruns its row only)."""
     from mq_deploy import __version__
     from mq_deploy.compare import code_stamp
 
-    (tmp_path / "pkg" / "sub").mkdir(parents=True)
-    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
-    (tmp_path / "pkg" / "sub" / "b.yaml").write_text("k: v\n")
-    first = code_stamp(tmp_path / "pkg")
-    assert first.startswith(__version__ + "+") and code_stamp(tmp_path / "pkg") == first
-    (tmp_path / "pkg" / "sub" / "b.yaml").write_text("k: w\n")
-    assert code_stamp(tmp_path / "pkg") != first
+    pkg = tmp_path / "pkg"
+    for f in ("a.py", "ops/native/k.c", "export_configs/r.yaml", "assets/m/config.json"):
+        (pkg / f).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / f).write_text("x = 1\n")
+    first = code_stamp(pkg)
+    assert first.startswith(__version__ + "+") and code_stamp(pkg) == first
+    for f in ("export_configs/r.yaml", "assets/m/config.json"):  # recipes and models: their own stamps
+        (pkg / f).write_text("x = 2\n")
+        assert code_stamp(pkg) == first, f
+    for f in ("ops/native/k.c", "a.py"):  # code
+        (pkg / f).write_text("x = 3\n")
+        assert code_stamp(pkg) != first, f
+        first = code_stamp(pkg)
     assert code_stamp() == code_stamp() != first
 
 

@@ -80,6 +80,10 @@ def test_generate_prompt_from_stdin_whitespace_and_unused_seed(outdir):
     assert r.returncode == 0 and r.stdout == ref.stdout, (r.stdout, ref.stdout, r.stderr)
     assert "unused" not in r.stderr
     assert_user_error(run_cli("generate", outdir, "--prompt", "-", stdin=""), "prompt 1 (stdin) is empty")
+    closed = subprocess.run(f'"{sys.executable}" -m mq_deploy generate "{outdir}" --prompt - <&-', shell=True,
+                            capture_output=True, text=True, timeout=300)
+    assert closed.returncode == 2 and "--prompt - reads the prompt from stdin, which is closed" in closed.stderr, \
+        closed.stderr
     for utf8_mode in ("0", "1"):  # stdin strict / surrogateescape
         bad = subprocess.run([sys.executable, "-m", "mq_deploy", "generate", str(outdir), "--prompt", "-"],
                              input=b"caf\xe9\n", capture_output=True, timeout=300,

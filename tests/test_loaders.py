@@ -149,7 +149,8 @@ def test_name_variants_of_one_checkpoint_load_alike(base, tmp_path):
 
 def test_training_checkpoints_in_pytorch_model_bin(base, tmp_path):
     """pytorch_model.bin holding a training checkpoint: the state dict under "model" (DeiT / Vim) or "state_dict"
-    (PyTorch Lightning) beside other entries loads; anything else names what the file holds."""
+    (PyTorch Lightning, its names under the module's attribute or not) beside other entries loads; anything else names
+    what the file holds."""
     import shutil
 
     import torch
@@ -163,6 +164,8 @@ def test_training_checkpoints_in_pytorch_model_bin(base, tmp_path):
         shutil.copy(d / "config.json", ck / "config.json")
         torch.save({key: sd, "epoch": 3}, str(ck / "pytorch_model.bin"))
         _same(load_model(ck), load_model(d))
+    torch.save({"state_dict": {"model." + k: v for k, v in sd.items()}, "epoch": 3}, str(ck / "pytorch_model.bin"))
+    _same(load_model(ck), load_model(d))  # Lightning's names: the LightningModule's attribute first
     torch.save({"weights": sd, "epoch": 3}, str(ck / "pytorch_model.bin"))
     with pytest.raises(UserError, match=r"does not hold a state dict of tensors \(it holds 'weights', 'epoch'\)"):
         load_model(ck)

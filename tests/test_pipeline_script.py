@@ -163,6 +163,8 @@ def test_pipeline_bench_finds_trtexec_or_says_it_did_not(tmp_path):
     assert timed[0] == (f"trtexec --loadEngine={d}/model.engine --dynamicPlugins=/opt/lib/libmq_trt_plugins.so "
                         "--shapes=input_ids:1x128 --warmUp=200 --duration=5"), timed
     assert len(timed) == 1 or timed[1].startswith(f"trtexec --loadEngine={d}/model.decode.engine"), timed
+    rc, calls, err = _run(tmp_path, RECIPE="fp32", BENCH="1", TRTEXEC=str(tmp_path / "no-trtexec"))
+    assert rc == 2 and f"TRTEXEC={tmp_path / 'no-trtexec'} is not an executable" in err and calls == []  # before the work
     if shutil.which("trtexec") or any(os.access(p, os.X_OK) for p in ("/opt/tensorrt/bin/trtexec",
                                                                           "/usr/src/tensorrt/bin/trtexec")):
         return  # (a machine with TensorRT: the fallback finds it)

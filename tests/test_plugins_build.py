@@ -65,5 +65,12 @@ def test_cmake_refuses_tensorrt_before_10(tmp_path):
             err = " ".join(r.stderr.split())
             assert r.returncode != 0 and "TensorRT 8 at" in err and "need TensorRT 10 or later" in err, r.stderr
             assert "JetPack 6.1 or 6.2" in err
+            # found on the search paths, not asked for with TENSORRT_ROOT: a warning, and the kernels library only
+            r = subprocess.run(["cmake", "-S", os.path.join(ROOT, "plugins"), "-B", str(tmp_path / "b8sys"),
+                                "-DCMAKE_CUDA_ARCHITECTURES=90", f"-DCMAKE_CUDA_COMPILER={shutil.which('nvcc')}",
+                                f"-DCMAKE_PREFIX_PATH={root}"], capture_output=True, text=True, timeout=300)
+            err = " ".join(r.stderr.split())
+            assert r.returncode == 0 and "need TensorRT 10 or later" in err, r.stdout + r.stderr
+            assert "building the kernels library only" in err and "building mq_trt_plugins" not in r.stdout
         else:
             assert r.returncode == 0 and "building mq_trt_plugins" in r.stdout, r.stdout + r.stderr

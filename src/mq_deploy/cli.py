@@ -68,7 +68,7 @@ def _eval_data(values: list[str], tasks: list[str]) -> dict[str, str]:
 def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads: Optional[int]):
     """MODEL_OR_ONNX → (logits_fn, tokenizer path, description)."""
     from .backends.ort import OrtRunner
-    from .loaders import resolve_model_dir
+    from .loaders import load_model, resolve_model_dir
     from .vision.model import is_vim_dir
 
     vim = UserError(f"{target} is a Vision Mamba (Vim) image classifier: evaluate it with --task fashion_mnist")
@@ -89,7 +89,7 @@ def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads
             raise missing_file(target, manifest, p.name, "the graph eval runs")
         runner, tok_default, desc = OrtRunner(p, threads=threads), Path(target) / "tokenizer.json", f"onnxruntime:{p}"
     else:
-        from .backends.torch_hf import checkpoint_runner
+        from .backends.torch_hf import TorchRunner
 
         here = Path(target) if target is not None else None
         graphs = [g for g in ("model.portable.onnx", "model.onnx") if here is not None and (here / g).is_file()]
@@ -99,7 +99,7 @@ def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads
         if target is not None and is_vim_dir(target):
             raise vim
         model_dir = resolve_model_dir(target)
-        runner, _ = checkpoint_runner(target, threads)  # (transformers' from_pretrained where it reads it whole)
+        runner = TorchRunner(load_model(target), threads=threads)  # (the model compile reads, with its checks)
         tok_default, desc = model_dir / "tokenizer.json", f"torch:{model_dir}"
     names = set(getattr(runner, "inputs", None) or ("input_ids",))  # an ONNX graph: its inputs
     if "pixel_values" in names:
@@ -180,6 +180,8 @@ def _prompts(given: list, read_stdin: bool = True) -> list:
     prompts = []
     for k, text in enumerate(given):
         if text == "-" and read_stdin:
+            if sys.stdin is None:  # (fd 0 closed)
+                raise UserError("--prompt - reads the prompt from stdin, which is closed")
             if sys.stdin.isatty():
                 _log("reading the prompt from stdin (end it with Ctrl-D)")
             try:

@@ -166,14 +166,17 @@ def recipe_fingerprint(recipe) -> str:
 
 
 def code_stamp(root: Optional[Path] = None) -> str:
-    """mq-deploy's version and a digest of its own files (sources, recipes, assets): what a row depends on in the
-    code, so that `--resume` after a `git pull` of an editable install (the version string unchanged) runs again."""
+    """mq-deploy's version and a digest of its code (the Python and C sources): what a row depends on in the code, so
+    that `--resume` after a `git pull` of an editable install (the version string unchanged) runs again. Recipes and
+    models are not code here: a changed recipe reruns only its row (recipe_fingerprint), a model its run
+    (model_stamp)."""
     from . import __version__
 
     root = Path(__file__).resolve().parent if root is None else Path(root)
     h = hashlib.sha256()
     for f in sorted(root.rglob("*")):
-        if f.is_file() and "__pycache__" not in f.parts and f.suffix not in (".pyc", ".so"):
+        if f.is_file() and f.suffix in (".py", ".c", ".h") and not {"__pycache__", "assets", "export_configs"} & set(
+                f.relative_to(root).parts):
             h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return f"{__version__}+{h.hexdigest()[:12]}"
 

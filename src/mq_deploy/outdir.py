@@ -114,9 +114,12 @@ def output_dir(out_dir: str | Path) -> Path:
     if not str(out_dir).strip():
         raise UserError("-o needs a directory path (it is empty)")
     out = Path(out_dir).expanduser()
-    if out.is_symlink():
-        out = out.resolve()
-    real, here = out.resolve(), Path.cwd().resolve()
+    try:
+        if out.is_symlink():
+            out = out.resolve(strict=False)
+        real, here = out.resolve(), Path.cwd().resolve()
+    except (RuntimeError, OSError) as e:  # a loop of symbolic links (RuntimeError before Python 3.13)
+        raise UserError(f"cannot use output directory {out_dir}: {e}") from None
     if real == here or real in here.parents:
         raise UserError(f"output directory {out_dir} is the current directory{' (or holds it)' if real != here else ''}"
                         ", which the compile cannot replace: pass a new folder, e.g. -o out")
@@ -173,7 +176,7 @@ def check_inputs_outside(out_dir: str | Path, inputs: dict[str, Optional[str | P
     """A UserError when OUTDIR is one of the command's inputs ({what: path}) or a folder holding one: the swap at the
     end would delete what the command read (a checkpoint, the calibration text). Paths that do not exist are left to
     the checks of those inputs."""
-    out = Path(out_dir).expanduser().resolve()
+    out = output_dir(out_dir).resolve()
     for what, path in inputs.items():
         if path is None or not Path(path).expanduser().exists():
             continue

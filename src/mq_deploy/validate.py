@@ -260,6 +260,24 @@ def _follower(model, plan, points: dict, threads: Optional[int]) -> Callable[[np
     return follow
 
 
+def _same_config(outdir: Path, manifest: dict, checkpoint: Optional[str], got: Optional[dict] = None) -> None:
+    """A UserError naming the config values in which the checkpoint (`got`: its parsed config, read when None) differs
+    from the one the OUTDIR was compiled from."""
+    want = (manifest.get("model") or {}).get("config") or {}
+    if got is None:
+        from .loaders import resolve_model_dir
+        from .loaders.formats import FORMATS, detect_format, read_config
+
+        root = resolve_model_dir(checkpoint)
+        raw = read_config(root / "config.json")
+        got = FORMATS[detect_format(raw, root / "config.json")].parse_config(raw).to_dict()
+    if any(k in got and got[k] != v for k, v in want.items()):
+        diff = ", ".join(f"{k} {got[k]} here, {v} there" for k, v in want.items() if k in got and got[k] != v)
+        raise UserError(f"{'the bundled model' if checkpoint is None else f'the checkpoint {checkpoint}'} is not the "
+                        f"one {outdir} was compiled from ({diff}): pass --model DIR, the checkpoint it was compiled "
+                        "from")
+
+
 def _same_checkpoint(outdir: Path, manifest: dict, checkpoint: Optional[str], log: Callable[[str], None]) -> None:
     """A UserError when a weight file the compile read (manifest model.weights: {file: sha256}) is missing from the
     checkpoint --torch / --simulate load, or differs: its weights changed since, and every row against it would
@@ -271,6 +289,7 @@ def _same_checkpoint(outdir: Path, manifest: dict, checkpoint: Optional[str], lo
     if not isinstance(want, dict) or not want:
         return
     root = resolve_model_dir(checkpoint)
+    _same_config(outdir, manifest, checkpoint)  # (cheap, and the clearer message: before hashing gigabytes)
     log(f"checking {', '.join(want)} of {root} against manifest.json's sha256")
     for name, sha in want.items():
         f = root / name
@@ -302,8 +321,6 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
             raise UserError(f"{flags} need{'s' if ' and ' not in flags else ''} the checkpoint {outdir} was compiled "
                             f"from, {checkpoint} (its manifest.json), which is not on this machine: pass --model DIR "
                             f"(a copy of it), or leave out {flags}")
-    if (torch_ref or simulate) and not vim:
-        _same_checkpoint(outdir, manifest, checkpoint, log)
     if checkpoint is not None and (Path(checkpoint) / "config.json").is_file():
         from .vision.model import is_vim_dir
 
@@ -312,6 +329,8 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
                 ("a Vision Mamba (Vim) checkpoint", "a language model")
             raise UserError(f"{checkpoint} is {kinds[0]}, but {outdir} was compiled from {kinds[1]}: pass --model "
                             "DIR, the checkpoint it was compiled from")
+    if (torch_ref or simulate) and not vim:
+        _same_checkpoint(outdir, manifest, checkpoint, log)
     if vim and torch_ref:
         try:
             import torch
@@ -340,17 +359,9 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
             from .backends.torch_hf import checkpoint_runner
         except ImportError as e:
             raise UserError(f"--torch needs torch and transformers ({e}); pip install torch transformers") from None
-        want = manifest.get("model", {}).get("config") or {}
         path = checkpoint
-
-        def same_config(got: dict) -> None:  # before any weight is read
-            if any(k in got and got[k] != v for k, v in want.items()):
-                diff = ", ".join(f"{k} {got[k]} here, {v} there" for k, v in want.items() if k in got and got[k] != v)
-                raise UserError(f"{'the bundled model' if path is None else f'the checkpoint {path}'} is not the one "
-                                f"{outdir} was compiled from ({diff}): pass --model DIR, the checkpoint it was compiled "
-                                "from")
-
-        runner, how = checkpoint_runner(path, threads, check_config=same_config)
+        runner, how = checkpoint_runner(path, threads, check_config=lambda got: _same_config(outdir, manifest, path,
+                                                                                           got))
         refs.append(Reference("torch-fp32", f"torch fp32, {how}, on the original checkpoint "
                                             f"({'bundled model' if path is None else path}; no recipe applied)",
                               run=lambda ids: {"logits": runner(ids)}))

@@ -64,6 +64,34 @@ def _quiet_hf_logs() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _hf_names(model_dir) -> bool:
+    """Whether the checkpoint's tensor names are transformers' own (`backbone.embeddings.weight`, every name under
+    `backbone.` or `lm_head.`), by the safetensors header or the sharded index, without reading a weight; True where
+    the names cannot be read cheaply (a .bin: transformers then decides)."""
+    import json
+    from pathlib import Path
+
+    from ..loaders.formats import FORMATS
+    from ..loaders.tensors import weight_files
+
+    files = weight_files(Path(model_dir), FORMATS["hf"].weight_files)
+    if not files:
+        return False
+    try:
+        if files[0].endswith(".index.json"):
+            names = list(json.loads((Path(model_dir) / files[0]).read_text())["weight_map"])
+        elif files[0].endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(Path(model_dir) / files[0]), "np") as f:
+                names = list(f.keys())
+        else:
+            return True
+    except Exception:  # noqa: BLE001 - an unreadable file: mq-deploy's loader says why
+        return False
+    return "backbone.embeddings.weight" in names and all(n.startswith(("backbone.", "lm_head.")) for n in names)
+
+
 def from_pretrained(model_dir) -> object | None:
     """transformers' own `MambaForCausalLM.from_pretrained` of a Hugging Face-format checkpoint directory, in fp32 and
     eval mode: a reference that does not go through mq-deploy's loader (which file it takes, how it names and converts
@@ -74,15 +102,20 @@ def from_pretrained(model_dir) -> object | None:
         from transformers.utils import logging as hf_logging
     except ImportError:
         return None
+    if not _hf_names(model_dir):  # (not read twice: transformers would load it all, then find names it lacks)
+        return None
     _quiet_hf_logs()
-    level = hf_logging.get_verbosity()
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # (its own report of missing keys: judged below)
+    hf_logging.disable_progress_bar()  # (its loading bar: mq-deploy's commands say what they load, -q silences them)
     try:
         hf, info = MambaForCausalLM.from_pretrained(str(model_dir), output_loading_info=True, use_mambapy=False)
     except Exception:  # noqa: BLE001 - whatever transformers cannot read, mq-deploy's loader says why
         return None
     finally:
         hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
     tied = hf.config.tie_word_embeddings
     missing = [k for k in info.get("missing_keys") or () if not (k == "lm_head.weight" and tied)]
     if missing or info.get("mismatched_keys"):

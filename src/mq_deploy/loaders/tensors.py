@@ -48,6 +48,10 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     for key in ("model", "state_dict"):  # a training checkpoint's: DeiT / Vim, PyTorch Lightning
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
+            if key == "state_dict":  # Lightning names the tensors under the module's attribute: `model.backbone...`
+                heads = {k.split(".", 1)[0] for k in sd if isinstance(k, str)}
+                if len(heads) == 1 and all("." in k for k in sd) and not heads & {"backbone", "lm_head", "layers"}:
+                    sd = {k.split(".", 1)[1]: v for k, v in sd.items()}
             break
     if not isinstance(sd, dict) or not all(hasattr(v, "shape") for v in sd.values()):
         held = ", ".join(repr(k) for k in list(sd)[:6]) if isinstance(sd, dict) else type(sd).__name__

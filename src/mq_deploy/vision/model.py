@@ -307,8 +307,9 @@ def is_vim_dir(path) -> bool:
 
 
 def _weight_files(p: Path) -> tuple[str, ...]:
-    """The weights of a Vim directory, in read_tensors' order: a sharded index, model.safetensors, pytorch_model.bin,
-    else the one *.safetensors / *.pth / *.bin file there is (several: which one is meant is not guessed)."""
+    """The weights of a Vim directory, in read_tensors' order (transformers'): model.safetensors, its sharded index,
+    pytorch_model.bin, its index, else the one *.safetensors / *.pth / *.bin file there is (several: which one is
+    meant is not guessed)."""
     from ..loaders.formats import FORMATS
 
     named = [n for n in FORMATS["hf"].weight_files if (p / n).is_file()]

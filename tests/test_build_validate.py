@@ -833,6 +833,11 @@ def test_tensorrt_before_10_is_named(w8_out, tmp_path, monkeypatch, capsys, comm
     assert "TensorRT 8.6.2.3 is installed; mq-deploy's plugins are TensorRT 10 plugins (IPluginV3)" in line, line
     assert "JetPack 6.1 or 6.2 (TensorRT 10.3; JetPack 6.0 has TensorRT 8.6)" in line
     assert not log and (command == "validate" or not engine.exists())
+    if command == "build":  # --dry-run prints TensorRT 10's line, and says the installed one is refused
+        assert main(args + ["--dry-run"]) == 0
+        cap = capsys.readouterr()
+        assert cap.out.startswith("trtexec --onnx=") and "note: TensorRT 8.6.2.3 is installed; mq-deploy's plugins" in \
+            cap.err
 
 
 @pytest.mark.parametrize("given", [["--int8"], ["--fp16"], ["--int8", "--fp16"]])

@@ -421,7 +421,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
 # -- build / validate (TensorRT) ------------------------------------------------------------------
 def cmd_build(args: argparse.Namespace) -> int:
     from .trt import (LIB_PLACEHOLDER, Shapes, build_outdir, dlopen_plugin_lib, loadlibrary_plugin_lib, parse_shape,
-                      plan_build, tensorrt_major)
+                      plan_build, tensorrt_major, tensorrt_refused)
 
     shapes = Shapes(min=parse_shape(args.min_shapes, "--min-shapes"), opt=parse_shape(args.opt_shapes, "--opt-shapes"),
                     max=parse_shape(args.max_shapes, "--max-shapes"))
@@ -451,6 +451,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         if args.polygraphy and args.output:
             print("note: -o is not used by the polygraphy check (it builds its own engine from "
                   f"{Path(plan.onnx).name})", file=sys.stderr)
+        refused = tensorrt_refused()
+        if refused:  # (an installed TensorRT too old for the plugins: the lines are for TensorRT 10)
+            print(f"note: {refused}", file=sys.stderr)
         if major is None and (plan.int8 or plan.fp16):
             print("note: no TensorRT here; the command is for TensorRT 10 (on TensorRT 11 leave out --int8 / "
                   f"--fp16{' and the layer precision options' if plan.fp32 else ''}: TensorRT 11 has no precision "

@@ -129,6 +129,15 @@ def import_tensorrt():
     return tensorrt
 
 
+def tensorrt_refused() -> Optional[str]:
+    """Why the installed TensorRT cannot be used (a version before MIN_TENSORRT_MAJOR), or None (usable, or none)."""
+    try:
+        import_tensorrt()
+    except UserError as e:
+        return None if str(e).startswith(INSTALL_HINT) else str(e)
+    return None
+
+
 def tensorrt_major() -> Optional[int]:
     """Major version of the importable TensorRT; None without it (printed command lines then follow 10.x)."""
     try:

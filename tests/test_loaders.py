@@ -326,7 +326,3 @@ def test_the_torch_reference_is_transformers_own_where_it_reads_the_checkpoint(b
     other, how2 = checkpoint_runner(wrapped)
     assert how2.startswith("MambaForCausalLM built by mq-deploy's loader (transformers' from_pretrained does not read")
     np.testing.assert_allclose(other(ids), plain(ids), rtol=0, atol=1e-5)
-    seen = []
-    with pytest.raises(UserError, match="stop"):
-        checkpoint_runner(src, check_config=lambda c: seen.append(c) or (_ for _ in ()).throw(UserError("stop")))
-    assert seen[0]["d_model"] == 48

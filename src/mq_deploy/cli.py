@@ -99,7 +99,7 @@ def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads
         if target is not None and is_vim_dir(target):
             raise vim
         model_dir = resolve_model_dir(target)
-        runner = TorchRunner(load_model(target), threads=threads)  # (the model compile reads, with its checks)
+        runner = TorchRunner(load_model(target), threads=threads)
         tok_default, desc = model_dir / "tokenizer.json", f"torch:{model_dir}"
     names = set(getattr(runner, "inputs", None) or ("input_ids",))  # an ONNX graph: its inputs
     if "pixel_values" in names:

@@ -120,22 +120,30 @@ def import_tensorrt():
         import tensorrt  # noqa: PLC0415
     except ImportError as e:
         raise UserError(f"{INSTALL_HINT} (import tensorrt failed: {e})") from None
+    refused = _too_old(tensorrt)
+    if refused:
+        raise UserError(refused)
+    return tensorrt
+
+
+def _too_old(tensorrt) -> Optional[str]:
+    """Why this TensorRT module cannot be used (a version before MIN_TENSORRT_MAJOR), or None."""
     version = str(getattr(tensorrt, "__version__", ""))
     major = version.split(".")[0]
     if major.isdigit() and int(major) < MIN_TENSORRT_MAJOR:
-        raise UserError(f"TensorRT {version} is installed; mq-deploy's plugins are TensorRT {MIN_TENSORRT_MAJOR} "
-                        "plugins (IPluginV3): install TensorRT 10 or later, e.g. `pip install tensorrt-cu12==10.3.*`, "
-                        "or on Jetson move to JetPack 6.1 or 6.2 (TensorRT 10.3; JetPack 6.0 has TensorRT 8.6)")
-    return tensorrt
+        return (f"TensorRT {version} is installed; mq-deploy's plugins are TensorRT {MIN_TENSORRT_MAJOR} plugins "
+                "(IPluginV3): install TensorRT 10 or later, e.g. `pip install tensorrt-cu12==10.3.*`, or on Jetson "
+                "move to JetPack 6.1 or 6.2 (TensorRT 10.3; JetPack 6.0 has TensorRT 8.6)")
+    return None
 
 
 def tensorrt_refused() -> Optional[str]:
     """Why the installed TensorRT cannot be used (a version before MIN_TENSORRT_MAJOR), or None (usable, or none)."""
     try:
-        import_tensorrt()
-    except UserError as e:
-        return None if str(e).startswith(INSTALL_HINT) else str(e)
-    return None
+        import tensorrt  # noqa: PLC0415
+    except ImportError:
+        return None
+    return _too_old(tensorrt)
 
 
 def tensorrt_major() -> Optional[int]:

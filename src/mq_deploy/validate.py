@@ -260,17 +260,16 @@ def _follower(model, plan, points: dict, threads: Optional[int]) -> Callable[[np
     return follow
 
 
-def _same_config(outdir: Path, manifest: dict, checkpoint: Optional[str], got: Optional[dict] = None) -> None:
-    """A UserError naming the config values in which the checkpoint (`got`: its parsed config, read when None) differs
-    from the one the OUTDIR was compiled from."""
-    want = (manifest.get("model") or {}).get("config") or {}
-    if got is None:
-        from .loaders import resolve_model_dir
-        from .loaders.formats import FORMATS, detect_format, read_config
+def _same_config(outdir: Path, manifest: dict, checkpoint: Optional[str]) -> None:
+    """A UserError naming the config values in which the checkpoint differs from the one the OUTDIR was compiled from
+    (its config.json alone is read: before any weight)."""
+    from .loaders import resolve_model_dir
+    from .loaders.formats import FORMATS, detect_format, read_config
 
-        root = resolve_model_dir(checkpoint)
-        raw = read_config(root / "config.json")
-        got = FORMATS[detect_format(raw, root / "config.json")].parse_config(raw).to_dict()
+    want = (manifest.get("model") or {}).get("config") or {}
+    root = resolve_model_dir(checkpoint)
+    raw = read_config(root / "config.json")
+    got = FORMATS[detect_format(raw, root / "config.json")].parse_config(raw).to_dict()
     if any(k in got and got[k] != v for k, v in want.items()):
         diff = ", ".join(f"{k} {got[k]} here, {v} there" for k, v in want.items() if k in got and got[k] != v)
         raise UserError(f"{'the bundled model' if checkpoint is None else f'the checkpoint {checkpoint}'} is not the "
@@ -289,7 +288,6 @@ def _same_checkpoint(outdir: Path, manifest: dict, checkpoint: Optional[str], lo
     if not isinstance(want, dict) or not want:
         return
     root = resolve_model_dir(checkpoint)
-    _same_config(outdir, manifest, checkpoint)  # (cheap, and the clearer message: before hashing gigabytes)
     log(f"checking {', '.join(want)} of {root} against manifest.json's sha256")
     for name, sha in want.items():
         f = root / name
@@ -329,7 +327,8 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
                 ("a Vision Mamba (Vim) checkpoint", "a language model")
             raise UserError(f"{checkpoint} is {kinds[0]}, but {outdir} was compiled from {kinds[1]}: pass --model "
                             "DIR, the checkpoint it was compiled from")
-    if (torch_ref or simulate) and not vim:
+    if (torch_ref or simulate) and not vim:  # the config first: cheap, and the clearer message before hashing
+        _same_config(outdir, manifest, checkpoint)
         _same_checkpoint(outdir, manifest, checkpoint, log)
     if vim and torch_ref:
         try:
@@ -360,8 +359,7 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
         except ImportError as e:
             raise UserError(f"--torch needs torch and transformers ({e}); pip install torch transformers") from None
         path = checkpoint
-        runner, how = checkpoint_runner(path, threads, check_config=lambda got: _same_config(outdir, manifest, path,
-                                                                                           got))
+        runner, how = checkpoint_runner(path, threads)
         refs.append(Reference("torch-fp32", f"torch fp32, {how}, on the original checkpoint "
                                             f"({'bundled model' if path is None else path}; no recipe applied)",
                               run=lambda ids: {"logits": runner(ids)}))

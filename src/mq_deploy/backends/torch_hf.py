@@ -123,19 +123,15 @@ def from_pretrained(model_dir) -> object | None:
     return hf.float().eval()
 
 
-def checkpoint_runner(path=None, threads: int | None = None, check_config=None) -> tuple["TorchRunner", str]:
+def checkpoint_runner(path=None, threads: int | None = None) -> tuple["TorchRunner", str]:
     """The torch fp32 reference of a checkpoint directory (None: the bundled model) and how it was made: transformers'
     own `from_pretrained` for a Hugging Face-format checkpoint it reads whole, else the model mq-deploy's loader reads
-    (a state-spaces checkpoint, or names only that loader maps). `check_config(config dict)` runs on the parsed
-    config before any weight is read (it raises to refuse)."""
+    (a state-spaces checkpoint, or names only that loader maps)."""
     from ..loaders import load_model, resolve_model_dir
-    from ..loaders.formats import FORMATS, detect_format, read_config
+    from ..loaders.formats import detect_format, read_config
 
     model_dir = resolve_model_dir(path)
-    raw = read_config(model_dir / "config.json")
-    fmt = detect_format(raw, model_dir / "config.json")
-    if check_config is not None:
-        check_config(FORMATS[fmt].parse_config(raw).to_dict())
+    fmt = detect_format(read_config(model_dir / "config.json"), model_dir / "config.json")
     hf = from_pretrained(model_dir) if fmt == "hf" else None
     if hf is not None:
         return TorchRunner(threads=threads, hf=hf), "transformers' MambaForCausalLM.from_pretrained"

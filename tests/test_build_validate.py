@@ -73,6 +73,14 @@ def mq_out(tmp_path_factory):
                     "32")
 
 
+@pytest.fixture(scope="module")
+def w4_out(tmp_path_factory):
+    """RTN W4A8 with int4 blocks of 64 (the bundled model's dt_proj, 12 rows, stays per channel)."""
+    return _compile(tmp_path_factory.mktemp("bv") / "w4", "--recipe", "rtn-w4a8-b64", "--calib",
+                    need(DATA_DIR / "text" / "wikitext2_val_sample.jsonl"), "--calib-samples", "2", "--calib-seq-len",
+                    "32")
+
+
 @pytest.fixture
 def no_tensorrt(monkeypatch):
     real_import = builtins.__import__
@@ -405,6 +413,32 @@ class _FakeTRT(types.ModuleType):
 
     def get_plugin_registry(self):
         return self._registry
+
+
+def test_int4_weights_are_said_to_be_weight_only_in_tensorrt(w4_out, w8_out, tmp_path, monkeypatch, capsys):
+    """TensorRT documents INT4 as weight-only: a W4A8 OUTDIR's MatMuls are not int8 GEMMs there. build (dry run and
+    real), and lint say so with the counts; a W8A8 OUTDIR gets no such note."""
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    expect = "32 MatMul weights are INT4 (24 in blocks of 64, 8 per channel) with int8 inputs"  # dt_proj: 12 rows
+    assert main(["build", str(w4_out), "--dry-run"]) == 0
+    io = capsys.readouterr()
+    assert "--int8" in io.out and f"note: {expect}" in io.err and "not as int8 GEMMs" in io.err
+    assert main(["build", str(w8_out), "--dry-run"]) == 0
+    assert "INT4" not in capsys.readouterr().err
+    assert main(["lint", str(w4_out)]) == 0  # a note, not a placement violation
+    err = capsys.readouterr().err
+    assert err.count(f"note: {expect}") == 1 and "model.onnx: 0 violation(s)" in err  # once for the OUTDIR's graphs
+    assert main(["lint", str(w4_out / "model.onnx"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["notes"][0].startswith(expect)
+    assert main(["lint", str(w8_out), "--json"]) == 0
+    assert all(f["notes"] == [] for f in json.loads(capsys.readouterr().out)["files"])
+    log = {}
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT(log)))
+    lib = tmp_path / "libmq_trt_plugins.so"
+    lib.write_bytes(b"")
+    assert main(["build", str(w4_out), "-q", "--plugins", str(lib), "-o", str(tmp_path / "m.engine")]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {expect}" in err and log["flags"] == ["INT8"]  # a warning even with -q; the build goes on
 
 
 def test_build_with_fake_tensorrt(w8_out, tmp_path, monkeypatch, capsys):

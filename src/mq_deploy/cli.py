@@ -388,33 +388,48 @@ def _float_note(path: Path) -> str:
     return "" if quantized else " (a float graph, no quantization nodes: only rule scan-scales applies)"
 
 
+def _trt_notes(path: Path) -> list[str]:
+    """What TensorRT documents about the graph that is no placement violation (trt.int4_note)."""
+    import onnx
+
+    from .trt import int4_note
+
+    return [n for n in [int4_note(onnx.load(str(path), load_external_data=False))] if n]
+
+
 def cmd_lint(args: argparse.Namespace) -> int:
     from .lint import lint_file
 
     p = Path(args.onnx)
     if not p.is_dir():
         problems = lint_file(p)
+        notes = _trt_notes(p)
         if args.json:
-            print(json.dumps({"file": str(p), "violations": problems}))
+            print(json.dumps({"file": str(p), "violations": problems, "notes": notes}))
         else:
             for v in problems:
                 print(f"{v['node']}: {v['rule']}: {v['message']}")
             print(f"{p}: {len(problems)} violation(s){_float_note(p)}", file=sys.stderr)
+            for n in notes:
+                print(f"note: {n}", file=sys.stderr)
         return 1 if problems else 0
     # an OUTDIR: every graph TensorRT builds from it (model.onnx, and the generation graphs where it has them)
     files = [p / f for f in ("model.onnx", "model.prefill.onnx", "model.decode.onnx") if (p / f).is_file()]
     if not files:
         raise UserError(f"{p} has no model.onnx; pass an ONNX file or the output directory of `mq-deploy compile`")
     found = [(f, lint_file(f)) for f in files]
+    notes = {f: _trt_notes(f) for f in files}
     everything = [{**v, "file": f.name} for f, vs in found for v in vs]
     if args.json:
-        print(json.dumps({"outdir": str(p), "files": [{"file": str(f), "violations": vs} for f, vs in found],
-                          "violations": everything}))
+        print(json.dumps({"outdir": str(p), "files": [{"file": str(f), "violations": vs, "notes": notes[f]}
+                                                      for f, vs in found], "violations": everything}))
     else:
         for v in everything:
             print(f"{v['file']}: {v['node']}: {v['rule']}: {v['message']}")
         for f, vs in found:
             print(f"{f}: {len(vs)} violation(s){_float_note(f)}", file=sys.stderr)
+        for n in sorted({n for ns in notes.values() for n in ns}):  # the same note for each graph of an OUTDIR: once
+            print(f"note: {n}", file=sys.stderr)
     return 1 if everything else 0
 
 
@@ -451,6 +466,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         if args.polygraphy and args.output:
             print("note: -o is not used by the polygraphy check (it builds its own engine from "
                   f"{Path(plan.onnx).name})", file=sys.stderr)
+        for note in plan.notes:
+            print(f"note: {note}", file=sys.stderr)
         refused = tensorrt_refused()
         if refused:  # (an installed TensorRT too old for the plugins: the lines are for TensorRT 10)
             print(f"note: {refused}", file=sys.stderr)

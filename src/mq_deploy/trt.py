@@ -53,6 +53,31 @@ def d_state_note(d_state: int) -> Optional[str]:
         return None
     return (f"d_state is {d_state}, and the TensorRT plugins take d_state <= {PLUGIN_MAX_D_STATE}: onnxruntime runs "
             "the compiled graphs, `mq-deploy build` cannot make an engine of them")
+
+
+def int4_note(model) -> Optional[str]:
+    """What TensorRT documents about a graph with INT4 weights (the W4A8 recipes), or None: INT4 is weight-only
+    there, so its MatMuls with int8 inputs are not int8 GEMMs."""
+    import onnx
+
+    int4 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT4}
+    kinds: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in int4:
+            bs = next((a.i for a in n.attribute if a.name == "block_size"), 0)
+            kind = f"in blocks of {bs}" if bs else "per channel"
+            kinds[kind] = kinds.get(kind, 0) + 1
+    if not kinds:
+        return None
+    how = ", ".join(f"{v} {k}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    return (f"{sum(kinds.values())} MatMul weights are INT4 ({how}) with int8 inputs (a W4A8 recipe). TensorRT "
+            "documents INT4 as weight-only quantization (its recent guides: block scales of 64 or 128 only), so "
+            "expect these MatMuls to run in floating point with their int8 inputs quantized and dequantized around "
+            "them, not as int8 GEMMs: the engine is not expected to be faster than a W8A8 one, and a TensorRT that "
+            "refuses per-channel INT4 fails the build. `trtexec --profilingVerbosity=detailed --dumpLayerInfo` "
+            "shows what it chose; a W8A8 recipe gives int8 GEMMs.")
+
+
 ENGINES = {"model": "model.engine", "prefill": "model.prefill.engine", "decode": "model.decode.engine"}
 # `mq-deploy build --validation-engine [--graph G]`'s default file names
 VALIDATION_ENGINES = {"model": "model.validate.engine", "prefill": "model.prefill.validate.engine",
@@ -504,6 +529,7 @@ class BuildPlan:
     profile: tuple = ()  # ((input, min, opt, max), ...) of every input of the graph (Shapes.profile)
     plugin_nodes: int = 0  # plugin nodes in the graph (the library is required when there are any)
     quantized: bool = False  # a QDQ graph (the manifest's quantization)
+    notes: tuple = ()  # what TensorRT documents about this graph that the user should know before building (int4_note)
 
     def command_lines(self, trt_major: Optional[int] = None) -> dict[str, str]:
         return command_lines(self.onnx, self.engine, self.plugin_lib or LIB_PLACEHOLDER, int8=self.int8,
@@ -585,7 +611,7 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
                      timing_cache=timing_cache, vocab=vocab, input_name=name, fixed_dims=fixed,
                      strongly_typed=strongly_typed, mark=mark, fp32=fp32, hadamard_codes=codes, graph=graph,
                      profile=profile, plugin_nodes=sum(p["count"] for p in plugin_inventory(model)),
-                     quantized=manifest_quantized(manifest))
+                     quantized=manifest_quantized(manifest), notes=tuple(filter(None, [int4_note(model)])))
 
 
 def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
@@ -602,6 +628,8 @@ def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,
     log(f"building {plan.engine} from {plan.onnx} with TensorRT {trt.__version__}"
         f"{' (INT8: explicit quantization from the Q/DQ nodes)' if plan.int8 else ''}{' (FP16)' if plan.fp16 else ''}"
         f"{typed}")
+    for note in plan.notes:
+        warn(note)
     if plan.fp32:
         log(f"FP16: the {len(plan.fp32)} RMSNorm layers stay fp32 (their squares overflow fp16)")
     if plan.mark:

@@ -2,6 +2,7 @@
 against the single-session onnxruntime-extensions path, on graphs with every plugin kind."""
 
 import numpy as np
+import onnx
 import pytest
 
 from mq_deploy.backends.ort import OrtRunner
@@ -91,15 +92,20 @@ def test_only_early_outputs_and_freeing(prepared):
 
 
 def test_fp16_tied_table_is_not_handed_between_segments():
-    """A tied embedding stored as fp16 + Cast (graph/mamba_lm.float_weight): every segment that reads the Cast
-    computes it itself (onnxruntime folds it), so no segment exports it — handing the fp32 table from the
-    embedding segment to the head on every run made a 50k-vocabulary decode step ~6× slower."""
+    """A tied embedding stored as fp16 (graph/mamba_lm.stored_weight): the embedding gathers from it as stored and
+    casts the rows; the head's Cast of the whole table is computed by every segment that reads it (onnxruntime folds
+    it), so no segment exports it — handing the fp32 table from one segment to the head on every run made a
+    50k-vocabulary decode step ~6× slower."""
     m = random_model(MambaConfig(d_model=64, n_layer=2, vocab_size=16400), seed=3)
-    m.embedding = m.embedding.astype(np.float16).astype(np.float32)  # fp16 numbers: stored as fp16 + Cast
+    m.embedding = m.embedding.astype(np.float16).astype(np.float32)  # fp16 numbers: stored as fp16
     assert m.lm_head is None
     g = build_lm_graph(m)
-    cast_outs = {o for n in g.graph.node if n.op_type == "Cast" for o in n.output}
-    assert any("embedding.weight" in o for o in cast_outs)
+    inits = {t.name: t for t in g.graph.initializer}
+    assert inits["embedding.weight"].data_type == onnx.TensorProto.FLOAT16
+    cast_outs = {o for n in g.graph.node if n.op_type == "Cast" and n.input[0] in inits for o in n.output}
+    assert cast_outs == {"head/embedding.weight/to_fp32"}  # the table's one Cast: the head's (not the Gather's input)
+    gather = next(n for n in g.graph.node if n.op_type == "Gather")
+    assert gather.input[0] == "embedding.weight"  # no fp32 copy of the whole table for the embedding
     a = OrtRunner(g)
     ort_steps = [s for s in a._hybrid.steps if s[1] == "ort"]
     assert len(ort_steps) >= 3  # embedding + layer 0 part, ..., the head

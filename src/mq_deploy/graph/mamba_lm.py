@@ -173,15 +173,25 @@ def mixer(b: LMBuilder, i: int, L: MambaLayer, model: MambaModel, h: str, lp: La
 FP16_STORE_MIN = 1 << 20  # elements: a large weight whose values are all fp16 numbers is stored as fp16
 
 
-def float_weight(b: GraphBuilder, name: str, a: np.ndarray) -> str:
-    """A float32 weight; stored as fp16 + Cast when it is large and every value is an fp16 number (checkpoints
-    saved in fp16, weights the recipe deploys in fp16): half the file, the same function."""
+def stored_weight(b: GraphBuilder, name: str, a: np.ndarray) -> tuple[str, bool]:
+    """(the initializer, whether it is fp16): a float32 weight is stored as fp16 when it is large and every value is
+    an fp16 number (checkpoints saved in fp16, weights the recipe deploys in fp16): half the file."""
     a = np.asarray(a, np.float32)
     if a.size >= FP16_STORE_MIN:
         h = a.astype(np.float16)
         if np.array_equal(h.astype(np.float32), a):
-            return b.op("Cast", [b.const(name, h)], name=f"{name}/to_fp32", to=TensorProto.FLOAT)
-    return b.const(name, a)
+            return b.const(name, h), True
+    return b.const(name, a), False
+
+
+def to_fp32(b: GraphBuilder, x: str, half: bool, name: str) -> str:
+    return b.op("Cast", [x], name=f"{name}/to_fp32", to=TensorProto.FLOAT) if half else x
+
+
+def float_weight(b: GraphBuilder, name: str, a: np.ndarray) -> str:
+    """A float32 weight; stored as fp16 + Cast where `stored_weight` can: half the file, the same function."""
+    w, half = stored_weight(b, name, a)
+    return to_fp32(b, w, half, name)
 
 
 def build_lm_graph(model: MambaModel, plan: Optional[GraphPlan] = None, *, with_points: bool = False):
@@ -192,8 +202,10 @@ def build_lm_graph(model: MambaModel, plan: Optional[GraphPlan] = None, *, with_
     plan = plan or GraphPlan.plain(c.n_layer)
     b = LMBuilder("mamba_lm", plan.quant)
     ids = b.input("input_ids", TensorProto.INT64, [BATCH, SEQ])
-    emb = float_weight(b, "embedding.weight", model.embedding)
-    r = b.op("Gather", [emb, ids], name="embed", axis=0)
+    # an fp16 table is gathered from as stored and the rows cast (exact): TensorRT and onnxruntime fold a Cast of the
+    # whole table into an fp32 copy of it, which the tied head's Transpose then copies once more
+    table, half = stored_weight(b, "embedding.weight", model.embedding)
+    r = to_fp32(b, b.op("Gather", [table, ids], name="embed", axis=0), half, "embed")
     consts = {"split_xz": b.ints("split_xz", [c.d_inner, c.d_inner]),
               "split_dbc": b.ints("split_dbc", [c.dt_rank, c.d_state, c.d_state])}
     for i, L in enumerate(model.layers):
@@ -206,7 +218,7 @@ def build_lm_graph(model: MambaModel, plan: Optional[GraphPlan] = None, *, with_
         if model.head_mix is not None:  # fold_norms keep_tied: h·M before the (tied) head
             h = b.op("MatMul", [h, b.const("head_mix", model.head_mix)], name="head_mix")
         if model.lm_head is None:  # tied: one copy of the weights, transposed in the graph
-            head = b.op("Transpose", [emb], name="tied_lm_head", perm=[1, 0])
+            head = b.op("Transpose", [to_fp32(b, table, half, "embedding.weight")], name="tied_lm_head", perm=[1, 0])
         else:
             head = float_weight(b, "lm_head.weight", model.lm_head.T)
         b.op("MatMul", [h, head], name="lm_head", out_names=["logits"])

@@ -1133,6 +1133,9 @@ def test_validate_follows_a_validation_engine_and_a_scale_error_fails(w8_out, tm
         mval.format_report(bad))
     assert mval.validate(w8_out, seq=64, engine_gain_tol=1, engine_tol=1,
                          **_stand_in_engine(monkeypatch, tmp_path, w8_out, c_scale=1.01)).ok
+    small = mval.validate(w8_out, seq=64, **_stand_in_engine(monkeypatch, tmp_path, w8_out, c_scale=0.99)).steps
+    assert not small["ok"] and small["first_over"]["tensor"] == "layers.1/gate"  # 1 % too small fails alike
+    assert -1e-2 < small["first_over"]["gain"] < -2e-3
     # a correct engine whose float layers round twice as coarsely: every layer matches on its int8 codes, while the
     # rounding differences the followed row cannot take carry through the scan state (reported only)
     rough = mval.validate(w8_out, seq=64, **_stand_in_engine(monkeypatch, tmp_path, w8_out, noise=5e-4))
@@ -1596,6 +1599,25 @@ def test_a_damaged_copy_of_an_outdir_is_named(fp32_out, tmp_path, capsys, monkey
     (cp / "report.html").unlink(missing_ok=True)  # files no graph reads may be missing or changed
     (cp / "tokenizer.json").write_text(" " + (fp32_out / "tokenizer.json").read_text())
     assert main(["validate", str(cp), "-q"]) == 0
+
+
+def test_a_row_is_gated_on_its_max_rel():
+    """One logit off in an 8×100 block: max_rel 5e-4 is over the fp32 limit while the mean difference (6e-5) is not."""
+    ref = np.full((1, 8, 100), 10.0, np.float32)
+    ref[0, 0, 0] = 100.0
+    x = ref.copy()
+    x[0, 3, 5] += 0.05
+    rep = mval.Report("o", "r", 1, 8, 0)
+    mval._row(rep, "portable", "plugin", "logits", ref, x, mval.FP32_TOL)
+    assert rep.pairs[0]["max_rel"] == pytest.approx(5e-4, rel=1e-3)
+    assert rep.pairs[0]["ok"] is False and not rep.ok
+
+
+@pytest.mark.parametrize("gain", [3e-3, -3e-3])
+def test_a_quantizer_input_off_in_scale_either_way_fails(gain):
+    st = mval._steps({"layers.0/a": (0.01, 0.05, 1e-5), "layers.1/gate": (0.02, 0.1, gain)}, 0.1, 5e-4)
+    assert not st["ok"] and st["first_over"]["tensor"] == "layers.1/gate"
+    assert mval._steps({"layers.0/a": (0.01, 0.05, 1e-5), "layers.1/gate": (0.02, 0.1, gain / 10)}, 0.1, 5e-4)["ok"]
 
 
 def test_validate_tolerance_failure_exits_1(fp32_out, capsys):

@@ -364,6 +364,25 @@ def test_vim_graphs_fuse_where_the_quantizer_reads_the_hadamard(tmp_path):
         assert f["max_rel"] <= 1e-5, (recipe, f["max_rel"], f["roundings_taken"])
 
 
+@pytest.mark.parametrize("zp", [np.int8(2), np.uint8(0)])
+def test_scan_fusion_checks_the_dequantizers_zero_point_too(zp):
+    """A DequantizeLinear whose zero point is not an int8 0 stays (the kernel would compute q·s, not (q − zp)·s)."""
+    m = _scan_graph()
+    (t,) = [t for t in m.graph.initializer if t.name == "u/zp_dq"]
+    t.CopyFrom(numpy_helper.from_array(np.asarray(zp), "u/zp_dq"))
+    assert _by_name(fuse_scan_quant(m))["scan"].input[0] == "u/dq"
+
+
+def test_lint_flags_a_fused_scan_scale_that_differs_from_its_quantizer():
+    from mq_deploy.lint import lint_model
+    from mq_deploy.ops.plugin_fields import set_field
+
+    f = fuse_scan_quant(_scan_graph())
+    assert lint_model(f) == []
+    set_field(_by_name(f)["scan"], "u_scale", 0.15)  # its QuantizeLinear's scale is 0.1
+    assert [(v["node"], v["rule"]) for v in lint_model(f)] == [("scan", "scan-inputs")]
+
+
 def test_lint_flags_a_float_scan_with_int8_scales(tmp_path):
     """Rule scan-scales: a float graph's SelectiveScan carries scales 0 (what compile writes: clean); with 1.0 there,
     as OUTDIRs compiled before 2026-12-01 have, it is reported (TensorRT could give it int8 in an implicitly quantized

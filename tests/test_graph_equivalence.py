@@ -105,3 +105,71 @@ def test_fp16_valued_large_weights_are_stored_in_fp16(tied):
     check_model(m, shapes=[(2, 5)])
     m.embedding[3, 7] += 1e-4  # one value off the grid
     assert {t.name: t.data_type for t in build_lm_graph(m).graph.initializer}["embedding.weight"] == onnx.TensorProto.FLOAT
+
+
+# -- the plugin nodes without softplus (delta_softplus / dt_softplus 0): declared fields no compiled graph uses ------
+def _node_model(node, inputs, outputs):
+    from onnx import TensorProto, helper
+
+    from mq_deploy.graph.builder import OPSET
+
+    from .helpers import IR_VERSION
+
+    vi = lambda n, s: helper.make_tensor_value_info(n, TensorProto.FLOAT, s)  # noqa: E731
+    g = helper.make_graph([node], "t", [vi(n, s) for n, s in inputs], [vi(n, s) for n, s in outputs])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(PLUGIN_DOMAIN, 1)],
+                             ir_version=IR_VERSION)
+
+
+def _scan_inputs(B, L, D, N, seed):
+    rng = np.random.default_rng(seed)
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    return {"u": f(B, L, D), "delta": f(B, L, D) - 1.0, "A": -np.exp(f(D, N)), "Bm": f(B, L, N), "Cm": f(B, L, N),
+            "D": f(D), "bias": f(D)}
+
+
+@pytest.mark.parametrize("softplus", [0, 1])
+def test_scan_node_with_and_without_softplus_in_every_flavour(softplus):
+    """The native and extensions kernels and the lowered Scan follow the node's delta_softplus (Δ taken as given when
+    0: with softplus the outputs would differ by orders of magnitude here)."""
+    from onnx import helper
+
+    from mq_deploy.ops import selective_scan as ss
+    from mq_deploy.ops.plugin_fields import node_attrs
+
+    B, L, D, N = 2, 5, 7, 3
+    x = _scan_inputs(B, L, D, N, 0)
+    names = ["u", "delta", "A", "Bm", "Cm", "D", "bias"]
+    node = helper.make_node("SelectiveScan", names, ["y", "h"], name="scan", domain=PLUGIN_DOMAIN,
+                            **node_attrs("SelectiveScan", delta_softplus=softplus))
+    m = _node_model(node, [(n, list(x[n].shape)) for n in names], [("y", [B, L, D]), ("h", [B, D, N])])
+    y_ref, h_ref = ss.selective_scan(*[x[n] for n in names[:6]], delta_bias=x["bias"], delta_softplus=bool(softplus))
+    for name, g, kw in (("native", m, {}), ("extensions", m, {"plugins": "extensions"}),
+                        ("portable", lower_selective_scan(m), {})):
+        out = OrtRunner(g, **kw).run(dict(x))
+        assert rel_err(y_ref, out["y"]) <= 1e-5 and rel_err(h_ref, out["h"]) <= 1e-5, name
+
+
+@pytest.mark.parametrize("softplus", [0, 1])
+def test_state_update_node_with_and_without_softplus_in_every_flavour(softplus):
+    from onnx import helper
+
+    from mq_deploy.graph.lower import lower_state_update
+    from mq_deploy.ops import selective_scan as ss
+    from mq_deploy.ops.plugin_fields import node_attrs
+
+    B, D, N = 2, 7, 3
+    x = {k: v[:, :1] if v.ndim == 3 else v for k, v in _scan_inputs(B, 1, D, N, 1).items()}
+    x["state"] = np.random.default_rng(2).standard_normal((B, D, N)).astype(np.float32)
+    names = ["state", "u", "delta", "A", "Bm", "Cm", "D", "bias"]
+    node = helper.make_node("SelectiveStateUpdate", names, ["y", "h"], name="step", domain=PLUGIN_DOMAIN,
+                            **node_attrs("SelectiveStateUpdate", dt_softplus=softplus))
+    m = _node_model(node, [(n, list(x[n].shape)) for n in names], [("y", [B, 1, D]), ("h", [B, D, N])])
+    d = x["delta"][:, 0] + x["bias"]
+    d = ss.softplus(d) if softplus else d  # the definition, written out
+    h_ref = np.exp(d[:, :, None] * x["A"]) * x["state"] + (d * x["u"][:, 0])[:, :, None] * x["Bm"][:, 0, None, :]
+    y_ref = np.einsum("bdn,bn->bd", h_ref, x["Cm"][:, 0]) + x["D"] * x["u"][:, 0]
+    for name, g, kw in (("native", m, {}), ("extensions", m, {"plugins": "extensions"}),
+                        ("portable", lower_state_update(m), {})):
+        out = OrtRunner(g, **kw).run(dict(x))
+        assert rel_err(y_ref, out["y"][:, 0]) <= 1e-5 and rel_err(h_ref, out["h"]) <= 1e-5, name

@@ -309,6 +309,32 @@ def test_lint_reports_violations_by_node(tiny):
     assert any(r == "act-qdq" and "layers.1.in_proj.input" in node for node, r in rules)
 
 
+def test_lint_flags_zero_activation_and_weight_scales():
+    """Scales must be > 0: zero is as wrong as negative (act-qdq, weight-dq)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mq_deploy.graph.builder import OPSET
+
+    from .helpers import IR_VERSION
+
+    def graph(act_scale, w_scale):
+        inits = [numpy_helper.from_array(np.asarray(act_scale, np.float32), "s"),
+                 numpy_helper.from_array(np.asarray(0, np.int8), "zp"),
+                 numpy_helper.from_array(np.ones((4, 3), np.int8), "w_q"),
+                 numpy_helper.from_array(np.asarray(w_scale, np.float32), "w_s")]
+        nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"], name="x/Q"),
+                 helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"], name="x/DQ"),
+                 helper.make_node("DequantizeLinear", ["w_q", "w_s"], ["w"], name="w/DQ", axis=1),
+                 helper.make_node("MatMul", ["xd", "w"], ["y"], name="layers.0/out_proj")]
+        g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+
+    assert lint_model(graph(0.1, [0.1, 0.2, 0.3])) == []
+    assert [(v["node"], v["rule"]) for v in lint_model(graph(0.0, [0.1, 0.2, 0.3]))] == [("x/Q", "act-qdq")]
+    assert [(v["node"], v["rule"]) for v in lint_model(graph(0.1, [0.1, 0.0, 0.3]))] == [("w/DQ", "weight-dq")]
+
+
 def test_lint_blocked_int4_weights(tiny):
     m, windows, ids = tiny
     m2, plan, _ = prepare(m, load_recipe("rtn-w4a8-b64"), windows, progress=False)

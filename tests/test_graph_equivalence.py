@@ -173,3 +173,12 @@ def test_state_update_node_with_and_without_softplus_in_every_flavour(softplus):
                         ("portable", lower_state_update(m), {})):
         out = OrtRunner(g, **kw).run(dict(x))
         assert rel_err(y_ref, out["y"][:, 0]) <= 1e-5 and rel_err(h_ref, out["h"]) <= 1e-5, name
+
+
+def test_fresh_names_stay_unique_when_a_base_repeats():
+    from mq_deploy.graph.builder import GraphBuilder
+
+    b = GraphBuilder("t")
+    with b.scope("layers.0"):
+        names = [b.fresh("gate") for _ in range(4)]
+    assert names == ["layers.0/gate", "layers.0/gate_1", "layers.0/gate_2", "layers.0/gate_3"]

@@ -10,8 +10,11 @@ from mq_deploy.graph.lower import lower_selective_scan
 from mq_deploy.graph.mamba_lm import build_lm_graph
 from mq_deploy.graph.plan import GraphPlan
 from mq_deploy.model import MambaConfig, random_model
+from mq_deploy.passes.rotate import rotation
+from mq_deploy.passes.smooth import smooth_scales
 from mq_deploy.quant import simulate
-from mq_deploy.quantize import fp32_stats, prepare
+from mq_deploy.quant.hadamard import hadamard_matrix
+from mq_deploy.quantize import calibrate, fp32_stats, prepare
 from mq_deploy.recipes import _parse
 
 from .helpers import rel_err
@@ -115,3 +118,79 @@ def test_klt_equalizes_channel_variance(setup):
                     progress=False)
     var0 = np.diag(st0.cov("layers.0.in_proj.input") / np.outer(m.layers[0].norm, m.layers[0].norm))
     assert var.std() / var.mean() < var0.std() / var0.mean()
+
+
+# -- what each pass computes, beyond preserving the function (any smoothing scale or orthogonal R preserves it) ------
+
+
+@pytest.fixture(scope="module")
+def one_layer_384():
+    cfg = MambaConfig(d_model=384, n_layer=1, vocab_size=200, tie_embeddings=False)  # dt_rank 24 = 12·2 (Hadamard)
+    m = random_model(cfg, seed=12)
+    windows = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(6, 48))
+    return m, windows, fp32_stats(m, windows, progress=False)
+
+
+def _apply(m, windows, stats0, passes):
+    return prepare(m, _parse({"name": "x", "precision": "fp32", "passes": passes}, "x"), windows,
+                   progress=False, stats0=stats0)[:2]
+
+
+# the SmoothQuant form s = a^α / w^(1-α) (every recipe uses α 0.5, where a swap of α and 1-α is invisible)
+def test_smooth_scales_follow_the_formula_for_any_alpha():
+    a, w = np.array([4.0, 1.0, 0.25, 1e-9]), np.array([1.0, 2.0, 8.0, 1e3])
+    for alpha in (0.25, 0.5, 0.8):
+        want = np.clip(np.maximum(a, 1e-8) ** alpha / w ** (1 - alpha), 1e-5, 1e5)
+        np.testing.assert_allclose(smooth_scales(a, w, alpha), want, rtol=1e-12)
+    # α = 0.8 moves 80 % of the activation range into the weight: max|x/s| = a^0.2·w^0.2
+    np.testing.assert_allclose(a[:3] / smooth_scales(a, w, 0.8)[:3], (a[:3] * w[:3]) ** 0.2, rtol=1e-12)
+
+
+# smooth_state gives Bm and Cm the same per-channel maxima
+def test_smooth_state_equalizes_B_and_C(one_layer_384):
+    m, windows, stats0 = one_layer_384
+    m2, plan = _apply(m, windows, stats0, [{"name": "smooth_state"}])
+    st = calibrate(m2, plan, windows, progress=False)
+    b, c = st.chan_absmax("layers.0.scan.B"), st.chan_absmax("layers.0.scan.C")
+    b0, c0 = stats0.chan_absmax("layers.0.scan.B"), stats0.chan_absmax("layers.0.scan.C")
+    assert np.abs(b0 / c0 - 1).max() > 0.1  # not equal before
+    np.testing.assert_allclose(b, c, rtol=1e-4)
+
+
+# rotate_dt klt: every channel of δ·R5 has the same variance (K·H with H a Hadamard of size dt_rank)
+def test_rotate_dt_klt_equalizes_dt_input_variance(one_layer_384):
+    m, windows, stats0 = one_layer_384
+    m2, plan = _apply(m, windows, stats0, [{"name": "rotate_dt", "klt": True}])
+    st = calibrate(m2, plan, windows, cov_points=["layers.0.dt_proj.input"], progress=False)
+    var = np.diag(st.cov("layers.0.dt_proj.input"))
+    var0 = np.diag(stats0.cov("layers.0.dt_proj.input"))
+    assert var0.std() / var0.mean() > 0.05
+    assert var.std() / var.mean() < 1e-5
+
+
+# random_signs really randomizes: R = diag(±1)·H with signs that depend on the seed
+def test_rotation_random_signs():
+    n, H = 96, hadamard_matrix(96)
+    R0 = rotation(n, signs=False)
+    assert np.array_equal(R0, H)
+    R1, R2 = rotation(n, signs=True, seed=1), rotation(n, signs=True, seed=2)
+    for R in (R1, R2):
+        s = np.diag(R @ H.T)
+        assert np.allclose(np.abs(s), 1) and np.allclose(R, s[:, None] * H) and 0.3 < np.mean(s < 0) < 0.7
+    assert not np.array_equal(R1, R2)
+
+
+# rotate_residual klt fits R1 to every layer, each weighted equally: Σ_i C_i'/tr(C_i') has equal diagonal
+def test_klt_residual_rotation_uses_every_layer():
+    cfg = MambaConfig(d_model=96, n_layer=2, vocab_size=301)
+    m = random_model(cfg, seed=10)
+    windows = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(6, 48))
+    stats0 = fp32_stats(m, windows, progress=False)
+    m2, plan = _apply(m, windows, stats0, [{"name": "fold_norms"}, {"name": "rotate_residual", "klt": True}])
+    pts = [f"layers.{i}.in_proj.input" for i in range(2)]
+    st = calibrate(m2, plan, windows, cov_points=pts, progress=False)
+    C = sum(st.cov(p) / np.trace(st.cov(p)) for p in pts)
+    v = np.diag(C)
+    assert v.std() / v.mean() < 1e-5
+    v0 = np.diag(st.cov(pts[0]))
+    assert v0.std() / v0.mean() > 1e-3  # one layer alone is not equalized: the pooled statistic is what R1 fits

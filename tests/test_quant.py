@@ -20,9 +20,10 @@ from mq_deploy.quant import simulate
 from mq_deploy.quant.gptq import gptq_quantize
 from mq_deploy.quant.hadamard import (base_matrix, hadamard_matrix, hadamard_transform, hadamard_transform_fp32,
                                       is_supported)
-from mq_deploy.quant.qparams import act_scale, expand_scales, fake_quant, quantize, quantize_weight, sqnr_db
+from mq_deploy.quant.qparams import (act_scale, expand_scales, fake_quant, quantize, quantize_weight, sqnr_db,
+                                     weight_scales)
 from mq_deploy.quantize import prepare
-from mq_deploy.recipes import available_recipes, load_recipe
+from mq_deploy.recipes import _parse, available_recipes, load_recipe
 
 from .helpers import rel_err
 
@@ -381,3 +382,102 @@ def test_a_weight_beyond_fp16_is_named(recipe, where):
         prepare(m, load_recipe(recipe), windows, progress=False)
     model, _, _ = prepare(random_model(cfg, seed=2), load_recipe(recipe), windows, progress=False)  # in range: fine
     assert np.isfinite(model.norm_f).all()
+
+
+# -- the quantizers against their definitions (the QDQ graph and the simulation read the same plan, so a wrong scale
+#    or GPTQ result passes their comparison) -----------------------------------------------------------------------
+
+
+# the recipe's percentile reaches act_scale
+def test_prepare_uses_the_recipes_percentile():
+    m = random_model(MambaConfig(d_model=96, n_layer=1, vocab_size=211), seed=4)
+    windows = np.random.default_rng(2).integers(0, 211, size=(4, 32))
+    recipe = _parse({"name": "p", "precision": "w8a8", "weights": {"bits": 8, "method": "rtn"},
+                     "activations": {"bits": 8, "method": "percentile", "percentile": 90.0}}, "p")
+    m2, plan, runs = prepare(m, recipe, windows, progress=False)
+    st, pt = runs[-1], "layers.0.out_proj.input"
+    assert plan.quant.act_scales[pt] == pytest.approx(act_scale(st.sample[pt], st.absmax[pt], 8, "percentile", 90.0))
+    assert plan.quant.act_scales[pt] < 0.8 * act_scale(st.sample[pt], st.absmax[pt], 8, "percentile", 99.99)
+
+
+# clip_search picks a clip below absmax when that lowers the error, and never does worse
+def test_weight_clip_search_lowers_the_error():
+    rng = np.random.default_rng(3)
+    w = rng.laplace(size=(512, 16)).astype(np.float32)
+    w[0] = 30.0 * np.sign(w[0])  # one outlier per column: clipping it pays at 4 bits
+    err = lambda s: ((fake_quant(w, s, 4) - w) ** 2).sum(axis=0)  # noqa: E731
+    s_max, s_clip = weight_scales(w, 4, False), weight_scales(w, 4, True)
+    assert np.all(s_clip < 0.95 * s_max) and np.all(err(s_clip) <= err(s_max))
+    assert err(s_clip).sum() < 0.8 * err(s_max).sum()
+    ratios = np.linspace(1.0, 0.5, 11)  # the grid: the best of it per column
+    best = np.min([err((np.abs(w).max(0) * r / 7).astype(np.float32)) for r in ratios], axis=0)
+    np.testing.assert_allclose(err(s_clip), best, rtol=1e-6)
+
+
+# an all-zero output channel gets a finite scale and zeros, not NaN → garbage int8
+def test_zero_output_channel():
+    w = np.random.default_rng(0).standard_normal((64, 5)).astype(np.float32)
+    w[:, 2] = 0
+    for clip in (False, True):
+        q, s = quantize_weight(w, 8, clip)
+        assert np.all(np.isfinite(s)) and np.all(s > 0) and np.all(q[:, 2] == 0)
+    H = np.eye(64)
+    q, s = gptq_quantize(w, H, 8)
+    assert np.all(np.isfinite(s)) and np.all(q[:, 2] == 0)
+
+
+def _gptq_reference(w, H, bits, damp=0.01):
+    """Textbook GPTQ, one column at a time, no lazy batches (Frantar et al. alg. 1)."""
+    W = np.array(w, np.float64).T.copy()
+    s = weight_scales(w, bits, False).astype(np.float64)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    H = H + damp * np.mean(np.diag(H)) * np.eye(len(H))
+    U = np.linalg.cholesky(np.linalg.inv(H)).T
+    Q = np.zeros_like(W)
+    for j in range(W.shape[1]):
+        Q[:, j] = np.clip(np.rint(W[:, j] / s), lo, hi)
+        e = (W[:, j] - Q[:, j] * s) / U[j, j]
+        W[:, j:] -= np.outer(e, U[j, j:])
+    return Q.T, s
+
+
+# GPTQ over more than one lazy batch (K > 128) equals the unbatched algorithm, damping relative to mean(diag H)
+def test_gptq_matches_the_unbatched_reference():
+    rng = np.random.default_rng(7)
+    X = (rng.standard_normal((2000, 300)) @ rng.standard_normal((300, 300))) * 5.0  # correlated, large diag(H)
+    w = rng.standard_normal((300, 24)).astype(np.float32)
+    H = X.T @ X / len(X)
+    q, s = gptq_quantize(w, H, 4, clip_search=False)
+    q_ref, s_ref = _gptq_reference(w, H, 4)
+    np.testing.assert_allclose(s, s_ref, rtol=1e-6)
+    assert np.mean(q == q_ref) > 0.999
+
+
+# the MSE search picks the clip of its grid whose fake-quant error is least
+def test_mse_scale_is_the_grid_argmin():
+    t = np.abs(np.random.default_rng(0).laplace(size=100_000)).astype(np.float32)
+    t[:2] = 40.0
+    amax = float(t.max())
+    for bits in (8, 4):  # (at 4 bits the saturation level decides the pick)
+        qmax = (1 << (bits - 1)) - 1
+        errs = [np.mean((fake_quant(t, np.float32(amax * r / qmax), bits).astype(np.float64) - t) ** 2)
+                for r in np.geomspace(1.0, 0.05, 48)]
+        want = amax * np.geomspace(1.0, 0.05, 48)[int(np.argmin(errs))] / qmax
+        assert act_scale(t, amax, bits, "mse") == pytest.approx(want, rel=1e-9), bits
+
+
+# a W8A8 recipe rounds every tensor it deploys in fp16 (so the fp32 simulation is what TensorRT computes)
+def test_prepare_rounds_the_fp16_deployed_tensors():
+    from mq_deploy.recipes import load_recipe
+
+    m = random_model(MambaConfig(d_model=96, n_layer=2, vocab_size=211, tie_embeddings=False), seed=4)
+    windows = np.random.default_rng(2).integers(0, 211, size=(4, 32))
+    m2, plan, _ = prepare(m, load_recipe("rtn-w8a8"), windows, progress=False)
+    is16 = lambda a: np.array_equal(a, a.astype(np.float16).astype(np.float32))  # noqa: E731
+    tensors = {"embedding": m2.embedding, "lm_head": m2.lm_head, "norm_f": m2.norm_f}
+    for i, L in enumerate(m2.layers):
+        tensors.update({f"{i}.norm": L.norm, f"{i}.conv_weight": L.conv_weight, f"{i}.conv_bias": L.conv_bias})
+    assert all(v is not None for v in tensors.values())
+    bad = [k for k, v in tensors.items() if not is16(v)]
+    assert bad == []
+    assert not is16(m.embedding) and not is16(m.layers[0].conv_weight)  # the random model's are not fp16 already

@@ -303,3 +303,22 @@ def test_real_file_contents():
     assert wg[0].contexts[1].endswith("so Maria") and wg[0].gold == 1
     text = data.read_text(REAL / "text/wikitext2_test.txt")
     assert text.startswith("\n\n = Robert Boulter = \n")
+
+
+def test_lambada_text_rows_split_on_single_spaces_only(tmp_path):
+    """lm-eval: context = text.split(' ')[:-1] joined with ' ', target = text.split(' ')[-1]; newlines and double
+    spaces inside the text are kept as they are."""
+    p = tmp_path / "l.jsonl"
+    p.write_text(json.dumps({"text": "He said:  \"Open\nthe door"}) + "\n")
+    assert data.read_lambada(p) == [data.ClozeItem("He said:  \"Open\nthe", "door")]
+
+
+def test_winogrande_blank_followed_by_punctuation(tmp_path):
+    """lm-eval's partial target is sentence[index('_') + 1:].strip(): a blank followed directly by "'s" or "." keeps
+    that text in the continuation."""
+    p = tmp_path / "w.jsonl"
+    p.write_text(json.dumps({"sentence": "Ann lent Bea a pen because _'s was lost.", "option1": "Ann",
+                             "option2": "Bea", "answer": "2"}) + "\n")
+    item = data.read_winogrande(p)[0]
+    assert item.contexts == ("Ann lent Bea a pen because Ann", "Ann lent Bea a pen because Bea")
+    assert item.continuation == "'s was lost." and item.gold == 1

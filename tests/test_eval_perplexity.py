@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from mq_deploy.compare import perplexity_and_drift
 from mq_deploy.errors import InternalError, UserError
 from mq_deploy.eval.perplexity import evaluate_perplexity, token_windows
 from mq_deploy.eval.scoring import ScoreRequest, score_requests, target_logprobs
@@ -152,3 +153,48 @@ def test_bad_model_output_and_vocab_mismatch():
 
         with pytest.raises(UserError, match=r"logits are not finite \(NaN or Inf\) while scoring"):
             score_requests(broken, reqs, 0)
+
+
+# -- compare's numbers (perplexity_and_drift) against a plain-Python computation -------------------------------------
+def _logits_fn(seed, vocab):
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(0, 2, (vocab, vocab)), rng.normal(0, 1, (5, vocab))
+
+    def fn(ids):  # causal, depends on the token and its position
+        return (a[ids] + b[np.arange(ids.shape[1]) % 5]).astype(np.float32)
+
+    return fn
+
+
+def test_compare_drift_by_hand():
+    """perplexity_and_drift: perplexity of the recipe's model on w[:, 1:], KL(fp32 ‖ recipe) and top-1 agreement with
+    fp32's argmax, each a mean over every predicted token (3 windows in batches of 2: a per-batch or per-window mean
+    differs), against a plain-Python computation."""
+    vocab, L = 11, 9
+    ref_fn, fn = _logits_fn(0, vocab), _logits_fn(1, vocab)
+    windows = np.random.default_rng(2).integers(0, vocab, (3, L)).astype(np.int64)
+    windows[2, 4:] = 7  # (a window unlike the others)
+    got = perplexity_and_drift(ref_fn, fn, windows, batch_size=2)
+
+    def logsoftmax(row):
+        m = max(row)
+        s = math.log(sum(math.exp(x - m) for x in row))
+        return [x - m - s for x in row]
+
+    nll = kl = agree = 0.0
+    n = 0
+    for w in windows:
+        lq, lp = fn(w[None])[0].astype(np.float64), ref_fn(w[None])[0].astype(np.float64)
+        for t in range(L - 1):
+            q, p = logsoftmax(list(lq[t])), logsoftmax(list(lp[t]))
+            nll -= q[w[t + 1]]
+            kl += sum(math.exp(pi) * (pi - qi) for pi, qi in zip(p, q))
+            agree += int(np.argmax(q) == np.argmax(p))
+            n += 1
+    assert got["tokens"] == n == 3 * (L - 1)
+    assert got["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-9)
+    assert got["kl"] == pytest.approx(kl / n, rel=1e-9)
+    assert got["top1_agree"] == pytest.approx(agree / n, rel=1e-12)
+    assert 0 < got["top1_agree"] < 1 and got["kl"] > 0.1  # (a real check: the two models differ)
+    same = perplexity_and_drift(ref_fn, ref_fn, windows, batch_size=2)
+    assert same["kl"] == 0.0 and same["top1_agree"] == 1.0

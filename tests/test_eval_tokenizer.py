@@ -111,3 +111,17 @@ def test_eval_with_another_models_tokenizer_is_one_line(tmp_path):
         assert r.returncode == 2 and "Traceback" not in r.stderr, (target, r.stderr)
         (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("mq-deploy: error: ")]
         assert "outside the model's vocabulary of 500 ids" in line, (target, line)
+
+
+def test_encode_adds_no_special_tokens_even_where_the_tokenizer_would():
+    """A Llama-style tokenizer.json whose post-processor adds a BOS: `encode` must still add nothing (lm-eval's
+    add_special_tokens=False); the shipped ByteLevel tokenizers cannot tell."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    t = Tokenizer(models.WordLevel({"<s>": 0, "</s>": 1, "a": 2, "b": 3, "[UNK]": 4}, unk_token="[UNK]"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    t.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    assert t.encode("a b").ids == [0, 2, 3]  # (the tokenizer itself would add it)
+    tt = TextTokenizer.from_tokenizer(t)
+    assert tt.encode("a b") == [2, 3] and tt.encode_batch(["a b", "b"]) == [[2, 3], [3]]
+    assert tt.eot_id == 1

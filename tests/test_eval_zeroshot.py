@@ -332,3 +332,27 @@ def test_real_arc_and_hellaswag_with_uniform_model():
     hs = read_hellaswag(REAL / "eval/hellaswag_val.txt.bz2")[:3]
     r = evaluate_zeroshot("hellaswag", uniform(50280), neox, hs, progress=False)
     assert r["n"] == 3 and 0.0 <= r["acc"] <= 1.0
+
+
+def test_lambada_multi_token_word_is_right_only_if_every_token_is_greedy(tmp_path, tok):
+    """lm-eval's is_greedy is over the whole continuation: a word whose first token is the argmax but whose second is
+    not is wrong (acc 0), and one whose every token is the argmax is right."""
+    ctx, cont = encode_pair(tok, "He opened", " the door")
+    assert ctx[-1] == 2883 and cont == [263, 2300]
+
+    def first_only(ids):  # " opened" -> " the" is the argmax; after " the" everything is uniform (argmax is id 0)
+        out = np.zeros(ids.shape + (V,), dtype=np.float32)
+        out[..., 263][ids == 2883] = 5.0
+        return out
+
+    assert loglikelihood(first_only, tok, "He opened", " the door")[1] is False
+    p = tmp_path / "l.jsonl"
+    p.write_text(json.dumps({"context": "He opened", "continuation": "the door"}) + "\n")
+    assert run_task("lambada_openai", first_only, tok, data_path=p, progress=False)["acc"] == 0.0
+
+    def both(ids):
+        out = first_only(ids)
+        out[..., 2300][ids == 263] = 5.0
+        return out
+
+    assert run_task("lambada_openai", both, tok, data_path=p, progress=False)["acc"] == 1.0

@@ -275,10 +275,12 @@ def graph_checks(record):
 
 class Recorder:
     """`record(kernel, case, metric, value, limit, ok=None)`: one PASS / FAIL row (ok defaults to value <= limit),
-    printed and kept in `rows`; `failures` counts the FAIL rows."""
+    printed and kept in `rows`; `failures` counts the FAIL rows. HARNESS_FAIL_FAST=1: exit 1 at the first FAIL
+    (mutants.py: a mutant is killed as soon as one check fails)."""
 
     def __init__(self, widths=(13, 58)):
         self.rows, self.failures, self.widths = [], 0, widths
+        self.fail_fast = os.environ.get("HARNESS_FAIL_FAST") == "1"
 
     def __call__(self, kernel, case, metric, value, limit, ok=None):
         ok = (value <= limit) if ok is None else ok
@@ -286,6 +288,8 @@ class Recorder:
         self.rows.append(dict(kernel=kernel, case=case, metric=metric, value=value, limit=limit, ok=bool(ok)))
         wk, wc = self.widths
         print(f"{'PASS' if ok else 'FAIL'} {kernel:{wk}s} {case:{wc}s} {metric}={value:.3g} (limit {limit:.3g})", flush=True)
+        if self.fail_fast and not ok:
+            sys.exit(1)
 
 
 def tests():
@@ -381,6 +385,13 @@ def tests():
                 frac = float((diff > 0).double().mean())
                 record("hadamard", f"n{n} (m={m}) rows{rws} {str(in_dt)[6:]}->int8 (|dq|<=1, mismatches)", "frac", frac, 0.01,
                        ok=float(diff.max()) <= 1 and frac <= 0.01)
+                if rws * n >= 2048:  # saturation: values past both ends of the int8 range must be -128 / 127 exactly (the
+                    sat = float(ref_i.abs().max()) / 300.0  # |dq| <= 1 slack above would pass a kernel stopping at -127)
+                    q, m, _ = run_hadamard(xi, I8, sat)
+                    lo, hi = ref_i / sat < -129.0, ref_i / sat > 128.0
+                    wrong = float((q[lo] != -128).sum() + (q[hi] != 127).sum())
+                    record("hadamard", f"n{n} (m={m}) rows{rws} {str(in_dt)[6:]}->int8 saturating (codes off the ends)",
+                           "count", wrong, 0, ok=wrong == 0 and bool(lo.any()) and bool(hi.any()))
     # the register path's other schedules (the default ran above)
     for gpb, flags in TUNING_SWEEP + ((1, 1), (3, 0), (3, 3)):
         LIB.mq_hadamard_set_tuning(gpb, flags)

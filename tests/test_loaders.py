@@ -12,6 +12,7 @@ import pytest
 from mq_deploy.errors import UserError
 from mq_deploy.loaders import load_model
 from mq_deploy.model import MambaConfig, random_model
+from mq_deploy.vision.model import VimConfig, load_vim, random_vim, to_state_dict
 
 from .helpers import write_hf_checkpoint
 
@@ -326,3 +327,92 @@ def test_the_torch_reference_is_transformers_own_where_it_reads_the_checkpoint(b
     other, how2 = checkpoint_runner(wrapped)
     assert how2.startswith("MambaForCausalLM built by mq-deploy's loader (transformers' from_pretrained does not read")
     np.testing.assert_allclose(other(ids), plain(ids), rtol=0, atol=1e-5)
+
+
+# -- what the loaders read (found missing by a mutation audit): dt_rank "auto", bf16, the wrapper prefixes in either nesting, a sharded index, ssm_cfg
+# -----------------------------------------------------------------------------------------------------------
+
+def test_dt_rank_auto_is_transformers_own():
+    """"auto" → ceil(d_model / 16), as transformers' MambaConfig and mamba-ssm compute it (Vim-tiny d 192: 12)."""
+    transformers = pytest.importorskip("transformers")
+    from mq_deploy.loaders.formats import _hf_config, _ss_config
+
+    for d in (24, 48, 100, 192, 768):
+        want = transformers.MambaConfig(hidden_size=d, time_step_rank="auto").time_step_rank
+        assert _hf_config({"hidden_size": d, "num_hidden_layers": 1, "vocab_size": 8,
+                           "time_step_rank": "auto"}).dt_rank == want
+        assert _ss_config({"d_model": d, "n_layer": 1, "vocab_size": 8}).dt_rank == want
+        assert VimConfig.from_dict({"d_model": d, "depth": 1, "num_classes": 2, "dt_rank": "auto"}).dt_rank == want
+    assert VimConfig(d_model=192, depth=1, num_classes=2).dt_rank == 12
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_checkpoints_load_as_fp32(tmp_path, dtype):
+    """A bf16 / fp16 checkpoint (as many are published) loads as the fp32 values of its weights, in fp32 arrays."""
+    torch = pytest.importorskip("torch")
+    from mq_deploy.loaders import load_model
+    from mq_deploy.model import MambaConfig, random_model
+
+    from .helpers import write_hf_checkpoint
+
+    m = random_model(MambaConfig(d_model=32, n_layer=1, vocab_size=40), seed=2)
+    d = write_hf_checkpoint(m, tmp_path / dtype, dtype=getattr(torch, dtype))
+    got = load_model(d)
+    want = torch.from_numpy(m.layers[0].in_proj).to(getattr(torch, dtype)).float().numpy()
+    assert got.layers[0].in_proj.dtype == np.float32 and got.embedding.dtype == np.float32
+    np.testing.assert_array_equal(got.layers[0].in_proj, want)
+
+
+def _vim_dir(d, sd, cfg, config_extra=None):
+    from safetensors.numpy import save_file
+
+    d.mkdir(parents=True)
+    save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps({**cfg.to_dict(), **(config_extra or {})}))
+    return d
+
+
+def test_ddp_around_a_compiled_model_loads(tmp_path):
+    """DDP(torch.compile(model)).state_dict() names every tensor `module._orig_mod.…`: both prefixes go."""
+    cfg = VimConfig(d_model=16, depth=1, num_classes=3, img_size=8, patch_size=4, channels=1)
+    sd = to_state_dict(random_vim(cfg, seed=1))
+    got = load_vim(_vim_dir(tmp_path / "w", {"module._orig_mod." + k: v for k, v in sd.items()}, cfg),
+                   warn=lambda s: None)
+    for k, v in to_state_dict(got).items():
+        np.testing.assert_array_equal(np.asarray(v).reshape(np.shape(sd[k])), sd[k])
+
+
+def test_compiled_ddp_model_loads(tmp_path):
+    """torch.compile(DDP(model)) names every tensor `_orig_mod.module.…` (the other nesting): both prefixes go (they
+    were stripped in one fixed order, and this checkpoint was "missing weight")."""
+    cfg = VimConfig(d_model=16, depth=1, num_classes=3, img_size=8, patch_size=4, channels=1)
+    sd = to_state_dict(random_vim(cfg, seed=1))
+    got = load_vim(_vim_dir(tmp_path / "w", {"_orig_mod.module." + k: v for k, v in sd.items()}, cfg),
+                   warn=lambda s: None)
+    for k, v in to_state_dict(got).items():
+        np.testing.assert_array_equal(np.asarray(v).reshape(np.shape(sd[k])), sd[k])
+
+
+def test_official_ssm_cfg_without_conv_bias_loads(tmp_path):
+    """ssm_cfg {"conv_bias": false} (the Mamba block's argument): a model without conv1d biases, in both directions."""
+    cfg = VimConfig(d_model=16, depth=1, num_classes=3, img_size=8, patch_size=4, channels=1, conv_bias=False)
+    sd = to_state_dict(random_vim(cfg, seed=2))
+    raw = {k: v for k, v in cfg.to_dict().items() if k != "conv_bias"}
+    d = tmp_path / "v"
+    _vim_dir(d, sd, cfg)
+    (d / "config.json").write_text(json.dumps({**raw, "ssm_cfg": {"conv_bias": False}}))
+    got = load_vim(d, warn=lambda s: None)
+    assert got.config.conv_bias is False and got.layers[0].conv_bias is None and got.layers[0].conv_bias_b is None
+
+
+def test_a_sharded_index_naming_a_tensor_no_shard_holds_is_one_error(tmp_path):
+    from safetensors.numpy import save_file
+
+    from mq_deploy.loaders.tensors import read_tensors
+
+    save_file({"a": np.ones(2, np.float32)}, str(tmp_path / "s1.safetensors"))
+    save_file({"b": np.zeros(3, np.float32)}, str(tmp_path / "s2.safetensors"))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors", "c": "s2.safetensors"}}))
+    with pytest.raises(UserError, match=r"shards of .* lack tensors named in model.safetensors.index.json: \['c'\]"):
+        read_tensors(tmp_path, ("model.safetensors.index.json",))

@@ -169,10 +169,15 @@ def unused_tensors_note(unused: list[str], model: str) -> str:
 
 
 def strip_wrappers(t: dict) -> dict:
-    """`t` without the prefix every name has when a wrapper saved it: DDP's `module.`, torch.compile's `_orig_mod.`."""
-    for prefix in ("module.", "_orig_mod."):
-        if t and all(k.startswith(prefix) for k in t):
-            t = {k[len(prefix):]: v for k, v in t.items()}
+    """`t` without the prefixes every name has when wrappers saved it: DDP's `module.`, torch.compile's `_orig_mod.`,
+    in either nesting (`module._orig_mod.`, `_orig_mod.module.`)."""
+    stripped = True
+    while t and stripped:
+        stripped = False
+        for prefix in ("module.", "_orig_mod."):
+            if all(k.startswith(prefix) for k in t):
+                t = {k[len(prefix):]: v for k, v in t.items()}
+                stripped = True
     return t
 
 

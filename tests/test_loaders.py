@@ -372,23 +372,13 @@ def _vim_dir(d, sd, cfg, config_extra=None):
     return d
 
 
-def test_ddp_around_a_compiled_model_loads(tmp_path):
-    """DDP(torch.compile(model)).state_dict() names every tensor `module._orig_mod.…`: both prefixes go."""
+@pytest.mark.parametrize("prefix", ["module._orig_mod.", "_orig_mod.module."])
+def test_wrapped_models_load_in_either_nesting(tmp_path, prefix):
+    """DDP(torch.compile(model)) names every tensor `module._orig_mod.…`, torch.compile(DDP(model)) `_orig_mod.module.…`:
+    both prefixes go (they were stripped in one fixed order, and the second was "missing weight")."""
     cfg = VimConfig(d_model=16, depth=1, num_classes=3, img_size=8, patch_size=4, channels=1)
     sd = to_state_dict(random_vim(cfg, seed=1))
-    got = load_vim(_vim_dir(tmp_path / "w", {"module._orig_mod." + k: v for k, v in sd.items()}, cfg),
-                   warn=lambda s: None)
-    for k, v in to_state_dict(got).items():
-        np.testing.assert_array_equal(np.asarray(v).reshape(np.shape(sd[k])), sd[k])
-
-
-def test_compiled_ddp_model_loads(tmp_path):
-    """torch.compile(DDP(model)) names every tensor `_orig_mod.module.…` (the other nesting): both prefixes go (they
-    were stripped in one fixed order, and this checkpoint was "missing weight")."""
-    cfg = VimConfig(d_model=16, depth=1, num_classes=3, img_size=8, patch_size=4, channels=1)
-    sd = to_state_dict(random_vim(cfg, seed=1))
-    got = load_vim(_vim_dir(tmp_path / "w", {"_orig_mod.module." + k: v for k, v in sd.items()}, cfg),
-                   warn=lambda s: None)
+    got = load_vim(_vim_dir(tmp_path / "w", {prefix + k: v for k, v in sd.items()}, cfg), warn=lambda s: None)
     for k, v in to_state_dict(got).items():
         np.testing.assert_array_equal(np.asarray(v).reshape(np.shape(sd[k])), sd[k])
 

@@ -9,7 +9,8 @@ FAIL). "none" is the unmutated build, which must pass. Prints one line a mutant 
     python3 benchmarks/gpu/mutants.py [NAME ...]      # repository root, on the GPU machine; default: every mutant
 
 Env: ARCH (default 90), PAR (test processes at a time on the one GPU, default 4), OUT_DIR (default .). The unmutated
-objects are build/<source>.o as benchmarks/gpu/run_all.sh builds them (built here when missing).
+objects are built first, into build/mut/none/ with the same flags as the mutants' (not taken from run_all.sh's build/,
+which may be older or built with other defines).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 KERNELS = os.path.join(ROOT, "plugins", "kernels")
 SOURCES = ("hadamardKernel", "mqKernelsCApi", "selectiveScanKernel", "stateUpdateKernel")
 ARCH = os.environ.get("ARCH", "90")
+BASE = os.path.join(ROOT, "build", "mut", "none")  # the unmutated objects and library
 
 # (name, file in plugins/kernels, text, replacement)
 MUTANTS = [
@@ -85,7 +87,7 @@ def build(m) -> tuple[str, str]:
                 return "", f"nvcc failed: {r.stderr[-300:]}"
             objs.append(os.path.join(d, f"{s}.o"))
         else:
-            objs.append(os.path.join(ROOT, "build", f"{s}.o"))
+            objs.append(os.path.join(BASE, f"{s}.o"))
     lib = os.path.join(d, "libmq_kernels.so")
     r = subprocess.run(["nvcc", "-shared", *objs, "-o", lib], capture_output=True, text=True)
     return (lib, "") if r.returncode == 0 else ("", f"link failed: {r.stderr[-300:]}")
@@ -116,17 +118,15 @@ def main() -> int:
     if unknown:
         print(f"unknown mutants: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    os.makedirs(os.path.join(ROOT, "build"), exist_ok=True)
-    missing = [s for s in SOURCES if not os.path.isfile(os.path.join(ROOT, "build", f"{s}.o"))]
-    with ThreadPoolExecutor(max_workers=4) as ex:  # the unmutated objects
-        for r in ex.map(lambda s: nvcc(KERNELS, s, os.path.join(ROOT, "build", f"{s}.o")), missing):
+    shutil.rmtree(BASE, ignore_errors=True)
+    os.makedirs(BASE)
+    with ThreadPoolExecutor(max_workers=4) as ex:  # the unmutated objects, from the sources as they are now
+        for r in ex.map(lambda s: nvcc(KERNELS, s, os.path.join(BASE, f"{s}.o")), SOURCES):
             if r.returncode:
                 print(r.stderr, file=sys.stderr)
                 return 1
-    base = os.path.join(ROOT, "build", "libmq_kernels.so")
-    if not os.path.isfile(base):
-        subprocess.run(["nvcc", "-shared", *[os.path.join(ROOT, "build", f"{s}.o") for s in SOURCES], "-o", base],
-                       check=True)
+    base = os.path.join(BASE, "libmq_kernels.so")
+    subprocess.run(["nvcc", "-shared", *[os.path.join(BASE, f"{s}.o") for s in SOURCES], "-o", base], check=True)
     t0 = time.time()
     with ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 4) // 2)) as ex:
         libs = dict(zip([m[0] for m in chosen], ex.map(build, chosen)))

@@ -19,6 +19,11 @@ def rel_err(ref: np.ndarray, x: np.ndarray) -> float:
     return float(np.abs(ref - x).max() / np.abs(ref).max())
 
 
+def is_fp16_valued(a: np.ndarray) -> bool:
+    """Every value of `a` is an fp16 number (a tensor rounded for deployment in fp16)."""
+    return np.array_equal(a, np.asarray(a).astype(np.float16).astype(np.float32))
+
+
 def write_hf_checkpoint(model: MambaModel, path: Path, dtype=None) -> Path:
     import torch
 

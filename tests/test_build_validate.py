@@ -430,8 +430,12 @@ def test_int4_weights_are_said_to_be_weight_only_in_tensorrt(w4_out, w8_out, tmp
     assert err.count(f"note: {expect}") == 1 and "model.onnx: 0 violation(s)" in err  # once for the OUTDIR's graphs
     assert main(["lint", str(w4_out / "model.onnx"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["notes"][0].startswith(expect)
+    assert main(["lint", str(w4_out), "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert len(j["notes"]) == 1 and j["notes"][0].startswith(expect) and all(f["notes"] == j["notes"] for f in j["files"])
     assert main(["lint", str(w8_out), "--json"]) == 0
-    assert all(f["notes"] == [] for f in json.loads(capsys.readouterr().out)["files"])
+    j = json.loads(capsys.readouterr().out)
+    assert j["notes"] == [] and all(f["notes"] == [] for f in j["files"])
     log = {}
     monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT(log)))
     lib = tmp_path / "libmq_trt_plugins.so"

@@ -32,7 +32,7 @@ def test_top_p_keeps_the_smallest_head_and_renormalizes():
 
 
 def test_top_p_applies_to_the_tempered_distribution():
-    """Temperature first, then nucleus (Hugging Face's order): at T=2 p = [.5,.3,.2] becomes [.413,.320,.267], so
+    """Temperature first, then nucleus (Hugging Face's order): at T=2 p = [.5,.3,.2] becomes [.415, .322, .263], so
     top_p .45 keeps two tokens ([.563, .437]); on the untempered p it would keep only the first."""
     f = _freq(np.log([0.5, 0.3, 0.2]), Sampling(greedy=False, temperature=2.0, top_p=0.45, seed=2))
     assert f[2] == 0 and f[1] == pytest.approx(0.437, abs=0.015)

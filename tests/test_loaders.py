@@ -124,7 +124,7 @@ def test_tensors_the_config_does_not_use_are_left_out_and_named(base, tmp_path):
 
 def test_name_variants_of_one_checkpoint_load_alike(base, tmp_path):
     """A base model's save_pretrained (no `backbone.` prefix), DDP's `module.` and torch.compile's `_orig_mod.`
-    prefixes, and a tied checkpoint that stores only the head all give the same model."""
+    prefixes (alone or nested either way), and a tied checkpoint that stores only the head all give the same model."""
     m, d = base
     ref = load_model(d)
 
@@ -139,6 +139,7 @@ def test_name_variants_of_one_checkpoint_load_alike(base, tmp_path):
         return t
 
     for name, edit in (("base_model", no_backbone), ("ddp", prefixed("module.")), ("compiled", prefixed("_orig_mod.")),
+                       ("ddp_compiled", prefixed("module._orig_mod.")), ("compiled_ddp", prefixed("_orig_mod.module.")),
                        ("head_only", head_only)):
         got, warnings = _load(_variant(d, tmp_path / name, edit))
         _same(got, ref)
@@ -329,8 +330,7 @@ def test_the_torch_reference_is_transformers_own_where_it_reads_the_checkpoint(b
     np.testing.assert_allclose(other(ids), plain(ids), rtol=0, atol=1e-5)
 
 
-# -- what the loaders read (found missing by a mutation audit): dt_rank "auto", bf16, the wrapper prefixes in either nesting, a sharded index, ssm_cfg
-# -----------------------------------------------------------------------------------------------------------
+# -- what the loaders read (from a mutation audit): dt_rank "auto", bf16, wrapper nesting, a sharded index, ssm_cfg --
 
 def test_dt_rank_auto_is_transformers_own():
     """"auto" → ceil(d_model / 16), as transformers' MambaConfig and mamba-ssm compute it (Vim-tiny d 192: 12)."""
@@ -350,11 +350,6 @@ def test_dt_rank_auto_is_transformers_own():
 def test_half_precision_checkpoints_load_as_fp32(tmp_path, dtype):
     """A bf16 / fp16 checkpoint (as many are published) loads as the fp32 values of its weights, in fp32 arrays."""
     torch = pytest.importorskip("torch")
-    from mq_deploy.loaders import load_model
-    from mq_deploy.model import MambaConfig, random_model
-
-    from .helpers import write_hf_checkpoint
-
     m = random_model(MambaConfig(d_model=32, n_layer=1, vocab_size=40), seed=2)
     d = write_hf_checkpoint(m, tmp_path / dtype, dtype=getattr(torch, dtype))
     got = load_model(d)

@@ -25,7 +25,7 @@ from mq_deploy.quant.qparams import (act_scale, expand_scales, fake_quant, quant
 from mq_deploy.quantize import prepare
 from mq_deploy.recipes import _parse, available_recipes, load_recipe
 
-from .helpers import rel_err
+from .helpers import is_fp16_valued, rel_err
 
 
 @pytest.mark.parametrize("n", [1, 2, 12, 20, 24, 28, 36, 40, 44, 48, 60, 96, 192, 384, 768, 1536, 2560, 5120, 112])
@@ -473,11 +473,10 @@ def test_prepare_rounds_the_fp16_deployed_tensors():
     m = random_model(MambaConfig(d_model=96, n_layer=2, vocab_size=211, tie_embeddings=False), seed=4)
     windows = np.random.default_rng(2).integers(0, 211, size=(4, 32))
     m2, plan, _ = prepare(m, load_recipe("rtn-w8a8"), windows, progress=False)
-    is16 = lambda a: np.array_equal(a, a.astype(np.float16).astype(np.float32))  # noqa: E731
     tensors = {"embedding": m2.embedding, "lm_head": m2.lm_head, "norm_f": m2.norm_f}
     for i, L in enumerate(m2.layers):
         tensors.update({f"{i}.norm": L.norm, f"{i}.conv_weight": L.conv_weight, f"{i}.conv_bias": L.conv_bias})
     assert all(v is not None for v in tensors.values())
-    bad = [k for k, v in tensors.items() if not is16(v)]
+    bad = [k for k, v in tensors.items() if not is_fp16_valued(v)]
     assert bad == []
-    assert not is16(m.embedding) and not is16(m.layers[0].conv_weight)  # the random model's are not fp16 already
+    assert not is_fp16_valued(m.embedding) and not is_fp16_valued(m.layers[0].conv_weight)  # the random model's are not fp16 already

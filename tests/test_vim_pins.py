@@ -18,6 +18,8 @@ from mq_deploy.vision.model import VimConfig, from_state_dict, load_vim, random_
 from mq_deploy.vision.passes import run_vim_passes
 from mq_deploy.vision.quantize import calibrate, fp32_stats, prepare_vim, token_scale
 
+from .helpers import is_fp16_valued
+
 # d_model 64: dt_rank 4 (a Hadamard size, so a KLT rotation K·H equalizes exactly), d 64 = Hadamard too; 2 layers
 CFG = VimConfig(d_model=64, depth=2, num_classes=6, img_size=12, patch_size=4, channels=3)
 BUNDLED_VIM = Path(__file__).resolve().parents[1] / "src" / "mq_deploy" / "assets" / "vim-fmnist"
@@ -179,15 +181,14 @@ def test_vim_w8a8_rounds_the_fp16_deployed_tensors(setup):
     norms, conv1d of both directions, head) so the fp32 simulation is what TensorRT computes."""
     m, imgs, _ = setup
     m2, plan, _ = prepare_vim(m, load_recipe("vim-rtn-w8a8"), imgs)
-    is16 = lambda a: np.array_equal(a, a.astype(np.float16).astype(np.float32))  # noqa: E731
     tensors = {n: getattr(m2, n) for n in ("patch_weight", "patch_bias", "cls_token", "pos_embed", "norm_f", "head",
                                            "head_bias")}
     for i, L in enumerate(m2.layers):
         tensors.update({f"{i}.{n}": getattr(L, n) for n in ("norm", "conv_weight", "conv_bias", "conv_weight_b",
                                                             "conv_bias_b")})
     assert all(v is not None for v in tensors.values())
-    assert [k for k, v in tensors.items() if not is16(v)] == []
-    assert not is16(m.pos_embed) and not is16(m.layers[0].conv_weight_b)
+    assert [k for k, v in tensors.items() if not is_fp16_valued(v)] == []
+    assert not is_fp16_valued(m.pos_embed) and not is_fp16_valued(m.layers[0].conv_weight_b)
 
 
 def test_a_class_token_far_below_the_others_gets_its_own_scale():

@@ -389,12 +389,11 @@ def _float_note(path: Path) -> str:
 
 
 def _trt_notes(path: Path) -> list[str]:
-    """What TensorRT documents about the graph that is no placement violation (trt.int4_note)."""
     import onnx
 
-    from .trt import int4_note
+    from .trt import build_notes
 
-    return [n for n in [int4_note(onnx.load(str(path), load_external_data=False))] if n]
+    return build_notes(onnx.load(str(path), load_external_data=False))
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
@@ -420,15 +419,16 @@ def cmd_lint(args: argparse.Namespace) -> int:
     found = [(f, lint_file(f)) for f in files]
     notes = {f: _trt_notes(f) for f in files}
     everything = [{**v, "file": f.name} for f, vs in found for v in vs]
+    shared = sorted({n for ns in notes.values() for n in ns})  # the same note for each graph of an OUTDIR: once
     if args.json:
         print(json.dumps({"outdir": str(p), "files": [{"file": str(f), "violations": vs, "notes": notes[f]}
-                                                      for f, vs in found], "violations": everything}))
+                                                      for f, vs in found], "violations": everything, "notes": shared}))
     else:
         for v in everything:
             print(f"{v['file']}: {v['node']}: {v['rule']}: {v['message']}")
         for f, vs in found:
             print(f"{f}: {len(vs)} violation(s){_float_note(f)}", file=sys.stderr)
-        for n in sorted({n for ns in notes.values() for n in ns}):  # the same note for each graph of an OUTDIR: once
+        for n in shared:
             print(f"note: {n}", file=sys.stderr)
     return 1 if everything else 0
 

@@ -78,6 +78,12 @@ def int4_note(model) -> Optional[str]:
             "shows what it chose; a W8A8 recipe gives int8 GEMMs.")
 
 
+def build_notes(model) -> list[str]:
+    """What TensorRT documents about this graph that is no error and no placement violation: `build` warns with it
+    (a note with --dry-run), `lint` prints it."""
+    return [n for n in (int4_note(model),) if n]
+
+
 ENGINES = {"model": "model.engine", "prefill": "model.prefill.engine", "decode": "model.decode.engine"}
 # `mq-deploy build --validation-engine [--graph G]`'s default file names
 VALIDATION_ENGINES = {"model": "model.validate.engine", "prefill": "model.prefill.validate.engine",
@@ -529,7 +535,7 @@ class BuildPlan:
     profile: tuple = ()  # ((input, min, opt, max), ...) of every input of the graph (Shapes.profile)
     plugin_nodes: int = 0  # plugin nodes in the graph (the library is required when there are any)
     quantized: bool = False  # a QDQ graph (the manifest's quantization)
-    notes: tuple = ()  # what TensorRT documents about this graph that the user should know before building (int4_note)
+    notes: tuple = ()  # what TensorRT documents about this graph that the user should know before building
 
     def command_lines(self, trt_major: Optional[int] = None) -> dict[str, str]:
         return command_lines(self.onnx, self.engine, self.plugin_lib or LIB_PLACEHOLDER, int8=self.int8,
@@ -611,7 +617,7 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
                      timing_cache=timing_cache, vocab=vocab, input_name=name, fixed_dims=fixed,
                      strongly_typed=strongly_typed, mark=mark, fp32=fp32, hadamard_codes=codes, graph=graph,
                      profile=profile, plugin_nodes=sum(p["count"] for p in plugin_inventory(model)),
-                     quantized=manifest_quantized(manifest), notes=tuple(filter(None, [int4_note(model)])))
+                     quantized=manifest_quantized(manifest), notes=tuple(build_notes(model)))
 
 
 def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,

@@ -185,6 +185,7 @@ def stored_weight(b: GraphBuilder, name: str, a: np.ndarray) -> tuple[str, bool]
 
 
 def to_fp32(b: GraphBuilder, x: str, half: bool, name: str) -> str:
+    """`x` cast to fp32 by a node named `name`/to_fp32 where `half`, else `x` itself."""
     return b.op("Cast", [x], name=f"{name}/to_fp32", to=TensorProto.FLOAT) if half else x
 
 
@@ -202,8 +203,9 @@ def build_lm_graph(model: MambaModel, plan: Optional[GraphPlan] = None, *, with_
     plan = plan or GraphPlan.plain(c.n_layer)
     b = LMBuilder("mamba_lm", plan.quant)
     ids = b.input("input_ids", TensorProto.INT64, [BATCH, SEQ])
-    # an fp16 table is gathered from as stored and the rows cast (exact): TensorRT and onnxruntime fold a Cast of the
-    # whole table into an fp32 copy of it, which the tied head's Transpose then copies once more
+    # an fp16 table is gathered from as stored and the rows cast (exact): onnxruntime folds a Cast of the whole table
+    # into an fp32 copy of it (measured; TensorRT's constant folding is expected to do the same), which the tied
+    # head's Transpose then copies once more
     table, half = stored_weight(b, "embedding.weight", model.embedding)
     r = to_fp32(b, b.op("Gather", [table, ids], name="embed", axis=0), half, "embed")
     consts = {"split_xz": b.ints("split_xz", [c.d_inner, c.d_inner]),

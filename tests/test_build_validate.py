@@ -75,7 +75,7 @@ def mq_out(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def w4_out(tmp_path_factory):
-    """RTN W4A8 with int4 blocks of 64 (the bundled model's dt_proj, 12 rows, stays per channel)."""
+    """RTN W4A8 with int4 blocks of 64 (the bundled model's dt_proj, 12 rows, is int8 per channel)."""
     return _compile(tmp_path_factory.mktemp("bv") / "w4", "--recipe", "rtn-w4a8-b64", "--calib",
                     need(DATA_DIR / "text" / "wikitext2_val_sample.jsonl"), "--calib-samples", "2", "--calib-seq-len",
                     "32")
@@ -419,10 +419,13 @@ def test_int4_weights_are_said_to_be_weight_only_in_tensorrt(w4_out, w8_out, tmp
     """TensorRT documents INT4 as weight-only: a W4A8 OUTDIR's MatMuls are not int8 GEMMs there. build (dry run and
     real), and lint say so with the counts; a W8A8 OUTDIR gets no such note."""
     monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
-    expect = "32 MatMul weights are INT4 (24 in blocks of 64, 8 per channel) with int8 inputs"  # dt_proj: 12 rows
+    expect = "24 MatMul weights are INT4 (24 in blocks of 64) with int8 inputs"  # dt_proj (12 rows): int8
     assert main(["build", str(w4_out), "--dry-run"]) == 0
     io = capsys.readouterr()
     assert "--int8" in io.out and f"note: {expect}" in io.err and "not as int8 GEMMs" in io.err
+    assert "refuses per-channel INT4" not in io.err  # a -b64 recipe has no per-channel INT4 weight
+    q = json.loads((w4_out / "manifest.json").read_text())["quantization"]
+    assert q["weight_bits"] == 4 and q["int8_weights"] == sorted(f"layers.{i}.dt_proj" for i in range(8))
     assert main(["build", str(w8_out), "--dry-run"]) == 0
     assert "INT4" not in capsys.readouterr().err
     assert main(["lint", str(w4_out)]) == 0  # a note, not a placement violation

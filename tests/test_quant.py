@@ -258,12 +258,19 @@ def test_qdq_graphs_match_fake_quant_simulation(tiny, recipe):
         sim = simulate.forward(m2, plan, ids, follow={pt: outs[name] for pt, name in points.items()})
         assert rel_err(outs["logits"], sim) < 1e-5, recipe
     assert lint_model(graph) == [] and lint_model(lower_selective_scan(graph)) == []
-    if load_recipe(recipe).weights["block_size"]:  # d 96: x_proj / out_proj (K 192) blocked, the rest per channel
+    if load_recipe(recipe).weights["block_size"]:  # d 96: x_proj / out_proj (K 192) INT4 blocked, the rest int8
         blocked = {n.name.split("/")[1] for n in graph.graph.node if n.op_type == "DequantizeLinear"
                    and any(a.name == "block_size" and a.i == 64 for a in n.attribute)}
         assert blocked == {f"layers.{i}.{lin}" for i in range(2) for lin in ("x_proj", "out_proj")}
         qw, sc = plan.quant.weights["layers.0.x_proj"]
         assert qw.shape[0] == 192 and sc.shape == (3, qw.shape[1])
+        # per-channel INT4 is what TensorRT refuses: in_proj (K 96) and dt_proj (K = dt_rank 6) are int8 per channel
+        assert plan.quant.int8_weights == {f"layers.{i}.{lin}" for i in range(2) for lin in ("in_proj", "dt_proj")}
+        dtypes = {t.name: t.data_type for t in graph.graph.initializer}
+        for name, (qw, sc) in plan.quant.weights.items():
+            int8 = name in plan.quant.int8_weights
+            assert dtypes[f"{name}.weight_q"] == (onnx.TensorProto.INT8 if int8 else onnx.TensorProto.INT4), name
+            assert (np.abs(qw).max() > 8) == int8 and sc.ndim == (1 if int8 else 2), name
     n_q = sum(n.op_type == "QuantizeLinear" for n in graph.graph.node)
     n_w = sum(n.op_type == "DequantizeLinear" and n.input[0].endswith("weight_q") for n in graph.graph.node)
     assert n_w == 4 * 2 and n_q >= 6 * 2
@@ -334,6 +341,22 @@ def test_lint_flags_zero_activation_and_weight_scales():
     assert lint_model(graph(0.1, [0.1, 0.2, 0.3])) == []
     assert [(v["node"], v["rule"]) for v in lint_model(graph(0.0, [0.1, 0.2, 0.3]))] == [("x/Q", "act-qdq")]
     assert [(v["node"], v["rule"]) for v in lint_model(graph(0.1, [0.1, 0.0, 0.3]))] == [("w/DQ", "weight-dq")]
+
+
+def test_int4_note_names_per_channel_int4_only_where_there_is_some(tiny):
+    """The note TensorRT's INT4 rules get: a per-channel W4A8 graph is told a block-only TensorRT refuses it, a
+    blocked one (its unblockable linears int8) is not; W8A8 gets no note."""
+    from mq_deploy.trt import int4_note
+
+    m, windows, ids = tiny
+    notes = {}
+    for r in ("rtn-w4a8", "rtn-w4a8-b64", "rtn-w8a8"):
+        m2, plan, _ = prepare(m, load_recipe(r), windows, progress=False)
+        notes[r] = int4_note(build_lm_graph(m2, plan))
+    assert notes["rtn-w4a8"].startswith("8 MatMul weights are INT4 (8 per channel) with int8 inputs")
+    assert "refuses per-channel INT4 fails the build" in notes["rtn-w4a8"]
+    assert notes["rtn-w4a8-b64"].startswith("4 MatMul weights are INT4 (4 in blocks of 64) with int8 inputs")
+    assert "per-channel" not in notes["rtn-w4a8-b64"] and notes["rtn-w8a8"] is None
 
 
 def test_lint_blocked_int4_weights(tiny):

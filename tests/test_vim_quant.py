@@ -15,9 +15,9 @@ from mq_deploy.errors import UserError
 from mq_deploy.graph.lower import lower_selective_scan
 from mq_deploy.lint import lint_model
 from mq_deploy.ops import hadamard_op
-from mq_deploy.quant.qparams import fake_quant
+from mq_deploy.quant.qparams import fake_quant, quantize_weight
 from mq_deploy.recipes import load_recipe
-from mq_deploy.vision.graph import VimRunner, build_vim_graph, plain_plan
+from mq_deploy.vision.graph import OUTPUT, VimRunner, build_vim_graph, plain_plan
 from mq_deploy.vision import data as vdata
 from mq_deploy.vision.model import VimConfig, random_vim, to_state_dict
 from mq_deploy.vision.passes import run_vim_passes
@@ -252,3 +252,43 @@ def test_compile_vim_with_the_extras_and_lm_refusal(tmp_path):
         bad = tmp_path / "bad.yaml"
         bad.write_text(Path(rec.source).read_text().replace("cls_token: separate", "cls_token: own"))
         load_recipe(str(bad))
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_vim_recipe_with_int4_blocks(tmp_path, method):
+    """weights.block_size holds for Vim as for the language model (it was ignored): int4 in blocks of 64 where 64
+    divides the input size (in_proj K 64, x_proj / out_proj K 128), int8 per channel elsewhere (dt_proj, K =
+    dt_rank 4, both directions), so that no INT4 weight is per channel; the graph computes with those weights."""
+    cfg = VimConfig(d_model=64, depth=2, num_classes=6, img_size=12, patch_size=4, channels=3)
+    m = random_vim(cfg, seed=3)
+    imgs = np.random.default_rng(2).standard_normal((8, 3, 12, 12)).astype(np.float32)
+    p = tmp_path / "vim-b64.yaml"
+    p.write_text(f"name: vim-b64\nprecision: w4a8\nweights: {{bits: 4, method: {method}, block_size: 64}}\n"
+                 "activations: {bits: 8, method: percentile, percentile: 99.99}\npasses: []\n")
+    m2, plan, _ = prepare_vim(m, load_recipe(str(p)), imgs)
+    q = plan.quant
+    assert q.int8_weights == {f"layers.{i}.{lin}" for i in range(2) for lin in ("dt_proj", "dt_proj_b")}
+    for name, (qw, s) in q.weights.items():
+        if name in q.int8_weights:
+            assert s.shape == (qw.shape[1],) and np.abs(qw).max() > 8  # int8 codes, not int4
+        else:
+            assert s.shape == (qw.shape[0] // 64, qw.shape[1]) and np.abs(qw).max() <= 8
+    g = build_vim_graph(m2, plan)
+    assert lint_model(g) == []
+    inits = {t.name: t for t in g.graph.initializer}
+    dqs = {n.name.split("/")[1]: n for n in g.graph.node if n.op_type == "DequantizeLinear"
+           and n.input[0].endswith("weight_q")}
+    assert set(dqs) == set(q.weights)
+    for name, n in dqs.items():
+        bs = next((a.i for a in n.attribute if a.name == "block_size"), 0)
+        dtype = inits[n.input[0]].data_type
+        assert (bs, dtype) == ((0, onnx.TensorProto.INT8) if name in q.int8_weights else (64, onnx.TensorProto.INT4))
+    # the graph's logits are those of the weights it was given: replace one weight of two blocks by its per-channel
+    # quantization and the output moves
+    logits = VimRunner(g).run({"pixel_values": imgs})[OUTPUT]
+    other = copy.deepcopy(plan)
+    other.quant.weights["layers.0.out_proj"] = quantize_weight(m2.layers[0].out_proj.T, 4)
+    moved = VimRunner(build_vim_graph(m2, other)).run({"pixel_values": imgs})[OUTPUT]
+    assert np.abs(moved - logits).max() > 1e-4 * np.abs(logits).max()
+    fp = VimRunner(build_vim_graph(m, plain_plan(2))).run({"pixel_values": imgs})[OUTPUT]
+    assert np.abs(logits - fp).max() < 0.5 * np.abs(fp).max()

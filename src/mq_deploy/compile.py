@@ -481,7 +481,7 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
                 "act_scales": {k: float(v) for k, v in plan.quant.act_scales.items()},
                 # each point's tensor before its QuantizeLinear, in both graphs (`validate --simulate` follows them)
                 "points": {k: points[k] for k in plan.quant.act_scales if k in points},
-                "weights": sorted(plan.quant.weights)},
+                "weights": sorted(plan.quant.weights), "int8_weights": sorted(plan.quant.int8_weights)},
             "versions": _versions(),
             "io": io,
             "plugins": plugins,

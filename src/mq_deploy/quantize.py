@@ -22,8 +22,8 @@ from .graph.plan import ACT_POINTS, LINEARS, GraphPlan, QuantSpec, point
 from .memory import release
 from .model import MambaModel
 from .passes import REGISTRY, run_passes
-from .quant.gptq import gptq_quantize
-from .quant.qparams import act_scale, quantize_weight
+from .quant.linear import quantize_linear
+from .quant.qparams import act_scale
 from .quant.qparams import round_fp16 as round_fp16_weight
 from .recipes import Recipe
 
@@ -121,20 +121,16 @@ def prepare(model: MambaModel, recipe: Recipe, windows: Optional[np.ndarray], *,
     q = QuantSpec(weight_bits=wcfg["bits"], act_bits=acfg["bits"])
     bs = wcfg.get("block_size", 0)
     log(f"quantizing weights ({wcfg['method']}, int{wcfg['bits']} per "
-        + (f"block of {bs} input rows per output channel" if bs else "output channel") + ")")
+        + (f"block of {bs} input rows per output channel; int8 per channel where {bs} does not divide the input size"
+           if bs else "output channel") + ")")
     from tqdm import tqdm
 
     for i, L in enumerate(tqdm(model.layers, desc="quantizing weights", unit="layer", disable=not progress,
                                leave=not sys.stderr.isatty())):  # GPTQ: seconds a layer on a large model
         for lin in LINEARS:
             name = f"layers.{i}.{lin}"
-            w = getattr(L, lin).T
-            block = bs if bs and w.shape[0] % bs == 0 else 0  # e.g. dt_proj (K = dt_rank) stays per channel
-            if wcfg["method"] == "gptq":
-                q.weights[name] = gptq_quantize(w, stats1.cov(f"{name}.input"), wcfg["bits"],
-                                                clip_search=wcfg["clip_search"], block=block)
-            else:
-                q.weights[name] = quantize_weight(w, wcfg["bits"], wcfg["clip_search"], block=block)
+            quantize_linear(q, name, getattr(L, lin).T, wcfg,
+                            stats1.cov(f"{name}.input") if wcfg["method"] == "gptq" else None)
     for i in range(n):
         for ap in ACT_POINTS:
             pt = point(i, ap)

@@ -20,7 +20,8 @@ PRECISIONS = ("fp32", "fp16", "w8a8", "w4a8")
 _KEYS = {"name", "description", "precision", "passes", "weights", "activations", "calibration"}
 _SECTIONS = {
     # block_size: 0 = one scale per output channel; n > 0 (INT4 only) = one per n input rows of each output
-    # channel (opset-21 blocked DequantizeLinear); linears whose input size n does not divide keep per-channel
+    # channel (opset-21 blocked DequantizeLinear); linears whose input size n does not divide are int8 per channel
+    # (TensorRT takes INT4 in blocks of 64 / 128 only; `quant/linear.py`)
     "weights": {"bits": (int, 8), "method": (str, "rtn"), "clip_search": (bool, False), "block_size": (int, 0)},
     # cls_token (Vim): "separate" gives the class token its own scale at the linear inputs where its range
     # differs from the patch tokens' (larger, or less than half); "shared": one scale per tensor

@@ -87,7 +87,7 @@ def build_report(model: MambaModel, plan: GraphPlan, before: Optional[Stats], af
                 if name in q.weights:
                     qw, s = q.weights[name]
                     w = getattr(model.layers[i], lin).T
-                    kind = f"int{q.weight_bits} per " + (f"block of {qw.shape[0] // s.shape[0]}" if s.ndim == 2 else "channel")
+                    kind = f"int{q.bits(name)} per " + (f"block of {qw.shape[0] // s.shape[0]}" if s.ndim == 2 else "channel")
                     rows.append((name + ".weight", kind, float(s.max()), float(np.abs(w).max()),
                                  sqnr_db(w, qw.astype(np.float32) * expand_scales(s, qw.shape[0]))))
     if rows:

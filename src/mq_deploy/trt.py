@@ -73,8 +73,9 @@ def int4_note(model) -> Optional[str]:
     return (f"{sum(kinds.values())} MatMul weights are INT4 ({how}) with int8 inputs (a W4A8 recipe). TensorRT "
             "documents INT4 as weight-only quantization (its recent guides: block scales of 64 or 128 only), so "
             "expect these MatMuls to run in floating point with their int8 inputs quantized and dequantized around "
-            "them, not as int8 GEMMs: the engine is not expected to be faster than a W8A8 one, and a TensorRT that "
-            "refuses per-channel INT4 fails the build. `trtexec --profilingVerbosity=detailed --dumpLayerInfo` "
+            "them, not as int8 GEMMs: the engine is not expected to be faster than a W8A8 one"
+            + (", and a TensorRT that refuses per-channel INT4 fails the build (a `-b64` recipe has none)"
+               if "per channel" in kinds else "") + ". `trtexec --profilingVerbosity=detailed --dumpLayerInfo` "
             "shows what it chose; a W8A8 recipe gives int8 GEMMs.")
 
 

@@ -72,7 +72,7 @@ class LMBuilder(GraphBuilder):
         if q is None or name not in q.weights:
             return self.const(f"{name}.weight", w_in_out)
         qw, scale = q.weights[name]
-        if q.weight_bits == 4:
+        if q.bits(name) == 4:
             t = helper.make_tensor(f"{name}.weight_q", TensorProto.INT4, qw.shape, pack_int4(qw), raw=True)
             self._used.add(t.name)
             self.initializers.append(t)

@@ -52,11 +52,19 @@ class QuantSpec:
     weight_bits: int = 8
     act_bits: int = 8
     act_scales: dict = field(default_factory=dict)  # point -> float scale
-    weights: dict = field(default_factory=dict)  # "layers.i.<linear>" -> (q int array [in, out], scale [out])
+    # "layers.i.<linear>" -> (q int array [in, out], scale [out], or [in / block, out] with weights.block_size)
+    weights: dict = field(default_factory=dict)
+    # linears quantized to int8 per channel in an INT4 recipe: with weights.block_size, those whose input size the
+    # block does not divide (TensorRT takes INT4 in blocks of 64 / 128 only), e.g. dt_proj (K = dt_rank)
+    int8_weights: set = field(default_factory=set)
     # point -> (token index, scale): that one token quantized with its own scale (Vim's class token), the
     # others with act_scales[point]; only at linear inputs (the graph rescales the token's row around the MatMul)
     token_scales: dict = field(default_factory=dict)
     fp16_other: bool = True  # conv, embedding, lm_head, norms rounded to fp16 (deployed in fp16)
+
+    def bits(self, name: str) -> int:
+        """The integer width of weight `name`."""
+        return 8 if name in self.int8_weights else self.weight_bits
 
 
 @dataclass

@@ -106,6 +106,7 @@ def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force
             "calibration": calib_info,
             "quantization": None if not quantized else {
                 "weight_bits": plan.quant.weight_bits, "act_bits": plan.quant.act_bits,
+                "int8_weights": sorted(plan.quant.int8_weights),
                 "act_scales": {k: float(v) for k, v in plan.quant.act_scales.items()},
                 "token_scales": {k: {"token": int(t), "scale": float(v)} for k, (t, v) in plan.quant.token_scales.items()}},
             "versions": _versions(),

@@ -16,8 +16,8 @@ from ..calibrate import Stats, collect
 from ..graph.plan import GraphPlan, QuantSpec, point
 from ..passes import REGISTRY
 from ..quant.qparams import round_fp16 as round_fp16_weight
-from ..quant.gptq import gptq_quantize
-from ..quant.qparams import act_scale, quantize_weight
+from ..quant.linear import quantize_linear
+from ..quant.qparams import act_scale
 from ..recipes import Recipe
 from .graph import ACT_POINTS, LINEARS, VimRunner, build_vim_graph, plain_plan
 from .model import VimModel
@@ -101,11 +101,7 @@ def prepare_vim(model: VimModel, recipe: Recipe, images: Optional[np.ndarray], *
     for i, L in enumerate(model.layers):
         for lin in LINEARS:
             name = f"layers.{i}.{lin}"
-            w = getattr(L, lin).T
-            if wcfg["method"] == "gptq":
-                q.weights[name] = gptq_quantize(w, st.cov(f"{name}.input"), wcfg["bits"], clip_search=wcfg["clip_search"])
-            else:
-                q.weights[name] = quantize_weight(w, wcfg["bits"], wcfg["clip_search"])
+            quantize_linear(q, name, getattr(L, lin).T, wcfg, st.cov(f"{name}.input") if wcfg["method"] == "gptq" else None)
         for ap in ACT_POINTS:
             pt = point(i, ap)
             if ap.startswith("scan") and not acfg["scan_inputs"]:  # scan.* and scan_b.*

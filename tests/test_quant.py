@@ -156,6 +156,7 @@ def test_bad_recipes(tmp_path):
         "name: x\nprecision: w8a8\nweights: {bits: 4}\n": "weights.bits",
         "name: x\nprecision: w8a8\nweights: {bits: 8, block_size: 64}\n": "block_size",
         "name: x\nprecision: w4a8\nweights: {bits: 4, block_size: 33}\n": "block_size",
+        "name: x\nprecision: w4a8\nweights: {bits: 4, method: rtn, act_order: true}\n": "act_order applies to method gptq",
         "name: x\nprecision: fp32\nextra: 1\n": "unknown keys",
     }
     for text, msg in cases.items():
@@ -474,6 +475,33 @@ def test_gptq_matches_the_unbatched_reference():
     q_ref, s_ref = _gptq_reference(w, H, 4)
     np.testing.assert_allclose(s, s_ref, rtol=1e-6)
     assert np.mean(q == q_ref) > 0.999
+
+
+# act_order: GPTQ on the input rows sorted by decreasing diag(H), the codes put back in the original order; the
+# scales (per channel, or the static blocks of the original rows) are unchanged
+def test_gptq_act_order_is_gptq_on_the_sorted_rows():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((3000, 200)) @ rng.standard_normal((200, 200))
+    X[:, rng.choice(200, 6, replace=False)] *= 25.0  # a few outlier channels, not first
+    w = rng.standard_normal((200, 16)).astype(np.float32)
+    H = X.T @ X / len(X)
+    order = np.argsort(-np.diag(H), kind="stable")
+    assert not np.array_equal(order, np.arange(200))
+    q, s = gptq_quantize(w, H, 4, clip_search=False, act_order=True)
+    q_sorted, s_ref = _gptq_reference(w[order], H[np.ix_(order, order)], 4)
+    np.testing.assert_allclose(s, s_ref, rtol=1e-6)
+    assert np.mean(q[order] == q_sorted) > 0.999
+    err = lambda q, s: np.mean((X @ (q * expand_scales(s, 200)) - X @ w) ** 2)  # noqa: E731
+    q0, s0 = gptq_quantize(w, H, 4, clip_search=False)
+    assert err(q, s) < 0.6 * err(q0, s0)
+    # blocks: each row keeps the scale of its own (original) block of 64
+    qb, sb = gptq_quantize(w[:192], H[:192, :192], 4, clip_search=False, block=64, act_order=True)
+    q0b, s0b = gptq_quantize(w[:192], H[:192, :192], 4, clip_search=False, block=64)
+    np.testing.assert_array_equal(sb, s0b)
+    assert sb.shape == (3, 16) and np.abs(qb).max() <= 8
+    Xb = X[:, :192]
+    errb = lambda q, s: np.mean((Xb @ (q * expand_scales(s, 192)) - Xb @ w[:192]) ** 2)  # noqa: E731
+    assert errb(qb, sb) < 0.8 * errb(q0b, s0b)
 
 
 # the MSE search picks the clip of its grid whose fake-quant error is least

@@ -22,7 +22,9 @@ _SECTIONS = {
     # block_size: 0 = one scale per output channel; n > 0 (INT4 only) = one per n input rows of each output
     # channel (opset-21 blocked DequantizeLinear); linears whose input size n does not divide are int8 per channel
     # (TensorRT takes INT4 in blocks of 64 / 128 only; `quant/linear.py`)
-    "weights": {"bits": (int, 8), "method": (str, "rtn"), "clip_search": (bool, False), "block_size": (int, 0)},
+    # act_order (GPTQ): input rows quantized in order of decreasing calibration energy diag(XᵀX), scales unchanged
+    "weights": {"bits": (int, 8), "method": (str, "rtn"), "clip_search": (bool, False), "block_size": (int, 0),
+                "act_order": (bool, False)},
     # cls_token (Vim): "separate" gives the class token its own scale at the linear inputs where its range
     # differs from the patch tokens' (larger, or less than half); "shared": one scale per tensor
     "activations": {"bits": (int, 8), "method": (str, "percentile"), "percentile": (float, 99.99),
@@ -129,6 +131,8 @@ def _parse(raw, origin: str) -> Recipe:
     bs = sections["weights"]["block_size"]
     if bs < 0 or (bs and (sections["weights"]["bits"] != 4 or bs % 2)):
         raise UserError(f"recipe {origin}: weights.block_size must be 0 (per channel) or an even size with bits 4")
+    if sections["weights"]["act_order"] and sections["weights"]["method"] != "gptq":
+        raise UserError(f"recipe {origin}: weights.act_order applies to method gptq only")
     if precision in ("w8a8", "w4a8") and sections["weights"]["bits"] != int(precision[1]):
         raise UserError(f"recipe {origin}: precision {precision} but weights.bits is {sections['weights']['bits']}")
     parsed = []

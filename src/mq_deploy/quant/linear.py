@@ -21,6 +21,7 @@ def quantize_linear(q: QuantSpec, name: str, w_in_out: np.ndarray, wcfg: dict, H
         bits, block = 8, 0
         q.int8_weights.add(name)
     if wcfg["method"] == "gptq":
-        q.weights[name] = gptq_quantize(w_in_out, H, bits, clip_search=wcfg["clip_search"], block=block)
+        q.weights[name] = gptq_quantize(w_in_out, H, bits, clip_search=wcfg["clip_search"], block=block,
+                                        act_order=wcfg.get("act_order", False))
     else:
         q.weights[name] = quantize_weight(w_in_out, bits, wcfg["clip_search"], block=block)

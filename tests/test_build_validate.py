@@ -997,6 +997,23 @@ def test_validate_quantized_with_simulation(w8_out, no_tensorrt, capsys):
     assert "engine comparison skipped" in rep["skipped"][0]["reason"]
 
 
+def test_validate_simulate_of_a_w4_b64_outdir_and_one_from_before_the_int8_rule(w4_out, no_tensorrt, tmp_path, capsys):
+    """The blocked W4A8 OUTDIR simulates to fp32 rounding (its dt_proj int8); one compiled before dt_proj became
+    int8 (a manifest without int8_weights) is refused by --simulate, naming why, not reported as a mismatch."""
+    assert main(["validate", str(w4_out), "-q", "--json", "--simulate"]) == 0
+    f = _pairs(json.loads(capsys.readouterr().out))[("simulation~", "portable")]
+    assert f["max_rel"] < 1e-5 and f["ok"]
+    old = tmp_path / "old"
+    shutil.copytree(w4_out, old)
+    man = json.loads((old / "manifest.json").read_text())
+    del man["quantization"]["int8_weights"]
+    (old / "manifest.json").write_text(json.dumps(man))
+    assert main(["validate", str(old), "-q", "--simulate"]) == 2
+    err = capsys.readouterr().err
+    assert "quantizes layers.0.dt_proj, layers.1.dt_proj ... to int8 where" in err and "has none" in err
+    assert "compiled by an older mq-deploy" in err
+
+
 def test_validate_without_polygraphy_gives_the_same_numbers(w8_out, monkeypatch):
     a = mval.validate(w8_out, use_polygraphy=False)
     assert a.runner == "numpy"

@@ -233,6 +233,14 @@ def _rederive(manifest: dict, outdir: Path, model_dir: Optional[str], calib: Opt
             raise UserError(f"re-derived activation scales differ from {outdir}/manifest.json at {bad[:3] or 'the set'}: "
                             "this mq-deploy's calibration does not reproduce the compile's (the OUTDIR was made by "
                             "other mq-deploy code?); recompile it, or validate without --simulate")
+        # which linears are int8 in an INT4 recipe (since 2026-12-01 with block_size: those the block does not
+        # divide, before: none); older manifests do not say, and mean none
+        got8, want8 = sorted(plan.quant.int8_weights), q.get("int8_weights", [])
+        if got8 != want8:
+            raise UserError(f"this mq-deploy quantizes {', '.join(got8[:2]) or 'no weight'}{' ...' if len(got8) > 2 else ''} "
+                            f"to int8 where {outdir} has {', '.join(want8[:2]) or 'none'}{' ...' if len(want8) > 2 else ''}"
+                            " (its manifest.json's quantization.int8_weights): it was compiled by an older mq-deploy; "
+                            "recompile it, or validate without --simulate")
     return model, plan
 
 

@@ -266,22 +266,22 @@ class _FakeTRT(types.ModuleType):
                 return self.data or b"cache"
 
         class Config:
-            def set_memory_pool_limit(self, *a):
-                pass
+            def set_memory_pool_limit(self, pool, size):
+                fake.log.setdefault("memory_pools", []).append((_n(pool), size))
 
             def set_flag(self, f):
                 fake.log.setdefault("flags", []).append(_n(f))
 
             def add_optimization_profile(self, p):
-                pass
+                fake.log["profiles_added"] = fake.log.get("profiles_added", 0) + 1
 
             def create_timing_cache(self, data):  # None for a file TensorRT cannot read
                 return None if data == b"corrupt" or fake.no_cache else Cache(data)
 
-            def set_timing_cache(self, c, ignore_mismatch):  # False for a cache from another device
+            def set_timing_cache(self, c, ignore_mismatch):  # False for a cache from another device, unless ignored
                 assert c is not None
                 self.cache = c
-                return c.data != b"foreign"
+                return bool(ignore_mismatch) or c.data != b"foreign"
 
             def get_timing_cache(self):
                 return self.cache
@@ -377,7 +377,7 @@ class _FakeTRT(types.ModuleType):
         self.Builder, self.OnnxParser = Builder, Parser
 
     def init_libnvinfer_plugins(self, logger, ns):
-        pass
+        self.log["nvinfer_plugins"] = ns  # TensorRT's own plugins registered (before the ONNX parser needs them)
 
     def report(self, monitor) -> bool:
         """The progress callbacks of a build as TensorRT makes them (here from run_build's worker thread): steps
@@ -840,6 +840,93 @@ def test_build_strongly_typed_on_tensorrt_11(w8_out, tmp_path, monkeypatch, caps
     assert log["network_flags"] == (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if member else 0)
     assert "flags" not in log
     assert "equivalent: trtexec" in cap.err and "--stronglyTyped" not in cap.err  # the 11 line needs no option
+
+
+def _tiny_onnx(path: Path, node: str = "copy", op: str = "Identity", out: str = "ids") -> Path:
+    """A one-node graph of input_ids [batch, sequence] (what build_engine parses; no plugin nodes)."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input_ids", TensorProto.FLOAT, ["batch", "sequence"])
+    y = helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", "sequence"])
+    ins = ["input_ids"] * (2 if op == "Mul" else 1)
+    graph = helper.make_graph([helper.make_node(op, ins, [out], name=node)], "g", [x], [y])
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+@pytest.mark.parametrize("major", [10, 11])
+def test_build_engine_asks_tensorrt_for_its_plugins_workspace_and_one_profile(tmp_path, monkeypatch, major):
+    """TensorRT's own plugins registered, the workspace asked (in bytes), the optimization profile of min / opt / max
+    added to the builder config (a profile that is set but not added is no profile at all)."""
+    fake = _FakeTRT(log := {})
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(fake, major))
+    model = _tiny_onnx(tmp_path / "model.onnx")
+    engine = tmp_path / "m.engine"
+    assert mtrt.build_engine(str(model), str(engine), shapes=mtrt.Shapes((1, 2), (3, 64), (4, 512))) == str(engine)
+    assert engine.read_bytes() == b"ENGINE" and "nvinfer_plugins" in log
+    assert log["memory_pools"] == [("WORKSPACE", 4 << 30)]  # the default 4 GiB
+    assert log["profiles_added"] == 1 and log["profile"] == ("input_ids", (1, 2), (3, 64), (4, 512))
+    log.clear()
+    mtrt.build_engine(str(model), str(engine), workspace_gib=0.5)
+    assert log["memory_pools"] == [("WORKSPACE", 1 << 29)] and log["profiles_added"] == 1
+    assert log["profile"] == ("input_ids", (1, 1), (1, 512), (8, 4096))  # Shapes()' defaults
+
+
+def test_build_engine_fp16_on_a_tensorrt_without_the_flag(tmp_path, monkeypatch):
+    """--fp16 where TensorRT has no FP16 builder flag (11: strongly typed only): one error before the builder is made
+    (the CLI refuses it earlier, with the command lines; build_engine on its own as well)."""
+    fake = _FakeTRT(log := {})
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(fake, 11))
+    model = _tiny_onnx(tmp_path / "model.onnx")
+    with pytest.raises(UserError, match="TensorRT 11.* has no FP16 builder flag"):
+        mtrt.build_engine(str(model), str(tmp_path / "m.engine"), fp16=True)
+    assert "network_flags" not in log and not (tmp_path / "m.engine").exists()
+
+
+def test_build_engine_replaces_the_engine_and_timing_cache_it_does_not_overwrite_them(tmp_path, monkeypatch):
+    """The engine and the timing cache are written beside and renamed over the old files: a process still reading the
+    old engine (generate, validate) or cache (a concurrent build) keeps the old bytes, never a half-written file."""
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT({})))
+    model = _tiny_onnx(tmp_path / "model.onnx")
+    engine, cache = tmp_path / "m.engine", tmp_path / "timing.cache"
+    engine.write_bytes(b"OLD ENGINE")
+    cache.write_bytes(b"OLD CACHE")
+    for f in (engine, cache):  # (the old files' inodes, as an open reader holds them)
+        os.link(f, tmp_path / f"held-{f.name}")
+    mtrt.build_engine(str(model), str(engine), timing_cache=str(cache))
+    assert engine.read_bytes() == b"ENGINE" and (tmp_path / "held-m.engine").read_bytes() == b"OLD ENGINE"
+    for f in (engine, cache):
+        assert f.stat().st_ino != (tmp_path / f"held-{f.name}").stat().st_ino, f  # a new file, not the old rewritten
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["held-m.engine", "held-timing.cache", "m.engine",
+                                                          "model.onnx", "timing.cache"]  # no temporary left
+
+
+def test_build_outdir_keeps_the_rms_norm_tensors_in_fp32_by_tensor_name(tmp_path, monkeypatch, capsys):
+    """plan.fp32 holds (layer, tensor) pairs; TensorRT's network is searched by tensor name (the parser names a layer's
+    outputs as the ONNX node's outputs), which need not be the node's name."""
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT(log := {})))
+    model = _tiny_onnx(tmp_path / "model.onnx", node="norm/sq", op="Mul", out="norm/sq_out")
+    plan = mtrt.BuildPlan(onnx=str(model), engine=str(tmp_path / "m.engine"), plugin_lib=None, int8=False, fp16=True,
+                          shapes=mtrt.Shapes(), timing_cache=None, vocab=None, fp32=(("norm/sq", "norm/sq_out"),))
+    said = []
+    assert mtrt.build_outdir(plan, log=said.append) == str(tmp_path / "m.engine")
+    assert log["fp32"] == ["norm/sq_out"] and log["flags"] == ["FP16", "PREFER_PRECISION_CONSTRAINTS"]
+    assert "FP16: the 1 RMSNorm layers stay fp32 (their squares overflow fp16)" in said
+
+
+def test_rms_norm_layers_are_pinned_to_fp32_only_under_fp16(w8_out, tmp_path, monkeypatch, capsys):
+    """Without --fp16 no layer is constrained (TensorRT runs them in fp32 anyway) and the build says nothing of it;
+    with --fp16 every RMSNorm layer is kept fp32."""
+    plain, half = (mtrt.plan_build(w8_out, require_plugin_lib=False, fp16=f) for f in (False, True))
+    norms = rms_norm_nodes(onnx.load(str(w8_out / "model.onnx"), load_external_data=False))
+    assert plain.fp32 == () and half.fp32 == tuple((n.name, n.output[0]) for n in norms) and len(norms) == 5 * 9
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt(_FakeTRT(log := {})))
+    lib = tmp_path / "libmq_trt_plugins.so"
+    lib.write_bytes(b"")
+    rc = main(["build", str(w8_out), "--plugins", str(lib), "-o", str(tmp_path / "m.engine")])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "RMSNorm" not in cap.err and "fp32" not in log and "--layerPrecisions" not in cap.err
 
 
 def test_build_strongly_typed_needs_the_creation_flag():

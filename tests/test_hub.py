@@ -234,6 +234,8 @@ REFUSED_BEFORE_ASKING = ("mambaquant-w9a9", "rtn-w9a9", "calibration file not fo
     (("compile", "acme/gated"), {}, "acme/gated is gated on the Hugging Face Hub"),
     (("compile", "--tokenizer", "acme/no-tok"), {}, "acme/no-tok on the Hugging Face Hub has no tokenizer.json"),
     (("compile", "--tokenizer", "acme/nope"), {}, "tokenizer acme/nope: not a local path"),
+    (("compile", "--tokenizer", "acme/tok"), {"HF_HUB_OFFLINE": "1"},
+     "tokenizer acme/tok is not in the Hugging Face cache, and HF_HUB_OFFLINE is set"),
     # refused before any download
     (("compile", "acme/tiny-mamba", "--recipe", "mambaquant-w9a9"), {}, "mambaquant-w9a9"),
     (("compare", "acme/tiny-mamba", "--recipes", "fp32,rtn-w9a9"), {}, "rtn-w9a9"),
@@ -404,3 +406,101 @@ def test_which_failures_a_rerun_mends():
     with pytest.raises(OSError, match="failed .*FileMetadataError: no etag.*run the command again"), \
             hub._hub_errors("model", "acme/m", None):
         raise e.FileMetadataError("no etag")
+
+
+def test_a_dot_segment_is_no_revision():
+    """A revision with a `.` or `..` segment (a path, not a branch, tag or commit) is refused before the Hub is asked."""
+    for spec in ("acme/m@./x", "acme/m@x/.", "acme/m@.", "acme/m@../x", "acme/m@a//b"):
+        with pytest.raises(UserError, match="not a valid revision"):
+            hub._repo_revision(spec)
+    assert hub._repo_revision("acme/m@refs/pr/3") == ("acme/m", "refs/pr/3")
+    assert hub._repo_revision("acme/m@v1.0") == ("acme/m", "v1.0")
+
+
+def test_origin_of_a_snapshot_reached_through_a_link(tmp_path):
+    """A link to a cache snapshot (or a path through one) is still that snapshot: its repository and commit."""
+    snap = tmp_path / "hub" / "models--acme--tiny-mamba" / "snapshots" / ("cd" * 20)
+    snap.mkdir(parents=True)
+    (tmp_path / "ckpt").symlink_to(snap)
+    assert hub.origin(tmp_path / "ckpt") == {"repo": "acme/tiny-mamba", "revision": "cd" * 20}
+    assert hub.origin(snap / ".." / ("cd" * 20)) == {"repo": "acme/tiny-mamba", "revision": "cd" * 20}
+
+
+@pytest.mark.parametrize("status, served", [(401, False), (403, False), (500, True), (503, True)])
+def test_a_refusal_is_not_hidden_by_the_cache_a_server_error_is(monkeypatch, status, served):
+    """The Hub refusing access (401 / 403) answers the request: one UserError, though a copy is cached; a server error
+    (5xx) is a failed transfer: the cached snapshot serves, with a warning."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub import errors as e
+
+    httpx = pytest.importorskip("httpx2" if importlib.util.find_spec("httpx2") else "httpx")
+
+    def model_info(self, repo, **kw):
+        resp = httpx.Response(status, request=httpx.Request("GET", f"https://hub.invalid/api/models/{repo}"))
+        raise e.HfHubHTTPError(f"{status} from the stand-in", response=resp)
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(hub, "_cached", lambda repo, revision: "/cache/models--acme--m/snapshots/x")
+    warned = []
+    if served:
+        assert hub.fetch_model("acme/m", warn=warned.append) == "/cache/models--acme--m/snapshots/x"
+        assert len(warned) == 1 and f"did not answer (HfHubHTTPError: {status} from the stand-in)" in warned[0]
+    else:
+        with pytest.raises(UserError, match=rf"the Hugging Face Hub refused access to acme/m \({status}\)"):
+            hub.fetch_model("acme/m", warn=warned.append)
+        assert warned == []
+
+
+def test_a_quiet_fetch_leaves_the_progress_bars_as_they_were():
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was = are_progress_bars_disabled()
+    try:
+        enable_progress_bars()
+        with hub._progress(quiet=True):
+            assert are_progress_bars_disabled()
+        assert not are_progress_bars_disabled()  # back on
+        disable_progress_bars()  # off already (HF_HUB_DISABLE_PROGRESS_BARS, or the caller's choice)
+        with hub._progress(quiet=True):
+            pass
+        assert are_progress_bars_disabled()  # still off
+    finally:
+        (disable_progress_bars if was else enable_progress_bars)()
+
+
+def test_vim_weight_choice_is_one_file():
+    """A Vim repository holding model.safetensors and pytorch_model.bin costs one of them, as a Mamba one does."""
+    vim = {"model_type": "vim"}
+    assert hub._weights("a/b", vim, {"config.json", "model.safetensors", "pytorch_model.bin"}) == ["model.safetensors"]
+    assert hub._weights("a/b", vim, {"config.json", "pytorch_model.bin", "vim_t.pth"}) == ["pytorch_model.bin"]
+
+
+def test_a_config_that_is_no_object_is_one_error(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text("[1, 2]")
+    with pytest.raises(UserError, match="acme/m: config.json must hold a JSON object"):
+        hub._read_json(str(cfg), "acme/m: config.json")
+
+
+def test_files_fetched_at_the_commit_the_revision_names(fake_hub, tmp_path):
+    """config.json at the revision asked (the cache then maps that tag to its commit), the other files at that commit
+    (a branch or tag may move between two downloads); a file already in the snapshot is not said to be downloaded."""
+    env = hub_env(fake_hub, tmp_path / "cache")
+    code = ("from mq_deploy import hub\n"
+            "for _ in range(2):\n"
+            "    print(hub.fetch_model('acme/tiny-mamba@v1', log=lambda s: print('log:', s, flush=True)))\n")
+    n = len(fake_hub.requests)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    sha = fake_hub.sha["acme/tiny-mamba"]
+    gets = [p for m, p in fake_hub.requests[n:] if m == "GET" and "/resolve/" in p]
+    assert gets == ["/acme/tiny-mamba/resolve/v1/config.json", f"/acme/tiny-mamba/resolve/{sha}/tokenizer.json",
+                    f"/acme/tiny-mamba/resolve/{sha}/model.safetensors"], gets
+    files = fake_hub.repos["acme/tiny-mamba"]
+    said = [ln for ln in r.stdout.splitlines() if ln.startswith("log: downloading ")]
+    assert said == [f"log: downloading acme/tiny-mamba: {f} ({len(files[f]) / 1e6:.1f} MB)"
+                    for f in ("tokenizer.json", "model.safetensors")], r.stdout  # the first time only
+    snap = tmp_path / "cache" / "models--acme--tiny-mamba" / "snapshots" / sha
+    assert r.stdout.splitlines()[-1] == str(snap)

@@ -280,6 +280,25 @@ def test_plugin_library_tensorrt_cannot_load(no_loaded_libs):
         mtrt.load_plugins(trt, trt.Logger(), "/x/libmq_trt_plugins.so")
 
 
+def test_a_library_is_loaded_once_whatever_it_registers(no_loaded_libs):
+    """A library TensorRT loaded that registers no SelectiveScan creator (another plugin library, or another build
+    of ours): once per process all the same, since loadLibrary of a library already loaded returns null (its plugins
+    are registered): a second build or validate in the process is not refused."""
+    trt, reg = _fake_trt()
+
+    def load_library(path):
+        reg.loads.append(path)
+        if ("Other", "1", "") in reg.creators:
+            return None
+        reg.creators.add(("Other", "1", ""))
+        return object()
+
+    reg.load_library = load_library
+    for _ in range(2):
+        mtrt.load_plugins(trt, trt.Logger(), "/x/libother_plugins.so")
+    assert reg.loads == ["/x/libother_plugins.so"]
+
+
 def test_atomic_write_syncs_before_the_rename(tmp_path, monkeypatch):
     calls, fsync, replace = [], os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), fsync(fd))[1])

@@ -237,10 +237,12 @@ def _rederive(manifest: dict, outdir: Path, model_dir: Optional[str], calib: Opt
         # divide, before: none); older manifests do not say, and mean none
         got8, want8 = sorted(plan.quant.int8_weights), q.get("int8_weights", [])
         if got8 != want8:
-            raise UserError(f"this mq-deploy quantizes {', '.join(got8[:2]) or 'no weight'}{' ...' if len(got8) > 2 else ''} "
-                            f"to int8 where {outdir} has {', '.join(want8[:2]) or 'none'}{' ...' if len(want8) > 2 else ''}"
-                            " (its manifest.json's quantization.int8_weights): it was compiled by an older mq-deploy; "
-                            "recompile it, or validate without --simulate")
+            def few(names: list, none: str) -> str:
+                return ", ".join(names[:2]) + (" ..." if len(names) > 2 else "") if names else none
+
+            raise UserError(f"this mq-deploy quantizes {few(got8, 'no weight')} to int8 where {outdir} has "
+                            f"{few(want8, 'none')} (its manifest.json's quantization.int8_weights): it was compiled by "
+                            "an older mq-deploy; recompile it, or validate without --simulate")
     return model, plan
 
 

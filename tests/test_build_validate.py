@@ -81,6 +81,12 @@ def w4_out(tmp_path_factory):
                     "32")
 
 
+@pytest.fixture(scope="module")
+def w16_out(tmp_path_factory):
+    """RTN W4A16 (weight-only) of the bundled model: compiled without calibration text (none is read)."""
+    return _compile(tmp_path_factory.mktemp("bv") / "w16", "--recipe", "rtn-w4a16")
+
+
 @pytest.fixture
 def no_tensorrt(monkeypatch):
     real_import = builtins.__import__
@@ -1099,6 +1105,35 @@ def test_validate_simulate_of_a_w4_b64_outdir_and_one_from_before_the_int8_rule(
     err = capsys.readouterr().err
     assert "quantizes layers.0.dt_proj, layers.1.dt_proj ... to int8 where" in err and "has none" in err
     assert "compiled by an older mq-deploy" in err
+
+
+def test_weight_only_outdir_validates_and_builds_as_float_activations(w16_out, w4_out, no_tensorrt, capsys):
+    """W4A16: no QuantizeLinear, so validate holds its graphs and simulation to fp32 rounding (as a float recipe;
+    a W4A8 OUTDIR's direct rows are reported only), the engine to ENGINE_TOL, a validation engine is refused, and
+    build keeps INT8 on for the weights' Q/DQ with the weight-only note."""
+    man = json.loads((w16_out / "manifest.json").read_text())
+    q = man["quantization"]
+    assert man["calibration"] is None and q["act_bits"] is None and q["act_scales"] == {}
+    assert q["int8_weights"] == [f"layers.{i}.dt_proj" for i in range(8)]
+    assert mtrt.manifest_quantized(man) and not mtrt.manifest_act_quantized(man)
+    assert mtrt.manifest_act_quantized(json.loads((w4_out / "manifest.json").read_text()))
+    assert main(["validate", str(w16_out), "-q", "--json", "--simulate"]) == 0
+    rows = _pairs(json.loads(capsys.readouterr().out))
+    for pair in (("portable", "plugin"), ("simulation", "portable"), ("simulation", "plugin")):
+        assert rows[pair]["limit"] == mval.FP32_TOL and rows[pair]["ok"] and rows[pair]["max_rel"] < 1e-5, pair
+    assert main(["validate", str(w4_out), "-q", "--json"]) == 0
+    assert _pairs(json.loads(capsys.readouterr().out))[("portable", "plugin")]["limit"] is None
+    assert mval._limit("portable", "tensorrt", False, None, None) == mval.ENGINE_TOL
+    plan = mtrt.plan_build(w16_out, require_plugin_lib=False)
+    assert plan.int8 and not plan.fp16 and plan.quantized and plan.mark == ()
+    (note,) = plan.notes
+    assert "with float inputs (weight-only, a W4A16 recipe)" in note and "build with --fp16" in note
+    with pytest.raises(UserError, match="is weight-only \\(no QuantizeLinear\\): a validation engine is for OUTDIRs "
+                                        "with int8 activations"):
+        mtrt.plan_build(w16_out, require_plugin_lib=False, validation=True)
+    assert main(["lint", str(w16_out)]) == 0
+    err = capsys.readouterr().err
+    assert "model.onnx: 0 violation(s) (weight-only: dequantized weights, float activations" in err
 
 
 def test_validate_without_polygraphy_gives_the_same_numbers(w8_out, monkeypatch):

@@ -141,7 +141,8 @@ def test_gptq_beats_rtn_on_correlated_inputs():
 def test_every_recipe_loads():
     names = available_recipes()
     for n in ["fp32", "fp16", "rtn-w8a8", "smoothquant-w8a8", "gptq-w8a8", "quarot-w8a8", "mambaquant-w8a8",
-              "rtn-w4a8", "smoothquant-w4a8", "gptq-w4a8", "quarot-w4a8", "mambaquant-w4a8"]:
+              "rtn-w4a8", "smoothquant-w4a8", "gptq-w4a8", "quarot-w4a8", "mambaquant-w4a8", "rtn-w4a16", "gptq-w4a16",
+              "quarot-w4a16", "mambaquant-w4a16"]:
         assert n in names
         r = load_recipe(n)
         assert r.name == n
@@ -158,6 +159,8 @@ def test_bad_recipes(tmp_path):
         "name: x\nprecision: w4a8\nweights: {bits: 4, block_size: 33}\n": "block_size",
         "name: x\nprecision: w4a8\nweights: {bits: 4, method: rtn, act_order: true}\n": "act_order applies to method gptq",
         "name: x\nprecision: fp32\nextra: 1\n": "unknown keys",
+        "name: x\nprecision: w4a16\nweights: {bits: 4}\nactivations: {bits: 8}\n": "quantizes weights only",
+        "name: x\nprecision: w4a16\nweights: {bits: 8}\n": "precision w4a16 but weights.bits is 8",
     }
     for text, msg in cases.items():
         p = tmp_path / "r.yaml"
@@ -245,7 +248,9 @@ def test_qdq_graph_matches_simulation_with_int8_fusion_off(tiny, monkeypatch):
 
 @pytest.mark.parametrize("recipe", ["rtn-w8a8", "smoothquant-w8a8", "gptq-w4a8", "quarot-w8a8", "mambaquant-w8a8",
                                     "mambaquant-w4a8", "rtn-w4a8-b64", "mambaquant-w4a8-b64",
-                                    str(ABLATION / "mq-w4a8-noshift.yaml"), str(ABLATION / "mq-w8a8-tied.yaml")])
+                                    str(ABLATION / "mq-w4a8-noshift.yaml"), str(ABLATION / "mq-w8a8-tied.yaml"),
+                                    "rtn-w4a16", "gptq-w4a16", "quarot-w4a16", "mambaquant-w4a16",
+                                    str(ABLATION / "mq-w4a16-noh.yaml")])
 def test_qdq_graphs_match_fake_quant_simulation(tiny, recipe):
     m, windows, ids = tiny
     m2, plan, _ = prepare(m, load_recipe(recipe), windows, progress=False)
@@ -274,7 +279,11 @@ def test_qdq_graphs_match_fake_quant_simulation(tiny, recipe):
             assert (np.abs(qw).max() > 8) == int8 and sc.ndim == (1 if int8 else 2), name
     n_q = sum(n.op_type == "QuantizeLinear" for n in graph.graph.node)
     n_w = sum(n.op_type == "DequantizeLinear" and n.input[0].endswith("weight_q") for n in graph.graph.node)
-    assert n_w == 4 * 2 and n_q >= 6 * 2
+    n_dq = sum(n.op_type == "DequantizeLinear" for n in graph.graph.node)
+    if load_recipe(recipe).act_quantized:
+        assert n_w == 4 * 2 and n_q >= 6 * 2
+    else:  # weight-only: the weights' DequantizeLinear nodes and nothing else
+        assert n_w == n_dq == 4 * 2 and n_q == 0 and plan.quant.act_scales == {} and plan.quant.act_bits is None
 
 
 def test_simulation_check_deep_model_and_real_mismatches():
@@ -358,6 +367,80 @@ def test_int4_note_names_per_channel_int4_only_where_there_is_some(tiny):
     assert "refuses per-channel INT4 fails the build" in notes["rtn-w4a8"]
     assert notes["rtn-w4a8-b64"].startswith("4 MatMul weights are INT4 (4 in blocks of 64) with int8 inputs")
     assert "per-channel" not in notes["rtn-w4a8-b64"] and notes["rtn-w8a8"] is None
+
+
+def test_weight_only_recipes_read_no_data_unless_gptq_or_a_pass_needs_it(tiny):
+    """rtn-w4a16 compiles without calibration text and quantizes the weights exactly as the blocked RTN W4A8 recipe
+    does (same quantizer, no activation scales); GPTQ and the KLT rotations still calibrate."""
+    from mq_deploy.compile import calibrates
+
+    m, windows, ids = tiny
+    assert not calibrates(load_recipe("rtn-w4a16")) and not calibrates(load_recipe("quarot-w4a16"))
+    assert calibrates(load_recipe("gptq-w4a16")) and calibrates(load_recipe("mambaquant-w4a16"))
+    assert calibrates(load_recipe("rtn-w8a8")) and not load_recipe("rtn-w4a16").act_quantized
+    m16, plan16, runs = prepare(m, load_recipe("rtn-w4a16"), None, progress=False)
+    assert runs == [] and plan16.quant.act_scales == {} and plan16.quant.act_bits is None
+    _, plan8, _ = prepare(m, load_recipe("rtn-w4a8-b64"), windows, progress=False)
+    assert plan16.quant.weights.keys() == plan8.quant.weights.keys() and plan16.quant.int8_weights == plan8.quant.int8_weights
+    for name, (qw, sc) in plan16.quant.weights.items():
+        np.testing.assert_array_equal(qw, plan8.quant.weights[name][0])
+        np.testing.assert_array_equal(sc, plan8.quant.weights[name][1])
+    _, _, runs = prepare(m, load_recipe("gptq-w4a16"), windows, progress=False)
+    assert len(runs) == 1 and runs[0].meta["stage"] == "transformed"  # GPTQ's Hessians, no activation scales
+
+
+def test_int4_note_of_a_weight_only_graph(tiny):
+    """A W4A16 graph is told to build with --fp16 (TensorRT's INT4 GEMMs take fp16 activations), not that its int8
+    inputs are quantized around floating-point MatMuls."""
+    from mq_deploy.trt import build_notes
+
+    m, windows, ids = tiny
+    m2, plan, _ = prepare(m, load_recipe("rtn-w4a16"), None, progress=False)
+    (note,) = build_notes(build_lm_graph(m2, plan))
+    assert note.startswith("4 MatMul weights are INT4 (4 in blocks of 64) with float inputs (weight-only, a W4A16 "
+                           "recipe)")
+    assert "build with --fp16 (TensorRT 10)" in note and "int8 inputs" not in note and "per-channel" not in note
+
+
+def test_lint_weight_only_graphs(tiny):
+    """A weight-only graph (no QuantizeLinear) is linted for its weights, not passed as a float graph: a zero weight
+    scale, a linear left in float and an activation dequantized into a linear are each found."""
+    from onnx import numpy_helper
+
+    m, windows, ids = tiny
+    m2, plan, _ = prepare(m, load_recipe("rtn-w4a16"), None, progress=False)
+    g = build_lm_graph(m2, plan)
+    assert lint_model(g) == [] and lint_model(lower_selective_scan(g)) == []
+
+    def mutated(edit):
+        h = copy.deepcopy(g)
+        edit(h.graph)
+        return [(v["node"], v["rule"], v["message"]) for v in lint_model(h)]
+
+    def zero_scale(gr):
+        t = next(t for t in gr.initializer if t.name == "layers.0.dt_proj.weight_scale")
+        a = numpy_helper.to_array(t).copy()
+        a[1] = 0
+        t.CopyFrom(numpy_helper.from_array(a, t.name))
+    assert mutated(zero_scale) == [("layers.0/layers.0.dt_proj/weight_DQ", "weight-dq",
+                                    "weight scales must be finite and > 0")]
+
+    def float_linear(gr):  # x_proj reads the codes' float twin directly: no DequantizeLinear in front of it
+        mm = next(n for n in gr.node if n.name == "layers.1/x_proj")
+        w = next(t for t in gr.initializer if t.name == "layers.1.x_proj.weight_q")
+        gr.initializer.append(numpy_helper.from_array(np.zeros(tuple(w.dims), np.float32), "w_float"))
+        mm.input[1] = "w_float"
+    assert mutated(float_linear) == [("layers.1/x_proj", "linear-quant",
+                                      "linear layer's weight is not quantized in a weight-only graph")]
+
+    def dq_activation(gr):  # in_proj's input dequantized from an int8 tensor: activations are float in W4A16
+        mm = next(n for n in gr.node if n.name == "layers.0/in_proj")
+        gr.initializer.extend([numpy_helper.from_array(np.zeros((1, 1, 96), np.int8), "act_q"),
+                               numpy_helper.from_array(np.asarray(0.1, np.float32), "act_s")])
+        gr.node.append(onnx.helper.make_node("DequantizeLinear", ["act_q", "act_s"], ["act_dq"], name="act/DQ"))
+        mm.input[0] = "act_dq"
+    assert ("layers.0/in_proj", "linear-quant", "a weight-only graph dequantizes a MatMul's activation input") in \
+        mutated(dq_activation)
 
 
 def test_lint_blocked_int4_weights(tiny):

@@ -292,3 +292,49 @@ def test_vim_recipe_with_int4_blocks(tmp_path, method):
     assert np.abs(moved - logits).max() > 1e-4 * np.abs(logits).max()
     fp = VimRunner(build_vim_graph(m, plain_plan(2))).run({"pixel_values": imgs})[OUTPUT]
     assert np.abs(logits - fp).max() < 0.5 * np.abs(fp).max()
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_vim_weight_only_recipe(tmp_path, method):
+    """precision w4a16 on a Vim model: the same int4 blocks as the W4A8 recipe with the same weights quantizer, no
+    activation scale and no QuantizeLinear; the graph computes with those weights (lint clean, quantization seen)."""
+    cfg = VimConfig(d_model=64, depth=2, num_classes=6, img_size=12, patch_size=4, channels=3)
+    m = random_vim(cfg, seed=3)
+    imgs = np.random.default_rng(2).standard_normal((8, 3, 12, 12)).astype(np.float32)
+    p16, p8 = tmp_path / "vim-w16.yaml", tmp_path / "vim-b64.yaml"
+    p16.write_text(f"name: vim-w16\nprecision: w4a16\nweights: {{bits: 4, method: {method}, block_size: 64}}\n"
+                   "passes: []\n")
+    p8.write_text(f"name: vim-b64\nprecision: w4a8\nweights: {{bits: 4, method: {method}, block_size: 64}}\n"
+                  "activations: {bits: 8, method: percentile, percentile: 99.99, scan_inputs: false}\npasses: []\n")
+    m2, plan, runs = prepare_vim(m, load_recipe(str(p16)), imgs)
+    q = plan.quant
+    assert q.act_scales == {} and q.act_bits is None and q.token_scales == {}
+    assert len(runs) == (1 if method == "gptq" else 0)  # GPTQ's Hessians only
+    if method == "rtn":  # (GPTQ's Hessians differ: the W4A8 calibration runs the quantized activations)
+        _, plan8, _ = prepare_vim(m, load_recipe(str(p8)), imgs)
+        for name, (qw, s) in q.weights.items():
+            np.testing.assert_array_equal(qw, plan8.quant.weights[name][0])
+            np.testing.assert_array_equal(s, plan8.quant.weights[name][1])
+    g = build_vim_graph(m2, plan)
+    assert lint_model(g) == [] and not any(n.op_type == "QuantizeLinear" for n in g.graph.node)
+    assert sum(n.op_type == "DequantizeLinear" for n in g.graph.node) == len(q.weights) == 2 * 6
+    logits = VimRunner(g).run({"pixel_values": imgs})[OUTPUT]
+    fp = VimRunner(build_vim_graph(m, plain_plan(2))).run({"pixel_values": imgs})[OUTPUT]
+    assert 1e-4 * np.abs(fp).max() < np.abs(logits - fp).max() < 0.5 * np.abs(fp).max()
+
+
+def test_vim_weight_only_compile_reads_no_images(tmp_path, monkeypatch):
+    """An RTN w4a16 recipe file on the bundled Vim classifier compiles without calibration images (none is read) and
+    its self-check holds the two graphs to float rounding (it followed int8 roundings a weight-only graph has not:
+    an internal error)."""
+    import mq_deploy
+
+    monkeypatch.delenv("MQ_DEPLOY_DATA_DIR", raising=False)
+    p = tmp_path / "vim-w16.yaml"
+    p.write_text("name: vim-w16\nprecision: w4a16\nweights: {bits: 4, method: rtn, block_size: 64}\npasses: []\n")
+    man = compile_model(str(Path(mq_deploy.__file__).parent / "assets" / "vim-fmnist"), str(p), tmp_path / "out")
+    assert man["calibration"] is None and man["quantization"]["act_scales"] == {}
+    assert man["quantization"]["act_bits"] is None and man["self_check"]["max_rel_error_plugin_vs_portable"] < 1e-5
+    assert "max_rel_error_portable_following_plugin" not in man["self_check"]
+    g = onnx.load(str(tmp_path / "out" / "model.onnx"), load_external_data=False)
+    assert not any(n.op_type == "QuantizeLinear" for n in g.graph.node)

@@ -384,8 +384,11 @@ def _float_note(path: Path) -> str:
     from .graph.fuse_scan_quant import hadamard_out_scale
 
     nodes = onnx.load(str(path), load_external_data=False).graph.node
-    quantized = any(n.op_type == "QuantizeLinear" or hadamard_out_scale(n) for n in nodes)
-    return "" if quantized else " (a float graph, no quantization nodes: only rule scan-scales applies)"
+    if any(n.op_type == "QuantizeLinear" or hadamard_out_scale(n) for n in nodes):
+        return ""
+    if any(n.op_type == "DequantizeLinear" for n in nodes):
+        return " (weight-only: dequantized weights, float activations; the activation rules do not apply)"
+    return " (a float graph, no quantization nodes: only rule scan-scales applies)"
 
 
 def _trt_notes(path: Path) -> list[str]:
@@ -529,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(default: the model directory's)")
     c.add_argument("--force", action="store_true", help="replace a non-empty OUTDIR not written by mq-deploy")
     c.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
-    c.add_argument("--calib", help="calibration text for quantized recipes (plain text, .jsonl of {\"text\"}, "
+    c.add_argument("--calib", help="calibration text for quantized recipes (not read by a weight-only RTN one) (plain text, .jsonl of {\"text\"}, "
                                    ".xz/.bz2/.gz; default $MQ_DEPLOY_DATA_DIR/text/wikitext2_val_sample.jsonl)")
     c.add_argument("--calib-samples", type=int, help="calibration windows (default: the recipe's, 128)")
     c.add_argument("--calib-seq-len", type=int, help="tokens per calibration window (default: the recipe's, 512)")

@@ -218,9 +218,9 @@ def _act_scales(g: onnx.ModelProto) -> dict:
 
 
 def calibrates(recipe: Recipe) -> bool:
-    """Whether compiling a language model with `recipe` needs calibration text (quantization, or a pass that
-    takes statistics)."""
-    return recipe.quantized or any(dict(p).get("klt") or REGISTRY[n].needs_stats for n, p in recipe.passes)
+    """Whether compiling a language model with `recipe` needs calibration text (activation scales, GPTQ's Hessians,
+    or a pass that takes statistics; a weight-only RTN recipe without such passes needs none)."""
+    return recipe.act_quantized or (recipe.quantized and recipe.weights["method"] == "gptq") or any(dict(p).get("klt") or REGISTRY[n].needs_stats for n, p in recipe.passes)
 
 
 def default_calib_path() -> Path:

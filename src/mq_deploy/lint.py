@@ -1,6 +1,8 @@
 """QDQ lint: TensorRT explicit-quantization placement rules, reported by node name.
 
-Rules (a graph with no QuantizeLinear is fp: only scan-scales applies to it):
+Rules (a graph with no QuantizeLinear and no dequantized weight is fp: only scan-scales applies to it; one with
+dequantized weights and no QuantizeLinear is weight-only (W4A16): weight-dq, linear-quant on the weight input,
+hadamard-out and scan-scales apply):
   weight-dq      a quantized linear's weight is DequantizeLinear(INT8/INT4 initializer, scale[out], axis=1)
                  or, INT4 only, blocked: scale[K / block_size, out], axis=0, block_size dividing K,
                  zero-point absent or 0, scales finite and > 0
@@ -61,7 +63,8 @@ def lint_model(model: onnx.ModelProto, base_dir: str = "") -> list[dict]:
             if nonzero:
                 out.append(_violation(n.name, "scan-scales", f"float inputs with {', '.join(nonzero)} != 0: "
                                                              "recompile (an OUTDIR from before 2026-12-01)"))
-    if not any(n.op_type == "QuantizeLinear" or hadamard_out_scale(n) for n in g.node):
+    act_quant = any(n.op_type == "QuantizeLinear" or hadamard_out_scale(n) for n in g.node)
+    if not act_quant and not any(n.op_type == "DequantizeLinear" and n.input[0] in inits for n in g.node):
         return out
 
     def arr(name):
@@ -143,10 +146,14 @@ def lint_model(model: onnx.ModelProto, base_dir: str = "") -> list[dict]:
                     out.append(_violation(n.name, "weight-dq", "weight zero-point must be 0"))
         elif n.op_type == "MatMul":
             dq = [producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input]
-            if any(dq) and not all(dq):
+            if act_quant and any(dq) and not all(dq):
                 out.append(_violation(n.name, "matmul-both", "only one MatMul input is dequantized"))
-            if any(n.name.endswith(f"/{lin}") for lin in LINEARS) and not all(dq):
-                out.append(_violation(n.name, "linear-quant", "linear layer is not quantized in a quantized graph"))
+            if any(n.name.endswith(f"/{lin}") for lin in LINEARS) and not (all(dq) if act_quant else dq[-1]):
+                out.append(_violation(n.name, "linear-quant", "linear layer is not quantized in a quantized graph"
+                                      if act_quant else "linear layer's weight is not quantized in a weight-only graph"))
+            elif not act_quant and dq[0]:
+                out.append(_violation(n.name, "linear-quant", "a weight-only graph dequantizes a MatMul's activation "
+                                                              "input"))
         elif hadamard_out_scale(n):
             s = np.float32(hadamard_out_scale(n))
             for c in consumers.get(n.output[0], []):
@@ -161,7 +168,7 @@ def lint_model(model: onnx.ModelProto, base_dir: str = "") -> list[dict]:
                                                                   f"out_scale ({float(s):g})"))
                 if zp is None or zp.dtype != np.int8 or np.any(zp != 0):
                     out.append(_violation(c.name, "hadamard-out", "zero-point must be an int8 constant 0 (symmetric)"))
-        elif n.op_type == ss.PLUGIN_NAME:
+        elif n.op_type == ss.PLUGIN_NAME and act_quant:
             scales = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
             for idx, label, attr_name in ((0, "u", "u_scale"), (1, "delta", "delta_scale"), (3, "Bm", "B_scale"),
                                           (4, "Cm", "C_scale")):

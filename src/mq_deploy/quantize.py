@@ -4,9 +4,10 @@
 
 1. If a pass needs data (KLT, smoothing), calibrate the fp32 graph (per-channel maxima, covariances).
 2. Apply the recipe's passes (function-preserving; `mq_deploy.passes`).
-3. For W8A8 / W4A8: round the tensors deployed in fp16 (conv, embedding, lm_head, norms), calibrate
-   the transformed graph, quantize each linear's weight (RTN or GPTQ with H = XᵀX/n from this
-   calibration) and pick each activation point's static scale (max / percentile / MSE).
+3. For W8A8 / W4A8 / W4A16: round the tensors deployed in fp16 (conv, embedding, lm_head, norms), calibrate
+   the transformed graph (not for a weight-only RTN recipe), quantize each linear's weight (RTN or GPTQ with
+   H = XᵀX/n from this calibration) and, unless weight-only (W4A16), pick each activation point's static scale
+   (max / percentile / MSE).
 """
 
 from __future__ import annotations
@@ -114,11 +115,15 @@ def prepare(model: MambaModel, recipe: Recipe, windows: Optional[np.ndarray], *,
 
     wcfg, acfg = recipe.weights, recipe.activations
     model = round_fp16(model, everything=False, recipe=recipe.name)
-    log("calibrating the transformed graph (activation scales" + (", GPTQ Hessians)" if wcfg["method"] == "gptq" else ")"))
-    cov = [f"layers.{i}.{lin}.input" for i in range(n) for lin in LINEARS] if wcfg["method"] == "gptq" else []
-    stats1 = calibrate(model, plan, windows, cov, batch_size, seed, progress, meta={"stage": "transformed"})
-    stats_runs.append(stats1)
-    q = QuantSpec(weight_bits=wcfg["bits"], act_bits=acfg["bits"])
+    gptq = wcfg["method"] == "gptq"
+    stats1 = None
+    if recipe.act_quantized or gptq:  # (weight-only RTN reads no data)
+        log("calibrating the transformed graph (" + ", ".join(
+            w for w, on in (("activation scales", recipe.act_quantized), ("GPTQ Hessians", gptq)) if on) + ")")
+        cov = [f"layers.{i}.{lin}.input" for i in range(n) for lin in LINEARS] if gptq else []
+        stats1 = calibrate(model, plan, windows, cov, batch_size, seed, progress, meta={"stage": "transformed"})
+        stats_runs.append(stats1)
+    q = QuantSpec(weight_bits=wcfg["bits"], act_bits=acfg["bits"] if recipe.act_quantized else None)
     bs = wcfg.get("block_size", 0)
     log(f"quantizing weights ({wcfg['method']}, int{wcfg['bits']} per "
         + (f"block of {bs} input rows per output channel; int8 per channel where {bs} does not divide the input size"
@@ -129,9 +134,8 @@ def prepare(model: MambaModel, recipe: Recipe, windows: Optional[np.ndarray], *,
                                leave=not sys.stderr.isatty())):  # GPTQ: seconds a layer on a large model
         for lin in LINEARS:
             name = f"layers.{i}.{lin}"
-            quantize_linear(q, name, getattr(L, lin).T, wcfg,
-                            stats1.cov(f"{name}.input") if wcfg["method"] == "gptq" else None)
-    for i in range(n):
+            quantize_linear(q, name, getattr(L, lin).T, wcfg, stats1.cov(f"{name}.input") if gptq else None)
+    for i in range(n if recipe.act_quantized else 0):
         for ap in ACT_POINTS:
             pt = point(i, ap)
             if ap.startswith("scan.") and not acfg["scan_inputs"]:

@@ -16,7 +16,9 @@ import yaml
 from .errors import UserError
 
 RECIPE_DIR = Path(__file__).resolve().parent / "export_configs"
-PRECISIONS = ("fp32", "fp16", "w8a8", "w4a8")
+PRECISIONS = ("fp32", "fp16", "w8a8", "w4a8", "w4a16")
+# w4a16: weight-only INT4 (activations stay floating point; TensorRT's INT4 is weight-only: fp16 GEMMs reading INT4
+# weights in blocks), the only 4-bit form TensorRT accelerates
 _KEYS = {"name", "description", "precision", "passes", "weights", "activations", "calibration"}
 _SECTIONS = {
     # block_size: 0 = one scale per output channel; n > 0 (INT4 only) = one per n input rows of each output
@@ -49,6 +51,12 @@ class Recipe:
 
     @property
     def quantized(self) -> bool:
+        """Weights quantized (every precision but fp32 / fp16)."""
+        return self.precision in ("w8a8", "w4a8", "w4a16")
+
+    @property
+    def act_quantized(self) -> bool:
+        """Activations quantized too (int8, static scales): not w4a16."""
         return self.precision in ("w8a8", "w4a8")
 
     def to_dict(self) -> dict:
@@ -133,7 +141,10 @@ def _parse(raw, origin: str) -> Recipe:
         raise UserError(f"recipe {origin}: weights.block_size must be 0 (per channel) or an even size with bits 4")
     if sections["weights"]["act_order"] and sections["weights"]["method"] != "gptq":
         raise UserError(f"recipe {origin}: weights.act_order applies to method gptq only")
-    if precision in ("w8a8", "w4a8") and sections["weights"]["bits"] != int(precision[1]):
+    if precision == "w4a16" and raw.get("activations"):
+        raise UserError(f"recipe {origin}: precision w4a16 quantizes weights only (activations stay floating point): "
+                        "remove its 'activations' section")
+    if precision in ("w8a8", "w4a8", "w4a16") and sections["weights"]["bits"] != int(precision[1]):
         raise UserError(f"recipe {origin}: precision {precision} but weights.bits is {sections['weights']['bits']}")
     parsed = []
     for i, p in enumerate(passes):

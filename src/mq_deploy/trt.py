@@ -56,9 +56,12 @@ def d_state_note(d_state: int) -> Optional[str]:
 
 
 def int4_note(model) -> Optional[str]:
-    """What TensorRT documents about a graph with INT4 weights (the W4A8 recipes), or None: INT4 is weight-only
-    there, so its MatMuls with int8 inputs are not int8 GEMMs."""
+    """What TensorRT documents about a graph with INT4 weights, or None: INT4 is weight-only there, so the MatMuls of
+    a W4A8 graph (int8 inputs) are not int8 GEMMs, and those of a weight-only W4A16 graph (float inputs) want fp16
+    activations."""
     import onnx
+
+    from .graph.fuse_scan_quant import hadamard_out_scale
 
     int4 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT4}
     kinds: dict[str, int] = {}
@@ -70,13 +73,20 @@ def int4_note(model) -> Optional[str]:
     if not kinds:
         return None
     how = ", ".join(f"{v} {k}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    refused = (", and a TensorRT that refuses per-channel INT4 fails the build (the `-b64` and `-w4a16` recipes have "
+               "none)" if "per channel" in kinds else "")
+    if not any(n.op_type == "QuantizeLinear" or hadamard_out_scale(n) for n in model.graph.node):
+        return (f"{sum(kinds.values())} MatMul weights are INT4 ({how}) with float inputs (weight-only, a W4A16 "
+                "recipe): the form TensorRT documents INT4 in (its recent guides: weight-only, block scales of 64 or "
+                "128 only), with fp16 or bf16 activations, so build with --fp16 (TensorRT 10); TensorRT 11, which has "
+                "no precision flags, takes this fp32 graph's activations as fp32" + refused + ". `trtexec "
+                "--profilingVerbosity=detailed --dumpLayerInfo` shows what it chose.")
     return (f"{sum(kinds.values())} MatMul weights are INT4 ({how}) with int8 inputs (a W4A8 recipe). TensorRT "
             "documents INT4 as weight-only quantization (its recent guides: block scales of 64 or 128 only), so "
             "expect these MatMuls to run in floating point with their int8 inputs quantized and dequantized around "
-            "them, not as int8 GEMMs: the engine is not expected to be faster than a W8A8 one"
-            + (", and a TensorRT that refuses per-channel INT4 fails the build (a `-b64` recipe has none)"
-               if "per channel" in kinds else "") + ". `trtexec --profilingVerbosity=detailed --dumpLayerInfo` "
-            "shows what it chose; a W8A8 recipe gives int8 GEMMs.")
+            "them, not as int8 GEMMs: the engine is not expected to be faster than a W8A8 one" + refused
+            + ". `trtexec --profilingVerbosity=detailed --dumpLayerInfo` shows what it chose; a W8A8 recipe gives "
+            "int8 GEMMs, a W4A16 one weight-only INT4.")
 
 
 def build_notes(model) -> list[str]:
@@ -512,7 +522,13 @@ def manifest_plugin_nodes(manifest: dict) -> int:
 
 
 def manifest_quantized(manifest: dict) -> bool:
+    """Weights quantized (any Q/DQ nodes)."""
     return manifest.get("quantization") is not None
+
+
+def manifest_act_quantized(manifest: dict) -> bool:
+    """Activations quantized too (QuantizeLinear nodes, static scales): not a weight-only (W4A16) OUTDIR."""
+    return bool((manifest.get("quantization") or {}).get("act_scales"))
 
 
 @dataclass(frozen=True)
@@ -583,9 +599,11 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
             raise UserError(f"{outdir} has no {onnx_path.name} (a Vim classifier has no stateful graphs)")
         if not onnx_path.is_file():
             raise missing_file(outdir, manifest, onnx_path.name, f"the {graph} graph")
-    if validation and not manifest_quantized(manifest):
-        raise UserError(f"{outdir} is not quantized: a validation engine is for quantized OUTDIRs (a float "
-                        "engine is compared with the graphs directly; build it without --validation-engine)")
+    if validation and not manifest_act_quantized(manifest):
+        what = "weight-only (no QuantizeLinear)" if manifest_quantized(manifest) else "not quantized"
+        raise UserError(f"{outdir} is {what}: a validation engine is for OUTDIRs with int8 activations (an engine "
+                        "with float activations is compared with the graphs directly; build it without "
+                        "--validation-engine)")
     if int8 and not manifest_quantized(manifest):
         raise UserError(f"{outdir} is not quantized, so --int8 has no scales to use: its graph has no Q/DQ nodes and "
                         "mq-deploy does not calibrate inside TensorRT (trtexec --int8 would make up placeholder "

@@ -378,10 +378,13 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
 
         log("re-deriving the transformed model and plan from the manifest (checkpoint, recipe, calibration)")
         model, plan = _rederive(manifest, outdir, checkpoint, calib)
+        acts = plan.quant is not None and bool(plan.quant.act_scales)  # (weight-only: no rounding to follow)
         sim = Reference("simulation", "numpy fake-quant simulation (mq_deploy.quant.simulate) of the plan "
-                                      "re-derived from the manifest (activation scales match it)",
+                                      "re-derived from the manifest (" + ("activation scales match it)" if acts else
+                                                                          "weights only, activations float)"
+                                                                          if plan.quant is not None else "float)"),
                         run=lambda ids: {"logits": forward(model, plan, ids)})
-        if plan.quant is not None:
+        if acts:
             sim.follow = _follower(model, plan, _points(manifest, model, plan), threads)
         refs.append(sim)
     for name, file, what in (("portable", "model.portable.onnx", "standard ONNX ops"),
@@ -541,7 +544,7 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
             raise UserError(f"{out}/manifest.json has no model.config.vocab_size; recompile with `mq-deploy compile`")
         ids = np.random.default_rng(seed).integers(0, vocab, size=(batch, seq), dtype=np.int64)
         feed, what = {"input_ids": ids}, f"random input_ids {batch}x{seq}, seed {seed}"
-    quantized = mtrt.manifest_quantized(manifest)
+    quantized = mtrt.manifest_act_quantized(manifest)  # (weight-only: float activations, as fp16)
     fp32 = manifest.get("recipe", {}).get("precision", "fp32") == "fp32"  # (float graphs: every recipe unquantized)
     refs, skipped = collect_references(out, manifest, simulate=simulate, torch_ref=torch_ref, model_dir=model_dir,
                                        calib=calib, engine=engine, plugin_lib=plugin_lib, threads=threads, log=log)
@@ -732,7 +735,7 @@ def _validate_stateful(out: Path, manifest: dict, graph: str, *, batch: int, seq
             for (name, f), how in zip(files.items(), ("standard ONNX ops", "plugin nodes on mq-deploy's CPU kernels"))]
     skipped: list = []
     refs += _engine_reference(out, manifest, engine, plugin_lib, skipped, graph=graph)
-    quantized = mtrt.manifest_quantized(manifest)
+    quantized = mtrt.manifest_act_quantized(manifest)  # (weight-only: float activations, as fp16)
     use_polygraphy = have_polygraphy() if use_polygraphy is None else use_polygraphy
     log(f"running {what} through {', '.join(r.name for r in refs)}")
     outs = run_references(refs, feed, use_polygraphy)

@@ -50,7 +50,7 @@ class LayerPlan:
 class QuantSpec:
     """Static symmetric quantization: activation scales per point, weights as integers + per-channel scales."""
     weight_bits: int = 8
-    act_bits: int = 8
+    act_bits: Optional[int] = 8  # None: weight-only (W4A16), no activation scales
     act_scales: dict = field(default_factory=dict)  # point -> float scale
     # "layers.i.<linear>" -> (q int array [in, out], scale [out], or [in / block, out] with weights.block_size)
     weights: dict = field(default_factory=dict)

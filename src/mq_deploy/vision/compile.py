@@ -28,7 +28,7 @@ from .quantize import prepare_vim
 
 
 def _check(graph, portable, model, quantized: bool) -> dict:
-    """Plugin vs portable graph on a batch of 2 random images: fp32 to 1e-4; quantized, the portable graph
+    """Plugin vs portable graph on a batch of 2 random images: float activations to 1e-4; quantized, the portable graph
     taking the plugin graph's side on rounding-boundary values (graph/follow.py) to 1e-4, the direct
     distance (boundary roundings carried on by the scan state) recorded only."""
     c = model.config
@@ -72,7 +72,7 @@ def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force
         plan, stats_runs, calib_info = None, [], None
         if recipe.passes or recipe.quantized or recipe.precision == "fp16":
             images = None
-            if recipe.quantized or recipe.passes:
+            if recipe.act_quantized or (recipe.quantized and recipe.weights["method"] == "gptq") or recipe.passes:
                 n = calib_samples or recipe.calibration["samples"]
                 if n < 1:
                     raise UserError("--calib-samples must be >= 1")
@@ -86,7 +86,7 @@ def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force
         quantized = plan is not None and plan.quant is not None
         for g in (graph, portable):
             onnx.checker.check_model(g)
-        check = _check(graph, portable, model, quantized)
+        check = _check(graph, portable, model, quantized and bool(plan.quant.act_scales))  # (weight-only: as fp32)
         if quantized:
             graph = fuse_plugin_quant(graph)
             onnx.checker.check_model(graph)

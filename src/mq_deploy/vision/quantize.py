@@ -92,17 +92,20 @@ def prepare_vim(model: VimModel, recipe: Recipe, images: Optional[np.ndarray], *
         return model, plan, runs
     wcfg, acfg = recipe.weights, recipe.activations
     model = round_fp16(model, everything=False, recipe=recipe.name)
-    cov = [f"layers.{i}.{lin}.input" for i in range(n) for lin in LINEARS] if wcfg["method"] == "gptq" else []
-    split = cls_token_index(model) if acfg["cls_token"] == "separate" else {}
-    log("calibrating the transformed graph")
-    st = calibrate(model, plan, images, cov, seed=seed, meta={"stage": "transformed"}, token_split=split)
-    runs.append(st)
-    q = QuantSpec(weight_bits=wcfg["bits"], act_bits=acfg["bits"])
+    gptq = wcfg["method"] == "gptq"
+    cov = [f"layers.{i}.{lin}.input" for i in range(n) for lin in LINEARS] if gptq else []
+    split = cls_token_index(model) if acfg["cls_token"] == "separate" and recipe.act_quantized else {}
+    st = None
+    if recipe.act_quantized or gptq:  # (weight-only RTN reads no data)
+        log("calibrating the transformed graph")
+        st = calibrate(model, plan, images, cov, seed=seed, meta={"stage": "transformed"}, token_split=split)
+        runs.append(st)
+    q = QuantSpec(weight_bits=wcfg["bits"], act_bits=acfg["bits"] if recipe.act_quantized else None)
     for i, L in enumerate(model.layers):
         for lin in LINEARS:
             name = f"layers.{i}.{lin}"
-            quantize_linear(q, name, getattr(L, lin).T, wcfg, st.cov(f"{name}.input") if wcfg["method"] == "gptq" else None)
-        for ap in ACT_POINTS:
+            quantize_linear(q, name, getattr(L, lin).T, wcfg, st.cov(f"{name}.input") if gptq else None)
+        for ap in ACT_POINTS if recipe.act_quantized else ():
             pt = point(i, ap)
             if ap.startswith("scan") and not acfg["scan_inputs"]:  # scan.* and scan_b.*
                 continue

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Accuracy of every recipe side by side (issue 3), on the reference model and on the bundled model.
-#   bash benchmarks/quant_accuracy.sh [ref|bundled]
-# Writes benchmarks/results/<model>/compare.{md,json} and a log beside them.
+#   bash benchmarks/quant_accuracy.sh [ref|bundled] [w4a16]
+# Writes benchmarks/results/<model>/compare.{md,json} and a log beside them; with `w4a16`, the weight-only recipes
+# (and two ablations of mambaquant-w4a16) beside fp16 in benchmarks/results/<model>/w4a16/ instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=../shared
@@ -13,6 +14,12 @@ if [ "$which" = ref ]; then
   model=$S/models/mamba-ref-29m; tok=$S/data/tokenizer/gpt-neox-20b.json; out=benchmarks/results/mamba-ref-29m
 else
   model=""; tok=src/mq_deploy/assets/mamba-tiny/tokenizer.json; out=benchmarks/results/mamba-tiny
+fi
+if [ "${2:-}" = w4a16 ]; then
+  RECIPES=fp16,rtn-w4a16,gptq-w4a16,quarot-w4a16,mambaquant-w4a16,benchmarks/ablation/mq-w4a16-noh.yaml,benchmarks/ablation/mq-w4a16-b128.yaml
+  out=$out/w4a16
+elif [ -n "${2:-}" ]; then
+  echo "usage: bash benchmarks/quant_accuracy.sh [ref|bundled] [w4a16]" >&2; exit 2
 fi
 mkdir -p "$out"
 # calibration: 128 x 512 tokens (the default) of the training corpus (in-domain, disjoint from the held-out text)

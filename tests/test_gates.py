@@ -65,13 +65,15 @@ def test_compile_refuses_a_graph_over_the_simulation_limit(tiny, tmp_path, monke
     assert man["self_check"]["max_rel_error_plugin_vs_simulation"] <= 1e-4
 
 
-def test_compile_fp32_gates_the_plugin_graph_against_the_portable_one(tiny, tmp_path, monkeypatch):
-    """An fp32 recipe's two flavours must agree to 1e-4 (mutant: the fp32 compile passing tol=None, recording only)."""
+@pytest.mark.parametrize("recipe", ["fp32", "rtn-w4a16"])
+def test_compile_fp32_gates_the_plugin_graph_against_the_portable_one(tiny, tmp_path, monkeypatch, recipe):
+    """An fp32 recipe's two flavours must agree to 1e-4, and a weight-only one's (float activations: no rounding
+    boundary to land on either side of) (mutants: the compile passing tol=None, recording only)."""
     real = mcompile.plugin_check
     monkeypatch.setattr(mcompile, "plugin_check",
                         lambda g, ids, pl, tol, logits=None: real(g, ids, pl * 1.01, tol, logits))
     with pytest.raises(InternalError, match="the plugin and portable graphs disagree"):
-        _compile(tiny, tmp_path / "out", recipe="fp32")
+        _compile(tiny, tmp_path / "out", recipe=recipe)
     assert os.listdir(tmp_path) == []
 
 

@@ -381,7 +381,8 @@ def test_weight_only_recipes_read_no_data_unless_gptq_or_a_pass_needs_it(tiny):
     m16, plan16, runs = prepare(m, load_recipe("rtn-w4a16"), None, progress=False)
     assert runs == [] and plan16.quant.act_scales == {} and plan16.quant.act_bits is None
     _, plan8, _ = prepare(m, load_recipe("rtn-w4a8-b64"), windows, progress=False)
-    assert plan16.quant.weights.keys() == plan8.quant.weights.keys() and plan16.quant.int8_weights == plan8.quant.int8_weights
+    assert plan16.quant.weights.keys() == plan8.quant.weights.keys()
+    assert plan16.quant.int8_weights == plan8.quant.int8_weights
     for name, (qw, sc) in plan16.quant.weights.items():
         np.testing.assert_array_equal(qw, plan8.quant.weights[name][0])
         np.testing.assert_array_equal(sc, plan8.quant.weights[name][1])

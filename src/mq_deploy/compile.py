@@ -220,7 +220,8 @@ def _act_scales(g: onnx.ModelProto) -> dict:
 def calibrates(recipe: Recipe) -> bool:
     """Whether compiling a language model with `recipe` needs calibration text (activation scales, GPTQ's Hessians,
     or a pass that takes statistics; a weight-only RTN recipe without such passes needs none)."""
-    return recipe.act_quantized or (recipe.quantized and recipe.weights["method"] == "gptq") or any(dict(p).get("klt") or REGISTRY[n].needs_stats for n, p in recipe.passes)
+    gptq = recipe.quantized and recipe.weights["method"] == "gptq"
+    return recipe.act_quantized or gptq or any(dict(p).get("klt") or REGISTRY[n].needs_stats for n, p in recipe.passes)
 
 
 def default_calib_path() -> Path:
@@ -441,10 +442,12 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             del model
             release()
             log("self-check: plugin graph vs portable graph")
-            # quantized: the two flavours sum in different orders, so now and then one value lands on the other
-            # side of a rounding boundary and the scan state carries that int8 step on, up to quantization's own
-            # effect; each flavour is held to the simulation above, this direct distance is recorded only
-            check.update(plugin_check(graph, keep["ids"], keep["logits"], tol=None if quantized else 1e-4,
+            # activations quantized: the two flavours sum in different orders, so now and then one value lands on
+            # the other side of a rounding boundary and the scan state carries that int8 step on, up to
+            # quantization's own effect; each flavour is held to the simulation above, this direct distance is
+            # recorded only
+            acts = quantized and bool(plan.quant.act_scales)  # (weight-only: float activations, held as fp32)
+            check.update(plugin_check(graph, keep["ids"], keep["logits"], tol=None if acts else 1e-4,
                                       logits=plugin_logits))
             plugins = plugin_inventory(graph)
             log("writing model.onnx")

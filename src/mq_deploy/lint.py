@@ -149,8 +149,9 @@ def lint_model(model: onnx.ModelProto, base_dir: str = "") -> list[dict]:
             if act_quant and any(dq) and not all(dq):
                 out.append(_violation(n.name, "matmul-both", "only one MatMul input is dequantized"))
             if any(n.name.endswith(f"/{lin}") for lin in LINEARS) and not (all(dq) if act_quant else dq[-1]):
-                out.append(_violation(n.name, "linear-quant", "linear layer is not quantized in a quantized graph"
-                                      if act_quant else "linear layer's weight is not quantized in a weight-only graph"))
+                out.append(_violation(n.name, "linear-quant",
+                                      "linear layer is not quantized in a quantized graph" if act_quant else
+                                      "linear layer's weight is not quantized in a weight-only graph"))
             elif not act_quant and dq[0]:
                 out.append(_violation(n.name, "linear-quant", "a weight-only graph dequantizes a MatMul's activation "
                                                               "input"))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # compile → build → validate, the default command of docker/Dockerfile.{x86,jetson}; also runs on a
-# host with mq-deploy, TensorRT and the plugin library installed. A quantized recipe also builds
-# OUTDIR/model.validate.engine (`mq-deploy build --validation-engine`) and validates with that one. A language
+# host with mq-deploy, TensorRT and the plugin library installed. A quantized recipe with int8 activations also builds
+# OUTDIR/model.validate.engine (`mq-deploy build --validation-engine`) and validates with that one; a weight-only
+# one (the -w4a16 recipes: no QuantizeLinear) is built with --fp16 unless FP16 or STRONGLY_TYPED say otherwise. A language
 # model's prefill and decode-step engines are built and validated too (a quantized recipe's also layer by layer,
 # on model.<graph>.validate.engine); a failing validate stops the script.
 #
@@ -21,7 +22,8 @@
 #   MQ_DEPLOY_PLUGINS   the plugin library (the images set it)
 #   MIN_SHAPES OPT_SHAPES MAX_SHAPES   engine profile as B,L (default 1,1 / 1,128 / 4,512); Vim: batch only
 #                  (default 1 / 4 / 32)
-#   FP16=1         allow FP16 kernels;  STRONGLY_TYPED=1  build strongly typed instead (TensorRT 10; not with FP16)
+#   FP16=1         allow FP16 kernels (default for a weight-only recipe; FP16=0 turns it off there);
+#                  STRONGLY_TYPED=1  build strongly typed instead (TensorRT 10; not with FP16)
 #   BATCH, SEQ     validate's input (default 2, 64; Vim: BATCH images)
 #   STATEFUL=0     language models: skip the prefill and decode-step engines (default: also build
 #                  OUTDIR/model.prefill.engine and model.decode.engine, `mq-deploy build --graph`, for generation,
@@ -80,6 +82,12 @@ else
   MIN_SHAPES="${MIN_SHAPES:-1,1}" OPT_SHAPES="${OPT_SHAPES:-1,128}" MAX_SHAPES="${MAX_SHAPES:-4,512}"
 fi
 
+# int8 activations (QuantizeLinear nodes), or weight-only (dequantized weights, float activations: TensorRT's INT4
+# GEMMs take fp16 activations, so FP16 defaults to on)
+kind="$(python3 -c "import json, sys; q = json.load(open(sys.argv[1])).get('quantization'); print('float' if not q else 'int8' if q.get('act_scales') else 'weights')" "$DIR/manifest.json")"
+if [ "$kind" = weights ] && [ "${STRONGLY_TYPED:-0}" != 1 ]; then
+  FP16="${FP16:-1}"
+fi
 build=(mq-deploy build "$DIR" --plugins "$MQ_DEPLOY_PLUGINS" --min-shapes "$MIN_SHAPES" --opt-shapes "$OPT_SHAPES"
        --max-shapes "$MAX_SHAPES" --timing-cache "$OUT/timing.cache")
 [ "${FP16:-0}" = 1 ] && build+=(--fp16)
@@ -88,10 +96,10 @@ step "${build[*]}"
 "${build[@]}"
 
 validate=(mq-deploy validate "$DIR" --plugins "$MQ_DEPLOY_PLUGINS" --batch "${BATCH:-2}")
-# a quantized OUTDIR is validated on a validation engine (the same build with the tensors before its
-# QuantizeLinear nodes as outputs too), whose rounding decisions validate can follow (docs/deploy.md)
+# a quantized OUTDIR with int8 activations is validated on a validation engine (the same build with the tensors
+# before its QuantizeLinear nodes as outputs too), whose rounding decisions validate can follow (docs/deploy.md)
 QUANTIZED=0
-if python3 -c "import json, sys; sys.exit(0 if json.load(open(sys.argv[1])).get('quantization') else 1)" "$DIR/manifest.json"; then
+if [ "$kind" = int8 ]; then
   QUANTIZED=1
   step "${build[*]} --validation-engine"
   "${build[@]}" --validation-engine

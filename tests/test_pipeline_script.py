@@ -13,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# `mq-deploy compile ... -o DIR` writes DIR/manifest.json, quantized unless the recipe is fp32, a Vim's when the model
+# `mq-deploy compile ... -o DIR` writes DIR/manifest.json, quantized unless the recipe is fp32 (weight-only, no activation
+# scale, for a -w4a16 one), a Vim's when the model
 # argument names one (as a Hugging Face Hub id would, which is no local directory); `validate` exits
 # $FAIL_VALIDATE_GRAPH's status for that --graph; every call is appended to $LOG
 STUB = r"""#!/usr/bin/env bash
@@ -28,7 +29,11 @@ if [ "$1" = compile ]; then
     shift
   done
   mkdir -p "$dir"
-  if [ "$recipe" = fp32 ]; then q=null; else q='{"w_bits": 8}'; fi
+  case "$recipe" in
+    fp32) q=null ;;
+    *w4a16*) q='{"weight_bits": 4, "act_scales": {}}' ;;
+    *) q='{"weight_bits": 8, "act_scales": {"layers.0.in_proj.input": 0.1}}' ;;
+  esac
   echo "{\"quantization\": $q, \"model\": {\"family\": \"${family:-mamba}\"}}" > "$dir/manifest.json"
 elif [ "$1" = validate ] && [ -n "${FAIL_VALIDATE_GRAPH:-}" ] && [[ " $* " == *" --graph $FAIL_VALIDATE_GRAPH "* ]]; then
   echo "validate: FAILED"; exit 1
@@ -98,6 +103,27 @@ def test_pipeline_float_recipe_and_stateful_off(tmp_path):
     rc, calls, err = _run(tmp_path, RECIPE="rtn-w8a8", CALIB="/data/c.jsonl", STATEFUL="0")
     assert rc == 0, err
     assert not any("--graph" in c for c in calls) and len(calls) == 4  # compile, build, its validation engine, validate
+
+
+def test_pipeline_weight_only_recipe_builds_fp16_without_validation_engines(tmp_path):
+    """A -w4a16 OUTDIR (no QuantizeLinear: `build --validation-engine` refuses it) is built with --fp16 (TensorRT's INT4
+    GEMMs take fp16 activations) and validated directly, as a float one; FP16=0 or STRONGLY_TYPED=1 leave --fp16 out."""
+    rc, calls, err = _run(tmp_path, RECIPE="rtn-w4a16")
+    assert rc == 0, err
+    d = tmp_path / "out" / "rtn-w4a16"
+    builds = [c for c in calls if c.startswith("build")]
+    assert len(builds) == 3 and all(c.endswith(" --fp16") or " --fp16 --graph " in c for c in builds), builds
+    assert not any("--validation-engine" in c or "--engine" in c for c in calls)
+    assert [c.split(" --plugins")[0] for c in calls if c.startswith("validate")] == [
+        f"validate {d}", f"validate {d} --graph prefill", f"validate {d} --graph decode"]
+    for env in ({"FP16": "0"}, {"STRONGLY_TYPED": "1"}):
+        rc, calls, err = _run(tmp_path, RECIPE="rtn-w4a16", **env)
+        assert rc == 0, err
+        builds = [c for c in calls if c.startswith("build")]
+        assert len(builds) == 3 and not any("--fp16" in c for c in builds), env
+        assert all("--strongly-typed" in c for c in builds) == ("STRONGLY_TYPED" in env)
+    rc, calls, err = _run(tmp_path, RECIPE="rtn-w8a8", CALIB="/data/c.jsonl", STATEFUL="0")
+    assert rc == 0 and not any("--fp16" in c for c in calls)  # int8 activations: FP16 stays off unless asked for
 
 
 def test_pipeline_stops_at_a_failing_validate(tmp_path):

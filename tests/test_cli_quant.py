@@ -334,3 +334,25 @@ def test_compare_task_errors_name_its_own_flag(tmp_path):
                 env=env)  # (no data folder: the family is checked before calibration would look for its text)
     assert r.returncode == 2 and "recipe vim-rtn-w8a8 is a Vision Mamba (Vim) recipe" in r.stderr, r.stderr
     assert not (tmp_path / "v").exists()
+
+
+def test_calibration_options_a_recipe_does_not_read_are_said_ignored(tmp_path):
+    """A weight-only RTN recipe (and fp32) reads no calibration data: --calib / --calib-samples / --calib-seq-len are
+    warned about as ignored, not silently dropped; the compile succeeds without any calibration."""
+    calib = need(DATA_DIR / "text" / "wikitext2_val_sample.jsonl")
+    r = run_cli("compile", "--recipe", "rtn-w4a16", "--calib", calib, "--calib-samples", "4", "-o", tmp_path / "w16",
+                env={"MQ_DEPLOY_DATA_DIR": str(tmp_path / "nothing")})
+    assert r.returncode == 0, r.stderr
+    assert ("warning: --calib and --calib-samples are not read: recipe rtn-w4a16 calibrates nothing (no activation "
+            "scales, no GPTQ, no pass that takes statistics): ignored") in r.stderr
+    assert json.loads((tmp_path / "w16" / "manifest.json").read_text())["calibration"] is None
+    r = run_cli("compile", "--recipe", "fp32", "--calib-seq-len", "64", "-o", tmp_path / "fp32")
+    assert r.returncode == 0 and "warning: --calib-seq-len is not read: recipe fp32 calibrates nothing" in r.stderr
+    r = run_cli("compile", "--recipe", "gptq-w4a16", "--calib", calib, "--calib-samples", "2", "--calib-seq-len", "32",
+                "-o", tmp_path / "gptq")  # GPTQ's Hessians read it: no warning
+    assert r.returncode == 0 and "not read" not in r.stderr, r.stderr
+    assert json.loads((tmp_path / "gptq" / "manifest.json").read_text())["calibration"]["samples"] == 2
+    own = tmp_path / "vim-w16.yaml"
+    own.write_text("name: vim-w16\nprecision: w4a16\nweights: {bits: 4, method: rtn, block_size: 64}\npasses: []\n")
+    r = run_cli("compile", VIM_DIR, "--recipe", own, "--calib-samples", "8", "-o", tmp_path / "vim")
+    assert r.returncode == 0 and "warning: --calib-samples is not read: recipe vim-w16 calibrates nothing" in r.stderr

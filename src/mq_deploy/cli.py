@@ -532,8 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(default: the model directory's)")
     c.add_argument("--force", action="store_true", help="replace a non-empty OUTDIR not written by mq-deploy")
     c.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
-    c.add_argument("--calib", help="calibration text for quantized recipes, not read by a weight-only RTN one (plain text, "
-                                   ".jsonl of {\"text\"}, .xz/.bz2/.gz; default "
+    c.add_argument("--calib", help="calibration text for quantized recipes, not read by a weight-only RTN one "
+                                   "(plain text, .jsonl of {\"text\"}, .xz/.bz2/.gz; default "
                                    "$MQ_DEPLOY_DATA_DIR/text/wikitext2_val_sample.jsonl)")
     c.add_argument("--calib-samples", type=int, help="calibration windows (default: the recipe's, 128)")
     c.add_argument("--calib-seq-len", type=int, help="tokens per calibration window (default: the recipe's, 512)")

@@ -339,6 +339,12 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         from .eval.tokenizer import TextTokenizer
 
         TextTokenizer(tokenizer)
+    if not calibrates(recipe):  # (said, not silently dropped)
+        unused = [f for f, v in (("--calib", calib), ("--calib-samples", calib_samples),
+                                 ("--calib-seq-len", calib_seq_len)) if v is not None]
+        if unused:
+            warn(f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} not read: recipe {recipe.name} "
+                 "calibrates nothing (no activation scales, no GPTQ, no pass that takes statistics): ignored")
     if calib is not None:
         from .calibrate import check_calib_file
 

@@ -17,8 +17,8 @@ from .errors import UserError
 
 RECIPE_DIR = Path(__file__).resolve().parent / "export_configs"
 PRECISIONS = ("fp32", "fp16", "w8a8", "w4a8", "w4a16")
-# w4a16: weight-only INT4 (activations stay floating point; TensorRT's INT4 is weight-only: fp16 GEMMs reading INT4
-# weights in blocks), the only 4-bit form TensorRT accelerates
+# w4a16: weight-only INT4 (activations stay floating point), the form TensorRT documents INT4 in (weight-only, block
+# scales of 64 or 128)
 _KEYS = {"name", "description", "precision", "passes", "weights", "activations", "calibration"}
 _SECTIONS = {
     # block_size: 0 = one scale per output channel; n > 0 (INT4 only) = one per n input rows of each output

@@ -63,6 +63,11 @@ def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force
     check_vim_passes(recipe.passes)  # (a language-model recipe file of one's own: before the calibration)
     out_dir = Path(out_dir)
     warn = log if warn is None else warn
+    images_read = recipe.act_quantized or (recipe.quantized and recipe.weights["method"] == "gptq") or recipe.passes
+    unused = [f for f, v in (("--calib", calib), ("--calib-samples", calib_samples)) if v is not None]
+    if unused and not images_read:  # (said, not silently dropped)
+        warn(f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} not read: recipe {recipe.name} calibrates "
+             "nothing (no activation scales, no GPTQ, no pass): ignored")
     with atomic_dir(out_dir, force=force, warn=warn) as tmp:
         log(f"loading Vim checkpoint {model_path}")
         model = load_vim(model_path, warn=warn)
@@ -72,7 +77,7 @@ def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force
         plan, stats_runs, calib_info = None, [], None
         if recipe.passes or recipe.quantized or recipe.precision == "fp16":
             images = None
-            if recipe.act_quantized or (recipe.quantized and recipe.weights["method"] == "gptq") or recipe.passes:
+            if images_read:
                 n = calib_samples or recipe.calibration["samples"]
                 if n < 1:
                     raise UserError("--calib-samples must be >= 1")

@@ -1136,6 +1136,22 @@ def test_weight_only_outdir_validates_and_builds_as_float_activations(w16_out, w
     assert "model.onnx: 0 violation(s) (weight-only: dequantized weights, float activations" in err
 
 
+@pytest.mark.parametrize("graph", ["prefill", "decode"])
+def test_weight_only_stateful_graphs_validate_as_float_activations(w16_out, no_tensorrt, capsys, graph):
+    """validate --graph of a weight-only OUTDIR holds its two flavours to fp32 rounding directly, with no plugin~
+    (rounding-following) row, and --simulate adds no simulation~ rows: no int8 rounding to follow (mutants: the
+    stateful validate still reading manifest_quantized; the simulation given a follower for any quantized plan)."""
+    assert main(["validate", str(w16_out), "--graph", graph, "-q", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    rows = _pairs(rep)
+    assert rows[("portable", "plugin")]["limit"] == mval.FP32_TOL and rows[("portable", "plugin")]["ok"]
+    assert set(rows) == {("portable", "plugin")} and [r["name"] for r in rep["references"]] == ["portable", "plugin"]
+    if graph == "prefill":
+        assert main(["validate", str(w16_out), "-q", "--json", "--simulate"]) == 0
+        rows = _pairs(json.loads(capsys.readouterr().out))
+        assert set(rows) == {("simulation", "portable"), ("simulation", "plugin"), ("portable", "plugin")}
+
+
 def test_validate_without_polygraphy_gives_the_same_numbers(w8_out, monkeypatch):
     a = mval.validate(w8_out, use_polygraphy=False)
     assert a.runner == "numpy"

@@ -390,6 +390,39 @@ def test_weight_only_recipes_read_no_data_unless_gptq_or_a_pass_needs_it(tiny):
     assert len(runs) == 1 and runs[0].meta["stage"] == "transformed"  # GPTQ's Hessians, no activation scales
 
 
+def test_weight_only_rtn_reads_no_calibration_even_when_given_windows(tiny):
+    """An RTN w4a16 prepare handed windows (as a compile with a KLT pass loads them) still calibrates nothing (mutant:
+    calibrating whenever windows are passed)."""
+    m, windows, ids = tiny
+    _, plan, runs = prepare(m, load_recipe("rtn-w4a16"), windows, progress=False)
+    assert runs == [] and plan.quant.act_scales == {} and plan.quant.act_bits is None
+
+
+def test_calibrates_ignores_gptq_weights_of_a_float_recipe():
+    """An fp32 / fp16 recipe that names GPTQ weights quantizes nothing and demands no calibration text (mutant:
+    calibrates() reading weights.method without `recipe.quantized`)."""
+    from mq_deploy.compile import calibrates
+
+    for prec in ("fp32", "fp16"):
+        r = _parse({"name": "x", "precision": prec, "weights": {"method": "gptq"}}, "t")
+        assert not r.quantized and not calibrates(r)
+    assert calibrates(_parse({"name": "x", "precision": "w4a16", "weights": {"bits": 4, "method": "gptq"}}, "t"))
+
+
+def test_int4_note_of_a_per_channel_weight_only_graph(tiny, tmp_path):
+    """A w4a16 recipe file with per-channel INT4 (block_size 0) keeps the warning that a TensorRT refusing per-channel
+    INT4 fails the build (mutant: the weight-only note without it)."""
+    from mq_deploy.trt import build_notes
+
+    m, windows, ids = tiny
+    p = tmp_path / "w16-pc.yaml"
+    p.write_text("name: w16-pc\nprecision: w4a16\nweights: {bits: 4, method: rtn}\npasses: []\n")
+    m2, plan, _ = prepare(m, load_recipe(str(p)), None, progress=False)
+    (note,) = build_notes(build_lm_graph(m2, plan))
+    assert note.startswith("8 MatMul weights are INT4 (8 per channel) with float inputs (weight-only, a W4A16 recipe)")
+    assert "refuses per-channel INT4 fails the build" in note
+
+
 def test_int4_note_of_a_weight_only_graph(tiny):
     """A W4A16 graph is told to build with --fp16 (TensorRT's INT4 GEMMs take fp16 activations), not that its int8
     inputs are quantized around floating-point MatMuls."""
@@ -442,6 +475,16 @@ def test_lint_weight_only_graphs(tiny):
         mm.input[0] = "act_dq"
     assert ("layers.0/in_proj", "linear-quant", "a weight-only graph dequantizes a MatMul's activation input") in \
         mutated(dq_activation)
+
+    def both(gr):  # the weight float and the activation dequantized: reported for its weight (mutant: any(dq))
+        dq_activation(gr)
+        float_linear(gr)
+        mm = next(n for n in gr.node if n.name == "layers.0/in_proj")
+        mm.input[1] = "w_float0"
+        w = next(t for t in gr.initializer if t.name == "layers.0.in_proj.weight_q")
+        gr.initializer.append(numpy_helper.from_array(np.zeros(tuple(w.dims), np.float32), "w_float0"))
+    assert ("layers.0/in_proj", "linear-quant", "linear layer's weight is not quantized in a weight-only graph") in \
+        mutated(both)
 
 
 def test_lint_blocked_int4_weights(tiny):

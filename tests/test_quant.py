@@ -423,6 +423,22 @@ def test_int4_note_of_a_per_channel_weight_only_graph(tiny, tmp_path):
     assert "refuses per-channel INT4 fails the build" in note
 
 
+def test_report_of_a_weight_only_recipe_says_no_activation_is_quantized(tiny):
+    """report.html of gptq-w4a16: the activation statistics are shown for what the passes did, not called quantized
+    activations, and its SQNR table has the 8 weights and no activation row (rtn-w8a8's has both)."""
+    from mq_deploy.report import build_report
+
+    m, windows, ids = tiny
+    rows = {}
+    for r in ("gptq-w4a16", "rtn-w8a8"):
+        m2, plan, runs = prepare(m, load_recipe(r), windows, progress=False)
+        text = build_report(m2, plan, None, runs[-1], r)
+        rows[r] = (text.count(".weight</td><td>int"), text.count("</td><td>activation</td>"))
+        assert ("a weight-only recipe quantizes none of them" in text) == (r == "gptq-w4a16")
+        assert ("every quantized activation" in text) == (r == "rtn-w8a8")
+    assert rows == {"gptq-w4a16": (8, 0), "rtn-w8a8": (8, 16)}
+
+
 def test_int4_note_of_a_weight_only_graph(tiny):
     """A W4A16 graph is told to build with --fp16 (TensorRT's INT4 GEMMs take fp16 activations), not that its int8
     inputs are quantized around floating-point MatMuls."""

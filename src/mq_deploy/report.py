@@ -55,7 +55,10 @@ def build_report(model: MambaModel, plan: GraphPlan, before: Optional[Stats], af
              "<style>body{font-family:sans-serif;margin:2em} figure{display:inline-block;margin:4px} "
              "table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style>",
              f"</head><body><h1>Recipe {html.escape(recipe_name)}</h1>",
-             "<p>Per-channel statistics of every quantized activation, <span style='color:#c0392b'>before the passes "
+             "<p>Per-channel statistics of every " + ("quantized activation" if q is None or q.act_scales else
+                                                       "activation quantization point (a weight-only recipe quantizes "
+                                                       "none of them: shown for what the passes did)") +
+             ", <span style='color:#c0392b'>before the passes "
              "(fp32 model)</span> and <span style='color:#2471a3'>after them (the graph that is quantized)</span>, "
              "then the same statistics after each pass in turn (first calibration windows). "
              "Channels on the x axis; flat curves quantize well with one per-tensor scale.</p>"]

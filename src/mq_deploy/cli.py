@@ -381,10 +381,10 @@ def _float_note(path: Path) -> str:
     """A note for a graph without QuantizeLinear or int8-writing Hadamard: only scan-scales applied to it."""
     import onnx
 
-    from .graph.fuse_scan_quant import hadamard_out_scale
+    from .graph.fuse_scan_quant import quantizes_activations
 
     nodes = onnx.load(str(path), load_external_data=False).graph.node
-    if any(n.op_type == "QuantizeLinear" or hadamard_out_scale(n) for n in nodes):
+    if quantizes_activations(nodes):
         return ""
     if any(n.op_type == "DequantizeLinear" for n in nodes):
         return " (weight-only: dequantized weights, float activations; the activation rules do not apply)"

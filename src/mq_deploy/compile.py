@@ -220,8 +220,7 @@ def _act_scales(g: onnx.ModelProto) -> dict:
 def calibrates(recipe: Recipe) -> bool:
     """Whether compiling a language model with `recipe` needs calibration text (activation scales, GPTQ's Hessians,
     or a pass that takes statistics; a weight-only RTN recipe without such passes needs none)."""
-    gptq = recipe.quantized and recipe.weights["method"] == "gptq"
-    return recipe.act_quantized or gptq or any(dict(p).get("klt") or REGISTRY[n].needs_stats for n, p in recipe.passes)
+    return recipe.quant_calibrates or any(dict(p).get("klt") or REGISTRY[n].needs_stats for n, p in recipe.passes)
 
 
 def default_calib_path() -> Path:

@@ -31,7 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import UserError
-from .graph.fuse_scan_quant import hadamard_out_scale
+from .graph.fuse_scan_quant import hadamard_out_scale, quantizes_activations
 from .graph.plan import LINEARS
 from .ops import hadamard_op
 from .ops import selective_scan as ss
@@ -63,7 +63,7 @@ def lint_model(model: onnx.ModelProto, base_dir: str = "") -> list[dict]:
             if nonzero:
                 out.append(_violation(n.name, "scan-scales", f"float inputs with {', '.join(nonzero)} != 0: "
                                                              "recompile (an OUTDIR from before 2026-12-01)"))
-    act_quant = any(n.op_type == "QuantizeLinear" or hadamard_out_scale(n) for n in g.node)
+    act_quant = quantizes_activations(g.node)
     if not act_quant and not any(n.op_type == "DequantizeLinear" and n.input[0] in inits for n in g.node):
         return out
 

@@ -117,7 +117,7 @@ def prepare(model: MambaModel, recipe: Recipe, windows: Optional[np.ndarray], *,
     model = round_fp16(model, everything=False, recipe=recipe.name)
     gptq = wcfg["method"] == "gptq"
     stats1 = None
-    if recipe.act_quantized or gptq:  # (weight-only RTN reads no data)
+    if recipe.quant_calibrates:  # (weight-only RTN reads no data)
         log("calibrating the transformed graph (" + ", ".join(
             w for w, on in (("activation scales", recipe.act_quantized), ("GPTQ Hessians", gptq)) if on) + ")")
         cov = [f"layers.{i}.{lin}.input" for i in range(n) for lin in LINEARS] if gptq else []

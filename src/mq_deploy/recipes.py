@@ -59,6 +59,12 @@ class Recipe:
         """Activations quantized too (int8, static scales): not w4a16."""
         return self.precision in ("w8a8", "w4a8")
 
+    @property
+    def quant_calibrates(self) -> bool:
+        """The quantizer reads a calibration run of the transformed graph (activation scales, or GPTQ's Hessians): every
+        quantized recipe but a weight-only RTN one."""
+        return self.act_quantized or (self.quantized and self.weights.get("method") == "gptq")
+
     def to_dict(self) -> dict:
         return {"name": self.name, "precision": self.precision, "description": self.description,
                 "passes": [{"name": n, **dict(p)} for n, p in self.passes], "weights": self.weights,

@@ -61,7 +61,7 @@ def int4_note(model) -> Optional[str]:
     activations."""
     import onnx
 
-    from .graph.fuse_scan_quant import hadamard_out_scale
+    from .graph.fuse_scan_quant import quantizes_activations
 
     int4 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT4}
     kinds: dict[str, int] = {}
@@ -75,7 +75,7 @@ def int4_note(model) -> Optional[str]:
     how = ", ".join(f"{v} {k}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
     refused = (", and a TensorRT that refuses per-channel INT4 fails the build (the `-b64` and `-w4a16` recipes have "
                "none)" if "per channel" in kinds else "")
-    if not any(n.op_type == "QuantizeLinear" or hadamard_out_scale(n) for n in model.graph.node):
+    if not quantizes_activations(model.graph.node):
         return (f"{sum(kinds.values())} MatMul weights are INT4 ({how}) with float inputs (weight-only, a W4A16 "
                 "recipe): the form TensorRT documents INT4 in (its recent guides: weight-only, block scales of 64 or "
                 "128 only), with fp16 or bf16 activations, so build with --fp16 (TensorRT 10); TensorRT 11, which has "

@@ -95,6 +95,12 @@ def hadamard_out_scale(node) -> float:
     return v if np.isfinite(v) and v > 0 else 0.0
 
 
+def quantizes_activations(nodes) -> bool:
+    """Whether a graph's nodes quantize activations (a QuantizeLinear, or a Hadamard writing int8); a graph with
+    dequantized weights only is weight-only (W4A16)."""
+    return any(n.op_type == "QuantizeLinear" or hadamard_out_scale(n) for n in nodes)
+
+
 def fuse_hadamard_quant(model: onnx.ModelProto, copy: bool = True) -> onnx.ModelProto:
     """Each Hadamard plugin node (out_scale 0) read only by one QuantizeLinear with a scalar scale > 0 and an int8
     zero point 0 (an initializer), its output not a graph output: the Hadamard takes out_scale = that scale, is

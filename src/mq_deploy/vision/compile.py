@@ -63,7 +63,7 @@ def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force
     check_vim_passes(recipe.passes)  # (a language-model recipe file of one's own: before the calibration)
     out_dir = Path(out_dir)
     warn = log if warn is None else warn
-    images_read = recipe.act_quantized or (recipe.quantized and recipe.weights["method"] == "gptq") or recipe.passes
+    images_read = recipe.quant_calibrates or bool(recipe.passes)
     unused = [f for f, v in (("--calib", calib), ("--calib-samples", calib_samples)) if v is not None]
     if unused and not images_read:  # (said, not silently dropped)
         warn(f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} not read: recipe {recipe.name} calibrates "

@@ -94,9 +94,9 @@ def prepare_vim(model: VimModel, recipe: Recipe, images: Optional[np.ndarray], *
     model = round_fp16(model, everything=False, recipe=recipe.name)
     gptq = wcfg["method"] == "gptq"
     cov = [f"layers.{i}.{lin}.input" for i in range(n) for lin in LINEARS] if gptq else []
-    split = cls_token_index(model) if acfg["cls_token"] == "separate" and recipe.act_quantized else {}
+    split = cls_token_index(model) if acfg["cls_token"] == "separate" else {}
     st = None
-    if recipe.act_quantized or gptq:  # (weight-only RTN reads no data)
+    if recipe.quant_calibrates:  # (weight-only RTN reads no data)
         log("calibrating the transformed graph")
         st = calibrate(model, plan, images, cov, seed=seed, meta={"stage": "transformed"}, token_split=split)
         runs.append(st)

@@ -338,3 +338,71 @@ def test_vim_weight_only_compile_reads_no_images(tmp_path, monkeypatch):
     assert "max_rel_error_portable_following_plugin" not in man["self_check"]
     g = onnx.load(str(tmp_path / "out" / "model.onnx"), load_external_data=False)
     assert not any(n.op_type == "QuantizeLinear" for n in g.graph.node)
+
+
+VIM_W4A16 = ["vim-rtn-w4a16", "vim-gptq-w4a16", "vim-quarot-w4a16", "vim-mambaquant-w4a16"]
+
+
+def test_builtin_vim_weight_only_recipes(tmp_path, monkeypatch):
+    """The bundled vim-*-w4a16 recipes: weight-only INT4 in blocks of 64, Vim family (an LM refuses them, a Vim
+    refuses the LM ones); the RTN ones read no calibration images (neither the passes nor the quantizer take
+    statistics), and the bundled Vim compiles with vim-quarot-w4a16 to a lint-clean graph without QuantizeLinear,
+    held to the portable graph at float rounding."""
+    import mq_deploy
+    import mq_deploy.vision.compile as vcompile
+    from mq_deploy.compile import calibrates
+    from mq_deploy.recipes import available_recipes, family
+
+    assert set(VIM_W4A16) <= set(available_recipes())
+    for name in VIM_W4A16:
+        r = load_recipe(name)
+        assert (r.name, r.precision, family(r), r.act_quantized) == (name, "w4a16", "vim", False)
+        assert r.weights["bits"] == 4 and r.weights["block_size"] == 64
+        assert calibrates(r) == (name in ("vim-gptq-w4a16", "vim-mambaquant-w4a16")), name
+    mq = load_recipe("vim-mambaquant-w4a16")  # the rotations and the online Hadamard; no smoothing, no Vim extras
+    assert [(n, dict(p).get("klt")) for n, p in mq.passes] == [
+        ("fold_norms", None), ("rotate_residual", True), ("rotate_dt", True), ("online_hadamard", None)]
+    assert mq.weights["method"] == "gptq"
+    vim = str(Path(mq_deploy.__file__).parent / "assets" / "vim-fmnist")
+    for model, recipe, msg in ((None, "vim-rtn-w4a16", "is a Vision Mamba \\(Vim\\) recipe"),
+                               (vim, "rtn-w4a16", "is a language-model recipe")):
+        with pytest.raises(UserError, match=msg):
+            compile_model(model, recipe, tmp_path / "wrong")
+        assert not (tmp_path / "wrong").exists()
+
+    def no_images(*a, **k):
+        raise AssertionError("calibration images read")
+
+    monkeypatch.setattr(vcompile, "calibration_images", no_images)
+    man = compile_model(vim, "vim-quarot-w4a16", tmp_path / "q")
+    assert man["calibration"] is None and man["quantization"]["act_scales"] == {}
+    assert man["self_check"]["max_rel_error_plugin_vs_portable"] < 1e-5
+    g = onnx.load(str(tmp_path / "q" / "model.onnx"), load_external_data=False)
+    assert lint_model(g, str(tmp_path / "q")) == [] and not any(n.op_type == "QuantizeLinear" for n in g.graph.node)
+    blocked = [n for n in g.graph.node if n.op_type == "DequantizeLinear"
+               and any(a.name == "block_size" and a.i == 64 for a in n.attribute)]
+    assert len(blocked) > 0 and [p["name"] for p in man["plugins"]] == ["SelectiveScan", "Hadamard"]
+    with pytest.raises(AssertionError, match="calibration images read"):  # the GPTQ one does read them
+        compile_model(vim, "vim-gptq-w4a16", tmp_path / "g", calib_samples=4)
+    assert not (tmp_path / "g").exists()
+
+
+@pytest.mark.skipif(not (vdata.DEFAULT_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+                    reason="dataset-fashion-mnist is not installed")
+def test_compare_vim_weight_only_reads_what_it_needs(monkeypatch):
+    """Vim compare: the fp32 statistics are computed only for passes that read them (a KLT rotation), calibration
+    images only for a recipe that calibrates; the weight-only rows are scored like the others."""
+    import mq_deploy
+    import mq_deploy.vision.compare as vcmp
+
+    read, stats = [], []
+    real_images, real_stats = vcmp.calibration_images, vcmp.fp32_stats
+    monkeypatch.setattr(vcmp, "calibration_images", lambda n, *a, **k: read.append(n) or real_images(n, *a, **k))
+    monkeypatch.setattr(vcmp, "fp32_stats", lambda *a, **k: stats.append(1) or real_stats(*a, **k))
+    vim = str(Path(mq_deploy.__file__).parent / "assets" / "vim-fmnist")
+    rows, _ = vcmp.compare_vim(vim, ["vim-rtn-w4a16", "vim-quarot-w4a16", "vim-mambaquant-w4a16"], ["fashion_mnist"],
+                               limit=16, progress=False)
+    assert [r["recipe"] for r in rows] == ["fp32"] + ["vim-rtn-w4a16", "vim-quarot-w4a16", "vim-mambaquant-w4a16"]
+    assert read == [128] and len(stats) == 1  # vim-mambaquant-w4a16's (128 images, KLT statistics) only
+    for r in rows[1:]:
+        assert r["fashion_mnist"]["n"] == 16 and r["fashion_mnist"]["agreement"] >= 0.75

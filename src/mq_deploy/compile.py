@@ -40,7 +40,7 @@ from .ops import selective_scan as ss
 from .ops import state_update as su
 from .ops.plugin_fields import plugin_inventory
 from .outdir import FORMAT, atomic_dir, check_inputs_outside, sha256_file
-from .passes import REGISTRY
+from .passes import needs_stats
 from .recipes import Recipe, check_family, load_recipe
 
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit: larger graphs keep weights beside the .onnx
@@ -220,7 +220,7 @@ def _act_scales(g: onnx.ModelProto) -> dict:
 def calibrates(recipe: Recipe) -> bool:
     """Whether compiling a language model with `recipe` needs calibration text (activation scales, GPTQ's Hessians,
     or a pass that takes statistics; a weight-only RTN recipe without such passes needs none)."""
-    return recipe.quant_calibrates or any(dict(p).get("klt") or REGISTRY[n].needs_stats for n, p in recipe.passes)
+    return recipe.quant_calibrates or needs_stats(recipe.passes)
 
 
 def default_calib_path() -> Path:

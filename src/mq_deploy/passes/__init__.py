@@ -36,6 +36,11 @@ def register(name: str, params=(), needs_stats: bool = False):
     return deco
 
 
+def needs_stats(passes) -> bool:
+    """Whether any pass of [(name, params)] reads calibration statistics (its own, or a KLT rotation's)."""
+    return any(REGISTRY[n].needs_stats or dict(p).get("klt") for n, p in passes)
+
+
 def clone(model: MambaModel, plan: GraphPlan) -> tuple[MambaModel, GraphPlan]:
     """New model/plan objects sharing the weight arrays: passes assign new arrays (or copy before
     editing in place), so inputs are never modified and nothing large is copied needlessly."""

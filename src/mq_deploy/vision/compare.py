@@ -12,7 +12,9 @@ import time
 from typing import Callable, Optional, Sequence
 
 from ..compare import reuse_row
+from ..compile import calibrates
 from ..errors import UserError
+from ..passes import needs_stats
 from ..recipes import check_family, load_recipe
 from .data import calibration_images, evaluate_top1
 from .graph import VimRunner, build_vim_graph
@@ -61,9 +63,10 @@ def compare_vim(model_dir: str, recipes: Sequence[str], tasks: Sequence[str], li
         t0 = time.time()
         log(f"recipe {recipe.name}")
         seed = recipe.calibration["seed"]
-        imgs = calibration_images(recipe.calibration["samples"], c.channels, seed, path=data, img_size=c.img_size)
+        imgs = (calibration_images(recipe.calibration["samples"], c.channels, seed, path=data, img_size=c.img_size)
+                if calibrates(recipe) else None)  # (a weight-only RTN recipe reads none)
         key = (recipe.calibration["samples"], seed)
-        if recipe.passes and key not in stats0:
+        if needs_stats(recipe.passes) and key not in stats0:
             stats0[key] = fp32_stats(model, imgs, seed)
         m2, plan, _ = prepare_vim(model, recipe, imgs, stats0=stats0.get(key), log=log)
         r = evaluate_top1(VimRunner(build_vim_graph(m2, plan)), c.channels, limit, path=data, progress=progress,

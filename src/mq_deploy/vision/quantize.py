@@ -14,7 +14,7 @@ import numpy as np
 
 from ..calibrate import Stats, collect
 from ..graph.plan import GraphPlan, QuantSpec, point
-from ..passes import REGISTRY
+from ..passes import needs_stats
 from ..quant.qparams import round_fp16 as round_fp16_weight
 from ..quant.linear import quantize_linear
 from ..quant.qparams import act_scale
@@ -78,8 +78,7 @@ def prepare_vim(model: VimModel, recipe: Recipe, images: Optional[np.ndarray], *
     plan = plain_plan(n)
     seed = recipe.calibration.get("seed", 0)
     runs = []
-    needs = any(REGISTRY[p].needs_stats or dict(kw).get("klt") for p, kw in recipe.passes)
-    if needs:
+    if needs_stats(recipe.passes):
         if stats0 is None:
             log("calibrating the fp32 graph (statistics for the passes)")
             stats0 = fp32_stats(model, images, seed)

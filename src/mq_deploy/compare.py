@@ -19,6 +19,7 @@ import numpy as np
 from .backends.ort import OrtRunner
 from .errors import UserError
 from .outdir import atomic_write_bytes, check_writable
+from .passes import needs_stats
 from .eval import run_task
 from .eval.data import TASKS, load_task_data, resolve_data_path
 from .eval.perplexity import token_windows
@@ -82,7 +83,7 @@ def compare(model, recipes: Sequence[str], tasks: Sequence[str], tokenizer, cali
             continue
         log(f"recipe {r}")
         st = None
-        if recipe.passes:
+        if needs_stats(recipe.passes):  # (a rotation without KLT reads none)
             k = recipe.calibration.get("stats_samples", len(calib_windows))
             if k not in stats0:
                 sw = stats_windows(calib_windows, k)

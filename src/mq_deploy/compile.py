@@ -218,8 +218,8 @@ def _act_scales(g: onnx.ModelProto) -> dict:
 
 
 def calibrates(recipe: Recipe) -> bool:
-    """Whether compiling a language model with `recipe` needs calibration text (activation scales, GPTQ's Hessians,
-    or a pass that takes statistics; a weight-only RTN recipe without such passes needs none)."""
+    """Whether compiling with `recipe` needs calibration data, text or a Vim's images (activation scales, GPTQ's
+    Hessians, or a pass that takes statistics; a weight-only RTN recipe without such passes needs none)."""
     return recipe.quant_calibrates or needs_stats(recipe.passes)
 
 

@@ -22,7 +22,7 @@ from .graph.mamba_lm import build_lm_graph
 from .graph.plan import ACT_POINTS, LINEARS, GraphPlan, QuantSpec, point
 from .memory import release
 from .model import MambaModel
-from .passes import REGISTRY, run_passes
+from .passes import needs_stats, run_passes
 from .quant.linear import quantize_linear
 from .quant.qparams import act_scale
 from .quant.qparams import round_fp16 as round_fp16_weight
@@ -89,8 +89,7 @@ def prepare(model: MambaModel, recipe: Recipe, windows: Optional[np.ndarray], *,
     plan = GraphPlan.plain(n)
     seed = recipe.calibration.get("seed", 0)
     stats_runs = []
-    needs_stats = any(REGISTRY[p].needs_stats or dict(kw).get("klt") for p, kw in recipe.passes)
-    if needs_stats:
+    if needs_stats(recipe.passes):
         if stats0 is None:
             sub = stats_windows(windows, recipe.calibration.get("stats_samples", len(windows)))
             log(f"calibrating the fp32 graph on {len(sub)} windows (statistics for the passes)")

@@ -143,6 +143,10 @@ def test_quantized_recipe_without_calibration_data_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "--calib" in r.stderr and not (tmp_path / "out").exists()
     r = run_cli("compile", "--recipe", "rtn-w8a8", "--calib", tmp_path / "missing.txt", "-o", tmp_path / "out")
     assert r.returncode == 2 and "calibration file not found" in r.stderr
+    # a recipe that reads no calibration text says --calib is ignored, and is not stopped by a file it does not read
+    r = run_cli("compile", "--recipe", "rtn-w4a16", "--calib", tmp_path / "missing.txt", "-o", tmp_path / "w16", env=env)
+    assert r.returncode == 0 and "warning: --calib is not read: recipe rtn-w4a16" in r.stderr, r.stderr
+    assert "not found" not in r.stderr and (tmp_path / "w16" / "manifest.json").is_file()
     # the other family's kind of calibration data: named as such (a Vim's is a folder, a language model's a file)
     r = run_cli("compile", "--recipe", "rtn-w8a8", "--calib", tmp_path, "-o", tmp_path / "out")
     assert r.returncode == 2 and f"calibration file {tmp_path} is a folder" in r.stderr
@@ -200,6 +204,25 @@ def test_compare_computes_fp32_statistics_only_for_passes_that_read_them(monkeyp
     rows = cmp.compare(model, ["smoothquant-w8a8", "mambaquant-w8a8"], ["text"], tok, calib, **kw)
     assert len(rows) == 3 and made == [1]  # shared by both
     assert all(r["text"]["kl"] > 0 for r in rows[1:])
+
+
+def test_compare_reads_calibration_text_only_where_a_recipe_calibrates(tmp_path):
+    """A language-model compare of recipes that read no calibration text (fp32, weight-only RTN) runs without any
+    (no MQ_DEPLOY_DATA_DIR, no --calib), warns about the calibration flags it was given, and records no calibration;
+    with a recipe that calibrates it still asks for the text; 0 windows is refused either way."""
+    heldout = need(DATA_DIR / "text" / "ref_corpus_heldout.txt")
+    env = {"MQ_DEPLOY_DATA_DIR": str(tmp_path / "nothing")}
+    base = ["compare", "--tasks", "text", "--data", f"text={heldout}", "--limit", "2", "--seq-len", "64"]
+    r = run_cli(*base, "--recipes", "rtn-w4a16,quarot-w4a16", "--calib-seq-len", "32", "-o", tmp_path / "a", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "warning: --calib-seq-len is not read: no recipe of --recipes calibrates" in r.stderr
+    saved = json.loads((tmp_path / "a" / "compare.json").read_text())
+    assert [x["recipe"] for x in saved["rows"]] == ["fp32", "rtn-w4a16", "quarot-w4a16"]
+    assert saved["meta"]["calibration"] is None and saved["rows"][1]["text"]["kl"] > 0
+    r = run_cli(*base, "--recipes", "rtn-w4a16,gptq-w4a16", "-o", tmp_path / "b", env=env)
+    assert r.returncode == 2 and "needs calibration text" in r.stderr and "--calib" in r.stderr
+    r = run_cli(*base, "--recipes", "rtn-w4a16", "--calib-samples", "0", "-o", tmp_path / "c", env=env)
+    assert r.returncode == 2 and "--calib-samples must be >= 1" in r.stderr
 
 
 def test_compare_saves_as_it_goes_and_resumes(tmp_path, monkeypatch, capsys):

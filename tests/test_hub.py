@@ -374,6 +374,8 @@ def test_checks_before_a_download(tmp_path, monkeypatch):
     _check_before_download(ns(command="compile", recipe="vim-rtn-w8a8"))
     _check_before_download(ns(command="compile", recipe="fp32"))
     _check_before_download(ns(command="compare", recipes="fp32,fp16"))
+    _check_before_download(ns(command="compare", recipes="rtn-w4a16,quarot-w4a16"))  # (they read no text)
+    _check_before_download(ns(command="compile", recipe="rtn-w4a16", calib=str(tmp_path / "none.txt")))  # (unread)
     _check_before_download(ns(command="eval"))
     with pytest.raises(UserError, match="this recipe needs calibration text"):
         _check_before_download(ns(command="compile", recipe="rtn-w8a8"))

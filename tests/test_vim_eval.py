@@ -138,6 +138,13 @@ def test_compare_cli_vision_mode(tmp_path, capsys):
     saved = json.loads((out / "compare.json").read_text())
     assert saved["rows"] == rows and saved["meta"]["model"]["format"] == "vim"
     assert "| vim-rtn-w8a8 |" in (out / "compare.md").read_text()
+    # --calib-samples is the images' count for every recipe that calibrates; the text-only flags are said ignored
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path), "--recipes", "vim-rtn-w8a8,vim-rtn-w4a16", "--limit", "8", "--calib-samples",
+                 "4", "--calib-seq-len", "9", "-o", str(tmp_path / "cmp2"), "--json"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("calibration: 4 training images") == 1  # (vim-rtn-w4a16 reads none)
+    assert "warning: --calib-seq-len is not read: a Vision Mamba (Vim) calibrates on images: ignored" in err
     for bad, msg in ((["--tasks", "wikitext2", "--recipes", "vim-rtn-w8a8"], "fashion_mnist only"),
                      (["--tasks", "fashion_mnist", "--recipes", "rtn-w8a8"], "language-model recipe"),
                      (["--recipes", "vim-rtn-w8a8", "--tasks", ""], "at least one name")):

@@ -406,3 +406,11 @@ def test_compare_vim_weight_only_reads_what_it_needs(monkeypatch):
     assert read == [128] and len(stats) == 1  # vim-mambaquant-w4a16's (128 images, KLT statistics) only
     for r in rows[1:]:
         assert r["fashion_mnist"]["n"] == 16 and r["fashion_mnist"]["agreement"] >= 0.75
+    # --calib-samples / --calib: the images' count and folder, for every recipe that calibrates
+    read.clear()
+    paths = []
+    monkeypatch.setattr(vcmp, "calibration_images",
+                        lambda n, *a, **k: read.append(n) or paths.append(k["path"]) or real_images(n, *a, **k))
+    rows, _ = vcmp.compare_vim(vim, ["vim-rtn-w4a16", "vim-gptq-w4a16"], ["fashion_mnist"], limit=16, progress=False,
+                               calib=str(vdata.DEFAULT_DIR), calib_samples=8)
+    assert read == [8] and paths == [str(vdata.DEFAULT_DIR)] and len(rows) == 3

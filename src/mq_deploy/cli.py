@@ -291,12 +291,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 # -- compare / lint -------------------------------------------------------------------------------
+def _unused_calib_flags(args: argparse.Namespace, flags: tuple, why: str) -> None:
+    """A warning naming those of `flags` (e.g. "--calib-seq-len") the command line gave but nothing reads (said, not
+    silently dropped)."""
+    given = [f for f in flags if getattr(args, f.lstrip("-").replace("-", "_"), None) is not None]
+    if given:
+        _log(f"warning: {' and '.join(given)} {'is' if len(given) == 1 else 'are'} not read: {why}: ignored")
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from .compare import (SCORED, RunFiles, code_stamp, compare, file_stamp, markdown_table, model_stamp,
                           recipe_fingerprint)
-    from .compile import calibration_data
+    from .compile import calibrates, calibration_data
     from .eval.data import TASKS, resolve_data_path
     from .eval.tokenizer import TextTokenizer
     from .loaders import load_model, resolve_model_dir
@@ -316,6 +324,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise UserError(f"--data expects TASK=PATH, got '{d}'")
         t, p = d.split("=", 1)
         data[t] = p
+    if (args.calib_samples is not None and args.calib_samples < 1) or (args.calib_seq_len is not None
+                                                                       and args.calib_seq_len < 2):
+        raise UserError("--calib-samples must be >= 1 and --calib-seq-len >= 2")  # (also where nothing calibrates)
     log = (lambda s: None) if args.quiet else _log
     recs = [load_recipe(r) for r in recipes]
     for r in recs:  # every name and its model family before any work
@@ -337,13 +348,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from .vision.data import data_dir
 
         images = data.get("fashion_mnist")
+        _unused_calib_flags(args, ("--calib-seq-len", "--tokenizer"), "a Vision Mamba (Vim) calibrates on images")
+        if not any(calibrates(r) for r in recs):
+            _unused_calib_flags(args, ("--calib", "--calib-samples"), "no recipe of --recipes calibrates")
         settings = {"model": model_stamp(args.model), "tasks": tasks, "limit": args.limit,
-                    "data": file_stamp(data_dir(images)), "version": code_stamp()}
+                    "data": file_stamp(data_dir(images)), "version": code_stamp(),
+                    **({"calib": file_stamp(data_dir(args.calib))} if args.calib else {}),
+                    **({"calib_samples": args.calib_samples} if args.calib_samples else {})}
         files = RunFiles(Path(args.output), tasks, {"model": {"path": str(args.model), "format": "vim"}, "tasks": tasks,
                                                      "limit": args.limit, "command": command}, settings, fingerprints)
         rows, model_info = files.run(args.resume, log, _log, lambda done, on_row: compare_vim(
-            args.model, recipes, tasks, limit=args.limit, data=images, progress=not args.quiet, log=log, done=done,
-            on_row=on_row))
+            args.model, recipes, tasks, limit=args.limit, data=images, calib=args.calib,
+            calib_samples=args.calib_samples, progress=not args.quiet, log=log, done=done, on_row=on_row))
         files.meta["model"] = model_info
         files.update(rows)
         print(json.dumps(rows) if args.json else markdown_table(rows, tasks), end="\n" if args.json else "")
@@ -354,15 +370,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not tok_path:
         raise UserError("pass --tokenizer PATH/tokenizer.json (the model directory has none)")
     tok = TextTokenizer(tok_path)
-    windows, calib_info = calibration_data(model, recs[0], args.calib, tok_path, args.calib_samples,
-                                           args.calib_seq_len)
+    calibrating = [r for r in recs if calibrates(r)]
+    if calibrating:  # (the first such recipe's calibration block: seed and sizes, unless the flags say)
+        windows, calib_info = calibration_data(model, calibrating[0], args.calib, tok_path, args.calib_samples,
+                                               args.calib_seq_len)
+    else:  # fp32 / fp16 / weight-only RTN only: no calibration text is read
+        windows, calib_info = None, None
+        _unused_calib_flags(args, ("--calib", "--calib-samples", "--calib-seq-len"), "no recipe of --recipes "
+                            "calibrates (no activation scales, no GPTQ, no pass that takes statistics)")
     note = SCORED.format(seq_len=args.seq_len)
     meta = {"model": model.source, "calibration": calib_info, "tasks": tasks, "seq_len": args.seq_len,
             "limit": args.limit, "windows": args.windows, "data": data, "scored": note, "command": command}
     task_files = {t: file_stamp(resolve_data_path(t, data.get(t), flag=f"--data {t}=PATH"))
                   for t in tasks if t in TASKS}  # (other names: compare's own errors)
     settings = {"model": model_stamp(model.source.get("path") or "."), "format": model.source.get("format"),
-                "calibration": {**calib_info, "tokenizer": file_stamp(calib_info["tokenizer"])}, "tasks": tasks,
+                "calibration": calib_info and {**calib_info, "tokenizer": file_stamp(calib_info["tokenizer"])},
+                "tasks": tasks,
                 "seq_len": args.seq_len, "limit": args.limit, "windows": args.windows, "data": task_files,
                 "tokenizer": file_stamp(tok_path), "version": code_stamp()}
     files = RunFiles(Path(args.output), tasks, meta, settings, fingerprints, note)
@@ -555,9 +578,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "model)")
     k.add_argument("--data", action="append", default=[], metavar="TASK=PATH", help="data file for a task (repeatable)")
     k.add_argument("--tokenizer", help="tokenizer.json or a Hub id (default: the model directory's)")
-    k.add_argument("--calib", help="calibration text (default $MQ_DEPLOY_DATA_DIR/text/wikitext2_val_sample.jsonl)")
-    k.add_argument("--calib-samples", type=int, default=128, help="calibration windows for every recipe (default 128)")
-    k.add_argument("--calib-seq-len", type=int, default=512, help="tokens a calibration window (default 512)")
+    k.add_argument("--calib", help="calibration text, read where a recipe calibrates (default $MQ_DEPLOY_DATA_DIR/"
+                                   "text/wikitext2_val_sample.jsonl); a Vim: the Fashion-MNIST folder of its training "
+                                   "images (default: --data fashion_mnist=DIR's, else the dataset package's)")
+    k.add_argument("--calib-samples", type=int, help="calibration windows (a Vim: images) for every recipe (default: "
+                                                     "the recipes', 128)")
+    k.add_argument("--calib-seq-len", type=int, help="tokens a calibration window (default: the recipes', 512)")
     k.add_argument("--seq-len", type=int, default=512, help="perplexity window / zero-shot max length (default 512)")
     k.add_argument("--limit", type=int, help="first N items per zero-shot task (and windows, unless --windows)")
     k.add_argument("--windows", type=int, help="first N windows per perplexity task")
@@ -820,8 +846,8 @@ def _check_before_download(args: argparse.Namespace) -> None:
     elif args.command == "compare":
         recipes = [load_recipe(n) for n in args.recipes.split(",") if n]
         check_writable(Path(args.output) / "compare.json", "compare's results")
-        needs_text = True  # (a language model's compare calibrates even for fp32 alone; but with only fp32 / fp16,
-        # which a Vim takes too, the family is unknown before the download)
+        needs_text = any(calibrates(r) for r in recipes)  # (with only fp32 / fp16, which a Vim takes too, the family
+        # is unknown before the download: nothing to check then)
     else:
         return
     if needs_text and any(family(r) == "lm" for r in recipes):

@@ -344,12 +344,13 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         if unused:
             warn(f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} not read: recipe {recipe.name} "
                  "calibrates nothing (no activation scales, no GPTQ, no pass that takes statistics): ignored")
-    if calib is not None:
-        from .calibrate import check_calib_file
+    if calibrates(recipe):  # (a file that is not read is not checked either: the warning above says so)
+        if calib is not None:
+            from .calibrate import check_calib_file
 
-        check_calib_file(calib)
-    elif calibrates(recipe):
-        default_calib_path()  # (no --calib and no default text: said before the model is loaded)
+            check_calib_file(calib)
+        else:
+            default_calib_path()  # (no --calib and no default text: said before the model is loaded)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, force=force, warn=warn) as tmp:
         log(f"loading {'the bundled model' if model_path is None else model_path}")

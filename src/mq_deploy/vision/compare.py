@@ -1,6 +1,7 @@
 """`mq-deploy compare VIM_DIR --recipes ... --tasks fashion_mnist`: every vision recipe side by side.
 
-Per recipe: calibrate on the recipe's `calibration.samples` training images (its seed), apply the
+Per recipe: calibrate on the recipe's `calibration.samples` (or `calib_samples`) training images (its seed; from the
+folder `calib`, else `data`) where it calibrates, apply the
 passes, quantize, build the plugin graph and score top-1 on the Fashion-MNIST test images (all 10k
 unless `limit`), with the agreement of its predictions with fp32's. The fp32 statistics the passes read
 are computed once per (samples, seed) and shared by every recipe.
@@ -25,7 +26,8 @@ TASK = "fashion_mnist"
 
 
 def compare_vim(model_dir: str, recipes: Sequence[str], tasks: Sequence[str], limit: Optional[int] = None,
-                data: Optional[str] = None, progress: bool = True,
+                data: Optional[str] = None, calib: Optional[str] = None, calib_samples: Optional[int] = None,
+                progress: bool = True,
                 log: Callable[[str], None] = lambda s: None, done: Optional[dict] = None,
                 on_row: Callable[[list], None] = lambda rows: None) -> tuple[list[dict], dict]:
     """Rows [{recipe, fashion_mnist: {acc, agreement, n}, seconds}] (fp32 first) and the model's description.
@@ -62,10 +64,12 @@ def compare_vim(model_dir: str, recipes: Sequence[str], tasks: Sequence[str], li
             continue
         t0 = time.time()
         log(f"recipe {recipe.name}")
-        seed = recipe.calibration["seed"]
-        imgs = (calibration_images(recipe.calibration["samples"], c.channels, seed, path=data, img_size=c.img_size)
+        seed, n = recipe.calibration["seed"], calib_samples or recipe.calibration["samples"]
+        imgs = (calibration_images(n, c.channels, seed, path=calib or data, img_size=c.img_size)
                 if calibrates(recipe) else None)  # (a weight-only RTN recipe reads none)
-        key = (recipe.calibration["samples"], seed)
+        if imgs is not None:
+            log(f"  calibration: {len(imgs)} training images")
+        key = (n, seed)
         if needs_stats(recipe.passes) and key not in stats0:
             stats0[key] = fp32_stats(model, imgs, seed)
         m2, plan, _ = prepare_vim(model, recipe, imgs, stats0=stats0.get(key), log=log)

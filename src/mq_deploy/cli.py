@@ -292,11 +292,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 # -- compare / lint -------------------------------------------------------------------------------
 def _unused_calib_flags(args: argparse.Namespace, flags: tuple, why: str) -> None:
-    """A warning naming those of `flags` (e.g. "--calib-seq-len") the command line gave but nothing reads (said, not
-    silently dropped)."""
-    given = [f for f in flags if getattr(args, f.lstrip("-").replace("-", "_"), None) is not None]
-    if given:
-        _log(f"warning: {' and '.join(given)} {'is' if len(given) == 1 else 'are'} not read: {why}: ignored")
+    """compile.unused_flags's warning for those of `flags` (e.g. "--calib-seq-len") the command line gave."""
+    from .compile import unused_flags
+
+    note = unused_flags({f: getattr(args, f.lstrip("-").replace("-", "_"), None) for f in flags}, why)
+    if note:
+        _log(f"warning: {note}")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -304,7 +305,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     from .compare import (SCORED, RunFiles, code_stamp, compare, file_stamp, markdown_table, model_stamp,
                           recipe_fingerprint)
-    from .compile import calibrates, calibration_data
+    from .compile import NOTHING_CALIBRATES, calibrates, calibration_data
     from .eval.data import TASKS, resolve_data_path
     from .eval.tokenizer import TextTokenizer
     from .loaders import load_model, resolve_model_dir
@@ -376,8 +377,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                                args.calib_seq_len)
     else:  # fp32 / fp16 / weight-only RTN only: no calibration text is read
         windows, calib_info = None, None
-        _unused_calib_flags(args, ("--calib", "--calib-samples", "--calib-seq-len"), "no recipe of --recipes "
-                            "calibrates (no activation scales, no GPTQ, no pass that takes statistics)")
+        _unused_calib_flags(args, ("--calib", "--calib-samples", "--calib-seq-len"),
+                            f"no recipe of --recipes calibrates ({NOTHING_CALIBRATES})")
     note = SCORED.format(seq_len=args.seq_len)
     meta = {"model": model.source, "calibration": calib_info, "tasks": tasks, "seq_len": args.seq_len,
             "limit": args.limit, "windows": args.windows, "data": data, "scored": note, "command": command}

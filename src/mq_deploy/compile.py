@@ -223,6 +223,18 @@ def calibrates(recipe: Recipe) -> bool:
     return recipe.quant_calibrates or needs_stats(recipe.passes)
 
 
+NOTHING_CALIBRATES = "no activation scales, no GPTQ, no pass that takes statistics"
+
+
+def unused_flags(given: dict, why: str) -> Optional[str]:
+    """The warning for the flags of {"--flag": value} that were given (not None) but nothing reads, or None: said, not
+    silently dropped."""
+    names = [f for f, v in given.items() if v is not None]
+    if not names:
+        return None
+    return f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} not read: {why}: ignored"
+
+
 def default_calib_path() -> Path:
     import os
 
@@ -338,12 +350,11 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         from .eval.tokenizer import TextTokenizer
 
         TextTokenizer(tokenizer)
-    if not calibrates(recipe):  # (said, not silently dropped)
-        unused = [f for f, v in (("--calib", calib), ("--calib-samples", calib_samples),
-                                 ("--calib-seq-len", calib_seq_len)) if v is not None]
-        if unused:
-            warn(f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} not read: recipe {recipe.name} "
-                 "calibrates nothing (no activation scales, no GPTQ, no pass that takes statistics): ignored")
+    note = None if calibrates(recipe) else unused_flags(
+        {"--calib": calib, "--calib-samples": calib_samples, "--calib-seq-len": calib_seq_len},
+        f"recipe {recipe.name} calibrates nothing ({NOTHING_CALIBRATES})")
+    if note:
+        warn(note)
     if calibrates(recipe):  # (a file that is not read is not checked either: the warning above says so)
         if calib is not None:
             from .calibrate import check_calib_file

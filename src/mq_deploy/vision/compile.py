@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 import onnx
 
-from ..compile import calibrates
+from ..compile import NOTHING_CALIBRATES, calibrates, unused_flags
 from ..errors import InternalError, UserError
 from ..graph.fuse_scan_quant import fuse_plugin_quant
 from ..graph.lower import lower_selective_scan
@@ -65,10 +65,10 @@ def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force
     out_dir = Path(out_dir)
     warn = log if warn is None else warn
     images_read = calibrates(recipe)
-    unused = [f for f, v in (("--calib", calib), ("--calib-samples", calib_samples)) if v is not None]
-    if unused and not images_read:  # (said, not silently dropped)
-        warn(f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} not read: recipe {recipe.name} calibrates "
-             "nothing (no activation scales, no GPTQ, no pass that takes statistics): ignored")
+    note = None if images_read else unused_flags({"--calib": calib, "--calib-samples": calib_samples},
+                                                 f"recipe {recipe.name} calibrates nothing ({NOTHING_CALIBRATES})")
+    if note:
+        warn(note)
     with atomic_dir(out_dir, force=force, warn=warn) as tmp:
         log(f"loading Vim checkpoint {model_path}")
         model = load_vim(model_path, warn=warn)

@@ -56,14 +56,12 @@ def test_dockerfiles_pass_hadolint():
 
 
 def _requirements(lines) -> dict[str, str]:
-    """{normalized name: the rest of the requirement} of requirement lines (comments and blanks skipped)."""
-    out = {}
-    for line in lines:
-        line = line.split("#")[0].strip()
-        if line:
-            m = re.match(r"([A-Za-z0-9_.-]+)\s*(.*)", line)
-            out[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2).replace(" ", "")
-    return out
+    """{canonical name: specifier} of requirement lines (comments and blanks skipped), parsed by packaging."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    reqs = [Requirement(x.split("#")[0]) for x in lines if x.split("#")[0].strip()]
+    return {canonicalize_name(r.name): str(r.specifier) for r in reqs}
 
 
 def test_docker_constraints_follow_pyproject():

@@ -112,7 +112,7 @@ def test_build_without_tensorrt_is_one_error_line_and_writes_nothing(fp32_out, n
     cap = capsys.readouterr()
     lines = _errors(cap.err)
     assert len(lines) == 1 and lines[0].startswith("mq-deploy: error: ")
-    for what in ("pip install tensorrt-cu12==10.3.*", "nvcr.io/nvidia/tensorrt", "python3-libnvinfer"):
+    for what in ("pip install \"tensorrt-cu12==10.3.*\"", "nvcr.io/nvidia/tensorrt", "python3-libnvinfer"):
         assert what in lines[0]
     assert cap.out == ""
     assert sorted(os.listdir(fp32_out)) == before  # no engine, no temporary file
@@ -1021,7 +1021,7 @@ def test_validate_fp32(fp32_out, no_tensorrt, capsys):
     out = capsys.readouterr().out
     assert "portable vs plugin" in out and "validate: OK" in out
     skipped = [ln for ln in out.splitlines() if ln.startswith("engine comparison skipped")]
-    assert len(skipped) == 1 and "pip install tensorrt-cu12==10.3.*" in skipped[0]
+    assert len(skipped) == 1 and "pip install \"tensorrt-cu12==10.3.*\"" in skipped[0]
     assert main(["validate", str(fp32_out), "-q", "--json", "--batch", "2", "--seq", "24"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["ok"] and rep["input_ids"] == [2, 24]

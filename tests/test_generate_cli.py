@@ -158,7 +158,7 @@ def test_generate_tensorrt_flavour_names_tensorrt_first(outdir):
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
     assert_user_error(run_cli("generate", outdir, "--prompt", "hi", "--flavour", "tensorrt"),
-                      "TensorRT's Python package is not installed", "pip install tensorrt-cu12==10.3")
+                      "TensorRT's Python package is not installed", "pip install \"tensorrt-cu12==10.3")
 
 
 def test_generate_and_eval_say_what_a_graph_or_outdir_is_for(outdir, tmp_path):

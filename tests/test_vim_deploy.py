@@ -126,3 +126,110 @@ def test_language_model_shapes_need_a_sequence(tmp_path, capsys):
     assert "need BATCH,SEQUENCE" in capsys.readouterr().err
     assert main(["build", str(out), "--dry-run", "--min-shapes", "1,8"]) == 0
     assert "--minShapes=input_ids:1x8" in capsys.readouterr().out
+
+
+def test_validate_vim_torch_checks_the_checkpoint_weights(vim_out, tmp_path, capsys):
+    """The Vim manifest records the sha256 of the checkpoint's weight files, and validate --torch / --model refuses a
+    checkpoint whose weights changed since (same config): every torch row would measure that change instead."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    ckpt, out = vim_out
+    man = json.loads((out / "manifest.json").read_text())["model"]
+    assert set(man["weights"]) == {"model.safetensors"} and man["bundled"] is False
+    changed = tmp_path / "changed"
+    shutil.copytree(ckpt, changed)
+    sd = load_file(str(changed / "model.safetensors"))
+    key = next(k for k in sd if "out_proj" in k)
+    sd[key] = sd[key] * np.float32(1.05)
+    save_file(sd, str(changed / "model.safetensors"))
+    assert main(["validate", str(out), "--model", str(changed)]) == 2
+    err = capsys.readouterr().err
+    assert (f"the checkpoint {changed} is not the one {out} was compiled from: model.safetensors differs from the file "
+            "compiled (sha256)") in err
+    assert main(["validate", str(out), "--model", str(ckpt), "-q"]) == 0  # the one compiled: passes
+    capsys.readouterr()
+
+
+def test_bundled_vim_is_found_where_this_installation_keeps_it(tmp_path, capsys):
+    """An OUTDIR of the bundled Vim copied to another machine: its manifest says bundled, and validate --torch loads
+    this installation's copy instead of the compile machine's path."""
+    from mq_deploy.hub import compiled_from
+    from mq_deploy.vision.model import BUNDLED_VIM_DIR
+
+    out = tmp_path / "out"
+    assert main(["compile", str(BUNDLED_VIM), "-o", str(out), "-q"]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["model"]["bundled"] is True and set(man["model"]["weights"]) == {"model.safetensors"}
+    man["model"]["path"] = "/elsewhere/assets/vim-fmnist"  # (the compile machine's installation)
+    (out / "manifest.json").write_text(json.dumps(man))
+    assert compiled_from(man["model"]) == str(BUNDLED_VIM_DIR)
+    assert main(["validate", str(out), "--torch", "--batch", "2", "--json", "-q"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    pair = {(p["reference"], p["test"]): p for p in rep["pairs"]}[("torch-fp32", "plugin")]
+    assert rep["ok"] and pair["limit"] == 1e-4 and pair["max_rel"] < 1e-5  # fp32: gated
+
+
+def test_decode_graph_of_a_vim_says_only_why(vim_out, capsys):
+    """--graph decode on a Vim OUTDIR: one error line, no hash-check line about no files before it."""
+    _, out = vim_out
+    assert main(["validate", str(out), "--graph", "decode"]) == 2
+    err = capsys.readouterr().err
+    assert "checking" not in err and err.strip().splitlines() == [
+        f"mq-deploy: error: {out} is a Vim OUTDIR: it has no prefill / decode-step graphs (validate it without --graph)"]
+
+
+def test_eval_of_a_vim_outdir_reads_its_manifest(vim_out, tmp_path, capsys):
+    """eval --task fashion_mnist of a Vim OUTDIR checks it as every command does: the manifest's format, the graph's
+    size, a graph missing or a manifest missing said as such; a language-model OUTDIR is named one."""
+    import shutil
+
+    _, out = vim_out
+
+    def fails(target, *extra) -> str:
+        assert main(["eval", str(target), "--task", "fashion_mnist", "--limit", "4", "-q", *extra]) == 2
+        return capsys.readouterr().err
+
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    (bad / "model.portable.onnx").unlink()
+    assert (f"{bad} has no model.portable.onnx (the graph eval runs), which its manifest.json lists: copy it"
+            in fails(bad))
+    shutil.rmtree(bad)
+    shutil.copytree(out, bad)
+    with open(bad / "model.portable.onnx", "r+b") as f:
+        f.truncate(1000)
+    assert f"{bad / 'model.portable.onnx'} has 1000 bytes, its manifest.json" in fails(bad)
+    shutil.rmtree(bad)
+    shutil.copytree(out, bad)
+    man = json.loads((bad / "manifest.json").read_text())
+    (bad / "manifest.json").write_text(json.dumps({**man, "format": "mq-deploy/2"}))
+    assert "has format 'mq-deploy/2'; this mq-deploy reads 'mq-deploy/1'" in fails(bad)
+    (bad / "manifest.json").unlink()
+    assert f"{bad} holds model.portable.onnx but no manifest.json" in fails(bad)
+    lm = tmp_path / "lm"
+    assert main(["compile", "-o", str(lm), "-q"]) == 0
+    assert f"{lm} is a language-model OUTDIR: evaluate it with a text task" in fails(lm)
+    # the OUTDIR itself, with flags fashion_mnist does not read (said) and its own batch size
+    assert main(["eval", str(out), "--task", "fashion_mnist", "--limit", "4", "--batch-size", "3", "--seq-len", "64",
+                 "--json", "-q"]) == 0
+    got = capsys.readouterr()
+    assert json.loads(got.out)["n"] == 4
+    assert "warning: --seq-len is not read: fashion_mnist classifies whole images, with no tokenizer: ignored" in got.err
+    assert fails(out, "--batch-size", "0").strip().endswith("--batch-size must be at least 1, got 0")
+
+
+@pytest.mark.parametrize("given, used", [(None, 64), ("3", 3)])
+def test_eval_fashion_mnist_batch_size(vim_out, monkeypatch, capsys, given, used):
+    """--batch-size is the images a forward pass for fashion_mnist when given (was raised to at least 64), 64 if not."""
+    from mq_deploy.vision import evaluate
+
+    seen = []
+    real = evaluate.evaluate_top1
+    monkeypatch.setattr(evaluate, "evaluate_top1", lambda *a, **k: seen.append(k["batch_size"]) or real(*a, **k))
+    _, out = vim_out
+    assert main(["eval", str(out), "--task", "fashion_mnist", "--limit", "4", "-q"]
+                + (["--batch-size", given] if given else [])) == 0
+    assert seen == [used]
+    capsys.readouterr()

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -225,9 +226,15 @@ def test_compile_vim_with_the_extras_and_lm_refusal(tmp_path):
         compile_model(None, str(rec.source), tmp_path / "lm")
     assert not (tmp_path / "lm").exists()
     # a recipe of the other family: one error, before any work, nothing written
+    # (a bundled recipe named by its file, relative to the working directory, is still the bundled one)
+    from mq_deploy.recipes import RECIPE_DIR
+
+    rel = lambda name: os.path.relpath(RECIPE_DIR / f"{name}.yaml")  # noqa: E731
     for model, recipe, msg in ((str(d), "mambaquant-w8a8", "is a language-model recipe; use fp32, fp16 or the vim-"),
                                (str(d), "rtn-w8a8", "is a language-model recipe"),
-                               (None, "vim-rtn-w8a8", "is a Vision Mamba \\(Vim\\) recipe")):
+                               (None, "vim-rtn-w8a8", "is a Vision Mamba \\(Vim\\) recipe"),
+                               (str(d), rel("mambaquant-w8a8"), "is a language-model recipe; use fp32, fp16 or the vim-"),
+                               (None, rel("vim-rtn-w8a8"), "is a Vision Mamba \\(Vim\\) recipe")):
         with pytest.raises(UserError, match=msg):
             compile_model(model, recipe, tmp_path / "wrong")
         assert not (tmp_path / "wrong").exists()

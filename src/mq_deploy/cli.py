@@ -140,10 +140,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if "fashion_mnist" in args.task and len(set(args.task)) > 1:
         raise UserError("--task fashion_mnist cannot be combined with language-model tasks")
     data = _eval_data(args.data, args.task)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if "fashion_mnist" in args.task:  # image classification (Vim): no tokenizer
+        from .compile import unused_flags
         from .vision.evaluate import run_fashion_mnist
 
-        r = run_fashion_mnist(args.model, data.get("fashion_mnist"), args.limit, max(args.batch_size, 64),
+        note = unused_flags({"--seq-len": args.seq_len, "--tokenizer": args.tokenizer},
+                            "fashion_mnist classifies whole images, with no tokenizer")
+        if note:
+            _log(f"warning: {note}")
+        r = run_fashion_mnist(args.model, data.get("fashion_mnist"), args.limit, args.batch_size or 64,
                               args.threads, progress=not args.quiet)
         print(json.dumps(r) if args.json else f"fashion_mnist: top1={r['top1']:.4f}, n={r['n']}", flush=True)
         return 0
@@ -152,7 +159,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     kw = {} if args.seq_len is None else {"seq_len": args.seq_len}
     results = []
     for task in args.task:
-        r = run_task(task, runner, tok, data_path=data.get(task), limit=args.limit, batch_size=args.batch_size,
+        r = run_task(task, runner, tok, data_path=data.get(task), limit=args.limit, batch_size=args.batch_size or 2,
                      progress=not args.quiet, **kw)
         r["model"] = desc
         results.append(r)
@@ -623,7 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tokenizer", help="tokenizer.json or a Hub id (default: the one beside the model)")
     e.add_argument("--seq-len", type=int, default=None, help="window length for perplexity / max length (default 2048)")
     e.add_argument("--limit", type=int, default=None, help="only the first N windows / items")
-    e.add_argument("--batch-size", type=int, default=2, help="sequences per forward pass (default 2; logits are batch x seq x vocab floats)")
+    e.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass (default 2; logits are batch x seq x "
+                                                               "vocab floats), images for fashion_mnist (default 64)")
     e.add_argument("--threads", type=int, default=None, help="CPU threads (default, or 0: all)")
     e.add_argument("--json", action="store_true", help="print one JSON object per task on stdout")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

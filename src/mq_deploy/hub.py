@@ -282,6 +282,10 @@ def compiled_from(source: dict, log: Callable[[str], None] = lambda s: None,
     machine's cache (an OUTDIR copied to a device); otherwise the recorded path (the loader then says it is missing)."""
     path = source.get("path")
     origin_ = source.get("hub")
+    if source.get("bundled") and source.get("format") == "vim":  # the bundled Vim, of this installation
+        from .vision.model import BUNDLED_VIM_DIR
+
+        return str(BUNDLED_VIM_DIR)
     if source.get("bundled") or not path and not origin_:  # (a manifest naming neither: the bundled model, as before)
         return None
     if path and Path(path).exists() or not isinstance(origin_, dict) or not origin_.get("repo"):

@@ -62,8 +62,9 @@ def check_files(out_dir: str | Path, manifest: dict, names: Optional[Sequence[st
     if hashes:
         refuse_linked_weights(out, [name for name, _ in listed if not name.endswith(".onnx")])  # (before hashing)
         todo = [(name, info) for name, info in listed if info.get("sha256")]
-        log(f"checking {', '.join(n for n, _ in todo)} ({sum(i['bytes'] for _, i in todo) / 1e6:.1f} MB) against "
-            "manifest.json's sha256")
+        if todo:  # (a graph this OUTDIR does not have, e.g. a Vim's decode step: nothing to say)
+            log(f"checking {', '.join(n for n, _ in todo)} ({sum(i['bytes'] for _, i in todo) / 1e6:.1f} MB) against "
+                "manifest.json's sha256")
         for name, info in todo:
             if sha256_file(out / name) != info["sha256"]:
                 raise UserError(f"{out / name} differs from the file `mq-deploy compile` wrote (its sha256 is not the "

@@ -79,8 +79,8 @@ def available_recipes() -> list[str]:
 def family(recipe: Recipe) -> Optional[str]:
     """"vim" for a bundled vim-* recipe, "lm" for the other bundled ones but fp32 / fp16; None where the recipe says
     nothing of the model (fp32, fp16, a recipe file of one's own)."""
-    if recipe.name in ("fp32", "fp16") or not recipe.source or Path(recipe.source).parent != RECIPE_DIR:
-        return None
+    if recipe.name in ("fp32", "fp16") or not recipe.source or Path(recipe.source).resolve().parent != RECIPE_DIR:
+        return None  # (resolved: a bundled recipe named by a relative path, or through a link, is still bundled)
     return "vim" if recipe.name.startswith("vim-") else "lm"
 
 

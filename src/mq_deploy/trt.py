@@ -29,7 +29,7 @@ LIB_PLACEHOLDER = f"<{MAIN_LIB}>"  # in command lines printed where no plugin li
 PLUGIN_BUILD_HINT = ("build it with `cmake -S plugins -B build/plugins -DTENSORRT_ROOT=<tensorrt> && "
                      "cmake --build build/plugins` (it is build/plugins/libmq_trt_plugins.so)")
 INSTALL_HINT = ("TensorRT's Python package is not installed. Install the version whose headers the plugins "
-                "are built against, e.g. `pip install tensorrt-cu12==10.3.*` (x86-64; plain `tensorrt` is now "
+                "are built against, e.g. `pip install \"tensorrt-cu12==10.3.*\"` (x86-64; plain `tensorrt` is now "
                 "TensorRT 11), use the NGC container nvcr.io/nvidia/tensorrt, or on Jetson JetPack 6.1 or 6.2's package "
                 "`python3-libnvinfer` (TensorRT 10.3; JetPack 6.0 has TensorRT 8.6). Then build the plugins: `cmake "
                 "-S plugins -B build/plugins -DTENSORRT_ROOT=<tensorrt> && cmake --build build/plugins`.")
@@ -174,7 +174,7 @@ def _too_old(tensorrt) -> Optional[str]:
     major = version.split(".")[0]
     if major.isdigit() and int(major) < MIN_TENSORRT_MAJOR:
         return (f"TensorRT {version} is installed; mq-deploy's plugins are TensorRT {MIN_TENSORRT_MAJOR} plugins "
-                "(IPluginV3): install TensorRT 10 or later, e.g. `pip install tensorrt-cu12==10.3.*`, or on Jetson "
+                "(IPluginV3): install TensorRT 10 or later, e.g. `pip install \"tensorrt-cu12==10.3.*\"`, or on Jetson "
                 "move to JetPack 6.1 or 6.2 (TensorRT 10.3; JetPack 6.0 has TensorRT 8.6)")
     return None
 

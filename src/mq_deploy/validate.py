@@ -355,6 +355,7 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
         want = {k: v for k, v in manifest.get("model", {}).get("config", {}).items() if k != "model_type"}
         if want and {k: v for k, v in vm.config.to_dict().items() if k != "model_type"} != want:
             raise UserError(f"the checkpoint {path} is not the one {outdir} was compiled from (config differs)")
+        _same_checkpoint(outdir, manifest, path, log)  # (its weights; manifests before 2026-12-02 list none)
         net = VimTorch.from_model(vm)
 
         def run_vim(x):

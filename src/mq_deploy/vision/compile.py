@@ -55,7 +55,7 @@ def _check(graph, portable, model, quantized: bool) -> dict:
 def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force: bool = False,
                 calib: Optional[str] = None, calib_samples: Optional[int] = None,
                 log: Callable[[str], None] = lambda s: None, warn: Optional[Callable[[str], None]] = None) -> dict:
-    from ..compile import _versions, manifest_head, save_onnx
+    from ..compile import _versions, checkpoint_hashes, manifest_head, save_onnx
     from ..trt import d_state_note
 
     t0 = time.time()
@@ -107,7 +107,8 @@ def compile_vim(model_path: str, recipe_name: str, out_dir: str | Path, *, force
                 files[p.name] = {"what": "calibration statistics"}
         manifest = {
             **manifest_head(tmp, files),
-            "model": {**model.source, "family": "vim", "config": c.to_dict()},
+            "model": {**model.source, "family": "vim", "config": c.to_dict(),
+                      "weights": checkpoint_hashes(model.source)},
             "recipe": recipe.to_dict(),
             "calibration": calib_info,
             "quantization": None if not quantized else {

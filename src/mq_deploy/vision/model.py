@@ -43,6 +43,7 @@ from ..hub import provenance
 from ..model import MambaConfig, MambaLayer
 
 MODEL_TYPE = "vim"
+BUNDLED_VIM_DIR = Path(__file__).resolve().parent.parent / "assets" / "vim-fmnist"  # (the README's example Vim)
 BACKWARD = ("conv_weight", "conv_bias", "x_proj", "dt_proj", "dt_proj_bias", "A_log", "D")
 
 
@@ -330,7 +331,7 @@ def load_vim(path, warn: Optional[Callable[[str], None]] = None) -> VimModel:
     stderr)."""
     from ..loaders import _stderr_warning
     from ..loaders.formats import strip_wrappers
-    from ..loaders.tensors import read_tensors
+    from ..loaders.tensors import read_tensors, weight_files
 
     p = Path(path)
     try:
@@ -338,8 +339,14 @@ def load_vim(path, warn: Optional[Callable[[str], None]] = None) -> VimModel:
     except (OSError, ValueError) as e:
         raise UserError(f"could not read {p / 'config.json'}: {e}") from None
     config = VimConfig.from_dict(raw)
-    sd = strip_wrappers(read_tensors(p, _weight_files(p)))
-    source = {"path": str(p.resolve()), "format": "vim", "bundled": False, "tokenizer": None, **provenance(p)}
+    files = _weight_files(p)
+    sd = strip_wrappers(read_tensors(p, files))
+    source = {"path": str(p.resolve()), "format": "vim",
+              # the bundled Vim is where each installation keeps it (hub.compiled_from), not at this path
+              "bundled": p.resolve() == BUNDLED_VIM_DIR,
+              "tokenizer": None,
+              "weights": weight_files(p, files),  # (compile records their sha256; validate --torch checks them)
+              **provenance(p)}
     return from_state_dict(config, sd, source, warn=_stderr_warning if warn is None else warn)
 
 

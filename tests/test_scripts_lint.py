@@ -65,9 +65,9 @@ def _requirements(lines) -> dict[str, str]:
 
 
 def test_docker_constraints_follow_pyproject():
-    """docker/constraints.txt pins every direct dependency of pyproject.toml but torch (the Dockerfiles' TORCH_VERSION)
-    and numpy (the base images'), plus polygraphy, each with == at a version its pyproject lower bound admits; both
-    Dockerfiles install through it and pin torch to the version CI installs."""
+    """docker/constraints.txt pins every direct dependency of pyproject.toml but torch (the Dockerfiles' TORCH_VERSION),
+    plus polygraphy, each with == at a version its pyproject lower bound admits, numpy below 2 (TensorRT 10.3's Python
+    package); both Dockerfiles and CI's Python 3.10 run install through it, and pin torch to the version CI installs."""
     try:
         import tomllib
     except ImportError:  # Python 3.10: pytest's own dependency
@@ -76,11 +76,14 @@ def test_docker_constraints_follow_pyproject():
 
     deps = _requirements(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
     pins = _requirements((ROOT / "docker" / "constraints.txt").read_text().splitlines())
-    assert set(pins) == (set(deps) - {"torch", "numpy"}) | {"polygraphy"}
+    assert set(pins) == (set(deps) - {"torch"}) | {"polygraphy"}
     for name, pin in pins.items():
         assert pin.startswith("==") and pin.count("==") == 1, (name, pin)
         assert pin[2:] in SpecifierSet(deps.get(name, "")), (name, pin, deps.get(name))
+    assert pins["numpy"][2:] in SpecifierSet("<2"), pins["numpy"]
     ci = (ROOT / ".ci" / "run").read_text()
+    py310 = ci[ci.index('"$PY310" -m venv'):]  # the Python 3.10 run installs what the images install
+    assert re.search(r'pip install -q "torch==[0-9.]+" -c docker/constraints\.txt -e "\.\[test\]"', py310), py310[:400]
     torch = re.search(r'"torch==([0-9.]+)"', ci).group(1)
     for f in ("Dockerfile.x86", "Dockerfile.jetson"):
         text = (ROOT / "docker" / f).read_text()

@@ -153,6 +153,11 @@ def test_build_bad_shapes(fp32_out, capsys):
     assert main(["build", str(fp32_out), "--opt-shapes", "-1,512"]) == 2
     err = capsys.readouterr().err
     assert "--opt-shapes: batch and sequence must be >= 1" in err and "expected one argument" not in err
+    # a sequence of 0 given is a bad value, not "a batch only" (which is what it read as), and is shown as given
+    for given in ("4,0", "0,0"):
+        assert main(["build", str(fp32_out), "--dry-run", "--max-shapes", given]) == 2
+        assert capsys.readouterr().err.strip() == (f"mq-deploy: error: --max-shapes: batch and sequence must be >= 1, "
+                                                   f"got '{given}'")
 
 
 def test_build_dry_run_prints_trtexec(fp32_out, w8_out, no_tensorrt, capsys):

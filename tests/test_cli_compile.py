@@ -101,6 +101,13 @@ def _bad_inputs(tmp_path: Path, hf_dir: Path):
     blocker.write_text("x")
     bad_yaml = tmp_path / "bad_recipe.yaml"
     bad_yaml.write_text("name: x\nprecision: [fp32\n  passes: {\n")
+    ranged = {}  # recipe values of the right type but outside what they mean: refused when the recipe is read
+    for label, body in (("percentile as a fraction", "activations: {method: percentile, percentile: 0.9999}"),
+                        ("alpha past 1", "passes:\n  - {name: smoothquant, alpha: 7}"),
+                        ("no calibration windows", "calibration: {samples: 0}"),
+                        ("klt not a bool", "passes:\n  - {name: rotate_dt, klt: yes-please}")):
+        ranged[label] = tmp_path / f"{label.replace(' ', '_')}.yaml"
+        ranged[label].write_text(f"name: x\nprecision: w8a8\n{body}\n")
     return [
         ("missing directory", [tmp_path / "nope"], "model directory not found"),
         ("missing weights", [missing_weights], "no weight file"),
@@ -110,6 +117,12 @@ def _bad_inputs(tmp_path: Path, hf_dir: Path):
         ("unknown recipe", [hf_dir, "--recipe", "int3-magic"], "unknown recipe 'int3-magic'"),
         ("invalid recipe yaml", [hf_dir, "--recipe", bad_yaml],
          "is not valid YAML: expected ',' or ']', but got ':' (line 3, column 9)"),
+        ("percentile as a fraction", [hf_dir, "--recipe", ranged["percentile as a fraction"]],
+         "activations.percentile must be in [50.0, 100.0], got 0.9999 (a percent, e.g. 99.99"),
+        ("alpha past 1", [hf_dir, "--recipe", ranged["alpha past 1"]], "pass 'smoothquant' alpha must be in [0.0, 1.0]"),
+        ("no calibration windows", [hf_dir, "--recipe", ranged["no calibration windows"]],
+         "calibration.samples must be >= 1, got 0"),
+        ("klt not a bool", [hf_dir, "--recipe", ranged["klt not a bool"]], "pass 'rotate_dt' klt must be bool"),
         ("unwritable output", [hf_dir],  # a parent is a file: say so, not the OS's "File exists"
          f"cannot write output directory {blocker / 'sub' / 'out'}: {blocker} is a file, not a directory",
          blocker / "sub" / "out"),
@@ -127,7 +140,8 @@ def test_bad_input_one_clear_line_and_no_partial_outdir(tiny, tmp_path):
         errors = [ln for ln in r.stderr.splitlines() if ln.startswith("mq-deploy: error: ")]
         assert len(errors) == 1 and "Traceback" not in r.stderr, (label, r.stderr)
         assert expect in errors[0], (label, errors[0])
-        if label in ("missing directory", "unknown recipe"):  # refused before any progress line
+        if label in ("missing directory", "unknown recipe", "percentile as a fraction", "alpha past 1",
+                     "no calibration windows", "klt not a bool"):  # refused before any progress line
             assert r.stderr.strip() == errors[0], (label, r.stderr)
         assert not out.exists(), label
         assert set(os.listdir(tmp_path)) == before, label  # no temp dirs left
@@ -249,3 +263,14 @@ def test_help_on_every_command():
     for args in (["--help"], ["compile", "--help"], ["eval", "--help"]):
         r = run_cli(*args)
         assert r.returncode == 0 and "usage: mq-deploy" in r.stdout
+
+
+@pytest.mark.parametrize("args, usage, error", [
+    (["eval", "--limt", "3", "--task", "text"], "usage: mq-deploy eval", "mq-deploy eval: error: unrecognized arguments: --limt"),
+    (["compile", "--bogus", "-o", "x"], "usage: mq-deploy compile", "mq-deploy compile: error: unrecognized arguments: --bogus"),
+    (["--bogus"], "usage: mq-deploy [-h]", "mq-deploy: error: unrecognized arguments: --bogus"),
+])
+def test_a_misspelled_flag_gets_its_commands_usage(args, usage, error):
+    """An unknown flag is the subcommand's error, with its usage lines, as a bad value is (README, exit 2)."""
+    r = run_cli(*args)
+    assert r.returncode == 2 and r.stderr.startswith(usage) and r.stderr.strip().splitlines()[-1] == error, r.stderr

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -87,6 +88,7 @@ def test_lint_clean_and_both_flavours_run(w8, tmp_path):
     # then carries the int8 step on, so the flavours' direct distance depends on the CPU's kernels: 0 or 3e-2)
     r = run_cli("validate", w8, "--simulate", "--seq", "17", "--json", "-q")
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "calibrating" not in r.stderr  # -q: no progress bars (without it, the re-derivation's calibration shows them)
     rep = json.loads(r.stdout)
     pairs = {(p["reference"], p["test"]): p for p in rep["pairs"]}
     for flavour in ("portable", "plugin"):
@@ -98,8 +100,10 @@ def test_lint_clean_and_both_flavours_run(w8, tmp_path):
     # --model with --simulate names the checkpoint of the simulation (a device with a copy of it), no torch rows
     # unless --torch is given too; alone, --model implies --torch
     for extra, torch_rows in (([], False), (["--torch"], True)):
-        r = run_cli("validate", w8, "--simulate", "--model", BUNDLED_DIR, *extra, "--seq", "9", "--json", "-q")
+        quiet = ["-q"] if torch_rows else []  # (without -q: the re-derivation's calibration shows its progress)
+        r = run_cli("validate", w8, "--simulate", "--model", BUNDLED_DIR, *extra, "--seq", "9", "--json", *quiet)
         assert r.returncode == 0, r.stdout + r.stderr
+        assert ("re-deriving the transformed model" in r.stderr and "calibrating: 100%" in r.stderr) != bool(quiet)
         names = {n for p in json.loads(r.stdout)["pairs"] for n in (p["reference"], p["test"])}
         assert "simulation~" in names and ("torch-fp32" in names) == torch_rows, names
 
@@ -401,3 +405,51 @@ def test_calibration_options_a_recipe_does_not_read_are_said_ignored(tmp_path):
     own.write_text("name: vim-w16\nprecision: w4a16\nweights: {bits: 4, method: rtn, block_size: 64}\npasses: []\n")
     r = run_cli("compile", VIM_DIR, "--recipe", own, "--calib-samples", "8", "-o", tmp_path / "vim")
     assert r.returncode == 0 and "warning: --calib-samples is not read: recipe vim-w16 calibrates nothing" in r.stderr
+
+
+def test_calibration_text_is_read_as_eval_reads_it(tmp_path):
+    """read_calib_text takes JSON lines as eval does (.jsonl / .json, compressed or not), with eval's one-line errors
+    (bad JSON, a row without a string "text") instead of a traceback or "empty"; a line cut by the character limit is
+    dropped only where the file was cut."""
+    import bz2
+    import gzip
+
+    from mq_deploy.calibrate import read_calib_text
+    from mq_deploy.errors import UserError
+
+    rows = ['{"text": " = Homarus gammarus =\\n"}', '{"text": "second row"}']
+    for name, write in (("a.jsonl.gz", lambda p, t: p.write_bytes(gzip.compress(t.encode()))),
+                        ("a.jsonl.bz2", lambda p, t: p.write_bytes(bz2.compress(t.encode()))),
+                        ("a.json", lambda p, t: p.write_text(t)), ("a.JSONL", lambda p, t: p.write_text(t))):
+        write(tmp_path / name, "\n".join(rows) + "\n")
+        assert read_calib_text(tmp_path / name, 10_000) == " = Homarus gammarus =\n\n\nsecond row", name
+    # cut inside the second row: that row is dropped, the first kept
+    assert read_calib_text(tmp_path / "a.json", len(rows[0]) + 8) == " = Homarus gammarus =\n"
+    for body, msg in (('{"text": "hello"}\n{"text": null}\n', "line 2: field 'text' should be str, got NoneType"),
+                      ("plain line\n", "line 1: not valid JSON"),
+                      ("[1, 2, 3]\n", "line 1: expected a JSON object, got list"),
+                      ('{"nottext": 1}\n', "line 1: missing field 'text'"),
+                      ('{"text": "a"}\n{"text": "b"\n', "line 2: not valid JSON")):  # (whole file read: not cut)
+        (tmp_path / "b.jsonl").write_text(body)
+        with pytest.raises(UserError, match=re.escape(msg)):
+            read_calib_text(tmp_path / "b.jsonl", 10_000)
+    (tmp_path / "c.txt").write_text("   \n")
+    with pytest.raises(UserError, match="holds no text"):
+        read_calib_text(tmp_path / "c.txt", 10_000)
+
+
+def test_short_calibration_text_is_said(tmp_path):
+    """Fewer windows in the text than --calib-samples asks for: calibrated on those, with a warning naming both."""
+    from mq_deploy.compile import calibration_data
+    from mq_deploy.loaders import load_model
+    from mq_deploy.recipes import load_recipe
+
+    text = tmp_path / "short.txt"
+    text.write_text(" ".join(["the quick brown fox jumps over the lazy dog"] * 60))
+    model = load_model(None)
+    warned = []
+    windows, info = calibration_data(model, load_recipe("rtn-w8a8"), str(text), None, 64, 128, warn=warned.append)
+    assert 1 <= len(windows) < 64 and info["samples"] == len(windows)
+    assert len(warned) == 1 and f"{len(windows)} windows of 128: fewer than the 64 asked for" in warned[0]
+    calibration_data(model, load_recipe("rtn-w8a8"), str(text), None, len(windows), 128, warn=warned.append)
+    assert len(warned) == 1  # as many as there are: nothing to say

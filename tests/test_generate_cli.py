@@ -176,6 +176,17 @@ def test_generate_and_eval_say_what_a_graph_or_outdir_is_for(outdir, tmp_path):
     for graph in ("model.decode.onnx", "model.prefill.portable.onnx"):
         assert_user_error(run_cli("eval", outdir / graph, "--task", "text"), "a graph of `mq-deploy generate`",
                           "evaluate model.onnx, model.portable.onnx or the OUTDIR")
+    # a graph of something else (one input x): not taken for a generate graph
+    import onnx
+    from onnx import TensorProto, helper
+
+    relu = tmp_path / "relu.onnx"
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])), str(relu))
+    r = run_cli("eval", relu, "--task", "text")
+    assert_user_error(r, "takes x: it is not a Mamba language-model graph of mq-deploy")
+    assert "mq-deploy generate" not in r.stderr
 
 
 def test_cli_flag_errors_name_the_flag(outdir, tmp_path):

@@ -222,7 +222,8 @@ def test_connection_lost_mid_download(fake_hub, tmp_path):
 
 
 REFUSED_BEFORE_ASKING = ("mambaquant-w9a9", "rtn-w9a9", "calibration file not found: /no/such/calib.txt",
-                         "this recipe needs calibration text: pass --calib FILE")
+                         "this recipe needs calibration text, and MQ_DEPLOY_DATA_DIR=/no/such/dir is not a folder: "
+                         "pass --calib FILE")
 
 
 @pytest.mark.parametrize("args, extra_env, message", [
@@ -242,7 +243,7 @@ REFUSED_BEFORE_ASKING = ("mambaquant-w9a9", "rtn-w9a9", "calibration file not fo
     (("compile", "acme/tiny-mamba", "--recipe", "rtn-w8a8", "--calib", "/no/such/calib.txt"), {},
      "calibration file not found: /no/such/calib.txt"),
     (("compile", "acme/tiny-mamba", "--recipe", "rtn-w8a8"), {"MQ_DEPLOY_DATA_DIR": "/no/such/dir"},
-     "this recipe needs calibration text: pass --calib FILE"),
+     "this recipe needs calibration text, and MQ_DEPLOY_DATA_DIR=/no/such/dir is not a folder: pass --calib FILE"),
 ])
 def test_hub_errors_are_one_line(fake_hub, tmp_path, args, extra_env, message):
     env = hub_env(fake_hub, tmp_path / "cache", **extra_env)

@@ -40,25 +40,23 @@ def check_calib_file(path: str | Path) -> Path:
 
 
 def read_calib_text(path: str | Path, max_chars: int) -> str:
+    """The first `max_chars` characters of a calibration text file (plain text, or JSON lines of {"text": str} as eval
+    reads them: .jsonl / .json, each compressed with .xz / .bz2 / .gz or not), rows joined as eval joins them."""
+    from .eval.data import is_jsonl, jsonl_text
+
     p = check_calib_file(path)
-    opener = {".xz": lzma.open, ".bz2": bz2.open, ".gz": gzip.open}.get(p.suffix, open)
+    opener = {".xz": lzma.open, ".bz2": bz2.open, ".gz": gzip.open}.get(p.suffix.lower(), open)
     try:
         with opener(p, "rt", encoding="utf-8") as f:
-            text = f.read(max_chars)
+            text = f.read(max_chars + 1)
     except (OSError, UnicodeDecodeError, EOFError, lzma.LZMAError) as e:
         raise UserError(f"could not read calibration file {p}: {e}") from None
-    if p.suffix == ".jsonl" or p.name.endswith(".jsonl.xz"):
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line)["text"])
-                except (ValueError, KeyError, TypeError):
-                    if n < len(text.splitlines()):  # the last line may be cut by max_chars
-                        raise UserError(f"{p}:{n}: expected a JSON object with a 'text' field") from None
-        text = "\n\n".join(rows)
+    cut = len(text) > max_chars  # (then its last line may be incomplete)
+    text = text[:max_chars]
+    if is_jsonl(p):
+        text = jsonl_text(p, text, cut=cut)
     if not text.strip():
-        raise UserError(f"calibration file {p} is empty")
+        raise UserError(f"calibration file {p} holds no text")
     return text
 
 

@@ -106,9 +106,13 @@ def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads
         raise vim
     if names != {"input_ids"}:
         shown = sorted(names)[:3] + ([f"{len(names) - 3} more"] if len(names) > 3 else [])
-        raise UserError(f"{target} takes {', '.join(shown)}: it is a graph of `mq-deploy generate` (prefill / "
-                        "decode step), not a whole-sequence model; evaluate model.onnx, model.portable.onnx or the "
-                        "OUTDIR")
+        if "input_ids" in names and ("attention_mask" in names or any(n.startswith("ssm_state") for n in names)):
+            raise UserError(f"{target} takes {', '.join(shown)}: it is a graph of `mq-deploy generate` (prefill / "
+                            "decode step), not a whole-sequence model; evaluate model.onnx, model.portable.onnx or the "
+                            "OUTDIR")
+        raise UserError(f"{target} takes {', '.join(shown)}: it is not a Mamba language-model graph of mq-deploy (one "
+                        "input, input_ids [batch, sequence] -> logits); evaluate an OUTDIR's model.portable.onnx / "
+                        "model.onnx, or a checkpoint")
     tok = Path(tokenizer) if tokenizer else tok_default
     if not tok.is_file():
         hint = Path(os.environ.get("MQ_DEPLOY_DATA_DIR") or "../shared/data") / "tokenizer" / "gpt-neox-20b.json"
@@ -373,6 +377,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(json.dumps(rows) if args.json else markdown_table(rows, tasks), end="\n" if args.json else "")
         log(f"wrote {files.out_dir / 'compare.md'} and {files.json_path}")
         return 0
+    log(f"loading {'the bundled model' if args.model is None else args.model}")
     model = load_model(args.model)
     tok_path = args.tokenizer or model.source.get("tokenizer")
     if not tok_path:
@@ -381,7 +386,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     calibrating = [r for r in recs if calibrates(r)]
     if calibrating:  # (the first such recipe's calibration block: seed and sizes, unless the flags say)
         windows, calib_info = calibration_data(model, calibrating[0], args.calib, tok_path, args.calib_samples,
-                                               args.calib_seq_len)
+                                               args.calib_seq_len, warn=lambda s: _log(f"warning: {s}"))
+        log(f"calibration: {calib_info['samples']} x {calib_info['seq_len']} tokens from {calib_info['file']}")
     else:  # fp32 / fp16 / weight-only RTN only: no calibration text is read
         windows, calib_info = None, None
         _unused_calib_flags(args, ("--calib", "--calib-samples", "--calib-seq-len"),
@@ -535,7 +541,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                    engine=args.engine, plugin_lib=args.plugins, tol=args.tol, engine_tol=args.engine_tol,
                    engine_step_tol=args.engine_step_tol, engine_gain_tol=args.engine_gain_tol,
                    engine_codes_tol=args.engine_codes_tol, threads=args.threads,
-                   log=(lambda s: None) if args.quiet else _log)
+                   log=(lambda s: None) if args.quiet else _log, progress=not args.quiet)
     print(json.dumps(rep.to_dict()) if args.json else format_report(rep))
     return 0 if rep.ok else 1
 
@@ -782,6 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     v.set_defaults(func=cmd_validate)
+    ap.set_defaults(subcommands=sub.choices)  # (main: an unknown flag is the subcommand's error, with its usage)
     return ap
 
 
@@ -905,7 +912,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     from . import signals
 
     ap = build_parser()
-    args = ap.parse_args(_attach_dash_values(list(sys.argv[1:] if argv is None else argv)))
+    args, unknown = ap.parse_known_args(_attach_dash_values(list(sys.argv[1:] if argv is None else argv)))
+    if unknown:  # the subcommand's usage lines and `mq-deploy SUBCOMMAND: error: ...`, as for a bad value (exit 2)
+        (args.subcommands.get(args.command) or ap).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         ap.print_help()
         return 2

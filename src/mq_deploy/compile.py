@@ -241,8 +241,13 @@ def default_calib_path() -> Path:
     d = os.environ.get("MQ_DEPLOY_DATA_DIR")
     p = Path(d) / "text" / "wikitext2_val_sample.jsonl" if d else None
     if p is None or not p.is_file():
-        raise UserError("this recipe needs calibration text: pass --calib FILE (plain text, .jsonl of {\"text\"}, "
-                        ".xz/.bz2/.gz) or set MQ_DEPLOY_DATA_DIR to a folder with text/wikitext2_val_sample.jsonl")
+        flag = "pass --calib FILE (plain text, .jsonl of {\"text\"}, .xz/.bz2/.gz)"
+        if not d:
+            raise UserError(f"this recipe needs calibration text: {flag} or set MQ_DEPLOY_DATA_DIR to a folder with "
+                            "text/wikitext2_val_sample.jsonl")
+        why = "is not a folder" if not Path(d).is_dir() else "has no text/wikitext2_val_sample.jsonl"
+        raise UserError(f"this recipe needs calibration text, and MQ_DEPLOY_DATA_DIR={d} {why}: {flag}, or point "
+                        "MQ_DEPLOY_DATA_DIR at the data folder")
     return p
 
 
@@ -283,8 +288,9 @@ def _check_tokenizer(path, vocab_size: int, warn: Callable[[str], None]) -> None
 
 
 def calibration_data(model, recipe: Recipe, calib: Optional[str], tokenizer: Optional[str], samples: Optional[int],
-                     seq_len: Optional[int]) -> tuple[np.ndarray, dict]:
-    """Token windows for calibration and a description of them for the manifest."""
+                     seq_len: Optional[int], warn: Callable[[str], None] = lambda s: None) -> tuple[np.ndarray, dict]:
+    """Token windows for calibration and a description of them for the manifest; `warn` gets it when the text holds
+    fewer windows than asked for."""
     from .calibrate import calibration_windows, read_calib_text
     from .eval.tokenizer import TextTokenizer
 
@@ -305,6 +311,9 @@ def calibration_data(model, recipe: Recipe, calib: Optional[str], tokenizer: Opt
     if ids.max(initial=0) >= model.config.vocab_size:
         raise UserError(f"tokenizer {tok_path} produces ids beyond the model's vocabulary ({model.config.vocab_size})")
     windows = calibration_windows(ids, samples, seq_len, recipe.calibration["seed"])
+    if len(windows) < samples:
+        warn(f"calibration text {path} holds {len(ids)} tokens, {len(windows)} windows of {seq_len}: fewer than the "
+             f"{samples} asked for (--calib-samples, or the recipe's); calibrating on {len(windows)}")
     return windows, {"file": str(path.resolve()), "sha256": sha256_file(path), "samples": int(len(windows)),
                      "seq_len": int(seq_len), "seed": recipe.calibration["seed"],
                      "tokenizer": str(Path(tok_path).resolve())}  # (absolute: validate --simulate runs elsewhere)
@@ -384,7 +393,8 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
 
             windows = None
             if calibrates(recipe):
-                windows, calib_info = calibration_data(model, recipe, calib, tokenizer, calib_samples, calib_seq_len)
+                windows, calib_info = calibration_data(model, recipe, calib, tokenizer, calib_samples, calib_seq_len,
+                                                       warn=warn)
                 log(f"calibration: {calib_info['samples']} x {calib_info['seq_len']} tokens from {calib_info['file']}")
             # per-pass statistics for report.html cost one small calibration per pass: on by default for
             # models up to 50M parameters, forced with report_passes=True

@@ -35,6 +35,29 @@ _SECTIONS = {
     # (KLT covariances, smoothing maxima); the activation scales always use all `samples`
     "calibration": {"samples": (int, 128), "seq_len": (int, 512), "seed": (int, 0), "stats_samples": (int, 32)},
 }
+# (lowest, highest, why) of the numbers above; None: no bound
+_RANGES = {
+    "activations.percentile": (50.0, 100.0, " (a percent, e.g. 99.99: 0.9999 would clip every activation at the 1 % "
+                                            "point of its magnitudes)"),
+    "calibration.samples": (1, None, ""), "calibration.seq_len": (2, None, ""), "calibration.seed": (0, None, ""),
+    "calibration.stats_samples": (1, None, ""),
+}
+
+# pass parameters: (type, lowest, highest); None: no bound (the same name means the same thing in every pass)
+_PASS_PARAMS = {"alpha": (float, 0.0, 1.0), "klt": (bool, None, None), "random_signs": (bool, None, None),
+                "seed": (int, 0, None), "keep_tied": (bool, None, None)}
+
+
+def _check_value(where: str, v, typ: type, lo=None, hi=None, hint: str = "") -> object:
+    """v as `typ` (an int for a float), or one UserError naming `where` (recipe, section.key) and the accepted range."""
+    if typ is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+        raise UserError(f"{where} must be {typ.__name__}, got {v!r}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        span = f"in [{lo}, {hi}]" if lo is not None and hi is not None else f">= {lo}" if lo is not None else f"<= {hi}"
+        raise UserError(f"{where} must be {span}, got {v!r}{hint}")
+    return v
 
 
 @dataclass(frozen=True)
@@ -125,12 +148,8 @@ def _parse(raw, origin: str) -> Recipe:
             raise UserError(f"recipe {origin}: unknown keys in '{sec}': {sorted(bad)}; allowed: {sorted(fields)}")
         vals = {}
         for k, (typ, default) in fields.items():
-            v = given.get(k, default)
-            if typ is float and isinstance(v, int) and not isinstance(v, bool):
-                v = float(v)
-            if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
-                raise UserError(f"recipe {origin}: {sec}.{k} must be {typ.__name__}, got {v!r}")
-            vals[k] = v
+            lo, hi, hint = _RANGES.get(f"{sec}.{k}", (None, None, ""))
+            vals[k] = _check_value(f"recipe {origin}: {sec}.{k}", given.get(k, default), typ, lo, hi, hint)
         sections[sec] = vals
     if sections["weights"]["method"] not in ("rtn", "gptq"):
         raise UserError(f"recipe {origin}: weights.method must be rtn or gptq")
@@ -163,6 +182,9 @@ def _parse(raw, origin: str) -> Recipe:
         bad = set(params) - KNOWN_PASSES[pname]
         if bad:
             raise UserError(f"recipe {origin}: pass '{pname}' has unknown parameters {sorted(bad)}")
+        for k, v in params.items():
+            if k in _PASS_PARAMS:
+                params[k] = _check_value(f"recipe {origin}: pass '{pname}' {k}", v, *_PASS_PARAMS[k])
         parsed.append((pname, tuple(sorted(params.items()))))
     return Recipe(name=name, precision=precision, description=str(raw.get("description", "")), passes=tuple(parsed),
                   **sections)

@@ -236,6 +236,8 @@ def parse_shape(text: str, what: str = "shape") -> tuple[int, int]:
         vals = []
     if len(vals) not in (1, 2):
         raise UserError(f"{what} must be BATCH,SEQUENCE (e.g. 1,512), or BATCH for a Vim model, got {text!r}")
+    if min(vals) < 1:  # (a sequence of 0 would read as "not given", i.e. a batch alone)
+        raise UserError(f"{what}: batch and sequence must be >= 1, got {text!r}")
     return vals[0], vals[1] if len(vals) == 2 else 0
 
 

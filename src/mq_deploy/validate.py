@@ -192,8 +192,9 @@ def have_polygraphy() -> bool:
     return True
 
 
-def _rederive(manifest: dict, outdir: Path, model_dir: Optional[str], calib: Optional[str]):
-    """(transformed model, plan) of OUTDIR from its manifest: the compile's own steps, inputs checked by hash."""
+def _rederive(manifest: dict, outdir: Path, model_dir: Optional[str], calib: Optional[str], progress: bool = False):
+    """(transformed model, plan) of OUTDIR from its manifest: the compile's own steps, inputs checked by hash;
+    `progress`: the calibration runs' progress bars, as compile shows them."""
     from .compile import calibration_data
     from .outdir import sha256_file
     from .graph.plan import GraphPlan
@@ -222,7 +223,7 @@ def _rederive(manifest: dict, outdir: Path, model_dir: Optional[str], calib: Opt
         tok = cal.get("tokenizer")
         tok = tok if tok and Path(tok).is_file() else str(outdir / "tokenizer.json")
         windows, _ = calibration_data(model, recipe, str(path), tok, cal["samples"], cal["seq_len"])
-    model, plan, _ = prepare(model, recipe, windows, progress=False)
+    model, plan, _ = prepare(model, recipe, windows, progress=progress)
     if plan is None:
         plan = GraphPlan.plain(model.config.n_layer)
     q = manifest.get("quantization")
@@ -310,7 +311,8 @@ def _same_checkpoint(outdir: Path, manifest: dict, checkpoint: Optional[str], lo
 def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, torch_ref: bool = False,
                        model_dir: Optional[str] = None, calib: Optional[str] = None, engine: Optional[str] = None,
                        plugin_lib: Optional[str] = None, threads: Optional[int] = None,
-                       log: Callable[[str], None] = lambda s: None) -> tuple[list[Reference], list[dict]]:
+                       log: Callable[[str], None] = lambda s: None,
+                       progress: bool = False) -> tuple[list[Reference], list[dict]]:
     from .backends.ort import OrtRunner
 
     refs, skipped = [], []
@@ -378,7 +380,7 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
         from .quant.simulate import forward
 
         log("re-deriving the transformed model and plan from the manifest (checkpoint, recipe, calibration)")
-        model, plan = _rederive(manifest, outdir, checkpoint, calib)
+        model, plan = _rederive(manifest, outdir, checkpoint, calib, progress)
         acts = plan.quant is not None and bool(plan.quant.act_scales)  # (weight-only: no rounding to follow)
         sim = Reference("simulation", "numpy fake-quant simulation (mq_deploy.quant.simulate) of the plan "
                                       "re-derived from the manifest (" + ("activation scales match it)" if acts else
@@ -506,7 +508,7 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
              engine_tol: Optional[float] = None, threads: Optional[int] = None, use_polygraphy: Optional[bool] = None,
              engine_step_tol: Optional[float] = None, engine_gain_tol: Optional[float] = None,
              engine_codes_tol: Optional[float] = None, log: Callable[[str], None] = lambda s: None,
-             graph: str = "model") -> Report:
+             graph: str = "model", progress: bool = False) -> Report:
     if batch < 1 or seq < 1:
         raise UserError("--batch and --seq must be at least 1")
     for flag, v in (("--tol", tol), ("--engine-tol", engine_tol), ("--engine-step-tol", engine_step_tol),
@@ -548,7 +550,8 @@ def validate(outdir: str | Path, *, batch: int = 2, seq: int = 32, seed: int = 0
     quantized = mtrt.manifest_act_quantized(manifest)  # (weight-only: float activations, as fp16)
     fp32 = manifest.get("recipe", {}).get("precision", "fp32") == "fp32"  # (float graphs: every recipe unquantized)
     refs, skipped = collect_references(out, manifest, simulate=simulate, torch_ref=torch_ref, model_dir=model_dir,
-                                       calib=calib, engine=engine, plugin_lib=plugin_lib, threads=threads, log=log)
+                                       calib=calib, engine=engine, plugin_lib=plugin_lib, threads=threads, log=log,
+                                       progress=progress)
     use_polygraphy = have_polygraphy() if use_polygraphy is None else use_polygraphy
     log(f"running {what} through {', '.join(r.name for r in refs)}")
     outs = run_references(refs, feed, use_polygraphy)

@@ -288,27 +288,44 @@ def _read_all(path: str | Path) -> str:
         raise UserError(f"cannot read {p}: {exc}") from None
 
 
-def _is_jsonl(path: Path) -> bool:
-    name = path.name.lower()
+def is_jsonl(path: Path) -> bool:
+    """Whether `path` is read as JSON lines: .jsonl / .json, compressed (.bz2 / .gz / .xz) or not."""
+    name = Path(path).name.lower()
     for ext in (".bz2", ".gz", ".xz"):
         if name.endswith(ext):
             name = name[: -len(ext)]
     return name.endswith(".jsonl") or name.endswith(".json")
 
 
-def _iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; bad JSON or non-objects raise UserError."""
-    p = Path(path)
-    for lineno, line in enumerate(_read_all(p).split("\n"), start=1):
+def _jsonl_objects(p: Path, text: str, cut: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of `text`, the contents of `p`; bad JSON or non-objects raise
+    UserError, but for the last line where `cut` (`text` is a leading part of the file: that line may be incomplete,
+    and is dropped)."""
+    lines = text.split("\n")
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
+            if cut and lineno == len(lines):
+                return
             raise UserError(f"{p} line {lineno}: not valid JSON ({exc.msg})") from None
         if not isinstance(obj, dict):
             raise UserError(f"{p} line {lineno}: expected a JSON object, got {type(obj).__name__}")
         yield lineno, obj
+
+
+def _iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; bad JSON or non-objects raise UserError."""
+    p = Path(path)
+    yield from _jsonl_objects(p, _read_all(p))
+
+
+def jsonl_text(p: Path, text: str, cut: bool = False) -> str:
+    """The `{"text": str}` rows of a .jsonl file's contents `text`, joined with "\n\n" (see read_text); `cut`: as
+    _jsonl_objects."""
+    return "\n\n".join(_field(obj, "text", str, f"{p} line {n}") for n, obj in _jsonl_objects(p, text, cut))
 
 
 def _field(obj: dict, key: str, kind: type | tuple, where: str) -> Any:
@@ -353,9 +370,8 @@ def read_text(path: str | Path) -> str:
     text as is (universal newlines).
     """
     p = _check_file(path)
-    if _is_jsonl(p):
-        rows = [_field(obj, "text", str, f"{p} line {n}") for n, obj in _iter_jsonl(p)]
-        text = "\n\n".join(rows)
+    if is_jsonl(p):
+        text = jsonl_text(p, _read_all(p))
     else:
         text = _read_all(p)
     if not text.strip():
@@ -483,7 +499,7 @@ def read_hellaswag(path: str | Path) -> list[ChoiceItem]:
     exactly (this reader then applies lm-eval's `process_docs`).
     """
     p = _check_file(path)
-    if _is_jsonl(p):
+    if is_jsonl(p):
         items = []
         for n, obj in _iter_jsonl(p):
             where = f"{p} line {n}"

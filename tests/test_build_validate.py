@@ -175,6 +175,19 @@ def test_build_dry_run_prints_trtexec(fp32_out, w8_out, no_tensorrt, capsys):
     assert main(["build", str(w8_out), "--dry-run", "--plugins", "build/plugins/libmq_trt_plugins.so"]) == 0
     io = capsys.readouterr()
     assert "--dynamicPlugins=build/plugins/libmq_trt_plugins.so" in io.out and "not on this machine" in io.err
+    assert "recipe is fp16" not in io.err
+
+
+def test_build_of_an_fp16_outdir_says_to_build_with_fp16(tmp_path, no_tensorrt, capsys):
+    """The fp16 recipe's graph is fp32 with fp16-rounded weights: without --fp16 (or --strongly-typed) the build says
+    that it gives an fp32 engine."""
+    out = _compile(tmp_path / "f16", "--recipe", "fp16")
+    note = "this OUTDIR's recipe is fp16 (weights rounded to fp16, the graph in fp32): build with --fp16"
+    assert main(["build", str(out), "--dry-run"]) == 0
+    assert note in capsys.readouterr().err
+    for flag in ("--fp16", "--strongly-typed"):
+        assert main(["build", str(out), "--dry-run", flag]) == 0
+        assert note not in capsys.readouterr().err
 
 
 def test_build_polygraphy_prints_the_two_runs(w8_out, no_tensorrt, tmp_path, capsys):

@@ -101,6 +101,10 @@ def _bad_inputs(tmp_path: Path, hf_dir: Path):
     blocker.write_text("x")
     bad_yaml = tmp_path / "bad_recipe.yaml"
     bad_yaml.write_text("name: x\nprecision: [fp32\n  passes: {\n")
+    outdir = tmp_path / "an_outdir"  # (what compile writes: manifest.json and the graphs, no config.json)
+    outdir.mkdir()
+    (outdir / "manifest.json").write_text("{}")
+    (outdir / "model.onnx").write_bytes(b"")
     ranged = {}  # recipe values of the right type but outside what they mean: refused when the recipe is read
     for label, body in (("percentile as a fraction", "activations: {method: percentile, percentile: 0.9999}"),
                         ("alpha past 1", "passes:\n  - {name: smoothquant, alpha: 7}"),
@@ -113,6 +117,7 @@ def _bad_inputs(tmp_path: Path, hf_dir: Path):
         ("missing weights", [missing_weights], "no weight file"),
         ("corrupt weights", [corrupt], "could not read weights file"),
         ("not mamba", [not_mamba], "not a Mamba-1 model"),
+        ("an outdir", [outdir], f"{outdir} is an output directory of `mq-deploy compile`, not a checkpoint"),
         ("bad json", [bad_json], "could not read"),
         ("unknown recipe", [hf_dir, "--recipe", "int3-magic"], "unknown recipe 'int3-magic'"),
         ("invalid recipe yaml", [hf_dir, "--recipe", bad_yaml],

@@ -198,6 +198,12 @@ def test_cli_flag_errors_name_the_flag(outdir, tmp_path):
                       "--data names one task's file", "give each its file as --data TASK=PATH")
     assert_user_error(run_cli("eval", outdir, "--task", "text", "--data", f"arc_easy={tmp_path / 't.txt'}"),
                       f"--data arc_easy={tmp_path / 't.txt'}: no --task arc_easy asks for it")
+    # a task twice would be scored twice; two files for one task kept the last one silently
+    assert_user_error(run_cli("eval", outdir, "--task", "text", "--task", "text", "--data", f"text={tmp_path}/t.txt"),
+                      "--task text given more than once")
+    assert_user_error(run_cli("eval", outdir, "--task", "text", "--data", f"text={tmp_path}/a.txt", "--data",
+                              f"text={tmp_path}/b.txt"),
+                      f"--data text={tmp_path}/a.txt and --data text={tmp_path}/b.txt: one file for one task")
     copy = tmp_path / "copy"  # an OUTDIR copied without its manifest: said so, not "no config.json"
     copy.mkdir()
     shutil.copyfile(outdir / "model.portable.onnx", copy / "model.portable.onnx")

@@ -50,6 +50,8 @@ def _eval_data(values: list[str], tasks: list[str]) -> dict[str, str]:
     for v in values:
         task, _, path = v.partition("=")
         if path and task in tasks:
+            if task in named and named[task] != path:
+                raise UserError(f"--data {task}={named[task]} and --data {v}: one file for one task")
             named[task] = path
         elif path and task in TASK_NAMES + ("fashion_mnist",):
             raise UserError(f"--data {v}: no --task {task} asks for it")
@@ -143,6 +145,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("--limit must be at least 1")
     if "fashion_mnist" in args.task and len(set(args.task)) > 1:
         raise UserError("--task fashion_mnist cannot be combined with language-model tasks")
+    twice = sorted({t for t in args.task if args.task.count(t) > 1})
+    if twice:  # (it would score the same data twice)
+        raise UserError(f"--task {', '.join(twice)} given more than once")
     data = _eval_data(args.data, args.task)
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -179,15 +179,16 @@ def test_build_dry_run_prints_trtexec(fp32_out, w8_out, no_tensorrt, capsys):
 
 
 def test_build_of_an_fp16_outdir_says_to_build_with_fp16(tmp_path, no_tensorrt, capsys):
-    """The fp16 recipe's graph is fp32 with fp16-rounded weights: without --fp16 (or --strongly-typed) the build says
-    that it gives an fp32 engine."""
+    """The fp16 recipe's graph is fp32 with fp16-rounded weights: without --fp16 the build says that it gives an fp32
+    engine (strongly typed too: that build follows the graph's fp32 types)."""
     out = _compile(tmp_path / "f16", "--recipe", "fp16")
-    note = "this OUTDIR's recipe is fp16 (weights rounded to fp16, the graph in fp32): build with --fp16"
+    note = "this OUTDIR's recipe is fp16 (weights rounded to fp16, the graph in fp32): build with --fp16 (TensorRT 10)"
     assert main(["build", str(out), "--dry-run"]) == 0
-    assert note in capsys.readouterr().err
-    for flag in ("--fp16", "--strongly-typed"):
-        assert main(["build", str(out), "--dry-run", flag]) == 0
-        assert note not in capsys.readouterr().err
+    assert f"{note} for an fp16 engine; without it TensorRT runs fp32" in capsys.readouterr().err
+    assert main(["build", str(out), "--dry-run", "--strongly-typed"]) == 0
+    assert f"{note} for an fp16 engine; a strongly typed build follows the graph's fp32 types" in capsys.readouterr().err
+    assert main(["build", str(out), "--dry-run", "--fp16"]) == 0
+    assert note not in capsys.readouterr().err
 
 
 def test_build_polygraphy_prints_the_two_runs(w8_out, no_tensorrt, tmp_path, capsys):

@@ -274,8 +274,24 @@ def test_help_on_every_command():
     (["eval", "--limt", "3", "--task", "text"], "usage: mq-deploy eval", "mq-deploy eval: error: unrecognized arguments: --limt"),
     (["compile", "--bogus", "-o", "x"], "usage: mq-deploy compile", "mq-deploy compile: error: unrecognized arguments: --bogus"),
     (["--bogus"], "usage: mq-deploy [-h]", "mq-deploy: error: unrecognized arguments: --bogus"),
+    (["--quiet", "compile", "-o", "x"], "usage: mq-deploy [-h]",  # (compile takes --quiet, after its name)
+     "mq-deploy: error: unrecognized arguments: --quiet (a command's options go after its name: mq-deploy compile ... "
+     "--quiet)"),
 ])
 def test_a_misspelled_flag_gets_its_commands_usage(args, usage, error):
     """An unknown flag is the subcommand's error, with its usage lines, as a bad value is (README, exit 2)."""
     r = run_cli(*args)
     assert r.returncode == 2 and r.stderr.startswith(usage) and r.stderr.strip().splitlines()[-1] == error, r.stderr
+
+
+def test_percentile_range_applies_to_the_percentile_method(tmp_path):
+    """activations.percentile is range-checked where it is read (method percentile), its type only elsewhere."""
+    from mq_deploy.errors import UserError
+    from mq_deploy.recipes import load_recipe
+
+    f = tmp_path / "r.yaml"
+    f.write_text("name: r\nprecision: w8a8\nactivations: {method: max, percentile: 0.9999}\n")
+    assert load_recipe(str(f)).activations["method"] == "max"
+    f.write_text("name: r\nprecision: w8a8\nactivations: {percentile: 0.9999}\n")  # (percentile is the default)
+    with pytest.raises(UserError, match=r"activations.percentile must be in \[50.0, 100.0\]"):
+        load_recipe(str(f))

@@ -409,8 +409,8 @@ def test_calibration_options_a_recipe_does_not_read_are_said_ignored(tmp_path):
 
 def test_calibration_text_is_read_as_eval_reads_it(tmp_path):
     """read_calib_text takes JSON lines as eval does (.jsonl / .json, compressed or not), with eval's one-line errors
-    (bad JSON, a row without a string "text") instead of a traceback or "empty"; a line cut by the character limit is
-    dropped only where the file was cut."""
+    (bad JSON, a row without a string "text") instead of a traceback or "empty"; the row the character limit reaches
+    is read whole (a first row longer than the limit is not "no text")."""
     import bz2
     import gzip
 
@@ -423,8 +423,10 @@ def test_calibration_text_is_read_as_eval_reads_it(tmp_path):
                         ("a.json", lambda p, t: p.write_text(t)), ("a.JSONL", lambda p, t: p.write_text(t))):
         write(tmp_path / name, "\n".join(rows) + "\n")
         assert read_calib_text(tmp_path / name, 10_000) == " = Homarus gammarus =\n\n\nsecond row", name
-    # cut inside the second row: that row is dropped, the first kept
-    assert read_calib_text(tmp_path / "a.json", len(rows[0]) + 8) == " = Homarus gammarus =\n"
+    # the limit inside the second row / inside the first: the rows it reaches, whole
+    assert read_calib_text(tmp_path / "a.json", len(rows[0]) + 8) == " = Homarus gammarus =\n\n\nsecond row"
+    assert read_calib_text(tmp_path / "a.jsonl.gz", 5) == " = Homarus gammarus =\n"
+    assert read_calib_text(tmp_path / "a.json", len(rows[0]) + 1) == " = Homarus gammarus =\n"  # (at its newline)
     for body, msg in (('{"text": "hello"}\n{"text": null}\n', "line 2: field 'text' should be str, got NoneType"),
                       ("plain line\n", "line 1: not valid JSON"),
                       ("[1, 2, 3]\n", "line 1: expected a JSON object, got list"),

@@ -187,6 +187,15 @@ def test_generate_and_eval_say_what_a_graph_or_outdir_is_for(outdir, tmp_path):
     r = run_cli("eval", relu, "--task", "text")
     assert_user_error(r, "takes x: it is not a Mamba language-model graph of mq-deploy")
     assert "mq-deploy generate" not in r.stderr
+    # nor an exported transformer's (input_ids, attention_mask and more)
+    hf = tmp_path / "hf.onnx"
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("input_ids", "attention_mask",
+                                                                               "position_ids")]  # (names matter)
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Sum", [i.name for i in ins], ["logits"])], "g",
+                                                  ins, [out])), str(hf))
+    r = run_cli("eval", hf, "--task", "text")
+    assert_user_error(r, "takes attention_mask, input_ids, position_ids: it is not a Mamba language-model graph")
 
 
 def test_cli_flag_errors_name_the_flag(outdir, tmp_path):

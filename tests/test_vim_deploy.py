@@ -150,6 +150,8 @@ def test_validate_vim_torch_checks_the_checkpoint_weights(vim_out, tmp_path, cap
             "compiled (sha256)") in err
     assert main(["validate", str(out), "--model", str(ckpt), "-q"]) == 0  # the one compiled: passes
     capsys.readouterr()
+    assert main(["validate", str(out), "--model", str(out)]) == 2  # an OUTDIR for the checkpoint: named as one
+    assert f"{out} is an output directory of `mq-deploy compile`, not a checkpoint" in capsys.readouterr().err
 
 
 def test_bundled_vim_is_found_where_this_installation_keeps_it(tmp_path, capsys):

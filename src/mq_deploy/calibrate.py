@@ -40,21 +40,22 @@ def check_calib_file(path: str | Path) -> Path:
 
 
 def read_calib_text(path: str | Path, max_chars: int) -> str:
-    """The first `max_chars` characters of a calibration text file (plain text, or JSON lines of {"text": str} as eval
-    reads them: .jsonl / .json, each compressed with .xz / .bz2 / .gz or not), rows joined as eval joins them."""
+    """The first `max_chars` characters of a calibration text file (plain text), or the rows they reach of JSON lines of
+    {"text": str} (.jsonl / .json; either compressed with .xz / .bz2 / .gz or not), read and joined as eval does."""
     from .eval.data import is_jsonl, jsonl_text
 
     p = check_calib_file(path)
     opener = {".xz": lzma.open, ".bz2": bz2.open, ".gz": gzip.open}.get(p.suffix.lower(), open)
+    rows = is_jsonl(p)
     try:
         with opener(p, "rt", encoding="utf-8") as f:
-            text = f.read(max_chars + 1)
+            text = f.read(max_chars)
+            if rows and text and not text.endswith("\n"):
+                text += f.readline()  # (JSON lines: the row the limit cut, read whole)
     except (OSError, UnicodeDecodeError, EOFError, lzma.LZMAError) as e:
         raise UserError(f"could not read calibration file {p}: {e}") from None
-    cut = len(text) > max_chars  # (then its last line may be incomplete)
-    text = text[:max_chars]
-    if is_jsonl(p):
-        text = jsonl_text(p, text, cut=cut)
+    if rows:
+        text = jsonl_text(p, text)
     if not text.strip():
         raise UserError(f"calibration file {p} holds no text")
     return text

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -108,7 +109,8 @@ def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads
         raise vim
     if names != {"input_ids"}:
         shown = sorted(names)[:3] + ([f"{len(names) - 3} more"] if len(names) > 3 else [])
-        if "input_ids" in names and ("attention_mask" in names or any(n.startswith("ssm_state") for n in names)):
+        states = {n for n in names if re.fullmatch(r"(conv|ssm)_state\.\d+", n)}
+        if names == {"input_ids", "attention_mask"} or (states and names == {"input_ids"} | states):
             raise UserError(f"{target} takes {', '.join(shown)}: it is a graph of `mq-deploy generate` (prefill / "
                             "decode step), not a whole-sequence model; evaluate model.onnx, model.portable.onnx or the "
                             "OUTDIR")
@@ -575,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace a non-empty OUTDIR not written by mq-deploy")
     c.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
     c.add_argument("--calib", help="calibration text for quantized recipes, not read by a weight-only RTN one "
-                                   "(plain text, .jsonl of {\"text\"}, .xz/.bz2/.gz; default "
+                                   "(plain text, .jsonl / .json of {\"text\"}, .xz/.bz2/.gz; default "
                                    "$MQ_DEPLOY_DATA_DIR/text/wikitext2_val_sample.jsonl)")
     c.add_argument("--calib-samples", type=int, help="calibration windows (default: the recipe's, 128)")
     c.add_argument("--calib-seq-len", type=int, help="tokens per calibration window (default: the recipe's, 512)")
@@ -847,7 +849,8 @@ def _fetch_from_hub(args: argparse.Namespace) -> None:
         args.model = hub.fetch_model(model, quiet=quiet, log=(lambda s: None) if quiet else _log,
                                      warn=lambda s: _log(f"warning: {s}"))
     tokenizer = getattr(args, "tokenizer", None)
-    if tokenizer is not None and hub.parse_id(tokenizer) is not None:
+    unread = args.command == "eval" and "fashion_mnist" in (args.task or ())  # (said by cmd_eval, not fetched)
+    if tokenizer is not None and hub.parse_id(tokenizer) is not None and not unread:
         args.tokenizer = hub.fetch_tokenizer(tokenizer)
 
 
@@ -917,8 +920,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     from . import signals
 
     ap = build_parser()
-    args, unknown = ap.parse_known_args(_attach_dash_values(list(sys.argv[1:] if argv is None else argv)))
+    words = _attach_dash_values(list(sys.argv[1:] if argv is None else argv))
+    args, unknown = ap.parse_known_args(words)
     if unknown:  # the subcommand's usage lines and `mq-deploy SUBCOMMAND: error: ...`, as for a bad value (exit 2)
+        at = words.index(args.command) if args.command in words else 0
+        if any(w in words[:at] for w in unknown):  # (`mq-deploy --quiet compile`: an option of the command's)
+            ap.error(f"unrecognized arguments: {' '.join(unknown)} (a command's options go after its name: "
+                     f"mq-deploy {args.command} ... {unknown[0]})")
         (args.subcommands.get(args.command) or ap).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         ap.print_help()

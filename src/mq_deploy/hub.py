@@ -277,9 +277,10 @@ def fetch_model(spec: str, *, quiet: bool = False, log: Callable[[str], None] = 
 
 def compiled_from(source: dict, log: Callable[[str], None] = lambda s: None,
                   warn: Callable[[str], None] = lambda s: None) -> Optional[str]:
-    """The checkpoint an OUTDIR's manifest names (`model` section): None for the bundled model, its path where that
-    exists, else, for a model compiled from the Hub (`hub`: repository and commit), that commit fetched into this
-    machine's cache (an OUTDIR copied to a device); otherwise the recorded path (the loader then says it is missing)."""
+    """The checkpoint an OUTDIR's manifest names (`model` section): None for the bundled language model (for the
+    bundled Vim: this installation's copy), its path where that exists, else, for a model compiled from the Hub (`hub`:
+    repository and commit), that commit fetched into this machine's cache (an OUTDIR copied to a device); otherwise
+    the recorded path (the loader then says it is missing)."""
     path = source.get("path")
     origin_ = source.get("hub")
     if source.get("bundled") and source.get("format") == "vim":  # the bundled Vim, of this installation

@@ -149,6 +149,8 @@ def _parse(raw, origin: str) -> Recipe:
         vals = {}
         for k, (typ, default) in fields.items():
             lo, hi, hint = _RANGES.get(f"{sec}.{k}", (None, None, ""))
+            if f"{sec}.{k}" == "activations.percentile" and given.get("method", "percentile") != "percentile":
+                lo = hi = None  # (not read by the other methods: its type only)
             vals[k] = _check_value(f"recipe {origin}: {sec}.{k}", given.get(k, default), typ, lo, hi, hint)
         sections[sec] = vals
     if sections["weights"]["method"] not in ("rtn", "gptq"):

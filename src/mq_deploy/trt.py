@@ -639,16 +639,18 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
                      strongly_typed=strongly_typed, mark=mark, fp32=fp32, hadamard_codes=codes, graph=graph,
                      profile=profile, plugin_nodes=sum(p["count"] for p in plugin_inventory(model)),
                      quantized=manifest_quantized(manifest),
-                     notes=tuple(build_notes(model)) + _fp16_recipe_note(manifest, fp16 or strongly_typed))
+                     notes=tuple(build_notes(model)) + _fp16_recipe_note(manifest, fp16, strongly_typed))
 
 
-def _fp16_recipe_note(manifest: dict, fp16: bool) -> tuple[str, ...]:
+def _fp16_recipe_note(manifest: dict, fp16: bool, strongly_typed: bool) -> tuple[str, ...]:
     """(the note,) for an OUTDIR of the fp16 recipe built without --fp16, else (): its graph is fp32 with fp16-rounded
-    weights, meant for an fp16 engine, and nothing in the graph says so."""
+    weights, meant for an fp16 engine, and nothing in the graph says so (a strongly typed build follows the graph's
+    fp32 types)."""
     if fp16 or (manifest.get("recipe") or {}).get("precision") != "fp16":
         return ()
-    return ("this OUTDIR's recipe is fp16 (weights rounded to fp16, the graph in fp32): build with --fp16 for an fp16 "
-            "engine; without it TensorRT runs fp32",)
+    how = "a strongly typed build follows the graph's fp32 types" if strongly_typed else "without it TensorRT runs fp32"
+    return (f"this OUTDIR's recipe is fp16 (weights rounded to fp16, the graph in fp32): build with --fp16 (TensorRT 10) "
+            f"for an fp16 engine; {how}",)
 
 
 def build_outdir(plan: BuildPlan, log: Callable[[str], None] = lambda s: None,

@@ -23,8 +23,8 @@ for pair (a, b) with a as the reference:
   top1    = share of (batch, position) whose argmax over the last axis agrees (logits)
 
 Pairs among portable / plugin / simulation are gated by `tol` (default FP32_TOL: same semantics, different
-code), pairs with tensorrt by `engine_tol` (default ENGINE_TOL); pairs with torch-fp32 are reported, not
-gated. For a quantized OUTDIR the direct pairs among portable / plugin / simulation are reported only, and
+code), pairs with tensorrt by `engine_tol` (default ENGINE_TOL); pairs with torch-fp32 are gated by `tol` for an
+fp32 recipe's graphs and reported otherwise (what a recipe changes: compare / eval measure it). For a quantized OUTDIR the direct pairs among portable / plugin / simulation are reported only, and
 rows that take the rounding-boundary cases out carry the `tol` gate (see FP32_TOL): `portable vs plugin~`
 (graph/follow.py) and, with --simulate, `simulation~` vs each graph (FOLLOW_NAME). A validation engine
 (`mq-deploy build --validation-engine`, which also outputs every QuantizeLinear input) is checked layer by layer:
@@ -353,6 +353,9 @@ def collect_references(outdir: Path, manifest: dict, *, simulate: bool = False, 
         path = checkpoint
         if not path:
             raise UserError(f"{outdir}/manifest.json names no checkpoint: pass --model DIR")
+        from .loaders import resolve_model_dir
+
+        resolve_model_dir(path)  # (missing, a file, an OUTDIR: said as for a language model)
         vm = load_vim(path)
         want = {k: v for k, v in manifest.get("model", {}).get("config", {}).items() if k != "model_type"}
         if want and {k: v for k, v in vm.config.to_dict().items() if k != "model_type"} != want:

@@ -297,19 +297,15 @@ def is_jsonl(path: Path) -> bool:
     return name.endswith(".jsonl") or name.endswith(".json")
 
 
-def _jsonl_objects(p: Path, text: str, cut: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line of `text`, the contents of `p`; bad JSON or non-objects raise
-    UserError, but for the last line where `cut` (`text` is a leading part of the file: that line may be incomplete,
-    and is dropped)."""
-    lines = text.split("\n")
-    for lineno, line in enumerate(lines, start=1):
+def _jsonl_objects(p: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of `text`, the contents of `p` (or its first whole lines); bad
+    JSON or non-objects raise UserError."""
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            if cut and lineno == len(lines):
-                return
             raise UserError(f"{p} line {lineno}: not valid JSON ({exc.msg})") from None
         if not isinstance(obj, dict):
             raise UserError(f"{p} line {lineno}: expected a JSON object, got {type(obj).__name__}")
@@ -322,10 +318,10 @@ def _iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     yield from _jsonl_objects(p, _read_all(p))
 
 
-def jsonl_text(p: Path, text: str, cut: bool = False) -> str:
-    """The `{"text": str}` rows of a .jsonl file's contents `text`, joined with "\n\n" (see read_text); `cut`: as
-    _jsonl_objects."""
-    return "\n\n".join(_field(obj, "text", str, f"{p} line {n}") for n, obj in _jsonl_objects(p, text, cut))
+def jsonl_text(p: Path, text: str) -> str:
+    """The `{"text": str}` rows of a .jsonl file's contents `text` (or its first whole lines), joined with "\n\n"
+    (see read_text)."""
+    return "\n\n".join(_field(obj, "text", str, f"{p} line {n}") for n, obj in _jsonl_objects(p, text))
 
 
 def _field(obj: dict, key: str, kind: type | tuple, where: str) -> Any:

@@ -38,7 +38,7 @@ def resolve_model_dir(path: Optional[str | Path]) -> Path:
     if p.is_file():
         raise UserError(f"{p} is a file; pass the model directory that holds config.json and the weights")
     if not (p / "config.json").is_file():
-        if (p / "manifest.json").is_file() and (p / "model.onnx").is_file():
+        if (p / "manifest.json").is_file():
             raise UserError(f"{p} is an output directory of `mq-deploy compile`, not a checkpoint: pass a checkpoint "
                             "directory (config.json and weights; an OUTDIR's manifest.json names the one it was "
                             "compiled from, model.path)")

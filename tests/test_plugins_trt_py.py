@@ -25,7 +25,7 @@ def test_missing_tensorrt_names_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"")
-    with pytest.raises(UserError, match=r"pip install tensorrt-cu12==10\.3\.\*"):
+    with pytest.raises(UserError, match=r"pip install \"tensorrt-cu12==10\.3\.\*\""):
         mtrt.build_engine(str(onnx), str(tmp_path / "model.engine"))
 
 

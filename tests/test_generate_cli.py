@@ -183,7 +183,9 @@ def test_generate_and_eval_say_what_a_graph_or_outdir_is_for(outdir, tmp_path):
     relu = tmp_path / "relu.onnx"
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])), str(relu))
+    old_ir = {"ir_version": 8, "opset_imports": [helper.make_opsetid("", 17)]}  # (what onnxruntime 1.23 loads too)
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]), **old_ir),
+              str(relu))
     r = run_cli("eval", relu, "--task", "text")
     assert_user_error(r, "takes x: it is not a Mamba language-model graph of mq-deploy")
     assert "mq-deploy generate" not in r.stderr
@@ -193,7 +195,7 @@ def test_generate_and_eval_say_what_a_graph_or_outdir_is_for(outdir, tmp_path):
                                                                                "position_ids")]  # (names matter)
     out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])
     onnx.save(helper.make_model(helper.make_graph([helper.make_node("Sum", [i.name for i in ins], ["logits"])], "g",
-                                                  ins, [out])), str(hf))
+                                                  ins, [out]), **old_ir), str(hf))
     r = run_cli("eval", hf, "--task", "text")
     assert_user_error(r, "takes attention_mask, input_ids, position_ids: it is not a Mamba language-model graph")
 

@@ -72,6 +72,7 @@ def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads
     """MODEL_OR_ONNX → (logits_fn, tokenizer path, description)."""
     from .backends.ort import OrtRunner
     from .loaders import load_model, resolve_model_dir
+    from .outdir import eval_graph
     from .vision.model import is_vim_dir
 
     vim = UserError(f"{target} is a Vision Mamba (Vim) image classifier: evaluate it with --task fashion_mnist")
@@ -80,25 +81,11 @@ def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads
         if p.suffix != ".onnx":
             raise UserError(f"{p} is neither an .onnx file nor a model directory")
         runner, tok_default, desc = OrtRunner(p, threads=threads), p.with_name("tokenizer.json"), f"onnxruntime:{p}"
-    elif target is not None and Path(target).is_dir() and (Path(target) / "manifest.json").is_file():
-        from .outdir import missing_file, read_manifest
-        from .trt import manifest_input
-
-        manifest = read_manifest(target)
-        if manifest_input(manifest)[0] == "pixel_values":
-            raise vim
-        p = Path(target) / "model.portable.onnx"
-        if not p.is_file():
-            raise missing_file(target, manifest, p.name, "the graph eval runs")
+    elif target is not None and (p := eval_graph(target, "input_ids", vim)) is not None:  # a compile OUTDIR
         runner, tok_default, desc = OrtRunner(p, threads=threads), Path(target) / "tokenizer.json", f"onnxruntime:{p}"
     else:
         from .backends.torch_hf import TorchRunner
 
-        here = Path(target) if target is not None else None
-        graphs = [g for g in ("model.portable.onnx", "model.onnx") if here is not None and (here / g).is_file()]
-        if graphs and not (here / "config.json").is_file():  # (not a checkpoint: an OUTDIR's copy)
-            raise UserError(f"{target} holds {graphs[0]} but no manifest.json: copy it from the directory `mq-deploy "
-                            f"compile` wrote, or evaluate the graph itself ({here / graphs[0]})")
         if target is not None and is_vim_dir(target):
             raise vim
         model_dir = resolve_model_dir(target)

@@ -336,6 +336,30 @@ def atomic_dir(out_dir: str | Path, force: bool = False, warn: Callable[[str], N
             os.close(lock_fd)
 
 
+def eval_graph(target: str | Path, input_name: str, other_family: UserError) -> Optional[Path]:
+    """The graph `eval` runs of a compile OUTDIR, its model.portable.onnx, after its manifest's checks (read_manifest);
+    None where `target` is no OUTDIR. Raises `other_family` for an OUTDIR whose model takes another input than
+    `input_name`, and a UserError for a missing graph, or graphs copied without their manifest.json."""
+    from .trt import manifest_input
+
+    p = Path(target)
+    if not p.is_dir():
+        return None
+    if (p / MARKER).is_file():
+        manifest = read_manifest(p)
+        if manifest_input(manifest)[0] != input_name:
+            raise other_family
+        graph = p / "model.portable.onnx"
+        if not graph.is_file():
+            raise missing_file(p, manifest, graph.name, "the graph eval runs")
+        return graph
+    graphs = [g for g in ("model.portable.onnx", "model.onnx") if (p / g).is_file()]
+    if graphs and not (p / "config.json").is_file():  # (not a checkpoint: an OUTDIR's copy)
+        raise UserError(f"{p} holds {graphs[0]} but no manifest.json: copy it from the directory `mq-deploy compile` "
+                        f"wrote, or evaluate the graph itself ({p / graphs[0]})")
+    return None
+
+
 def missing_file(out_dir: str | Path, manifest: dict, name: str, what: str = "") -> UserError:
     """The error for OUTDIR/name missing: if manifest.json lists it, the compile wrote it and it was not copied along;
     otherwise the OUTDIR comes from a compile (of another version) that did not write it. `what`: what the file is."""

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
-from ..outdir import read_onnx
+from ..outdir import eval_graph, read_onnx
 from .data import evaluate_top1
 
 TASK = "fashion_mnist"
@@ -26,21 +26,10 @@ def resolve_vision_target(target: Optional[str], threads: Optional[int] = None):
         m = load_vim(p)
         return (VimRunner(lower_selective_scan(build_vim_graph(m)), threads=threads), m.config.channels,
                 m.config.img_size, f"onnxruntime(fp32):{p}")
-    if p.is_dir() and (p / "manifest.json").is_file():  # a compile OUTDIR: its manifest's checks, as for a language model
-        from ..outdir import missing_file, read_manifest
-        from ..trt import manifest_input
-
-        manifest = read_manifest(p)  # (format, and each graph's size against what the compile wrote)
-        if manifest_input(manifest)[0] != INPUT:
-            raise UserError(f"{p} is a language-model OUTDIR: evaluate it with a text task (--task wikitext2, "
-                            "hellaswag, ...), not fashion_mnist")
-        if not (p / "model.portable.onnx").is_file():
-            raise missing_file(p, manifest, "model.portable.onnx", "the graph eval runs")
-        p = p / "model.portable.onnx"
-    elif p.is_dir() and any((p / g).is_file() for g in ("model.portable.onnx", "model.onnx")):
-        g = next(g for g in ("model.portable.onnx", "model.onnx") if (p / g).is_file())
-        raise UserError(f"{p} holds {g} but no manifest.json: copy it from the directory `mq-deploy compile` wrote, "
-                        f"or evaluate the graph itself ({p / g})")
+    graph = eval_graph(p, INPUT, UserError(f"{p} is a language-model OUTDIR: evaluate it with a text task (--task "
+                                           "wikitext2, hellaswag, ...), not fashion_mnist"))
+    if graph is not None:  # a compile OUTDIR
+        p = graph
     if p.is_file() and p.suffix == ".onnx":
         g = read_onnx(p)
         ins = {i.name: i for i in g.graph.input}

@@ -194,3 +194,92 @@ def test_klt_residual_rotation_uses_every_layer():
     assert v.std() / v.mean() < 1e-5
     v0 = np.diag(st.cov(pts[0]))
     assert v0.std() / v0.mean() > 1e-3  # one layer alone is not equalized: the pooled statistic is what R1 fits
+
+
+# -- the recipe's α reaches the smoothing passes, and what they compute (any scale preserves the function, so the
+#    equivalence test above cannot see a lost α or a wrong scale) --------------------------------------------------
+
+
+def test_smooth_gate_scales_and_equalizes_with_the_recipes_alpha(one_layer_384):
+    """smooth_gate α 0.8 (through the recipe parser): s = a^α / w^(1-α) of the out_proj input's channel maxima a and
+    out_proj's column maxima w; afterwards max|g'_j| = (a·w)^(1-α) and max|W_out'[:, j]| = (a·w)^α (mutants: α
+    dropped by the parser or fixed in the pass, a constant scale)."""
+    m, windows, stats0 = one_layer_384
+    m2, plan = _apply(m, windows, stats0, [{"name": "smooth_gate", "alpha": 0.8}])
+    a = stats0.chan_absmax("layers.0.out_proj.input").astype(np.float64)
+    w = np.abs(m.layers[0].out_proj).max(axis=0).astype(np.float64)
+    np.testing.assert_allclose(plan.layers[0].gate_scale, smooth_scales(a, w, 0.8), rtol=1e-6)
+    assert not np.allclose(plan.layers[0].gate_scale, smooth_scales(a, w, 0.5), rtol=1e-2)
+    np.testing.assert_allclose(np.abs(m2.layers[0].out_proj).max(axis=0), (a * w) ** 0.8, rtol=1e-5)
+    st = calibrate(m2, plan, windows, progress=False)
+    np.testing.assert_allclose(st.chan_absmax("layers.0.out_proj.input"), (a * w) ** 0.2, rtol=1e-4)
+
+
+def test_smoothquant_scales_every_linear_input_with_the_recipes_alpha(one_layer_384):
+    """smoothquant α 0.8: in_proj's scale divides the norm weight, dt_proj's the δ rows of x_proj, x_proj's and
+    out_proj's are the plan's online multiplies, each s = a^α / w^(1-α) of the weight it multiplies (x_proj's after
+    its δ rows were scaled); the out_proj input reaches the linear as (a·w)^(1-α)."""
+    m, windows, stats0 = one_layer_384
+    m2, plan = _apply(m, windows, stats0, [{"name": "smoothquant", "alpha": 0.8}])
+    L, L2, lp, R = m.layers[0], m2.layers[0], plan.layers[0], m.config.dt_rank
+    a = {k: stats0.chan_absmax(f"layers.0.{k}.input").astype(np.float64)
+         for k in ("in_proj", "dt_proj", "x_proj", "out_proj")}
+    s_in = smooth_scales(a["in_proj"], np.abs(L.in_proj).max(axis=0), 0.8)
+    np.testing.assert_allclose(L2.norm, L.norm / s_in, rtol=1e-6)
+    s_dt = smooth_scales(a["dt_proj"], np.abs(L.dt_proj).max(axis=0), 0.8)
+    np.testing.assert_allclose(L2.dt_proj, L.dt_proj * s_dt[None, :], rtol=1e-6)
+    x_dt = L.x_proj.astype(np.float64).copy()
+    x_dt[:R] /= s_dt[:, None]
+    np.testing.assert_allclose(lp.xproj_smooth, smooth_scales(a["x_proj"], np.abs(x_dt).max(axis=0), 0.8), rtol=1e-5)
+    w_out = np.abs(L.out_proj).max(axis=0).astype(np.float64)
+    np.testing.assert_allclose(lp.out_smooth, smooth_scales(a["out_proj"], w_out, 0.8), rtol=1e-6)
+    np.testing.assert_allclose(np.abs(L2.out_proj).max(axis=0), (a["out_proj"] * w_out) ** 0.8, rtol=1e-5)
+    assert not np.allclose(lp.out_smooth, smooth_scales(a["out_proj"], w_out, 0.5), rtol=1e-2)
+
+
+def test_shift_delta_centres_every_channel_of_delta(setup):
+    """shift_delta: the scan.delta quantization point (Δ − c) has every channel centred, min = −max, and its range
+    shrinks (mutant: c = 0, which leaves the function and delta_shift's presence as they were)."""
+    m, windows, ids, base, stats0 = setup
+    m2, plan = _apply(m, windows, stats0, [{"name": "shift_delta"}])
+    st = calibrate(m2, plan, windows, progress=False)
+    for i in range(m.config.n_layer):
+        pt = f"layers.{i}.scan.delta"
+        lo0, hi0 = stats0.chan_lo[pt], stats0.chan_hi[pt]
+        assert np.abs(lo0 + hi0).max() > 0.05 * np.abs(hi0).max()  # not centred before
+        np.testing.assert_allclose(plan.layers[i].delta_shift, (lo0.astype(np.float64) + hi0) / 2, rtol=1e-6)
+        lo, hi = st.chan_lo[pt], st.chan_hi[pt]
+        np.testing.assert_allclose(lo + hi, 0, atol=1e-5 * np.abs(hi).max())
+        assert st.absmax[pt] < stats0.absmax[pt]
+
+
+def test_klt_residual_rotation_normalizes_each_layers_trace():
+    """rotate_residual klt fits R1 to Σ_i C_i / tr(C_i) (each layer weighted equally), not Σ_i C_i: with one
+    layer's covariance 10⁴ times the other's, the unnormalized sum is that layer alone (mutant: the trace division
+    dropped). The statistics are synthetic; R1 is read back from the rotated embedding."""
+    from mq_deploy.calibrate import Stats
+    from mq_deploy.passes.rotate import rotate_residual
+
+    cfg = MambaConfig(d_model=96, n_layer=2, vocab_size=301)
+    m = random_model(cfg, seed=10)
+    for L in m.layers:
+        L.norm = np.ones_like(L.norm)
+    m.norm_f = np.ones_like(m.norm_f)
+    rng = np.random.default_rng(3)
+    covs = []
+    for scale in (1.0, 1e4):
+        q = random_orthogonal_matrix(96, rng)
+        covs.append(scale * (q * rng.uniform(0.1, 10, 96)) @ q.T)
+    st = Stats(second={f"layers.{i}.in_proj.input": c for i, c in enumerate(covs)}, gamma=[np.ones(96)] * 2)
+    m2, _ = rotate_residual(m, GraphPlan.plain(2), st, klt=True)
+    R1 = np.linalg.lstsq(m.embedding.astype(np.float64), m2.embedding.astype(np.float64), rcond=None)[0]
+    pooled = sum(c / np.trace(c) for c in covs)
+    v = np.diag(R1.T @ pooled @ R1)
+    assert v.std() / v.mean() < 1e-4
+    u = np.diag(R1.T @ sum(covs) @ R1)
+    assert u.std() / u.mean() > 1e-2  # the unnormalized sum is not what R1 diagonalizes
+
+
+def random_orthogonal_matrix(n, rng):
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))[None, :]

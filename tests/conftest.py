@@ -10,6 +10,23 @@ DATA_DIR = SHARED / "data"
 NEOX_TOKENIZER = DATA_DIR / "tokenizer" / "gpt-neox-20b.json"
 
 
+def _fashion_mnist():
+    """The Fashion-MNIST folder the product finds under the tests' MQ_DEPLOY_DATA_DIR (the shared data folder, see
+    _data_dir) or at the Debian package's path, holding the training and test files (.gz or not); None without."""
+    from mq_deploy.vision.data import DEFAULT_DIR, FILES
+
+    for c in (DATA_DIR / "fashion-mnist", DEFAULT_DIR):
+        if all((c / f).is_file() or (c / f"{f}.gz").is_file() for pair in FILES.values() for f in pair):
+            return c
+    return None
+
+
+FASHION_MNIST = _fashion_mnist()
+needs_fashion_mnist = pytest.mark.skipif(
+    FASHION_MNIST is None, reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist, or its four "
+    f"idx files in {DATA_DIR / 'fashion-mnist'})")
+
+
 def need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is not available")

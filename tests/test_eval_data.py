@@ -1,8 +1,7 @@
-"""Data readers on small temp files and on the real files in /work/shared/data."""
+"""Data readers on small temp files and on the real files in ../shared/data (conftest.DATA_DIR)."""
 
 import bz2
 import json
-from pathlib import Path
 
 import pytest
 
@@ -10,7 +9,9 @@ from mq_deploy.errors import UserError
 from mq_deploy.eval import TASK_NAMES
 from mq_deploy.eval import data
 
-REAL = Path("/work/shared/data")
+from .conftest import DATA_DIR
+
+REAL = DATA_DIR
 needs_real = pytest.mark.skipif(not (REAL / "eval").is_dir(), reason="shared data not present")
 
 

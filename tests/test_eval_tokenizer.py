@@ -7,7 +7,9 @@ import pytest
 from mq_deploy.errors import UserError
 from mq_deploy.eval.tokenizer import TextTokenizer
 
-NEOX = Path("/work/shared/data/tokenizer/gpt-neox-20b.json")
+from .conftest import NEOX_TOKENIZER
+
+NEOX = NEOX_TOKENIZER
 BUNDLED = Path(__file__).resolve().parents[1] / "src/mq_deploy/assets/mamba-tiny/tokenizer.json"
 
 needs_neox = pytest.mark.skipif(not NEOX.is_file(), reason="GPT-NeoX tokenizer not present")

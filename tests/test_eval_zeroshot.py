@@ -22,9 +22,11 @@ from mq_deploy.eval.zeroshot import (
     task_requests,
 )
 
+from .conftest import DATA_DIR, NEOX_TOKENIZER
+
 BUNDLED = Path(__file__).resolve().parents[1] / "src/mq_deploy/assets/mamba-tiny/tokenizer.json"
-NEOX = Path("/work/shared/data/tokenizer/gpt-neox-20b.json")
-REAL = Path("/work/shared/data")
+NEOX = NEOX_TOKENIZER
+REAL = DATA_DIR
 needs_neox = pytest.mark.skipif(not NEOX.is_file(), reason="GPT-NeoX tokenizer not present")
 needs_real = pytest.mark.skipif(
     not (REAL / "eval").is_dir() or not NEOX.is_file(), reason="shared data not present"
@@ -329,9 +331,18 @@ def test_real_arc_and_hellaswag_with_uniform_model():
     assert r["n"] == 20
     assert r["acc"] == pytest.approx(np.mean(exp_acc))
     assert r["acc_norm"] == pytest.approx(np.mean(exp_norm))
-    hs = read_hellaswag(REAL / "eval/hellaswag_val.txt.bz2")[:3]
+    hs = read_hellaswag(REAL / "eval/hellaswag_val.txt.bz2")[:12]
+    exp_acc, exp_norm = [], []
+    for it in hs:  # the same by-count prediction through HellaSwag's own prompts
+        pairs, _ = task_requests("hellaswag", it)
+        n = np.array([len(encode_pair(neox, c, x)[1]) for c, x in pairs], dtype=float)
+        exp_acc.append(int(np.argmax(-n)) == it.gold)
+        exp_norm.append(int(np.argmax(-n / [len(c) for c in it.choices])) == it.gold)
     r = evaluate_zeroshot("hellaswag", uniform(50280), neox, hs, progress=False)
-    assert r["n"] == 3 and 0.0 <= r["acc"] <= 1.0
+    assert r["n"] == 12
+    assert r["acc"] == pytest.approx(np.mean(exp_acc))
+    assert r["acc_norm"] == pytest.approx(np.mean(exp_norm))
+    assert 0 < np.mean(exp_acc) < 1 or 0 < np.mean(exp_norm) < 1  # the items tell a right count from a wrong one
 
 
 def test_lambada_multi_token_word_is_right_only_if_every_token_is_greedy(tmp_path, tok):

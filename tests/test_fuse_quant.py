@@ -20,8 +20,8 @@ from mq_deploy.graph.fuse_scan_quant import (dequantize_hadamard_codes, float_tw
 from mq_deploy.ops.ort_kernels import PLUGIN_DOMAIN
 from mq_deploy.loaders import BUNDLED_DIR
 from mq_deploy.ops.plugin_fields import FIELDS, fields_of, node_attrs
-from mq_deploy.vision import data as vdata
 
+from .conftest import needs_fashion_mnist
 from .helpers import IR_VERSION, compile_small_w8
 
 N = 48  # 12·2^2
@@ -323,8 +323,7 @@ def test_lint_checks_the_fused_hadamard_against_its_dequantizer(w8):
                  ("layers.2/out_hadamard", "hadamard-out")}, v
 
 
-@pytest.mark.skipif(not (vdata.DEFAULT_DIR / "train-images-idx3-ubyte.gz").is_file(),
-                    reason="dataset-fashion-mnist is not installed")
+@needs_fashion_mnist
 def test_vim_graphs_fuse_where_the_quantizer_reads_the_hadamard(tmp_path):
     """Vision Mamba: every Hadamard of vim-quarot-w8a8 and vim-mambaquant-w8a8 writes int8. vim-mambaquant-w8a8 gives
     the class token its own scale at out_proj's input: the Mul by the [1, T, 1] constant goes in front of the Hadamard

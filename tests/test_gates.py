@@ -138,8 +138,9 @@ def test_a_failed_swap_puts_the_old_outdir_back(tmp_path, monkeypatch):
 # -- calibration statistics ----------------------------------------------------------------------------------------
 
 def test_collect_reduces_over_every_batch():
-    """Each batch's rows count: absmax, per-channel max, variance, XᵀX/n and the |x| sample are over all batches,
-    not the last or the first (mutants: absmax / channel max / covariance of the last batch, sample of the first)."""
+    """Each batch's rows count: absmax, per-channel max, signed min / max, variance, XᵀX/n and the |x| sample are over
+    all batches, not the last or the first (mutants: absmax / channel max / min / covariance of the last batch, sample
+    of the first)."""
     rng = np.random.default_rng(0)
     batches = [rng.uniform(-1, 1, size=(1, 5, 3)).astype(np.float32) for _ in range(3)]
     batches[0][0, 0, 1] = 9.0  # the largest value in the first batch
@@ -159,10 +160,24 @@ def test_collect_reduces_over_every_batch():
     assert st.count["p"] == 15
     np.testing.assert_allclose(st.chan_var("p"), x.var(0), rtol=1e-5)
     np.testing.assert_allclose(st.cov("p"), x.T @ x / 15, rtol=1e-5)
+    # the signed per-channel minimum / maximum (shift_delta's centre): over every batch too
+    np.testing.assert_array_equal(st.chan_lo["p"], x.min(0))
+    np.testing.assert_array_equal(st.chan_hi["p"], x.max(0))
     # the sample: drawn from every batch (each batch's |x| values are distinct, so each draw names its batch)
     drawn = set(st.sample["p"].tolist())
     for b in batches:
         assert drawn & set(np.abs(b).astype(np.float32).ravel().tolist())
+
+
+def test_stats_windows_spread_over_the_calibration_set():
+    """The passes' statistics windows (calibration.stats_samples) are spread evenly over the calibration windows,
+    first and last included, not the first n (mutant: windows[:n])."""
+    from mq_deploy.quantize import stats_windows
+
+    w = np.arange(10)[:, None]
+    np.testing.assert_array_equal(stats_windows(w, 3)[:, 0], [0, 4, 9])  # linspace 0, 4.5, 9 rounded half to even
+    np.testing.assert_array_equal(stats_windows(w, 5)[:, 0], [0, 2, 4, 7, 9])
+    assert stats_windows(w, 1)[:, 0].tolist() == [0] and stats_windows(w, 10) is w and stats_windows(w, 32) is w
 
 
 def test_calibration_windows_are_whole_non_overlapping_windows():

@@ -21,8 +21,8 @@ from mq_deploy.graph.fuse_scan_quant import unfuse_hadamard_quant
 from mq_deploy.compile import compile_model
 from mq_deploy.loaders import BUNDLED_DIR
 from mq_deploy.ops.ort_kernels import PLUGIN_DOMAIN
-from mq_deploy.vision import data as vdata
 
+from .conftest import FASHION_MNIST
 from .helpers import compile_small_w8
 
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
@@ -127,7 +127,7 @@ def outdirs(tmp_path_factory):
     compile_small_w8(root)
     compile_model(None, "fp32", root / "fp32", progress=False)
     dirs = {"w8": root / "w8", "fp32": root / "fp32"}
-    if (vdata.DEFAULT_DIR / "train-images-idx3-ubyte.gz").is_file():
+    if FASHION_MNIST is not None:
         compile_model(str(BUNDLED_DIR.parent / "vim-fmnist"), "vim-mambaquant-w8a8", root / "vim", calib_samples=8)
         dirs["vim"] = root / "vim"
     return dirs

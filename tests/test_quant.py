@@ -674,3 +674,52 @@ def test_prepare_rounds_the_fp16_deployed_tensors():
     bad = [k for k, v in tensors.items() if not is_fp16_valued(v)]
     assert bad == []
     assert not is_fp16_valued(m.embedding) and not is_fp16_valued(m.layers[0].conv_weight)  # the random model's are not fp16 already
+
+
+# the recipe's weight options reach the quantizer: each linear's codes are those of quantize_weight / gptq_quantize
+# called with the recipe's clip_search / act_order / block_size on the transformed weight and (GPTQ) the Hessian of
+# the calibration run (mutants: an option hard-coded in quant/linear.py; the graph tests cannot see it, since the
+# graph and the simulation read the same codes)
+@pytest.mark.parametrize("wcfg", [
+    {"bits": 4, "method": "rtn", "clip_search": False}, {"bits": 4, "method": "rtn", "clip_search": True},
+    {"bits": 4, "method": "gptq", "clip_search": False}, {"bits": 4, "method": "gptq", "clip_search": True},
+    {"bits": 4, "method": "gptq", "clip_search": False, "act_order": True},
+    {"bits": 4, "method": "gptq", "clip_search": True, "act_order": True, "block_size": 32},
+], ids=lambda w: "-".join(f"{k}={v}" for k, v in w.items() if k != "bits"))
+def test_recipe_weight_options_reach_the_quantizer(tiny, wcfg):
+    m, windows, _ = tiny
+    recipe = _parse({"name": "w", "precision": "w4a8", "weights": wcfg,
+                     "activations": {"bits": 8, "method": "max"}}, "w")
+    m2, plan, runs = prepare(m, recipe, windows, progress=False)
+    block = wcfg.get("block_size", 0)
+    for name in ("layers.0.in_proj", "layers.1.out_proj"):
+        w = getattr(m2.layers[int(name.split(".")[1])], name.split(".")[2]).T
+
+        def codes(clip_search, act_order):
+            if wcfg["method"] == "gptq":
+                return gptq_quantize(w, runs[-1].cov(f"{name}.input"), 4, clip_search=clip_search, block=block,
+                                     act_order=act_order)
+            return quantize_weight(w, 4, clip_search, block=block)
+
+        opts = (wcfg["clip_search"], wcfg.get("act_order", False))
+        want, got = codes(*opts), plan.quant.weights[name]
+        np.testing.assert_array_equal(got[0], want[0], err_msg=name)
+        np.testing.assert_array_equal(got[1], want[1], err_msg=name)
+        # each option makes a difference on this weight, so the equality above tells them apart
+        assert not np.array_equal(codes(not opts[0], opts[1])[0], want[0])
+        if wcfg["method"] == "gptq":
+            assert not np.array_equal(codes(opts[0], not opts[1])[0], want[0])
+
+
+# activations.scan_inputs false: the scan's inputs (u, Δ, B, C) get no activation scale, the linears' inputs do
+def test_scan_inputs_false_leaves_the_scan_inputs_unquantized(tiny):
+    m, windows, _ = tiny
+    scales = {}
+    for on in (True, False):
+        recipe = _parse({"name": "s", "precision": "w8a8", "weights": {"bits": 8, "method": "rtn"},
+                         "activations": {"bits": 8, "method": "max", "scan_inputs": on}}, "s")
+        scales[on] = set(prepare(m, recipe, windows, progress=False)[1].quant.act_scales)
+    scan = {f"layers.{i}.scan.{k}" for i in range(2) for k in ("u", "delta", "B", "C")}
+    assert scan <= scales[True]
+    assert not scan & scales[False]
+    assert scales[False] == scales[True] - scan and "layers.1.out_proj.input" in scales[False]

@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 
 from mq_deploy.cli import main
-from mq_deploy.vision import data as vdata
 from mq_deploy.vision.model import VimConfig, random_vim, to_state_dict
 
+from .conftest import needs_fashion_mnist
 from .test_build_validate import _FakeTRT, _stand_in_engine, _trt
 
 BUNDLED_VIM = Path(__file__).resolve().parents[1] / "src" / "mq_deploy" / "assets" / "vim-fmnist"
 CFG = VimConfig(d_model=24, depth=2, num_classes=10, img_size=28, patch_size=7, channels=1)
 
-pytestmark = pytest.mark.skipif(not (vdata.DEFAULT_DIR / "train-images-idx3-ubyte.gz").is_file(),
-                                reason="dataset-fashion-mnist is not installed")
+pytestmark = needs_fashion_mnist
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ import pytest
 from mq_deploy.vision import data as vdata
 from mq_deploy.vision.model import VimConfig, random_vim, to_state_dict
 
+from .conftest import needs_fashion_mnist
 from .helpers import StopAt
 
 CFG = VimConfig(d_model=16, depth=1, num_classes=10, img_size=28, patch_size=7, channels=1)
 
-needs_data = pytest.mark.skipif(not (vdata.DEFAULT_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
-                                reason="dataset-fashion-mnist is not installed")
+needs_data = needs_fashion_mnist
 
 
 def _save(tmp_path):

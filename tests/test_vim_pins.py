@@ -18,6 +18,7 @@ from mq_deploy.vision.model import VimConfig, from_state_dict, load_vim, random_
 from mq_deploy.vision.passes import run_vim_passes
 from mq_deploy.vision.quantize import calibrate, fp32_stats, prepare_vim, token_scale
 
+from .conftest import needs_fashion_mnist
 from .helpers import is_fp16_valued
 
 # d_model 64: dt_rank 4 (a Hadamard size, so a KLT rotation K·H equalizes exactly), d 64 = Hadamard too; 2 layers
@@ -162,8 +163,7 @@ def test_every_official_name_is_read_into_its_field():
         np.testing.assert_array_equal(np.asarray(back[k]).reshape(sd[k].shape), sd[k], err_msg=k)
 
 
-@pytest.mark.skipif(not (vdata.DEFAULT_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
-                    reason="dataset-fashion-mnist is not installed")
+@needs_fashion_mnist
 def test_bundled_vim_classifies_fashion_mnist():
     """The bundled checkpoint (trained by scripts/train_vim.py, test top-1 0.8715 on the 10k images) through the loader
     and the fp32 graph: 500 test images at ≥ 0.85 (0.892 now; a class token one place off gives 0.36, a patch kernel

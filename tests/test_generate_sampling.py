@@ -45,6 +45,19 @@ def test_sampling_is_per_row():
     assert (out[0::2] == 0).mean() > 0.95 and (out[1::2] == 2).mean() > 0.95
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("greedy", [True, False])
+def test_logits_that_are_not_finite_are_an_error(bad, greedy):
+    """A broken model's NaN / Inf logits: one error naming validate, not a token picked by argmax (greedy printed text)
+    or numpy's "probabilities contain NaN" (sampling)."""
+    from mq_deploy.errors import UserError
+
+    logits = np.zeros((2, 5), np.float32)
+    logits[1, 3] = bad
+    with pytest.raises(UserError, match=r"logits are not finite \(NaN or Inf\) while generating.*mq-deploy validate"):
+        sample(logits, Sampling(greedy=greedy, seed=0), np.random.default_rng(0))
+
+
 class FakeSession:
     """Row r's logits favour token (last token + 1) % V, except after token 3 where they favour EOS (0). The prefill
     'state' is the last REAL prompt token; it checks that the mask marks exactly the left padding."""

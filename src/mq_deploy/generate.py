@@ -55,7 +55,11 @@ class Sampling:
 
 
 def sample(logits: np.ndarray, cfg: Sampling, rng: np.random.Generator) -> np.ndarray:
-    """Next token per row of `logits` [batch, vocab]."""
+    """Next token per row of `logits` [batch, vocab]; a UserError where they are not finite (an argmax would still pick
+    a token, and text would come out of a broken model)."""
+    if not np.all(np.isfinite(logits)):
+        raise UserError("the model's logits are not finite (NaN or Inf) while generating: its weights or graph are "
+                        "broken (an OUTDIR's files: `mq-deploy validate OUTDIR` checks them)")
     if cfg.greedy:
         return np.argmax(logits, axis=-1).astype(np.int64)
     z = logits.astype(np.float64) / cfg.temperature

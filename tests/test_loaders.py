@@ -14,7 +14,7 @@ from mq_deploy.loaders import load_model
 from mq_deploy.model import MambaConfig, random_model
 from mq_deploy.vision.model import VimConfig, load_vim, random_vim, to_state_dict
 
-from .helpers import write_hf_checkpoint
+from .helpers import write_hf_checkpoint, write_state_spaces_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +206,33 @@ def test_config_spellings(base, tmp_path):
     # a boolean written as a string: bool("false") is True, so it is refused (as transformers refuses it)
     with pytest.raises(UserError, match='config.json: .use_conv_bias. must be true or false, not "false"'):
         load_model(_variant(d, tmp_path / "strbool", config={"use_conv_bias": "false"}))
+
+
+@pytest.mark.parametrize("config,expect", [
+    ({"layer_norm_epsilon": "abc"}, "config.json: 'layer_norm_epsilon' must be a number, not \"abc\""),  # was a ValueError
+    ({"layer_norm_epsilon": True}, "config.json: 'layer_norm_epsilon' must be a number, not true"),
+    ({"expand": "2", "intermediate_size": None}, "model config: expand must be a positive integer, got '2'"),  # was '2222…'
+    ({"hidden_size": True}, "model config: d_model must be a positive integer, got True"),  # was taken for 1
+    ({"num_hidden_layers": 2.0}, "model config: n_layer must be a positive integer, got 2.0"),
+    ({"vocab_size": None}, "config.json: missing 'vocab_size'"),
+])
+def test_config_values_of_the_wrong_type_are_one_line(base, tmp_path, config, expect):
+    with pytest.raises(UserError) as e:
+        load_model(_variant(base[1], tmp_path / "v", config=config))
+    assert str(e.value) == expect
+
+
+def test_state_spaces_config_values_of_the_wrong_type_are_one_line(tmp_path):
+    m = random_model(MambaConfig(d_model=48, n_layer=1, vocab_size=70), seed=1)
+    d = write_state_spaces_checkpoint(m, tmp_path / "ss")
+    raw = json.loads((d / "config.json").read_text())
+    for change, expect in (({"d_model": "48"}, "model config: d_model must be a positive integer, got '48'"),
+                           ({"vocab_size": "70"}, "config.json: 'vocab_size' must be a positive integer, not \"70\""),
+                           ({"norm_epsilon": "1e-5"}, "config.json: 'norm_epsilon' must be a number, not \"1e-5\"")):
+        (d / "config.json").write_text(json.dumps({k: v for k, v in {**raw, **change}.items() if v is not None}))
+        with pytest.raises(UserError) as e:
+            load_model(d)
+        assert str(e.value) == expect
 
 
 def test_a_pickled_model_is_one_line(base, tmp_path):

@@ -55,15 +55,17 @@ class MambaConfig:
     residual_in_fp32: bool = True
 
     def __post_init__(self) -> None:
+        # (checked before dt_rank / d_inner are derived from them: "2" * 192 was reported as d_inner '2222…'; and a
+        # boolean is no size, though Python's True is an int)
+        for name in ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand", "dt_rank", "d_inner"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name in ("dt_rank", "d_inner") else 1):
+                raise UserError(f"model config: {name} must be a positive integer, got {v!r}")
         if self.dt_rank == 0:
             object.__setattr__(self, "dt_rank", math.ceil(self.d_model / 16))
         if self.d_inner == 0:
             object.__setattr__(self, "d_inner", self.expand * self.d_model)
-        for name in ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "dt_rank", "d_inner"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
-                raise UserError(f"model config: {name} must be a positive integer, got {v!r}")
-        if not self.norm_eps > 0:
+        if isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
             raise UserError(f"model config: norm epsilon must be > 0, got {self.norm_eps!r}")
 
     def to_dict(self) -> dict:

@@ -94,6 +94,15 @@ def _rank(R):
     return R
 
 
+def _number(raw: dict, key: str, default: float) -> float:
+    """A real-number config value (an epsilon); UserError for a string, a boolean or anything else."""
+    v = raw.get(key)
+    v = default if v is None else v
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise UserError(f"config.json: '{key}' must be a number, not {json.dumps(v)}")
+    return float(v)
+
+
 def _flag(raw: dict, key: str, default: bool, where: str = "") -> bool:
     """A boolean config value; UserError for anything else (a string "false" is true to bool(), and transformers
     refuses it too)."""
@@ -117,7 +126,7 @@ def _hf_config(raw: dict) -> MambaConfig:
             expand=raw.get("expand", 2),
             dt_rank=_rank(R),
             d_inner=raw.get("intermediate_size") or 0,
-            norm_eps=float(raw.get("layer_norm_epsilon", 1e-5)),
+            norm_eps=_number(raw, "layer_norm_epsilon", 1e-5),
             conv_bias=_flag(raw, "use_conv_bias", True),
             proj_bias=_flag(raw, "use_bias", False),
             tie_embeddings=_flag(raw, "tie_word_embeddings", True),
@@ -140,19 +149,22 @@ def _ss_config(raw: dict) -> MambaConfig:
         raise UserError("config.json: attention layers (attn_layer_idx) are not supported")
     vocab = _get(raw, "vocab_size")
     mult = raw.get("pad_vocab_size_multiple", 8)
+    for key, v in (("vocab_size", vocab), ("pad_vocab_size_multiple", mult)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise UserError(f"config.json: '{key}' must be a positive integer, not {json.dumps(v)}")
     if mult and vocab % mult:
         vocab += mult - vocab % mult
     R = ssm.get("dt_rank", "auto")
     try:
         return MambaConfig(
-            d_model=raw["d_model"],
-            n_layer=raw["n_layer"],
+            d_model=_get(raw, "d_model"),
+            n_layer=_get(raw, "n_layer"),
             vocab_size=vocab,
             d_state=ssm.get("d_state", 16),
             d_conv=ssm.get("d_conv", 4),
             expand=ssm.get("expand", 2),
             dt_rank=_rank(R),
-            norm_eps=float(raw.get("norm_epsilon", 1e-5)),
+            norm_eps=_number(raw, "norm_epsilon", 1e-5),
             conv_bias=_flag(ssm, "conv_bias", True, "ssm_cfg."),
             proj_bias=_flag(ssm, "bias", False, "ssm_cfg."),
             tie_embeddings=_flag(raw, "tie_embeddings", True),

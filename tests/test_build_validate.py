@@ -1698,8 +1698,8 @@ def test_validate_errors(fp32_out, tmp_path, capsys):
 
 def test_a_damaged_copy_of_an_outdir_is_named(fp32_out, tmp_path, capsys, monkeypatch):
     """A copy to the device that stopped, or corrupted bytes: the two graphs share weights.bin, so they would agree
-    on wrong weights. Sizes are checked by every command that reads the OUTDIR, the sha256 by validate; a missing
-    weights.bin is named with what to do, not onnx's message."""
+    on wrong weights. Sizes are checked by every command that reads the OUTDIR, the sha256 by validate, eval and lint
+    (eval scored a same-size changed copy); a missing weights.bin is named with what to do, not onnx's message."""
     import shutil
 
     from mq_deploy.generate import outdir_graphs
@@ -1710,10 +1710,13 @@ def test_a_damaged_copy_of_an_outdir_is_named(fp32_out, tmp_path, capsys, monkey
     data = bytearray(weights.read_bytes())
     data[4096:8192] = bytes(4096)  # same size, other bytes
     weights.write_bytes(bytes(data))
-    assert main(["validate", str(cp)]) == 2
-    err = capsys.readouterr().err
-    assert f"{weights} differs from the file `mq-deploy compile` wrote (its sha256 is not the one manifest.json " \
-           "lists): a corrupted or changed copy; copy it again" in err
+    (tmp_path / "t.txt").write_text("some words to score " * 20)
+    for args in (["validate", str(cp)], ["eval", str(cp), "--task", "text", "--data", str(tmp_path / "t.txt")],
+                 ["lint", str(cp)]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert f"{weights} differs from the file `mq-deploy compile` wrote (its sha256 is not the one manifest.json " \
+               "lists): a corrupted or changed copy; copy it again" in err, args
     weights.write_bytes(bytes(data[:1000]))  # a copy that stopped
     size = len(data)
     for args in (["validate", str(cp)], ["build", str(cp), "--dry-run", "--plugins", str(tmp_path / "lib.so")],

@@ -162,6 +162,85 @@ def test_refuses_to_replace_foreign_directory(tiny, tmp_path):
     assert (out / "precious.txt").read_text() == "keep me"
 
 
+def test_a_manifest_json_of_something_else_is_not_an_outdir(tiny, tmp_path):
+    """Only a manifest.json of mq-deploy compile ("format": "mq-deploy/…", any version) makes a folder one the compile
+    replaces without --force; a folder holding some other manifest.json was deleted with a warning."""
+    _, hf_dir, _ = tiny
+    out = tmp_path / "w"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"name": "ext"}')
+    (out / "thesis.tex").write_text("keep me")
+    r = run_cli("compile", hf_dir, "-o", out)
+    assert r.returncode == 2 and "not written by mq-deploy (it holds a manifest.json that mq-deploy did not write)" \
+        in r.stderr and "--force" in r.stderr, r.stderr
+    assert (out / "thesis.tex").read_text() == "keep me"
+    (out / "manifest.json").write_text('{"format": "mq-deploy/0"}')  # an older mq-deploy's OUTDIR: replaced
+    r = run_cli("compile", hf_dir, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert not (out / "thesis.tex").exists() and "removes thesis.tex" in r.stderr
+
+
+def test_a_read_only_outdir_is_refused_before_any_work(tmp_path, monkeypatch):
+    """A read-only OUTDIR (whose files the swap could not remove: it was replaced, and its files left beside it as
+    .out.old-*) is refused up front. (os.access is stood in for: the tests may run as root, which may write anywhere.)"""
+    import mq_deploy.outdir as od
+    from mq_deploy.errors import UserError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"format": "mq-deploy/1"}')
+    monkeypatch.setattr(od.os, "access", lambda p, mode: Path(p) != out)
+    for force in (False, True):
+        with pytest.raises(UserError, match=f"output directory {out} is read-only: the compile replaces it; make it "
+                                            rf"writable \(chmod u\+w {out}\) or choose another -o"):
+            od.check_target(out, force)
+    monkeypatch.setattr(od.os, "access", lambda p, mode: True)
+    od.check_target(out, False)
+
+
+def test_refuses_to_replace_the_bundled_model_or_the_default_data(tmp_path, monkeypatch):
+    """Without a MODEL or --calib the compile reads the bundled model and the default calibration data; -o naming
+    them (or a folder holding them) is refused, --force or not. (The bundled model is a copy here.)"""
+    import shutil
+
+    import mq_deploy.loaders as loaders
+    from mq_deploy.compile import compile_model
+    from mq_deploy.errors import UserError
+
+    bundled = tmp_path / "assets" / "mamba-tiny"
+    shutil.copytree(loaders.bundled_model_dir(), bundled)
+    monkeypatch.setattr(loaders, "bundled_model_dir", lambda: bundled)
+    data = tmp_path / "data"
+    (data / "text").mkdir(parents=True)
+    (data / "text" / "wikitext2_val_sample.jsonl").write_text('{"text": "some text"}\n')
+    monkeypatch.setenv("MQ_DEPLOY_DATA_DIR", str(data))
+    for out, recipe, what in ((bundled, "fp32", f"is the bundled model ({bundled})"),
+                              (bundled.parent, "fp32", f"holds the bundled model ({bundled})"),
+                              (data / "text", "rtn-w8a8", "holds the default calibration text"),
+                              (data, "fp32", "holds the default calibration text")):
+        with pytest.raises(UserError) as e:
+            compile_model(None, recipe, out, force=True, progress=False)
+        assert str(e.value).startswith(f"output directory {out} {what}"), str(e.value)
+    assert sorted(p.name for p in bundled.iterdir()) == sorted(p.name for p in loaders.bundled_model_dir().iterdir())
+    assert (data / "text" / "wikitext2_val_sample.jsonl").is_file()
+
+
+def test_an_unreadable_tokenizer_of_the_checkpoint_is_not_copied(tiny, tmp_path):
+    """A broken tokenizer.json beside the weights: the compile says so and leaves it out of OUTDIR (it was copied, and
+    eval / generate of the OUTDIR then failed on it, where one without a tokenizer asks for --tokenizer)."""
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny[1], ckpt)
+    (ckpt / "tokenizer.json").write_text("{not json")
+    out = tmp_path / "out"
+    r = run_cli("compile", ckpt, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "not copied into OUTDIR (eval and generate of it will need --tokenizer" in r.stderr
+    assert not (out / "tokenizer.json").exists()
+    assert "tokenizer.json" not in json.loads((out / "manifest.json").read_text())["files"]
+
+
 def test_refuses_an_output_that_is_or_holds_an_input(tiny, tmp_path):
     """-o naming the checkpoint, or a folder holding it or the calibration text, is refused even with --force:
     replacing it would delete what the compile reads."""

@@ -108,6 +108,36 @@ def test_lint_clean_and_both_flavours_run(w8, tmp_path):
         assert "simulation~" in names and ("torch-fp32" in names) == torch_rows, names
 
 
+
+def test_lint_checks_an_outdir_against_its_manifest(w8, tmp_path):
+    """lint OUTDIR first checks the files against manifest.json: a graph it lists missing (was: the others linted,
+    "0 violation(s)", exit 0), weights.bin cut short (was: a traceback) or replaced by a same-size file (was: bogus
+    "scales must be finite" violations); a graph file's weights cut short is one line too."""
+    import shutil
+
+    def copy():
+        d = tmp_path / "c"
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.copytree(w8, d)
+        return d
+
+    def lint(target):
+        r = run_cli("lint", target)
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 2 and last.startswith("mq-deploy: error: ") and "Traceback" not in r.stderr, r.stderr
+        return last
+
+    d = copy()
+    (d / "model.decode.onnx").unlink()
+    assert f"{d} has no model.decode.onnx (a graph lint checks), which its manifest.json lists" in lint(d)
+    d = copy()
+    data = (d / "weights.bin").read_bytes()
+    (d / "weights.bin").write_bytes(data[: len(data) // 2])
+    assert f"{d / 'weights.bin'} has {len(data) // 2} bytes, its manifest.json {len(data)}" in lint(d)
+    assert "cannot read initializer" in lint(d / "model.onnx") and "weights.bin" not in lint(d / "model.onnx")[:40]
+    (d / "weights.bin").write_bytes(bytes(len(data)))  # the right size, other bytes
+    assert f"{d / 'weights.bin'} differs from the file `mq-deploy compile` wrote" in lint(d)
+
 def test_validate_catches_a_one_percent_scale_error_in_the_plugin_graph(w8, tmp_path):
     # what the rounding-following rows are for: a 1 % wrong C scale in one scan plugin moves the logits by less
     # than a rounding cascade can (3.4e-2, below the 5e-2 the direct rows were once gated at) but far more
@@ -314,6 +344,28 @@ def test_compare_saves_as_it_goes_and_resumes(tmp_path, monkeypatch, capsys):
     (out / "compare.json").write_text("{not json")
     assert main(args + ["-o", str(out), "--resume"]) == 2
     assert "is not a compare.json this mq-deploy can continue" in capsys.readouterr().err
+    # rows compare does not write (an edited file): refused before any recipe, naming the row (were: a KeyError or a
+    # format error after the run, and "add --resume" again); a recipe's row twice (was: the last one taken)
+    rows3 = again["rows"]
+    for edit, said in (
+            (lambda r: r[1].pop("text"), "has no text results in the row of recipe rtn-w8a8"),
+            (lambda r: r[1]["text"].update(perplexity="abc"), 'has text perplexity "abc" in the row of recipe '
+                                                              "rtn-w8a8, not a number"),
+            (lambda r: r[2]["text"].pop("kl"), "has other text metrics in the row of recipe smoothquant-w8a8"),
+            (lambda r: r.append(dict(r[1])), "has two rows of recipe rtn-w8a8")):
+        bad = json.loads(json.dumps(again))
+        edit(bad["rows"])
+        (out / "compare.json").write_text(json.dumps(bad))
+        prepared.clear()
+        assert main(args + ["-o", str(out), "--resume"]) == 2 and prepared == []
+        err = capsys.readouterr().err
+        assert f"--resume: {out / 'compare.json'} {said}" in err and "drop --resume" in err and "Traceback" not in err
+    assert len(rows3) == 3
+    # compare.md that cannot be written: said before any recipe (was: after the first, with compare.json half done)
+    (tmp_path / "md" / "compare.md").mkdir(parents=True)
+    assert main(args + ["-o", str(tmp_path / "md")]) == 2 and prepared == []
+    assert f"compare's table {tmp_path / 'md' / 'compare.md'} is a directory" in capsys.readouterr().err
+    assert not (tmp_path / "md" / "compare.json").exists()
     assert main(["compare", "--recipes", "rtn-w8a8,rtn-w8a8", "-o", str(tmp_path / "twice")]) == 2
     assert "--recipes names rtn-w8a8 more than once" in capsys.readouterr().err
     assert not (tmp_path / "twice").exists()

@@ -53,7 +53,7 @@ def test_leftovers_of_killed_runs_removed(tmp_path):
     held = os.open(live / LOCK, os.O_RDONLY)
     fcntl.flock(held, fcntl.LOCK_EX)  # another open file description: as another process's would be
     keep = [live, tmpdir(".out.tmp-7-nolock00", lock=False), tmpdir(".outx.tmp-5-abcdefgh"), tmpdir(".out.tmp-5"),
-            tmpdir(".out.old-9-abcdefgh")]
+            tmpdir(".out.old-1-abcdefgh")]  # (a replaced OUTDIR of a live PID)
     engine_dead, engine_live = tmp_path / ".m.engine.tmp-8-q1w2e3r4", tmp_path / ".m.engine.tmp-9-a1s2d3f4"
     engine_dead.write_bytes(b"half an engine")
     engine_live.write_bytes(b"being written")
@@ -140,12 +140,12 @@ def test_a_replaced_outdir_that_cannot_be_removed_is_said(tmp_path, monkeypatch)
     import mq_deploy.outdir as od
 
     out = tmp_path / "out"
-    for text in ("old", "new"):
+    for text in ('{"format": "mq-deploy/1", "old": 1}', '{"format": "mq-deploy/1", "new": 1}'):
         warned = []
         with atomic_dir(out, warn=warned.append) as tmp:
             (tmp / "manifest.json").write_text(text)
         monkeypatch.setattr(od.shutil, "rmtree", lambda p, ignore_errors=False: None)  # e.g. another user's files
-    assert (out / "manifest.json").read_text() == "new"
+    assert (out / "manifest.json").read_text() == '{"format": "mq-deploy/1", "new": 1}'
     left = [n for n in os.listdir(tmp_path) if n.startswith(".out.old-")]
     assert len(left) == 1 and warned == [f"the replaced {out} could not be removed completely; what is left is "
                                          f"{tmp_path / left[0]}: remove it by hand"]
@@ -185,3 +185,40 @@ def test_ctrl_c_inside_a_tensorrt_callback_is_kept(monkeypatch, capsys, signals_
     with signals.installed():
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
+
+
+def test_ctrl_c_during_the_swap_leaves_the_new_outdir_and_no_old_one(tmp_path, monkeypatch,
+                                                                     signals_as_a_terminal_gives_them):
+    """A Ctrl-C held back during the swap is raised at its end: the new OUTDIR is in place and the replaced one is
+    removed all the same (it was left as .out.old-* for good: the removal came after the raise)."""
+    import mq_deploy.outdir as od
+
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "manifest.json").write_text('{"format": "mq-deploy/1"}')
+    real = od.os.replace
+
+    def replace(a, b):
+        signal.raise_signal(signal.SIGINT)
+        real(a, b)
+
+    monkeypatch.setattr(od.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(out) as tmp:
+            (tmp / "manifest.json").write_text('{"format": "mq-deploy/1", "new": 1}')
+    assert (out / "manifest.json").read_text() == '{"format": "mq-deploy/1", "new": 1}'
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_a_replaced_outdir_left_by_a_killed_run_is_removed(tmp_path):
+    """.out.old-PID-* (a killed run's unfinished removal) goes once no process PID lives; a live PID's stays."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    left = tmp_path / f".out.old-{dead}-abc_1"
+    live = tmp_path / ".out.old-1-xyz"  # (PID 1 lives)
+    other = tmp_path / f".other.old-{dead}-abc"
+    for d in (left, live, other):
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "weights.bin").write_bytes(b"x")
+    assert remove_leftovers(tmp_path / "out") == [left.name]
+    assert not left.exists() and live.is_dir() and other.is_dir()

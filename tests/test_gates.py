@@ -119,7 +119,7 @@ def test_a_failed_swap_puts_the_old_outdir_back(tmp_path, monkeypatch):
     nothing else is left (mutant: the old OUTDIR left under its .old- name)."""
     out = tmp_path / "out"
     out.mkdir()
-    (out / "manifest.json").write_text('{"old": true}')
+    (out / "manifest.json").write_text('{"format": "mq-deploy/1", "old": true}')
     real = os.replace
 
     def replace(src, dst):
@@ -131,7 +131,7 @@ def test_a_failed_swap_puts_the_old_outdir_back(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="Input/output error"):
         with moutdir.atomic_dir(out) as tmp:
             (tmp / "manifest.json").write_text('{"new": true}')
-    assert (out / "manifest.json").read_text() == '{"old": true}'
+    assert (out / "manifest.json").read_text() == '{"format": "mq-deploy/1", "old": true}'
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 

@@ -244,7 +244,8 @@ def test_cli_flag_errors_name_the_flag(outdir, tmp_path):
 
 def test_a_manifest_of_another_format_is_one_line_everywhere(outdir, tmp_path):
     """manifest.json's "format" is what each command checks first: an OUTDIR from another mq-deploy version, a
-    manifest that is not JSON or not an object, is one line naming the file and the fix, not a KeyError later."""
+    manifest that is not JSON or not an object (or whose sections are not), is one line naming the file and the fix,
+    not a KeyError later."""
     import json
 
     man = json.loads((outdir / "manifest.json").read_text())
@@ -259,6 +260,11 @@ def test_a_manifest_of_another_format_is_one_line_everywhere(outdir, tmp_path):
     for text, fragments in ((json.dumps({**man, "format": "mq-deploy/2"}), ["has format 'mq-deploy/2'"]),
                             (json.dumps({k: v for k, v in man.items() if k != "format"}), ['has no "format"']),
                             ("[1, 2]", ["is not a manifest of `mq-deploy compile`"]),
+                            # edited into other shapes (were: AttributeError tracebacks)
+                            (json.dumps({**man, "files": [1]}), ['"files" is a JSON list, not an object']),
+                            (json.dumps({**man, "io": "x"}), ['"io" is a JSON string, not an object']),
+                            (json.dumps({**man, "files": {**man["files"], "model.onnx": 7}}),
+                             ['files["model.onnx"] is not an object']),
                             ("{", ["is not valid JSON"])):
         (other / "manifest.json").write_text(text)
         for cmd in cmds:

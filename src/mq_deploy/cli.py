@@ -68,8 +68,9 @@ def _eval_data(values: list[str], tasks: list[str]) -> dict[str, str]:
     return named
 
 
-def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads: Optional[int]):
-    """MODEL_OR_ONNX → (logits_fn, tokenizer path, description)."""
+def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads: Optional[int],
+                        log=lambda s: None):
+    """MODEL_OR_ONNX → (logits_fn, tokenizer path, description); `log`: an OUTDIR's hash check."""
     from .backends.ort import OrtRunner
     from .loaders import load_model, resolve_model_dir
     from .outdir import eval_graph
@@ -81,7 +82,7 @@ def resolve_eval_target(target: Optional[str], tokenizer: Optional[str], threads
         if p.suffix != ".onnx":
             raise UserError(f"{p} is neither an .onnx file nor a model directory")
         runner, tok_default, desc = OrtRunner(p, threads=threads), p.with_name("tokenizer.json"), f"onnxruntime:{p}"
-    elif target is not None and (p := eval_graph(target, "input_ids", vim)) is not None:  # a compile OUTDIR
+    elif target is not None and (p := eval_graph(target, "input_ids", vim, log)) is not None:  # a compile OUTDIR
         runner, tok_default, desc = OrtRunner(p, threads=threads), Path(target) / "tokenizer.json", f"onnxruntime:{p}"
     else:
         from .backends.torch_hf import TorchRunner
@@ -138,6 +139,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if twice:  # (it would score the same data twice)
         raise UserError(f"--task {', '.join(twice)} given more than once")
     data = _eval_data(args.data, args.task)
+    log = (lambda s: None) if args.quiet else _log
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if "fashion_mnist" in args.task:  # image classification (Vim): no tokenizer
@@ -149,10 +151,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if note:
             _log(f"warning: {note}")
         r = run_fashion_mnist(args.model, data.get("fashion_mnist"), args.limit, args.batch_size or 64,
-                              args.threads, progress=not args.quiet)
+                              args.threads, progress=not args.quiet, log=log)
         print(json.dumps(r) if args.json else f"fashion_mnist: top1={r['top1']:.4f}, n={r['n']}", flush=True)
         return 0
-    runner, tok_path, desc = resolve_eval_target(args.model, args.tokenizer, args.threads)
+    runner, tok_path, desc = resolve_eval_target(args.model, args.tokenizer, args.threads, log)
     tok = TextTokenizer(tok_path).for_model(_runner_vocab(runner))
     kw = {} if args.seq_len is None else {"seq_len": args.seq_len}
     results = []
@@ -446,8 +448,20 @@ def cmd_lint(args: argparse.Namespace) -> int:
             for n in notes:
                 print(f"note: {n}", file=sys.stderr)
         return 1 if problems else 0
-    # an OUTDIR: every graph TensorRT builds from it (model.onnx, and the generation graphs where it has them)
-    files = [p / f for f in ("model.onnx", "model.prefill.onnx", "model.decode.onnx") if (p / f).is_file()]
+    # an OUTDIR: every graph TensorRT builds from it (model.onnx, and the generation graphs where it has them),
+    # checked against its manifest first (a graph it lists missing, a changed copy: their violations would be bogus)
+    from .outdir import HASH_LOG_BYTES, MARKER, check_files, graph_files, missing_file, read_manifest
+
+    graphs = ("model.onnx", "model.prefill.onnx", "model.decode.onnx")
+    if (p / MARKER).is_file():
+
+        manifest = read_manifest(p)
+        for g in graphs:
+            if g in (manifest.get("files") or {}) and not (p / g).is_file():
+                raise missing_file(p, manifest, g, "a graph lint checks")
+        check_files(p, manifest, graph_files(manifest, graphs), hashes=True,
+                    log=_log if not args.json else lambda s: None, log_over=HASH_LOG_BYTES)
+    files = [p / f for f in graphs if (p / f).is_file()]
     if not files:
         raise UserError(f"{p} has no model.onnx; pass an ONNX file or the output directory of `mq-deploy compile`")
     found = [(f, lint_file(f)) for f in files]

@@ -236,6 +236,7 @@ class RunFiles:
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise UserError(f"-o {self.out_dir} is a file, not a folder for compare.md / compare.json")
         check_writable(self.json_path, "compare's results")
+        check_writable(self.out_dir / "compare.md", "compare's table")
 
     def _read(self) -> Optional[dict]:
         js = self.json_path  # (prepare() has checked the folder)
@@ -280,6 +281,10 @@ class RunFiles:
             said = "; ".join(f"{k} {short(meta['settings'].get(k))} there, {short(mine.get(k))} now" for k in differ)
             raise UserError(f"--resume: {js} was made with other settings ({said}): drop --resume to start afresh, or "
                             "pass another -o")
+        bad = self._bad_row(rows)
+        if bad:
+            raise UserError(f"--resume: {js} {bad}, which compare does not write (an edited file?): drop --resume to "
+                            "run every recipe again, or pass another -o")
         want = self.meta["recipes"]
         take = {r["recipe"]: r for r in rows if meta["recipes"].get(r["recipe"]) == want.get(r["recipe"])}
         changed = sorted({r["recipe"] for r in rows} & set(want) - set(take))
@@ -289,6 +294,27 @@ class RunFiles:
             + (f"; {', '.join(dropped)} not in this run: left out of the new table" if dropped else ""))
         self.saved = len(take)
         return take
+
+    def _bad_row(self, rows: list) -> str:
+        """What makes the rows of an earlier compare.json (its settings this run's) unfit to take as they are: a recipe
+        twice, a task missing, a metric that is not a number, or metrics other than the other rows' ("" if none)."""
+        seen, keys = set(), {}
+        for r in rows:
+            name = r["recipe"]
+            if name in seen:
+                return f"has two rows of recipe {name}"
+            seen.add(name)
+            for t in self.tasks:
+                m = r.get(t)
+                if not isinstance(m, dict) or not m:
+                    return f"has no {t} results in the row of recipe {name}"
+                wrong = [k for k, v in m.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+                if wrong:
+                    return f"has {t} {wrong[0]} {json.dumps(m[wrong[0]])} in the row of recipe {name}, not a number"
+                if keys.setdefault(t, set(m)) != set(m):
+                    return f"has other {t} metrics in the row of recipe {name} ({', '.join(sorted(m))}) than in the " \
+                           f"first ({', '.join(sorted(keys[t]))})"
+        return ""
 
     def update(self, rows: list) -> None:
         """Save the rows so far (complete once every recipe has its row)."""

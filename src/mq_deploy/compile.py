@@ -12,6 +12,7 @@ Writes into OUTDIR (atomically):
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import platform
@@ -235,6 +236,26 @@ def unused_flags(given: dict, why: str) -> Optional[str]:
     return f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} not read: {why}: ignored"
 
 
+def _inputs(model_path: Optional[str], calib: Optional[str]) -> dict:
+    """What a compile may read, {what: path}, for check_inputs_outside: the checkpoint (the bundled model where none
+    is given) and the calibration data (where none is given, the defaults that exist: the language models' text
+    under MQ_DEPLOY_DATA_DIR, the Vim's Fashion-MNIST folder)."""
+    import os
+
+    from .loaders import resolve_model_dir
+
+    inputs = {"checkpoint" if model_path is not None else "bundled model": resolve_model_dir(model_path),
+              "calibration data": calib}
+    if calib is None:
+        from .vision.data import data_dir
+
+        d = os.environ.get("MQ_DEPLOY_DATA_DIR")
+        inputs["default calibration text"] = Path(d) / "text" / "wikitext2_val_sample.jsonl" if d else None
+        with contextlib.suppress(UserError):
+            inputs["Fashion-MNIST data"] = data_dir()
+    return inputs
+
+
 def default_calib_path() -> Path:
     import os
 
@@ -269,22 +290,25 @@ def checkpoint_hashes(source: dict) -> dict:
     return {name: sha256_file(root / name) for name in source.get("weights") or () if (root / name).is_file()}
 
 
-def _check_tokenizer(path, vocab_size: int, warn: Callable[[str], None]) -> None:
-    """Warn when the tokenizer copied into OUTDIR cannot serve the model: unreadable, or more ids than its vocabulary
-    (eval and generate refuse the text whose ids fall outside it)."""
+def _check_tokenizer(path, vocab_size: int, warn: Callable[[str], None]) -> bool:
+    """Whether the model directory's tokenizer can be copied into OUTDIR: not when it cannot be read (an OUTDIR
+    holding it would fail eval and generate, where one without it asks for --tokenizer); a warning either way, and
+    when it has more ids than the model's vocabulary (eval and generate refuse the text whose ids fall outside it)."""
     from .eval.tokenizer import TextTokenizer
 
     try:
         n = TextTokenizer(path).vocab_size
     except UserError as e:
-        warn(f"{e} (copied into OUTDIR as it is; eval and generate need a readable one)")
-        return
+        warn(f"{e}: not copied into OUTDIR (eval and generate of it will need --tokenizer; compile with --tokenizer "
+             "PATH to include a readable one)")
+        return False
     if n > vocab_size:
         warn(f"tokenizer {path} has {n} ids, the model's vocabulary {vocab_size}: is it this model's tokenizer? (eval "
              "and generate refuse text with ids outside the vocabulary)")
     elif n < 0.9 * vocab_size:  # (a vocabulary padded to a multiple of 8 to 128 leaves a few ids unused, not 10 %)
         warn(f"tokenizer {path} has {n} ids, the model's vocabulary {vocab_size}: is it this model's tokenizer? (its "
              "ids are valid here, but would mean other tokens than the model learnt)")
+    return True
 
 
 def calibration_data(model, recipe: Recipe, calib: Optional[str], tokenizer: Optional[str], samples: Optional[int],
@@ -331,7 +355,7 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         raise UserError("--calib-samples must be >= 1 and --calib-seq-len >= 2")  # whether the recipe calibrates or not
     resolve_model_dir(model_path)  # a missing or wrong directory first: one line, before any recipe check or progress
     # (a tokenizer there is copied into the new OUTDIR before the swap: recompiling with OUTDIR/tokenizer.json is fine)
-    check_inputs_outside(out_dir, {"checkpoint": model_path, "calibration data": calib})
+    check_inputs_outside(out_dir, _inputs(model_path, calib))
     if model_path is not None:
         from .vision.model import is_vim_dir
 
@@ -496,8 +520,7 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
         if not tok_src:
             log("no tokenizer.json (the model directory has none): eval and generate of OUTDIR will need --tokenizer; "
                 "compile with --tokenizer PATH (or a Hub id) to include one")
-        if tok_src:
-            _check_tokenizer(tok_src, c.vocab_size, warn)
+        if tok_src and _check_tokenizer(tok_src, c.vocab_size, warn):
             shutil.copyfile(tok_src, tmp / "tokenizer.json")
             files["tokenizer.json"] = {"source": str(Path(tok_src).resolve())}
         manifest = {

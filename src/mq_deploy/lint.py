@@ -68,7 +68,13 @@ def lint_model(model: onnx.ModelProto, base_dir: str = "") -> list[dict]:
         return out
 
     def arr(name):
-        return numpy_helper.to_array(inits[name], base_dir=base_dir) if name in inits else None
+        if name not in inits:
+            return None
+        try:
+            return numpy_helper.to_array(inits[name], base_dir=base_dir)
+        except (ValueError, OSError) as e:  # external data cut short or unreadable (a partial copy of weights.bin)
+            raise UserError(f"cannot read initializer {name} from its external data in {base_dir}: "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
     def attr(n, key, default=None):
         for a in n.attribute:

@@ -22,6 +22,9 @@ MARKER = "manifest.json"  # a directory holding this was written by mq-deploy an
 FORMAT = "mq-deploy/1"  # manifest.json's "format": what this mq-deploy writes and reads
 
 
+HASH_LOG_BYTES = 100_000_000  # eval and lint say that they hash an OUTDIR's files from this size on (~0.1 s below)
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -44,11 +47,11 @@ def graph_files(manifest: dict, graphs: Optional[Sequence[str]] = None) -> list[
 
 
 def check_files(out_dir: str | Path, manifest: dict, names: Optional[Sequence[str]] = None, hashes: bool = False,
-                log: Callable[[str], None] = lambda s: None) -> None:
+                log: Callable[[str], None] = lambda s: None, log_over: int = 0) -> None:
     """A UserError when a graph or weights file OUTDIR holds (`names`, default graph_files) differs from what the
     compile wrote by its manifest: its size (a copy that stopped), and with `hashes` its sha256 (a corrupted copy).
     Files not there are left to the command that needs them (missing_file); the tokenizer, calib.* and report.html
-    are not checked (no graph reads them)."""
+    are not checked (no graph reads them). `log` says the hashing where it reads at least `log_over` bytes."""
     out = Path(out_dir)
     files = manifest.get("files") or {}
     listed = [(name, files[name]) for name in (graph_files(manifest) if names is None else names)
@@ -62,7 +65,7 @@ def check_files(out_dir: str | Path, manifest: dict, names: Optional[Sequence[st
     if hashes:
         refuse_linked_weights(out, [name for name, _ in listed if not name.endswith(".onnx")])  # (before hashing)
         todo = [(name, info) for name, info in listed if info.get("sha256")]
-        if todo:  # (a graph this OUTDIR does not have, e.g. a Vim's decode step: nothing to say)
+        if todo and sum(i["bytes"] for _, i in todo) >= log_over:  # (none: e.g. a Vim's decode step, nothing to say)
             log(f"checking {', '.join(n for n, _ in todo)} ({sum(i['bytes'] for _, i in todo) / 1e6:.1f} MB) against "
                 "manifest.json's sha256")
         for name, info in todo:
@@ -79,6 +82,14 @@ def refuse_linked_weights(folder: Path, names: Sequence[str]) -> None:
         f = linked[0]
         raise UserError(f"{f} is a symbolic link (to {os.readlink(f)}), which onnx does not read external weights "
                         f"through: put the file itself there (e.g. `cp --remove-destination \"$(readlink -f {f})\" {f}`)")
+
+
+_OBJECTS = ("model", "recipe", "calibration", "quantization", "versions", "io", "self_check", "stateful", "files")
+
+
+def _json_type(v) -> str:
+    return {str: "string", list: "list", dict: "object", bool: "boolean", int: "number",
+            float: "number"}.get(type(v), type(v).__name__)
 
 
 def read_manifest(out_dir: str | Path) -> dict:
@@ -104,6 +115,17 @@ def read_manifest(out_dir: str | Path) -> dict:
         what = f"format {fmt!r}" if fmt is not None else "no \"format\""
         raise UserError(f"{path} has {what}; this mq-deploy reads {FORMAT!r}: compile the checkpoint again with "
                         "this version (`mq-deploy compile`)")
+    shapes = {**{k: dict for k in _OBJECTS}, "plugins": list}
+    for key, kind in shapes.items():
+        v = manifest.get(key)
+        if v is not None and not isinstance(v, kind):
+            raise UserError(f"{path}: \"{key}\" is a JSON {_json_type(v)}, not {'an object' if kind is dict else 'a list'}"
+                            ": an edited manifest; copy manifest.json again from the directory `mq-deploy compile` "
+                            "wrote")
+    bad = next((n for n, v in (manifest.get("files") or {}).items() if not isinstance(v, dict)), None)
+    if bad is not None:
+        raise UserError(f"{path}: files[{json.dumps(bad)}] is not an object: an edited manifest; copy manifest.json "
+                        "again from the directory `mq-deploy compile` wrote")
     check_files(out, manifest)
     return manifest
 
@@ -127,12 +149,29 @@ def output_dir(out_dir: str | Path) -> Path:
     return out
 
 
+def written_by_us(folder: str | Path) -> bool:
+    """Whether `folder` holds a manifest.json of `mq-deploy compile` (a JSON object whose "format" is "mq-deploy/…", of
+    any version): an OUTDIR that a compile may replace without --force. A manifest.json of anything else is not one."""
+    try:
+        manifest = json.loads((Path(folder) / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and str(manifest.get("format", "")).startswith("mq-deploy/")
+
+
 def check_target(out_dir: Path, force: bool) -> None:
     out_dir = output_dir(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output path {out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file() and not force:
-        raise UserError(f"output directory {out_dir} is not empty and was not written by mq-deploy; "
+    if not out_dir.is_dir():
+        return
+    if not os.access(out_dir, os.W_OK | os.X_OK):  # (its files could not be removed: the swap would leave them)
+        raise UserError(f"output directory {out_dir} is read-only: the compile replaces it; make it writable "
+                        f"(chmod u+w {out_dir}) or choose another -o")
+    if any(out_dir.iterdir()) and not written_by_us(out_dir) and not force:
+        mine = (out_dir / MARKER).is_file()
+        raise UserError(f"output directory {out_dir} is not empty and was not written by mq-deploy"
+                        f"{' (it holds a manifest.json that mq-deploy did not write)' if mine else ''}; "
                         "choose another -o or pass --force to replace it")
 
 
@@ -200,14 +239,32 @@ def _hold(fd: int, wait: bool = False) -> bool:
     return True
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # (another user's: alive)
+        return True
+    return True
+
+
 def remove_leftovers(target: Path) -> list[str]:
     """Remove the temporaries `.NAME.tmp-*` beside `target` that a killed run left (SIGKILL, the OOM killer, a power
     cut: no clean-up ran); the names removed. A temporary is a killed run's when nobody holds its lock: the kernel
     drops a dead process's flock, whichever host process, container or PID namespace it was, so a live run's (which
     holds it) is never touched. A temporary OUTDIR without a lock file (an earlier version's, or a run in its first
-    instant) is left."""
+    instant) is left. Also a replaced OUTDIR, `.NAME.old-PID-*`, whose removal a killed run did not finish, where no
+    process PID lives on this host (a live run holds one only for the instant of its swap)."""
     parent, name = target.parent, target.name
     gone = []
+    for p in parent.glob(f".{glob.escape(name)}.old-*"):
+        m = re.fullmatch(rf"\.{re.escape(name)}\.old-([0-9]+)-[A-Za-z0-9_]+", p.name)
+        if p.is_symlink() or not p.is_dir() or not m or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        if not p.exists():
+            gone.append(p.name)
     for p in parent.glob(f".{glob.escape(name)}.tmp-*"):
         if p.is_symlink() or not re.fullmatch(rf"\.{re.escape(name)}\.tmp-[0-9]+-[A-Za-z0-9_]+", p.name):
             continue
@@ -307,27 +364,32 @@ def atomic_dir(out_dir: str | Path, force: bool = False, warn: Callable[[str], N
             shown = ", ".join(gone[:6]) + (f" and {len(gone) - 6} more" if len(gone) > 6 else "")
             warn(f"replacing {out_dir} removes {shown}, which this compile did not write (engines and files made "
                  "from the old graphs: build them again)")
-        old = None
-        with signals.deferred():  # the old OUTDIR out of the way and the new one in: both, or neither
-            os.unlink(tmp / LOCK)  # (the lock stays held through the descriptor until the swap is done)
-            if out_dir.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-{os.getpid()}-", dir=parent))
+        old, swapped = None, False
+        try:
+            with signals.deferred():  # the old OUTDIR out of the way and the new one in: both, or neither
+                os.unlink(tmp / LOCK)  # (the lock stays held through the descriptor until the swap is done)
+                if out_dir.exists():
+                    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-{os.getpid()}-", dir=parent))
+                    try:
+                        os.replace(out_dir, old)
+                    except BaseException:
+                        old.rmdir()  # (still the empty placeholder)
+                        old = None
+                        raise
                 try:
-                    os.replace(out_dir, old)
+                    os.replace(tmp, out_dir)
+                    swapped = True
                 except BaseException:
-                    old.rmdir()  # (still the empty placeholder)
+                    if old is not None:
+                        os.replace(old, out_dir)  # the old OUTDIR back
+                        old = None
                     raise
-            try:
-                os.replace(tmp, out_dir)
-            except BaseException:
-                if old is not None:
-                    os.replace(old, out_dir)  # the old OUTDIR back
-                raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-            if old.exists():  # e.g. read-only files of another user inside it
-                warn(f"the replaced {out_dir} could not be removed completely; what is left is {old}: remove it "
-                     "by hand")
+        finally:  # (also when a Ctrl-C held back during the swap is raised at its end: the new OUTDIR is in place)
+            if swapped and old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+                if old.exists():  # e.g. read-only files of another user inside it
+                    warn(f"the replaced {out_dir} could not be removed completely; what is left is {old}: remove "
+                         "it by hand")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -336,10 +398,13 @@ def atomic_dir(out_dir: str | Path, force: bool = False, warn: Callable[[str], N
             os.close(lock_fd)
 
 
-def eval_graph(target: str | Path, input_name: str, other_family: UserError) -> Optional[Path]:
-    """The graph `eval` runs of a compile OUTDIR, its model.portable.onnx, after its manifest's checks (read_manifest);
-    None where `target` is no OUTDIR. Raises `other_family` for an OUTDIR whose model takes another input than
-    `input_name`, and a UserError for a missing graph, or graphs copied without their manifest.json."""
+def eval_graph(target: str | Path, input_name: str, other_family: UserError,
+               log: Callable[[str], None] = lambda s: None) -> Optional[Path]:
+    """The graph `eval` runs of a compile OUTDIR, its model.portable.onnx, after its manifest's checks (read_manifest,
+    and the sha256 of that graph and its weights: a same-size changed copy would give a score, a wrong one; hashing
+    takes seconds against an evaluation's minutes; `log` says it); None where `target` is no OUTDIR. Raises
+    `other_family` for an OUTDIR whose model takes another input than `input_name`, and a UserError for a missing
+    graph, or graphs copied without their manifest.json."""
     from .trt import manifest_input
 
     p = Path(target)
@@ -352,6 +417,7 @@ def eval_graph(target: str | Path, input_name: str, other_family: UserError) -> 
         graph = p / "model.portable.onnx"
         if not graph.is_file():
             raise missing_file(p, manifest, graph.name, "the graph eval runs")
+        check_files(p, manifest, graph_files(manifest, [graph.name]), hashes=True, log=log, log_over=HASH_LOG_BYTES)
         return graph
     graphs = [g for g in ("model.portable.onnx", "model.onnx") if (p / g).is_file()]
     if graphs and not (p / "config.json").is_file():  # (not a checkpoint: an OUTDIR's copy)

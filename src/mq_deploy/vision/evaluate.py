@@ -13,8 +13,8 @@ from .data import evaluate_top1
 TASK = "fashion_mnist"
 
 
-def resolve_vision_target(target: Optional[str], threads: Optional[int] = None):
-    """MODEL → (logits_fn, channels, image size, description)."""
+def resolve_vision_target(target: Optional[str], threads: Optional[int] = None, log=lambda s: None):
+    """MODEL → (logits_fn, channels, image size, description); `log`: an OUTDIR's hash check."""
     from ..graph.lower import lower_selective_scan
     from .graph import INPUT, VimRunner, build_vim_graph
     from .model import is_vim_dir, load_vim
@@ -27,7 +27,7 @@ def resolve_vision_target(target: Optional[str], threads: Optional[int] = None):
         return (VimRunner(lower_selective_scan(build_vim_graph(m)), threads=threads), m.config.channels,
                 m.config.img_size, f"onnxruntime(fp32):{p}")
     graph = eval_graph(p, INPUT, UserError(f"{p} is a language-model OUTDIR: evaluate it with a text task (--task "
-                                           "wikitext2, hellaswag, ...), not fashion_mnist"))
+                                           "wikitext2, hellaswag, ...), not fashion_mnist"), log)
     if graph is not None:  # a compile OUTDIR
         p = graph
     if p.is_file() and p.suffix == ".onnx":
@@ -43,8 +43,9 @@ def resolve_vision_target(target: Optional[str], threads: Optional[int] = None):
 
 
 def run_fashion_mnist(target: Optional[str], data: Optional[str] = None, limit: Optional[int] = None,
-                      batch_size: int = 64, threads: Optional[int] = None, progress: bool = True) -> dict:
-    fn, channels, size, desc = resolve_vision_target(target, threads)
+                      batch_size: int = 64, threads: Optional[int] = None, progress: bool = True,
+                      log=lambda s: None) -> dict:
+    fn, channels, size, desc = resolve_vision_target(target, threads, log)
     r = evaluate_top1(fn, channels, limit, batch_size=batch_size, path=data, progress=progress, img_size=size)
     r.pop("predictions")
     r["model"] = desc

@@ -222,3 +222,16 @@ def test_a_replaced_outdir_left_by_a_killed_run_is_removed(tmp_path):
         (d / "sub" / "weights.bin").write_bytes(b"x")
     assert remove_leftovers(tmp_path / "out") == [left.name]
     assert not left.exists() and live.is_dir() and other.is_dir()
+
+
+def test_ctrl_c_while_exiting_after_success_is_no_traceback(tmp_path):
+    """A Ctrl-C after the command has finished (during the libraries' clean-up at exit) ends the process quietly; it
+    gave "Exception ignored in atexit callback ... KeyboardInterrupt" after a successful compile."""
+    code = ("import atexit, signal, sys; from mq_deploy import cli\n"
+            "cli.cmd_lint = lambda args: print('done') or 0\n"
+            "atexit.register(lambda: signal.raise_signal(signal.SIGINT))\n"
+            "sys.argv = ['mq-deploy', 'lint', 'x.onnx']\n"
+            "sys.exit(cli.main())\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert r.stdout == "done\n" and r.stderr == "" and r.returncode == -signal.SIGINT, (r.returncode, r.stderr)

@@ -934,8 +934,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     with signals.installed():
         rc = _run(args)
-    if rc in (130, 143) and argv is None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # the program is exiting: a second Ctrl-C, no traceback
+    if argv is None and threading.current_thread() is threading.main_thread():
+        # the program is exiting (its result said, its files written): a Ctrl-C now (a second one, or one during the
+        # libraries' clean-up at exit) ends it, without Python's "Exception ignored in atexit callback" traceback
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     return rc
 
 

@@ -178,6 +178,20 @@ def test_build_dry_run_prints_trtexec(fp32_out, w8_out, no_tensorrt, capsys):
     assert "recipe is fp16" not in io.err
 
 
+def test_build_outputs_may_not_be_the_outdirs_own_files(fp32_out, no_tensorrt, capsys):
+    """-o / --timing-cache naming a graph, weights.bin or manifest.json of the OUTDIR (through any path spelling) is
+    refused before any work: the engine would have replaced it. Other names inside the OUTDIR are fine."""
+    for flag, name in (("-o", "model.onnx"), ("-o", "weights.bin"), ("--timing-cache", "manifest.json"),
+                       ("-o", "model.decode.onnx")):
+        given = str(fp32_out / ".." / fp32_out.name / name)
+        assert main(["build", str(fp32_out), "--dry-run", flag, given]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} {given} is {fp32_out}'s {name}, a file of the compile that writing it would replace" in err
+    assert main(["build", str(fp32_out), "--dry-run", "-o", str(fp32_out / "fast.engine"), "--timing-cache",
+                 str(fp32_out / "timing.cache")]) == 0
+    capsys.readouterr()
+
+
 def test_build_of_an_fp16_outdir_says_to_build_with_fp16(tmp_path, no_tensorrt, capsys):
     """The fp16 recipe's graph is fp32 with fp16-rounded weights: without --fp16 the build says that it gives an fp32
     engine (strongly typed too: that build follows the graph's fp32 types)."""

@@ -171,8 +171,8 @@ def test_a_manifest_json_of_something_else_is_not_an_outdir(tiny, tmp_path):
     (out / "manifest.json").write_text('{"name": "ext"}')
     (out / "thesis.tex").write_text("keep me")
     r = run_cli("compile", hf_dir, "-o", out)
-    assert r.returncode == 2 and "not written by mq-deploy (it holds a manifest.json that mq-deploy did not write)" \
-        in r.stderr and "--force" in r.stderr, r.stderr
+    assert r.returncode == 2 and "not written by mq-deploy (its manifest.json is not one of mq-deploy compile, or " \
+        "cannot be read)" in r.stderr and "--force" in r.stderr, r.stderr
     assert (out / "thesis.tex").read_text() == "keep me"
     (out / "manifest.json").write_text('{"format": "mq-deploy/0"}')  # an older mq-deploy's OUTDIR: replaced
     r = run_cli("compile", hf_dir, "-o", out)
@@ -181,19 +181,22 @@ def test_a_manifest_json_of_something_else_is_not_an_outdir(tiny, tmp_path):
 
 
 def test_a_read_only_outdir_is_refused_before_any_work(tmp_path, monkeypatch):
-    """A read-only OUTDIR (whose files the swap could not remove: it was replaced, and its files left beside it as
-    .out.old-*) is refused up front. (os.access is stood in for: the tests may run as root, which may write anywhere.)"""
+    """A read-only OUTDIR with files (which the swap could not remove: it was replaced, and its files left beside it
+    as .out.old-*) is refused up front; an empty one is replaced as before. (os.access is stood in for: the tests may
+    run as root, which may write anywhere.)"""
     import mq_deploy.outdir as od
     from mq_deploy.errors import UserError
 
     out = tmp_path / "out"
     out.mkdir()
-    (out / "manifest.json").write_text('{"format": "mq-deploy/1"}')
     monkeypatch.setattr(od.os, "access", lambda p, mode: Path(p) != out)
+    od.check_target(out, False)  # empty: nothing to leave behind
+    (out / "manifest.json").write_text('{"format": "mq-deploy/1"}')
     for force in (False, True):
-        with pytest.raises(UserError, match=f"output directory {out} is read-only: the compile replaces it; make it "
-                                            rf"writable \(chmod u\+w {out}\) or choose another -o"):
+        with pytest.raises(UserError) as e:
             od.check_target(out, force)
+        assert str(e.value) == (f"output directory {out} is read-only, and the compile replaces it: make it writable "
+                                f"(chmod u+w {out}) or choose another -o")
     monkeypatch.setattr(od.os, "access", lambda p, mode: True)
     od.check_target(out, False)
 

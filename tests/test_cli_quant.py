@@ -128,8 +128,14 @@ def test_lint_checks_an_outdir_against_its_manifest(w8, tmp_path):
         return last
 
     d = copy()
-    (d / "model.decode.onnx").unlink()
-    assert f"{d} has no model.decode.onnx (a graph lint checks), which its manifest.json lists" in lint(d)
+    (d / "model.onnx").unlink()
+    assert f"{d} has no model.onnx (the graph lint checks), which its manifest.json lists" in lint(d)
+    d = copy()  # a copy for `build` alone (docs/deploy.md): no generation graphs, linted as it is, and said
+    for g in ("model.prefill.onnx", "model.decode.onnx"):
+        (d / g).unlink()
+    r = run_cli("lint", d)
+    assert r.returncode == 0 and "note: model.prefill.onnx, model.decode.onnx (in manifest.json) are not in " \
+        f"{d}: not linted" in r.stderr and f"{d / 'model.onnx'}: 0 violation(s)" in r.stderr, r.stderr
     d = copy()
     data = (d / "weights.bin").read_bytes()
     (d / "weights.bin").write_bytes(data[: len(data) // 2])

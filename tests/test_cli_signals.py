@@ -203,25 +203,33 @@ def test_ctrl_c_during_the_swap_leaves_the_new_outdir_and_no_old_one(tmp_path, m
         real(a, b)
 
     monkeypatch.setattr(od.os, "replace", replace)
+    warned = []
     with pytest.raises(KeyboardInterrupt):
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, warn=warned.append) as tmp:
             (tmp / "manifest.json").write_text('{"format": "mq-deploy/1", "new": 1}')
+    assert warned == [f"{out} was written in full before the interrupt"]  # (else only "interrupted" was said)
     assert (out / "manifest.json").read_text() == '{"format": "mq-deploy/1", "new": 1}'
     assert os.listdir(tmp_path) == ["out"]
 
 
-def test_a_replaced_outdir_left_by_a_killed_run_is_removed(tmp_path):
-    """.out.old-PID-* (a killed run's unfinished removal) goes once no process PID lives; a live PID's stays."""
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
-    left = tmp_path / f".out.old-{dead}-abc_1"
-    live = tmp_path / ".out.old-1-xyz"  # (PID 1 lives)
-    other = tmp_path / f".other.old-{dead}-abc"
-    for d in (left, live, other):
-        (d / "sub").mkdir(parents=True)
-        (d / "sub" / "weights.bin").write_bytes(b"x")
-    assert remove_leftovers(tmp_path / "out") == [left.name]
-    assert not left.exists() and live.is_dir() and other.is_dir()
+def test_a_replaced_outdir_left_by_a_killed_run_is_named_not_removed(tmp_path):
+    """.out.old-PID-XXXXXXXX holding an mq-deploy manifest (a run killed during its swap or the removal after it) is
+    named by the next run, with whether it is the only copy, and kept (it may be the old OUTDIR's only copy); a
+    folder of the user's that merely looks alike is neither named nor touched."""
+    left = tmp_path / ".out.old-4242-k3j2ab_d"
+    mine = tmp_path / ".out.old-20241201-backup"  # the user's own (not mkdtemp's 8 characters, no manifest)
+    for d in (left, mine):
+        d.mkdir()
+        (d / "weights.bin").write_bytes(b"x")
+    (left / "manifest.json").write_text('{"format": "mq-deploy/1"}')
+    for exists in (False, True):
+        warned = []
+        with atomic_dir(tmp_path / "out", warn=warned.append) as tmp:
+            (tmp / "manifest.json").write_text('{"format": "mq-deploy/1"}')
+        only = "" if exists else f" ({tmp_path / 'out'} is missing: this may be its only copy)"
+        assert warned == [f"{left} is an OUTDIR that a killed run replaced{only}; remove it by hand once it is not "
+                          "needed"]
+        assert remove_leftovers(tmp_path / "out") == [] and left.is_dir() and (mine / "weights.bin").is_file()
 
 
 def test_ctrl_c_while_exiting_after_success_is_no_traceback(tmp_path):

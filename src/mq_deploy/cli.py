@@ -448,19 +448,23 @@ def cmd_lint(args: argparse.Namespace) -> int:
             for n in notes:
                 print(f"note: {n}", file=sys.stderr)
         return 1 if problems else 0
-    # an OUTDIR: every graph TensorRT builds from it (model.onnx, and the generation graphs where it has them),
-    # checked against its manifest first (a graph it lists missing, a changed copy: their violations would be bogus)
-    from .outdir import HASH_LOG_BYTES, MARKER, check_files, graph_files, missing_file, read_manifest
+    # an OUTDIR: every graph TensorRT builds from it (model.onnx, and the generation graphs where it has them: a copy
+    # for `build` alone may leave them out), checked against its manifest first (a changed copy's violations would be
+    # bogus); a manifest.json of something else is not read
+    from .outdir import HASH_LOG_BYTES, check_files, graph_files, missing_file, read_manifest, written_by_us
 
     graphs = ("model.onnx", "model.prefill.onnx", "model.decode.onnx")
-    if (p / MARKER).is_file():
-
-        manifest = read_manifest(p)
-        for g in graphs:
-            if g in (manifest.get("files") or {}) and not (p / g).is_file():
-                raise missing_file(p, manifest, g, "a graph lint checks")
+    absent = []
+    if written_by_us(p) or (p / "manifest.json").is_file() and not (p / "model.onnx").is_file():
+        manifest = read_manifest(p)  # (one that cannot be read, with no graph beside it: its error)
+        if "model.onnx" in (manifest.get("files") or {}) and not (p / "model.onnx").is_file():
+            raise missing_file(p, manifest, "model.onnx", "the graph lint checks")
+        absent = [g for g in graphs if g in (manifest.get("files") or {}) and not (p / g).is_file()]
         check_files(p, manifest, graph_files(manifest, graphs), hashes=True,
                     log=_log if not args.json else lambda s: None, log_over=HASH_LOG_BYTES)
+    if absent:
+        _log(f"note: {', '.join(absent)} (in manifest.json) {'is' if len(absent) == 1 else 'are'} not in {p}: not "
+             "linted")
     files = [p / f for f in graphs if (p / f).is_file()]
     if not files:
         raise UserError(f"{p} has no model.onnx; pass an ONNX file or the output directory of `mq-deploy compile`")

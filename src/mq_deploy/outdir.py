@@ -165,14 +165,23 @@ def check_target(out_dir: Path, force: bool) -> None:
         raise UserError(f"output path {out_dir} exists and is not a directory")
     if not out_dir.is_dir():
         return
-    if not os.access(out_dir, os.W_OK | os.X_OK):  # (its files could not be removed: the swap would leave them)
-        raise UserError(f"output directory {out_dir} is read-only: the compile replaces it; make it writable "
-                        f"(chmod u+w {out_dir}) or choose another -o")
-    if any(out_dir.iterdir()) and not written_by_us(out_dir) and not force:
+    try:
+        empty = not any(out_dir.iterdir())
+    except OSError as e:
+        raise UserError(f"cannot read output directory {out_dir}: {e.strerror or e}") from None
+    if not empty and not os.access(out_dir, os.W_OK | os.X_OK):  # (the swap could not remove its files)
+        if os.statvfs(out_dir).f_flag & os.ST_RDONLY:
+            why, fix = "is on a read-only filesystem", "choose another -o"
+        elif out_dir.stat().st_uid != os.geteuid():
+            why, fix = f"is not writable by you (owner uid {out_dir.stat().st_uid})", "choose another -o"
+        else:
+            why, fix = "is read-only", f"make it writable (chmod u+w {out_dir}) or choose another -o"
+        raise UserError(f"output directory {out_dir} {why}, and the compile replaces it: {fix}")
+    if not empty and not written_by_us(out_dir) and not force:
         mine = (out_dir / MARKER).is_file()
         raise UserError(f"output directory {out_dir} is not empty and was not written by mq-deploy"
-                        f"{' (it holds a manifest.json that mq-deploy did not write)' if mine else ''}; "
-                        "choose another -o or pass --force to replace it")
+                        f"{' (its manifest.json is not one of mq-deploy compile, or cannot be read)' if mine else ''}"
+                        "; choose another -o or pass --force to replace it")
 
 
 def read_onnx(path: str | Path, weights: bool = True, require_weights: bool = True):
@@ -239,32 +248,15 @@ def _hold(fd: int, wait: bool = False) -> bool:
     return True
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # (another user's: alive)
-        return True
-    return True
-
-
 def remove_leftovers(target: Path) -> list[str]:
     """Remove the temporaries `.NAME.tmp-*` beside `target` that a killed run left (SIGKILL, the OOM killer, a power
     cut: no clean-up ran); the names removed. A temporary is a killed run's when nobody holds its lock: the kernel
     drops a dead process's flock, whichever host process, container or PID namespace it was, so a live run's (which
     holds it) is never touched. A temporary OUTDIR without a lock file (an earlier version's, or a run in its first
-    instant) is left. Also a replaced OUTDIR, `.NAME.old-PID-*`, whose removal a killed run did not finish, where no
-    process PID lives on this host (a live run holds one only for the instant of its swap)."""
+    instant) is left. (A replaced OUTDIR a killed run left, `.NAME.old-*`, is not removed: it may be the only copy of
+    the old OUTDIR; see old_leftovers.)"""
     parent, name = target.parent, target.name
     gone = []
-    for p in parent.glob(f".{glob.escape(name)}.old-*"):
-        m = re.fullmatch(rf"\.{re.escape(name)}\.old-([0-9]+)-[A-Za-z0-9_]+", p.name)
-        if p.is_symlink() or not p.is_dir() or not m or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
-            continue
-        shutil.rmtree(p, ignore_errors=True)
-        if not p.exists():
-            gone.append(p.name)
     for p in parent.glob(f".{glob.escape(name)}.tmp-*"):
         if p.is_symlink() or not re.fullmatch(rf"\.{re.escape(name)}\.tmp-[0-9]+-[A-Za-z0-9_]+", p.name):
             continue
@@ -289,6 +281,15 @@ def remove_leftovers(target: Path) -> list[str]:
         if not p.exists():
             gone.append(p.name)
     return gone
+
+
+def old_leftovers(target: Path) -> list[Path]:
+    """Replaced OUTDIRs beside `target` that a run killed during its swap or the removal after it left
+    (`.NAME.old-PID-XXXXXXXX`, mkdtemp's name, holding an mq-deploy manifest): named, never removed here (with
+    `target` missing it is the only copy of the old OUTDIR, and a live run's lasts an instant)."""
+    return sorted(p for p in target.parent.glob(f".{glob.escape(target.name)}.old-*")
+                  if re.fullmatch(rf"\.{re.escape(target.name)}\.old-[0-9]+-[a-z0-9_]{{8}}", p.name)
+                  and not p.is_symlink() and p.is_dir() and written_by_us(p))
 
 
 def check_writable(path: str | Path, what: str) -> None:
@@ -347,6 +348,9 @@ def atomic_dir(out_dir: str | Path, force: bool = False, warn: Callable[[str], N
         left = remove_leftovers(parent / out_dir.name)
         if left:
             warn(f"removed what killed runs left beside {out_dir}: {', '.join(sorted(left))}")
+        for old in old_leftovers(parent / out_dir.name):
+            only = "" if out_dir.exists() else f" ({out_dir} is missing: this may be its only copy)"
+            warn(f"{old} is an OUTDIR that a killed run replaced{only}; remove it by hand once it is not needed")
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=parent))
         lock_fd = os.open(tmp / LOCK, os.O_CREAT | os.O_RDWR, 0o600)
         _hold(lock_fd, wait=True)  # (a new file: nobody else holds it)
@@ -384,6 +388,10 @@ def atomic_dir(out_dir: str | Path, force: bool = False, warn: Callable[[str], N
                         os.replace(old, out_dir)  # the old OUTDIR back
                         old = None
                     raise
+        except KeyboardInterrupt:  # held back during the swap, raised at its end
+            if swapped:
+                warn(f"{out_dir} was written in full before the interrupt")
+            raise
         finally:  # (also when a Ctrl-C held back during the swap is raised at its end: the new OUTDIR is in place)
             if swapped and old is not None:
                 shutil.rmtree(old, ignore_errors=True)

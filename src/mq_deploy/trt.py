@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence, TextIO
 
 from . import signals, trt_progress
 from .errors import UserError
-from .outdir import atomic_write_bytes, check_writable, missing_file, read_manifest, read_onnx
+from .outdir import MARKER, atomic_write_bytes, check_writable, missing_file, read_manifest, read_onnx
 from .ops import selective_scan as ss
 
 PLUGINS_ENV = "MQ_DEPLOY_PLUGINS"  # default plugin library when --plugins is not given
@@ -575,6 +575,21 @@ def manifest_input(manifest: dict) -> tuple[str, tuple]:
     return name, ()
 
 
+def _outputs_not_outdir_files(outdir: str | Path, manifest: dict, outputs: dict) -> None:
+    """A UserError when an output of the build ({flag: path}) is a file the compile wrote into OUTDIR (a graph, its
+    weights, manifest.json): the engine or timing cache written there would replace what the build and the other
+    commands read."""
+    listed = set(manifest.get("files") or {}) | {MARKER}
+    home = Path(outdir).expanduser().resolve()
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        p = Path(path).expanduser().resolve()
+        if p.parent == home and p.name in listed:
+            raise UserError(f"{flag} {path} is {outdir}'s {p.name}, a file of the compile that writing it would "
+                            f"replace: name another file (the default engine is {Path(outdir) / ENGINES['model']})")
+
+
 def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Optional[str] = None,
                int8: bool = False, fp16: bool = False, shapes: Shapes = Shapes(),
                timing_cache: Optional[str] = None, require_plugin_lib: bool = True,
@@ -592,6 +607,7 @@ def plan_build(outdir: str | Path, engine: Optional[str] = None, plugin_lib: Opt
     if graph not in GRAPHS:
         raise UserError(f"--graph must be one of {', '.join(GRAPHS)}, not {graph!r}")
     onnx_path, manifest = read_outdir(outdir)
+    _outputs_not_outdir_files(outdir, manifest, {"-o": engine, "--timing-cache": timing_cache})
     too_wide = d_state_note(int(manifest.get("model", {}).get("config", {}).get("d_state") or 0))
     if too_wide:
         raise UserError(f"{outdir}: {too_wide}")

@@ -1493,6 +1493,10 @@ def test_validate_a_stateful_graph_and_its_engine(fp32_out, w8_out, tmp_path, mo
     assert f"--engine {w8_out}/model.{graph}.validate.engine" in mval.format_report(rep)
     rep, p = engine_report(w8_out, lambda o: {**o, "logits": o["logits"] * 0})
     assert not rep.ok and not p[("portable", "tensorrt", "logits")]["ok"]
+    # the quantized bound is 0.5, not looser: logits 1.6x (an error of ~0.6) fail it (mutant: the bound at 0.9)
+    rep, p = engine_report(w8_out, lambda o: {**o, "logits": o["logits"] * 1.6})
+    e = p[("portable", "tensorrt", "logits")]
+    assert not rep.ok and not e["ok"] and 0.5 < e["max_rel"] < 0.9, e
 
 
 def _scale_attribute(g, op, name, f):

@@ -144,3 +144,18 @@ def test_fp16_stand_in_of_fused_hadamards_marks_their_codes_and_float_twins(flav
     assert list(diff) == [t for t in quantizer_params(plugin) if t in fused]
     assert all(v[0] == 0 and v[2] == 0 for v in diff.values())  # ... but near a boundary, where fp16 moved them
     assert any(v[1] == 1 for v in diff.values())
+    # one code 3 steps off, where the twin lies nearest a rounding boundary (so not "firm"): counted all the same,
+    # and validate's verdict fails on it though its share is tiny (mutants: the "more than one code anywhere" clause
+    # dropped from either)
+    from mq_deploy.validate import FUSED_CODES_TOL, _fused
+
+    t, s = next(iter(fused.items()))
+    twin, codes = b[float_twin(t)], b[t].copy()
+    v = twin / np.float32(s)
+    i = np.unravel_index(np.argmax(np.abs(v - np.rint(v)) * (np.abs(v) < 100)), v.shape)
+    assert np.abs(v[i] - np.rint(v[i])) > 0.45  # (a value at a boundary)
+    codes[i] += np.float32(3 * s) * (1 if codes[i] < 0 else -1)
+    bad = fused_code_differences(plugin, {**{k: b[k] for k in fused}, t: codes},
+                                 {k: b[float_twin(k)] for k in fused})
+    assert bad[t][2] >= 1 and bad[t][1] >= 3 and bad[t][0] < FUSED_CODES_TOL
+    assert _fused(bad)["ok"] is False and _fused(diff)["ok"] is True

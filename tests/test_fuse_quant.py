@@ -159,6 +159,7 @@ def test_scan_inputs_fuse_only_symmetric_int8_pairs_of_one_scale():
     assert [fields_of(scan(_scan_graph()))[s] for s in ("u_scale", "delta_scale", "B_scale", "C_scale")] == [0.0] * 4
     f = fuse_scan_quant(_scan_graph())
     assert list(scan(f).input[:5]) == ["u/q", "delta/q", "A", "Bm/q", "Cm/q"]
+    assert not [n.name for n in f.graph.node if n.op_type == "DequantizeLinear"]  # the DQs it replaced are gone
     assert [fields_of(scan(f))[s] for s in ("u_scale", "delta_scale", "B_scale", "C_scale")] == \
         pytest.approx([0.1, 0.2, 0.3, 0.4])
     unfuse_for_cpu(f)

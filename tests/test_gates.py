@@ -254,3 +254,63 @@ def test_tol_gates_the_rows_that_follow_the_roundings(outdirs):
     """--tol replaces FP32_TOL on a quantized OUTDIR's plugin~ row (mutant: plugin~ always at FP32_TOL)."""
     rep = mval.validate(outdirs[1], tol=1e-3, seq=9)
     assert _pairs(rep)[("portable", "plugin~")]["limit"] == 1e-3
+
+
+# -- the Vim compile's and the stateful pair's self-check gates ------------------------------------------------------
+
+def test_vim_compile_self_check_limits(monkeypatch):
+    """The Vim compile's self-check holds the plugin and portable graphs to 1e-4 (float activations) and, quantized, the
+    portable graph following the plugin graph's roundings to 1e-4: 2e-4 off fails, 5e-5 passes (mutants: either limit
+    loosened)."""
+    from mq_deploy.graph import follow
+    from mq_deploy.graph.lower import lower_selective_scan
+    from mq_deploy.vision import compile as vcompile
+    from mq_deploy.vision.graph import build_vim_graph
+    from mq_deploy.vision.model import VimConfig, random_vim
+
+    m = random_vim(VimConfig(d_model=16, depth=1, num_classes=10, img_size=28, patch_size=7, channels=1), seed=0)
+    g = build_vim_graph(m)
+    p = lower_selective_scan(g)
+    real = vcompile.VimRunner
+    for off, fails in ((2e-4, True), (5e-5, False)):
+        monkeypatch.setattr(vcompile, "VimRunner", lambda graph, off=off: (
+            lambda x: real(graph)(x) * np.float32(1 + (off if graph is p else 0))))
+        if fails:
+            with pytest.raises(InternalError, match="the plugin and portable Vim graphs disagree"):
+                vcompile._check(g, p, m, quantized=False)
+        else:
+            assert vcompile._check(g, p, m, quantized=False)["max_rel_error_plugin_vs_portable"] < 1e-4
+    monkeypatch.setattr(vcompile, "VimRunner", real)
+    for off, fails in ((2e-4, True), (5e-5, False)):
+        monkeypatch.setattr(follow, "compare_following", lambda *a, off=off, **k: {"max_rel": off})
+        if fails:
+            with pytest.raises(InternalError, match="following the plugin graph's roundings on boundary cases"):
+                vcompile._check(g, p, m, quantized=True)
+        else:
+            assert vcompile._check(g, p, m, quantized=True)["max_rel_error_portable_following_plugin"] == off
+
+
+def test_stateful_self_check_holds_the_prefill_to_fp32_rounding(monkeypatch):
+    """The prefill of a stateful pair computes the full graph's arithmetic: its logits are held to PREFILL_TOL (1e-4)
+    even where the decode steps get a loose bound (a quantized pair's 0.25): a prefill 1e-3 off fails (mutant: the
+    prefill gate removed), a correct one passes."""
+    import mq_deploy.backends.ort as ort
+    from mq_deploy.graph.mamba_lm import build_lm_graph
+    from mq_deploy.graph.stateful import build_stateful_graphs, self_check
+
+    model = random_model(MambaConfig(d_model=48, n_layer=2, vocab_size=97), seed=2)
+    full = build_lm_graph(model)
+    graphs = build_stateful_graphs(full, model.config)
+    assert self_check(full, graphs, model.config, tol=0.25)["prefill_max_rel_error_vs_full_graph"]["tensorrt"] < 1e-5
+    real = ort.OrtRunner
+
+    class PrefillOff(real):
+        def run(self, feeds, *a, **k):
+            out = super().run(feeds, *a, **k)
+            if "attention_mask" in feeds:  # the prefill
+                out["logits"] = out["logits"] * np.float32(1 + 1e-3)
+            return out
+
+    monkeypatch.setattr(ort, "OrtRunner", PrefillOff)
+    with pytest.raises(InternalError, match="prefill logits differ from the full graph's"):
+        self_check(full, graphs, model.config, tol=0.25)

@@ -31,6 +31,12 @@ def test_top_p_keeps_the_smallest_head_and_renormalizes():
     assert _freq(logits, Sampling(greedy=False, top_p=0.5, seed=1)).tolist() == [1.0, 0.0, 0.0]
 
 
+def test_top_p_reached_exactly_keeps_no_more_tokens():
+    """p = [.5, .5] with top_p .5: the first token alone already has the mass, so only it is kept (the smallest set;
+    mutant: searchsorted side="right", which keeps both at such a tie)."""
+    assert _freq([0.0, 0.0], Sampling(greedy=False, top_p=0.5, seed=4), n=2000).tolist() == [1.0, 0.0]
+
+
 def test_top_p_applies_to_the_tempered_distribution():
     """Temperature first, then nucleus (Hugging Face's order): at T=2 p = [.5,.3,.2] becomes [.415, .322, .263], so
     top_p .45 keeps two tokens ([.563, .437]); on the untempered p it would keep only the first."""

@@ -178,3 +178,6 @@ def test_step_rejects_states_of_the_wrong_shape():
         s.step(np.array([90, 5]), st)
     with pytest.raises(UserError, match="LEFT padding"):
         s.prefill(np.array([[1, 2, 3]]), np.array([[1, 1, 0]]))  # right padding would decay the state
+    for hole in ([[1, 0, 1]], [[0, 1, 0, 1]]):  # a gap inside the prompt (its last column is 1): not left padding
+        with pytest.raises(UserError, match="LEFT padding"):
+            s.prefill(np.arange(1, len(hole[0]) + 1)[None], np.array(hole))

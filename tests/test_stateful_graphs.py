@@ -181,3 +181,26 @@ def test_step_rejects_states_of_the_wrong_shape():
     for hole in ([[1, 0, 1]], [[0, 1, 0, 1]]):  # a gap inside the prompt (its last column is 1): not left padding
         with pytest.raises(UserError, match="LEFT padding"):
             s.prefill(np.arange(1, len(hole[0]) + 1)[None], np.array(hole))
+
+
+def test_decode_step_keeps_a_scan_without_softplus():
+    """A scan node with delta_softplus 0 (Δ given as is) becomes a step with dt_softplus 0, and the pair still
+    reproduces the full graph (mutant: the step's dt_softplus fixed at 1, which every compiled graph has)."""
+    from mq_deploy.ops.plugin_fields import fields_of, set_field
+
+    m = random_model(MambaConfig(d_model=48, n_layer=2, vocab_size=90), seed=5)
+    for L in m.layers:  # Δ = δ·W_dt + b positive without the softplus (a negative step would grow the state)
+        L.dt_proj = (L.dt_proj * 0.01).astype(np.float32)
+        L.dt_proj_bias = np.full_like(L.dt_proj_bias, 0.3)
+    full = build_lm_graph(m)
+    scans = [n for n in full.graph.node if n.op_type == ss.PLUGIN_NAME]
+    for n in scans:
+        set_field(n, "delta_softplus", 0)
+    graphs = build_stateful_graphs(full, m.config)
+    steps = [n for n in graphs["model.decode.onnx"].graph.node if n.op_type == su.PLUGIN_NAME]
+    assert len(steps) == 2 and all(fields_of(n)["dt_softplus"] == 0 for n in steps)
+    sess = {f: StatefulSession(graphs[f"model.prefill{s}"], graphs[f"model.decode{s}"]) for f, s in FLAVOURS}
+    ids = np.random.default_rng(3).integers(0, 90, size=(2, 9))
+    errs = stepwise_errors(full, sess, ids, 6)
+    assert all(e < TOL for e in errs.values()), errs
+    assert rel_err(OrtRunner(full)(ids), OrtRunner(build_lm_graph(m))(ids)) > 1e-3  # (softplus matters here)

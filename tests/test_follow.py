@@ -159,3 +159,14 @@ def test_fp16_stand_in_of_fused_hadamards_marks_their_codes_and_float_twins(flav
                                  {k: b[float_twin(k)] for k in fused})
     assert bad[t][2] >= 1 and bad[t][1] >= 3 and bad[t][0] < FUSED_CODES_TOL
     assert _fused(bad)["ok"] is False and _fused(diff)["ok"] is True
+
+
+def test_code_adds_the_zero_point_and_saturates_in_its_type():
+    """_code is QuantizeLinear's integer: rint(v / s) + zero point, clipped to the zero point's type (int8 or uint8;
+    mutant: the zero point subtracted, which zero point 0, what compile writes, cannot show)."""
+    from mq_deploy.graph.follow import _code
+
+    v = np.array([0.26, -0.26, 10.0, -20.0], np.float32)
+    assert _code(v, np.float32(0.1), np.int8(3)).tolist() == [6, 0, 103, -128]
+    assert _code(v, np.float32(0.1), np.uint8(128)).tolist() == [131, 125, 228, 0]
+    assert _code(v, np.float32(0.1), np.int8(0)).tolist() == [3, -3, 100, -128]

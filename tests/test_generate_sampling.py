@@ -71,7 +71,7 @@ class FakeSession:
     V = 16
 
     def __init__(self, pad_id):
-        self.pad_id, self.prefills, self.steps = pad_id, [], 0
+        self.pad_id, self.prefills, self.steps, self.fed = pad_id, [], 0, []
 
     def _logits(self, last):
         out = np.zeros((len(last), self.V), np.float32)
@@ -87,6 +87,7 @@ class FakeSession:
     def step(self, tokens, states):
         self.steps += 1
         t = np.asarray(tokens).reshape(-1)
+        self.fed.append(t.tolist())
         return self._logits(t), {"s": t.copy()}
 
 
@@ -100,5 +101,11 @@ def test_generate_stops_each_row_at_eos_and_left_pads():
     assert res.tokens == [[2, 3, 0], [5, 6, 7, 8], [7, 8, 9, 10]]
     assert res.finished == [True, False, False]
     assert res.decode_steps == s.steps == 3
+    assert s.fed == [[2, 5, 7], [3, 6, 8], [0, 7, 9]]  # the steps are fed each row's last token
+    # a row that finished early is fed EOS on every later step, not a new sample (which would favour token 1 here)
+    s = FakeSession(pad_id=9)
+    res = generate(s, [[1], [4]], max_new_tokens=6, sampling=Sampling(), eos_id=0, pad_id=9)
+    assert res.tokens == [[2, 3, 0], [5, 6, 7, 8, 9, 10]]
+    assert s.fed == [[2, 5], [3, 6], [0, 7], [0, 8], [0, 9]]
     res = generate(FakeSession(9), [[1]], max_new_tokens=10, sampling=Sampling(), eos_id=0)
     assert res.tokens == [[2, 3, 0]] and res.decode_steps == 2 and res.finished == [True]

@@ -236,21 +236,22 @@ def unused_flags(given: dict, why: str) -> Optional[str]:
     return f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} not read: {why}: ignored"
 
 
-def _inputs(model_path: Optional[str], calib: Optional[str]) -> dict:
+DEFAULT_CALIB = Path("text") / "wikitext2_val_sample.jsonl"  # under MQ_DEPLOY_DATA_DIR: calibration text without --calib
+
+
+def _inputs(model_path: Optional[str], model_dir: Path, calib: Optional[str]) -> dict:
     """What a compile may read, {what: path}, for check_inputs_outside: the checkpoint (the bundled model where none
     is given) and the calibration data (where none is given, the defaults that exist: the language models' text
-    under MQ_DEPLOY_DATA_DIR, the Vim's Fashion-MNIST folder)."""
+    under MQ_DEPLOY_DATA_DIR, the Vim's Fashion-MNIST folder). `model_dir`: resolve_model_dir(model_path)."""
     import os
 
-    from .loaders import resolve_model_dir
-
-    inputs = {"checkpoint" if model_path is not None else "bundled model": resolve_model_dir(model_path),
+    inputs = {"checkpoint" if model_path is not None else "bundled model": model_dir,
               "calibration data": calib}
     if calib is None:
         from .vision.data import data_dir
 
         d = os.environ.get("MQ_DEPLOY_DATA_DIR")
-        inputs["default calibration text"] = Path(d) / "text" / "wikitext2_val_sample.jsonl" if d else None
+        inputs["default calibration text"] = Path(d) / DEFAULT_CALIB if d else None
         with contextlib.suppress(UserError):
             inputs["Fashion-MNIST data"] = data_dir()
     return inputs
@@ -260,7 +261,7 @@ def default_calib_path() -> Path:
     import os
 
     d = os.environ.get("MQ_DEPLOY_DATA_DIR")
-    p = Path(d) / "text" / "wikitext2_val_sample.jsonl" if d else None
+    p = Path(d) / DEFAULT_CALIB if d else None
     if p is None or not p.is_file():
         flag = "pass --calib FILE (plain text, .jsonl of {\"text\"}, .xz/.bz2/.gz)"
         if not d:
@@ -353,9 +354,9 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
     warn = log if warn is None else warn
     if calib_samples is not None and calib_samples < 1 or calib_seq_len is not None and calib_seq_len < 2:
         raise UserError("--calib-samples must be >= 1 and --calib-seq-len >= 2")  # whether the recipe calibrates or not
-    resolve_model_dir(model_path)  # a missing or wrong directory first: one line, before any recipe check or progress
+    model_dir = resolve_model_dir(model_path)  # a missing or wrong directory first: one line, before any recipe check
     # (a tokenizer there is copied into the new OUTDIR before the swap: recompiling with OUTDIR/tokenizer.json is fine)
-    check_inputs_outside(out_dir, _inputs(model_path, calib))
+    check_inputs_outside(out_dir, _inputs(model_path, model_dir, calib))
     if model_path is not None:
         from .vision.model import is_vim_dir
 

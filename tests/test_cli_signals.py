@@ -212,6 +212,64 @@ def test_ctrl_c_during_the_swap_leaves_the_new_outdir_and_no_old_one(tmp_path, m
     assert os.listdir(tmp_path) == ["out"]
 
 
+def _old_outdir(out):
+    """An OUTDIR of ours at `out` with files at the top and in a folder, as a replaced one would hold."""
+    with atomic_dir(out) as tmp:
+        (tmp / "manifest.json").write_text('{"format": "mq-deploy/1", "old": 1}')
+        for name in ("model.onnx", "weights.bin", "engines/model.engine"):
+            (tmp / name).parent.mkdir(exist_ok=True)
+            (tmp / name).write_bytes(b"x")
+
+
+def test_ctrl_c_during_the_removal_of_the_replaced_outdir_waits_for_it(tmp_path, monkeypatch,
+                                                                      signals_as_a_terminal_gives_them):
+    """A Ctrl-C while the replaced OUTDIR is removed is raised once it is gone: it left half of it, without its
+    manifest, which no later run named."""
+    out = tmp_path / "out"
+    _old_outdir(out)
+    real = os.unlink
+
+    def unlink(path, *a, **k):
+        if ".out.old-" in str(path):
+            signal.raise_signal(signal.SIGINT)
+        real(path, *a, **k)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(out) as tmp:
+            (tmp / "manifest.json").write_text('{"format": "mq-deploy/1", "new": 1}')
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["out"]
+    assert (out / "manifest.json").read_text() == '{"format": "mq-deploy/1", "new": 1}'
+
+
+def test_the_replaced_outdir_loses_its_manifest_last(tmp_path, monkeypatch):
+    """What a SIGKILL during the removal leaves (nothing can hold that back) still holds manifest.json, so that the
+    next run names it (old_leftovers)."""
+    out = tmp_path / "out"
+    _old_outdir(out)
+    gone, real, real_rmdir = [], os.unlink, os.rmdir
+
+    def unlink(path, *a, **k):
+        gone.append(os.path.basename(path))
+        real(path, *a, **k)
+
+    def rmdir(path, *a, **k):
+        gone.append(os.path.basename(path) + "/")
+        real_rmdir(path, *a, **k)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(os, "rmdir", rmdir)
+    with atomic_dir(out) as tmp:
+        (tmp / "manifest.json").write_text('{"format": "mq-deploy/1", "new": 1}')
+        gone.clear()
+    monkeypatch.undo()
+    gone.remove(LOCK)  # (the new OUTDIR's lock, in the swap)
+    assert sorted(gone[:4]) == ["engines/", "model.engine", "model.onnx", "weights.bin"], gone
+    assert gone[4] == "manifest.json" and gone[5].startswith(".out.old-") and len(gone) == 6, gone
+    assert os.listdir(tmp_path) == ["out"]
+
+
 def test_a_replaced_outdir_left_by_a_killed_run_is_named_not_removed(tmp_path):
     """.out.old-PID-XXXXXXXX holding an mq-deploy manifest (a run killed during its swap or the removal after it) is
     named by the next run, with whether it is the only copy, and kept (it may be the old OUTDIR's only copy); a

@@ -292,6 +292,20 @@ def old_leftovers(target: Path) -> list[Path]:
                   and not p.is_symlink() and p.is_dir() and written_by_us(p))
 
 
+def _remove_replaced(old: Path) -> None:
+    """Remove an OUTDIR the swap replaced, its manifest.json last: what a kill that nothing can hold back (SIGKILL,
+    the OOM killer) leaves of it still has its manifest, so that the next run names it (old_leftovers)."""
+    for p in old.iterdir():
+        if p.name == MARKER:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def check_writable(path: str | Path, what: str) -> None:
     """Whether `path` can be written, before long work: a file tried (and removed) in its folder, or in the nearest
     folder above it that exists (nothing is created); a UserError, one line, if not. `what` names it."""
@@ -394,10 +408,13 @@ def atomic_dir(out_dir: str | Path, force: bool = False, warn: Callable[[str], N
             raise
         finally:  # (also when a Ctrl-C held back during the swap is raised at its end: the new OUTDIR is in place)
             if swapped and old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-                if old.exists():  # e.g. read-only files of another user inside it
-                    warn(f"the replaced {out_dir} could not be removed completely; what is left is {old}: remove "
-                         "it by hand")
+                try:
+                    with signals.deferred():  # (a Ctrl-C now is raised once it is gone: not half of it left)
+                        _remove_replaced(old)
+                finally:
+                    if old.exists():  # e.g. read-only files of another user inside it
+                        warn(f"the replaced {out_dir} could not be removed completely; what is left is {old}: "
+                             "remove it by hand")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

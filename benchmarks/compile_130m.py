@@ -1,5 +1,6 @@
-"""Compile time and peak memory of a 130m-shape Mamba (d_model 768, 24 layers, vocab 50280) with a
-recipe, on this machine's CPU. Random-init weights (the shape, not the values, sets the cost).
+"""Compile time and peak memory of a 130m-shape Mamba (d_model 768, 24 layers, vocab 50280; other shapes with
+--d-model / --layers) with a recipe, on this machine's CPU. Random-init weights (the shape, not the values, sets the
+cost).
 
     python benchmarks/compile_130m.py --recipe mambaquant-w8a8 --calib ../shared/data/text/wikitext2_val_sample.jsonl
 
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--tokenizer", default=str(ROOT.parent / "shared/data/tokenizer/gpt-neox-20b.json"))
     ap.add_argument("--calib-samples", type=int, default=None, help="default: the recipe's (128)")
     ap.add_argument("--layers", type=int, default=24)
+    ap.add_argument("--d-model", type=int, default=768, help="768 (130m); 1024 with --layers 48 is the 370m shape")
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -37,7 +39,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "mamba-130m-shape"
-        m = random_model(MambaConfig(d_model=768, n_layer=args.layers, vocab_size=50280), seed=0)
+        m = random_model(MambaConfig(d_model=args.d_model, n_layer=args.layers, vocab_size=50280), seed=0)
         build_hf_model(m).half().save_pretrained(ckpt, safe_serialization=True)
         del m
         cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "mq_deploy", "compile", str(ckpt), "--recipe", args.recipe,
@@ -50,8 +52,9 @@ def main() -> None:
         if r.returncode != 0:
             sys.exit(r.stderr[-3000:])
         rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1))
-    row = (f"| {args.recipe} | d768 x {args.layers} layers, vocab 50280 | {args.calib_samples or 128} x 512 | "
-           f"{wall:.0f} s | {rss_kb / 1e6:.2f} GB | {os.cpu_count()} cores, {platform.processor() or platform.machine()} |")
+    row = (f"| {args.recipe} | d{args.d_model} x {args.layers} layers, vocab 50280 | {args.calib_samples or 128} x 512"
+           f" | {wall:.0f} s | {rss_kb / 1e6:.2f} GB"
+           f" | {os.cpu_count()} cores, {platform.processor() or platform.machine()} |")
     print(row)
     out = ROOT / "benchmarks/results/compile_130m.md"
     if not out.exists():

@@ -270,6 +270,25 @@ def test_the_replaced_outdir_loses_its_manifest_last(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["out"]
 
 
+def test_an_unlistable_replaced_outdir_does_not_fail_the_compile(tmp_path, monkeypatch):
+    """The new OUTDIR is in place when the old one is removed: an error listing the old one (permissions) is no
+    reason to fail the run (an OSError there would be exit 1 after a successful compile)."""
+    out = tmp_path / "out"
+    _old_outdir(out)
+    real = Path.iterdir
+
+    def iterdir(self):
+        if ".out.old-" in self.name:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with atomic_dir(out) as tmp:
+        (tmp / "manifest.json").write_text('{"format": "mq-deploy/1", "new": 1}')
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["out"]
+
+
 def test_a_replaced_outdir_left_by_a_killed_run_is_named_not_removed(tmp_path):
     """.out.old-PID-XXXXXXXX holding an mq-deploy manifest (a run killed during its swap or the removal after it) is
     named by the next run, with whether it is the only copy, and kept (it may be the old OUTDIR's only copy); a

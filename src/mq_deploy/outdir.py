@@ -295,14 +295,15 @@ def old_leftovers(target: Path) -> list[Path]:
 def _remove_replaced(old: Path) -> None:
     """Remove an OUTDIR the swap replaced, its manifest.json last: what a kill that nothing can hold back (SIGKILL,
     the OOM killer) leaves of it still has its manifest, so that the next run names it (old_leftovers)."""
-    for p in old.iterdir():
-        if p.name == MARKER:
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                p.unlink()
+    with contextlib.suppress(OSError):  # (as rmtree's ignore_errors: what cannot go is said by the caller)
+        for p in old.iterdir():
+            if p.name == MARKER:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -1,7 +1,9 @@
 """`mq-deploy compile` as a user runs it: outputs, manifest, state-spaces ≡ HF, and clean failures."""
 
+import errno
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -295,6 +297,35 @@ def test_output_through_a_link_and_the_current_directory(tiny, tmp_path):
     r = run_cli("compile", hf_dir, "-o", tmp_path / "loop1")
     assert r.returncode == 2 and f"cannot use output directory {tmp_path / 'loop1'}: " in r.stderr, r.stderr
     assert os.listdir(work) == [] and not [p for p in os.listdir(tmp_path) if ".old-" in p or ".tmp-" in p]
+
+
+def test_output_paths_the_swap_could_not_reach_are_refused_first(tmp_path, monkeypatch):
+    """`-o nosuch/../out` (no folder nosuch) ran the whole compile and then failed at the swap's rename (ENOENT,
+    exit 1); a loop of links behind `..` or as the OUTDIR itself (which Python 3.13's resolve() no longer reports) is
+    refused the same way, before any work, on every Python. An output under a link to nothing (compare's -o, build's
+    engine) failed on its mkdir after the work (EEXIST)."""
+    from mq_deploy.errors import UserError
+    from mq_deploy.outdir import check_writable, output_dir
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "loop1").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop1")
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing")
+    (tmp_path / "afile").write_text("x")
+    for out, said in (("nosuch/../out", "nosuch is not a directory (the path goes back out of it with ..)"),
+                      ("afile/../out", "afile is not a directory"),
+                      ("loop1/../out", "loop1 is not a directory"),
+                      ("loop1", f"cannot use output directory loop1: {os.strerror(errno.ELOOP)}")):
+        with pytest.raises(UserError, match=re.escape(said)):
+            output_dir(out)
+    assert output_dir("dangling") == tmp_path / "missing"  # (a link to a folder to be made: the link names it)
+    (tmp_path / "sub").mkdir()
+    assert output_dir("sub/../out") == Path("sub/../out")
+    for out in ("loop1/compare.json", "dangling/compare.json", "dangling/a/b/compare.json"):
+        with pytest.raises(UserError, match="is a symbolic link to nothing"):
+            check_writable(out, "compare's results")
+    check_writable("sub/new/compare.json", "compare's results")  # (a folder still to be made is fine)
+    assert sorted(os.listdir(tmp_path)) == ["afile", "dangling", "loop1", "loop2", "sub"]
 
 
 def test_tokenizer_checks_before_the_work(tiny, tmp_path):

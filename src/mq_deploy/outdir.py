@@ -4,6 +4,7 @@ so a failed or interrupted compile never leaves a partial OUTDIR (and never half
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import hashlib
@@ -137,11 +138,20 @@ def output_dir(out_dir: str | Path) -> Path:
     if not str(out_dir).strip():
         raise UserError("-o needs a directory path (it is empty)")
     out = Path(out_dir).expanduser()
+    for i, part in enumerate(out.parts):  # `a/../b` with no folder a: the swap's rename would fail after the work
+        if part == ".." and i > 0 and not Path(*out.parts[:i]).is_dir():
+            raise UserError(f"cannot use output directory {out_dir}: {Path(*out.parts[:i])} is not a directory (the "
+                            "path goes back out of it with ..)")
+    try:
+        os.stat(out)  # a loop of symbolic links: ELOOP (resolve() said RuntimeError before Python 3.13, nothing since)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UserError(f"cannot use output directory {out_dir}: {e.strerror}") from None
     try:
         if out.is_symlink():
             out = out.resolve(strict=False)
         real, here = out.resolve(), Path.cwd().resolve()
-    except (RuntimeError, OSError) as e:  # a loop of symbolic links (RuntimeError before Python 3.13)
+    except (RuntimeError, OSError) as e:  # (a loop made between the two checks)
         raise UserError(f"cannot use output directory {out_dir}: {e}") from None
     if real == here or real in here.parents:
         raise UserError(f"output directory {out_dir} is the current directory{' (or holds it)' if real != here else ''}"
@@ -315,6 +325,9 @@ def check_writable(path: str | Path, what: str) -> None:
         raise UserError(f"{what} {path} is a directory")
     folder = path.absolute().parent
     while not folder.exists():
+        if folder.is_symlink():  # (its folders could not be made: the work's output would fail after it)
+            raise UserError(f"cannot write {what} {path}: {folder} is a symbolic link to nothing (its target is "
+                            "missing, or a loop)")
         folder = folder.parent
     if not folder.is_dir():
         raise UserError(f"cannot write {what} {path}: {folder} is a file, not a directory")

@@ -313,7 +313,7 @@ def _remove_replaced(old: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 with contextlib.suppress(OSError):
-                    p.unlink()
+                    os.unlink(p)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -37,6 +39,24 @@ inline void reportError(std::string const& where, char const* what) noexcept
     report(nvinfer1::ILogger::Severity::kERROR, where, what);
 }
 
+//! A message said once a process for each `where` (the builder asks supportsFormatCombination many times, of the
+//! network's plugin and of its clones).
+inline void reportOnce(nvinfer1::ILogger::Severity severity, std::string const& where, char const* what) noexcept
+{
+    static std::mutex mutex;
+    static std::set<std::string> said;
+    try
+    {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (!said.insert(where).second)
+            return;
+    }
+    catch (...) // (no memory for the set: say it anyway)
+    {
+    }
+    report(severity, where, what);
+}
+
 //! Runs f(); any exception is reported and `fail` returned (every noexcept entry point goes through this).
 template <typename R, typename F>
 R guard(char const* where, R fail, F&& f) noexcept
@@ -60,6 +80,13 @@ R guard(char const* where, R fail, F&& f) noexcept
 inline std::string creatorWhere(char const* plugin, char const* layer)
 {
     return std::string(plugin) + "::createPlugin (layer '" + (layer != nullptr ? layer : "") + "')";
+}
+
+//! Where a plugin's build-phase calls report: the plugin, the call and the layer (createPlugin's name; "" for one
+//! deserialized from an engine).
+inline std::string layerWhere(char const* call, std::string const& layer)
+{
+    return std::string(call) + (layer.empty() ? "" : " (layer '" + layer + "')");
 }
 
 //! One attribute: name, type, default; read from a PluginFieldCollection and written back to one.

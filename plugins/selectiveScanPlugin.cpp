@@ -35,8 +35,9 @@ Attrs selectiveScanAttrs()
         {"C_scale", PluginFieldType::kFLOAT32, 0.0}});
 }
 
-SelectiveScanPlugin::SelectiveScanPlugin(Attrs attrs)
+SelectiveScanPlugin::SelectiveScanPlugin(Attrs attrs, std::string layer)
     : mAttrs(std::move(attrs))
+    , mLayer(std::move(layer))
 {
     require(mAttrs.getInt("delta_softplus") == 0 || mAttrs.getInt("delta_softplus") == 1, "delta_softplus must be 0 or 1");
     for (char const* s : kScales)
@@ -70,7 +71,7 @@ IPluginCapability* SelectiveScanPlugin::getCapabilityInterface(PluginCapabilityT
 
 IPluginV3* SelectiveScanPlugin::clone() noexcept
 {
-    return guard<IPluginV3*>("SelectiveScan::clone", nullptr, [&] { return new SelectiveScanPlugin(mAttrs); });
+    return guard<IPluginV3*>("SelectiveScan::clone", nullptr, [&] { return new SelectiveScanPlugin(mAttrs, mLayer); });
 }
 
 char const* SelectiveScanPlugin::getPluginName() const noexcept { return kNAME; }
@@ -130,7 +131,19 @@ bool SelectiveScanPlugin::supportsFormatCombination(
         // be given it by an implicitly quantized build (trtexec --int8 with a calibrator or dynamic ranges), whose
         // scales come in PluginTensorDesc::scale, which the kernel does not read: it would dequantize at 0
         if (pos == kU)
+        {
+            if (in == DataType::kINT8 && !int8Scales())
+                // where the network's u is int8 (a strongly typed network: TensorRT 11's only kind) TensorRT's own
+                // error says only that no implementation of the layer was found. INFO, not WARNING: a weakly typed
+                // build with the INT8 flag (TensorRT 10, e.g. a W4A16 graph's) asks a float node this too, and builds
+                // it in fp32 / fp16 as it should (trtexec prints INFO; mq-deploy build shows WARNING and worse)
+                reportOnce(ILogger::Severity::kINFO, layerWhere("SelectiveScan::supportsFormatCombination", mLayer),
+                    "int8 inputs refused: the node does not carry the four int8 scales (u_scale, delta_scale, B_scale, "
+                    "C_scale, each > 0), so it takes fp32 or fp16 u / delta / Bm / Cm only; a network that feeds it "
+                    "int8 tensors has no implementation for it (the int8 graphs of mq-deploy compile set the scales: "
+                    "`mq-deploy lint` checks a graph)");
             return in == DataType::kFLOAT || in == DataType::kHALF || (in == DataType::kINT8 && int8Scales());
+        }
         if (pos == kDELTA || pos == kB || pos == kC)
             return d.type == in;
         if (pos == kA || pos == kDSKIP || pos == kBIAS || pos == h0Pos)
@@ -253,7 +266,7 @@ IPluginV3* SelectiveScanPluginCreator::createPlugin(char const* name, PluginFiel
     return guard<IPluginV3*>(creatorWhere(kNAME, name).c_str(), nullptr, [&] {
         Attrs a = selectiveScanAttrs();
         a.parse(fc);
-        return new SelectiveScanPlugin(std::move(a));
+        return new SelectiveScanPlugin(std::move(a), name != nullptr ? name : "");
     });
 }
 

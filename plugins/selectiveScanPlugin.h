@@ -23,7 +23,8 @@ class SelectiveScanPlugin : public nvinfer1::IPluginV3,
                             public nvinfer1::IPluginV3OneRuntime
 {
 public:
-    explicit SelectiveScanPlugin(Attrs attrs);
+    //! `layer`: the network layer (ONNX node) createPlugin was asked for, named in warnings
+    explicit SelectiveScanPlugin(Attrs attrs, std::string layer = "");
 
     // IPluginV3
     nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
@@ -57,6 +58,7 @@ private:
     int32_t nbInputs() const;
     bool int8Scales() const; //!< the node carries the four int8 scales (> 0)
     Attrs mAttrs;
+    std::string mLayer;
 };
 
 class SelectiveScanPluginCreator : public nvinfer1::IPluginCreatorV3One

@@ -8,11 +8,13 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 using namespace nvinfer1;
 
 extern "C" IPluginCreatorInterface* const* getCreators(int32_t& nbCreators);
+extern "C" void setLoggerFinder(ILoggerFinder* finder);
 
 namespace
 {
@@ -51,6 +53,22 @@ DynamicPluginTensorDesc desc(DataType type, std::vector<int64_t> const& dims, in
             d.max.d[i] = dynamicMax;
     return d;
 }
+
+//! What the plugins log, while setLoggerFinder hands this out as TensorRT's logger (loadLibrary does so).
+struct CapturingLogger : ILogger
+{
+    std::vector<std::pair<Severity, std::string>> messages;
+    void log(Severity severity, AsciiChar const* msg) noexcept override { messages.emplace_back(severity, msg); }
+};
+struct OneLoggerFinder : ILoggerFinder
+{
+    explicit OneLoggerFinder(ILogger* l)
+        : logger(l)
+    {
+    }
+    ILogger* findLogger() override { return logger; }
+    ILogger* logger;
+};
 
 IPluginV3OneBuild* build(IPluginV3* p)
 {
@@ -184,6 +202,37 @@ void selectiveScan()
             check(build(pf)->configurePlugin(good.data(), 7, good.data() + 7, 2) != 0,
                 "SelectiveScan float node (scales 0) refuses int8 inputs in configurePlugin");
             delete pf;
+        }
+        {
+            // int8 u asked of a node without the scales (a strongly typed network fed int8: TensorRT's error would
+            // name no cause): said once, at INFO, naming the layer, however often the builder asks, clone or not;
+            // nothing for a node with them, nor for float u
+            CapturingLogger log;
+            OneLoggerFinder finder(&log);
+            setLoggerFinder(&finder);
+            IPluginCreatorV3One* c = creator("SelectiveScan");
+            PluginFieldCollection const fcz{static_cast<int32_t>(fz.size()), fz.data()};
+            PluginFieldCollection const fcs{static_cast<int32_t>(f.size()), f.data()};
+            IPluginV3* bare = c != nullptr ? c->createPlugin("layers.3.mixer/scan", &fcz, TensorRTPhase::kBUILD) : nullptr;
+            IPluginV3* scaled = c != nullptr ? c->createPlugin("layers.4.mixer/scan", &fcs, TensorRTPhase::kBUILD) : nullptr;
+            IPluginV3* twin = bare != nullptr ? bare->clone() : nullptr;
+            bool refused = bare != nullptr && scaled != nullptr && twin != nullptr;
+            for (int32_t i = 0; refused && i < 3; ++i)
+                refused = !build(bare)->supportsFormatCombination(0, good.data(), 7, 2)
+                    && !build(twin)->supportsFormatCombination(0, good.data(), 7, 2)
+                    && build(bare)->supportsFormatCombination(0, fp32.data(), 7, 2)
+                    && build(scaled)->supportsFormatCombination(0, good.data(), 7, 2);
+            setLoggerFinder(nullptr);
+            bool const once = log.messages.size() == 1 && log.messages[0].first == ILogger::Severity::kINFO;
+            std::string const msg = once ? log.messages[0].second : "";
+            for (auto const& m : log.messages)
+                std::printf("  logged: %s\n", m.second.c_str());
+            check(refused && once && msg.find("layer 'layers.3.mixer/scan'") != std::string::npos
+                    && msg.find("int8 inputs refused") != std::string::npos && msg.find("C_scale") != std::string::npos,
+                "SelectiveScan without scales says once (INFO, its layer named) why it refuses int8 u");
+            delete bare;
+            delete scaled;
+            delete twin;
         }
         float neg = -0.5f;
         std::vector<PluginField> fn = {f[0], {"u_scale", &neg, PluginFieldType::kFLOAT32, 1}};

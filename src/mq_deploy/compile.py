@@ -18,6 +18,7 @@ import json
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -33,6 +34,7 @@ from .graph.stateful import build_stateful_graphs
 from .graph.stateful import io_spec as stateful_io_spec
 from .graph.stateful import self_check as stateful_self_check
 from .graph.weights import WeightStore
+from .backends.ort import external_weights
 from .memory import release
 from .loaders import load_model, resolve_model_dir
 from .trt import d_state_note
@@ -144,10 +146,11 @@ def plugin_check(plugin_graph: onnx.ModelProto, ids: np.ndarray, portable_logits
     return {"batch": int(ids.shape[0]), "sequence": int(ids.shape[1]), "max_rel_error_plugin_vs_portable": err}
 
 
-def _stateful_derivation_check(model: MambaModel, plan) -> dict:
+def _stateful_derivation_check(model: MambaModel, plan, scratch: Path) -> dict:
     """The prefill / decode-step derivation, tightly (1e-4): on the first (up to) 4 layers (and 1024 vocabulary
     rows) of the transformed model with its quantized weights but activations left in fp32, so that no rounding boundary can
-    amplify a last-bit difference between the step and the scan (see graph/stateful.self_check)."""
+    amplify a last-bit difference between the step and the scan (see graph/stateful.self_check). The graphs' weights
+    go to a file in `scratch` (removed after), which onnxruntime maps."""
     import dataclasses
 
     from .graph.plan import GraphPlan
@@ -163,14 +166,18 @@ def _stateful_derivation_check(model: MambaModel, plan) -> dict:
         q = plan.quant
         mplan = GraphPlan(layers=plan.layers[:k], quant=None if q is None else dataclasses.replace(q, act_scales={}))
     mfull = build_lm_graph(mini, mplan)
-    out = stateful_self_check(mfull, build_stateful_graphs(mfull, mini.config), mini.config, tol=1e-4)
+    with tempfile.TemporaryDirectory(prefix=".derivation-", dir=scratch) as folder, external_weights(folder):
+        with WeightStore(Path(folder)) as store:
+            mfull = store.externalize(mfull)
+        release()
+        out = stateful_self_check(mfull, build_stateful_graphs(mfull, mini.config), mini.config, tol=1e-4)
     return {**out, "layers": k, "vocabulary_rows": V, "activations": "fp32"}
 
 
 def _stateful(config, quantized: bool, unfused: onnx.ModelProto, store: WeightStore, tmp: Path, files: dict) -> dict:
-    """Build, check and write the prefill / decode-step graphs of the full model, one flavour at a time
-    (memory: each graph holds all weights): same activation scales as the full graph, one scan / state-update
-    plugin per layer, and a sanity run against the full graph."""
+    """Build, check and write the prefill / decode-step graphs of the full model, one flavour at a time: same
+    activation scales as the full graph, one scan / state-update plugin per layer, and a sanity run against the full
+    graph. The graphs refer to `unfused`'s weights in weights.bin (`external_weights`)."""
     from .graph.lower import lower_state_update
     from .graph.stateful import build_decode_graph, build_prefill_graph
 
@@ -427,7 +434,8 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             trace = [] if (report_passes if report_passes is not None else n_params <= 50_000_000) else None
             held = [model]  # handed over: the passes' output replaces the loaded weights (memory)
             del model
-            model, plan, stats_runs = prepare(held.pop(), recipe, windows, progress=progress, log=log, trace=trace)
+            model, plan, stats_runs = prepare(held.pop(), recipe, windows, progress=progress, log=log, trace=trace,
+                                              scratch=tmp)
             trace = trace or []
         quantized = plan is not None and plan.quant is not None
         calib_files = stats_runs[-1].save(tmp) if stats_runs else []  # statistics of the emitted graph
@@ -439,21 +447,25 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             calib_files.append(tmp / "report.html")
         del stats_runs, trace
         log("checking the prefill/decode derivation on the first layers")
-        derivation = _stateful_derivation_check(model, plan)
+        derivation = _stateful_derivation_check(model, plan, tmp)
         n_params = int(model.embedding.size + (0 if model.lm_head is None else model.lm_head.size) + model.norm_f.size
                        + (0 if model.head_mix is None else model.head_mix.size)
                        + sum(a.size for L in model.layers for a in vars(L).values() if a is not None))
         source, io = model.source, _io(model)
-        # one graph at a time (memory: each holds all weights): build, check, write into the shared
-        # weights.bin, drop; the Q→DQ form `unfused` stays for the stateful graphs
+        # one graph at a time: build, check, write, drop; the Q→DQ form `unfused` stays for the stateful graphs
         log("building graph")
-        unfused, points = build_lm_graph(model, plan, with_points=True)
-        release()
         files: dict[str, dict] = {}
-        with WeightStore(tmp) as store:  # every graph's weights in one shared weights.bin
+        # every graph's weights in one shared weights.bin, written first: the graphs below are built, checked in
+        # onnxruntime (which maps the file) and saved without a copy of the weights in memory
+        with WeightStore(tmp) as store, external_weights(tmp):
+            unfused, points = build_lm_graph(model, plan, with_points=True)
+            unfused = store.externalize(unfused)
+            release()
             log("lowering SelectiveScan to ONNX Scan for the portable graph")
             portable = lower_selective_scan(unfused)
-            onnx.checker.check_model(portable)
+            log("writing model.portable.onnx")  # (written before its checks: a failing one discards the OUTDIR)
+            store.save(portable, tmp / "model.portable.onnx")
+            onnx.checker.check_model(str(tmp / "model.portable.onnx"))  # (as written, its weights in weights.bin)
             log("self-check: portable graph vs the numpy simulation of the recipe")
             keep: dict = {}
             if plan is not None:
@@ -469,8 +481,6 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
                 check = {}
                 keep["ids"] = np.random.default_rng(1).integers(0, c.vocab_size, size=(2, 9))
                 keep["logits"] = OrtRunner(portable)(keep["ids"])
-            log("writing model.portable.onnx")
-            store.save(portable, tmp / "model.portable.onnx")
             files["model.portable.onnx"] = {"flavour": "portable"}
             del portable  # the graphs carry everything from here on (the model until the plugin graph's check)
             release()
@@ -479,7 +489,9 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
                 from .graph.fuse_scan_quant import fuse_plugin_quant
 
                 graph = fuse_plugin_quant(unfused)  # TensorRT flavour: int8 into the scan plugin and out of the Hadamard
-            onnx.checker.check_model(graph)
+            log("writing model.onnx")
+            store.save(graph, tmp / "model.onnx")
+            onnx.checker.check_model(str(tmp / "model.onnx"))
             plugin_logits = None
             if quantized:  # the plugin graph as tightly as the portable one: simulation, following its roundings
                 log("self-check: plugin graph vs the numpy simulation of the recipe")
@@ -502,8 +514,6 @@ def compile_model(model_path: Optional[str], recipe_name: str, out_dir: str | Pa
             check.update(plugin_check(graph, keep["ids"], keep["logits"], tol=None if acts else 1e-4,
                                       logits=plugin_logits))
             plugins = plugin_inventory(graph)
-            log("writing model.onnx")
-            store.save(graph, tmp / "model.onnx")
             files["model.onnx"] = {"flavour": "tensorrt", "plugins": plugins}
             del graph
             release()

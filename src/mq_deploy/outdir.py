@@ -231,6 +231,29 @@ def read_onnx(path: str | Path, weights: bool = True, require_weights: bool = Tr
     return model
 
 
+def check_external_sizes(model, path: Path) -> None:
+    """Every external initializer of the graph at `path` lies within its file beside it (sizes only, nothing is read):
+    a truncated weights file is one UserError here, before onnxruntime (which maps the file) would fail on it."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    sizes: dict[str, int] = {}
+    for t in model.graph.initializer:
+        if not uses_external_data(t):
+            continue
+        info = ExternalDataInfo(t)
+        f = path.parent / info.location
+        if info.location not in sizes:
+            try:
+                sizes[info.location] = f.stat().st_size
+            except OSError as e:
+                raise UserError(f"could not read the weights of {path} ({info.location}): {e.strerror or e}") from None
+        end = info.offset + (info.length or 0)
+        if end > sizes[info.location]:
+            raise UserError(f"could not read the weights of {path} ({info.location}): tensor '{t.name}' lies at bytes "
+                            f"{info.offset}-{end} of it, which has {sizes[info.location]} (a truncated or other copy): "
+                            "copy it again from the directory `mq-deploy compile` wrote")
+
+
 def check_inputs_outside(out_dir: str | Path, inputs: dict[str, Optional[str | Path]]) -> None:
     """A UserError when OUTDIR is one of the command's inputs ({what: path}) or a folder holding one: the swap at the
     end would delete what the command read (a checkpoint, the calibration text). Paths that do not exist are left to

@@ -12,7 +12,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import tempfile
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -30,8 +33,11 @@ from .recipes import Recipe
 
 
 def calibrate(model: MambaModel, plan: GraphPlan, windows: np.ndarray, cov_points=(), batch_size: int = 8,
-              seed: int = 0, progress: bool = True, meta: Optional[dict] = None) -> Stats:
-    """Statistics of every quantization point of the fp32 graph of (model, plan)."""
+              seed: int = 0, progress: bool = True, meta: Optional[dict] = None,
+              scratch: Optional[Path] = None) -> Stats:
+    """Statistics of every quantization point of the fp32 graph of (model, plan). With a `scratch` folder, the
+    graph's weights are written to a file in it first (removed after), which onnxruntime maps instead of holding
+    them twice in memory (`backends.ort`; a compile passes its temporary OUTDIR: the disk of the output)."""
     from .backends.ort import OrtRunner
 
     fp = GraphPlan(layers=plan.layers, quant=None)
@@ -40,11 +46,20 @@ def calibrate(model: MambaModel, plan: GraphPlan, windows: np.ndarray, cov_point
     c = model.config
     per_token = 4 * c.n_layer * (c.d_model + 3 * c.d_inner + c.dt_rank + 2 * c.d_state)
     batch_size = max(1, min(batch_size, OUTPUT_BUDGET // max(1, per_token * windows.shape[1])))
-    runner = OrtRunner(graph, extra_outputs=sorted(set(points.values())), only_extra=True)
-    del graph  # the sessions hold the weights now
-    release()
-    return collect(lambda outs: runner, points, windows, cov_points, batch_size=batch_size, seed=seed,
-                   progress=progress, gamma=[L.norm.copy() for L in model.layers], meta=meta)
+    with contextlib.ExitStack() as stack:
+        folder = None
+        if scratch is not None:
+            from .graph.weights import WeightStore
+
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".calibration-", dir=scratch)))
+            with WeightStore(folder) as store:
+                graph = store.externalize(graph)
+            release()
+        runner = OrtRunner(graph, extra_outputs=sorted(set(points.values())), only_extra=True, weights_dir=folder)
+        del graph  # the sessions hold the weights now (or map them)
+        release()
+        return collect(lambda outs: runner, points, windows, cov_points, batch_size=batch_size, seed=seed,
+                       progress=progress, gamma=[L.norm.copy() for L in model.layers], meta=meta)
 
 
 def round_fp16(model: MambaModel, everything: bool, recipe: str = "fp16") -> MambaModel:
@@ -71,20 +86,23 @@ def stats_windows(windows: np.ndarray, n: int) -> np.ndarray:
 
 
 def fp32_stats(model: MambaModel, windows: np.ndarray, seed: int = 0, batch_size: int = 8,
-               progress: bool = True) -> Stats:
+               progress: bool = True, scratch: Optional[Path] = None) -> Stats:
     """Statistics of the untransformed fp32 graph that the data-driven passes read (KLT, smoothing)."""
     n = model.config.n_layer
     cov = [point(i, "in_proj.input") for i in range(n)] + [point(i, "dt_proj.input") for i in range(n)]
-    return calibrate(model, GraphPlan.plain(n), windows, cov, batch_size, seed, progress, meta={"stage": "fp32"})
+    return calibrate(model, GraphPlan.plain(n), windows, cov, batch_size, seed, progress, meta={"stage": "fp32"},
+                     scratch=scratch)
 
 
 def prepare(model: MambaModel, recipe: Recipe, windows: Optional[np.ndarray], *, progress: bool = True,
             log: Callable[[str], None] = lambda s: None, batch_size: int = 8,
-            stats0: Optional[Stats] = None, trace: Optional[list] = None) -> tuple[MambaModel, GraphPlan, list]:
+            stats0: Optional[Stats] = None, trace: Optional[list] = None,
+            scratch: Optional[Path] = None) -> tuple[MambaModel, GraphPlan, list]:
     """Apply `recipe` to `model`; returns (model', plan, [Stats of each calibration run]).
 
     `stats0` may pass in `fp32_stats(model, windows)` computed once for several recipes. With a list as
-    `trace`, (pass name, Stats on the first TRACE_WINDOWS windows) is appended after every pass."""
+    `trace`, (pass name, Stats on the first TRACE_WINDOWS windows) is appended after every pass. `scratch`: a
+    folder for the calibration graphs' weights (`calibrate`)."""
     n = model.config.n_layer
     plan = GraphPlan.plain(n)
     seed = recipe.calibration.get("seed", 0)
@@ -93,14 +111,15 @@ def prepare(model: MambaModel, recipe: Recipe, windows: Optional[np.ndarray], *,
         if stats0 is None:
             sub = stats_windows(windows, recipe.calibration.get("stats_samples", len(windows)))
             log(f"calibrating the fp32 graph on {len(sub)} windows (statistics for the passes)")
-            stats0 = fp32_stats(model, sub, seed, batch_size, progress)
+            stats0 = fp32_stats(model, sub, seed, batch_size, progress, scratch)
         stats_runs.append(stats0)
     if recipe.passes:
         log("applying passes")
         hook = None
         if trace is not None and windows is not None:
             def hook(name, m, p):
-                trace.append((name, calibrate(m, p, windows[:TRACE_WINDOWS], (), batch_size, seed, False)))
+                trace.append((name, calibrate(m, p, windows[:TRACE_WINDOWS], (), batch_size, seed, False,
+                                              scratch=scratch)))
         model, plan = run_passes(model, plan, recipe.passes, stats0, log=log, after_each=hook)
         release()
     else:
@@ -120,7 +139,8 @@ def prepare(model: MambaModel, recipe: Recipe, windows: Optional[np.ndarray], *,
         log("calibrating the transformed graph (" + ", ".join(
             w for w, on in (("activation scales", recipe.act_quantized), ("GPTQ Hessians", gptq)) if on) + ")")
         cov = [f"layers.{i}.{lin}.input" for i in range(n) for lin in LINEARS] if gptq else []
-        stats1 = calibrate(model, plan, windows, cov, batch_size, seed, progress, meta={"stage": "transformed"})
+        stats1 = calibrate(model, plan, windows, cov, batch_size, seed, progress, meta={"stage": "transformed"},
+                           scratch=scratch)
         stats_runs.append(stats1)
     q = QuantSpec(weight_bits=wcfg["bits"], act_bits=acfg["bits"] if recipe.act_quantized else None)
     bs = wcfg.get("block_size", 0)

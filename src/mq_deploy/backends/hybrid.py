@@ -56,7 +56,9 @@ class HybridSession:
     """`HybridSession(model, outputs).run(feeds) -> {name: array}` for a graph with plugin nodes."""
 
     def __init__(self, model: onnx.ModelProto, make_session: Callable[[onnx.ModelProto], object],
-                 outputs: Optional[Sequence[str]] = None):
+                 outputs: Optional[Sequence[str]] = None, weights_dir=None):
+        """`weights_dir`: where `model`'s external initializers are (the segments keep them external: the sessions
+        map the file)."""
         from ..graph.fuse_scan_quant import unfuse_for_cpu
 
         # a copy of everything but the initializers (the weights are read from `model`, not copied)
@@ -142,7 +144,7 @@ class HybridSession:
             if kind == "plugin":
                 for i in x.input:
                     if i in inits and i not in plugin_consts:
-                        plugin_consts[i] = numpy_helper.to_array(inits[i])
+                        plugin_consts[i] = numpy_helper.to_array(inits[i], base_dir=str(weights_dir or ""))
                 for o in x.output:
                     dtypes[o] = onnx.TensorProto.FLOAT
                 self.steps.append((k, "plugin", x, list(x.input), list(x.output)))

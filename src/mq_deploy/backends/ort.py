@@ -1,12 +1,19 @@
-"""onnxruntime runner for both ONNX flavours (plugin nodes run on the package's CPU kernels)."""
+"""onnxruntime runner for both ONNX flavours (plugin nodes run on the package's CPU kernels).
+
+Weights kept as ONNX external data (an OUTDIR's weights.bin, or a file the compile writes first: `external_weights`)
+are not read into Python: the sessions get the graph without them and onnxruntime maps the file (pages the kernel can
+drop and read again; only the MatMul weights' packed copies are the session's own memory), where a graph handed over
+with its weights inside costs its bytes, onnxruntime's parsed copy and its tensors, and cannot pass protobuf's 2 GB.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -130,11 +137,53 @@ def _cpu_flags() -> set:
     return set()
 
 
-def _session_options(threads: Optional[int], has_plugins: bool):
+_EXTERNAL_DIR: list[Path] = []  # the folder of `external_weights`, innermost last
+
+
+@contextlib.contextmanager
+def external_weights(folder: str | Path) -> Iterator[None]:
+    """Within this, graphs (ModelProtos) whose initializers are external data resolve them in `folder`, as a graph
+    read from a file resolves them beside it (compile: graphs written to the OUTDIR's weights.bin before their
+    checks run)."""
+    _EXTERNAL_DIR.append(Path(folder))
+    try:
+        yield
+    finally:
+        _EXTERNAL_DIR.pop()
+
+
+def external_files(model: onnx.ModelProto) -> list[str]:
+    """The external-data files a graph's initializers name (none: its weights are inside it)."""
+    from onnx.external_data_helper import uses_external_data
+
+    return sorted({e.value for t in model.graph.initializer if uses_external_data(t)
+                   for e in t.external_data if e.key == "location"})
+
+
+def _weights_dir(model: onnx.ModelProto, folder: Optional[Path]) -> Optional[Path]:
+    """Where `model`'s external initializers are: `folder`, else the innermost `external_weights`; None for a graph
+    that carries its weights."""
+    if not external_files(model):
+        return None
+    folder = folder if folder is not None else (_EXTERNAL_DIR[-1] if _EXTERNAL_DIR else None)
+    if folder is None:
+        from ..errors import InternalError
+
+        raise InternalError("a graph with external weights was given to onnxruntime without their folder")
+    return Path(folder)
+
+
+def _session_options(threads: Optional[int], has_plugins: bool, weights_dir: Optional[Path] = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if weights_dir is not None:
+        # external data resolved there (a graph handed over as bytes has no folder of its own). Prepacking stays on
+        # (MatMul weights copied into packed buffers: one copy, where a graph with its weights inside costs three at
+        # the peak): without it MLAS sums in another order (~1e-6 relative), and calibration, compile's self-checks
+        # and `validate --simulate` would no longer reproduce each other or earlier OUTDIRs
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(weights_dir))
     # INT4 DequantizeLinear→MatMul fuses into MatMulNBits; its default accuracy level quantizes the
     # activations to int8 on the fly, which is not the graph's semantics. Level 0 computes in fp32.
     so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
@@ -159,17 +208,23 @@ class OrtRunner:
 
     def __init__(self, model: str | Path | onnx.ModelProto, providers: Sequence[str] = ("CPUExecutionProvider",),
                  threads: Optional[int] = None, extra_outputs: Sequence[str] = (), only_extra: bool = False,
-                 plugins: str = "native"):
+                 plugins: str = "native", weights_dir: Optional[str | Path] = None):
+        """`model`: an .onnx file (its external data stays in its file), or a graph; a graph whose initializers are
+        external data finds them in `weights_dir`, else in the folder of the enclosing `external_weights`."""
         import onnxruntime as ort
 
         from ..ops.ort_kernels import prepare_plugin_model
 
         if isinstance(model, (str, Path)):
-            from ..outdir import read_onnx
+            from ..outdir import check_external_sizes, read_onnx, refuse_linked_weights
 
-            proto = read_onnx(model)
+            proto = read_onnx(model, weights=False)  # (a missing weights file is named here)
+            weights_dir = Path(model).parent
+            refuse_linked_weights(weights_dir, external_files(proto))
+            check_external_sizes(proto, Path(model))  # (a truncated one: onnxruntime's error is a C++ signature)
         else:
             proto = model
+        weights_dir = _weights_dir(proto, None if weights_dir is None else Path(weights_dir))
         inits = {t.name for t in proto.graph.initializer}  # (older exporters list initializers as inputs too)
         self.inputs = {i.name: _dims(i) for i in proto.graph.input if i.name not in inits}  # name -> [int | str | None]
         outs = [] if only_extra else [o.name for o in proto.graph.output]
@@ -183,12 +238,13 @@ class OrtRunner:
         if plugins == "native" and any(n.domain == PLUGIN_DOMAIN for n in proto.graph.node) and not has_subgraphs(proto):
             from .hybrid import HybridSession
 
-            so = _session_options(threads, False)
+            so = _session_options(threads, False, weights_dir)
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # kernels run between segments
             so.enable_cpu_mem_arena = False  # one arena per segment would each keep its peak
             try:  # the requested outputs are picked from the segments: no copy of the graph with them marked
                 self._hybrid = HybridSession(
-                    proto, lambda m: ort.InferenceSession(m.SerializeToString(), so, providers=list(providers)), outs)
+                    proto, lambda m: ort.InferenceSession(m.SerializeToString(), so, providers=list(providers)), outs,
+                    weights_dir=weights_dir)
             except UserError:
                 raise
             except Exception as e:
@@ -197,7 +253,7 @@ class OrtRunner:
         if extra_outputs:
             proto = _with_outputs(proto, extra_outputs, only_extra)
         proto, has_plugins = prepare_plugin_model(proto)
-        so = _session_options(threads, has_plugins)
+        so = _session_options(threads, has_plugins, weights_dir)
         try:
             self.session = ort.InferenceSession(proto.SerializeToString(), so, providers=list(providers))
         except Exception as e:

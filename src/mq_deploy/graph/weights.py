@@ -14,6 +14,8 @@ from pathlib import Path
 
 import onnx
 
+from ..errors import InternalError
+
 MIN_EXTERNAL_BYTES = 1024  # smaller tensors (scales, shapes) stay inside the graph
 ALIGN = 64
 
@@ -43,6 +45,14 @@ class WeightStore:
 
     def save(self, model: onnx.ModelProto, path: Path) -> None:
         """Write `model` to `path` with its large initializers in the shared file; `model` is unchanged."""
+        Path(path).write_bytes(self.externalize(model).SerializeToString())
+
+    def externalize(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """A copy of `model` whose large initializers are references into the shared file, written there now (ones
+        that are references into it already stay so): the graph without its weights, for onnxruntime to map them
+        (`backends.ort.external_weights`) and to save later."""
+        from onnx.external_data_helper import uses_external_data
+
         out = onnx.ModelProto()
         out.ir_version, out.producer_name, out.producer_version = (model.ir_version, model.producer_name,
                                                                    model.producer_version)
@@ -58,7 +68,12 @@ class WeightStore:
         og.value_info.extend(g.value_info)
         og.sparse_initializer.extend(g.sparse_initializer)
         for t in g.initializer:
-            if t.HasField("raw_data") and len(t.raw_data) >= MIN_EXTERNAL_BYTES:
+            if uses_external_data(t):
+                where = {e.key: e.value for e in t.external_data}.get("location")
+                if where != self.name:
+                    raise InternalError(f"initializer {t.name} is external data in {where}, not in {self.name}")
+                og.initializer.append(t)
+            elif t.HasField("raw_data") and len(t.raw_data) >= MIN_EXTERNAL_BYTES:
                 off, n = self._put(t)
                 e = og.initializer.add()
                 e.name, e.data_type = t.name, t.data_type
@@ -70,7 +85,7 @@ class WeightStore:
             else:
                 og.initializer.append(t)
         self._f.flush()
-        Path(path).write_bytes(out.SerializeToString())
+        return out
 
     def close(self) -> None:
         self._f.close()

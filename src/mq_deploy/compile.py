@@ -18,7 +18,6 @@ import json
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -33,7 +32,7 @@ from .graph.mamba_lm import build_lm_graph
 from .graph.stateful import build_stateful_graphs
 from .graph.stateful import io_spec as stateful_io_spec
 from .graph.stateful import self_check as stateful_self_check
-from .graph.weights import WeightStore
+from .graph.weights import WeightStore, scratch_weights
 from .backends.ort import external_weights
 from .memory import release
 from .loaders import load_model, resolve_model_dir
@@ -166,9 +165,7 @@ def _stateful_derivation_check(model: MambaModel, plan, scratch: Path) -> dict:
         q = plan.quant
         mplan = GraphPlan(layers=plan.layers[:k], quant=None if q is None else dataclasses.replace(q, act_scales={}))
     mfull = build_lm_graph(mini, mplan)
-    with tempfile.TemporaryDirectory(prefix=".derivation-", dir=scratch) as folder, external_weights(folder):
-        with WeightStore(Path(folder)) as store:
-            mfull = store.externalize(mfull)
+    with scratch_weights(mfull, scratch, ".derivation-") as (mfull, folder), external_weights(folder):
         release()
         out = stateful_self_check(mfull, build_stateful_graphs(mfull, mini.config), mini.config, tol=1e-4)
     return {**out, "layers": k, "vocabulary_rows": V, "activations": "fp32"}

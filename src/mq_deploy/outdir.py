@@ -194,12 +194,19 @@ def check_target(out_dir: Path, force: bool) -> None:
                         "; choose another -o or pass --force to replace it")
 
 
+def external_files(model) -> list[str]:
+    """The external-data files a graph's initializers name (none: its weights are inside it)."""
+    from onnx.external_data_helper import uses_external_data
+
+    return sorted({e.value for t in model.graph.initializer if uses_external_data(t)
+                   for e in t.external_data if e.key == "location"})
+
+
 def read_onnx(path: str | Path, weights: bool = True, require_weights: bool = True):
     """The ONNX graph at `path` (a UserError when it is missing or unreadable), with its external data (weights.bin
     beside it) when `weights`. A missing external-data file is named, with what to do, before onnx's own error (unless
     not `require_weights`: the graph alone is read)."""
     import onnx
-    from onnx.external_data_helper import uses_external_data
 
     p = Path(path)
     if not p.is_file():
@@ -209,8 +216,7 @@ def read_onnx(path: str | Path, weights: bool = True, require_weights: bool = Tr
     except Exception as e:  # noqa: BLE001 - onnx's parse errors have no common class
         raise UserError(f"could not read ONNX file {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
             from None
-    files = sorted({e.value for t in model.graph.initializer if uses_external_data(t)
-                    for e in t.external_data if e.key == "location"})
+    files = external_files(model)
     missing = [f for f in files if not (p.parent / f).is_file()]
     if missing and (weights or require_weights):
         one = len(missing) == 1

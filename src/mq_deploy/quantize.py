@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -36,8 +35,8 @@ def calibrate(model: MambaModel, plan: GraphPlan, windows: np.ndarray, cov_point
               seed: int = 0, progress: bool = True, meta: Optional[dict] = None,
               scratch: Optional[Path] = None) -> Stats:
     """Statistics of every quantization point of the fp32 graph of (model, plan). With a `scratch` folder, the
-    graph's weights are written to a file in it first (removed after), which onnxruntime maps instead of holding
-    them twice in memory (`backends.ort`; a compile passes its temporary OUTDIR: the disk of the output)."""
+    graph's weights are written to a file in it first (removed after), which onnxruntime maps instead of taking them
+    from the graph (`backends.ort`; a compile passes its temporary OUTDIR: the disk of the output)."""
     from .backends.ort import OrtRunner
 
     fp = GraphPlan(layers=plan.layers, quant=None)
@@ -49,11 +48,9 @@ def calibrate(model: MambaModel, plan: GraphPlan, windows: np.ndarray, cov_point
     with contextlib.ExitStack() as stack:
         folder = None
         if scratch is not None:
-            from .graph.weights import WeightStore
+            from .graph.weights import scratch_weights
 
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".calibration-", dir=scratch)))
-            with WeightStore(folder) as store:
-                graph = store.externalize(graph)
+            graph, folder = stack.enter_context(scratch_weights(graph, scratch, ".calibration-"))
             release()
         runner = OrtRunner(graph, extra_outputs=sorted(set(points.values())), only_extra=True, weights_dir=folder)
         del graph  # the sessions hold the weights now (or map them)

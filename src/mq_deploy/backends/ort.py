@@ -3,7 +3,7 @@
 Weights kept as ONNX external data (an OUTDIR's weights.bin, or a file the compile writes first: `external_weights`)
 are not read into Python: the sessions get the graph without them and onnxruntime maps the file (pages the kernel can
 drop and read again; only the MatMul weights' packed copies are the session's own memory), where a graph handed over
-with its weights inside costs its bytes, onnxruntime's parsed copy and its tensors, and cannot pass protobuf's 2 GB.
+with its weights inside costs its bytes, onnxruntime's parsed copy and its tensors.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import onnx
 
-from ..errors import UserError
+from ..errors import InternalError, UserError
+from ..outdir import external_files
 from ..ops.ort_kernels import PLUGIN_DOMAIN
 
 
@@ -152,14 +153,6 @@ def external_weights(folder: str | Path) -> Iterator[None]:
         _EXTERNAL_DIR.pop()
 
 
-def external_files(model: onnx.ModelProto) -> list[str]:
-    """The external-data files a graph's initializers name (none: its weights are inside it)."""
-    from onnx.external_data_helper import uses_external_data
-
-    return sorted({e.value for t in model.graph.initializer if uses_external_data(t)
-                   for e in t.external_data if e.key == "location"})
-
-
 def _weights_dir(model: onnx.ModelProto, folder: Optional[Path]) -> Optional[Path]:
     """Where `model`'s external initializers are: `folder`, else the innermost `external_weights`; None for a graph
     that carries its weights."""
@@ -167,8 +160,6 @@ def _weights_dir(model: onnx.ModelProto, folder: Optional[Path]) -> Optional[Pat
         return None
     folder = folder if folder is not None else (_EXTERNAL_DIR[-1] if _EXTERNAL_DIR else None)
     if folder is None:
-        from ..errors import InternalError
-
         raise InternalError("a graph with external weights was given to onnxruntime without their folder")
     return Path(folder)
 

@@ -9,8 +9,11 @@ to the .onnx file, so the directory moves as a whole.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import onnx
 
@@ -95,3 +98,14 @@ class WeightStore:
 
     def __exit__(self, *exc):
         self.close()
+
+
+@contextlib.contextmanager
+def scratch_weights(model: onnx.ModelProto, scratch: Path, prefix: str) -> Iterator[tuple[onnx.ModelProto, Path]]:
+    """(`model` without its weights, the folder of the file they were written to): a temporary folder in `scratch`,
+    removed on exit, for a graph that is run but not kept (calibration, the derivation check); run it with
+    `backends.ort.external_weights(folder)` or `OrtRunner(..., weights_dir=folder)`."""
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=scratch) as folder:
+        with WeightStore(Path(folder)) as store:
+            light = store.externalize(model)
+        yield light, Path(folder)
